@@ -1,0 +1,60 @@
+"""Env / Run contract shared by every way of running a job (sim, local, Slurm, MPI)."""
+
+from __future__ import annotations
+
+import abc
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hpcflare.errors import JobFailedError, StreamTimeoutError
+from hpcflare.job import JobDir
+
+
+class Run(abc.ABC):
+    """Handle on a deployed job."""
+
+    def __init__(self, job_dir: JobDir) -> None:
+        self.job_dir = job_dir
+
+    def get_job_id(self) -> str:
+        return self.job_dir.root.name
+
+    def get_status(self) -> dict[str, Any]:
+        """The server's status.json (state: pending|registration|running|completed|failed|aborted)."""
+        return self.job_dir.read_status()
+
+    @abc.abstractmethod
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Wait for every rank to finish; False if ``timeout`` passed first."""
+
+    @abc.abstractmethod
+    def abort(self) -> None: ...
+
+    def get_result(self, timeout: Optional[float] = None) -> Path:
+        """Wait for the job and return the result model's path; raise JobFailedError if it did not complete."""
+        try:
+            finished = self.wait(timeout)
+        except KeyboardInterrupt:
+            self.abort()
+            raise
+        if not finished:
+            raise StreamTimeoutError(f"job {self.get_job_id()} still running after {timeout}s; "
+                                     f"call get_result() again or abort()")
+        status = self.get_status()
+        if status.get("state") != "completed":
+            raise JobFailedError(f"job {self.get_job_id()} {status.get('state')}: {status.get('message', 'no message')}. "
+                                 f"Logs: {self.job_dir.log_dir}")
+        return self.job_dir.result_model_path
+
+
+class Env(abc.ABC):
+    def __init__(self, job_root: str | Path = "jobs") -> None:
+        self.job_root = Path(job_root)
+
+    @abc.abstractmethod
+    def deploy(self, job_dir: JobDir) -> Run: ...
+
+
+def deadline_after(timeout: Optional[float]) -> float:
+    return float("inf") if timeout is None else time.monotonic() + timeout

@@ -1,0 +1,63 @@
+"""SimEnv: server and clients as threads of this process (real gRPC on loopback), for debugging.
+
+Breakpoints in the training script work; one process means `sys.argv` and the cwd are shared, so every
+site runs the same train_args in the current directory.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from hpcflare.env.api import Env, Run, deadline_after
+from hpcflare.exitcodes import ExitCode
+from hpcflare.job import JobDir
+from hpcflare.runtime.launch import run_client, run_server, script_path
+
+
+class SimRun(Run):
+    def __init__(self, job_dir: JobDir, threads: dict[str, threading.Thread], codes: dict[str, ExitCode]) -> None:
+        super().__init__(job_dir)
+        self.threads, self.exit_codes = threads, codes
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        deadline = deadline_after(timeout)
+        for thread in self.threads.values():
+            while thread.is_alive():
+                if time.monotonic() >= deadline:
+                    return False
+                thread.join(0.1)
+        return True
+
+    def abort(self) -> None:
+        self.job_dir.write_status("aborted", message="SimEnv abort: threads finish at their next deadline")
+
+
+class SimEnv(Env):
+    def __init__(self, job_root: str | Path = "jobs", verbose: bool = True) -> None:
+        super().__init__(job_root)
+        self.verbose = verbose
+
+    def deploy(self, job_dir: JobDir) -> Run:
+        config = job_dir.load_config()
+        script = script_path(job_dir, config.train_script)
+        sys.argv = [str(script), *config.train_args]
+        if str(script.parent) not in sys.path:
+            sys.path.insert(0, str(script.parent))
+        codes: dict[str, ExitCode] = {}
+
+        def server() -> None:
+            codes["server"] = run_server(job_dir, echo=self.verbose)
+
+        def client(site: str) -> None:
+            codes[site] = run_client(job_dir, site, per_thread=True)
+
+        threads = {"server": threading.Thread(target=server, name="sim-server", daemon=True)}
+        threads.update({site: threading.Thread(target=client, args=(site,), name=f"sim-{site}", daemon=True)
+                        for site in config.clients})
+        for thread in threads.values():
+            thread.start()
+        return SimRun(job_dir, threads, codes)

@@ -1,0 +1,59 @@
+"""Typed error family: every failure a user can hit is one of these, with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class HpcflareError(Exception):
+    """Base of every hpcflare error."""
+
+
+class ConfigError(HpcflareError):
+    """A job config, profile or recipe argument is missing or inconsistent."""
+
+
+class TransportError(HpcflareError):
+    """A message could not be moved between ranks."""
+
+
+class PeerGoneError(TransportError):
+    """The other side of a connection disappeared (process died, node lost)."""
+
+
+class StreamTimeoutError(TransportError):
+    """A stream made no progress within its deadline."""
+
+
+class FrameTooLargeError(TransportError):
+    """A frame or a whole message exceeded a configured size limit."""
+
+
+class MalformedMessageError(TransportError):
+    """Bytes on the wire could not be decoded into a valid frame/metadata/tensor."""
+
+
+class UpdateRejectedError(HpcflareError):
+    """The server refused a client's update (wrong shape/dtype, NaN/Inf, unknown client, stale round)."""
+
+
+class RegistrationTimeoutError(HpcflareError):
+    """Too few clients registered before the registration deadline."""
+
+
+class RoundFailedError(HpcflareError):
+    """A round closed with fewer results than min_clients."""
+
+
+class JobAbortedError(HpcflareError):
+    """The job was aborted by the user or by the server."""
+
+
+class UnknownClientError(UpdateRejectedError):
+    """A message came from a site that is not registered for this job (or with a wrong token)."""
+
+
+class StaleTaskError(UpdateRejectedError):
+    """A result or download referred to a task/round that is no longer open; it is discarded, never mixed in."""
+
+
+class JobFailedError(HpcflareError):
+    """A job ended in a failed or aborted state; the message carries the server's reason."""

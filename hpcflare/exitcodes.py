@@ -1,0 +1,43 @@
+"""Exit-code registry: every way a rank can exit has a code and help text (enforced by a test)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    INTERNAL_ERROR = 1
+    CONFIG_ERROR = 10
+    REGISTRATION_TIMEOUT = 11
+    ROUND_FAILED = 12
+    SERVER_LOST = 20
+    UPDATE_REJECTED = 21
+    TRAIN_SCRIPT_FAILED = 22
+    TRANSPORT_ERROR = 23
+    ABORTED = 30
+
+
+HELP: dict[ExitCode, str] = {
+    ExitCode.OK: "The rank finished its part of the job.",
+    ExitCode.INTERNAL_ERROR: "Unexpected error inside hpcflare; see the rank's .log/.jsonl for the traceback and report it.",
+    ExitCode.CONFIG_ERROR: "The job config or settings profile is invalid or missing; the log names the key. Fix job.yaml / configs/*.yaml.",
+    ExitCode.REGISTRATION_TIMEOUT: "Fewer than min_clients clients registered before settings.registration_timeout; start more clients, lower min_clients or raise registration_timeout.",
+    ExitCode.ROUND_FAILED: "A round closed with fewer than min_clients valid results (clients died, were rejected or exceeded settings.round_timeout); see the server log for which.",
+    ExitCode.SERVER_LOST: "The client could not reach the server for settings.server_lost_timeout; check that the server rank is alive and reachable.",
+    ExitCode.UPDATE_REJECTED: "The server refused this client's update (wrong shape/dtype, NaN/Inf, stale round); the log gives the reason. Fix the training script.",
+    ExitCode.TRAIN_SCRIPT_FAILED: "The client's training script raised an exception; the traceback is in the client's log.",
+    ExitCode.TRANSPORT_ERROR: "A transfer failed (oversized frame, stalled stream, malformed message); the log names the limit or deadline to change.",
+    ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM).",
+}
+
+
+def describe(code: int) -> str:
+    """Human text for an exit code, also for codes hpcflare does not own (signals, shells)."""
+    try:
+        return f"{ExitCode(code).name}: {HELP[ExitCode(code)]}"
+    except ValueError:
+        if code < 0 or code > 128:
+            sig = -code if code < 0 else code - 128
+            return f"killed by signal {sig} (9 = SIGKILL, often the OOM killer; 15 = SIGTERM, preemption or abort)"
+        return f"unknown exit code {code} (not an hpcflare code; the training script may have called sys.exit)"

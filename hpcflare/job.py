@@ -1,0 +1,143 @@
+"""A job on disk: its config (job.yaml) and the directory every rank reads and writes.
+
+    <job_dir>/job.yaml                     what to run (this file's JobConfig)
+    <job_dir>/app/                         the training script(s), copied so the job is self-contained
+    <job_dir>/models/initial_model.safetensors, global_model.safetensors (the result)
+    <job_dir>/logs/<rank>.jsonl|.log|.out  per-rank structured log, human log, raw stdout/stderr
+    <job_dir>/rendezvous/server.json       where the server listens (atomic write)
+    <job_dir>/sites/<site>/                a client's working directory
+    <job_dir>/status.json                  job state, written atomically by the server
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcflare.errors import ConfigError
+from hpcflare.settings import Settings
+
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FRAMEWORKS = ("numpy", "pytorch")
+
+
+@dataclasses.dataclass
+class JobConfig:
+    name: str
+    job_id: str
+    num_rounds: int
+    min_clients: int
+    clients: list[str]
+    train_script: str
+    train_args: list[str] = dataclasses.field(default_factory=list)
+    strategy: str = "fedavg"
+    framework: str = "numpy"
+    settings_profile: str = "dev"
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    initial_model: str = "models/initial_model.safetensors"
+
+    def validate(self) -> None:
+        if self.num_rounds < 1:
+            raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}")
+        if not self.clients:
+            raise ConfigError("a job needs at least one client site")
+        if not 1 <= self.min_clients <= len(self.clients):
+            raise ConfigError(f"min_clients={self.min_clients} must be between 1 and the number of clients ({len(self.clients)})")
+        for site in self.clients:
+            if not SITE_NAME.match(site):
+                raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
+        if len(set(self.clients)) != len(self.clients):
+            raise ConfigError("site names must be unique")
+        if self.framework not in FRAMEWORKS:
+            raise ConfigError(f"framework must be one of {FRAMEWORKS}, got {self.framework!r}")
+        self.load_settings()  # raises ConfigError on bad profile/overrides
+
+    def load_settings(self) -> Settings:
+        return Settings.load(self.settings_profile, self.settings)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "job config") -> "JobConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}")
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ConfigError(f"{source}: missing required key(s) {missing}")
+        try:
+            config = cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        config.validate()
+        return config
+
+
+class JobDir:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+
+    config_path = property(lambda self: self.root / "job.yaml")
+    app_dir = property(lambda self: self.root / "app")
+    models_dir = property(lambda self: self.root / "models")
+    log_dir = property(lambda self: self.root / "logs")
+    rendezvous_dir = property(lambda self: self.root / "rendezvous")
+    status_path = property(lambda self: self.root / "status.json")
+    result_model_path = property(lambda self: self.root / "models" / "global_model.safetensors")
+
+    def site_dir(self, site: str) -> Path:
+        if not SITE_NAME.match(site):
+            raise ConfigError(f"invalid site name {site!r}")
+        return self.root / "sites" / site
+
+    def create(self, config: JobConfig) -> None:
+        config.validate()
+        for d in (self.root, self.app_dir, self.models_dir, self.log_dir, self.rendezvous_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+    def load_config(self) -> JobConfig:
+        if not self.config_path.is_file():
+            raise ConfigError(f"no job.yaml in {self.root}; is this a job directory? (create one with recipe.export())")
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{self.config_path}: invalid YAML: {exc}") from None
+        return JobConfig.from_dict(data, str(self.config_path))
+
+    def write_status(self, state: str, **fields: Any) -> None:
+        atomic_write_text(self.status_path, json.dumps({"state": state, "updated": time.time(), **fields}, indent=1))
+
+    def read_status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_path.read_text())
+        except FileNotFoundError:
+            return {"state": "pending"}
+        except ValueError:
+            return {"state": "unknown", "message": f"unreadable {self.status_path}"}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file + rename in the same directory, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,63 @@
+"""Recipe contract: export a self-contained job directory; execute it in an Env."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+import shlex
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from hpcflare.errors import ConfigError
+from hpcflare.job import JobConfig, JobDir
+from hpcflare.recipe.model_io import save_initial_model
+
+if TYPE_CHECKING:
+    from hpcflare.env.api import Env, Run
+
+
+class Recipe:
+    strategy = "fedavg"
+
+    def __init__(self, name: str, model: Any, min_clients: int, num_rounds: int, train_script: str | Path,
+                 train_args: str | Sequence[str] = "", n_clients: int | None = None,
+                 clients: Sequence[str] | None = None, settings_profile: str = "dev",
+                 settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = ()) -> None:
+        self.name, self.model = name, model
+        self.min_clients, self.num_rounds = int(min_clients), int(num_rounds)
+        self.train_script = Path(train_script)
+        self.train_args = shlex.split(train_args) if isinstance(train_args, str) else list(train_args)
+        if clients is None:
+            clients = [f"site-{i}" for i in range(1, (n_clients or min_clients) + 1)]
+        elif n_clients is not None and n_clients != len(clients):
+            raise ConfigError(f"n_clients={n_clients} but {len(clients)} client names were given")
+        self.clients = list(clients)
+        self.settings_profile, self.settings = settings_profile, dict(settings or {})
+        self.extra_files = [Path(p) for p in extra_files]
+        if not self.train_script.is_file():
+            raise ConfigError(f"train_script {self.train_script} not found")
+
+    def new_job_id(self) -> str:
+        return f"{self.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+    def export(self, job_root: str | Path, job_id: str | None = None) -> JobDir:
+        """Write the job directory (config, app/, initial model) without running anything."""
+        job_id = job_id or self.new_job_id()
+        job_dir = JobDir(Path(job_root) / job_id)
+        app = job_dir.app_dir
+        app.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.train_script, app / self.train_script.name)
+        for extra in self.extra_files:
+            (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, app / extra.name)
+        job_dir.models_dir.mkdir(parents=True, exist_ok=True)
+        framework = save_initial_model(self.model, job_dir.models_dir / "initial_model.safetensors")
+        config = JobConfig(name=self.name, job_id=job_id, num_rounds=self.num_rounds, min_clients=self.min_clients,
+                           clients=self.clients, train_script=f"app/{self.train_script.name}",
+                           train_args=self.train_args, strategy=self.strategy, framework=framework,
+                           settings_profile=self.settings_profile, settings=self.settings)
+        job_dir.create(config)
+        return job_dir
+
+    def execute(self, env: "Env") -> "Run":
+        return env.deploy(self.export(env.job_root))

@@ -1,0 +1,1 @@
+"""The ranks themselves: server orchestration, client agent, and the per-rank launcher."""

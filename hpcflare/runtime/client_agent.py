@@ -1,0 +1,192 @@
+"""A site's connection to the job: rendezvous, registration, heartbeats, tasks, model pull, result push."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+from hpcflare import errors
+from hpcflare.client.model import FLMetaKey, FLModel, ParamsType
+from hpcflare.job import JobConfig, JobDir
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.settings import Settings
+from hpcflare.transport.codec import TensorSpec, decode_tensor
+from hpcflare.transport.grpc_client import GrpcClientTransport
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    task_id: str
+    round: int
+    total_rounds: int
+    ref: str
+    manifest: list[TensorSpec]
+    meta: dict[str, Any]
+
+
+def wait_for_server(job_dir: JobDir, timeout: float) -> str:
+    """Read the server's address from the rendezvous file, waiting up to ``timeout`` for it to appear."""
+    path = job_dir.rendezvous_dir / "server.json"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(json.loads(path.read_text())["address"])
+        except (FileNotFoundError, ValueError, KeyError):
+            if time.monotonic() >= deadline:
+                raise errors.PeerGoneError(
+                    f"no server address in {path} after settings.rendezvous_timeout={timeout:g}s; "
+                    "did the server rank start? (see logs/server.log)") from None
+            time.sleep(0.2)
+
+
+class ClientAgent:
+    def __init__(self, job_dir: JobDir, site: str, log: RankLogger, address: str | None = None) -> None:
+        self.job_dir, self.site, self.log = job_dir, site, log
+        self.config: JobConfig = job_dir.load_config()
+        self.settings: Settings = self.config.load_settings()
+        self.address = address
+        self.token = ""
+        self.transport: GrpcClientTransport | None = None
+        self.ended = False
+        self.end_reason = ""
+        self._stop = threading.Event()
+        self._last_contact = time.monotonic()
+        self.pending_logs: list[dict[str, Any]] = []
+        self.task_wait_limit = self.settings.registration_timeout + self.settings.round_timeout + self.settings.stream_timeout
+        """Longest a site waits for its next task while the server is reachable (covers one whole round)."""
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> "ClientAgent":
+        s = self.settings
+        if self.address is None:
+            self.address = wait_for_server(self.job_dir, s.rendezvous_timeout)
+        self.transport = GrpcClientTransport(self.address, s)
+        reply = self._retry("Register", lambda: self.transport.call(  # type: ignore[union-attr]
+            "Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid()}, s.rpc_timeout))
+        self.token = reply["token"]
+        self.log.info("registered", f"{self.site} registered with server {self.address}", address=self.address)
+        threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.site}", daemon=True).start()
+        return self
+
+    def close(self, status: str = "done", reason: str = "") -> None:
+        self._stop.set()
+        if self.transport is not None and self.token:
+            try:
+                self.transport.call("Goodbye", {"site": self.site, "token": self.token, "status": status,
+                                                "reason": reason}, self.settings.rpc_timeout)
+            except errors.HpcflareError as exc:
+                self.log.debug("goodbye_failed", f"could not say goodbye: {exc}")
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def _heartbeat_loop(self) -> None:
+        s = self.settings
+        while not self._stop.wait(s.heartbeat_interval):
+            transport = self.transport
+            if transport is None:
+                return
+            try:
+                reply = transport.call("Heartbeat", {"site": self.site, "token": self.token}, s.rpc_timeout)
+                self._last_contact = time.monotonic()
+                if reply.get("phase") == "ended":
+                    return
+            except errors.HpcflareError as exc:
+                silent = time.monotonic() - self._last_contact
+                self.log.warning("heartbeat_failed", f"heartbeat failed ({silent:.0f}s without server): {exc}")
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Retry transient failures (server not up yet / briefly gone) until settings.server_lost_timeout."""
+        deadline = time.monotonic() + self.settings.server_lost_timeout
+        attempt = 0
+        while True:
+            try:
+                result = fn()
+                self._last_contact = time.monotonic()
+                return result
+            except (errors.PeerGoneError, errors.StreamTimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    raise errors.PeerGoneError(f"{what}: server unreachable for settings.server_lost_timeout="
+                                               f"{self.settings.server_lost_timeout:g}s: {exc}") from None
+                attempt += 1
+                time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+
+    def _call(self, method: str, request: dict, timeout: float) -> dict:
+        return self._retry(method, lambda: self.transport.call(  # type: ignore[union-attr]
+            method, {"site": self.site, "token": self.token, **request}, timeout))
+
+    # ---------------------------------------------------------------- tasks
+    def next_task(self, timeout: float | None = None, last_task_id: str | None = None) -> Task | None:
+        """Block until the server hands out a task; None when the job has ended or ``timeout`` passed."""
+        if self.ended:
+            return None
+        limit = self.task_wait_limit if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        poll = self.settings.task_poll_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            reply = self._call("GetTask", {"last_task_id": last_task_id, "timeout": max(0.0, min(poll, remaining))},
+                               self.settings.rpc_timeout + poll)
+            kind = reply.get("task")
+            if kind == "end":
+                self.ended, self.end_reason = True, str(reply.get("reason", ""))
+                self.log.info("job_ended", f"server ended the job ({self.end_reason})")
+                return None
+            if kind != "wait":
+                manifest = [TensorSpec.from_wire(item) for item in reply.get("manifest", [])]
+                task = Task(str(kind), str(reply["task_id"]), int(reply["round"]), int(reply["total_rounds"]),
+                            str(reply["ref"]), manifest, dict(reply.get("meta") or {}))
+                self.log.info("task_received", f"round {task.round}/{task.total_rounds}: task {task.name} received",
+                              round=task.round, task=task.name, task_id=task.task_id)
+                return task
+            if time.monotonic() >= deadline:
+                if timeout is None:
+                    raise errors.StreamTimeoutError(f"no task from the server within {limit:g}s "
+                                                    "(registration_timeout + round_timeout + stream_timeout)")
+                return None
+
+    def fetch(self, task: Task) -> dict[str, Any]:
+        """Pull the task's model (chunked stream) and decode it for the job's framework."""
+        assert self.transport is not None
+        t0 = time.monotonic()
+        params: dict[str, Any] = {}
+        request = {"site": self.site, "token": self.token, "ref": task.ref}
+        for spec, blob in self.transport.download(request, task.manifest):
+            params[spec.name] = decode_tensor(blob, spec, self.config.framework)
+        nbytes = sum(s.nbytes for s in task.manifest)
+        self.log.info("model_received", f"round {task.round}: model received ({nbytes / 1e6:.2f} MB in "
+                      f"{time.monotonic() - t0:.2f}s)", round=task.round, bytes=nbytes, seconds=time.monotonic() - t0)
+        return params
+
+    def to_flmodel(self, task: Task, params: dict[str, Any]) -> FLModel:
+        meta = {**task.meta, FLMetaKey.JOB_ID: self.config.job_id, FLMetaKey.SITE_NAME: self.site,
+                FLMetaKey.CURRENT_ROUND: task.round, FLMetaKey.TOTAL_ROUNDS: task.total_rounds}
+        return FLModel(params_type=ParamsType.FULL, params=params, current_round=task.round,
+                       total_rounds=task.total_rounds, meta=meta)
+
+    def send(self, task: Task, model: FLModel) -> None:
+        assert self.transport is not None
+        if not isinstance(model.params, dict) or not model.params:
+            raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors")
+        header = {"site": self.site, "token": self.token, "task_id": task.task_id, "round": task.round,
+                  "params_type": (model.params_type or ParamsType.FULL).value,
+                  "meta": {k: v for k, v in (model.meta or {}).items() if isinstance(k, str)},
+                  "metrics": model.metrics or {}, "logged": self.pending_logs}
+        t0 = time.monotonic()
+        try:
+            self.transport.upload(header, model.params.items())
+        except errors.UpdateRejectedError as exc:
+            self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
+            raise
+        self.pending_logs = []
+        self.log.info("result_sent", f"round {task.round}: result sent ({header['params_type']}) in "
+                      f"{time.monotonic() - t0:.2f}s", round=task.round, metrics=header["metrics"])

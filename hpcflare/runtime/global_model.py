@@ -1,0 +1,70 @@
+"""The server's global model: encoded once per round (safetensors per tensor), served to every client.
+
+Arrays are zero-copy views into the encoded blobs, so holding the model and serving it costs ~1x its size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from hpcflare.errors import ConfigError, MalformedMessageError
+from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, view_tensor
+
+
+class GlobalModel:
+    def __init__(self, params: Mapping[str, np.ndarray], version: int) -> None:
+        self.version = version
+        self.ref = f"v{version}"
+        self.blobs: dict[str, bytes] = {}
+        self.params: dict[str, np.ndarray] = {}
+        self.specs: list[TensorSpec] = []
+        for name, arr in params.items():
+            blob, dtype, shape = encode_tensor(name, arr)
+            self.blobs[name] = blob
+            self.params[name] = view_tensor(blob, name)
+            self.specs.append(TensorSpec(name, dtype, shape, len(blob)))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.specs)
+
+    def frames(self, start: tuple[int, int], chunk_size: int) -> Iterator[bytes]:
+        index, offset = start
+        if not 0 <= index <= len(self.specs) or offset < 0:
+            raise MalformedMessageError(f"invalid download start {start!r}")
+        for i in range(index, len(self.specs)):
+            blob = self.blobs[self.specs[i].name]
+            if offset > len(blob):
+                raise MalformedMessageError(f"download offset {offset} beyond tensor {i} ({len(blob)} bytes)")
+            for off, piece in iter_chunks(blob, chunk_size, offset):
+                if len(piece):
+                    yield pack_frame({"t": i, "o": off}, piece)
+            offset = 0
+
+    def save(self, path: Path) -> None:
+        """Write all tensors into one safetensors file, atomically (temp file + rename)."""
+        import safetensors.numpy
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in self.params.items()}, str(tmp),
+                                    metadata={"hpcflare_version": str(self.version)})
+        os.replace(tmp, path)
+
+
+def load_params(path: Path) -> dict[str, np.ndarray]:
+    """Read a safetensors model file as numpy arrays, with a clear error for what the server can't hold."""
+    import safetensors.numpy
+
+    if not path.is_file():
+        raise ConfigError(f"model file {path} not found")
+    try:
+        return dict(safetensors.numpy.load_file(str(path)))
+    except Exception as exc:
+        if "bf16" in str(exc).lower() or "BF16" in str(exc):
+            raise ConfigError(f"{path}: bfloat16 parameters are not supported by the server yet; cast the model to float32") from None
+        raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from None

@@ -1,0 +1,129 @@
+"""Start one rank of a job: ``python -m hpcflare.runtime.launch --job-dir D --role server|client --site S``.
+
+This is what LocalEnv spawns per process and what launchers/hpcflare-rank execs under srun/mpiexec.
+Exit codes come from hpcflare.exitcodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from hpcflare import errors
+from hpcflare.client import api as client_api
+from hpcflare.exitcodes import ExitCode
+from hpcflare.job import JobDir
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime.client_agent import ClientAgent
+
+
+def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port: int = 0) -> ExitCode:
+    from hpcflare.runtime.server import FLServer
+
+    log = RankLogger(job_dir.log_dir, "server", "server", echo=sys.stdout if echo else None)
+    try:
+        server = FLServer(job_dir, log, host=host, port=port)
+    except errors.ConfigError as exc:
+        log.error("config_error", f"cannot start server: {exc}", exit_code=int(ExitCode.CONFIG_ERROR))
+        job_dir.write_status("failed", message=str(exc), exit_code=int(ExitCode.CONFIG_ERROR))
+        return ExitCode.CONFIG_ERROR
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, lambda *_: server.abort("SIGTERM received"))
+    try:
+        return server.run()
+    finally:
+        log.close()
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def script_path(job_dir: JobDir, script: str) -> Path:
+    """The training script, confined to the job's app/ directory (no path traversal)."""
+    path = (job_dir.root / script).resolve()
+    if job_dir.app_dir.resolve() not in path.parents:
+        raise errors.ConfigError(f"train_script {script!r} must live under {job_dir.app_dir}")
+    if not path.is_file():
+        raise errors.ConfigError(f"train_script {path} not found")
+    return path
+
+
+def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: str | None = None) -> ExitCode:
+    """Register the site, run the training script against the Client API, report how it ended."""
+    log = RankLogger(job_dir.log_dir, site, "client")
+    agent: ClientAgent | None = None
+    code, status, reason = ExitCode.OK, "done", ""
+    try:
+        agent = ClientAgent(job_dir, site, log, address)
+        script = script_path(job_dir, agent.config.train_script)
+        agent.start()
+        client_api.bind(agent, per_thread)
+        if not per_thread:  # process-global state is ours to set
+            site_dir = job_dir.site_dir(site)
+            site_dir.mkdir(parents=True, exist_ok=True)
+            os.chdir(site_dir)
+            sys.argv = [str(script), *agent.config.train_args]
+            sys.path.insert(0, str(script.parent))
+        log.info("script_started", f"running {script.name} {' '.join(agent.config.train_args)}".strip())
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise RuntimeError(f"training script exited with status {exc.code}") from None
+        log.info("script_finished", f"{script.name} finished")
+    except errors.ConfigError as exc:
+        code, status, reason = ExitCode.CONFIG_ERROR, "failed", str(exc)
+    except errors.UpdateRejectedError as exc:
+        code, status, reason = ExitCode.UPDATE_REJECTED, "failed", str(exc)
+    except errors.PeerGoneError as exc:
+        code, status, reason = ExitCode.SERVER_LOST, "failed", str(exc)
+    except errors.TransportError as exc:
+        code, status, reason = ExitCode.TRANSPORT_ERROR, "failed", str(exc)
+    except errors.JobAbortedError as exc:
+        code, status, reason = ExitCode.ABORTED, "failed", str(exc)
+    except Exception as exc:  # noqa: BLE001 - anything the user's script raises
+        code, status = ExitCode.TRAIN_SCRIPT_FAILED, "failed"
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("traceback", traceback.format_exc())
+    finally:
+        if code != ExitCode.OK:
+            log.error("client_failed", f"{site} exits with {code.name} ({int(code)}): {reason}", exit_code=int(code),
+                      reason=reason)
+        if agent is not None:
+            agent.close(status, reason)
+        client_api.unbind()
+        log.close()
+    return code
+
+
+def _raise_aborted(signum: int, frame: object) -> None:
+    raise errors.JobAbortedError(f"signal {signum} received")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hpcflare-rank", description=__doc__)
+    parser.add_argument("--job-dir", required=True)
+    parser.add_argument("--role", choices=("server", "client"), required=True)
+    parser.add_argument("--site", help="site name (client role)")
+    parser.add_argument("--address", help="server address host:port (default: read the rendezvous file)")
+    parser.add_argument("--quiet", action="store_true", help="server: do not echo progress to stdout")
+    args = parser.parse_args(argv)
+    job_dir = JobDir(args.job_dir)
+    if args.role == "server":
+        return int(run_server(job_dir, echo=not args.quiet))
+    if not args.site:
+        parser.error("--site is required for --role client")
+    signal.signal(signal.SIGTERM, _raise_aborted)
+    return int(run_client(job_dir, args.site, address=args.address))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

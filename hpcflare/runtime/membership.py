@@ -1,0 +1,81 @@
+"""Who is in the job: registration with per-site tokens, last-seen times, expiry of silent clients."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import threading
+import time
+
+from hpcflare.errors import UnknownClientError
+
+LIVE = ("registered", "active")
+
+
+@dataclasses.dataclass
+class ClientRecord:
+    site: str
+    token: str
+    state: str = "registered"  # registered | active | done | failed | dead
+    registered_at: float = dataclasses.field(default_factory=time.time)
+    last_seen: float = dataclasses.field(default_factory=time.monotonic)
+    reason: str = ""
+    host: str = ""
+    pid: int = 0
+
+
+class Membership:
+    def __init__(self, expected: list[str], heartbeat_timeout: float) -> None:
+        self.expected = list(expected)
+        self.heartbeat_timeout = heartbeat_timeout
+        self._clients: dict[str, ClientRecord] = {}
+        self._lock = threading.Lock()
+
+    def register(self, site: str, host: str = "", pid: int = 0) -> tuple[ClientRecord, ClientRecord | None]:
+        """Register (or re-register after a restart) a site; returns (new record, replaced record)."""
+        if site not in self.expected:
+            raise UnknownClientError(f"site {site!r} is not part of this job (expected one of {self.expected[:10]}"
+                                     f"{'...' if len(self.expected) > 10 else ''})")
+        with self._lock:
+            old = self._clients.get(site)
+            record = ClientRecord(site, secrets.token_hex(16), host=host, pid=pid)
+            self._clients[site] = record
+            return record, old
+
+    def check(self, site: object, token: object) -> ClientRecord:
+        """Authenticate a message and refresh the site's last-seen time."""
+        record = self._clients.get(site) if isinstance(site, str) else None
+        if record is None or not isinstance(token, str) or not secrets.compare_digest(record.token, token):
+            raise UnknownClientError(f"message from unregistered site or stale token (site={site!r:.80}); register first")
+        record.last_seen = time.monotonic()
+        return record
+
+    def mark(self, site: str, state: str, reason: str = "") -> None:
+        with self._lock:
+            record = self._clients.get(site)
+            if record is not None and record.state in LIVE:
+                record.state, record.reason = state, reason
+
+    def expire(self) -> list[ClientRecord]:
+        """Declare live clients silent for longer than heartbeat_timeout dead; return the newly dead."""
+        now = time.monotonic()
+        dead = []
+        with self._lock:
+            for record in self._clients.values():
+                if record.state in LIVE and now - record.last_seen > self.heartbeat_timeout:
+                    record.state = "dead"
+                    record.reason = f"no heartbeat for {now - record.last_seen:.0f}s (settings.heartbeat_timeout={self.heartbeat_timeout})"
+                    dead.append(record)
+        return dead
+
+    def live(self) -> list[str]:
+        return [r.site for r in self._clients.values() if r.state in LIVE]
+
+    def registered(self) -> list[str]:
+        return list(self._clients)
+
+    def get(self, site: str) -> ClientRecord | None:
+        return self._clients.get(site)
+
+    def records(self) -> list[ClientRecord]:
+        return list(self._clients.values())

@@ -1,0 +1,94 @@
+"""Read one client upload from a frame stream, validating every tensor against the global model.
+
+Nothing from the upload is used until the whole stream has arrived and checked out: names, shapes, dtypes,
+sizes, finiteness. A bad upload raises a precise error and leaves the round's aggregate untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
+from hpcflare.settings import Settings
+from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, unpack_frame
+
+PARAMS_TYPES = ("FULL", "DIFF")
+
+
+def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, np.ndarray],
+                on_header: Callable[[dict], Any]) -> tuple[dict, Any, dict[str, np.ndarray]]:
+    """Return (header, on_header's result, params). ``on_header`` authenticates and may reject early."""
+    first = next(frames, None)
+    if first is None:
+        raise MalformedMessageError("empty upload stream")
+    header, _ = unpack_frame(first, settings.max_frame_bytes)
+    if header.get("kind") != "begin":
+        raise MalformedMessageError("upload must start with a 'begin' frame")
+    if header.get("params_type") not in PARAMS_TYPES:
+        raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
+    context = on_header(header)
+    params: dict[str, np.ndarray] = {}
+    total = 0
+    spec: TensorSpec | None = None
+    buf = bytearray()
+    filled = 0
+    for frame in frames:
+        head, payload = unpack_frame(frame, settings.max_frame_bytes)
+        kind = head.get("kind")
+        if kind == "data":
+            if spec is None or head.get("o") != filled or filled + len(payload) > len(buf):
+                raise MalformedMessageError(f"out-of-order data frame (offset {head.get('o')!r:.20}, have {filled})")
+            buf[filled:filled + len(payload)] = payload
+            filled += len(payload)
+            if filled == len(buf):
+                params[spec.name] = _finish(spec, buf, expected[spec.name])
+                spec, buf, filled = None, bytearray(), 0
+        elif kind == "tensor":
+            if spec is not None:
+                raise MalformedMessageError(f"tensor {spec.name!r} incomplete ({filled}/{len(buf)} bytes) before the next one")
+            spec = _check_spec(TensorSpec.from_wire(head.get("spec")), expected, params)
+            total += spec.nbytes
+            if total > settings.max_model_bytes:
+                raise FrameTooLargeError(f"update exceeds settings.max_model_bytes={settings.max_model_bytes}")
+            buf, filled = bytearray(spec.nbytes), 0
+            if spec.nbytes == 0:
+                raise MalformedMessageError(f"tensor {spec.name!r} announced 0 bytes")
+        elif kind == "end":
+            if spec is not None:
+                raise MalformedMessageError(f"stream ended inside tensor {spec.name!r} ({filled}/{len(buf)} bytes)")
+            return header, context, params
+        else:
+            raise MalformedMessageError(f"unknown frame kind {kind!r:.40}")
+    raise MalformedMessageError("upload stream ended without an 'end' frame (client died mid-upload?)")
+
+
+def _check_spec(spec: TensorSpec, expected: Mapping[str, np.ndarray], seen: Mapping[str, Any]) -> TensorSpec:
+    base = expected.get(spec.name)
+    if base is None:
+        raise UpdateRejectedError(f"unknown tensor {spec.name!r:.100}: not in the global model")
+    if spec.name in seen:
+        raise UpdateRejectedError(f"tensor {spec.name!r} sent twice")
+    if spec.shape != tuple(base.shape):
+        raise UpdateRejectedError(f"tensor {spec.name!r} has shape {spec.shape}, the global model has {tuple(base.shape)}")
+    dtype = ST_TO_NP.get(spec.dtype)
+    if dtype is None:
+        raise UpdateRejectedError(f"tensor {spec.name!r} has unsupported dtype {spec.dtype!r:.20}")
+    same_kind = np.issubdtype(dtype, np.floating) and np.issubdtype(base.dtype, np.floating)
+    if np.dtype(dtype) != base.dtype and not same_kind:
+        raise UpdateRejectedError(f"tensor {spec.name!r} has dtype {spec.dtype}, the global model has {base.dtype}")
+    limit = math.prod(spec.shape) * np.dtype(dtype).itemsize + 8 + MAX_HEADER_BYTES
+    if spec.nbytes > limit:
+        raise FrameTooLargeError(f"tensor {spec.name!r} announced {spec.nbytes} bytes, more than its shape allows ({limit})")
+    return spec
+
+
+def _finish(spec: TensorSpec, buf: bytearray, base: np.ndarray) -> np.ndarray:
+    value = decode_tensor(buf, spec)
+    if value.dtype != base.dtype:
+        value = value.astype(base.dtype)
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        raise UpdateRejectedError(f"tensor {spec.name!r} contains NaN or Inf values; the update is rejected")
+    return value

@@ -1,0 +1,125 @@
+"""Every deadline and limit in one place: named, documented, loaded from a configs/ profile.
+
+Profiles live in ``configs/<name>.yaml`` (dev, production, hpc-large); a job may override any key
+under ``settings:`` in its job.yaml. Unknown keys are an error, so a typo never silently keeps a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from hpcflare.errors import ConfigError
+
+CONFIGS_DIR = Path(os.environ.get("HPCFLARE_CONFIGS", Path(__file__).resolve().parents[1] / "configs"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # --- deadlines (seconds) ---
+    registration_timeout: float = 60.0
+    """Server waits this long for min_clients to register before failing the job."""
+    rendezvous_timeout: float = 60.0
+    """A client waits this long for the server's address to appear (rendezvous file / MPI)."""
+    round_timeout: float = 600.0
+    """A round closes at this deadline with whatever results arrived (>= min_clients) or fails."""
+    task_poll_timeout: float = 10.0
+    """Long-poll length of one GetTask call; the client re-polls until the job ends."""
+    rpc_timeout: float = 30.0
+    """Deadline of one small unary RPC (register, heartbeat, task poll overhead)."""
+    stream_timeout: float = 600.0
+    """Deadline of one whole model download/upload stream."""
+    stream_idle_timeout: float = 60.0
+    """A stream that makes no progress for this long is cancelled."""
+    heartbeat_interval: float = 2.0
+    """Clients send a heartbeat this often."""
+    heartbeat_timeout: float = 30.0
+    """A registered client not heard from for this long is declared dead (the round stops waiting for it)."""
+    server_lost_timeout: float = 60.0
+    """A client that cannot reach the server for this long gives up (exit code SERVER_LOST)."""
+    end_grace: float = 10.0
+    """After the last round, the server waits this long for clients to collect the 'end' task."""
+    upload_slot_timeout: float = 300.0
+    """An upload waits this long for one of max_concurrent_uploads slots on the server."""
+    # --- sizes ---
+    chunk_size: int = 1 << 20
+    """Bytes of tensor payload per streamed frame."""
+    max_frame_bytes: int = (1 << 20) + (64 << 10)
+    """Largest frame either side accepts (chunk + header); larger frames are refused by gRPC."""
+    max_model_bytes: int = 8 << 30
+    """Largest whole model (sum of tensors) a download or upload may carry."""
+    max_concurrent_uploads: int = 2
+    """Uploads decoded at once on the server; bounds server memory to model x (2 + this)."""
+    server_threads: int = 64
+    """gRPC worker threads on the server (each blocked long-poll holds one)."""
+
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """Field name -> its docstring, parsed from this file (shown by `hpcflare settings`)."""
+        import ast
+        import inspect
+
+        tree = ast.parse(inspect.getsource(cls))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        docs: dict[str, str] = {}
+        for prev, node in zip(body, body[1:]):
+            if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                docs[prev.target.id] = str(node.value.value)  # type: ignore[union-attr]
+        return docs
+
+    def replace(self, **overrides: Any) -> "Settings":
+        return Settings.from_mapping({**dataclasses.asdict(self), **overrides})
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "Settings":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown settings key(s) {unknown}; valid keys: {sorted(fields)}")
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            typ = int if fields[key].type in ("int", int) else float
+            try:
+                values[key] = typ(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"settings.{key} must be a number, got {value!r}") from None
+            if values[key] <= 0:
+                raise ConfigError(f"settings.{key} must be > 0, got {value!r}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    @classmethod
+    def load(cls, profile: str | os.PathLike[str] = "dev", overrides: Mapping[str, Any] | None = None) -> "Settings":
+        """Load a profile by name (configs/<name>.yaml) or path, then apply overrides."""
+        path = Path(profile)
+        if not path.suffix:
+            path = CONFIGS_DIR / f"{profile}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"settings profile {str(profile)!r} not found (looked for {path}); "
+                              f"use one of {sorted(p.stem for p in CONFIGS_DIR.glob('*.yaml'))} or a path to a YAML file")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        return cls.from_mapping({**data, **(overrides or {})})
+
+    def validate(self) -> None:
+        """Reject combinations that can only end in a spurious timeout."""
+        problems = []
+        if self.max_frame_bytes < self.chunk_size + 1024:
+            problems.append(f"max_frame_bytes ({self.max_frame_bytes}) must exceed chunk_size ({self.chunk_size}) by >= 1024 for headers")
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            problems.append(f"heartbeat_timeout ({self.heartbeat_timeout}) must be > 2 x heartbeat_interval ({self.heartbeat_interval})")
+        if self.task_poll_timeout >= self.server_lost_timeout:
+            problems.append(f"task_poll_timeout ({self.task_poll_timeout}) must be < server_lost_timeout ({self.server_lost_timeout})")
+        if self.stream_idle_timeout > self.stream_timeout:
+            problems.append(f"stream_idle_timeout ({self.stream_idle_timeout}) must be <= stream_timeout ({self.stream_timeout})")
+        if problems:
+            raise ConfigError("inconsistent settings: " + "; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,51 @@
+"""Strategy contract: configure a round, then fold client updates into an aggregator as they arrive."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class ClientUpdate:
+    """One validated client result (params already checked against the global model's shapes, finite)."""
+
+    site: str
+    params: Params
+    params_type: str  # "FULL" or "DIFF"
+    weight: float
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Aggregator(abc.ABC):
+    """Consumes updates one at a time; must not keep references to them (memory O(model), not O(clients))."""
+
+    @abc.abstractmethod
+    def add(self, update: ClientUpdate) -> None: ...
+
+    @abc.abstractmethod
+    def result(self) -> Params:
+        """The new global params; called once, after the round closed."""
+
+    @property
+    @abc.abstractmethod
+    def count(self) -> int: ...
+
+
+class Strategy(abc.ABC):
+    """An FL algorithm on the server: what to send each round and how to combine what comes back."""
+
+    name: str = "strategy"
+
+    def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
+        """Extra meta sent to clients with the round's task (default: nothing)."""
+        return {}
+
+    @abc.abstractmethod
+    def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator: ...

@@ -1,0 +1,70 @@
+"""FedAvg: weighted mean of client updates, accumulated in-time as each result arrives.
+
+Weights come from meta NUM_STEPS_CURRENT_ROUND (NVFlare's convention), default 1. FULL updates are folded
+as their difference to the global model, so FULL and DIFF results can be mixed in one round. Tensors a
+client did not send keep their global value (per-tensor weight sums).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy
+
+
+def _acc_dtype(dtype: np.dtype) -> np.dtype:
+    # floats accumulate in their own precision (keeps server memory ~1x model); ints/bools in float64
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+class WeightedMeanAggregator(Aggregator):
+    def __init__(self, global_params: Mapping[str, np.ndarray]) -> None:
+        self._global = global_params
+        self._sums: dict[str, np.ndarray] = {}
+        self._weights: dict[str, float] = {}
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def add(self, update: ClientUpdate) -> None:
+        if update.weight <= 0:
+            return
+        for name, value in update.params.items():
+            base = self._global[name]
+            acc = self._sums.get(name)
+            if acc is None:
+                acc = self._sums[name] = np.zeros(base.shape, dtype=_acc_dtype(base.dtype))
+            if update.params_type == "FULL":
+                delta = np.subtract(value, base, dtype=acc.dtype)
+            else:
+                delta = np.asarray(value, dtype=acc.dtype)
+            if update.weight != 1.0:
+                delta *= acc.dtype.type(update.weight)
+            acc += delta
+            self._weights[name] = self._weights.get(name, 0.0) + update.weight
+        self._count += 1
+
+    def result(self) -> Params:
+        out: Params = {}
+        for name, base in self._global.items():
+            acc = self._sums.pop(name, None)
+            if acc is None:
+                out[name] = np.array(base, copy=True)
+                continue
+            acc /= acc.dtype.type(self._weights[name])
+            acc += base
+            if np.issubdtype(base.dtype, np.integer):
+                np.rint(acc, out=acc)
+            out[name] = acc.astype(base.dtype, copy=False) if acc.dtype != base.dtype else acc
+        return out
+
+
+class FedAvg(Strategy):
+    name = "fedavg"
+
+    def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
+        return WeightedMeanAggregator(global_params)

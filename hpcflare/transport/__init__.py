@@ -1,0 +1,1 @@
+"""Moving metadata and tensors between ranks: framing/codec, and the gRPC transport."""

@@ -1,0 +1,46 @@
+"""Transport contract: what a server-side handler implements and what a client-side transport offers.
+
+Every implementation (gRPC today; staging and relays later) is run against the same contract tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterable, Iterator
+
+from hpcflare.transport.codec import TensorSpec
+
+UNARY_METHODS = ("Register", "Heartbeat", "GetTask", "Goodbye")
+
+
+class ServerHandler(abc.ABC):
+    """Server-side logic behind a transport; raise hpcflare errors, the transport maps them to status codes."""
+
+    @abc.abstractmethod
+    def handle_unary(self, method: str, request: dict, peer: str) -> dict: ...
+
+    @abc.abstractmethod
+    def handle_download(self, request: dict, peer: str) -> Iterator[bytes]:
+        """Yield encoded frames of the requested model, starting at request['start'] = [tensor_index, offset]."""
+
+    @abc.abstractmethod
+    def handle_upload(self, frames: Iterator[bytes], peer: str) -> dict:
+        """Consume an upload (first frame: header with manifest; then data frames)."""
+
+
+class ClientTransport(abc.ABC):
+    """What a client (or relay) uses to talk to its parent."""
+
+    @abc.abstractmethod
+    def call(self, method: str, request: dict, timeout: float) -> dict: ...
+
+    @abc.abstractmethod
+    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytes]]:
+        """Yield (spec, blob) for each tensor of a model, resuming after transient failures."""
+
+    @abc.abstractmethod
+    def upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
+        """Stream header + tensors (numpy arrays or torch tensors) to the parent; return its reply."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,202 @@
+"""Wire encoding: msgpack metadata with a type allowlist, safetensors per tensor, length-prefixed frames.
+
+No pickle anywhere: metadata may only contain None/bool/int/float/str/bytes/list/dict, tensors travel as a
+standalone safetensors blob each (so a receiver validates one tensor at a time and never holds two copies).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import msgpack
+import numpy as np
+
+from hpcflare.errors import FrameTooLargeError, MalformedMessageError
+
+_HEADER = struct.Struct(">I")
+MAX_HEADER_BYTES = 64 << 10
+MAX_META_DEPTH = 32
+
+# safetensors dtype tag <-> numpy dtype (bf16 has no numpy dtype: see decode_tensor)
+ST_TO_NP = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
+            "U64": np.uint64, "BOOL": np.bool_}
+NP_TO_ST = {np.dtype(v).str: k for k, v in ST_TO_NP.items()}
+
+
+def _wire_default(obj: Any) -> Any:
+    """Turn numpy/torch scalars and small arrays (common in user metrics/meta) into plain types."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "item") and hasattr(obj, "numel") and obj.numel() == 1:  # torch scalar tensor
+        return obj.item()
+    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), (str, int)):  # enums
+        return obj.value
+    raise TypeError(f"cannot send value of type {type(obj).__name__} in metadata; use numbers, strings, lists or dicts")
+
+
+def pack_meta(obj: Any) -> bytes:
+    try:
+        return msgpack.packb(obj, default=_wire_default, use_bin_type=True)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"metadata not serializable: {exc}") from exc
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise MalformedMessageError(f"msgpack extension type {code} is not allowed in metadata")
+
+
+def _check_types(obj: Any, depth: int = 0) -> None:
+    if depth > MAX_META_DEPTH:
+        raise MalformedMessageError(f"metadata nested deeper than {MAX_META_DEPTH}")
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return
+    if isinstance(obj, list):
+        for item in obj:
+            _check_types(item, depth + 1)
+        return
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise MalformedMessageError(f"metadata key of type {type(key).__name__} is not allowed")
+            _check_types(value, depth + 1)
+        return
+    raise MalformedMessageError(f"metadata value of type {type(obj).__name__} is not allowed")
+
+
+def unpack_meta(data: bytes | memoryview, expect: type = dict) -> Any:
+    """Decode untrusted msgpack; only plain JSON-like types (plus bytes) come out."""
+    try:
+        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=False, ext_hook=_reject_ext,
+                              timestamp=0)
+    except MalformedMessageError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise MalformedMessageError(f"undecodable metadata ({type(exc).__name__}: {exc})") from None
+    _check_types(obj)
+    if not isinstance(obj, expect):
+        raise MalformedMessageError(f"metadata must be a {expect.__name__}, got {type(obj).__name__}")
+    return obj
+
+
+def pack_frame(header: Mapping[str, Any], payload: bytes | memoryview = b"") -> bytes:
+    head = pack_meta(dict(header))
+    return b"".join((_HEADER.pack(len(head)), head, payload))
+
+
+def unpack_frame(frame: bytes, max_frame_bytes: int) -> tuple[dict, memoryview]:
+    if len(frame) > max_frame_bytes:
+        raise FrameTooLargeError(f"frame of {len(frame)} bytes exceeds max_frame_bytes={max_frame_bytes}")
+    if len(frame) < _HEADER.size:
+        raise MalformedMessageError(f"frame of {len(frame)} bytes is shorter than its length prefix")
+    (hlen,) = _HEADER.unpack_from(frame)
+    if hlen > MAX_HEADER_BYTES or _HEADER.size + hlen > len(frame):
+        raise MalformedMessageError(f"frame header length {hlen} is invalid for a {len(frame)}-byte frame")
+    view = memoryview(frame)
+    header = unpack_meta(view[_HEADER.size:_HEADER.size + hlen])
+    return header, view[_HEADER.size + hlen:]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One entry of a model manifest: what a receiver should expect before any bytes arrive."""
+
+    name: str
+    dtype: str  # safetensors tag, e.g. "F32"
+    shape: tuple[int, ...]
+    nbytes: int  # size of the encoded safetensors blob
+
+    def to_wire(self) -> list:
+        return [self.name, self.dtype, list(self.shape), self.nbytes]
+
+    @classmethod
+    def from_wire(cls, item: Any) -> "TensorSpec":
+        if (not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], str) or not isinstance(item[1], str)
+                or not isinstance(item[2], list) or not all(isinstance(d, int) and d >= 0 for d in item[2])
+                or not isinstance(item[3], int) or item[3] < 0):
+            raise MalformedMessageError(f"invalid tensor spec {item!r:.200}")
+        return cls(item[0], item[1], tuple(item[2]), item[3])
+
+
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.startswith("torch")
+
+
+def encode_tensor(name: str, value: Any) -> tuple[bytes, str, tuple[int, ...]]:
+    """Encode one numpy array or torch tensor as a standalone safetensors blob -> (blob, dtype tag, shape)."""
+    if _is_torch(value):
+        import safetensors.torch
+
+        tensor = value.detach().cpu().contiguous()
+        blob = safetensors.torch.save({name: tensor})
+        return blob, _blob_dtype(blob, name), tuple(tensor.shape)
+    import safetensors.numpy
+
+    arr = np.ascontiguousarray(np.asarray(value))
+    if arr.dtype.str not in NP_TO_ST:
+        raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {arr.dtype}; use a numeric dtype")
+    return safetensors.numpy.save({name: arr}), NP_TO_ST[arr.dtype.str], tuple(arr.shape)
+
+
+def _blob_header(blob: bytes | memoryview) -> tuple[dict, int]:
+    if len(blob) < 8:
+        raise MalformedMessageError("safetensors blob shorter than its 8-byte header length")
+    (hlen,) = struct.unpack_from("<Q", blob)
+    if hlen > MAX_HEADER_BYTES or 8 + hlen > len(blob):
+        raise MalformedMessageError(f"safetensors header length {hlen} invalid for a {len(blob)}-byte blob")
+    try:
+        header = json.loads(bytes(blob[8:8 + hlen]))
+    except ValueError as exc:
+        raise MalformedMessageError(f"safetensors header is not JSON: {exc}") from None
+    return header, 8 + hlen
+
+
+def _blob_dtype(blob: bytes, name: str) -> str:
+    header, _ = _blob_header(blob)
+    return str(header[name]["dtype"])
+
+
+def view_tensor(blob: bytes, name: str) -> np.ndarray:
+    """Zero-copy read-only numpy view of a blob this process encoded itself (trusted)."""
+    header, start = _blob_header(blob)
+    info = header[name]
+    lo, hi = info["data_offsets"]
+    return np.frombuffer(blob, dtype=ST_TO_NP[info["dtype"]], count=math.prod(info["shape"]),
+                         offset=start + lo).reshape(info["shape"])
+
+
+def decode_tensor(blob: bytes | bytearray, spec: TensorSpec, framework: str = "numpy") -> Any:
+    """Decode an untrusted single-tensor blob and check it against its announced spec."""
+    try:
+        if framework == "pytorch":
+            import safetensors.torch
+
+            tensors = safetensors.torch.load(bytes(blob))
+        else:
+            import safetensors.numpy
+
+            tensors = safetensors.numpy.load(bytes(blob))
+    except Exception as exc:
+        raise MalformedMessageError(f"tensor {spec.name!r}: not a valid safetensors blob ({exc})") from None
+    if list(tensors) != [spec.name]:
+        raise MalformedMessageError(f"tensor blob for {spec.name!r} contains {sorted(tensors)!r:.200}")
+    value = tensors[spec.name]
+    if tuple(value.shape) != spec.shape:
+        raise MalformedMessageError(f"tensor {spec.name!r} has shape {tuple(value.shape)}, manifest said {spec.shape}")
+    return value
+
+
+def iter_chunks(blob: bytes | memoryview, chunk_size: int, offset: int = 0) -> Iterator[tuple[int, memoryview]]:
+    """(offset, slice) pairs covering blob[offset:]; an empty blob still yields one empty chunk."""
+    view = memoryview(blob)
+    if offset >= len(view):
+        yield len(view), view[len(view):]
+        return
+    for start in range(offset, len(view), chunk_size):
+        yield start, view[start:start + chunk_size]

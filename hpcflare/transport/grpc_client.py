@@ -1,0 +1,174 @@
+"""gRPC client side: unary calls on a control channel, pull-based chunked streams on a data channel.
+
+Heartbeats and task polls use their own channel so a large transfer never blocks them.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any, Iterable, Iterator
+
+import grpc
+
+from hpcflare import errors
+from hpcflare.settings import Settings
+from hpcflare.transport.api import ClientTransport
+from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, pack_meta, unpack_frame, unpack_meta
+from hpcflare.transport.grpc_server import SERVICE
+
+RETRYABLE = (errors.PeerGoneError, errors.StreamTimeoutError)
+
+
+def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareError:
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    msg = f"{what}: {detail}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return errors.PeerGoneError(f"{what}: server at {address} is unreachable ({detail}); is the server rank alive?")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.StreamTimeoutError(f"{what}: deadline exceeded ({detail}); raise settings.rpc_timeout/stream_timeout if the link is slow")
+    if code == grpc.StatusCode.CANCELLED:
+        return errors.StreamTimeoutError(f"{what}: cancelled ({detail})")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return errors.FrameTooLargeError(f"{msg}; a frame exceeded max_frame_bytes or the server is overloaded")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return errors.UnknownClientError(msg)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and "StaleTaskError" in (detail or ""):
+        return errors.StaleTaskError(msg)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.UpdateRejectedError(msg) if what == "Upload" else errors.MalformedMessageError(msg)
+    if code == grpc.StatusCode.ABORTED:
+        return errors.JobAbortedError(msg)
+    return errors.TransportError(f"{msg} (grpc status {code})")
+
+
+class _Progress:
+    """Client-side idle watchdog for one stream: cancels the call after stream_idle_timeout without progress."""
+
+    def __init__(self, idle_timeout: float) -> None:
+        self.idle_timeout = idle_timeout
+        self.last = time.monotonic()
+        self.stalled = False
+        self._done = threading.Event()
+        self.call: Any = None
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def __enter__(self) -> "_Progress":
+        threading.Thread(target=self._run, daemon=True, name="stream-progress").start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.wait(min(1.0, self.idle_timeout / 4)):
+            if time.monotonic() - self.last > self.idle_timeout and self.call is not None:
+                self.stalled = True
+                self.call.cancel()
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+
+class GrpcClientTransport(ClientTransport):
+    def __init__(self, address: str, settings: Settings) -> None:
+        self.address, self.settings = address, settings
+        options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
+                   ("grpc.max_send_message_length", settings.max_frame_bytes),
+                   ("grpc.enable_retries", 0)]
+        self._control = grpc.insecure_channel(address, options=options + [("grpc.use_local_subchannel_pool", 1)])
+        self._data = grpc.insecure_channel(address, options=options + [("grpc.use_local_subchannel_pool", 1)])
+        self._unary = {}
+        self._download = self._data.unary_stream(f"/{SERVICE}/Download")
+        self._upload = self._data.stream_unary(f"/{SERVICE}/Upload")
+
+    def call(self, method: str, request: dict, timeout: float) -> dict:
+        stub = self._unary.get(method)
+        if stub is None:
+            stub = self._unary[method] = self._control.unary_unary(f"/{SERVICE}/{method}")
+        try:
+            return unpack_meta(stub(pack_meta(request), timeout=timeout))
+        except grpc.RpcError as exc:
+            raise translate(exc, method, self.address) from None
+
+    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytes]]:
+        """Pull every tensor of the model; on a transient failure resume at (tensor, offset) with backoff."""
+        total = sum(s.nbytes for s in manifest)
+        if total > self.settings.max_model_bytes:
+            raise errors.FrameTooLargeError(f"model of {total} bytes exceeds settings.max_model_bytes={self.settings.max_model_bytes}")
+        index, buf, filled = 0, bytearray(manifest[0].nbytes) if manifest else bytearray(), 0
+        give_up = time.monotonic() + self.settings.server_lost_timeout
+        attempt = 0
+        while index < len(manifest):
+            try:
+                with _Progress(self.settings.stream_idle_timeout) as progress:
+                    call = progress.call = self._download(pack_meta({**request, "start": [index, filled]}),
+                                                          timeout=self.settings.stream_timeout)
+                    for frame in call:
+                        progress.touch()
+                        header, payload = unpack_frame(frame, self.settings.max_frame_bytes)
+                        t, off = header.get("t"), header.get("o")
+                        if t != index or off != filled or filled + len(payload) > len(buf):
+                            raise errors.MalformedMessageError(f"unexpected frame t={t} o={off} (want t={index} o={filled})")
+                        buf[filled:filled + len(payload)] = payload
+                        filled += len(payload)
+                        if filled == len(buf):
+                            yield manifest[index], bytes(buf)
+                            index, filled = index + 1, 0
+                            buf = bytearray(manifest[index].nbytes) if index < len(manifest) else bytearray()
+                            attempt = 0
+                    if index < len(manifest):
+                        raise errors.PeerGoneError(f"download stream ended early at tensor {index} offset {filled}")
+            except grpc.RpcError as exc:
+                err = translate(exc, "Download", self.address)
+                if progress.stalled:
+                    err = errors.StreamTimeoutError(f"Download: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s")
+                if not isinstance(err, RETRYABLE) or time.monotonic() > give_up:
+                    raise err from None
+                attempt += 1
+                time.sleep(min(5.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
+
+    def upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
+        chunk = self.settings.chunk_size
+        sent = 0
+        progress = _Progress(self.settings.stream_idle_timeout)
+        local_error: list[BaseException] = []
+
+        def frames() -> Iterator[bytes]:
+            try:
+                yield from _frames()
+            except Exception as exc:  # gRPC would swallow it into "Exception iterating requests"
+                local_error.append(exc)
+                raise
+
+        def _frames() -> Iterator[bytes]:
+            nonlocal sent
+            yield pack_frame({**header, "kind": "begin"})
+            for name, value in tensors:
+                blob, dtype, shape = encode_tensor(name, value)
+                sent += len(blob)
+                if sent > self.settings.max_model_bytes:
+                    raise errors.FrameTooLargeError(f"update exceeds settings.max_model_bytes={self.settings.max_model_bytes}")
+                yield pack_frame({"kind": "tensor", "spec": TensorSpec(name, dtype, shape, len(blob)).to_wire()})
+                for offset, piece in iter_chunks(blob, chunk):
+                    progress.touch()
+                    yield pack_frame({"kind": "data", "o": offset}, piece)
+                del blob
+            yield pack_frame({"kind": "end"})
+
+        with progress:
+            try:
+                future = progress.call = self._upload.future(frames(), timeout=self.settings.stream_timeout)
+                return unpack_meta(future.result())
+            except grpc.RpcError as exc:
+                if local_error:
+                    raise local_error[0] from None
+                if progress.stalled:
+                    raise errors.StreamTimeoutError(f"Upload: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s") from None
+                raise translate(exc, "Upload", self.address) from None
+
+    def close(self) -> None:
+        self._control.close()
+        self._data.close()

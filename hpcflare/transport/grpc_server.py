@@ -1,0 +1,165 @@
+"""gRPC server side: generic byte-level handlers (no protobuf codegen), errors mapped to status codes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+from typing import Callable, Iterator
+
+import grpc
+
+from hpcflare import errors
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.settings import Settings
+from hpcflare.transport.api import UNARY_METHODS, ServerHandler
+from hpcflare.transport.codec import pack_meta, unpack_meta
+
+SERVICE = "hpcflare.v1.FL"
+
+_STATUS = [  # most specific first
+    (errors.UnknownClientError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.StaleTaskError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.FrameTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.MalformedMessageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.UpdateRejectedError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.StreamTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.JobAbortedError, grpc.StatusCode.ABORTED),
+    (errors.HpcflareError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for typ, code in _STATUS:
+        if isinstance(exc, typ):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class StreamWatchdog:
+    """Cancels streams that made no progress for ``idle_timeout`` seconds (one thread for all streams)."""
+
+    def __init__(self, idle_timeout: float, on_stall: Callable[[str, float], None]) -> None:
+        self.idle_timeout = idle_timeout
+        self._on_stall = on_stall
+        self._streams: dict[int, list] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stream-watchdog", daemon=True)
+        self._thread.start()
+
+    def watch(self, key: int, what: str, cancel: Callable[[], object]) -> None:
+        with self._lock:
+            self._streams[key] = [time.monotonic(), what, cancel]
+
+    def touch(self, key: int) -> None:
+        entry = self._streams.get(key)
+        if entry is not None:
+            entry[0] = time.monotonic()
+
+    def forget(self, key: int) -> None:
+        with self._lock:
+            self._streams.pop(key, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.idle_timeout / 4)):
+            now = time.monotonic()
+            with self._lock:
+                stalled = [(k, e) for k, e in self._streams.items() if now - e[0] > self.idle_timeout]
+                for key, _ in stalled:
+                    del self._streams[key]
+            for _, (last, what, cancel) in stalled:
+                self._on_stall(what, now - last)
+                cancel()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class GrpcServer:
+    """Serves a ServerHandler on host:port (port 0 = pick a free one)."""
+
+    def __init__(self, handler: ServerHandler, settings: Settings, log: RankLogger,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.handler, self.settings, self.log = handler, settings, log
+        options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
+                   ("grpc.max_send_message_length", settings.max_frame_bytes),
+                   ("grpc.so_reuseport", 0),
+                   ("grpc.keepalive_permit_without_calls", 1),
+                   ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
+        self._pool = futures.ThreadPoolExecutor(max_workers=settings.server_threads, thread_name_prefix="grpc-srv")
+        self._server = grpc.server(self._pool, options=options,
+                                   maximum_concurrent_rpcs=settings.server_threads * 4)
+        handlers = {name: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY_METHODS}
+        handlers["Download"] = grpc.unary_stream_rpc_method_handler(self._download)
+        handlers["Upload"] = grpc.stream_unary_rpc_method_handler(self._upload)
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise errors.TransportError(f"could not bind gRPC server to {host}:{port}; is the port in use?")
+        self.address = f"{host}:{self.port}"
+        self.watchdog = StreamWatchdog(settings.stream_idle_timeout, self._stalled)
+
+    def _stalled(self, what: str, idle: float) -> None:
+        self.log.warning("transfer_stalled", f"{what} made no progress for {idle:.0f}s; cancelled "
+                         f"(settings.stream_idle_timeout={self.settings.stream_idle_timeout})", stream=what, idle_s=idle)
+
+    def _fail(self, context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+        code = status_for(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            self.log.error("internal_error", f"{method} from {context.peer()} failed: {exc!r}", method=method)
+        context.abort(code, f"{type(exc).__name__}: {exc}"[:2000])
+
+    def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                reply = self.handler.handle_unary(method, unpack_meta(request), context.peer())
+                return pack_meta(reply)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status code, never crashes the server
+                self._fail(context, method, exc)
+                raise  # unreachable: abort raises
+        return handle
+
+    def _download(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        key = id(context)
+        try:
+            self.watchdog.watch(key, f"download to {context.peer()}", context.cancel)
+            for frame in self.handler.handle_download(unpack_meta(request), context.peer()):
+                if not context.is_active():
+                    return
+                yield frame
+                self.watchdog.touch(key)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(context, "Download", exc)
+        finally:
+            self.watchdog.forget(key)
+
+    def _upload(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        key = id(context)
+        self.watchdog.watch(key, f"upload from {context.peer()}", context.cancel)
+
+        def frames() -> Iterator[bytes]:
+            for frame in request_iterator:
+                self.watchdog.touch(key)
+                yield frame
+
+        try:
+            return pack_meta(self.handler.handle_upload(frames(), context.peer()))
+        except grpc.RpcError as exc:  # the client went away mid-stream
+            self.log.warning("upload_aborted", f"upload from {context.peer()} broke off: {exc}")
+            self._fail(context, "Upload", errors.PeerGoneError(str(exc)))
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._fail(context, "Upload", exc)
+            raise
+        finally:
+            self.watchdog.forget(key)
+
+    def start(self) -> "GrpcServer":
+        self._server.start()
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.watchdog.close()
+        self._server.stop(grace).wait(grace + 5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
