@@ -88,7 +88,8 @@ def _check_spec(spec: TensorSpec, expected: Mapping[str, np.ndarray], seen: Mapp
 def _finish(spec: TensorSpec, buf: bytearray, base: np.ndarray) -> np.ndarray:
     value = decode_tensor(buf, spec)
     if value.dtype != base.dtype:
-        value = value.astype(base.dtype)
+        with np.errstate(over="ignore"):  # an overflow becomes Inf, rejected just below
+            value = value.astype(base.dtype)
     if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
         raise UpdateRejectedError(f"tensor {spec.name!r} contains NaN or Inf values; the update is rejected")
     return value

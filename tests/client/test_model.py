@@ -1,0 +1,49 @@
+"""FLModel validation matches NVFlare's documented behaviour."""
+
+import numpy as np
+import pytest
+
+import hpcflare.client as flare
+from hpcflare.client import FLModel, ParamsType
+
+
+def test_params_without_type_default_to_full():
+    model = FLModel(params={"w": np.zeros(2)})
+    assert model.params_type is ParamsType.FULL
+
+
+@pytest.mark.parametrize("ptype", [ParamsType.FULL, ParamsType.DIFF, "FULL", "DIFF"])
+def test_full_or_diff_without_params_raises(ptype):
+    with pytest.raises(ValueError, match="params must be provided"):
+        FLModel(params_type=ptype)
+
+
+def test_string_params_type_is_normalized_and_bad_one_rejected():
+    assert FLModel(params={"w": 1}, params_type="DIFF").params_type is ParamsType.DIFF
+    assert ParamsType.DIFF == "DIFF"
+    with pytest.raises(ValueError, match="params_type must be one of"):
+        FLModel(params={"w": 1}, params_type="HALF")
+
+
+def test_constructor_signature_and_defaults_match_nvflare():
+    model = FLModel(ParamsType.FULL, {"w": 1}, None, {"acc": 0.5}, 0, 2, 5, {"NUM_STEPS_CURRENT_ROUND": 10})
+    assert (model.metrics, model.start_round, model.current_round, model.total_rounds) == ({"acc": 0.5}, 0, 2, 5)
+    assert model.meta[flare.FLMetaKey.NUM_STEPS_CURRENT_ROUND] == 10
+    assert FLModel().meta == {} and FLModel().params_type is None
+
+
+def test_api_before_init_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="call flare.init"):
+        flare.receive()
+
+
+def test_init_outside_a_job_explains_how_to_start(monkeypatch):
+    monkeypatch.delenv("HPCFLARE_JOB_DIR", raising=False)
+    monkeypatch.delenv("HPCFLARE_SITE_NAME", raising=False)
+    with pytest.raises(RuntimeError, match="not running inside an hpcflare job"):
+        flare.init()
+
+
+def test_send_rejects_non_flmodel_before_anything_else():
+    with pytest.raises(TypeError, match="expects an FLModel, got dict"):
+        flare.send({"w": np.zeros(1)})

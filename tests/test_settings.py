@@ -1,0 +1,38 @@
+"""Settings profiles: every shipped profile loads; bad keys and inconsistent deadlines are refused by name."""
+
+import pytest
+
+from hpcflare.errors import ConfigError
+from hpcflare.settings import CONFIGS_DIR, Settings
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+def test_shipped_profiles_load_and_validate(profile):
+    Settings.load(profile).validate()
+
+
+def test_three_profiles_exist():
+    assert {p.stem for p in CONFIGS_DIR.glob("*.yaml")} >= {"dev", "production", "hpc-large"}
+
+
+def test_every_setting_is_documented():
+    docs = Settings.field_docs()
+    assert set(docs) == set(Settings().as_dict()) and all(docs.values())
+
+
+def test_unknown_key_and_bad_values():
+    with pytest.raises(ConfigError, match=r"unknown settings key\(s\) \['round_timout'\]"):
+        Settings.load("dev", {"round_timout": 5})
+    with pytest.raises(ConfigError, match="must be a number"):
+        Settings.load("dev", {"round_timeout": "soon"})
+    with pytest.raises(ConfigError, match="must be > 0"):
+        Settings.load("dev", {"round_timeout": 0})
+    with pytest.raises(ConfigError, match="not found"):
+        Settings.load("no-such-profile")
+
+
+def test_inconsistent_settings_name_both_keys():
+    with pytest.raises(ConfigError, match=r"heartbeat_timeout \(2.0\) must be > 2 x heartbeat_interval \(5.0\)"):
+        Settings.load("dev", {"heartbeat_timeout": 2, "heartbeat_interval": 5})
+    with pytest.raises(ConfigError, match="max_frame_bytes"):
+        Settings.load("dev", {"chunk_size": 1 << 22})

@@ -1,0 +1,84 @@
+"""Wire codec: frames, metadata allowlist, per-tensor safetensors; malformed bytes give precise errors."""
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hpcflare.errors import FrameTooLargeError, MalformedMessageError
+from hpcflare.transport import codec
+
+
+def test_frame_roundtrip():
+    frame = codec.pack_frame({"t": 1, "o": 4}, b"payload")
+    header, payload = codec.unpack_frame(frame, 1 << 20)
+    assert header == {"t": 1, "o": 4} and bytes(payload) == b"payload"
+
+
+def test_oversized_frame_is_refused():
+    frame = codec.pack_frame({"t": 0}, b"x" * 2000)
+    with pytest.raises(FrameTooLargeError, match="max_frame_bytes=1000"):
+        codec.unpack_frame(frame, 1000)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\x00", b"\xff\xff\xff\xff garbage", b"\x00\x00\x00\x02\xc1\xc1"])
+def test_malformed_frames(raw):
+    with pytest.raises(MalformedMessageError):
+        codec.unpack_frame(raw, 1 << 20)
+
+
+def test_meta_allowlist_rejects_extension_types():
+    data = msgpack.packb(msgpack.ExtType(42, b"evil"))
+    with pytest.raises(MalformedMessageError, match="extension type 42"):
+        codec.unpack_meta(data, expect=object)
+
+
+def test_meta_converts_numpy_scalars_and_refuses_objects():
+    assert codec.unpack_meta(codec.pack_meta({"loss": np.float32(0.5), "n": np.int64(3)})) == {"loss": 0.5, "n": 3}
+    with pytest.raises(MalformedMessageError, match="not serializable"):
+        codec.pack_meta({"obj": object()})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=512))
+def test_unpack_meta_never_crashes_on_garbage(data):
+    try:
+        codec.unpack_meta(data, expect=object)
+    except MalformedMessageError:
+        pass
+
+
+def test_tensor_roundtrip_numpy_and_zero_copy_view():
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    blob, dtype, shape = codec.encode_tensor("w", arr)
+    assert (dtype, shape) == ("F32", (3, 4))
+    spec = codec.TensorSpec("w", dtype, shape, len(blob))
+    np.testing.assert_array_equal(codec.decode_tensor(blob, spec), arr)
+    view = codec.view_tensor(blob, "w")
+    np.testing.assert_array_equal(view, arr)
+    assert not view.flags.owndata
+
+
+def test_tensor_roundtrip_torch():
+    torch = pytest.importorskip("torch")
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    blob, dtype, shape = codec.encode_tensor("w", t)
+    spec = codec.TensorSpec("w", dtype, shape, len(blob))
+    assert torch.equal(codec.decode_tensor(blob, spec, "pytorch"), t)
+    np.testing.assert_array_equal(codec.decode_tensor(blob, spec, "numpy"), t.numpy())
+
+
+def test_decode_rejects_wrong_name_shape_and_garbage():
+    blob, dtype, shape = codec.encode_tensor("w", np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(MalformedMessageError, match="contains"):
+        codec.decode_tensor(blob, codec.TensorSpec("other", dtype, shape, len(blob)))
+    with pytest.raises(MalformedMessageError, match="shape"):
+        codec.decode_tensor(blob, codec.TensorSpec("w", dtype, (4,), len(blob)))
+    with pytest.raises(MalformedMessageError, match="not a valid safetensors"):
+        codec.decode_tensor(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", codec.TensorSpec("w", dtype, shape, 20))
+
+
+def test_iter_chunks_bounds_every_chunk():
+    chunks = list(codec.iter_chunks(b"x" * 10, 4))
+    assert [(o, len(c)) for o, c in chunks] == [(0, 4), (4, 4), (8, 2)]
+    assert [(o, len(c)) for o, c in codec.iter_chunks(b"x" * 10, 4, offset=6)] == [(6, 4)]

@@ -1,0 +1,120 @@
+"""The gRPC transport against a real server on loopback: chunking, resume, limits, errors, dead peers."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from hpcflare import errors
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.settings import Settings
+from hpcflare.transport.api import ServerHandler
+from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, unpack_frame
+from hpcflare.transport.grpc_client import GrpcClientTransport
+from hpcflare.transport.grpc_server import GrpcServer
+
+SETTINGS = Settings(chunk_size=1024, max_frame_bytes=4096, server_lost_timeout=3, stream_idle_timeout=1.0,
+                    stream_timeout=10, heartbeat_interval=1, heartbeat_timeout=5, task_poll_timeout=1)
+
+
+class Handler(ServerHandler):
+    def __init__(self) -> None:
+        self.blobs = [encode_tensor(f"t{i}", np.arange(700 * (i + 1), dtype=np.float32))[0] for i in range(3)]
+        self.fail_once_at: int | None = None
+        self.stall = False
+        self.uploads: list[dict] = []
+
+    def handle_unary(self, method: str, request: dict, peer: str) -> dict:
+        if request.get("reject"):
+            raise errors.UpdateRejectedError("nope: " + method)
+        return {"method": method, "echo": request}
+
+    def handle_download(self, request: dict, peer: str) -> Iterator[bytes]:
+        index, offset = request["start"]
+        sent = 0
+        for i in range(index, len(self.blobs)):
+            for off, piece in iter_chunks(self.blobs[i], SETTINGS.chunk_size, offset if i == index else 0):
+                if self.stall:
+                    time.sleep(5)
+                if self.fail_once_at is not None and sent == self.fail_once_at:
+                    self.fail_once_at = None
+                    raise errors.StreamTimeoutError("injected mid-stream failure")
+                sent += 1
+                yield pack_frame({"t": i, "o": off}, piece)
+
+    def handle_upload(self, frames: Iterator[bytes], peer: str) -> dict:
+        heads = [unpack_frame(f, SETTINGS.max_frame_bytes)[0] for f in frames]
+        self.uploads.append(heads[0])
+        return {"frames": len(heads)}
+
+
+@pytest.fixture
+def served():
+    handler = Handler()
+    server = GrpcServer(handler, SETTINGS, RankLogger(None, "server", "server")).start()
+    client = GrpcClientTransport(server.address, SETTINGS)
+    yield handler, server, client
+    client.close()
+    server.stop(0)
+
+
+def manifest(handler: Handler) -> list[TensorSpec]:
+    return [TensorSpec(f"t{i}", "F32", (700 * (i + 1),), len(b)) for i, b in enumerate(handler.blobs)]
+
+
+def test_unary_roundtrip_and_typed_errors(served):
+    handler, server, client = served
+    assert client.call("GetTask", {"x": [1, 2]}, 5) == {"method": "GetTask", "echo": {"x": [1, 2]}}
+    with pytest.raises(errors.MalformedMessageError, match="nope: GetTask"):
+        client.call("GetTask", {"reject": True}, 5)
+
+
+def test_download_reassembles_chunks_exactly(served):
+    handler, server, client = served
+    got = list(client.download({}, manifest(handler)))
+    assert [bytes(b) for _, b in got] == handler.blobs
+    assert all(len(b) > SETTINGS.chunk_size for b in handler.blobs)  # really chunked
+
+
+def test_download_resumes_after_mid_stream_failure(served):
+    handler, server, client = served
+    handler.fail_once_at = 5  # fails inside the second tensor
+    got = list(client.download({}, manifest(handler)))
+    assert [bytes(b) for _, b in got] == handler.blobs
+
+
+def test_stalled_download_times_out_instead_of_hanging(served):
+    handler, server, client = served
+    handler.stall = True
+    t0 = time.monotonic()
+    with pytest.raises(errors.StreamTimeoutError, match="stream_idle_timeout"):
+        list(client.download({}, manifest(handler)))
+    assert time.monotonic() - t0 < 15
+
+
+def test_upload_streams_tensors_in_bounded_frames(served):
+    handler, server, client = served
+    reply = client.upload({"site": "a"}, [("w", np.zeros(3000, dtype=np.float32))])
+    assert reply["frames"] == 1 + 1 + 12 + 1  # begin, tensor spec, ceil(12032/1024) data, end
+    assert handler.uploads[0]["site"] == "a"
+
+
+def test_oversized_frame_is_refused_and_server_keeps_serving(served):
+    handler, server, client = served
+    raw = client._upload.future(iter([b"x" * (SETTINGS.max_frame_bytes * 2)]), timeout=5)
+    with pytest.raises(Exception) as info:
+        raw.result()
+    from hpcflare.transport.grpc_client import translate
+
+    assert isinstance(translate(info.value, "Upload", server.address), errors.FrameTooLargeError)
+    assert client.call("Heartbeat", {}, 5)["method"] == "Heartbeat"
+
+
+def test_dead_server_is_a_clear_peer_gone_error(served):
+    handler, server, client = served
+    server.stop(0)
+    with pytest.raises(errors.PeerGoneError, match="unreachable.*is the server rank alive"):
+        client.call("Heartbeat", {}, 2)
