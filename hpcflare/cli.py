@@ -46,6 +46,61 @@ def _exit_codes(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _job(args: argparse.Namespace, extra: list[str]) -> int:
+    from hpcflare.errors import HpcflareError
+    from hpcflare.slurm import SlurmCommands
+    from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch
+
+    slurm = SlurmCommands()
+    try:
+        if args.action == "submit":
+            job_dir = JobDir(args.target)
+            job_dir.load_config()
+            spec = SbatchSpec(job_dir, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
+                              partition=args.partition, time=args.time, rendezvous=args.rendezvous)
+            text = render_sbatch(spec)
+            path = job_dir.root / "job.sbatch"
+            path.write_text(text)
+            if args.dry_run:
+                print(text)
+                return 0
+            job_id = slurm.submit(path)
+            (job_dir.root / "slurm_job_id").write_text(job_id + "\n")
+            print(f"submitted {job_dir.root.name} as Slurm job {job_id}; script {path}; logs {job_dir.log_dir}")
+        elif args.action == "status":
+            job_id, job_dir = _resolve(args.target)
+            info = {"slurm_job_id": job_id, "slurm_state": slurm.state(job_id)}
+            if job_dir is not None:
+                info.update(job_dir.read_status())
+            print(json.dumps(info, indent=2))
+        elif args.action == "abort":
+            job_id, _ = _resolve(args.target)
+            slurm.cancel(job_id)
+            print(f"cancelled Slurm job {job_id}")
+        elif args.action == "list":
+            jobs = slurm.list_jobs()
+            print(f"{'JOBID':>8} {'STATE':<11} {'TIME':>9} {'NODES':>5}  NAME (REASON)")
+            for job in jobs:
+                print(f"{job['job_id']:>8} {job['state']:<11} {job['time']:>9} {job['nodes']:>5}  {job['name']} ({job['reason']})")
+    except HpcflareError as exc:
+        print(f"hpcflare job {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _resolve(target: str | None) -> tuple[str, JobDir | None]:
+    """A Slurm job id, or a job directory that was submitted with `hpcflare job submit`."""
+    from hpcflare.errors import ConfigError
+
+    if target and target.isdigit():
+        return target, None
+    job_dir = JobDir(target or ".")
+    id_file = job_dir.root / "slurm_job_id"
+    if not id_file.is_file():
+        raise ConfigError(f"{target} is neither a Slurm job id nor a job directory submitted with `hpcflare job submit`")
+    return id_file.read_text().strip(), job_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcflare", description="Federated learning runtime for HPC clusters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,7 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_settings)
     p = sub.add_parser("exit-codes", help="list every rank exit code with its help text")
     p.set_defaults(func=_exit_codes)
+    p = sub.add_parser("job", help="submit / inspect / abort jobs on Slurm")
+    p.add_argument("action", choices=("submit", "status", "abort", "list"))
+    p.add_argument("target", nargs="?", help="submit: a job directory; status/abort: a Slurm job id or job directory")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--ntasks-per-node", type=int, default=None)
+    p.add_argument("--partition", default=None)
+    p.add_argument("--time", default="00:30:00")
+    p.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
+    p.set_defaults(func=_job)
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "action", None) in ("submit", "status", "abort") and not args.target:
+        parser.error(f"job {args.action} needs a target")
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args, extra))

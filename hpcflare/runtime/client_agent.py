@@ -35,11 +35,17 @@ class Task:
 
 def wait_for_server(job_dir: JobDir, timeout: float) -> str:
     """Read the server's address from the rendezvous file, waiting up to ``timeout`` for it to appear."""
+    from hpcflare.runtime.ranks import incarnation
+
     path = job_dir.rendezvous_dir / "server.json"
     deadline = time.monotonic() + timeout
+    mine = incarnation()
     while True:
         try:
-            return str(json.loads(path.read_text())["address"])
+            info = json.loads(path.read_text())
+            if mine and info.get("incarnation") != mine:
+                raise KeyError("server.json is from another incarnation of this job")
+            return str(info["address"])
         except (FileNotFoundError, ValueError, KeyError):
             if time.monotonic() >= deadline:
                 raise errors.PeerGoneError(
@@ -71,7 +77,8 @@ class ClientAgent:
             self.address = wait_for_server(self.job_dir, s.rendezvous_timeout)
         self.transport = GrpcClientTransport(self.address, s)
         reply = self._retry("Register", lambda: self.transport.call(  # type: ignore[union-attr]
-            "Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid()}, s.rpc_timeout))
+            "Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
+                         "node": os.environ.get("SLURMD_NODENAME", "")}, s.rpc_timeout))
         self.token = reply["token"]
         self.log.info("registered", f"{self.site} registered with server {self.address}", address=self.address)
         threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.site}", daemon=True).start()

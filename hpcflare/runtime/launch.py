@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from hpcflare import errors
 from hpcflare.client import api as client_api
@@ -22,12 +23,13 @@ from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.client_agent import ClientAgent
 
 
-def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port: int = 0) -> ExitCode:
+def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port: int = 0,
+               advertise: str | None = None, on_listening: Callable[[str], None] | None = None) -> ExitCode:
     from hpcflare.runtime.server import FLServer
 
     log = RankLogger(job_dir.log_dir, "server", "server", echo=sys.stdout if echo else None)
     try:
-        server = FLServer(job_dir, log, host=host, port=port)
+        server = FLServer(job_dir, log, host=host, port=port, advertise=advertise)
     except errors.ConfigError as exc:
         log.error("config_error", f"cannot start server: {exc}", exit_code=int(ExitCode.CONFIG_ERROR))
         job_dir.write_status("failed", message=str(exc), exit_code=int(ExitCode.CONFIG_ERROR))
@@ -35,7 +37,7 @@ def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port
     if threading_is_main():
         signal.signal(signal.SIGTERM, lambda *_: server.abort("SIGTERM received"))
     try:
-        return server.run()
+        return server.run(on_listening)
     finally:
         log.close()
 
@@ -111,12 +113,26 @@ def _raise_aborted(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcflare-rank", description=__doc__)
     parser.add_argument("--job-dir", required=True)
-    parser.add_argument("--role", choices=("server", "client"), required=True)
+    parser.add_argument("--role", choices=("server", "client", "auto"), required=True,
+                        help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then clients in job.yaml order")
+    parser.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs",
+                        help="--role auto: find the server via the shared job dir (fs) or an MPI broadcast (mpi)")
     parser.add_argument("--site", help="site name (client role)")
     parser.add_argument("--address", help="server address host:port (default: read the rendezvous file)")
     parser.add_argument("--quiet", action="store_true", help="server: do not echo progress to stdout")
     args = parser.parse_args(argv)
     job_dir = JobDir(args.job_dir)
+    if args.role == "auto":
+        from hpcflare.runtime.ranks import detect_rank, run_rank
+
+        info = detect_rank()
+        if info.rank != 0:
+            signal.signal(signal.SIGTERM, _raise_aborted)
+        try:
+            return int(run_rank(job_dir, info, args.rendezvous))
+        except errors.ConfigError as exc:
+            print(f"[hpcflare] rank {info.rank}: configuration error: {exc}", file=sys.stderr)
+            return int(ExitCode.CONFIG_ERROR)
     if args.role == "server":
         return int(run_server(job_dir, echo=not args.quiet))
     if not args.site:

@@ -7,6 +7,7 @@ round are discarded and logged, never mixed into a later one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -14,7 +15,10 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from filelock import FileLock
 
 from hpcflare import errors
 from hpcflare.client.model import MetaKey
@@ -23,6 +27,7 @@ from hpcflare.job import JobConfig, JobDir, atomic_write_text
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.global_model import GlobalModel, load_params
 from hpcflare.runtime.membership import Membership
+from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.upload import read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy import ClientUpdate, FedAvg, Strategy
@@ -47,14 +52,16 @@ class _Round:
 
 
 class FLServer(ServerHandler):
-    def __init__(self, job_dir: JobDir, log: RankLogger, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, job_dir: JobDir, log: RankLogger, host: str = "127.0.0.1", port: int = 0,
+                 advertise: str | None = None) -> None:
         self.job_dir = job_dir
         self.config: JobConfig = job_dir.load_config()
         self.settings: Settings = self.config.load_settings()
         self.log = log
         self.strategy = STRATEGIES[self.config.strategy]()
         self.members = Membership(self.config.clients, self.settings.heartbeat_timeout)
-        self.model = GlobalModel(load_params(job_dir.root / self.config.initial_model), 0)
+        self.first_round = 1
+        self.model = self._load_checkpoint() or GlobalModel(load_params(job_dir.root / self.config.initial_model), 0)
         self.round: _Round | None = None
         self.phase = "registration"  # registration | running | ended
         self.end_reason = ""
@@ -63,6 +70,32 @@ class FLServer(ServerHandler):
         self._upload_slots = threading.BoundedSemaphore(self.settings.max_concurrent_uploads)
         self._goodbyes: set[str] = set()
         self.grpc = GrpcServer(self, self.settings, log, host=host, port=port)
+        self.address = f"{advertise or host}:{self.grpc.port}"
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def _ckpt_meta(self) -> Path:
+        return self.job_dir.models_dir / "checkpoint.json"
+
+    def _load_checkpoint(self) -> GlobalModel | None:
+        """Resume after a requeue/restart: the last completed round's model, verified by checksum."""
+        if not self._ckpt_meta.is_file():
+            return None
+        meta = json.loads(self._ckpt_meta.read_text())
+        path = self.job_dir.models_dir / meta["file"]
+        if not path.is_file() or sha256_file(path) != meta["sha256"]:
+            self.log.warning("checkpoint_invalid", f"checkpoint {path} missing or corrupt; starting from the initial model")
+            return None
+        self.first_round = int(meta["round"]) + 1
+        self.log.info("resumed", f"resuming from checkpoint: round {meta['round']} completed, continuing with round "
+                      f"{self.first_round}", round=int(meta["round"]))
+        return GlobalModel(load_params(path), int(meta["round"]))
+
+    def _save_checkpoint(self, number: int) -> None:
+        path = self.job_dir.models_dir / "checkpoint.safetensors"
+        self.model.save(path)
+        atomic_write_text(self._ckpt_meta, json.dumps({"round": number, "file": path.name, "sha256": sha256_file(path),
+                                                       "time": time.time()}))
 
     # ------------------------------------------------------------------ transport handlers
     def handle_unary(self, method: str, request: dict, peer: str) -> dict:
@@ -93,8 +126,9 @@ class FLServer(ServerHandler):
         record, old = self.members.register(site, str(request.get("host", ""))[:256], int(request.get("pid", 0) or 0))
         if old is not None:
             self.log.warning("client_reregistered", f"{site} registered again (was {old.state}); previous instance replaced", site=site)
-        self.log.info("client_registered", f"{site} registered from {record.host or '?'} pid {record.pid}",
-                      site=site, host=record.host, pid=record.pid)
+        node = str(request.get("node") or "")[:128]
+        self.log.info("client_registered", f"{site} registered from {record.host or '?'}{'/' + node if node else ''} "
+                      f"pid {record.pid}", site=site, host=record.host, node=node, pid=record.pid)
         with self._cv:
             self._cv.notify_all()
         return {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
@@ -197,21 +231,26 @@ class FLServer(ServerHandler):
         self.job_dir.write_status(state, job_id=self.config.job_id, round=rnd, num_rounds=self.config.num_rounds,
                                   **fields)
 
-    def run(self) -> ExitCode:
+    def run(self, on_listening: Callable[[str], None] | None = None) -> ExitCode:
         cfg, s = self.config, self.settings
         self.grpc.start()
-        atomic_write_text(self.job_dir.rendezvous_dir / "server.json", json.dumps(
-            {"address": self.grpc.address, "job_id": cfg.job_id, "pid": os.getpid(), "host": socket.gethostname(),
-             "started": time.time()}))
-        self.log.info("server_started", f"job {cfg.job_id}: server listening on {self.grpc.address}, "
+        with FileLock(str(self.job_dir.rendezvous_dir / "server.lock"), timeout=s.rendezvous_timeout):
+            atomic_write_text(self.job_dir.rendezvous_dir / "server.json", json.dumps(
+                {"address": self.address, "job_id": cfg.job_id, "pid": os.getpid(), "host": socket.gethostname(),
+                 "incarnation": incarnation(), "started": time.time()}))
+        if on_listening is not None:
+            on_listening(self.address)
+        self.log.info("server_started", f"job {cfg.job_id}: server listening on {self.address}, "
                       f"{len(cfg.clients)} clients expected (min {cfg.min_clients}), {cfg.num_rounds} rounds",
-                      address=self.grpc.address, clients=cfg.clients, min_clients=cfg.min_clients)
+                      address=self.address, clients=cfg.clients, min_clients=cfg.min_clients,
+                      incarnation=incarnation(), node=os.environ.get("SLURMD_NODENAME", ""))
         self._status("registration")
         try:
             self._await_registration()
             self.phase = "running"
-            for number in range(1, cfg.num_rounds + 1):
+            for number in range(self.first_round, cfg.num_rounds + 1):
                 self._run_round(number)
+                self._save_checkpoint(number)
             self.model.save(self.job_dir.result_model_path)
             self._end("completed")
             self.log.info("job_completed", f"job {cfg.job_id} completed: {cfg.num_rounds} rounds; "
@@ -324,6 +363,14 @@ class FLServer(ServerHandler):
         with self._cv:
             while set(self.members.live()) - self._goodbyes and time.monotonic() < deadline:
                 self._cv.wait(0.2)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """hello-numpy: FedAvg on a 3x3 numpy array; each client adds 1 per round.
 
-    python recipes/hello-numpy/job.py [--env local|sim] [--n-clients 2] [--num-rounds 3] [--update-type full|diff]
+    python recipes/hello-numpy/job.py [--env local|sim|mpi|slurm] [--n-clients 2] [--num-rounds 3]
+                                      [--update-type full|diff] [--nodes 2] [--dry-run] [--export-only]
 """
 
 import argparse
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from hpcflare.env import LocalEnv, SimEnv
+from hpcflare.env import LocalEnv, MpiEnv, SimEnv, SlurmEnv
 from hpcflare.recipe import FedAvgRecipe
 
 HERE = Path(__file__).resolve().parent
@@ -17,7 +18,11 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", choices=["local", "sim"], default="local")
+    parser.add_argument("--env", choices=["local", "sim", "mpi", "slurm"], default="local")
+    parser.add_argument("--nodes", type=int, default=2, help="slurm: nodes to spread the ranks over")
+    parser.add_argument("--partition", default=None, help="slurm: partition")
+    parser.add_argument("--dry-run", action="store_true", help="slurm: print the sbatch script, submit nothing")
+    parser.add_argument("--export-only", action="store_true", help="write the job directory and print its path")
     parser.add_argument("--n-clients", type=int, default=2)
     parser.add_argument("--num-rounds", type=int, default=3)
     parser.add_argument("--update-type", choices=["full", "diff"], default="full")
@@ -32,7 +37,15 @@ def main() -> None:
         train_script=HERE / "client.py",
         train_args=f"--update_type {args.update_type}",
     )
-    env = LocalEnv(job_root=args.job_root) if args.env == "local" else SimEnv(job_root=args.job_root)
+    if args.export_only:
+        print(recipe.export(args.job_root).root)
+        return
+    env = {"local": lambda: LocalEnv(job_root=args.job_root), "sim": lambda: SimEnv(job_root=args.job_root),
+           "mpi": lambda: MpiEnv(job_root=args.job_root),
+           "slurm": lambda: SlurmEnv(nodes=args.nodes, partition=args.partition, job_root=args.job_root)}[args.env]()
+    if args.dry_run:
+        print(env.dry_run(recipe))
+        return
     run = recipe.execute(env)
     result = run.get_result()
     print(f"job {run.get_job_id()}: {run.get_status()['state']}")

@@ -1,0 +1,86 @@
+"""Thin wrappers over sbatch/squeue/sacct/scontrol/scancel with clear errors; the runner is injectable for tests."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Callable, Sequence
+
+from hpcflare.errors import HpcflareError
+
+Runner = Callable[[Sequence[str], float], subprocess.CompletedProcess]
+COMMAND_TIMEOUT = 60.0
+"""Deadline of one Slurm client command (sbatch, squeue, ...)."""
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE"}
+
+
+class SlurmError(HpcflareError):
+    """A Slurm command failed."""
+
+
+class SlurmNotFoundError(SlurmError):
+    """Slurm's client commands are not installed or not on PATH."""
+
+
+class SubmissionRejectedError(SlurmError):
+    """sbatch refused the job (bad partition, time limit, resources...)."""
+
+
+def run_command(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+
+
+class SlurmCommands:
+    def __init__(self, runner: Runner = run_command, timeout: float = COMMAND_TIMEOUT) -> None:
+        self.runner, self.timeout = runner, timeout
+
+    def _run(self, argv: Sequence[str]) -> subprocess.CompletedProcess:
+        try:
+            return self.runner(argv, self.timeout)
+        except FileNotFoundError:
+            raise SlurmNotFoundError(f"`{argv[0]}` not found: Slurm's client commands are not installed here. "
+                                     "On a dev machine run `bash slurm/dev-cluster-up.sh`; on a cluster, load its "
+                                     "Slurm module, or use LocalEnv") from None
+        except subprocess.TimeoutExpired:
+            raise SlurmError(f"`{' '.join(argv)}` did not answer within {self.timeout:g}s; is slurmctld up "
+                             "(`scontrol ping`)?") from None
+
+    def submit(self, script: Path, extra_args: Sequence[str] = ()) -> str:
+        proc = self._run(["sbatch", "--parsable", *extra_args, str(script)])
+        if proc.returncode != 0:
+            raise SubmissionRejectedError(f"sbatch rejected {script}: {proc.stderr.strip() or proc.stdout.strip()}")
+        match = re.match(r"^\s*(\d+)(?:;\S+)?\s*$", proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "")
+        if not match:
+            raise SlurmError(f"could not read a job id from sbatch output {proc.stdout.strip()!r}")
+        return match.group(1)
+
+    def state(self, job_id: str) -> str:
+        """Job state from squeue (live), else sacct (accounting), else scontrol; UNKNOWN if none knows it."""
+        proc = self._run(["squeue", "-h", "-j", job_id, "-o", "%T"])
+        if proc.returncode == 0 and proc.stdout.strip():
+            return proc.stdout.split()[0]
+        proc = self._run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"])
+        if proc.returncode == 0 and proc.stdout.strip():
+            return proc.stdout.split()[0].split()[0]
+        proc = self._run(["scontrol", "show", "job", job_id])
+        match = re.search(r"JobState=(\S+)", proc.stdout) if proc.returncode == 0 else None
+        return match.group(1) if match else "UNKNOWN"
+
+    def cancel(self, job_id: str) -> None:
+        proc = self._run(["scancel", job_id])
+        if proc.returncode != 0:
+            raise SlurmError(f"scancel {job_id} failed: {proc.stderr.strip()}")
+
+    def requeue(self, job_id: str) -> None:
+        proc = self._run(["scontrol", "requeue", job_id])
+        if proc.returncode != 0:
+            raise SlurmError(f"scontrol requeue {job_id} failed: {proc.stderr.strip()}")
+
+    def list_jobs(self) -> list[dict[str, str]]:
+        proc = self._run(["squeue", "-h", "-o", "%i|%j|%T|%M|%D|%R"])
+        if proc.returncode != 0:
+            raise SlurmError(f"squeue failed: {proc.stderr.strip()}")
+        keys = ("job_id", "name", "state", "time", "nodes", "reason")
+        return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line.strip()]

@@ -1,0 +1,72 @@
+"""Materialize the sbatch script for a job from slurm/hpcflare.sbatch.in, so users can read it before submitting."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from hpcflare.errors import ConfigError
+from hpcflare.job import JobDir
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "slurm" / "hpcflare.sbatch.in"
+LAUNCHER = REPO / "launchers" / "hpcflare-rank"
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+
+
+@dataclasses.dataclass
+class SbatchSpec:
+    job_dir: JobDir
+    nodes: int = 1
+    ntasks_per_node: int | None = None  # default: spread 1 + n_clients ranks evenly over the nodes
+    partition: str | None = None
+    time: str = "00:30:00"
+    rendezvous: str = "fs"  # fs | mpi
+    python: str = sys.executable
+    signal_lead_s: int = 60
+    extra_directives: tuple[str, ...] = ()
+
+    def tasks(self) -> int:
+        return 1 + len(self.job_dir.load_config().clients)
+
+    def per_node(self) -> int:
+        return self.ntasks_per_node or math.ceil(self.tasks() / self.nodes)
+
+
+def render_sbatch(spec: SbatchSpec) -> str:
+    if spec.nodes < 1:
+        raise ConfigError(f"nodes must be >= 1, got {spec.nodes}")
+    if not _TIME.match(spec.time):
+        raise ConfigError(f"time {spec.time!r} is not a Slurm time limit (e.g. 30, 01:00:00, 1-00:00:00)")
+    if spec.per_node() * spec.nodes < spec.tasks():
+        raise ConfigError(f"{spec.nodes} nodes x {spec.per_node()} tasks per node < {spec.tasks()} ranks "
+                          f"(1 server + {spec.tasks() - 1} clients); raise nodes or ntasks_per_node")
+    directives = list(spec.extra_directives)
+    if spec.partition:
+        directives.insert(0, f"#SBATCH --partition={spec.partition}")
+    config = spec.job_dir.load_config()
+    values = {
+        "job_name": config.name, "nodes": spec.nodes, "ntasks_per_node": spec.per_node(), "time": spec.time,
+        "output": shlex.quote(str(spec.job_dir.log_dir / "slurm-%j.out")), "signal_lead_s": spec.signal_lead_s,
+        "extra_directives": "\n".join(directives), "python": shlex.quote(spec.python),
+        "srun_args": "--mpi=pmi2 --kill-on-bad-exit=0" if spec.rendezvous == "mpi" else "--kill-on-bad-exit=0",
+        "launcher": shlex.quote(str(LAUNCHER)), "job_dir": shlex.quote(str(spec.job_dir.root)),
+        "rendezvous": spec.rendezvous,
+    }
+    text = TEMPLATE.read_text()
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", str(value))
+    leftover = re.findall(r"\{\{\w+\}\}", text)
+    if leftover:
+        raise ConfigError(f"sbatch template {TEMPLATE} has unfilled placeholders {leftover}")
+    return text
+
+
+def write_sbatch(spec: SbatchSpec) -> Path:
+    path = spec.job_dir.root / "job.sbatch"
+    path.write_text(render_sbatch(spec))
+    return path

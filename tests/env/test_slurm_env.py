@@ -1,0 +1,47 @@
+"""SlurmEnv specifics: dry_run shows the sbatch script without submitting; abort cancels the Slurm job."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from hpcflare.env import SlurmEnv
+from hpcflare.errors import ConfigError
+from hpcflare.slurm import SlurmCommands
+
+
+def test_dry_run_prints_sbatch_and_submits_nothing(make_recipe, tmp_path):
+    env = SlurmEnv(nodes=2, ntasks_per_node=2, partition="debug", time="01:30:00", job_root=tmp_path / "jobs",
+                   rendezvous="mpi")
+    text = env.dry_run(make_recipe("print(1)\n", n_clients=3, min_clients=2))
+    assert text.startswith("#!/bin/bash")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=debug",
+                 "#SBATCH --time=90", "#SBATCH --requeue"):
+        assert line in text
+    assert "srun --unbuffered" in text and "--mpi=pmi2" in text and "submitit.core._submit" in text
+    jobs = list((tmp_path / "jobs").iterdir())
+    assert len(jobs) == 1 and (jobs[0] / "job.sbatch").read_text() == text
+    assert not (jobs[0] / "slurm").exists() or not any((jobs[0] / "slurm").glob("*submitted.pkl"))
+
+
+def test_too_few_tasks_is_a_config_error(make_recipe, tmp_path):
+    env = SlurmEnv(nodes=1, ntasks_per_node=2, job_root=tmp_path / "jobs")
+    with pytest.raises(ConfigError, match="1 nodes x 2 tasks < 4 ranks"):
+        env.dry_run(make_recipe("print(1)\n", n_clients=3, min_clients=2))
+
+
+@pytest.mark.slurm
+def test_abort_cancels_the_slurm_job(slurm, make_recipe, tmp_path):
+    script = "import time, hpcflare.client as flare\nflare.init()\ntime.sleep(300)\n"
+    run = make_recipe(script).execute(SlurmEnv(nodes=1, time="00:05:00", job_root=tmp_path / "jobs"))
+    commands = SlurmCommands()
+    deadline = time.monotonic() + 60
+    while commands.state(run.slurm_job_id) != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    run.abort()
+    assert run.wait(timeout=60)
+    squeue = subprocess.run(["squeue", "-h", "-j", run.slurm_job_id], capture_output=True, text=True)
+    assert run.slurm_job_id not in squeue.stdout
