@@ -6,14 +6,14 @@
 # running (per our pid files) are left alone.  Debian 12, run as root.
 #
 #   env: HPC_STATE (default /tmp/hpcflare-slurm)  NUM_NODES (3)
-#        CPUS_PER_NODE (8)  WITH_DBD (0; 1 = slurmdbd+mariadb so sacct works)
+#        CPUS_PER_NODE (8)  WITH_DBD (1 = slurmdbd+mariadb so sacct works; 0 = without)
 #   Tear down with slurm/dev-cluster-down.sh.
 set -euo pipefail
 
 STATE=${HPC_STATE:-/tmp/hpcflare-slurm}
 NUM_NODES=${NUM_NODES:-3}
 CPUS_PER_NODE=${CPUS_PER_NODE:-8}
-WITH_DBD=${WITH_DBD:-0}
+WITH_DBD=${WITH_DBD:-1}
 RUN=$STATE/run LOG=$STATE/log
 BASE_PORT=17000
 log() { echo "[dev-cluster-up $(date +%T)] $*"; }
