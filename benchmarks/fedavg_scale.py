@@ -33,9 +33,10 @@ while flare.is_running():
 class TreeSampler(threading.Thread):
     """Samples summed RSS of this process and all descendants; also the server's own RSS."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, pss: bool = False) -> None:
+        """pss=True counts shared pages (mmap'd staging files) once, split among the processes sharing them."""
         super().__init__(daemon=True)
-        self.interval, self.peak_tree, self.peak_server = interval, 0, 0
+        self.interval, self.peak_tree, self.peak_server, self.pss = interval, 0, 0, pss
         self.server_pid: int | None = None
         self._halt = threading.Event()
 
@@ -46,9 +47,9 @@ class TreeSampler(threading.Thread):
             for proc in [me, *me.children(recursive=True)]:
                 try:
                     rss = proc.memory_info().rss
+                    total += proc.memory_full_info().pss if self.pss else rss
                 except psutil.Error:
                     continue
-                total += rss
                 if proc.pid == self.server_pid:
                     self.peak_server = max(self.peak_server, rss)
             self.peak_tree = max(self.peak_tree, total)

@@ -43,6 +43,15 @@ class JobConfig:
     settings_profile: str = "dev"
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     initial_model: str = "models/initial_model.safetensors"
+    staging: bool = False
+    """Broadcast models (and take results) through a shared-filesystem directory; gRPC stays the fallback."""
+    staging_dir: str = "staging"
+    """Staging root: relative to the job dir, or an absolute path on Lustre/GPFS/NFS. Sites that mount it
+    elsewhere set HPCFLARE_STAGING_DIR."""
+
+    def staging_root(self, job_root: Path) -> Path:
+        override = os.environ.get("HPCFLARE_STAGING_DIR")
+        return Path(override) if override else (job_root / self.staging_dir)
 
     def validate(self) -> None:
         if self.num_rounds < 1:
@@ -56,6 +65,8 @@ class JobConfig:
                 raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
         if len(set(self.clients)) != len(self.clients):
             raise ConfigError("site names must be unique")
+        if not isinstance(self.staging, bool):
+            raise ConfigError(f"staging must be true or false, got {self.staging!r}")
         if self.framework not in FRAMEWORKS:
             raise ConfigError(f"framework must be one of {FRAMEWORKS}, got {self.framework!r}")
         self.load_settings()  # raises ConfigError on bad profile/overrides

@@ -64,9 +64,11 @@ class LocalRun(Run):
 class LocalEnv(Env):
     """Spawn ``python -m hpcflare.runtime.launch`` for the server and for each client site."""
 
-    def __init__(self, job_root: str | Path = "jobs", verbose: bool = True, python: str = sys.executable) -> None:
+    def __init__(self, job_root: str | Path = "jobs", verbose: bool = True, python: str = sys.executable,
+                 site_env: dict[str, dict[str, str]] | None = None) -> None:
+        """``site_env`` adds environment variables per site (e.g. CUDA_VISIBLE_DEVICES, HPCFLARE_STAGING_DIR)."""
         super().__init__(job_root)
-        self.verbose, self.python = verbose, python
+        self.verbose, self.python, self.site_env = verbose, python, dict(site_env or {})
 
     def _cmd(self, job_dir: JobDir, *args: str) -> list[str]:
         return [self.python, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root), *args]
@@ -88,7 +90,8 @@ class LocalEnv(Env):
             out = open(job_dir.log_dir / f"{site}.out", "wb")
             files.append(out)
             clients[site] = subprocess.Popen(self._cmd(job_dir, "--role", "client", "--site", site),
-                                             env={**env, "HPCFLARE_SITE_NAME": site}, stdout=out,
+                                             env={**env, "HPCFLARE_SITE_NAME": site, **self.site_env.get(site, {})},
+                                             stdout=out,
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if self.verbose:
             print(f"[hpcflare] job {config.job_id}: {len(clients)} clients started locally; job dir {job_dir.root}",

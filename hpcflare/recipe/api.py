@@ -23,7 +23,8 @@ class Recipe:
     def __init__(self, name: str, model: Any, min_clients: int, num_rounds: int, train_script: str | Path,
                  train_args: str | Sequence[str] = "", n_clients: int | None = None,
                  clients: Sequence[str] | None = None, settings_profile: str = "dev",
-                 settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = ()) -> None:
+                 settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = (),
+                 staging: bool = False, staging_dir: str | Path = "staging") -> None:
         self.name, self.model = name, model
         self.min_clients, self.num_rounds = int(min_clients), int(num_rounds)
         self.train_script = Path(train_script)
@@ -35,6 +36,7 @@ class Recipe:
         self.clients = list(clients)
         self.settings_profile, self.settings = settings_profile, dict(settings or {})
         self.extra_files = [Path(p) for p in extra_files]
+        self.staging, self.staging_dir = bool(staging), str(staging_dir)
         if not self.train_script.is_file():
             raise ConfigError(f"train_script {self.train_script} not found")
 
@@ -55,7 +57,8 @@ class Recipe:
         config = JobConfig(name=self.name, job_id=job_id, num_rounds=self.num_rounds, min_clients=self.min_clients,
                            clients=self.clients, train_script=f"app/{self.train_script.name}",
                            train_args=self.train_args, strategy=self.strategy, framework=framework,
-                           settings_profile=self.settings_profile, settings=self.settings)
+                           settings_profile=self.settings_profile, settings=self.settings,
+                           staging=self.staging, staging_dir=self.staging_dir)
         job_dir.create(config)
         return job_dir
 

@@ -15,6 +15,7 @@ from hpcflare import errors
 from hpcflare.client.model import FLMetaKey, FLModel, ParamsType
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime import staging
 from hpcflare.settings import Settings
 from hpcflare.transport.codec import TensorSpec, decode_tensor
 from hpcflare.transport.grpc_client import GrpcClientTransport
@@ -31,6 +32,7 @@ class Task:
     ref: str
     manifest: list[TensorSpec]
     meta: dict[str, Any]
+    staged: dict[str, Any] | None = None
 
 
 def wait_for_server(job_dir: JobDir, timeout: float) -> str:
@@ -150,8 +152,10 @@ class ClientAgent:
                 return None
             if kind != "wait":
                 manifest = [TensorSpec.from_wire(item) for item in reply.get("manifest", [])]
+                staged = reply.get("staged")
                 task = Task(str(kind), str(reply["task_id"]), int(reply["round"]), int(reply["total_rounds"]),
-                            str(reply["ref"]), manifest, dict(reply.get("meta") or {}))
+                            str(reply["ref"]), manifest, dict(reply.get("meta") or {}),
+                            staged if isinstance(staged, dict) else None)
                 self.log.info("task_received", f"round {task.round}/{task.total_rounds}: task {task.name} received",
                               round=task.round, task=task.name, task_id=task.task_id)
                 return task
@@ -162,17 +166,51 @@ class ClientAgent:
                 return None
 
     def fetch(self, task: Task) -> dict[str, Any]:
-        """Pull the task's model (chunked stream) and decode it for the job's framework."""
+        """The task's model: memory-mapped from the staging dir when this node sees it, else pulled over gRPC."""
         assert self.transport is not None
         t0 = time.monotonic()
-        params: dict[str, Any] = {}
-        request = {"site": self.site, "token": self.token, "ref": task.ref}
-        for spec, blob in self.transport.download(request, task.manifest):
-            params[spec.name] = decode_tensor(blob, spec, self.config.framework)
+        params = self._from_staging(task) if task.staged else None
+        via = "staging"
+        if params is None:
+            via, params = "grpc", {}
+            request = {"site": self.site, "token": self.token, "ref": task.ref}
+            for spec, blob in self.transport.download(request, task.manifest):
+                params[spec.name] = decode_tensor(blob, spec, self.config.framework)
         nbytes = sum(s.nbytes for s in task.manifest)
-        self.log.info("model_received", f"round {task.round}: model received ({nbytes / 1e6:.2f} MB in "
-                      f"{time.monotonic() - t0:.2f}s)", round=task.round, bytes=nbytes, seconds=time.monotonic() - t0)
+        self.log.info("model_received", f"round {task.round}: model received via {via} ({nbytes / 1e6:.2f} MB in "
+                      f"{time.monotonic() - t0:.2f}s)", round=task.round, bytes=nbytes, via=via,
+                      seconds=time.monotonic() - t0)
         return params
+
+    def _from_staging(self, task: Task) -> dict[str, Any] | None:
+        root = self.config.staging_root(self.job_dir.root)
+        try:
+            path = staging.verified(root, task.staged)
+            if self.config.framework == "pytorch":
+                import safetensors.torch
+
+                params = dict(safetensors.torch.load_file(str(path)))
+            else:
+                params = staging.map_tensors(path)
+            if sorted(params) != sorted(s.name for s in task.manifest):
+                raise errors.MalformedMessageError("staged model does not match the task's manifest")
+            return params
+        except (OSError, errors.HpcflareError) as exc:
+            self.log.info("staging_fallback", f"staged model not usable here ({exc}); falling back to gRPC streaming",
+                          round=task.round, reason=str(exc))
+            return None
+
+    def _stage_result(self, task: Task, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Leave the result on the shared filesystem; None (stream it instead) if this node cannot write there."""
+        root = self.config.staging_root(self.job_dir.root)
+        name = f"results/{task.ref}/{self.site}.safetensors"
+        try:
+            if not (root / "results").is_dir():
+                return None
+            return {"file": name, **staging.write_atomic(staging.confined(root, name), params)}
+        except OSError as exc:
+            self.log.info("staging_fallback", f"cannot stage result ({exc}); streaming it over gRPC", round=task.round)
+            return None
 
     def to_flmodel(self, task: Task, params: dict[str, Any]) -> FLModel:
         meta = {**task.meta, FLMetaKey.JOB_ID: self.config.job_id, FLMetaKey.SITE_NAME: self.site,
@@ -189,11 +227,15 @@ class ClientAgent:
                   "meta": {k: v for k, v in (model.meta or {}).items() if isinstance(k, str)},
                   "metrics": model.metrics or {}, "logged": self.pending_logs}
         t0 = time.monotonic()
+        staged = self._stage_result(task, model.params) if task.staged else None
+        if staged is not None:
+            header["staged"] = staged
         try:
-            self.transport.upload(header, model.params.items())
+            self.transport.upload(header, [] if staged else model.params.items())
         except errors.UpdateRejectedError as exc:
             self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
             raise
         self.pending_logs = []
-        self.log.info("result_sent", f"round {task.round}: result sent ({header['params_type']}) in "
-                      f"{time.monotonic() - t0:.2f}s", round=task.round, metrics=header["metrics"])
+        via = "staging" if staged else "grpc"
+        self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "
+                      f"{time.monotonic() - t0:.2f}s", round=task.round, metrics=header["metrics"], via=via)

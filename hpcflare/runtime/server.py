@@ -7,7 +7,6 @@ round are discarded and logged, never mixed into a later one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -28,7 +27,8 @@ from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.global_model import GlobalModel, load_params
 from hpcflare.runtime.membership import Membership
 from hpcflare.runtime.ranks import incarnation
-from hpcflare.runtime.upload import read_upload
+from hpcflare.runtime.staging import Stager, sha256_file
+from hpcflare.runtime.upload import read_staged, read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy import ClientUpdate, FedAvg, Strategy
 from hpcflare.transport.api import ServerHandler
@@ -69,6 +69,9 @@ class FLServer(ServerHandler):
         self._agg_lock = threading.Lock()
         self._upload_slots = threading.BoundedSemaphore(self.settings.max_concurrent_uploads)
         self._goodbyes: set[str] = set()
+        self.stager = Stager(self.config.staging_root(job_dir.root)) if self.config.staging else None
+        self.staged: dict[str, Any] | None = None
+        self.bytes_sent = 0
         self.grpc = GrpcServer(self, self.settings, log, host=host, port=port)
         self.address = f"{advertise or host}:{self.grpc.port}"
 
@@ -148,7 +151,8 @@ class FLServer(ServerHandler):
                     return {"task": "train", "task_id": rnd.task_id, "round": rnd.number,
                             "total_rounds": self.config.num_rounds, "ref": self.model.ref,
                             "manifest": [s.to_wire() for s in self.model.specs],
-                            "meta": self.strategy.configure_round(rnd.number, self.config.num_rounds)}
+                            "meta": self.strategy.configure_round(rnd.number, self.config.num_rounds),
+                            "staged": self.staged}
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return {"task": "wait"}
@@ -162,7 +166,12 @@ class FLServer(ServerHandler):
         start = request.get("start", [0, 0])
         if not (isinstance(start, list) and len(start) == 2 and all(isinstance(x, int) for x in start)):
             raise errors.MalformedMessageError(f"invalid download start {start!r:.60}")
-        return model.frames((start[0], start[1]), self.settings.chunk_size)
+        return self._counted(model.frames((start[0], start[1]), self.settings.chunk_size))
+
+    def _counted(self, frames: Iterator[bytes]) -> Iterator[bytes]:
+        for frame in frames:
+            self.bytes_sent += len(frame)
+            yield frame
 
     def handle_upload(self, frames: Iterator[bytes], peer: str) -> dict:
         slot = False
@@ -184,6 +193,14 @@ class FLServer(ServerHandler):
 
         try:
             header, rnd, params = read_upload(frames, self.settings, self.model.params, on_header)
+            staged_path = None
+            if header.get("staged") is not None:
+                if self.stager is None or params:
+                    raise errors.MalformedMessageError("staged result sent to a job without staging, or mixed with tensors")
+                staged_path, specs = self.stager.read_result(header["staged"], self.settings.max_model_bytes)
+                if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / self.model.ref):
+                    raise errors.MalformedMessageError(f"staged result {header['staged'].get('file')!r:.80} is not under results/{self.model.ref}/")
+                params = read_staged(staged_path, specs, self.model.params)
             weight = self._weight(header.get("meta"))
             update = ClientUpdate(site, params, header["params_type"], weight,
                                   _dict(header.get("metrics")), _dict(header.get("meta")))
@@ -194,6 +211,8 @@ class FLServer(ServerHandler):
                 with self._cv:
                     rnd.accepted[site] = update.metrics
             del update, params
+            if staged_path is not None:
+                staged_path.unlink(missing_ok=True)
             self.log.info("result_accepted", f"round {rnd.number}: result from {site} accepted (weight {weight:g})",
                           site=site, round=rnd.number, weight=weight, metrics=header.get("metrics"))
             with self._cv:
@@ -311,6 +330,12 @@ class FLServer(ServerHandler):
 
     def _run_round(self, number: int) -> None:
         cfg, s = self.config, self.settings
+        if self.stager is not None:
+            t0 = time.monotonic()
+            self.staged = self.stager.publish(self.model.ref, self.model.params)
+            self.log.info("model_staged", f"round {number}: global model staged ({self.staged['nbytes'] / 1e6:.1f} MB) "
+                          f"in {time.monotonic() - t0:.2f}s", round=number, **self.staged)
+        sent_before = self.bytes_sent
         with self._cv:
             self.round = rnd = _Round(number, self.strategy, self.model)
             self._cv.notify_all()
@@ -352,7 +377,8 @@ class FLServer(ServerHandler):
                       f"aggregated in {time.monotonic() - t0:.2f}s (round took {time.monotonic() - rnd.started:.1f}s)"
                       + (f"; metrics {_summarize(rnd.accepted)}" if _summarize(rnd.accepted) else ""),
                       round=number, accepted=sorted(rnd.accepted), rejected=rnd.rejected,
-                      metrics=rnd.accepted, seconds=time.monotonic() - rnd.started)
+                      metrics=rnd.accepted, seconds=time.monotonic() - rnd.started,
+                      bytes_sent=self.bytes_sent - sent_before)
 
     def _lost(self) -> dict[str, str]:
         return {r.site: f"{r.state}: {r.reason}"[:200] for r in self.members.records() if r.state in ("dead", "failed")}
@@ -363,14 +389,6 @@ class FLServer(ServerHandler):
         with self._cv:
             while set(self.members.live()) - self._goodbyes and time.monotonic() < deadline:
                 self._cv.wait(0.2)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dict(value: Any) -> dict[str, Any]:

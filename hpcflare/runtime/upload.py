@@ -7,6 +7,7 @@ sizes, finiteness. A bad upload raises a precise error and leaves the round's ag
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -85,8 +86,30 @@ def _check_spec(spec: TensorSpec, expected: Mapping[str, np.ndarray], seen: Mapp
     return spec
 
 
+def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Validate a result a client left on the shared filesystem, tensor by tensor, like a streamed one."""
+    from safetensors import safe_open
+
+    params: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            for spec in specs:
+                _check_spec(spec, expected, params)
+                params[spec.name] = _validated(spec, f.get_tensor(spec.name), expected[spec.name])
+    except (UpdateRejectedError, MalformedMessageError, FrameTooLargeError):
+        raise
+    except Exception as exc:
+        raise MalformedMessageError(f"staged result {path.name}: unreadable ({exc})") from None
+    return params
+
+
 def _finish(spec: TensorSpec, buf: bytearray, base: np.ndarray) -> np.ndarray:
-    value = decode_tensor(buf, spec)
+    return _validated(spec, decode_tensor(buf, spec), base)
+
+
+def _validated(spec: TensorSpec, value: np.ndarray, base: np.ndarray) -> np.ndarray:
+    if tuple(value.shape) != tuple(base.shape):
+        raise UpdateRejectedError(f"tensor {spec.name!r} has shape {tuple(value.shape)}, the global model has {tuple(base.shape)}")
     if value.dtype != base.dtype:
         with np.errstate(over="ignore"):  # an overflow becomes Inf, rejected just below
             value = value.astype(base.dtype)

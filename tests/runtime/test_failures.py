@@ -117,7 +117,7 @@ def test_clients_exit_with_server_lost_when_server_dies(make_recipe, local_env):
 def test_unknown_site_name_is_refused(make_recipe, local_env, tmp_path):
     from hpcflare.runtime.launch import run_client
 
-    recipe = make_recipe(SCRIPT, n_clients=2, min_clients=2, train_args="ok")
+    recipe = make_recipe(SCRIPT, n_clients=2, min_clients=2, train_args="slow")
     run = recipe.execute(local_env)
     try:
         code = run_client(run.job_dir, "intruder", per_thread=True)
