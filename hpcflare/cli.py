@@ -49,21 +49,34 @@ def _exit_codes(args: argparse.Namespace, extra: list[str]) -> int:
 def _job(args: argparse.Namespace, extra: list[str]) -> int:
     from hpcflare.errors import HpcflareError
     from hpcflare.slurm import SlurmCommands
-    from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch
+    from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch, write_sbatch
 
     slurm = SlurmCommands()
     try:
         if args.action == "submit":
             job_dir = JobDir(args.target)
             job_dir.load_config()
-            spec = SbatchSpec(job_dir, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
-                              partition=args.partition, time=args.time, rendezvous=args.rendezvous)
+            common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time)
+            if args.separate:  # server and clients as two allocations, meeting in the job dir
+                server = SbatchSpec(job_dir, nodes=1, part="server", **common | {"ntasks_per_node": 1})
+                if args.dry_run:
+                    print(render_sbatch(server))
+                    print(render_sbatch(SbatchSpec(job_dir, nodes=args.nodes, part="clients", server_job_id="<SERVER_JOB_ID>", **common)))
+                    return 0
+                server_id = slurm.submit(write_sbatch(server))
+                clients = SbatchSpec(job_dir, nodes=args.nodes, part="clients", server_job_id=server_id, **common)
+                clients_id = slurm.submit(write_sbatch(clients))
+                (job_dir.root / "slurm_job_id").write_text(server_id + "\n")
+                (job_dir.root / "slurm_clients_job_id").write_text(clients_id + "\n")
+                print(f"submitted {job_dir.root.name}: server as Slurm job {server_id}, clients as {clients_id}; "
+                      f"logs {job_dir.log_dir}")
+                return 0
+            spec = SbatchSpec(job_dir, nodes=args.nodes, rendezvous=args.rendezvous, **common)
             text = render_sbatch(spec)
-            path = job_dir.root / "job.sbatch"
-            path.write_text(text)
             if args.dry_run:
                 print(text)
                 return 0
+            path = write_sbatch(spec)
             job_id = slurm.submit(path)
             (job_dir.root / "slurm_job_id").write_text(job_id + "\n")
             print(f"submitted {job_dir.root.name} as Slurm job {job_id}; script {path}; logs {job_dir.log_dir}")
@@ -124,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", default="00:30:00")
     p.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
+    p.add_argument("--separate", action="store_true",
+                   help="submit the server and the clients as two allocations (sites as different jobs)")
     p.set_defaults(func=_job)
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "action", None) in ("submit", "status", "abort") and not args.target:

@@ -37,15 +37,14 @@ class Task:
 
 def wait_for_server(job_dir: JobDir, timeout: float) -> str:
     """Read the server's address from the rendezvous file, waiting up to ``timeout`` for it to appear."""
-    from hpcflare.runtime.ranks import incarnation
+    from hpcflare.runtime.ranks import server_matches
 
     path = job_dir.rendezvous_dir / "server.json"
     deadline = time.monotonic() + timeout
-    mine = incarnation()
     while True:
         try:
             info = json.loads(path.read_text())
-            if mine and info.get("incarnation") != mine:
+            if not server_matches(info.get("incarnation")):
                 raise KeyError("server.json is from another incarnation of this job")
             return str(info["address"])
         except (FileNotFoundError, ValueError, KeyError):

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then clients in job.yaml order")
     parser.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs",
                         help="--role auto: find the server via the shared job dir (fs) or an MPI broadcast (mpi)")
-    parser.add_argument("--site", help="site name (client role)")
+    parser.add_argument("--site", help="site name (client role; default: the job's clients in order, by rank)")
+    parser.add_argument("--bind", default="127.0.0.1", help="server: interface to listen on (0.0.0.0 on clusters)")
     parser.add_argument("--address", help="server address host:port (default: read the rendezvous file)")
     parser.add_argument("--quiet", action="store_true", help="server: do not echo progress to stdout")
     args = parser.parse_args(argv)
@@ -134,9 +135,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[hpcflare] rank {info.rank}: configuration error: {exc}", file=sys.stderr)
             return int(ExitCode.CONFIG_ERROR)
     if args.role == "server":
-        return int(run_server(job_dir, echo=not args.quiet))
+        from hpcflare.runtime.ranks import advertise_host
+
+        advertise = advertise_host() if args.bind == "0.0.0.0" else None
+        return int(run_server(job_dir, echo=not args.quiet, host=args.bind, advertise=advertise))
     if not args.site:
-        parser.error("--site is required for --role client")
+        from hpcflare.runtime.ranks import detect_rank
+
+        try:
+            clients = job_dir.load_config().clients
+            rank = detect_rank().rank
+        except errors.ConfigError as exc:
+            parser.error(f"--site not given and {exc}")
+        if rank >= len(clients):
+            print(f"[hpcflare] rank {rank}: no site (job has {len(clients)} clients); exiting", flush=True)
+            return 0
+        args.site = clients[rank]
     signal.signal(signal.SIGTERM, _raise_aborted)
     return int(run_client(job_dir, args.site, address=args.address))
 

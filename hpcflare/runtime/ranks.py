@@ -64,9 +64,20 @@ def role_for_rank(rank: int, world: int, config: JobConfig, relays: int = 0) -> 
 
 def incarnation() -> str:
     """Identifies one life of a job: a requeued Slurm job gets a new one."""
+    if os.environ.get("HPCFLARE_INCARNATION"):
+        return os.environ["HPCFLARE_INCARNATION"]
     if "SLURM_JOB_ID" in os.environ:
         return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
-    return os.environ.get("HPCFLARE_INCARNATION", "")
+    return ""
+
+
+def server_matches(server_incarnation: object) -> bool:
+    """Is a rendezvous file's server the one this rank belongs to (not a previous life of the job)?"""
+    server_job = os.environ.get("HPCFLARE_SERVER_JOB")
+    if server_job:  # separate allocations: any life of the named server job
+        return isinstance(server_incarnation, str) and server_incarnation.startswith(f"slurm-{server_job}-")
+    mine = incarnation()
+    return not mine or server_incarnation == mine
 
 
 def advertise_host() -> str:

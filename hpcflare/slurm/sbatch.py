@@ -15,6 +15,7 @@ from hpcflare.job import JobDir
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "slurm" / "hpcflare.sbatch.in"
 LAUNCHER = REPO / "launchers" / "hpcflare-rank"
+PARTS = ("all", "server", "clients")
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
 
 
@@ -29,15 +30,24 @@ class SbatchSpec:
     python: str = sys.executable
     signal_lead_s: int = 60
     extra_directives: tuple[str, ...] = ()
+    part: str = "all"  # all | server | clients (separate allocations: submit the server first)
+    server_job_id: str | None = None  # part="clients": the server's Slurm job, whose address to wait for
 
     def tasks(self) -> int:
-        return 1 + len(self.job_dir.load_config().clients)
+        clients = len(self.job_dir.load_config().clients)
+        return {"all": 1 + clients, "server": 1, "clients": clients}[self.part]
 
     def per_node(self) -> int:
         return self.ntasks_per_node or math.ceil(self.tasks() / self.nodes)
 
 
 def render_sbatch(spec: SbatchSpec) -> str:
+    if spec.part not in PARTS:
+        raise ConfigError(f"part must be one of {PARTS}, got {spec.part!r}")
+    if spec.part != "all" and spec.rendezvous == "mpi":
+        raise ConfigError("separate server/clients allocations cannot share an MPI world: use rendezvous='fs'")
+    if spec.part == "clients" and not spec.server_job_id:
+        raise ConfigError("part='clients' needs server_job_id (submit the server part first)")
     if spec.nodes < 1:
         raise ConfigError(f"nodes must be >= 1, got {spec.nodes}")
     if not _TIME.match(spec.time):
@@ -55,7 +65,11 @@ def render_sbatch(spec: SbatchSpec) -> str:
         "extra_directives": "\n".join(directives), "python": shlex.quote(spec.python),
         "srun_args": "--mpi=pmi2 --kill-on-bad-exit=0" if spec.rendezvous == "mpi" else "--kill-on-bad-exit=0",
         "launcher": shlex.quote(str(LAUNCHER)), "job_dir": shlex.quote(str(spec.job_dir.root)),
-        "rendezvous": spec.rendezvous,
+        "part": {"all": "server + clients in one allocation", "server": "server allocation",
+                 "clients": "clients allocation"}[spec.part],
+        "rank_args": {"all": f"--role auto --rendezvous {spec.rendezvous}", "server": "--role server --bind 0.0.0.0",
+                      "clients": "--role client"}[spec.part],
+        "exports": f"export HPCFLARE_SERVER_JOB={spec.server_job_id}\n" if spec.part == "clients" else "",
     }
     text = TEMPLATE.read_text()
     for key, value in values.items():
@@ -67,6 +81,6 @@ def render_sbatch(spec: SbatchSpec) -> str:
 
 
 def write_sbatch(spec: SbatchSpec) -> Path:
-    path = spec.job_dir.root / "job.sbatch"
+    path = spec.job_dir.root / ("job.sbatch" if spec.part == "all" else f"job-{spec.part}.sbatch")
     path.write_text(render_sbatch(spec))
     return path

@@ -73,3 +73,32 @@ def test_requeue_resumes_from_last_completed_round(slurm, make_recipe, tmp_path)
     assert sorted(set(completed)) == [1, 2, 3, 4]  # every round completed, none lost
     restarts = {e["incarnation"] for e in server if e["event"] == "server_started"}
     assert restarts == {f"slurm-{job_id}-0", f"slurm-{job_id}-1"}
+
+
+def test_server_and_clients_as_separate_allocations_via_cli(slurm, make_recipe, tmp_path, capsys):
+    from hpcflare.cli import main
+
+    job_dir = make_recipe(HELLO, n_clients=3, min_clients=3, num_rounds=2).export(tmp_path / "jobs")
+    assert main(["job", "submit", str(job_dir.root), "--separate", "--nodes", "2", "--time", "00:05:00"]) == 0
+    assert "server as Slurm job" in capsys.readouterr().out
+    server_id = (job_dir.root / "slurm_job_id").read_text().strip()
+    clients_id = (job_dir.root / "slurm_clients_job_id").read_text().strip()
+    assert server_id != clients_id
+    commands = SlurmCommands()
+    assert wait_done(commands, server_id, 180) == "COMPLETED"
+    assert wait_done(commands, clients_id, 60) == "COMPLETED"
+    np.testing.assert_array_equal(load_result(job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 2)
+    assert main(["job", "status", str(job_dir.root)]) == 0
+    assert '"state": "completed"' in capsys.readouterr().out
+
+
+def test_cli_abort_cancels_a_running_job(slurm, make_recipe, tmp_path, capsys):
+    from hpcflare.cli import main
+
+    job_dir = make_recipe(SLOW, n_clients=2, min_clients=2, num_rounds=50).export(tmp_path / "jobs")
+    assert main(["job", "submit", str(job_dir.root), "--nodes", "1", "--time", "00:05:00"]) == 0
+    job_id = (job_dir.root / "slurm_job_id").read_text().strip()
+    assert main(["job", "list"]) == 0
+    assert job_id in capsys.readouterr().out
+    assert main(["job", "abort", job_id]) == 0
+    assert wait_done(SlurmCommands(), job_id, 60) == "CANCELLED"
