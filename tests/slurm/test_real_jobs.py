@@ -28,7 +28,8 @@ def wait_done(commands: SlurmCommands, job_id: str, timeout: float) -> str:
 
 @pytest.mark.parametrize("rendezvous", ["fs", "mpi"])
 def test_sbatch_job_runs_ranks_across_nodes(slurm, make_recipe, tmp_path, rendezvous):
-    job_dir = make_recipe(HELLO, n_clients=3, min_clients=3, num_rounds=2).export(tmp_path / "jobs")
+    staging = rendezvous == "fs"  # the fs variant also broadcasts through shared-filesystem staging
+    job_dir = make_recipe(HELLO, n_clients=3, min_clients=3, num_rounds=2, staging=staging).export(tmp_path / "jobs")
     commands = SlurmCommands()
     job_id = commands.submit(write_sbatch(SbatchSpec(job_dir, nodes=2, time="00:05:00", rendezvous=rendezvous)))
     wait_done(commands, job_id, 180)
@@ -40,6 +41,9 @@ def test_sbatch_job_runs_ranks_across_nodes(slurm, make_recipe, tmp_path, rendez
     out = next(job_dir.log_dir.glob("slurm-*.out")).read_text()
     assert out.count("from MPI broadcast") == (3 if rendezvous == "mpi" else 0)
     assert "srun exited 0" in out
+    for site in ("site-1", "site-2", "site-3"):
+        via = {e["via"] for e in events(job_dir.root, site) if e["event"] == "model_received"}
+        assert via == {"staging" if staging else "grpc"}
 
 
 SLOW = """
