@@ -33,26 +33,29 @@ while flare.is_running():
 class TreeSampler(threading.Thread):
     """Samples summed RSS of this process and all descendants; also the server's own RSS."""
 
-    def __init__(self, interval: float = 0.1, pss: bool = False) -> None:
-        """pss=True counts shared pages (mmap'd staging files) once, split among the processes sharing them."""
+    def __init__(self, interval: float = 0.1) -> None:
+        """Tracks the summed RSS (shared pages counted in every process) and the summed PSS (shared pages
+        split among their sharers: the tree's real physical footprint) of the process tree."""
         super().__init__(daemon=True)
-        self.interval, self.peak_tree, self.peak_server, self.pss = interval, 0, 0, pss
+        self.interval, self.peak_tree, self.peak_pss, self.peak_server = interval, 0, 0, 0
         self.server_pid: int | None = None
         self._halt = threading.Event()
 
     def run(self) -> None:
         me = psutil.Process()
         while not self._halt.wait(self.interval):
-            total = 0
+            total = pss = 0
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    rss = proc.memory_info().rss
-                    total += proc.memory_full_info().pss if self.pss else rss
+                    full = proc.memory_full_info()
                 except psutil.Error:
                     continue
+                total += full.rss
+                pss += full.pss
                 if proc.pid == self.server_pid:
-                    self.peak_server = max(self.peak_server, rss)
+                    self.peak_server = max(self.peak_server, full.rss)
             self.peak_tree = max(self.peak_tree, total)
+            self.peak_pss = max(self.peak_pss, pss)
 
     def stop(self) -> None:
         self._halt.set()
@@ -83,7 +86,8 @@ def run_one(clients: int, model_mb: float, rounds: int, root: Path, profile: str
     wall = time.monotonic() - t0
     sampler.stop()
     return {"clients": clients, "model_mb": model_mb, "rounds": rounds, "wall_s": wall,
-            "tree_peak_mb": sampler.peak_tree / 2**20, "server_peak_mb": sampler.peak_server / 2**20, "state": state}
+            "tree_peak_mb": sampler.peak_tree / 2**20, "tree_pss_mb": sampler.peak_pss / 2**20,
+            "server_peak_mb": sampler.peak_server / 2**20, "state": state}
 
 
 def main() -> None:
@@ -93,13 +97,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", default="hpc-large")
     args = parser.parse_args()
-    print(f"{'N':>5} {'M (MB)':>7} {'R':>3} {'wall s':>8} {'tree peak MB':>13} {'server peak MB':>15}  state")
+    print(f"{'N':>5} {'M (MB)':>7} {'R':>3} {'wall s':>8} {'tree RSS MB':>12} {'tree PSS MB':>12} {'server MB':>10}  state")
     for clients in args.clients:
         for mb in args.model_mb:
             with tempfile.TemporaryDirectory(prefix="hpcflare-bench-") as tmp:
                 row = run_one(clients, mb, args.rounds, Path(tmp), args.profile)
             print(f"{row['clients']:>5} {row['model_mb']:>7g} {row['rounds']:>3} {row['wall_s']:>8.1f} "
-                  f"{row['tree_peak_mb']:>13.0f} {row['server_peak_mb']:>15.0f}  {row['state']}", flush=True)
+                  f"{row['tree_peak_mb']:>12.0f} {row['tree_pss_mb']:>12.0f} {row['server_peak_mb']:>10.0f}  "
+                  f"{row['state']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def run_one(mode: str, clients: int, mb: float, root: Path) -> dict[str, object]
     recipe = FedAvgRecipe(name=f"bcast-{mode}", model=model, min_clients=clients, num_rounds=1, n_clients=clients,
                           train_script=script, staging=(mode == "staging"), settings_profile="hpc-large",
                           settings={"server_threads": max(64, 2 * clients + 16)})
-    sampler = TreeSampler(pss=True)
+    sampler = TreeSampler()
     sampler.start()
     t0 = time.monotonic()
     run = recipe.execute(LocalEnv(job_root=root / "jobs", verbose=False))
@@ -59,7 +59,7 @@ def run_one(mode: str, clients: int, mb: float, root: Path) -> dict[str, object]
     log = run.job_dir.log_dir / "server.jsonl"
     sent = sum(e.get("bytes_sent", 0) for e in map(json.loads, log.read_text().splitlines())
                if e["event"] == "round_completed")
-    return {"mode": mode, "wall": wall, "sent_mb": sent / 2**20, "tree_mb": sampler.peak_tree / 2**20,
+    return {"mode": mode, "wall": wall, "sent_mb": sent / 2**20, "tree_mb": sampler.peak_pss / 2**20,
             "server_mb": sampler.peak_server / 2**20, "state": state}
 
 

@@ -1,7 +1,12 @@
-"""LocalEnv: every rank is its own OS process on this machine, talking real gRPC over loopback."""
+"""LocalEnv: every rank is its own OS process on this machine, talking real gRPC over loopback.
+
+Clients are forked from a pre-imported parent (hpcflare.env.zygote) by default, which makes starting
+hundreds of them cheap; ``fork=False`` spawns each with a fresh interpreter instead.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,38 +19,60 @@ from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.exitcodes import describe
 from hpcflare.job import JobDir
 
+PID_FILE_TIMEOUT = 60.0
+"""How long client_pid() waits for the fork server to report its children."""
+
 
 class LocalRun(Run):
     def __init__(self, job_dir: JobDir, server: subprocess.Popen, clients: dict[str, subprocess.Popen],
-                 files: list[IO[bytes]], grace: float) -> None:
+                 zygote: subprocess.Popen | None, files: list[IO[bytes]], grace: float) -> None:
         super().__init__(job_dir)
-        self.server, self.clients, self._files, self._grace = server, clients, files, grace
+        self.server, self.clients, self.zygote, self._files, self._grace = server, clients, zygote, files, grace
         self.exit_codes: dict[str, int] = {}
+
+    def client_pid(self, site: str) -> int:
+        if site in self.clients:
+            return self.clients[site].pid
+        path = self.job_dir.log_dir / "client_pids.json"
+        deadline = time.monotonic() + PID_FILE_TIMEOUT
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fork server did not write {path} within {PID_FILE_TIMEOUT:g}s")
+            time.sleep(0.05)
+        return int(json.loads(path.read_text())[site])
+
+    def _procs(self) -> list[subprocess.Popen]:
+        return [self.server, *self.clients.values(), *([self.zygote] if self.zygote else [])]
 
     def wait(self, timeout: Optional[float]) -> bool:
         deadline = deadline_after(timeout)
         while self.server.poll() is None:
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.1)
+            time.sleep(0.05)
         # the server is gone: clients get `end` and leave within the grace; stragglers are killed
         client_deadline = time.monotonic() + self._grace + 10
-        for site, proc in self.clients.items():
+        for proc in self._procs()[1:]:
             try:
                 proc.wait(max(0.0, client_deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                _kill_group(proc)
         self.exit_codes = {"server": self.server.returncode, **{s: p.returncode for s, p in self.clients.items()}}
+        codes_file = self.job_dir.log_dir / "client_exit_codes.json"
+        if self.zygote is not None:
+            if codes_file.exists():
+                self.exit_codes.update(json.loads(codes_file.read_text()))
+            else:
+                self.exit_codes.update({s: -signal.SIGKILL for s in self.job_dir.load_config().clients})
         for f in self._files:
             f.close()
-        failed = {rank: code for rank, code in self.exit_codes.items() if code != 0}
-        for rank, code in failed.items():
-            print(f"[hpcflare] {rank} exited {code}: {describe(code)}", file=sys.stderr)
+        for rank, code in self.exit_codes.items():
+            if code != 0:
+                print(f"[hpcflare] {rank} exited {code}: {describe(code)}", file=sys.stderr)
         return True
 
     def abort(self) -> None:
-        procs = [self.server, *self.clients.values()]
+        procs = self._procs()
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -54,21 +81,29 @@ class LocalRun(Run):
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                _kill_group(proc)
         status = self.get_status()
         if status.get("state") not in ("completed", "failed", "aborted"):
             self.job_dir.write_status("aborted", message="aborted by user")
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
 class LocalEnv(Env):
-    """Spawn ``python -m hpcflare.runtime.launch`` for the server and for each client site."""
+    """One process for the server; clients forked from a pre-imported parent (or spawned, ``fork=False``)."""
 
     def __init__(self, job_root: str | Path = "jobs", verbose: bool = True, python: str = sys.executable,
-                 site_env: dict[str, dict[str, str]] | None = None) -> None:
-        """``site_env`` adds environment variables per site (e.g. CUDA_VISIBLE_DEVICES, HPCFLARE_STAGING_DIR)."""
+                 site_env: dict[str, dict[str, str]] | None = None, fork: bool = True) -> None:
+        """``site_env`` adds environment variables per site (e.g. CUDA_VISIBLE_DEVICES, HPCFLARE_STAGING_DIR);
+        sites with their own environment are always spawned."""
         super().__init__(job_root)
-        self.verbose, self.python, self.site_env = verbose, python, dict(site_env or {})
+        self.verbose, self.python, self.site_env, self.fork = verbose, python, dict(site_env or {}), fork
 
     def _cmd(self, job_dir: JobDir, *args: str) -> list[str]:
         return [self.python, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root), *args]
@@ -77,7 +112,10 @@ class LocalEnv(Env):
         config = job_dir.load_config()
         settings = config.load_settings()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPCFLARE_JOB_DIR": str(job_dir.root)}
+        env.setdefault("MALLOC_ARENA_MAX", "2")  # many threads, small heaps: fewer glibc arenas, flatter RSS
         job_dir.log_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("client_pids.json", "client_exit_codes.json"):
+            (job_dir.log_dir / stale).unlink(missing_ok=True)
         files: list[IO[bytes]] = []
         server_out = None
         if not self.verbose:
@@ -85,15 +123,21 @@ class LocalEnv(Env):
             files.append(server_out)
         server = subprocess.Popen(self._cmd(job_dir, "--role", "server"), env=env, stdout=server_out,
                                   stderr=subprocess.STDOUT if server_out else None, stdin=subprocess.DEVNULL)
+        forked = [s for s in config.clients if self.fork and s not in self.site_env]
+        zygote = None
+        if forked:
+            zygote = subprocess.Popen([self.python, "-m", "hpcflare.env.zygote", "--job-dir", str(job_dir.root),
+                                       *forked], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         clients = {}
         for site in config.clients:
+            if site in forked:
+                continue
             out = open(job_dir.log_dir / f"{site}.out", "wb")
             files.append(out)
             clients[site] = subprocess.Popen(self._cmd(job_dir, "--role", "client", "--site", site),
                                              env={**env, "HPCFLARE_SITE_NAME": site, **self.site_env.get(site, {})},
-                                             stdout=out,
-                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if self.verbose:
-            print(f"[hpcflare] job {config.job_id}: {len(clients)} clients started locally; job dir {job_dir.root}",
-                  flush=True)
-        return LocalRun(job_dir, server, clients, files, settings.end_grace)
+            print(f"[hpcflare] job {config.job_id}: {len(config.clients)} clients started locally; "
+                  f"job dir {job_dir.root}", flush=True)
+        return LocalRun(job_dir, server, clients, zygote, files, settings.end_grace)

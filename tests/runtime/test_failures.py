@@ -82,7 +82,7 @@ def test_killed_client_is_declared_dead_and_round_closes(make_recipe, local_env)
     while not any(e["event"] == "task_received" for e in events(run.job_dir.root, "site-3")):
         assert time.monotonic() < deadline, "site-3 never got its task"
         time.sleep(0.2)
-    os.kill(run.clients["site-3"].pid, signal.SIGKILL)
+    os.kill(run.client_pid("site-3"), signal.SIGKILL)
     result = load_result(run.get_result(timeout=60))
     np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 1)
     dead = _server_events(run, "client_dead")
