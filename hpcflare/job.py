@@ -43,6 +43,10 @@ class JobConfig:
     settings_profile: str = "dev"
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     initial_model: str = "models/initial_model.safetensors"
+    relays: int = 0
+    """Relay ranks between server and clients; each aggregates its clients' updates into one partial sum."""
+    relay_failover: str = "direct"
+    """When a client's relay dies: 'direct' = reconnect to the server, 'exclude' = drop out of the job."""
     staging: bool = False
     """Broadcast models (and take results) through a shared-filesystem directory; gRPC stays the fallback."""
     staging_dir: str = "staging"
@@ -65,11 +69,18 @@ class JobConfig:
                 raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
         if len(set(self.clients)) != len(self.clients):
             raise ConfigError("site names must be unique")
+        if not 0 <= self.relays <= len(self.clients):
+            raise ConfigError(f"relays={self.relays} must be between 0 and the number of clients ({len(self.clients)})")
+        if self.relay_failover not in ("direct", "exclude"):
+            raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {self.relay_failover!r}")
         if not isinstance(self.staging, bool):
             raise ConfigError(f"staging must be true or false, got {self.staging!r}")
         if self.framework not in FRAMEWORKS:
             raise ConfigError(f"framework must be one of {FRAMEWORKS}, got {self.framework!r}")
         self.load_settings()  # raises ConfigError on bad profile/overrides
+
+    def relay_names(self) -> list[str]:
+        return [f"relay-{i}" for i in range(1, self.relays + 1)]
 
     def load_settings(self) -> Settings:
         return Settings.load(self.settings_profile, self.settings)

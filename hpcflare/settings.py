@@ -121,5 +121,19 @@ class Settings:
         if problems:
             raise ConfigError("inconsistent settings: " + "; ".join(problems))
 
+    def warnings(self) -> list[str]:
+        """Legal but risky combinations, logged at job start with the settings they involve."""
+        found = []
+        if self.round_timeout < self.stream_timeout:
+            found.append(f"round_timeout ({self.round_timeout:g}s) < stream_timeout ({self.stream_timeout:g}s): a slow "
+                         "model transfer can outlast its round; its result would be discarded as late")
+        if self.registration_timeout < self.rendezvous_timeout:
+            found.append(f"registration_timeout ({self.registration_timeout:g}s) < rendezvous_timeout "
+                         f"({self.rendezvous_timeout:g}s): clients may still be looking for the server when it gives up")
+        if self.server_lost_timeout < self.heartbeat_timeout:
+            found.append(f"server_lost_timeout ({self.server_lost_timeout:g}s) < heartbeat_timeout "
+                         f"({self.heartbeat_timeout:g}s): clients give up on a busy server before it gives up on them")
+        return found
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,7 +24,8 @@ class Recipe:
                  train_args: str | Sequence[str] = "", n_clients: int | None = None,
                  clients: Sequence[str] | None = None, settings_profile: str = "dev",
                  settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = (),
-                 staging: bool = False, staging_dir: str | Path = "staging") -> None:
+                 staging: bool = False, staging_dir: str | Path = "staging", relays: int = 0,
+                 relay_failover: str = "direct") -> None:
         self.name, self.model = name, model
         self.min_clients, self.num_rounds = int(min_clients), int(num_rounds)
         self.train_script = Path(train_script)
@@ -37,6 +38,7 @@ class Recipe:
         self.settings_profile, self.settings = settings_profile, dict(settings or {})
         self.extra_files = [Path(p) for p in extra_files]
         self.staging, self.staging_dir = bool(staging), str(staging_dir)
+        self.relays, self.relay_failover = int(relays), relay_failover
         if not self.train_script.is_file():
             raise ConfigError(f"train_script {self.train_script} not found")
 
@@ -58,7 +60,8 @@ class Recipe:
                            clients=self.clients, train_script=f"app/{self.train_script.name}",
                            train_args=self.train_args, strategy=self.strategy, framework=framework,
                            settings_profile=self.settings_profile, settings=self.settings,
-                           staging=self.staging, staging_dir=self.staging_dir)
+                           staging=self.staging, staging_dir=self.staging_dir, relays=self.relays,
+                           relay_failover=self.relay_failover)
         job_dir.create(config)
         return job_dir
 

@@ -16,7 +16,7 @@ LIVE = ("registered", "active")
 class ClientRecord:
     site: str
     token: str
-    state: str = "registered"  # registered | active | done | failed | dead
+    state: str = "registered"  # registered | active | done | failed | dead | excluded
     registered_at: float = dataclasses.field(default_factory=time.time)
     last_seen: float = dataclasses.field(default_factory=time.monotonic)
     reason: str = ""
@@ -45,7 +45,7 @@ class Membership:
     def check(self, site: object, token: object) -> ClientRecord:
         """Authenticate a message and refresh the site's last-seen time."""
         record = self._clients.get(site) if isinstance(site, str) else None
-        if record is None or not isinstance(token, str) or not secrets.compare_digest(record.token, token):
+        if record is None or not record.token or not isinstance(token, str) or not secrets.compare_digest(record.token, token):
             raise UnknownClientError(f"message from unregistered site or stale token (site={site!r:.80}); register first")
         record.last_seen = time.monotonic()
         return record
@@ -55,6 +55,18 @@ class Membership:
             record = self._clients.get(site)
             if record is not None and record.state in LIVE:
                 record.state, record.reason = state, reason
+
+    def touch(self, site: object) -> None:
+        """Refresh a site's last-seen time on someone else's word (its relay's heartbeat)."""
+        record = self._clients.get(site) if isinstance(site, str) else None
+        if record is not None:
+            record.last_seen = time.monotonic()
+
+    def exclude(self, site: str, reason: str) -> None:
+        """Record an expected site that will not take part (e.g. never registered)."""
+        with self._lock:
+            if site not in self._clients:
+                self._clients[site] = ClientRecord(site, "", state="excluded", reason=reason)
 
     def expire(self) -> list[ClientRecord]:
         """Declare live clients silent for longer than heartbeat_timeout dead; return the newly dead."""
@@ -72,7 +84,7 @@ class Membership:
         return [r.site for r in self._clients.values() if r.state in LIVE]
 
     def registered(self) -> list[str]:
-        return list(self._clients)
+        return [s for s, r in self._clients.items() if r.state != "excluded"]
 
     def get(self, site: str) -> ClientRecord | None:
         return self._clients.get(site)

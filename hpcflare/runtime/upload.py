@@ -16,7 +16,20 @@ from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRej
 from hpcflare.settings import Settings
 from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, unpack_frame
 
-PARAMS_TYPES = ("FULL", "DIFF")
+PARAMS_TYPES = ("FULL", "DIFF", "PARTIAL")
+
+
+class _Like:
+    """Shape/dtype stand-in: what a relay's partial sums must look like (floats, even for int tensors)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape, self.dtype = shape, dtype
+
+
+def partial_expectation(expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    from hpcflare.strategy.fedavg import acc_dtype
+
+    return {k: _Like(tuple(v.shape), acc_dtype(v.dtype)) for k, v in expected.items()}
 
 
 def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, np.ndarray],
@@ -31,6 +44,8 @@ def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[s
     if header.get("params_type") not in PARAMS_TYPES:
         raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
     context = on_header(header)
+    if header["params_type"] == "PARTIAL":
+        expected = partial_expectation(expected)
     params: dict[str, np.ndarray] = {}
     total = 0
     spec: TensorSpec | None = None

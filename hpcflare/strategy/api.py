@@ -26,8 +26,19 @@ class ClientUpdate:
 class Aggregator(abc.ABC):
     """Consumes updates one at a time; must not keep references to them (memory O(model), not O(clients))."""
 
+    decomposable: bool = False
+    """True when partial results (e.g. a relay's weighted sums) can be merged: see partial()/add_partial()."""
+
     @abc.abstractmethod
     def add(self, update: ClientUpdate) -> None: ...
+
+    def partial(self) -> tuple[Params, dict[str, float]]:
+        """The state a relay sends up: per-tensor weighted sums and weight totals."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be decomposed; relays forward raw updates")
+
+    def add_partial(self, sums: Params, weights: dict[str, float], count: int) -> None:
+        """Merge another aggregator's partial() (from a relay)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be decomposed; relays forward raw updates")
 
     @abc.abstractmethod
     def result(self) -> Params:

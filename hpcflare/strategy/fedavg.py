@@ -14,12 +14,14 @@ import numpy as np
 from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy
 
 
-def _acc_dtype(dtype: np.dtype) -> np.dtype:
+def acc_dtype(dtype: np.dtype) -> np.dtype:
     # floats accumulate in their own precision (keeps server memory ~1x model); ints/bools in float64
     return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
 
 
 class WeightedMeanAggregator(Aggregator):
+    decomposable = True
+
     def __init__(self, global_params: Mapping[str, np.ndarray]) -> None:
         self._global = global_params
         self._sums: dict[str, np.ndarray] = {}
@@ -37,7 +39,7 @@ class WeightedMeanAggregator(Aggregator):
             base = self._global[name]
             acc = self._sums.get(name)
             if acc is None:
-                acc = self._sums[name] = np.zeros(base.shape, dtype=_acc_dtype(base.dtype))
+                acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
             if update.params_type == "FULL":
                 delta = np.subtract(value, base, dtype=acc.dtype)
             else:
@@ -47,6 +49,19 @@ class WeightedMeanAggregator(Aggregator):
             acc += delta
             self._weights[name] = self._weights.get(name, 0.0) + update.weight
         self._count += 1
+
+    def partial(self) -> tuple[Params, dict[str, float]]:
+        return self._sums, dict(self._weights)
+
+    def add_partial(self, sums: Params, weights: dict[str, float], count: int) -> None:
+        for name, value in sums.items():
+            base = self._global[name]
+            acc = self._sums.get(name)
+            if acc is None:
+                acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
+            acc += np.asarray(value, dtype=acc.dtype)
+            self._weights[name] = self._weights.get(name, 0.0) + float(weights[name])
+        self._count += count
 
     def result(self) -> Params:
         out: Params = {}

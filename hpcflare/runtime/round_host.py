@@ -1,0 +1,277 @@
+"""What the server and every relay share: hosting rounds for children.
+
+A RoundHost keeps its children's membership, hands out the current task (long poll), serves the current
+model from one encoded copy (many children pull concurrently, no lock), and validates and folds uploads
+into the round's aggregator the moment they arrive. The server drives rounds from the job config; a relay
+mirrors the server's rounds and sends one partial aggregate up per round.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from typing import Any, Iterator
+
+from hpcflare import errors
+from hpcflare.client.model import MetaKey
+from hpcflare.job import JobConfig
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime.global_model import GlobalModel
+from hpcflare.runtime.membership import Membership
+from hpcflare.runtime.staging import Stager
+from hpcflare.runtime.upload import read_staged, read_upload
+from hpcflare.settings import Settings
+from hpcflare.strategy import ClientUpdate, Strategy
+from hpcflare.transport.api import ServerHandler
+
+
+class Round:
+    def __init__(self, number: int, strategy: Strategy, model: GlobalModel, task_id: str | None = None) -> None:
+        self.number = number
+        self.task_id = task_id or uuid.uuid4().hex[:12]
+        self.model = model
+        self.aggregator = strategy.new_aggregator(model.params)
+        self.accepted: dict[str, dict[str, Any]] = {}  # site -> metrics
+        self.rejected: dict[str, str] = {}  # site -> reason
+        self.open = True
+        self.started = time.monotonic()
+
+    def answered(self) -> set[str]:
+        return set(self.accepted) | set(self.rejected)
+
+
+class RoundHost(ServerHandler):
+    role = "host"
+
+    def __init__(self, config: JobConfig, settings: Settings, log: RankLogger, strategy: Strategy,
+                 members: Membership, stager: Stager | None = None) -> None:
+        self.config, self.settings, self.log, self.strategy = config, settings, log, strategy
+        self.members = members
+        self.stager = stager
+        self.model: GlobalModel | None = None
+        self.round: Round | None = None
+        self.phase = "registration"  # registration | running | aborting | ended
+        self.end_reason = ""
+        self.staged: dict[str, Any] | None = None
+        self.bytes_sent = 0
+        self._cv = threading.Condition()
+        self._agg_lock = threading.Lock()
+        self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
+        self._goodbyes: set[str] = set()
+
+    # ------------------------------------------------------------------ hooks
+    def register(self, request: dict) -> dict:
+        raise NotImplementedError
+
+    def on_heartbeat(self, site: str, request: dict) -> None:
+        """Called for every authenticated heartbeat (relays use it to refresh their children)."""
+
+    def on_goodbye(self, site: str, status: str, reason: str) -> None:
+        """Called after a child said goodbye."""
+
+    # ------------------------------------------------------------------ transport handlers
+    def handle_unary(self, method: str, request: dict, peer: str) -> dict:
+        if method == "Register":
+            return self.register(request)
+        record = self.members.check(request.get("site"), request.get("token"))
+        if method == "Heartbeat":
+            self.on_heartbeat(record.site, request)
+            return {"phase": self.phase}
+        if method == "GetTask":
+            return self._get_task(record.site, request)
+        if method == "Goodbye":
+            status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
+            with self._cv:
+                self._goodbyes.add(record.site)
+                self.members.mark(record.site, "done" if status == "done" else "failed", reason)
+                self._cv.notify_all()
+            if status != "done":
+                self.log.warning("client_failed", f"{record.site} failed: {reason}", site=record.site, reason=reason)
+            else:
+                self.log.info("client_done", f"{record.site} finished", site=record.site)
+            self.on_goodbye(record.site, status, reason)
+            return {}
+        raise errors.MalformedMessageError(f"unknown method {method!r}")
+
+    def _get_task(self, site: str, request: dict) -> dict:
+        wait = min(float(request.get("timeout") or self.settings.task_poll_timeout), self.settings.task_poll_timeout)
+        last = request.get("last_task_id")
+        deadline = time.monotonic() + wait
+        with self._cv:
+            while True:
+                if self.phase == "ended":
+                    return {"task": "end", "reason": self.end_reason}
+                rnd = self.round
+                if rnd is not None and rnd.open and rnd.task_id != last and site not in rnd.answered():
+                    self.members.mark(site, "active")
+                    return {"task": "train", "task_id": rnd.task_id, "round": rnd.number,
+                            "total_rounds": self.config.num_rounds, "ref": rnd.model.ref,
+                            "manifest": [s.to_wire() for s in rnd.model.specs],
+                            "meta": self.strategy.configure_round(rnd.number, self.config.num_rounds),
+                            "staged": self.staged}
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return {"task": "wait"}
+                self._cv.wait(remaining)
+
+    def handle_download(self, request: dict, peer: str) -> Iterator[bytes]:
+        self.members.check(request.get("site"), request.get("token"))
+        rnd = self.round
+        if rnd is None or request.get("ref") != rnd.model.ref:
+            raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
+        start = request.get("start", [0, 0])
+        if not (isinstance(start, list) and len(start) == 2 and all(isinstance(x, int) for x in start)):
+            raise errors.MalformedMessageError(f"invalid download start {start!r:.60}")
+        return self._counted(rnd.model.frames((start[0], start[1]), self.settings.chunk_size))
+
+    def _counted(self, frames: Iterator[bytes]) -> Iterator[bytes]:
+        for frame in frames:
+            self.bytes_sent += len(frame)
+            yield frame
+
+    def accepts_partials_from(self, site: str) -> bool:
+        return False
+
+    def handle_upload(self, frames: Iterator[bytes], peer: str) -> dict:
+        slot = False
+        site = "?"
+
+        def on_header(header: dict) -> Round:
+            nonlocal slot, site
+            record = self.members.check(header.get("site"), header.get("token"))
+            site = record.site
+            rnd = self.round
+            if rnd is None or not rnd.open or header.get("task_id") != rnd.task_id:
+                raise errors.StaleTaskError(f"result from {site} for task {header.get('task_id')!r:.40} arrived after its round closed; discarded")
+            if header.get("params_type") == "PARTIAL" and not self.accepts_partials_from(site):
+                raise errors.UpdateRejectedError(f"{site} is not a relay of this job; partial aggregates refused")
+            if site in rnd.answered():
+                raise errors.StaleTaskError(f"{site} already answered round {rnd.number}")
+            if not self._upload_slots.acquire(timeout=self.settings.upload_slot_timeout):
+                raise errors.StreamTimeoutError(f"no upload slot free within settings.upload_slot_timeout={self.settings.upload_slot_timeout}s")
+            slot = True
+            return rnd
+
+        rnd = self.round
+        try:
+            header, rnd, params = read_upload(frames, self.settings, rnd.model.params if rnd else {}, on_header)
+            staged_path = None
+            if header.get("staged") is not None:
+                if self.stager is None or params:
+                    raise errors.MalformedMessageError("staged result sent to a job without staging, or mixed with tensors")
+                staged_path, specs = self.stager.read_result(header["staged"], self.settings.max_model_bytes)
+                if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / rnd.model.ref):
+                    raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
+                params = read_staged(staged_path, specs, rnd.model.params)
+            if header["params_type"] == "PARTIAL":
+                self._fold_partial(rnd, site, header, params)
+            else:
+                self._fold(rnd, ClientUpdate(site, params, header["params_type"], self._weight(header.get("meta")),
+                                             _dict(header.get("metrics")), _dict(header.get("meta"))))
+            del params
+            if staged_path is not None:
+                staged_path.unlink(missing_ok=True)
+            with self._cv:
+                self._cv.notify_all()
+            return {"accepted": True}
+        except errors.StaleTaskError as exc:
+            self.log.warning("late_result", str(exc), site=site)
+            raise
+        except (errors.UpdateRejectedError, errors.MalformedMessageError, errors.FrameTooLargeError) as exc:
+            if rnd is not None and site in self.members.live():
+                with self._cv:
+                    rnd.rejected.setdefault(site, str(exc))
+                    self._cv.notify_all()
+            self.log.warning("result_rejected", f"result from {site} rejected: {exc}", site=site, reason=str(exc),
+                             round=rnd.number if rnd else None)
+            raise
+        finally:
+            if slot:
+                self._upload_slots.release()
+
+    def _fold(self, rnd: Round, update: ClientUpdate) -> None:
+        with self._agg_lock:
+            if not rnd.open or rnd is not self.round:
+                raise errors.StaleTaskError(f"result from {update.site} arrived after round {rnd.number} closed; discarded")
+            rnd.aggregator.add(update)
+            with self._cv:
+                rnd.accepted[update.site] = update.metrics
+        self.log.info("result_accepted", f"round {rnd.number}: result from {update.site} accepted (weight {update.weight:g})",
+                      site=update.site, round=rnd.number, weight=update.weight, metrics=update.metrics)
+
+    def _fold_partial(self, rnd: Round, relay: str, header: dict, sums: dict) -> None:
+        """A relay's weighted partial sum over its children; each child counts as answered here."""
+        partial = _dict(header.get("partial"))
+        sites, rejected = _dict(partial.get("sites")), _dict(partial.get("rejected"))
+        weights = _dict(partial.get("weights"))
+        if set(sums) - set(weights) or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
+                                           for w in weights.values()):
+            raise errors.MalformedMessageError(f"partial from {relay}: per-tensor weights missing or invalid")
+        with self._agg_lock:
+            if not rnd.open or rnd is not self.round:
+                raise errors.StaleTaskError(f"partial from {relay} arrived after round {rnd.number} closed; discarded")
+            overlap = (set(sites) | set(rejected)) & rnd.answered()
+            if overlap:
+                raise errors.StaleTaskError(f"partial from {relay} repeats sites that already answered: {sorted(overlap)[:10]}")
+            rnd.aggregator.add_partial(sums, {k: float(weights[k]) for k in sums}, len(sites))
+            with self._cv:
+                for site, info in sites.items():
+                    rnd.accepted[str(site)] = _dict(_dict(info).get("metrics"))
+                for site, reason in rejected.items():
+                    rnd.rejected[str(site)] = str(reason)[:500]
+        self.log.info("partial_accepted", f"round {rnd.number}: partial aggregate from {relay} over {len(sites)} "
+                      f"client(s) accepted" + (f"; {len(rejected)} excluded there" if rejected else ""),
+                      relay=relay, round=rnd.number, sites=sorted(sites), rejected=rejected)
+
+    def _weight(self, meta: Any) -> float:
+        raw = _dict(meta).get(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+        try:
+            weight = float(raw)
+        except (TypeError, ValueError):
+            raise errors.UpdateRejectedError(f"meta NUM_STEPS_CURRENT_ROUND must be a number, got {raw!r:.40}") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise errors.UpdateRejectedError(f"meta NUM_STEPS_CURRENT_ROUND must be finite and >= 0, got {raw!r:.40}")
+        return weight
+
+    # ------------------------------------------------------------------ round lifecycle
+    def open_round(self, number: int, model: GlobalModel, task_id: str | None = None) -> Round:
+        self.model = model
+        if self.stager is not None:
+            t0 = time.monotonic()
+            self.staged = self.stager.publish(model.ref, model.params)
+            self.log.info("model_staged", f"round {number}: model staged ({self.staged['nbytes'] / 1e6:.1f} MB) in "
+                          f"{time.monotonic() - t0:.2f}s", round=number, **self.staged)
+        with self._cv:
+            self.round = rnd = Round(number, self.strategy, model, task_id)
+            self._cv.notify_all()
+        return rnd
+
+    def expire_dead(self, number: int) -> None:
+        for record in self.members.expire():
+            self.log.warning("client_dead", f"{record.site} declared dead: {record.reason}", site=record.site,
+                             round=number)
+
+    def close_round(self, rnd: Round) -> None:
+        """No result is folded into ``rnd`` after this returns."""
+        with self._cv:
+            rnd.open = False
+        with self._agg_lock:  # waits for a fold in progress
+            pass
+
+    def end(self, reason: str) -> None:
+        with self._cv:
+            self.phase, self.end_reason = "ended", reason
+            self._cv.notify_all()
+
+    def drain(self, grace: float) -> None:
+        """Give live children up to ``grace`` seconds to collect the end task and say goodbye."""
+        deadline = time.monotonic() + grace
+        with self._cv:
+            while set(self.members.live()) - self._goodbyes and time.monotonic() < deadline:
+                self._cv.wait(0.2)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
