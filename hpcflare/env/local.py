@@ -59,11 +59,10 @@ class LocalRun(Run):
                 _kill_group(proc)
         self.exit_codes = {"server": self.server.returncode, **{s: p.returncode for s, p in self.clients.items()}}
         codes_file = self.job_dir.log_dir / "client_exit_codes.json"
-        if self.zygote is not None:
-            if codes_file.exists():
-                self.exit_codes.update(json.loads(codes_file.read_text()))
-            else:
-                self.exit_codes.update({s: -signal.SIGKILL for s in self.job_dir.load_config().clients})
+        if self.zygote is not None:  # sites it never reaped were killed with it
+            reaped = json.loads(codes_file.read_text()) if codes_file.exists() else {}
+            forked = [s for s in self.job_dir.load_config().clients if s not in self.clients]
+            self.exit_codes.update({s: reaped.get(s, -signal.SIGKILL) for s in forked})
         for f in self._files:
             f.close()
         for rank, code in self.exit_codes.items():
@@ -123,6 +122,9 @@ class LocalEnv(Env):
             files.append(server_out)
         server = subprocess.Popen(self._cmd(job_dir, "--role", "server"), env=env, stdout=server_out,
                                   stderr=subprocess.STDOUT if server_out else None, stdin=subprocess.DEVNULL)
+        relays = [subprocess.Popen(self._cmd(job_dir, "--role", "relay", "--site", name), env=env,
+                                   stdout=open(job_dir.log_dir / f"{name}.out", "wb"), stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL) for name in config.relay_names()]
         forked = [s for s in config.clients if self.fork and s not in self.site_env]
         zygote = None
         if forked:
@@ -140,4 +142,5 @@ class LocalEnv(Env):
         if self.verbose:
             print(f"[hpcflare] job {config.job_id}: {len(config.clients)} clients started locally; "
                   f"job dir {job_dir.root}", flush=True)
+        clients.update(zip(config.relay_names(), relays))
         return LocalRun(job_dir, server, clients, zygote, files, settings.end_grace)

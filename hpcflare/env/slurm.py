@@ -82,10 +82,12 @@ class SlurmEnv(Env):
     def executor(self, job_dir: JobDir) -> Any:
         import submitit
 
-        ranks = 1 + len(job_dir.load_config().clients)
+        config = job_dir.load_config()
+        ranks = 1 + config.relays + len(config.clients)
         per_node = self.ntasks_per_node or math.ceil(ranks / self.nodes)
         if per_node * self.nodes < ranks:
-            raise ConfigError(f"{self.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {ranks - 1} clients)")
+            raise ConfigError(f"{self.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
+                              f"+ {len(config.clients)} clients)")
         executor = submitit.SlurmExecutor(folder=job_dir.root / "slurm", python=sys.executable)
         params: dict[str, Any] = dict(nodes=self.nodes, ntasks_per_node=per_node, time=self.time_min,
                                       job_name=job_dir.load_config().name, setup=self.setup,
@@ -147,7 +149,11 @@ class MpiEnv(Env):
     def deploy(self, job_dir: JobDir) -> Run:
         if not Path(self.mpiexec).exists():
             raise ConfigError(f"mpiexec not found at {self.mpiexec}; `pip install mpich` or pass mpiexec=")
-        ranks = 1 + len(job_dir.load_config().clients)
+        config = job_dir.load_config()
+        if config.relays:
+            raise ConfigError("relays find each other through the job directory; MpiEnv exchanges addresses over "
+                              "MPI only: use LocalEnv or SlurmEnv(rendezvous='fs') with relays")
+        ranks = 1 + len(config.clients)
         out = open(job_dir.log_dir / "mpiexec.out", "wb")
         cmd = [self.mpiexec, "-n", str(ranks), *self.extra_args, sys.executable, "-m", "hpcflare.runtime.launch",
                "--job-dir", str(job_dir.root), "--role", "auto", "--rendezvous", "mpi"]

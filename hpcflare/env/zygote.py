@@ -6,7 +6,7 @@ No gRPC object exists in this process before it forks, which is what gRPC requir
 
     python -m hpcflare.env.zygote --job-dir D site-1 site-2 ...
 
-Writes logs/client_pids.json once every site is forked and logs/client_exit_codes.json when all ended.
+Writes logs/client_pids.json once every site is forked and logs/client_exit_codes.json as each one ends.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         if pid in pids:
             codes[pids[pid]] = os.waitstatus_to_exitcode(status)
-    atomic_write_text(job_dir.log_dir / "client_exit_codes.json", json.dumps(codes))
+            atomic_write_text(job_dir.log_dir / "client_exit_codes.json", json.dumps(codes))
     return 0
 
 

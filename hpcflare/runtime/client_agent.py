@@ -55,6 +55,43 @@ def wait_for_server(job_dir: JobDir, timeout: float) -> str:
             time.sleep(0.2)
 
 
+def _once(fn: Callable[[], T]) -> T:
+    """Uploads are not idempotent: retry only when nothing reached the server (connection refused)."""
+    try:
+        return fn()
+    except errors.StreamTimeoutError as exc:  # may have been received: let the server's dedup decide
+        raise errors.TransportError(str(exc)) from None
+
+
+def choose_relay(job_dir: JobDir, config: JobConfig, site: str, settings: Settings) -> tuple[str | None, str | None]:
+    """A relay on this node if one announced itself here, else relay (index mod R) by fan-out.
+
+    Waits up to settings.rendezvous_timeout for the relay's rendezvous file; (None, None) = go direct.
+    """
+    from hpcflare.runtime.ranks import server_matches
+
+    names = config.relay_names()
+    node = os.environ.get("SLURMD_NODENAME", "")
+    deadline = time.monotonic() + settings.rendezvous_timeout
+    index = config.clients.index(site)
+    while True:
+        announced = {}
+        for name in names:
+            try:
+                info = json.loads((job_dir.rendezvous_dir / f"{name}.json").read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if server_matches(info.get("incarnation")):
+                announced[name] = info
+        local = [n for n in names if node and announced.get(n, {}).get("node") == node]
+        choice = local[index % len(local)] if local else names[index % len(names)]
+        if choice in announced:
+            return choice, str(announced[choice]["address"])
+        if time.monotonic() >= deadline:
+            return None, None
+        time.sleep(0.2)
+
+
 class ClientAgent:
     def __init__(self, job_dir: JobDir, site: str, log: RankLogger, address: str | None = None) -> None:
         self.job_dir, self.site, self.log = job_dir, site, log
@@ -70,20 +107,58 @@ class ClientAgent:
         self.pending_logs: list[dict[str, Any]] = []
         self.task_wait_limit = self.settings.registration_timeout + self.settings.round_timeout + self.settings.stream_timeout
         """Longest a site waits for its next task while the server is reachable (covers one whole round)."""
+        self.relay_name: str | None = None  # set while connected through a relay
+        self._failover_lock = threading.Lock()
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "ClientAgent":
-        s = self.settings
         if self.address is None:
-            self.address = wait_for_server(self.job_dir, s.rendezvous_timeout)
-        self.transport = GrpcClientTransport(self.address, s)
-        reply = self._retry("Register", lambda: self.transport.call(  # type: ignore[union-attr]
-            "Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
-                         "node": os.environ.get("SLURMD_NODENAME", "")}, s.rpc_timeout))
-        self.token = reply["token"]
-        self.log.info("registered", f"{self.site} registered with server {self.address}", address=self.address)
+            if self.config.relays and self.site in self.config.clients:
+                self.relay_name, self.address = choose_relay(self.job_dir, self.config, self.site, self.settings)
+                if self.address is None:
+                    self.log.warning("relay_missing", f"no relay announced itself within settings.rendezvous_timeout="
+                                     f"{self.settings.rendezvous_timeout:g}s; connecting directly to the server")
+            if self.address is None:
+                self.address = wait_for_server(self.job_dir, self.settings.rendezvous_timeout)
+        self._connect(self.address)
         threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.site}", daemon=True).start()
         return self
+
+    def _connect(self, address: str) -> None:
+        s = self.settings
+        self.address = address
+        self.transport = GrpcClientTransport(address, s)
+        reply = self._retry("Register", lambda: self.transport.call(  # type: ignore[union-attr]
+            "Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
+                         "node": os.environ.get("SLURMD_NODENAME", "")}, s.rpc_timeout), failover=False)
+        self.token = reply["token"]
+        via = f" through {self.relay_name}" if self.relay_name else ""
+        self.log.info("registered", f"{self.site} registered with server{via} at {address}", address=address,
+                      relay=self.relay_name)
+
+    def _failover(self, exc: Exception, failed: GrpcClientTransport | None) -> bool:
+        """The relay is gone: reconnect straight to the server if the job's policy allows it.
+
+        Called from the main thread and the heartbeat thread alike; True means "retry on self.transport".
+        """
+        with self._failover_lock:
+            if failed is not self.transport:  # the other thread already switched
+                return self.transport is not None
+            if self.relay_name is None or self.config.relay_failover != "direct":
+                if self.relay_name is not None:
+                    self.log.error("relay_lost", f"relay {self.relay_name} lost ({exc}); relay_failover='exclude': "
+                                   "leaving the job", relay=self.relay_name)
+                return False
+            lost, self.relay_name = self.relay_name, None
+            self.log.warning("relay_lost", f"relay {lost} lost ({exc}); reconnecting directly to the server", relay=lost)
+            self._connect(wait_for_server(self.job_dir, self.settings.rendezvous_timeout))
+            if failed is not None:
+                failed.close()
+            return True
+
+    def heartbeat_extra(self) -> dict[str, Any]:
+        """Extra fields for each heartbeat (relays add the children they heard from)."""
+        return {}
 
     def close(self, status: str = "done", reason: str = "") -> None:
         self._stop.set()
@@ -104,24 +179,35 @@ class ClientAgent:
             if transport is None:
                 return
             try:
-                reply = transport.call("Heartbeat", {"site": self.site, "token": self.token}, s.rpc_timeout)
+                reply = transport.call("Heartbeat", {"site": self.site, "token": self.token, **self.heartbeat_extra()},
+                                       s.rpc_timeout)
                 self._last_contact = time.monotonic()
                 if reply.get("phase") == "ended":
                     return
             except errors.HpcflareError as exc:
                 silent = time.monotonic() - self._last_contact
                 self.log.warning("heartbeat_failed", f"heartbeat failed ({silent:.0f}s without server): {exc}")
+                if isinstance(exc, errors.PeerGoneError) and self.relay_name is not None:
+                    try:
+                        self._failover(exc, transport)
+                    except errors.HpcflareError as again:
+                        self.log.warning("failover_failed", f"failover to the server failed: {again}")
 
-    def _retry(self, what: str, fn: Callable[[], T]) -> T:
-        """Retry transient failures (server not up yet / briefly gone) until settings.server_lost_timeout."""
+    def _retry(self, what: str, fn: Callable[[], T], failover: bool = True) -> T:
+        """Retry transient failures (server not up yet / briefly gone) until settings.server_lost_timeout;
+        a dead relay triggers a failover to the server first."""
         deadline = time.monotonic() + self.settings.server_lost_timeout
         attempt = 0
         while True:
+            transport = self.transport
             try:
                 result = fn()
                 self._last_contact = time.monotonic()
                 return result
             except (errors.PeerGoneError, errors.StreamTimeoutError) as exc:
+                if failover and isinstance(exc, errors.PeerGoneError) and self._failover(exc, transport):
+                    deadline = time.monotonic() + self.settings.server_lost_timeout
+                    continue
                 if time.monotonic() >= deadline:
                     raise errors.PeerGoneError(f"{what}: server unreachable for settings.server_lost_timeout="
                                                f"{self.settings.server_lost_timeout:g}s: {exc}") from None
@@ -171,10 +257,14 @@ class ClientAgent:
         params = self._from_staging(task) if task.staged else None
         via = "staging"
         if params is None:
-            via, params = "grpc", {}
-            request = {"site": self.site, "token": self.token, "ref": task.ref}
-            for spec, blob in self.transport.download(request, task.manifest):
-                params[spec.name] = decode_tensor(blob, spec, self.config.framework)
+            via = "grpc"
+
+            def pull() -> dict[str, Any]:
+                request = {"site": self.site, "token": self.token, "ref": task.ref}
+                return {spec.name: decode_tensor(blob, spec, self.config.framework)
+                        for spec, blob in self.transport.download(request, task.manifest)}  # type: ignore[union-attr]
+
+            params = self._retry("Download", pull)
         nbytes = sum(s.nbytes for s in task.manifest)
         self.log.info("model_received", f"round {task.round}: model received via {via} ({nbytes / 1e6:.2f} MB in "
                       f"{time.monotonic() - t0:.2f}s)", round=task.round, bytes=nbytes, via=via,
@@ -229,8 +319,17 @@ class ClientAgent:
         staged = self._stage_result(task, model.params) if task.staged else None
         if staged is not None:
             header["staged"] = staged
+
+        def push() -> dict:
+            return self.transport.upload({**header, "token": self.token},  # type: ignore[union-attr]
+                                         [] if staged else model.params.items())
+
         try:
-            self.transport.upload(header, [] if staged else model.params.items())
+            self._retry("Upload", lambda: _once(push), failover=True)
+        except errors.StaleTaskError as exc:
+            self.log.warning("result_late", f"round {task.round}: result discarded, the round had closed: {exc}",
+                             round=task.round)
+            return
         except errors.UpdateRejectedError as exc:
             self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
             raise

@@ -28,6 +28,14 @@ class GlobalModel:
             self.params[name] = view_tensor(blob, name)
             self.specs.append(TensorSpec(name, dtype, shape, len(blob)))
 
+    @classmethod
+    def from_blobs(cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, bytes]) -> "GlobalModel":
+        """Adopt blobs exactly as received from upstream (a relay's cache): no decode/encode, no extra copy."""
+        model = cls.__new__(cls)
+        model.version, model.ref, model.specs, model.blobs = version, ref, list(specs), blobs
+        model.params = {spec.name: view_tensor(blobs[spec.name], spec.name) for spec in specs}
+        return model
+
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.specs)

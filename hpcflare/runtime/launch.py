@@ -113,11 +113,12 @@ def _raise_aborted(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcflare-rank", description=__doc__)
     parser.add_argument("--job-dir", required=True)
-    parser.add_argument("--role", choices=("server", "client", "auto"), required=True,
+    parser.add_argument("--role", choices=("server", "relay", "client", "auto"), required=True,
                         help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then clients in job.yaml order")
     parser.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs",
                         help="--role auto: find the server via the shared job dir (fs) or an MPI broadcast (mpi)")
-    parser.add_argument("--site", help="site name (client role; default: the job's clients in order, by rank)")
+    parser.add_argument("--site", help="site name (client role; default: the job's clients in order, by rank); "
+                        "relay role: the relay's name, e.g. relay-1")
     parser.add_argument("--bind", default="127.0.0.1", help="server: interface to listen on (0.0.0.0 on clusters)")
     parser.add_argument("--address", help="server address host:port (default: read the rendezvous file)")
     parser.add_argument("--quiet", action="store_true", help="server: do not echo progress to stdout")
@@ -134,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         except errors.ConfigError as exc:
             print(f"[hpcflare] rank {info.rank}: configuration error: {exc}", file=sys.stderr)
             return int(ExitCode.CONFIG_ERROR)
+    if args.role == "relay":
+        from hpcflare.runtime.ranks import advertise_host
+        from hpcflare.runtime.relay import run_relay
+
+        if not args.site:
+            parser.error("--role relay needs --site relay-N")
+        advertise = advertise_host() if args.bind == "0.0.0.0" else None
+        return int(run_relay(job_dir, args.site, host=args.bind, advertise=advertise))
     if args.role == "server":
         from hpcflare.runtime.ranks import advertise_host
 

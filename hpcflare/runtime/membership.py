@@ -31,14 +31,15 @@ class Membership:
         self._clients: dict[str, ClientRecord] = {}
         self._lock = threading.Lock()
 
-    def register(self, site: str, host: str = "", pid: int = 0) -> tuple[ClientRecord, ClientRecord | None]:
+    def register(self, site: str, host: str = "", pid: int = 0,
+                 token: str | None = None) -> tuple[ClientRecord, ClientRecord | None]:
         """Register (or re-register after a restart) a site; returns (new record, replaced record)."""
         if site not in self.expected:
             raise UnknownClientError(f"site {site!r} is not part of this job (expected one of {self.expected[:10]}"
                                      f"{'...' if len(self.expected) > 10 else ''})")
         with self._lock:
             old = self._clients.get(site)
-            record = ClientRecord(site, secrets.token_hex(16), host=host, pid=pid)
+            record = ClientRecord(site, token or secrets.token_hex(16), host=host, pid=pid)
             self._clients[site] = record
             return record, old
 

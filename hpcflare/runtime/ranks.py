@@ -1,5 +1,7 @@
 """Role by rank inside one allocation: rank 0 is the server, the next R ranks relays, the rest clients.
 
+Clients pick a relay on their own node when one announced itself there, else relay (index mod R).
+
 Used by every launcher that starts all ranks at once (srun, mpiexec, submitit). Ranks find the server by
 one of two rendezvous paths:
 
@@ -47,15 +49,16 @@ def detect_rank() -> RankInfo:
                              "is set; run under srun/mpiexec or pass --role explicitly")
 
 
-def role_for_rank(rank: int, world: int, config: JobConfig, relays: int = 0) -> Role:
+def role_for_rank(rank: int, world: int, config: JobConfig) -> Role:
+    relays = config.relays
     needed = 1 + relays + len(config.clients)
     if world < 1 + relays + config.min_clients:
         raise errors.ConfigError(f"{world} ranks cannot hold 1 server + {relays} relays + min_clients={config.min_clients}; "
                                  f"request at least {1 + relays + config.min_clients} tasks ({needed} for every client)")
-    if relays:
-        raise errors.ConfigError("relay ranks are not available yet: set relays=0")
     if rank == 0:
         return Role("server")
+    if rank <= relays:
+        return Role("relay", config.relay_names()[rank - 1])
     index = rank - 1 - relays
     if index < len(config.clients):
         return Role("client", config.clients[index])
@@ -109,7 +112,7 @@ def _mpi_bcast_address(address: str | None, timeout: float) -> str:
     return bytes(buf).rstrip(b"\x00").decode()
 
 
-def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs", relays: int = 0) -> ExitCode:
+def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCode:
     """Start whatever this rank is in the job; return its exit code."""
     from hpcflare.runtime.launch import run_client, run_server
 
@@ -117,13 +120,19 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs", relays: in
         raise errors.ConfigError(f"rendezvous must be one of {RENDEZVOUS}, got {rendezvous!r}")
     config = job_dir.load_config()
     settings = config.load_settings()
-    role = role_for_rank(info.rank, info.world, config, relays)
+    if config.relays and rendezvous == "mpi":
+        raise errors.ConfigError("relays find each other through the job directory: use rendezvous='fs' with relays")
+    role = role_for_rank(info.rank, info.world, config)
     if role.kind == "server":
         publish = None
         if rendezvous == "mpi":
             def publish(address: str) -> None:
                 _mpi_bcast_address(address, settings.rendezvous_timeout)
         return run_server(job_dir, echo=True, host="0.0.0.0", advertise=advertise_host(), on_listening=publish)
+    if role.kind == "relay":
+        from hpcflare.runtime.relay import run_relay
+
+        return run_relay(job_dir, role.site, host="0.0.0.0", advertise=advertise_host())
     address = None
     if rendezvous == "mpi":
         address = _mpi_bcast_address(None, settings.rendezvous_timeout)

@@ -35,6 +35,7 @@ class Round:
         self.aggregator = strategy.new_aggregator(model.params)
         self.accepted: dict[str, dict[str, Any]] = {}  # site -> metrics
         self.rejected: dict[str, str] = {}  # site -> reason
+        self.partials: set[str] = set()  # relays whose partial aggregate was folded
         self.open = True
         self.started = time.monotonic()
 
@@ -97,14 +98,15 @@ class RoundHost(ServerHandler):
 
     def _get_task(self, site: str, request: dict) -> dict:
         wait = min(float(request.get("timeout") or self.settings.task_poll_timeout), self.settings.task_poll_timeout)
-        last = request.get("last_task_id")
         deadline = time.monotonic() + wait
         with self._cv:
             while True:
                 if self.phase == "ended":
                     return {"task": "end", "reason": self.end_reason}
                 rnd = self.round
-                if rnd is not None and rnd.open and rnd.task_id != last and site not in rnd.answered():
+                # a site gets the open round's task until a result of its counts (a result lost with a dead
+                # relay is simply asked for again)
+                if rnd is not None and rnd.open and site not in rnd.answered() and site not in rnd.partials:
                     self.members.mark(site, "active")
                     return {"task": "train", "task_id": rnd.task_id, "round": rnd.number,
                             "total_rounds": self.config.num_rounds, "ref": rnd.model.ref,
@@ -217,6 +219,7 @@ class RoundHost(ServerHandler):
                 raise errors.StaleTaskError(f"partial from {relay} repeats sites that already answered: {sorted(overlap)[:10]}")
             rnd.aggregator.add_partial(sums, {k: float(weights[k]) for k in sums}, len(sites))
             with self._cv:
+                rnd.partials.add(relay)
                 for site, info in sites.items():
                     rnd.accepted[str(site)] = _dict(_dict(info).get("metrics"))
                 for site, reason in rejected.items():
@@ -236,9 +239,9 @@ class RoundHost(ServerHandler):
         return weight
 
     # ------------------------------------------------------------------ round lifecycle
-    def open_round(self, number: int, model: GlobalModel, task_id: str | None = None) -> Round:
+    def open_round(self, number: int, model: GlobalModel, task_id: str | None = None, publish: bool = True) -> Round:
         self.model = model
-        if self.stager is not None:
+        if self.stager is not None and publish:
             t0 = time.monotonic()
             self.staged = self.stager.publish(model.ref, model.params)
             self.log.info("model_staged", f"round {number}: model staged ({self.staged['nbytes'] / 1e6:.1f} MB) in "

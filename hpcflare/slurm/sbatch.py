@@ -34,8 +34,8 @@ class SbatchSpec:
     server_job_id: str | None = None  # part="clients": the server's Slurm job, whose address to wait for
 
     def tasks(self) -> int:
-        clients = len(self.job_dir.load_config().clients)
-        return {"all": 1 + clients, "server": 1, "clients": clients}[self.part]
+        config = self.job_dir.load_config()
+        return {"all": 1 + config.relays + len(config.clients), "server": 1, "clients": len(config.clients)}[self.part]
 
     def per_node(self) -> int:
         return self.ntasks_per_node or math.ceil(self.tasks() / self.nodes)
@@ -46,6 +46,8 @@ def render_sbatch(spec: SbatchSpec) -> str:
         raise ConfigError(f"part must be one of {PARTS}, got {spec.part!r}")
     if spec.part != "all" and spec.rendezvous == "mpi":
         raise ConfigError("separate server/clients allocations cannot share an MPI world: use rendezvous='fs'")
+    if spec.part != "all" and spec.job_dir.load_config().relays:
+        raise ConfigError("relays run inside the server's allocation: submit jobs with relays as one allocation")
     if spec.part == "clients" and not spec.server_job_id:
         raise ConfigError("part='clients' needs server_job_id (submit the server part first)")
     if spec.nodes < 1:
@@ -54,7 +56,7 @@ def render_sbatch(spec: SbatchSpec) -> str:
         raise ConfigError(f"time {spec.time!r} is not a Slurm time limit (e.g. 30, 01:00:00, 1-00:00:00)")
     if spec.per_node() * spec.nodes < spec.tasks():
         raise ConfigError(f"{spec.nodes} nodes x {spec.per_node()} tasks per node < {spec.tasks()} ranks "
-                          f"(1 server + {spec.tasks() - 1} clients); raise nodes or ntasks_per_node")
+                          f"(server, relays and clients); raise nodes or ntasks_per_node")
     directives = list(spec.extra_directives)
     if spec.partition:
         directives.insert(0, f"#SBATCH --partition={spec.partition}")

@@ -1,0 +1,163 @@
+"""A relay rank: the server's rounds, hosted for a subset of clients, with one partial aggregate sent up.
+
+Children register through the relay (it forwards the registration, so the server knows every client and
+issues its token), pull the round's model from the relay's single cached copy (the blobs exactly as the
+server sent them), and upload to the relay, which validates and folds each result into a weighted partial
+sum. When all its live children answered, or at ``RELAY_ROUND_FRACTION x round_timeout`` after it got the
+task, the relay sends that partial sum up once: server traffic and memory grow with relays, not clients.
+The relay's heartbeats carry the names of the children it heard from, so the server's view of liveness
+stays exact; if the relay dies, its children fail over to the server (``relay_failover='direct'``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from hpcflare import errors
+from hpcflare.exitcodes import ExitCode
+from hpcflare.job import JobDir, atomic_write_text
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime.client_agent import ClientAgent, Task
+from hpcflare.runtime.global_model import GlobalModel
+from hpcflare.runtime.memory import release_memory
+from hpcflare.runtime.membership import Membership
+from hpcflare.runtime.ranks import incarnation
+from hpcflare.runtime.round_host import RoundHost
+from hpcflare.runtime.staging import Stager
+from hpcflare.runtime.server import STRATEGIES
+from hpcflare.transport.grpc_server import GrpcServer
+
+RELAY_ROUND_FRACTION = 0.9
+"""A relay closes its part of a round at this fraction of settings.round_timeout, so its partial still
+reaches the server before the server's own deadline."""
+
+
+class _Upstream(ClientAgent):
+    """The relay's own connection to the server: a client agent whose heartbeats vouch for children."""
+
+    def __init__(self, relay: "Relay", job_dir: JobDir, log: RankLogger) -> None:
+        super().__init__(job_dir, relay.name, log)
+        self.relay = relay
+
+    def heartbeat_extra(self) -> dict[str, Any]:
+        return {"children": self.relay.members.live()}
+
+
+class Relay(RoundHost):
+    role = "relay"
+
+    def __init__(self, job_dir: JobDir, name: str, log: RankLogger, host: str = "127.0.0.1", port: int = 0,
+                 advertise: str | None = None) -> None:
+        config = job_dir.load_config()
+        settings = config.load_settings()
+        stager = Stager(config.staging_root(job_dir.root)) if config.staging else None
+        super().__init__(config, settings, log, STRATEGIES[config.strategy](),
+                         Membership(config.clients, settings.heartbeat_timeout), stager)
+        if not self.strategy.new_aggregator({}).decomposable:
+            raise errors.ConfigError(f"strategy {config.strategy!r} cannot be decomposed; run it without relays")
+        self.job_dir, self.name = job_dir, name
+        self.upstream = _Upstream(self, job_dir, log)
+        self.grpc = GrpcServer(self, settings, log, host=host, port=port)
+        self.address = f"{advertise or host}:{self.grpc.port}"
+
+    def register(self, request: dict) -> dict:
+        site = request.get("site")
+        if not isinstance(site, str):
+            raise errors.MalformedMessageError("Register needs a 'site' string")
+        reply = self.upstream._call("Register", {**request, "via": self.name}, self.settings.rpc_timeout)
+        self.members.register(site, str(request.get("host", ""))[:256], int(request.get("pid", 0) or 0),
+                              token=reply["token"])
+        self.log.info("child_registered", f"{site} registered through {self.name}", site=site)
+        return reply
+
+    def on_goodbye(self, site: str, status: str, reason: str) -> None:
+        try:  # the server learns of a child's end from its relay
+            self.upstream.transport.call("Goodbye", {"site": site, "token": self.members.get(site).token,  # type: ignore[union-attr]
+                                                     "status": status, "reason": reason}, self.settings.rpc_timeout)
+        except errors.HpcflareError as exc:
+            self.log.warning("goodbye_forward_failed", f"could not forward {site}'s goodbye: {exc}", site=site)
+
+    def run(self) -> ExitCode:
+        self.grpc.start()
+        self.upstream.start()
+        atomic_write_text(self.job_dir.rendezvous_dir / f"{self.name}.json", json.dumps(
+            {"address": self.address, "name": self.name, "node": os.environ.get("SLURMD_NODENAME", ""),
+             "host": socket.gethostname(), "incarnation": incarnation(), "pid": os.getpid()}))
+        self.log.info("relay_started", f"{self.name} listening on {self.address}", address=self.address,
+                      node=os.environ.get("SLURMD_NODENAME", ""))
+        self.phase = "running"
+        code, status, reason = ExitCode.OK, "done", ""
+        try:
+            last: str | None = None
+            while True:
+                task = self.upstream.next_task(None, last)
+                if task is None:
+                    break
+                last = task.task_id
+                self._relay_round(task)
+                release_memory()
+            self.end(self.upstream.end_reason or "completed")
+        except errors.HpcflareError as exc:
+            code, status, reason = ExitCode.SERVER_LOST, "failed", str(exc)
+            self.log.error("relay_failed", f"{self.name} stops: {exc}")
+            self.end(f"relay failed: {exc}")
+        finally:
+            self.drain(self.settings.end_grace)
+            self.grpc.stop()
+            self.upstream.close(status, reason)
+        return code
+
+    def _relay_round(self, task: Task) -> None:
+        received = time.monotonic()
+        blobs: dict[str, bytes] = {}
+        request = {"site": self.name, "token": self.upstream.token, "ref": task.ref}
+        for spec, blob in self.upstream.transport.download(request, task.manifest):  # type: ignore[union-attr]
+            blobs[spec.name] = blob
+        model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs)
+        self.staged = task.staged  # children that see the staging dir map the server's copy directly
+        rnd = self.open_round(task.round, model, task.task_id, publish=False)
+        self.log.info("relay_round", f"round {task.round}: model cached ({model.nbytes / 1e6:.2f} MB), serving "
+                      f"{len(self.members.live())} children", round=task.round)
+        deadline = received + RELAY_ROUND_FRACTION * self.settings.round_timeout
+        with self._cv:
+            while True:
+                self.expire_dead(task.round)
+                live = set(self.members.live())
+                if live <= rnd.answered() or time.monotonic() >= deadline:
+                    break
+                self._cv.wait(0.2)
+        self.close_round(rnd)
+        stragglers = sorted(set(self.members.live()) - rnd.answered())
+        rejected = {**rnd.rejected, **{s: f"straggler: no result at {self.name} within "
+                                          f"{RELAY_ROUND_FRACTION} x settings.round_timeout" for s in stragglers}}
+        if not rnd.accepted and not rejected:
+            return
+        sums, weights = rnd.aggregator.partial()
+        header = {"site": self.name, "token": self.upstream.token, "task_id": task.task_id, "round": task.round,
+                  "params_type": "PARTIAL", "meta": {}, "metrics": {},
+                  "partial": {"sites": {s: {"metrics": m} for s, m in rnd.accepted.items()}, "rejected": rejected,
+                              "weights": weights}}
+        try:
+            self.upstream.transport.upload(header, list(sums.items()))  # type: ignore[union-attr]
+            self.log.info("partial_sent", f"round {task.round}: partial aggregate over {len(rnd.accepted)} "
+                          f"client(s) sent up", round=task.round, sites=sorted(rnd.accepted), stragglers=stragglers)
+        except errors.StaleTaskError as exc:
+            self.log.warning("partial_late", f"round {task.round}: server closed the round first: {exc}")
+
+
+def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: str | None = None) -> ExitCode:
+    log = RankLogger(job_dir.log_dir, name, "relay")
+    try:
+        return Relay(job_dir, name, log, host=host, advertise=advertise).run()
+    except errors.ConfigError as exc:
+        log.error("config_error", f"cannot start relay: {exc}")
+        return ExitCode.CONFIG_ERROR
+    finally:
+        log.close()
+
+
+__all__ = ["Relay", "run_relay", "RELAY_ROUND_FRACTION"]
