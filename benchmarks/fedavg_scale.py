@@ -3,7 +3,7 @@
 Prints one row per configuration: wall seconds, peak RSS of the whole process tree (sampled every 0.1 s)
 and of the server alone.
 
-    python benchmarks/fedavg_scale.py --clients 8 32 --model-mb 1 --rounds 3
+    python benchmarks/fedavg_scale.py --clients 8 32 --model-mb 1 --rounds 3 [--relays 0 4]
 """
 
 from __future__ import annotations
@@ -67,11 +67,13 @@ def model_of(mb: float, tensors: int = 4) -> dict[str, np.ndarray]:
     return {f"layer{i}.weight": np.random.default_rng(i).standard_normal(n).astype(np.float32) for i in range(tensors)}
 
 
-def run_one(clients: int, model_mb: float, rounds: int, root: Path, profile: str) -> dict[str, float | str]:
+def run_one(clients: int, model_mb: float, rounds: int, root: Path, profile: str,
+            relays: int = 0) -> dict[str, float | str]:
     script = root / "client.py"
     script.write_text(textwrap.dedent(CLIENT))
     recipe = FedAvgRecipe(name=f"bench-{clients}x{model_mb}", model=model_of(model_mb), min_clients=clients,
                           num_rounds=rounds, train_script=script, n_clients=clients, settings_profile=profile,
+                          relays=relays,
                           settings={"server_threads": max(64, 2 * clients + 16)})
     sampler = TreeSampler()
     sampler.start()
@@ -85,7 +87,7 @@ def run_one(clients: int, model_mb: float, rounds: int, root: Path, profile: str
         state = f"FAILED: {exc}"[:80]
     wall = time.monotonic() - t0
     sampler.stop()
-    return {"clients": clients, "model_mb": model_mb, "rounds": rounds, "wall_s": wall,
+    return {"clients": clients, "relays": relays, "model_mb": model_mb, "rounds": rounds, "wall_s": wall,
             "tree_peak_mb": sampler.peak_tree / 2**20, "tree_pss_mb": sampler.peak_pss / 2**20,
             "server_peak_mb": sampler.peak_server / 2**20, "state": state}
 
@@ -96,15 +98,18 @@ def main() -> None:
     parser.add_argument("--model-mb", type=float, nargs="+", default=[1.0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", default="hpc-large")
+    parser.add_argument("--relays", type=int, nargs="+", default=[0], help="relay counts to compare")
     args = parser.parse_args()
-    print(f"{'N':>5} {'M (MB)':>7} {'R':>3} {'wall s':>8} {'tree RSS MB':>12} {'tree PSS MB':>12} {'server MB':>10}  state")
+    print(f"{'N':>5} {'relays':>6} {'M (MB)':>7} {'R':>3} {'wall s':>8} {'tree RSS MB':>12} {'tree PSS MB':>12} "
+          f"{'server MB':>10}  state")
     for clients in args.clients:
         for mb in args.model_mb:
-            with tempfile.TemporaryDirectory(prefix="hpcflare-bench-") as tmp:
-                row = run_one(clients, mb, args.rounds, Path(tmp), args.profile)
-            print(f"{row['clients']:>5} {row['model_mb']:>7g} {row['rounds']:>3} {row['wall_s']:>8.1f} "
-                  f"{row['tree_peak_mb']:>12.0f} {row['tree_pss_mb']:>12.0f} {row['server_peak_mb']:>10.0f}  "
-                  f"{row['state']}", flush=True)
+            for relays in args.relays:
+                with tempfile.TemporaryDirectory(prefix="hpcflare-bench-") as tmp:
+                    row = run_one(clients, mb, args.rounds, Path(tmp), args.profile, relays)
+                print(f"{row['clients']:>5} {row['relays']:>6} {row['model_mb']:>7g} {row['rounds']:>3} {row['wall_s']:>8.1f} "
+                      f"{row['tree_peak_mb']:>12.0f} {row['tree_pss_mb']:>12.0f} {row['server_peak_mb']:>10.0f}  "
+                      f"{row['state']}", flush=True)
 
 
 if __name__ == "__main__":

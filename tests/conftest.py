@@ -20,7 +20,8 @@ from hpcflare.recipe import FedAvgRecipe
 REPO = Path(__file__).resolve().parents[1]
 HELLO_MODEL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
 FAST = {"registration_timeout": 20, "round_timeout": 30, "heartbeat_interval": 0.5, "heartbeat_timeout": 3,
-        "task_poll_timeout": 2, "server_lost_timeout": 8, "end_grace": 3, "rendezvous_timeout": 20}
+        "task_poll_timeout": 2, "server_lost_timeout": 8, "end_grace": 3, "rendezvous_timeout": 20,
+        "stream_timeout": 30, "stream_idle_timeout": 15}
 
 
 @pytest.fixture

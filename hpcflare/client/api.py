@@ -72,6 +72,8 @@ def init(rank: Optional[str] = None, config_file: Optional[str] = None) -> None:
         agent = ClientAgent(jd, site, RankLogger(jd.log_dir, site, "client"), os.environ.get("HPCFLARE_SERVER")).start()
         ctx = _process = _Context(agent, owned=True)
         atexit.register(agent.close)
+    if not ctx.agent.started:  # registering here makes script start-up part of the startup grace
+        ctx.agent.start()
     ctx.initialized = True
 
 

@@ -108,7 +108,9 @@ class ClientAgent:
         self.task_wait_limit = self.settings.registration_timeout + self.settings.round_timeout + self.settings.stream_timeout
         """Longest a site waits for its next task while the server is reachable (covers one whole round)."""
         self.relay_name: str | None = None  # set while connected through a relay
-        self._failover_lock = threading.Lock()
+        self._failover_lock = threading.RLock()
+        self._discovered = False  # address came from the rendezvous file (so a restarted server can be found)
+        self.started = False
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "ClientAgent":
@@ -120,7 +122,9 @@ class ClientAgent:
                                      f"{self.settings.rendezvous_timeout:g}s; connecting directly to the server")
             if self.address is None:
                 self.address = wait_for_server(self.job_dir, self.settings.rendezvous_timeout)
+                self._discovered = True
         self._connect(self.address)
+        self.started = True
         threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.site}", daemon=True).start()
         return self
 
@@ -151,7 +155,28 @@ class ClientAgent:
                 return False
             lost, self.relay_name = self.relay_name, None
             self.log.warning("relay_lost", f"relay {lost} lost ({exc}); reconnecting directly to the server", relay=lost)
+            self._discovered = True
             self._connect(wait_for_server(self.job_dir, self.settings.rendezvous_timeout))
+            if failed is not None:
+                failed.close()
+            return True
+
+    def _rediscover(self, exc: Exception, failed: GrpcClientTransport | None) -> bool:
+        """The server is unreachable: if it restarted elsewhere (new rendezvous file), reconnect there."""
+        if not self._discovered:
+            return False
+        with self._failover_lock:
+            if failed is not self.transport:
+                return self.transport is not None
+            try:
+                address = wait_for_server(self.job_dir, 0)
+            except errors.PeerGoneError:
+                return False
+            if address == self.address:
+                return False
+            self.log.warning("server_moved", f"server unreachable ({exc}); it restarted at {address}: reconnecting",
+                             address=address)
+            self._connect(address)
             if failed is not None:
                 failed.close()
             return True
@@ -187,11 +212,11 @@ class ClientAgent:
             except errors.HpcflareError as exc:
                 silent = time.monotonic() - self._last_contact
                 self.log.warning("heartbeat_failed", f"heartbeat failed ({silent:.0f}s without server): {exc}")
-                if isinstance(exc, errors.PeerGoneError) and self.relay_name is not None:
+                if isinstance(exc, errors.PeerGoneError):
                     try:
-                        self._failover(exc, transport)
+                        self._failover(exc, transport) or self._rediscover(exc, transport)
                     except errors.HpcflareError as again:
-                        self.log.warning("failover_failed", f"failover to the server failed: {again}")
+                        self.log.warning("failover_failed", f"reconnecting failed: {again}")
 
     def _retry(self, what: str, fn: Callable[[], T], failover: bool = True) -> T:
         """Retry transient failures (server not up yet / briefly gone) until settings.server_lost_timeout;
@@ -205,7 +230,8 @@ class ClientAgent:
                 self._last_contact = time.monotonic()
                 return result
             except (errors.PeerGoneError, errors.StreamTimeoutError) as exc:
-                if failover and isinstance(exc, errors.PeerGoneError) and self._failover(exc, transport):
+                if failover and isinstance(exc, errors.PeerGoneError) and (
+                        self._failover(exc, transport) or self._rediscover(exc, transport)):
                     deadline = time.monotonic() + self.settings.server_lost_timeout
                     continue
                 if time.monotonic() >= deadline:

@@ -66,8 +66,7 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
     try:
         agent = ClientAgent(job_dir, site, log, address)
         script = script_path(job_dir, agent.config.train_script)
-        agent.start()
-        client_api.bind(agent, per_thread)
+        client_api.bind(agent, per_thread)  # the script's flare.init() registers the site
         if not per_thread:  # process-global state is ours to set
             site_dir = job_dir.site_dir(site)
             site_dir.mkdir(parents=True, exist_ok=True)
@@ -99,11 +98,24 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         if code != ExitCode.OK:
             log.error("client_failed", f"{site} exits with {code.name} ({int(code)}): {reason}", exit_code=int(code),
                       reason=reason)
+        if agent is not None and not agent.started and code != ExitCode.OK and code != ExitCode.CONFIG_ERROR:
+            _report_early_failure(agent, reason, log)
         if agent is not None:
             agent.close(status, reason)
         client_api.unbind()
         log.close()
     return code
+
+
+def _report_early_failure(agent: ClientAgent, reason: str, log: RankLogger) -> None:
+    """The script died before flare.init(): register just to tell the server why, so it stops waiting."""
+    try:
+        agent.settings = agent.settings.replace(server_lost_timeout=min(agent.settings.server_lost_timeout, 5.0),
+                                                task_poll_timeout=min(agent.settings.task_poll_timeout, 4.0),
+                                                rendezvous_timeout=min(agent.settings.rendezvous_timeout, 5.0))
+        agent.start()
+    except errors.HpcflareError as exc:
+        log.warning("report_failed", f"could not report the failure to the server: {exc}")
 
 
 def _raise_aborted(signum: int, frame: object) -> None:

@@ -172,22 +172,26 @@ class FLServer(RoundHost):
         cfg, timeout = self.config, self.settings.registration_timeout
         deadline = time.monotonic() + timeout
         with self._cv:
-            while len(self.live_clients()) < len(cfg.clients):
+            while len(self.live_clients()) + len(self._gone()) < len(cfg.clients):
                 self._check_abort()
                 if time.monotonic() >= deadline:
                     break
                 self._cv.wait(min(0.5, max(0.0, deadline - time.monotonic())))
         registered = sorted(self.live_clients())
         missing = sorted(set(cfg.clients) - set(registered))
+        never = [site for site in missing if self.members.get(site) is None]
+        failed = {site: self.members.get(site).reason[:200] for site in missing if site not in never}  # type: ignore[union-attr]
+        detail = f"never registered: {never[:20]}" + (f"; failed at start: {failed}" if failed else "")
         if len(registered) < cfg.min_clients:
             raise errors.RegistrationTimeoutError(
                 f"only {len(registered)} of {len(cfg.clients)} clients registered within settings.registration_timeout="
-                f"{timeout:g}s (min_clients={cfg.min_clients}); never registered: {missing[:20]}")
+                f"{timeout:g}s (min_clients={cfg.min_clients}); {detail}")
         if missing:
-            for site in missing:
+            for site in never:
                 self.members.exclude(site, "did not register within settings.registration_timeout")
-            self.log.warning("clients_excluded", f"starting without {len(missing)} client(s) that did not register "
-                             f"within settings.registration_timeout={timeout:g}s: {missing[:20]}", missing=missing)
+            self.log.warning("clients_excluded", f"starting without {len(missing)} client(s) (startup grace "
+                             f"settings.registration_timeout={timeout:g}s): {detail}", missing=missing,
+                             never_registered=never, failed=failed)
         self.log.info("registration_done", f"{len(registered)} clients registered", clients=registered)
 
     def _run_round(self, number: int) -> None:
@@ -232,6 +236,10 @@ class FLServer(RoundHost):
                       round=number, accepted=sorted(rnd.accepted), rejected=rnd.rejected,
                       metrics=rnd.accepted, seconds=time.monotonic() - rnd.started,
                       bytes_sent=self.bytes_sent - sent_before)
+
+    def _gone(self) -> set[str]:
+        """Clients that registered and already ended (failed before their first task, or finished)."""
+        return {r.site for r in self.members.records() if r.state in ("failed", "done", "dead") and r.site not in self.relays}
 
     def _lost(self) -> dict[str, str]:
         return {r.site: f"{r.state}: {r.reason}"[:200] for r in self.members.records() if r.state in ("dead", "failed")}
