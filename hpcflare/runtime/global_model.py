@@ -7,22 +7,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
 from hpcflare.errors import ConfigError, MalformedMessageError
-from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, view_tensor
+from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, view_tensor, write_safetensors
 
 
 class GlobalModel:
-    def __init__(self, params: Mapping[str, np.ndarray], version: int) -> None:
+    def __init__(self, params: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], version: int) -> None:
+        """``params`` may be a lazy iterable of (name, array): each array can be freed once it is encoded."""
         self.version = version
         self.ref = f"v{version}"
         self.blobs: dict[str, bytes] = {}
         self.params: dict[str, np.ndarray] = {}
         self.specs: list[TensorSpec] = []
-        for name, arr in params.items():
+        for name, arr in (params.items() if isinstance(params, Mapping) else params):
             blob, dtype, shape = encode_tensor(name, arr)
             self.blobs[name] = blob
             self.params[name] = view_tensor(blob, name)
@@ -55,12 +56,9 @@ class GlobalModel:
 
     def save(self, path: Path) -> None:
         """Write all tensors into one safetensors file, atomically (temp file + rename)."""
-        import safetensors.numpy
-
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in self.params.items()}, str(tmp),
-                                    metadata={"hpcflare_version": str(self.version)})
+        write_safetensors(tmp, self.params, metadata={"hpcflare_version": str(self.version)})
         os.replace(tmp, path)
 
 

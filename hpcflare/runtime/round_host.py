@@ -121,7 +121,7 @@ class RoundHost(ServerHandler):
     def handle_download(self, request: dict, peer: str) -> Iterator[bytes]:
         self.members.check(request.get("site"), request.get("token"))
         rnd = self.round
-        if rnd is None or request.get("ref") != rnd.model.ref:
+        if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
             raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
         start = request.get("start", [0, 0])
         if not (isinstance(start, list) and len(start) == 2 and all(isinstance(x, int) for x in start)):

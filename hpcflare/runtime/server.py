@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from filelock import FileLock
 
@@ -228,7 +228,8 @@ class FLServer(RoundHost):
                 self._cv.wait(0.5)
         self.close_round(rnd)
         t0 = time.monotonic()
-        self.model = GlobalModel(rnd.aggregator.result(), number)
+        self.model = GlobalModel(_replacing(rnd.model, rnd.aggregator.result_items()), number)
+        rnd.aggregator = None  # type: ignore[assignment]
         summary = _summarize(rnd.accepted)
         self.log.info("round_completed", f"round {number}/{cfg.num_rounds} completed: {len(rnd.accepted)} results "
                       f"aggregated in {time.monotonic() - t0:.2f}s (round took {time.monotonic() - rnd.started:.1f}s)"
@@ -243,6 +244,15 @@ class FLServer(RoundHost):
 
     def _lost(self) -> dict[str, str]:
         return {r.site: f"{r.state}: {r.reason}"[:200] for r in self.members.records() if r.state in ("dead", "failed")}
+
+
+def _replacing(old: GlobalModel, items: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """Yield the new tensors, dropping each old one once its successor is encoded (the round is closed,
+    so nobody downloads the old model any more): peak memory ~2x the model instead of 3x."""
+    for name, value in items:
+        yield name, value
+        old.blobs.pop(name, None)
+        old.params.pop(name, None)
 
 
 def _summarize(metrics: dict[str, dict[str, Any]]) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from hpcflare import errors
-from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec
+from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, write_safetensors
 
 
 def sha256_file(path: Path) -> str:
@@ -51,17 +51,7 @@ def write_atomic(path: Path, tensors: Mapping[str, Any]) -> dict[str, Any]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        values = list(tensors.values())
-        if values and all(type(v).__module__.startswith("torch") for v in values):
-            import safetensors.torch
-
-            safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        else:
-            import safetensors.numpy
-
-            safetensors.numpy.save_file({k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        write_safetensors(tmp, tensors)
         digest = sha256_file(Path(tmp))
         size = os.path.getsize(tmp)
         os.replace(tmp, path)

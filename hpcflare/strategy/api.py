@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -43,6 +43,10 @@ class Aggregator(abc.ABC):
     @abc.abstractmethod
     def result(self) -> Params:
         """The new global params; called once, after the round closed."""
+
+    def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Like result(), lazily: lets the caller encode and free tensor by tensor."""
+        yield from self.result().items()
 
     @property
     @abc.abstractmethod

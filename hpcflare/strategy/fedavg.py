@@ -7,7 +7,7 @@ client did not send keep their global value (per-tensor weight sums).
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -64,18 +64,21 @@ class WeightedMeanAggregator(Aggregator):
         self._count += count
 
     def result(self) -> Params:
-        out: Params = {}
-        for name, base in self._global.items():
+        return dict(self.result_items())
+
+    def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Tensor by tensor, dropping each sum as it is turned into the new value (peak ~1 tensor extra)."""
+        for name, base in list(self._global.items()):
             acc = self._sums.pop(name, None)
             if acc is None:
-                out[name] = np.array(base, copy=True)
+                yield name, np.array(base, copy=True)
                 continue
             acc /= acc.dtype.type(self._weights[name])
             acc += base
             if np.issubdtype(base.dtype, np.integer):
                 np.rint(acc, out=acc)
-            out[name] = acc.astype(base.dtype, copy=False) if acc.dtype != base.dtype else acc
-        return out
+            yield name, (acc.astype(base.dtype, copy=False) if acc.dtype != base.dtype else acc)
+            del acc
 
 
 class FedAvg(Strategy):

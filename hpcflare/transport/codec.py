@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -171,25 +172,80 @@ def view_tensor(blob: bytes, name: str) -> np.ndarray:
                          offset=start + lo).reshape(info["shape"])
 
 
+TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
+            "U32": 4, "U64": 8, "BOOL": 1}
+
+
+def parse_single(blob: bytes | bytearray | memoryview, spec: TensorSpec) -> tuple[str, int, int]:
+    """Strictly check a single-tensor safetensors blob against its spec -> (dtype tag, data start, count)."""
+    header, start = _blob_header(blob)
+    header.pop("__metadata__", None)
+    if list(header) != [spec.name]:
+        raise MalformedMessageError(f"tensor blob for {spec.name!r} contains {sorted(header)!r:.200}")
+    info = header[spec.name]
+    if not isinstance(info, dict) or info.get("dtype") not in ITEMSIZE:
+        raise MalformedMessageError(f"tensor {spec.name!r}: unknown dtype {info.get('dtype') if isinstance(info, dict) else info!r:.40}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise MalformedMessageError(f"tensor {spec.name!r}: invalid shape {shape!r:.60}")
+    if tuple(shape) != spec.shape:
+        raise MalformedMessageError(f"tensor {spec.name!r} has shape {tuple(shape)}, manifest said {spec.shape}")
+    count = math.prod(shape)
+    nbytes = count * ITEMSIZE[info["dtype"]]
+    if offsets != [0, nbytes] or start + nbytes != len(blob):
+        raise MalformedMessageError(f"tensor {spec.name!r}: data offsets {offsets!r:.60} do not match its shape and size")
+    return info["dtype"], start, count
+
+
 def decode_tensor(blob: bytes | bytearray, spec: TensorSpec, framework: str = "numpy") -> Any:
-    """Decode an untrusted single-tensor blob and check it against its announced spec."""
-    try:
-        if framework == "pytorch":
-            import safetensors.torch
+    """Decode an untrusted single-tensor blob, zero-copy: the array uses the blob's memory."""
+    tag, start, count = parse_single(blob, spec)
+    if framework == "pytorch":
+        import torch
 
-            tensors = safetensors.torch.load(bytes(blob))
+        if not isinstance(blob, bytearray):  # torch wants a writable buffer
+            blob = bytearray(blob)
+        if count == 0:
+            return torch.zeros(spec.shape, dtype=getattr(torch, TORCH_DTYPES[tag]))
+        return torch.frombuffer(blob, dtype=getattr(torch, TORCH_DTYPES[tag]), count=count, offset=start).reshape(spec.shape)
+    if tag not in ST_TO_NP:
+        raise MalformedMessageError(f"tensor {spec.name!r}: dtype {tag} has no numpy equivalent; use float32")
+    return np.frombuffer(blob, dtype=ST_TO_NP[tag], count=count, offset=start).reshape(spec.shape)
+
+
+def write_safetensors(path: Any, tensors: Any, metadata: dict[str, str] | None = None) -> None:
+    """Write (name -> numpy array | torch tensor) as one safetensors file, streaming each tensor's own
+    buffer to disk (no whole-model copy in memory, unlike safetensors.*.save_file)."""
+    entries, buffers, offset = {}, [], 0
+    for name, value in tensors.items():
+        if _is_torch(value):
+            tensor = value.detach().cpu().contiguous()
+            tag = {v: k for k, v in TORCH_DTYPES.items()}.get(str(tensor.dtype).replace("torch.", ""))
+            if tag is None:
+                raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
+            raw = tensor.view(-1).view(__import__("torch").uint8).numpy() if tensor.numel() else np.zeros(0, np.uint8)
+            shape = list(tensor.shape)
         else:
-            import safetensors.numpy
-
-            tensors = safetensors.numpy.load(bytes(blob))
-    except Exception as exc:
-        raise MalformedMessageError(f"tensor {spec.name!r}: not a valid safetensors blob ({exc})") from None
-    if list(tensors) != [spec.name]:
-        raise MalformedMessageError(f"tensor blob for {spec.name!r} contains {sorted(tensors)!r:.200}")
-    value = tensors[spec.name]
-    if tuple(value.shape) != spec.shape:
-        raise MalformedMessageError(f"tensor {spec.name!r} has shape {tuple(value.shape)}, manifest said {spec.shape}")
-    return value
+            arr = np.ascontiguousarray(np.asarray(value))
+            if arr.dtype.str not in NP_TO_ST:
+                raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
+            tag, raw, shape = NP_TO_ST[arr.dtype.str], arr.reshape(-1).view(np.uint8), list(arr.shape)
+        entries[name] = {"dtype": tag, "shape": shape, "data_offsets": [offset, offset + raw.nbytes]}
+        buffers.append(raw)
+        offset += raw.nbytes
+    if metadata:
+        entries["__metadata__"] = dict(metadata)
+    head = json.dumps(entries, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for raw in buffers:
+            f.write(memoryview(raw))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def iter_chunks(blob: bytes | memoryview, chunk_size: int, offset: int = 0) -> Iterator[tuple[int, memoryview]]:

@@ -93,7 +93,7 @@ class GrpcClientTransport(ClientTransport):
         except grpc.RpcError as exc:
             raise translate(exc, method, self.address) from None
 
-    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytes]]:
+    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytearray]]:
         """Pull every tensor of the model; on a transient failure resume at (tensor, offset) with backoff."""
         total = sum(s.nbytes for s in manifest)
         if total > self.settings.max_model_bytes:
@@ -115,7 +115,7 @@ class GrpcClientTransport(ClientTransport):
                         buf[filled:filled + len(payload)] = payload
                         filled += len(payload)
                         if filled == len(buf):
-                            yield manifest[index], bytes(buf)
+                            yield manifest[index], buf  # handed over, not copied: decoded in place
                             index, filled = index + 1, 0
                             buf = bytearray(manifest[index].nbytes) if index < len(manifest) else bytearray()
                             attempt = 0
