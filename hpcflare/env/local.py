@@ -18,6 +18,7 @@ from typing import IO, Optional
 from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.exitcodes import describe
 from hpcflare.job import JobDir
+from hpcflare.runtime.memory import MALLOC_ENV
 
 PID_FILE_TIMEOUT = 60.0
 """How long client_pid() waits for the fork server to report its children."""
@@ -111,7 +112,7 @@ class LocalEnv(Env):
         config = job_dir.load_config()
         settings = config.load_settings()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPCFLARE_JOB_DIR": str(job_dir.root)}
-        env.setdefault("MALLOC_ARENA_MAX", "2")  # many threads, small heaps: fewer glibc arenas, flatter RSS
+        env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
         job_dir.log_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("client_pids.json", "client_exit_codes.json"):
             (job_dir.log_dir / stale).unlink(missing_ok=True)

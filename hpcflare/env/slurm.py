@@ -19,6 +19,7 @@ from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError, JobFailedError
 from hpcflare.exitcodes import ExitCode, describe
 from hpcflare.job import JobDir
+from hpcflare.runtime.memory import MALLOC_ENV
 from hpcflare.runtime.ranks import RankInfo, run_rank
 from hpcflare.slurm.commands import FINAL_STATES, SlurmCommands
 
@@ -89,8 +90,9 @@ class SlurmEnv(Env):
             raise ConfigError(f"{self.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
                               f"+ {len(config.clients)} clients)")
         executor = submitit.SlurmExecutor(folder=job_dir.root / "slurm", python=sys.executable)
+        setup = [f"export {k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items()] + self.setup
         params: dict[str, Any] = dict(nodes=self.nodes, ntasks_per_node=per_node, time=self.time_min,
-                                      job_name=job_dir.load_config().name, setup=self.setup,
+                                      job_name=job_dir.load_config().name, setup=setup,
                                       srun_args=["--mpi=pmi2"] if self.rendezvous == "mpi" else [],
                                       additional_parameters={"requeue": True}, **self.slurm_args)
         if self.partition:

@@ -181,6 +181,19 @@ class ClientAgent:
                 failed.close()
             return True
 
+    def _relay_gone(self, exc: Exception) -> bool:
+        """After a broken transfer: is the relay itself gone? If so, fail over (True = retry the transfer)."""
+        transport = self.transport
+        if self.relay_name is None or transport is None:
+            return False
+        try:
+            transport.call("Heartbeat", {"site": self.site, "token": self.token}, self.settings.rpc_timeout)
+            return False
+        except errors.PeerGoneError as gone:
+            return self._failover(gone, transport)
+        except errors.HpcflareError:
+            return False
+
     def heartbeat_extra(self) -> dict[str, Any]:
         """Extra fields for each heartbeat (relays add the children they heard from)."""
         return {}
@@ -351,7 +364,12 @@ class ClientAgent:
                                          [] if staged else model.params.items())
 
         try:
-            self._retry("Upload", lambda: _once(push), failover=True)
+            try:
+                self._retry("Upload", lambda: _once(push), failover=True)
+            except errors.TransportError as exc:  # a relay dying mid-stream breaks it in several ways
+                if not self._relay_gone(exc):
+                    raise
+                self._retry("Upload", lambda: _once(push), failover=True)
         except errors.StaleTaskError as exc:
             self.log.warning("result_late", f"round {task.round}: result discarded, the round had closed: {exc}",
                              round=task.round)

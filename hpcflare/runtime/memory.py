@@ -1,8 +1,8 @@
 """Give freed memory back to the OS so RSS stays flat over many rounds.
 
 CPython frees large arrays with free(), but glibc keeps the pages in its arenas; malloc_trim(0) returns
-them. Run ranks with MALLOC_ARENA_MAX=2 (LocalEnv sets it; add ``export MALLOC_ARENA_MAX=2`` to sbatch
-scripts) so many threads do not each grow an arena of their own.
+them. Ranks also run with MALLOC_ENV below, so many threads do not each grow an arena of their own and
+large buffers never linger in the heap.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(4 << 20)}
+"""glibc settings for every rank (LocalEnv sets them, the sbatch template exports them): few arenas for
+many threads, and tensors (>= 4 MiB) in their own mappings, returned to the OS the moment they are freed."""
 
 _libc = None
 

@@ -157,6 +157,7 @@ class RoundHost(ServerHandler):
             return rnd
 
         rnd = self.round
+        params: Any = None
         try:
             header, rnd, params = read_upload(frames, self.settings, rnd.model.params if rnd else {}, on_header)
             staged_path = None
@@ -166,13 +167,13 @@ class RoundHost(ServerHandler):
                 staged_path, specs = self.stager.read_result(header["staged"], self.settings.max_model_bytes)
                 if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / rnd.model.ref):
                     raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
+                params.close()
                 params = read_staged(staged_path, specs, rnd.model.params)
             if header["params_type"] == "PARTIAL":
                 self._fold_partial(rnd, site, header, params)
             else:
                 self._fold(rnd, ClientUpdate(site, params, header["params_type"], self._weight(header.get("meta")),
                                              _dict(header.get("metrics")), _dict(header.get("meta"))))
-            del params
             if staged_path is not None:
                 staged_path.unlink(missing_ok=True)
             with self._cv:
@@ -190,6 +191,8 @@ class RoundHost(ServerHandler):
                              round=rnd.number if rnd else None)
             raise
         finally:
+            if hasattr(params, "close"):
+                params.close()
             if slot:
                 self._upload_slots.release()
 

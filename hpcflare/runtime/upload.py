@@ -7,6 +7,8 @@ sizes, finiteness. A bad upload raises a precise error and leaves the round's ag
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -32,8 +34,60 @@ def partial_expectation(expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {k: _Like(tuple(v.shape), acc_dtype(v.dtype)) for k, v in expected.items()}
 
 
+def spool_dir() -> str:
+    """Node-local scratch for large uploads: HPCFLARE_SPOOL_DIR, else Slurm's job tmp, else the system tmp."""
+    return os.environ.get("HPCFLARE_SPOOL_DIR") or os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
+
+
+class UploadParams(Mapping[str, np.ndarray]):
+    """A validated upload: small tensors in memory, large ones (>= settings.spool_tensor_bytes) in an
+    anonymous temp file, read back one at a time while folding, so a decoded upload costs ~1 tensor of
+    memory instead of a whole model. close() (or garbage collection) deletes the file."""
+
+    def __init__(self, spool_bytes: int) -> None:
+        self._spool_bytes = spool_bytes
+        self._memory: dict[str, np.ndarray] = {}
+        self._spooled: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+        self._file: Any = None
+
+    def put(self, name: str, value: np.ndarray) -> None:
+        if value.nbytes < self._spool_bytes:
+            self._memory[name] = value
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=spool_dir(), prefix="hpcflare-upload-")
+        offset = self._file.seek(0, os.SEEK_END)
+        self._file.write(memoryview(np.ascontiguousarray(value)).cast("B"))
+        self._spooled[name] = (offset, value.dtype, tuple(value.shape))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._memory:
+            return self._memory[name]
+        offset, dtype, shape = self._spooled[name]
+        buf = bytearray(math.prod(shape) * dtype.itemsize)
+        self._file.flush()
+        if buf and os.preadv(self._file.fileno(), [buf], offset) != len(buf):
+            raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
+        return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._memory
+        yield from self._spooled
+
+    def __len__(self) -> int:
+        return len(self._memory) + len(self._spooled)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._memory or name in self._spooled
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, np.ndarray],
-                on_header: Callable[[dict], Any]) -> tuple[dict, Any, dict[str, np.ndarray]]:
+                on_header: Callable[[dict], Any]) -> tuple[dict, Any, UploadParams]:
     """Return (header, on_header's result, params). ``on_header`` authenticates and may reject early."""
     first = next(frames, None)
     if first is None:
@@ -46,7 +100,16 @@ def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[s
     context = on_header(header)
     if header["params_type"] == "PARTIAL":
         expected = partial_expectation(expected)
-    params: dict[str, np.ndarray] = {}
+    params = UploadParams(settings.spool_tensor_bytes)
+    try:
+        _read_tensors(frames, settings, expected, params)
+    except BaseException:
+        params.close()
+        raise
+    return header, context, params
+
+
+def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, Any], params: UploadParams) -> None:
     total = 0
     spec: TensorSpec | None = None
     buf = bytearray()
@@ -60,7 +123,7 @@ def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[s
             buf[filled:filled + len(payload)] = payload
             filled += len(payload)
             if filled == len(buf):
-                params[spec.name] = _finish(spec, buf, expected[spec.name])
+                params.put(spec.name, _finish(spec, buf, expected[spec.name]))
                 spec, buf, filled = None, bytearray(), 0
         elif kind == "tensor":
             if spec is not None:
@@ -75,7 +138,7 @@ def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[s
         elif kind == "end":
             if spec is not None:
                 raise MalformedMessageError(f"stream ended inside tensor {spec.name!r} ({filled}/{len(buf)} bytes)")
-            return header, context, params
+            return
         else:
             raise MalformedMessageError(f"unknown frame kind {kind!r:.40}")
     raise MalformedMessageError("upload stream ended without an 'end' frame (client died mid-upload?)")

@@ -30,7 +30,8 @@ def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareErr
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.StreamTimeoutError(f"{what}: deadline exceeded ({detail}); raise settings.rpc_timeout/stream_timeout if the link is slow")
     if code == grpc.StatusCode.CANCELLED:
-        return errors.StreamTimeoutError(f"{what}: cancelled ({detail})")
+        return errors.StreamTimeoutError(f"{what}: cancelled by the other side ({detail}); it cuts streams that make "
+                                         "no progress for settings.stream_idle_timeout")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return errors.FrameTooLargeError(f"{msg}; a frame exceeded max_frame_bytes or the server is overloaded")
     if code == grpc.StatusCode.PERMISSION_DENIED:

@@ -114,7 +114,9 @@ def test_stalled_upload_is_cut_and_round_goes_on(make_recipe, local_env):
                       settings={"stream_idle_timeout": 2, "round_timeout": 60}).execute(local_env)
     result = load_result(run.get_result(timeout=60))
     np.testing.assert_array_equal(result["a"], np.full(3, 2.0))
+    # whichever side's idle watchdog fires first cuts the stream; both name the setting
     stalls = server_events(run.job_dir.root, "transfer_stalled")
-    assert stalls and "stream_idle_timeout" in stalls[0]["msg"]
+    site3 = (run.job_dir.log_dir / "site-3.log").read_text()
+    assert (stalls and "stream_idle_timeout" in stalls[0]["msg"]) or "stream_idle_timeout" in site3
     assert run.exit_codes["site-3"] == ExitCode.TRANSPORT_ERROR
     assert sorted(server_events(run.job_dir.root, "round_completed")[0]["accepted"]) == ["site-1", "site-2"]
