@@ -68,12 +68,12 @@ def model_of(mb: float, tensors: int = 4) -> dict[str, np.ndarray]:
 
 
 def run_one(clients: int, model_mb: float, rounds: int, root: Path, profile: str,
-            relays: int = 0) -> dict[str, float | str]:
+            relays: int = 0, staging: bool = False) -> dict[str, float | str]:
     script = root / "client.py"
     script.write_text(textwrap.dedent(CLIENT))
     recipe = FedAvgRecipe(name=f"bench-{clients}x{model_mb}", model=model_of(model_mb), min_clients=clients,
                           num_rounds=rounds, train_script=script, n_clients=clients, settings_profile=profile,
-                          relays=relays,
+                          relays=relays, staging=staging,
                           settings={"server_threads": max(64, 2 * clients + 16)})
     sampler = TreeSampler()
     sampler.start()
@@ -87,7 +87,7 @@ def run_one(clients: int, model_mb: float, rounds: int, root: Path, profile: str
         state = f"FAILED: {exc}"[:80]
     wall = time.monotonic() - t0
     sampler.stop()
-    return {"clients": clients, "relays": relays, "model_mb": model_mb, "rounds": rounds, "wall_s": wall,
+    return {"clients": clients, "relays": relays, "staging": staging, "model_mb": model_mb, "rounds": rounds, "wall_s": wall,
             "tree_peak_mb": sampler.peak_tree / 2**20, "tree_pss_mb": sampler.peak_pss / 2**20,
             "server_peak_mb": sampler.peak_server / 2**20, "state": state}
 
@@ -99,17 +99,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", default="hpc-large")
     parser.add_argument("--relays", type=int, nargs="+", default=[0], help="relay counts to compare")
+    parser.add_argument("--staging", choices=["off", "on", "both"], default="off",
+                        help="broadcast and collect through shared-filesystem staging (the job dir)")
     args = parser.parse_args()
-    print(f"{'N':>5} {'relays':>6} {'M (MB)':>7} {'R':>3} {'wall s':>8} {'tree RSS MB':>12} {'tree PSS MB':>12} "
-          f"{'server MB':>10}  state")
+    print(f"{'N':>5} {'relays':>6} {'staging':>7} {'M (MB)':>7} {'R':>3} {'wall s':>8} {'tree RSS MB':>12} "
+          f"{'tree PSS MB':>12} {'server MB':>10}  state")
+    stagings = {"off": [False], "on": [True], "both": [False, True]}[args.staging]
     for clients in args.clients:
         for mb in args.model_mb:
             for relays in args.relays:
-                with tempfile.TemporaryDirectory(prefix="hpcflare-bench-") as tmp:
-                    row = run_one(clients, mb, args.rounds, Path(tmp), args.profile, relays)
-                print(f"{row['clients']:>5} {row['relays']:>6} {row['model_mb']:>7g} {row['rounds']:>3} {row['wall_s']:>8.1f} "
-                      f"{row['tree_peak_mb']:>12.0f} {row['tree_pss_mb']:>12.0f} {row['server_peak_mb']:>10.0f}  "
-                      f"{row['state']}", flush=True)
+                for staging in stagings:
+                    with tempfile.TemporaryDirectory(prefix="hpcflare-bench-") as tmp:
+                        row = run_one(clients, mb, args.rounds, Path(tmp), args.profile, relays, staging)
+                    print(f"{row['clients']:>5} {row['relays']:>6} {'on' if staging else 'off':>7} {row['model_mb']:>7g} "
+                          f"{row['rounds']:>3} {row['wall_s']:>8.1f} "
+                          f"{row['tree_peak_mb']:>12.0f} {row['tree_pss_mb']:>12.0f} {row['server_peak_mb']:>10.0f}  "
+                          f"{row['state']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -131,18 +131,8 @@ def _is_torch(value: Any) -> bool:
 
 def encode_tensor(name: str, value: Any) -> tuple[bytes, str, tuple[int, ...]]:
     """Encode one numpy array or torch tensor as a standalone safetensors blob -> (blob, dtype tag, shape)."""
-    if _is_torch(value):
-        import safetensors.torch
-
-        tensor = value.detach().cpu().contiguous()
-        blob = safetensors.torch.save({name: tensor})
-        return blob, _blob_dtype(blob, name), tuple(tensor.shape)
-    import safetensors.numpy
-
-    arr = np.ascontiguousarray(np.asarray(value))
-    if arr.dtype.str not in NP_TO_ST:
-        raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {arr.dtype}; use a numeric dtype")
-    return safetensors.numpy.save({name: arr}), NP_TO_ST[arr.dtype.str], tuple(arr.shape)
+    spec, head, raw = tensor_parts(name, value)
+    return b"".join((head, memoryview(raw))), spec.dtype, spec.shape
 
 
 def _blob_header(blob: bytes | memoryview) -> tuple[dict, int]:
@@ -156,11 +146,6 @@ def _blob_header(blob: bytes | memoryview) -> tuple[dict, int]:
     except ValueError as exc:
         raise MalformedMessageError(f"safetensors header is not JSON: {exc}") from None
     return header, 8 + hlen
-
-
-def _blob_dtype(blob: bytes, name: str) -> str:
-    header, _ = _blob_header(blob)
-    return str(header[name]["dtype"])
 
 
 def view_tensor(blob: bytes, name: str) -> np.ndarray:
@@ -215,33 +200,51 @@ def decode_tensor(blob: bytes | bytearray, spec: TensorSpec, framework: str = "n
     return np.frombuffer(blob, dtype=ST_TO_NP[tag], count=count, offset=start).reshape(spec.shape)
 
 
+def raw_bytes(name: str, value: Any) -> tuple[str, list[int], np.ndarray]:
+    """(safetensors dtype tag, shape, uint8 view of the data) of a numpy array or torch tensor, without copying
+    when the value is already contiguous."""
+    if _is_torch(value):
+        import torch
+
+        tensor = value.detach().cpu().contiguous()
+        tag = {v: k for k, v in TORCH_DTYPES.items()}.get(str(tensor.dtype).replace("torch.", ""))
+        if tag is None:
+            raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
+        raw = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else np.zeros(0, np.uint8)
+        return tag, list(tensor.shape), raw
+    arr = np.ascontiguousarray(np.asarray(value))
+    if arr.dtype.str not in NP_TO_ST:
+        raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {arr.dtype}; use a numeric dtype")
+    return NP_TO_ST[arr.dtype.str], list(arr.shape), arr.reshape(-1).view(np.uint8)
+
+
+def _header_bytes(entries: dict[str, Any]) -> bytes:
+    head = json.dumps(entries, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head
+
+
+def tensor_parts(name: str, value: Any) -> tuple[TensorSpec, bytes, np.ndarray]:
+    """A single-tensor safetensors blob as (spec, header bytes, data view): streamed without assembling it."""
+    tag, shape, raw = raw_bytes(name, value)
+    head = _header_bytes({name: {"dtype": tag, "shape": shape, "data_offsets": [0, raw.nbytes]}})
+    return TensorSpec(name, tag, tuple(shape), len(head) + raw.nbytes), head, raw
+
+
 def write_safetensors(path: Any, tensors: Any, metadata: dict[str, str] | None = None) -> None:
     """Write (name -> numpy array | torch tensor) as one safetensors file, streaming each tensor's own
     buffer to disk (no whole-model copy in memory, unlike safetensors.*.save_file)."""
-    entries, buffers, offset = {}, [], 0
+    entries: dict[str, Any] = {}
+    buffers, offset = [], 0
     for name, value in tensors.items():
-        if _is_torch(value):
-            tensor = value.detach().cpu().contiguous()
-            tag = {v: k for k, v in TORCH_DTYPES.items()}.get(str(tensor.dtype).replace("torch.", ""))
-            if tag is None:
-                raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
-            raw = tensor.view(-1).view(__import__("torch").uint8).numpy() if tensor.numel() else np.zeros(0, np.uint8)
-            shape = list(tensor.shape)
-        else:
-            arr = np.ascontiguousarray(np.asarray(value))
-            if arr.dtype.str not in NP_TO_ST:
-                raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
-            tag, raw, shape = NP_TO_ST[arr.dtype.str], arr.reshape(-1).view(np.uint8), list(arr.shape)
+        tag, shape, raw = raw_bytes(name, value)
         entries[name] = {"dtype": tag, "shape": shape, "data_offsets": [offset, offset + raw.nbytes]}
         buffers.append(raw)
         offset += raw.nbytes
     if metadata:
         entries["__metadata__"] = dict(metadata)
-    head = json.dumps(entries, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
+        f.write(_header_bytes(entries))
         for raw in buffers:
             f.write(memoryview(raw))
         f.flush()

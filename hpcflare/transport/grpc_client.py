@@ -15,7 +15,7 @@ import grpc
 from hpcflare import errors
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport
-from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, pack_meta, unpack_frame, unpack_meta
+from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, pack_meta, tensor_parts, unpack_frame, unpack_meta
 from hpcflare.transport.grpc_server import SERVICE
 
 RETRYABLE = (errors.PeerGoneError, errors.StreamTimeoutError)
@@ -148,15 +148,17 @@ class GrpcClientTransport(ClientTransport):
             nonlocal sent
             yield pack_frame({**header, "kind": "begin"})
             for name, value in tensors:
-                blob, dtype, shape = encode_tensor(name, value)
-                sent += len(blob)
+                spec, head, raw = tensor_parts(name, value)  # the array's own memory is streamed, not copied
+                sent += spec.nbytes
                 if sent > self.settings.max_model_bytes:
                     raise errors.FrameTooLargeError(f"update exceeds settings.max_model_bytes={self.settings.max_model_bytes}")
-                yield pack_frame({"kind": "tensor", "spec": TensorSpec(name, dtype, shape, len(blob)).to_wire()})
-                for offset, piece in iter_chunks(blob, chunk):
-                    progress.touch()
-                    yield pack_frame({"kind": "data", "o": offset}, piece)
-                del blob
+                yield pack_frame({"kind": "tensor", "spec": spec.to_wire()})
+                yield pack_frame({"kind": "data", "o": 0}, head)
+                for offset, piece in iter_chunks(memoryview(raw), chunk):
+                    if len(piece):
+                        progress.touch()
+                        yield pack_frame({"kind": "data", "o": len(head) + offset}, piece)
+                del raw
             yield pack_frame({"kind": "end"})
 
         with progress:

@@ -98,7 +98,7 @@ def test_stalled_download_times_out_instead_of_hanging(served):
 def test_upload_streams_tensors_in_bounded_frames(served):
     handler, server, client = served
     reply = client.upload({"site": "a"}, [("w", np.zeros(3000, dtype=np.float32))])
-    assert reply["frames"] == 1 + 1 + 12 + 1  # begin, tensor spec, ceil(12032/1024) data, end
+    assert reply["frames"] == 1 + 1 + 1 + 12 + 1  # begin, tensor spec, blob header, ceil(12000/1024) data, end
     assert handler.uploads[0]["site"] == "a"
 
 
