@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from hpcflare.env import LocalEnv
+from hpcflare.env import LocalEnv, Run
 from hpcflare.recipe import FedAvgRecipe
 
 CLIENT = """
@@ -75,21 +75,26 @@ def run_one(clients: int, model_mb: float, rounds: int, root: Path, profile: str
                           num_rounds=rounds, train_script=script, n_clients=clients, settings_profile=profile,
                           relays=relays, staging=staging,
                           settings={"server_threads": max(64, 2 * clients + 16)})
+    _, row = measure(recipe, root)
+    return {"clients": clients, "relays": relays, "staging": staging, "model_mb": model_mb, "rounds": rounds, **row}
+
+
+def measure(recipe: FedAvgRecipe, root: Path, timeout: float = 3600) -> tuple[Run, dict[str, float | str]]:
+    """Run a recipe in LocalEnv while sampling memory: (run, wall/memory/state figures)."""
     sampler = TreeSampler()
     sampler.start()
     t0 = time.monotonic()
     run = recipe.execute(LocalEnv(job_root=root / "jobs", verbose=False))
     sampler.server_pid = run.server.pid  # type: ignore[attr-defined]
     try:
-        run.get_result(timeout=3600)
+        run.get_result(timeout=timeout)
         state = "ok"
     except Exception as exc:  # noqa: BLE001 - report, keep benchmarking
         state = f"FAILED: {exc}"[:80]
     wall = time.monotonic() - t0
     sampler.stop()
-    return {"clients": clients, "relays": relays, "staging": staging, "model_mb": model_mb, "rounds": rounds, "wall_s": wall,
-            "tree_peak_mb": sampler.peak_tree / 2**20, "tree_pss_mb": sampler.peak_pss / 2**20,
-            "server_peak_mb": sampler.peak_server / 2**20, "state": state}
+    return run, {"wall_s": wall, "tree_peak_mb": sampler.peak_tree / 2**20, "tree_pss_mb": sampler.peak_pss / 2**20,
+                 "server_peak_mb": sampler.peak_server / 2**20, "state": state}
 
 
 def main() -> None:

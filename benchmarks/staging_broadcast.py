@@ -14,15 +14,13 @@ import json
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fedavg_scale import TreeSampler, model_of  # noqa: E402
+from fedavg_scale import measure, model_of  # noqa: E402
 
-from hpcflare.env import LocalEnv  # noqa: E402
 from hpcflare.recipe import FedAvgRecipe  # noqa: E402
 
 CLIENT = """
@@ -44,23 +42,12 @@ def run_one(mode: str, clients: int, mb: float, root: Path) -> dict[str, object]
     recipe = FedAvgRecipe(name=f"bcast-{mode}", model=model, min_clients=clients, num_rounds=1, n_clients=clients,
                           train_script=script, staging=(mode == "staging"), settings_profile="hpc-large",
                           settings={"server_threads": max(64, 2 * clients + 16)})
-    sampler = TreeSampler()
-    sampler.start()
-    t0 = time.monotonic()
-    run = recipe.execute(LocalEnv(job_root=root / "jobs", verbose=False))
-    sampler.server_pid = run.server.pid  # type: ignore[attr-defined]
-    try:
-        run.get_result(timeout=1800)
-        state = "ok"
-    except Exception as exc:  # noqa: BLE001
-        state = f"FAILED: {exc}"[:80]
-    wall = time.monotonic() - t0
-    sampler.stop()
+    run, row = measure(recipe, root, timeout=1800)
     log = run.job_dir.log_dir / "server.jsonl"
     sent = sum(e.get("bytes_sent", 0) for e in map(json.loads, log.read_text().splitlines())
                if e["event"] == "round_completed")
-    return {"mode": mode, "wall": wall, "sent_mb": sent / 2**20, "tree_mb": sampler.peak_pss / 2**20,
-            "server_mb": sampler.peak_server / 2**20, "state": state}
+    return {"mode": mode, "wall": row["wall_s"], "sent_mb": sent / 2**20, "tree_mb": row["tree_pss_mb"],
+            "server_mb": row["server_peak_mb"], "state": row["state"]}
 
 
 def main() -> None:

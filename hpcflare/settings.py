@@ -54,6 +54,8 @@ class Settings:
     """Largest whole model (sum of tensors) a download or upload may carry."""
     max_concurrent_uploads: int = 2
     """Uploads decoded at once on the server; bounds server memory to model x (2 + this)."""
+    max_concurrent_downloads: int = 16
+    """Model streams served at once; more wait (up to upload_slot_timeout). Bounds transport buffers."""
     spool_tensor_bytes: int = 4 << 20
     """Upload tensors at least this large wait for aggregation in a node-local temp file, not in memory."""
     server_threads: int = 64

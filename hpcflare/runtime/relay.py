@@ -65,13 +65,11 @@ class Relay(RoundHost):
         self.address = f"{advertise or host}:{self.grpc.port}"
 
     def register(self, request: dict) -> dict:
-        site = request.get("site")
-        if not isinstance(site, str):
-            raise errors.MalformedMessageError("Register needs a 'site' string")
+        if not isinstance(request.get("site"), str) or request["site"] not in self.members.expected:
+            raise errors.UnknownClientError(f"site {request.get('site')!r:.80} is not part of this job")
         reply = self.upstream._call("Register", {**request, "via": self.name}, self.settings.rpc_timeout)
-        self.members.register(site, str(request.get("host", ""))[:256], int(request.get("pid", 0) or 0),
-                              token=reply["token"])
-        self.log.info("child_registered", f"{site} registered through {self.name}", site=site)
+        record, _ = self._add_member(request, token=reply["token"])
+        self.log.info("child_registered", f"{record.site} registered through {self.name}", site=record.site)
         return reply
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:

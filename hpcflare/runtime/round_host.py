@@ -60,11 +60,21 @@ class RoundHost(ServerHandler):
         self._cv = threading.Condition()
         self._agg_lock = threading.Lock()
         self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
+        self._download_slots = threading.BoundedSemaphore(settings.max_concurrent_downloads)
         self._goodbyes: set[str] = set()
 
     # ------------------------------------------------------------------ hooks
     def register(self, request: dict) -> dict:
         raise NotImplementedError
+
+    def _add_member(self, request: dict, token: str | None = None) -> tuple[Any, Any]:
+        """Validate a Register request and record the site -> (record, replaced record)."""
+        site = request.get("site")
+        if not isinstance(site, str):
+            raise errors.MalformedMessageError("Register needs a 'site' string")
+        pid = request.get("pid", 0)
+        return self.members.register(site, str(request.get("host", ""))[:256], pid if isinstance(pid, int) else 0,
+                                     token=token)
 
     def on_heartbeat(self, site: str, request: dict) -> None:
         """Called for every authenticated heartbeat (relays use it to refresh their children)."""
@@ -129,9 +139,16 @@ class RoundHost(ServerHandler):
         return self._counted(rnd.model.frames((start[0], start[1]), self.settings.chunk_size))
 
     def _counted(self, frames: Iterator[bytes]) -> Iterator[bytes]:
-        for frame in frames:
-            self.bytes_sent += len(frame)
-            yield frame
+        if not self._download_slots.acquire(timeout=self.settings.upload_slot_timeout):
+            raise errors.StreamTimeoutError(f"no download slot free within settings.upload_slot_timeout="
+                                            f"{self.settings.upload_slot_timeout}s (max_concurrent_downloads="
+                                            f"{self.settings.max_concurrent_downloads})")
+        try:
+            for frame in frames:
+                self.bytes_sent += len(frame)
+                yield frame
+        finally:
+            self._download_slots.release()
 
     def accepts_partials_from(self, site: str) -> bool:
         return False

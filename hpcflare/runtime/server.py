@@ -53,10 +53,8 @@ class FLServer(RoundHost):
 
     # ------------------------------------------------------------------ membership hooks
     def register(self, request: dict) -> dict:
-        site = request.get("site")
-        if not isinstance(site, str):
-            raise errors.MalformedMessageError("Register needs a 'site' string")
-        record, old = self.members.register(site, str(request.get("host", ""))[:256], int(request.get("pid", 0) or 0))
+        record, old = self._add_member(request)
+        site = record.site
         if old is not None:
             self.log.warning("client_reregistered", f"{site} registered again (was {old.state}); previous instance "
                              "replaced", site=site)

@@ -164,21 +164,49 @@ def _check_spec(spec: TensorSpec, expected: Mapping[str, np.ndarray], seen: Mapp
     return spec
 
 
-def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Validate a result a client left on the shared filesystem, tensor by tensor, like a streamed one."""
+class StagedParams(Mapping[str, np.ndarray]):
+    """A validated staged result, read back from its file one tensor at a time while folding."""
+
+    def __init__(self, path: Path, names: list[str], expected: Mapping[str, Any]) -> None:
+        self.path, self._names, self._expected = path, names, expected
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        if name not in self._names:
+            raise KeyError(name)
+        with safe_open(str(self.path), framework="numpy") as f:
+            value = f.get_tensor(name)
+        base = self._expected[name]
+        return value.astype(base.dtype) if value.dtype != base.dtype else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def close(self) -> None:
+        pass
+
+
+def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.ndarray]) -> StagedParams:
+    """Validate a result a client left on the shared filesystem, tensor by tensor, like a streamed one;
+    only one tensor is in memory at a time (the file is read again, from the page cache, when folding)."""
     from safetensors import safe_open
 
-    params: dict[str, np.ndarray] = {}
+    seen: dict[str, None] = {}
     try:
         with safe_open(str(path), framework="numpy") as f:
             for spec in specs:
-                _check_spec(spec, expected, params)
-                params[spec.name] = _validated(spec, f.get_tensor(spec.name), expected[spec.name])
+                _check_spec(spec, expected, seen)
+                _validated(spec, f.get_tensor(spec.name), expected[spec.name])
+                seen[spec.name] = None
     except (UpdateRejectedError, MalformedMessageError, FrameTooLargeError):
         raise
     except Exception as exc:
         raise MalformedMessageError(f"staged result {path.name}: unreadable ({exc})") from None
-    return params
+    return StagedParams(path, list(seen), expected)
 
 
 def _finish(spec: TensorSpec, buf: bytearray, base: np.ndarray) -> np.ndarray:
