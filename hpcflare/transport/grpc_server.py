@@ -85,6 +85,8 @@ class GrpcServer:
         options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
                    ("grpc.max_send_message_length", settings.max_frame_bytes),
                    ("grpc.so_reuseport", 0),
+                   ("grpc.http2.bdp_probe", 0),  # fixed flow-control windows: streams waiting for an upload slot
+                   # must not each buffer megabytes of frames the server is not reading yet
                    ("grpc.keepalive_permit_without_calls", 1),
                    ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
         self._pool = futures.ThreadPoolExecutor(max_workers=settings.server_threads, thread_name_prefix="grpc-srv")
