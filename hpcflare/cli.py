@@ -114,6 +114,18 @@ def _resolve(target: str | None) -> tuple[str, JobDir | None]:
     return id_file.read_text().strip(), job_dir
 
 
+def _logs(args: argparse.Namespace, extra: list[str]) -> int:
+    from hpcflare.errors import ConfigError
+    from hpcflare.logs.diagnose import report
+
+    try:
+        print(report(JobDir(args.job_dir)))
+    except ConfigError as exc:
+        print(f"hpcflare logs diagnose: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcflare", description="Federated learning runtime for HPC clusters.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_settings)
     p = sub.add_parser("exit-codes", help="list every rank exit code with its help text")
     p.set_defaults(func=_exit_codes)
+    p = sub.add_parser("logs", help="troubleshoot a job from its logs")
+    p.add_argument("action", choices=("diagnose",))
+    p.add_argument("job_dir")
+    p.set_defaults(func=_logs)
     p = sub.add_parser("job", help="submit / inspect / abort jobs on Slurm")
     p.add_argument("action", choices=("submit", "status", "abort", "list"))
     p.add_argument("target", nargs="?", help="submit: a job directory; status/abort: a Slurm job id or job directory")

@@ -1,0 +1,141 @@
+"""`hpcflare logs diagnose JOB_DIR`: explain from a job's logs alone what went wrong and what to set.
+
+Reads every rank's JSON-lines log (and Slurm's output files when present); each finding names the rank,
+the round, the cause, and the setting or action that fixes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from hpcflare.exitcodes import ExitCode, describe
+from hpcflare.job import JobDir
+
+SLURM_PATTERNS = [
+    (re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY", re.I), "error",
+     "a rank was killed for exceeding its memory (OOM)",
+     "request more memory (--mem) or fewer ranks per node; large models: enable staging, use relays"),
+    (re.compile(r"DUE TO TIME LIMIT", re.I), "error", "Slurm stopped the job at its time limit",
+     "raise --time; the job resumes from its last completed round when requeued"),
+    (re.compile(r"DUE TO PREEMPTION", re.I), "warning", "the job was preempted",
+     "nothing to do if it was requeued: it resumes from the last completed round"),
+    (re.compile(r"time limit near: requeueing", re.I), "info", "the job requeued itself before its time limit", ""),
+]
+
+
+@dataclasses.dataclass
+class Finding:
+    severity: str  # error | warning | info
+    what: str
+    fix: str = ""
+
+    def render(self) -> str:
+        return f"[{self.severity.upper():7}] {self.what}" + (f"\n          fix: {self.fix}" if self.fix else "")
+
+
+def load_events(log_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """rank -> events; malformed lines (a rank killed mid-write) are counted, not fatal."""
+    ranks: dict[str, list[dict[str, Any]]] = {}
+    bad = 0
+    for path in sorted(log_dir.glob("*.jsonl")):
+        events = ranks.setdefault(path.stem, [])
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                bad += 1
+    return ranks, bad
+
+
+def _named(events: Iterable[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("event") == name]
+
+
+def diagnose(job_dir: JobDir) -> tuple[list[Finding], dict[str, Any]]:
+    config = job_dir.load_config()
+    settings = config.load_settings()
+    ranks, bad = load_events(job_dir.log_dir)
+    server = ranks.get("server", [])
+    status = job_dir.read_status()
+    out: list[Finding] = []
+    if not server:
+        out.append(Finding("error", "the server never logged anything: it did not start",
+                           "check the scheduler's output (logs/slurm-*.out, logs/server.out) for a launch error"))
+    registered = {e["site"] for e in _named(server, "client_registered")}
+    never = sorted(set(config.clients) - registered)
+    for e in _named(server, "clients_excluded"):
+        if e.get("never_registered"):
+            out.append(Finding("warning", f"clients never registered: {e['never_registered']}",
+                               f"check that they started (logs/<site>.log, .out); if they are just slow to start, "
+                               f"raise settings.registration_timeout (now {settings.registration_timeout:g}s, "
+                               f"try {settings.registration_timeout * 2:g})"))
+    for e in _named(server, "client_failed"):
+        out.append(Finding("error", f"{e['site']} failed: {e.get('reason', '?')}",
+                           f"see logs/{e['site']}.log for the traceback"))
+    for e in _named(server, "client_dead"):
+        out.append(Finding("error", f"{e['site']} died in round {e.get('round')} ({e['msg'].split(': ', 1)[-1]})",
+                           "the process was killed or its node was lost (OOM? see Slurm output); if it was only "
+                           f"busy, raise settings.heartbeat_timeout (now {settings.heartbeat_timeout:g}s)"))
+    for e in _named(server, "stragglers"):
+        out.append(Finding("warning", f"round {e['round']}: closed at round_timeout without {e['stragglers']}",
+                           f"raise settings.round_timeout (now {settings.round_timeout:g}s, try "
+                           f"{settings.round_timeout * 2:g}) if these clients are just slow"))
+    for e in _named(server, "result_rejected"):
+        out.append(Finding("error", f"round {e.get('round')}: result from {e['site']} rejected: {e.get('reason')}",
+                           "fix the training script's output (shapes/dtypes must match the global model; no NaN/Inf)"))
+    for e in _named(server, "transfer_stalled"):
+        out.append(Finding("warning", e["msg"], "a peer stopped sending/reading: check it is alive and not swapping; "
+                           f"raise settings.stream_idle_timeout (now {settings.stream_idle_timeout:g}s) for slow links"))
+    for e in _named(server, "late_result"):
+        out.append(Finding("info", e["msg"]))
+    for e in _named(server, "settings_conflict"):
+        out.append(Finding("warning", f"settings: {e['msg']}", "align the named settings in configs/ or job.yaml"))
+    for e in _named(server, "resumed"):
+        out.append(Finding("info", e["msg"]))
+    for rank, events in sorted(ranks.items()):
+        if rank == "server":
+            continue
+        for e in _named(events, "relay_lost"):
+            out.append(Finding("warning", f"{rank}: {e['msg']}", "check the relay's log and node"))
+        for e in _named(events, "client_failed"):
+            code = e.get("exit_code")
+            if code == ExitCode.SERVER_LOST:
+                out.append(Finding("error", f"{rank} lost the server: {e.get('reason', '')[:200]}",
+                                   f"check the server rank; raise settings.server_lost_timeout (now "
+                                   f"{settings.server_lost_timeout:g}s) only for flaky networks"))
+    for path in sorted(job_dir.log_dir.glob("slurm-*.out")) + sorted((job_dir.root / "slurm").glob("*.err")):
+        text = path.read_text(errors="replace")
+        for pattern, severity, what, fix in SLURM_PATTERNS:
+            if pattern.search(text):
+                out.append(Finding(severity, f"{path.name}: {what}", fix))
+    failed = _named(server, "job_failed")
+    if failed:
+        code = failed[-1].get("exit_code", 1)
+        out.append(Finding("error", f"the job {status.get('state', 'failed')}: {failed[-1].get('reason')}",
+                           describe(code)))
+    completed = [e["round"] for e in _named(server, "round_completed")]
+    summary = {"job_id": config.job_id, "state": status.get("state"), "rounds_completed": max(completed, default=0),
+               "num_rounds": config.num_rounds, "clients": len(config.clients), "registered": len(registered),
+               "never_registered": never, "malformed_log_lines": bad}
+    if status.get("state") not in ("completed", None) and not failed:
+        out.append(Finding("error", f"the job is {status.get('state')} and the server logged no final state: it "
+                           "was killed (SIGKILL, OOM, node failure) or is still running",
+                           "check the scheduler's output and `hpcflare job status`"))
+    return out, summary
+
+
+def report(job_dir: JobDir) -> str:
+    findings, s = diagnose(job_dir)
+    lines = [f"job {s['job_id']}: {s['state']}; {s['rounds_completed']}/{s['num_rounds']} rounds completed; "
+             f"{s['registered']}/{s['clients']} clients registered"]
+    if s["state"] != "completed":
+        lines.append(f"the job stopped in round {s['rounds_completed'] + 1}")
+    order = {"error": 0, "warning": 1, "info": 2}
+    lines += [f.render() for f in sorted(findings, key=lambda f: order[f.severity])] or ["no problems found"]
+    if s["malformed_log_lines"]:
+        lines.append(f"(skipped {s['malformed_log_lines']} malformed log lines: a rank died mid-write)")
+    return "\n".join(lines)
