@@ -43,6 +43,8 @@ class JobConfig:
     settings_profile: str = "dev"
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     initial_model: str = "models/initial_model.safetensors"
+    min_fraction: float = 0.0
+    """A round also needs this fraction of the clients it started with (besides min_clients) to close."""
     relays: int = 0
     """Relay ranks between server and clients; each aggregates its clients' updates into one partial sum."""
     relay_failover: str = "direct"
@@ -69,6 +71,8 @@ class JobConfig:
                 raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
         if len(set(self.clients)) != len(self.clients):
             raise ConfigError("site names must be unique")
+        if not 0.0 <= float(self.min_fraction) <= 1.0:
+            raise ConfigError(f"min_fraction={self.min_fraction} must be between 0 and 1")
         if not 0 <= self.relays <= len(self.clients):
             raise ConfigError(f"relays={self.relays} must be between 0 and the number of clients ({len(self.clients)})")
         if self.relay_failover not in ("direct", "exclude"):

@@ -8,6 +8,7 @@ accepted. Results for a closed round are discarded and logged, never mixed into 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -198,6 +199,7 @@ class FLServer(RoundHost):
         rnd = self.open_round(number, self.model)
         self._status("running")
         live = sorted(self.live_clients())
+        need = max(cfg.min_clients, math.ceil(cfg.min_fraction * len(live)))
         self.log.info("round_started", f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} for {len(live)} clients",
                       round=number, task_id=rnd.task_id, clients=live)
         deadline = rnd.started + s.round_timeout
@@ -207,22 +209,23 @@ class FLServer(RoundHost):
                 self.expire_dead(number)
                 live_set = self.live_clients()
                 answered = rnd.answered()
-                if live_set <= answered and len(rnd.accepted) >= cfg.min_clients:
+                if live_set <= answered and len(rnd.accepted) >= need:
                     break
-                if len(rnd.accepted) + len(live_set - answered) < cfg.min_clients:
+                if len(rnd.accepted) + len(live_set - answered) < need:
                     raise errors.RoundFailedError(
                         f"round {number}: only {len(rnd.accepted)} accepted result(s) and {len(live_set - answered)} "
-                        f"client(s) still working, fewer than min_clients={cfg.min_clients}; rejected: "
-                        f"{rnd.rejected or '-'}; lost: {self._lost()}")
+                        f"client(s) still working, fewer than {_need(cfg.min_clients, cfg.min_fraction, need)}; "
+                        f"rejected: {rnd.rejected or '-'}; lost: {self._lost()}")
                 if time.monotonic() >= deadline:
-                    if len(rnd.accepted) >= cfg.min_clients:
+                    if len(rnd.accepted) >= need:
                         stragglers = sorted(live_set - answered)
                         self.log.warning("stragglers", f"round {number}: closing at settings.round_timeout={s.round_timeout:g}s "
                                          f"without {stragglers}", round=number, stragglers=stragglers)
                         break
                     raise errors.RoundFailedError(
                         f"round {number}: {len(rnd.accepted)} accepted result(s) by settings.round_timeout={s.round_timeout:g}s, "
-                        f"fewer than min_clients={cfg.min_clients}; still waiting for {sorted(live_set - answered)}")
+                        f"fewer than {_need(cfg.min_clients, cfg.min_fraction, need)}; still waiting for "
+                        f"{sorted(live_set - answered)}")
                 self._cv.wait(0.5)
         self.close_round(rnd)
         t0 = time.monotonic()
@@ -251,6 +254,12 @@ def _replacing(old: GlobalModel, items: Iterator[tuple[str, Any]]) -> Iterator[t
         yield name, value
         old.blobs.pop(name, None)
         old.params.pop(name, None)
+
+
+def _need(min_clients: int, min_fraction: float, need: int) -> str:
+    if need == min_clients:
+        return f"min_clients={min_clients}"
+    return f"{need} (min_fraction={min_fraction:g} of the round's clients; min_clients={min_clients})"
 
 
 def _summarize(metrics: dict[str, dict[str, Any]]) -> str:

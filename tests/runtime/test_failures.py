@@ -126,3 +126,14 @@ def test_unknown_site_name_is_refused(make_recipe, local_env, tmp_path):
         load_result(run.get_result(timeout=60))
     finally:
         run.abort()
+
+
+def test_min_fraction_keeps_waiting_for_enough_of_the_round(make_recipe, local_env):
+    """3 of 4 clients answer but one hangs: min_clients=2 alone would close at the deadline, min_fraction=1.0
+    turns the deadline into a clear failure."""
+    recipe = make_recipe(SCRIPT, n_clients=4, min_clients=2, num_rounds=1, train_args="hang", min_fraction=1.0,
+                         settings={"round_timeout": 3})
+    run = recipe.execute(local_env)
+    with pytest.raises(JobFailedError, match=r"fewer than 4 \(min_fraction=1 of the round's clients; min_clients=2\)"):
+        run.get_result(timeout=60)
+    run.abort()
