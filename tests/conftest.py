@@ -24,6 +24,18 @@ FAST = {"registration_timeout": 20, "round_timeout": 30, "heartbeat_interval": 0
         "stream_timeout": 30, "stream_idle_timeout": 15}
 
 
+# every client "trains" for argv[1] seconds (default 1.5) and adds 1
+SLOW = """
+import sys, time
+import hpcflare.client as flare
+flare.init()
+while flare.is_running():
+    model = flare.receive()
+    time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 1.5)
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
+"""
+
+
 @pytest.fixture
 def make_recipe(tmp_path: Path) -> Callable[..., FedAvgRecipe]:
     """make_recipe(script_text, **recipe_kwargs): a FedAvgRecipe over the hello model with fast deadlines."""

@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 
 from hpcflare.exitcodes import ExitCode
-from tests.conftest import HELLO_MODEL, REPO, events, load_result
+from tests.conftest import HELLO_MODEL, REPO, SLOW, events, load_result
 from tests.recipes.test_hello_numpy import WEIGHTED
 
 HELLO = (REPO / "recipes" / "hello-numpy" / "client.py").read_text()
-SLOW = """
-import time
-import hpcflare.client as flare
-flare.init()
-while flare.is_running():
-    model = flare.receive()
-    time.sleep(2)
-    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
-"""
 
 
 def server_events(run, name):
@@ -58,7 +49,7 @@ def _wait_for(run, rank, event, timeout=60):
 
 
 def test_dead_relay_clients_fail_over_to_the_server(make_recipe, local_env):
-    run = make_recipe(SLOW, n_clients=4, min_clients=4, num_rounds=2, relays=2).execute(local_env)
+    run = make_recipe(SLOW, n_clients=4, min_clients=4, num_rounds=2, relays=2, train_args="2").execute(local_env)
     _wait_for(run, "relay-1", "relay_round")
     os.kill(run.client_pid("relay-1"), signal.SIGKILL)
     np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 2)
@@ -74,7 +65,7 @@ def test_dead_relay_clients_fail_over_to_the_server(make_recipe, local_env):
 
 
 def test_dead_relay_with_exclude_policy_drops_its_clients(make_recipe, local_env):
-    run = make_recipe(SLOW, n_clients=4, min_clients=2, num_rounds=2, relays=2, relay_failover="exclude",
+    run = make_recipe(SLOW, n_clients=4, min_clients=2, num_rounds=2, relays=2, relay_failover="exclude", train_args="2",
                       settings={"heartbeat_timeout": 3}).execute(local_env)
     _wait_for(run, "relay-1", "relay_round")
     os.kill(run.client_pid("relay-1"), signal.SIGKILL)
@@ -89,7 +80,7 @@ def test_dead_relay_with_exclude_policy_drops_its_clients(make_recipe, local_env
 
 
 def test_killed_client_behind_a_relay_is_excluded(make_recipe, local_env):
-    run = make_recipe(SLOW, n_clients=4, min_clients=3, num_rounds=1, relays=2,
+    run = make_recipe(SLOW, n_clients=4, min_clients=3, num_rounds=1, relays=2, train_args="2",
                       settings={"heartbeat_timeout": 3}).execute(local_env)
     _wait_for(run, "site-1", "task_received")
     os.kill(run.client_pid("site-1"), signal.SIGKILL)

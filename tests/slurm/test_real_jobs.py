@@ -9,7 +9,7 @@ import pytest
 
 from hpcflare.slurm import SlurmCommands
 from hpcflare.slurm.sbatch import SbatchSpec, write_sbatch
-from tests.conftest import HELLO_MODEL, REPO, events, load_result
+from tests.conftest import HELLO_MODEL, REPO, SLOW, events, load_result
 
 pytestmark = pytest.mark.slurm
 HELLO = (REPO / "recipes" / "hello-numpy" / "client.py").read_text()
@@ -46,15 +46,6 @@ def test_sbatch_job_runs_ranks_across_nodes(slurm, make_recipe, tmp_path, rendez
         assert via == {"staging" if staging else "grpc"}
 
 
-SLOW = """
-import time
-import hpcflare.client as flare
-flare.init()
-while flare.is_running():
-    model = flare.receive()
-    time.sleep(1.5)
-    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
-"""
 
 
 def test_requeue_resumes_from_last_completed_round(slurm, make_recipe, tmp_path):
