@@ -71,6 +71,10 @@ class JobConfig:
                 raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
         if len(set(self.clients)) != len(self.clients):
             raise ConfigError("site names must be unique")
+        from hpcflare.strategy import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; available: {sorted(STRATEGIES)}")
         if not 0.0 <= float(self.min_fraction) <= 1.0:
             raise ConfigError(f"min_fraction={self.min_fraction} must be between 0 and 1")
         if not 0 <= self.relays <= len(self.clients):

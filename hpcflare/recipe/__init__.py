@@ -2,5 +2,6 @@
 
 from hpcflare.recipe.api import Recipe
 from hpcflare.recipe.fedavg import FedAvgRecipe
+from hpcflare.recipe.fedmedian import FedMedianRecipe
 
-__all__ = ["FedAvgRecipe", "Recipe"]
+__all__ = ["FedAvgRecipe", "FedMedianRecipe", "Recipe"]

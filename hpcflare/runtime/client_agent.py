@@ -130,12 +130,14 @@ class ClientAgent:
 
     def _connect(self, address: str) -> None:
         s = self.settings
-        self.address = address
-        self.transport = GrpcClientTransport(address, s)
-        reply = self._retry("Register", lambda: self.transport.call(  # type: ignore[union-attr]
+        transport = GrpcClientTransport(address, s)
+        reply = self._retry("Register", lambda: transport.call(
             "Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
                          "node": os.environ.get("SLURMD_NODENAME", "")}, s.rpc_timeout), failover=False)
+        # token before transport: a thread that sees the new transport also sees its token (calls read
+        # self.transport first, then self.token)
         self.token = reply["token"]
+        self.address, self.transport = address, transport
         via = f" through {self.relay_name}" if self.relay_name else ""
         self.log.info("registered", f"{self.site} registered with server{via} at {address}", address=address,
                       relay=self.relay_name)
@@ -299,9 +301,10 @@ class ClientAgent:
             via = "grpc"
 
             def pull() -> dict[str, Any]:
+                transport = self.transport  # read before the token (see _connect)
                 request = {"site": self.site, "token": self.token, "ref": task.ref}
                 return {spec.name: decode_tensor(blob, spec, self.config.framework)
-                        for spec, blob in self.transport.download(request, task.manifest)}  # type: ignore[union-attr]
+                        for spec, blob in transport.download(request, task.manifest)}  # type: ignore[union-attr]
 
             params = self._retry("Download", pull)
         nbytes = sum(s.nbytes for s in task.manifest)

@@ -5,6 +5,7 @@ issues its token), pull the round's model from the relay's single cached copy (t
 server sent them), and upload to the relay, which validates and folds each result into a weighted partial
 sum. When all its live children answered, or at ``RELAY_ROUND_FRACTION x round_timeout`` after it got the
 task, the relay sends that partial sum up once: server traffic and memory grow with relays, not clients.
+Strategies that cannot be decomposed (FedMedian) get every validated update forwarded unchanged instead.
 The relay's heartbeats carry the names of the children it heard from, so the server's view of liveness
 stays exact; if the relay dies, its children fail over to the server (``relay_failover='direct'``).
 """
@@ -28,7 +29,7 @@ from hpcflare.runtime.membership import Membership
 from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.round_host import RoundHost
 from hpcflare.runtime.staging import Stager
-from hpcflare.runtime.server import STRATEGIES
+from hpcflare.strategy import STRATEGIES, ClientUpdate
 from hpcflare.transport.grpc_server import GrpcServer
 
 RELAY_ROUND_FRACTION = 0.9
@@ -57,8 +58,7 @@ class Relay(RoundHost):
         stager = Stager(config.staging_root(job_dir.root)) if config.staging else None
         super().__init__(config, settings, log, STRATEGIES[config.strategy](),
                          Membership(config.clients, settings.heartbeat_timeout), stager)
-        if not self.strategy.new_aggregator({}).decomposable:
-            raise errors.ConfigError(f"strategy {config.strategy!r} cannot be decomposed; run it without relays")
+        self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
         self.upstream = _Upstream(self, job_dir, log)
         self.grpc = GrpcServer(self, settings, log, host=host, port=port)
@@ -71,6 +71,20 @@ class Relay(RoundHost):
         record, _ = self._add_member(request, token=reply["token"])
         self.log.info("child_registered", f"{record.site} registered through {self.name}", site=record.site)
         return reply
+
+    def _fold(self, rnd: Any, update: ClientUpdate) -> None:
+        """Non-decomposable strategies: pass each validated update up unchanged, in the child's name."""
+        if not self.forward_raw:
+            return super()._fold(rnd, update)
+        record = self.members.get(update.site)
+        header = {"site": update.site, "token": record.token if record else "", "task_id": rnd.task_id,
+                  "round": rnd.number, "params_type": update.params_type, "meta": update.meta,
+                  "metrics": update.metrics}
+        self.upstream.transport.upload(header, update.params.items())  # type: ignore[union-attr]
+        with self._cv:
+            rnd.accepted[update.site] = update.metrics
+        self.log.info("result_forwarded", f"round {rnd.number}: result from {update.site} forwarded to the server",
+                      site=update.site, round=rnd.number)
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         try:  # the server learns of a child's end from its relay
@@ -112,8 +126,9 @@ class Relay(RoundHost):
     def _relay_round(self, task: Task) -> None:
         received = time.monotonic()
         blobs: dict[str, bytes] = {}
+        transport = self.upstream.transport  # read before the token (see ClientAgent._connect)
         request = {"site": self.name, "token": self.upstream.token, "ref": task.ref}
-        for spec, blob in self.upstream.transport.download(request, task.manifest):  # type: ignore[union-attr]
+        for spec, blob in transport.download(request, task.manifest):  # type: ignore[union-attr]
             blobs[spec.name] = blob
         model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs)
         self.staged = task.staged  # children that see the staging dir map the server's copy directly
@@ -132,8 +147,8 @@ class Relay(RoundHost):
         stragglers = sorted(set(self.members.live()) - rnd.answered())
         rejected = {**rnd.rejected, **{s: f"straggler: no result at {self.name} within "
                                           f"{RELAY_ROUND_FRACTION} x settings.round_timeout" for s in stragglers}}
-        if not rnd.accepted and not rejected:
-            return
+        if self.forward_raw or (not rnd.accepted and not rejected):
+            return  # forwarded one by one already; the server tracks stragglers itself
         sums, weights = rnd.aggregator.partial()
         header = {"site": self.name, "token": self.upstream.token, "task_id": task.task_id, "round": task.round,
                   "params_type": "PARTIAL", "meta": {}, "metrics": {},

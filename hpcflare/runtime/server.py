@@ -27,11 +27,8 @@ from hpcflare.runtime.membership import Membership
 from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.round_host import RoundHost
 from hpcflare.runtime.staging import Stager, sha256_file
-from hpcflare.strategy import FedAvg, Strategy
+from hpcflare.strategy import STRATEGIES
 from hpcflare.transport.grpc_server import GrpcServer
-
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg}
-
 
 class FLServer(RoundHost):
     role = "server"

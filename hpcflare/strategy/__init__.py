@@ -2,5 +2,8 @@
 
 from hpcflare.strategy.api import Aggregator, ClientUpdate, Strategy
 from hpcflare.strategy.fedavg import FedAvg
+from hpcflare.strategy.fedmedian import FedMedian
 
-__all__ = ["Aggregator", "ClientUpdate", "FedAvg", "Strategy"]
+STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedian}
+
+__all__ = ["Aggregator", "ClientUpdate", "FedAvg", "FedMedian", "STRATEGIES", "Strategy"]

@@ -93,6 +93,8 @@ class GrpcClientTransport(ClientTransport):
             return unpack_meta(stub(pack_meta(request), timeout=timeout))
         except grpc.RpcError as exc:
             raise translate(exc, method, self.address) from None
+        except ValueError as exc:  # "Channel closed": another thread replaced this connection
+            raise errors.PeerGoneError(f"{method}: connection to {self.address} was closed ({exc})") from None
 
     def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytearray]]:
         """Pull every tensor of the model; on a transient failure resume at (tensor, offset) with backoff."""
@@ -122,7 +124,9 @@ class GrpcClientTransport(ClientTransport):
                             attempt = 0
                     if index < len(manifest):
                         raise errors.PeerGoneError(f"download stream ended early at tensor {index} offset {filled}")
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, ValueError) as exc:
+                if isinstance(exc, ValueError):  # the channel was closed under us (reconnect in progress)
+                    raise errors.PeerGoneError(f"Download: connection to {self.address} was closed ({exc})") from None
                 err = translate(exc, "Download", self.address)
                 if progress.stalled:
                     err = errors.StreamTimeoutError(f"Download: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s")
@@ -165,6 +169,8 @@ class GrpcClientTransport(ClientTransport):
             try:
                 future = progress.call = self._upload.future(frames(), timeout=self.settings.stream_timeout)
                 return unpack_meta(future.result())
+            except ValueError as exc:
+                raise errors.PeerGoneError(f"Upload: connection to {self.address} was closed ({exc})") from None
             except grpc.RpcError as exc:
                 if local_error:
                     raise local_error[0] from None

@@ -88,3 +88,30 @@ def test_killed_client_behind_a_relay_is_excluded(make_recipe, local_env):
     relay_dead = [e["site"] for e in events(run.job_dir.root, "relay-1") if e["event"] == "client_dead"]
     assert relay_dead == ["site-1"]
     assert sorted(server_events(run, "round_completed")[0]["accepted"]) == ["site-2", "site-3", "site-4"]
+
+
+MEDIAN = """
+import hpcflare.client as flare
+flare.init()
+add = float(flare.get_site_name().split("-")[1])  # site-i adds i
+while flare.is_running():
+    model = flare.receive()
+    flare.send(flare.FLModel(params={k: v + add for k, v in model.params.items()}))
+"""
+
+
+def test_non_decomposable_strategy_gets_raw_updates_forwarded(tmp_path, local_env):
+    from hpcflare.recipe import FedMedianRecipe
+
+    script = tmp_path / "median.py"
+    script.write_text(MEDIAN)
+    recipe = FedMedianRecipe(name="median", model={"numpy_key": HELLO_MODEL}, min_clients=5, n_clients=5,
+                             num_rounds=1, train_script=script, relays=2,
+                             settings={"registration_timeout": 20, "round_timeout": 30})
+    run = recipe.execute(local_env)
+    np.testing.assert_array_equal(load_result(run.get_result(timeout=60))["numpy_key"], HELLO_MODEL + 3)
+    assert server_events(run, "partial_accepted") == []
+    assert sorted(e["site"] for e in server_events(run, "result_accepted")) == [f"site-{i}" for i in range(1, 6)]
+    forwarded = [e["site"] for r in ("relay-1", "relay-2") for e in events(run.job_dir.root, r)
+                 if e["event"] == "result_forwarded"]
+    assert sorted(forwarded) == [f"site-{i}" for i in range(1, 6)]
