@@ -28,7 +28,8 @@ HELP: dict[ExitCode, str] = {
     ExitCode.UPDATE_REJECTED: "The server refused this client's update (wrong shape/dtype, NaN/Inf, stale round); the log gives the reason. Fix the training script.",
     ExitCode.TRAIN_SCRIPT_FAILED: "The client's training script raised an exception; the traceback is in the client's log.",
     ExitCode.TRANSPORT_ERROR: "A transfer failed (oversized frame, stalled stream, malformed message); the log names the limit or deadline to change.",
-    ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM).",
+    ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM), or the training script was still "
+                      "running settings.end_grace after the job ended and was stopped.",
 }
 
 

@@ -99,6 +99,10 @@ def diagnose(job_dir: JobDir) -> tuple[list[Finding], dict[str, Any]]:
     for rank, events in sorted(ranks.items()):
         if rank == "server":
             continue
+        for e in _named(events, "script_stopped"):
+            out.append(Finding("warning", f"{rank}: training script stopped: {e.get('reason')}",
+                               "let the script return when flare.is_running() is False; if it is just slow to "
+                               "finish, raise settings.end_grace"))
         for e in _named(events, "relay_lost"):
             out.append(Finding("warning", f"{rank}: {e['msg']}", "check the relay's log and node"))
         for e in _named(events, "client_failed"):

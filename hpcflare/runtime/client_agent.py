@@ -111,6 +111,9 @@ class ClientAgent:
         self._failover_lock = threading.RLock()
         self._discovered = False  # address came from the rendezvous file (so a restarted server can be found)
         self.started = False
+        self.on_stuck: Callable[[str, bool], None] | None = None
+        """Set by a process launcher: called (reason, server_lost) when the job is over but the training
+        script is still running, so a hung script cannot hold its allocation until the time limit."""
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "ClientAgent":
@@ -196,6 +199,13 @@ class ClientAgent:
         except errors.HpcflareError:
             return False
 
+    def _stuck_after_end(self) -> None:
+        """The server ended the job; give the script settings.end_grace to notice, then stop it."""
+        if self.on_stuck is None or self._stop.wait(self.settings.end_grace):
+            return
+        self.on_stuck(f"the job ended but the training script was still running after settings.end_grace="
+                      f"{self.settings.end_grace:g}s", False)
+
     def heartbeat_extra(self) -> dict[str, Any]:
         """Extra fields for each heartbeat (relays add the children they heard from)."""
         return {}
@@ -223,10 +233,15 @@ class ClientAgent:
                                        s.rpc_timeout)
                 self._last_contact = time.monotonic()
                 if reply.get("phase") == "ended":
+                    self._stuck_after_end()
                     return
             except errors.HpcflareError as exc:
                 silent = time.monotonic() - self._last_contact
                 self.log.warning("heartbeat_failed", f"heartbeat failed ({silent:.0f}s without server): {exc}")
+                if silent > s.server_lost_timeout and self.on_stuck is not None:
+                    self.on_stuck(f"server unreachable for {silent:.0f}s (settings.server_lost_timeout="
+                                  f"{s.server_lost_timeout:g}s) while the training script was busy", True)
+                    return
                 if isinstance(exc, errors.PeerGoneError):
                     try:
                         self._failover(exc, transport) or self._rediscover(exc, transport)

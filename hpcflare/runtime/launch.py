@@ -67,6 +67,8 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         agent = ClientAgent(job_dir, site, log, address)
         script = script_path(job_dir, agent.config.train_script)
         client_api.bind(agent, per_thread)  # the script's flare.init() registers the site
+        if not per_thread:
+            agent.on_stuck = _stop_stuck_process(agent, log)
         if not per_thread:  # process-global state is ours to set
             site_dir = job_dir.site_dir(site)
             site_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,18 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         client_api.unbind()
         log.close()
     return code
+
+
+def _stop_stuck_process(agent: ClientAgent, log: RankLogger) -> Callable[[str, bool], None]:
+    def stop(reason: str, server_lost: bool) -> None:
+        code = ExitCode.SERVER_LOST if server_lost else ExitCode.ABORTED
+        log.error("script_stopped", f"{agent.site} stopped with {code.name} ({int(code)}): {reason}",
+                  exit_code=int(code), reason=reason)
+        if not server_lost:
+            agent.close("failed", reason)
+        log.close()
+        os._exit(int(code))
+    return stop
 
 
 def _report_early_failure(agent: ClientAgent, reason: str, log: RankLogger) -> None:

@@ -98,6 +98,10 @@ def test_straggler_excluded_at_round_timeout(make_recipe, local_env):
     np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 1)
     stragglers = _server_events(run, "stragglers")
     assert stragglers and stragglers[0]["stragglers"] == ["site-3"]
+    # site-3's script hangs forever: its launcher stops it end_grace after the job ended
+    assert run.exit_codes["site-3"] == ExitCode.ABORTED
+    stopped = [e for e in events(run.job_dir.root, "site-3") if e["event"] == "script_stopped"]
+    assert stopped and "settings.end_grace" in stopped[0]["reason"]
 
 
 def test_clients_exit_with_server_lost_when_server_dies(make_recipe, local_env):
