@@ -123,9 +123,12 @@ class LocalEnv(Env):
             files.append(server_out)
         server = subprocess.Popen(self._cmd(job_dir, "--role", "server"), env=env, stdout=server_out,
                                   stderr=subprocess.STDOUT if server_out else None, stdin=subprocess.DEVNULL)
-        relays = [subprocess.Popen(self._cmd(job_dir, "--role", "relay", "--site", name), env=env,
-                                   stdout=open(job_dir.log_dir / f"{name}.out", "wb"), stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL) for name in config.relay_names()]
+        relays = []
+        for name in config.relay_names():
+            out = open(job_dir.log_dir / f"{name}.out", "wb")
+            files.append(out)  # closed by LocalRun.wait, like the clients' files
+            relays.append(subprocess.Popen(self._cmd(job_dir, "--role", "relay", "--site", name), env=env,
+                                           stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         forked = [s for s in config.clients if self.fork and s not in self.site_env]
         zygote = None
         if forked:

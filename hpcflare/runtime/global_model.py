@@ -5,14 +5,13 @@ Arrays are zero-copy views into the encoded blobs, so holding the model and serv
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from hpcflare.errors import ConfigError, MalformedMessageError
-from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, view_tensor, write_safetensors
+from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, view_tensor
 
 
 class GlobalModel:
@@ -54,12 +53,11 @@ class GlobalModel:
                     yield pack_frame({"t": i, "o": off}, piece)
             offset = 0
 
-    def save(self, path: Path) -> None:
-        """Write all tensors into one safetensors file, atomically (temp file + rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        write_safetensors(tmp, self.params, metadata={"hpcflare_version": str(self.version)})
-        os.replace(tmp, path)
+    def save(self, path: Path) -> dict[str, Any]:
+        """Write all tensors into one safetensors file, atomically; return its sha256 and size."""
+        from hpcflare.runtime.staging import write_atomic
+
+        return write_atomic(path, self.params, metadata={"hpcflare_version": str(self.version)})
 
 
 def load_params(path: Path) -> dict[str, np.ndarray]:

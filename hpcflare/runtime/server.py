@@ -98,9 +98,21 @@ class FLServer(RoundHost):
 
     def _save_checkpoint(self, number: int) -> None:
         path = self.job_dir.models_dir / "checkpoint.safetensors"
-        self.model.save(path)
-        atomic_write_text(self._ckpt_meta, json.dumps({"round": number, "file": path.name, "sha256": sha256_file(path),
+        saved = self.model.save(path)
+        atomic_write_text(self._ckpt_meta, json.dumps({"round": number, "file": path.name, "sha256": saved["sha256"],
                                                        "time": time.time()}))
+
+    def _save_result(self) -> None:
+        """The result is the last checkpoint's file: hard-link it rather than writing the model again."""
+        checkpoint = self.job_dir.models_dir / "checkpoint.safetensors"
+        tmp = self.job_dir.result_model_path.with_name(f".{self.job_dir.result_model_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(checkpoint, tmp)
+            os.replace(tmp, self.job_dir.result_model_path)
+        except OSError:  # no checkpoint (0 rounds run) or a filesystem without hard links
+            tmp.unlink(missing_ok=True)
+            self._save_result()
 
     # ------------------------------------------------------------------ orchestration
     def _status(self, state: str, **fields: Any) -> None:
@@ -129,7 +141,7 @@ class FLServer(RoundHost):
                 self._run_round(number)
                 self._save_checkpoint(number)
                 release_memory()
-            self.model.save(self.job_dir.result_model_path)
+            self._save_result()
             self.end("completed")
             self.log.info("job_completed", f"job {cfg.job_id} completed: {cfg.num_rounds} rounds; "
                           f"result model written to {self.job_dir.result_model_path}",

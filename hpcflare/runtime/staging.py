@@ -45,13 +45,13 @@ def confined(root: Path, name: Any) -> Path:
     return path
 
 
-def write_atomic(path: Path, tensors: Mapping[str, Any]) -> dict[str, Any]:
+def write_atomic(path: Path, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Write tensors (numpy or torch) as one safetensors file via temp+rename; return its descriptor."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write_safetensors(tmp, tensors)
+        write_safetensors(tmp, tensors, metadata)
         digest = sha256_file(Path(tmp))
         size = os.path.getsize(tmp)
         os.replace(tmp, path)
