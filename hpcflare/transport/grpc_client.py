@@ -171,6 +171,9 @@ class GrpcClientTransport(ClientTransport):
                 return unpack_meta(future.result())
             except ValueError as exc:
                 raise errors.PeerGoneError(f"Upload: connection to {self.address} was closed ({exc})") from None
+            except grpc.FutureCancelledError:  # our own idle watchdog cancelled the call
+                raise errors.StreamTimeoutError(f"Upload: no progress for settings.stream_idle_timeout="
+                                                f"{self.settings.stream_idle_timeout}s; cancelled") from None
             except grpc.RpcError as exc:
                 if local_error:
                     raise local_error[0] from None
