@@ -56,6 +56,10 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
         if args.action == "submit":
             job_dir = JobDir(args.target)
             job_dir.load_config()
+            if not args.dry_run:
+                from hpcflare.security.jobs import prepare_job
+
+                prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
             common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time)
             if args.separate:  # server and clients as two allocations, meeting in the job dir
                 server = SbatchSpec(job_dir, nodes=1, part="server", **common | {"ntasks_per_node": 1})
@@ -119,10 +123,39 @@ def _logs(args: argparse.Namespace, extra: list[str]) -> int:
     from hpcflare.logs.diagnose import report
 
     try:
-        print(report(JobDir(args.job_dir)))
+        if args.action == "timeline":
+            from hpcflare.logs.timeline import draw
+
+            print(f"timeline written to {draw(JobDir(args.job_dir), args.output)}")
+        else:
+            print(report(JobDir(args.job_dir)))
     except ConfigError as exc:
-        print(f"hpcflare logs diagnose: {exc}", file=sys.stderr)
+        print(f"hpcflare logs {args.action}: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _provision(args: argparse.Namespace, extra: list[str]) -> int:
+    from hpcflare.errors import HpcflareError
+    from hpcflare.security.provision import Participant, Project, add_participant, provision
+
+    try:
+        if args.add:
+            scripts = args.allowed_script or None
+            kit = add_participant(args.project, Participant(args.add, args.role, args.host or [], scripts),
+                                  base=Path.cwd())
+            print(f"issued {args.role} kit {kit} (key 0600); hand it to {args.add} over a secure channel")
+            return 0
+        project = Project.load(args.project)
+        root = provision(project, args.output, base=Path(args.project).resolve().parent)
+    except HpcflareError as exc:
+        print(f"hpcflare provision: {exc}", file=sys.stderr)
+        return 2
+    print(f"provisioned {project.project} in {root}: CA in {root / 'ca'} (keep rootCA.key private), kits:")
+    for who in project.participants:
+        print(f"  {who.role:<7} {root / who.name}")
+    print("Each participant gets only its own kit folder; point job.yaml kits_dir at the folder holding the kits, "
+          "or set HPCFLARE_KIT=/path/to/kit on a site.")
     return 0
 
 
@@ -141,9 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("exit-codes", help="list every rank exit code with its help text")
     p.set_defaults(func=_exit_codes)
     p = sub.add_parser("logs", help="troubleshoot a job from its logs")
-    p.add_argument("action", choices=("diagnose",))
+    p.add_argument("action", choices=("diagnose", "timeline"),
+                   help="diagnose: explain what went wrong; timeline: draw per-rank activity (PNG)")
     p.add_argument("job_dir")
+    p.add_argument("-o", "--output", default="timeline.png", help="timeline: the image to write")
     p.set_defaults(func=_logs)
+    p = sub.add_parser("provision", help="create a project CA and per-participant startup kits (mutual TLS)")
+    p.add_argument("project", help="project.yaml; with --add: the provisioned folder (OUT/<project>)")
+    p.add_argument("-o", "--output", default="workspace", help="where OUT/<project>/ is created")
+    p.add_argument("--add", metavar="NAME", help="issue one more kit from an existing CA")
+    p.add_argument("--role", choices=("client", "relay", "server"), default="client")
+    p.add_argument("--host", action="append", help="--add: extra DNS name/IP for the certificate")
+    p.add_argument("--allowed-script", action="append", help="--add: the only script(s) this site may run")
+    p.set_defaults(func=_provision)
     p = sub.add_parser("job", help="submit / inspect / abort jobs on Slurm")
     p.add_argument("action", choices=("submit", "status", "abort", "list"))
     p.add_argument("target", nargs="?", help="submit: a job directory; status/abort: a Slurm job id or job directory")

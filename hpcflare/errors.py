@@ -57,3 +57,11 @@ class StaleTaskError(UpdateRejectedError):
 
 class JobFailedError(HpcflareError):
     """A job ended in a failed or aborted state; the message carries the server's reason."""
+
+
+class CertificateError(TransportError):
+    """A TLS certificate was refused (expired, from another project's CA, a name not in the project)."""
+
+
+class PolicyRefusedError(HpcflareError):
+    """A site's policy (its startup kit) refuses what the job asks it to do, e.g. run an unlisted script."""

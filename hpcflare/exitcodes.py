@@ -15,6 +15,8 @@ class ExitCode(enum.IntEnum):
     UPDATE_REJECTED = 21
     TRAIN_SCRIPT_FAILED = 22
     TRANSPORT_ERROR = 23
+    CERTIFICATE_ERROR = 24
+    POLICY_REFUSED = 25
     ABORTED = 30
 
 
@@ -28,6 +30,11 @@ HELP: dict[ExitCode, str] = {
     ExitCode.UPDATE_REJECTED: "The server refused this client's update (wrong shape/dtype, NaN/Inf, stale round); the log gives the reason. Fix the training script.",
     ExitCode.TRAIN_SCRIPT_FAILED: "The client's training script raised an exception; the traceback is in the client's log.",
     ExitCode.TRANSPORT_ERROR: "A transfer failed (oversized frame, stalled stream, malformed message); the log names the limit or deadline to change.",
+    ExitCode.CERTIFICATE_ERROR: "A TLS peer refused this rank's certificate or the other way round (expired, issued by "
+                                "another project's CA, a name not in the project); the log says which. Issue a fresh "
+                                "startup kit with hpcflare provision (--add NAME) and check node clocks.",
+    ExitCode.POLICY_REFUSED: "The site's policy (policy in its startup kit's kit.yaml) refuses to run this job's "
+                             "training script; the site's admin must allow the exact file (allowed_scripts) first.",
     ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM), or the training script was still "
                       "running settings.end_grace after the job ended and was stopped.",
 }

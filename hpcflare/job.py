@@ -54,6 +54,10 @@ class JobConfig:
     staging_dir: str = "staging"
     """Staging root: relative to the job dir, or an absolute path on Lustre/GPFS/NFS. Sites that mount it
     elsewhere set HPCFLARE_STAGING_DIR."""
+    tls: str = "auto"
+    """Mutual TLS on every channel: 'on', 'off', or 'auto' (on for Slurm/MPI, off for local/sim runs)."""
+    kits_dir: str = "kits"
+    """Startup kits (one folder per participant): relative to the job dir, or the output of hpcflare provision."""
 
     def staging_root(self, job_root: Path) -> Path:
         override = os.environ.get("HPCFLARE_STAGING_DIR")
@@ -83,6 +87,8 @@ class JobConfig:
             raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {self.relay_failover!r}")
         if not isinstance(self.staging, bool):
             raise ConfigError(f"staging must be true or false, got {self.staging!r}")
+        if self.tls not in ("auto", "on", "off"):
+            raise ConfigError(f"tls must be 'auto', 'on' or 'off', got {self.tls!r}")
         if self.framework not in FRAMEWORKS:
             raise ConfigError(f"framework must be one of {FRAMEWORKS}, got {self.framework!r}")
         self.load_settings()  # raises ConfigError on bad profile/overrides

@@ -18,6 +18,7 @@ from typing import IO, Optional
 from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.exitcodes import describe
 from hpcflare.job import JobDir
+from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.memory import MALLOC_ENV
 
 PID_FILE_TIMEOUT = 60.0
@@ -109,7 +110,7 @@ class LocalEnv(Env):
         return [self.python, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root), *args]
 
     def deploy(self, job_dir: JobDir) -> Run:
-        config = job_dir.load_config()
+        config = prepare_job(job_dir, secure_default=False)
         settings = config.load_settings()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPCFLARE_JOB_DIR": str(job_dir.root)}
         env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})

@@ -15,6 +15,7 @@ from typing import Optional
 from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir
+from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.launch import run_client, run_server, script_path
 
 
@@ -42,7 +43,7 @@ class SimEnv(Env):
         self.verbose = verbose
 
     def deploy(self, job_dir: JobDir) -> Run:
-        config = job_dir.load_config()
+        config = prepare_job(job_dir, secure_default=False)
         script = script_path(job_dir, config.train_script)
         sys.argv = [str(script), *config.train_args]
         if str(script.parent) not in sys.path:

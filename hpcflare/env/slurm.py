@@ -19,6 +19,7 @@ from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError, JobFailedError
 from hpcflare.exitcodes import ExitCode, describe
 from hpcflare.job import JobDir
+from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.memory import MALLOC_ENV
 from hpcflare.runtime.ranks import RankInfo, run_rank
 from hpcflare.slurm.commands import FINAL_STATES, SlurmCommands
@@ -41,6 +42,7 @@ class SlurmRun(Run):
         super().__init__(job_dir)
         self.job = job
         self.slurm_job_id = str(job.job_id)
+        (job_dir.root / "slurm_job_id").write_text(self.slurm_job_id + "\n")  # for hpcflare job/logs commands
         self.commands = commands or SlurmCommands()
 
     def slurm_state(self) -> str:
@@ -109,6 +111,7 @@ class SlurmEnv(Env):
         return text
 
     def deploy(self, job_dir: JobDir) -> Run:
+        prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
         job = self.executor(job_dir).submit(submitit_rank, str(job_dir.root), self.rendezvous)
         print(f"[hpcflare] job {job_dir.root.name} submitted to Slurm as {job.job_id}; logs in {job_dir.log_dir}",
               flush=True)
@@ -151,7 +154,7 @@ class MpiEnv(Env):
     def deploy(self, job_dir: JobDir) -> Run:
         if not Path(self.mpiexec).exists():
             raise ConfigError(f"mpiexec not found at {self.mpiexec}; `pip install mpich` or pass mpiexec=")
-        config = job_dir.load_config()
+        config = prepare_job(job_dir, secure_default=True)
         if config.relays:
             raise ConfigError("relays find each other through the job directory; MpiEnv exchanges addresses over "
                               "MPI only: use LocalEnv or SlurmEnv(rendezvous='fs') with relays")

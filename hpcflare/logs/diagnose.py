@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from hpcflare.exitcodes import ExitCode, describe
+from hpcflare.exitcodes import HELP, ExitCode, describe
 from hpcflare.job import JobDir
 
 SLURM_PATTERNS = [
@@ -55,7 +55,49 @@ def _named(events: Iterable[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in events if e.get("event") == name]
 
 
-def diagnose(job_dir: JobDir) -> tuple[list[Finding], dict[str, Any]]:
+SACCT_STATES = {
+    "OUT_OF_MEMORY": ("error", "ran out of memory (OOM kill)",
+                      "request more memory (--mem / --mem-per-cpu) or fewer ranks per node; for large models "
+                      "enable staging and relays (one copy of the model per node)"),
+    "TIMEOUT": ("error", "hit its time limit", "raise --time; a requeued job resumes from its last completed round"),
+    "PREEMPTED": ("warning", "was preempted", "nothing to do if it was requeued (--requeue is in hpcflare's sbatch "
+                  "script): it resumes from the last completed round"),
+    "NODE_FAIL": ("error", "lost a node", "resubmit or requeue: the job resumes from its last completed round"),
+    "CANCELLED": ("warning", "was cancelled", "someone ran scancel / hpcflare job abort, or Slurm cancelled it"),
+    "FAILED": ("error", "failed", ""),
+}
+
+
+def sacct_findings(job_dir: JobDir, commands: Any = None) -> list[Finding]:
+    """Slurm's accounting view of the job's allocations (OOM kills, time limits, preemption, node failures)."""
+    ids = [p.read_text().strip() for p in (job_dir.root / "slurm_job_id", job_dir.root / "slurm_clients_job_id")
+           if p.is_file()]
+    if not ids:
+        return []
+    from hpcflare.slurm.commands import SlurmCommands, SlurmError
+
+    commands = commands or SlurmCommands()
+    out = []
+    for job_id in ids:
+        try:
+            steps = commands.accounting(job_id)
+        except SlurmError:
+            return out
+        for step in steps:
+            state = step.get("State", "").split()[0] if step.get("State") else ""
+            if state not in SACCT_STATES:
+                continue
+            severity, what, fix = SACCT_STATES[state]
+            rss = f" (MaxRSS {step['MaxRSS']} of {step['ReqMem']} requested)" if step.get("MaxRSS") else ""
+            code = step.get("ExitCode", "0:0").split(":")[0]
+            if state == "FAILED" and code.isdigit():
+                fix = describe(int(code))
+            out.append(Finding(severity, f"sacct: Slurm step {step['JobID']} ({step.get('JobName', '')}) {what}"
+                               f"{rss} on {step.get('NodeList', '?')}", fix))
+    return out
+
+
+def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict[str, Any]]:
     config = job_dir.load_config()
     settings = config.load_settings()
     ranks, bad = load_events(job_dir.log_dir)
@@ -73,7 +115,11 @@ def diagnose(job_dir: JobDir) -> tuple[list[Finding], dict[str, Any]]:
                                f"check that they started (logs/<site>.log, .out); if they are just slow to start, "
                                f"raise settings.registration_timeout (now {settings.registration_timeout:g}s, "
                                f"try {settings.registration_timeout * 2:g})"))
+    own_reports = {rank for rank, events in ranks.items() if rank != "server" and any(
+        e.get("exit_code") for e in _named(events, "client_failed"))}
     for e in _named(server, "client_failed"):
+        if e["site"] in own_reports:
+            continue  # the site's own log says more (its exit code)
         out.append(Finding("error", f"{e['site']} failed: {e.get('reason', '?')}",
                            f"see logs/{e['site']}.log for the traceback"))
     for e in _named(server, "client_dead"):
@@ -94,6 +140,7 @@ def diagnose(job_dir: JobDir) -> tuple[list[Finding], dict[str, Any]]:
         out.append(Finding("info", e["msg"]))
     for e in _named(server, "settings_conflict"):
         out.append(Finding("warning", f"settings: {e['msg']}", "align the named settings in configs/ or job.yaml"))
+    out += _security_findings(ranks)
     for e in _named(server, "resumed"):
         out.append(Finding("info", e["msg"]))
     for rank, events in sorted(ranks.items()):
@@ -111,11 +158,15 @@ def diagnose(job_dir: JobDir) -> tuple[list[Finding], dict[str, Any]]:
                 out.append(Finding("error", f"{rank} lost the server: {e.get('reason', '')[:200]}",
                                    f"check the server rank; raise settings.server_lost_timeout (now "
                                    f"{settings.server_lost_timeout:g}s) only for flaky networks"))
+            elif isinstance(code, int) and code in ExitCode.__members__.values():
+                out.append(Finding("error", f"{rank} exited {ExitCode(code).name} ({code}): "
+                                   f"{str(e.get('reason', ''))[:400]}", HELP[ExitCode(code)]))
     for path in sorted(job_dir.log_dir.glob("slurm-*.out")) + sorted((job_dir.root / "slurm").glob("*.err")):
         text = path.read_text(errors="replace")
         for pattern, severity, what, fix in SLURM_PATTERNS:
             if pattern.search(text):
                 out.append(Finding(severity, f"{path.name}: {what}", fix))
+    out += sacct_findings(job_dir, commands)
     failed = _named(server, "job_failed")
     if failed:
         code = failed[-1].get("exit_code", 1)
@@ -132,8 +183,26 @@ def diagnose(job_dir: JobDir) -> tuple[list[Finding], dict[str, Any]]:
     return out, summary
 
 
-def report(job_dir: JobDir) -> str:
-    findings, s = diagnose(job_dir)
+def _security_findings(ranks: dict[str, list[dict[str, Any]]]) -> list[Finding]:
+    """Refused TLS connections and identities, and certificates a rank found wrong with its own kit."""
+    out = []
+    for rank, events in sorted(ranks.items()):
+        seen: set[str] = set()
+        for e in _named(events, "tls_refused") + _named(events, "identity_refused"):
+            if e["msg"] in seen:
+                continue
+            seen.add(e["msg"])
+            out.append(Finding("error", f"{rank}: {e['msg']}",
+                               "give every site its own kit from one `hpcflare provision` run; add a missing site "
+                               "with `hpcflare provision OUT/<project> --add NAME`; re-issue expired kits"))
+        for e in _named(events, "certificate_problem"):
+            out.append(Finding("warning", f"{rank}: {e['msg']}", "issue a fresh kit: hpcflare provision OUT/<project> "
+                               f"--add {rank} (after removing the old one), or check this node's clock"))
+    return out
+
+
+def report(job_dir: JobDir, commands: Any = None) -> str:
+    findings, s = diagnose(job_dir, commands)
     lines = [f"job {s['job_id']}: {s['state']}; {s['rounds_completed']}/{s['num_rounds']} rounds completed; "
              f"{s['registered']}/{s['clients']} clients registered"]
     if s["state"] != "completed":

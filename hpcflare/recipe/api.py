@@ -25,7 +25,8 @@ class Recipe:
                  clients: Sequence[str] | None = None, settings_profile: str = "dev",
                  settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = (),
                  staging: bool = False, staging_dir: str | Path = "staging", relays: int = 0,
-                 relay_failover: str = "direct", min_fraction: float = 0.0) -> None:
+                 relay_failover: str = "direct", min_fraction: float = 0.0, tls: str = "auto",
+                 kits_dir: str | Path = "kits") -> None:
         self.name, self.model = name, model
         self.min_clients, self.num_rounds = int(min_clients), int(num_rounds)
         self.train_script = Path(train_script)
@@ -39,6 +40,7 @@ class Recipe:
         self.extra_files = [Path(p) for p in extra_files]
         self.staging, self.staging_dir = bool(staging), str(staging_dir)
         self.relays, self.relay_failover, self.min_fraction = int(relays), relay_failover, float(min_fraction)
+        self.tls, self.kits_dir = tls, str(kits_dir)
         if not self.train_script.is_file():
             raise ConfigError(f"train_script {self.train_script} not found")
 
@@ -61,7 +63,8 @@ class Recipe:
                            train_args=self.train_args, strategy=self.strategy, framework=framework,
                            settings_profile=self.settings_profile, settings=self.settings,
                            staging=self.staging, staging_dir=self.staging_dir, relays=self.relays,
-                           relay_failover=self.relay_failover, min_fraction=self.min_fraction)
+                           relay_failover=self.relay_failover, min_fraction=self.min_fraction, tls=self.tls,
+                           kits_dir=self.kits_dir)
         job_dir.create(config)
         return job_dir
 

@@ -16,6 +16,8 @@ from hpcflare.client.model import FLMetaKey, FLModel, ParamsType
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime import staging
+from hpcflare.security.jobs import load_kit
+from hpcflare.security.tls import explain_refusal, hint_for
 from hpcflare.settings import Settings
 from hpcflare.transport.codec import TensorSpec, decode_tensor
 from hpcflare.transport.grpc_client import GrpcClientTransport
@@ -97,6 +99,9 @@ class ClientAgent:
         self.job_dir, self.site, self.log = job_dir, site, log
         self.config: JobConfig = job_dir.load_config()
         self.settings: Settings = self.config.load_settings()
+        self.kit = load_kit(job_dir, self.config, site)
+        for problem in self.kit.self_check() if self.kit else []:
+            log.warning("certificate_problem", f"{problem}; the server will refuse this site", problem=problem)
         self.address = address
         self.token = ""
         self.transport: GrpcClientTransport | None = None
@@ -133,10 +138,18 @@ class ClientAgent:
 
     def _connect(self, address: str) -> None:
         s = self.settings
-        transport = GrpcClientTransport(address, s)
-        reply = self._retry("Register", lambda: transport.call(
-            "Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
-                         "node": os.environ.get("SLURMD_NODENAME", "")}, s.rpc_timeout), failover=False)
+        peer_name = self.relay_name or (self.kit.server if self.kit else "server")
+        transport = GrpcClientTransport(address, s, self.kit, peer_name)
+
+        def register() -> dict:
+            try:
+                return transport.call("Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
+                                                   "node": os.environ.get("SLURMD_NODENAME", "")}, s.rpc_timeout)
+            except errors.PeerGoneError:
+                self._check_handshake(address, peer_name)
+                raise
+
+        reply = self._retry("Register", register, failover=False)
         # token before transport: a thread that sees the new transport also sees its token (calls read
         # self.transport first, then self.token)
         self.token = reply["token"]
@@ -144,6 +157,17 @@ class ClientAgent:
         via = f" through {self.relay_name}" if self.relay_name else ""
         self.log.info("registered", f"{self.site} registered with server{via} at {address}", address=address,
                       relay=self.relay_name)
+
+    def _check_handshake(self, address: str, peer_name: str) -> None:
+        """An unreachable peer on a TLS job may be one that refuses our certificate: find out, fail clearly."""
+        if self.kit is None:
+            return
+        reason = explain_refusal(address, self.kit, peer_name, timeout=self.settings.rpc_timeout)
+        if reason is None:
+            return
+        message = f"TLS handshake with {peer_name} at {address} failed: {reason}; {hint_for(reason)}"
+        self.log.error("tls_refused", message, reason=reason, peer=peer_name)
+        raise errors.CertificateError(message)
 
     def _failover(self, exc: Exception, failed: GrpcClientTransport | None) -> bool:
         """The relay is gone: reconnect straight to the server if the job's policy allows it.
@@ -397,5 +421,6 @@ class ClientAgent:
             raise
         self.pending_logs = []
         via = "staging" if staged else "grpc"
+        took = time.monotonic() - t0
         self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "
-                      f"{time.monotonic() - t0:.2f}s", round=task.round, metrics=header["metrics"], via=via)
+                      f"{took:.2f}s", round=task.round, metrics=header["metrics"], via=via, seconds=took)

@@ -21,6 +21,9 @@ from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.client_agent import ClientAgent
+from hpcflare.security import tls
+from hpcflare.security.policy import check_script
+from hpcflare.security.tls import handshake_tap
 
 
 def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port: int = 0,
@@ -36,9 +39,12 @@ def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port
         return ExitCode.CONFIG_ERROR
     if threading_is_main():
         signal.signal(signal.SIGTERM, lambda *_: server.abort("SIGTERM received"))
+    tap = handshake_tap(log, server.grpc.kit)
     try:
         return server.run(on_listening)
     finally:
+        if tap is not None:
+            tap.close()
         log.close()
 
 
@@ -66,6 +72,7 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
     try:
         agent = ClientAgent(job_dir, site, log, address)
         script = script_path(job_dir, agent.config.train_script)
+        check_script(agent.kit, script)
         client_api.bind(agent, per_thread)  # the script's flare.init() registers the site
         if not per_thread:
             agent.on_stuck = _stop_stuck_process(agent, log)
@@ -84,6 +91,10 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         log.info("script_finished", f"{script.name} finished")
     except errors.ConfigError as exc:
         code, status, reason = ExitCode.CONFIG_ERROR, "failed", str(exc)
+    except errors.PolicyRefusedError as exc:
+        code, status, reason = ExitCode.POLICY_REFUSED, "failed", str(exc)
+    except errors.CertificateError as exc:
+        code, status, reason = ExitCode.CERTIFICATE_ERROR, "failed", str(exc)
     except errors.UpdateRejectedError as exc:
         code, status, reason = ExitCode.UPDATE_REJECTED, "failed", str(exc)
     except errors.PeerGoneError as exc:
@@ -100,7 +111,8 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         if code != ExitCode.OK:
             log.error("client_failed", f"{site} exits with {code.name} ({int(code)}): {reason}", exit_code=int(code),
                       reason=reason)
-        if agent is not None and not agent.started and code != ExitCode.OK and code != ExitCode.CONFIG_ERROR:
+        if agent is not None and not agent.started and code not in (ExitCode.OK, ExitCode.CONFIG_ERROR,
+                                                                       ExitCode.CERTIFICATE_ERROR):
             _report_early_failure(agent, reason, log)
         if agent is not None:
             agent.close(status, reason)
@@ -150,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="server: do not echo progress to stdout")
     args = parser.parse_args(argv)
     job_dir = JobDir(args.job_dir)
+    tls.TAP_ENABLED = True  # a process of our own: servers and relays may read gRPC's handshake log lines
     if args.role == "auto":
         from hpcflare.runtime.ranks import detect_rank, run_rank
 

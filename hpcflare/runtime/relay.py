@@ -29,6 +29,7 @@ from hpcflare.runtime.membership import Membership
 from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.round_host import RoundHost
 from hpcflare.runtime.staging import Stager
+from hpcflare.security.tls import handshake_tap
 from hpcflare.strategy import STRATEGIES, ClientUpdate
 from hpcflare.transport.grpc_server import GrpcServer
 
@@ -61,7 +62,7 @@ class Relay(RoundHost):
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
         self.upstream = _Upstream(self, job_dir, log)
-        self.grpc = GrpcServer(self, settings, log, host=host, port=port)
+        self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=self.upstream.kit)
         self.address = f"{advertise or host}:{self.grpc.port}"
 
     def register(self, request: dict) -> dict:
@@ -164,12 +165,17 @@ class Relay(RoundHost):
 
 def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: str | None = None) -> ExitCode:
     log = RankLogger(job_dir.log_dir, name, "relay")
+    tap = None
     try:
-        return Relay(job_dir, name, log, host=host, advertise=advertise).run()
+        relay = Relay(job_dir, name, log, host=host, advertise=advertise)
+        tap = handshake_tap(log, relay.grpc.kit)
+        return relay.run()
     except errors.ConfigError as exc:
         log.error("config_error", f"cannot start relay: {exc}")
         return ExitCode.CONFIG_ERROR
     finally:
+        if tap is not None:
+            tap.close()
         log.close()
 
 

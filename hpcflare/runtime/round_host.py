@@ -24,7 +24,7 @@ from hpcflare.runtime.staging import Stager
 from hpcflare.runtime.upload import read_staged, read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy import ClientUpdate, Strategy
-from hpcflare.transport.api import ServerHandler
+from hpcflare.transport.api import Peer, ServerHandler
 
 
 class Round:
@@ -76,6 +76,19 @@ class RoundHost(ServerHandler):
         return self.members.register(site, str(request.get("host", ""))[:256], pid if isinstance(pid, int) else 0,
                                      token=token)
 
+    def may_act_for(self, identity: str, site: str) -> bool:
+        """May the certificate ``identity`` speak for ``site``? (The server lets its relays speak for children.)"""
+        return False
+
+    def authorize(self, peer: Peer, site: Any) -> None:
+        """On mutual-TLS channels a certificate acts only as its own site, so no site can pose as another."""
+        if peer.identity is None or peer.identity == site or self.may_act_for(peer.identity, str(site)):
+            return
+        self.log.warning("identity_refused", f"refused {peer}: its certificate is for {peer.identity!r} but it "
+                         f"claims to be site {site!r:.80}", identity=peer.identity, claimed=str(site)[:80])
+        raise errors.UnknownClientError(f"certificate {peer.identity!r} may not act as site {site!r:.80}; every "
+                                        "site must use its own startup kit")
+
     def on_heartbeat(self, site: str, request: dict) -> None:
         """Called for every authenticated heartbeat (relays use it to refresh their children)."""
 
@@ -83,7 +96,8 @@ class RoundHost(ServerHandler):
         """Called after a child said goodbye."""
 
     # ------------------------------------------------------------------ transport handlers
-    def handle_unary(self, method: str, request: dict, peer: str) -> dict:
+    def handle_unary(self, method: str, request: dict, peer: Peer) -> dict:
+        self.authorize(peer, request.get("site"))
         if method == "Register":
             return self.register(request)
         record = self.members.check(request.get("site"), request.get("token"))
@@ -128,7 +142,8 @@ class RoundHost(ServerHandler):
                     return {"task": "wait"}
                 self._cv.wait(remaining)
 
-    def handle_download(self, request: dict, peer: str) -> Iterator[bytes]:
+    def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
+        self.authorize(peer, request.get("site"))
         self.members.check(request.get("site"), request.get("token"))
         rnd = self.round
         if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
@@ -153,12 +168,13 @@ class RoundHost(ServerHandler):
     def accepts_partials_from(self, site: str) -> bool:
         return False
 
-    def handle_upload(self, frames: Iterator[bytes], peer: str) -> dict:
+    def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
         slot = False
         site = "?"
 
         def on_header(header: dict) -> Round:
             nonlocal slot, site
+            self.authorize(peer, header.get("site"))
             record = self.members.check(header.get("site"), header.get("token"))
             site = record.site
             rnd = self.round

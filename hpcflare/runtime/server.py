@@ -27,6 +27,7 @@ from hpcflare.runtime.membership import Membership
 from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.round_host import RoundHost
 from hpcflare.runtime.staging import Stager, sha256_file
+from hpcflare.security.jobs import load_kit
 from hpcflare.strategy import STRATEGIES
 from hpcflare.transport.grpc_server import GrpcServer
 
@@ -46,7 +47,11 @@ class FLServer(RoundHost):
             log.warning("settings_conflict", warning)
         self.first_round = 1
         self.model = self._load_checkpoint() or GlobalModel(load_params(job_dir.root / config.initial_model), 0)
-        self.grpc = GrpcServer(self, settings, log, host=host, port=port)
+        kit = load_kit(job_dir, config, "server", role="server")
+        self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit)
+        if kit is not None:
+            for problem in kit.self_check():
+                log.warning("certificate_problem", f"{problem}; clients will refuse this server", problem=problem)
         self.address = f"{advertise or host}:{self.grpc.port}"
 
     # ------------------------------------------------------------------ membership hooks
@@ -70,6 +75,9 @@ class FLServer(RoundHost):
         if site in self.relays:  # a relay vouches for the children it heard from
             for child in request.get("children") or []:
                 self.members.touch(child)
+
+    def may_act_for(self, identity: str, site: str) -> bool:
+        return identity in self.relays  # relays register, say goodbye and forward raw results for children
 
     def accepts_partials_from(self, site: str) -> bool:
         return site in self.relays
@@ -112,7 +120,7 @@ class FLServer(RoundHost):
             os.replace(tmp, self.job_dir.result_model_path)
         except OSError:  # no checkpoint (0 rounds run) or a filesystem without hard links
             tmp.unlink(missing_ok=True)
-            self._save_result()
+            self.model.save(self.job_dir.result_model_path)
 
     # ------------------------------------------------------------------ orchestration
     def _status(self, state: str, **fields: Any) -> None:
@@ -129,10 +137,13 @@ class FLServer(RoundHost):
                  "incarnation": incarnation(), "started": time.time()}))
         if on_listening is not None:
             on_listening(self.address)
-        self.log.info("server_started", f"job {cfg.job_id}: server listening on {self.address}, "
+        kit = self.grpc.kit
+        security = f"mutual TLS, project {kit.project}" if kit else "plain text"
+        self.log.info("server_started", f"job {cfg.job_id}: server listening on {self.address} ({security}), "
                       f"{len(cfg.clients)} clients expected (min {cfg.min_clients}), {len(self.relays)} relays, "
                       f"{cfg.num_rounds} rounds", address=self.address, clients=cfg.clients, relays=self.relays,
-                      min_clients=cfg.min_clients, incarnation=incarnation(), node=os.environ.get("SLURMD_NODENAME", ""))
+                      min_clients=cfg.min_clients, incarnation=incarnation(), node=os.environ.get("SLURMD_NODENAME", ""),
+                      tls=kit is not None)
         self._status("registration")
         try:
             self._await_registration()

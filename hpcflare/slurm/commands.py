@@ -84,3 +84,11 @@ class SlurmCommands:
             raise SlurmError(f"squeue failed: {proc.stderr.strip()}")
         keys = ("job_id", "name", "state", "time", "nodes", "reason")
         return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line.strip()]
+
+    def accounting(self, job_id: str) -> list[dict[str, str]]:
+        """Every step of a job from sacct (State, ExitCode, MaxRSS, ReqMem, ...); [] without accounting."""
+        keys = ("JobID", "JobName", "State", "ExitCode", "MaxRSS", "ReqMem", "Elapsed", "NodeList")
+        proc = self._run(["sacct", "-n", "-P", "-j", job_id, "-o", ",".join(keys)])
+        if proc.returncode != 0:
+            return []  # no slurmdbd: diagnose falls back to the Slurm output files
+        return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line.count("|") == len(keys) - 1]

@@ -6,6 +6,7 @@ Every implementation (gRPC today; staging and relays later) is run against the s
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Iterable, Iterator
 
 from hpcflare.transport.codec import TensorSpec
@@ -13,18 +14,29 @@ from hpcflare.transport.codec import TensorSpec
 UNARY_METHODS = ("Register", "Heartbeat", "GetTask", "Goodbye")
 
 
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Who is calling: its address, and on mutual-TLS channels the verified certificate name."""
+
+    address: str
+    identity: str | None = None
+
+    def __str__(self) -> str:
+        return self.address if self.identity is None else f"{self.identity}@{self.address}"
+
+
 class ServerHandler(abc.ABC):
     """Server-side logic behind a transport; raise hpcflare errors, the transport maps them to status codes."""
 
     @abc.abstractmethod
-    def handle_unary(self, method: str, request: dict, peer: str) -> dict: ...
+    def handle_unary(self, method: str, request: dict, peer: Peer) -> dict: ...
 
     @abc.abstractmethod
-    def handle_download(self, request: dict, peer: str) -> Iterator[bytes]:
+    def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
         """Yield encoded frames of the requested model, starting at request['start'] = [tensor_index, offset]."""
 
     @abc.abstractmethod
-    def handle_upload(self, frames: Iterator[bytes], peer: str) -> dict:
+    def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
         """Consume an upload (first frame: header with manifest; then data frames)."""
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import grpc
 
@@ -17,6 +17,9 @@ from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport
 from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, pack_meta, tensor_parts, unpack_frame, unpack_meta
 from hpcflare.transport.grpc_server import SERVICE
+
+if TYPE_CHECKING:
+    from hpcflare.security.tls import StartupKit
 
 RETRYABLE = (errors.PeerGoneError, errors.StreamTimeoutError)
 
@@ -35,6 +38,9 @@ def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareErr
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return errors.FrameTooLargeError(f"{msg}; a frame exceeded max_frame_bytes or the server is overloaded")
     if code == grpc.StatusCode.PERMISSION_DENIED:
+        if "certificate" in (detail or ""):
+            hint = "" if "startup kit" in detail else "; use this site's own startup kit from the project's provisioning"
+            return errors.CertificateError(msg + hint)
         return errors.UnknownClientError(msg)
     if code == grpc.StatusCode.FAILED_PRECONDITION and "StaleTaskError" in (detail or ""):
         return errors.StaleTaskError(msg)
@@ -74,13 +80,22 @@ class _Progress:
 
 
 class GrpcClientTransport(ClientTransport):
-    def __init__(self, address: str, settings: Settings) -> None:
-        self.address, self.settings = address, settings
+    """Talks to a server or relay; with a startup kit over mutual TLS, verifying the peer's name ``peer_name``."""
+
+    def __init__(self, address: str, settings: Settings, kit: "StartupKit | None" = None,
+                 peer_name: str = "server") -> None:
+        self.address, self.settings, self.kit, self.peer_name = address, settings, kit, peer_name
         options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
                    ("grpc.max_send_message_length", settings.max_frame_bytes),
                    ("grpc.enable_retries", 0)]
-        self._control = grpc.insecure_channel(address, options=options + [("grpc.use_local_subchannel_pool", 1)])
-        self._data = grpc.insecure_channel(address, options=options + [("grpc.use_local_subchannel_pool", 1)])
+        options.append(("grpc.use_local_subchannel_pool", 1))
+        if kit is None:
+            self._control = grpc.insecure_channel(address, options=options)
+            self._data = grpc.insecure_channel(address, options=options)
+        else:
+            options += kit.channel_options(peer_name)
+            self._control = grpc.secure_channel(address, kit.channel_credentials(), options=options)
+            self._data = grpc.secure_channel(address, kit.channel_credentials(), options=options)
         self._unary = {}
         self._download = self._data.unary_stream(f"/{SERVICE}/Download")
         self._upload = self._data.stream_unary(f"/{SERVICE}/Upload")

@@ -5,15 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from concurrent import futures
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import grpc
 
 from hpcflare import errors
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.settings import Settings
-from hpcflare.transport.api import UNARY_METHODS, ServerHandler
+from hpcflare.transport.api import UNARY_METHODS, Peer, ServerHandler
 from hpcflare.transport.codec import pack_meta, unpack_meta
+
+if TYPE_CHECKING:
+    from hpcflare.security.tls import StartupKit
 
 SERVICE = "hpcflare.v1.FL"
 
@@ -77,11 +80,11 @@ class StreamWatchdog:
 
 
 class GrpcServer:
-    """Serves a ServerHandler on host:port (port 0 = pick a free one)."""
+    """Serves a ServerHandler on host:port (port 0 = pick a free one); mutual TLS when given a startup kit."""
 
     def __init__(self, handler: ServerHandler, settings: Settings, log: RankLogger,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
-        self.handler, self.settings, self.log = handler, settings, log
+                 host: str = "127.0.0.1", port: int = 0, kit: "StartupKit | None" = None) -> None:
+        self.handler, self.settings, self.log, self.kit = handler, settings, log, kit
         options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
                    ("grpc.max_send_message_length", settings.max_frame_bytes),
                    ("grpc.so_reuseport", 0),
@@ -96,7 +99,10 @@ class GrpcServer:
         handlers["Download"] = grpc.unary_stream_rpc_method_handler(self._download)
         handlers["Upload"] = grpc.stream_unary_rpc_method_handler(self._upload)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if kit is None:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self._server.add_secure_port(f"{host}:{port}", kit.server_credentials())
         if self.port == 0:
             raise errors.TransportError(f"could not bind gRPC server to {host}:{port}; is the port in use?")
         self.address = f"{host}:{self.port}"
@@ -105,6 +111,21 @@ class GrpcServer:
     def _stalled(self, what: str, idle: float) -> None:
         self.log.warning("transfer_stalled", f"{what} made no progress for {idle:.0f}s; cancelled "
                          f"(settings.stream_idle_timeout={self.settings.stream_idle_timeout})", stream=what, idle_s=idle)
+
+    def _peer(self, context: grpc.ServicerContext) -> Peer:
+        """The caller; on TLS channels its certificate name must be a participant of the project."""
+        if self.kit is None:
+            return Peer(context.peer())
+        from hpcflare.security.tls import peer_identity
+
+        identity = peer_identity(context)
+        if identity is None or not self.kit.accepts(identity):
+            self.log.warning("tls_refused", f"refused {context.peer()}: certificate name {identity!r} is not a "
+                             f"participant of project {self.kit.project!r}; issue it a kit with hpcflare provision "
+                             "--add, or remove it", identity=identity, peer=context.peer())
+            raise errors.UnknownClientError(f"certificate {identity!r} is not a participant of project "
+                                            f"{self.kit.project!r}")
+        return Peer(context.peer(), identity)
 
     def _fail(self, context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
         code = status_for(exc)
@@ -115,7 +136,7 @@ class GrpcServer:
     def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
-                reply = self.handler.handle_unary(method, unpack_meta(request), context.peer())
+                reply = self.handler.handle_unary(method, unpack_meta(request), self._peer(context))
                 return pack_meta(reply)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code, never crashes the server
                 self._fail(context, method, exc)
@@ -126,7 +147,7 @@ class GrpcServer:
         key = id(context)
         try:
             self.watchdog.watch(key, f"download to {context.peer()}", context.cancel)
-            for frame in self.handler.handle_download(unpack_meta(request), context.peer()):
+            for frame in self.handler.handle_download(unpack_meta(request), self._peer(context)):
                 if not context.is_active():
                     return
                 yield frame
@@ -146,7 +167,7 @@ class GrpcServer:
                 yield frame
 
         try:
-            return pack_meta(self.handler.handle_upload(frames(), context.peer()))
+            return pack_meta(self.handler.handle_upload(frames(), self._peer(context)))
         except grpc.RpcError as exc:  # the client went away mid-stream
             self.log.warning("upload_aborted", f"upload from {context.peer()} broke off: {exc}")
             self._fail(context, "Upload", errors.PeerGoneError(str(exc)))

@@ -2,6 +2,7 @@
 
     python recipes/hello-numpy/job.py [--env local|sim|mpi|slurm] [--n-clients 2] [--num-rounds 3]
                                       [--update-type full|diff] [--nodes 2] [--dry-run] [--export-only]
+                                      [--tls auto|on|off]
 """
 
 import argparse
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--num-rounds", type=int, default=3)
     parser.add_argument("--update-type", choices=["full", "diff"], default="full")
     parser.add_argument("--job-root", default="jobs")
+    parser.add_argument("--tls", choices=["auto", "on", "off"], default="auto",
+                        help="mutual TLS on every channel (auto: on for slurm/mpi, off for local/sim)")
     args = parser.parse_args()
 
     recipe = FedAvgRecipe(
@@ -36,6 +39,7 @@ def main() -> None:
         num_rounds=args.num_rounds,
         train_script=HERE / "client.py",
         train_args=f"--update_type {args.update_type}",
+        tls=args.tls,
     )
     if args.export_only:
         print(recipe.export(args.job_root).root)

@@ -38,6 +38,9 @@ def test_sbatch_job_runs_ranks_across_nodes(slurm, make_recipe, tmp_path, rendez
     server = events(job_dir.root, "server")
     nodes = {e["node"] for e in server if e["event"] in ("client_registered", "server_started")}
     assert len(nodes) == 2, nodes  # ranks really ran on two (emulated) nodes
+    started = [e for e in server if e["event"] == "server_started"]
+    assert started[0]["tls"] is True  # mutual TLS by default on Slurm (per-job CA made by the batch step)
+    assert (job_dir.root / "kits" / "site-3" / "key.pem").stat().st_mode & 0o077 == 0
     out = next(job_dir.log_dir.glob("slurm-*.out")).read_text()
     assert out.count("from MPI broadcast") == (3 if rendezvous == "mpi" else 0)
     assert "srun exited 0" in out

@@ -1,0 +1,96 @@
+"""``hpcflare logs timeline JOB_DIR -o timeline.png``: every rank's activity over time, from its JSON log.
+
+One lane per rank (server, relays, then sites): a bar from registration to the rank's end, round spans
+on the server lane, a site's training time per round (task received -> result sent) with its model pull
+and result push as darker segments, and failures as red crosses with the event name. Where the job
+stalled, which site was slow, and when a site died are visible at a glance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hpcflare.errors import ConfigError
+from hpcflare.job import JobDir
+from hpcflare.logs.diagnose import load_events
+
+FAILURE_EVENTS = {"client_failed", "client_dead", "result_rejected", "tls_refused", "identity_refused",
+                  "transfer_stalled", "relay_lost", "script_stopped", "job_failed", "stragglers", "relay_failed",
+                  "late_result", "internal_error"}
+REGISTER_EVENTS = {"registered", "client_registered", "relay_registered", "relay_started", "server_started"}
+
+
+def _lane_order(ranks: dict[str, list[dict[str, Any]]]) -> list[str]:
+    def key(rank: str) -> tuple[int, str]:
+        role = next((e.get("role") for e in ranks[rank] if e.get("role")), "client")
+        return ({"server": 0, "relay": 1}.get(role, 2), rank)
+    return sorted((r for r in ranks if ranks[r]), key=key)
+
+
+def collect(job_dir: JobDir) -> dict[str, Any]:
+    """The drawable spans and marks per rank (seconds since the first event), also used by tests."""
+    ranks, _ = load_events(job_dir.log_dir)
+    if not any(ranks.values()):
+        raise ConfigError(f"no JSON logs in {job_dir.log_dir}; did the job start?")
+    t0 = min(e["t"] for events in ranks.values() for e in events if "t" in e)
+    lanes = []
+    for rank in _lane_order(ranks):
+        events = [e for e in ranks[rank] if "t" in e]
+        lane: dict[str, Any] = {"rank": rank, "life": (events[0]["t"] - t0, events[-1]["t"] - t0), "rounds": [],
+                                "train": [], "transfers": [], "marks": [], "failures": []}
+        open_round: dict[int, float] = {}
+        task_at: dict[int, float] = {}
+        for e in events:
+            t, name, rnd = e["t"] - t0, e.get("event", ""), e.get("round")
+            if name == "round_started" and isinstance(rnd, int):
+                open_round[rnd] = t
+            elif name in ("round_completed", "round_failed") and rnd in open_round:
+                lane["rounds"].append((rnd, open_round.pop(rnd), t))
+            elif name == "task_received" and isinstance(rnd, int):
+                task_at[rnd] = t
+            elif name == "result_sent" and rnd in task_at:
+                lane["train"].append((rnd, task_at.pop(rnd), t))
+            if name in ("model_received", "result_sent") and isinstance(e.get("seconds"), (int, float)):
+                lane["transfers"].append((t - float(e["seconds"]), t))
+            if name in REGISTER_EVENTS:
+                lane["marks"].append((t, name))
+            if name in FAILURE_EVENTS or e.get("level") == "ERROR":
+                lane["failures"].append((t, name))
+        lanes.append(lane)
+    return {"job_id": job_dir.root.name, "lanes": lanes}
+
+
+def draw(job_dir: JobDir, output: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on compute nodes
+    import matplotlib.pyplot as plt
+
+    data = collect(job_dir)
+    lanes = data["lanes"]
+    fig, ax = plt.subplots(figsize=(12, max(2.5, 0.35 * len(lanes) + 1.5)))
+    for y, lane in enumerate(lanes):
+        start, end = lane["life"]
+        ax.broken_barh([(start, max(end - start, 1e-3))], (y - 0.35, 0.7), color="#e8e8e8")
+        for rnd, a, b in lane["rounds"]:
+            ax.broken_barh([(a, max(b - a, 1e-3))], (y - 0.3, 0.6), color="#9ecae1" if rnd % 2 else "#6baed6")
+            ax.text(a, y, f"r{rnd}", va="center", fontsize=7)
+        ax.broken_barh([(a, max(b - a, 1e-3)) for _, a, b in lane["train"]], (y - 0.25, 0.5), color="#a1d99b")
+        ax.broken_barh([(a, max(b - a, 1e-3)) for a, b in lane["transfers"]], (y - 0.25, 0.5), color="#31a354")
+        for t, _ in lane["marks"]:
+            ax.plot(t, y, marker="|", color="black", markersize=10)
+        for t, name in lane["failures"]:
+            ax.plot(t, y, marker="x", color="red", markersize=8)
+            ax.annotate(name, (t, y), xytext=(3, 6), textcoords="offset points", fontsize=6, color="red")
+    ax.set_yticks(range(len(lanes)), [lane["rank"] for lane in lanes], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first log event")
+    ax.set_title(f"{data['job_id']}: rounds (blue), training (light green), transfers (green), "
+                 "registration (|), failures (x)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    output = Path(output)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output

@@ -1,0 +1,1 @@
+"""Provisioning (CA + startup kits), mutual TLS, and per-site policy."""

@@ -1,0 +1,92 @@
+"""Which startup kit a rank uses, and the per-job provisioning that makes TLS the default on Slurm.
+
+``job.yaml`` says ``tls: auto|on|off`` and ``kits_dir`` (relative to the job dir, or absolute).
+``prepare_job`` runs where a job is submitted (Env.deploy, ``hpcflare job submit``, the sbatch batch step):
+it turns ``auto`` into ``on`` for Slurm/MPI and ``off`` for local/sim runs, and, when TLS is on and no
+kits exist yet, provisions a throw-away CA plus kits for this job's server, relays and sites into the job
+directory (keys 0600, the directory 0700). Multi-site projects provision once with ``hpcflare provision``
+and point ``kits_dir`` at the kits, or give each site its own kit with ``HPCFLARE_KIT=/path/to/kit``.
+
+    python -m hpcflare.security.jobs JOB_DIR --default on     # what the sbatch template runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+from filelock import FileLock
+
+from hpcflare.errors import ConfigError
+from hpcflare.job import JobConfig, JobDir, atomic_write_text
+from hpcflare.security.provision import job_project, provision
+from hpcflare.security.tls import StartupKit
+
+KIT_ENV = "HPCFLARE_KIT"
+"""Path of this rank's own startup kit; overrides ``kits_dir/<name>`` (a site that keeps its kit locally)."""
+
+
+def kits_root(job_dir: JobDir, config: JobConfig) -> Path:
+    path = Path(config.kits_dir)
+    return path if path.is_absolute() else job_dir.root / path
+
+
+def tls_enabled(job_dir: JobDir, config: JobConfig) -> bool:
+    if config.tls == "auto":  # never prepared: on exactly when kits are there
+        return kits_root(job_dir, config).is_dir() or bool(os.environ.get(KIT_ENV))
+    return config.tls == "on"
+
+
+def load_kit(job_dir: JobDir, config: JobConfig, name: str, role: str = "") -> StartupKit | None:
+    """This rank's kit when the job runs with TLS; None for a plain-text job."""
+    if not tls_enabled(job_dir, config):
+        return None
+    own = os.environ.get(KIT_ENV)
+    path = Path(own) if own else kits_root(job_dir, config) / name
+    kit = StartupKit.load(path)
+    if kit.name != name and not (role == "server" and kit.role == "server"):
+        raise ConfigError(f"startup kit {path} belongs to {kit.name!r}, but this rank is {name!r}")
+    return kit
+
+
+def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
+    """Resolve ``tls: auto`` and provision the job's kits if TLS is on and none exist."""
+    config = job_dir.load_config()
+    if config.tls == "auto":
+        config.tls = "on" if secure_default else "off"
+        atomic_write_text(job_dir.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    if config.tls == "on":
+        root = kits_root(job_dir, config)
+        with FileLock(str(job_dir.root / ".kits.lock"), timeout=60):  # a server and a clients job may race here
+            if not root.exists():
+                _provision_job(job_dir, config, root)
+        if not root.is_dir():
+            raise ConfigError(f"kits_dir {root} is not a directory")
+    return config
+
+
+def _provision_job(job_dir: JobDir, config: JobConfig, root: Path) -> None:
+    project = job_project(config.job_id, config.clients, config.relay_names())
+    tmp = root.parent / f".{root.name}.provisioning"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted earlier attempt
+    made = provision(project, tmp)
+    os.rename(made, root)  # appears whole or not at all for ranks that look for it
+    os.rmdir(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpcflare.security.jobs", description=__doc__.split("\n")[0])
+    parser.add_argument("job_dir")
+    parser.add_argument("--default", choices=("on", "off"), default="on", help="what tls: auto becomes")
+    args = parser.parse_args(argv)
+    config = prepare_job(JobDir(args.job_dir), args.default == "on")
+    print(f"tls: {config.tls}" + (f" (kits in {kits_root(JobDir(args.job_dir), config)})" if config.tls == "on" else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""``hpcflare provision project.yaml``: a root CA plus one startup kit per participant.
+
+    project.yaml                            <out>/<project>/
+      project: demo                           ca/rootCA.pem, ca/rootCA.key (0600; stays with the provisioner)
+      valid_days: 365                         <name>/rootCA.pem   the project's trust anchor
+      participants:                           <name>/cert.pem     CN = SAN = the participant's name
+        - {name: server, role: server}        <name>/key.pem      0600
+        - {name: relay-1, role: relay}        <name>/kit.yaml     name, role, project, server name,
+        - {name: site-1, role: client,                            participants (server/relays), policy
+           allowed_scripts: [client.py]}
+
+A site's kit is all it needs to join: its own key never leaves it, the CA key never leaves the provisioner.
+A client's ``allowed_scripts`` (paths, hashed at provision time) make it refuse any other training script;
+without the key, ``allow_any_script`` (default true) decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hpcflare.errors import ConfigError
+from hpcflare.job import SITE_NAME
+
+ROLES = ("server", "relay", "client")
+KIT_FILE = "kit.yaml"
+
+
+@dataclasses.dataclass
+class Participant:
+    name: str
+    role: str
+    hosts: list[str] = dataclasses.field(default_factory=list)
+    """Extra DNS names / IPs for the certificate (servers and relays reached by hostname)."""
+    allowed_scripts: list[str] | None = None
+    allow_any_script: bool = True
+
+
+@dataclasses.dataclass
+class Project:
+    project: str
+    participants: list[Participant]
+    valid_days: int = 365
+
+    @property
+    def server(self) -> Participant:
+        return next(p for p in self.participants if p.role == "server")
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "project.yaml") -> "Project":
+        if not isinstance(data, dict) or not isinstance(data.get("project"), str):
+            raise ConfigError(f"{source}: expected a mapping with a 'project' name and a 'participants' list")
+        if not SITE_NAME.match(data["project"]):
+            raise ConfigError(f"{source}: invalid project name {data['project']!r}")
+        people = []
+        for i, entry in enumerate(data.get("participants") or []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ConfigError(f"{source}: participants[{i}] needs a 'name'")
+            unknown = set(entry) - {f.name for f in dataclasses.fields(Participant)}
+            if unknown:
+                raise ConfigError(f"{source}: participants[{i}] has unknown key(s) {sorted(unknown)}")
+            p = Participant(**{"role": "client", **entry})
+            if not SITE_NAME.match(p.name):
+                raise ConfigError(f"{source}: invalid participant name {p.name!r}: letters, digits, '_', '.', '-'")
+            if p.role not in ROLES:
+                raise ConfigError(f"{source}: participant {p.name} has role {p.role!r}; use one of {ROLES}")
+            people.append(p)
+        names = [p.name for p in people]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{source}: participant names must be unique")
+        if sum(p.role == "server" for p in people) != 1:
+            raise ConfigError(f"{source}: exactly one participant must have role 'server'")
+        days = data.get("valid_days", 365)
+        if not isinstance(days, int) or days < 1:
+            raise ConfigError(f"{source}: valid_days must be a positive integer")
+        return cls(data["project"], people, days)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Project":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"project file {path} not found")
+        try:
+            return cls.from_dict(yaml.safe_load(path.read_text()), str(path))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create a file readable by its owner only (0600) from the first byte on."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def new_ca(project: str, valid_days: int, now: dt.datetime | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, project),
+                      x509.NameAttribute(NameOID.COMMON_NAME, f"{project} root CA")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=valid_days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, name: str, hosts: Sequence[str] = (),
+          valid_days: int = 365, not_before: dt.datetime | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A leaf certificate usable as TLS server and client: CN and a SAN for ``name`` (plus ``hosts``)."""
+    start = not_before or (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(name)]
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, _org(ca_cert)),
+                                     x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=valid_days))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return key, cert
+
+
+def _org(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(attrs[0].value) if attrs else "hpcflare"
+
+
+def script_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_kit(kit_dir: Path, project: Project, who: Participant, ca_cert: x509.Certificate,
+              key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, base: Path) -> Path:
+    kit_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(kit_dir, 0o700)
+    (kit_dir / "rootCA.pem").write_bytes(_pem_cert(ca_cert))
+    (kit_dir / "cert.pem").write_bytes(_pem_cert(cert))
+    write_private(kit_dir / "key.pem", _pem_key(key))
+    kit: dict[str, Any] = {"project": project.project, "name": who.name, "role": who.role,
+                           "server": project.server.name}
+    if who.role in ("server", "relay"):  # the names a server/relay accepts certificates for
+        kit["participants"] = {p.name: p.role for p in project.participants}
+    if who.role == "client":
+        scripts = []
+        for s in who.allowed_scripts or []:
+            path = (base / s).resolve()
+            if not path.is_file():
+                raise ConfigError(f"participant {who.name}: allowed script {s} not found (relative to {base})")
+            scripts.append({"name": path.name, "sha256": script_digest(path)})
+        kit["policy"] = {"allow_any_script": bool(who.allow_any_script) and who.allowed_scripts is None,
+                         "allowed_scripts": scripts}
+    (kit_dir / KIT_FILE).write_text(yaml.safe_dump(kit, sort_keys=False))
+    return kit_dir
+
+
+def provision(project: Project, out: str | Path, base: str | Path = ".") -> Path:
+    """Create ``out/<project>/``: the CA (key 0600) and one startup kit per participant."""
+    root = Path(out) / project.project
+    if (root / "ca" / "rootCA.key").exists():
+        raise ConfigError(f"{root} is already provisioned; remove it, or use --add NAME to issue one more kit")
+    (root / "ca").mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "ca", 0o700)
+    ca_key, ca_cert = new_ca(project.project, project.valid_days)
+    (root / "ca" / "rootCA.pem").write_bytes(_pem_cert(ca_cert))
+    write_private(root / "ca" / "rootCA.key", _pem_key(ca_key))
+    (root / "ca" / "project.yaml").write_text(yaml.safe_dump(dataclasses.asdict(project), sort_keys=False))
+    for who in project.participants:
+        key, cert = issue(ca_key, ca_cert, who.name, who.hosts, project.valid_days)
+        write_kit(root / who.name, project, who, ca_cert, key, cert, Path(base))
+    return root
+
+
+def load_ca(root: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Project]:
+    try:
+        key = serialization.load_pem_private_key((root / "ca" / "rootCA.key").read_bytes(), None)
+        cert = x509.load_pem_x509_certificate((root / "ca" / "rootCA.pem").read_bytes())
+        project = Project.from_dict(yaml.safe_load((root / "ca" / "project.yaml").read_text()))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{root} has no CA ({exc.filename}); run hpcflare provision first") from None
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key, cert, project
+
+
+def add_participant(root: str | Path, who: Participant, base: str | Path = ".") -> Path:
+    """Issue one more kit from an existing CA and record the participant in the project."""
+    root = Path(root)
+    ca_key, ca_cert, project = load_ca(root)
+    if any(p.name == who.name for p in project.participants):
+        raise ConfigError(f"{who.name} is already a participant of {project.project}")
+    project.participants.append(who)
+    Project.from_dict(dataclasses.asdict(project))  # validates the new name/role
+    (root / "ca" / "project.yaml").write_text(yaml.safe_dump(dataclasses.asdict(project), sort_keys=False))
+    key, cert = issue(ca_key, ca_cert, who.name, who.hosts, project.valid_days)
+    kit = write_kit(root / who.name, project, who, ca_cert, key, cert, Path(base))
+    for p in project.participants:  # servers and relays learn the new name
+        kit_file = root / p.name / KIT_FILE
+        if p.role in ("server", "relay") and kit_file.is_file():
+            data = yaml.safe_load(kit_file.read_text())
+            data["participants"] = {q.name: q.role for q in project.participants}
+            kit_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    return kit
+
+
+def job_project(job_id: str, clients: Sequence[str], relays: Sequence[str], hosts: Sequence[str] = ()) -> Project:
+    """The throw-away project of one batch job: a server, its relays and its client sites."""
+    people = [Participant("server", "server", list(hosts))]
+    people += [Participant(r, "relay", list(hosts)) for r in relays]
+    people += [Participant(c, "client") for c in clients]
+    return Project(project=job_id[:64] if SITE_NAME.match(job_id[:64]) else "job", participants=people)

@@ -1,0 +1,90 @@
+"""Whole jobs over mutual TLS on real processes: one healthy site, one with a bad certificate or policy.
+
+Each asserts the job's outcome, what both sides logged, and that ``hpcflare logs diagnose`` names the cause
+and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hpcflare.cli import main as cli
+from hpcflare.exitcodes import ExitCode
+from hpcflare.security.jobs import prepare_job
+from hpcflare.security.provision import Participant, Project, provision
+from tests.conftest import HELLO_MODEL, SLOW, events, load_result
+from tests.security.conftest import tamper
+
+
+def _diagnose(job_dir: Path, capsys) -> str:
+    capsys.readouterr()
+    assert cli(["logs", "diagnose", str(job_dir)]) == 0
+    return capsys.readouterr().out
+
+
+def test_local_job_runs_over_mutual_tls(make_recipe, local_env):
+    run = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="0", tls="on").execute(local_env)
+    result = load_result(run.get_result(timeout=90))
+    np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 2)
+    started = [e for e in events(run.job_dir.root, "server") if e["event"] == "server_started"][0]
+    assert started["tls"] is True and "mutual TLS, project" in started["msg"]
+    assert (run.job_dir.root / "kits" / "site-1" / "key.pem").stat().st_mode & 0o077 == 0
+    assert yaml.safe_load(run.job_dir.config_path.read_text())["tls"] == "on"
+
+
+def test_local_mode_stays_plain_text_by_default(make_recipe, local_env):
+    run = make_recipe(SLOW, n_clients=2, train_args="0").execute(local_env)
+    run.get_result(timeout=90)
+    assert not (run.job_dir.root / "kits").exists()
+    assert yaml.safe_load(run.job_dir.config_path.read_text())["tls"] == "off"
+
+
+@pytest.mark.parametrize("how, client_says, server_says, fix", [
+    ("expired", "expired on", "certificate has expired", "issue a fresh startup kit"),
+    ("foreign", "CERTIFICATE_VERIFY_FAILED", "", "startup kit from another project"),
+    ("unlisted", "'intruder' is not a participant of project", "is not a participant of project", "provision --add"),
+    ("other-site", "'site-1' may not act as site 'site-2'", "claims to be site 'site-2'", "own startup kit"),
+])
+def test_site_with_a_bad_certificate_is_refused_and_the_job_goes_on(make_recipe, local_env, capsys, how,
+                                                                     client_says, server_says, fix):
+    recipe = make_recipe(SLOW, n_clients=2, min_clients=1, num_rounds=1, train_args="0", tls="on",
+                         settings={"registration_timeout": 6})
+    job_dir = recipe.export(local_env.job_root)
+    prepare_job(job_dir, secure_default=False)
+    kit = tamper(job_dir.root / "kits", "site-2", how)
+    if how == "unlisted":  # keep the kit's own name so the site still starts and presents the certificate
+        (kit / "kit.yaml").write_text((kit / "kit.yaml").read_text().replace("name: intruder", "name: site-2"))
+    run = local_env.deploy(job_dir)
+    load_result(run.get_result(timeout=90))  # site-1 alone completes the job
+    assert run.exit_codes["site-2"] == ExitCode.CERTIFICATE_ERROR
+    site2 = (job_dir.log_dir / "site-2.log").read_text()
+    assert client_says in site2
+    server = (job_dir.log_dir / "server.log").read_text()
+    if server_says:
+        assert server_says in server
+    if how in ("expired", "foreign"):  # gRPC core's handshake line, lifted into the server's JSON log
+        assert any(e["event"] == "tls_refused" for e in events(job_dir.root, "server"))
+    text = _diagnose(job_dir.root, capsys)
+    assert "site-2" in text and "CERTIFICATE_ERROR" in text and fix in text
+
+
+def test_site_policy_refuses_an_unlisted_training_script(make_recipe, local_env, tmp_path, capsys):
+    approved = tmp_path / "approved.py"
+    approved.write_text("print('the only script site-2 runs')\n")
+    project = Project("fed", [Participant("server", "server"), Participant("site-1", "client"),
+                              Participant("site-2", "client", allowed_scripts=[str(approved)])])
+    kits = provision(project, tmp_path / "ws")
+    run = make_recipe(SLOW, n_clients=2, min_clients=1, num_rounds=1, train_args="0", tls="on",
+                      kits_dir=kits, settings={"registration_timeout": 6}).execute(local_env)
+    result = load_result(run.get_result(timeout=90))
+    np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 1)
+    assert run.exit_codes["site-2"] == ExitCode.POLICY_REFUSED and run.exit_codes["site-1"] == 0
+    assert "refuses to run client.py" in (run.job_dir.log_dir / "site-2.log").read_text()
+    assert any(e["event"] == "client_failed" and "refuses to run" in e["msg"]
+               for e in events(run.job_dir.root, "server"))  # the server was told why, and did not wait for it
+    text = _diagnose(run.job_dir.root, capsys)
+    assert "POLICY_REFUSED" in text and "allowed_scripts" in text
