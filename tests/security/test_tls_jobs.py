@@ -88,3 +88,33 @@ def test_site_policy_refuses_an_unlisted_training_script(make_recipe, local_env,
                for e in events(run.job_dir.root, "server"))  # the server was told why, and did not wait for it
     text = _diagnose(run.job_dir.root, capsys)
     assert "POLICY_REFUSED" in text and "allowed_scripts" in text
+
+
+def test_project_site_outside_this_job_gets_no_task(make_recipe, local_env, tmp_path):
+    """site-3 is in the project (valid certificate) but not in this job: registration and tasks are refused."""
+    import json
+
+    from hpcflare import errors
+    from hpcflare.security.tls import StartupKit
+    from hpcflare.settings import Settings
+    from hpcflare.transport.grpc_client import GrpcClientTransport
+
+    project = Project("fed", [Participant("server", "server")] + [Participant(f"site-{i}", "client") for i in (1, 2, 3)])
+    kits = provision(project, tmp_path / "ws")
+    run = make_recipe(SLOW, n_clients=2, num_rounds=1, train_args="3", tls="on", kits_dir=kits).execute(local_env)
+    server_json = run.job_dir.rendezvous_dir / "server.json"
+    import time
+    deadline = time.monotonic() + 30
+    while not server_json.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    address = json.loads(server_json.read_text())["address"]
+    outsider = GrpcClientTransport(address, Settings(), StartupKit.load(kits / "site-3"))
+    try:
+        with pytest.raises(errors.UnknownClientError, match="not part of this job"):
+            outsider.call("Register", {"site": "site-3"}, 5)
+        with pytest.raises(errors.UnknownClientError):
+            outsider.call("GetTask", {"site": "site-3", "token": "guess"}, 5)
+    finally:
+        outsider.close()
+    np.testing.assert_array_equal(load_result(run.get_result(timeout=90))["numpy_key"], HELLO_MODEL + 1)
