@@ -39,6 +39,8 @@ class JobConfig:
     train_script: str
     train_args: list[str] = dataclasses.field(default_factory=list)
     strategy: str = "fedavg"
+    strategy_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the strategy (FedOpt's optimizer and lr, SCAFFOLD's ...); checked at job start."""
     framework: str = "numpy"
     settings_profile: str = "dev"
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -79,6 +81,7 @@ class JobConfig:
 
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; available: {sorted(STRATEGIES)}")
+        self.new_strategy()
         if not 0.0 <= float(self.min_fraction) <= 1.0:
             raise ConfigError(f"min_fraction={self.min_fraction} must be between 0 and 1")
         if not 0 <= self.relays <= len(self.clients):
@@ -92,6 +95,16 @@ class JobConfig:
         if self.framework not in FRAMEWORKS:
             raise ConfigError(f"framework must be one of {FRAMEWORKS}, got {self.framework!r}")
         self.load_settings()  # raises ConfigError on bad profile/overrides
+
+    def new_strategy(self) -> Any:
+        from hpcflare.strategy import STRATEGIES
+
+        if not isinstance(self.strategy_args, dict):
+            raise ConfigError(f"strategy_args must be a mapping, got {self.strategy_args!r}")
+        try:
+            return STRATEGIES[self.strategy](**self.strategy_args)
+        except TypeError as exc:
+            raise ConfigError(f"strategy {self.strategy!r}: bad strategy_args {self.strategy_args}: {exc}") from None
 
     def relay_names(self) -> list[str]:
         return [f"relay-{i}" for i in range(1, self.relays + 1)]

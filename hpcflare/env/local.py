@@ -114,6 +114,10 @@ class LocalEnv(Env):
         settings = config.load_settings()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPCFLARE_JOB_DIR": str(job_dir.root)}
         env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
+        # many ranks on one machine: give each a fair share of the cores instead of every torch/numpy
+        # process starting one thread per core (heavy oversubscription, rounds 10x slower)
+        share = str(max(1, (os.cpu_count() or 1) // (1 + len(config.clients) + config.relays)))
+        env.update({k: share for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k not in os.environ})
         job_dir.log_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("client_pids.json", "client_exit_codes.json"):
             (job_dir.log_dir / stale).unlink(missing_ok=True)

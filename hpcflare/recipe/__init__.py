@@ -3,5 +3,7 @@
 from hpcflare.recipe.api import Recipe
 from hpcflare.recipe.fedavg import FedAvgRecipe
 from hpcflare.recipe.fedmedian import FedMedianRecipe
+from hpcflare.recipe.fedopt import FedOptRecipe
+from hpcflare.recipe.scaffold import ScaffoldRecipe
 
-__all__ = ["FedAvgRecipe", "FedMedianRecipe", "Recipe"]
+__all__ = ["FedAvgRecipe", "FedMedianRecipe", "FedOptRecipe", "Recipe", "ScaffoldRecipe"]

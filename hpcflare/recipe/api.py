@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 class Recipe:
     strategy = "fedavg"
+    strategy_args: dict[str, Any] = {}
+    """Set by algorithm recipes from their own keyword arguments (FedOptRecipe(lr=...))."""
 
     def __init__(self, name: str, model: Any, min_clients: int, num_rounds: int, train_script: str | Path,
                  train_args: str | Sequence[str] = "", n_clients: int | None = None,
@@ -60,7 +62,8 @@ class Recipe:
         framework = save_initial_model(self.model, job_dir.models_dir / "initial_model.safetensors")
         config = JobConfig(name=self.name, job_id=job_id, num_rounds=self.num_rounds, min_clients=self.min_clients,
                            clients=self.clients, train_script=f"app/{self.train_script.name}",
-                           train_args=self.train_args, strategy=self.strategy, framework=framework,
+                           train_args=self.train_args, strategy=self.strategy,
+                           strategy_args=dict(self.strategy_args), framework=framework,
                            settings_profile=self.settings_profile, settings=self.settings,
                            staging=self.staging, staging_dir=self.staging_dir, relays=self.relays,
                            relay_failover=self.relay_failover, min_fraction=self.min_fraction, tls=self.tls,

@@ -39,3 +39,17 @@ def save_initial_model(model: Any, path: Path) -> str:
 
     safetensors.numpy.save_file(arrays, str(path))
     return "numpy"
+
+
+def load_into(module: Any, path: Path | str) -> Any:
+    """Load a result model (safetensors) into a torch module; extra tensors (e.g. SCAFFOLD's control
+    variates) are ignored, missing ones are an error."""
+    import safetensors.torch
+
+    state = safetensors.torch.load_file(str(path))
+    wanted = module.state_dict().keys()
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise ConfigError(f"{path} lacks parameters {missing[:5]} of {type(module).__name__}")
+    module.load_state_dict({k: state[k] for k in wanted})
+    return module

@@ -30,7 +30,7 @@ from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.round_host import RoundHost
 from hpcflare.runtime.staging import Stager
 from hpcflare.security.tls import handshake_tap
-from hpcflare.strategy import STRATEGIES, ClientUpdate
+from hpcflare.strategy import ClientUpdate
 from hpcflare.transport.grpc_server import GrpcServer
 
 RELAY_ROUND_FRACTION = 0.9
@@ -57,7 +57,7 @@ class Relay(RoundHost):
         config = job_dir.load_config()
         settings = config.load_settings()
         stager = Stager(config.staging_root(job_dir.root)) if config.staging else None
-        super().__init__(config, settings, log, STRATEGIES[config.strategy](),
+        super().__init__(config, settings, log, config.new_strategy(),
                          Membership(config.clients, settings.heartbeat_timeout), stager)
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name

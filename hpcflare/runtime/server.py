@@ -28,7 +28,7 @@ from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.round_host import RoundHost
 from hpcflare.runtime.staging import Stager, sha256_file
 from hpcflare.security.jobs import load_kit
-from hpcflare.strategy import STRATEGIES
+from hpcflare.transport.codec import write_safetensors
 from hpcflare.transport.grpc_server import GrpcServer
 
 class FLServer(RoundHost):
@@ -40,13 +40,14 @@ class FLServer(RoundHost):
         settings = config.load_settings()
         self.relays = config.relay_names()
         stager = Stager(config.staging_root(job_dir.root)) if config.staging else None
-        super().__init__(config, settings, log, STRATEGIES[config.strategy](),
+        super().__init__(config, settings, log, config.new_strategy(),
                          Membership(config.clients + self.relays, settings.heartbeat_timeout), stager)
         self.job_dir = job_dir
         for warning in settings.warnings():
             log.warning("settings_conflict", warning)
         self.first_round = 1
-        self.model = self._load_checkpoint() or GlobalModel(load_params(job_dir.root / config.initial_model), 0)
+        self.model = self._load_checkpoint() or GlobalModel(
+            self.strategy.initial_params(load_params(job_dir.root / config.initial_model)), 0)
         kit = load_kit(job_dir, config, "server", role="server")
         self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit)
         if kit is not None:
@@ -100,6 +101,9 @@ class FLServer(RoundHost):
             self.log.warning("checkpoint_invalid", f"checkpoint {path} missing or corrupt; starting from the initial model")
             return None
         self.first_round = int(meta["round"]) + 1
+        state = self.job_dir.models_dir / "strategy_state.safetensors"
+        if meta.get("strategy_state") and state.is_file():
+            self.strategy.load_state_dict(load_params(state))
         self.log.info("resumed", f"resuming from checkpoint: round {meta['round']} completed, continuing with round "
                       f"{self.first_round}", round=int(meta["round"]))
         return GlobalModel(load_params(path), int(meta["round"]))
@@ -107,8 +111,13 @@ class FLServer(RoundHost):
     def _save_checkpoint(self, number: int) -> None:
         path = self.job_dir.models_dir / "checkpoint.safetensors"
         saved = self.model.save(path)
+        state = self.strategy.state_dict()
+        if state:  # optimizer moments etc.: written before the checkpoint record that refers to them
+            tmp = self.job_dir.models_dir / f".strategy_state.{os.getpid()}.tmp"
+            write_safetensors(tmp, state)
+            os.replace(tmp, self.job_dir.models_dir / "strategy_state.safetensors")
         atomic_write_text(self._ckpt_meta, json.dumps({"round": number, "file": path.name, "sha256": saved["sha256"],
-                                                       "time": time.time()}))
+                                                       "time": time.time(), "strategy_state": bool(state)}))
 
     def _save_result(self) -> None:
         """The result is the last checkpoint's file: hard-link it rather than writing the model again."""

@@ -58,6 +58,17 @@ class Strategy(abc.ABC):
 
     name: str = "strategy"
 
+    def initial_params(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The round-1 global model from the job's initial model (SCAFFOLD adds its control variates)."""
+        return params
+
+    def state_dict(self) -> Params:
+        """Server-side state that must survive a restart (optimizer moments...), saved with each checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore ``state_dict()`` after a resume."""
+
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         """Extra meta sent to clients with the round's task (default: nothing)."""
         return {}

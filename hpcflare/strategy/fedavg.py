@@ -40,12 +40,15 @@ class WeightedMeanAggregator(Aggregator):
             acc = self._sums.get(name)
             if acc is None:
                 acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
+            weight = acc.dtype.type(update.weight)
             if update.params_type == "FULL":
                 delta = np.subtract(value, base, dtype=acc.dtype)
+                if update.weight != 1.0:
+                    delta *= weight
+            elif update.weight != 1.0:  # never scale the caller's array in place
+                delta = np.multiply(value, weight, dtype=acc.dtype)
             else:
                 delta = np.asarray(value, dtype=acc.dtype)
-            if update.weight != 1.0:
-                delta *= acc.dtype.type(update.weight)
             acc += delta
             self._weights[name] = self._weights.get(name, 0.0) + update.weight
         self._count += 1
@@ -74,11 +77,15 @@ class WeightedMeanAggregator(Aggregator):
                 yield name, np.array(base, copy=True)
                 continue
             acc /= acc.dtype.type(self._weights[name])
-            acc += base
-            if np.issubdtype(base.dtype, np.integer):
-                np.rint(acc, out=acc)
-            yield name, (acc.astype(base.dtype, copy=False) if acc.dtype != base.dtype else acc)
+            yield name, self.apply(name, base, acc)
             del acc
+
+    def apply(self, name: str, base: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
+        """The new value of one tensor from its weighted mean update (FedAvg: base + mean; FedOpt overrides)."""
+        mean_delta += base
+        if np.issubdtype(base.dtype, np.integer):
+            np.rint(mean_delta, out=mean_delta)
+        return mean_delta.astype(base.dtype, copy=False) if mean_delta.dtype != base.dtype else mean_delta
 
 
 class FedAvg(Strategy):
