@@ -56,6 +56,8 @@ class JobConfig:
     staging_dir: str = "staging"
     """Staging root: relative to the job dir, or an absolute path on Lustre/GPFS/NFS. Sites that mount it
     elsewhere set HPCFLARE_STAGING_DIR."""
+    filters: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """What leaves a site: [{type: exclude|dp_gaussian|quantize, ...}] in order (see hpcflare.filters)."""
     tls: str = "auto"
     """Mutual TLS on every channel: 'on', 'off', or 'auto' (on for Slurm/MPI, off for local/sim runs)."""
     kits_dir: str = "kits"
@@ -90,6 +92,9 @@ class JobConfig:
             raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {self.relay_failover!r}")
         if not isinstance(self.staging, bool):
             raise ConfigError(f"staging must be true or false, got {self.staging!r}")
+        from hpcflare.filters import build_filters
+
+        build_filters(self.filters)
         if self.tls not in ("auto", "on", "off"):
             raise ConfigError(f"tls must be 'auto', 'on' or 'off', got {self.tls!r}")
         if self.framework not in FRAMEWORKS:

@@ -28,7 +28,7 @@ class Recipe:
                  settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = (),
                  staging: bool = False, staging_dir: str | Path = "staging", relays: int = 0,
                  relay_failover: str = "direct", min_fraction: float = 0.0, tls: str = "auto",
-                 kits_dir: str | Path = "kits") -> None:
+                 kits_dir: str | Path = "kits", filters: Sequence[dict[str, Any]] = ()) -> None:
         self.name, self.model = name, model
         self.min_clients, self.num_rounds = int(min_clients), int(num_rounds)
         self.train_script = Path(train_script)
@@ -43,6 +43,7 @@ class Recipe:
         self.staging, self.staging_dir = bool(staging), str(staging_dir)
         self.relays, self.relay_failover, self.min_fraction = int(relays), relay_failover, float(min_fraction)
         self.tls, self.kits_dir = tls, str(kits_dir)
+        self.filters = [dict(f) for f in filters]
         if not self.train_script.is_file():
             raise ConfigError(f"train_script {self.train_script} not found")
 
@@ -67,7 +68,7 @@ class Recipe:
                            settings_profile=self.settings_profile, settings=self.settings,
                            staging=self.staging, staging_dir=self.staging_dir, relays=self.relays,
                            relay_failover=self.relay_failover, min_fraction=self.min_fraction, tls=self.tls,
-                           kits_dir=self.kits_dir)
+                           kits_dir=self.kits_dir, filters=self.filters)
         job_dir.create(config)
         return job_dir
 

@@ -11,8 +11,12 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+import numpy as np
+
 from hpcflare import errors
 from hpcflare.client.model import FLMetaKey, FLModel, ParamsType
+from hpcflare.filters import apply_filters, build_filters
+from hpcflare.filters.api import to_numpy
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime import staging
@@ -100,6 +104,8 @@ class ClientAgent:
         self.config: JobConfig = job_dir.load_config()
         self.settings: Settings = self.config.load_settings()
         self.kit = load_kit(job_dir, self.config, site)
+        self.filters = build_filters(self.config.filters)
+        self._global_copy: dict[str, Any] | None = None  # the round's model as received, for DP filters
         for problem in self.kit.self_check() if self.kit else []:
             log.warning("certificate_problem", f"{problem}; the server will refuse this site", problem=problem)
         self.address = address
@@ -346,6 +352,8 @@ class ClientAgent:
                         for spec, blob in transport.download(request, task.manifest)}  # type: ignore[union-attr]
 
             params = self._retry("Download", pull)
+        if any(f.needs_global for f in self.filters):
+            self._global_copy = {k: np.array(to_numpy(v), copy=True) for k, v in params.items()}
         nbytes = sum(s.nbytes for s in task.manifest)
         self.log.info("model_received", f"round {task.round}: model received via {via} ({nbytes / 1e6:.2f} MB in "
                       f"{time.monotonic() - t0:.2f}s)", round=task.round, bytes=nbytes, via=via,
@@ -397,13 +405,22 @@ class ClientAgent:
                   "meta": {k: v for k, v in (model.meta or {}).items() if isinstance(k, str)},
                   "metrics": model.metrics or {}, "logged": self.pending_logs}
         t0 = time.monotonic()
-        staged = self._stage_result(task, model.params) if task.staged else None
+        params = model.params
+        if self.filters:  # privacy / bandwidth filters on what leaves the site
+            out = apply_filters(self.filters, params, header["params_type"], self._global_copy,
+                                quantize=not task.staged)
+            params, header["params_type"] = out.params, out.params_type
+            if out.quant:
+                header["quant"] = out.quant
+        staged = self._stage_result(task, params) if task.staged else None
         if staged is not None:
+            header.pop("quant", None)
             header["staged"] = staged
+        wire_bytes = 0 if staged else sum(int(getattr(v, "nbytes", 0)) for v in params.values())
 
         def push() -> dict:
             return self.transport.upload({**header, "token": self.token},  # type: ignore[union-attr]
-                                         [] if staged else model.params.items())
+                                         [] if staged else params.items())
 
         try:
             try:
@@ -423,4 +440,5 @@ class ClientAgent:
         via = "staging" if staged else "grpc"
         took = time.monotonic() - t0
         self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "
-                      f"{took:.2f}s", round=task.round, metrics=header["metrics"], via=via, seconds=took)
+                      f"{took:.2f}s ({wire_bytes / 1e6:.2f} MB of tensors)", round=task.round, metrics=header["metrics"], via=via,
+                      seconds=took, bytes=wire_bytes, quant=sorted({q["mode"] for q in header.get("quant", {}).values()}))

@@ -16,6 +16,7 @@ import numpy as np
 
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.settings import Settings
+from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
 from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, unpack_frame
 
 PARAMS_TYPES = ("FULL", "DIFF", "PARTIAL")
@@ -51,6 +52,7 @@ class UploadParams(Mapping[str, np.ndarray]):
         self._file: Any = None
 
     def put(self, name: str, value: np.ndarray) -> None:
+        self.drop(name)
         if value.nbytes < self._spool_bytes:
             self._memory[name] = value
             return
@@ -59,6 +61,11 @@ class UploadParams(Mapping[str, np.ndarray]):
         offset = self._file.seek(0, os.SEEK_END)
         self._file.write(memoryview(np.ascontiguousarray(value)).cast("B"))
         self._spooled[name] = (offset, value.dtype, tuple(value.shape))
+
+    def drop(self, name: str) -> None:
+        """Forget a tensor (its spooled bytes stay in the temp file until close())."""
+        self._memory.pop(name, None)
+        self._spooled.pop(name, None)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._memory:
@@ -98,15 +105,43 @@ def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[s
     if header.get("params_type") not in PARAMS_TYPES:
         raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
     context = on_header(header)
+    quant = check_quant_map(header.get("quant"), expected)
     if header["params_type"] == "PARTIAL":
+        if quant:
+            raise UpdateRejectedError("partial aggregates cannot be quantized")
         expected = partial_expectation(expected)
     params = UploadParams(settings.spool_tensor_bytes)
     try:
-        _read_tensors(frames, settings, expected, params)
+        _read_tensors(frames, settings, _wire_expectation(expected, quant), params)
+        _dequantize(params, quant, expected)
     except BaseException:
         params.close()
         raise
     return header, context, params
+
+
+def _wire_expectation(expected: Mapping[str, Any], quant: dict[str, dict[str, Any]]) -> Mapping[str, Any]:
+    """Quantized tensors arrive as their payload (+ a scale tensor): expect exactly those shapes/dtypes."""
+    if not quant:
+        return expected
+    wire = dict(expected)
+    for name, spec in quant.items():
+        for suffix, (shape, dtype) in wire_shapes(expected[name], spec["mode"], spec["block"]).items():
+            wire[name + suffix] = _Like(shape, dtype)
+    return wire
+
+
+def _dequantize(params: "UploadParams", quant: dict[str, dict[str, Any]], expected: Mapping[str, Any]) -> None:
+    for name, spec in quant.items():
+        if name not in params:
+            params.drop(name + SCALE_SUFFIX)
+            continue  # a quantized tensor the site did not send keeps its global value
+        scales = params[name + SCALE_SUFFIX] if name + SCALE_SUFFIX in params else None
+        if scales is not None and not all_finite(scales):
+            raise UpdateRejectedError(f"tensor {name!r} has NaN or Inf quantization scales; the update is rejected")
+        value = dequantize(params[name], scales, spec["mode"], spec["block"], expected[name])
+        params.drop(name + SCALE_SUFFIX)
+        params.put(name, _validated(TensorSpec(name, "F32", tuple(value.shape), value.nbytes), value, expected[name]))
 
 
 def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, Any], params: UploadParams) -> None:

@@ -1,0 +1,125 @@
+"""Message quantization: fewer bytes on the wire, dequantized by the receiver before aggregation.
+
+Modes (float tensors only; others go as they are):
+  fp16   IEEE half                                        2 bytes/value
+  bf16   bfloat16 (top 16 bits of float32, sent as U16)   2 bytes/value
+  int8   blockwise absmax: int8 values + one f32 scale per ``block`` values      ~1 byte/value
+  int4   blockwise absmax: two 4-bit values per byte + one f32 scale per block   ~0.5 byte/value
+A tensor ``w`` travels as ``w`` (quantized payload) plus ``w::scale`` for int modes; the upload header's
+``quant`` map names the mode per tensor, and ``dequantize`` (server/relay side) restores the global model's
+dtype and shape before validation continues. Worst-case error per value: half a quantization step,
+``absmax(block) / 127 / 2`` (int8), ``absmax(block) / 7 / 2`` (int4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from hpcflare.errors import ConfigError, UpdateRejectedError
+from hpcflare.filters.api import Filter, Outgoing
+
+MODES = ("fp16", "bf16", "int8", "int4")
+SCALE_SUFFIX = "::scale"
+LEVELS = {"int8": 127, "int4": 7}
+
+
+class Quantize(Filter):
+    kind = "quantize"
+    quantizes = True
+
+    def __init__(self, mode: str, block: int = 64) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"quantize mode must be one of {MODES}, got {mode!r}")
+        if not 8 <= int(block) <= 1 << 20:
+            raise ConfigError(f"quantize block must be between 8 and 1048576, got {block}")
+        self.mode, self.block = mode, int(block)
+
+    def apply(self, out: Outgoing) -> Outgoing:
+        params: dict[str, np.ndarray] = {}
+        for name, value in out.params.items():
+            if not np.issubdtype(value.dtype, np.floating) or value.size == 0:
+                params[name] = value
+                continue
+            encoded = quantize(value, self.mode, self.block)
+            params.update({name if k == "" else name + k: v for k, v in encoded.items()})
+            out.quant[name] = {"mode": self.mode, "block": self.block}
+        out.params = params
+        return out
+
+
+def quantize(value: np.ndarray, mode: str, block: int) -> dict[str, np.ndarray]:
+    """{"": payload, SCALE_SUFFIX: scales} for one tensor."""
+    flat = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
+    if mode == "fp16":
+        return {"": flat.astype(np.float16).reshape(value.shape)}
+    if mode == "bf16":
+        bits = flat.view(np.uint32)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+        return {"": rounded.astype(np.uint16).reshape(value.shape)}
+    levels = LEVELS[mode]
+    nblocks = math.ceil(flat.size / block)
+    padded = np.zeros(nblocks * block, dtype=np.float32)
+    padded[:flat.size] = flat
+    blocks = padded.reshape(nblocks, block)
+    scales = np.abs(blocks).max(axis=1) / levels
+    safe = np.where(scales > 0, scales, 1.0)
+    q = np.clip(np.rint(blocks / safe[:, None]), -levels, levels).astype(np.int8).reshape(-1)[:flat.size]
+    if mode == "int8":
+        return {"": q.reshape(value.shape), SCALE_SUFFIX: scales.astype(np.float32)}
+    nibbles = (q + 8).astype(np.uint8)  # 1..15
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(8))
+    return {"": (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8), SCALE_SUFFIX: scales.astype(np.float32)}
+
+
+def wire_shapes(base: Any, mode: str, block: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """What the receiver must expect on the wire for a tensor like ``base`` (suffix -> (shape, dtype))."""
+    size = int(math.prod(base.shape))
+    if mode == "fp16":
+        return {"": (tuple(base.shape), np.dtype(np.float16))}
+    if mode == "bf16":
+        return {"": (tuple(base.shape), np.dtype(np.uint16))}
+    scales = ((math.ceil(size / block),), np.dtype(np.float32))
+    if mode == "int8":
+        return {"": (tuple(base.shape), np.dtype(np.int8)), SCALE_SUFFIX: scales}
+    return {"": (((size + 1) // 2,), np.dtype(np.uint8)), SCALE_SUFFIX: scales}
+
+
+def dequantize(payload: np.ndarray, scales: np.ndarray | None, mode: str, block: int, base: Any) -> np.ndarray:
+    size, shape = int(math.prod(base.shape)), tuple(base.shape)
+    if mode == "fp16":
+        return payload.astype(base.dtype)
+    if mode == "bf16":
+        return (payload.astype(np.uint32) << 16).view(np.float32).reshape(shape).astype(base.dtype, copy=False)
+    if scales is None:
+        raise UpdateRejectedError(f"{mode} tensor arrived without its {SCALE_SUFFIX} tensor")
+    if mode == "int8":
+        q = payload.reshape(-1).astype(np.float32)
+    else:
+        packed = payload.reshape(-1)
+        q = np.empty(packed.size * 2, dtype=np.float32)
+        q[0::2], q[1::2] = (packed & 0x0F), (packed >> 4)
+        q = q[:size] - 8
+    padded = np.zeros(math.ceil(size / block) * block, dtype=np.float32)
+    padded[:size] = q
+    values = (padded.reshape(-1, block) * scales[:, None]).reshape(-1)[:size]
+    return values.reshape(shape).astype(base.dtype, copy=False)
+
+
+def check_quant_map(quant: Any, expected: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Validate an upload header's quant map (untrusted input)."""
+    if quant is None:
+        return {}
+    if not isinstance(quant, dict) or len(quant) > len(expected):
+        raise UpdateRejectedError("malformed 'quant' map in the upload header")
+    for name, spec in quant.items():
+        base = expected.get(name)
+        if base is None or not np.issubdtype(base.dtype, np.floating):
+            raise UpdateRejectedError(f"quantized tensor {name!r:.80} is not a float tensor of the global model")
+        if not isinstance(spec, dict) or spec.get("mode") not in MODES or not isinstance(spec.get("block"), int) \
+                or not 8 <= spec["block"] <= 1 << 20:
+            raise UpdateRejectedError(f"bad quantization spec for {name!r:.80}: {spec!r:.80}")
+    return quant
