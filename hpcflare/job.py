@@ -58,6 +58,13 @@ class JobConfig:
     elsewhere set HPCFLARE_STAGING_DIR."""
     filters: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """What leaves a site: [{type: exclude|dp_gaussian|quantize, ...}] in order (see hpcflare.filters)."""
+    tracking: list[str] = dataclasses.field(default_factory=lambda: ["csv"])
+    """Where sites' metrics are written per round: 'csv' and/or 'tensorboard' (under tracking/)."""
+    key_metric: str | None = None
+    """Metric for best-model selection (models/best_model.safetensors) and early stopping, e.g. 'accuracy'."""
+    key_metric_mode: str = "max"
+    early_stop_patience: int = 0
+    """End the job after this many rounds without a better key_metric (0 = never)."""
     tls: str = "auto"
     """Mutual TLS on every channel: 'on', 'off', or 'auto' (on for Slurm/MPI, off for local/sim runs)."""
     kits_dir: str = "kits"
@@ -95,6 +102,14 @@ class JobConfig:
         from hpcflare.filters import build_filters
 
         build_filters(self.filters)
+        if not isinstance(self.tracking, list) or set(self.tracking) - {"csv", "tensorboard"}:
+            raise ConfigError(f"tracking must be a list of 'csv'/'tensorboard', got {self.tracking!r}")
+        if self.key_metric_mode not in ("max", "min"):
+            raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {self.key_metric_mode!r}")
+        if not isinstance(self.early_stop_patience, int) or self.early_stop_patience < 0:
+            raise ConfigError(f"early_stop_patience must be an integer >= 0, got {self.early_stop_patience!r}")
+        if self.early_stop_patience and not self.key_metric:
+            raise ConfigError("early_stop_patience needs a key_metric to watch")
         if self.tls not in ("auto", "on", "off"):
             raise ConfigError(f"tls must be 'auto', 'on' or 'off', got {self.tls!r}")
         if self.framework not in FRAMEWORKS:

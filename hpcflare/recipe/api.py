@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import secrets
 import shlex
@@ -28,7 +29,11 @@ class Recipe:
                  settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = (),
                  staging: bool = False, staging_dir: str | Path = "staging", relays: int = 0,
                  relay_failover: str = "direct", min_fraction: float = 0.0, tls: str = "auto",
-                 kits_dir: str | Path = "kits", filters: Sequence[dict[str, Any]] = ()) -> None:
+                 kits_dir: str | Path = "kits", filters: Sequence[dict[str, Any]] = (),
+                 initial_checkpoint: str | Path | None = None, **job_options: Any) -> None:
+        """``job_options``: any further job.yaml key (key_metric="accuracy", early_stop_patience=3,
+        tracking=["csv", "tensorboard"], ...). ``initial_checkpoint``: a .safetensors (or weights-only .pt)
+        file whose weights replace the model's initial ones."""
         self.name, self.model = name, model
         self.min_clients, self.num_rounds = int(min_clients), int(num_rounds)
         self.train_script = Path(train_script)
@@ -44,6 +49,12 @@ class Recipe:
         self.relays, self.relay_failover, self.min_fraction = int(relays), relay_failover, float(min_fraction)
         self.tls, self.kits_dir = tls, str(kits_dir)
         self.filters = [dict(f) for f in filters]
+        known = {f.name for f in dataclasses.fields(JobConfig)}
+        unknown = sorted(set(job_options) - known)
+        if unknown:
+            raise ConfigError(f"unknown recipe option(s) {unknown}; job options are {sorted(known)}")
+        self.job_options = job_options
+        self.initial_checkpoint = Path(initial_checkpoint) if initial_checkpoint else None
         if not self.train_script.is_file():
             raise ConfigError(f"train_script {self.train_script} not found")
 
@@ -60,7 +71,8 @@ class Recipe:
         for extra in self.extra_files:
             (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, app / extra.name)
         job_dir.models_dir.mkdir(parents=True, exist_ok=True)
-        framework = save_initial_model(self.model, job_dir.models_dir / "initial_model.safetensors")
+        framework = save_initial_model(self.model, job_dir.models_dir / "initial_model.safetensors",
+                                       self.initial_checkpoint)
         config = JobConfig(name=self.name, job_id=job_id, num_rounds=self.num_rounds, min_clients=self.min_clients,
                            clients=self.clients, train_script=f"app/{self.train_script.name}",
                            train_args=self.train_args, strategy=self.strategy,
@@ -68,7 +80,7 @@ class Recipe:
                            settings_profile=self.settings_profile, settings=self.settings,
                            staging=self.staging, staging_dir=self.staging_dir, relays=self.relays,
                            relay_failover=self.relay_failover, min_fraction=self.min_fraction, tls=self.tls,
-                           kits_dir=self.kits_dir, filters=self.filters)
+                           kits_dir=self.kits_dir, filters=self.filters, **self.job_options)
         job_dir.create(config)
         return job_dir
 

@@ -206,7 +206,7 @@ class RoundHost(ServerHandler):
                 self._fold_partial(rnd, site, header, params)
             else:
                 self._fold(rnd, ClientUpdate(site, params, header["params_type"], self._weight(header.get("meta")),
-                                             _dict(header.get("metrics")), _dict(header.get("meta"))))
+                                             _metrics(header), _dict(header.get("meta"))))
             if staged_path is not None:
                 staged_path.unlink(missing_ok=True)
             with self._cv:
@@ -310,6 +310,17 @@ class RoundHost(ServerHandler):
         with self._cv:
             while set(self.members.live()) - self._goodbyes and time.monotonic() < deadline:
                 self._cv.wait(0.2)
+
+
+def _metrics(header: dict) -> dict[str, Any]:
+    """FLModel.metrics plus the scalars the script recorded with flare.log() since its last result."""
+    metrics = dict(_dict(header.get("metrics")))
+    logged = header.get("logged")
+    for entry in logged[:1000] if isinstance(logged, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and entry.get("data_type", "SCALAR") in (
+                "SCALAR", "METRIC") and isinstance(entry.get("value"), (int, float)):
+            metrics.setdefault(entry["key"][:200], entry["value"])
+    return metrics
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from hpcflare.runtime.membership import Membership
 from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.round_host import RoundHost
 from hpcflare.runtime.staging import Stager, sha256_file
+from hpcflare.runtime.selection import ModelSelector
+from hpcflare.runtime.tracking import Tracker
 from hpcflare.security.jobs import load_kit
 from hpcflare.transport.codec import write_safetensors
 from hpcflare.transport.grpc_server import GrpcServer
@@ -48,6 +50,9 @@ class FLServer(RoundHost):
         self.first_round = 1
         self.model = self._load_checkpoint() or GlobalModel(
             self.strategy.initial_params(load_params(job_dir.root / config.initial_model)), 0)
+        self.tracker = Tracker(job_dir.root / "tracking", config.tracking)
+        self.selector = ModelSelector(job_dir.models_dir, config.key_metric, config.key_metric_mode,
+                                      config.early_stop_patience, job_dir.root / config.initial_model, log)
         kit = load_kit(job_dir, config, "server", role="server")
         self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit)
         if kit is not None:
@@ -157,13 +162,20 @@ class FLServer(RoundHost):
         try:
             self._await_registration()
             self.phase = "running"
+            rounds = self.first_round - 1
             for number in range(self.first_round, cfg.num_rounds + 1):
                 self._run_round(number)
                 self._save_checkpoint(number)
+                rounds = number
                 release_memory()
+                if self.selector.should_stop():
+                    self.log.info("early_stopped", f"round {number}: {cfg.key_metric} did not improve for "
+                                  f"{cfg.early_stop_patience} rounds (best {self.selector.best:.6g} in round "
+                                  f"{self.selector.best_round}); ending the job early", round=number)
+                    break
             self._save_result()
             self.end("completed")
-            self.log.info("job_completed", f"job {cfg.job_id} completed: {cfg.num_rounds} rounds; "
+            self.log.info("job_completed", f"job {cfg.job_id} completed: {rounds} rounds; "
                           f"result model written to {self.job_dir.result_model_path}",
                           result_model=str(self.job_dir.result_model_path))
             self._status("completed", result_model=str(self.job_dir.result_model_path))
@@ -175,6 +187,7 @@ class FLServer(RoundHost):
         except errors.JobAbortedError as exc:
             return self._fail(exc, ExitCode.ABORTED, state="aborted")
         finally:
+            self.tracker.close()
             self.drain(s.end_grace)
             self.grpc.stop()
 
@@ -267,6 +280,7 @@ class FLServer(RoundHost):
                       round=number, accepted=sorted(rnd.accepted), rejected=rnd.rejected,
                       metrics=rnd.accepted, seconds=time.monotonic() - rnd.started,
                       bytes_sent=self.bytes_sent - sent_before)
+        self.selector.observe(number, self.tracker.record_round(number, rnd.accepted))
 
     def _gone(self) -> set[str]:
         """Clients that registered and already ended (failed before their first task, or finished)."""

@@ -1,0 +1,72 @@
+"""Best-model selection and early stopping by a key metric the sites report.
+
+Sites report metrics of the model they *received* (NVFlare's convention: validate the global model, then
+train), so the key metric of round r scores the global model served in round r: the initial model for
+round 1, else round r-1's checkpoint. When it improves, that file is hard-linked to
+``models/best_model.safetensors`` (no copy) and ``models/best_model.json`` records round and value.
+With ``early_stop_patience: N`` the job ends (completed) after N rounds without improvement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from hpcflare.errors import ConfigError
+from hpcflare.job import atomic_write_text
+
+
+class ModelSelector:
+    def __init__(self, models_dir: Path, key: str | None, mode: str, patience: int, initial_model: Path,
+                 log: Any) -> None:
+        if mode not in ("max", "min"):
+            raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {mode!r}")
+        self.models_dir, self.key, self.mode, self.patience = models_dir, key, mode, int(patience)
+        self.initial_model, self.log = initial_model, log
+        self.best: float | None = None
+        self.best_round = 0
+        self.stale = 0
+        record = models_dir / "best_model.json"
+        if key and record.is_file():  # a resumed job keeps its best so far
+            data = json.loads(record.read_text())
+            self.best, self.best_round, self.stale = data["value"], data["round"], data.get("stale", 0)
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def observe(self, number: int, means: dict[str, float]) -> None:
+        """Round ``number`` closed with these per-key means; the checkpoint on disk is still round number-1's."""
+        if not self.key:
+            return
+        value = means.get(self.key)
+        if value is None:
+            self.log.warning("key_metric_missing", f"round {number}: no site reported key_metric {self.key!r}; "
+                             f"reported: {sorted(means)}", round=number)
+            return
+        if self._better(value):
+            scored = self.initial_model if number == 1 else self.models_dir / "checkpoint.safetensors"
+            target = self.models_dir / "best_model.safetensors"
+            tmp = target.with_name(f".best.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(scored, tmp)
+            except OSError:
+                import shutil
+
+                shutil.copyfile(scored, tmp)
+            os.replace(tmp, target)
+            self.best, self.best_round, self.stale = value, number, 0
+            self.log.info("best_model", f"round {number}: {self.key}={value:.6g} is the best so far; model saved as "
+                          f"{target.name}", round=number, key=self.key, value=value)
+        else:
+            self.stale += 1
+        atomic_write_text(self.models_dir / "best_model.json", json.dumps(
+            {"key": self.key, "mode": self.mode, "value": self.best, "round": self.best_round, "stale": self.stale,
+             "scores_model_of_round": self.best_round - 1}))
+
+    def should_stop(self) -> bool:
+        return bool(self.key) and self.patience > 0 and self.stale >= self.patience
