@@ -90,7 +90,10 @@ class JobConfig:
 
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; available: {sorted(STRATEGIES)}")
-        self.new_strategy()
+        strategy = self.new_strategy()
+        if self.relays and not strategy.supports_relays:
+            raise ConfigError(f"strategy {self.strategy!r} addresses single sites or collects whole models: run it "
+                              "without relays (relays: 0)")
         if not 0.0 <= float(self.min_fraction) <= 1.0:
             raise ConfigError(f"min_fraction={self.min_fraction} must be between 0 and 1")
         if not 0 <= self.relays <= len(self.clients):

@@ -398,7 +398,9 @@ class ClientAgent:
 
     def send(self, task: Task, model: FLModel) -> None:
         assert self.transport is not None
-        if not isinstance(model.params, dict) or not model.params:
+        if model.params is None and task.name != "train":
+            model.params = {}  # an evaluation result: metrics only
+        if not isinstance(model.params, dict) or (not model.params and task.name == "train"):
             raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors")
         header = {"site": self.site, "token": self.token, "task_id": task.task_id, "round": task.round,
                   "params_type": (model.params_type or ParamsType.FULL).value,

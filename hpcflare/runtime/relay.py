@@ -30,7 +30,7 @@ from hpcflare.runtime.ranks import incarnation
 from hpcflare.runtime.round_host import RoundHost
 from hpcflare.runtime.staging import Stager
 from hpcflare.security.tls import handshake_tap
-from hpcflare.strategy import ClientUpdate
+from hpcflare.strategy import ClientUpdate, RoundPlan
 from hpcflare.transport.grpc_server import GrpcServer
 
 RELAY_ROUND_FRACTION = 0.9
@@ -133,7 +133,7 @@ class Relay(RoundHost):
             blobs[spec.name] = blob
         model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs)
         self.staged = task.staged  # children that see the staging dir map the server's copy directly
-        rnd = self.open_round(task.round, model, task.task_id, publish=False)
+        rnd = self.open_round(task.round, model, task.task_id, publish=False, plan=RoundPlan(task.name))
         self.log.info("relay_round", f"round {task.round}: model cached ({model.nbytes / 1e6:.2f} MB), serving "
                       f"{len(self.members.live())} children", round=task.round)
         deadline = received + RELAY_ROUND_FRACTION * self.settings.round_timeout

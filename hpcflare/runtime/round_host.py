@@ -24,12 +24,15 @@ from hpcflare.runtime.staging import Stager
 from hpcflare.runtime.upload import read_staged, read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy import ClientUpdate, Strategy
+from hpcflare.strategy.api import RoundPlan
 from hpcflare.transport.api import Peer, ServerHandler
 
 
 class Round:
-    def __init__(self, number: int, strategy: Strategy, model: GlobalModel, task_id: str | None = None) -> None:
+    def __init__(self, number: int, strategy: Strategy, model: GlobalModel, task_id: str | None = None,
+                 plan: RoundPlan | None = None) -> None:
         self.number = number
+        self.plan = plan or RoundPlan()
         self.task_id = task_id or uuid.uuid4().hex[:12]
         self.model = model
         self.aggregator = strategy.new_aggregator(model.params)
@@ -130,9 +133,10 @@ class RoundHost(ServerHandler):
                 rnd = self.round
                 # a site gets the open round's task until a result of its counts (a result lost with a dead
                 # relay is simply asked for again)
-                if rnd is not None and rnd.open and site not in rnd.answered() and site not in rnd.partials:
+                if rnd is not None and rnd.open and site not in rnd.answered() and site not in rnd.partials and (
+                        rnd.plan.targets is None or site in rnd.plan.targets):
                     self.members.mark(site, "active")
-                    return {"task": "train", "task_id": rnd.task_id, "round": rnd.number,
+                    return {"task": rnd.plan.task, "task_id": rnd.task_id, "round": rnd.number,
                             "total_rounds": self.config.num_rounds, "ref": rnd.model.ref,
                             "manifest": [s.to_wire() for s in rnd.model.specs],
                             "meta": self.strategy.configure_round(rnd.number, self.config.num_rounds),
@@ -275,7 +279,8 @@ class RoundHost(ServerHandler):
         return weight
 
     # ------------------------------------------------------------------ round lifecycle
-    def open_round(self, number: int, model: GlobalModel, task_id: str | None = None, publish: bool = True) -> Round:
+    def open_round(self, number: int, model: GlobalModel, task_id: str | None = None, publish: bool = True,
+                   plan: RoundPlan | None = None) -> Round:
         self.model = model
         if self.stager is not None and publish:
             t0 = time.monotonic()
@@ -283,7 +288,7 @@ class RoundHost(ServerHandler):
             self.log.info("model_staged", f"round {number}: model staged ({self.staged['nbytes'] / 1e6:.1f} MB) in "
                           f"{time.monotonic() - t0:.2f}s", round=number, **self.staged)
         with self._cv:
-            self.round = rnd = Round(number, self.strategy, model, task_id)
+            self.round = rnd = Round(number, self.strategy, model, task_id, plan)
             self._cv.notify_all()
         return rnd
 

@@ -45,6 +45,7 @@ class FLServer(RoundHost):
         super().__init__(config, settings, log, config.new_strategy(),
                          Membership(config.clients + self.relays, settings.heartbeat_timeout), stager)
         self.job_dir = job_dir
+        self.strategy.attach(job_dir.root)
         for warning in settings.warnings():
             log.warning("settings_conflict", warning)
         self.first_round = 1
@@ -238,18 +239,30 @@ class FLServer(RoundHost):
     def _run_round(self, number: int) -> None:
         cfg, s = self.config, self.settings
         sent_before = self.bytes_sent
-        rnd = self.open_round(number, self.model)
+        live = [c for c in cfg.clients if c in self.live_clients()]
+        plan = self.strategy.plan_round(number, cfg.num_rounds, live)
+        if plan.skip:
+            self.log.info("round_skipped", f"round {number}/{cfg.num_rounds}: nothing to do", round=number)
+            return
+        kept = self.model  # evaluation rounds may serve another model; the global one stays
+        model = kept if plan.model is None else GlobalModel(plan.model, number)
+        rnd = self.open_round(number, model, plan=plan)
         self._status("running")
-        live = sorted(self.live_clients())
+        if plan.targets is not None:
+            live = [c for c in live if c in plan.targets]
         need = max(cfg.min_clients, math.ceil(cfg.min_fraction * len(live)))
-        self.log.info("round_started", f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} for {len(live)} clients",
-                      round=number, task_id=rnd.task_id, clients=live)
+        if plan.targets is not None:
+            need = min(need, max(1, len(live)))
+        self.log.info("round_started", f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} ({plan.task}) "
+                      f"for {len(live)} clients", round=number, task_id=rnd.task_id, clients=live, task=plan.task)
         deadline = rnd.started + s.round_timeout
         with self._cv:
             while True:
                 self._check_abort()
                 self.expire_dead(number)
                 live_set = self.live_clients()
+                if plan.targets is not None:
+                    live_set &= set(plan.targets)
                 answered = rnd.answered()
                 if live_set <= answered and len(rnd.accepted) >= need:
                     break
@@ -271,7 +284,11 @@ class FLServer(RoundHost):
                 self._cv.wait(0.5)
         self.close_round(rnd)
         t0 = time.monotonic()
-        self.model = GlobalModel(_replacing(rnd.model, rnd.aggregator.result_items()), number)
+        if plan.task == "train":
+            self.model = GlobalModel(_replacing(rnd.model, rnd.aggregator.result_items()), number)
+        else:
+            self.model = kept
+        self.strategy.round_closed(number, plan, rnd.accepted)
         rnd.aggregator = None  # type: ignore[assignment]
         summary = _summarize(rnd.accepted)
         self.log.info("round_completed", f"round {number}/{cfg.num_rounds} completed: {len(rnd.accepted)} results "

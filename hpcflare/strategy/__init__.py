@@ -1,11 +1,17 @@
 """Aggregation strategies: each supplies only configure/aggregate hooks, one algorithm per file."""
 
-from hpcflare.strategy.api import Aggregator, ClientUpdate, Strategy
+from hpcflare.strategy.api import Aggregator, ClientUpdate, RoundPlan, Strategy
+from hpcflare.strategy.cross_site import CrossSiteEval
+from hpcflare.strategy.cyclic import Cyclic
 from hpcflare.strategy.fedavg import FedAvg
+from hpcflare.strategy.fedeval import FedEval
 from hpcflare.strategy.fedmedian import FedMedian
 from hpcflare.strategy.fedopt import FedOpt
+from hpcflare.strategy.fedstats import FedStats
 from hpcflare.strategy.scaffold import Scaffold
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedian, "fedopt": FedOpt, "scaffold": Scaffold}
+STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedian, "fedopt": FedOpt, "scaffold": Scaffold,
+                                        "cyclic": Cyclic, "fedeval": FedEval, "cross_site_eval": CrossSiteEval,
+                                        "fedstats": FedStats}
 
-__all__ = ["Aggregator", "ClientUpdate", "FedAvg", "FedMedian", "FedOpt", "Scaffold", "STRATEGIES", "Strategy"]
+__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "Scaffold", "STRATEGIES", "Strategy"]

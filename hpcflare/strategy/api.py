@@ -23,6 +23,21 @@ class ClientUpdate:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+TASKS = ("train", "validate", "submit_model")
+
+
+@dataclasses.dataclass
+class RoundPlan:
+    """What a round asks of whom: the task name the Client API sees (flare.is_train() / is_evaluate() /
+    is_submit_model()), the sites that get it (None = every live site), the model to send (None = the
+    current global model), and whether the round is skipped. Only 'train' rounds change the global model."""
+
+    task: str = "train"
+    targets: list[str] | None = None
+    model: Params | None = None
+    skip: bool = False
+
+
 class Aggregator(abc.ABC):
     """Consumes updates one at a time; must not keep references to them (memory O(model), not O(clients))."""
 
@@ -57,6 +72,11 @@ class Strategy(abc.ABC):
     """An FL algorithm on the server: what to send each round and how to combine what comes back."""
 
     name: str = "strategy"
+    supports_relays: bool = True
+    """False for workflows whose rounds address single sites or collect whole models (cyclic, cross-site)."""
+
+    def attach(self, job_root: Any) -> None:
+        """Called by the server with the job directory, for strategies that write results of their own."""
 
     def initial_params(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The round-1 global model from the job's initial model (SCAFFOLD adds its control variates)."""
@@ -68,6 +88,15 @@ class Strategy(abc.ABC):
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore ``state_dict()`` after a resume."""
+
+    def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
+        """Which task this round runs and for whom (default: train, every live site)."""
+        return RoundPlan()
+
+    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]],
+                     params: Mapping[str, Any] | None = None) -> None:
+        """After a round: every accepted site's metrics (and, for submit_model rounds, nothing else: the
+        submitted models reach the strategy through its aggregator)."""
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         """Extra meta sent to clients with the round's task (default: nothing)."""

@@ -1,0 +1,57 @@
+"""Recipes for workflows other than averaging: cyclic transfer, federated evaluation, cross-site evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hpcflare.recipe.api import Recipe
+
+
+class CyclicRecipe(Recipe):
+    """``CyclicRecipe(..., num_rounds=passes)``: the model visits every site ``passes`` times in job order;
+    a job round is one hop, so job.yaml gets num_rounds = passes x sites."""
+
+    strategy = "cyclic"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.passes = self.num_rounds
+        self.num_rounds = self.passes * len(self.clients)
+
+
+class FedEvalRecipe(Recipe):
+    """Evaluate ``model`` (or ``initial_checkpoint``) at every site once; results in models/evaluation.json."""
+
+    strategy = "fedeval"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("num_rounds", 1)
+        super().__init__(*args, **kwargs)
+
+
+class CrossSiteEvalRecipe(Recipe):
+    """``num_rounds`` FedAvg training rounds (0 = none), then every site's model (and the global one)
+    evaluated at every site; the matrix is in cross_site/matrix.json."""
+
+    strategy = "cross_site_eval"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.strategy_args = {"train_rounds": self.num_rounds}
+        self.num_rounds = self.num_rounds + 1 + len(self.clients) + 1
+
+
+class FedStatsRecipe(Recipe):
+    """``FedStatsRecipe(..., features=["age", "bmi"], bins=20, min_count=10, noise=0.0)``: two rounds of
+    guarded statistics (hpcflare.client.stats on the sites); the result is models/statistics.json."""
+
+    strategy = "fedstats"
+
+    def __init__(self, *args: Any, features: list[str], bins: int = 20, min_count: int = 10, noise: float = 0.0,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("num_rounds", 2)
+        kwargs.setdefault("model", {"fedstats": np.zeros(1, np.float64)})  # replaced by the statistics tensors
+        super().__init__(*args, **kwargs)
+        self.strategy_args = {"features": list(features), "bins": bins, "min_count": min_count, "noise": noise}

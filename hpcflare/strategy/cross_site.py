@@ -1,0 +1,104 @@
+"""Cross-site evaluation: every site's model evaluated at every site, as a matrix.
+
+Rounds 1..train_rounds are FedAvg training (0 = evaluate only). Then one 'submit_model' round collects each
+site's own model (flare.is_submit_model(): send your local model) into ``cross_site/models/<site>``. Then
+one 'validate' round per model (each site's, and the global model as 'global'): every site evaluates it
+and sends metrics. ``cross_site/matrix.json`` holds {model owner: {evaluating site: metrics}}, rewritten
+after each round. The task meta ``model_owner`` tells a site whose model it is evaluating.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from hpcflare.runtime.global_model import load_params
+from hpcflare.strategy.api import Aggregator, ClientUpdate, RoundPlan, Strategy
+from hpcflare.strategy.fedavg import WeightedMeanAggregator
+from hpcflare.transport.codec import write_safetensors
+
+GLOBAL = "global"
+
+
+class CrossSiteEval(Strategy):
+    name = "cross_site_eval"
+    supports_relays = False
+
+    def __init__(self, train_rounds: int = 0) -> None:
+        self.train_rounds = int(train_rounds)
+        self.root = Path("cross_site")
+        self.owners: list[str] = []
+        self.matrix: dict[str, dict[str, Any]] = {}
+        self._task = "train"
+        self._owner = ""
+
+    def attach(self, job_root: Path) -> None:
+        self.root = job_root / "cross_site"
+        (self.root / "models").mkdir(parents=True, exist_ok=True)
+        if (self.root / "matrix.json").is_file():  # a resumed job keeps the evaluations done so far
+            self.matrix = json.loads((self.root / "matrix.json").read_text())
+
+    def _collected(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "models").glob("*.safetensors")) + [GLOBAL]
+
+    def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
+        if round_num <= self.train_rounds:
+            self._task = "train"
+            return RoundPlan()
+        if round_num == self.train_rounds + 1:
+            self._task = "submit_model"
+            return RoundPlan(task="submit_model")
+        index = round_num - self.train_rounds - 2
+        self.owners = self.owners or self._collected()
+        if index >= len(self.owners):
+            return RoundPlan(skip=True)
+        self._task, self._owner = "validate", self.owners[index]
+        model = None if self._owner == GLOBAL else load_params(self.root / "models" / f"{self._owner}.safetensors")
+        return RoundPlan(task="validate", model=model)
+
+    def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
+        return {"model_owner": self._owner} if self._task == "validate" else {}
+
+    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]],
+                     params: Mapping[str, Any] | None = None) -> None:
+        if plan.task == "submit_model":
+            self.owners = self._collected()
+        elif plan.task == "validate":
+            self.matrix[self._owner] = {site: dict(m) for site, m in results.items()}
+            tmp = self.root / ".matrix.json.tmp"
+            tmp.write_text(json.dumps(self.matrix, indent=1, sort_keys=True, default=str))
+            tmp.replace(self.root / "matrix.json")
+
+    def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
+        if self._task == "submit_model":
+            return _CollectModels(global_params, self.root / "models")
+        return WeightedMeanAggregator(global_params)
+
+
+class _CollectModels(Aggregator):
+    """Writes each submitted (validated) model to its own file instead of folding it."""
+
+    def __init__(self, global_params: Mapping[str, np.ndarray], folder: Path) -> None:
+        self._global, self.folder, self._count = global_params, folder, 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def add(self, update: ClientUpdate) -> None:
+        params = {name: update.params[name] if name in update.params else base for name, base in self._global.items()}
+        if update.params_type == "DIFF":
+            params = {k: v + self._global[k] if k in update.params else v for k, v in params.items()}
+        tmp = self.folder / f".{update.site}.tmp"
+        write_safetensors(tmp, params)
+        tmp.replace(self.folder / f"{update.site}.safetensors")
+        self._count += 1
+
+    def result(self) -> dict[str, np.ndarray]:
+        return dict(self._global)
+
+    def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
+        yield from self._global.items()

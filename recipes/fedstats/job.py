@@ -1,0 +1,41 @@
+"""fedstats: count, mean, stddev, min/max, histogram and quantiles of features spread over sites.
+
+    python recipes/fedstats/job.py [--env local|sim|mpi|slurm] [--n-clients 4] [--noise 0.01] [--min-count 10]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from hpcflare.env import ENV_NAMES, make_env
+from hpcflare.recipe import FedStatsRecipe
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", choices=ENV_NAMES, default="local")
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--n-clients", type=int, default=4)
+    parser.add_argument("--noise", type=float, default=0.0, help="Gaussian noise, as a fraction of each range")
+    parser.add_argument("--min-count", type=int, default=10)
+    parser.add_argument("--job-root", default="jobs")
+    args = parser.parse_args()
+    recipe = FedStatsRecipe(name="fedstats", min_clients=args.n_clients, train_script=HERE / "client.py",
+                            features=["age", "bmi", "length_of_stay"], bins=20, min_count=args.min_count,
+                            noise=args.noise)
+    run = recipe.execute(make_env(args.env, args.job_root, args.nodes))
+    run.get_result()
+    stats = json.loads((run.job_dir.models_dir / "statistics.json").read_text())["statistics"]
+    print(f"{'feature':<16} {'count':>7} {'mean':>8} {'stddev':>8} {'min':>8} {'median':>8} {'max':>8}")
+    for name, s in stats.items():
+        if "withheld" in s:
+            print(f"{name:<16} withheld: {s['withheld']}")
+            continue
+        print(f"{name:<16} {s['count']:>7.0f} {s['mean']:>8.2f} {s['stddev']:>8.2f} {s['min']:>8.2f} "
+              f"{s['quantiles']['0.5']:>8.2f} {s['max']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
