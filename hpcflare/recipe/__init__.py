@@ -5,6 +5,6 @@ from hpcflare.recipe.fedavg import FedAvgRecipe
 from hpcflare.recipe.fedmedian import FedMedianRecipe
 from hpcflare.recipe.fedopt import FedOptRecipe
 from hpcflare.recipe.scaffold import ScaffoldRecipe
-from hpcflare.recipe.workflows import CrossSiteEvalRecipe, CyclicRecipe, FedEvalRecipe, FedStatsRecipe
+from hpcflare.recipe.workflows import CrossSiteEvalRecipe, CyclicRecipe, FedEvalRecipe, FedStatsRecipe, SwarmRecipe
 
-__all__ = ["CrossSiteEvalRecipe", "CyclicRecipe", "FedEvalRecipe", "FedStatsRecipe", "FedAvgRecipe", "FedMedianRecipe", "FedOptRecipe", "Recipe", "ScaffoldRecipe"]
+__all__ = ["CrossSiteEvalRecipe", "CyclicRecipe", "FedEvalRecipe", "FedStatsRecipe", "FedAvgRecipe", "FedMedianRecipe", "FedOptRecipe", "Recipe", "ScaffoldRecipe", "SwarmRecipe"]

@@ -55,3 +55,10 @@ class FedStatsRecipe(Recipe):
         kwargs.setdefault("model", {"fedstats": np.zeros(1, np.float64)})  # replaced by the statistics tensors
         super().__init__(*args, **kwargs)
         self.strategy_args = {"features": list(features), "bins": bins, "min_count": min_count, "noise": noise}
+
+
+class SwarmRecipe(Recipe):
+    """Swarm learning: the sites take turns aggregating (FedAvg) and serve the model to each other; the
+    server only manages the job and keeps the final model. Clients are ordinary FedAvg scripts."""
+
+    strategy = "swarm"

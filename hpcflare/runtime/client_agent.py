@@ -106,6 +106,7 @@ class ClientAgent:
         self.kit = load_kit(job_dir, self.config, site)
         self.filters = build_filters(self.config.filters)
         self._global_copy: dict[str, Any] | None = None  # the round's model as received, for DP filters
+        self.swarm: Any = None  # SwarmSide in swarm jobs
         for problem in self.kit.self_check() if self.kit else []:
             log.warning("certificate_problem", f"{problem}; the server will refuse this site", problem=problem)
         self.address = address
@@ -128,6 +129,10 @@ class ClientAgent:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> "ClientAgent":
+        if self.config.strategy == "swarm" and self.swarm is None and self.site in self.config.clients:
+            from hpcflare.runtime.swarm import SwarmSide
+
+            self.swarm = SwarmSide(self)  # this site's peer host: it aggregates when its turn comes
         if self.address is None:
             if self.config.relays and self.site in self.config.clients:
                 self.relay_name, self.address = choose_relay(self.job_dir, self.config, self.site, self.settings)
@@ -150,7 +155,9 @@ class ClientAgent:
         def register() -> dict:
             try:
                 return transport.call("Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
-                                                   "node": os.environ.get("SLURMD_NODENAME", "")}, s.rpc_timeout)
+                                                   "node": os.environ.get("SLURMD_NODENAME", ""),
+                                                   **({"peer": self.swarm.address} if self.swarm else {})},
+                                      s.rpc_timeout)
             except errors.PeerGoneError:
                 self._check_handshake(address, peer_name)
                 raise
@@ -159,6 +166,8 @@ class ClientAgent:
         # token before transport: a thread that sees the new transport also sees its token (calls read
         # self.transport first, then self.token)
         self.token = reply["token"]
+        if self.swarm is not None:
+            self.swarm.enrol(str(reply.get("swarm_secret", "")))
         self.address, self.transport = address, transport
         via = f" through {self.relay_name}" if self.relay_name else ""
         self.log.info("registered", f"{self.site} registered with server{via} at {address}", address=address,
@@ -242,6 +251,8 @@ class ClientAgent:
 
     def close(self, status: str = "done", reason: str = "") -> None:
         self._stop.set()
+        if self.swarm is not None:
+            self.swarm.close()
         if self.transport is not None and self.token:
             try:
                 self.transport.call("Goodbye", {"site": self.site, "token": self.token, "status": status,
@@ -327,6 +338,8 @@ class ClientAgent:
                 task = Task(str(kind), str(reply["task_id"]), int(reply["round"]), int(reply["total_rounds"]),
                             str(reply["ref"]), manifest, dict(reply.get("meta") or {}),
                             staged if isinstance(staged, dict) else None)
+                if self.swarm is not None:
+                    self.swarm.on_task(task)
                 self.log.info("task_received", f"round {task.round}/{task.total_rounds}: task {task.name} received",
                               round=task.round, task=task.name, task_id=task.task_id)
                 return task
@@ -340,8 +353,11 @@ class ClientAgent:
         """The task's model: memory-mapped from the staging dir when this node sees it, else pulled over gRPC."""
         assert self.transport is not None
         t0 = time.monotonic()
-        params = self._from_staging(task) if task.staged else None
-        via = "staging"
+        params = self.swarm.fetch(task) if self.swarm is not None else None
+        via = "swarm peer"
+        if params is None:
+            params = self._from_staging(task) if task.staged else None
+            via = "staging"
         if params is None:
             via = "grpc"
 
@@ -352,6 +368,8 @@ class ClientAgent:
                         for spec, blob in transport.download(request, task.manifest)}  # type: ignore[union-attr]
 
             params = self._retry("Download", pull)
+        if self.swarm is not None:
+            self.swarm.opened(task, params)
         if any(f.needs_global for f in self.filters):
             self._global_copy = {k: np.array(to_numpy(v), copy=True) for k, v in params.items()}
         nbytes = sum(s.nbytes for s in task.manifest)
@@ -421,6 +439,9 @@ class ClientAgent:
         wire_bytes = 0 if staged else sum(int(getattr(v, "nbytes", 0)) for v in params.values())
 
         def push() -> dict:
+            if self.swarm is not None and task.meta.get("swarm"):
+                self.swarm.send(task, header, params)  # to this round's aggregating site
+                return {}
             return self.transport.upload({**header, "token": self.token},  # type: ignore[union-attr]
                                          [] if staged else params.items())
 

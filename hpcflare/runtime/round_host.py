@@ -134,7 +134,8 @@ class RoundHost(ServerHandler):
                 # a site gets the open round's task until a result of its counts (a result lost with a dead
                 # relay is simply asked for again)
                 if rnd is not None and rnd.open and site not in rnd.answered() and site not in rnd.partials and (
-                        rnd.plan.targets is None or site in rnd.plan.targets):
+                        rnd.plan.targets is None or site in rnd.plan.targets) and not (
+                        rnd.plan.once and request.get("last_task_id") == rnd.task_id):
                     self.members.mark(site, "active")
                     return {"task": rnd.plan.task, "task_id": rnd.task_id, "round": rnd.number,
                             "total_rounds": self.config.num_rounds, "ref": rnd.model.ref,
@@ -172,6 +173,31 @@ class RoundHost(ServerHandler):
     def accepts_partials_from(self, site: str) -> bool:
         return False
 
+    def accepts_swarm_from(self, site: str) -> bool:
+        return False
+
+    def _fold_swarm(self, rnd: Round, site: str, header: dict, params: Any) -> None:
+        """A swarm aggregator's report: which sites it folded (and, in the last round, the final model)."""
+        if not self.accepts_swarm_from(site):
+            raise errors.UpdateRejectedError(f"{site} is not this round's swarm aggregator; report refused")
+        report = _dict(header.get("swarm"))
+        accepted, rejected = _dict(report.get("accepted")), _dict(report.get("rejected"))
+        with self._agg_lock:
+            if not rnd.open or rnd is not self.round:
+                raise errors.StaleTaskError(f"swarm report from {site} arrived after round {rnd.number} closed")
+            if len(params):
+                rnd.aggregator.add(ClientUpdate(site, params, "FULL", 1.0))
+            with self._cv:
+                for name, metrics in accepted.items():
+                    if name in self.config.clients:
+                        rnd.accepted[str(name)] = _dict(metrics)
+                for name, reason in rejected.items():
+                    if name in self.config.clients and name not in rnd.accepted:
+                        rnd.rejected[str(name)] = str(reason)[:500]
+        self.strategy.aggregated(site, report)  # type: ignore[attr-defined]
+        self.log.info("swarm_round", f"round {rnd.number}: {site} aggregated {len(accepted)} update(s)",
+                      round=rnd.number, aggregator=site, sites=sorted(accepted))
+
     def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
         slot = False
         site = "?"
@@ -196,7 +222,7 @@ class RoundHost(ServerHandler):
         rnd = self.round
         params: Any = None
         try:
-            header, rnd, params = read_upload(frames, self.settings, rnd.model.params if rnd else {}, on_header)
+            header, rnd, params = read_upload(frames, self.settings, lambda opened: opened.model.params, on_header)
             staged_path = None
             if header.get("staged") is not None:
                 if self.stager is None or params:
@@ -206,7 +232,9 @@ class RoundHost(ServerHandler):
                     raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
                 params.close()
                 params = read_staged(staged_path, specs, rnd.model.params)
-            if header["params_type"] == "PARTIAL":
+            if header.get("swarm") is not None:
+                self._fold_swarm(rnd, site, header, params)
+            elif header["params_type"] == "PARTIAL":
                 self._fold_partial(rnd, site, header, params)
             else:
                 self._fold(rnd, ClientUpdate(site, params, header["params_type"], self._weight(header.get("meta")),

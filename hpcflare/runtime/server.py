@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ class FLServer(RoundHost):
                          Membership(config.clients + self.relays, settings.heartbeat_timeout), stager)
         self.job_dir = job_dir
         self.strategy.attach(job_dir.root)
+        self.swarm_secret = secrets.token_hex(16)  # peer tokens of a swarm job derive from it
+        self.peers: dict[str, str] = getattr(self.strategy, "peers", {})
         for warning in settings.warnings():
             log.warning("settings_conflict", warning)
         self.first_round = 1
@@ -75,8 +78,14 @@ class FLServer(RoundHost):
                       pid=record.pid, via=via)
         with self._cv:
             self._cv.notify_all()
-        return {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
-                "framework": self.config.framework}
+        peer = request.get("peer")
+        if isinstance(peer, str) and len(peer) < 300 and site not in self.relays:
+            self.peers[site] = peer
+        reply = {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
+                 "framework": self.config.framework}
+        if self.strategy.name == "swarm":
+            reply["swarm_secret"] = self.swarm_secret
+        return reply
 
     def on_heartbeat(self, site: str, request: dict) -> None:
         if site in self.relays:  # a relay vouches for the children it heard from
@@ -85,6 +94,9 @@ class FLServer(RoundHost):
 
     def may_act_for(self, identity: str, site: str) -> bool:
         return identity in self.relays  # relays register, say goodbye and forward raw results for children
+
+    def accepts_swarm_from(self, site: str) -> bool:
+        return self.strategy.name == "swarm" and site == getattr(self.strategy, "aggregator", None)
 
     def accepts_partials_from(self, site: str) -> bool:
         return site in self.relays
@@ -284,7 +296,7 @@ class FLServer(RoundHost):
                 self._cv.wait(0.5)
         self.close_round(rnd)
         t0 = time.monotonic()
-        if plan.task == "train":
+        if plan.task == "train" and plan.aggregate:
             self.model = GlobalModel(_replacing(rnd.model, rnd.aggregator.result_items()), number)
         else:
             self.model = kept

@@ -93,9 +93,12 @@ class UploadParams(Mapping[str, np.ndarray]):
             self._file = None
 
 
-def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, np.ndarray],
+def read_upload(frames: Iterator[bytes], settings: Settings,
+                expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
                 on_header: Callable[[dict], Any]) -> tuple[dict, Any, UploadParams]:
-    """Return (header, on_header's result, params). ``on_header`` authenticates and may reject early."""
+    """Return (header, on_header's result, params). ``on_header`` authenticates and may reject early;
+    ``expected`` may be a function of its result (the round the header named, not whatever was current
+    when the stream began)."""
     first = next(frames, None)
     if first is None:
         raise MalformedMessageError("empty upload stream")
@@ -105,6 +108,8 @@ def read_upload(frames: Iterator[bytes], settings: Settings, expected: Mapping[s
     if header.get("params_type") not in PARAMS_TYPES:
         raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
     context = on_header(header)
+    if callable(expected):
+        expected = expected(context)
     quant = check_quant_map(header.get("quant"), expected)
     if header["params_type"] == "PARTIAL":
         if quant:

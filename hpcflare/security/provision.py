@@ -172,8 +172,8 @@ def write_kit(kit_dir: Path, project: Project, who: Participant, ca_cert: x509.C
     write_private(kit_dir / "key.pem", _pem_key(key))
     kit: dict[str, Any] = {"project": project.project, "name": who.name, "role": who.role,
                            "server": project.server.name}
-    if who.role in ("server", "relay"):  # the names a server/relay accepts certificates for
-        kit["participants"] = {p.name: p.role for p in project.participants}
+    # the names a server/relay (or a client's swarm peer host) accepts certificates for
+    kit["participants"] = {p.name: p.role for p in project.participants}
     if who.role == "client":
         scripts = []
         for s in who.allowed_scripts or []:
@@ -228,7 +228,7 @@ def add_participant(root: str | Path, who: Participant, base: str | Path = ".") 
     kit = write_kit(root / who.name, project, who, ca_cert, key, cert, Path(base))
     for p in project.participants:  # servers and relays learn the new name
         kit_file = root / p.name / KIT_FILE
-        if p.role in ("server", "relay") and kit_file.is_file():
+        if kit_file.is_file():
             data = yaml.safe_load(kit_file.read_text())
             data["participants"] = {q.name: q.role for q in project.participants}
             kit_file.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -9,9 +9,10 @@ from hpcflare.strategy.fedmedian import FedMedian
 from hpcflare.strategy.fedopt import FedOpt
 from hpcflare.strategy.fedstats import FedStats
 from hpcflare.strategy.scaffold import Scaffold
+from hpcflare.strategy.swarm import Swarm
 
 STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedian, "fedopt": FedOpt, "scaffold": Scaffold,
                                         "cyclic": Cyclic, "fedeval": FedEval, "cross_site_eval": CrossSiteEval,
-                                        "fedstats": FedStats}
+                                        "fedstats": FedStats, "swarm": Swarm}
 
-__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "Scaffold", "STRATEGIES", "Strategy"]
+__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "Scaffold", "STRATEGIES", "Swarm", "Strategy"]

@@ -36,6 +36,10 @@ class RoundPlan:
     targets: list[str] | None = None
     model: Params | None = None
     skip: bool = False
+    aggregate: bool = True
+    once: bool = False
+    """Hand the task to each site once (its result goes elsewhere, so the server cannot see it arrive)."""
+    """False when the round's results are aggregated elsewhere (swarm): the server's model stays."""
 
 
 class Aggregator(abc.ABC):

@@ -1,0 +1,52 @@
+"""Swarm learning: the sites aggregate, the server only manages the job.
+
+Each round one site is the aggregator (rotating through the live sites in job order). Every site pulls the
+round's model from the previous round's aggregator (round 1: from the server's initial model), trains, and
+uploads its update to this round's aggregator, which folds them in time (FedAvg) and keeps the new model to
+serve next round. The aggregator then tells the server which sites it accepted (no tensors), so the
+server can track the round, stragglers and deaths as usual. Only the last round's aggregator uploads the
+final model to the server, which writes it as the job's result. Peer traffic uses the sites' own startup
+kits (mutual TLS, certificate names bound to site names) when the job runs with TLS.
+
+Site side: ``hpcflare.runtime.swarm``; the training script is an ordinary FedAvg client script.
+Limitation: an aggregator that dies takes the round's updates with it; the round then closes by its
+deadline without them (and a job needs min_clients answers per round as usual).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy
+from hpcflare.strategy.fedavg import WeightedMeanAggregator
+
+
+class Swarm(Strategy):
+    name = "swarm"
+    supports_relays = False
+
+    def __init__(self) -> None:
+        self.peers: dict[str, str] = {}  # site -> its peer host address (filled by the server at registration)
+        self.source: dict[str, Any] | None = None  # where this round's model is: the last aggregator's copy
+        self.aggregator = ""
+        self._meta: dict[str, Any] = {}
+
+    def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
+        candidates = [s for s in live if s in self.peers] or live
+        self.aggregator = candidates[(round_num - 1) % len(candidates)] if candidates else ""
+        self._meta = {"aggregator": self.aggregator, "aggregator_address": self.peers.get(self.aggregator, ""),
+                      "expect": live, "final": round_num == total_rounds, "source": self.source}
+        return RoundPlan(task="train", aggregate=round_num == total_rounds, once=True)
+
+    def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
+        return {"swarm": self._meta}
+
+    def aggregated(self, site: str, report: dict[str, Any]) -> None:
+        """The round's aggregator finished: next round's model is at its peer host."""
+        self.source = {"name": site, "address": self.peers.get(site, ""), "ref": str(report.get("ref", "")),
+                       "manifest": list(report.get("manifest") or [])}
+
+    def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
+        return WeightedMeanAggregator(global_params)  # only the final model is folded (one FULL result)
