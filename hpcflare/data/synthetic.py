@@ -8,6 +8,9 @@ where FedAvg drifts and FedProx/SCAFFOLD help.
 
 from __future__ import annotations
 
+import argparse
+from typing import Any, Callable
+
 import numpy as np
 
 N_CLASSES, N_FEATURES = 10, 16
@@ -64,3 +67,54 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:  # noqa: ANN001
     with torch.no_grad():
         pred = model(torch.from_numpy(x)).argmax(dim=1).numpy()
     return float((pred == y).mean())
+
+
+def client_arguments(extra: "Callable[[argparse.ArgumentParser], None] | None" = None) -> argparse.Namespace:
+    """The recipes' client flags: --n-sites --split --local-epochs --lr --batch (plus ``extra``'s)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n-sites", type=int, default=8)
+    parser.add_argument("--split", choices=["iid", "noniid"], default="noniid")
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch", type=int, default=32)
+    if extra is not None:
+        extra(parser)
+    return parser.parse_args()
+
+
+class LocalTrainer:
+    """One site's shard and SGD loop; algorithms hook in with ``extra_loss`` (FedProx) and
+    ``after_backward`` (SCAFFOLD's gradient correction)."""
+
+    def __init__(self, site_name: str, args: argparse.Namespace) -> None:
+        import torch
+
+        self.index = int(site_name.rsplit("-", 1)[-1]) - 1
+        x, y = site_shard(self.index, args.n_sites, args.split)
+        self.X, self.Y = torch.from_numpy(x), torch.from_numpy(y)
+        self.holdout = holdout_set()
+        self.args = args
+        self.shuffle = torch.Generator().manual_seed(self.index)
+
+    def train(self, net: Any, extra_loss: Callable[[Any], Any] | None = None,
+              after_backward: Callable[[Any], None] | None = None) -> tuple[int, float]:
+        """Local epochs of SGD; returns (steps, last loss)."""
+        import torch
+        import torch.nn.functional as F
+
+        opt = torch.optim.SGD(net.parameters(), lr=self.args.lr)
+        steps, loss = 0, torch.tensor(0.0)
+        for _ in range(self.args.local_epochs):
+            order = torch.randperm(len(self.Y), generator=self.shuffle)
+            for i in range(0, len(self.Y), self.args.batch):
+                batch = order[i:i + self.args.batch]
+                loss = F.cross_entropy(net(self.X[batch]), self.Y[batch])
+                if extra_loss is not None:
+                    loss = loss + extra_loss(net)
+                opt.zero_grad()
+                loss.backward()
+                if after_backward is not None:
+                    after_backward(net)
+                opt.step()
+                steps += 1
+        return steps, float(loss)

@@ -17,7 +17,7 @@ import numpy as np
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
-from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, unpack_frame
+from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, parse_single, unpack_frame
 
 PARAMS_TYPES = ("FULL", "DIFF", "PARTIAL")
 
@@ -50,17 +50,65 @@ class UploadParams(Mapping[str, np.ndarray]):
         self._memory: dict[str, np.ndarray] = {}
         self._spooled: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
         self._file: Any = None
+        self._stream_at = 0
 
     def put(self, name: str, value: np.ndarray) -> None:
         self.drop(name)
         if value.nbytes < self._spool_bytes:
             self._memory[name] = value
             return
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(dir=spool_dir(), prefix="hpcflare-upload-")
-        offset = self._file.seek(0, os.SEEK_END)
+        offset = self._spool().seek(0, os.SEEK_END)
         self._file.write(memoryview(np.ascontiguousarray(value)).cast("B"))
         self._spooled[name] = (offset, value.dtype, tuple(value.shape))
+
+    def _spool(self) -> Any:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=spool_dir(), prefix="hpcflare-upload-")
+        return self._file
+
+    def streams(self, spec: TensorSpec, base: Any) -> bool:
+        """Stream this tensor to disk as it arrives? (large, and already in the global model's dtype)"""
+        return spec.nbytes >= self._spool_bytes and ST_TO_NP.get(spec.dtype) is not None and \
+            np.dtype(ST_TO_NP[spec.dtype]) == np.dtype(base.dtype)
+
+    def begin_stream(self) -> None:
+        self._stream_at = self._spool().seek(0, os.SEEK_END)
+
+    def write_stream(self, payload: bytes | memoryview) -> None:
+        self._file.write(payload)
+
+    def end_stream(self, spec: TensorSpec, base: Any) -> None:
+        """Validate the spooled blob (header, shape, dtype, finite values) block by block, then keep it."""
+        self._file.flush()
+        head = bytearray(min(spec.nbytes, 8 + MAX_HEADER_BYTES))
+        os.preadv(self._file.fileno(), [head], self._stream_at)
+        tag, start, count = parse_single(head, spec, total=spec.nbytes)
+        dtype = np.dtype(ST_TO_NP[tag])
+        if dtype != np.dtype(base.dtype) or spec.shape != tuple(base.shape):
+            raise UpdateRejectedError(f"tensor {spec.name!r} is {tag}{list(spec.shape)}, the global model has "
+                                      f"{base.dtype}{list(base.shape)}")
+        self.drop(spec.name)
+        self._spooled[spec.name] = (self._stream_at + start, dtype, spec.shape)
+        if np.issubdtype(dtype, np.floating) and not all(
+                np.isfinite(block).all() for _, block in self.iter_blocks(spec.name)):
+            self.drop(spec.name)
+            raise UpdateRejectedError(f"tensor {spec.name!r} contains NaN or Inf values; the update is rejected")
+
+    def iter_blocks(self, name: str, block_bytes: int = 4 << 20) -> Iterator[tuple[int, np.ndarray]]:
+        """(element offset, 1-D block) pairs over a tensor: spooled ones are read a few MB at a time."""
+        if name in self._memory:
+            yield 0, self._memory[name].reshape(-1)
+            return
+        offset, dtype, shape = self._spooled[name]
+        count = math.prod(shape)
+        step = max(1, block_bytes // dtype.itemsize)
+        self._file.flush()
+        for first in range(0, count, step):
+            n = min(step, count - first)
+            buf = bytearray(n * dtype.itemsize)
+            if os.preadv(self._file.fileno(), [buf], offset + first * dtype.itemsize) != len(buf):
+                raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
+            yield first, np.frombuffer(buf, dtype=dtype)
 
     def drop(self, name: str) -> None:
         """Forget a tensor (its spooled bytes stay in the temp file until close())."""
@@ -154,30 +202,40 @@ def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping
     spec: TensorSpec | None = None
     buf = bytearray()
     filled = 0
+    streaming = False
     for frame in frames:
         head, payload = unpack_frame(frame, settings.max_frame_bytes)
         kind = head.get("kind")
         if kind == "data":
-            if spec is None or head.get("o") != filled or filled + len(payload) > len(buf):
+            if spec is None or head.get("o") != filled or filled + len(payload) > spec.nbytes:
                 raise MalformedMessageError(f"out-of-order data frame (offset {head.get('o')!r:.20}, have {filled})")
-            buf[filled:filled + len(payload)] = payload
+            if streaming:  # large tensor: straight to the spool file, never whole in memory
+                params.write_stream(payload)
+            else:
+                buf[filled:filled + len(payload)] = payload
             filled += len(payload)
-            if filled == len(buf):
-                params.put(spec.name, _finish(spec, buf, expected[spec.name]))
+            if filled == spec.nbytes:
+                if streaming:
+                    params.end_stream(spec, expected[spec.name])
+                else:
+                    params.put(spec.name, _finish(spec, buf, expected[spec.name]))
                 spec, buf, filled = None, bytearray(), 0
         elif kind == "tensor":
             if spec is not None:
-                raise MalformedMessageError(f"tensor {spec.name!r} incomplete ({filled}/{len(buf)} bytes) before the next one")
+                raise MalformedMessageError(f"tensor {spec.name!r} incomplete ({filled}/{spec.nbytes} bytes) before the next one")
             spec = _check_spec(TensorSpec.from_wire(head.get("spec")), expected, params)
             total += spec.nbytes
             if total > settings.max_model_bytes:
                 raise FrameTooLargeError(f"update exceeds settings.max_model_bytes={settings.max_model_bytes}")
-            buf, filled = bytearray(spec.nbytes), 0
+            streaming = params.streams(spec, expected[spec.name])
+            buf, filled = (bytearray() if streaming else bytearray(spec.nbytes)), 0
+            if streaming:
+                params.begin_stream()
             if spec.nbytes == 0:
                 raise MalformedMessageError(f"tensor {spec.name!r} announced 0 bytes")
         elif kind == "end":
             if spec is not None:
-                raise MalformedMessageError(f"stream ended inside tensor {spec.name!r} ({filled}/{len(buf)} bytes)")
+                raise MalformedMessageError(f"stream ended inside tensor {spec.name!r} ({filled}/{spec.nbytes} bytes)")
             return
         else:
             raise MalformedMessageError(f"unknown frame kind {kind!r:.40}")

@@ -35,11 +35,17 @@ class WeightedMeanAggregator(Aggregator):
     def add(self, update: ClientUpdate) -> None:
         if update.weight <= 0:
             return
-        for name, value in update.params.items():
+        blockwise = getattr(update.params, "iter_blocks", None)
+        for name in list(update.params):
             base = self._global[name]
             acc = self._sums.get(name)
             if acc is None:
                 acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
+            self._weights[name] = self._weights.get(name, 0.0) + update.weight
+            if blockwise is not None:  # a spooled upload: fold a few MB at a time, no tensor-sized temporaries
+                _fold_blocks(acc, base, blockwise(name), update.params_type == "FULL", update.weight)
+                continue
+            value = update.params[name]
             weight = acc.dtype.type(update.weight)
             if update.params_type == "FULL":
                 delta = np.subtract(value, base, dtype=acc.dtype)
@@ -50,7 +56,6 @@ class WeightedMeanAggregator(Aggregator):
             else:
                 delta = np.asarray(value, dtype=acc.dtype)
             acc += delta
-            self._weights[name] = self._weights.get(name, 0.0) + update.weight
         self._count += 1
 
     def partial(self) -> tuple[Params, dict[str, float]]:
@@ -86,6 +91,18 @@ class WeightedMeanAggregator(Aggregator):
         if np.issubdtype(base.dtype, np.integer):
             np.rint(mean_delta, out=mean_delta)
         return mean_delta.astype(base.dtype, copy=False) if mean_delta.dtype != base.dtype else mean_delta
+
+
+def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
+                 weight: float) -> None:
+    flat_acc, flat_base = acc.reshape(-1), np.asarray(base).reshape(-1)
+    w = acc.dtype.type(weight)
+    for first, block in blocks:
+        last = first + block.size
+        delta = np.subtract(block, flat_base[first:last], dtype=acc.dtype) if full else block.astype(acc.dtype)
+        if weight != 1.0:
+            delta *= w
+        flat_acc[first:last] += delta
 
 
 class FedAvg(Strategy):

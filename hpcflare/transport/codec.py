@@ -163,8 +163,10 @@ ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 
             "U32": 4, "U64": 8, "BOOL": 1}
 
 
-def parse_single(blob: bytes | bytearray | memoryview, spec: TensorSpec) -> tuple[str, int, int]:
-    """Strictly check a single-tensor safetensors blob against its spec -> (dtype tag, data start, count)."""
+def parse_single(blob: bytes | bytearray | memoryview, spec: TensorSpec, total: int | None = None) -> tuple[str, int, int]:
+    """Strictly check a single-tensor safetensors blob against its spec -> (dtype tag, data start, count).
+
+    ``total``: the whole blob's length when ``blob`` holds only its beginning (a tensor spooled to disk)."""
     header, start = _blob_header(blob)
     header.pop("__metadata__", None)
     if list(header) != [spec.name]:
@@ -179,7 +181,7 @@ def parse_single(blob: bytes | bytearray | memoryview, spec: TensorSpec) -> tupl
         raise MalformedMessageError(f"tensor {spec.name!r} has shape {tuple(shape)}, manifest said {spec.shape}")
     count = math.prod(shape)
     nbytes = count * ITEMSIZE[info["dtype"]]
-    if offsets != [0, nbytes] or start + nbytes != len(blob):
+    if offsets != [0, nbytes] or start + nbytes != (len(blob) if total is None else total):
         raise MalformedMessageError(f"tensor {spec.name!r}: data offsets {offsets!r:.60} do not match its shape and size")
     return info["dtype"], start, count
 
