@@ -23,7 +23,6 @@ from filelock import FileLock
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import JobConfig, JobDir, atomic_write_text
-from hpcflare.security.provision import job_project, provision
 from hpcflare.security.tls import StartupKit
 
 KIT_ENV = "HPCFLARE_KIT"
@@ -70,6 +69,8 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
 
 
 def _provision_job(job_dir: JobDir, config: JobConfig, root: Path) -> None:
+    from hpcflare.security.provision import job_project, provision
+
     project = job_project(config.job_id, config.clients, config.relay_names())
     tmp = root.parent / f".{root.name}.provisioning"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted earlier attempt

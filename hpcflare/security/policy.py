@@ -7,11 +7,15 @@ project file) and ``allow_any_script``. With a non-empty list only those exact f
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from hpcflare.errors import PolicyRefusedError
-from hpcflare.security.provision import script_digest
 from hpcflare.security.tls import StartupKit
+
+
+def script_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_script(kit: StartupKit | None, script: Path) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 from pathlib import Path
@@ -32,9 +31,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import SITE_NAME
+from hpcflare.security.policy import script_digest
+from hpcflare.security.tls import KIT_FILE
 
 ROLES = ("server", "relay", "client")
-KIT_FILE = "kit.yaml"
 
 
 @dataclasses.dataclass
@@ -157,10 +157,6 @@ def issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, name: s
 def _org(cert: x509.Certificate) -> str:
     attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     return str(attrs[0].value) if attrs else "hpcflare"
-
-
-def script_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_kit(kit_dir: Path, project: Project, who: Participant, ca_cert: x509.Certificate,

@@ -24,11 +24,11 @@ from typing import Any, Callable
 
 import grpc
 import yaml
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from hpcflare.errors import CertificateError, ConfigError
-from hpcflare.security.provision import KIT_FILE
+
+KIT_FILE = "kit.yaml"
+# cryptography is imported only where certificates are inspected: plain-text jobs never load it
 
 
 @dataclasses.dataclass
@@ -67,6 +67,8 @@ class StartupKit:
     # ------------------------------------------------------------------ checks
     def self_check(self, now: dt.datetime | None = None) -> list[str]:
         """Problems with our own certificate that a peer will refuse; empty when it looks fine."""
+        from cryptography import x509
+
         now = now or dt.datetime.now(dt.timezone.utc)
         cert = x509.load_pem_x509_certificate(self.cert_pem)
         root = x509.load_pem_x509_certificate(self.root_pem)
@@ -99,7 +101,9 @@ class StartupKit:
         return identity in self.participants
 
 
-def common_name(cert: x509.Certificate) -> str:
+def common_name(cert: Any) -> str:
+    from cryptography.x509.oid import NameOID
+
     attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""
 

@@ -11,7 +11,8 @@ from cryptography import x509
 
 from hpcflare.cli import main as cli
 from hpcflare.errors import CertificateError, ConfigError
-from hpcflare.security.provision import Participant, Project, add_participant, script_digest
+from hpcflare.security.policy import script_digest
+from hpcflare.security.provision import Participant, Project, add_participant
 from hpcflare.security.tls import StartupKit, common_name
 
 
