@@ -141,6 +141,13 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
     for e in _named(server, "settings_conflict"):
         out.append(Finding("warning", f"settings: {e['msg']}", "align the named settings in configs/ or job.yaml"))
     out += _security_findings(ranks)
+    for e in _named(server, "early_stopped"):
+        out.append(Finding("info", e["msg"]))
+    for e in _named(server, "key_metric_missing")[:1]:
+        out.append(Finding("warning", e["msg"], "send the metric in FLModel.metrics (or flare.log) or change "
+                           "key_metric in job.yaml"))
+    for e in _named(server, "round_skipped")[:1]:
+        out.append(Finding("info", e["msg"]))
     for e in _named(server, "resumed"):
         out.append(Finding("info", e["msg"]))
     for rank, events in sorted(ranks.items()):

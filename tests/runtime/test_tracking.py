@@ -69,3 +69,14 @@ def test_initial_checkpoint_replaces_weights(make_recipe, tmp_path):
     torch.save({"weight": torch.zeros(5, 5)}, tmp_path / "bad.pt")
     with pytest.raises(ConfigError, match="does not fit the model"):
         make_recipe(SCRIPT, model=net, initial_checkpoint=tmp_path / "bad.pt").export(tmp_path / "jobs")
+
+
+def test_diagnose_reports_early_stop_and_missing_key_metric(make_recipe, local_env, capsys):
+    from hpcflare.cli import main
+
+    run = make_recipe(SCRIPT, n_clients=2, num_rounds=2, key_metric="f1").execute(local_env)
+    run.get_result(timeout=90)
+    capsys.readouterr()
+    assert main(["logs", "diagnose", str(run.job_dir.root)]) == 0
+    text = capsys.readouterr().out
+    assert "no site reported key_metric 'f1'" in text and "change key_metric" in text
