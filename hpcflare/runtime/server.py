@@ -268,6 +268,7 @@ class FLServer(RoundHost):
         self.log.info("round_started", f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} ({plan.task}) "
                       f"for {len(live)} clients", round=number, task_id=rnd.task_id, clients=live, task=plan.task)
         deadline = rnd.started + s.round_timeout
+        restart = False
         with self._cv:
             while True:
                 self._check_abort()
@@ -276,6 +277,11 @@ class FLServer(RoundHost):
                 if plan.targets is not None:
                     live_set &= set(plan.targets)
                 answered = rnd.answered()
+                if plan.coordinator and plan.coordinator not in self.live_clients() and plan.coordinator not in answered:
+                    self.log.warning("round_restarted", f"round {number}: {plan.coordinator}, which coordinates it, is "
+                                     "gone; restarting the round without it", round=number, lost=plan.coordinator)
+                    restart = True
+                    break
                 if live_set <= answered and len(rnd.accepted) >= need:
                     break
                 if len(rnd.accepted) + len(live_set - answered) < need:
@@ -295,6 +301,9 @@ class FLServer(RoundHost):
                         f"{sorted(live_set - answered)}")
                 self._cv.wait(0.5)
         self.close_round(rnd)
+        if restart:
+            self.model = kept
+            return self._run_round(number)
         t0 = time.monotonic()
         if plan.task == "train" and plan.aggregate:
             self.model = GlobalModel(_replacing(rnd.model, rnd.aggregator.result_items()), number)

@@ -145,7 +145,7 @@ class SwarmSide:
                   "swarm": {"accepted": rnd.accepted, "rejected": rejected, "ref": model.ref,
                             "manifest": [s.to_wire() for s in model.specs]}}
         try:
-            self.agent.transport.upload(header, list(model.params.items()) if final else [])  # type: ignore[union-attr]
+            self.agent.transport.upload(header, list(model.params.items()))  # type: ignore[union-attr]
             self.agent.log.info("swarm_aggregated", f"round {task.round}: aggregated {len(rnd.accepted)} update(s)"
                                 + (f"; missing {missing}" if missing else ""), round=task.round, sites=sorted(rnd.accepted))
         except errors.HpcflareError as exc:
@@ -157,14 +157,25 @@ class SwarmSide:
         if not address:
             raise errors.PeerGoneError(f"round {task.round}: the swarm aggregator {name!r} has no peer address")
         transport = self._transport(address, name)
-        deadline = time.monotonic() + self.agent.settings.round_timeout
+        s = self.agent.settings
+        deadline = time.monotonic() + s.round_timeout
+        unreachable_since: float | None = None
         try:
             while True:
                 try:
                     transport.upload({**header, "token": self.token}, params.items())
                     return
                 except (errors.StaleTaskError, errors.PeerGoneError) as exc:
-                    if time.monotonic() >= deadline:  # the aggregator is not ready yet, or is gone
+                    now = time.monotonic()
+                    if isinstance(exc, errors.PeerGoneError):
+                        unreachable_since = unreachable_since or now
+                        if now - unreachable_since > s.heartbeat_timeout:
+                            # the server declares it dead by now and restarts the round with another aggregator
+                            self.agent.log.warning("swarm_aggregator_lost", f"round {task.round}: aggregator {name} "
+                                                   f"unreachable for settings.heartbeat_timeout={s.heartbeat_timeout:g}s;"
+                                                   " result dropped, waiting for the restarted round", round=task.round)
+                            return
+                    if now >= deadline:  # never ready: the round is over
                         raise
                     self.agent.log.info("swarm_retry", f"round {task.round}: aggregator {name} not ready ({exc})")
                     time.sleep(0.3)

@@ -38,6 +38,8 @@ class RoundPlan:
     skip: bool = False
     aggregate: bool = True
     once: bool = False
+    coordinator: str | None = None
+    """A site the round depends on (the swarm aggregator): if it dies, the server restarts the round."""
     """Hand the task to each site once (its result goes elsewhere, so the server cannot see it arrive)."""
     """False when the round's results are aggregated elsewhere (swarm): the server's model stays."""
 

@@ -4,13 +4,14 @@ Each round one site is the aggregator (rotating through the live sites in job or
 round's model from the previous round's aggregator (round 1: from the server's initial model), trains, and
 uploads its update to this round's aggregator, which folds them in time (FedAvg) and keeps the new model to
 serve next round. The aggregator then tells the server which sites it accepted (no tensors), so the
-server can track the round, stragglers and deaths as usual. Only the last round's aggregator uploads the
-final model to the server, which writes it as the job's result. Peer traffic uses the sites' own startup
+server can track the round, stragglers and deaths as usual, and hands the server one copy of the new model
+(no aggregation there: it is the round's checkpoint, the job's result, and the fallback source when the
+site holding it dies). If the aggregator dies mid-round, the server restarts the round with another one. Peer traffic uses the sites' own startup
 kits (mutual TLS, certificate names bound to site names) when the job runs with TLS.
 
 Site side: ``hpcflare.runtime.swarm``; the training script is an ordinary FedAvg client script.
-Limitation: an aggregator that dies takes the round's updates with it; the round then closes by its
-deadline without them (and a job needs min_clients answers per round as usual).
+An aggregator that dies takes the round's updates with it: the sites train that round again for the next
+aggregator (the round restarts as soon as the server declares it dead, after settings.heartbeat_timeout).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class Swarm(Strategy):
     def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
         candidates = [s for s in live if s in self.peers] or live
         self.aggregator = candidates[(round_num - 1) % len(candidates)] if candidates else ""
+        if self.source is not None and self.source["name"] not in live:
+            self.source = None  # the site holding the last model is gone: the server's checkpoint copy serves
         self._meta = {"aggregator": self.aggregator, "aggregator_address": self.peers.get(self.aggregator, ""),
                       "expect": live, "final": round_num == total_rounds, "source": self.source}
-        return RoundPlan(task="train", aggregate=round_num == total_rounds, once=True)
+        return RoundPlan(task="train", once=True, coordinator=self.aggregator or None)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         return {"swarm": self._meta}
@@ -49,4 +52,4 @@ class Swarm(Strategy):
                        "manifest": list(report.get("manifest") or [])}
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
-        return WeightedMeanAggregator(global_params)  # only the final model is folded (one FULL result)
+        return WeightedMeanAggregator(global_params)  # the aggregator's model: one FULL result, taken as is
