@@ -76,14 +76,20 @@ class WeightedMeanAggregator(Aggregator):
 
     def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
         """Tensor by tensor, dropping each sum as it is turned into the new value (peak ~1 tensor extra)."""
-        for name, base in list(self._global.items()):
+        for name in list(self._global):  # names only: the caller may free each old tensor once replaced
+            base = self._global.get(name)
+            if base is None:
+                continue
             acc = self._sums.pop(name, None)
             if acc is None:
-                yield name, np.array(base, copy=True)
-                continue
-            acc /= acc.dtype.type(self._weights[name])
-            yield name, self.apply(name, base, acc)
-            del acc
+                value = np.array(base, copy=True)
+            else:
+                acc /= acc.dtype.type(self._weights[name])
+                value = self.apply(name, base, acc)
+                del acc
+            del base
+            yield name, value
+            del value
 
     def apply(self, name: str, base: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
         """The new value of one tensor from its weighted mean update (FedAvg: base + mean; FedOpt overrides)."""
