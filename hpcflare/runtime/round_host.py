@@ -153,10 +153,14 @@ class RoundHost(ServerHandler):
         rnd = self.round
         if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
             raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
+        return self.serve(rnd.model, request)
+
+    def serve(self, model: GlobalModel, request: dict) -> Iterator[bytes]:
+        """Frames of ``model`` from the request's (tensor, offset) on, within a download slot."""
         start = request.get("start", [0, 0])
         if not (isinstance(start, list) and len(start) == 2 and all(isinstance(x, int) for x in start)):
             raise errors.MalformedMessageError(f"invalid download start {start!r:.60}")
-        return self._counted(rnd.model.frames((start[0], start[1]), self.settings.chunk_size))
+        return self._counted(model.frames((start[0], start[1]), self.settings.chunk_size))
 
     def _counted(self, frames: Iterator[bytes]) -> Iterator[bytes]:
         if not self._download_slots.acquire(timeout=self.settings.upload_slot_timeout):
@@ -173,12 +177,9 @@ class RoundHost(ServerHandler):
     def accepts_partials_from(self, site: str) -> bool:
         return False
 
-    def accepts_swarm_from(self, site: str) -> bool:
-        return False
-
     def _fold_swarm(self, rnd: Round, site: str, header: dict, params: Any) -> None:
-        """A swarm aggregator's report: which sites it folded (and, in the last round, the final model)."""
-        if not self.accepts_swarm_from(site):
+        """The round's coordinator (a swarm aggregator) reports the sites it folded and the model it made."""
+        if site != rnd.plan.coordinator:
             raise errors.UpdateRejectedError(f"{site} is not this round's swarm aggregator; report refused")
         report = _dict(header.get("swarm"))
         accepted, rejected = _dict(report.get("accepted")), _dict(report.get("rejected"))
@@ -194,7 +195,7 @@ class RoundHost(ServerHandler):
                 for name, reason in rejected.items():
                     if name in self.config.clients and name not in rnd.accepted:
                         rnd.rejected[str(name)] = str(reason)[:500]
-        self.strategy.aggregated(site, report)  # type: ignore[attr-defined]
+        self.strategy.coordinator_report(site, report)
         self.log.info("swarm_round", f"round {rnd.number}: {site} aggregated {len(accepted)} update(s)",
                       round=rnd.number, aggregator=site, sites=sorted(accepted))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import socket
 import time
 from pathlib import Path
@@ -47,8 +46,6 @@ class FLServer(RoundHost):
                          Membership(config.clients + self.relays, settings.heartbeat_timeout), stager)
         self.job_dir = job_dir
         self.strategy.attach(job_dir.root)
-        self.swarm_secret = secrets.token_hex(16)  # peer tokens of a swarm job derive from it
-        self.peers: dict[str, str] = getattr(self.strategy, "peers", {})
         for warning in settings.warnings():
             log.warning("settings_conflict", warning)
         self.first_round = 1
@@ -78,14 +75,9 @@ class FLServer(RoundHost):
                       pid=record.pid, via=via)
         with self._cv:
             self._cv.notify_all()
-        peer = request.get("peer")
-        if isinstance(peer, str) and len(peer) < 300 and site not in self.relays:
-            self.peers[site] = peer
-        reply = {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
-                 "framework": self.config.framework}
-        if self.strategy.name == "swarm":
-            reply["swarm_secret"] = self.swarm_secret
-        return reply
+        extra = self.strategy.on_register(site, request) if kind == "client" else {}
+        return {**extra, "token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
+                "framework": self.config.framework}
 
     def on_heartbeat(self, site: str, request: dict) -> None:
         if site in self.relays:  # a relay vouches for the children it heard from
@@ -94,9 +86,6 @@ class FLServer(RoundHost):
 
     def may_act_for(self, identity: str, site: str) -> bool:
         return identity in self.relays  # relays register, say goodbye and forward raw results for children
-
-    def accepts_swarm_from(self, site: str) -> bool:
-        return self.strategy.name == "swarm" and site == getattr(self.strategy, "aggregator", None)
 
     def accepts_partials_from(self, site: str) -> bool:
         return site in self.relays
@@ -273,11 +262,10 @@ class FLServer(RoundHost):
             while True:
                 self._check_abort()
                 self.expire_dead(number)
-                live_set = self.live_clients()
-                if plan.targets is not None:
-                    live_set &= set(plan.targets)
+                everyone = self.live_clients()
+                live_set = everyone & set(plan.targets) if plan.targets is not None else everyone
                 answered = rnd.answered()
-                if plan.coordinator and plan.coordinator not in self.live_clients() and plan.coordinator not in answered:
+                if plan.coordinator and plan.coordinator not in everyone and plan.coordinator not in answered:
                     self.log.warning("round_restarted", f"round {number}: {plan.coordinator}, which coordinates it, is "
                                      "gone; restarting the round without it", round=number, lost=plan.coordinator)
                     restart = True

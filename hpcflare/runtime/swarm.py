@@ -63,10 +63,7 @@ class SwarmPeer(RoundHost):
         model = self.published
         if model is None or request.get("ref") != model.ref:
             raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is not the one this peer holds")
-        start = request.get("start", [0, 0])
-        if not (isinstance(start, list) and len(start) == 2 and all(isinstance(x, int) for x in start)):
-            raise errors.MalformedMessageError(f"invalid download start {start!r:.60}")
-        return self._counted(model.frames((start[0], start[1]), self.settings.chunk_size))
+        return self.serve(model, request)
 
 
 def peer_token(secret: str, site: str) -> str:
@@ -127,10 +124,10 @@ class SwarmSide:
                                    plan=RoundPlan())
         self.agent.log.info("swarm_aggregating", f"round {task.round}: aggregating for {len(meta.get('expect', []))} "
                             "sites", round=task.round)
-        threading.Thread(target=self._finish, args=(task, rnd, set(meta.get("expect") or []), bool(meta.get("final"))),
+        threading.Thread(target=self._finish, args=(task, rnd, set(meta.get("expect") or [])),
                          name="swarm-aggregator", daemon=True).start()
 
-    def _finish(self, task: "Task", rnd: Any, expect: set[str], final: bool) -> None:
+    def _finish(self, task: "Task", rnd: Any, expect: set[str]) -> None:
         deadline = rnd.started + SWARM_ROUND_FRACTION * self.agent.settings.round_timeout
         with self.peer._cv:
             while not expect <= rnd.answered() and time.monotonic() < deadline:

@@ -105,10 +105,14 @@ class UploadParams(Mapping[str, np.ndarray]):
         self._file.flush()
         for first in range(0, count, step):
             n = min(step, count - first)
-            buf = bytearray(n * dtype.itemsize)
-            if os.preadv(self._file.fileno(), [buf], offset + first * dtype.itemsize) != len(buf):
-                raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
-            yield first, np.frombuffer(buf, dtype=dtype)
+            yield first, np.frombuffer(self._pread(name, offset + first * dtype.itemsize, n * dtype.itemsize),
+                                       dtype=dtype)
+
+    def _pread(self, name: str, offset: int, nbytes: int) -> bytearray:
+        buf = bytearray(nbytes)
+        if buf and os.preadv(self._file.fileno(), [buf], offset) != nbytes:
+            raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
+        return buf
 
     def drop(self, name: str) -> None:
         """Forget a tensor (its spooled bytes stay in the temp file until close())."""
@@ -119,11 +123,8 @@ class UploadParams(Mapping[str, np.ndarray]):
         if name in self._memory:
             return self._memory[name]
         offset, dtype, shape = self._spooled[name]
-        buf = bytearray(math.prod(shape) * dtype.itemsize)
         self._file.flush()
-        if buf and os.preadv(self._file.fileno(), [buf], offset) != len(buf):
-            raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
-        return np.frombuffer(buf, dtype=dtype).reshape(shape)
+        return np.frombuffer(self._pread(name, offset, math.prod(shape) * dtype.itemsize), dtype=dtype).reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
         yield from self._memory

@@ -80,7 +80,7 @@ class StartupKit:
                             "(check this node's clock)")
         try:
             cert.verify_directly_issued_by(root)
-        except (ValueError, TypeError, Exception) as exc:  # noqa: BLE001 - InvalidSignature and friends
+        except Exception as exc:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError
             problems.append(f"certificate is not issued by the project CA in {self.path / 'rootCA.pem'} ({type(exc).__name__})")
         if common_name(cert) != self.name:
             problems.append(f"certificate names {common_name(cert)!r}, but the kit is for {self.name!r}")
@@ -141,8 +141,7 @@ def explain_refusal(address: str, kit: StartupKit, peer_name: str, timeout: floa
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.set_alpn_protocols(["h2"])
     ctx.load_verify_locations(cadata=kit.root_pem.decode())
-    tmp = kit.path / "cert.pem", kit.path / "key.pem"
-    ctx.load_cert_chain(str(tmp[0]), str(tmp[1]))
+    ctx.load_cert_chain(str(kit.path / "cert.pem"), str(kit.path / "key.pem"))
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw:
             with ctx.wrap_socket(raw, server_hostname=peer_name) as tls:

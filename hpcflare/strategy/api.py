@@ -74,6 +74,24 @@ class Aggregator(abc.ABC):
     def count(self) -> int: ...
 
 
+class PassThroughAggregator(Aggregator):
+    """For rounds that leave the global model as it is (submitted models, statistics): subclasses only
+    observe each update in ``add``."""
+
+    def __init__(self, global_params: Mapping[str, np.ndarray]) -> None:
+        self._global, self._count = global_params, 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def result(self) -> Params:
+        return dict(self._global)
+
+    def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
+        yield from self._global.items()
+
+
 class Strategy(abc.ABC):
     """An FL algorithm on the server: what to send each round and how to combine what comes back."""
 
@@ -83,6 +101,13 @@ class Strategy(abc.ABC):
 
     def attach(self, job_root: Any) -> None:
         """Called by the server with the job directory, for strategies that write results of their own."""
+
+    def on_register(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A site registered with the server; returns extra fields for its reply (swarm: the peer secret)."""
+        return {}
+
+    def coordinator_report(self, site: str, report: dict[str, Any]) -> None:
+        """The round's coordinator (``RoundPlan.coordinator``) reported how its round went."""
 
     def initial_params(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The round-1 global model from the job's initial model (SCAFFOLD adds its control variates)."""
@@ -99,10 +124,9 @@ class Strategy(abc.ABC):
         """Which task this round runs and for whom (default: train, every live site)."""
         return RoundPlan()
 
-    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]],
-                     params: Mapping[str, Any] | None = None) -> None:
-        """After a round: every accepted site's metrics (and, for submit_model rounds, nothing else: the
-        submitted models reach the strategy through its aggregator)."""
+    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
+        """After a round: every accepted site's metrics (submitted models reach the strategy through its
+        aggregator)."""
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         """Extra meta sent to clients with the round's task (default: nothing)."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from hpcflare.runtime.global_model import load_params
-from hpcflare.strategy.api import Aggregator, ClientUpdate, RoundPlan, Strategy
+from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy
 from hpcflare.strategy.fedavg import WeightedMeanAggregator
 from hpcflare.transport.codec import write_safetensors
 
@@ -62,8 +62,7 @@ class CrossSiteEval(Strategy):
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         return {"model_owner": self._owner} if self._task == "validate" else {}
 
-    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]],
-                     params: Mapping[str, Any] | None = None) -> None:
+    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
         if plan.task == "submit_model":
             self.owners = self._collected()
         elif plan.task == "validate":
@@ -78,15 +77,12 @@ class CrossSiteEval(Strategy):
         return WeightedMeanAggregator(global_params)
 
 
-class _CollectModels(Aggregator):
+class _CollectModels(PassThroughAggregator):
     """Writes each submitted (validated) model to its own file instead of folding it."""
 
     def __init__(self, global_params: Mapping[str, np.ndarray], folder: Path) -> None:
-        self._global, self.folder, self._count = global_params, folder, 0
-
-    @property
-    def count(self) -> int:
-        return self._count
+        super().__init__(global_params)
+        self.folder = folder
 
     def add(self, update: ClientUpdate) -> None:
         params = {name: update.params[name] if name in update.params else base for name, base in self._global.items()}
@@ -96,9 +92,3 @@ class _CollectModels(Aggregator):
         write_safetensors(tmp, params)
         tmp.replace(self.folder / f"{update.site}.safetensors")
         self._count += 1
-
-    def result(self) -> dict[str, np.ndarray]:
-        return dict(self._global)
-
-    def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
-        yield from self._global.items()

@@ -29,8 +29,7 @@ class FedEval(Strategy):
     def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
         return RoundPlan(task="validate")
 
-    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]],
-                     params: Mapping[str, Any] | None = None) -> None:
+    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
         self.results = {site: dict(m) for site, m in results.items()}
         if self.output is not None:
             self.output.parent.mkdir(parents=True, exist_ok=True)

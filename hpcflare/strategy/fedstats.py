@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from hpcflare.errors import ConfigError
-from hpcflare.strategy.api import Aggregator, ClientUpdate, RoundPlan, Strategy
+from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy
 
 FIELDS = ("count", "sum", "sumsq", "min", "max")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -60,8 +60,7 @@ class FedStats(Strategy):
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         return _StatsAggregator(global_params, self)
 
-    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]],
-                     params: Mapping[str, Any] | None = None) -> None:
+    def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
         if round_num == 1:
             for f in self.features:
                 lo, hi = self.totals.get(f"{f}.min"), self.totals.get(f"{f}.max")
@@ -112,13 +111,12 @@ def quantile(edges: np.ndarray, counts: np.ndarray, q: float) -> float:
     return float(edges[i] + inside * (edges[i + 1] - edges[i]))
 
 
-class _StatsAggregator(Aggregator):
-    def __init__(self, global_params: Mapping[str, np.ndarray], strategy: FedStats) -> None:
-        self._global, self.strategy, self._count = global_params, strategy, 0
+class _StatsAggregator(PassThroughAggregator):
+    """Adds each site's statistics into the strategy's totals (min/max take the extremes)."""
 
-    @property
-    def count(self) -> int:
-        return self._count
+    def __init__(self, global_params: Mapping[str, np.ndarray], strategy: FedStats) -> None:
+        super().__init__(global_params)
+        self.strategy = strategy
 
     def add(self, update: ClientUpdate) -> None:
         totals = self.strategy.totals
@@ -134,9 +132,3 @@ class _StatsAggregator(Aggregator):
             else:
                 have += value
         self._count += 1
-
-    def result(self) -> dict[str, np.ndarray]:
-        return dict(self._global)
-
-    def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
-        yield from self._global.items()

@@ -16,6 +16,7 @@ aggregator (the round restarts as soon as the server declares it dead, after set
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,7 +30,8 @@ class Swarm(Strategy):
     supports_relays = False
 
     def __init__(self) -> None:
-        self.peers: dict[str, str] = {}  # site -> its peer host address (filled by the server at registration)
+        self.peers: dict[str, str] = {}  # site -> its peer host address, from its registration
+        self.secret = secrets.token_hex(16)  # peer tokens derive from it (hpcflare.runtime.swarm.peer_token)
         self.source: dict[str, Any] | None = None  # where this round's model is: the last aggregator's copy
         self.aggregator = ""
         self._meta: dict[str, Any] = {}
@@ -40,13 +42,19 @@ class Swarm(Strategy):
         if self.source is not None and self.source["name"] not in live:
             self.source = None  # the site holding the last model is gone: the server's checkpoint copy serves
         self._meta = {"aggregator": self.aggregator, "aggregator_address": self.peers.get(self.aggregator, ""),
-                      "expect": live, "final": round_num == total_rounds, "source": self.source}
+                      "expect": live, "source": self.source}
         return RoundPlan(task="train", once=True, coordinator=self.aggregator or None)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         return {"swarm": self._meta}
 
-    def aggregated(self, site: str, report: dict[str, Any]) -> None:
+    def on_register(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
+        peer = request.get("peer")
+        if isinstance(peer, str) and len(peer) < 300:
+            self.peers[site] = peer
+        return {"swarm_secret": self.secret}
+
+    def coordinator_report(self, site: str, report: dict[str, Any]) -> None:
         """The round's aggregator finished: next round's model is at its peer host."""
         self.source = {"name": site, "address": self.peers.get(site, ""), "ref": str(report.get("ref", "")),
                        "manifest": list(report.get("manifest") or [])}
