@@ -19,11 +19,14 @@ import shutil
 from pathlib import Path
 
 import yaml
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import JobConfig, JobDir, atomic_write_text
 from hpcflare.security.tls import StartupKit
+
+KITS_LOCK_TIMEOUT = 60.0
+"""Seconds a job submission waits for another one (server and clients jobs of one job dir) provisioning kits."""
 
 KIT_ENV = "HPCFLARE_KIT"
 """Path of this rank's own startup kit; overrides ``kits_dir/<name>`` (a site that keeps its kit locally)."""
@@ -60,9 +63,13 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
         atomic_write_text(job_dir.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
     if config.tls == "on":
         root = kits_root(job_dir, config)
-        with FileLock(str(job_dir.root / ".kits.lock"), timeout=60):  # a server and a clients job may race here
-            if not root.exists():
-                _provision_job(job_dir, config, root)
+        try:
+            with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):  # server/clients jobs race
+                if not root.exists():
+                    _provision_job(job_dir, config, root)
+        except Timeout:
+            raise ConfigError(f"{job_dir.root / '.kits.lock'} held for {KITS_LOCK_TIMEOUT:g}s by another submission; "
+                              "remove it if no submission of this job is running") from None
         if not root.is_dir():
             raise ConfigError(f"kits_dir {root} is not a directory")
     return config
