@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hpcflare.exitcodes import HELP, ExitCode
+from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
 from hpcflare.settings import CONFIGS_DIR, Settings
 
@@ -70,8 +71,8 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                 server_id = slurm.submit(write_sbatch(server))
                 clients = SbatchSpec(job_dir, nodes=args.nodes, part="clients", server_job_id=server_id, **common)
                 clients_id = slurm.submit(write_sbatch(clients))
-                (job_dir.root / "slurm_job_id").write_text(server_id + "\n")
-                (job_dir.root / "slurm_clients_job_id").write_text(clients_id + "\n")
+                atomic_write_text(job_dir.root / "slurm_job_id", server_id + "\n")
+                atomic_write_text(job_dir.root / "slurm_clients_job_id", clients_id + "\n")
                 print(f"submitted {job_dir.root.name}: server as Slurm job {server_id}, clients as {clients_id}; "
                       f"logs {job_dir.log_dir}")
                 return 0
@@ -82,7 +83,7 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                 return 0
             path = write_sbatch(spec)
             job_id = slurm.submit(path)
-            (job_dir.root / "slurm_job_id").write_text(job_id + "\n")
+            atomic_write_text(job_dir.root / "slurm_job_id", job_id + "\n")
             print(f"submitted {job_dir.root.name} as Slurm job {job_id}; script {path}; logs {job_dir.log_dir}")
         elif args.action == "status":
             job_id, job_dir = _resolve(args.target)

@@ -19,6 +19,10 @@ class PeerGoneError(TransportError):
     """The other side of a connection disappeared (process died, node lost)."""
 
 
+class RendezvousTimeoutError(PeerGoneError):
+    """A rank's address was not published (rendezvous file / MPI broadcast) within settings.rendezvous_timeout."""
+
+
 class StreamTimeoutError(TransportError):
     """A stream made no progress within its deadline."""
 

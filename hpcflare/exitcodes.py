@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import enum
+import traceback
+
+from hpcflare import errors
 
 
 class ExitCode(enum.IntEnum):
@@ -49,3 +52,38 @@ def describe(code: int) -> str:
             sig = -code if code < 0 else code - 128
             return f"killed by signal {sig} (9 = SIGKILL, often the OOM killer; 15 = SIGTERM, preemption or abort)"
         return f"unknown exit code {code} (not an hpcflare code; the training script may have called sys.exit)"
+
+
+# most specific first: the first class an exception is an instance of decides its code
+_BY_ERROR: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (errors.ConfigError, ExitCode.CONFIG_ERROR),
+    (errors.PolicyRefusedError, ExitCode.POLICY_REFUSED),
+    (errors.CertificateError, ExitCode.CERTIFICATE_ERROR),
+    (errors.UpdateRejectedError, ExitCode.UPDATE_REJECTED),
+    (errors.PeerGoneError, ExitCode.SERVER_LOST),
+    (errors.TransportError, ExitCode.TRANSPORT_ERROR),
+    (errors.RegistrationTimeoutError, ExitCode.REGISTRATION_TIMEOUT),
+    (errors.RoundFailedError, ExitCode.ROUND_FAILED),
+    (errors.JobAbortedError, ExitCode.ABORTED),
+)
+
+
+def exit_for(exc: BaseException, user_code: bool = False) -> tuple[ExitCode, str]:
+    """The one place an exception becomes an exit code and a reason, for every role (server, relay,
+    client, launcher). ``user_code``: the exception may come from the training script, so anything that
+    is not an hpcflare error is the script's failure rather than an internal one."""
+    for kind, code in _BY_ERROR:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    if user_code and isinstance(exc, Exception):
+        return ExitCode.TRAIN_SCRIPT_FAILED, f"{type(exc).__name__}: {exc}"
+    return ExitCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+
+
+def needs_traceback(code: ExitCode) -> bool:
+    """Codes whose cause is in code, not in the job's setup: the traceback goes to the rank's log."""
+    return code in (ExitCode.TRAIN_SCRIPT_FAILED, ExitCode.INTERNAL_ERROR)
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

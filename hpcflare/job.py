@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 
 from hpcflare.errors import ConfigError
+from hpcflare.fileio import atomic_write_text
 from hpcflare.settings import Settings
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -198,18 +198,3 @@ class JobDir:
             return {"state": "pending"}
         except ValueError:
             return {"state": "unknown", "message": f"unreadable {self.status_path}"}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + rename in the same directory, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,6 +1,9 @@
 """Every exit code has help text; describe() explains codes hpcflare does not own."""
 
-from hpcflare.exitcodes import HELP, ExitCode, describe
+import pytest
+
+from hpcflare import errors
+from hpcflare.exitcodes import HELP, ExitCode, describe, exit_for
 
 
 def test_every_code_has_help_text():
@@ -19,3 +22,18 @@ def test_describe_signals_and_unknown_codes():
     assert describe(137).startswith("killed by signal 9")
     assert "ROUND_FAILED" in describe(12)
     assert "unknown exit code 77" in describe(77)
+
+
+@pytest.mark.parametrize("exc, code", [
+    (errors.ConfigError("x"), ExitCode.CONFIG_ERROR), (errors.CertificateError("x"), ExitCode.CERTIFICATE_ERROR),
+    (errors.RendezvousTimeoutError("x"), ExitCode.SERVER_LOST), (errors.StaleTaskError("x"), ExitCode.UPDATE_REJECTED),
+    (errors.StreamTimeoutError("x"), ExitCode.TRANSPORT_ERROR), (errors.RoundFailedError("x"), ExitCode.ROUND_FAILED),
+    (errors.RegistrationTimeoutError("x"), ExitCode.REGISTRATION_TIMEOUT), (errors.JobAbortedError("x"), ExitCode.ABORTED),
+    (errors.PolicyRefusedError("x"), ExitCode.POLICY_REFUSED)])
+def test_one_funnel_maps_every_error_family(exc, code):
+    assert exit_for(exc) == (code, "x") and exit_for(exc, user_code=True) == (code, "x")
+
+
+def test_user_code_failures_are_the_scripts_and_others_are_internal():
+    assert exit_for(ValueError("bad"), user_code=True) == (ExitCode.TRAIN_SCRIPT_FAILED, "ValueError: bad")
+    assert exit_for(ValueError("bad")) == (ExitCode.INTERNAL_ERROR, "ValueError: bad")

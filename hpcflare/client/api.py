@@ -12,10 +12,11 @@ import threading
 import time
 from typing import Any, Optional
 
-from hpcflare.client.model import AnalyticsDataType, FLModel
+from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsType
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.client_agent import ClientAgent, Task
+from hpcflare.runtime.client_agent import ClientAgent
+from hpcflare.transport.api import Task
 
 
 class _Context:
@@ -86,8 +87,15 @@ def receive(timeout: Optional[float] = None) -> Optional[FLModel]:
         ctx.task = ctx.agent.next_task(timeout, ctx.last_task_id)
         if ctx.task is None:
             return None
-    ctx.model = ctx.agent.to_flmodel(ctx.task, ctx.agent.fetch(ctx.task))
+    ctx.model = _to_flmodel(ctx.agent, ctx.task, ctx.agent.fetch(ctx.task))
     return ctx.model
+
+
+def _to_flmodel(agent: ClientAgent, task: Task, params: dict[str, Any]) -> FLModel:
+    meta = {**task.meta, FLMetaKey.JOB_ID: agent.config.job_id, FLMetaKey.SITE_NAME: agent.site,
+            FLMetaKey.CURRENT_ROUND: task.round, FLMetaKey.TOTAL_ROUNDS: task.total_rounds}
+    return FLModel(params_type=ParamsType.FULL, params=params, current_round=task.round,
+                   total_rounds=task.total_rounds, meta=meta)
 
 
 def send(model: FLModel, clear_cache: bool = True) -> None:
@@ -98,7 +106,12 @@ def send(model: FLModel, clear_cache: bool = True) -> None:
     ctx = _ctx()
     if ctx.task is None:
         raise RuntimeError("flare.send() called without a task: call flare.receive() first")
-    ctx.agent.send(ctx.task, model)
+    if model.params is None and ctx.task.name != "train":
+        model.params = {}  # an evaluation result: metrics only
+    if not isinstance(model.params, dict) or (not model.params and ctx.task.name == "train"):
+        raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors")
+    ctx.agent.send(ctx.task, model.params, (model.params_type or ParamsType.FULL).value, model.meta or {},
+                   model.metrics or {})
     if clear_cache:
         clear()
 

@@ -6,11 +6,12 @@ Getting an allocation (submitit/sbatch, the provider) is separate from starting 
 
 from __future__ import annotations
 
-import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -18,11 +19,20 @@ from typing import Any, Optional
 from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError, JobFailedError
 from hpcflare.exitcodes import ExitCode, describe
+from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
 from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.memory import MALLOC_ENV
-from hpcflare.runtime.ranks import RankInfo, run_rank
+from hpcflare.runtime.launch import run_rank
+from hpcflare.runtime.ranks import RankInfo
 from hpcflare.slurm.commands import FINAL_STATES, SlurmCommands
+from hpcflare.slurm.spec import Allocation
+
+_DRY_RUN_SBATCH = """#!/bin/sh
+# hpcflare dry run: keep the script submitit hands to sbatch, submit nothing
+cp "$1" "$HPCFLARE_DRY_RUN_CAPTURE"
+echo "Submitted batch job 0"
+"""
 
 
 def submitit_rank(job_dir: str, rendezvous: str) -> int:
@@ -42,7 +52,7 @@ class SlurmRun(Run):
         super().__init__(job_dir)
         self.job = job
         self.slurm_job_id = str(job.job_id)
-        (job_dir.root / "slurm_job_id").write_text(self.slurm_job_id + "\n")  # for hpcflare job/logs commands
+        atomic_write_text(job_dir.root / "slurm_job_id", self.slurm_job_id + "\n")  # for hpcflare job/logs commands
         self.commands = commands or SlurmCommands()
 
     def slurm_state(self) -> str:
@@ -60,13 +70,6 @@ class SlurmRun(Run):
             time.sleep(1.0)
         return True
 
-    def rank_errors(self) -> list[str]:
-        try:
-            self.job.results()
-            return []
-        except Exception as exc:  # noqa: BLE001 - submitit re-raises the first failing task's error
-            return [str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)]
-
     def abort(self) -> None:
         self.job.cancel(check=False)
 
@@ -78,8 +81,8 @@ class SlurmEnv(Env):
                  time: str | int = "00:30:00", job_root: str | Path = "jobs", rendezvous: str = "fs",
                  setup: list[str] | None = None, slurm_args: dict[str, Any] | None = None) -> None:
         super().__init__(job_root)
-        self.nodes, self.ntasks_per_node, self.partition = nodes, ntasks_per_node, partition
-        self.time_min = _minutes(time)
+        self.allocation = Allocation(nodes, ntasks_per_node, partition, time)
+        self.allocation.minutes()  # a bad time limit is refused here, not at submission
         self.rendezvous, self.setup, self.slurm_args = rendezvous, list(setup or []), dict(slurm_args or {})
 
     def executor(self, job_dir: JobDir) -> Any:
@@ -87,27 +90,48 @@ class SlurmEnv(Env):
 
         config = job_dir.load_config()
         ranks = 1 + config.relays + len(config.clients)
-        per_node = self.ntasks_per_node or math.ceil(ranks / self.nodes)
-        if per_node * self.nodes < ranks:
-            raise ConfigError(f"{self.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
+        alloc = self.allocation
+        per_node = alloc.per_node(ranks)
+        if per_node * alloc.nodes < ranks:
+            raise ConfigError(f"{alloc.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
                               f"+ {len(config.clients)} clients)")
         executor = submitit.SlurmExecutor(folder=job_dir.root / "slurm", python=sys.executable)
         setup = [f"export {k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items()] + self.setup
-        params: dict[str, Any] = dict(nodes=self.nodes, ntasks_per_node=per_node, time=self.time_min,
-                                      job_name=job_dir.load_config().name, setup=setup,
-                                      srun_args=["--mpi=pmi2"] if self.rendezvous == "mpi" else [],
-                                      additional_parameters={"requeue": True}, **self.slurm_args)
-        if self.partition:
-            params["partition"] = self.partition
-        executor.update_parameters(**params)
+        params = alloc.submitit_parameters(ranks)
+        params["additional_parameters"] = {"requeue": True, **params["additional_parameters"]}
+        executor.update_parameters(**params, job_name=config.name, setup=setup,
+                                   srun_args=["--mpi=pmi2"] if self.rendezvous == "mpi" else [], **self.slurm_args)
         return executor
 
     def dry_run(self, job: JobDir | Any) -> str:
-        """The exact sbatch script submitit will submit for this job (nothing is submitted)."""
+        """The exact sbatch script submitit would submit for this job; nothing is submitted.
+
+        submitit has no public call that renders its script, so the real submission path runs against a
+        stand-in ``sbatch`` that keeps the script and queues nothing; submitit's bookkeeping is removed after.
+        """
         job_dir = job if isinstance(job, JobDir) else job.export(self.job_root)
         executor = self.executor(job_dir)
-        text = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
-        (job_dir.root / "job.sbatch").write_text(text)
+        folder = job_dir.root / "slurm"
+        existed = folder.exists()
+        with tempfile.TemporaryDirectory(prefix="hpcflare-dry-run-") as fake:
+            capture = Path(fake) / "job.sbatch"
+            sbatch = Path(fake) / "sbatch"
+            sbatch.write_text(_DRY_RUN_SBATCH)
+            sbatch.chmod(0o755)
+            saved = {k: os.environ.get(k) for k in ("PATH", "HPCFLARE_DRY_RUN_CAPTURE")}
+            os.environ.update(PATH=f"{fake}{os.pathsep}{saved['PATH'] or ''}", HPCFLARE_DRY_RUN_CAPTURE=str(capture))
+            try:
+                executor.submit(submitit_rank, str(job_dir.root), self.rendezvous)
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+            text = capture.read_text()
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        atomic_write_text(job_dir.root / "job.sbatch", text)
         return text
 
     def deploy(self, job_dir: JobDir) -> Run:
@@ -167,20 +191,6 @@ class MpiEnv(Env):
                                 start_new_session=True)
         out.close()
         return MpiRun(job_dir, proc)
-
-
-def _minutes(value: str | int) -> int:
-    if isinstance(value, int):
-        return value
-    parts = [int(p) for p in value.replace("-", ":").split(":")]
-    if "-" in value:  # D-HH:MM:SS
-        days, rest = parts[0], parts[1:] + [0] * (3 - len(parts[1:]))
-        return days * 1440 + rest[0] * 60 + rest[1] + math.ceil(rest[2] / 60)
-    if len(parts) == 3:
-        return parts[0] * 60 + parts[1] + math.ceil(parts[2] / 60)
-    if len(parts) == 2:
-        return parts[0] + math.ceil(parts[1] / 60)
-    return parts[0]
 
 
 __all__ = ["MpiEnv", "SlurmEnv", "SubmititEnv", "JobFailedError"]

@@ -18,7 +18,8 @@ import signal
 import sys
 
 from hpcflare.exitcodes import ExitCode
-from hpcflare.job import JobDir, atomic_write_text
+from hpcflare.fileio import atomic_write_text
+from hpcflare.job import JobDir
 from hpcflare.runtime import launch  # noqa: F401 - the point: import everything before forking
 
 

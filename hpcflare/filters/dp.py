@@ -26,7 +26,6 @@ class GaussianDP(Filter):
             raise ConfigError("dp_gaussian needs clip > 0 and noise_multiplier >= 0")
         self.clip, self.noise_multiplier = float(clip), float(noise_multiplier)
         self.rng = np.random.default_rng(seed)
-        self.last_norm = 0.0
 
     def apply(self, out: Outgoing) -> Outgoing:
         diff: dict[str, np.ndarray] = {}
@@ -40,7 +39,6 @@ class GaussianDP(Filter):
             else:
                 diff[name] = np.asarray(value, dtype=np.float64)
         norm = math.sqrt(sum(float(np.vdot(d, d)) for d in diff.values()))
-        self.last_norm = norm
         scale = min(1.0, self.clip / norm) if norm > 0 else 1.0
         sigma = self.noise_multiplier * self.clip
         noisy = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -68,7 +67,3 @@ class RankLogger:
                     f.close()
             self._json = self._human = None
 
-
-def stderr_logger(rank: str, role: str) -> RankLogger:
-    """A file-less logger for code paths that run before a job dir exists."""
-    return RankLogger(None, rank, role, echo=sys.stderr)

@@ -45,7 +45,7 @@ def collect(job_dir: JobDir) -> dict[str, Any]:
             t, name, rnd = e["t"] - t0, e.get("event", ""), e.get("round")
             if name == "round_started" and isinstance(rnd, int):
                 open_round[rnd] = t
-            elif name in ("round_completed", "round_failed") and rnd in open_round:
+            elif name == "round_completed" and rnd in open_round:
                 lane["rounds"].append((rnd, open_round.pop(rnd), t))
             elif name == "task_received" and isinstance(rnd, int):
                 task_at[rnd] = t

@@ -1,7 +1,8 @@
-"""Start one rank of a job: ``python -m hpcflare.runtime.launch --job-dir D --role server|client --site S``.
+"""Start one rank of a job: ``python -m hpcflare.runtime.launch --job-dir D --role server|relay|client|auto``.
 
-This is what LocalEnv spawns per process and what launchers/hpcflare-rank execs under srun/mpiexec.
-Exit codes come from hpcflare.exitcodes.
+This is what LocalEnv spawns per process, what SimEnv runs per thread and what launchers/hpcflare-rank execs
+under srun/mpiexec. Every role ends through :func:`hpcflare.exitcodes.exit_for`, the one place exceptions
+become exit codes.
 """
 
 from __future__ import annotations
@@ -11,47 +12,63 @@ import os
 import runpy
 import signal
 import sys
-import traceback
+import threading
 from pathlib import Path
 from typing import Callable
 
 from hpcflare import errors
 from hpcflare.client import api as client_api
-from hpcflare.exitcodes import ExitCode
+from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.client_agent import ClientAgent
+from hpcflare.runtime.ranks import RankInfo, RoleKind, detect_rank, role_for_rank
+from hpcflare.runtime.relay import Relay
+from hpcflare.runtime.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
+from hpcflare.runtime.server import FLServer
 from hpcflare.security import tls
 from hpcflare.security.policy import check_script
 from hpcflare.security.tls import handshake_tap
 
 
 def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port: int = 0,
-               advertise: str | None = None, on_listening: Callable[[str], None] | None = None) -> ExitCode:
-    from hpcflare.runtime.server import FLServer
-
+               advertise: str | None = None, rendezvous: Rendezvous | None = None) -> ExitCode:
+    """The server rank; it always publishes its address to the job dir, and to ``rendezvous`` as well."""
     log = RankLogger(job_dir.log_dir, "server", "server", echo=sys.stdout if echo else None)
     try:
         server = FLServer(job_dir, log, host=host, port=port, advertise=advertise)
     except errors.ConfigError as exc:
-        log.error("config_error", f"cannot start server: {exc}", exit_code=int(ExitCode.CONFIG_ERROR))
-        job_dir.write_status("failed", message=str(exc), exit_code=int(ExitCode.CONFIG_ERROR))
-        return ExitCode.CONFIG_ERROR
-    if threading_is_main():
+        code, reason = exit_for(exc)
+        log.error("config_error", f"cannot start server: {reason}", exit_code=int(code))
+        job_dir.write_status("failed", message=reason, exit_code=int(code))
+        log.close()
+        return code
+    if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: server.abort("SIGTERM received"))
     tap = handshake_tap(log, server.grpc.kit)
     try:
-        return server.run(on_listening)
+        return server.run(rendezvous)
     finally:
         if tap is not None:
             tap.close()
         log.close()
 
 
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: str | None = None) -> ExitCode:
+    log = RankLogger(job_dir.log_dir, name, "relay")
+    tap = None
+    try:
+        relay = Relay(job_dir, name, log, host=host, advertise=advertise)
+        tap = handshake_tap(log, relay.grpc.kit)
+        return relay.run()
+    except errors.ConfigError as exc:
+        code, reason = exit_for(exc)
+        log.error("config_error", f"cannot start relay: {reason}", exit_code=int(code))
+        return code
+    finally:
+        if tap is not None:
+            tap.close()
+        log.close()
 
 
 def script_path(job_dir: JobDir, script: str) -> Path:
@@ -74,9 +91,8 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         script = script_path(job_dir, agent.config.train_script)
         check_script(agent.kit, script)
         client_api.bind(agent, per_thread)  # the script's flare.init() registers the site
-        if not per_thread:
-            agent.on_stuck = _stop_stuck_process(agent, log)
         if not per_thread:  # process-global state is ours to set
+            agent.on_stuck = _stop_stuck_process(agent, log)
             site_dir = job_dir.site_dir(site)
             site_dir.mkdir(parents=True, exist_ok=True)
             os.chdir(site_dir)
@@ -89,24 +105,11 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
             if exc.code not in (None, 0):
                 raise RuntimeError(f"training script exited with status {exc.code}") from None
         log.info("script_finished", f"{script.name} finished")
-    except errors.ConfigError as exc:
-        code, status, reason = ExitCode.CONFIG_ERROR, "failed", str(exc)
-    except errors.PolicyRefusedError as exc:
-        code, status, reason = ExitCode.POLICY_REFUSED, "failed", str(exc)
-    except errors.CertificateError as exc:
-        code, status, reason = ExitCode.CERTIFICATE_ERROR, "failed", str(exc)
-    except errors.UpdateRejectedError as exc:
-        code, status, reason = ExitCode.UPDATE_REJECTED, "failed", str(exc)
-    except errors.PeerGoneError as exc:
-        code, status, reason = ExitCode.SERVER_LOST, "failed", str(exc)
-    except errors.TransportError as exc:
-        code, status, reason = ExitCode.TRANSPORT_ERROR, "failed", str(exc)
-    except errors.JobAbortedError as exc:
-        code, status, reason = ExitCode.ABORTED, "failed", str(exc)
-    except Exception as exc:  # noqa: BLE001 - anything the user's script raises
-        code, status = ExitCode.TRAIN_SCRIPT_FAILED, "failed"
-        reason = f"{type(exc).__name__}: {exc}"
-        log.error("traceback", traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - anything the user's script raises ends here
+        code, reason = exit_for(exc, user_code=True)
+        status = "failed"
+        if needs_traceback(code):
+            log.error("traceback", format_traceback(exc))
     finally:
         if code != ExitCode.OK:
             log.error("client_failed", f"{site} exits with {code.name} ({int(code)}): {reason}", exit_code=int(code),
@@ -144,6 +147,30 @@ def _report_early_failure(agent: ClientAgent, reason: str, log: RankLogger) -> N
         log.warning("report_failed", f"could not report the failure to the server: {exc}")
 
 
+def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCode:
+    """Start whatever this rank is in the job (role by rank); return its exit code."""
+    if rendezvous not in RENDEZVOUS:
+        raise errors.ConfigError(f"rendezvous must be one of {tuple(RENDEZVOUS)}, got {rendezvous!r}")
+    config = job_dir.load_config()
+    settings = config.load_settings()
+    if config.relays and rendezvous == MpiRendezvous.kind:
+        raise errors.ConfigError("relays find each other through the job directory: use rendezvous='fs' with relays")
+    mpi = MpiRendezvous(settings.rendezvous_timeout) if rendezvous == MpiRendezvous.kind else None
+    role = role_for_rank(info.rank, info.world, config)
+    if role.kind == RoleKind.SERVER:
+        return run_server(job_dir, echo=True, host="0.0.0.0", advertise=advertise_host(), rendezvous=mpi)
+    if role.kind == RoleKind.RELAY:
+        return run_relay(job_dir, role.site, host="0.0.0.0", advertise=advertise_host())
+    address = None
+    if mpi is not None:  # every rank takes part in the broadcast, idle ones too
+        address = mpi.lookup(SERVER, settings.rendezvous_timeout).address
+        print(f"[hpcflare] rank {info.rank}: server address {address} from MPI broadcast", flush=True)
+    if role.kind == RoleKind.IDLE:
+        print(f"[hpcflare] rank {info.rank}: no role (job has {len(config.clients)} clients); exiting", flush=True)
+        return ExitCode.OK
+    return run_client(job_dir, role.site, address=address)
+
+
 def _raise_aborted(signum: int, frame: object) -> None:
     raise errors.JobAbortedError(f"signal {signum} received")
 
@@ -152,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcflare-rank", description=__doc__)
     parser.add_argument("--job-dir", required=True)
     parser.add_argument("--role", choices=("server", "relay", "client", "auto"), required=True,
-                        help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then clients in job.yaml order")
-    parser.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs",
+                        help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then relays, then clients in "
+                        "job.yaml order")
+    parser.add_argument("--rendezvous", choices=tuple(RENDEZVOUS), default="fs",
                         help="--role auto: find the server via the shared job dir (fs) or an MPI broadcast (mpi)")
     parser.add_argument("--site", help="site name (client role; default: the job's clients in order, by rank); "
                         "relay role: the relay's name, e.g. relay-1")
@@ -163,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     job_dir = JobDir(args.job_dir)
     tls.TAP_ENABLED = True  # a process of our own: servers and relays may read gRPC's handshake log lines
+    advertise = advertise_host() if args.bind == "0.0.0.0" else None
     if args.role == "auto":
-        from hpcflare.runtime.ranks import detect_rank, run_rank
-
         info = detect_rank()
         if info.rank != 0:
             signal.signal(signal.SIGTERM, _raise_aborted)
@@ -173,23 +200,14 @@ def main(argv: list[str] | None = None) -> int:
             return int(run_rank(job_dir, info, args.rendezvous))
         except errors.ConfigError as exc:
             print(f"[hpcflare] rank {info.rank}: configuration error: {exc}", file=sys.stderr)
-            return int(ExitCode.CONFIG_ERROR)
+            return int(exit_for(exc)[0])
     if args.role == "relay":
-        from hpcflare.runtime.ranks import advertise_host
-        from hpcflare.runtime.relay import run_relay
-
         if not args.site:
             parser.error("--role relay needs --site relay-N")
-        advertise = advertise_host() if args.bind == "0.0.0.0" else None
         return int(run_relay(job_dir, args.site, host=args.bind, advertise=advertise))
     if args.role == "server":
-        from hpcflare.runtime.ranks import advertise_host
-
-        advertise = advertise_host() if args.bind == "0.0.0.0" else None
         return int(run_server(job_dir, echo=not args.quiet, host=args.bind, advertise=advertise))
     if not args.site:
-        from hpcflare.runtime.ranks import detect_rank
-
         try:
             clients = job_dir.load_config().clients
             rank = detect_rank().rank

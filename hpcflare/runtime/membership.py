@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import secrets
 import threading
 import time
 
 from hpcflare.errors import UnknownClientError
 
-LIVE = ("registered", "active")
+
+
+class MemberState(str, enum.Enum):
+    """Where a site stands in the job. REGISTERED and ACTIVE are live; the rest are final."""
+
+    REGISTERED = "registered"
+    ACTIVE = "active"  # has taken a task
+    DONE = "done"  # said goodbye after finishing
+    FAILED = "failed"  # said goodbye with an error
+    DEAD = "dead"  # silent for longer than settings.heartbeat_timeout
+    EXCLUDED = "excluded"  # never registered within settings.registration_timeout
+
+    def __str__(self) -> str:
+        return self.value
+
+
+LIVE = (MemberState.REGISTERED, MemberState.ACTIVE)
+ENDED = (MemberState.DONE, MemberState.FAILED, MemberState.DEAD)
 
 
 @dataclasses.dataclass
 class ClientRecord:
     site: str
     token: str
-    state: str = "registered"  # registered | active | done | failed | dead | excluded
-    registered_at: float = dataclasses.field(default_factory=time.time)
+    state: MemberState = MemberState.REGISTERED
     last_seen: float = dataclasses.field(default_factory=time.monotonic)
     reason: str = ""
     host: str = ""
@@ -51,7 +68,7 @@ class Membership:
         record.last_seen = time.monotonic()
         return record
 
-    def mark(self, site: str, state: str, reason: str = "") -> None:
+    def mark(self, site: str, state: MemberState, reason: str = "") -> None:
         with self._lock:
             record = self._clients.get(site)
             if record is not None and record.state in LIVE:
@@ -67,7 +84,7 @@ class Membership:
         """Record an expected site that will not take part (e.g. never registered)."""
         with self._lock:
             if site not in self._clients:
-                self._clients[site] = ClientRecord(site, "", state="excluded", reason=reason)
+                self._clients[site] = ClientRecord(site, "", state=MemberState.EXCLUDED, reason=reason)
 
     def expire(self) -> list[ClientRecord]:
         """Declare live clients silent for longer than heartbeat_timeout dead; return the newly dead."""
@@ -76,16 +93,13 @@ class Membership:
         with self._lock:
             for record in self._clients.values():
                 if record.state in LIVE and now - record.last_seen > self.heartbeat_timeout:
-                    record.state = "dead"
+                    record.state = MemberState.DEAD
                     record.reason = f"no heartbeat for {now - record.last_seen:.0f}s (settings.heartbeat_timeout={self.heartbeat_timeout})"
                     dead.append(record)
         return dead
 
     def live(self) -> list[str]:
         return [r.site for r in self._clients.values() if r.state in LIVE]
-
-    def registered(self) -> list[str]:
-        return [s for s, r in self._clients.items() if r.state != "excluded"]
 
     def get(self, site: str) -> ClientRecord | None:
         return self._clients.get(site)

@@ -12,41 +12,28 @@ stays exact; if the relay dies, its children fail over to the server (``relay_fa
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import time
 from typing import Any
 
 from hpcflare import errors
-from hpcflare.exitcodes import ExitCode
-from hpcflare.job import JobDir, atomic_write_text
+from hpcflare.exitcodes import ExitCode, exit_for
+from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.client_agent import ClientAgent, Task
+from hpcflare.runtime.client_agent import ClientAgent
 from hpcflare.runtime.global_model import GlobalModel
 from hpcflare.runtime.memory import release_memory
 from hpcflare.runtime.membership import Membership
-from hpcflare.runtime.ranks import incarnation
-from hpcflare.runtime.round_host import RoundHost
+from hpcflare.runtime.rendezvous import FileRendezvous, incarnation
+from hpcflare.runtime.round_host import HostPhase, RoundHost
 from hpcflare.runtime.staging import Stager
-from hpcflare.security.tls import handshake_tap
-from hpcflare.strategy import ClientUpdate, RoundPlan
+from hpcflare.strategy.api import ClientUpdate, RoundPlan, UpdateKind
+from hpcflare.transport.api import Task, upload_header
 from hpcflare.transport.grpc_server import GrpcServer
 
 RELAY_ROUND_FRACTION = 0.9
 """A relay closes its part of a round at this fraction of settings.round_timeout, so its partial still
 reaches the server before the server's own deadline."""
-
-
-class _Upstream(ClientAgent):
-    """The relay's own connection to the server: a client agent whose heartbeats vouch for children."""
-
-    def __init__(self, relay: "Relay", job_dir: JobDir, log: RankLogger) -> None:
-        super().__init__(job_dir, relay.name, log)
-        self.relay = relay
-
-    def heartbeat_extra(self) -> dict[str, Any]:
-        return {"children": self.relay.members.live()}
 
 
 class Relay(RoundHost):
@@ -61,14 +48,15 @@ class Relay(RoundHost):
                          Membership(config.clients, settings.heartbeat_timeout), stager)
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
-        self.upstream = _Upstream(self, job_dir, log)
+        # the relay's own link to the server: a client agent whose heartbeats vouch for the children
+        self.upstream = ClientAgent(job_dir, name, log, heartbeat_extra=lambda: {"children": self.members.live()})
         self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=self.upstream.kit)
         self.address = f"{advertise or host}:{self.grpc.port}"
 
     def register(self, request: dict) -> dict:
         if not isinstance(request.get("site"), str) or request["site"] not in self.members.expected:
             raise errors.UnknownClientError(f"site {request.get('site')!r:.80} is not part of this job")
-        reply = self.upstream._call("Register", {**request, "via": self.name}, self.settings.rpc_timeout)
+        reply = self.upstream.call("Register", {**request, "via": self.name}, self.settings.rpc_timeout)
         record, _ = self._add_member(request, token=reply["token"])
         self.log.info("child_registered", f"{record.site} registered through {self.name}", site=record.site)
         return reply
@@ -78,10 +66,10 @@ class Relay(RoundHost):
         if not self.forward_raw:
             return super()._fold(rnd, update)
         record = self.members.get(update.site)
-        header = {"site": update.site, "token": record.token if record else "", "task_id": rnd.task_id,
-                  "round": rnd.number, "params_type": update.params_type, "meta": update.meta,
-                  "metrics": update.metrics}
-        self.upstream.transport.upload(header, update.params.items())  # type: ignore[union-attr]
+        header = upload_header(update.site, record.token if record else "", rnd.task_id, rnd.number,
+                               update.params_type, update.meta, update.metrics)
+        transport, _ = self.upstream.connection.credentials()
+        transport.upload(header, update.params.items())
         with self._cv:
             rnd.accepted[update.site] = update.metrics
         self.log.info("result_forwarded", f"round {rnd.number}: result from {update.site} forwarded to the server",
@@ -89,20 +77,20 @@ class Relay(RoundHost):
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         try:  # the server learns of a child's end from its relay
-            self.upstream.transport.call("Goodbye", {"site": site, "token": self.members.get(site).token,  # type: ignore[union-attr]
-                                                     "status": status, "reason": reason}, self.settings.rpc_timeout)
+            transport, _ = self.upstream.connection.credentials()
+            transport.call("Goodbye", {"site": site, "token": self.members.get(site).token,  # type: ignore[union-attr]
+                                       "status": status, "reason": reason}, self.settings.rpc_timeout)
         except errors.HpcflareError as exc:
             self.log.warning("goodbye_forward_failed", f"could not forward {site}'s goodbye: {exc}", site=site)
 
     def run(self) -> ExitCode:
         self.grpc.start()
         self.upstream.start()
-        atomic_write_text(self.job_dir.rendezvous_dir / f"{self.name}.json", json.dumps(
-            {"address": self.address, "name": self.name, "node": os.environ.get("SLURMD_NODENAME", ""),
-             "host": socket.gethostname(), "incarnation": incarnation(), "pid": os.getpid()}))
+        FileRendezvous(self.job_dir.rendezvous_dir, self.settings.rendezvous_timeout).publish(
+            self.name, self.address, incarnation(), node=os.environ.get("SLURMD_NODENAME", ""))
         self.log.info("relay_started", f"{self.name} listening on {self.address}", address=self.address,
                       node=os.environ.get("SLURMD_NODENAME", ""))
-        self.phase = "running"
+        self.phase = HostPhase.RUNNING
         code, status, reason = ExitCode.OK, "done", ""
         try:
             last: str | None = None
@@ -115,8 +103,9 @@ class Relay(RoundHost):
                 release_memory()
             self.end(self.upstream.end_reason or "completed")
         except errors.HpcflareError as exc:
-            code, status, reason = ExitCode.SERVER_LOST, "failed", str(exc)
-            self.log.error("relay_failed", f"{self.name} stops: {exc}")
+            code, reason = exit_for(exc)
+            status = "failed"
+            self.log.error("relay_failed", f"{self.name} stops: {reason}", exit_code=int(code))
             self.end(f"relay failed: {exc}")
         finally:
             self.drain(self.settings.end_grace)
@@ -127,9 +116,9 @@ class Relay(RoundHost):
     def _relay_round(self, task: Task) -> None:
         received = time.monotonic()
         blobs: dict[str, bytes] = {}
-        transport = self.upstream.transport  # read before the token (see ClientAgent._connect)
-        request = {"site": self.name, "token": self.upstream.token, "ref": task.ref}
-        for spec, blob in transport.download(request, task.manifest):  # type: ignore[union-attr]
+        transport, token = self.upstream.connection.credentials()
+        request = {"site": self.name, "token": token, "ref": task.ref}
+        for spec, blob in transport.download(request, task.manifest):
             blobs[spec.name] = blob
         model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs)
         self.staged = task.staged  # children that see the staging dir map the server's copy directly
@@ -151,32 +140,16 @@ class Relay(RoundHost):
         if self.forward_raw or (not rnd.accepted and not rejected):
             return  # forwarded one by one already; the server tracks stragglers itself
         sums, weights = rnd.aggregator.partial()
-        header = {"site": self.name, "token": self.upstream.token, "task_id": task.task_id, "round": task.round,
-                  "params_type": "PARTIAL", "meta": {}, "metrics": {},
-                  "partial": {"sites": {s: {"metrics": m} for s, m in rnd.accepted.items()}, "rejected": rejected,
-                              "weights": weights}}
         try:
-            self.upstream.transport.upload(header, list(sums.items()))  # type: ignore[union-attr]
+            transport, token = self.upstream.connection.credentials()
+            header = upload_header(self.name, token, task.task_id, task.round, UpdateKind.PARTIAL,
+                                   partial={"sites": {s: {"metrics": m} for s, m in rnd.accepted.items()},
+                                            "rejected": rejected, "weights": weights})
+            transport.upload(header, list(sums.items()))
             self.log.info("partial_sent", f"round {task.round}: partial aggregate over {len(rnd.accepted)} "
                           f"client(s) sent up", round=task.round, sites=sorted(rnd.accepted), stragglers=stragglers)
         except errors.StaleTaskError as exc:
             self.log.warning("partial_late", f"round {task.round}: server closed the round first: {exc}")
 
 
-def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: str | None = None) -> ExitCode:
-    log = RankLogger(job_dir.log_dir, name, "relay")
-    tap = None
-    try:
-        relay = Relay(job_dir, name, log, host=host, advertise=advertise)
-        tap = handshake_tap(log, relay.grpc.kit)
-        return relay.run()
-    except errors.ConfigError as exc:
-        log.error("config_error", f"cannot start relay: {exc}")
-        return ExitCode.CONFIG_ERROR
-    finally:
-        if tap is not None:
-            tap.close()
-        log.close()
-
-
-__all__ = ["Relay", "run_relay", "RELAY_ROUND_FRACTION"]
+__all__ = ["Relay", "RELAY_ROUND_FRACTION"]

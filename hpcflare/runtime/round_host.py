@@ -8,6 +8,7 @@ mirrors the server's rounds and sends one partial aggregate up per round.
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 import time
@@ -15,17 +16,30 @@ import uuid
 from typing import Any, Iterator
 
 from hpcflare import errors
-from hpcflare.client.model import MetaKey
 from hpcflare.job import JobConfig
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.global_model import GlobalModel
-from hpcflare.runtime.membership import Membership
+from hpcflare.runtime.membership import MemberState, Membership
 from hpcflare.runtime.staging import Stager
 from hpcflare.runtime.upload import read_staged, read_upload
 from hpcflare.settings import Settings
-from hpcflare.strategy import ClientUpdate, Strategy
-from hpcflare.strategy.api import RoundPlan
+from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 from hpcflare.transport.api import Peer, ServerHandler
+
+WEIGHT_KEY = "NUM_STEPS_CURRENT_ROUND"
+"""The meta key whose value weighs a result in the mean (NVFlare's MetaKey.NUM_STEPS_CURRENT_ROUND)."""
+
+
+class HostPhase(str, enum.Enum):
+    """Where a round host (server, relay, swarm peer) stands; children see it in heartbeat replies."""
+
+    REGISTRATION = "registration"
+    RUNNING = "running"
+    ABORTING = "aborting"
+    ENDED = "ended"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Round:
@@ -56,7 +70,7 @@ class RoundHost(ServerHandler):
         self.stager = stager
         self.model: GlobalModel | None = None
         self.round: Round | None = None
-        self.phase = "registration"  # registration | running | aborting | ended
+        self.phase = HostPhase.REGISTRATION
         self.end_reason = ""
         self.staged: dict[str, Any] | None = None
         self.bytes_sent = 0
@@ -106,14 +120,14 @@ class RoundHost(ServerHandler):
         record = self.members.check(request.get("site"), request.get("token"))
         if method == "Heartbeat":
             self.on_heartbeat(record.site, request)
-            return {"phase": self.phase}
+            return {"phase": str(self.phase)}
         if method == "GetTask":
             return self._get_task(record.site, request)
         if method == "Goodbye":
             status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
             with self._cv:
                 self._goodbyes.add(record.site)
-                self.members.mark(record.site, "done" if status == "done" else "failed", reason)
+                self.members.mark(record.site, MemberState.DONE if status == "done" else MemberState.FAILED, reason)
                 self._cv.notify_all()
             if status != "done":
                 self.log.warning("client_failed", f"{record.site} failed: {reason}", site=record.site, reason=reason)
@@ -128,7 +142,7 @@ class RoundHost(ServerHandler):
         deadline = time.monotonic() + wait
         with self._cv:
             while True:
-                if self.phase == "ended":
+                if self.phase == HostPhase.ENDED:
                     return {"task": "end", "reason": self.end_reason}
                 rnd = self.round
                 # a site gets the open round's task until a result of its counts (a result lost with a dead
@@ -136,8 +150,8 @@ class RoundHost(ServerHandler):
                 if rnd is not None and rnd.open and site not in rnd.answered() and site not in rnd.partials and (
                         rnd.plan.targets is None or site in rnd.plan.targets) and not (
                         rnd.plan.once and request.get("last_task_id") == rnd.task_id):
-                    self.members.mark(site, "active")
-                    return {"task": rnd.plan.task, "task_id": rnd.task_id, "round": rnd.number,
+                    self.members.mark(site, MemberState.ACTIVE)
+                    return {"task": str(rnd.plan.task), "task_id": rnd.task_id, "round": rnd.number,
                             "total_rounds": self.config.num_rounds, "ref": rnd.model.ref,
                             "manifest": [s.to_wire() for s in rnd.model.specs],
                             "meta": self.strategy.configure_round(rnd.number, self.config.num_rounds),
@@ -187,7 +201,7 @@ class RoundHost(ServerHandler):
             if not rnd.open or rnd is not self.round:
                 raise errors.StaleTaskError(f"swarm report from {site} arrived after round {rnd.number} closed")
             if len(params):
-                rnd.aggregator.add(ClientUpdate(site, params, "FULL", 1.0))
+                rnd.aggregator.add(ClientUpdate(site, params, UpdateKind.FULL, 1.0))
             with self._cv:
                 for name, metrics in accepted.items():
                     if name in self.config.clients:
@@ -211,7 +225,7 @@ class RoundHost(ServerHandler):
             rnd = self.round
             if rnd is None or not rnd.open or header.get("task_id") != rnd.task_id:
                 raise errors.StaleTaskError(f"result from {site} for task {header.get('task_id')!r:.40} arrived after its round closed; discarded")
-            if header.get("params_type") == "PARTIAL" and not self.accepts_partials_from(site):
+            if header.get("params_type") == UpdateKind.PARTIAL and not self.accepts_partials_from(site):
                 raise errors.UpdateRejectedError(f"{site} is not a relay of this job; partial aggregates refused")
             if site in rnd.answered():
                 raise errors.StaleTaskError(f"{site} already answered round {rnd.number}")
@@ -235,7 +249,7 @@ class RoundHost(ServerHandler):
                 params = read_staged(staged_path, specs, rnd.model.params)
             if header.get("swarm") is not None:
                 self._fold_swarm(rnd, site, header, params)
-            elif header["params_type"] == "PARTIAL":
+            elif header["params_type"] == UpdateKind.PARTIAL:
                 self._fold_partial(rnd, site, header, params)
             else:
                 self._fold(rnd, ClientUpdate(site, params, header["params_type"], self._weight(header.get("meta")),
@@ -298,7 +312,7 @@ class RoundHost(ServerHandler):
                       relay=relay, round=rnd.number, sites=sorted(sites), rejected=rejected)
 
     def _weight(self, meta: Any) -> float:
-        raw = _dict(meta).get(MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+        raw = _dict(meta).get(WEIGHT_KEY, 1)
         try:
             weight = float(raw)
         except (TypeError, ValueError):
@@ -335,7 +349,7 @@ class RoundHost(ServerHandler):
 
     def end(self, reason: str) -> None:
         with self._cv:
-            self.phase, self.end_reason = "ended", reason
+            self.phase, self.end_reason = HostPhase.ENDED, reason
             self._cv.notify_all()
 
     def drain(self, grace: float) -> None:

@@ -10,12 +10,11 @@ With ``early_stop_patience: N`` the job ends (completed) after N rounds without 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from hpcflare.errors import ConfigError
-from hpcflare.job import atomic_write_text
+from hpcflare.fileio import atomic_link, atomic_write_json
 
 
 class ModelSelector:
@@ -50,23 +49,15 @@ class ModelSelector:
         if self._better(value):
             scored = self.initial_model if number == 1 else self.models_dir / "checkpoint.safetensors"
             target = self.models_dir / "best_model.safetensors"
-            tmp = target.with_name(f".best.{os.getpid()}.tmp")
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(scored, tmp)
-            except OSError:
-                import shutil
-
-                shutil.copyfile(scored, tmp)
-            os.replace(tmp, target)
+            atomic_link(scored, target)
             self.best, self.best_round, self.stale = value, number, 0
             self.log.info("best_model", f"round {number}: {self.key}={value:.6g} is the best so far; model saved as "
                           f"{target.name}", round=number, key=self.key, value=value)
         else:
             self.stale += 1
-        atomic_write_text(self.models_dir / "best_model.json", json.dumps(
-            {"key": self.key, "mode": self.mode, "value": self.best, "round": self.best_round, "stale": self.stale,
-             "scores_model_of_round": self.best_round - 1}))
+        atomic_write_json(self.models_dir / "best_model.json",
+                          {"key": self.key, "mode": self.mode, "value": self.best, "round": self.best_round,
+                           "stale": self.stale, "scores_model_of_round": self.best_round - 1})
 
     def should_stop(self) -> bool:
         return bool(self.key) and self.patience > 0 and self.stale >= self.patience

@@ -10,26 +10,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-from filelock import FileLock
+from typing import Any, Iterator
 
 from hpcflare import errors
-from hpcflare.exitcodes import ExitCode
-from hpcflare.job import JobDir, atomic_write_text
+from hpcflare.exitcodes import ExitCode, exit_for, format_traceback
+from hpcflare.fileio import atomic_link, atomic_write_json, sha256_file
+from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.global_model import GlobalModel, load_params
 from hpcflare.runtime.memory import release_memory
-from hpcflare.runtime.membership import Membership
-from hpcflare.runtime.ranks import incarnation
-from hpcflare.runtime.round_host import RoundHost
-from hpcflare.runtime.staging import Stager, sha256_file
+from hpcflare.runtime.membership import ENDED, MemberState, Membership
+from hpcflare.runtime.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
+from hpcflare.runtime.round_host import HostPhase, RoundHost
+from hpcflare.runtime.staging import Stager
 from hpcflare.runtime.selection import ModelSelector
 from hpcflare.runtime.tracking import Tracker
 from hpcflare.security.jobs import load_kit
+from hpcflare.strategy.api import TaskKind
 from hpcflare.transport.codec import write_safetensors
 from hpcflare.transport.grpc_server import GrpcServer
 
@@ -70,7 +69,8 @@ class FLServer(RoundHost):
                              "replaced", site=site)
         node, via = str(request.get("node") or "")[:128], str(request.get("via") or "")[:64]
         kind = "relay" if site in self.relays else "client"
-        self.log.info(f"{kind}_registered", f"{site} registered from {record.host or '?'}{'/' + node if node else ''} "
+        event = "relay_registered" if kind == "relay" else "client_registered"
+        self.log.info(event, f"{site} registered from {record.host or '?'}{'/' + node if node else ''} "
                       f"pid {record.pid}" + (f" via {via}" if via else ""), site=site, host=record.host, node=node,
                       pid=record.pid, via=via)
         with self._cv:
@@ -120,22 +120,16 @@ class FLServer(RoundHost):
         saved = self.model.save(path)
         state = self.strategy.state_dict()
         if state:  # optimizer moments etc.: written before the checkpoint record that refers to them
-            tmp = self.job_dir.models_dir / f".strategy_state.{os.getpid()}.tmp"
-            write_safetensors(tmp, state)
-            os.replace(tmp, self.job_dir.models_dir / "strategy_state.safetensors")
-        atomic_write_text(self._ckpt_meta, json.dumps({"round": number, "file": path.name, "sha256": saved["sha256"],
-                                                       "time": time.time(), "strategy_state": bool(state)}))
+            write_safetensors(self.job_dir.models_dir / "strategy_state.safetensors", state)
+        atomic_write_json(self._ckpt_meta, {"round": number, "file": path.name, "sha256": saved["sha256"],
+                                            "time": time.time(), "strategy_state": bool(state)})
 
     def _save_result(self) -> None:
         """The result is the last checkpoint's file: hard-link it rather than writing the model again."""
         checkpoint = self.job_dir.models_dir / "checkpoint.safetensors"
-        tmp = self.job_dir.result_model_path.with_name(f".{self.job_dir.result_model_path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.unlink(missing_ok=True)
-            os.link(checkpoint, tmp)
-            os.replace(tmp, self.job_dir.result_model_path)
-        except OSError:  # no checkpoint (0 rounds run) or a filesystem without hard links
-            tmp.unlink(missing_ok=True)
+        if checkpoint.is_file():
+            atomic_link(checkpoint, self.job_dir.result_model_path)
+        else:  # no checkpoint: no round ran
             self.model.save(self.job_dir.result_model_path)
 
     # ------------------------------------------------------------------ orchestration
@@ -144,15 +138,14 @@ class FLServer(RoundHost):
         self.job_dir.write_status(state, job_id=self.config.job_id, round=rnd, num_rounds=self.config.num_rounds,
                                   **fields)
 
-    def run(self, on_listening: Callable[[str], None] | None = None) -> ExitCode:
+    def run(self, rendezvous: Rendezvous | None = None) -> ExitCode:
+        """Publish the address (job dir, and ``rendezvous`` too), run every round, write the result."""
         cfg, s = self.config, self.settings
         self.grpc.start()
-        with FileLock(str(self.job_dir.rendezvous_dir / "server.lock"), timeout=s.rendezvous_timeout):
-            atomic_write_text(self.job_dir.rendezvous_dir / "server.json", json.dumps(
-                {"address": self.address, "job_id": cfg.job_id, "pid": os.getpid(), "host": socket.gethostname(),
-                 "incarnation": incarnation(), "started": time.time()}))
-        if on_listening is not None:
-            on_listening(self.address)
+        for where in [FileRendezvous(self.job_dir.rendezvous_dir, s.rendezvous_timeout), rendezvous]:
+            if where is not None:
+                where.publish(SERVER, self.address, incarnation(), job_id=cfg.job_id,
+                              node=os.environ.get("SLURMD_NODENAME", ""))
         kit = self.grpc.kit
         security = f"mutual TLS, project {kit.project}" if kit else "plain text"
         self.log.info("server_started", f"job {cfg.job_id}: server listening on {self.address} ({security}), "
@@ -163,7 +156,7 @@ class FLServer(RoundHost):
         self._status("registration")
         try:
             self._await_registration()
-            self.phase = "running"
+            self.phase = HostPhase.RUNNING
             rounds = self.first_round - 1
             for number in range(self.first_round, cfg.num_rounds + 1):
                 self._run_round(number)
@@ -182,12 +175,11 @@ class FLServer(RoundHost):
                           result_model=str(self.job_dir.result_model_path))
             self._status("completed", result_model=str(self.job_dir.result_model_path))
             return ExitCode.OK
-        except errors.RegistrationTimeoutError as exc:
-            return self._fail(exc, ExitCode.REGISTRATION_TIMEOUT)
-        except errors.RoundFailedError as exc:
-            return self._fail(exc, ExitCode.ROUND_FAILED)
-        except errors.JobAbortedError as exc:
-            return self._fail(exc, ExitCode.ABORTED, state="aborted")
+        except Exception as exc:  # noqa: BLE001 - every end is recorded in status.json with its cause
+            code, _ = exit_for(exc)
+            if code == ExitCode.INTERNAL_ERROR:
+                self.log.error("traceback", format_traceback(exc))
+            return self._fail(exc, code, state="aborted" if code == ExitCode.ABORTED else "failed")
         finally:
             self.tracker.close()
             self.drain(s.end_grace)
@@ -196,7 +188,7 @@ class FLServer(RoundHost):
     def abort(self, reason: str) -> None:
         with self._cv:
             self.end_reason = f"aborted: {reason}"
-            self.phase = "aborting"
+            self.phase = HostPhase.ABORTING
             self._cv.notify_all()
 
     def _fail(self, exc: Exception, code: ExitCode, state: str = "failed") -> ExitCode:
@@ -206,7 +198,7 @@ class FLServer(RoundHost):
         return code
 
     def _check_abort(self) -> None:
-        if self.phase == "aborting":
+        if self.phase == HostPhase.ABORTING:
             raise errors.JobAbortedError(self.end_reason)
 
     def _await_registration(self) -> None:
@@ -293,7 +285,7 @@ class FLServer(RoundHost):
             self.model = kept
             return self._run_round(number)
         t0 = time.monotonic()
-        if plan.task == "train" and plan.aggregate:
+        if plan.task == TaskKind.TRAIN and plan.aggregate:
             self.model = GlobalModel(_replacing(rnd.model, rnd.aggregator.result_items()), number)
         else:
             self.model = kept
@@ -310,10 +302,11 @@ class FLServer(RoundHost):
 
     def _gone(self) -> set[str]:
         """Clients that registered and already ended (failed before their first task, or finished)."""
-        return {r.site for r in self.members.records() if r.state in ("failed", "done", "dead") and r.site not in self.relays}
+        return {r.site for r in self.members.records() if r.state in ENDED and r.site not in self.relays}
 
     def _lost(self) -> dict[str, str]:
-        return {r.site: f"{r.state}: {r.reason}"[:200] for r in self.members.records() if r.state in ("dead", "failed")}
+        return {r.site: f"{r.state}: {r.reason}"[:200] for r in self.members.records()
+                if r.state in (MemberState.DEAD, MemberState.FAILED)}
 
 
 def _replacing(old: GlobalModel, items: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:

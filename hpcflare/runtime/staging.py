@@ -12,27 +12,17 @@ newer model is published. Anything unexpected makes a client fall back to gRPC s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from hpcflare import errors
+from hpcflare.fileio import FileInfo, sha256_file
 from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, write_safetensors
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def confined(root: Path, name: Any) -> Path:
@@ -45,20 +35,11 @@ def confined(root: Path, name: Any) -> Path:
     return path
 
 
-def write_atomic(path: Path, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write tensors (numpy or torch) as one safetensors file via temp+rename; return its descriptor."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_safetensors(tmp, tensors, metadata)
-        digest = sha256_file(Path(tmp))
-        size = os.path.getsize(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return {"sha256": digest, "nbytes": size}
+def write_atomic(path: Path, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> FileInfo:
+    """Write tensors (numpy or torch) as one safetensors file atomically; return its size and checksum."""
+    info = write_safetensors(path, tensors, metadata, checksum=True)
+    assert info is not None
+    return info
 
 
 def _header(path: Path) -> tuple[dict, int]:

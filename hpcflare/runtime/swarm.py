@@ -20,16 +20,18 @@ import numpy as np
 from hpcflare import errors
 from hpcflare.runtime.global_model import GlobalModel
 from hpcflare.runtime.membership import Membership
+from hpcflare.runtime.rendezvous import advertise_host
 from hpcflare.runtime.round_host import RoundHost
-from hpcflare.strategy.api import RoundPlan
+from hpcflare.runtime.site_hooks import SiteHooks
+from hpcflare.strategy.api import RoundPlan, UpdateKind
 from hpcflare.strategy.fedavg import FedAvg
-from hpcflare.transport.api import Peer
+from hpcflare.transport.api import Peer, Task, upload_header
 from hpcflare.transport.codec import TensorSpec, decode_tensor
 from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport.grpc_server import GrpcServer
 
 if TYPE_CHECKING:
-    from hpcflare.runtime.client_agent import ClientAgent, Task
+    from hpcflare.runtime.client_agent import ClientAgent
 
 SWARM_ROUND_FRACTION = 0.9
 """The aggregator closes its round at this fraction of settings.round_timeout after it opened it."""
@@ -70,12 +72,10 @@ def peer_token(secret: str, site: str) -> str:
     return hmac.new(secret.encode(), site.encode(), hashlib.sha256).hexdigest()
 
 
-class SwarmSide:
-    """What a ClientAgent does differently in a swarm job: peer host, pulls from peers, pushes to the aggregator."""
+class SwarmSide(SiteHooks):
+    """What a site does differently in a swarm job: peer host, pulls from peers, pushes to the aggregator."""
 
     def __init__(self, agent: "ClientAgent") -> None:
-        from hpcflare.runtime.ranks import advertise_host
-
         self.agent = agent
         bind = "0.0.0.0" if os.environ.get("SLURM_JOB_ID") else "127.0.0.1"
         self.peer = SwarmPeer(agent, bind, advertise_host() if bind == "0.0.0.0" else None)
@@ -83,21 +83,24 @@ class SwarmSide:
         self.address = self.peer.address
         self.secret = ""
 
-    def enrol(self, secret: str) -> None:
-        self.secret = secret
-        self.peer.enrol(secret)
+    def registration_fields(self) -> dict[str, Any]:
+        return {"peer": self.address}
+
+    def on_registered(self, reply: dict[str, Any]) -> None:
+        self.secret = str(reply.get("swarm_secret", ""))
+        self.peer.enrol(self.secret)
 
     @property
     def token(self) -> str:
         return peer_token(self.secret, self.agent.site)
 
-    def on_task(self, task: "Task") -> None:
+    def on_task(self, task: Task) -> None:
         source = (task.meta.get("swarm") or {}).get("source")
         if source:  # this round's model lives at the previous aggregator
             task.ref = str(source["ref"])
             task.manifest = [TensorSpec.from_wire(m) for m in source["manifest"]]
 
-    def fetch(self, task: "Task") -> dict[str, Any] | None:
+    def fetch(self, task: Task) -> dict[str, Any] | None:
         meta = task.meta.get("swarm") or {}
         source = meta.get("source")
         if source and source["name"] == self.agent.site and self.peer.published is not None:
@@ -114,7 +117,7 @@ class SwarmSide:
             params = None  # round 1: from the server
         return params
 
-    def opened(self, task: "Task", params: dict[str, Any]) -> None:
+    def opened(self, task: Task, params: dict[str, Any]) -> None:
         """Called with the round's model once fetched: the aggregator opens its peer round."""
         meta = task.meta.get("swarm") or {}
         if meta.get("aggregator") != self.agent.site:
@@ -127,7 +130,7 @@ class SwarmSide:
         threading.Thread(target=self._finish, args=(task, rnd, set(meta.get("expect") or [])),
                          name="swarm-aggregator", daemon=True).start()
 
-    def _finish(self, task: "Task", rnd: Any, expect: set[str]) -> None:
+    def _finish(self, task: Task, rnd: Any, expect: set[str]) -> None:
         deadline = rnd.started + SWARM_ROUND_FRACTION * self.agent.settings.round_timeout
         with self.peer._cv:
             while not expect <= rnd.answered() and time.monotonic() < deadline:
@@ -137,19 +140,22 @@ class SwarmSide:
         self.peer.published = model
         missing = sorted(expect - rnd.answered())
         rejected = {**rnd.rejected, **{s: "straggler: no update at the swarm aggregator in time" for s in missing}}
-        header = {"site": self.agent.site, "token": self.agent.token, "task_id": task.task_id, "round": task.round,
-                  "params_type": "FULL", "meta": {}, "metrics": {},
-                  "swarm": {"accepted": rnd.accepted, "rejected": rejected, "ref": model.ref,
-                            "manifest": [s.to_wire() for s in model.specs]}}
         try:
-            self.agent.transport.upload(header, list(model.params.items()))  # type: ignore[union-attr]
+            transport, token = self.agent.connection.credentials()
+            header = upload_header(self.agent.site, token, task.task_id, task.round, UpdateKind.FULL,
+                                   swarm={"accepted": rnd.accepted, "rejected": rejected, "ref": model.ref,
+                                          "manifest": [s.to_wire() for s in model.specs]})
+            transport.upload(header, list(model.params.items()))
             self.agent.log.info("swarm_aggregated", f"round {task.round}: aggregated {len(rnd.accepted)} update(s)"
                                 + (f"; missing {missing}" if missing else ""), round=task.round, sites=sorted(rnd.accepted))
         except errors.HpcflareError as exc:
             self.agent.log.error("swarm_report_failed", f"round {task.round}: could not report to the server: {exc}")
 
-    def send(self, task: "Task", header: dict, params: dict[str, Any]) -> None:
-        meta = task.meta.get("swarm") or {}
+    def deliver(self, task: Task, header: dict, params: dict[str, Any]) -> bool:
+        """Results of a swarm round go to the round's aggregating site, not to the server."""
+        meta = task.meta.get("swarm")
+        if not meta:
+            return False
         address, name = meta.get("aggregator_address"), meta.get("aggregator")
         if not address:
             raise errors.PeerGoneError(f"round {task.round}: the swarm aggregator {name!r} has no peer address")
@@ -161,7 +167,7 @@ class SwarmSide:
             while True:
                 try:
                     transport.upload({**header, "token": self.token}, params.items())
-                    return
+                    return True
                 except (errors.StaleTaskError, errors.PeerGoneError) as exc:
                     now = time.monotonic()
                     if isinstance(exc, errors.PeerGoneError):
@@ -171,7 +177,7 @@ class SwarmSide:
                             self.agent.log.warning("swarm_aggregator_lost", f"round {task.round}: aggregator {name} "
                                                    f"unreachable for settings.heartbeat_timeout={s.heartbeat_timeout:g}s;"
                                                    " result dropped, waiting for the restarted round", round=task.round)
-                            return
+                            return True
                     if now >= deadline:  # never ready: the round is over
                         raise
                     self.agent.log.info("swarm_retry", f"round {task.round}: aggregator {name} not ready ({exc})")

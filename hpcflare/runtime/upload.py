@@ -17,9 +17,11 @@ import numpy as np
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
+from hpcflare.strategy.aggregate import acc_dtype
+from hpcflare.strategy.api import UpdateKind
 from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, parse_single, unpack_frame
 
-PARAMS_TYPES = ("FULL", "DIFF", "PARTIAL")
+PARAMS_TYPES = tuple(kind.value for kind in UpdateKind)
 
 
 class _Like:
@@ -30,8 +32,6 @@ class _Like:
 
 
 def partial_expectation(expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    from hpcflare.strategy.fedavg import acc_dtype
-
     return {k: _Like(tuple(v.shape), acc_dtype(v.dtype)) for k, v in expected.items()}
 
 
@@ -156,11 +156,12 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
         raise MalformedMessageError("upload must start with a 'begin' frame")
     if header.get("params_type") not in PARAMS_TYPES:
         raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
+    header["params_type"] = UpdateKind(header["params_type"])
     context = on_header(header)
     if callable(expected):
         expected = expected(context)
     quant = check_quant_map(header.get("quant"), expected)
-    if header["params_type"] == "PARTIAL":
+    if header["params_type"] == UpdateKind.PARTIAL:
         if quant:
             raise UpdateRejectedError("partial aggregates cannot be quantized")
         expected = partial_expectation(expected)

@@ -22,7 +22,8 @@ import yaml
 from filelock import FileLock, Timeout
 
 from hpcflare.errors import ConfigError
-from hpcflare.job import JobConfig, JobDir, atomic_write_text
+from hpcflare.fileio import atomic_write_text
+from hpcflare.job import JobConfig, JobDir
 from hpcflare.security.tls import StartupKit
 
 KITS_LOCK_TIMEOUT = 60.0

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hpcflare.errors import ConfigError
+from hpcflare.fileio import atomic_write
 from hpcflare.job import SITE_NAME
 from hpcflare.security.policy import script_digest
 from hpcflare.security.tls import KIT_FILE
@@ -108,10 +109,7 @@ def _pem_cert(cert: x509.Certificate) -> bytes:
 
 def write_private(path: Path, data: bytes) -> None:
     """Create a file readable by its owner only (0600) from the first byte on."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    atomic_write(path, data, mode=0o600)
 
 
 def new_ca(project: str, valid_days: int, now: dt.datetime | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -163,8 +161,8 @@ def write_kit(kit_dir: Path, project: Project, who: Participant, ca_cert: x509.C
               key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, base: Path) -> Path:
     kit_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(kit_dir, 0o700)
-    (kit_dir / "rootCA.pem").write_bytes(_pem_cert(ca_cert))
-    (kit_dir / "cert.pem").write_bytes(_pem_cert(cert))
+    atomic_write(kit_dir / "rootCA.pem", _pem_cert(ca_cert))
+    atomic_write(kit_dir / "cert.pem", _pem_cert(cert))
     write_private(kit_dir / "key.pem", _pem_key(key))
     kit: dict[str, Any] = {"project": project.project, "name": who.name, "role": who.role,
                            "server": project.server.name}
@@ -179,7 +177,7 @@ def write_kit(kit_dir: Path, project: Project, who: Participant, ca_cert: x509.C
             scripts.append({"name": path.name, "sha256": script_digest(path)})
         kit["policy"] = {"allow_any_script": bool(who.allow_any_script) and who.allowed_scripts is None,
                          "allowed_scripts": scripts}
-    (kit_dir / KIT_FILE).write_text(yaml.safe_dump(kit, sort_keys=False))
+    atomic_write(kit_dir / KIT_FILE, yaml.safe_dump(kit, sort_keys=False))
     return kit_dir
 
 
@@ -191,9 +189,9 @@ def provision(project: Project, out: str | Path, base: str | Path = ".") -> Path
     (root / "ca").mkdir(parents=True, exist_ok=True)
     os.chmod(root / "ca", 0o700)
     ca_key, ca_cert = new_ca(project.project, project.valid_days)
-    (root / "ca" / "rootCA.pem").write_bytes(_pem_cert(ca_cert))
+    atomic_write(root / "ca" / "rootCA.pem", _pem_cert(ca_cert))
     write_private(root / "ca" / "rootCA.key", _pem_key(ca_key))
-    (root / "ca" / "project.yaml").write_text(yaml.safe_dump(dataclasses.asdict(project), sort_keys=False))
+    atomic_write(root / "ca" / "project.yaml", yaml.safe_dump(dataclasses.asdict(project), sort_keys=False))
     for who in project.participants:
         key, cert = issue(ca_key, ca_cert, who.name, who.hosts, project.valid_days)
         write_kit(root / who.name, project, who, ca_cert, key, cert, Path(base))
@@ -219,7 +217,7 @@ def add_participant(root: str | Path, who: Participant, base: str | Path = ".") 
         raise ConfigError(f"{who.name} is already a participant of {project.project}")
     project.participants.append(who)
     Project.from_dict(dataclasses.asdict(project))  # validates the new name/role
-    (root / "ca" / "project.yaml").write_text(yaml.safe_dump(dataclasses.asdict(project), sort_keys=False))
+    atomic_write(root / "ca" / "project.yaml", yaml.safe_dump(dataclasses.asdict(project), sort_keys=False))
     key, cert = issue(ca_key, ca_cert, who.name, who.hosts, project.valid_days)
     kit = write_kit(root / who.name, project, who, ca_cert, key, cert, Path(base))
     for p in project.participants:  # servers and relays learn the new name
@@ -227,7 +225,7 @@ def add_participant(root: str | Path, who: Participant, base: str | Path = ".") 
         if kit_file.is_file():
             data = yaml.safe_load(kit_file.read_text())
             data["participants"] = {q.name: q.role for q in project.participants}
-            kit_file.write_text(yaml.safe_dump(data, sort_keys=False))
+            atomic_write(kit_file, yaml.safe_dump(data, sort_keys=False))
     return kit
 
 

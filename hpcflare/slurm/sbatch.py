@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import shlex
 import sys
 from pathlib import Path
 
 from hpcflare.errors import ConfigError
+from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
+from hpcflare.slurm.spec import Allocation, time_minutes
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "slurm" / "hpcflare.sbatch.in"
 LAUNCHER = REPO / "launchers" / "hpcflare-rank"
 PARTS = ("all", "server", "clients")
-_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
 
 
 @dataclasses.dataclass
@@ -37,8 +37,11 @@ class SbatchSpec:
         config = self.job_dir.load_config()
         return {"all": 1 + config.relays + len(config.clients), "server": 1, "clients": len(config.clients)}[self.part]
 
+    def allocation(self) -> Allocation:
+        return Allocation(self.nodes, self.ntasks_per_node, self.partition, self.time)
+
     def per_node(self) -> int:
-        return self.ntasks_per_node or math.ceil(self.tasks() / self.nodes)
+        return self.allocation().per_node(self.tasks())
 
 
 def render_sbatch(spec: SbatchSpec) -> str:
@@ -50,16 +53,11 @@ def render_sbatch(spec: SbatchSpec) -> str:
         raise ConfigError("relays run inside the server's allocation: submit jobs with relays as one allocation")
     if spec.part == "clients" and not spec.server_job_id:
         raise ConfigError("part='clients' needs server_job_id (submit the server part first)")
-    if spec.nodes < 1:
-        raise ConfigError(f"nodes must be >= 1, got {spec.nodes}")
-    if not _TIME.match(spec.time):
-        raise ConfigError(f"time {spec.time!r} is not a Slurm time limit (e.g. 30, 01:00:00, 1-00:00:00)")
+    time_minutes(spec.time)  # refuses what Slurm would not take
     if spec.per_node() * spec.nodes < spec.tasks():
         raise ConfigError(f"{spec.nodes} nodes x {spec.per_node()} tasks per node < {spec.tasks()} ranks "
                           f"(server, relays and clients); raise nodes or ntasks_per_node")
-    directives = list(spec.extra_directives)
-    if spec.partition:
-        directives.insert(0, f"#SBATCH --partition={spec.partition}")
+    directives = spec.allocation().directives() + list(spec.extra_directives)
     config = spec.job_dir.load_config()
     values = {
         "job_name": config.name, "nodes": spec.nodes, "ntasks_per_node": spec.per_node(), "time": spec.time,
@@ -84,5 +82,5 @@ def render_sbatch(spec: SbatchSpec) -> str:
 
 def write_sbatch(spec: SbatchSpec) -> Path:
     path = spec.job_dir.root / ("job.sbatch" if spec.part == "all" else f"job-{spec.part}.sbatch")
-    path.write_text(render_sbatch(spec))
+    atomic_write_text(path, render_sbatch(spec))
     return path

@@ -1,6 +1,6 @@
 """Aggregation strategies: each supplies only configure/aggregate hooks, one algorithm per file."""
 
-from hpcflare.strategy.api import Aggregator, ClientUpdate, RoundPlan, Strategy
+from hpcflare.strategy.api import Aggregator, ClientUpdate, RoundPlan, Strategy, TaskKind, UpdateKind
 from hpcflare.strategy.cross_site import CrossSiteEval
 from hpcflare.strategy.cyclic import Cyclic
 from hpcflare.strategy.fedavg import FedAvg
@@ -15,4 +15,4 @@ STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedia
                                         "cyclic": Cyclic, "fedeval": FedEval, "cross_site_eval": CrossSiteEval,
                                         "fedstats": FedStats, "swarm": Swarm}
 
-__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "Scaffold", "STRATEGIES", "Swarm", "Strategy"]
+__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "TaskKind", "UpdateKind"]

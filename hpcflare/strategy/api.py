@@ -4,11 +4,37 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 Params = dict[str, np.ndarray]
+
+
+class _Named(str, enum.Enum):
+    """A string enum: compares equal to its wire value and prints as it."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class UpdateKind(_Named):
+    """What an upload's tensors are: a whole model, a difference to the round's model, or a relay's weighted
+    partial sum over its children (the wire's ``params_type``)."""
+
+    FULL = "FULL"
+    DIFF = "DIFF"
+    PARTIAL = "PARTIAL"
+
+
+class TaskKind(_Named):
+    """The task a round hands out: what flare.is_train() / is_evaluate() / is_submit_model() report."""
+
+    TRAIN = "train"
+    VALIDATE = "validate"
+    SUBMIT_MODEL = "submit_model"
+    STATISTICS = "statistics"
 
 
 @dataclasses.dataclass
@@ -17,13 +43,10 @@ class ClientUpdate:
 
     site: str
     params: Params
-    params_type: str  # "FULL" or "DIFF"
+    params_type: UpdateKind  # FULL or DIFF
     weight: float
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-TASKS = ("train", "validate", "submit_model")
 
 
 @dataclasses.dataclass
@@ -32,16 +55,16 @@ class RoundPlan:
     is_submit_model()), the sites that get it (None = every live site), the model to send (None = the
     current global model), and whether the round is skipped. Only 'train' rounds change the global model."""
 
-    task: str = "train"
+    task: TaskKind = TaskKind.TRAIN
     targets: list[str] | None = None
     model: Params | None = None
     skip: bool = False
     aggregate: bool = True
+    """False when the round's results are aggregated elsewhere (swarm): the server's model stays."""
     once: bool = False
+    """Hand the task to each site once (its result goes elsewhere, so the server cannot see it arrive)."""
     coordinator: str | None = None
     """A site the round depends on (the swarm aggregator): if it dies, the server restarts the round."""
-    """Hand the task to each site once (its result goes elsewhere, so the server cannot see it arrive)."""
-    """False when the round's results are aggregated elsewhere (swarm): the server's model stays."""
 
 
 class Aggregator(abc.ABC):

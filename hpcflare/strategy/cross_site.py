@@ -15,9 +15,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from hpcflare.fileio import atomic_write_json
 from hpcflare.runtime.global_model import load_params
-from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy
-from hpcflare.strategy.fedavg import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy, TaskKind, UpdateKind
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
 from hpcflare.transport.codec import write_safetensors
 
 GLOBAL = "global"
@@ -32,7 +33,7 @@ class CrossSiteEval(Strategy):
         self.root = Path("cross_site")
         self.owners: list[str] = []
         self.matrix: dict[str, dict[str, Any]] = {}
-        self._task = "train"
+        self._task = TaskKind.TRAIN
         self._owner = ""
 
     def attach(self, job_root: Path) -> None:
@@ -46,33 +47,31 @@ class CrossSiteEval(Strategy):
 
     def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
         if round_num <= self.train_rounds:
-            self._task = "train"
+            self._task = TaskKind.TRAIN
             return RoundPlan()
         if round_num == self.train_rounds + 1:
-            self._task = "submit_model"
-            return RoundPlan(task="submit_model")
+            self._task = TaskKind.SUBMIT_MODEL
+            return RoundPlan(task=TaskKind.SUBMIT_MODEL)
         index = round_num - self.train_rounds - 2
         self.owners = self.owners or self._collected()
         if index >= len(self.owners):
             return RoundPlan(skip=True)
-        self._task, self._owner = "validate", self.owners[index]
+        self._task, self._owner = TaskKind.VALIDATE, self.owners[index]
         model = None if self._owner == GLOBAL else load_params(self.root / "models" / f"{self._owner}.safetensors")
-        return RoundPlan(task="validate", model=model)
+        return RoundPlan(task=TaskKind.VALIDATE, model=model)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
-        return {"model_owner": self._owner} if self._task == "validate" else {}
+        return {"model_owner": self._owner} if self._task == TaskKind.VALIDATE else {}
 
     def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
-        if plan.task == "submit_model":
+        if plan.task == TaskKind.SUBMIT_MODEL:
             self.owners = self._collected()
-        elif plan.task == "validate":
+        elif plan.task == TaskKind.VALIDATE:
             self.matrix[self._owner] = {site: dict(m) for site, m in results.items()}
-            tmp = self.root / ".matrix.json.tmp"
-            tmp.write_text(json.dumps(self.matrix, indent=1, sort_keys=True, default=str))
-            tmp.replace(self.root / "matrix.json")
+            atomic_write_json(self.root / "matrix.json", self.matrix, indent=1, sort_keys=True, default=str)
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
-        if self._task == "submit_model":
+        if self._task == TaskKind.SUBMIT_MODEL:
             return _CollectModels(global_params, self.root / "models")
         return WeightedMeanAggregator(global_params)
 
@@ -86,9 +85,7 @@ class _CollectModels(PassThroughAggregator):
 
     def add(self, update: ClientUpdate) -> None:
         params = {name: update.params[name] if name in update.params else base for name, base in self._global.items()}
-        if update.params_type == "DIFF":
+        if update.params_type == UpdateKind.DIFF:
             params = {k: v + self._global[k] if k in update.params else v for k, v in params.items()}
-        tmp = self.folder / f".{update.site}.tmp"
-        write_safetensors(tmp, params)
-        tmp.replace(self.folder / f"{update.site}.safetensors")
+        write_safetensors(self.folder / f"{update.site}.safetensors", params)
         self._count += 1

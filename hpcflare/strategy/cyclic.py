@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy
-from hpcflare.strategy.fedavg import WeightedMeanAggregator
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
 
 
 class Cyclic(Strategy):

@@ -1,114 +1,17 @@
 """FedAvg: weighted mean of client updates, accumulated in-time as each result arrives.
 
-Weights come from meta NUM_STEPS_CURRENT_ROUND (NVFlare's convention), default 1. FULL updates are folded
-as their difference to the global model, so FULL and DIFF results can be mixed in one round. Tensors a
-client did not send keep their global value (per-tensor weight sums).
+Weights come from meta NUM_STEPS_CURRENT_ROUND (NVFlare's convention), default 1. The math (FULL/DIFF mixing,
+per-tensor weights, relay partial sums) is hpcflare.strategy.aggregate's WeightedMeanAggregator.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy
-
-
-def acc_dtype(dtype: np.dtype) -> np.dtype:
-    # floats accumulate in their own precision (keeps server memory ~1x model); ints/bools in float64
-    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
-
-
-class WeightedMeanAggregator(Aggregator):
-    decomposable = True
-
-    def __init__(self, global_params: Mapping[str, np.ndarray]) -> None:
-        self._global = global_params
-        self._sums: dict[str, np.ndarray] = {}
-        self._weights: dict[str, float] = {}
-        self._count = 0
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    def add(self, update: ClientUpdate) -> None:
-        if update.weight <= 0:
-            return
-        blockwise = getattr(update.params, "iter_blocks", None)
-        for name in list(update.params):
-            base = self._global[name]
-            acc = self._sums.get(name)
-            if acc is None:
-                acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
-            self._weights[name] = self._weights.get(name, 0.0) + update.weight
-            if blockwise is not None:  # a spooled upload: fold a few MB at a time, no tensor-sized temporaries
-                _fold_blocks(acc, base, blockwise(name), update.params_type == "FULL", update.weight)
-                continue
-            value = update.params[name]
-            weight = acc.dtype.type(update.weight)
-            if update.params_type == "FULL":
-                delta = np.subtract(value, base, dtype=acc.dtype)
-                if update.weight != 1.0:
-                    delta *= weight
-            elif update.weight != 1.0:  # never scale the caller's array in place
-                delta = np.multiply(value, weight, dtype=acc.dtype)
-            else:
-                delta = np.asarray(value, dtype=acc.dtype)
-            acc += delta
-        self._count += 1
-
-    def partial(self) -> tuple[Params, dict[str, float]]:
-        return self._sums, dict(self._weights)
-
-    def add_partial(self, sums: Params, weights: dict[str, float], count: int) -> None:
-        for name, value in sums.items():
-            base = self._global[name]
-            acc = self._sums.get(name)
-            if acc is None:
-                acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
-            acc += np.asarray(value, dtype=acc.dtype)
-            self._weights[name] = self._weights.get(name, 0.0) + float(weights[name])
-        self._count += count
-
-    def result(self) -> Params:
-        return dict(self.result_items())
-
-    def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
-        """Tensor by tensor, dropping each sum as it is turned into the new value (peak ~1 tensor extra)."""
-        for name in list(self._global):  # names only: the caller may free each old tensor once replaced
-            base = self._global.get(name)
-            if base is None:
-                continue
-            acc = self._sums.pop(name, None)
-            if acc is None:
-                value = np.array(base, copy=True)
-            else:
-                acc /= acc.dtype.type(self._weights[name])
-                value = self.apply(name, base, acc)
-                del acc
-            del base
-            yield name, value
-            del value
-
-    def apply(self, name: str, base: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
-        """The new value of one tensor from its weighted mean update (FedAvg: base + mean; FedOpt overrides)."""
-        mean_delta += base
-        if np.issubdtype(base.dtype, np.integer):
-            np.rint(mean_delta, out=mean_delta)
-        return mean_delta.astype(base.dtype, copy=False) if mean_delta.dtype != base.dtype else mean_delta
-
-
-def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
-                 weight: float) -> None:
-    flat_acc, flat_base = acc.reshape(-1), np.asarray(base).reshape(-1)
-    w = acc.dtype.type(weight)
-    for first, block in blocks:
-        last = first + block.size
-        delta = np.subtract(block, flat_base[first:last], dtype=acc.dtype) if full else block.astype(acc.dtype)
-        if weight != 1.0:
-            delta *= w
-        flat_acc[first:last] += delta
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, Strategy
 
 
 class FedAvg(Strategy):

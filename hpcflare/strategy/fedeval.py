@@ -6,14 +6,14 @@ per-site results land in the round log, tracking/metrics.csv, and ``models/evalu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy
-from hpcflare.strategy.fedavg import WeightedMeanAggregator
+from hpcflare.fileio import atomic_write_json
+from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy, TaskKind
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
 
 
 class FedEval(Strategy):
@@ -27,13 +27,12 @@ class FedEval(Strategy):
         self.output = job_root / "models" / "evaluation.json"
 
     def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
-        return RoundPlan(task="validate")
+        return RoundPlan(task=TaskKind.VALIDATE)
 
     def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
         self.results = {site: dict(m) for site, m in results.items()}
         if self.output is not None:
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            self.output.write_text(json.dumps({"round": round_num, "results": self.results}, indent=1, default=str))
+            atomic_write_json(self.output, {"round": round_num, "results": self.results}, indent=1, default=str)
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         return WeightedMeanAggregator(global_params)  # metrics-only results: nothing is folded

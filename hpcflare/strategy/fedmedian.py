@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy
+from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy, UpdateKind
 
 
 class MedianAggregator(Aggregator):
@@ -28,7 +28,7 @@ class MedianAggregator(Aggregator):
         model: Params = {}
         for name, value in update.params.items():
             value = np.array(value, dtype=np.float64)
-            model[name] = value + self._global[name] if update.params_type == "DIFF" else value
+            model[name] = value + self._global[name] if update.params_type == UpdateKind.DIFF else value
         self._models.append(model)
 
     def result(self) -> Params:

@@ -18,7 +18,7 @@ import numpy as np
 
 from hpcflare.errors import ConfigError
 from hpcflare.strategy.api import Aggregator, Params, Strategy
-from hpcflare.strategy.fedavg import WeightedMeanAggregator
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
 
 OPTIMIZERS = ("sgd", "adam")
 

@@ -11,7 +11,6 @@ Quantiles are read off the global histogram (linear within a bin). Result: ``mod
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,7 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from hpcflare.errors import ConfigError
-from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy
+from hpcflare.fileio import atomic_write_json
+from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy, TaskKind
 
 FIELDS = ("count", "sum", "sumsq", "min", "max")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -51,7 +51,7 @@ class FedStats(Strategy):
 
     def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
         self._phase = 1 if round_num == 1 else 2
-        return RoundPlan(task="statistics", skip=round_num > 2)
+        return RoundPlan(task=TaskKind.STATISTICS, skip=round_num > 2)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         return {"stats_phase": self._phase, "features": self.features, "bins": self.bins,
@@ -94,10 +94,7 @@ class FedStats(Strategy):
 
     def _write(self, sites: int) -> None:
         if self.output is not None:
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.output.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"sites": sites, "statistics": self.summary()}, indent=1))
-            tmp.replace(self.output)
+            atomic_write_json(self.output, {"sites": sites, "statistics": self.summary()}, indent=1)
 
 
 def quantile(edges: np.ndarray, counts: np.ndarray, q: float) -> float:

@@ -18,8 +18,8 @@ from typing import Mapping
 import numpy as np
 
 from hpcflare.errors import ConfigError
-from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy
-from hpcflare.strategy.fedavg import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy, UpdateKind
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
 
 CONTROL_PREFIX = "scaffold.c."
 
@@ -52,7 +52,7 @@ class _ScaffoldAggregator(WeightedMeanAggregator):
         control = {k: v for k, v in update.params.items() if k.startswith(CONTROL_PREFIX)}
         super().add(ClientUpdate(update.site, model, update.params_type, update.weight))
         if control:  # always a difference, one vote per site
-            super().add(ClientUpdate(update.site, control, "DIFF", 1.0))
+            super().add(ClientUpdate(update.site, control, UpdateKind.DIFF, 1.0))
             self._count -= 1
 
     def apply(self, name: str, base: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:

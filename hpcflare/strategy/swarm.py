@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy
-from hpcflare.strategy.fedavg import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy, TaskKind
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
 
 
 class Swarm(Strategy):
@@ -43,7 +43,7 @@ class Swarm(Strategy):
             self.source = None  # the site holding the last model is gone: the server's checkpoint copy serves
         self._meta = {"aggregator": self.aggregator, "aggregator_address": self.peers.get(self.aggregator, ""),
                       "expect": live, "source": self.source}
-        return RoundPlan(task="train", once=True, coordinator=self.aggregator or None)
+        return RoundPlan(task=TaskKind.TRAIN, once=True, coordinator=self.aggregator or None)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         return {"swarm": self._meta}

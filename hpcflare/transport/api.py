@@ -14,6 +14,37 @@ from hpcflare.transport.codec import TensorSpec
 UNARY_METHODS = ("Register", "Heartbeat", "GetTask", "Goodbye")
 
 
+@dataclasses.dataclass
+class Task:
+    """One round's work for a site, as the parent's GetTask reply describes it."""
+
+    name: str
+    task_id: str
+    round: int
+    total_rounds: int
+    ref: str
+    manifest: list[TensorSpec]
+    meta: dict[str, Any]
+    staged: dict[str, Any] | None = None
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> "Task":
+        staged = reply.get("staged")
+        return cls(str(reply["task"]), str(reply["task_id"]), int(reply["round"]), int(reply["total_rounds"]),
+                   str(reply["ref"]), [TensorSpec.from_wire(item) for item in reply.get("manifest", [])],
+                   dict(reply.get("meta") or {}), staged if isinstance(staged, dict) else None)
+
+
+def upload_header(site: str, token: str, task_id: str, round_num: int, params_type: str,
+                  meta: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                  **extra: Any) -> dict[str, Any]:
+    """The first frame of every upload (a site's result, a relay's partial or forwarded update, a swarm
+    aggregator's report): who sends it, for which task, what kind of params follow, plus extra sections."""
+    return {"site": site, "token": token, "task_id": task_id, "round": round_num, "params_type": str(params_type),
+            "meta": {k: v for k, v in (meta or {}).items() if isinstance(k, str)}, "metrics": dict(metrics or {}),
+            **extra}
+
+
 @dataclasses.dataclass(frozen=True)
 class Peer:
     """Who is calling: its address, and on mutual-TLS channels the verified certificate name."""

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import msgpack
 import numpy as np
 
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError
+from hpcflare.fileio import FileInfo, atomic_write
 
 _HEADER = struct.Struct(">I")
 MAX_HEADER_BYTES = 64 << 10
@@ -233,24 +234,29 @@ def tensor_parts(name: str, value: Any) -> tuple[TensorSpec, bytes, np.ndarray]:
     return TensorSpec(name, tag, tuple(shape), len(head) + raw.nbytes), head, raw
 
 
-def write_safetensors(path: Any, tensors: Any, metadata: dict[str, str] | None = None) -> None:
-    """Write (name -> numpy array | torch tensor) as one safetensors file, streaming each tensor's own
-    buffer to disk (no whole-model copy in memory, unlike safetensors.*.save_file)."""
-    entries: dict[str, Any] = {}
-    buffers, offset = [], 0
-    for name, value in tensors.items():
-        tag, shape, raw = raw_bytes(name, value)
-        entries[name] = {"dtype": tag, "shape": shape, "data_offsets": [offset, offset + raw.nbytes]}
-        buffers.append(raw)
-        offset += raw.nbytes
-    if metadata:
-        entries["__metadata__"] = dict(metadata)
-    with open(path, "wb") as f:
+def safetensors_writer(tensors: Any, metadata: dict[str, str] | None = None) -> Callable[[IO[bytes]], None]:
+    """A writer for hpcflare.fileio.atomic_write: (name -> numpy array | torch tensor) as one safetensors
+    file, streaming each tensor's own buffer (no whole-model copy in memory, unlike safetensors.*.save_file)."""
+    def write(f: IO[bytes]) -> None:
+        entries: dict[str, Any] = {}
+        buffers, offset = [], 0
+        for name, value in tensors.items():
+            tag, shape, raw = raw_bytes(name, value)
+            entries[name] = {"dtype": tag, "shape": shape, "data_offsets": [offset, offset + raw.nbytes]}
+            buffers.append(raw)
+            offset += raw.nbytes
+        if metadata:
+            entries["__metadata__"] = dict(metadata)
         f.write(_header_bytes(entries))
         for raw in buffers:
             f.write(memoryview(raw))
-        f.flush()
-        os.fsync(f.fileno())
+    return write
+
+
+def write_safetensors(path: Any, tensors: Any, metadata: dict[str, str] | None = None,
+                      checksum: bool = False) -> FileInfo | None:
+    """Write tensors as one safetensors file, atomically (temp + fsync + rename)."""
+    return atomic_write(Path(path), safetensors_writer(tensors, metadata), checksum=checksum)
 
 
 def iter_chunks(blob: bytes | memoryview, chunk_size: int, offset: int = 0) -> Iterator[tuple[int, memoryview]]:

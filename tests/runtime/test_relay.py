@@ -7,7 +7,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 
 from hpcflare.exitcodes import ExitCode
 from tests.conftest import HELLO_MODEL, REPO, SLOW, events, load_result

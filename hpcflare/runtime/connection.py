@@ -1,0 +1,237 @@
+"""A site's link to its parent (the server, or a relay): rendezvous, registration, heartbeats, retries, failover.
+
+Everything else a site does (fetching tasks and models, sending results) goes through :meth:`Connection.retry`
+and :meth:`Connection.call`, so transient failures, a dead relay and a restarted server are handled once, here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+from hpcflare import errors
+from hpcflare.job import JobConfig, JobDir
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime.rendezvous import SERVER, FileRendezvous, choose_relay
+from hpcflare.runtime.site_hooks import SiteHooks
+from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
+from hpcflare.settings import Settings
+from hpcflare.transport.grpc_client import GrpcClientTransport
+
+T = TypeVar("T")
+
+
+class Connection:
+    def __init__(self, job_dir: JobDir, config: JobConfig, settings: Settings, site: str, log: RankLogger,
+                 kit: StartupKit | None, hooks: SiteHooks, address: str | None = None,
+                 heartbeat_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.job_dir, self.config, self.settings, self.site, self.log = job_dir, config, settings, site, log
+        self.kit, self.hooks = kit, hooks
+        self.rendezvous = FileRendezvous(job_dir.rendezvous_dir, settings.rendezvous_timeout)
+        self.address = address
+        self.token = ""
+        self.transport: GrpcClientTransport | None = None
+        self.relay_name: str | None = None  # set while connected through a relay
+        self.started = False
+        self.heartbeat_extra = heartbeat_extra or dict
+        """Extra fields for each heartbeat (relays add the children they heard from)."""
+        self.on_stuck: Callable[[str, bool], None] | None = None
+        """Set by a process launcher: called (reason, server_lost) when the job is over but the training
+        script is still running, so a hung script cannot hold its allocation until the time limit."""
+        self._stop = threading.Event()
+        self._last_contact = time.monotonic()
+        self._failover_lock = threading.RLock()
+        self._discovered = False  # address came from the rendezvous file (so a restarted server can be found)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        if self.address is None:
+            if self.config.relays and self.site in self.config.clients:
+                relay = choose_relay(self.rendezvous, self.config, self.site, self.settings.rendezvous_timeout)
+                if relay is None:
+                    self.log.warning("relay_missing", f"no relay announced itself within settings.rendezvous_timeout="
+                                     f"{self.settings.rendezvous_timeout:g}s; connecting directly to the server")
+                else:
+                    self.relay_name, self.address = relay.name, relay.address
+            if self.address is None:
+                self.address = self._server_address(self.settings.rendezvous_timeout)
+                self._discovered = True
+        self._connect(self.address)
+        self.started = True
+        threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.site}", daemon=True).start()
+
+    def _server_address(self, timeout: float) -> str:
+        return self.rendezvous.lookup(SERVER, timeout).address
+
+    def _connect(self, address: str) -> None:
+        s = self.settings
+        peer_name = self.relay_name or (self.kit.server if self.kit else "server")
+        transport = GrpcClientTransport(address, s, self.kit, peer_name)
+
+        def register() -> dict:
+            try:
+                return transport.call("Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
+                                                   "node": os.environ.get("SLURMD_NODENAME", ""),
+                                                   **self.hooks.registration_fields()}, s.rpc_timeout)
+            except errors.PeerGoneError:
+                self._check_handshake(address, peer_name)
+                raise
+
+        reply = self.retry("Register", register, failover=False)
+        # token before transport: a thread that sees the new transport also sees its token (calls read
+        # self.transport first, then self.token)
+        self.token = reply["token"]
+        self.hooks.on_registered(reply)
+        self.address, self.transport = address, transport
+        via = f" through {self.relay_name}" if self.relay_name else ""
+        self.log.info("registered", f"{self.site} registered with server{via} at {address}", address=address,
+                      relay=self.relay_name)
+
+    def _check_handshake(self, address: str, peer_name: str) -> None:
+        """An unreachable peer on a TLS job may be one that refuses our certificate: find out, fail clearly."""
+        if self.kit is None:
+            return
+        reason = explain_refusal(address, self.kit, peer_name, timeout=self.settings.rpc_timeout)
+        if reason is None:
+            return
+        message = f"TLS handshake with {peer_name} at {address} failed: {reason}; {hint_for(reason)}"
+        self.log.error("tls_refused", message, reason=reason, peer=peer_name)
+        raise errors.CertificateError(message)
+
+    def close(self, status: str = "done", reason: str = "") -> None:
+        """Say goodbye (with how this site ended) and close the channel."""
+        self._stop.set()
+        if self.transport is not None and self.token:
+            try:
+                self.transport.call("Goodbye", {"site": self.site, "token": self.token, "status": status,
+                                                "reason": reason}, self.settings.rpc_timeout)
+            except errors.HpcflareError as exc:
+                self.log.debug("goodbye_failed", f"could not say goodbye: {exc}")
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    # ---------------------------------------------------------------- failover
+    def _failover(self, exc: Exception, failed: GrpcClientTransport | None) -> bool:
+        """The relay is gone: reconnect straight to the server if the job's policy allows it.
+
+        Called from the main thread and the heartbeat thread alike; True means "retry on self.transport".
+        """
+        with self._failover_lock:
+            if failed is not self.transport:  # the other thread already switched
+                return self.transport is not None
+            if self.relay_name is None or self.config.relay_failover != "direct":
+                if self.relay_name is not None:
+                    self.log.error("relay_lost", f"relay {self.relay_name} lost ({exc}); relay_failover='exclude': "
+                                   "leaving the job", relay=self.relay_name)
+                return False
+            lost, self.relay_name = self.relay_name, None
+            self.log.warning("relay_lost", f"relay {lost} lost ({exc}); reconnecting directly to the server", relay=lost)
+            self._discovered = True
+            self._connect(self._server_address(self.settings.rendezvous_timeout))
+            if failed is not None:
+                failed.close()
+            return True
+
+    def _rediscover(self, exc: Exception, failed: GrpcClientTransport | None) -> bool:
+        """The server is unreachable: if it restarted elsewhere (new rendezvous file), reconnect there."""
+        if not self._discovered:
+            return False
+        with self._failover_lock:
+            if failed is not self.transport:
+                return self.transport is not None
+            endpoint = self.rendezvous.read(SERVER)
+            if endpoint is None or endpoint.address == self.address:
+                return False
+            self.log.warning("server_moved", f"server unreachable ({exc}); it restarted at {endpoint.address}: "
+                             "reconnecting", address=endpoint.address)
+            self._connect(endpoint.address)
+            if failed is not None:
+                failed.close()
+            return True
+
+    def relay_gone(self, exc: Exception) -> bool:
+        """After a broken transfer: is the relay itself gone? If so, fail over (True = retry the transfer)."""
+        transport = self.transport
+        if self.relay_name is None or transport is None:
+            return False
+        try:
+            transport.call("Heartbeat", {"site": self.site, "token": self.token}, self.settings.rpc_timeout)
+            return False
+        except errors.PeerGoneError as gone:
+            return self._failover(gone, transport)
+        except errors.HpcflareError:
+            return False
+
+    # ---------------------------------------------------------------- heartbeats
+    def _stuck_after_end(self) -> None:
+        """The server ended the job; give the script settings.end_grace to notice, then stop it."""
+        if self.on_stuck is None or self._stop.wait(self.settings.end_grace):
+            return
+        self.on_stuck(f"the job ended but the training script was still running after settings.end_grace="
+                      f"{self.settings.end_grace:g}s", False)
+
+    def _heartbeat_loop(self) -> None:
+        s = self.settings
+        while not self._stop.wait(s.heartbeat_interval):
+            transport = self.transport
+            if transport is None:
+                return
+            try:
+                reply = transport.call("Heartbeat", {"site": self.site, "token": self.token, **self.heartbeat_extra()},
+                                       s.rpc_timeout)
+                self._last_contact = time.monotonic()
+                if reply.get("phase") == "ended":
+                    self._stuck_after_end()
+                    return
+            except errors.HpcflareError as exc:
+                silent = time.monotonic() - self._last_contact
+                self.log.warning("heartbeat_failed", f"heartbeat failed ({silent:.0f}s without server): {exc}")
+                if silent > s.server_lost_timeout and self.on_stuck is not None:
+                    self.on_stuck(f"server unreachable for {silent:.0f}s (settings.server_lost_timeout="
+                                  f"{s.server_lost_timeout:g}s) while the training script was busy", True)
+                    return
+                if isinstance(exc, errors.PeerGoneError):
+                    try:
+                        self._failover(exc, transport) or self._rediscover(exc, transport)
+                    except errors.HpcflareError as again:
+                        self.log.warning("failover_failed", f"reconnecting failed: {again}")
+
+    # ---------------------------------------------------------------- calls
+    def retry(self, what: str, fn: Callable[[], T], failover: bool = True) -> T:
+        """Retry transient failures (server not up yet / briefly gone) until settings.server_lost_timeout;
+        a dead relay triggers a failover to the server first."""
+        deadline = time.monotonic() + self.settings.server_lost_timeout
+        attempt = 0
+        while True:
+            transport = self.transport
+            try:
+                result = fn()
+                self._last_contact = time.monotonic()
+                return result
+            except (errors.PeerGoneError, errors.StreamTimeoutError) as exc:
+                if failover and isinstance(exc, errors.PeerGoneError) and (
+                        self._failover(exc, transport) or self._rediscover(exc, transport)):
+                    deadline = time.monotonic() + self.settings.server_lost_timeout
+                    continue
+                if time.monotonic() >= deadline:
+                    raise errors.PeerGoneError(f"{what}: server unreachable for settings.server_lost_timeout="
+                                               f"{self.settings.server_lost_timeout:g}s: {exc}") from None
+                attempt += 1
+                time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+
+    def call(self, method: str, request: dict, timeout: float) -> dict:
+        """A unary call in this site's name, retried like every other transfer."""
+        return self.retry(method, lambda: self.transport.call(  # type: ignore[union-attr]
+            method, {"site": self.site, "token": self.token, **request}, timeout))
+
+    def credentials(self) -> tuple[GrpcClientTransport, str]:
+        """The current transport and its token, read in that order (see _connect)."""
+        transport = self.transport
+        if transport is None:
+            raise errors.PeerGoneError(f"{self.site} is not connected to the job")
+        return transport, self.token

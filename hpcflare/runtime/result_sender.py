@@ -1,0 +1,99 @@
+"""A site's side of a round's end: filter what leaves the site, stage or stream it, retry, report how it went."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from hpcflare import errors
+from hpcflare.filters import apply_filters, build_filters
+from hpcflare.filters.api import to_numpy
+from hpcflare.job import JobDir
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime import staging
+from hpcflare.runtime.connection import Connection
+from hpcflare.transport.api import Task, upload_header
+
+T = TypeVar("T")
+
+
+def _once(fn: Callable[[], T]) -> T:
+    """Uploads are not idempotent: retry only when nothing reached the server (connection refused)."""
+    try:
+        return fn()
+    except errors.StreamTimeoutError as exc:  # may have been received: let the server's dedup decide
+        raise errors.TransportError(str(exc)) from None
+
+
+class ResultSender:
+    def __init__(self, job_dir: JobDir, connection: Connection, log: RankLogger) -> None:
+        self.connection, self.log = connection, log
+        self.staging_root = connection.config.staging_root(job_dir.root)
+        self.filters = build_filters(connection.config.filters)
+        self.pending_logs: list[dict[str, Any]] = []
+        """flare.log() records since the last result; they travel with the next one."""
+        self._global_copy: dict[str, Any] | None = None  # the round's model as received, for DP filters
+
+    def received(self, params: dict[str, Any]) -> None:
+        """The round's model as fetched: filters that work on the update (DP) need a copy of it."""
+        if any(f.needs_global for f in self.filters):
+            self._global_copy = {k: np.array(to_numpy(v), copy=True) for k, v in params.items()}
+
+    def _stage(self, task: Task, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Leave the result on the shared filesystem; None (stream it instead) if this node cannot write there."""
+        name = f"results/{task.ref}/{self.connection.site}.safetensors"
+        try:
+            if not (self.staging_root / "results").is_dir():
+                return None
+            return {"file": name, **staging.write_atomic(staging.confined(self.staging_root, name), params)}
+        except OSError as exc:
+            self.log.info("staging_fallback", f"cannot stage result ({exc}); streaming it over gRPC", round=task.round)
+            return None
+
+    def send(self, task: Task, params: dict[str, Any], params_type: str, meta: dict[str, Any],
+             metrics: dict[str, Any]) -> None:
+        conn = self.connection
+        header = upload_header(conn.site, conn.token, task.task_id, task.round, params_type, meta, metrics,
+                               logged=list(self.pending_logs))
+        t0 = time.monotonic()
+        if self.filters:  # privacy / bandwidth filters on what leaves the site
+            out = apply_filters(self.filters, params, header["params_type"], self._global_copy,
+                                quantize=not task.staged)
+            params, header["params_type"] = out.params, out.params_type
+            if out.quant:
+                header["quant"] = out.quant
+        staged = self._stage(task, params) if task.staged else None
+        if staged is not None:
+            header.pop("quant", None)
+            header["staged"] = staged
+        wire_bytes = 0 if staged else sum(int(getattr(v, "nbytes", 0)) for v in params.values())
+
+        def push() -> dict:
+            if conn.hooks.deliver(task, header, params):  # e.g. to this round's swarm aggregator
+                return {}
+            transport, token = conn.credentials()
+            return transport.upload({**header, "token": token}, [] if staged else params.items())
+
+        try:
+            try:
+                conn.retry("Upload", lambda: _once(push), failover=True)
+            except errors.TransportError as exc:  # a relay dying mid-stream breaks it in several ways
+                if not conn.relay_gone(exc):
+                    raise
+                conn.retry("Upload", lambda: _once(push), failover=True)
+        except errors.StaleTaskError as exc:
+            self.log.warning("result_late", f"round {task.round}: result discarded, the round had closed: {exc}",
+                             round=task.round)
+            return
+        except errors.UpdateRejectedError as exc:
+            self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
+            raise
+        self.pending_logs.clear()
+        via = "staging" if staged else "grpc"
+        took = time.monotonic() - t0
+        self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "
+                      f"{took:.2f}s ({wire_bytes / 1e6:.2f} MB of tensors)", round=task.round, metrics=header["metrics"],
+                      via=via, seconds=took, bytes=wire_bytes,
+                      quant=sorted({q["mode"] for q in header.get("quant", {}).values()}))
