@@ -23,7 +23,9 @@ import yaml
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_write_text
+from hpcflare.filters import build_filters
 from hpcflare.settings import Settings
+from hpcflare.strategy import STRATEGIES
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FRAMEWORKS = ("numpy", "pytorch")
@@ -86,8 +88,6 @@ class JobConfig:
                 raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
         if len(set(self.clients)) != len(self.clients):
             raise ConfigError("site names must be unique")
-        from hpcflare.strategy import STRATEGIES
-
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; available: {sorted(STRATEGIES)}")
         strategy = self.new_strategy()
@@ -102,8 +102,6 @@ class JobConfig:
             raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {self.relay_failover!r}")
         if not isinstance(self.staging, bool):
             raise ConfigError(f"staging must be true or false, got {self.staging!r}")
-        from hpcflare.filters import build_filters
-
         build_filters(self.filters)
         if not isinstance(self.tracking, list) or set(self.tracking) - {"csv", "tensorboard"}:
             raise ConfigError(f"tracking must be a list of 'csv'/'tensorboard', got {self.tracking!r}")
@@ -120,8 +118,6 @@ class JobConfig:
         self.load_settings()  # raises ConfigError on bad profile/overrides
 
     def new_strategy(self) -> Any:
-        from hpcflare.strategy import STRATEGIES
-
         if not isinstance(self.strategy_args, dict):
             raise ConfigError(f"strategy_args must be a mapping, got {self.strategy_args!r}")
         try:

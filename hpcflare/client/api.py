@@ -110,7 +110,7 @@ def send(model: FLModel, clear_cache: bool = True) -> None:
         model.params = {}  # an evaluation result: metrics only
     if not isinstance(model.params, dict) or (not model.params and ctx.task.name == "train"):
         raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors")
-    ctx.agent.send(ctx.task, model.params, (model.params_type or ParamsType.FULL).value, model.meta or {},
+    ctx.agent.results.send(ctx.task, model.params, (model.params_type or ParamsType.FULL).value, model.meta or {},
                    model.metrics or {})
     if clear_cache:
         clear()

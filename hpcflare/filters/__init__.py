@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpcflare.errors import ConfigError
-from hpcflare.filters.api import Filter, Outgoing
+from hpcflare.filters.api import Filter, Outgoing, to_numpy
 from hpcflare.filters.dp import GaussianDP
 from hpcflare.filters.exclude import ExcludeVars
 from hpcflare.filters.quantize import Quantize
@@ -36,8 +36,6 @@ def apply_filters(filters: list[Filter], params: dict[str, Any], params_type: st
                   global_params: dict[str, Any] | None, quantize: bool = True) -> Outgoing:
     """Run a site's outgoing filters over its update (``quantize=False`` skips quantizers, e.g. for results
     left on the shared filesystem, which never cross the wire)."""
-    from hpcflare.filters.api import to_numpy
-
     out = Outgoing({k: to_numpy(v) for k, v in params.items()}, params_type, global_params)
     for f in filters:
         if f.quantizes and not quantize:

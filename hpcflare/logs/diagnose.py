@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from hpcflare.exitcodes import HELP, ExitCode, describe
 from hpcflare.job import JobDir
+from hpcflare.slurm.commands import SlurmCommands, SlurmError
 
 SLURM_PATTERNS = [
     (re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY", re.I), "error",
@@ -74,8 +75,6 @@ def sacct_findings(job_dir: JobDir, commands: Any = None) -> list[Finding]:
            if p.is_file()]
     if not ids:
         return []
-    from hpcflare.slurm.commands import SlurmCommands, SlurmError
-
     commands = commands or SlurmCommands()
     out = []
     for job_id in ids:

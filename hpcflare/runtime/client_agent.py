@@ -82,10 +82,6 @@ class ClientAgent:
         self.results.received(params)
         return params
 
-    def send(self, task: Task, params: dict[str, Any], params_type: str, meta: dict[str, Any],
-             metrics: dict[str, Any]) -> None:
-        self.results.send(task, params, params_type, meta, metrics)
-
     def close(self, status: str = "done", reason: str = "") -> None:
         self.hooks.close()
         self.connection.close(status, reason)

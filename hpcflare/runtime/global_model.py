@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from hpcflare.errors import ConfigError, MalformedMessageError
+from hpcflare.runtime.staging import write_atomic
 from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, view_tensor
 
 
@@ -55,8 +56,6 @@ class GlobalModel:
 
     def save(self, path: Path) -> dict[str, Any]:
         """Write all tensors into one safetensors file, atomically; return its sha256 and size."""
-        from hpcflare.runtime.staging import write_atomic
-
         return write_atomic(path, self.params, metadata={"hpcflare_version": str(self.version)})
 
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from concurrent import futures
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import grpc
 
 from hpcflare import errors
 from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.security.tls import StartupKit, peer_identity
 from hpcflare.settings import Settings
 from hpcflare.transport.api import UNARY_METHODS, Peer, ServerHandler
 from hpcflare.transport.codec import pack_meta, unpack_meta
-
-if TYPE_CHECKING:
-    from hpcflare.security.tls import StartupKit
 
 SERVICE = "hpcflare.v1.FL"
 
@@ -116,8 +114,6 @@ class GrpcServer:
         """The caller; on TLS channels its certificate name must be a participant of the project."""
         if self.kit is None:
             return Peer(context.peer())
-        from hpcflare.security.tls import peer_identity
-
         identity = peer_identity(context)
         if identity is None or not self.kit.accepts(identity):
             self.log.warning("tls_refused", f"refused {context.peer()}: certificate name {identity!r} is not a "
