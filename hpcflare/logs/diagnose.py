@@ -135,6 +135,11 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
     for e in _named(server, "transfer_stalled"):
         out.append(Finding("warning", e["msg"], "a peer stopped sending/reading: check it is alive and not swapping; "
                            f"raise settings.stream_idle_timeout (now {settings.stream_idle_timeout:g}s) for slow links"))
+    for rank, events in sorted(ranks.items()):
+        for e in _named(events, "host_stalled"):
+            out.append(Finding("warning", f"{rank} was stopped for {e.get('seconds')}s: {e['msg'].split(';')[0]}",
+                               f"nobody was declared dead for it; find what froze {rank} (SIGSTOP, swapping, a hung "
+                               "filesystem: check the node's memory and mounts)"))
     for e in _named(server, "late_result"):
         out.append(Finding("info", e["msg"]))
     for e in _named(server, "settings_conflict"):

@@ -1,4 +1,9 @@
-"""Who is in the job: registration with per-site tokens, last-seen times, expiry of silent clients."""
+"""Who is in the job: registration with per-site tokens, last-seen times, expiry of silent clients.
+
+Silence is judged on the host's own observed time: if the host itself was stopped (SIGSTOP, swapping, a
+stuck filesystem) for longer than half of heartbeat_timeout, nobody could have reached it meanwhile, so
+every live site gets that time back before anyone is declared dead.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import enum
 import secrets
 import threading
 import time
+
+from typing import Callable
 
 from hpcflare.errors import UnknownClientError
 
@@ -42,11 +49,32 @@ class ClientRecord:
 
 
 class Membership:
-    def __init__(self, expected: list[str], heartbeat_timeout: float) -> None:
+    def __init__(self, expected: list[str], heartbeat_timeout: float,
+                 on_stall: Callable[[float], None] | None = None) -> None:
         self.expected = list(expected)
         self.heartbeat_timeout = heartbeat_timeout
+        self.stall_after = heartbeat_timeout / 2
+        """A gap in the host's own clock ticks longer than this is the host's stall, not its children's."""
+        self.on_stall = on_stall
         self._clients: dict[str, ClientRecord] = {}
         self._lock = threading.Lock()
+        self._last_tick = time.monotonic()
+
+    def tick(self) -> None:
+        """Called often by the host (a watcher thread, and every expiry check): notices its own stalls."""
+        with self._lock:
+            gap = self._credit_stall(time.monotonic())
+        if gap and self.on_stall is not None:
+            self.on_stall(gap)
+
+    def _credit_stall(self, now: float) -> float:
+        gap, self._last_tick = now - self._last_tick, now
+        if gap <= self.stall_after:
+            return 0.0
+        for record in self._clients.values():
+            if record.state in LIVE:
+                record.last_seen = min(now, record.last_seen + gap)
+        return gap
 
     def register(self, site: str, host: str = "", pid: int = 0,
                  token: str | None = None) -> tuple[ClientRecord, ClientRecord | None]:
@@ -88,6 +116,7 @@ class Membership:
 
     def expire(self) -> list[ClientRecord]:
         """Declare live clients silent for longer than heartbeat_timeout dead; return the newly dead."""
+        self.tick()  # a stall the watcher has not seen yet is credited before anyone is judged
         now = time.monotonic()
         dead = []
         with self._lock:

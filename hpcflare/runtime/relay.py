@@ -85,6 +85,7 @@ class Relay(RoundHost):
 
     def run(self) -> ExitCode:
         self.grpc.start()
+        self.watch_stalls()
         self.upstream.start()
         FileRendezvous(self.job_dir.rendezvous_dir, self.settings.rendezvous_timeout).publish(
             self.name, self.address, incarnation(), node=os.environ.get("SLURMD_NODENAME", ""))

@@ -9,10 +9,8 @@ mirrors the server's rounds and sends one partial aggregate up per round.
 from __future__ import annotations
 
 import enum
-import math
 import threading
 import time
-import uuid
 from typing import Any, Iterator
 
 from hpcflare import errors
@@ -20,14 +18,12 @@ from hpcflare.job import JobConfig
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.global_model import GlobalModel
 from hpcflare.runtime.membership import MemberState, Membership
+from hpcflare.runtime.round import Round, as_dict, metrics_of, weight_of
 from hpcflare.runtime.staging import Stager
 from hpcflare.runtime.upload import read_staged, read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 from hpcflare.transport.api import Peer, ServerHandler
-
-WEIGHT_KEY = "NUM_STEPS_CURRENT_ROUND"
-"""The meta key whose value weighs a result in the mean (NVFlare's MetaKey.NUM_STEPS_CURRENT_ROUND)."""
 
 
 class HostPhase(str, enum.Enum):
@@ -42,24 +38,6 @@ class HostPhase(str, enum.Enum):
         return self.value
 
 
-class Round:
-    def __init__(self, number: int, strategy: Strategy, model: GlobalModel, task_id: str | None = None,
-                 plan: RoundPlan | None = None) -> None:
-        self.number = number
-        self.plan = plan or RoundPlan()
-        self.task_id = task_id or uuid.uuid4().hex[:12]
-        self.model = model
-        self.aggregator = strategy.new_aggregator(model.params)
-        self.accepted: dict[str, dict[str, Any]] = {}  # site -> metrics
-        self.rejected: dict[str, str] = {}  # site -> reason
-        self.partials: set[str] = set()  # relays whose partial aggregate was folded
-        self.open = True
-        self.started = time.monotonic()
-
-    def answered(self) -> set[str]:
-        return set(self.accepted) | set(self.rejected)
-
-
 class RoundHost(ServerHandler):
     role = "host"
 
@@ -67,6 +45,7 @@ class RoundHost(ServerHandler):
                  members: Membership, stager: Stager | None = None) -> None:
         self.config, self.settings, self.log, self.strategy = config, settings, log, strategy
         self.members = members
+        members.on_stall = self._stalled
         self.stager = stager
         self.model: GlobalModel | None = None
         self.round: Round | None = None
@@ -79,6 +58,23 @@ class RoundHost(ServerHandler):
         self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
         self._download_slots = threading.BoundedSemaphore(settings.max_concurrent_downloads)
         self._goodbyes: set[str] = set()
+
+    STALL_TICK = 0.25
+    """Seconds between the stall watcher's clock ticks."""
+
+    def watch_stalls(self) -> None:
+        """Start noticing this host's own stalls (see Membership): a daemon thread that ticks its clock."""
+        def watch() -> None:
+            while self.phase != HostPhase.ENDED:
+                time.sleep(self.STALL_TICK)
+                self.members.tick()
+
+        threading.Thread(target=watch, name=f"{self.role}-stall-watch", daemon=True).start()
+
+    def _stalled(self, gap: float) -> None:
+        self.log.warning("host_stalled", f"{self.role} itself was stopped for {gap:.1f}s (SIGSTOP, swapping, a stuck "
+                         f"filesystem?); its children get that time back before anyone is declared dead "
+                         f"(settings.heartbeat_timeout={self.settings.heartbeat_timeout:g}s)", seconds=round(gap, 2))
 
     # ------------------------------------------------------------------ hooks
     def register(self, request: dict) -> dict:
@@ -191,28 +187,6 @@ class RoundHost(ServerHandler):
     def accepts_partials_from(self, site: str) -> bool:
         return False
 
-    def _fold_swarm(self, rnd: Round, site: str, header: dict, params: Any) -> None:
-        """The round's coordinator (a swarm aggregator) reports the sites it folded and the model it made."""
-        if site != rnd.plan.coordinator:
-            raise errors.UpdateRejectedError(f"{site} is not this round's swarm aggregator; report refused")
-        report = _dict(header.get("swarm"))
-        accepted, rejected = _dict(report.get("accepted")), _dict(report.get("rejected"))
-        with self._agg_lock:
-            if not rnd.open or rnd is not self.round:
-                raise errors.StaleTaskError(f"swarm report from {site} arrived after round {rnd.number} closed")
-            if len(params):
-                rnd.aggregator.add(ClientUpdate(site, params, UpdateKind.FULL, 1.0))
-            with self._cv:
-                for name, metrics in accepted.items():
-                    if name in self.config.clients:
-                        rnd.accepted[str(name)] = _dict(metrics)
-                for name, reason in rejected.items():
-                    if name in self.config.clients and name not in rnd.accepted:
-                        rnd.rejected[str(name)] = str(reason)[:500]
-        self.strategy.coordinator_report(site, report)
-        self.log.info("swarm_round", f"round {rnd.number}: {site} aggregated {len(accepted)} update(s)",
-                      round=rnd.number, aggregator=site, sites=sorted(accepted))
-
     def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
         slot = False
         site = "?"
@@ -248,12 +222,18 @@ class RoundHost(ServerHandler):
                 params.close()
                 params = read_staged(staged_path, specs, rnd.model.params)
             if header.get("swarm") is not None:
-                self._fold_swarm(rnd, site, header, params)
+                report = rnd.fold_swarm(site, header, params, self.config.clients)
+                self.strategy.coordinator_report(site, report)
+                self.log.info("swarm_round", f"round {rnd.number}: {site} aggregated {len(as_dict(report.get('accepted')))}"
+                              " update(s)", round=rnd.number, aggregator=site, sites=sorted(as_dict(report.get("accepted"))))
             elif header["params_type"] == UpdateKind.PARTIAL:
-                self._fold_partial(rnd, site, header, params)
+                sites, rejected = rnd.fold_partial(site, header, params)
+                self.log.info("partial_accepted", f"round {rnd.number}: partial aggregate from {site} over {len(sites)} "
+                              f"client(s) accepted" + (f"; {len(rejected)} excluded there" if rejected else ""),
+                              relay=site, round=rnd.number, sites=sorted(sites), rejected=rejected)
             else:
-                self._fold(rnd, ClientUpdate(site, params, header["params_type"], self._weight(header.get("meta")),
-                                             _metrics(header), _dict(header.get("meta"))))
+                self._fold(rnd, ClientUpdate(site, params, header["params_type"], weight_of(header.get("meta")),
+                                             metrics_of(header), as_dict(header.get("meta"))))
             if staged_path is not None:
                 staged_path.unlink(missing_ok=True)
             with self._cv:
@@ -264,9 +244,7 @@ class RoundHost(ServerHandler):
             raise
         except (errors.UpdateRejectedError, errors.MalformedMessageError, errors.FrameTooLargeError) as exc:
             if rnd is not None and site in self.members.live():
-                with self._cv:
-                    rnd.rejected.setdefault(site, str(exc))
-                    self._cv.notify_all()
+                rnd.reject(site, str(exc))
             self.log.warning("result_rejected", f"result from {site} rejected: {exc}", site=site, reason=str(exc),
                              round=rnd.number if rnd else None)
             raise
@@ -277,49 +255,9 @@ class RoundHost(ServerHandler):
                 self._upload_slots.release()
 
     def _fold(self, rnd: Round, update: ClientUpdate) -> None:
-        with self._agg_lock:
-            if not rnd.open or rnd is not self.round:
-                raise errors.StaleTaskError(f"result from {update.site} arrived after round {rnd.number} closed; discarded")
-            rnd.aggregator.add(update)
-            with self._cv:
-                rnd.accepted[update.site] = update.metrics
+        rnd.fold(update)
         self.log.info("result_accepted", f"round {rnd.number}: result from {update.site} accepted (weight {update.weight:g})",
                       site=update.site, round=rnd.number, weight=update.weight, metrics=update.metrics)
-
-    def _fold_partial(self, rnd: Round, relay: str, header: dict, sums: dict) -> None:
-        """A relay's weighted partial sum over its children; each child counts as answered here."""
-        partial = _dict(header.get("partial"))
-        sites, rejected = _dict(partial.get("sites")), _dict(partial.get("rejected"))
-        weights = _dict(partial.get("weights"))
-        if set(sums) - set(weights) or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
-                                           for w in weights.values()):
-            raise errors.MalformedMessageError(f"partial from {relay}: per-tensor weights missing or invalid")
-        with self._agg_lock:
-            if not rnd.open or rnd is not self.round:
-                raise errors.StaleTaskError(f"partial from {relay} arrived after round {rnd.number} closed; discarded")
-            overlap = (set(sites) | set(rejected)) & rnd.answered()
-            if overlap:
-                raise errors.StaleTaskError(f"partial from {relay} repeats sites that already answered: {sorted(overlap)[:10]}")
-            rnd.aggregator.add_partial(sums, {k: float(weights[k]) for k in sums}, len(sites))
-            with self._cv:
-                rnd.partials.add(relay)
-                for site, info in sites.items():
-                    rnd.accepted[str(site)] = _dict(_dict(info).get("metrics"))
-                for site, reason in rejected.items():
-                    rnd.rejected[str(site)] = str(reason)[:500]
-        self.log.info("partial_accepted", f"round {rnd.number}: partial aggregate from {relay} over {len(sites)} "
-                      f"client(s) accepted" + (f"; {len(rejected)} excluded there" if rejected else ""),
-                      relay=relay, round=rnd.number, sites=sorted(sites), rejected=rejected)
-
-    def _weight(self, meta: Any) -> float:
-        raw = _dict(meta).get(WEIGHT_KEY, 1)
-        try:
-            weight = float(raw)
-        except (TypeError, ValueError):
-            raise errors.UpdateRejectedError(f"meta NUM_STEPS_CURRENT_ROUND must be a number, got {raw!r:.40}") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise errors.UpdateRejectedError(f"meta NUM_STEPS_CURRENT_ROUND must be finite and >= 0, got {raw!r:.40}")
-        return weight
 
     # ------------------------------------------------------------------ round lifecycle
     def open_round(self, number: int, model: GlobalModel, task_id: str | None = None, publish: bool = True,
@@ -330,8 +268,10 @@ class RoundHost(ServerHandler):
             self.staged = self.stager.publish(model.ref, model.params)
             self.log.info("model_staged", f"round {number}: model staged ({self.staged['nbytes'] / 1e6:.1f} MB) in "
                           f"{time.monotonic() - t0:.2f}s", round=number, **self.staged)
+        if self.round is not None:
+            self.round.close()  # one open round per host: nothing is folded into an older one
         with self._cv:
-            self.round = rnd = Round(number, self.strategy, model, task_id, plan)
+            self.round = rnd = Round(number, self.strategy, model, self._agg_lock, self._cv, task_id, plan)
             self._cv.notify_all()
         return rnd
 
@@ -342,10 +282,7 @@ class RoundHost(ServerHandler):
 
     def close_round(self, rnd: Round) -> None:
         """No result is folded into ``rnd`` after this returns."""
-        with self._cv:
-            rnd.open = False
-        with self._agg_lock:  # waits for a fold in progress
-            pass
+        rnd.close()
 
     def end(self, reason: str) -> None:
         with self._cv:
@@ -358,18 +295,3 @@ class RoundHost(ServerHandler):
         with self._cv:
             while set(self.members.live()) - self._goodbyes and time.monotonic() < deadline:
                 self._cv.wait(0.2)
-
-
-def _metrics(header: dict) -> dict[str, Any]:
-    """FLModel.metrics plus the scalars the script recorded with flare.log() since its last result."""
-    metrics = dict(_dict(header.get("metrics")))
-    logged = header.get("logged")
-    for entry in logged[:1000] if isinstance(logged, list) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and entry.get("data_type", "SCALAR") in (
-                "SCALAR", "METRIC") and isinstance(entry.get("value"), (int, float)):
-            metrics.setdefault(entry["key"][:200], entry["value"])
-    return metrics
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}

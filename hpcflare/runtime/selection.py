@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_link, atomic_write_json
@@ -19,11 +19,11 @@ from hpcflare.fileio import atomic_link, atomic_write_json
 
 class ModelSelector:
     def __init__(self, models_dir: Path, key: str | None, mode: str, patience: int, initial_model: Path,
-                 log: Any) -> None:
+                 log: Any, last_checkpoint: Callable[[], Path | None]) -> None:
         if mode not in ("max", "min"):
             raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {mode!r}")
         self.models_dir, self.key, self.mode, self.patience = models_dir, key, mode, int(patience)
-        self.initial_model, self.log = initial_model, log
+        self.initial_model, self.log, self.last_checkpoint = initial_model, log, last_checkpoint
         self.best: float | None = None
         self.best_round = 0
         self.stale = 0
@@ -47,7 +47,9 @@ class ModelSelector:
                              f"reported: {sorted(means)}", round=number)
             return
         if self._better(value):
-            scored = self.initial_model if number == 1 else self.models_dir / "checkpoint.safetensors"
+            scored = self.initial_model if number == 1 else self.last_checkpoint()
+            if scored is None:
+                raise FileNotFoundError(f"round {number}: no checkpoint of round {number - 1} to save as best model")
             target = self.models_dir / "best_model.safetensors"
             atomic_link(scored, target)
             self.best, self.best_round, self.stale = value, number, 0

@@ -7,18 +7,18 @@ accepted. Results for a closed round are discarded and logged, never mixed into 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback
-from hpcflare.fileio import atomic_link, atomic_write_json, sha256_file
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime.checkpoints import Checkpoints
 from hpcflare.runtime.global_model import GlobalModel, load_params
 from hpcflare.runtime.memory import release_memory
 from hpcflare.runtime.membership import ENDED, MemberState, Membership
@@ -28,8 +28,8 @@ from hpcflare.runtime.staging import Stager
 from hpcflare.runtime.selection import ModelSelector
 from hpcflare.runtime.tracking import Tracker
 from hpcflare.security.jobs import load_kit
+from hpcflare.strategy.aggregate import all_finite
 from hpcflare.strategy.api import TaskKind
-from hpcflare.transport.codec import write_safetensors
 from hpcflare.transport.grpc_server import GrpcServer
 
 class FLServer(RoundHost):
@@ -47,12 +47,14 @@ class FLServer(RoundHost):
         self.strategy.attach(job_dir.root)
         for warning in settings.warnings():
             log.warning("settings_conflict", warning)
+        self.checkpoints = Checkpoints(job_dir.models_dir, log)
         self.first_round = 1
-        self.model = self._load_checkpoint() or GlobalModel(
+        self.model = self._resume() or GlobalModel(
             self.strategy.initial_params(load_params(job_dir.root / config.initial_model)), 0)
         self.tracker = Tracker(job_dir.root / "tracking", config.tracking)
         self.selector = ModelSelector(job_dir.models_dir, config.key_metric, config.key_metric_mode,
-                                      config.early_stop_patience, job_dir.root / config.initial_model, log)
+                                      config.early_stop_patience, job_dir.root / config.initial_model, log,
+                                      self.checkpoints.latest)
         kit = load_kit(job_dir, config, "server", role="server")
         self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit)
         if kit is not None:
@@ -93,44 +95,18 @@ class FLServer(RoundHost):
     def live_clients(self) -> set[str]:
         return {s for s in self.members.live() if s not in self.relays}
 
-    # ------------------------------------------------------------------ checkpoints
-    @property
-    def _ckpt_meta(self) -> Path:
-        return self.job_dir.models_dir / "checkpoint.json"
-
-    def _load_checkpoint(self) -> GlobalModel | None:
-        """Resume after a requeue/restart: the last completed round's model, verified by checksum."""
-        if not self._ckpt_meta.is_file():
+    def _resume(self) -> GlobalModel | None:
+        """After a requeue/restart: the last completed round's model and the strategy's state."""
+        found = self.checkpoints.load()
+        if found is None:
             return None
-        meta = json.loads(self._ckpt_meta.read_text())
-        path = self.job_dir.models_dir / meta["file"]
-        if not path.is_file() or sha256_file(path) != meta["sha256"]:
-            self.log.warning("checkpoint_invalid", f"checkpoint {path} missing or corrupt; starting from the initial model")
-            return None
-        self.first_round = int(meta["round"]) + 1
-        state = self.job_dir.models_dir / "strategy_state.safetensors"
-        if meta.get("strategy_state") and state.is_file():
-            self.strategy.load_state_dict(load_params(state))
-        self.log.info("resumed", f"resuming from checkpoint: round {meta['round']} completed, continuing with round "
-                      f"{self.first_round}", round=int(meta["round"]))
-        return GlobalModel(load_params(path), int(meta["round"]))
-
-    def _save_checkpoint(self, number: int) -> None:
-        path = self.job_dir.models_dir / "checkpoint.safetensors"
-        saved = self.model.save(path)
-        state = self.strategy.state_dict()
-        if state:  # optimizer moments etc.: written before the checkpoint record that refers to them
-            write_safetensors(self.job_dir.models_dir / "strategy_state.safetensors", state)
-        atomic_write_json(self._ckpt_meta, {"round": number, "file": path.name, "sha256": saved["sha256"],
-                                            "time": time.time(), "strategy_state": bool(state)})
-
-    def _save_result(self) -> None:
-        """The result is the last checkpoint's file: hard-link it rather than writing the model again."""
-        checkpoint = self.job_dir.models_dir / "checkpoint.safetensors"
-        if checkpoint.is_file():
-            atomic_link(checkpoint, self.job_dir.result_model_path)
-        else:  # no checkpoint: no round ran
-            self.model.save(self.job_dir.result_model_path)
+        model, number, state = found
+        if state is not None:
+            self.strategy.load_state_dict(state)
+        self.first_round = number + 1
+        self.log.info("resumed", f"resuming from checkpoint: round {number} completed, continuing with round "
+                      f"{self.first_round}", round=number)
+        return model
 
     # ------------------------------------------------------------------ orchestration
     def _status(self, state: str, **fields: Any) -> None:
@@ -142,6 +118,7 @@ class FLServer(RoundHost):
         """Publish the address (job dir, and ``rendezvous`` too), run every round, write the result."""
         cfg, s = self.config, self.settings
         self.grpc.start()
+        self.watch_stalls()
         for where in [FileRendezvous(self.job_dir.rendezvous_dir, s.rendezvous_timeout), rendezvous]:
             if where is not None:
                 where.publish(SERVER, self.address, incarnation(), job_id=cfg.job_id,
@@ -160,7 +137,7 @@ class FLServer(RoundHost):
             rounds = self.first_round - 1
             for number in range(self.first_round, cfg.num_rounds + 1):
                 self._run_round(number)
-                self._save_checkpoint(number)
+                self.checkpoints.save(self.model, number, self.strategy.state_dict())
                 rounds = number
                 release_memory()
                 if self.selector.should_stop():
@@ -168,7 +145,7 @@ class FLServer(RoundHost):
                                   f"{cfg.early_stop_patience} rounds (best {self.selector.best:.6g} in round "
                                   f"{self.selector.best_round}); ending the job early", round=number)
                     break
-            self._save_result()
+            self.checkpoints.publish_result(self.model, self.job_dir.result_model_path)
             self.end("completed")
             self.log.info("job_completed", f"job {cfg.job_id} completed: {rounds} rounds; "
                           f"result model written to {self.job_dir.result_model_path}",
@@ -286,7 +263,7 @@ class FLServer(RoundHost):
             return self._run_round(number)
         t0 = time.monotonic()
         if plan.task == TaskKind.TRAIN and plan.aggregate:
-            self.model = GlobalModel(_replacing(rnd.model, rnd.aggregator.result_items()), number)
+            self.model = GlobalModel(_replacing(rnd.model, _finite(rnd.aggregator.result_items(), number)), number)
         else:
             self.model = kept
         self.strategy.round_closed(number, plan, rnd.accepted)
@@ -316,6 +293,18 @@ def _replacing(old: GlobalModel, items: Iterator[tuple[str, Any]]) -> Iterator[t
         yield name, value
         old.blobs.pop(name, None)
         old.params.pop(name, None)
+
+
+def _finite(items: Iterator[tuple[str, Any]], number: int) -> Iterator[tuple[str, Any]]:
+    """The new model's tensors, checked before anything is published or checkpointed: a NaN/Inf aggregate
+    fails the round (the last checkpoint stays the last good model) instead of poisoning every later round."""
+    for name, value in items:
+        if np.issubdtype(value.dtype, np.floating) and not all_finite(value):
+            raise errors.RoundFailedError(
+                f"round {number}: the aggregate of tensor {name!r} is not finite (NaN/Inf): the accepted updates "
+                f"overflowed {value.dtype}; nothing of round {number} was published or checkpointed (see the weights "
+                f"and sites in this round's result_accepted events; resume from round {number - 1}'s checkpoint)")
+        yield name, value
 
 
 def _need(min_clients: int, min_fraction: float, need: int) -> str:

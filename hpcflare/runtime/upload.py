@@ -17,7 +17,7 @@ import numpy as np
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
-from hpcflare.strategy.aggregate import acc_dtype
+from hpcflare.strategy.aggregate import acc_dtype, all_finite
 from hpcflare.strategy.api import UpdateKind
 from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, parse_single, unpack_frame
 
@@ -322,9 +322,3 @@ def _validated(spec: TensorSpec, value: np.ndarray, base: np.ndarray) -> np.ndar
     if np.issubdtype(value.dtype, np.floating) and not all_finite(value):
         raise UpdateRejectedError(f"tensor {spec.name!r} contains NaN or Inf values; the update is rejected")
     return value
-
-
-def all_finite(value: np.ndarray, block: int = 1 << 20) -> bool:
-    """np.isfinite(...).all() in blocks, so a 100 MB tensor needs a 1 MB temporary, not 25 MB."""
-    flat = value.reshape(-1)
-    return all(np.isfinite(flat[i:i + block]).all() for i in range(0, flat.size, block))

@@ -111,3 +111,9 @@ def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, 
         if weight != 1.0:
             delta *= w
         flat_acc[first:last] += delta
+
+
+def all_finite(value: np.ndarray, block: int = 1 << 20) -> bool:
+    """np.isfinite(...).all() in blocks, so a 100 MB tensor needs a 1 MB temporary, not 25 MB."""
+    flat = value.reshape(-1)
+    return all(np.isfinite(flat[i:i + block]).all() for i in range(0, flat.size, block))

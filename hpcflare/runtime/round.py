@@ -1,0 +1,139 @@
+"""One round at one host (server, relay or swarm peer): its task, model and aggregator, who answered how,
+and the rules for folding each kind of report into it.
+
+Folding happens under the host's aggregation lock, so closing a round (``close``) waits for a fold in
+progress and nothing is folded afterwards; ``changed`` (the host's condition) wakes whoever waits on answers.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from typing import Any
+
+from hpcflare import errors
+from hpcflare.runtime.global_model import GlobalModel
+from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
+
+WEIGHT_KEY = "NUM_STEPS_CURRENT_ROUND"
+"""The meta key whose value weighs a result in the mean (NVFlare's MetaKey.NUM_STEPS_CURRENT_ROUND)."""
+MAX_WEIGHT = 1e12
+"""Largest accepted weight: weights are step or sample counts; anything larger is an error or an attack."""
+MAX_LOGGED = 1000
+"""flare.log() records per result that become metrics (the rest stay in the site's own log)."""
+
+
+class Round:
+    def __init__(self, number: int, strategy: Strategy, model: GlobalModel, lock: threading.Lock,
+                 changed: threading.Condition, task_id: str | None = None, plan: RoundPlan | None = None) -> None:
+        self.number = number
+        self.plan = plan or RoundPlan()
+        self.task_id = task_id or uuid.uuid4().hex[:12]
+        self.model = model
+        self.aggregator = strategy.new_aggregator(model.params)
+        self.accepted: dict[str, dict[str, Any]] = {}  # site -> metrics
+        self.rejected: dict[str, str] = {}  # site -> reason
+        self.partials: set[str] = set()  # relays whose partial aggregate was folded
+        self.open = True
+        self.started = time.monotonic()
+        self._lock, self._changed = lock, changed
+
+    def answered(self) -> set[str]:
+        return set(self.accepted) | set(self.rejected)
+
+    def close(self) -> None:
+        """No result is folded into this round after this returns."""
+        with self._changed:
+            self.open = False
+        with self._lock:  # waits for a fold in progress
+            pass
+
+    def _check_open(self, what: str) -> None:
+        if not self.open:
+            raise errors.StaleTaskError(f"{what} arrived after round {self.number} closed; discarded")
+
+    def reject(self, site: str, reason: str) -> None:
+        with self._changed:
+            self.rejected.setdefault(site, reason)
+            self._changed.notify_all()
+
+    def fold(self, update: ClientUpdate) -> None:
+        with self._lock:
+            self._check_open(f"result from {update.site}")
+            self.aggregator.add(update)
+            with self._changed:
+                self.accepted[update.site] = update.metrics
+
+    def fold_partial(self, relay: str, header: dict, sums: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A relay's weighted partial sum over its children; each child counts as answered here.
+        Returns the (accepted, rejected) sites it reported."""
+        partial = as_dict(header.get("partial"))
+        sites, rejected = as_dict(partial.get("sites")), as_dict(partial.get("rejected"))
+        weights = as_dict(partial.get("weights"))
+        if set(sums) - set(weights) or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
+                                           for w in weights.values()):
+            raise errors.MalformedMessageError(f"partial from {relay}: per-tensor weights missing or invalid")
+        with self._lock:
+            self._check_open(f"partial from {relay}")
+            overlap = (set(sites) | set(rejected)) & self.answered()
+            if overlap:
+                raise errors.StaleTaskError(f"partial from {relay} repeats sites that already answered: {sorted(overlap)[:10]}")
+            self.aggregator.add_partial(sums, {k: float(weights[k]) for k in sums}, len(sites))
+            with self._changed:
+                self.partials.add(relay)
+                for site, info in sites.items():
+                    self.accepted[str(site)] = as_dict(as_dict(info).get("metrics"))
+                for site, reason in rejected.items():
+                    self.rejected[str(site)] = str(reason)[:500]
+        return sites, rejected
+
+    def fold_swarm(self, site: str, header: dict, params: Any, clients: list[str]) -> dict[str, Any]:
+        """The round's coordinator (a swarm aggregator) reports the sites it folded and the model it made."""
+        if site != self.plan.coordinator:
+            raise errors.UpdateRejectedError(f"{site} is not this round's swarm aggregator; report refused")
+        report = as_dict(header.get("swarm"))
+        accepted, rejected = as_dict(report.get("accepted")), as_dict(report.get("rejected"))
+        with self._lock:
+            self._check_open(f"swarm report from {site}")
+            if len(params):
+                self.aggregator.add(ClientUpdate(site, params, UpdateKind.FULL, 1.0))
+            with self._changed:
+                for name, metrics in accepted.items():
+                    if name in clients:
+                        self.accepted[str(name)] = as_dict(metrics)
+                for name, reason in rejected.items():
+                    if name in clients and name not in self.accepted:
+                        self.rejected[str(name)] = str(reason)[:500]
+        return report
+
+
+def weight_of(meta: Any) -> float:
+    """A result's weight in the mean, from its meta; refuses what could poison the aggregate."""
+    raw = as_dict(meta).get(WEIGHT_KEY, 1)
+    try:
+        weight = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise errors.UpdateRejectedError(f"meta {WEIGHT_KEY} must be a number, got {raw!r:.40}") from None
+    if not math.isfinite(weight) or weight < 0:
+        raise errors.UpdateRejectedError(f"meta {WEIGHT_KEY} must be finite and >= 0, got {raw!r:.40}")
+    if weight > MAX_WEIGHT:
+        raise errors.UpdateRejectedError(f"meta {WEIGHT_KEY}={raw!r:.40} is larger than {MAX_WEIGHT:g}; send the "
+                                         "number of local steps or samples")
+    return weight
+
+
+def metrics_of(header: dict) -> dict[str, Any]:
+    """FLModel.metrics plus the scalars the script recorded with flare.log() since its last result."""
+    metrics = dict(as_dict(header.get("metrics")))
+    logged = header.get("logged")
+    for entry in logged[:MAX_LOGGED] if isinstance(logged, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and entry.get("data_type", "SCALAR") in (
+                "SCALAR", "METRIC") and isinstance(entry.get("value"), (int, float)):
+            metrics.setdefault(entry["key"][:200], entry["value"])
+    return metrics
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
