@@ -60,6 +60,7 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             if not args.dry_run:
                 from hpcflare.security.jobs import prepare_job
 
+                job_dir.check_deployable()
                 prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
             common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time)
             if args.separate:  # server and clients as two allocations, meeting in the job dir

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_write_text
@@ -28,6 +29,34 @@ from hpcflare.settings import Settings
 from hpcflare.strategy import STRATEGIES
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FINAL_STATES = ("completed", "failed", "aborted")
+RESERVED_DIRS = frozenset({".", "app", "models", "logs", "rendezvous", "sites", "kits", "tracking", "slurm"})
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def whole_number(key: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; a bool, string, fraction or NaN is a ConfigError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
+            isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{key} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def fraction(key: str, value: Any) -> float:
+    """``value`` as a float in [0, 1]; anything else is a ConfigError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key}={value!r} must be a number between 0 and 1")
+    return float(value)
+
+
+def check_job_name(name: Any) -> str:
+    """A job name becomes a directory name: no path separators, no '..', no leading dot."""
+    if not isinstance(name, str) or not JOB_NAME.match(name) or ".." in name:
+        raise ConfigError(f"job name {name!r} must be letters, digits, '_', '.', '-' (max 100, not starting with '.', "
+                          "no '..' or '/'): it becomes a directory name")
+    return name
 FRAMEWORKS = ("numpy", "pytorch")
 
 
@@ -73,13 +102,37 @@ class JobConfig:
     """Startup kits (one folder per participant): relative to the job dir, or the output of hpcflare provision."""
 
     def staging_root(self, job_root: Path) -> Path:
+        """Where this job stages models. An absolute staging_dir is shared by many jobs, so each job gets its
+        own ``<staging_dir>/<job_id>`` (and cleans only that); HPCFLARE_STAGING_DIR is where this node mounts it."""
         override = os.environ.get("HPCFLARE_STAGING_DIR")
-        return Path(override) if override else (job_root / self.staging_dir)
+        if Path(self.staging_dir).is_absolute():
+            return Path(override or self.staging_dir) / self.job_id
+        return Path(override) if override else job_root / self.staging_dir
+
+    def check_staging(self, job_root: Path) -> None:
+        """A staging dir must not be the job dir, one of its own folders, or another job's dir."""
+        staging = Path(self.staging_dir)
+        if not staging.is_absolute():
+            if not staging.parts or ".." in staging.parts or staging.parts[0] in RESERVED_DIRS:
+                raise ConfigError(f"staging_dir {self.staging_dir!r} must be a new folder inside the job dir (not "
+                                  f"one of {sorted(RESERVED_DIRS)}, no '..') or an absolute path on a shared filesystem")
+            return
+        resolved, root = staging.resolve(), job_root.resolve()
+        scoped = resolved / self.job_id  # what this job will write to and clean up
+        if scoped == root or root in scoped.parents or scoped in root.parents:
+            raise ConfigError(f"staging_dir {self.staging_dir!r} would put this job's staging files in or around "
+                              "its own job dir; use a relative folder name or a dedicated shared directory")
+        if (resolved / "job.yaml").exists() or any((p / "job.yaml").exists() for p in resolved.parents):
+            raise ConfigError(f"staging_dir {self.staging_dir!r} is inside another job's directory")
 
     def validate(self) -> None:
-        if self.num_rounds < 1:
-            raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}")
-        if not self.clients:
+        check_job_name(self.name)
+        if not isinstance(self.job_id, str) or not JOB_NAME.match(self.job_id) or ".." in self.job_id:
+            raise ConfigError(f"job_id {self.job_id!r} is not a valid directory name")
+        whole_number("num_rounds", self.num_rounds, 1)
+        whole_number("min_clients", self.min_clients, 1)
+        whole_number("relays", self.relays, 0)
+        if not isinstance(self.clients, list) or not self.clients:
             raise ConfigError("a job needs at least one client site")
         if not 1 <= self.min_clients <= len(self.clients):
             raise ConfigError(f"min_clients={self.min_clients} must be between 1 and the number of clients ({len(self.clients)})")
@@ -94,8 +147,7 @@ class JobConfig:
         if self.relays and not strategy.supports_relays:
             raise ConfigError(f"strategy {self.strategy!r} addresses single sites or collects whole models: run it "
                               "without relays (relays: 0)")
-        if not 0.0 <= float(self.min_fraction) <= 1.0:
-            raise ConfigError(f"min_fraction={self.min_fraction} must be between 0 and 1")
+        fraction("min_fraction", self.min_fraction)
         if not 0 <= self.relays <= len(self.clients):
             raise ConfigError(f"relays={self.relays} must be between 0 and the number of clients ({len(self.clients)})")
         if self.relay_failover not in ("direct", "exclude"):
@@ -171,6 +223,7 @@ class JobDir:
 
     def create(self, config: JobConfig) -> None:
         config.validate()
+        config.check_staging(self.root)
         for d in (self.root, self.app_dir, self.models_dir, self.log_dir, self.rendezvous_dir):
             d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
@@ -183,6 +236,29 @@ class JobDir:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{self.config_path}: invalid YAML: {exc}") from None
         return JobConfig.from_dict(data, str(self.config_path))
+
+    def server_lock(self) -> FileLock:
+        """Held by the job's live server for its whole life: a second server or deployment is refused."""
+        return FileLock(str(self.root / ".server.lock"))
+
+    def check_deployable(self) -> None:
+        """Refuse to start a job dir that a live server is running or that already completed."""
+        lock = self.server_lock()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ConfigError(f"job {self.root.name} is already running (its server holds {lock.lock_file}); wait "
+                              "for it, abort it, or export a new job") from None
+        lock.release()
+        if self.read_status().get("state") == "completed":
+            raise ConfigError(f"job {self.root.name} already completed (see {self.status_path}); export a new job "
+                              "instead of deploying this one again")
+
+    def settle(self, cause: str, exit_code: int | None = None) -> None:
+        """Record how a job ended when its server could not (killed, lost): a status that is not final
+        becomes 'failed' with ``cause``; a final one is never overwritten."""
+        if self.read_status().get("state") not in FINAL_STATES:
+            self.write_status("failed", message=cause, **({"exit_code": exit_code} if exit_code is not None else {}))
 
     def write_status(self, state: str, **fields: Any) -> None:
         atomic_write_text(self.status_path, json.dumps({"state": state, "updated": time.time(), **fields}, indent=1))

@@ -7,6 +7,7 @@ under ``settings:`` in its job.yaml. Unknown keys are an error, so a typo never 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -86,13 +87,15 @@ class Settings:
             raise ConfigError(f"unknown settings key(s) {unknown}; valid keys: {sorted(fields)}")
         values: dict[str, Any] = {}
         for key, value in data.items():
-            typ = int if fields[key].type in ("int", int) else float
-            try:
-                values[key] = typ(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"settings.{key} must be a number, got {value!r}") from None
-            if values[key] <= 0:
-                raise ConfigError(f"settings.{key} must be > 0, got {value!r}")
+            integral = fields[key].type in ("int", int)
+            # a string, bool, NaN or infinity where a number belongs would silently disable a deadline or limit
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"settings.{key} must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"settings.{key} must be a finite number > 0, got {value!r}")
+            if integral and value != int(value):
+                raise ConfigError(f"settings.{key} must be a whole number, got {value!r}")
+            values[key] = int(value) if integral else float(value)
         settings = cls(**values)
         settings.validate()
         return settings

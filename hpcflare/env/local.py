@@ -67,6 +67,9 @@ class LocalRun(Run):
             self.exit_codes.update({s: reaped.get(s, -signal.SIGKILL) for s in forked})
         for f in self._files:
             f.close()
+        code = self.server.returncode
+        self.job_dir.settle(f"the server process ended without recording an end: {describe(code)} (exit {code}); "
+                            f"see {self.job_dir.log_dir / 'server.log'}", code)
         for rank, code in self.exit_codes.items():
             if code != 0:
                 print(f"[hpcflare] {rank} exited {code}: {describe(code)}", file=sys.stderr)
@@ -110,6 +113,7 @@ class LocalEnv(Env):
         return [self.python, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root), *args]
 
     def deploy(self, job_dir: JobDir) -> Run:
+        job_dir.check_deployable()
         config = prepare_job(job_dir, secure_default=False)
         settings = config.load_settings()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPCFLARE_JOB_DIR": str(job_dir.root)}

@@ -31,6 +31,10 @@ class SimRun(Run):
                 if time.monotonic() >= deadline:
                     return False
                 thread.join(0.1)
+        code = self.exit_codes.get("server")
+        self.job_dir.settle("the server thread ended without recording an end" + (
+            f" (exit {int(code)})" if code is not None else " (it raised: see logs/server.log)"),
+            None if code is None else int(code))
         return True
 
     def abort(self) -> None:
@@ -43,6 +47,7 @@ class SimEnv(Env):
         self.verbose = verbose
 
     def deploy(self, job_dir: JobDir) -> Run:
+        job_dir.check_deployable()
         config = prepare_job(job_dir, secure_default=False)
         script = script_path(job_dir, config.train_script)
         sys.argv = [str(script), *config.train_args]

@@ -64,10 +64,12 @@ class SlurmRun(Run):
 
     def wait(self, timeout: Optional[float]) -> bool:
         deadline = deadline_after(timeout)
-        while self.slurm_state() not in FINAL_STATES | {"UNKNOWN"}:
+        while (state := self.slurm_state()) not in FINAL_STATES | {"UNKNOWN"}:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(1.0)
+        self.job_dir.settle(f"Slurm job {self.slurm_job_id} ended ({state}) before the server recorded an end; "
+                            f"run `hpcflare logs diagnose {self.job_dir.root}`")
         return True
 
     def abort(self) -> None:
@@ -135,6 +137,7 @@ class SlurmEnv(Env):
         return text
 
     def deploy(self, job_dir: JobDir) -> Run:
+        job_dir.check_deployable()
         prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
         job = self.executor(job_dir).submit(submitit_rank, str(job_dir.root), self.rendezvous)
         print(f"[hpcflare] job {job_dir.root.name} submitted to Slurm as {job.job_id}; logs in {job_dir.log_dir}",
@@ -152,10 +155,12 @@ class MpiRun(Run):
 
     def wait(self, timeout: Optional[float]) -> bool:
         try:
-            self.proc.wait(None if timeout is None else max(0.0, timeout))
-            return True
+            code = self.proc.wait(None if timeout is None else max(0.0, timeout))
         except subprocess.TimeoutExpired:
             return False
+        self.job_dir.settle(f"mpiexec exited {code} before the server recorded an end ({describe(code)}); see "
+                            f"{self.job_dir.log_dir / 'mpiexec.out'}", code)
+        return True
 
     def abort(self) -> None:
         if self.proc.poll() is None:
@@ -178,6 +183,7 @@ class MpiEnv(Env):
     def deploy(self, job_dir: JobDir) -> Run:
         if not Path(self.mpiexec).exists():
             raise ConfigError(f"mpiexec not found at {self.mpiexec}; `pip install mpich` or pass mpiexec=")
+        job_dir.check_deployable()
         config = prepare_job(job_dir, secure_default=True)
         if config.relays:
             raise ConfigError("relays find each other through the job directory; MpiEnv exchanges addresses over "

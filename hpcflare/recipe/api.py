@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from hpcflare.errors import ConfigError
-from hpcflare.job import JobConfig, JobDir
+from hpcflare.job import JobConfig, JobDir, check_job_name, fraction, whole_number
 from hpcflare.recipe.model_io import save_initial_model
+from hpcflare.settings import Settings
 
 if TYPE_CHECKING:
     from hpcflare.env.api import Env, Run
@@ -34,8 +35,9 @@ class Recipe:
         """``job_options``: any further job.yaml key (key_metric="accuracy", early_stop_patience=3,
         tracking=["csv", "tensorboard"], ...). ``initial_checkpoint``: a .safetensors (or weights-only .pt)
         file whose weights replace the model's initial ones."""
-        self.name, self.model = name, model
-        self.min_clients, self.num_rounds = int(min_clients), int(num_rounds)
+        self.name, self.model = check_job_name(name), model
+        self.min_clients = whole_number("min_clients", min_clients, 1)
+        self.num_rounds = whole_number("num_rounds", num_rounds, 1)
         self.train_script = Path(train_script)
         self.train_args = shlex.split(train_args) if isinstance(train_args, str) else list(train_args)
         if clients is None:
@@ -46,7 +48,7 @@ class Recipe:
         self.settings_profile, self.settings = settings_profile, dict(settings or {})
         self.extra_files = [Path(p) for p in extra_files]
         self.staging, self.staging_dir = bool(staging), str(staging_dir)
-        self.relays, self.relay_failover, self.min_fraction = int(relays), relay_failover, float(min_fraction)
+        self.relays, self.relay_failover, self.min_fraction = whole_number("relays", relays, 0), relay_failover, fraction("min_fraction", min_fraction)
         self.tls, self.kits_dir = tls, str(kits_dir)
         self.filters = [dict(f) for f in filters]
         known = {f.name for f in dataclasses.fields(JobConfig)}
@@ -57,6 +59,7 @@ class Recipe:
         self.initial_checkpoint = Path(initial_checkpoint) if initial_checkpoint else None
         if not self.train_script.is_file():
             raise ConfigError(f"train_script {self.train_script} not found")
+        Settings.load(self.settings_profile, self.settings)  # a bad deadline is refused now, not in a rank
 
     def new_job_id(self) -> str:
         return f"{self.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

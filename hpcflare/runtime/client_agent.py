@@ -41,7 +41,7 @@ class ClientAgent:
         self.connection = Connection(job_dir, self.config, self.config.load_settings(), site, log, self.kit,
                                      self.hooks, address, heartbeat_extra)
         self.tasks = TaskFetcher(job_dir, self.connection, log)
-        self.results = ResultSender(job_dir, self.connection, log)
+        self.results = ResultSender(job_dir, self.connection, log, on_sent=self._sent)
 
     # the connection's state, read by the Client API, launchers and relays
     settings = property(lambda self: self.connection.settings)
@@ -63,6 +63,10 @@ class ClientAgent:
     @on_stuck.setter
     def on_stuck(self, value: Callable[[str, bool], None] | None) -> None:
         self.connection.on_stuck = value
+
+    def _sent(self, task: Task) -> None:
+        if self.tasks.pending is task:
+            self.tasks.pending = None
 
     def start(self) -> "ClientAgent":
         factory = SITE_HOOKS.get(self.config.strategy)

@@ -13,8 +13,11 @@ import runpy
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Callable
+
+from filelock import Timeout
 
 from hpcflare import errors
 from hpcflare.client import api as client_api
@@ -35,22 +38,32 @@ def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port
                advertise: str | None = None, rendezvous: Rendezvous | None = None) -> ExitCode:
     """The server rank; it always publishes its address to the job dir, and to ``rendezvous`` as well."""
     log = RankLogger(job_dir.log_dir, "server", "server", echo=sys.stdout if echo else None)
+    lock = job_dir.server_lock()
     try:
-        server = FLServer(job_dir, log, host=host, port=port, advertise=advertise)
-    except errors.ConfigError as exc:
-        code, reason = exit_for(exc)
-        log.error("config_error", f"cannot start server: {reason}", exit_code=int(code))
-        job_dir.write_status("failed", message=reason, exit_code=int(code))
+        lock.acquire(timeout=0)
+    except Timeout:  # another server of this job is alive: its status.json is not ours to touch
+        log.error("server_running", f"another server of job {job_dir.root.name} holds {lock.lock_file}; this one "
+                  "exits without touching the job", exit_code=int(ExitCode.CONFIG_ERROR))
         log.close()
-        return code
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: server.abort("SIGTERM received"))
-    tap = handshake_tap(log, server.grpc.kit)
+        return ExitCode.CONFIG_ERROR
     try:
-        return server.run(rendezvous)
+        try:
+            server = FLServer(job_dir, log, host=host, port=port, advertise=advertise)
+        except errors.ConfigError as exc:
+            code, reason = exit_for(exc)
+            log.error("config_error", f"cannot start server: {reason}", exit_code=int(code))
+            job_dir.write_status("failed", message=reason, exit_code=int(code))
+            return code
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: server.abort("SIGTERM received"))
+        tap = handshake_tap(log, server.grpc.kit)
+        try:
+            return server.run(rendezvous)
+        finally:
+            if tap is not None:
+                tap.close()
     finally:
-        if tap is not None:
-            tap.close()
+        lock.release()
         log.close()
 
 
@@ -72,9 +85,12 @@ def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: st
 
 
 def script_path(job_dir: JobDir, script: str) -> Path:
-    """The training script, confined to the job's app/ directory (no path traversal)."""
+    """The training script, confined to the job's app/ directory (no path traversal, no symlink out of it)."""
+    app = job_dir.app_dir
+    if app.is_symlink() or job_dir.root.resolve() not in app.resolve().parents:
+        raise errors.ConfigError(f"{app} is a symlink out of the job directory; a job's app/ must be a real folder")
     path = (job_dir.root / script).resolve()
-    if job_dir.app_dir.resolve() not in path.parents:
+    if app.resolve() not in path.parents:
         raise errors.ConfigError(f"train_script {script!r} must live under {job_dir.app_dir}")
     if not path.is_file():
         raise errors.ConfigError(f"train_script {path} not found")
@@ -105,9 +121,14 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
             if exc.code not in (None, 0):
                 raise RuntimeError(f"training script exited with status {exc.code}") from None
         log.info("script_finished", f"{script.name} finished")
+        early = _ended_early(agent, script.name)
+        if early:
+            code, status, reason = ExitCode.TRAIN_SCRIPT_FAILED, "failed", early
     except Exception as exc:  # noqa: BLE001 - anything the user's script raises ends here
         code, reason = exit_for(exc, user_code=True)
         status = "failed"
+        if code == ExitCode.TRAIN_SCRIPT_FAILED:
+            reason += _where(exc, job_dir.app_dir)
         if needs_traceback(code):
             log.error("traceback", format_traceback(exc))
     finally:
@@ -122,6 +143,23 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         client_api.unbind()
         log.close()
     return code
+
+
+def _ended_early(agent: ClientAgent, script: str) -> str:
+    """Why a script that returned normally still failed its site ('' when it did its part)."""
+    if not agent.started:
+        return f"{script} returned without calling flare.init(): the site never joined the job"
+    if not agent.ended and agent.tasks.pending is not None:
+        return (f"{script} returned while the job was still running, without sending its result for round "
+                f"{agent.tasks.pending.round} (call flare.send() for every task, until flare.is_running() is False)")
+    return ""
+
+
+def _where(exc: BaseException, app_dir: Path) -> str:
+    """' (at client.py:12)': the innermost frame of the exception inside the job's training code."""
+    app = str(app_dir.resolve())
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(app)]
+    return f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
 
 
 def _stop_stuck_process(agent: ClientAgent, log: RankLogger) -> Callable[[str, bool], None]:

@@ -193,8 +193,13 @@ class FLServer(RoundHost):
         missing = sorted(set(cfg.clients) - set(registered))
         never = [site for site in missing if self.members.get(site) is None]
         failed = {site: self.members.get(site).reason[:200] for site in missing if site not in never}  # type: ignore[union-attr]
-        detail = f"never registered: {never[:20]}" + (f"; failed at start: {failed}" if failed else "")
+        detail = "; ".join(([f"failed at start: {failed}"] if failed else []) +
+                           ([f"never registered: {never[:20]}"] if never else []))
         if len(registered) < cfg.min_clients:
+            if not never:  # everyone is accounted for: the job cannot start, and waiting longer would not help
+                raise errors.RegistrationTimeoutError(
+                    f"only {len(registered)} of {len(cfg.clients)} clients can take part (min_clients="
+                    f"{cfg.min_clients}): {detail}")
             raise errors.RegistrationTimeoutError(
                 f"only {len(registered)} of {len(cfg.clients)} clients registered within settings.registration_timeout="
                 f"{timeout:g}s (min_clients={cfg.min_clients}); {detail}")

@@ -74,6 +74,8 @@ class TaskFetcher:
         self.sources = [StagingSource(job_dir, config, log), GrpcSource(connection, config.framework)]
         self.ended = False
         self.end_reason = ""
+        self.pending: Task | None = None
+        """The last task handed to the script that has no result sent yet (None once sent)."""
         self.wait_limit = settings.registration_timeout + settings.round_timeout + settings.stream_timeout
         """Longest a site waits for its next task while the server is reachable (covers one whole round)."""
 
@@ -96,6 +98,7 @@ class TaskFetcher:
                 return None
             if kind != WAIT:
                 task = Task.from_reply(reply)
+                self.pending = task
                 self.connection.hooks.on_task(task)
                 self.log.info("task_received", f"round {task.round}/{task.total_rounds}: task {task.name} received",
                               round=task.round, task=task.name, task_id=task.task_id)
