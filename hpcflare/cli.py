@@ -86,6 +86,17 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             job_id = slurm.submit(path)
             atomic_write_text(job_dir.root / "slurm_job_id", job_id + "\n")
             print(f"submitted {job_dir.root.name} as Slurm job {job_id}; script {path}; logs {job_dir.log_dir}")
+        elif args.action == "resume":
+            from hpcflare.env import make_env
+
+            job_dir = JobDir(args.target)
+            job_dir.load_config()
+            env = make_env(args.env, job_root=str(job_dir.root.parent), nodes=args.nodes, partition=args.partition)
+            run = env.resume(job_dir)
+            print(f"resuming {job_dir.root.name} ({args.env}) from its last checkpoint; logs {job_dir.log_dir}",
+                  flush=True)
+            if args.env != "slurm":
+                print(f"result model: {run.get_result()}")
         elif args.action == "status":
             job_id, job_dir = _resolve(args.target)
             info = {"slurm_job_id": job_id, "slurm_state": slurm.state(job_id)}
@@ -189,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", action="append", help="--add: extra DNS name/IP for the certificate")
     p.add_argument("--allowed-script", action="append", help="--add: the only script(s) this site may run")
     p.set_defaults(func=_provision)
-    p = sub.add_parser("job", help="submit / inspect / abort jobs on Slurm")
-    p.add_argument("action", choices=("submit", "status", "abort", "list"))
-    p.add_argument("target", nargs="?", help="submit: a job directory; status/abort: a Slurm job id or job directory")
+    p = sub.add_parser("job", help="submit / resume / inspect / abort jobs")
+    p.add_argument("action", choices=("submit", "resume", "status", "abort", "list"))
+    p.add_argument("target", nargs="?", help="submit/resume: a job directory; status/abort: a Slurm job id or job "
+                   "directory")
+    p.add_argument("--env", choices=("local", "sim", "mpi", "slurm"), default="local",
+                   help="resume: where the job continues")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--ntasks-per-node", type=int, default=None)
     p.add_argument("--partition", default=None)
@@ -202,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="submit the server and the clients as two allocations (sites as different jobs)")
     p.set_defaults(func=_job)
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "action", None) in ("submit", "status", "abort") and not args.target:
+    if getattr(args, "action", None) in ("submit", "resume", "status", "abort") and not args.target:
         parser.error(f"job {args.action} needs a target")
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

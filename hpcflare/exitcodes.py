@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import errno
 import traceback
 
 from hpcflare import errors
@@ -14,6 +15,7 @@ class ExitCode(enum.IntEnum):
     CONFIG_ERROR = 10
     REGISTRATION_TIMEOUT = 11
     ROUND_FAILED = 12
+    DISK_FULL = 13
     SERVER_LOST = 20
     UPDATE_REJECTED = 21
     TRAIN_SCRIPT_FAILED = 22
@@ -29,6 +31,9 @@ HELP: dict[ExitCode, str] = {
     ExitCode.CONFIG_ERROR: "The job config or settings profile is invalid or missing; the log names the key. Fix job.yaml / configs/*.yaml.",
     ExitCode.REGISTRATION_TIMEOUT: "Fewer than min_clients clients registered before settings.registration_timeout; start more clients, lower min_clients or raise registration_timeout.",
     ExitCode.ROUND_FAILED: "A round closed with fewer than min_clients valid results (clients died, were rejected or exceeded settings.round_timeout); see the server log for which.",
+    ExitCode.DISK_FULL: "A write failed with 'No space left on device' (or over quota); the log names the path. Free "
+                        "space there, or move the job dir / staging_dir / HPCFLARE_SPOOL_DIR to a larger filesystem, "
+                        "then `hpcflare job resume JOB_DIR` (the last checkpoint is intact).",
     ExitCode.SERVER_LOST: "The client could not reach the server for settings.server_lost_timeout; check that the server rank is alive and reachable.",
     ExitCode.UPDATE_REJECTED: "The server refused this client's update (wrong shape/dtype, NaN/Inf, stale round); the log gives the reason. Fix the training script.",
     ExitCode.TRAIN_SCRIPT_FAILED: "The client's training script raised an exception; the traceback is in the client's log.",
@@ -75,6 +80,8 @@ def exit_for(exc: BaseException, user_code: bool = False) -> tuple[ExitCode, str
     for kind, code in _BY_ERROR:
         if isinstance(exc, kind):
             return code, str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ExitCode.DISK_FULL, f"disk full at {exc.filename or '?'}: {exc.strerror}"
     if user_code and isinstance(exc, Exception):
         return ExitCode.TRAIN_SCRIPT_FAILED, f"{type(exc).__name__}: {exc}"
     return ExitCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"

@@ -77,8 +77,10 @@ def atomic_write(path: Path, data: bytes | str | Writer, *, checksum: bool = Fal
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file: say which one (ENOSPC, quota)
         raise
     return FileInfo(sha256=f.hexdigest(), nbytes=f.nbytes) if checksum else None
 

@@ -12,9 +12,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,8 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from hpcflare.errors import ConfigError
-from hpcflare.fileio import atomic_write_text
+from hpcflare.errors import ConfigError, UnknownClientError
+from hpcflare.fileio import atomic_write, atomic_write_text
 from hpcflare.filters import build_filters
 from hpcflare.settings import Settings
 from hpcflare.strategy import STRATEGIES
@@ -237,6 +240,29 @@ class JobDir:
             raise ConfigError(f"{self.config_path}: invalid YAML: {exc}") from None
         return JobConfig.from_dict(data, str(self.config_path))
 
+    @property
+    def secret_path(self) -> Path:
+        return self.root / ".job_secret"
+
+    def ensure_secret(self) -> None:
+        """Create the job's secret (0600) unless it exists: every rank proves it when registering, so another
+        local user who can reach the server's port cannot join or impersonate a site, even without TLS."""
+        if not self.secret_path.exists():
+            atomic_write(self.secret_path, secrets.token_hex(32), mode=0o600)
+
+    def registration_proof(self, site: str) -> str:
+        """HMAC(job secret, site): what a rank sends in its Register request (HPCFLARE_JOB_SECRET overrides
+        the job dir's file, for sites that do not share the job directory)."""
+        secret = os.environ.get("HPCFLARE_JOB_SECRET") or _read_secret(self.secret_path)
+        return hmac.new(secret.encode(), f"register:{site}".encode(), hashlib.sha256).hexdigest() if secret else ""
+
+    def check_proof(self, site: str, proof: Any) -> None:
+        expected = self.registration_proof(site)
+        if not expected or not isinstance(proof, str) or not hmac.compare_digest(expected, proof):
+            raise UnknownClientError(f"site {site!r:.80} did not prove it belongs to this job (Register needs the "
+                                     f"HMAC of the job's secret, {self.secret_path.name}); start ranks through "
+                                     "hpcflare or set HPCFLARE_JOB_SECRET")
+
     def server_lock(self) -> FileLock:
         """Held by the job's live server for its whole life: a second server or deployment is refused."""
         return FileLock(str(self.root / ".server.lock"))
@@ -270,3 +296,10 @@ class JobDir:
             return {"state": "pending"}
         except ValueError:
             return {"state": "unknown", "message": f"unreadable {self.status_path}"}
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""

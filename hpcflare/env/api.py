@@ -55,6 +55,16 @@ class Env(abc.ABC):
     @abc.abstractmethod
     def deploy(self, job_dir: JobDir) -> Run: ...
 
+    def resume(self, job_dir: JobDir | str | Path) -> Run:
+        """Continue a job that was killed or failed from its last checkpoint (models/checkpoint.json), in
+        this Env. The previous life's rendezvous files are dropped so no rank reads a dead server's address."""
+        job_dir = job_dir if isinstance(job_dir, JobDir) else JobDir(job_dir)
+        job_dir.check_deployable()  # not while its server lives; not once it completed
+        for stale in job_dir.rendezvous_dir.glob("*.json"):
+            stale.unlink(missing_ok=True)
+        job_dir.write_status("resuming", message=f"resumed from {job_dir.models_dir / 'checkpoint.json'}")
+        return self.deploy(job_dir)
+
 
 def deadline_after(timeout: Optional[float]) -> float:
     return float("inf") if timeout is None else time.monotonic() + timeout

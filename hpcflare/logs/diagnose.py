@@ -136,6 +136,9 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
         out.append(Finding("warning", e["msg"], "a peer stopped sending/reading: check it is alive and not swapping; "
                            f"raise settings.stream_idle_timeout (now {settings.stream_idle_timeout:g}s) for slow links"))
     for rank, events in sorted(ranks.items()):
+        for e in _named(events, "job_failed") + _named(events, "client_failed"):
+            if e.get("exit_code") == ExitCode.DISK_FULL:
+                out.append(Finding("error", f"{rank}: {e.get('reason', e['msg'])}", HELP[ExitCode.DISK_FULL]))
         for e in _named(events, "host_stalled"):
             out.append(Finding("warning", f"{rank} was stopped for {e.get('seconds')}s: {e['msg'].split(';')[0]}",
                                f"nobody was declared dead for it; find what froze {rank} (SIGSTOP, swapping, a hung "

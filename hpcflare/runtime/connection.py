@@ -76,6 +76,8 @@ class Connection:
             try:
                 return transport.call("Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
                                                    "node": os.environ.get("SLURMD_NODENAME", ""),
+                                                   "proof": self.job_dir.registration_proof(self.site),
+                                                   "previous_token": self.token,
                                                    **self.hooks.registration_fields()}, s.rpc_timeout)
             except errors.PeerGoneError:
                 self._check_handshake(address, peer_name)

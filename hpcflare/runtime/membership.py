@@ -76,14 +76,24 @@ class Membership:
                 record.last_seen = min(now, record.last_seen + gap)
         return gap
 
-    def register(self, site: str, host: str = "", pid: int = 0,
-                 token: str | None = None) -> tuple[ClientRecord, ClientRecord | None]:
-        """Register (or re-register after a restart) a site; returns (new record, replaced record)."""
+    def register(self, site: str, host: str = "", pid: int = 0, token: str | None = None,
+                 previous_token: object = None) -> tuple[ClientRecord, ClientRecord | None]:
+        """Register (or re-register after a restart) a site; returns (new record, replaced record).
+
+        A site that is alive (heard from within heartbeat_timeout) is only replaced by a caller that shows
+        its current token (the same site reconnecting, e.g. after its relay died), never evicted by another."""
         if site not in self.expected:
             raise UnknownClientError(f"site {site!r} is not part of this job (expected one of {self.expected[:10]}"
                                      f"{'...' if len(self.expected) > 10 else ''})")
         with self._lock:
             old = self._clients.get(site)
+            if old is not None and old.state in LIVE and old.token and \
+                    time.monotonic() - old.last_seen <= self.heartbeat_timeout and not (
+                    isinstance(previous_token, str) and secrets.compare_digest(old.token, previous_token)):
+                raise UnknownClientError(
+                    f"site {site!r} is registered and alive (heard from {time.monotonic() - old.last_seen:.0f}s ago); "
+                    "another process cannot take its place. A restarted site can register again once the old one "
+                    f"is silent for settings.heartbeat_timeout={self.heartbeat_timeout:g}s")
             record = ClientRecord(site, token or secrets.token_hex(16), host=host, pid=pid)
             self._clients[site] = record
             return record, old

@@ -87,7 +87,7 @@ class RoundHost(ServerHandler):
             raise errors.MalformedMessageError("Register needs a 'site' string")
         pid = request.get("pid", 0)
         return self.members.register(site, str(request.get("host", ""))[:256], pid if isinstance(pid, int) else 0,
-                                     token=token)
+                                     token=token, previous_token=request.get("previous_token"))
 
     def may_act_for(self, identity: str, site: str) -> bool:
         """May the certificate ``identity`` speak for ``site``? (The server lets its relays speak for children.)"""

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from hpcflare import errors
-from hpcflare.exitcodes import ExitCode, exit_for, format_traceback
+from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.checkpoints import Checkpoints
@@ -44,6 +44,7 @@ class FLServer(RoundHost):
         super().__init__(config, settings, log, config.new_strategy(),
                          Membership(config.clients + self.relays, settings.heartbeat_timeout), stager)
         self.job_dir = job_dir
+        job_dir.ensure_secret()  # hand-written launches that skipped Env.deploy / prepare_job get one too
         self.strategy.attach(job_dir.root)
         for warning in settings.warnings():
             log.warning("settings_conflict", warning)
@@ -64,6 +65,9 @@ class FLServer(RoundHost):
 
     # ------------------------------------------------------------------ membership hooks
     def register(self, request: dict) -> dict:
+        site = request.get("site")
+        if isinstance(site, str) and site in self.members.expected:  # unknown names are refused as such below
+            self.job_dir.check_proof(site, request.get("proof"))
         record, old = self._add_member(request)
         site = record.site
         if old is not None:
@@ -153,10 +157,10 @@ class FLServer(RoundHost):
             self._status("completed", result_model=str(self.job_dir.result_model_path))
             return ExitCode.OK
         except Exception as exc:  # noqa: BLE001 - every end is recorded in status.json with its cause
-            code, _ = exit_for(exc)
-            if code == ExitCode.INTERNAL_ERROR:
+            code, reason = exit_for(exc)
+            if needs_traceback(code) or code == ExitCode.DISK_FULL:
                 self.log.error("traceback", format_traceback(exc))
-            return self._fail(exc, code, state="aborted" if code == ExitCode.ABORTED else "failed")
+            return self._fail(reason, code, state="aborted" if code == ExitCode.ABORTED else "failed")
         finally:
             self.tracker.close()
             self.drain(s.end_grace)
@@ -168,10 +172,10 @@ class FLServer(RoundHost):
             self.phase = HostPhase.ABORTING
             self._cv.notify_all()
 
-    def _fail(self, exc: Exception, code: ExitCode, state: str = "failed") -> ExitCode:
-        self.log.error("job_failed", f"job {self.config.job_id} {state}: {exc}", exit_code=int(code), reason=str(exc))
-        self.end(f"{state}: {exc}")
-        self._status(state, message=str(exc), exit_code=int(code))
+    def _fail(self, reason: str, code: ExitCode, state: str = "failed") -> ExitCode:
+        self.log.error("job_failed", f"job {self.config.job_id} {state}: {reason}", exit_code=int(code), reason=reason)
+        self.end(f"{state}: {reason}")
+        self._status(state, message=reason, exit_code=int(code))
         return code
 
     def _check_abort(self) -> None:

@@ -59,6 +59,7 @@ def load_kit(job_dir: JobDir, config: JobConfig, name: str, role: str = "") -> S
 def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
     """Resolve ``tls: auto`` and provision the job's kits if TLS is on and none exist."""
     config = job_dir.load_config()
+    job_dir.ensure_secret()
     if config.tls == "auto":
         config.tls = "on" if secure_default else "off"
         atomic_write_text(job_dir.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -1,0 +1,40 @@
+"""Resume is a command: a local job whose server was killed continues from its last checkpoint with
+`hpcflare job resume JOB_DIR`; no round that completed is lost or run twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from tests.conftest import HELLO_MODEL, SLOW, events, load_result
+
+
+def test_killed_job_resumes_from_its_checkpoint_with_one_command(make_recipe, local_env):
+    run = make_recipe(SLOW, n_clients=2, num_rounds=3, train_args="1",
+                      settings={"server_lost_timeout": 4}).execute(local_env)
+    checkpoint = run.job_dir.models_dir / "checkpoint.json"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(run.server.pid, signal.SIGKILL)
+    run.wait(timeout=120)
+    assert run.job_dir.read_status()["state"] == "failed"
+    out = subprocess.run([sys.executable, "-m", "hpcflare.cli", "job", "resume", str(run.job_dir.root)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "result model:" in out.stdout
+    np.testing.assert_array_equal(load_result(run.job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 3)
+    server = events(run.job_dir.root, "server")
+    resumed = [e for e in server if e["event"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["round"] >= 1
+    completed = [e["round"] for e in server if e["event"] == "round_completed"]
+    # rounds the checkpoint holds are never run again (one killed mid-round is run once more, in the new life)
+    assert sorted(set(completed)) == [1, 2, 3]
+    assert all(completed.count(r) == 1 for r in range(1, resumed[0]["round"] + 1))
+    assert run.job_dir.read_status()["state"] == "completed"
