@@ -27,6 +27,10 @@ class StreamTimeoutError(TransportError):
     """A stream made no progress within its deadline."""
 
 
+class ServerBusyError(StreamTimeoutError):
+    """The server refused a call before handling it (at its concurrent-call limit); safe to retry with backoff."""
+
+
 class FrameTooLargeError(TransportError):
     """A frame or a whole message exceeded a configured size limit."""
 

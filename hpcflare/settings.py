@@ -36,6 +36,9 @@ class Settings:
     """Deadline of one whole model download/upload stream."""
     stream_idle_timeout: float = 60.0
     """A stream that makes no progress for this long is cancelled."""
+    auth_timeout: float = 10.0
+    """A new upload stream must send its first frame (the header saying who it is) within this long;
+    connections that never speak are dropped so they cannot hold server threads."""
     heartbeat_interval: float = 2.0
     """Clients send a heartbeat this often."""
     heartbeat_timeout: float = 30.0
@@ -92,7 +95,7 @@ class Settings:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"settings.{key} must be a number, got {value!r}")
             if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"settings.{key} must be a finite number > 0, got {value!r}")
+                raise ConfigError(f"settings.{key} must be > 0 and finite, got {value!r}")
             if integral and value != int(value):
                 raise ConfigError(f"settings.{key} must be a whole number, got {value!r}")
             values[key] = int(value) if integral else float(value)

@@ -60,6 +60,19 @@ class Membership:
         self._lock = threading.Lock()
         self._last_tick = time.monotonic()
 
+    TICK_S = 0.25
+    """Seconds between the watcher's clock ticks."""
+
+    def watch(self, alive: Callable[[], bool], name: str = "stall-watch") -> None:
+        """A daemon thread that ticks the host's clock while ``alive()``, so a stall is noticed even when
+        no expiry check runs."""
+        def run() -> None:
+            while alive():
+                time.sleep(self.TICK_S)
+                self.tick()
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+
     def tick(self) -> None:
         """Called often by the host (a watcher thread, and every expiry check): notices its own stalls."""
         with self._lock:

@@ -23,6 +23,8 @@ def _once(fn: Callable[[], T]) -> T:
     """Uploads are not idempotent: retry only when nothing reached the server (connection refused)."""
     try:
         return fn()
+    except errors.ServerBusyError:  # refused before the server read anything: safe to send again
+        raise
     except errors.StreamTimeoutError as exc:  # may have been received: let the server's dedup decide
         raise errors.TransportError(str(exc)) from None
 

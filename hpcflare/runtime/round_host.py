@@ -58,18 +58,11 @@ class RoundHost(ServerHandler):
         self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
         self._download_slots = threading.BoundedSemaphore(settings.max_concurrent_downloads)
         self._goodbyes: set[str] = set()
-
-    STALL_TICK = 0.25
-    """Seconds between the stall watcher's clock ticks."""
+        self._uploading: dict[str, Any] = {}  # site -> cancel() of its upload in flight (one per site)
 
     def watch_stalls(self) -> None:
-        """Start noticing this host's own stalls (see Membership): a daemon thread that ticks its clock."""
-        def watch() -> None:
-            while self.phase != HostPhase.ENDED:
-                time.sleep(self.STALL_TICK)
-                self.members.tick()
-
-        threading.Thread(target=watch, name=f"{self.role}-stall-watch", daemon=True).start()
+        """Start noticing this host's own stalls (see Membership) until the host ends."""
+        self.members.watch(lambda: self.phase != HostPhase.ENDED, name=f"{self.role}-stall-watch")
 
     def _stalled(self, gap: float) -> None:
         self.log.warning("host_stalled", f"{self.role} itself was stopped for {gap:.1f}s (SIGSTOP, swapping, a stuck "
@@ -203,6 +196,13 @@ class RoundHost(ServerHandler):
                 raise errors.UpdateRejectedError(f"{site} is not a relay of this job; partial aggregates refused")
             if site in rnd.answered():
                 raise errors.StaleTaskError(f"{site} already answered round {rnd.number}")
+            with self._cv:  # one upload per site: a retry replaces a broken attempt the server still holds
+                earlier = self._uploading.get(site)
+                self._uploading[site] = peer.cancel
+            if earlier is not None:
+                self.log.info("upload_replaced", f"{site} started a new upload; its earlier one is cancelled",
+                              site=site)
+                earlier()
             if not self._upload_slots.acquire(timeout=self.settings.upload_slot_timeout):
                 raise errors.StreamTimeoutError(f"no upload slot free within settings.upload_slot_timeout={self.settings.upload_slot_timeout}s")
             slot = True
@@ -253,6 +253,9 @@ class RoundHost(ServerHandler):
                 params.close()
             if slot:
                 self._upload_slots.release()
+            with self._cv:
+                if self._uploading.get(site) is peer.cancel:
+                    del self._uploading[site]
 
     def _fold(self, rnd: Round, update: ClientUpdate) -> None:
         rnd.fold(update)
@@ -279,6 +282,12 @@ class RoundHost(ServerHandler):
         for record in self.members.expire():
             self.log.warning("client_dead", f"{record.site} declared dead: {record.reason}", site=record.site,
                              round=number)
+            with self._cv:
+                cancel = self._uploading.pop(record.site, None)
+            if cancel is not None:  # a half-open upload from a stopped site must not hold its slot any longer
+                self.log.warning("upload_cancelled", f"round {number}: {record.site}'s upload in flight cancelled: "
+                                 "the site is dead", site=record.site, round=number)
+                cancel()
 
     def close_round(self, rnd: Round) -> None:
         """No result is folded into ``rnd`` after this returns."""

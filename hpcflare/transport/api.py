@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from hpcflare.transport.codec import TensorSpec
 
@@ -51,6 +51,8 @@ class Peer:
 
     address: str
     identity: str | None = None
+    cancel: Callable[[], Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+    """Ends this call from the server side (a stream whose site was declared dead)."""
 
     def __str__(self) -> str:
         return self.address if self.identity is None else f"{self.identity}@{self.address}"

@@ -36,7 +36,11 @@ def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareErr
         return errors.StreamTimeoutError(f"{what}: cancelled by the other side ({detail}); it cuts streams that make "
                                          "no progress for settings.stream_idle_timeout")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.FrameTooLargeError(f"{msg}; a frame exceeded max_frame_bytes or the server is overloaded")
+        if "FrameTooLarge" in (detail or "") or "larger than max" in (detail or ""):
+            return errors.FrameTooLargeError(f"{msg}; a frame exceeded max_frame_bytes")
+        # refused before any handler ran (gRPC's concurrent-call limit): nothing reached the server, retry
+        return errors.ServerBusyError(f"{what}: server at {address} is at its concurrent-call limit ({detail}); "
+                                      "retrying with backoff (raise settings.server_threads for many clients)")
     if code == grpc.StatusCode.PERMISSION_DENIED:
         if "certificate" in (detail or ""):
             hint = "" if "startup kit" in detail else "; use this site's own startup kit from the project's provisioning"

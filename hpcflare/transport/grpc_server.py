@@ -40,7 +40,7 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 class StreamWatchdog:
     """Cancels streams that made no progress for ``idle_timeout`` seconds (one thread for all streams)."""
 
-    def __init__(self, idle_timeout: float, on_stall: Callable[[str, float], None]) -> None:
+    def __init__(self, idle_timeout: float, on_stall: Callable[[str, float, float], None]) -> None:
         self.idle_timeout = idle_timeout
         self._on_stall = on_stall
         self._streams: dict[int, list] = {}
@@ -49,14 +49,17 @@ class StreamWatchdog:
         self._thread = threading.Thread(target=self._run, name="stream-watchdog", daemon=True)
         self._thread.start()
 
-    def watch(self, key: int, what: str, cancel: Callable[[], object]) -> None:
+    def watch(self, key: int, what: str, cancel: Callable[[], object], limit: float | None = None) -> None:
+        """Watch a stream; ``limit`` (default idle_timeout) is how long it may go without progress."""
         with self._lock:
-            self._streams[key] = [time.monotonic(), what, cancel]
+            self._streams[key] = [time.monotonic(), what, cancel, limit or self.idle_timeout]
 
-    def touch(self, key: int) -> None:
+    def touch(self, key: int, limit: float | None = None) -> None:
         entry = self._streams.get(key)
         if entry is not None:
             entry[0] = time.monotonic()
+            if limit is not None:
+                entry[3] = limit
 
     def forget(self, key: int) -> None:
         with self._lock:
@@ -66,11 +69,11 @@ class StreamWatchdog:
         while not self._stop.wait(min(1.0, self.idle_timeout / 4)):
             now = time.monotonic()
             with self._lock:
-                stalled = [(k, e) for k, e in self._streams.items() if now - e[0] > self.idle_timeout]
+                stalled = [(k, e) for k, e in self._streams.items() if now - e[0] > e[3]]
                 for key, _ in stalled:
                     del self._streams[key]
-            for _, (last, what, cancel) in stalled:
-                self._on_stall(what, now - last)
+            for _, (last, what, cancel, limit) in stalled:
+                self._on_stall(what, now - last, limit)
                 cancel()
 
     def close(self) -> None:
@@ -106,14 +109,15 @@ class GrpcServer:
         self.address = f"{host}:{self.port}"
         self.watchdog = StreamWatchdog(settings.stream_idle_timeout, self._stalled)
 
-    def _stalled(self, what: str, idle: float) -> None:
+    def _stalled(self, what: str, idle: float, limit: float) -> None:
+        setting = "stream_idle_timeout" if limit == self.settings.stream_idle_timeout else "auth_timeout"
         self.log.warning("transfer_stalled", f"{what} made no progress for {idle:.0f}s; cancelled "
-                         f"(settings.stream_idle_timeout={self.settings.stream_idle_timeout})", stream=what, idle_s=idle)
+                         f"(settings.{setting}={limit:g})", stream=what, idle_s=idle)
 
     def _peer(self, context: grpc.ServicerContext) -> Peer:
         """The caller; on TLS channels its certificate name must be a participant of the project."""
         if self.kit is None:
-            return Peer(context.peer())
+            return Peer(context.peer(), cancel=context.cancel)
         identity = peer_identity(context)
         if identity is None or not self.kit.accepts(identity):
             self.log.warning("tls_refused", f"refused {context.peer()}: certificate name {identity!r} is not a "
@@ -121,7 +125,7 @@ class GrpcServer:
                              "--add, or remove it", identity=identity, peer=context.peer())
             raise errors.UnknownClientError(f"certificate {identity!r} is not a participant of project "
                                             f"{self.kit.project!r}")
-        return Peer(context.peer(), identity)
+        return Peer(context.peer(), identity, cancel=context.cancel)
 
     def _fail(self, context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
         code = status_for(exc)
@@ -155,11 +159,12 @@ class GrpcServer:
 
     def _upload(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         key = id(context)
-        self.watchdog.watch(key, f"upload from {context.peer()}", context.cancel)
+        # until its header arrives a stream is anonymous: it gets settings.auth_timeout, not the idle timeout
+        self.watchdog.watch(key, f"upload from {context.peer()}", context.cancel, self.settings.auth_timeout)
 
         def frames() -> Iterator[bytes]:
             for frame in request_iterator:
-                self.watchdog.touch(key)
+                self.watchdog.touch(key, self.settings.stream_idle_timeout)
                 yield frame
 
         try:

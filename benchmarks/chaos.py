@@ -1,0 +1,148 @@
+"""Chaos benchmark: a 32-client FedAvg job in LocalEnv while random ranks are killed or stopped.
+
+Faults, every ``--every`` seconds: SIGKILL a random client, or SIGSTOP one for a few seconds (longer than
+heartbeat_timeout, so it is declared dead) and SIGCONT it, and once (``--kill-server``) SIGKILL the server,
+after which the job is continued with ``Env.resume`` from its last checkpoint. Then the same job runs
+without faults. Prints rounds completed, completed rounds lost (a checkpointed round that had to run again
+or is missing from the end result: must be 0) and the time overhead against the fault-free run.
+
+    python benchmarks/chaos.py --clients 32 --rounds 8 [--every 4] [--kill-server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+from hpcflare.env import LocalEnv
+from hpcflare.env.local import LocalRun
+from hpcflare.recipe import FedAvgRecipe
+
+CLIENT = """
+import time
+import hpcflare.client as flare
+flare.init()
+while flare.is_running():
+    model = flare.receive()
+    time.sleep(0.5)
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
+"""
+
+SETTINGS = {"registration_timeout": 60, "round_timeout": 40, "heartbeat_interval": 0.5, "heartbeat_timeout": 3,
+            "task_poll_timeout": 2, "server_lost_timeout": 6, "end_grace": 3, "rendezvous_timeout": 30,
+            "stream_timeout": 30, "stream_idle_timeout": 15}
+
+
+def _recipe(work: Path, clients: int, rounds: int) -> FedAvgRecipe:
+    script = work / "client.py"
+    script.write_text(textwrap.dedent(CLIENT))
+    return FedAvgRecipe(name="chaos", model={"w": np.zeros(1024, np.float32)}, n_clients=clients,
+                        min_clients=max(2, clients // 4), num_rounds=rounds, train_script=script, settings=SETTINGS)
+
+
+def _server_events(run: LocalRun) -> list[dict]:
+    path = run.job_dir.log_dir / "server.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class Chaos(threading.Thread):
+    def __init__(self, run: LocalRun, sites: list[str], every: float, kill_server: bool, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.run_, self.sites, self.every, self.kill_server = run, sites, every, kill_server
+        self.rng = random.Random(seed)
+        self.faults: list[str] = []
+        self.server_killed = threading.Event()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        spared = set(self.sites[: max(2, len(self.sites) // 4)])  # keep min_clients alive
+        while not self.halt.wait(self.every):
+            rounds = [e["round"] for e in _server_events(self.run_) if e["event"] == "round_completed"]
+            if self.kill_server and not self.server_killed.is_set() and len(rounds) >= 2:
+                os.kill(self.run_.server.pid, signal.SIGKILL)
+                self.faults.append("SIGKILL server")
+                self.server_killed.set()
+                return
+            victims = [s for s in self.sites if s not in spared]
+            if not victims:
+                return
+            site = self.rng.choice(victims)
+            try:
+                pid = self.run_.client_pid(site)
+                if self.rng.random() < 0.5:
+                    os.kill(pid, signal.SIGKILL)
+                    self.faults.append(f"SIGKILL {site}")
+                else:
+                    os.kill(pid, signal.SIGSTOP)
+                    time.sleep(SETTINGS["heartbeat_timeout"] + 1)
+                    os.kill(pid, signal.SIGCONT)
+                    self.faults.append(f"SIGSTOP+SIGCONT {site}")
+            except (ProcessLookupError, TimeoutError, KeyError):
+                continue
+            spared.add(site)  # each site is hit at most once
+
+
+def run_job(work: Path, clients: int, rounds: int, chaos: dict | None) -> dict:
+    env = LocalEnv(job_root=work / "jobs", verbose=False)
+    t0 = time.monotonic()
+    run = _recipe(work, clients, rounds).execute(env)
+    monkey = None
+    if chaos is not None:
+        monkey = Chaos(run, [f"site-{i}" for i in range(1, clients + 1)], **chaos)
+        monkey.start()
+    run.wait(None)
+    resumed = False
+    if monkey is not None:
+        monkey.halt.set()
+        if monkey.server_killed.is_set():
+            run = env.resume(run.job_dir)
+            resumed = True
+            run.wait(None)
+    seconds = time.monotonic() - t0
+    events = _server_events(run)
+    completed = [e["round"] for e in events if e["event"] == "round_completed"]
+    checkpointed = max((e["round"] for e in events if e["event"] == "resumed"), default=0)
+    status = run.job_dir.read_status()
+    # a completed round is lost if it was checkpointed and still ran again, or is missing from the result
+    # (every round adds exactly 1 to every weight)
+    lost = sum(1 for r in range(1, checkpointed + 1) if completed.count(r) > 1)
+    if status.get("state") == "completed":
+        result = safetensors.numpy.load_file(str(run.job_dir.result_model_path))["w"]
+        lost += len(set(completed)) - int(round(float(result[0])))
+    return {"state": status.get("state"), "rounds": len(set(completed)), "lost": lost, "seconds": seconds,
+            "faults": monkey.faults if monkey else [], "resumed": resumed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--every", type=float, default=4.0, help="seconds between faults")
+    parser.add_argument("--kill-server", action="store_true", help="also SIGKILL the server once, then resume")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hpcflare-chaos-") as tmp:
+        calm = run_job(Path(tmp) / "calm", args.clients, args.rounds, None)
+        wild = run_job(Path(tmp) / "chaos", args.clients, args.rounds,
+                       {"every": args.every, "kill_server": args.kill_server, "seed": args.seed})
+    print(f"{'run':<8} {'state':<10} {'rounds':>6} {'lost':>5} {'seconds':>8}  faults")
+    for name, row in (("calm", calm), ("chaos", wild)):
+        print(f"{name:<8} {row['state']:<10} {row['rounds']:>6} {row['lost']:>5} {row['seconds']:>8.1f}  "
+              f"{len(row['faults'])}: {', '.join(row['faults'][:6])}{' ...' if len(row['faults']) > 6 else ''}"
+              + (" (resumed)" if row["resumed"] else ""))
+    print(f"time overhead of chaos: {wild['seconds'] / calm['seconds'] - 1:+.0%}")
+
+
+if __name__ == "__main__":
+    main()
