@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import submitit
+
 from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError, JobFailedError
 from hpcflare.exitcodes import ExitCode, describe
@@ -35,16 +37,23 @@ echo "Submitted batch job 0"
 """
 
 
-def submitit_rank(job_dir: str, rendezvous: str) -> int:
-    """Runs on every Slurm task (pickled by reference: hpcflare must be importable on the nodes)."""
-    import submitit
+class SubmititRank(submitit.helpers.Checkpointable):
+    """What runs on every Slurm task (pickled by reference: hpcflare must be importable on the nodes).
 
-    env = submitit.JobEnvironment()
-    info = RankInfo(env.global_rank, env.num_tasks, "submitit")
-    code = run_rank(JobDir(job_dir), info, rendezvous)
-    if code != ExitCode.OK:
-        raise RuntimeError(f"rank {info.rank} exited {int(code)}: {describe(int(code))}")
-    return int(code)
+    Checkpointable: at the time limit (or a preemption) submitit calls ``checkpoint`` on rank 0 and requeues
+    the job with the same arguments; the server then resumes from its last completed round (a new
+    incarnation), so ``SlurmEnv(time=...)`` never ends in "timed-out and not checkpointable"."""
+
+    def __call__(self, job_dir: str, rendezvous: str) -> int:
+        env = submitit.JobEnvironment()
+        info = RankInfo(env.global_rank, env.num_tasks, "submitit")
+        code = run_rank(JobDir(job_dir), info, rendezvous)
+        if code != ExitCode.OK:
+            raise RuntimeError(f"rank {info.rank} exited {int(code)}: {describe(int(code))}")
+        return int(code)
+
+
+submitit_rank = SubmititRank()
 
 
 class SlurmRun(Run):
@@ -88,8 +97,6 @@ class SlurmEnv(Env):
         self.rendezvous, self.setup, self.slurm_args = rendezvous, list(setup or []), dict(slurm_args or {})
 
     def executor(self, job_dir: JobDir) -> Any:
-        import submitit
-
         config = job_dir.load_config()
         ranks = 1 + config.relays + len(config.clients)
         alloc = self.allocation

@@ -6,37 +6,14 @@ the round, the cause, and the setting or action that fixes it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from hpcflare.exitcodes import HELP, ExitCode, describe
 from hpcflare.job import JobDir
-from hpcflare.slurm.commands import SlurmCommands, SlurmError
-
-SLURM_PATTERNS = [
-    (re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY", re.I), "error",
-     "a rank was killed for exceeding its memory (OOM)",
-     "request more memory (--mem) or fewer ranks per node; large models: enable staging, use relays"),
-    (re.compile(r"DUE TO TIME LIMIT", re.I), "error", "Slurm stopped the job at its time limit",
-     "raise --time; the job resumes from its last completed round when requeued"),
-    (re.compile(r"DUE TO PREEMPTION", re.I), "warning", "the job was preempted",
-     "nothing to do if it was requeued: it resumes from the last completed round"),
-    (re.compile(r"time limit near: requeueing", re.I), "info", "the job requeued itself before its time limit", ""),
-]
-
-
-@dataclasses.dataclass
-class Finding:
-    severity: str  # error | warning | info
-    what: str
-    fix: str = ""
-
-    def render(self) -> str:
-        return f"[{self.severity.upper():7}] {self.what}" + (f"\n          fix: {self.fix}" if self.fix else "")
-
+from hpcflare.logs.finding import Finding
+from hpcflare.logs.slurm_findings import earlier_lives, life_starts, output_findings, sacct_findings
 
 def load_events(log_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """rank -> events; malformed lines (a rank killed mid-write) are counted, not fatal."""
@@ -56,53 +33,15 @@ def _named(events: Iterable[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in events if e.get("event") == name]
 
 
-SACCT_STATES = {
-    "OUT_OF_MEMORY": ("error", "ran out of memory (OOM kill)",
-                      "request more memory (--mem / --mem-per-cpu) or fewer ranks per node; for large models "
-                      "enable staging and relays (one copy of the model per node)"),
-    "TIMEOUT": ("error", "hit its time limit", "raise --time; a requeued job resumes from its last completed round"),
-    "PREEMPTED": ("warning", "was preempted", "nothing to do if it was requeued (--requeue is in hpcflare's sbatch "
-                  "script): it resumes from the last completed round"),
-    "NODE_FAIL": ("error", "lost a node", "resubmit or requeue: the job resumes from its last completed round"),
-    "CANCELLED": ("warning", "was cancelled", "someone ran scancel / hpcflare job abort, or Slurm cancelled it"),
-    "FAILED": ("error", "failed", ""),
-}
-
-
-def sacct_findings(job_dir: JobDir, commands: Any = None) -> list[Finding]:
-    """Slurm's accounting view of the job's allocations (OOM kills, time limits, preemption, node failures)."""
-    ids = [p.read_text().strip() for p in (job_dir.root / "slurm_job_id", job_dir.root / "slurm_clients_job_id")
-           if p.is_file()]
-    if not ids:
-        return []
-    commands = commands or SlurmCommands()
-    out = []
-    for job_id in ids:
-        try:
-            steps = commands.accounting(job_id)
-        except SlurmError:
-            return out
-        for step in steps:
-            state = step.get("State", "").split()[0] if step.get("State") else ""
-            if state not in SACCT_STATES:
-                continue
-            severity, what, fix = SACCT_STATES[state]
-            rss = f" (MaxRSS {step['MaxRSS']} of {step['ReqMem']} requested)" if step.get("MaxRSS") else ""
-            code = step.get("ExitCode", "0:0").split(":")[0]
-            if state == "FAILED" and code.isdigit():
-                fix = describe(int(code))
-            out.append(Finding(severity, f"sacct: Slurm step {step['JobID']} ({step.get('JobName', '')}) {what}"
-                               f"{rss} on {step.get('NodeList', '?')}", fix))
-    return out
-
-
 def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict[str, Any]]:
     config = job_dir.load_config()
     settings = config.load_settings()
     ranks, bad = load_events(job_dir.log_dir)
-    server = ranks.get("server", [])
     status = job_dir.read_status()
-    out: list[Finding] = []
+    out, current = earlier_lives(ranks, life_starts(ranks.get("server", [])))
+    # what ended an earlier life (a requeue's SIGTERM to every rank) is that life's summary above, not an error
+    ranks = {rank: [e for e in events if float(e.get("t", 0)) >= current] for rank, events in ranks.items()}
+    server = ranks.get("server", [])
     if not server:
         out.append(Finding("error", "the server never logged anything: it did not start",
                            "check the scheduler's output (logs/slurm-*.out, logs/server.out) for a launch error"))
@@ -175,19 +114,16 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
             elif isinstance(code, int) and code in ExitCode.__members__.values():
                 out.append(Finding("error", f"{rank} exited {ExitCode(code).name} ({code}): "
                                    f"{str(e.get('reason', ''))[:400]}", HELP[ExitCode(code)]))
-    for path in sorted(job_dir.log_dir.glob("slurm-*.out")) + sorted((job_dir.root / "slurm").glob("*.err")):
-        text = path.read_text(errors="replace")
-        for pattern, severity, what, fix in SLURM_PATTERNS:
-            if pattern.search(text):
-                out.append(Finding(severity, f"{path.name}: {what}", fix))
-    out += sacct_findings(job_dir, commands)
+    completed = status.get("state") == "completed"
+    out += output_findings(job_dir, completed)
+    out += sacct_findings(job_dir, commands, completed)
     failed = _named(server, "job_failed")
     if failed:
         code = failed[-1].get("exit_code", 1)
         out.append(Finding("error", f"the job {status.get('state', 'failed')}: {failed[-1].get('reason')}",
                            describe(code)))
-    completed = [e["round"] for e in _named(server, "round_completed")]
-    summary = {"job_id": config.job_id, "state": status.get("state"), "rounds_completed": max(completed, default=0),
+    rounds = [e["round"] for e in _named(server, "round_completed")] + [e["round"] for e in _named(server, "resumed")]
+    summary = {"job_id": config.job_id, "state": status.get("state"), "rounds_completed": max(rounds, default=0),
                "num_rounds": config.num_rounds, "clients": len(config.clients), "registered": len(registered),
                "never_registered": never, "malformed_log_lines": bad}
     if status.get("state") not in ("completed", None) and not failed:

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from hpcflare.logs.diagnose import diagnose
 from hpcflare.slurm import SlurmCommands
 from hpcflare.slurm.sbatch import SbatchSpec, write_sbatch
 from tests.conftest import HELLO_MODEL, REPO, SLOW, events, load_result
@@ -71,6 +72,10 @@ def test_requeue_resumes_from_last_completed_round(slurm, make_recipe, tmp_path)
     assert sorted(set(completed)) == [1, 2, 3, 4]  # every round completed, none lost
     restarts = {e["incarnation"] for e in server if e["event"] == "server_started"}
     assert restarts == {f"slurm-{job_id}-0", f"slurm-{job_id}-1"}
+    # diagnose groups the requeued life instead of listing every rank's SIGTERM as an error
+    findings, _ = diagnose(job_dir, SlurmCommands())
+    assert [f.what for f in findings if f.severity == "error"] == []
+    assert any(f.what.startswith("life 1 of the job ended") for f in findings)
 
 
 def test_server_and_clients_as_separate_allocations_via_cli(slurm, make_recipe, tmp_path, capsys):
