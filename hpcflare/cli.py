@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hpcflare import __version__
 from hpcflare.exitcodes import HELP, ExitCode
 from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
@@ -174,6 +175,7 @@ def _provision(args: argparse.Namespace, extra: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcflare", description="Federated learning runtime for HPC clusters.")
+    parser.add_argument("--version", action="version", version=f"hpcflare {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a recipe folder's job.py (extra args are passed through)")
     p.add_argument("recipe")

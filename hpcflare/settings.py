@@ -16,7 +16,8 @@ import yaml
 
 from hpcflare.errors import ConfigError
 
-CONFIGS_DIR = Path(os.environ.get("HPCFLARE_CONFIGS", Path(__file__).resolve().parents[1] / "configs"))
+CONFIGS_DIR = Path(os.environ.get("HPCFLARE_CONFIGS") or (Path(__file__).parent / "_data" / "configs").resolve())
+"""The settings profiles: configs/ of a source checkout, shipped inside the package (hpcflare/_data) in a wheel."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,6 +71,18 @@ def load_result(path: Path) -> dict[str, np.ndarray]:
 def events(job_dir: Path, rank: str) -> list[dict]:
     path = job_dir / "logs" / f"{rank}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until(ready: Callable[[], Any], what: str, timeout: float = 60) -> None:
+    """Poll ``ready()`` every 0.1 s until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:g}s"
+        time.sleep(0.1)
+
+
+def wait_for_event(job_dir: Path, rank: str, name: str, timeout: float = 60) -> None:
+    wait_until(lambda: any(e["event"] == name for e in events(job_dir, rank)), f"{rank}: {name}", timeout)
 
 
 def slurm_available() -> bool:

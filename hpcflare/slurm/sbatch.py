@@ -14,8 +14,9 @@ from hpcflare.job import JobDir
 from hpcflare.slurm.spec import Allocation, time_minutes
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "slurm" / "hpcflare.sbatch.in"
-LAUNCHER = REPO / "launchers" / "hpcflare-rank"
+DATA = Path(__file__).resolve().parents[1] / "_data"  # slurm/ and launchers/ files, shipped in the wheel too
+TEMPLATE = (DATA / "hpcflare.sbatch.in").resolve()
+LAUNCHER = (DATA / "hpcflare-rank").resolve()
 PARTS = ("all", "server", "clients")
 
 

@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from hpcflare.errors import ConfigError, JobFailedError
-from tests.conftest import SLOW, events
-
-
-def _wait_for(run, event, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not any(e["event"] == event for e in events(run.job_dir.root, "server")):
-        assert time.monotonic() < deadline, f"no {event}"
-        time.sleep(0.1)
+from tests.conftest import SLOW, wait_for_event
 
 
 def test_server_killed_with_sigkill_leaves_a_failed_status_with_the_cause(make_recipe, local_env):
     run = make_recipe(SLOW, n_clients=2, num_rounds=3, train_args="1").execute(local_env)
-    _wait_for(run, "round_started")
+    wait_for_event(run.job_dir.root, "server", "round_started")
     os.kill(run.server.pid, signal.SIGKILL)
     with pytest.raises(JobFailedError, match="server process ended without recording an end: killed by signal 9"):
         run.get_result(timeout=120)
@@ -32,7 +24,7 @@ def test_server_killed_with_sigkill_leaves_a_failed_status_with_the_cause(make_r
 
 def test_a_running_job_dir_cannot_be_deployed_again(make_recipe, local_env):
     run = make_recipe(SLOW, n_clients=2, num_rounds=1, train_args="3").execute(local_env)
-    _wait_for(run, "server_started")
+    wait_for_event(run.job_dir.root, "server", "server_started")
     with pytest.raises(ConfigError, match="is already running"):
         local_env.deploy(run.job_dir)
     run.get_result(timeout=120)

@@ -4,23 +4,19 @@ a site without the job's secret, and cannot evict a live site even with it. Real
 from __future__ import annotations
 
 import stat
-import time
 
 import numpy as np
 import pytest
 
 from hpcflare import errors
 from hpcflare.transport.grpc_client import GrpcClientTransport
-from tests.conftest import HELLO_MODEL, SLOW, events, load_result
+from tests.conftest import HELLO_MODEL, SLOW, events, load_result, wait_for_event
 
 
 def test_impostor_is_refused_and_the_real_site_keeps_its_place(make_recipe, local_env):
     run = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="1.5").execute(local_env)
     root = run.job_dir.root
-    deadline = time.monotonic() + 60
-    while not any(e["event"] == "round_started" for e in events(root, "server")):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for_event(root, "server", "round_started")
     assert stat.S_IMODE(run.job_dir.secret_path.stat().st_mode) == 0o600
     address = run.job_dir.rendezvous_dir.joinpath("server.json").read_text().split('"address": "')[1].split('"')[0]
     settings = run.job_dir.load_config().load_settings()

@@ -22,7 +22,7 @@ from hpcflare.settings import Settings
 from hpcflare.transport.api import ServerHandler
 from hpcflare.transport.grpc_client import RETRYABLE, GrpcClientTransport
 from hpcflare.transport.grpc_server import SERVICE, GrpcServer
-from tests.conftest import events
+from tests.conftest import events, wait_until
 
 
 def test_an_upload_stream_that_never_speaks_is_dropped_after_auth_timeout(tmp_path):
@@ -116,11 +116,7 @@ def test_stopped_client_mid_upload_frees_its_slot_when_its_heartbeat_lapses(make
     model = {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}
     run = make_recipe(STALLING, model=model, n_clients=3, min_clients=2, num_rounds=1,
                       settings={"stream_idle_timeout": 30, "stream_timeout": 60, "round_timeout": 60}).execute(local_env)
-    marker = run.job_dir.root / "sites" / "site-3" / "stalled"
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, "site-3 never started its upload"
-        time.sleep(0.1)
+    wait_until((run.job_dir.root / "sites" / "site-3" / "stalled").exists, "site-3's upload")
     pid = run.client_pid("site-3")
     os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()

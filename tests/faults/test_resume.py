@@ -7,21 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from tests.conftest import HELLO_MODEL, SLOW, events, load_result
+from tests.conftest import HELLO_MODEL, SLOW, events, load_result, wait_until
 
 
 def test_killed_job_resumes_from_its_checkpoint_with_one_command(make_recipe, local_env):
     run = make_recipe(SLOW, n_clients=2, num_rounds=3, train_args="1",
                       settings={"server_lost_timeout": 4}).execute(local_env)
-    checkpoint = run.job_dir.models_dir / "checkpoint.json"
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until((run.job_dir.models_dir / "checkpoint.json").exists, "round 1's checkpoint")
     os.kill(run.server.pid, signal.SIGKILL)
     run.wait(timeout=120)
     assert run.job_dir.read_status()["state"] == "failed"

@@ -11,7 +11,7 @@ import numpy as np
 
 from hpcflare.job import JobDir
 from hpcflare.logs.diagnose import diagnose
-from tests.conftest import FAST, HELLO_MODEL, SLOW, events, load_result
+from tests.conftest import FAST, HELLO_MODEL, SLOW, events, load_result, wait_for_event
 
 
 def test_server_stopped_twice_heartbeat_timeout_loses_nobody(make_recipe, local_env):
@@ -19,10 +19,7 @@ def test_server_stopped_twice_heartbeat_timeout_loses_nobody(make_recipe, local_
     recipe = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="2",
                          settings={"server_lost_timeout": stall + 10})
     run = recipe.execute(local_env)
-    deadline = time.monotonic() + 60
-    while not any(e["event"] == "round_started" for e in events(run.job_dir.root, "server")):
-        assert time.monotonic() < deadline, "round 1 never started"
-        time.sleep(0.1)
+    wait_for_event(run.job_dir.root, "server", "round_started")
     os.kill(run.server.pid, signal.SIGSTOP)
     time.sleep(stall)
     os.kill(run.server.pid, signal.SIGCONT)
