@@ -6,7 +6,7 @@ after which the job is continued with ``Env.resume`` from its last checkpoint. T
 without faults. Prints rounds completed, completed rounds lost (a checkpointed round that had to run again
 or is missing from the end result: must be 0) and the time overhead against the fault-free run.
 
-    python benchmarks/chaos.py --clients 32 --rounds 8 [--every 4] [--kill-server]
+    python benchmarks/chaos.py --clients 32 --rounds 20 [--every 2] [--kill-server]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ SETTINGS = {"registration_timeout": 60, "round_timeout": 40, "heartbeat_interval
 
 def _recipe(work: Path, clients: int, rounds: int) -> FedAvgRecipe:
     script = work / "client.py"
+    work.mkdir(parents=True, exist_ok=True)
     script.write_text(textwrap.dedent(CLIENT))
     return FedAvgRecipe(name="chaos", model={"w": np.zeros(1024, np.float32)}, n_clients=clients,
                         min_clients=max(2, clients // 4), num_rounds=rounds, train_script=script, settings=SETTINGS)
@@ -69,7 +70,7 @@ class Chaos(threading.Thread):
         spared = set(self.sites[: max(2, len(self.sites) // 4)])  # keep min_clients alive
         while not self.halt.wait(self.every):
             rounds = [e["round"] for e in _server_events(self.run_) if e["event"] == "round_completed"]
-            if self.kill_server and not self.server_killed.is_set() and len(rounds) >= 2:
+            if self.kill_server and not self.server_killed.is_set() and len(rounds) >= 2 and len(self.faults) >= 3:
                 os.kill(self.run_.server.pid, signal.SIGKILL)
                 self.faults.append("SIGKILL server")
                 self.server_killed.set()
@@ -127,8 +128,8 @@ def run_job(work: Path, clients: int, rounds: int, chaos: dict | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--every", type=float, default=4.0, help="seconds between faults")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--every", type=float, default=2.0, help="seconds between faults")
     parser.add_argument("--kill-server", action="store_true", help="also SIGKILL the server once, then resume")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
