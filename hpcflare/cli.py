@@ -11,6 +11,7 @@ from pathlib import Path
 from hpcflare import __version__
 from hpcflare.exitcodes import HELP, ExitCode
 from hpcflare.fileio import atomic_write_text
+from hpcflare.slurm.spec import NAMED
 from hpcflare.job import JobDir
 from hpcflare.settings import CONFIGS_DIR, Settings
 
@@ -63,7 +64,9 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
 
                 job_dir.check_deployable()
                 prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
-            common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time)
+            options = {k: getattr(args, k) for k in NAMED}
+            common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time,
+                          options=options, sbatch_args=tuple(args.sbatch_arg or ()))
             if args.separate:  # server and clients as two allocations, meeting in the job dir
                 server = SbatchSpec(job_dir, nodes=1, part="server", **common | {"ntasks_per_node": 1})
                 if args.dry_run:
@@ -80,6 +83,7 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                 return 0
             spec = SbatchSpec(job_dir, nodes=args.nodes, rendezvous=args.rendezvous, **common)
             text = render_sbatch(spec)
+            spec.check_capacity(slurm)  # before anything sits PENDING for ever (skipped without sinfo)
             if args.dry_run:
                 print(text)
                 return 0
@@ -214,6 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", default="00:30:00")
     p.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
+    for name in NAMED:  # the common sbatch options by name
+        flag = "--" + name.replace("_", "-")
+        if name in ("exclusive", "overcommit"):
+            p.add_argument(flag, action="store_true", help=f"sbatch {flag}")
+        else:
+            p.add_argument(flag, type=int if name == "cpus_per_task" else str, default=None, help=f"sbatch {flag}")
+    p.add_argument("--sbatch-arg", action="append", metavar="--OPTION=VALUE",
+                   help="any other sbatch option, as sbatch takes it (repeatable), e.g. --sbatch-arg=--licenses=fs:1")
     p.add_argument("--separate", action="store_true",
                    help="submit the server and the clients as two allocations (sites as different jobs)")
     p.set_defaults(func=_job)

@@ -90,9 +90,14 @@ class SlurmEnv(Env):
 
     def __init__(self, nodes: int = 1, ntasks_per_node: int | None = None, partition: str | None = None,
                  time: str | int = "00:30:00", job_root: str | Path = "jobs", rendezvous: str = "fs",
-                 setup: list[str] | None = None, slurm_args: dict[str, Any] | None = None) -> None:
+                 setup: list[str] | None = None, slurm_args: dict[str, Any] | None = None,
+                 slurm_additional_parameters: dict[str, Any] | None = None, **sbatch_options: Any) -> None:
+        """``sbatch_options``: account=, qos=, cpus_per_task=, mem=, mem_per_cpu=, gres=, gpus=, gpus_per_task=,
+        constraint=, exclusive=, reservation=, mail_type=, mail_user=, overcommit= (hpcflare.slurm.spec.NAMED);
+        ``slurm_additional_parameters``: any other sbatch option by name; ``slurm_args``: raw submitit keywords."""
         super().__init__(job_root)
-        self.allocation = Allocation(nodes, ntasks_per_node, partition, time)
+        self.allocation = Allocation(nodes, ntasks_per_node, partition, time,
+                                     dict(slurm_additional_parameters or {}), sbatch_options)
         self.allocation.minutes()  # a bad time limit is refused here, not at submission
         self.rendezvous, self.setup, self.slurm_args = rendezvous, list(setup or []), dict(slurm_args or {})
 
@@ -104,6 +109,9 @@ class SlurmEnv(Env):
         if per_node * alloc.nodes < ranks:
             raise ConfigError(f"{alloc.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
                               f"+ {len(config.clients)} clients)")
+        found = SlurmCommands().cpus_per_node(alloc.partition)
+        if found is not None:  # explain now what would otherwise sit PENDING for ever
+            alloc.check_capacity(ranks, found[1], found[0])
         executor = submitit.SlurmExecutor(folder=job_dir.root / "slurm", python=sys.executable)
         setup = [f"export {k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items()] + self.setup
         params = alloc.submitit_parameters(ranks)

@@ -68,6 +68,27 @@ class SlurmCommands:
         match = re.search(r"JobState=(\S+)", proc.stdout) if proc.returncode == 0 else None
         return match.group(1) if match else "UNKNOWN"
 
+    def cpus_per_node(self, partition: str | None) -> tuple[str, int] | None:
+        """(partition, CPUs of its smallest node) from sinfo; the default partition when None; None if unknown."""
+        try:
+            proc = self._run(["sinfo", "-h", "-o", "%P %c"])
+        except SlurmError:
+            return None
+        if proc.returncode != 0:
+            return None
+        sizes: dict[str, int] = {}
+        default = None
+        for line in proc.stdout.splitlines():
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].rstrip("+").isdigit():
+                continue
+            name = parts[0].rstrip("*")
+            if parts[0].endswith("*"):
+                default = name
+            sizes[name] = min(sizes.get(name, 1 << 30), int(parts[1].rstrip("+")))
+        name = partition or default
+        return (name, sizes[name]) if name in sizes else None
+
     def cancel(self, job_id: str) -> None:
         proc = self._run(["scancel", job_id])
         if proc.returncode != 0:

@@ -7,11 +7,13 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
-from hpcflare.slurm.spec import Allocation, time_minutes
+from hpcflare.slurm.commands import SlurmCommands
+from hpcflare.slurm.spec import Allocation, parse_sbatch_arg, time_minutes
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "_data"  # slurm/ and launchers/ files, shipped in the wheel too
@@ -33,13 +35,22 @@ class SbatchSpec:
     extra_directives: tuple[str, ...] = ()
     part: str = "all"  # all | server | clients (separate allocations: submit the server first)
     server_job_id: str | None = None  # part="clients": the server's Slurm job, whose address to wait for
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # named sbatch options (spec.NAMED)
+    sbatch_args: tuple[str, ...] = ()  # anything else, as given to sbatch: "--licenses=fs:1", "--requeue"
 
     def tasks(self) -> int:
         config = self.job_dir.load_config()
         return {"all": 1 + config.relays + len(config.clients), "server": 1, "clients": len(config.clients)}[self.part]
 
     def allocation(self) -> Allocation:
-        return Allocation(self.nodes, self.ntasks_per_node, self.partition, self.time)
+        return Allocation(self.nodes, self.ntasks_per_node, self.partition, self.time,
+                          dict(parse_sbatch_arg(a) for a in self.sbatch_args), dict(self.options))
+
+    def check_capacity(self, commands: SlurmCommands) -> None:
+        """Refuse, with the arithmetic, an allocation whose ranks cannot fit the partition's nodes."""
+        found = commands.cpus_per_node(self.partition)
+        if found is not None:
+            self.allocation().check_capacity(self.tasks(), found[1], found[0])
 
     def per_node(self) -> int:
         return self.allocation().per_node(self.tasks())

@@ -34,15 +34,45 @@ def time_minutes(value: str | int) -> int:
     return days * 1440 + hours * 60 + minutes + math.ceil(seconds / 60)
 
 
+NAMED = ("account", "qos", "cpus_per_task", "mem", "mem_per_cpu", "gres", "gpus", "gpus_per_task", "constraint",
+         "exclusive", "reservation", "mail_type", "mail_user", "overcommit")
+"""sbatch options hpcflare takes by name (SlurmEnv keywords, `hpcflare job submit --account ...`); anything else
+goes through ``additional`` (SlurmEnv(slurm_additional_parameters=...), ``--sbatch-arg=--key=value``)."""
+_SUBMITIT_NAMES = {"account", "qos", "cpus_per_task", "mem", "mem_per_cpu", "gres", "gpus_per_task", "constraint",
+                   "exclusive", "mail_type", "mail_user"}  # what submitit's SlurmExecutor takes as keywords
+
+
+def parse_sbatch_arg(arg: str) -> tuple[str, Any]:
+    """``--key=value`` / ``--flag`` (as given to sbatch) -> (key with underscores, value or True)."""
+    if not arg.startswith("--") or len(arg) < 3:
+        raise ConfigError(f"sbatch argument {arg!r} must look like --option=value or --flag")
+    key, sep, value = arg[2:].partition("=")
+    return key.replace("-", "_"), (value if sep else True)
+
+
 @dataclasses.dataclass
 class Allocation:
-    """Nodes, tasks, partition, time limit and any other sbatch option (by its long name, no dashes)."""
+    """Nodes, tasks, partition, time limit, the named options and any other sbatch option (``additional``)."""
 
     nodes: int = 1
     ntasks_per_node: int | None = None  # default: spread the ranks evenly over the nodes
     partition: str | None = None
     time: str | int = "00:30:00"
     additional: dict[str, Any] = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Named options (see NAMED) that are set; None/False values are left out."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.options) - set(NAMED))
+        if unknown:
+            raise ConfigError(f"unknown sbatch option(s) {unknown}; by name hpcflare takes {list(NAMED)}, anything "
+                              "else goes in slurm_additional_parameters / --sbatch-arg")
+        self.options = {k: v for k, v in self.options.items() if v not in (None, False)}
+        if not isinstance(self.nodes, int) or isinstance(self.nodes, bool) or self.nodes < 1:
+            raise ConfigError(f"nodes must be a whole number >= 1, got {self.nodes!r}")
+
+    def cpus_per_rank(self) -> int:
+        return int(self.options.get("cpus_per_task", 1))
 
     def per_node(self, ranks: int) -> int:
         if self.nodes < 1:
@@ -55,15 +85,36 @@ class Allocation:
     def directives(self) -> list[str]:
         """``#SBATCH`` lines for what the template does not spell out itself."""
         lines = [f"#SBATCH --partition={self.partition}"] if self.partition else []
-        for key, value in self.additional.items():
+        for key, value in {**self.options, **self.additional}.items():
             flag = key.replace("_", "-")
             lines.append(f"#SBATCH --{flag}" if value is True else f"#SBATCH --{flag}={value}")
         return lines
 
     def submitit_parameters(self, ranks: int) -> dict[str, Any]:
         """The same request as SlurmExecutor.update_parameters() keywords (public submitit API)."""
+        extra = dict(self.additional)
         params: dict[str, Any] = {"nodes": self.nodes, "ntasks_per_node": self.per_node(ranks),
-                                  "time": self.minutes(), "additional_parameters": dict(self.additional)}
+                                  "time": self.minutes(), "additional_parameters": extra}
+        for key, value in self.options.items():
+            if key in _SUBMITIT_NAMES:
+                params[key] = value
+            else:  # gpus, reservation, overcommit: no submitit keyword, the same sbatch line through its pass-through
+                extra[key] = value
         if self.partition:
             params["partition"] = self.partition
         return params
+
+    def check_capacity(self, ranks: int, cpus_per_node: int | None, partition: str) -> None:
+        """Explain, before submitting, an allocation whose ranks cannot fit the partition's nodes (the job
+        would sit PENDING forever): ranks/node x cpus-per-task against the nodes' CPUs (from sinfo)."""
+        if not cpus_per_node or self.options.get("overcommit"):
+            return
+        per_node = self.per_node(ranks)
+        need = per_node * self.cpus_per_rank()
+        if need > cpus_per_node:
+            fit = max(1, cpus_per_node // self.cpus_per_rank())
+            nodes = -(-ranks // fit)
+            raise ConfigError(
+                f"{ranks} ranks on {self.nodes} node(s) = {per_node} per node x {self.cpus_per_rank()} CPU(s) each = "
+                f"{need} CPUs per node; partition {partition} has {cpus_per_node} CPUs per node: use --nodes {nodes} "
+                f"(at most {fit} ranks per node), fewer clients per allocation, or --overcommit")

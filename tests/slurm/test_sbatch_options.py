@@ -1,0 +1,76 @@
+"""Every common sbatch option by name on both routes (the sbatch template and submitit), a pass-through for
+the rest, and the ranks-per-node arithmetic checked against the real partition before anything is submitted."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcflare.cli import main
+from hpcflare.env import SlurmEnv
+from hpcflare.errors import ConfigError
+from hpcflare.slurm.commands import SlurmCommands
+from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch
+from tests.conftest import SLOW
+
+OPTIONS = dict(account="proj1", qos="normal", cpus_per_task=2, mem="4G", gres="gpu:1", constraint="cpu",
+               exclusive=True, reservation="maint", mail_type="END", mail_user="me@example.org")
+LINES = ["#SBATCH --account=proj1", "#SBATCH --qos=normal", "#SBATCH --cpus-per-task=2", "#SBATCH --mem=4G",
+         "#SBATCH --gres=gpu:1", "#SBATCH --constraint=cpu", "#SBATCH --exclusive", "#SBATCH --reservation=maint",
+         "#SBATCH --mail-type=END", "#SBATCH --mail-user=me@example.org", "#SBATCH --licenses=fs:1"]
+
+
+def test_sbatch_route_writes_every_named_option_and_the_pass_through(make_recipe, tmp_path):
+    job_dir = make_recipe(SLOW, n_clients=2).export(tmp_path / "jobs")
+    text = render_sbatch(SbatchSpec(job_dir, nodes=1, options=OPTIONS, sbatch_args=("--licenses=fs:1",)))
+    for line in LINES:
+        assert line in text
+
+
+def test_submitit_route_shows_the_same_options_in_its_dry_run(make_recipe, tmp_path):
+    env = SlurmEnv(nodes=1, job_root=tmp_path / "jobs", slurm_additional_parameters={"licenses": "fs:1"}, **OPTIONS)
+    text = env.dry_run(make_recipe(SLOW, n_clients=2))
+    for line in LINES:
+        assert line in text
+
+
+def test_cli_takes_the_options_by_name(make_recipe, tmp_path, capsys):
+    job_dir = make_recipe(SLOW, n_clients=2).export(tmp_path / "jobs")
+    assert main(["job", "submit", str(job_dir.root), "--dry-run", "--account", "proj1", "--qos", "normal",
+                 "--cpus-per-task", "2", "--mem", "4G", "--gres", "gpu:1", "--constraint", "cpu", "--exclusive",
+                 "--reservation", "maint", "--mail-type", "END", "--mail-user", "me@example.org",
+                 "--sbatch-arg=--licenses=fs:1"]) == 0
+    out = capsys.readouterr().out
+    for line in LINES:
+        assert line in out
+
+
+def test_unknown_named_option_is_refused(make_recipe, tmp_path):
+    with pytest.raises(ConfigError, match="unknown sbatch option"):
+        SlurmEnv(nodes=1, job_root=tmp_path / "jobs", acount="typo")
+
+
+def fake_sinfo(stdout: str):
+    import subprocess
+
+    def run(argv, timeout):
+        return subprocess.CompletedProcess(argv, 0, stdout, "")
+    return run
+
+
+def test_ranks_that_cannot_fit_the_partition_are_explained(make_recipe, tmp_path):
+    job_dir = make_recipe(SLOW, n_clients=63).export(tmp_path / "jobs")  # 64 ranks
+    spec = SbatchSpec(job_dir, nodes=4, partition="debug")
+    with pytest.raises(ConfigError, match=r"64 ranks on 4 node\(s\) = 16 per node x 1 CPU\(s\) each = 16 CPUs per "
+                                          r"node; partition debug has 8 CPUs per node: use --nodes 8"):
+        spec.check_capacity(SlurmCommands(fake_sinfo("debug* 8\n")))
+    SbatchSpec(job_dir, nodes=4, partition="debug", options={"overcommit": True}).check_capacity(
+        SlurmCommands(fake_sinfo("debug* 8\n")))  # asked for: no complaint
+
+
+@pytest.mark.slurm
+def test_real_partition_is_read_before_submitting(slurm, make_recipe, tmp_path, capsys):
+    job_dir = make_recipe(SLOW, n_clients=19).export(tmp_path / "jobs")  # 20 ranks on 1 node of 8 CPUs
+    assert main(["job", "submit", str(job_dir.root), "--nodes", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "20 ranks on 1 node(s)" in err and "has 8 CPUs per node" in err and "--nodes 3" in err
+    assert not (job_dir.root / "slurm_job_id").exists()
