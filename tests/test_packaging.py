@@ -25,9 +25,10 @@ packages = ["torch"]
 """
 
 
-def _run(*argv: str, cwd: Path, env: dict | None = None, timeout: int = 900) -> str:
-    out = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})})
+def _run(*argv: str, cwd: Path, timeout: int = 900) -> str:
+    """Run in the fresh venv's world: nothing of the outer environment's Python path leaks in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    out = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert out.returncode == 0, f"{' '.join(argv)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 
@@ -45,15 +46,15 @@ def test_wheel_installs_next_to_another_torch_and_runs_a_job(tmp_path):
     python = str(venv / "bin" / "python")
     _run(python, "-m", "pip", "install", "-q", str(fake), cwd=tmp_path)  # "the cluster's torch"
     wheel = next(wheels.glob("hpcflare-*.whl"))
-    _run(python, "-m", "pip", "install", "-q", f"{wheel}[torch]", cwd=tmp_path)
+    installed = _run(python, "-m", "pip", "install", f"{wheel}[torch]", cwd=tmp_path)
+    assert (venv / "bin" / "hpcflare").exists(), installed[-3000:]
     assert "torch 2.1.0" in _run(python, "-m", "pip", "list", "--format=freeze", cwd=tmp_path).replace("==", " ")
-    env = {"PYTHONPATH": ""}
-    assert _run(str(venv / "bin" / "hpcflare"), "--version", cwd=tmp_path, env=env).startswith("hpcflare ")
-    settings = _run(str(venv / "bin" / "hpcflare"), "settings", cwd=tmp_path, env=env)
+    assert _run(str(venv / "bin" / "hpcflare"), "--version", cwd=tmp_path).startswith("hpcflare ")
+    settings = _run(str(venv / "bin" / "hpcflare"), "settings", cwd=tmp_path)
     assert "round_timeout" in settings and str(REPO) not in settings  # the wheel's own copy of configs/
     located = _run(python, "-c", "import hpcflare.slurm.sbatch as s; print(s.TEMPLATE.is_file(), s.LAUNCHER.is_file(),"
                    " os.access(s.LAUNCHER, os.X_OK), s.TEMPLATE)".replace("print(", "import os; print("),
-                   cwd=tmp_path, env=env)
+                   cwd=tmp_path)
     assert located.startswith("True True True") and str(venv) in located
-    out = _run(python, str(REPO / "recipes" / "hello-numpy" / "job.py"), cwd=tmp_path, env=env, timeout=300)
+    out = _run(python, str(REPO / "recipes" / "hello-numpy" / "job.py"), cwd=tmp_path, timeout=300)
     assert "completed" in out and "[10. 11. 12.]" in out

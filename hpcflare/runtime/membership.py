@@ -132,10 +132,14 @@ class Membership:
             record.last_seen = time.monotonic()
 
     def exclude(self, site: str, reason: str) -> None:
-        """Record an expected site that will not take part (e.g. never registered)."""
+        """Record an expected site that will not take part (e.g. never registered), or, if it registered
+        after the job had started without it, end its part."""
         with self._lock:
-            if site not in self._clients:
+            record = self._clients.get(site)
+            if record is None:
                 self._clients[site] = ClientRecord(site, "", state=MemberState.EXCLUDED, reason=reason)
+            elif record.state in LIVE:
+                record.state, record.reason = MemberState.EXCLUDED, reason
 
     def expire(self) -> list[ClientRecord]:
         """Declare live clients silent for longer than heartbeat_timeout dead; return the newly dead."""

@@ -50,7 +50,8 @@ class Relay(RoundHost):
         self.job_dir, self.name = job_dir, name
         # the relay's own link to the server: a client agent whose heartbeats vouch for the children
         self.upstream = ClientAgent(job_dir, name, log, heartbeat_extra=lambda: {"children": self.members.live()})
-        self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=self.upstream.kit)
+        self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=self.upstream.kit,
+                               children=min(len(config.clients), 2 * -(-len(config.clients) // max(1, config.relays))))
         self.address = f"{advertise or host}:{self.grpc.port}"
 
     def register(self, request: dict) -> dict:

@@ -129,6 +129,10 @@ class RoundHost(ServerHandler):
     def _get_task(self, site: str, request: dict) -> dict:
         wait = min(float(request.get("timeout") or self.settings.task_poll_timeout), self.settings.task_poll_timeout)
         deadline = time.monotonic() + wait
+        record = self.members.get(site)
+        if record is not None and record.state in (MemberState.DEAD, MemberState.EXCLUDED):
+            # the job goes on without this site: it ends now (exit 0) instead of holding its allocation
+            return {"task": "end", "reason": f"the job continues without {site}: {record.reason}"}
         with self._cv:
             while True:
                 if self.phase == HostPhase.ENDED:
@@ -189,6 +193,9 @@ class RoundHost(ServerHandler):
             self.authorize(peer, header.get("site"))
             record = self.members.check(header.get("site"), header.get("token"))
             site = record.site
+            if record.state in (MemberState.DEAD, MemberState.EXCLUDED):
+                raise errors.StaleTaskError(f"result from {site} discarded: the job continues without it "
+                                            f"({record.reason})")
             rnd = self.round
             if rnd is None or not rnd.open or header.get("task_id") != rnd.task_id:
                 raise errors.StaleTaskError(f"result from {site} for task {header.get('task_id')!r:.40} arrived after its round closed; discarded")

@@ -57,7 +57,8 @@ class FLServer(RoundHost):
                                       config.early_stop_patience, job_dir.root / config.initial_model, log,
                                       self.checkpoints.latest)
         kit = load_kit(job_dir, config, "server", role="server")
-        self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit)
+        direct = len(self.relays) or len(config.clients)  # with relays, clients talk to them, not to the server
+        self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit, children=direct)
         if kit is not None:
             for problem in kit.self_check():
                 log.warning("certificate_problem", f"{problem}; clients will refuse this server", problem=problem)
@@ -70,6 +71,13 @@ class FLServer(RoundHost):
             self.job_dir.check_proof(site, request.get("proof"))
         record, old = self._add_member(request)
         site = record.site
+        if old is not None and old.state == MemberState.EXCLUDED and self.phase != HostPhase.REGISTRATION:
+            self.members.exclude(site, "it registered after the job had started without it "
+                                 f"(settings.registration_timeout={self.settings.registration_timeout:g}s)")
+            self.log.warning("late_registrant", f"{site} registered after the job started without it; it is told "
+                             "to end", site=site)
+            return {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
+                    "framework": self.config.framework}
         if old is not None:
             self.log.warning("client_reregistered", f"{site} registered again (was {old.state}); previous instance "
                              "replaced", site=site)

@@ -17,6 +17,8 @@ from hpcflare.transport.api import UNARY_METHODS, Peer, ServerHandler
 from hpcflare.transport.codec import pack_meta, unpack_meta
 
 SERVICE = "hpcflare.v1.FL"
+THREAD_HEADROOM = 16
+"""Worker threads beyond one per direct child: transfers and heartbeats while every child long-polls."""
 
 _STATUS = [  # most specific first
     (errors.UnknownClientError, grpc.StatusCode.PERMISSION_DENIED),
@@ -84,7 +86,10 @@ class GrpcServer:
     """Serves a ServerHandler on host:port (port 0 = pick a free one); mutual TLS when given a startup kit."""
 
     def __init__(self, handler: ServerHandler, settings: Settings, log: RankLogger,
-                 host: str = "127.0.0.1", port: int = 0, kit: "StartupKit | None" = None) -> None:
+                 host: str = "127.0.0.1", port: int = 0, kit: "StartupKit | None" = None,
+                 children: int = 0) -> None:
+        """``children``: ranks that talk to this server directly; every one may hold a worker thread in a
+        long poll, so the pool is at least children + THREAD_HEADROOM (settings.server_threads otherwise)."""
         self.handler, self.settings, self.log, self.kit = handler, settings, log, kit
         options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
                    ("grpc.max_send_message_length", settings.max_frame_bytes),
@@ -93,9 +98,9 @@ class GrpcServer:
                    # must not each buffer megabytes of frames the server is not reading yet
                    ("grpc.keepalive_permit_without_calls", 1),
                    ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
-        self._pool = futures.ThreadPoolExecutor(max_workers=settings.server_threads, thread_name_prefix="grpc-srv")
-        self._server = grpc.server(self._pool, options=options,
-                                   maximum_concurrent_rpcs=settings.server_threads * 4)
+        threads = max(settings.server_threads, children + THREAD_HEADROOM)
+        self._pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-srv")
+        self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads * 4)
         handlers = {name: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY_METHODS}
         handlers["Download"] = grpc.unary_stream_rpc_method_handler(self._download)
         handlers["Upload"] = grpc.stream_unary_rpc_method_handler(self._upload)
