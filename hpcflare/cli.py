@@ -6,7 +6,9 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from hpcflare import __version__
 from hpcflare.exitcodes import HELP, ExitCode
@@ -104,6 +106,8 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                 print(f"result model: {run.get_result()}")
         elif args.action == "status":
             job_id, job_dir = _resolve(args.target)
+            if args.follow and job_dir is not None:
+                _follow(job_dir, job_id, slurm)
             info = {"slurm_job_id": job_id, "slurm_state": slurm.state(job_id)}
             if job_dir is not None:
                 info.update(job_dir.read_status())
@@ -121,6 +125,18 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"hpcflare job {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _follow(job_dir: JobDir, job_id: str, slurm: Any) -> None:
+    """Show the job's rounds with an ETA until it ends (its status is final or Slurm says it is over)."""
+    from hpcflare.env.progress import RoundProgress
+    from hpcflare.job import FINAL_STATES as JOB_FINAL
+    from hpcflare.slurm.commands import FINAL_STATES as SLURM_FINAL
+
+    with RoundProgress(job_dir, enabled=True) as progress:
+        while job_dir.read_status().get("state") not in JOB_FINAL and slurm.state(job_id) not in SLURM_FINAL:
+            progress.update()
+            time.sleep(1.0)
 
 
 def _resolve(target: str | None) -> tuple[str, JobDir | None]:
@@ -218,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", default="00:30:00")
     p.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
+    p.add_argument("--follow", action="store_true", help="status: show per-round progress until the job ends")
     for name in NAMED:  # the common sbatch options by name
         flag = "--" + name.replace("_", "-")
         if name in ("exclusive", "overcommit"):

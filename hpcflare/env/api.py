@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hpcflare.errors import JobFailedError, StreamTimeoutError
+from hpcflare.env.progress import RoundProgress
 from hpcflare.job import JobDir
 
 
 class Run(abc.ABC):
     """Handle on a deployed job."""
+
+    progress: bool | None = None
+    """Per-round progress bar on stderr while waiting: None = only when stderr is a terminal."""
 
     def __init__(self, job_dir: JobDir) -> None:
         self.job_dir = job_dir
@@ -34,7 +38,8 @@ class Run(abc.ABC):
     def get_result(self, timeout: Optional[float] = None) -> Path:
         """Wait for the job and return the result model's path; raise JobFailedError if it did not complete."""
         try:
-            finished = self.wait(timeout)
+            with RoundProgress(self.job_dir, enabled=self.progress):
+                finished = self.wait(timeout)
         except KeyboardInterrupt:
             self.abort()
             raise

@@ -75,7 +75,8 @@ def render_sbatch(spec: SbatchSpec) -> str:
         "job_name": config.name, "nodes": spec.nodes, "ntasks_per_node": spec.per_node(), "time": spec.time,
         "output": shlex.quote(str(spec.job_dir.log_dir / "slurm-%j.out")), "signal_lead_s": spec.signal_lead_s,
         "extra_directives": "\n".join(directives), "python": shlex.quote(spec.python),
-        "srun_args": "--mpi=pmi2 --kill-on-bad-exit=0" if spec.rendezvous == "mpi" else "--kill-on-bad-exit=0",
+        # --label: every line of the shared output file says which rank wrote it ("3: ...")
+        "srun_args": ("--mpi=pmi2 " if spec.rendezvous == "mpi" else "") + "--label --kill-on-bad-exit=0",
         "launcher": shlex.quote(str(LAUNCHER)), "job_dir": shlex.quote(str(spec.job_dir.root)),
         "part": {"all": "server + clients in one allocation", "server": "server allocation",
                  "clients": "clients allocation"}[spec.part],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -45,6 +46,7 @@ def test_sbatch_job_runs_ranks_across_nodes(slurm, make_recipe, tmp_path, rendez
     out = next(job_dir.log_dir.glob("slurm-*.out")).read_text()
     assert out.count("from MPI broadcast") == (3 if rendezvous == "mpi" else 0)
     assert "srun exited 0" in out
+    assert re.search(r"^\s*0: ", out, re.M)  # srun --label: each line names the rank that wrote it
     for site in ("site-1", "site-2", "site-3"):
         via = {e["via"] for e in events(job_dir.root, site) if e["event"] == "model_received"}
         assert via == {"staging" if staging else "grpc"}
