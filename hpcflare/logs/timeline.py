@@ -8,6 +8,7 @@ stalled, which site was slow, and when a site died are visible at a glance.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,42 @@ FAILURE_EVENTS = {"client_failed", "client_dead", "result_rejected", "tls_refuse
                   "transfer_stalled", "relay_lost", "script_stopped", "job_failed", "stragglers", "relay_failed",
                   "late_result", "internal_error"}
 REGISTER_EVENTS = {"registered", "client_registered", "relay_registered", "relay_started", "server_started"}
+MAX_LANES = 48
+"""Beyond this many ranks, sites with nothing to report share one aggregate lane (the picture stays legible)."""
+
+
+def natural(name: str) -> list[Any]:
+    """site-2 before site-10: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _lane_order(ranks: dict[str, list[dict[str, Any]]]) -> list[str]:
-    def key(rank: str) -> tuple[int, str]:
+    def key(rank: str) -> tuple[int, list[Any]]:
         role = next((e.get("role") for e in ranks[rank] if e.get("role")), "client")
-        return ({"server": 0, "relay": 1}.get(role, 2), rank)
+        return ({"server": 0, "relay": 1}.get(role, 2), natural(rank))
     return sorted((r for r in ranks if ranks[r]), key=key)
+
+
+def _aggregate(lanes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the server, relays and every site with a failure or a straggler mark; fold the rest into one lane
+    whose bars span, per round, from the first of them to start training to the last to finish."""
+    if len(lanes) <= MAX_LANES:
+        return lanes
+    keep = [lane for lane in lanes if lane["rank"] == "server" or lane["rank"].startswith("relay")
+            or lane["failures"] or lane["stragglers"]]
+    rest = [lane for lane in lanes if lane not in keep]
+    if not rest:
+        return keep
+    per_round: dict[int, list[float]] = {}
+    for lane in rest:
+        for rnd, a, b in lane["train"]:
+            span = per_round.setdefault(rnd, [a, b])
+            span[0], span[1] = min(span[0], a), max(span[1], b)
+    folded = {"rank": f"{len(rest)} other sites", "life": (min(x["life"][0] for x in rest),
+                                                         max(x["life"][1] for x in rest)),
+              "rounds": [], "train": [(r, a, b) for r, (a, b) in sorted(per_round.items())], "transfers": [],
+              "marks": [], "failures": [], "stragglers": [], "lives": []}
+    return keep + [folded]
 
 
 def collect(job_dir: JobDir) -> dict[str, Any]:
@@ -34,11 +64,20 @@ def collect(job_dir: JobDir) -> dict[str, Any]:
     if not any(ranks.values()):
         raise ConfigError(f"no JSON logs in {job_dir.log_dir}; did the job start?")
     t0 = min(e["t"] for events in ranks.values() for e in events if "t" in e)
+    server = [e for e in ranks.get("server", []) if "t" in e]
+    lives = sorted(e["t"] - t0 for e in server if e.get("event") == "server_started")
+    last_life = lives[-1] if lives else float("-inf")
+    late: dict[str, list[tuple[float, Any]]] = {}  # site -> (when, round) the server closed a round without it
+    for e in server:
+        if e.get("event") == "stragglers":
+            for site in e.get("stragglers") or []:
+                late.setdefault(site, []).append((e["t"] - t0, e.get("round")))
     lanes = []
     for rank in _lane_order(ranks):
         events = [e for e in ranks[rank] if "t" in e]
         lane: dict[str, Any] = {"rank": rank, "life": (events[0]["t"] - t0, events[-1]["t"] - t0), "rounds": [],
-                                "train": [], "transfers": [], "marks": [], "failures": []}
+                                "train": [], "transfers": [], "marks": [], "failures": [], "lives": [],
+                                "stragglers": late.get(rank, [])}
         open_round: dict[int, float] = {}
         task_at: dict[int, float] = {}
         for e in events:
@@ -55,10 +94,11 @@ def collect(job_dir: JobDir) -> dict[str, Any]:
                 lane["transfers"].append((t - float(e["seconds"]), t))
             if name in REGISTER_EVENTS:
                 lane["marks"].append((t, name))
-            if name in FAILURE_EVENTS or e.get("level") == "ERROR":
-                lane["failures"].append((t, name))
+            if name in FAILURE_EVENTS - {"stragglers"} or str(e.get("level", "")).upper() == "ERROR":
+                # what ended an earlier life (a requeue's SIGTERM) is drawn as that life's end, not a failure
+                lane["lives" if t < last_life else "failures"].append((t, name))
         lanes.append(lane)
-    return {"job_id": job_dir.root.name, "lanes": lanes}
+    return {"job_id": job_dir.root.name, "lanes": _aggregate(lanes), "lives": lives, "ranks": len(lanes)}
 
 
 def draw(job_dir: JobDir, output: str | Path) -> Path:
@@ -83,11 +123,20 @@ def draw(job_dir: JobDir, output: str | Path) -> Path:
         for t, name in lane["failures"]:
             ax.plot(t, y, marker="x", color="red", markersize=8)
             ax.annotate(name, (t, y), xytext=(3, 6), textcoords="offset points", fontsize=6, color="red")
+        for t, _ in lane["lives"]:
+            ax.plot(t, y, marker="x", color="#999999", markersize=6)
+        for t, rnd in lane["stragglers"]:
+            ax.plot(t, y, marker=">", color="orange", markersize=7)
+            ax.annotate(f"straggler r{rnd}", (t, y), xytext=(3, -9), textcoords="offset points", fontsize=6,
+                        color="darkorange")
+    for number, t in enumerate(data["lives"][1:], 2):  # a requeued job: each new life starts here
+        ax.axvline(t, color="gray", linestyle="--", linewidth=0.8)
+        ax.annotate(f"life {number}", (t, -0.5), xytext=(2, 0), textcoords="offset points", fontsize=7, color="gray")
     ax.set_yticks(range(len(lanes)), [lane["rank"] for lane in lanes], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first log event")
-    ax.set_title(f"{data['job_id']}: rounds (blue), training (light green), transfers (green), "
-                 "registration (|), failures (x)", fontsize=9)
+    ax.set_title(f"{data['job_id']} ({data['ranks']} ranks): rounds (blue), training (light green), transfers "
+                 "(green), registration (|), failures (x), stragglers (>), requeued lives (dashed)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     output = Path(output)
