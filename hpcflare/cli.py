@@ -54,6 +54,7 @@ def _exit_codes(args: argparse.Namespace, extra: list[str]) -> int:
 def _job(args: argparse.Namespace, extra: list[str]) -> int:
     from hpcflare.errors import HpcflareError
     from hpcflare.slurm import SlurmCommands
+    from hpcflare.slurm.commands import explain_reason
     from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch, write_sbatch
 
     slurm = SlurmCommands()
@@ -109,6 +110,9 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             if args.follow and job_dir is not None:
                 _follow(job_dir, job_id, slurm)
             info = {"slurm_job_id": job_id, "slurm_state": slurm.state(job_id)}
+            reason = slurm.pending_reason(job_id)
+            if reason:
+                info["pending_reason"] = reason
             if job_dir is not None:
                 info.update(job_dir.read_status())
             print(json.dumps(info, indent=2))
@@ -120,7 +124,9 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             jobs = slurm.list_jobs()
             print(f"{'JOBID':>8} {'STATE':<11} {'TIME':>9} {'NODES':>5}  NAME (REASON)")
             for job in jobs:
-                print(f"{job['job_id']:>8} {job['state']:<11} {job['time']:>9} {job['nodes']:>5}  {job['name']} ({job['reason']})")
+                code = job["reason"].strip("()")
+                why = job["reason"] if job["state"] != "PENDING" else f"{code}: {explain_reason(code)}"
+                print(f"{job['job_id']:>8} {job['state']:<11} {job['time']:>9} {job['nodes']:>5}  {job['name']} ({why})")
     except HpcflareError as exc:
         print(f"hpcflare job {args.action}: {exc}", file=sys.stderr)
         return 1

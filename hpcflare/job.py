@@ -247,8 +247,16 @@ class JobDir:
     def ensure_secret(self) -> None:
         """Create the job's secret (0600) unless it exists: every rank proves it when registering, so another
         local user who can reach the server's port cannot join or impersonate a site, even without TLS."""
-        if not self.secret_path.exists():
-            atomic_write(self.secret_path, secrets.token_hex(32), mode=0o600)
+        if self.secret_path.exists():
+            return
+        tmp = self.root / f".job_secret.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        atomic_write(tmp, secrets.token_hex(32), mode=0o600)
+        try:  # link, not rename: of ranks racing to make it, exactly one wins and all read the same secret
+            os.link(tmp, self.secret_path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def registration_proof(self, site: str) -> str:
         """HMAC(job secret, site): what a rank sends in its Register request (HPCFLARE_JOB_SECRET overrides

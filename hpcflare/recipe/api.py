@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from hpcflare.env.api import Env, Run
 
 
+LARGE_JOB_CLIENTS = 64
+"""settings_profile='auto' (the default) picks configs/hpc-large.yaml from this many clients on, else dev."""
+
+
 class Recipe:
     strategy = "fedavg"
     strategy_args: dict[str, Any] = {}
@@ -26,7 +30,7 @@ class Recipe:
 
     def __init__(self, name: str, model: Any, min_clients: int, num_rounds: int, train_script: str | Path,
                  train_args: str | Sequence[str] = "", n_clients: int | None = None,
-                 clients: Sequence[str] | None = None, settings_profile: str = "dev",
+                 clients: Sequence[str] | None = None, settings_profile: str = "auto",
                  settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = (),
                  staging: bool = False, staging_dir: str | Path = "staging", relays: int = 0,
                  relay_failover: str = "direct", min_fraction: float = 0.0, tls: str = "auto",
@@ -45,6 +49,8 @@ class Recipe:
         elif n_clients is not None and n_clients != len(clients):
             raise ConfigError(f"n_clients={n_clients} but {len(clients)} client names were given")
         self.clients = list(clients)
+        if settings_profile == "auto":  # the deadlines a job of this size needs
+            settings_profile = "hpc-large" if len(self.clients) >= LARGE_JOB_CLIENTS else "dev"
         self.settings_profile, self.settings = settings_profile, dict(settings or {})
         self.extra_files = [Path(p) for p in extra_files]
         self.staging, self.staging_dir = bool(staging), str(staging_dir)

@@ -30,6 +30,7 @@ from hpcflare.runtime.relay import Relay
 from hpcflare.runtime.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
 from hpcflare.runtime.server import FLServer
 from hpcflare.security import tls
+from hpcflare.security.jobs import prepare_job
 from hpcflare.security.policy import check_script
 from hpcflare.security.tls import handshake_tap
 
@@ -189,7 +190,8 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     """Start whatever this rank is in the job (role by rank); return its exit code."""
     if rendezvous not in RENDEZVOUS:
         raise errors.ConfigError(f"rendezvous must be one of {tuple(RENDEZVOUS)}, got {rendezvous!r}")
-    config = job_dir.load_config()
+    # a hand-written sbatch script may skip `python -m hpcflare.security.jobs`: never run silently in plain text
+    config = prepare_job(job_dir, secure_default=True)
     settings = config.load_settings()
     if config.relays and rendezvous == MpiRendezvous.kind:
         raise errors.ConfigError("relays find each other through the job directory: use rendezvous='fs' with relays")

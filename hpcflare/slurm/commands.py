@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 import subprocess
 from pathlib import Path
@@ -68,6 +69,16 @@ class SlurmCommands:
         match = re.search(r"JobState=(\S+)", proc.stdout) if proc.returncode == 0 else None
         return match.group(1) if match else "UNKNOWN"
 
+    def pending_reason(self, job_id: str) -> str:
+        """Why a job waits, in words (squeue's reason code and what it means); '' if it is not pending."""
+        proc = self._run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return ""
+        state, _, code = proc.stdout.strip().splitlines()[0].partition("|")
+        if state != "PENDING":
+            return ""
+        return f"{code}: {explain_reason(code)}"
+
     def cpus_per_node(self, partition: str | None) -> tuple[str, int] | None:
         """(partition, CPUs of its smallest node) from sinfo; the default partition when None; None if unknown."""
         try:
@@ -100,7 +111,8 @@ class SlurmCommands:
             raise SlurmError(f"scontrol requeue {job_id} failed: {proc.stderr.strip()}")
 
     def list_jobs(self) -> list[dict[str, str]]:
-        proc = self._run(["squeue", "-h", "-o", "%i|%j|%T|%M|%D|%R"])
+        """This user's jobs (squeue -u), with the reason each pending one waits."""
+        proc = self._run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%M|%D|%R"])
         if proc.returncode != 0:
             raise SlurmError(f"squeue failed: {proc.stderr.strip()}")
         keys = ("job_id", "name", "state", "time", "nodes", "reason")
@@ -113,3 +125,28 @@ class SlurmCommands:
         if proc.returncode != 0:
             return []  # no slurmdbd: diagnose falls back to the Slurm output files
         return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line.count("|") == len(keys) - 1]
+
+
+PENDING_REASONS = {
+    "Resources": "waiting for enough free nodes/CPUs/memory; it starts when they free up",
+    "Priority": "other jobs in the queue have higher priority",
+    "Dependency": "waiting for another job to finish first (a --separate clients job waits for its server)",
+    "DependencyNeverSatisfied": "the job it depends on failed: it will never start; cancel and resubmit",
+    "BeginTime": "it was asked to start later (--begin)",
+    "JobHeldUser": "held by its owner: scontrol release <id>",
+    "JobHeldAdmin": "held by an administrator",
+    "PartitionTimeLimit": "its --time is longer than the partition allows: lower --time",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows: lower --nodes",
+    "ReqNodeNotAvail": "a node it needs is down, drained or reserved",
+    "QOSMaxCpuPerUserLimit": "your QOS caps the CPUs you may use at once: wait for your other jobs or use --qos",
+    "QOSMaxJobsPerUserLimit": "your QOS caps how many jobs you may run at once",
+    "AssocGrpCpuLimit": "your account's CPU allocation is in use by your group's other jobs",
+    "AssocMaxJobsLimit": "your account may not run more jobs at once",
+    "Reservation": "waiting for its reservation to start",
+    "None": "just submitted; the scheduler has not looked at it yet",
+}
+"""squeue's reason codes for a PENDING job, in words (`hpcflare job status` and `job list` show them)."""
+
+
+def explain_reason(code: str) -> str:
+    return PENDING_REASONS.get(code.strip("()"), "see `scontrol show job <id>` (Reason=)")

@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="slurm: print the sbatch script, submit nothing")
     parser.add_argument("--export-only", action="store_true", help="write the job directory and print its path")
     parser.add_argument("--n-clients", type=int, default=2)
-    parser.add_argument("--num-rounds", type=int, default=3)
+    parser.add_argument("--min-clients", type=int, default=None, help="default: every client")
+    parser.add_argument("--num-rounds", "--rounds", type=int, default=3)
+    parser.add_argument("--profile", default="auto", help="settings profile (configs/*.yaml); auto: by client count")
     parser.add_argument("--update-type", choices=["full", "diff"], default="full")
     parser.add_argument("--job-root", default="jobs")
     parser.add_argument("--tls", choices=["auto", "on", "off"], default="auto",
@@ -35,8 +37,10 @@ def main() -> None:
     recipe = FedAvgRecipe(
         name="hello-numpy",
         model={"numpy_key": np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)},
-        min_clients=args.n_clients,
+        min_clients=args.min_clients or args.n_clients,
+        n_clients=args.n_clients,
         num_rounds=args.num_rounds,
+        settings_profile=args.profile,
         train_script=HERE / "client.py",
         train_args=f"--update_type {args.update_type}",
         tls=args.tls,
