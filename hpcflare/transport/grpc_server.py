@@ -98,7 +98,7 @@ class GrpcServer:
                    # must not each buffer megabytes of frames the server is not reading yet
                    ("grpc.keepalive_permit_without_calls", 1),
                    ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
-        threads = max(settings.server_threads, children + THREAD_HEADROOM)
+        threads = max(settings.server_threads, children + THREAD_HEADROOM) if children else settings.server_threads
         self._pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-srv")
         self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads * 4)
         handlers = {name: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY_METHODS}
