@@ -63,6 +63,9 @@ class Settings:
     """Model streams served at once; more wait (up to upload_slot_timeout). Bounds transport buffers."""
     spool_tensor_bytes: int = 4 << 20
     """Upload tensors at least this large wait for aggregation in a node-local temp file, not in memory."""
+    max_anonymous_streams: int = 64
+    """Upload streams one peer address may hold open before they say who they are (within auth_timeout);
+    more are refused as busy (clients retry), so idle connections from one host cannot starve the rest."""
     server_threads: int = 64
     """gRPC worker threads on the server (each blocked long-poll holds one)."""
 

@@ -113,6 +113,28 @@ class GrpcServer:
             raise errors.TransportError(f"could not bind gRPC server to {host}:{port}; is the port in use?")
         self.address = f"{host}:{self.port}"
         self.watchdog = StreamWatchdog(settings.stream_idle_timeout, self._stalled)
+        self._anonymous: dict[str, int] = {}  # peer host -> upload streams that sent no frame yet
+        self._anonymous_lock = threading.Lock()
+
+    def _admit_anonymous(self, context: grpc.ServicerContext) -> str:
+        """Count an upload stream that has not identified itself; refuse one peer holding too many."""
+        host = context.peer().rsplit(":", 1)[0]
+        with self._anonymous_lock:
+            if self._anonymous.get(host, 0) >= self.settings.max_anonymous_streams:
+                self.log.warning("streams_refused", f"{host} holds {self.settings.max_anonymous_streams} upload "
+                                 "streams that never sent a header; refusing more (settings.max_anonymous_streams)",
+                                 peer=host)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"busy: too many unidentified streams from {host}")
+            self._anonymous[host] = self._anonymous.get(host, 0) + 1
+        return host
+
+    def _identified(self, host: str) -> None:
+        with self._anonymous_lock:
+            left = self._anonymous.get(host, 1) - 1
+            if left > 0:
+                self._anonymous[host] = left
+            else:
+                self._anonymous.pop(host, None)
 
     def _stalled(self, what: str, idle: float, limit: float) -> None:
         setting = "stream_idle_timeout" if limit == self.settings.stream_idle_timeout else "auth_timeout"
@@ -164,11 +186,17 @@ class GrpcServer:
 
     def _upload(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         key = id(context)
+        host = self._admit_anonymous(context)
+        anonymous = True
         # until its header arrives a stream is anonymous: it gets settings.auth_timeout, not the idle timeout
         self.watchdog.watch(key, f"upload from {context.peer()}", context.cancel, self.settings.auth_timeout)
 
         def frames() -> Iterator[bytes]:
+            nonlocal anonymous
             for frame in request_iterator:
+                if anonymous:
+                    anonymous = False
+                    self._identified(host)
                 self.watchdog.touch(key, self.settings.stream_idle_timeout)
                 yield frame
 
@@ -182,6 +210,8 @@ class GrpcServer:
             self._fail(context, "Upload", exc)
             raise
         finally:
+            if anonymous:
+                self._identified(host)
             self.watchdog.forget(key)
 
     def start(self) -> "GrpcServer":

@@ -51,6 +51,38 @@ def test_an_upload_stream_that_never_speaks_is_dropped_after_auth_timeout(tmp_pa
         server.grpc.stop(0)
 
 
+def test_one_host_cannot_hold_more_than_max_anonymous_streams(tmp_path):
+    (tmp_path / "c.py").write_text("print(1)\n")
+    job = FedAvgRecipe(name="flood", model={"w": np.zeros(4, np.float32)}, min_clients=1, num_rounds=1,
+                       train_script=tmp_path / "c.py",
+                       settings={"auth_timeout": 20, "max_anonymous_streams": 2}).export(tmp_path / "jobs")
+    server = FLServer(job, RankLogger(job.log_dir, "server", "server"))
+    server.grpc.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc.port}")
+    silent = threading.Event()
+
+    def nothing() -> Iterator[bytes]:
+        silent.wait(60)
+        yield from ()
+
+    upload = channel.stream_unary(f"/{SERVICE}/Upload")
+    held = [upload.future(nothing(), timeout=30) for _ in range(2)]
+    try:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            upload(nothing(), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - t0 < 5
+        assert "busy" in info.value.details()  # a real client reads this as ServerBusyError and retries
+        assert any(e["event"] == "streams_refused" for e in events(job.root, "server"))
+    finally:
+        silent.set()
+        for call in held:
+            call.cancel()
+        channel.close()
+        server.grpc.stop(0)
+
+
 class _Blocking(ServerHandler):
     def __init__(self) -> None:
         self.release = threading.Event()
