@@ -145,6 +145,10 @@ def _follow(job_dir: JobDir, job_id: str, slurm: Any) -> None:
             time.sleep(1.0)
 
 
+def _nodes(value: str) -> int | str:
+    return int(value) if value.isdigit() else value  # "2-4" is checked with the rest of the request
+
+
 def _resolve(target: str | None) -> tuple[str, JobDir | None]:
     """A Slurm job id, or a job directory that was submitted with `hpcflare job submit`."""
     from hpcflare.errors import ConfigError
@@ -234,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                    "directory")
     p.add_argument("--env", choices=("local", "sim", "mpi", "slurm"), default="local",
                    help="resume: where the job continues")
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--nodes", type=_nodes, default=1, help="a count, or a range like 2-4 (sbatch route)")
     p.add_argument("--ntasks-per-node", type=int, default=None)
     p.add_argument("--partition", default=None)
     p.add_argument("--time", default="00:30:00")

@@ -99,6 +99,9 @@ class SlurmEnv(Env):
         self.allocation = Allocation(nodes, ntasks_per_node, partition, time,
                                      dict(slurm_additional_parameters or {}), sbatch_options)
         self.allocation.minutes()  # a bad time limit is refused here, not at submission
+        if not self.allocation.fixed_nodes:
+            raise ConfigError(f"nodes={nodes!r}: submitit needs a fixed node count (SlurmEnv); node ranges work "
+                              "with `hpcflare job submit --nodes 2-4`")
         self.rendezvous, self.setup, self.slurm_args = rendezvous, list(setup or []), dict(slurm_args or {})
 
     def executor(self, job_dir: JobDir) -> Any:

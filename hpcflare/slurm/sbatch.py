@@ -13,7 +13,7 @@ from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
 from hpcflare.slurm.commands import SlurmCommands
-from hpcflare.slurm.spec import Allocation, parse_sbatch_arg, time_minutes
+from hpcflare.slurm.spec import Allocation, node_range, parse_sbatch_arg, time_minutes
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "_data"  # slurm/ and launchers/ files, shipped in the wheel too
@@ -25,7 +25,7 @@ PARTS = ("all", "server", "clients")
 @dataclasses.dataclass
 class SbatchSpec:
     job_dir: JobDir
-    nodes: int = 1
+    nodes: int | str = 1  # or a range "2-4": the scheduler picks the count, ranks are spread by --ntasks
     ntasks_per_node: int | None = None  # default: spread 1 + n_clients ranks evenly over the nodes
     partition: str | None = None
     time: str = "00:30:00"
@@ -66,13 +66,17 @@ def render_sbatch(spec: SbatchSpec) -> str:
     if spec.part == "clients" and not spec.server_job_id:
         raise ConfigError("part='clients' needs server_job_id (submit the server part first)")
     time_minutes(spec.time)  # refuses what Slurm would not take
-    if spec.per_node() * spec.nodes < spec.tasks():
+    alloc = spec.allocation()
+    if spec.per_node() * node_range(spec.nodes)[0] < spec.tasks():
         raise ConfigError(f"{spec.nodes} nodes x {spec.per_node()} tasks per node < {spec.tasks()} ranks "
                           f"(server, relays and clients); raise nodes or ntasks_per_node")
+    # a fixed node count spreads ranks evenly; a range leaves the count to Slurm, so ask for the ranks in all
+    tasks_directive = (f"#SBATCH --ntasks-per-node={spec.per_node()}" if alloc.fixed_nodes
+                       else f"#SBATCH --ntasks={spec.tasks()}")
     directives = spec.allocation().directives() + list(spec.extra_directives)
     config = spec.job_dir.load_config()
     values = {
-        "job_name": config.name, "nodes": spec.nodes, "ntasks_per_node": spec.per_node(), "time": spec.time,
+        "job_name": config.name, "nodes": spec.nodes, "tasks_directive": tasks_directive, "time": spec.time,
         "output": shlex.quote(str(spec.job_dir.log_dir / "slurm-%j.out")), "signal_lead_s": spec.signal_lead_s,
         "extra_directives": "\n".join(directives), "python": shlex.quote(spec.python),
         # --label: every line of the shared output file says which rank wrote it ("3: ...")

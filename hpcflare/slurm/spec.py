@@ -42,6 +42,20 @@ _SUBMITIT_NAMES = {"account", "qos", "cpus_per_task", "mem", "mem_per_cpu", "gre
                    "exclusive", "mail_type", "mail_user"}  # what submitit's SlurmExecutor takes as keywords
 
 
+def node_range(value: Any) -> tuple[int, int]:
+    """--nodes as Slurm takes it: N or MIN-MAX (the scheduler picks a count in the range) -> (min, max)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and re.fullmatch(r"\d+(-\d+)?", value):
+        low, _, high_text = value.partition("-")
+        low, high = int(low), int(high_text or low)
+    else:
+        raise ConfigError(f"nodes must be a whole number or a range like 2-4, got {value!r}")
+    if not 1 <= low <= high:
+        raise ConfigError(f"nodes {value!r}: need 1 <= min <= max")
+    return low, high
+
+
 def parse_sbatch_arg(arg: str) -> tuple[str, Any]:
     """``--key=value`` / ``--flag`` (as given to sbatch) -> (key with underscores, value or True)."""
     if not arg.startswith("--") or len(arg) < 3:
@@ -68,16 +82,19 @@ class Allocation:
             raise ConfigError(f"unknown sbatch option(s) {unknown}; by name hpcflare takes {list(NAMED)}, anything "
                               "else goes in slurm_additional_parameters / --sbatch-arg")
         self.options = {k: v for k, v in self.options.items() if v not in (None, False)}
-        if not isinstance(self.nodes, int) or isinstance(self.nodes, bool) or self.nodes < 1:
-            raise ConfigError(f"nodes must be a whole number >= 1, got {self.nodes!r}")
+        node_range(self.nodes)
 
     def cpus_per_rank(self) -> int:
         return int(self.options.get("cpus_per_task", 1))
 
+    @property
+    def fixed_nodes(self) -> bool:
+        low, high = node_range(self.nodes)
+        return low == high
+
     def per_node(self, ranks: int) -> int:
-        if self.nodes < 1:
-            raise ConfigError(f"nodes must be >= 1, got {self.nodes}")
-        return self.ntasks_per_node or math.ceil(ranks / self.nodes)
+        """Ranks per node; with a node range, on the fewest nodes Slurm may give (the worst case)."""
+        return self.ntasks_per_node or math.ceil(ranks / node_range(self.nodes)[0])
 
     def minutes(self) -> int:
         return time_minutes(self.time)
@@ -115,6 +132,6 @@ class Allocation:
             fit = max(1, cpus_per_node // self.cpus_per_rank())
             nodes = -(-ranks // fit)
             raise ConfigError(
-                f"{ranks} ranks on {self.nodes} node(s) = {per_node} per node x {self.cpus_per_rank()} CPU(s) each = "
+                f"{ranks} ranks on {node_range(self.nodes)[0]} node(s) = {per_node} per node x {self.cpus_per_rank()} CPU(s) each = "
                 f"{need} CPUs per node; partition {partition} has {cpus_per_node} CPUs per node: use --nodes {nodes} "
                 f"(at most {fit} ranks per node), fewer clients per allocation, or --overcommit")

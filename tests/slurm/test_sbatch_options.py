@@ -74,3 +74,23 @@ def test_real_partition_is_read_before_submitting(slurm, make_recipe, tmp_path, 
     err = capsys.readouterr().err
     assert "20 ranks on 1 node(s)" in err and "has 8 CPUs per node" in err and "--nodes 3" in err
     assert not (job_dir.root / "slurm_job_id").exists()
+
+
+def test_node_range_asks_for_the_ranks_not_a_per_node_count(make_recipe, tmp_path):
+    job_dir = make_recipe(SLOW, n_clients=3).export(tmp_path / "jobs")
+    text = render_sbatch(SbatchSpec(job_dir, nodes="1-3"))
+    assert "#SBATCH --nodes=1-3" in text and "#SBATCH --ntasks=4" in text and "--ntasks-per-node" not in text
+    with pytest.raises(ConfigError, match="range like 2-4"):
+        render_sbatch(SbatchSpec(job_dir, nodes="two"))
+    with pytest.raises(ConfigError, match="submitit needs a fixed node count"):
+        SlurmEnv(nodes="1-3", job_root=tmp_path / "jobs").dry_run(job_dir)
+
+
+@pytest.mark.slurm
+def test_node_range_job_runs_on_the_real_cluster(slurm, make_recipe, tmp_path):
+    from tests.slurm.test_real_jobs import wait_done
+
+    job_dir = make_recipe(SLOW, n_clients=3, min_clients=3, train_args="0.5").export(tmp_path / "jobs")
+    assert main(["job", "submit", str(job_dir.root), "--nodes", "1-3", "--time", "00:05:00"]) == 0
+    wait_done(SlurmCommands(), (job_dir.root / "slurm_job_id").read_text().strip(), 180)
+    assert job_dir.read_status()["state"] == "completed"
