@@ -63,6 +63,10 @@ class StaleTaskError(UpdateRejectedError):
     """A result or download referred to a task/round that is no longer open; it is discarded, never mixed in."""
 
 
+class SiteEndedError(HpcflareError):
+    """The job goes on without this site (or ended) while its script was inside a round: a normal end."""
+
+
 class JobFailedError(HpcflareError):
     """A job ended in a failed or aborted state; the message carries the server's reason."""
 

@@ -13,6 +13,7 @@ import time
 from typing import Any, Optional
 
 from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsType
+from hpcflare.errors import SiteEndedError, StaleTaskError
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.client_agent import ClientAgent
@@ -83,12 +84,25 @@ def receive(timeout: Optional[float] = None) -> Optional[FLModel]:
     ctx = _ctx()
     if ctx.model is not None:
         return ctx.model
-    if ctx.task is None:
-        ctx.task = ctx.agent.next_task(timeout, ctx.last_task_id)
+    stale = False
+    while True:
         if ctx.task is None:
-            return None
-    ctx.model = _to_flmodel(ctx.agent, ctx.task, ctx.agent.fetch(ctx.task))
-    return ctx.model
+            ctx.task = ctx.agent.next_task(timeout, ctx.last_task_id)
+            if ctx.task is None:
+                if stale:  # the script is inside a round that no longer exists: end it like the job's end
+                    raise SiteEndedError(ctx.agent.end_reason or "the job ended")
+                return None
+        try:
+            params = ctx.agent.fetch(ctx.task)
+        except StaleTaskError as exc:  # the round closed before its model arrived: on to the next task
+            ctx.agent.log.warning("task_stale", f"round {ctx.task.round}: {exc}; waiting for the next task",
+                                  round=ctx.task.round)
+            ctx.agent.tasks.pending = None
+            clear()
+            stale = True
+            continue
+        ctx.model = _to_flmodel(ctx.agent, ctx.task, params)
+        return ctx.model
 
 
 def _to_flmodel(agent: ClientAgent, task: Task, params: dict[str, Any]) -> FLModel:

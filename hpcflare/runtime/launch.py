@@ -121,6 +121,8 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 raise RuntimeError(f"training script exited with status {exc.code}") from None
+        except errors.SiteEndedError as exc:  # raised into the script by the Client API: its part is over
+            log.info("site_ended", f"{site}'s part of the job ended inside a round: {exc}")
         log.info("script_finished", f"{script.name} finished")
         early = _ended_early(agent, script.name)
         if early:

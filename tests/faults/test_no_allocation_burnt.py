@@ -18,6 +18,8 @@ if os.environ.get("HPCFLARE_SITE_NAME") == "site-3" and sys.argv[1] == "late":
     time.sleep(6)  # registers after registration_timeout: the job started without it
 flare.init()
 while flare.is_running():
+    if os.environ.get("HPCFLARE_SITE_NAME") == "site-3" and sys.argv[1] == "dead":
+        time.sleep(2)  # stopped here by the test: the model is fetched only after the round closed without it
     model = flare.receive()
     time.sleep(1.5)
     flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
@@ -39,7 +41,7 @@ def test_late_registrant_is_told_and_exits_0(make_recipe, local_env):
 
 
 def test_site_declared_dead_then_resumed_ends_cleanly(make_recipe, local_env):
-    run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=4, train_args="x").execute(local_env)
+    run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=4, train_args="dead").execute(local_env)
     wait_for_event(run.job_dir.root, "site-3", "task_received")
     pid = run.client_pid("site-3")
     os.kill(pid, signal.SIGSTOP)
@@ -50,3 +52,5 @@ def test_site_declared_dead_then_resumed_ends_cleanly(make_recipe, local_env):
     assert run.exit_codes["site-3"] == 0
     assert "continues without site-3" in _ended_reason(run, "site-3")
     assert time.monotonic() - t0 < 60
+    stale = [e for e in events(run.job_dir.root, "site-3") if e["event"] == "task_stale"]
+    assert stale and "no longer current" in stale[0]["msg"]  # its script was not failed by the closed round
