@@ -8,18 +8,18 @@ every live site gets that time back before anyone is declared dead.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import secrets
 import threading
 import time
 
 from typing import Callable
 
+from hpcflare.enums import NamedEnum
 from hpcflare.errors import UnknownClientError
 
 
 
-class MemberState(str, enum.Enum):
+class MemberState(NamedEnum):
     """Where a site stands in the job. REGISTERED and ACTIVE are live; the rest are final."""
 
     REGISTERED = "registered"
@@ -28,9 +28,6 @@ class MemberState(str, enum.Enum):
     FAILED = "failed"  # said goodbye with an error
     DEAD = "dead"  # silent for longer than settings.heartbeat_timeout
     EXCLUDED = "excluded"  # never registered within settings.registration_timeout
-
-    def __str__(self) -> str:
-        return self.value
 
 
 LIVE = (MemberState.REGISTERED, MemberState.ACTIVE)

@@ -7,21 +7,18 @@ other is hpcflare.runtime.rendezvous; what each role runs is hpcflare.runtime.la
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 
 from hpcflare import errors
+from hpcflare.enums import NamedEnum
 from hpcflare.job import JobConfig
 
 
-class RoleKind(str, enum.Enum):
+class RoleKind(NamedEnum):
     SERVER = "server"
     RELAY = "relay"
     CLIENT = "client"
     IDLE = "idle"  # more ranks than the job has sites: exits at once
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,12 +8,12 @@ mirrors the server's rounds and sends one partial aggregate up per round.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from typing import Any, Iterator
 
 from hpcflare import errors
+from hpcflare.enums import NamedEnum
 from hpcflare.job import JobConfig
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.global_model import GlobalModel
@@ -26,16 +26,13 @@ from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 from hpcflare.transport.api import Peer, ServerHandler
 
 
-class HostPhase(str, enum.Enum):
+class HostPhase(NamedEnum):
     """Where a round host (server, relay, swarm peer) stands; children see it in heartbeat replies."""
 
     REGISTRATION = "registration"
     RUNNING = "running"
     ABORTING = "aborting"
     ENDED = "ended"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class RoundHost(ServerHandler):

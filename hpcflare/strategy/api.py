@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import enum
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from hpcflare.enums import NamedEnum
+
 Params = dict[str, np.ndarray]
 
 
-class _Named(str, enum.Enum):
-    """A string enum: compares equal to its wire value and prints as it."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-
-class UpdateKind(_Named):
+class UpdateKind(NamedEnum):
     """What an upload's tensors are: a whole model, a difference to the round's model, or a relay's weighted
     partial sum over its children (the wire's ``params_type``)."""
 
@@ -28,7 +22,7 @@ class UpdateKind(_Named):
     PARTIAL = "PARTIAL"
 
 
-class TaskKind(_Named):
+class TaskKind(NamedEnum):
     """The task a round hands out: what flare.is_train() / is_evaluate() / is_submit_model() report."""
 
     TRAIN = "train"
