@@ -74,11 +74,10 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                 server = SbatchSpec(job_dir, nodes=1, part="server", **common | {"ntasks_per_node": 1})
                 if args.dry_run:
                     print(render_sbatch(server))
-                    print(render_sbatch(SbatchSpec(job_dir, nodes=args.nodes, part="clients", server_job_id="<SERVER_JOB_ID>", **common)))
+                    print(render_sbatch(_clients_spec(job_dir, args.nodes, "<SERVER_JOB_ID>", common)))
                     return 0
                 server_id = slurm.submit(write_sbatch(server))
-                clients = SbatchSpec(job_dir, nodes=args.nodes, part="clients", server_job_id=server_id, **common)
-                clients_id = slurm.submit(write_sbatch(clients))
+                clients_id = slurm.submit(write_sbatch(_clients_spec(job_dir, args.nodes, server_id, common)))
                 atomic_write_text(job_dir.root / "slurm_job_id", server_id + "\n")
                 atomic_write_text(job_dir.root / "slurm_clients_job_id", clients_id + "\n")
                 print(f"submitted {job_dir.root.name}: server as Slurm job {server_id}, clients as {clients_id}; "
@@ -117,9 +116,11 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                 info.update(job_dir.read_status())
             print(json.dumps(info, indent=2))
         elif args.action == "abort":
-            job_id, _ = _resolve(args.target)
-            slurm.cancel(job_id)
-            print(f"cancelled Slurm job {job_id}")
+            job_id, job_dir = _resolve(args.target)
+            linked = job_dir.root / "slurm_clients_job_id" if job_dir is not None else None
+            for each in [job_id] + ([linked.read_text().strip()] if linked is not None and linked.is_file() else []):
+                slurm.cancel(each)  # --separate: the clients allocation goes with the server's
+                print(f"cancelled Slurm job {each}")
         elif args.action == "list":
             jobs = slurm.list_jobs()
             print(f"{'JOBID':>8} {'STATE':<11} {'TIME':>9} {'NODES':>5}  NAME (REASON)")
@@ -131,6 +132,16 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"hpcflare job {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _clients_spec(job_dir: JobDir, nodes: int | str, server_id: str, common: dict[str, Any]) -> Any:
+    """The clients allocation of a --separate job: it starts only once the server's has started, and Slurm
+    cancels it if the server's job ends without starting (held, failed, cancelled)."""
+    from hpcflare.slurm.sbatch import SbatchSpec
+
+    link = (f"--dependency=after:{server_id}", "--kill-on-invalid-dep=yes")
+    return SbatchSpec(job_dir, nodes=nodes, part="clients", server_job_id=server_id,
+                      **{**common, "sbatch_args": tuple(common.get("sbatch_args", ())) + link})
 
 
 def _follow(job_dir: JobDir, job_id: str, slurm: Any) -> None:

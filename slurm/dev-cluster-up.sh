@@ -71,6 +71,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# scan pending jobs every 2 s (default 60/30 s), so a dependent job (--separate clients) starts promptly
+SchedulerParameters=sched_interval=2,bf_interval=2
 MpiDefault=none
 ReturnToService=2
 SlurmdParameters=config_overrides

@@ -87,6 +87,10 @@ def render_sbatch(spec: SbatchSpec) -> str:
         "rank_args": {"all": f"--role auto --rendezvous {spec.rendezvous}", "server": "--role server --bind 0.0.0.0",
                       "clients": "--role client"}[spec.part],
         "exports": f"export HPCFLARE_SERVER_JOB={spec.server_job_id}\n" if spec.part == "clients" else "",
+        # --separate: a server that fails takes its clients' allocation with it instead of leaving it waiting
+        "on_failure": (f"\nclients={shlex.quote(str(spec.job_dir.root / 'slurm_clients_job_id'))}\n"
+                       f'if [ "$rc" -ne 0 ] && [ -f "$clients" ]; then echo "[hpcflare] server failed: cancelling the '
+                       f'clients job"; scancel "$(cat "$clients")"; fi') if spec.part == "server" else "",
     }
     text = TEMPLATE.read_text()
     for key, value in values.items():

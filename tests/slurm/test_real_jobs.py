@@ -107,3 +107,19 @@ def test_cli_abort_cancels_a_running_job(slurm, make_recipe, tmp_path, capsys):
     assert job_id in capsys.readouterr().out
     assert main(["job", "abort", job_id]) == 0
     assert wait_done(SlurmCommands(), job_id, 60) == "CANCELLED"
+
+
+def test_separate_allocations_are_linked(slurm, make_recipe, tmp_path, capsys):
+    """The clients job waits for the server's to start (--dependency), and a server that fails cancels it."""
+    from hpcflare.cli import main
+
+    job_dir = make_recipe(HELLO, n_clients=2, min_clients=2).export(tmp_path / "jobs")
+    (job_dir.models_dir / "initial_model.safetensors").unlink()  # the server rank fails at start
+    assert main(["job", "submit", str(job_dir.root), "--separate", "--nodes", "1", "--time", "00:05:00"]) == 0
+    server_id = (job_dir.root / "slurm_job_id").read_text().strip()
+    clients_id = (job_dir.root / "slurm_clients_job_id").read_text().strip()
+    script = (job_dir.root / "job-clients.sbatch").read_text()
+    assert f"#SBATCH --dependency=after:{server_id}" in script and "#SBATCH --kill-on-invalid-dep=yes" in script
+    assert wait_done(SlurmCommands(), server_id, 120) in ("FAILED", "COMPLETED")
+    assert wait_done(SlurmCommands(), clients_id, 60) == "CANCELLED"
+    assert "cancelling the clients job" in (job_dir.log_dir / f"slurm-{server_id}.out").read_text()
