@@ -88,8 +88,8 @@ def exit_for(exc: BaseException, user_code: bool = False) -> tuple[ExitCode, str
 
 
 def needs_traceback(code: ExitCode) -> bool:
-    """Codes whose cause is in code, not in the job's setup: the traceback goes to the rank's log."""
-    return code in (ExitCode.TRAIN_SCRIPT_FAILED, ExitCode.INTERNAL_ERROR)
+    """Codes whose traceback helps (a failure in code, a failed write): it goes to the rank's log."""
+    return code in (ExitCode.TRAIN_SCRIPT_FAILED, ExitCode.INTERNAL_ERROR, ExitCode.DISK_FULL)
 
 
 def format_traceback(exc: BaseException) -> str:

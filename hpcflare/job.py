@@ -210,6 +210,7 @@ class JobConfig:
 class JobDir:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
+        self._secret = ""  # read once: the server checks it at every registration
 
     config_path = property(lambda self: self.root / "job.yaml")
     app_dir = property(lambda self: self.root / "app")
@@ -261,7 +262,9 @@ class JobDir:
     def registration_proof(self, site: str) -> str:
         """HMAC(job secret, site): what a rank sends in its Register request (HPCFLARE_JOB_SECRET overrides
         the job dir's file, for sites that do not share the job directory)."""
-        secret = os.environ.get("HPCFLARE_JOB_SECRET") or _read_secret(self.secret_path)
+        if not self._secret:  # not cached while missing: it may still be created
+            self._secret = os.environ.get("HPCFLARE_JOB_SECRET") or _read_secret(self.secret_path)
+        secret = self._secret
         return hmac.new(secret.encode(), f"register:{site}".encode(), hashlib.sha256).hexdigest() if secret else ""
 
     def check_proof(self, site: str, proof: Any) -> None:

@@ -125,7 +125,8 @@ def send(model: FLModel, clear_cache: bool = True) -> None:
     if not isinstance(model.params, dict) or (not model.params and ctx.task.name == "train"):
         raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors")
     ctx.agent.results.send(ctx.task, model.params, (model.params_type or ParamsType.FULL).value, model.meta or {},
-                   model.metrics or {})
+                           model.metrics or {})
+    ctx.agent.tasks.pending = None  # sent (or discarded as late): the site did its part of this task
     if clear_cache:
         clear()
 

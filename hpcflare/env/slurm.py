@@ -112,9 +112,7 @@ class SlurmEnv(Env):
         if per_node * alloc.nodes < ranks:
             raise ConfigError(f"{alloc.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
                               f"+ {len(config.clients)} clients)")
-        found = SlurmCommands().cpus_per_node(alloc.partition)
-        if found is not None:  # explain now what would otherwise sit PENDING for ever
-            alloc.check_capacity(ranks, found[1], found[0])
+        alloc.check_partition(SlurmCommands(), ranks)  # explain now what would otherwise sit PENDING for ever
         executor = submitit.SlurmExecutor(folder=job_dir.root / "slurm", python=sys.executable)
         setup = [f"export {k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items()] + self.setup
         params = alloc.submitit_parameters(ranks)

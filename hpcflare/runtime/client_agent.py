@@ -37,13 +37,13 @@ class ClientAgent:
         self.kit = load_kit(job_dir, self.config, site)
         for problem in self.kit.self_check() if self.kit else []:
             log.warning("certificate_problem", f"{problem}; the server will refuse this site", problem=problem)
-        self.hooks = SiteHooks()
         self.connection = Connection(job_dir, self.config, self.config.load_settings(), site, log, self.kit,
-                                     self.hooks, address, heartbeat_extra)
+                                     SiteHooks(), address, heartbeat_extra)
         self.tasks = TaskFetcher(job_dir, self.connection, log)
-        self.results = ResultSender(job_dir, self.connection, log, on_sent=self._sent)
+        self.results = ResultSender(job_dir, self.connection, log)
 
     # the connection's state, read by the Client API, launchers and relays
+    hooks = property(lambda self: self.connection.hooks)
     settings = property(lambda self: self.connection.settings)
     token = property(lambda self: self.connection.token)
     transport = property(lambda self: self.connection.transport)
@@ -64,14 +64,10 @@ class ClientAgent:
     def on_stuck(self, value: Callable[[str, bool], None] | None) -> None:
         self.connection.on_stuck = value
 
-    def _sent(self, task: Task) -> None:
-        if self.tasks.pending is task:
-            self.tasks.pending = None
-
     def start(self) -> "ClientAgent":
         factory = SITE_HOOKS.get(self.config.strategy)
         if factory is not None and self.site in self.config.clients and type(self.hooks) is SiteHooks:
-            self.hooks = self.connection.hooks = factory(self)  # e.g. this site's swarm peer host
+            self.connection.hooks = factory(self)  # e.g. this site's swarm peer host
         self.connection.start()
         return self
 

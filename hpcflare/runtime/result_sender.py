@@ -30,9 +30,8 @@ def _once(fn: Callable[[], T]) -> T:
 
 
 class ResultSender:
-    def __init__(self, job_dir: JobDir, connection: Connection, log: RankLogger,
-                 on_sent: Callable[[Task], None] = lambda task: None) -> None:
-        self.connection, self.log, self.on_sent = connection, log, on_sent
+    def __init__(self, job_dir: JobDir, connection: Connection, log: RankLogger) -> None:
+        self.connection, self.log = connection, log
         self.staging_root = connection.config.staging_root(job_dir.root)
         self.filters = build_filters(connection.config.filters)
         self.pending_logs: list[dict[str, Any]] = []
@@ -89,13 +88,11 @@ class ResultSender:
         except errors.StaleTaskError as exc:
             self.log.warning("result_late", f"round {task.round}: result discarded, the round had closed: {exc}",
                              round=task.round)
-            self.on_sent(task)
             return
         except errors.UpdateRejectedError as exc:
             self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
             raise
         self.pending_logs.clear()
-        self.on_sent(task)
         via = "staging" if staged else "grpc"
         took = time.monotonic() - t0
         self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "

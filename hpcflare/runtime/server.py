@@ -71,13 +71,14 @@ class FLServer(RoundHost):
             self.job_dir.check_proof(site, request.get("proof"))
         record, old = self._add_member(request)
         site = record.site
+        reply = {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
+                 "framework": self.config.framework}
         if old is not None and old.state == MemberState.EXCLUDED and self.phase != HostPhase.REGISTRATION:
             self.members.exclude(site, "it registered after the job had started without it "
                                  f"(settings.registration_timeout={self.settings.registration_timeout:g}s)")
             self.log.warning("late_registrant", f"{site} registered after the job started without it; it is told "
                              "to end", site=site)
-            return {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
-                    "framework": self.config.framework}
+            return reply
         if old is not None:
             self.log.warning("client_reregistered", f"{site} registered again (was {old.state}); previous instance "
                              "replaced", site=site)
@@ -90,8 +91,7 @@ class FLServer(RoundHost):
         with self._cv:
             self._cv.notify_all()
         extra = self.strategy.on_register(site, request) if kind == "client" else {}
-        return {**extra, "token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
-                "framework": self.config.framework}
+        return {**extra, **reply}
 
     def on_heartbeat(self, site: str, request: dict) -> None:
         if site in self.relays:  # a relay vouches for the children it heard from
@@ -166,7 +166,7 @@ class FLServer(RoundHost):
             return ExitCode.OK
         except Exception as exc:  # noqa: BLE001 - every end is recorded in status.json with its cause
             code, reason = exit_for(exc)
-            if needs_traceback(code) or code == ExitCode.DISK_FULL:
+            if needs_traceback(code):
                 self.log.error("traceback", format_traceback(exc))
             return self._fail(reason, code, state="aborted" if code == ExitCode.ABORTED else "failed")
         finally:

@@ -63,8 +63,8 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
     if config.tls == "auto":
         config.tls = "on" if secure_default else "off"
         atomic_write_text(job_dir.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    if config.tls == "on":
-        root = kits_root(job_dir, config)
+    root = kits_root(job_dir, config)
+    if config.tls == "on" and not root.is_dir():  # every rank comes here: only a missing kit set takes the lock
         try:
             with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):  # server/clients jobs race
                 if not root.exists():
@@ -72,8 +72,8 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
         except Timeout:
             raise ConfigError(f"{job_dir.root / '.kits.lock'} held for {KITS_LOCK_TIMEOUT:g}s by another submission; "
                               "remove it if no submission of this job is running") from None
-        if not root.is_dir():
-            raise ConfigError(f"kits_dir {root} is not a directory")
+    if config.tls == "on" and not root.is_dir():
+        raise ConfigError(f"kits_dir {root} is not a directory")
     return config
 
 

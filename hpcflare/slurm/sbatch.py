@@ -48,9 +48,7 @@ class SbatchSpec:
 
     def check_capacity(self, commands: SlurmCommands) -> None:
         """Refuse, with the arithmetic, an allocation whose ranks cannot fit the partition's nodes."""
-        found = commands.cpus_per_node(self.partition)
-        if found is not None:
-            self.allocation().check_capacity(self.tasks(), found[1], found[0])
+        self.allocation().check_partition(commands, self.tasks())
 
     def per_node(self) -> int:
         return self.allocation().per_node(self.tasks())

@@ -121,6 +121,13 @@ class Allocation:
             params["partition"] = self.partition
         return params
 
+    def check_partition(self, commands: Any, ranks: int) -> None:
+        """check_capacity against the partition as ``commands.cpus_per_node`` (sinfo) reports it; skipped
+        where Slurm cannot be asked."""
+        found = commands.cpus_per_node(self.partition)
+        if found is not None:
+            self.check_capacity(ranks, found[1], found[0])
+
     def check_capacity(self, ranks: int, cpus_per_node: int | None, partition: str) -> None:
         """Explain, before submitting, an allocation whose ranks cannot fit the partition's nodes (the job
         would sit PENDING forever): ranks/node x cpus-per-task against the nodes' CPUs (from sinfo)."""
