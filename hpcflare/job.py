@@ -61,6 +61,21 @@ def check_job_name(name: Any) -> str:
                           "no '..' or '/'): it becomes a directory name")
     return name
 FRAMEWORKS = ("numpy", "pytorch")
+TRACKING_BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
+STOP_OPERATORS = (">=", "<=", "==", ">", "<")
+
+
+def parse_stop_condition(text: Any) -> tuple[str, str, float]:
+    """'accuracy >= 0.9' -> ('accuracy', '>=', 0.9); anything else is a ConfigError showing the form."""
+    match = re.fullmatch(r"\s*([A-Za-z0-9_./-]+)\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+)\s*", text) if isinstance(
+        text, str) else None
+    try:
+        if match:
+            return match.group(1), match.group(2), float(match.group(3))
+    except ValueError:
+        pass
+    raise ConfigError(f"stop condition {text!r} must read '<metric> <op> <number>' with op one of {STOP_OPERATORS}, "
+                      "e.g. 'accuracy >= 0.9'")
 
 
 @dataclasses.dataclass
@@ -93,12 +108,27 @@ class JobConfig:
     filters: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """What leaves a site: [{type: exclude|dp_gaussian|quantize, ...}] in order (see hpcflare.filters)."""
     tracking: list[str] = dataclasses.field(default_factory=lambda: ["csv"])
-    """Where sites' metrics are written per round: 'csv' and/or 'tensorboard' (under tracking/)."""
+    """Where sites' metrics and tracking records go: 'csv', 'tensorboard', 'mlflow', 'wandb' (under tracking/)."""
+    tracking_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Per receiver options, e.g. {mlflow: {tracking_uri: ..., experiment_name: ...}, wandb: {mode: online}}."""
     key_metric: str | None = None
     """Metric for best-model selection (models/best_model.safetensors) and early stopping, e.g. 'accuracy'."""
     key_metric_mode: str = "max"
     early_stop_patience: int = 0
     """End the job after this many rounds without a better key_metric (0 = never)."""
+    stop_condition: str | None = None
+    """End the job once the round's mean metrics satisfy this, e.g. 'accuracy >= 0.9' (NVFlare's stop_cond)."""
+    site_train_args: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Per-site script arguments (NVFlare's per_site_config train_args); other sites use train_args."""
+    launch_once: bool = True
+    """False: the training script runs afresh for every task (one receive/send per run), NVFlare's
+    launch_once=False; the site's connection stays up between runs."""
+    params_transfer_type: str = "FULL"
+    """'DIFF': a FULL result the script sends is turned into its difference to the received model before it
+    leaves the site (NVFlare's params_transfer_type); results the script already marks DIFF go as they are."""
+    nvflare_compat: str = "auto"
+    """'on': ``import nvflare.client`` (and the other NVFlare names client scripts use) resolve to hpcflare in
+    client ranks; 'auto': on unless the real nvflare package is importable there; 'off': never."""
     tls: str = "auto"
     """Mutual TLS on every channel: 'on', 'off', or 'auto' (on for Slurm/MPI, off for local/sim runs)."""
     kits_dir: str = "kits"
@@ -158,8 +188,23 @@ class JobConfig:
         if not isinstance(self.staging, bool):
             raise ConfigError(f"staging must be true or false, got {self.staging!r}")
         build_filters(self.filters)
-        if not isinstance(self.tracking, list) or set(self.tracking) - {"csv", "tensorboard"}:
-            raise ConfigError(f"tracking must be a list of 'csv'/'tensorboard', got {self.tracking!r}")
+        if not isinstance(self.tracking, list) or set(self.tracking) - set(TRACKING_BACKENDS):
+            raise ConfigError(f"tracking must be a list of {TRACKING_BACKENDS}, got {self.tracking!r}")
+        if not isinstance(self.tracking_config, dict) or set(self.tracking_config) - set(TRACKING_BACKENDS) or not all(
+                isinstance(v, dict) for v in self.tracking_config.values()):
+            raise ConfigError(f"tracking_config must map a receiver to its options, got {self.tracking_config!r}")
+        if self.stop_condition is not None:
+            parse_stop_condition(self.stop_condition)
+        if not isinstance(self.site_train_args, dict) or set(self.site_train_args) - set(self.clients) or not all(
+                isinstance(a, list) and all(isinstance(x, str) for x in a) for a in self.site_train_args.values()):
+            raise ConfigError("site_train_args must map sites of this job to lists of strings, got "
+                              f"{self.site_train_args!r}")
+        if not isinstance(self.launch_once, bool):
+            raise ConfigError(f"launch_once must be true or false, got {self.launch_once!r}")
+        if self.params_transfer_type not in ("FULL", "DIFF"):
+            raise ConfigError(f"params_transfer_type must be 'FULL' or 'DIFF', got {self.params_transfer_type!r}")
+        if self.nvflare_compat not in ("auto", "on", "off"):
+            raise ConfigError(f"nvflare_compat must be 'auto', 'on' or 'off', got {self.nvflare_compat!r}")
         if self.key_metric_mode not in ("max", "min"):
             raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {self.key_metric_mode!r}")
         if not isinstance(self.early_stop_patience, int) or self.early_stop_patience < 0:

@@ -68,6 +68,11 @@ class Settings:
     more are refused as busy (clients retry), so idle connections from one host cannot starve the rest."""
     server_threads: int = 64
     """gRPC worker threads on the server (each blocked long-poll holds one)."""
+    tracking_max_records_per_round: int = 100_000
+    """Tracking records (flare.log, SummaryWriter, MLflowWriter, ...) one site sends per round; beyond it the
+    site drops records and logs one warning per round. Generous: 1,000 scalars per step x 100 steps fit."""
+    tracking_flush_interval: float = 5.0
+    """A site sends its buffered tracking records at least this often (and always before its result)."""
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:

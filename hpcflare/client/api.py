@@ -1,7 +1,11 @@
 """The Client API, call-compatible with NVFlare's ``nvflare.client``: change the import line, keep the script.
 
 State is per thread when a runtime bound an agent to the thread (SimEnv runs several sites in one
-process), else per process.
+process), else per process. ``flare.init()`` returns that state as an :class:`APIContext`; every function
+also takes it as ``ctx=`` (NVFlare 2.7 style), and ``with flare.init() as ctx:`` shuts down at the end.
+
+Rounds: ``FLModel.current_round`` counts from 0 like NVFlare's (the first round is 0); hpcflare's own logs,
+status and tracking files count from 1 ("round 1/3" is ``current_round == 0``).
 """
 
 from __future__ import annotations
@@ -19,25 +23,41 @@ from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.client_agent import ClientAgent
 from hpcflare.transport.api import Task
 
+INITIAL_METRICS = FLMetaKey.INITIAL_METRICS
+"""Task meta key under which the server sends the previous round's aggregated metrics."""
 
-class _Context:
+
+class APIContext:
+    """One site's Client API state: what ``flare.init()`` returns and every function accepts as ``ctx=``."""
+
     def __init__(self, agent: ClientAgent, owned: bool) -> None:
         self.agent = agent
         self.owned = owned  # True when init() created the agent itself (no launcher around us)
         self.initialized = False
+        self.closed = False
         self.task: Optional[Task] = None
         self.model: Optional[FLModel] = None
         self.last_task_id: Optional[str] = None
+        self.task_name: Optional[str] = None  # kept after send(), like NVFlare's
+        self.cached_metrics: Any = None  # @flare.evaluate's result, attached by @flare.train
+        self.rank: Optional[str] = None
+        self.round: Optional[int] = None  # the last task's round (1-based), stamped on tracking records
+
+    def __enter__(self) -> "APIContext":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutdown(ctx=self)
 
 
 _local = threading.local()
-_process: Optional[_Context] = None
+_process: Optional[APIContext] = None
 
 
 def bind(agent: ClientAgent, per_thread: bool) -> None:
     """Called by a launcher before it runs the training script."""
     global _process
-    ctx = _Context(agent, owned=False)
+    ctx = APIContext(agent, owned=False)
     if per_thread:
         _local.ctx = ctx
     else:
@@ -52,17 +72,25 @@ def unbind() -> None:
         _process = None
 
 
-def _ctx() -> _Context:
-    ctx = getattr(_local, "ctx", None) or _process
+def current() -> Optional[APIContext]:
+    """The context bound to this thread (SimEnv) or process, or None."""
+    return getattr(_local, "ctx", None) or _process
+
+
+def _ctx(ctx: Optional[APIContext] = None) -> APIContext:
+    ctx = ctx or current()
     if ctx is None or not ctx.initialized:
         raise RuntimeError("hpcflare.client: call flare.init() first")
+    if ctx.closed:
+        raise RuntimeError("hpcflare.client: the Client API was shut down (flare.shutdown())")
     return ctx
 
 
-def init(rank: Optional[str] = None, config_file: Optional[str] = None) -> None:
-    """Connect this process to its job. Under a launcher this only marks the API ready."""
+def init(rank: Optional[str] = None, config_file: Optional[str] = None) -> APIContext:
+    """Connect this process to its job; returns the context. Under a launcher this only marks the API ready.
+    Calling it again (a script run once per round, or a Lightning callback) returns the same context."""
     global _process
-    ctx = getattr(_local, "ctx", None) or _process
+    ctx = current()
     if ctx is None:
         job_dir = config_file and os.path.dirname(os.path.abspath(config_file)) or os.environ.get("HPCFLARE_JOB_DIR")
         site = os.environ.get("HPCFLARE_SITE_NAME")
@@ -72,16 +100,17 @@ def init(rank: Optional[str] = None, config_file: Optional[str] = None) -> None:
                                "recipe.execute(LocalEnv()) or `hpcflare run`")
         jd = JobDir(job_dir)
         agent = ClientAgent(jd, site, RankLogger(jd.log_dir, site, "client"), os.environ.get("HPCFLARE_SERVER")).start()
-        ctx = _process = _Context(agent, owned=True)
+        ctx = _process = APIContext(agent, owned=True)
         atexit.register(agent.close)
     if not ctx.agent.started:  # registering here makes script start-up part of the startup grace
         ctx.agent.start()
-    ctx.initialized = True
+    ctx.initialized, ctx.closed, ctx.rank = True, False, rank
+    return ctx
 
 
-def receive(timeout: Optional[float] = None) -> Optional[FLModel]:
+def receive(timeout: Optional[float] = None, ctx: Optional[APIContext] = None) -> Optional[FLModel]:
     """The current task's model; blocks for the next task if none is pending. None once the job has ended."""
-    ctx = _ctx()
+    ctx = _ctx(ctx)
     if ctx.model is not None:
         return ctx.model
     stale = False
@@ -92,13 +121,14 @@ def receive(timeout: Optional[float] = None) -> Optional[FLModel]:
                 if stale:  # the script is inside a round that no longer exists: end it like the job's end
                     raise SiteEndedError(ctx.agent.end_reason or "the job ended")
                 return None
+        ctx.task_name, ctx.round = ctx.task.name, ctx.task.round
         try:
             params = ctx.agent.fetch(ctx.task)
         except StaleTaskError as exc:  # the round closed before its model arrived: on to the next task
             ctx.agent.log.warning("task_stale", f"round {ctx.task.round}: {exc}; waiting for the next task",
                                   round=ctx.task.round)
             ctx.agent.tasks.pending = None
-            clear()
+            clear(ctx)
             stale = True
             continue
         ctx.model = _to_flmodel(ctx.agent, ctx.task, params)
@@ -106,93 +136,121 @@ def receive(timeout: Optional[float] = None) -> Optional[FLModel]:
 
 
 def _to_flmodel(agent: ClientAgent, task: Task, params: dict[str, Any]) -> FLModel:
+    current_round = task.round - 1  # NVFlare counts rounds from 0
     meta = {**task.meta, FLMetaKey.JOB_ID: agent.config.job_id, FLMetaKey.SITE_NAME: agent.site,
-            FLMetaKey.CURRENT_ROUND: task.round, FLMetaKey.TOTAL_ROUNDS: task.total_rounds}
-    return FLModel(params_type=ParamsType.FULL, params=params, current_round=task.round,
-                   total_rounds=task.total_rounds, meta=meta)
+            FLMetaKey.CURRENT_ROUND: current_round, FLMetaKey.TOTAL_ROUNDS: task.total_rounds}
+    previous = task.meta.get(INITIAL_METRICS)
+    return FLModel(params_type=ParamsType.FULL, params=params, current_round=current_round,
+                   total_rounds=task.total_rounds, meta=meta,
+                   metrics=dict(previous) if isinstance(previous, dict) and previous else None)
 
 
-def send(model: FLModel, clear_cache: bool = True) -> None:
+def send(model: FLModel, clear_cache: bool = True, ctx: Optional[APIContext] = None) -> None:
     """Send this site's result for the current task."""
     if not isinstance(model, FLModel):
         raise TypeError(f"flare.send() expects an FLModel, got {type(model).__name__}; "
                         "wrap the params: flare.send(flare.FLModel(params=...))")
-    ctx = _ctx()
+    ctx = _ctx(ctx)
     if ctx.task is None:
         raise RuntimeError("flare.send() called without a task: call flare.receive() first")
-    if model.params is None and ctx.task.name != "train":
-        model.params = {}  # an evaluation result: metrics only
-    if not isinstance(model.params, dict) or (not model.params and ctx.task.name == "train"):
-        raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors")
-    ctx.agent.results.send(ctx.task, model.params, (model.params_type or ParamsType.FULL).value, model.meta or {},
+    if model.metrics is not None and not isinstance(model.metrics, dict):
+        raise TypeError(f"FLModel.metrics must be a dict, got {type(model.metrics).__name__}")
+    params = model.params
+    if params is None and ctx.task.name != "train":
+        params = {}  # metrics only: an evaluation result, accepted for every task but training (as in NVFlare)
+    if not isinstance(params, dict) or (not params and ctx.task.name == "train"):
+        raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors (a training "
+                         "task needs the trained weights; metrics alone answer only validate tasks)")
+    ctx.agent.results.send(ctx.task, params, (model.params_type or ParamsType.FULL).value, model.meta or {},
                            model.metrics or {})
     ctx.agent.tasks.pending = None  # sent (or discarded as late): the site did its part of this task
     if clear_cache:
-        clear()
+        clear(ctx)
 
 
-def clear() -> None:
-    """Forget the cached task/model so the next receive() fetches a new task."""
-    ctx = _ctx()
+def clear(ctx: Optional[APIContext] = None) -> None:
+    """Forget the cached task/model so the next receive() fetches a new task (the task name stays)."""
+    ctx = _ctx(ctx)
     if ctx.task is not None:
         ctx.last_task_id = ctx.task.task_id
     ctx.task, ctx.model = None, None
 
 
-def is_running() -> bool:
+def is_running(ctx: Optional[APIContext] = None) -> bool:
     """True while the job has work for this site (waits for the next task if needed)."""
-    ctx = _ctx()
+    ctx = ctx or current()
+    if ctx is not None and ctx.closed:
+        return False
+    ctx = _ctx(ctx)
     if ctx.task is not None:
         return True
     if ctx.agent.ended:
         return False
     ctx.task = ctx.agent.next_task(None, ctx.last_task_id)
+    if ctx.task is not None:
+        ctx.task_name, ctx.round = ctx.task.name, ctx.task.round
     return ctx.task is not None
 
 
-def system_info() -> dict[str, Any]:
-    ctx = _ctx()
+def shutdown(ctx: Optional[APIContext] = None) -> None:
+    """End this script's use of the Client API (NVFlare's ``flare.shutdown()``); tracking records are flushed."""
+    ctx = ctx or current()
+    if ctx is None or ctx.closed:
+        return
+    ctx.agent.tracks.flush()
+    ctx.closed = True
+    if ctx.owned:
+        ctx.agent.close()
+
+
+def system_info(ctx: Optional[APIContext] = None) -> dict[str, Any]:
+    ctx = _ctx(ctx)
     return {"job_id": ctx.agent.config.job_id, "site_name": ctx.agent.site}
 
 
-def get_config() -> dict[str, Any]:
-    ctx = _ctx()
+def get_config(ctx: Optional[APIContext] = None) -> dict[str, Any]:
+    """The job's view for this site, plus NVFlare's ClientConfig sections (TASK_EXCHANGE, SITE_NAME, JOB_ID)."""
+    ctx = _ctx(ctx)
     cfg = ctx.agent.config
     return {"job_id": cfg.job_id, "job_name": cfg.name, "site_name": ctx.agent.site, "num_rounds": cfg.num_rounds,
             "framework": cfg.framework, "train_args": list(cfg.train_args),
-            "task_meta": dict(ctx.task.meta) if ctx.task else {}}
+            "task_meta": dict(ctx.task.meta) if ctx.task else {},
+            "SITE_NAME": ctx.agent.site, "JOB_ID": cfg.job_id,
+            "TASK_EXCHANGE": {"train_with_eval": True, "exchange_format": cfg.framework,
+                              "transfer_type": cfg.params_transfer_type, "train_task_name": "train",
+                              "eval_task_name": "validate", "submit_model_task_name": "submit_model"}}
 
 
-def get_job_id() -> str:
-    return _ctx().agent.config.job_id
+def get_job_id(ctx: Optional[APIContext] = None) -> str:
+    return _ctx(ctx).agent.config.job_id
 
 
-def get_site_name() -> str:
-    return _ctx().agent.site
+def get_site_name(ctx: Optional[APIContext] = None) -> str:
+    return _ctx(ctx).agent.site
 
 
-def get_task_name() -> Optional[str]:
-    ctx = _ctx()
-    return ctx.task.name if ctx.task else None
+def get_task_name(ctx: Optional[APIContext] = None) -> Optional[str]:
+    """The current (or last) task's name: 'train', 'validate', 'submit_model'; it keeps its value after send()."""
+    return _ctx(ctx).task_name
 
 
-def is_train() -> bool:
-    return get_task_name() == "train"
+def is_train(ctx: Optional[APIContext] = None) -> bool:
+    return get_task_name(ctx) == "train"
 
 
-def is_evaluate() -> bool:
-    return get_task_name() == "validate"
+def is_evaluate(ctx: Optional[APIContext] = None) -> bool:
+    return get_task_name(ctx) == "validate"
 
 
-def is_submit_model() -> bool:
-    return get_task_name() == "submit_model"
+def is_submit_model(ctx: Optional[APIContext] = None) -> bool:
+    return get_task_name(ctx) == "submit_model"
 
 
-def log(key: str, value: Any, data_type: AnalyticsDataType | str = AnalyticsDataType.SCALAR, **kwargs: Any) -> None:
-    """Record a metric; it is written to the site's log and travels to the server with the next result."""
-    ctx = _ctx()
+def log(key: str, value: Any, data_type: AnalyticsDataType | str = AnalyticsDataType.SCALAR,
+        ctx: Optional[APIContext] = None, **kwargs: Any) -> bool:
+    """Record a tracking value (NVFlare's ``flare.log``); it reaches the server's tracking outputs with this
+    site's name, the round and ``global_step``. The tracking writers in :mod:`hpcflare.client.tracking` call this."""
+    ctx = _ctx(ctx)
     dtype = data_type.value if isinstance(data_type, AnalyticsDataType) else str(data_type)
-    record = {"key": str(key), "value": value, "data_type": dtype, "t": time.time(),
-              **{k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}}
-    ctx.agent.pending_logs.append(record)
-    ctx.agent.log.info("metric", f"metric {key}={value}", **record)
+    record = {**kwargs, "key": str(key), "value": value, "data_type": dtype, "t": time.time(), "round": ctx.round}
+    return ctx.agent.tracks.add(record)

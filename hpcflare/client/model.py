@@ -1,4 +1,8 @@
-"""FLModel and friends, call-compatible with NVFlare's ``nvflare.app_common.abstract.fl_model``."""
+"""FLModel and friends, call-compatible with NVFlare's ``nvflare.app_common.abstract.fl_model``.
+
+Validation follows NVFlare: a non-dict ``metrics``/``meta`` or a non-int round is a TypeError, a negative
+round a ValueError, FULL/DIFF without params a ValueError; ``summary()`` has NVFlare's keys.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ class ParamsType(str, enum.Enum):
 
 
 class FLMetaKey:
+    """Keys of ``FLModel.meta`` (NVFlare's ``nvflare.apis.fl_constant.FLMetaKey``)."""
+
     NUM_STEPS_CURRENT_ROUND = "NUM_STEPS_CURRENT_ROUND"
-    PROCESS_RC_FILE = "PROCESS_RC_FILE"
-    SUBMIT_MODEL_NAME = "submit_model_name"
+    PROCESSED_ALGORITHM = "PROCESSED_ALGORITHM"
+    PROCESSED_KEYS = "PROCESSED_KEYS"
     INITIAL_METRICS = "initial_metrics"
     FILTER_HISTORY = "filter_history"
     CONFIGS = "configs"
@@ -24,12 +30,16 @@ class FLMetaKey:
     TOTAL_ROUNDS = "total_rounds"
     JOB_ID = "job_id"
     SITE_NAME = "site_name"
+    PROCESS_RC_FILE = "_process_rc.txt"
+    SUBMIT_MODEL_NAME = "submit_model_name"
 
 
 MetaKey = FLMetaKey
 
 
 class AnalyticsDataType(str, enum.Enum):
+    """What a tracking record holds (NVFlare's ``nvflare.apis.analytix.AnalyticsDataType``)."""
+
     SCALARS = "SCALARS"
     SCALAR = "SCALAR"
     IMAGE = "IMAGE"
@@ -39,6 +49,18 @@ class AnalyticsDataType(str, enum.Enum):
     METRICS = "METRICS"
     PARAMETER = "PARAMETER"
     PARAMETERS = "PARAMETERS"
+    TAG = "TAG"
+    TAGS = "TAGS"
+    INIT_DATA = "INIT_DATA"
+
+
+def _check_round(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 class FLModel:
@@ -56,6 +78,13 @@ class FLModel:
         FLModel.validate_params_type(params, params_type)
         if params is not None and params_type is None:
             params_type = ParamsType.FULL
+        if metrics is not None and not isinstance(metrics, dict):
+            raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        for name, value in (("start_round", start_round), ("current_round", current_round),
+                            ("total_rounds", total_rounds)):
+            _check_round(name, value)
         self.params_type = params_type
         self.params = params
         self.optimizer_params = optimizer_params
@@ -71,10 +100,22 @@ class FLModel:
             raise ValueError(f"params must be provided when params_type is {params_type.value}")
 
     def summary(self) -> dict[str, Any]:
-        return {"params_type": self.params_type.value if self.params_type else None,
-                "num_params": len(self.params) if self.params is not None else 0,
-                "metrics": self.metrics, "current_round": self.current_round, "total_rounds": self.total_rounds,
-                "meta": self.meta}
+        """NVFlare's summary: set fields only; dicts as their length, ints as themselves, others as their type."""
+        out: dict[str, Any] = {}
+        for key in ("params", "optimizer_params", "metrics", "meta", "params_type", "start_round", "current_round",
+                    "total_rounds"):
+            value = getattr(self, key)
+            if not value:
+                continue
+            if isinstance(value, dict):
+                out[key] = len(value)
+            elif isinstance(value, (ParamsType, int)):
+                out[key] = value
+            else:
+                out[key] = type(value)
+        return out
 
     def __repr__(self) -> str:
-        return f"FLModel({self.summary()})"
+        return str(self.summary())
+
+    __str__ = __repr__

@@ -16,7 +16,8 @@ from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir
 from hpcflare.security.jobs import prepare_job
-from hpcflare.runtime.launch import run_client, run_server, script_path
+from hpcflare.runtime.launch import run_client, run_server
+from hpcflare.runtime.script_runner import script_path
 
 
 class SimRun(Run):

@@ -21,6 +21,7 @@ from hpcflare.runtime.result_sender import ResultSender
 from hpcflare.runtime.site_hooks import SiteHooks
 from hpcflare.runtime.swarm import SwarmSide
 from hpcflare.runtime.tasks import TaskFetcher
+from hpcflare.runtime.track_records import TrackBuffer
 from hpcflare.security.jobs import load_kit
 from hpcflare.settings import Settings
 from hpcflare.transport.api import Task
@@ -40,7 +41,8 @@ class ClientAgent:
         self.connection = Connection(job_dir, self.config, self.config.load_settings(), site, log, self.kit,
                                      SiteHooks(), address, heartbeat_extra)
         self.tasks = TaskFetcher(job_dir, self.connection, log)
-        self.results = ResultSender(job_dir, self.connection, log)
+        self.tracks = TrackBuffer(self.connection, log)
+        self.results = ResultSender(job_dir, self.connection, log, self.tracks)
 
     # the connection's state, read by the Client API, launchers and relays
     hooks = property(lambda self: self.connection.hooks)
@@ -50,7 +52,6 @@ class ClientAgent:
     started = property(lambda self: self.connection.started)
     ended = property(lambda self: self.tasks.ended)
     end_reason = property(lambda self: self.tasks.end_reason)
-    pending_logs = property(lambda self: self.results.pending_logs)
 
     @settings.setter
     def settings(self, value: Settings) -> None:
@@ -83,5 +84,6 @@ class ClientAgent:
         return params
 
     def close(self, status: str = "done", reason: str = "") -> None:
+        self.tracks.flush()
         self.hooks.close()
         self.connection.close(status, reason)

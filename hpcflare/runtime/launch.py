@@ -8,30 +8,23 @@ become exit codes.
 from __future__ import annotations
 
 import argparse
-import os
-import runpy
 import signal
 import sys
 import threading
-import traceback
-from pathlib import Path
-from typing import Callable
 
 from filelock import Timeout
 
 from hpcflare import errors
-from hpcflare.client import api as client_api
-from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
+from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.client_agent import ClientAgent
 from hpcflare.runtime.ranks import RankInfo, RoleKind, detect_rank, role_for_rank
 from hpcflare.runtime.relay import Relay
 from hpcflare.runtime.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
+from hpcflare.runtime.script_runner import run_client
 from hpcflare.runtime.server import FLServer
 from hpcflare.security import tls
 from hpcflare.security.jobs import prepare_job
-from hpcflare.security.policy import check_script
 from hpcflare.security.tls import handshake_tap
 
 
@@ -83,109 +76,6 @@ def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: st
         if tap is not None:
             tap.close()
         log.close()
-
-
-def script_path(job_dir: JobDir, script: str) -> Path:
-    """The training script, confined to the job's app/ directory (no path traversal, no symlink out of it)."""
-    app = job_dir.app_dir
-    if app.is_symlink() or job_dir.root.resolve() not in app.resolve().parents:
-        raise errors.ConfigError(f"{app} is a symlink out of the job directory; a job's app/ must be a real folder")
-    path = (job_dir.root / script).resolve()
-    if app.resolve() not in path.parents:
-        raise errors.ConfigError(f"train_script {script!r} must live under {job_dir.app_dir}")
-    if not path.is_file():
-        raise errors.ConfigError(f"train_script {path} not found")
-    return path
-
-
-def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: str | None = None) -> ExitCode:
-    """Register the site, run the training script against the Client API, report how it ended."""
-    log = RankLogger(job_dir.log_dir, site, "client")
-    agent: ClientAgent | None = None
-    code, status, reason = ExitCode.OK, "done", ""
-    try:
-        agent = ClientAgent(job_dir, site, log, address)
-        script = script_path(job_dir, agent.config.train_script)
-        check_script(agent.kit, script)
-        client_api.bind(agent, per_thread)  # the script's flare.init() registers the site
-        if not per_thread:  # process-global state is ours to set
-            agent.on_stuck = _stop_stuck_process(agent, log)
-            site_dir = job_dir.site_dir(site)
-            site_dir.mkdir(parents=True, exist_ok=True)
-            os.chdir(site_dir)
-            sys.argv = [str(script), *agent.config.train_args]
-            sys.path.insert(0, str(script.parent))
-        log.info("script_started", f"running {script.name} {' '.join(agent.config.train_args)}".strip())
-        try:
-            runpy.run_path(str(script), run_name="__main__")
-        except SystemExit as exc:
-            if exc.code not in (None, 0):
-                raise RuntimeError(f"training script exited with status {exc.code}") from None
-        except errors.SiteEndedError as exc:  # raised into the script by the Client API: its part is over
-            log.info("site_ended", f"{site}'s part of the job ended inside a round: {exc}")
-        log.info("script_finished", f"{script.name} finished")
-        early = _ended_early(agent, script.name)
-        if early:
-            code, status, reason = ExitCode.TRAIN_SCRIPT_FAILED, "failed", early
-    except Exception as exc:  # noqa: BLE001 - anything the user's script raises ends here
-        code, reason = exit_for(exc, user_code=True)
-        status = "failed"
-        if code == ExitCode.TRAIN_SCRIPT_FAILED:
-            reason += _where(exc, job_dir.app_dir)
-        if needs_traceback(code):
-            log.error("traceback", format_traceback(exc))
-    finally:
-        if code != ExitCode.OK:
-            log.error("client_failed", f"{site} exits with {code.name} ({int(code)}): {reason}", exit_code=int(code),
-                      reason=reason)
-        if agent is not None and not agent.started and code not in (ExitCode.OK, ExitCode.CONFIG_ERROR,
-                                                                       ExitCode.CERTIFICATE_ERROR):
-            _report_early_failure(agent, reason, log)
-        if agent is not None:
-            agent.close(status, reason)
-        client_api.unbind()
-        log.close()
-    return code
-
-
-def _ended_early(agent: ClientAgent, script: str) -> str:
-    """Why a script that returned normally still failed its site ('' when it did its part)."""
-    if not agent.started:
-        return f"{script} returned without calling flare.init(): the site never joined the job"
-    if not agent.ended and agent.tasks.pending is not None:
-        return (f"{script} returned while the job was still running, without sending its result for round "
-                f"{agent.tasks.pending.round} (call flare.send() for every task, until flare.is_running() is False)")
-    return ""
-
-
-def _where(exc: BaseException, app_dir: Path) -> str:
-    """' (at client.py:12)': the innermost frame of the exception inside the job's training code."""
-    app = str(app_dir.resolve())
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(app)]
-    return f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-
-
-def _stop_stuck_process(agent: ClientAgent, log: RankLogger) -> Callable[[str, bool], None]:
-    def stop(reason: str, server_lost: bool) -> None:
-        code = ExitCode.SERVER_LOST if server_lost else ExitCode.ABORTED
-        log.error("script_stopped", f"{agent.site} stopped with {code.name} ({int(code)}): {reason}",
-                  exit_code=int(code), reason=reason)
-        if not server_lost:
-            agent.close("failed", reason)
-        log.close()
-        os._exit(int(code))
-    return stop
-
-
-def _report_early_failure(agent: ClientAgent, reason: str, log: RankLogger) -> None:
-    """The script died before flare.init(): register just to tell the server why, so it stops waiting."""
-    try:
-        agent.settings = agent.settings.replace(server_lost_timeout=min(agent.settings.server_lost_timeout, 5.0),
-                                                task_poll_timeout=min(agent.settings.task_poll_timeout, 4.0),
-                                                rendezvous_timeout=min(agent.settings.rendezvous_timeout, 5.0))
-        agent.start()
-    except errors.HpcflareError as exc:
-        log.warning("report_failed", f"could not report the failure to the server: {exc}")
 
 
 def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCode:

@@ -78,11 +78,18 @@ class Relay(RoundHost):
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         try:  # the server learns of a child's end from its relay
-            transport, _ = self.upstream.connection.credentials()
-            transport.call("Goodbye", {"site": site, "token": self.members.get(site).token,  # type: ignore[union-attr]
-                                       "status": status, "reason": reason}, self.settings.rpc_timeout)
+            self._forward("Goodbye", site, {"status": status, "reason": reason})
         except errors.HpcflareError as exc:
             self.log.warning("goodbye_forward_failed", f"could not forward {site}'s goodbye: {exc}", site=site)
+
+    def on_track(self, site: str, records: list) -> None:
+        self._forward("Track", site, {"records": records})  # a failure reaches the child, which logs it
+
+    def _forward(self, method: str, site: str, request: dict) -> dict:
+        """A unary call to the server in a child's name (its token; the relay's certificate may act for it)."""
+        transport, _ = self.upstream.connection.credentials()
+        return transport.call(method, {**request, "site": site, "token": self.members.get(site).token},  # type: ignore[union-attr]
+                              self.settings.rpc_timeout)
 
     def run(self) -> ExitCode:
         self.grpc.start()
@@ -124,7 +131,7 @@ class Relay(RoundHost):
             blobs[spec.name] = blob
         model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs)
         self.staged = task.staged  # children that see the staging dir map the server's copy directly
-        rnd = self.open_round(task.round, model, task.task_id, publish=False, plan=RoundPlan(task.name))
+        rnd = self.open_round(task.round, model, task.task_id, publish=False, plan=RoundPlan(task.name, meta=task.meta))
         self.log.info("relay_round", f"round {task.round}: model cached ({model.nbytes / 1e6:.2f} MB), serving "
                       f"{len(self.members.live())} children", round=task.round)
         deadline = received + RELAY_ROUND_FRACTION * self.settings.round_timeout
@@ -145,7 +152,8 @@ class Relay(RoundHost):
         try:
             transport, token = self.upstream.connection.credentials()
             header = upload_header(self.name, token, task.task_id, task.round, UpdateKind.PARTIAL,
-                                   partial={"sites": {s: {"metrics": m} for s, m in rnd.accepted.items()},
+                                   partial={"sites": {s: {"metrics": m, "weight": rnd.weights.get(s, 1.0)}
+                                                      for s, m in rnd.accepted.items()},
                                             "rejected": rejected, "weights": weights})
             transport.upload(header, list(sums.items()))
             self.log.info("partial_sent", f"round {task.round}: partial aggregate over {len(rnd.accepted)} "

@@ -14,6 +14,7 @@ from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime import staging
 from hpcflare.runtime.connection import Connection
+from hpcflare.runtime.track_records import TrackBuffer
 from hpcflare.transport.api import Task, upload_header
 
 T = TypeVar("T")
@@ -30,18 +31,25 @@ def _once(fn: Callable[[], T]) -> T:
 
 
 class ResultSender:
-    def __init__(self, job_dir: JobDir, connection: Connection, log: RankLogger) -> None:
-        self.connection, self.log = connection, log
+    def __init__(self, job_dir: JobDir, connection: Connection, log: RankLogger, tracks: TrackBuffer) -> None:
+        self.connection, self.log, self.tracks = connection, log, tracks
         self.staging_root = connection.config.staging_root(job_dir.root)
         self.filters = build_filters(connection.config.filters)
-        self.pending_logs: list[dict[str, Any]] = []
-        """flare.log() records since the last result; they travel with the next one."""
         self._global_copy: dict[str, Any] | None = None  # the round's model as received, for DP filters
 
     def received(self, params: dict[str, Any]) -> None:
         """The round's model as fetched: filters that work on the update (DP) need a copy of it."""
-        if any(f.needs_global for f in self.filters):
+        if any(f.needs_global for f in self.filters) or self.connection.config.params_transfer_type == "DIFF":
             self._global_copy = {k: np.array(to_numpy(v), copy=True) for k, v in params.items()}
+
+    def _as_diff(self, params: dict[str, Any]) -> dict[str, Any]:
+        """params_transfer_type DIFF: what the script trained, minus the model it received."""
+        base = self._global_copy or {}
+        out = {}
+        for name, value in params.items():
+            array = to_numpy(value)
+            out[name] = np.subtract(array, base[name], dtype=array.dtype) if name in base else array
+        return out
 
     def _stage(self, task: Task, params: dict[str, Any]) -> dict[str, Any] | None:
         """Leave the result on the shared filesystem; None (stream it instead) if this node cannot write there."""
@@ -57,8 +65,10 @@ class ResultSender:
     def send(self, task: Task, params: dict[str, Any], params_type: str, meta: dict[str, Any],
              metrics: dict[str, Any]) -> None:
         conn = self.connection
-        header = upload_header(conn.site, conn.token, task.task_id, task.round, params_type, meta, metrics,
-                               logged=list(self.pending_logs))
+        self.tracks.flush()  # the round's tracking records reach the server before its result
+        if params_type == "FULL" and params and conn.config.params_transfer_type == "DIFF" and self._global_copy:
+            params, params_type = self._as_diff(params), "DIFF"
+        header = upload_header(conn.site, conn.token, task.task_id, task.round, params_type, meta, metrics)
         t0 = time.monotonic()
         if self.filters:  # privacy / bandwidth filters on what leaves the site
             out = apply_filters(self.filters, params, header["params_type"], self._global_copy,
@@ -92,7 +102,6 @@ class ResultSender:
         except errors.UpdateRejectedError as exc:
             self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
             raise
-        self.pending_logs.clear()
         via = "staging" if staged else "grpc"
         took = time.monotonic() - t0
         self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "

@@ -19,10 +19,10 @@ from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 
 WEIGHT_KEY = "NUM_STEPS_CURRENT_ROUND"
 """The meta key whose value weighs a result in the mean (NVFlare's MetaKey.NUM_STEPS_CURRENT_ROUND)."""
+INITIAL_METRICS = "initial_metrics"
+"""Task meta key carrying the previous round's aggregated metrics (NVFlare's MetaKey.INITIAL_METRICS)."""
 MAX_WEIGHT = 1e12
 """Largest accepted weight: weights are step or sample counts; anything larger is an error or an attack."""
-MAX_LOGGED = 1000
-"""flare.log() records per result that become metrics (the rest stay in the site's own log)."""
 
 
 class Round:
@@ -34,6 +34,7 @@ class Round:
         self.model = model
         self.aggregator = strategy.new_aggregator(model.params)
         self.accepted: dict[str, dict[str, Any]] = {}  # site -> metrics
+        self.weights: dict[str, float] = {}  # site -> its result's weight (weighs its metrics in the mean)
         self.rejected: dict[str, str] = {}  # site -> reason
         self.partials: set[str] = set()  # relays whose partial aggregate was folded
         self.open = True
@@ -65,6 +66,7 @@ class Round:
             self.aggregator.add(update)
             with self._changed:
                 self.accepted[update.site] = update.metrics
+                self.weights[update.site] = update.weight
 
     def fold_partial(self, relay: str, header: dict, sums: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """A relay's weighted partial sum over its children; each child counts as answered here.
@@ -85,6 +87,9 @@ class Round:
                 self.partials.add(relay)
                 for site, info in sites.items():
                     self.accepted[str(site)] = as_dict(as_dict(info).get("metrics"))
+                    weight = as_dict(info).get("weight", 1.0)
+                    if isinstance(weight, (int, float)) and math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT:
+                        self.weights[str(site)] = float(weight)
                 for site, reason in rejected.items():
                     self.rejected[str(site)] = str(reason)[:500]
         return sites, rejected
@@ -125,14 +130,8 @@ def weight_of(meta: Any) -> float:
 
 
 def metrics_of(header: dict) -> dict[str, Any]:
-    """FLModel.metrics plus the scalars the script recorded with flare.log() since its last result."""
-    metrics = dict(as_dict(header.get("metrics")))
-    logged = header.get("logged")
-    for entry in logged[:MAX_LOGGED] if isinstance(logged, list) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and entry.get("data_type", "SCALAR") in (
-                "SCALAR", "METRIC") and isinstance(entry.get("value"), (int, float)):
-            metrics.setdefault(entry["key"][:200], entry["value"])
-    return metrics
+    """A result's FLModel.metrics (per-step tracking records travel on their own, see track_records)."""
+    return dict(as_dict(header.get("metrics")))
 
 
 def as_dict(value: Any) -> dict[str, Any]:

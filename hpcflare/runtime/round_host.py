@@ -25,6 +25,9 @@ from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 from hpcflare.transport.api import Peer, ServerHandler
 
+MAX_TRACK_RECORDS = 4096
+"""Most tracking records one Track call may carry (sites send at most TRACK_BATCH per call)."""
+
 
 class HostPhase(NamedEnum):
     """Where a round host (server, relay, swarm peer) stands; children see it in heartbeat replies."""
@@ -98,6 +101,10 @@ class RoundHost(ServerHandler):
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         """Called after a child said goodbye."""
 
+    def on_track(self, site: str, records: list) -> None:
+        """Tracking records from ``site`` (relays forward their children's in the child's name)."""
+        raise errors.MalformedMessageError(f"{self.role} does not take tracking records")
+
     # ------------------------------------------------------------------ transport handlers
     def handle_unary(self, method: str, request: dict, peer: Peer) -> dict:
         self.authorize(peer, request.get("site"))
@@ -109,6 +116,12 @@ class RoundHost(ServerHandler):
             return {"phase": str(self.phase)}
         if method == "GetTask":
             return self._get_task(record.site, request)
+        if method == "Track":
+            records = request.get("records")
+            if not isinstance(records, list) or len(records) > MAX_TRACK_RECORDS:
+                raise errors.MalformedMessageError(f"Track: records must be a list of at most {MAX_TRACK_RECORDS}")
+            self.on_track(record.site, records)
+            return {}
         if method == "Goodbye":
             status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
             with self._cv:
@@ -144,7 +157,8 @@ class RoundHost(ServerHandler):
                     return {"task": str(rnd.plan.task), "task_id": rnd.task_id, "round": rnd.number,
                             "total_rounds": self.config.num_rounds, "ref": rnd.model.ref,
                             "manifest": [s.to_wire() for s in rnd.model.specs],
-                            "meta": self.strategy.configure_round(rnd.number, self.config.num_rounds),
+                            "meta": {**self.strategy.configure_round(rnd.number, self.config.num_rounds),
+                                     **rnd.plan.meta},
                             "staged": self.staged}
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -4,26 +4,33 @@ Sites report metrics of the model they *received* (NVFlare's convention: validat
 train), so the key metric of round r scores the global model served in round r: the initial model for
 round 1, else round r-1's checkpoint. When it improves, that file is hard-linked to
 ``models/best_model.safetensors`` (no copy) and ``models/best_model.json`` records round and value.
-With ``early_stop_patience: N`` the job ends (completed) after N rounds without improvement.
+With ``early_stop_patience: N`` the job ends (completed) after N rounds without improvement; with
+``stop_condition: 'accuracy >= 0.9'`` (NVFlare's stop_cond) once a round's mean metrics satisfy it.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 from typing import Any, Callable
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_link, atomic_write_json
+from hpcflare.job import parse_stop_condition
+
+OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt, "<": operator.lt}
 
 
 class ModelSelector:
     def __init__(self, models_dir: Path, key: str | None, mode: str, patience: int, initial_model: Path,
-                 log: Any, last_checkpoint: Callable[[], Path | None]) -> None:
+                 log: Any, last_checkpoint: Callable[[], Path | None], stop_condition: str | None = None) -> None:
         if mode not in ("max", "min"):
             raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {mode!r}")
         self.models_dir, self.key, self.mode, self.patience = models_dir, key, mode, int(patience)
         self.initial_model, self.log, self.last_checkpoint = initial_model, log, last_checkpoint
+        self.condition = parse_stop_condition(stop_condition) if stop_condition else None
+        self.condition_met = ""
         self.best: float | None = None
         self.best_round = 0
         self.stale = 0
@@ -39,6 +46,10 @@ class ModelSelector:
 
     def observe(self, number: int, means: dict[str, float]) -> None:
         """Round ``number`` closed with these per-key means; the checkpoint on disk is still round number-1's."""
+        if self.condition is not None:
+            name, op, bound = self.condition
+            if name in means and OPERATORS[op](means[name], bound):
+                self.condition_met = f"stop condition '{name} {op} {bound:g}' met ({name}={means[name]:.6g})"
         if not self.key:
             return
         value = means.get(self.key)
@@ -62,4 +73,13 @@ class ModelSelector:
                            "stale": self.stale, "scores_model_of_round": self.best_round - 1})
 
     def should_stop(self) -> bool:
-        return bool(self.key) and self.patience > 0 and self.stale >= self.patience
+        return bool(self.stop_reason())
+
+    def stop_reason(self) -> str:
+        """Why the job should end now ('' = go on): the stop condition, or patience run out."""
+        if self.condition_met:
+            return self.condition_met
+        if self.key and self.patience > 0 and self.stale >= self.patience:
+            return (f"{self.key} did not improve for {self.patience} rounds (best {self.best:.6g} in round "
+                    f"{self.best_round})")
+        return ""

@@ -23,6 +23,7 @@ from hpcflare.runtime.global_model import GlobalModel, load_params
 from hpcflare.runtime.memory import release_memory
 from hpcflare.runtime.membership import ENDED, MemberState, Membership
 from hpcflare.runtime.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
+from hpcflare.runtime.round import INITIAL_METRICS
 from hpcflare.runtime.round_host import HostPhase, RoundHost
 from hpcflare.runtime.staging import Stager
 from hpcflare.runtime.selection import ModelSelector
@@ -50,12 +51,13 @@ class FLServer(RoundHost):
             log.warning("settings_conflict", warning)
         self.checkpoints = Checkpoints(job_dir.models_dir, log)
         self.first_round = 1
+        self.last_metrics: dict[str, float] = {}
         self.model = self._resume() or GlobalModel(
             self.strategy.initial_params(load_params(job_dir.root / config.initial_model)), 0)
-        self.tracker = Tracker(job_dir.root / "tracking", config.tracking)
+        self.tracker = Tracker(job_dir.root / "tracking", config.tracking, config.name, config.tracking_config)
         self.selector = ModelSelector(job_dir.models_dir, config.key_metric, config.key_metric_mode,
                                       config.early_stop_patience, job_dir.root / config.initial_model, log,
-                                      self.checkpoints.latest)
+                                      self.checkpoints.latest, config.stop_condition)
         kit = load_kit(job_dir, config, "server", role="server")
         direct = len(self.relays) or len(config.clients)  # with relays, clients talk to them, not to the server
         self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit, children=direct)
@@ -98,8 +100,13 @@ class FLServer(RoundHost):
             for child in request.get("children") or []:
                 self.members.touch(child)
 
+    def on_track(self, site: str, records: list) -> None:
+        if site in self.relays:
+            raise errors.MalformedMessageError("relays forward tracking records in their children's names")
+        self.tracker.record_steps(site, records)
+
     def may_act_for(self, identity: str, site: str) -> bool:
-        return identity in self.relays  # relays register, say goodbye and forward raw results for children
+        return identity in self.relays  # relays register, say goodbye, forward results and tracking for children
 
     def accepts_partials_from(self, site: str) -> bool:
         return site in self.relays
@@ -152,10 +159,9 @@ class FLServer(RoundHost):
                 self.checkpoints.save(self.model, number, self.strategy.state_dict())
                 rounds = number
                 release_memory()
-                if self.selector.should_stop():
-                    self.log.info("early_stopped", f"round {number}: {cfg.key_metric} did not improve for "
-                                  f"{cfg.early_stop_patience} rounds (best {self.selector.best:.6g} in round "
-                                  f"{self.selector.best_round}); ending the job early", round=number)
+                why = self.selector.stop_reason()
+                if why:
+                    self.log.info("early_stopped", f"round {number}: {why}; ending the job early", round=number)
                     break
             self.checkpoints.publish_result(self.model, self.job_dir.result_model_path)
             self.end("completed")
@@ -228,6 +234,8 @@ class FLServer(RoundHost):
         sent_before = self.bytes_sent
         live = [c for c in cfg.clients if c in self.live_clients()]
         plan = self.strategy.plan_round(number, cfg.num_rounds, live)
+        if self.last_metrics:
+            plan.meta.setdefault(INITIAL_METRICS, self.last_metrics)
         if plan.skip:
             self.log.info("round_skipped", f"round {number}/{cfg.num_rounds}: nothing to do", round=number)
             return
@@ -292,7 +300,10 @@ class FLServer(RoundHost):
                       round=number, accepted=sorted(rnd.accepted), rejected=rnd.rejected,
                       metrics=rnd.accepted, seconds=time.monotonic() - rnd.started,
                       bytes_sent=self.bytes_sent - sent_before)
-        self.selector.observe(number, self.tracker.record_round(number, rnd.accepted))
+        means = self.tracker.record_round(number, rnd.accepted, rnd.weights)
+        self.selector.observe(number, means)
+        if plan.task == TaskKind.TRAIN and means:
+            self.last_metrics = means  # sent with the next round's task (FLModel.metrics, as in NVFlare)
 
     def _gone(self) -> set[str]:
         """Clients that registered and already ended (failed before their first task, or finished)."""

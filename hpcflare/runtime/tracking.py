@@ -1,90 +1,94 @@
-"""Experiment tracking on the server: every site's metrics per round, as CSV and TensorBoard event files.
+"""Experiment tracking on the server: every site's round metrics and per-step records, in the job's outputs.
 
-Metrics come from ``FLModel.metrics`` and ``flare.log(...)`` scalars sent with each result (relays pass their
-children's on). Files, under ``<job_dir>/tracking/``:
+Two streams reach the :class:`Tracker`:
 
-    metrics.csv                 round, site, key, value, time   (one row per site, metric and round)
-    tensorboard/<site>/         one run per site, plus ``global`` for the mean over the sites of each round
+- round metrics: each result's ``FLModel.metrics`` (once per site and round) plus the per-key mean over the
+  sites ("global"); these also drive best-model selection and early stopping;
+- step records: what scripts log with ``flare.log`` or the NVFlare-style writers of
+  :mod:`hpcflare.client.tracking` (``SummaryWriter.add_scalar``, ``MLflowWriter.log_metric``, ...), each with
+  its site, round and step, sent on their own ``Track`` RPC (see :mod:`hpcflare.runtime.track_records`).
 
-``tensorboard --logdir jobs/<job-id>/tracking/tensorboard`` shows every site's curves side by side.
-TensorBoard files need the ``tensorboard`` package (its writer only: no TensorFlow, no torch).
+Receivers (job option ``tracking``), files under ``<job_dir>/tracking/``:
+
+    csv          metrics.csv (round, site, key, value, time); steps.csv (site, round, step, key, value, ...)
+    tensorboard  tensorboard/<site>/ one run per site (+ ``global``): ``tensorboard --logdir .../tensorboard``
+    mlflow       one MLflow run per site (+ ``global``) in experiment <job name>; default store
+                 sqlite:///<job_dir>/tracking/mlflow.db (``tracking_config: {mlflow: {tracking_uri: ...}}``)
+    wandb        one W&B run per site, offline by default (compute nodes rarely reach the internet):
+                 ``wandb sync tracking/wandb/wandb/offline-run-*`` uploads them later
 """
 
 from __future__ import annotations
 
-import csv
-import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from hpcflare.errors import ConfigError
+from hpcflare.runtime.tracking_receivers import (CsvReceiver, MlflowReceiver, Receiver, TensorBoardReceiver,
+                                                 WandbReceiver, numeric, parse_record)
 
-BACKENDS = ("csv", "tensorboard")
+BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
 
 
-def numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {str(k): float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+RECEIVERS: dict[str, type[Receiver]] = {"csv": CsvReceiver, "tensorboard": TensorBoardReceiver,
+                                        "mlflow": MlflowReceiver, "wandb": WandbReceiver}
+
+
+def _weighted_mean(pairs: list[tuple[float, float]]) -> float:
+    total = sum(w for _, w in pairs)
+    if total <= 0:
+        return sum(v for v, _ in pairs) / len(pairs)
+    return sum(v * w for v, w in pairs) / total
 
 
 class Tracker:
-    def __init__(self, root: Path, backends: list[str]) -> None:
+    def __init__(self, root: Path, backends: list[str], job: str = "hpcflare",
+                 options: dict[str, dict[str, Any]] | None = None) -> None:
         unknown = set(backends) - set(BACKENDS)
         if unknown:
             raise ConfigError(f"tracking backends must be among {BACKENDS}, got {sorted(unknown)}")
         self.root, self.backends = root, list(backends)
-        self._writers: dict[str, Any] = {}
-        self._csv: Any = None
+        self._lock = threading.Lock()
+        self.malformed = 0
         if backends:
             root.mkdir(parents=True, exist_ok=True)
-        if "csv" in backends:
-            path = root / "metrics.csv"
-            new = not path.exists()
-            self._csv = open(path, "a", newline="")  # appended: a resumed job continues the same file
-            self._rows = csv.writer(self._csv)
-            if new:
-                self._rows.writerow(["round", "site", "key", "value", "time"])
-        if "tensorboard" in backends:
-            try:
-                from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: F401
-            except ImportError:
-                raise ConfigError("tracking: tensorboard needs the 'tensorboard' package (pip install tensorboard)") from None
+        self.receivers: list[Receiver] = [RECEIVERS[name](root, job, dict((options or {}).get(name) or {}))
+                                          for name in BACKENDS if name in backends]
 
-    def record_round(self, number: int, per_site: dict[str, dict[str, Any]]) -> dict[str, float]:
-        """Write one round's metrics; returns the per-key mean over the sites that reported it."""
+    def record_round(self, number: int, per_site: dict[str, dict[str, Any]],
+                     weights: dict[str, float] | None = None) -> dict[str, float]:
+        """Write one round's metrics; returns the per-key mean over the sites that reported it, weighted by
+        their results' weights (NUM_STEPS_CURRENT_ROUND, as NVFlare weighs metrics; plain mean if all are 0)."""
         now = time.time()
-        sums: dict[str, list[float]] = {}
-        for site, metrics in sorted(per_site.items()):
-            for key, value in numeric(metrics).items():
-                sums.setdefault(key, []).append(value)
-                self._write(number, site, key, value, now)
-        means = {k: sum(v) / len(v) for k, v in sums.items()}
-        for key, value in means.items():
-            self._write(number, "global", key, value, now)
-        if self._csv is not None:
-            self._csv.flush()
-        for writer in self._writers.values():
-            writer.flush()
+        sums: dict[str, list[tuple[float, float]]] = {}
+        with self._lock:
+            for site, metrics in sorted(per_site.items()):
+                for key, value in numeric(metrics).items():
+                    sums.setdefault(key, []).append((value, (weights or {}).get(site, 1.0)))
+                    for receiver in self.receivers:
+                        receiver.round_metric(number, site, key, value, now)
+            means = {k: _weighted_mean(v) for k, v in sums.items()}
+            for key, value in means.items():
+                for receiver in self.receivers:
+                    receiver.round_metric(number, "global", key, value, now)
+            for receiver in self.receivers:
+                receiver.flush()
         return means
 
-    def _write(self, number: int, site: str, key: str, value: float, now: float) -> None:
-        if self._csv is not None:
-            self._rows.writerow([number, site, key, repr(value), f"{now:.3f}"])
-        if "tensorboard" in self.backends:
-            from tensorboard.compat.proto import event_pb2, summary_pb2
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-            writer = self._writers.get(site)
-            if writer is None:
-                writer = self._writers[site] = EventFileWriter(str(self.root / "tensorboard" / site))
-            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=key, simple_value=value)])
-            writer.add_event(event_pb2.Event(wall_time=now, step=number, summary=summary))
+    def record_steps(self, site: str, raw: list[Any]) -> int:
+        """Write a batch of a site's step records; returns how many were kept (malformed ones are counted)."""
+        records = [r for r in (parse_record(site, item) for item in raw) if r is not None]
+        with self._lock:
+            self.malformed += len(raw) - len(records)
+            for receiver in self.receivers:
+                receiver.records(site, records)
+                receiver.flush()
+        return len(records)
 
     def close(self) -> None:
-        if self._csv is not None:
-            self._csv.close()
-            self._csv = None
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+        with self._lock:
+            for receiver in self.receivers:
+                receiver.close()
+            self.receivers = []

@@ -59,6 +59,9 @@ class RoundPlan:
     """Hand the task to each site once (its result goes elsewhere, so the server cannot see it arrive)."""
     coordinator: str | None = None
     """A site the round depends on (the swarm aggregator): if it dies, the server restarts the round."""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Task meta added by the host, not the strategy: the previous round's aggregated metrics
+    (``initial_metrics``, NVFlare's convention); a relay passes on its server's task meta."""
 
 
 class Aggregator(abc.ABC):

@@ -39,8 +39,11 @@ def test_metrics_tracked_best_model_kept_and_early_stop(make_recipe, local_env):
     rows = list(csv.DictReader(open(run.job_dir.root / "tracking" / "metrics.csv")))
     by = {(r["round"], r["site"], r["key"]): float(r["value"]) for r in rows}
     assert by[("3", "site-1", "score")] == -1.0 and by[("2", "site-2", "site_no")] == 2.0
-    assert by[("3", "site-2", "received_mean")] == 7.0  # flare.log() scalars arrive with the result
+    assert ("3", "site-2", "received_mean") not in by  # flare.log() records are step records, not round metrics
     assert by[("2", "global", "site_no")] == 1.5  # mean over the sites
+    steps = list(csv.DictReader(open(run.job_dir.root / "tracking" / "steps.csv")))
+    logged = {(r["site"], r["round"]): float(r["value"]) for r in steps if r["key"] == "received_mean"}
+    assert logged[("site-2", "3")] == 7.0 and len(logged) == 8  # every site's record of every round
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -1,0 +1,111 @@
+"""Zero-change mode: the NVFlare module names client scripts import resolve to hpcflare, in client ranks only.
+
+An import hook (a ``sys.meta_path`` finder), not a package: nothing named ``nvflare`` is installed into the
+user's environment, and it is active only in processes that run a job's training script with
+``nvflare_compat`` on ('auto' = on unless the real nvflare is importable there). A name outside
+:data:`ALIASES` raises ModuleNotFoundError saying what is covered, instead of a confusing AttributeError later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import threading
+from types import ModuleType
+from typing import Any, Sequence
+
+ALIASES = {
+    "nvflare.client": "hpcflare.client",
+    "nvflare.client.api": "hpcflare.client.api",
+    "nvflare.client.decorator": "hpcflare.client.decorator",
+    "nvflare.client.tracking": "hpcflare.client.tracking",
+    "nvflare.client.lightning": "hpcflare.client.lightning",
+    "nvflare.app_opt.lightning": "hpcflare.client.lightning",
+    "nvflare.client.config": "hpcflare.client.constants",
+    "nvflare.app_common.abstract.fl_model": "hpcflare.client.model",
+    "nvflare.app_common.app_constant": "hpcflare.client.constants",
+    "nvflare.app_common.np.constants": "hpcflare.client.constants",
+    "nvflare.apis.analytix": "hpcflare.client.constants",
+    "nvflare.apis.fl_constant": "hpcflare.client.constants",
+}
+"""NVFlare module -> the hpcflare module that provides its names (README: "Coming from NVFlare")."""
+PACKAGES = frozenset({"nvflare", "nvflare.apis", "nvflare.app_common", "nvflare.app_common.abstract",
+                      "nvflare.app_common.np", "nvflare.app_opt"})
+"""Parents of the aliased modules: empty packages, so ``import nvflare.client`` finds its way down."""
+
+
+class NvflareAliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "nvflare" and not fullname.startswith("nvflare."):
+            return None
+        if fullname in PACKAGES:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        if fullname in ALIASES:
+            return importlib.machinery.ModuleSpec(fullname, self)
+        raise ModuleNotFoundError(
+            f"No module named {fullname!r}: hpcflare's NVFlare compatibility (job option nvflare_compat) provides "
+            f"{sorted(ALIASES)}; port other NVFlare imports to hpcflare (README 'Coming from NVFlare')", name=fullname)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return None  # a fresh module; exec_module swaps in the real one for aliases
+
+    def exec_module(self, module: ModuleType) -> None:
+        name = module.__name__
+        if name in ALIASES:  # the import system returns whatever sys.modules holds after exec_module
+            sys.modules[name] = importlib.import_module(ALIASES[name])
+        else:
+            module.__doc__ = f"{name}: provided by hpcflare's NVFlare compatibility (nvflare_compat)"
+
+
+_FINDER = NvflareAliases()
+_lock = threading.Lock()
+
+
+def real_nvflare_installed() -> bool:
+    """Is the real nvflare importable here (looking past our own hook)?"""
+    for finder in sys.meta_path:
+        if finder is _FINDER or not hasattr(finder, "find_spec"):
+            continue
+        try:
+            if finder.find_spec("nvflare", None) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
+
+
+def wanted(setting: Any) -> bool:
+    """Whether a job's nvflare_compat setting turns the hook on in this process."""
+    if setting in ("on", True):
+        return True
+    if setting in ("off", False):
+        return False
+    return not real_nvflare_installed()
+
+
+def install() -> bool:
+    """Put the hook first on sys.meta_path (idempotent); True if it was not there before."""
+    with _lock:
+        if _FINDER in sys.meta_path:
+            return False
+        if "nvflare" in sys.modules and getattr(sys.modules["nvflare"], "__spec__", None) is not None and \
+                getattr(sys.modules["nvflare"].__spec__, "loader", None) is not _FINDER:
+            for name in [n for n in sys.modules if n == "nvflare" or n.startswith("nvflare.")]:
+                del sys.modules[name]  # the real one was imported here, and compat is forced on: shadow it
+        sys.meta_path.insert(0, _FINDER)
+        return True
+
+
+def uninstall() -> None:
+    """Remove the hook and the modules it served (tests; a SimEnv process going back to the user)."""
+    with _lock:
+        if _FINDER in sys.meta_path:
+            sys.meta_path.remove(_FINDER)
+        for name in [n for n in sys.modules if n == "nvflare" or n.startswith("nvflare.")]:
+            spec = getattr(sys.modules[name], "__spec__", None)
+            if name in ALIASES or getattr(spec, "loader", None) is _FINDER:
+                del sys.modules[name]
