@@ -13,7 +13,7 @@ from hpcflare.exitcodes import ExitCode
 from hpcflare.fileio import sha256_file
 from tests.conftest import HELLO_MODEL, events, load_result
 
-# site-3 attacks in the way its train arg names, from round 2 on (rounds count from 1 here)
+# site-3 attacks in the way its train arg names, from round 2 on (current_round counts from 0, like NVFlare)
 SCRIPT = """
 import sys
 import numpy as np
@@ -24,7 +24,7 @@ while flare.is_running():
     model = flare.receive()
     params = {k: v + 1 for k, v in model.params.items()}
     meta = {"NUM_STEPS_CURRENT_ROUND": 1}
-    if flare.get_site_name() == "site-3" and model.current_round >= 2:
+    if flare.get_site_name() == "site-3" and model.current_round >= 1:
         if mode == "huge_weight":
             meta["NUM_STEPS_CURRENT_ROUND"] = 1e39
         if mode == "overflow":  # finite values, but value x weight overflows float32
