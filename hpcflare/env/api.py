@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from hpcflare.errors import JobFailedError, StreamTimeoutError
+from hpcflare.errors import ConfigError, JobFailedError, StreamTimeoutError
 from hpcflare.env.progress import RoundProgress
 from hpcflare.job import JobDir
 
@@ -54,6 +54,9 @@ class Run(abc.ABC):
 
 
 class Env(abc.ABC):
+    sites: list[str] | None = None
+    """Set by Envs that choose the sites (SimEnv(num_clients=...)); recipe.execute() then runs with these."""
+
     def __init__(self, job_root: str | Path = "jobs") -> None:
         self.job_root = Path(job_root)
 
@@ -69,6 +72,19 @@ class Env(abc.ABC):
             stale.unlink(missing_ok=True)
         job_dir.write_status("resuming", message=f"resumed from {job_dir.models_dir / 'checkpoint.json'}")
         return self.deploy(job_dir)
+
+
+def sites_from(num_clients: int | None, clients: list[str] | None) -> list[str] | None:
+    """NVFlare's SimEnv/PocEnv arguments as site names (None: keep the recipe's)."""
+    if clients is not None:
+        if num_clients is not None and num_clients != len(clients):
+            raise ConfigError(f"num_clients={num_clients} but {len(clients)} client names were given")
+        return [str(c) for c in clients]
+    if num_clients is not None:
+        if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+            raise ConfigError(f"num_clients must be a whole number >= 1, got {num_clients!r}")
+        return [f"site-{i}" for i in range(1, num_clients + 1)]
+    return None
 
 
 def deadline_after(timeout: Optional[float]) -> float:

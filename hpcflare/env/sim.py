@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from hpcflare.env.api import Env, Run, deadline_after
+from hpcflare.env.api import Env, Run, deadline_after, sites_from
 from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir
 from hpcflare.security.jobs import prepare_job
@@ -27,11 +27,16 @@ class SimRun(Run):
 
     def wait(self, timeout: Optional[float]) -> bool:
         deadline = deadline_after(timeout)
+        server = self.threads["server"]
+        while server.is_alive():
+            if time.monotonic() >= deadline:
+                return False
+            server.join(0.1)
+        # the server is gone (done or dead): clients get `end` within the grace; a stuck one is left behind
+        # (a daemon thread) rather than holding get_result() until its own server_lost_timeout
+        grace = time.monotonic() + self.job_dir.load_config().load_settings().end_grace + 5
         for thread in self.threads.values():
-            while thread.is_alive():
-                if time.monotonic() >= deadline:
-                    return False
-                thread.join(0.1)
+            thread.join(max(0.0, min(grace, deadline) - time.monotonic()))
         code = self.exit_codes.get("server")
         self.job_dir.settle("the server thread ended without recording an end" + (
             f" (exit {int(code)})" if code is not None else " (it raised: see logs/server.log)"),
@@ -43,9 +48,15 @@ class SimRun(Run):
 
 
 class SimEnv(Env):
-    def __init__(self, job_root: str | Path = "jobs", verbose: bool = True) -> None:
-        super().__init__(job_root)
+    """``SimEnv(num_clients=2)`` / ``SimEnv(clients=["a", "b"])`` (NVFlare's names) choose the sites the recipe
+    runs with; ``workspace_root`` is NVFlare's name for ``job_root``."""
+
+    def __init__(self, job_root: str | Path = "jobs", verbose: bool = True, num_clients: int | None = None,
+                 clients: list[str] | None = None, workspace_root: str | Path | None = None,
+                 num_threads: int | None = None) -> None:
+        super().__init__(workspace_root if workspace_root is not None else job_root)
         self.verbose = verbose
+        self.sites = sites_from(num_clients, clients)
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()

@@ -1,10 +1,10 @@
 """Recipes: a job described in a few arguments, executed in any Env."""
 
-from hpcflare.recipe.api import Recipe
+from hpcflare.recipe.api import Recipe, add_cross_site_evaluation, add_experiment_tracking
 from hpcflare.recipe.fedavg import FedAvgRecipe
 from hpcflare.recipe.fedmedian import FedMedianRecipe
 from hpcflare.recipe.fedopt import FedOptRecipe
 from hpcflare.recipe.scaffold import ScaffoldRecipe
 from hpcflare.recipe.workflows import CrossSiteEvalRecipe, CyclicRecipe, FedEvalRecipe, FedStatsRecipe, SwarmRecipe
 
-__all__ = ["CrossSiteEvalRecipe", "CyclicRecipe", "FedEvalRecipe", "FedStatsRecipe", "FedAvgRecipe", "FedMedianRecipe", "FedOptRecipe", "Recipe", "ScaffoldRecipe", "SwarmRecipe"]
+__all__ = ["CrossSiteEvalRecipe", "CyclicRecipe", "FedEvalRecipe", "FedStatsRecipe", "FedAvgRecipe", "FedMedianRecipe", "FedOptRecipe", "Recipe", "ScaffoldRecipe", "SwarmRecipe", "add_cross_site_evaluation", "add_experiment_tracking"]

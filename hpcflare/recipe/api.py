@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from hpcflare.errors import ConfigError
 from hpcflare.job import JobConfig, JobDir, check_job_name, fraction, whole_number
 from hpcflare.recipe.model_io import save_initial_model
+from hpcflare.recipe.nvflare_keywords import translate
 from hpcflare.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,8 +29,9 @@ class Recipe:
     strategy_args: dict[str, Any] = {}
     """Set by algorithm recipes from their own keyword arguments (FedOptRecipe(lr=...))."""
 
-    def __init__(self, name: str, model: Any, min_clients: int, num_rounds: int, train_script: str | Path,
-                 train_args: str | Sequence[str] = "", n_clients: int | None = None,
+    def __init__(self, name: str = "fedavg", model: Any = None, min_clients: int | None = None, num_rounds: int = 2,
+                 train_script: str | Path | None = None, train_args: str | Sequence[str] = "",
+                 n_clients: int | None = None,
                  clients: Sequence[str] | None = None, settings_profile: str = "auto",
                  settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = (),
                  staging: bool = False, staging_dir: str | Path = "staging", relays: int = 0,
@@ -38,7 +40,19 @@ class Recipe:
                  initial_checkpoint: str | Path | None = None, **job_options: Any) -> None:
         """``job_options``: any further job.yaml key (key_metric="accuracy", early_stop_patience=3,
         tracking=["csv", "tensorboard"], ...). ``initial_checkpoint``: a .safetensors (or weights-only .pt)
-        file whose weights replace the model's initial ones."""
+        file whose weights replace the model's initial ones. NVFlare's keywords (initial_model, initial_ckpt,
+        stop_cond, patience, exclude_vars, aggregation_weights, per_site_config, ...) are accepted with their
+        meaning: see hpcflare.recipe.nvflare_keywords."""
+        if min_clients is None or train_script is None:
+            raise ConfigError("a recipe needs min_clients= and train_script=")
+        nv = translate(model, initial_checkpoint, clients, job_options)
+        model, initial_checkpoint, clients = nv["model"], nv["initial_checkpoint"], nv["clients"]
+        if model is None:
+            raise ConfigError("a recipe needs the initial model: model= (or NVFlare's initial_model=)")
+        if "site_train_args" in nv:
+            job_options["site_train_args"] = nv["site_train_args"]
+        self.extra_strategy_args: dict[str, Any] = nv["strategy_args"]
+        self.cross_site_eval = False
         self.name, self.model = check_job_name(name), model
         self.min_clients = whole_number("min_clients", min_clients, 1)
         self.num_rounds = whole_number("num_rounds", num_rounds, 1)
@@ -56,7 +70,7 @@ class Recipe:
         self.staging, self.staging_dir = bool(staging), str(staging_dir)
         self.relays, self.relay_failover, self.min_fraction = whole_number("relays", relays, 0), relay_failover, fraction("min_fraction", min_fraction)
         self.tls, self.kits_dir = tls, str(kits_dir)
-        self.filters = [dict(f) for f in filters]
+        self.filters = [dict(f) for f in filters] + nv["filters"]
         known = {f.name for f in dataclasses.fields(JobConfig)}
         unknown = sorted(set(job_options) - known)
         if unknown:
@@ -82,10 +96,15 @@ class Recipe:
         job_dir.models_dir.mkdir(parents=True, exist_ok=True)
         framework = save_initial_model(self.model, job_dir.models_dir / "initial_model.safetensors",
                                        self.initial_checkpoint)
-        config = JobConfig(name=self.name, job_id=job_id, num_rounds=self.num_rounds, min_clients=self.min_clients,
+        strategy, strategy_args, num_rounds = self.strategy, {**self.strategy_args, **self.extra_strategy_args}, \
+            self.num_rounds
+        if self.cross_site_eval:  # add_cross_site_evaluation(): the training rounds, then the evaluation matrix
+            strategy, strategy_args = "cross_site_eval", {"train_rounds": self.num_rounds}
+            num_rounds = self.num_rounds + 1 + len(self.clients) + 1
+        config = JobConfig(name=self.name, job_id=job_id, num_rounds=num_rounds, min_clients=self.min_clients,
                            clients=self.clients, train_script=f"app/{self.train_script.name}",
-                           train_args=self.train_args, strategy=self.strategy,
-                           strategy_args=dict(self.strategy_args), framework=framework,
+                           train_args=self.train_args, strategy=strategy,
+                           strategy_args=strategy_args, framework=framework,
                            settings_profile=self.settings_profile, settings=self.settings,
                            staging=self.staging, staging_dir=self.staging_dir, relays=self.relays,
                            relay_failover=self.relay_failover, min_fraction=self.min_fraction, tls=self.tls,
@@ -94,4 +113,39 @@ class Recipe:
         return job_dir
 
     def execute(self, env: "Env") -> "Run":
+        sites = getattr(env, "sites", None)
+        if sites is not None:  # SimEnv(num_clients=...) / PocEnv(clients=[...]) choose the sites, as in NVFlare
+            if len(sites) < self.min_clients:
+                raise ConfigError(f"the env runs {len(sites)} client(s) but the recipe needs min_clients="
+                                  f"{self.min_clients}")
+            self.clients = list(sites)
         return env.deploy(self.export(env.job_root))
+
+
+TRACKING_TYPES = ("tensorboard", "mlflow", "wandb")
+
+
+def add_experiment_tracking(recipe: Recipe, tracking_type: str, tracking_config: dict[str, Any] | None = None) -> None:
+    """NVFlare's ``add_experiment_tracking(recipe, "tensorboard"|"mlflow"|"wandb")``: the server writes every
+    site's metrics and tracking records there too (CSV is always on). ``tracking_config``: the receiver's
+    options (mlflow: tracking_uri, experiment_name, tags; wandb: project, mode, entity, group, tags)."""
+    if tracking_type not in TRACKING_TYPES:
+        raise ConfigError(f"tracking_type must be one of {TRACKING_TYPES}, got {tracking_type!r}")
+    tracking = list(recipe.job_options.get("tracking", ["csv"]))
+    recipe.job_options["tracking"] = tracking + ([tracking_type] if tracking_type not in tracking else [])
+    if tracking_config:
+        options = dict(recipe.job_options.get("tracking_config", {}))
+        options[tracking_type] = {**options.get(tracking_type, {}), **dict(tracking_config)}
+        recipe.job_options["tracking_config"] = options
+
+
+def add_cross_site_evaluation(recipe: Recipe) -> None:
+    """NVFlare's ``add_cross_site_evaluation(recipe)``: after training, every site's model and the global one
+    are evaluated at every site (flare.is_submit_model() / flare.is_evaluate() tasks); the matrix is in
+    cross_site/matrix.json. For FedAvg recipes."""
+    if recipe.strategy != "fedavg":
+        raise ConfigError(f"add_cross_site_evaluation works on FedAvg recipes, not {type(recipe).__name__}; use "
+                          "CrossSiteEvalRecipe")
+    if recipe.relays:
+        raise ConfigError("cross-site evaluation addresses single sites: use relays=0")
+    recipe.cross_site_eval = True

@@ -9,6 +9,7 @@ tensors a client did not send keep their global value (per-tensor weight sums).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -24,8 +25,9 @@ def acc_dtype(dtype: np.dtype) -> np.dtype:
 class WeightedMeanAggregator(Aggregator):
     decomposable = True
 
-    def __init__(self, global_params: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, global_params: Mapping[str, np.ndarray], site_factors: Mapping[str, float] | None = None) -> None:
         self._global = global_params
+        self._factors = dict(site_factors or {})
         self._sums: dict[str, np.ndarray] = {}
         self._weights: dict[str, float] = {}
         self._count = 0
@@ -35,6 +37,8 @@ class WeightedMeanAggregator(Aggregator):
         return self._count
 
     def add(self, update: ClientUpdate) -> None:
+        if update.site in self._factors:
+            update = dataclasses.replace(update, weight=update.weight * self._factors[update.site])
         if update.weight <= 0:
             return
         blockwise = getattr(update.params, "iter_blocks", None)
