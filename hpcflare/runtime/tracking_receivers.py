@@ -272,8 +272,8 @@ class WandbReceiver(Receiver):
         run = self._run(site)
         for r in records:
             scalars = r.scalars()
-            if scalars:
-                run.log(scalars, step=r.step) if r.step is not None else run.log(scalars)
+            if scalars:  # W&B steps must only grow per run; the script's own step goes along as a field
+                run.log({**scalars, "global_step": r.step} if r.step is not None else scalars)
             elif r.kind in ("PARAMETER", "PARAMETERS", "TAG", "TAGS"):
                 run.config.update(r.texts(), allow_val_change=True)
 

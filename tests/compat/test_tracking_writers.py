@@ -76,6 +76,6 @@ def test_record_limit_per_round_drops_with_one_warning(job):
               settings={"tracking_max_records_per_round": 100})
     from tests.conftest import events
 
-    assert len([r for r in step_rows(run) if r["site"] == "site-1"]) == 100
+    assert len([r for r in step_rows(run) if r["site"] == "site-1" and r["round"] == "1"]) == 100
     warned = [e for e in events(run.job_dir.root, "site-1") if e["event"] == "tracking_dropped"]
     assert len(warned) == 1 and "tracking_max_records_per_round=100" in warned[0]["msg"]
