@@ -47,3 +47,25 @@ def test_init_outside_a_job_explains_how_to_start(monkeypatch):
 def test_send_rejects_non_flmodel_before_anything_else():
     with pytest.raises(TypeError, match="expects an FLModel, got dict"):
         flare.send({"w": np.zeros(1)})
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"metrics": [1, 2]}, TypeError), ({"meta": "x"}, TypeError), ({"current_round": 1.5}, TypeError),
+    ({"total_rounds": "3"}, TypeError), ({"current_round": -1}, ValueError), ({"start_round": -2}, ValueError),
+])
+def test_validation_matches_nvflare(kwargs, error):
+    with pytest.raises(error):
+        FLModel(**kwargs)
+
+
+def test_summary_has_nvflare_keys():
+    model = FLModel(params={"a": 1, "b": 2}, metrics={"acc": 1.0}, current_round=3, total_rounds=5,
+                    meta={"k": 1})
+    assert model.summary() == {"params": 2, "metrics": 1, "meta": 1, "params_type": ParamsType.FULL,
+                               "current_round": 3, "total_rounds": 5}
+    assert str(model) == str(model.summary())
+
+
+def test_nvflare_meta_key_values():
+    assert flare.FLMetaKey.PROCESS_RC_FILE == "_process_rc.txt"
+    assert flare.FLMetaKey.INITIAL_METRICS == "initial_metrics"

@@ -106,3 +106,14 @@ def test_lightning_trainer_trains_federatedly(job, variant):
     assert not np.allclose(result["lin.weight"], model["lin.weight"].numpy())
     out = (run.job_dir.log_dir / "site-1.out").read_text()
     assert "current_round=0" in out and "current_round=2" in out
+
+
+@both
+@envs
+def test_api_surface_context_and_shutdown(job, env_kind, variant):
+    from tests.compat.conftest import step_rows
+
+    run = job("api_surface.py", env_kind, variant, num_rounds=2)
+    np.testing.assert_array_equal(load_result(run.result)["numpy_key"], INITIAL + 2)
+    seen = sorted((r["site"], r["round"], r["value"]) for r in step_rows(run) if r["key"] == "seen_round")
+    assert seen == [("site-1", "1", "0.0"), ("site-1", "2", "1.0"), ("site-2", "1", "0.0"), ("site-2", "2", "1.0")]
