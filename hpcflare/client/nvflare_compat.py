@@ -88,14 +88,26 @@ def wanted(setting: Any) -> bool:
 
 
 def install() -> bool:
-    """Put the hook first on sys.meta_path (idempotent); True if it was not there before."""
+    """Serve the NVFlare names in this process (idempotent); True if they were not served before.
+
+    Every alias is put into ``sys.modules`` at once, with its parents' attributes, so concurrent imports
+    (SimEnv's site threads) never see a half-made module; the finder answers the names not covered."""
     with _lock:
         if _FINDER in sys.meta_path:
             return False
-        if "nvflare" in sys.modules and getattr(sys.modules["nvflare"], "__spec__", None) is not None and \
-                getattr(sys.modules["nvflare"].__spec__, "loader", None) is not _FINDER:
-            for name in [n for n in sys.modules if n == "nvflare" or n.startswith("nvflare.")]:
-                del sys.modules[name]  # the real one was imported here, and compat is forced on: shadow it
+        for name in [n for n in sys.modules if n == "nvflare" or n.startswith("nvflare.")]:
+            del sys.modules[name]  # a real nvflare imported here while compat is forced on: shadow it
+        for name in sorted(PACKAGES):
+            package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, _FINDER, is_package=True))
+            package.__path__ = []
+            _FINDER.exec_module(package)
+            sys.modules[name] = package
+        for alias, target in ALIASES.items():
+            sys.modules[alias] = importlib.import_module(target)
+        for name in sorted(set(ALIASES) | PACKAGES):
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(sys.modules[parent], child, sys.modules[name])
         sys.meta_path.insert(0, _FINDER)
         return True
 
@@ -109,3 +121,6 @@ def uninstall() -> None:
             spec = getattr(sys.modules[name], "__spec__", None)
             if name in ALIASES or getattr(spec, "loader", None) is _FINDER:
                 del sys.modules[name]
+        client = sys.modules.get("hpcflare.client")
+        if client is not None and getattr(client, "config", None) is sys.modules.get("hpcflare.client.constants"):
+            delattr(client, "config")  # set as nvflare.client.config's parent attribute
