@@ -122,5 +122,6 @@ def uninstall() -> None:
             if name in ALIASES or getattr(spec, "loader", None) is _FINDER:
                 del sys.modules[name]
         client = sys.modules.get("hpcflare.client")
-        if client is not None and getattr(client, "config", None) is sys.modules.get("hpcflare.client.constants"):
+        if client is not None and "config" in vars(client) and client.config is sys.modules.get(
+                "hpcflare.client.constants"):
             delattr(client, "config")  # set as nvflare.client.config's parent attribute

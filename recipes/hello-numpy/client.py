@@ -1,11 +1,12 @@
-# NVFlare's hello-numpy client script; the only change is the import line
-# (was: `import nvflare.client as flare`).
+# NVFlare's hello-numpy client script, unchanged: hpcflare serves `nvflare.client` in client ranks (the job's
+# nvflare_compat option; 'auto' = on unless the real nvflare is installed). Porting by hand instead is one
+# line: `import hpcflare.client as flare`.
 import argparse
 import copy
 
 import numpy as np
 
-import hpcflare.client as flare
+import nvflare.client as flare
 
 
 def train(input_arr, add=1.0):

@@ -44,6 +44,7 @@ def main() -> None:
         train_script=HERE / "client.py",
         train_args=f"--update_type {args.update_type}",
         tls=args.tls,
+        nvflare_compat="on",  # client.py is NVFlare's script, unchanged: serve nvflare.client even beside a real NVFlare
     )
     if args.export_only:
         print(recipe.export(args.job_root).root)

@@ -79,3 +79,9 @@ def test_record_limit_per_round_drops_with_one_warning(job):
     assert len([r for r in step_rows(run) if r["site"] == "site-1" and r["round"] == "1"]) == 100
     warned = [e for e in events(run.job_dir.root, "site-1") if e["event"] == "tracking_dropped"]
     assert len(warned) == 1 and "tracking_max_records_per_round=100" in warned[0]["msg"]
+
+
+def test_records_travel_through_a_relay(job):
+    run = job("tracking_writers.py", "local", "hpcflare", num_rounds=2, relays=1, n_clients=3)
+    loss = [r for r in step_rows(run) if r["key"] == "train_loss"]
+    assert len(loss) == 3 * 2 * STEPS and {r["site"] for r in loss} == {"site-1", "site-2", "site-3"}
