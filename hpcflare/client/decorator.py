@@ -39,15 +39,21 @@ def _as_metrics(value: Any, ctx: api.APIContext) -> dict[str, Any]:
     raise TypeError(f"an @flare.evaluate function must return a dict of metrics or a number, got {type(value).__name__}")
 
 
+def _on_received(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str) -> tuple[api.APIContext, Any]:
+    """Receive the task's model, call ``fn`` with it; returns (context, fn's non-None result)."""
+    ctx = api._ctx()
+    result = _call_with_model(fn, api.receive(ctx=ctx), args, kwargs)
+    if result is None:
+        raise RuntimeError(f"@flare.{what} function {fn.__name__}() returned None; return "
+                           + ("an FLModel" if what == "train" else "its metrics"))
+    return ctx, result
+
+
 def train(_func: Optional[Callable[..., Any]] = None, **root_kwargs: Any) -> Any:
     def decorator(train_fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(train_fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = api._ctx()
-            model = api.receive(ctx=ctx)
-            result = _call_with_model(train_fn, model, args, kwargs)
-            if result is None:
-                raise RuntimeError(f"@flare.train function {train_fn.__name__}() returned None; return an FLModel")
+            ctx, result = _on_received(train_fn, args, kwargs, "train")
             if not isinstance(result, FLModel):
                 raise RuntimeError(f"@flare.train function {train_fn.__name__}() must return an FLModel, got "
                                    f"{type(result).__name__}")
@@ -65,11 +71,7 @@ def evaluate(_func: Optional[Callable[..., Any]] = None, **root_kwargs: Any) -> 
     def decorator(eval_fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(eval_fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = api._ctx()
-            model = api.receive(ctx=ctx)
-            result = _call_with_model(eval_fn, model, args, kwargs)
-            if result is None:
-                raise RuntimeError(f"@flare.evaluate function {eval_fn.__name__}() returned None; return its metrics")
+            ctx, result = _on_received(eval_fn, args, kwargs, "evaluate")
             if api.is_train(ctx=ctx):
                 ctx.cached_metrics = _as_metrics(result, ctx)
             else:
