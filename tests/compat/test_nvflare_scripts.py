@@ -80,8 +80,9 @@ def test_cross_site_evaluation_with_metrics_only_results(job, env_kind, variant,
 
 
 @both
-def test_script_launched_once_per_round(job, variant):
-    run = job("once_per_round.py", "local", variant, num_rounds=3, launch_once=False)
+@envs
+def test_script_launched_once_per_round(job, env_kind, variant):
+    run = job("once_per_round.py", env_kind, variant, num_rounds=3, launch_once=False)
     np.testing.assert_array_equal(load_result(run.result)["numpy_key"], INITIAL + 3)
     starts = [e for e in events(run.job_dir.root, "site-2") if e["event"] == "script_started"]
     assert len(starts) == 3  # a fresh run of the script for every round
@@ -117,3 +118,20 @@ def test_api_surface_context_and_shutdown(job, env_kind, variant):
     np.testing.assert_array_equal(load_result(run.result)["numpy_key"], INITIAL + 2)
     seen = sorted((r["site"], r["round"], r["value"]) for r in step_rows(run) if r["key"] == "seen_round")
     assert seen == [("site-1", "1", "0.0"), ("site-1", "2", "1.0"), ("site-2", "1", "0.0"), ("site-2", "2", "1.0")]
+
+
+def test_sim_env_returns_the_servers_reason_when_the_server_dies(tmp_path):
+    """A server that gives up (here: nobody registers) ends get_result() with its reason, even while client
+    threads are still stuck in a script that never reaches flare.init()."""
+    from hpcflare.env import SimEnv
+    from hpcflare.errors import JobFailedError
+    from hpcflare.recipe import FedAvgRecipe
+    from tests.conftest import FAST
+
+    script = tmp_path / "client.py"
+    script.write_text("import time\ntime.sleep(120)\n")
+    run = FedAvgRecipe(initial_model=[1.0], min_clients=2, train_script=script,
+                       settings={**FAST, "registration_timeout": 2}).execute(SimEnv(job_root=tmp_path / "jobs",
+                                                                                      verbose=False))
+    with pytest.raises(JobFailedError, match="registration_timeout"):
+        run.get_result(timeout=60)
