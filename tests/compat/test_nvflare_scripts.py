@@ -91,13 +91,14 @@ def test_script_launched_once_per_round(job, env_kind, variant):
 
 
 @both
-def test_lightning_trainer_trains_federatedly(job, variant):
+@envs
+def test_lightning_trainer_trains_federatedly(job, env_kind, variant):
     torch = pytest.importorskip("torch")
     pytest.importorskip("pytorch_lightning")
     torch.manual_seed(1)
     initial = torch.nn.Linear(3, 1)
     model = {"lin.weight": initial.weight.detach().clone(), "lin.bias": initial.bias.detach().clone()}
-    run = job("lightning_fit.py", "local", variant, num_rounds=3, initial_model=model, timeout=300,
+    run = job("lightning_fit.py", env_kind, variant, num_rounds=3, initial_model=model, timeout=300,
               settings={"round_timeout": 120, "heartbeat_timeout": 20})
     m = round_metrics(run)
     losses = [m[(r, "global", "val_loss")] for r in (1, 2, 3)]
@@ -105,8 +106,10 @@ def test_lightning_trainer_trains_federatedly(job, variant):
     result = load_result(run.result)
     assert set(result) == {"lin.weight", "lin.bias"}
     assert not np.allclose(result["lin.weight"], model["lin.weight"].numpy())
-    out = (run.job_dir.log_dir / "site-1.out").read_text()
-    assert "current_round=0" in out and "current_round=2" in out
+    from tests.compat.conftest import step_rows
+
+    seen = sorted(float(r["value"]) for r in step_rows(run) if r["key"] == "round_seen" and r["site"] == "site-1")
+    assert seen == [0.0, 1.0, 2.0]
 
 
 @both

@@ -10,9 +10,10 @@ STEPS = 1200
 
 
 @pytest.mark.parametrize("variant", ["nvflare", "hpcflare"])
-def test_every_record_lands_in_csv_and_tensorboard(job, variant):
+@pytest.mark.parametrize("env_kind", ["local", "sim"])
+def test_every_record_lands_in_csv_and_tensorboard(job, env_kind, variant):
     pytest.importorskip("tensorboard")
-    run = job("tracking_writers.py", "local", variant, num_rounds=2, tracking=["csv", "tensorboard"])
+    run = job("tracking_writers.py", env_kind, variant, num_rounds=2, tracking=["csv", "tensorboard"])
     rows = step_rows(run)
     loss = [r for r in rows if r["key"] == "train_loss"]
     assert len(loss) == 2 * 2 * STEPS  # two sites, two rounds, nothing summarised away

@@ -34,5 +34,6 @@ flare.patch(trainer)
 while flare.is_running():
     input_model = flare.receive()
     print(f"current_round={input_model.current_round}")
+    flare.log("round_seen", input_model.current_round)
     trainer.validate(model, dataloaders=data)
     trainer.fit(model, train_dataloaders=data)
