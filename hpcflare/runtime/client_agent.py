@@ -84,6 +84,6 @@ class ClientAgent:
         return params
 
     def close(self, status: str = "done", reason: str = "") -> None:
-        self.tracks.flush()
+        self.tracks.flush(final=self.ended or status != "done")
         self.hooks.close()
         self.connection.close(status, reason)

@@ -23,6 +23,8 @@ TRACK_BATCH = 512
 """Records per Track call (fewer when they are large: a call stays under half of settings.max_frame_bytes)."""
 MAX_TEXT = 64 << 10
 """Longest string value kept in a record (TEXT artifacts, tags, parameters); longer ones are cut."""
+FINAL_FLUSH_TIMEOUT = 5.0
+"""Seconds the last flush (a closing site, the job over) may take: one attempt, the server may be gone."""
 DATA_TYPES = frozenset({"SCALAR", "SCALARS", "METRIC", "METRICS", "PARAMETER", "PARAMETERS", "TAG", "TAGS", "TEXT"})
 """Record kinds the server's receivers write; others (IMAGE, LOG_RECORD) stay in the site's own log."""
 
@@ -85,8 +87,10 @@ class TrackBuffer:
             self.flush()
         return True
 
-    def flush(self) -> None:
-        """Send everything queued; a failure is logged (training goes on), never raised into the script."""
+    def flush(self, final: bool = False) -> None:
+        """Send everything queued; a failure is logged (training goes on), never raised into the script.
+        ``final`` (the site is closing after the job ended): one attempt of at most FINAL_FLUSH_TIMEOUT, no
+        retries until settings.server_lost_timeout, since the server may already be gone."""
         with self._send_lock:
             with self._lock:
                 records, self._records = self._records, []
@@ -97,7 +101,12 @@ class TrackBuffer:
                 return
             try:
                 for batch in self._batches(records):
-                    self.connection.call("Track", {"records": batch}, self.connection.settings.rpc_timeout)
+                    if final:
+                        transport, token = self.connection.credentials()
+                        transport.call("Track", {"site": self.connection.site, "token": token, "records": batch},
+                                       min(self.connection.settings.rpc_timeout, FINAL_FLUSH_TIMEOUT))
+                    else:
+                        self.connection.call("Track", {"records": batch}, self.connection.settings.rpc_timeout)
                     self.sent += len(batch)
             except errors.HpcflareError as exc:
                 self.log.warning("tracking_lost", f"{len(records)} tracking record(s) could not be sent: {exc}",
