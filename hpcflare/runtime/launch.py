@@ -8,6 +8,7 @@ become exit codes.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime.gpus import plan_devices
 from hpcflare.runtime.ranks import RankInfo, RoleKind, detect_rank, role_for_rank
 from hpcflare.runtime.relay import Relay
 from hpcflare.runtime.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
@@ -89,6 +91,11 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
         raise errors.ConfigError("relays find each other through the job directory: use rendezvous='fs' with relays")
     mpi = MpiRendezvous(settings.rendezvous_timeout) if rendezvous == MpiRendezvous.kind else None
     role = role_for_rank(info.rank, info.world, config)
+    devices, why = plan_devices(role.kind, os.environ)
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        print(f"[hpcflare] rank {info.rank} ({role.site or role.kind}): {why}", flush=True)
     if role.kind == RoleKind.SERVER:
         return run_server(job_dir, echo=True, host="0.0.0.0", advertise=advertise_host(), rendezvous=mpi)
     if role.kind == RoleKind.RELAY:

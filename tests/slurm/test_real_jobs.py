@@ -123,3 +123,37 @@ def test_separate_allocations_are_linked(slurm, make_recipe, tmp_path, capsys):
     assert wait_done(SlurmCommands(), server_id, 120) in ("FAILED", "COMPLETED")
     assert wait_done(SlurmCommands(), clients_id, 60) == "CANCELLED"
     assert "cancelling the clients job" in (job_dir.log_dir / f"slurm-{server_id}.out").read_text()
+
+
+GPU_SCRIPT = """
+import os
+import hpcflare.client as flare
+flare.init()
+while flare.is_running():
+    model = flare.receive()
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()},
+                             metrics={"gpu": int(os.environ["CUDA_VISIBLE_DEVICES"]),
+                                      "node": int(os.environ["SLURMD_NODENAME"][4:])}))
+"""
+
+
+def test_each_client_rank_gets_its_own_gpu_of_the_node(slurm, make_recipe, tmp_path):
+    """The dev cluster's fake GPUs (gres.conf, 2 per node): --gres=gpu:2 shows every task both; hpcflare gives
+    each client rank one, spread over the node, and hides them from the server."""
+    import csv
+
+    job_dir = make_recipe(GPU_SCRIPT, n_clients=3, min_clients=3, num_rounds=1).export(tmp_path / "jobs")
+    commands = SlurmCommands()
+    spec = SbatchSpec(job_dir, nodes=2, ntasks_per_node=2, time="00:05:00", options={"gres": "gpu:2"})
+    wait_done(commands, commands.submit(write_sbatch(spec)), 180)
+    assert job_dir.read_status()["state"] == "completed"
+    rows = list(csv.DictReader(open(job_dir.root / "tracking" / "metrics.csv")))
+    placed = {r["site"]: {} for r in rows if r["site"].startswith("site-")}
+    for r in rows:
+        if r["site"] in placed:
+            placed[r["site"]][r["key"]] = int(float(r["value"]))
+    pairs = [(p["node"], p["gpu"]) for p in placed.values()]
+    assert len(placed) == 3 and len(set(pairs)) == 3  # no two clients share a GPU of one node
+    assert all(gpu in (0, 1) for _, gpu in pairs)
+    out = next(job_dir.log_dir.glob("slurm-*.out")).read_text()
+    assert "server aggregates on the CPU: GPUs 0,1 hidden" in out
