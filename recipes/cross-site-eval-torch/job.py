@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 
 from hpcflare.data.synthetic import tiny_mlp
-from hpcflare.env import ENV_NAMES, make_env
-from hpcflare.recipe import CrossSiteEvalRecipe, CyclicRecipe, FedEvalRecipe
+from hpcflare.recipe import CrossSiteEvalRecipe, CyclicRecipe, FedEvalRecipe, job_cli
 
 HERE = Path(__file__).resolve().parent
 WORKFLOWS = {"cross-site": CrossSiteEvalRecipe, "cyclic": CyclicRecipe, "fedeval": FedEvalRecipe}
@@ -21,20 +20,19 @@ WORKFLOWS = {"cross-site": CrossSiteEvalRecipe, "cyclic": CyclicRecipe, "fedeval
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", choices=ENV_NAMES, default="local")
-    parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--n-clients", type=int, default=4)
-    parser.add_argument("--num-rounds", type=int, default=5)
+    job_cli.add_job_arguments(parser, n_clients=4, rounds=5)
     parser.add_argument("--workflow", choices=sorted(WORKFLOWS), default="cross-site")
     parser.add_argument("--initial-checkpoint", default=None)
-    parser.add_argument("--job-root", default="jobs")
     args = parser.parse_args()
+    if args.workflow == "fedeval":
+        args.num_rounds = 1
     recipe = WORKFLOWS[args.workflow](
-        name=f"{args.workflow}-torch", model=tiny_mlp(), min_clients=args.n_clients,
-        num_rounds=1 if args.workflow == "fedeval" else args.num_rounds,
+        name=f"{args.workflow}-torch", model=tiny_mlp(), **job_cli.recipe_arguments(args),
         train_script=HERE / "client.py", train_args=f"--n-sites {args.n_clients}",
         initial_checkpoint=args.initial_checkpoint)
-    run = recipe.execute(make_env(args.env, args.job_root, args.nodes))
+    run = job_cli.execute(recipe, args)
+    if run is None:
+        return
     run.get_result()
     root = run.job_dir.root
     if args.workflow == "cross-site":

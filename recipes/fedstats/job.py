@@ -7,25 +7,25 @@ import argparse
 import json
 from pathlib import Path
 
-from hpcflare.env import ENV_NAMES, make_env
-from hpcflare.recipe import FedStatsRecipe
+from hpcflare.recipe import FedStatsRecipe, job_cli
 
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", choices=ENV_NAMES, default="local")
-    parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--n-clients", type=int, default=4)
+    job_cli.add_job_arguments(parser, n_clients=4, rounds=2)
     parser.add_argument("--noise", type=float, default=0.0, help="Gaussian noise, as a fraction of each range")
     parser.add_argument("--min-count", type=int, default=10)
-    parser.add_argument("--job-root", default="jobs")
     args = parser.parse_args()
-    recipe = FedStatsRecipe(name="fedstats", min_clients=args.n_clients, train_script=HERE / "client.py",
+    if args.num_rounds != 2:
+        parser.error("fedstats always takes 2 rounds (counts and ranges, then histograms)")
+    recipe = FedStatsRecipe(name="fedstats", train_script=HERE / "client.py", **job_cli.recipe_arguments(args),
                             features=["age", "bmi", "length_of_stay"], bins=20, min_count=args.min_count,
                             noise=args.noise)
-    run = recipe.execute(make_env(args.env, args.job_root, args.nodes))
+    run = job_cli.execute(recipe, args)
+    if run is None:
+        return
     run.get_result()
     stats = json.loads((run.job_dir.models_dir / "statistics.json").read_text())["statistics"]
     print(f"{'feature':<16} {'count':>7} {'mean':>8} {'stddev':>8} {'min':>8} {'median':>8} {'max':>8}")

@@ -1,0 +1,64 @@
+"""The flags every recipes/*/job.py takes, and what they do: one place, so the recipes cannot drift apart.
+
+    --env local|sim|mpi|slurm   --n-clients N   --min-clients M   --rounds R (--num-rounds)   --profile P
+    --export-only   --job-root DIR   Slurm (--env slurm): --nodes --partition --time --account --dry-run
+
+NVFlare's spellings (``--n_clients``, ``--num_rounds``, ``--job_root``) are accepted too, so an NVFlare
+job.py's command line keeps working.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hpcflare.env import ENV_NAMES, LocalEnv, MpiEnv, SimEnv, SlurmEnv
+from hpcflare.env.api import Env, Run
+
+UNIFORM_FLAGS = ("--env", "--n-clients", "--min-clients", "--rounds", "--num-rounds", "--profile", "--export-only",
+                 "--job-root", "--nodes", "--partition", "--time", "--account", "--dry-run")
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, n_clients: int = 2, rounds: int = 3,
+                      env: str = "local") -> None:
+    parser.add_argument("--env", choices=ENV_NAMES, default=env)
+    parser.add_argument("--n-clients", "--n_clients", dest="n_clients", type=int, default=n_clients)
+    parser.add_argument("--min-clients", "--min_clients", dest="min_clients", type=int, default=None,
+                        help="default: every client")
+    parser.add_argument("--rounds", "--num-rounds", "--num_rounds", dest="num_rounds", type=int, default=rounds)
+    parser.add_argument("--profile", default="auto", help="settings profile (configs/*.yaml); auto: by client count")
+    parser.add_argument("--export-only", action="store_true", help="write the job directory, print its path, run nothing")
+    parser.add_argument("--job-root", "--job_root", dest="job_root", default="jobs")
+    slurm = parser.add_argument_group("Slurm (--env slurm)")
+    slurm.add_argument("--nodes", type=int, default=2)
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--time", default="00:30:00", help="time limit (the job checkpoints and requeues at it)")
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+
+
+def recipe_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe keywords these flags set."""
+    return {"min_clients": args.min_clients or args.n_clients, "n_clients": args.n_clients,
+            "num_rounds": args.num_rounds, "settings_profile": args.profile}
+
+
+def make_env(args: argparse.Namespace) -> Env:
+    if args.env == "slurm":
+        named = {"account": args.account} if args.account else {}
+        return SlurmEnv(nodes=args.nodes, partition=args.partition, time=args.time, job_root=args.job_root, **named)
+    return {"local": LocalEnv, "sim": SimEnv, "mpi": MpiEnv}[args.env](job_root=args.job_root)
+
+
+def execute(recipe: Any, args: argparse.Namespace) -> Run | None:
+    """--export-only / --dry-run, or run the recipe in the chosen Env (None when nothing ran)."""
+    if args.export_only:
+        print(recipe.export(args.job_root).root)
+        return None
+    env = make_env(args)
+    if args.dry_run:
+        if not isinstance(env, SlurmEnv):
+            raise SystemExit("--dry-run shows the sbatch script: use it with --env slurm")
+        print(env.dry_run(recipe))
+        return None
+    return recipe.execute(env)
