@@ -20,7 +20,7 @@ from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.gpus import plan_devices
-from hpcflare.runtime.ranks import RankInfo, RoleKind, detect_rank, role_for_rank
+from hpcflare.runtime.ranks import RankInfo, RoleKind, detect_rank, role_for_rank, tasks_per_node
 from hpcflare.runtime.relay import Relay
 from hpcflare.runtime.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
 from hpcflare.runtime.script_runner import run_client
@@ -90,7 +90,7 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     if config.relays and rendezvous == MpiRendezvous.kind:
         raise errors.ConfigError("relays find each other through the job directory: use rendezvous='fs' with relays")
     mpi = MpiRendezvous(settings.rendezvous_timeout) if rendezvous == MpiRendezvous.kind else None
-    role = role_for_rank(info.rank, info.world, config)
+    role = role_for_rank(info.rank, info.world, config, tasks_per_node(os.environ))
     devices, why = plan_devices(role.kind, os.environ)
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices

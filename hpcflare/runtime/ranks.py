@@ -1,4 +1,5 @@
-"""Role by rank inside one allocation: rank 0 is the server, the next R ranks relays, the rest clients.
+"""Role by rank inside one allocation: rank 0 is the server, R ranks spread over the nodes relays, the rest
+clients.
 
 Used by every launcher that starts all ranks at once (srun, mpiexec, submitit). How ranks then find each
 other is hpcflare.runtime.rendezvous; what each role runs is hpcflare.runtime.launch.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from typing import Mapping
 
 from hpcflare import errors
 from hpcflare.enums import NamedEnum
@@ -45,7 +48,46 @@ def detect_rank() -> RankInfo:
                              "is set; run under srun/mpiexec or pass --role explicitly")
 
 
-def role_for_rank(rank: int, world: int, config: JobConfig) -> Role:
+def tasks_per_node(env: Mapping[str, str]) -> list[int] | None:
+    """Slurm's SLURM_STEP_TASKS_PER_NODE ('5,1(x2)' -> [5, 1, 1]); None outside a Slurm step."""
+    text = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    if not text:
+        return None
+    counts: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not match:
+            return None
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def relay_ranks(relays: int, per_node: list[int] | None) -> list[int]:
+    """The ranks that host the relays, spread over the nodes (Slurm's block distribution numbers ranks node by
+    node): relay k on node k x nodes / relays, so each relay has clients on its own node (they pick a relay
+    on their node, see rendezvous.choose_relay); without a node layout, ranks 1..relays."""
+    if not relays:
+        return []
+    if not per_node or len(per_node) < 2:
+        return list(range(1, relays + 1))
+    nodes = len(per_node)
+    starts = [sum(per_node[:n]) for n in range(nodes)]
+    free = [list(range(starts[n] + (1 if n == 0 else 0), starts[n] + per_node[n])) for n in range(nodes)]
+    chosen: list[int] = []
+    for k in range(relays):
+        target = k * nodes // relays if relays <= nodes else k % nodes
+        for step in range(nodes):  # that node is full: the next one with a free rank
+            node = (target + step) % nodes
+            if free[node]:
+                chosen.append(free[node].pop(0))
+                break
+    return sorted(chosen)
+
+
+def role_for_rank(rank: int, world: int, config: JobConfig, per_node: list[int] | None = None) -> Role:
+    """Rank 0 is the server, the relays' ranks are spread over the nodes (``per_node``: tasks per node, from
+    :func:`tasks_per_node`), the other ranks are the job's clients in job.yaml order. Every rank computes the
+    same table from the same step environment."""
     relays = config.relays
     needed = 1 + relays + len(config.clients)
     if world < 1 + relays + config.min_clients:
@@ -53,9 +95,10 @@ def role_for_rank(rank: int, world: int, config: JobConfig) -> Role:
                                  f"request at least {1 + relays + config.min_clients} tasks ({needed} for every client)")
     if rank == 0:
         return Role(RoleKind.SERVER)
-    if rank <= relays:
-        return Role(RoleKind.RELAY, config.relay_names()[rank - 1])
-    index = rank - 1 - relays
+    hosts = relay_ranks(relays, per_node if per_node and sum(per_node) == world else None)
+    if rank in hosts:
+        return Role(RoleKind.RELAY, config.relay_names()[hosts.index(rank)])
+    index = rank - 1 - sum(1 for h in hosts if h < rank)
     if index < len(config.clients):
         return Role(RoleKind.CLIENT, config.clients[index])
     return Role(RoleKind.IDLE)

@@ -27,6 +27,7 @@ from filelock import FileLock, Timeout
 from hpcflare import errors
 from hpcflare.fileio import atomic_write_json
 from hpcflare.job import JobConfig
+from hpcflare.runtime.ranks import relay_ranks, tasks_per_node
 
 SERVER = "server"
 _ADDR_BYTES = 512
@@ -177,6 +178,18 @@ class MpiRendezvous(Rendezvous):
 RENDEZVOUS: dict[str, type[Rendezvous]] = {"fs": FileRendezvous, "mpi": MpiRendezvous}
 
 
+def relays_on_this_node(config: JobConfig) -> list[str]:
+    """The relays the step's layout (ranks.relay_ranks over SLURM_STEP_TASKS_PER_NODE) starts on this node."""
+    per_node, node_id = tasks_per_node(os.environ), os.environ.get("SLURM_NODEID", "")
+    world = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or ""
+    if not per_node or not node_id.isdigit() or int(node_id) >= len(per_node) or (
+            world.isdigit() and int(world) != sum(per_node)):
+        return []  # not a Slurm step whose layout role_for_rank used
+    start = sum(per_node[:int(node_id)])
+    hosts = relay_ranks(config.relays, per_node)
+    return [config.relay_names()[i] for i, rank in enumerate(hosts) if start <= rank < start + per_node[int(node_id)]]
+
+
 def choose_relay(rendezvous: FileRendezvous, config: JobConfig, site: str, timeout: float) -> Endpoint | None:
     """A relay on this node if one announced itself here, else relay (index mod R) by fan-out.
 
@@ -186,9 +199,10 @@ def choose_relay(rendezvous: FileRendezvous, config: JobConfig, site: str, timeo
     node = os.environ.get("SLURMD_NODENAME", "")
     deadline = time.monotonic() + timeout
     index = config.clients.index(site)
+    placed = relays_on_this_node(config)  # in a Slurm step the layout says which relays start on this node
     while True:
         announced = {name: ep for name in names if (ep := rendezvous.read(name)) is not None}
-        local = [n for n in names if node and n in announced and announced[n].node == node]
+        local = placed or [n for n in names if node and n in announced and announced[n].node == node]
         choice = local[index % len(local)] if local else names[index % len(names)]
         if choice in announced:
             return announced[choice]

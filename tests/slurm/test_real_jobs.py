@@ -157,3 +157,16 @@ def test_each_client_rank_gets_its_own_gpu_of_the_node(slurm, make_recipe, tmp_p
     assert all(gpu in (0, 1) for _, gpu in pairs)
     out = next(job_dir.log_dir.glob("slurm-*.out")).read_text()
     assert "server aggregates on the CPU: GPUs 0,1 hidden" in out
+
+
+def test_relays_spread_one_per_node_with_their_clients(slurm, make_recipe, tmp_path):
+    job_dir = make_recipe(HELLO, n_clients=6, min_clients=6, num_rounds=1, relays=3).export(tmp_path / "jobs")
+    commands = SlurmCommands()
+    spec = SbatchSpec(job_dir, nodes=3, ntasks_per_node=4, time="00:05:00")  # 12 ranks: 1 + 3 relays + 6 + 2 idle
+    wait_done(commands, commands.submit(write_sbatch(spec)), 180)
+    assert job_dir.read_status()["state"] == "completed"
+    server = events(job_dir.root, "server")
+    relay_node = {e["site"]: e["node"] for e in server if e["event"] == "relay_registered"}
+    assert len(relay_node) == 3 and len(set(relay_node.values())) == 3  # one relay per node
+    clients = [e for e in server if e["event"] == "client_registered"]
+    assert len(clients) == 6 and all(e["via"] and e["node"] == relay_node[e["via"]] for e in clients)
