@@ -52,7 +52,7 @@ def _exit_codes(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _job(args: argparse.Namespace, extra: list[str]) -> int:
-    from hpcflare.errors import HpcflareError
+    from hpcflare.errors import ConfigError, HpcflareError
     from hpcflare.slurm import SlurmCommands
     from hpcflare.slurm.commands import explain_reason
     from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch, write_sbatch
@@ -71,6 +71,9 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time,
                           options=options, sbatch_args=tuple(args.sbatch_arg or ()))
             if args.separate:  # server and clients as two allocations, meeting in the job dir
+                if args.server_exclusive:
+                    raise ConfigError("--separate already gives the server an allocation of its own; drop "
+                                      "--server-exclusive (or --separate for one allocation)")
                 server = SbatchSpec(job_dir, nodes=1, part="server", **common | {"ntasks_per_node": 1})
                 if args.dry_run:
                     print(render_sbatch(server))
@@ -83,7 +86,8 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                 print(f"submitted {job_dir.root.name}: server as Slurm job {server_id}, clients as {clients_id}; "
                       f"logs {job_dir.log_dir}")
                 return 0
-            spec = SbatchSpec(job_dir, nodes=args.nodes, rendezvous=args.rendezvous, **common)
+            spec = SbatchSpec(job_dir, nodes=args.nodes, rendezvous=args.rendezvous,
+                              server_exclusive=args.server_exclusive, **common)
             text = render_sbatch(spec)
             spec.check_capacity(slurm)  # before anything sits PENDING for ever (skipped without sinfo)
             if args.dry_run:
@@ -266,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="any other sbatch option, as sbatch takes it (repeatable), e.g. --sbatch-arg=--licenses=fs:1")
     p.add_argument("--separate", action="store_true",
                    help="submit the server and the clients as two allocations (sites as different jobs)")
+    p.add_argument("--server-exclusive", action="store_true",
+                   help="one allocation, the server alone on its first node (relays and clients on the others)")
     p.set_defaults(func=_job)
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "action", None) in ("submit", "resume", "status", "abort") and not args.target:

@@ -37,13 +37,17 @@ class SbatchSpec:
     server_job_id: str | None = None  # part="clients": the server's Slurm job, whose address to wait for
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # named sbatch options (spec.NAMED)
     sbatch_args: tuple[str, ...] = ()  # anything else, as given to sbatch: "--licenses=fs:1", "--requeue"
+    server_exclusive: bool = False
+    """The server alone on the allocation's first node; relays and clients fill the others (srun's arbitrary
+    distribution over a hostfile the batch step writes)."""
 
     def tasks(self) -> int:
         config = self.job_dir.load_config()
         return {"all": 1 + config.relays + len(config.clients), "server": 1, "clients": len(config.clients)}[self.part]
 
     def allocation(self) -> Allocation:
-        return Allocation(self.nodes, self.ntasks_per_node, self.partition, self.time,
+        per_node = self.ntasks_per_node or (self.per_node() if self.server_exclusive else None)
+        return Allocation(self.nodes, per_node, self.partition, self.time,
                           dict(parse_sbatch_arg(a) for a in self.sbatch_args), dict(self.options))
 
     def check_capacity(self, commands: SlurmCommands) -> None:
@@ -51,7 +55,22 @@ class SbatchSpec:
         self.allocation().check_partition(commands, self.tasks())
 
     def per_node(self) -> int:
+        if self.server_exclusive:  # the first node holds the server only; the others hold the rest
+            return self.ntasks_per_node or -(-(self.tasks() - 1) // (node_range(self.nodes)[0] - 1))
         return self.allocation().per_node(self.tasks())
+
+
+def _exclusive_hostfile(spec: SbatchSpec) -> str:
+    """Bash that lists the first node once (rank 0, the server), then every other node per_node times, and
+    points srun at it: ranks are placed in that order, so no relay or client shares the server's node."""
+    folder = shlex.quote(str(spec.job_dir.root / "slurm"))
+    hostfile = folder + '/hostfile-"$SLURM_JOB_ID"'
+    return ('# --server-exclusive: the server alone on the first node\n'
+            f'mkdir -p {folder}\n'
+            'nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))\n'
+            f'{{ echo "${{nodes[0]}}"; for n in "${{nodes[@]:1}}"; do for _ in $(seq {spec.per_node()}); do echo "$n"; '
+            f'done; done; }} | head -n {spec.tasks()} > {hostfile}\n'
+            f'export SLURM_HOSTFILE={hostfile}\n')
 
 
 def render_sbatch(spec: SbatchSpec) -> str:
@@ -64,8 +83,12 @@ def render_sbatch(spec: SbatchSpec) -> str:
     if spec.part == "clients" and not spec.server_job_id:
         raise ConfigError("part='clients' needs server_job_id (submit the server part first)")
     time_minutes(spec.time)  # refuses what Slurm would not take
+    fewest, most = node_range(spec.nodes)
+    if spec.server_exclusive and (spec.part != "all" or fewest != most or fewest < 2):
+        raise ConfigError("--server-exclusive needs one allocation (not --separate) of a fixed node count >= 2: "
+                          "the first node runs the server alone")
     alloc = spec.allocation()
-    if spec.per_node() * node_range(spec.nodes)[0] < spec.tasks():
+    if spec.per_node() * (node_range(spec.nodes)[0] - spec.server_exclusive) + spec.server_exclusive < spec.tasks():
         raise ConfigError(f"{spec.nodes} nodes x {spec.per_node()} tasks per node < {spec.tasks()} ranks "
                           f"(server, relays and clients); raise nodes or ntasks_per_node")
     # a fixed node count spreads ranks evenly; a range leaves the count to Slurm, so ask for the ranks in all
@@ -78,13 +101,15 @@ def render_sbatch(spec: SbatchSpec) -> str:
         "output": shlex.quote(str(spec.job_dir.log_dir / "slurm-%j.out")), "signal_lead_s": spec.signal_lead_s,
         "extra_directives": "\n".join(directives), "python": shlex.quote(spec.python),
         # --label: every line of the shared output file says which rank wrote it ("3: ...")
-        "srun_args": ("--mpi=pmi2 " if spec.rendezvous == "mpi" else "") + "--label --kill-on-bad-exit=0",
+        "srun_args": ("--mpi=pmi2 " if spec.rendezvous == "mpi" else "") + "--label --kill-on-bad-exit=0"
+                     + (f" --distribution=arbitrary --ntasks={spec.tasks()}" if spec.server_exclusive else ""),
         "launcher": shlex.quote(str(LAUNCHER)), "job_dir": shlex.quote(str(spec.job_dir.root)),
         "part": {"all": "server + clients in one allocation", "server": "server allocation",
                  "clients": "clients allocation"}[spec.part],
         "rank_args": {"all": f"--role auto --rendezvous {spec.rendezvous}", "server": "--role server --bind 0.0.0.0",
                       "clients": "--role client"}[spec.part],
-        "exports": f"export HPCFLARE_SERVER_JOB={spec.server_job_id}\n" if spec.part == "clients" else "",
+        "exports": (f"export HPCFLARE_SERVER_JOB={spec.server_job_id}\n" if spec.part == "clients" else "")
+                   + (_exclusive_hostfile(spec) if spec.server_exclusive else ""),
         # --separate: a server that fails takes its clients' allocation with it instead of leaving it waiting
         "on_failure": (f"\nclients={shlex.quote(str(spec.job_dir.root / 'slurm_clients_job_id'))}\n"
                        f'if [ "$rc" -ne 0 ] && [ -f "$clients" ]; then echo "[hpcflare] server failed: cancelling the '

@@ -170,3 +170,17 @@ def test_relays_spread_one_per_node_with_their_clients(slurm, make_recipe, tmp_p
     assert len(relay_node) == 3 and len(set(relay_node.values())) == 3  # one relay per node
     clients = [e for e in server if e["event"] == "client_registered"]
     assert len(clients) == 6 and all(e["via"] and e["node"] == relay_node[e["via"]] for e in clients)
+
+
+def test_server_exclusive_keeps_the_first_node_for_the_server(slurm, make_recipe, tmp_path):
+    from hpcflare.cli import main
+
+    job_dir = make_recipe(HELLO, n_clients=4, min_clients=4, num_rounds=1).export(tmp_path / "jobs")
+    assert main(["job", "submit", str(job_dir.root), "--nodes", "3", "--time", "00:05:00", "--server-exclusive"]) == 0
+    commands = SlurmCommands()
+    wait_done(commands, (job_dir.root / "slurm_job_id").read_text().strip(), 180)
+    assert job_dir.read_status()["state"] == "completed"
+    server = events(job_dir.root, "server")
+    server_node = next(e["node"] for e in server if e["event"] == "server_started")
+    client_nodes = {e["site"]: e["node"] for e in server if e["event"] == "client_registered"}
+    assert len(client_nodes) == 4 and server_node not in client_nodes.values() and server_node

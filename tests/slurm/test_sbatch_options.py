@@ -94,3 +94,14 @@ def test_node_range_job_runs_on_the_real_cluster(slurm, make_recipe, tmp_path):
     assert main(["job", "submit", str(job_dir.root), "--nodes", "1-3", "--time", "00:05:00"]) == 0
     wait_done(SlurmCommands(), (job_dir.root / "slurm_job_id").read_text().strip(), 180)
     assert job_dir.read_status()["state"] == "completed"
+
+
+def test_server_exclusive_places_ranks_through_a_hostfile(make_recipe, tmp_path):
+    job_dir = make_recipe(SLOW, n_clients=5, min_clients=5).export(tmp_path / "jobs")
+    text = render_sbatch(SbatchSpec(job_dir, nodes=3, server_exclusive=True))
+    assert "#SBATCH --ntasks-per-node=3" in text  # 5 clients over the 2 nodes the server leaves
+    assert "--distribution=arbitrary --ntasks=6" in text and "export SLURM_HOSTFILE=" in text
+    with pytest.raises(ConfigError, match="fixed node count >= 2"):
+        render_sbatch(SbatchSpec(job_dir, nodes=1, server_exclusive=True))
+    with pytest.raises(ConfigError, match="fixed node count"):
+        render_sbatch(SbatchSpec(job_dir, nodes="2-4", server_exclusive=True))
