@@ -91,8 +91,10 @@ def render_sbatch(spec: SbatchSpec) -> str:
     if spec.per_node() * (node_range(spec.nodes)[0] - spec.server_exclusive) + spec.server_exclusive < spec.tasks():
         raise ConfigError(f"{spec.nodes} nodes x {spec.per_node()} tasks per node < {spec.tasks()} ranks "
                           f"(server, relays and clients); raise nodes or ntasks_per_node")
-    # a fixed node count spreads ranks evenly; a range leaves the count to Slurm, so ask for the ranks in all
-    tasks_directive = (f"#SBATCH --ntasks-per-node={spec.per_node()}" if alloc.fixed_nodes
+    # a fixed node count spreads ranks evenly; a range leaves the count to Slurm, so ask for the ranks in all.
+    # Slurm refuses --ntasks-per-node above a node's CPUs even with --overcommit; --ntasks is accepted there
+    overcommit = bool(alloc.options.get("overcommit") or alloc.additional.get("overcommit"))
+    tasks_directive = (f"#SBATCH --ntasks-per-node={spec.per_node()}" if alloc.fixed_nodes and not overcommit
                        else f"#SBATCH --ntasks={spec.tasks()}")
     directives = spec.allocation().directives() + list(spec.extra_directives)
     config = spec.job_dir.load_config()

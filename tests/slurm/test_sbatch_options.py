@@ -105,3 +105,22 @@ def test_server_exclusive_places_ranks_through_a_hostfile(make_recipe, tmp_path)
         render_sbatch(SbatchSpec(job_dir, nodes=1, server_exclusive=True))
     with pytest.raises(ConfigError, match="fixed node count"):
         render_sbatch(SbatchSpec(job_dir, nodes="2-4", server_exclusive=True))
+
+
+@pytest.mark.slurm
+def test_overcommit_is_accepted_by_the_real_slurm(slurm, make_recipe, tmp_path):
+    """Slurm refuses --ntasks-per-node above a node's CPUs even with --overcommit; the script asks --ntasks."""
+    import time
+
+    from tests.conftest import HELLO_MODEL, REPO, load_result
+
+    job_dir = make_recipe((REPO / "recipes" / "hello-numpy" / "client.py").read_text(), n_clients=9,
+                          min_clients=9).export(tmp_path / "jobs")  # 10 ranks on 1 node of 8 CPUs
+    assert main(["job", "submit", str(job_dir.root), "--nodes", "1", "--overcommit", "--time", "00:05:00"]) == 0
+    assert "#SBATCH --ntasks=10" in (job_dir.root / "job.sbatch").read_text()
+    deadline = time.monotonic() + 180
+    while job_dir.read_status().get("state") not in ("completed", "failed", "aborted"):
+        assert time.monotonic() < deadline, "overcommitted job did not finish"
+        time.sleep(1)
+    assert job_dir.read_status()["state"] == "completed"
+    assert (load_result(job_dir.result_model_path)["numpy_key"] == HELLO_MODEL + 1).all()

@@ -1,0 +1,103 @@
+"""Slurm start-up benchmark: `hpcflare job submit` of an N-client FedAvg job, time to its first round.
+
+For each configuration it submits a real sbatch job (hello-numpy's model, a trivial client) and reads the
+server's structured log: seconds from `sbatch` to the Slurm job starting (queueing), from the job's start to
+the server opening round 1 (every rank's Python start-up, TLS kits, registration), and the whole job.
+
+    python benchmarks/slurm_startup.py --clients 32 128 --nodes 4 [--rounds 2] [--relays 0 4]
+
+Needs a Slurm cluster (the dev cluster: NUM_NODES=4 bash slurm/dev-cluster-up.sh). Many ranks per node on a
+small machine need --overcommit, which this script passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hpcflare.job import FINAL_STATES, JobDir
+from hpcflare.recipe import FedAvgRecipe
+
+CLIENT = """
+import hpcflare.client as flare
+flare.init()
+while flare.is_running():
+    model = flare.receive()
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
+"""
+
+
+def first_event(job: JobDir, name: str) -> float | None:
+    path = job.log_dir / "server.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        event = json.loads(line)
+        if event.get("event") == name:
+            return float(event["t"])
+    return None
+
+
+def batch_started(job: JobDir) -> float | None:
+    """When Slurm started the job (scontrol's StartTime, 1 s resolution)."""
+    job_id = (job.root / "slurm_job_id").read_text().strip()
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    for field in out.split():
+        if field.startswith("StartTime="):
+            try:
+                return time.mktime(time.strptime(field.split("=", 1)[1], "%Y-%m-%dT%H:%M:%S"))
+            except ValueError:
+                return None
+    return None
+
+
+def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, timeout: float) -> dict[str, float]:
+    script = root / "client.py"
+    script.write_text(CLIENT)
+    recipe = FedAvgRecipe(name=f"startup-{clients}", initial_model=np.ones((3, 3), np.float32), min_clients=clients,
+                          n_clients=clients, num_rounds=rounds, relays=relays, train_script=script)
+    job = recipe.export(root / "jobs")
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "hpcflare.cli", "job", "submit", str(job.root), "--nodes", str(nodes),
+                    "--time", "00:20:00", "--overcommit"], check=True, capture_output=True)
+    deadline = time.monotonic() + timeout
+    while job.read_status().get("state") not in FINAL_STATES:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{clients} clients: job not finished after {timeout:g}s; see {job.log_dir}")
+        time.sleep(0.5)
+    status = job.read_status()
+    started, first = batch_started(job), first_event(job, "round_started")
+    done = first_event(job, "job_completed") or time.time()
+    return {"state": status.get("state"), "queued_s": (started or t0) - t0,
+            "start_to_round1_s": (first - started) if first and started else float("nan"),
+            "sbatch_to_round1_s": (first - t0) if first else float("nan"), "total_s": done - t0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--relays", type=int, nargs="+", default=[0])
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    print(f"{'clients':>7} {'nodes':>5} {'relays':>6} {'state':>9} {'queued s':>9} {'start->round1 s':>15} "
+          f"{'sbatch->round1 s':>16} {'total s':>8}")
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:  # on the shared filesystem the nodes see
+        for clients in args.clients:
+            for relays in args.relays:
+                root = Path(tmp) / f"c{clients}-r{relays}"
+                root.mkdir()
+                row = run_one(root, clients, args.nodes, args.rounds, relays, args.timeout)
+                print(f"{clients:>7} {args.nodes:>5} {relays:>6} {row['state']:>9} {row['queued_s']:>9.1f} "
+                      f"{row['start_to_round1_s']:>15.1f} {row['sbatch_to_round1_s']:>16.1f} {row['total_s']:>8.1f}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
