@@ -105,6 +105,7 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                                "finish, raise settings.end_grace"))
         for e in _named(events, "relay_lost"):
             out.append(Finding("warning", f"{rank}: {e['msg']}", "check the relay's log and node"))
+        out += _client_api_findings(rank, events, settings)
         for e in _named(events, "client_failed"):
             code = e.get("exit_code")
             if code == ExitCode.SERVER_LOST:
@@ -131,6 +132,29 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                            "was killed (SIGKILL, OOM, node failure) or is still running",
                            "check the scheduler's output and `hpcflare job status`"))
     return out, summary
+
+
+def _client_api_findings(rank: str, events: list[dict[str, Any]], settings: Any) -> list[Finding]:
+    """NVFlare-script and tracking problems a site hit, with the option that fixes each."""
+    out = []
+    for e in _named(events, "client_failed"):
+        reason = str(e.get("reason", ""))
+        if "No module named 'nvflare" in reason and "provides" not in reason:
+            out.append(Finding("error", f"{rank}: the script imports NVFlare, which is not served here",
+                               "set the job option nvflare_compat: on ('auto' stays off where a real nvflare is "
+                               "importable), or port the imports to hpcflare.client (README 'Coming from NVFlare')"))
+        elif "hpcflare's NVFlare compatibility" in reason:
+            out.append(Finding("error", f"{rank}: the script imports an NVFlare module hpcflare does not provide",
+                               "port that import (README 'Coming from NVFlare' lists what is served)"))
+    dropped = _named(events, "tracking_dropped")
+    if dropped:
+        out.append(Finding("warning", f"{rank}: tracking records dropped in round(s) "
+                           f"{sorted({str(e.get('round')) for e in dropped})}",
+                           "log less often, or raise settings.tracking_max_records_per_round (now "
+                           f"{settings.tracking_max_records_per_round})"))
+    for e in _named(events, "tracking_lost")[:1]:
+        out.append(Finding("warning", f"{rank}: {e['msg']}", "check the server's log for the Track calls it refused"))
+    return out
 
 
 def _security_findings(ranks: dict[str, list[dict[str, Any]]]) -> list[Finding]:
