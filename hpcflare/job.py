@@ -15,12 +15,13 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import operator
 import os
 import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from filelock import FileLock, Timeout
@@ -60,22 +61,27 @@ def check_job_name(name: Any) -> str:
         raise ConfigError(f"job name {name!r} must be letters, digits, '_', '.', '-' (max 100, not starting with '.', "
                           "no '..' or '/'): it becomes a directory name")
     return name
+
+
 FRAMEWORKS = ("numpy", "pytorch")
 TRACKING_BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
-STOP_OPERATORS = (">=", "<=", "==", ">", "<")
+STOP_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt, "<": operator.lt}
+"""The comparisons a stop condition may use (two-character ones first: the pattern tries them in order)."""
 
 
 def parse_stop_condition(text: Any) -> tuple[str, str, float]:
     """'accuracy >= 0.9' -> ('accuracy', '>=', 0.9); anything else is a ConfigError showing the form."""
-    match = re.fullmatch(r"\s*([A-Za-z0-9_./-]+)\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+)\s*", text) if isinstance(
+    ops = "|".join(re.escape(op) for op in STOP_OPERATORS)
+    match = re.fullmatch(rf"\s*([A-Za-z0-9_./-]+)\s*({ops})\s*([-+0-9.eE]+)\s*", text) if isinstance(
         text, str) else None
     try:
         if match:
             return match.group(1), match.group(2), float(match.group(3))
     except ValueError:
         pass
-    raise ConfigError(f"stop condition {text!r} must read '<metric> <op> <number>' with op one of {STOP_OPERATORS}, "
-                      "e.g. 'accuracy >= 0.9'")
+    raise ConfigError(f"stop condition {text!r} must read '<metric> <op> <number>' with op one of "
+                      f"{tuple(STOP_OPERATORS)}, e.g. 'accuracy >= 0.9'")
 
 
 @dataclasses.dataclass

@@ -35,13 +35,27 @@ class APIContext:
         self.owned = owned  # True when init() created the agent itself (no launcher around us)
         self.initialized = False
         self.closed = False
-        self.task: Optional[Task] = None
+        self._task: Optional[Task] = None
+        self.seen: Optional[Task] = None  # the last task this site was given: it outlives send() and clear()
         self.model: Optional[FLModel] = None
-        self.last_task_id: Optional[str] = None
-        self.task_name: Optional[str] = None  # kept after send(), like NVFlare's
         self.cached_metrics: Any = None  # @flare.evaluate's result, attached by @flare.train
         self.rank: Optional[str] = None
-        self.round: Optional[int] = None  # the last task's round (1-based), stamped on tracking records
+
+    @property
+    def task(self) -> Optional[Task]:
+        """The task being worked on (None once sent or cleared)."""
+        return self._task
+
+    @task.setter
+    def task(self, value: Optional[Task]) -> None:
+        self._task = value
+        if value is not None:
+            self.seen = value
+
+    # derived from the last task seen: NVFlare keeps the task name after send(); tracking records get the round
+    task_name = property(lambda self: self.seen.name if self.seen else None)
+    round = property(lambda self: self.seen.round if self.seen else None)
+    last_task_id = property(lambda self: self.seen.task_id if self.seen else None)
 
     def __enter__(self) -> "APIContext":
         return self
@@ -121,7 +135,6 @@ def receive(timeout: Optional[float] = None, ctx: Optional[APIContext] = None) -
                 if stale:  # the script is inside a round that no longer exists: end it like the job's end
                     raise SiteEndedError(ctx.agent.end_reason or "the job ended")
                 return None
-        ctx.task_name, ctx.round = ctx.task.name, ctx.task.round
         try:
             params = ctx.agent.fetch(ctx.task)
         except StaleTaskError as exc:  # the round closed before its model arrived: on to the next task
@@ -171,8 +184,6 @@ def send(model: FLModel, clear_cache: bool = True, ctx: Optional[APIContext] = N
 def clear(ctx: Optional[APIContext] = None) -> None:
     """Forget the cached task/model so the next receive() fetches a new task (the task name stays)."""
     ctx = _ctx(ctx)
-    if ctx.task is not None:
-        ctx.last_task_id = ctx.task.task_id
     ctx.task, ctx.model = None, None
 
 
@@ -187,8 +198,6 @@ def is_running(ctx: Optional[APIContext] = None) -> bool:
     if ctx.agent.ended:
         return False
     ctx.task = ctx.agent.next_task(None, ctx.last_task_id)
-    if ctx.task is not None:
-        ctx.task_name, ctx.round = ctx.task.name, ctx.task.round
     return ctx.task is not None
 
 

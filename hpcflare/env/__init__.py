@@ -12,8 +12,10 @@ from hpcflare.env.slurm import MpiEnv, SlurmEnv, SubmititEnv
 ENV_NAMES = ("local", "sim", "mpi", "slurm")
 
 
-def make_env(name: str, job_root: str = "jobs", nodes: int = 2, partition: str | None = None) -> Env:
-    """The Env a recipe's ``--env`` flag names (what every recipes/*/job.py offers)."""
+def make_env(name: str, job_root: str | Path = "jobs", nodes: int = 2, partition: str | None = None,
+             **slurm_options: Any) -> Env:
+    """The Env a recipe's ``--env`` flag names (what every recipes/*/job.py offers); ``slurm_options``: SlurmEnv's
+    time= and named sbatch options (account=, ...)."""
     if name == "local":
         return LocalEnv(job_root=job_root)
     if name == "sim":
@@ -21,7 +23,7 @@ def make_env(name: str, job_root: str = "jobs", nodes: int = 2, partition: str |
     if name == "mpi":
         return MpiEnv(job_root=job_root)
     if name == "slurm":
-        return SlurmEnv(nodes=nodes, partition=partition, job_root=job_root)
+        return SlurmEnv(nodes=nodes, partition=partition, job_root=job_root, **slurm_options)
     raise ValueError(f"unknown env {name!r}; use one of {ENV_NAMES}")
 
 

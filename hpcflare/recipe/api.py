@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from hpcflare.errors import ConfigError
-from hpcflare.job import JobConfig, JobDir, check_job_name, fraction, whole_number
+from hpcflare.job import TRACKING_BACKENDS, JobConfig, JobDir, check_job_name, fraction, whole_number
 from hpcflare.recipe.model_io import save_initial_model
 from hpcflare.recipe.nvflare_keywords import translate
 from hpcflare.settings import Settings
@@ -122,7 +122,7 @@ class Recipe:
         return env.deploy(self.export(env.job_root))
 
 
-TRACKING_TYPES = ("tensorboard", "mlflow", "wandb")
+TRACKING_TYPES = tuple(b for b in TRACKING_BACKENDS if b != "csv")  # csv is always on
 
 
 def add_experiment_tracking(recipe: Recipe, tracking_type: str, tracking_config: dict[str, Any] | None = None) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hpcflare.env import ENV_NAMES, LocalEnv, MpiEnv, SimEnv, SlurmEnv
-from hpcflare.env.api import Env, Run
+from hpcflare.env import ENV_NAMES, SlurmEnv, make_env
+from hpcflare.env.api import Run
 
 UNIFORM_FLAGS = ("--env", "--n-clients", "--min-clients", "--rounds", "--num-rounds", "--profile", "--export-only",
                  "--job-root", "--nodes", "--partition", "--time", "--account", "--dry-run")
@@ -43,19 +43,13 @@ def recipe_arguments(args: argparse.Namespace) -> dict[str, Any]:
             "num_rounds": args.num_rounds, "settings_profile": args.profile}
 
 
-def make_env(args: argparse.Namespace) -> Env:
-    if args.env == "slurm":
-        named = {"account": args.account} if args.account else {}
-        return SlurmEnv(nodes=args.nodes, partition=args.partition, time=args.time, job_root=args.job_root, **named)
-    return {"local": LocalEnv, "sim": SimEnv, "mpi": MpiEnv}[args.env](job_root=args.job_root)
-
-
 def execute(recipe: Any, args: argparse.Namespace) -> Run | None:
     """--export-only / --dry-run, or run the recipe in the chosen Env (None when nothing ran)."""
     if args.export_only:
         print(recipe.export(args.job_root).root)
         return None
-    env = make_env(args)
+    slurm = {"time": args.time, **({"account": args.account} if args.account else {})} if args.env == "slurm" else {}
+    env = make_env(args.env, args.job_root, args.nodes, args.partition, **slurm)
     if args.dry_run:
         if not isinstance(env, SlurmEnv):
             raise SystemExit("--dry-run shows the sbatch script: use it with --env slurm")

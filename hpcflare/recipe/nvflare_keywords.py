@@ -7,6 +7,7 @@ one without an hpcflare equivalent is a ConfigError that says what to do instead
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,6 @@ def _per_site(per_site: Any, clients: Any, options: dict[str, Any]) -> dict[str,
             if key in conf and options.get(key, conf[key]) != conf[key]:
                 raise ConfigError(f"per_site_config[{site!r}].{key} must match the job's {key}")
         if conf.get("train_args") is not None:
-            import shlex
-
             args[str(site)] = shlex.split(conf["train_args"]) if isinstance(conf["train_args"], str) else list(
                 conf["train_args"])
     return {"clients": list(clients or per_site), "site_train_args": args}

@@ -109,8 +109,7 @@ class Connection:
         self._stop.set()
         if self.transport is not None and self.token:
             try:
-                self.transport.call("Goodbye", {"site": self.site, "token": self.token, "status": status,
-                                                "reason": reason}, self.settings.rpc_timeout)
+                self.call("Goodbye", {"status": status, "reason": reason}, self.settings.rpc_timeout, once=True)
             except errors.HpcflareError as exc:
                 self.log.debug("goodbye_failed", f"could not say goodbye: {exc}")
         if self.transport is not None:
@@ -226,10 +225,13 @@ class Connection:
                 attempt += 1
                 time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
 
-    def call(self, method: str, request: dict, timeout: float) -> dict:
-        """A unary call in this site's name, retried like every other transfer."""
-        return self.retry(method, lambda: self.transport.call(  # type: ignore[union-attr]
-            method, {"site": self.site, "token": self.token, **request}, timeout))
+    def call(self, method: str, request: dict, timeout: float, once: bool = False) -> dict:
+        """A unary call in this site's name, retried like every other transfer; ``once``: a single attempt
+        (the caller may be closing after the job ended, when the server can already be gone)."""
+        def attempt() -> dict:
+            transport, token = self.credentials()
+            return transport.call(method, {"site": self.site, "token": token, **request}, timeout)
+        return attempt() if once else self.retry(method, attempt)
 
     def credentials(self) -> tuple[GrpcClientTransport, str]:
         """The current transport and its token, read in that order (see _connect)."""

@@ -11,15 +11,12 @@ With ``early_stop_patience: N`` the job ends (completed) after N rounds without 
 from __future__ import annotations
 
 import json
-import operator
 from pathlib import Path
 from typing import Any, Callable
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_link, atomic_write_json
-from hpcflare.job import parse_stop_condition
-
-OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt, "<": operator.lt}
+from hpcflare.job import STOP_OPERATORS, parse_stop_condition
 
 
 class ModelSelector:
@@ -48,7 +45,7 @@ class ModelSelector:
         """Round ``number`` closed with these per-key means; the checkpoint on disk is still round number-1's."""
         if self.condition is not None:
             name, op, bound = self.condition
-            if name in means and OPERATORS[op](means[name], bound):
+            if name in means and STOP_OPERATORS[op](means[name], bound):
                 self.condition_met = f"stop condition '{name} {op} {bound:g}' met ({name}={means[name]:.6g})"
         if not self.key:
             return

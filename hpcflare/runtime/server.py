@@ -103,7 +103,10 @@ class FLServer(RoundHost):
     def on_track(self, site: str, records: list) -> None:
         if site in self.relays:
             raise errors.MalformedMessageError("relays forward tracking records in their children's names")
-        self.tracker.record_steps(site, records)
+        skipped = self.tracker.record_steps(site, records)
+        if skipped:
+            self.log.warning("tracking_malformed", f"{site}: {skipped} of {len(records)} tracking record(s) were "
+                             "malformed and skipped", site=site, skipped=skipped)
 
     def may_act_for(self, identity: str, site: str) -> bool:
         return identity in self.relays  # relays register, say goodbye, forward results and tracking for children

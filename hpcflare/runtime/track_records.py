@@ -55,7 +55,6 @@ class TrackBuffer:
         self._per_round: dict[Any, int] = {}
         self._warned: set[Any] = set()
         self._last_flush = time.monotonic()
-        self.sent = self.dropped = 0
 
     def add(self, record: dict[str, Any]) -> bool:
         """Queue one record; False (and one warning per round) past the per-round limit or for a kind no
@@ -72,7 +71,6 @@ class TrackBuffer:
             rnd = entry.get("round")
             count = self._per_round.get(rnd, 0)
             if count >= limit:
-                self.dropped += 1
                 if rnd not in self._warned:
                     self._warned.add(rnd)
                     self.log.warning("tracking_dropped", f"round {rnd}: more than settings.tracking_max_records_per_"
@@ -101,13 +99,9 @@ class TrackBuffer:
                 return
             try:
                 for batch in self._batches(records):
-                    if final:
-                        transport, token = self.connection.credentials()
-                        transport.call("Track", {"site": self.connection.site, "token": token, "records": batch},
-                                       min(self.connection.settings.rpc_timeout, FINAL_FLUSH_TIMEOUT))
-                    else:
-                        self.connection.call("Track", {"records": batch}, self.connection.settings.rpc_timeout)
-                    self.sent += len(batch)
+                    timeout = self.connection.settings.rpc_timeout
+                    self.connection.call("Track", {"records": batch},
+                                         min(timeout, FINAL_FLUSH_TIMEOUT) if final else timeout, once=final)
             except errors.HpcflareError as exc:
                 self.log.warning("tracking_lost", f"{len(records)} tracking record(s) could not be sent: {exc}",
                                  records=len(records))

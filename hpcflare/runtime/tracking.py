@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from hpcflare.errors import ConfigError
+from hpcflare.job import TRACKING_BACKENDS as BACKENDS
 from hpcflare.runtime.tracking_receivers import (CsvReceiver, MlflowReceiver, Receiver, TensorBoardReceiver,
                                                  WandbReceiver, numeric, parse_record)
-
-BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
-
 
 RECEIVERS: dict[str, type[Receiver]] = {"csv": CsvReceiver, "tensorboard": TensorBoardReceiver,
                                         "mlflow": MlflowReceiver, "wandb": WandbReceiver}
@@ -49,9 +47,8 @@ class Tracker:
         unknown = set(backends) - set(BACKENDS)
         if unknown:
             raise ConfigError(f"tracking backends must be among {BACKENDS}, got {sorted(unknown)}")
-        self.root, self.backends = root, list(backends)
+        self.root = root
         self._lock = threading.Lock()
-        self.malformed = 0
         if backends:
             root.mkdir(parents=True, exist_ok=True)
         self.receivers: list[Receiver] = [RECEIVERS[name](root, job, dict((options or {}).get(name) or {}))
@@ -78,14 +75,13 @@ class Tracker:
         return means
 
     def record_steps(self, site: str, raw: list[Any]) -> int:
-        """Write a batch of a site's step records; returns how many were kept (malformed ones are counted)."""
+        """Write a batch of a site's step records; returns how many were malformed (skipped)."""
         records = [r for r in (parse_record(site, item) for item in raw) if r is not None]
         with self._lock:
-            self.malformed += len(raw) - len(records)
             for receiver in self.receivers:
                 receiver.records(site, records)
                 receiver.flush()
-        return len(records)
+        return len(raw) - len(records)
 
     def close(self) -> None:
         with self._lock:

@@ -60,7 +60,7 @@ class Record:
 
 
 def parse_record(site: str, raw: Any) -> Record | None:
-    """A record from the wire, or None when it is malformed (counted, never fatal)."""
+    """A record from the wire, or None when it is malformed (skipped and reported, never fatal)."""
     if not isinstance(raw, dict) or not isinstance(raw.get("key"), str):
         return None
     kind, value = str(raw.get("data_type", "SCALAR")), raw.get("value")
