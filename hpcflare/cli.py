@@ -51,6 +51,14 @@ def _exit_codes(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _per_rank(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'auto', got {text!r}")
+    return int(text)
+
+
 def _job(args: argparse.Namespace, extra: list[str]) -> int:
     from hpcflare.errors import ConfigError, HpcflareError
     from hpcflare.slurm import SlurmCommands
@@ -62,6 +70,8 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
         if args.action == "submit":
             job_dir = JobDir(args.target)
             job_dir.load_config()
+            if args.clients_per_rank is not None:  # written to job.yaml: every rank reads it from there
+                job_dir.settle_clients_per_rank(args.clients_per_rank, None)
             if not args.dry_run:
                 from hpcflare.security.jobs import prepare_job
 
@@ -272,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="submit the server and the clients as two allocations (sites as different jobs)")
     p.add_argument("--server-exclusive", action="store_true",
                    help="one allocation, the server alone on its first node (relays and clients on the others)")
+    p.add_argument("--clients-per-rank", type=_per_rank, default=None,
+                   help="sites each client rank runs as virtual clients (written to job.yaml; default: the job's)")
     p.set_defaults(func=_job)
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "action", None) in ("submit", "resume", "status", "abort") and not args.target:

@@ -84,6 +84,26 @@ def parse_stop_condition(text: Any) -> tuple[str, str, float]:
                       f"{tuple(STOP_OPERATORS)}, e.g. 'accuracy >= 0.9'")
 
 
+PROCESSES_PER_CORE = 4
+"""clients_per_rank 'auto' on one machine: a process per site up to this many sites per core; beyond that the
+sites are packed into one client rank per core (or per visible GPU)."""
+
+
+def auto_clients_per_rank(n_clients: int, slots: int) -> int:
+    """Sites per client rank when ``slots`` client ranks are available: all sites spread evenly over them."""
+    return max(1, -(-n_clients // max(1, slots)))
+
+
+def local_client_slots(n_clients: int) -> int | None:
+    """Client ranks for 'auto' on this machine: None (a process per site) for up to PROCESSES_PER_CORE sites
+    per core, else one rank per visible GPU, or per core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_clients <= PROCESSES_PER_CORE * cores:
+        return None
+    gpus = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip() and d.strip() != "-1"]
+    return len(gpus) or cores
+
+
 @dataclasses.dataclass
 class JobConfig:
     name: str
@@ -104,6 +124,10 @@ class JobConfig:
     """A round also needs this fraction of the clients it started with (besides min_clients) to close."""
     relays: int = 0
     """Relay ranks between server and clients; each aggregates its clients' updates into one partial sum."""
+    clients_per_rank: int | str = "auto"
+    """Sites one client rank hosts as virtual clients (a thread each, sharing the rank's process, its one link
+    upstream and its one copy of the round's model); 1 = a process per site. 'auto' is resolved when the job
+    is deployed (see :func:`resolve_clients_per_rank`)."""
     relay_failover: str = "direct"
     """When a client's relay dies: 'direct' = reconnect to the server, 'exclude' = drop out of the job."""
     staging: bool = False
@@ -189,6 +213,11 @@ class JobConfig:
         fraction("min_fraction", self.min_fraction)
         if not 0 <= self.relays <= len(self.clients):
             raise ConfigError(f"relays={self.relays} must be between 0 and the number of clients ({len(self.clients)})")
+        if self.clients_per_rank != "auto":
+            whole_number("clients_per_rank", self.clients_per_rank, 1)
+        clash = set(self.clients) & ({f"relay-{i}" for i in range(1, self.relays + 1)} | set(self.rank_hosts()))
+        if clash:
+            raise ConfigError(f"site name(s) {sorted(clash)} are taken by this job's relays or client ranks; rename them")
         if self.relay_failover not in ("direct", "exclude"):
             raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {self.relay_failover!r}")
         if not isinstance(self.staging, bool):
@@ -233,6 +262,27 @@ class JobConfig:
 
     def relay_names(self) -> list[str]:
         return [f"relay-{i}" for i in range(1, self.relays + 1)]
+
+    @property
+    def per_rank(self) -> int:
+        """Sites per client rank ('auto' never resolved = 1, a process per site)."""
+        return self.clients_per_rank if isinstance(self.clients_per_rank, int) else 1
+
+    def client_units(self) -> dict[str, list[str]]:
+        """The job's client ranks in job.yaml order: name -> the sites it runs. With one site per rank the
+        name is the site's; else 'client-rank-N'."""
+        k = self.per_rank
+        if k == 1:
+            return {site: [site] for site in self.clients}
+        return {f"client-rank-{n}": self.clients[i:i + k] for n, i in enumerate(range(0, len(self.clients), k), 1)}
+
+    def rank_hosts(self) -> dict[str, list[str]]:
+        """Client ranks that host their sites behind one link upstream (a rank-local relay), by name.
+        Empty with one site per rank, or for strategies that cannot take partial aggregates (their virtual
+        clients each keep their own link to the server)."""
+        if self.per_rank == 1 or not self.new_strategy().supports_relays:
+            return {}
+        return self.client_units()
 
     def load_settings(self) -> Settings:
         return Settings.load(self.settings_profile, self.settings)
@@ -282,6 +332,21 @@ class JobDir:
         for d in (self.root, self.app_dir, self.models_dir, self.log_dir, self.rendezvous_dir):
             d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+    def settle_clients_per_rank(self, value: int | str | None, slots: int | None) -> JobConfig:
+        """Fix the job's clients_per_rank before its ranks start: ``value`` (an Env's own setting) wins over
+        job.yaml; 'auto' becomes the sites over ``slots`` client ranks, rounded up (1 without ``slots``)."""
+        config = self.load_config()
+        wanted = config.clients_per_rank if value is None else value
+        if wanted == "auto":
+            wanted = auto_clients_per_rank(len(config.clients), slots) if slots and slots > 0 else "auto"
+        else:
+            wanted = whole_number("clients_per_rank", wanted, 1)
+        if wanted != config.clients_per_rank:
+            config.clients_per_rank = wanted
+            config.validate()
+            atomic_write_text(self.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        return config
 
     def load_config(self) -> JobConfig:
         if not self.config_path.is_file():

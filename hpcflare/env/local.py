@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import IO, Optional
 
 from hpcflare.env.api import Env, Run, deadline_after
+from hpcflare.errors import ConfigError
 from hpcflare.exitcodes import describe
-from hpcflare.job import JobDir
+from hpcflare.job import JobDir, local_client_slots
 from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.memory import MALLOC_ENV
 
@@ -33,8 +34,10 @@ class LocalRun(Run):
         self.exit_codes: dict[str, int] = {}
 
     def client_pid(self, site: str) -> int:
+        """The pid of the process running ``site`` (with clients_per_rank > 1, its client rank's)."""
         if site in self.clients:
             return self.clients[site].pid
+        site = next((name for name, sites in self.job_dir.load_config().client_units().items() if site in sites), site)
         path = self.job_dir.log_dir / "client_pids.json"
         deadline = time.monotonic() + PID_FILE_TIMEOUT
         while not path.exists():
@@ -63,7 +66,7 @@ class LocalRun(Run):
         codes_file = self.job_dir.log_dir / "client_exit_codes.json"
         if self.zygote is not None:  # sites it never reaped were killed with it
             reaped = json.loads(codes_file.read_text()) if codes_file.exists() else {}
-            forked = [s for s in self.job_dir.load_config().clients if s not in self.clients]
+            forked = [s for s in self.job_dir.load_config().client_units() if s not in self.clients]
             self.exit_codes.update({s: reaped.get(s, -signal.SIGKILL) for s in forked})
         for f in self._files:
             f.close()
@@ -103,24 +106,32 @@ class LocalEnv(Env):
     """One process for the server; clients forked from a pre-imported parent (or spawned, ``fork=False``)."""
 
     def __init__(self, job_root: str | Path = "jobs", verbose: bool = True, python: str = sys.executable,
-                 site_env: dict[str, dict[str, str]] | None = None, fork: bool = True) -> None:
+                 site_env: dict[str, dict[str, str]] | None = None, fork: bool = True,
+                 clients_per_rank: int | str | None = None) -> None:
         """``site_env`` adds environment variables per site (e.g. CUDA_VISIBLE_DEVICES, HPCFLARE_STAGING_DIR);
-        sites with their own environment are always spawned."""
+        sites with their own environment are always spawned. ``clients_per_rank`` overrides the job's (default
+        'auto': a process per site up to job.PROCESSES_PER_CORE sites per core, else one client rank per core)."""
         super().__init__(job_root)
         self.verbose, self.python, self.site_env, self.fork = verbose, python, dict(site_env or {}), fork
+        self.clients_per_rank = clients_per_rank
 
     def _cmd(self, job_dir: JobDir, *args: str) -> list[str]:
         return [self.python, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root), *args]
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
-        config = prepare_job(job_dir, secure_default=False)
+        prepare_job(job_dir, secure_default=False)
+        config = job_dir.settle_clients_per_rank(self.clients_per_rank, local_client_slots(len(job_dir.load_config().clients)))
+        units = config.client_units()
+        if self.site_env and config.per_rank > 1:
+            raise ConfigError(f"site_env gives sites their own environment, but clients_per_rank={config.per_rank} runs "
+                              "several sites in one process: pass clients_per_rank=1 with site_env")
         settings = config.load_settings()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPCFLARE_JOB_DIR": str(job_dir.root)}
         env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
         # many ranks on one machine: give each a fair share of the cores instead of every torch/numpy
         # process starting one thread per core (heavy oversubscription, rounds 10x slower)
-        share = str(max(1, (os.cpu_count() or 1) // (1 + len(config.clients) + config.relays)))
+        share = str(max(1, (os.cpu_count() or 1) // (1 + len(units) + config.relays)))
         env.update({k: share for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k not in os.environ})
         job_dir.log_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("client_pids.json", "client_exit_codes.json"):
@@ -138,13 +149,13 @@ class LocalEnv(Env):
             files.append(out)  # closed by LocalRun.wait, like the clients' files
             relays.append(subprocess.Popen(self._cmd(job_dir, "--role", "relay", "--site", name), env=env,
                                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-        forked = [s for s in config.clients if self.fork and s not in self.site_env]
+        forked = [name for name in units if self.fork and name not in self.site_env]
         zygote = None
         if forked:
             zygote = subprocess.Popen([self.python, "-m", "hpcflare.env.zygote", "--job-dir", str(job_dir.root),
                                        *forked], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         clients = {}
-        for site in config.clients:
+        for site in units:
             if site in forked:
                 continue
             out = open(job_dir.log_dir / f"{site}.out", "wb")
@@ -153,7 +164,8 @@ class LocalEnv(Env):
                                              env={**env, "HPCFLARE_SITE_NAME": site, **self.site_env.get(site, {})},
                                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if self.verbose:
-            print(f"[hpcflare] job {config.job_id}: {len(config.clients)} clients started locally; "
+            per = f" in {len(units)} client ranks" if config.per_rank > 1 else ""
+            print(f"[hpcflare] job {config.job_id}: {len(config.clients)} clients started locally{per}; "
                   f"job dir {job_dir.root}", flush=True)
         clients.update(zip(config.relay_names(), relays))
         return LocalRun(job_dir, server, clients, zygote, files, settings.end_grace)

@@ -1,7 +1,8 @@
 """SimEnv: server and clients as threads of this process (real gRPC on loopback), for debugging.
 
-Breakpoints in the training script work; one process means `sys.argv` and the cwd are shared, so every
-site runs the same train_args in the current directory.
+Breakpoints in the training script work. Each site's thread sees its own ``sys.argv`` (its train_args); the
+working directory is shared. With clients_per_rank > 1 the sites are grouped into client ranks as in every
+other Env (each group one link to the server), which is what makes thousands of simulated sites cheap.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Optional
 
 from hpcflare.env.api import Env, Run, deadline_after, sites_from
 from hpcflare.exitcodes import ExitCode
-from hpcflare.job import JobDir
+from hpcflare.job import JobDir, local_client_slots
 from hpcflare.security.jobs import prepare_job
+from hpcflare.runtime.client_rank import run_sites
 from hpcflare.runtime.launch import run_client, run_server
 from hpcflare.runtime.script_runner import script_path
 
@@ -49,18 +51,20 @@ class SimRun(Run):
 
 class SimEnv(Env):
     """``SimEnv(num_clients=2)`` / ``SimEnv(clients=["a", "b"])`` (NVFlare's names) choose the sites the recipe
-    runs with; ``workspace_root`` is NVFlare's name for ``job_root``."""
+    runs with; ``workspace_root`` is NVFlare's name for ``job_root``; ``clients_per_rank`` overrides the job's."""
 
     def __init__(self, job_root: str | Path = "jobs", verbose: bool = True, num_clients: int | None = None,
                  clients: list[str] | None = None, workspace_root: str | Path | None = None,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, clients_per_rank: int | str | None = None) -> None:
         super().__init__(workspace_root if workspace_root is not None else job_root)
         self.verbose = verbose
         self.sites = sites_from(num_clients, clients)
+        self.clients_per_rank = clients_per_rank
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
-        config = prepare_job(job_dir, secure_default=False)
+        prepare_job(job_dir, secure_default=False)
+        config = job_dir.settle_clients_per_rank(self.clients_per_rank, local_client_slots(len(job_dir.load_config().clients)))
         script = script_path(job_dir, config.train_script)
         sys.argv = [str(script), *config.train_args]
         if str(script.parent) not in sys.path:
@@ -70,12 +74,15 @@ class SimEnv(Env):
         def server() -> None:
             codes["server"] = run_server(job_dir, echo=self.verbose)
 
-        def client(site: str) -> None:
-            codes[site] = run_client(job_dir, site, per_thread=True)
+        def client(name: str, sites: list[str]) -> None:
+            if sites == [name]:
+                codes[name] = run_client(job_dir, name, per_thread=True)
+            else:
+                codes[name] = run_sites(job_dir, sites, name, own_process=False)
 
         threads = {"server": threading.Thread(target=server, name="sim-server", daemon=True)}
-        threads.update({site: threading.Thread(target=client, args=(site,), name=f"sim-{site}", daemon=True)
-                        for site in config.clients})
+        threads.update({name: threading.Thread(target=client, args=(name, sites), name=f"sim-{name}", daemon=True)
+                        for name, sites in config.client_units().items()})
         for thread in threads.values():
             thread.start()
         return SimRun(job_dir, threads, codes)

@@ -91,8 +91,10 @@ class SlurmEnv(Env):
     def __init__(self, nodes: int = 1, ntasks_per_node: int | None = None, partition: str | None = None,
                  time: str | int = "00:30:00", job_root: str | Path = "jobs", rendezvous: str = "fs",
                  setup: list[str] | None = None, slurm_args: dict[str, Any] | None = None,
-                 slurm_additional_parameters: dict[str, Any] | None = None, **sbatch_options: Any) -> None:
-        """``sbatch_options``: account=, qos=, cpus_per_task=, mem=, mem_per_cpu=, gres=, gpus=, gpus_per_task=,
+                 slurm_additional_parameters: dict[str, Any] | None = None,
+                 clients_per_rank: int | str | None = None, **sbatch_options: Any) -> None:
+        """``clients_per_rank``: sites per client rank (virtual clients; default: the job's, 'auto' = 1 here);
+        ``sbatch_options``: account=, qos=, cpus_per_task=, mem=, mem_per_cpu=, gres=, gpus=, gpus_per_task=,
         constraint=, exclusive=, reservation=, mail_type=, mail_user=, overcommit= (hpcflare.slurm.spec.NAMED);
         ``slurm_additional_parameters``: any other sbatch option by name; ``slurm_args``: raw submitit keywords."""
         super().__init__(job_root)
@@ -103,15 +105,16 @@ class SlurmEnv(Env):
             raise ConfigError(f"nodes={nodes!r}: submitit needs a fixed node count (SlurmEnv); node ranges work "
                               "with `hpcflare job submit --nodes 2-4`")
         self.rendezvous, self.setup, self.slurm_args = rendezvous, list(setup or []), dict(slurm_args or {})
+        self.clients_per_rank = clients_per_rank
 
     def executor(self, job_dir: JobDir) -> Any:
         config = job_dir.load_config()
-        ranks = 1 + config.relays + len(config.clients)
+        ranks = 1 + config.relays + len(config.client_units())
         alloc = self.allocation
         per_node = alloc.per_node(ranks)
         if per_node * alloc.nodes < ranks:
             raise ConfigError(f"{alloc.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
-                              f"+ {len(config.clients)} clients)")
+                              f"+ {len(config.client_units())} client ranks)")
         alloc.check_partition(SlurmCommands(), ranks)  # explain now what would otherwise sit PENDING for ever
         executor = submitit.SlurmExecutor(folder=job_dir.root / "slurm", python=sys.executable)
         setup = [f"export {k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items()] + self.setup
@@ -154,6 +157,7 @@ class SlurmEnv(Env):
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
+        job_dir.settle_clients_per_rank(self.clients_per_rank, None)  # before the kits: client ranks get their own
         prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
         job = self.executor(job_dir).submit(submitit_rank, str(job_dir.root), self.rendezvous)
         print(f"[hpcflare] job {job_dir.root.name} submitted to Slurm as {job.job_id}; logs in {job_dir.log_dir}",
@@ -191,8 +195,10 @@ class MpiRun(Run):
 class MpiEnv(Env):
     """All ranks under one ``mpiexec`` (PyPI mpich wheel), addresses exchanged by MPI broadcast."""
 
-    def __init__(self, job_root: str | Path = "jobs", mpiexec: str | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(self, job_root: str | Path = "jobs", mpiexec: str | None = None, extra_args: list[str] | None = None,
+                 clients_per_rank: int | str | None = None) -> None:
         super().__init__(job_root)
+        self.clients_per_rank = clients_per_rank
         self.mpiexec = mpiexec or str(Path(sys.executable).with_name("mpiexec"))
         self.extra_args = list(extra_args or [])
 
@@ -200,11 +206,12 @@ class MpiEnv(Env):
         if not Path(self.mpiexec).exists():
             raise ConfigError(f"mpiexec not found at {self.mpiexec}; `pip install mpich` or pass mpiexec=")
         job_dir.check_deployable()
+        job_dir.settle_clients_per_rank(self.clients_per_rank, None)
         config = prepare_job(job_dir, secure_default=True)
         if config.relays:
             raise ConfigError("relays find each other through the job directory; MpiEnv exchanges addresses over "
                               "MPI only: use LocalEnv or SlurmEnv(rendezvous='fs') with relays")
-        ranks = 1 + len(config.clients)
+        ranks = 1 + len(config.client_units())
         out = open(job_dir.log_dir / "mpiexec.out", "wb")
         cmd = [self.mpiexec, "-n", str(ranks), *self.extra_args, sys.executable, "-m", "hpcflare.runtime.launch",
                "--job-dir", str(job_dir.root), "--role", "auto", "--rendezvous", "mpi"]

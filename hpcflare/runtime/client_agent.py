@@ -24,7 +24,7 @@ from hpcflare.runtime.tasks import TaskFetcher
 from hpcflare.runtime.track_records import TrackBuffer
 from hpcflare.security.jobs import load_kit
 from hpcflare.settings import Settings
-from hpcflare.transport.api import Task
+from hpcflare.transport.api import ServerHandler, Task
 
 SITE_HOOKS: dict[str, Callable[["ClientAgent"], SiteHooks]] = {"swarm": SwarmSide}
 """Strategies with a site side, by strategy name; every other strategy gets the no-op SiteHooks."""
@@ -32,14 +32,15 @@ SITE_HOOKS: dict[str, Callable[["ClientAgent"], SiteHooks]] = {"swarm": SwarmSid
 
 class ClientAgent:
     def __init__(self, job_dir: JobDir, site: str, log: RankLogger, address: str | None = None,
-                 heartbeat_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+                 heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
+                 parent: ServerHandler | None = None) -> None:
         self.job_dir, self.site, self.log = job_dir, site, log
         self.config: JobConfig = job_dir.load_config()
         self.kit = load_kit(job_dir, self.config, site)
         for problem in self.kit.self_check() if self.kit else []:
             log.warning("certificate_problem", f"{problem}; the server will refuse this site", problem=problem)
         self.connection = Connection(job_dir, self.config, self.config.load_settings(), site, log, self.kit,
-                                     SiteHooks(), address, heartbeat_extra)
+                                     SiteHooks(), address, heartbeat_extra, parent)
         self.tasks = TaskFetcher(job_dir, self.connection, log)
         self.tracks = TrackBuffer(self.connection, log)
         self.results = ResultSender(job_dir, self.connection, log, self.tracks)

@@ -20,7 +20,9 @@ from hpcflare.runtime.rendezvous import SERVER, FileRendezvous, choose_relay
 from hpcflare.runtime.site_hooks import SiteHooks
 from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
 from hpcflare.settings import Settings
+from hpcflare.transport.api import ClientTransport, ServerHandler
 from hpcflare.transport.grpc_client import GrpcClientTransport
+from hpcflare.transport.inproc import InprocTransport
 
 T = TypeVar("T")
 
@@ -28,13 +30,15 @@ T = TypeVar("T")
 class Connection:
     def __init__(self, job_dir: JobDir, config: JobConfig, settings: Settings, site: str, log: RankLogger,
                  kit: StartupKit | None, hooks: SiteHooks, address: str | None = None,
-                 heartbeat_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+                 heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
+                 parent: ServerHandler | None = None) -> None:
+        """``parent``: a host in this very process (a virtual client's client rank), reached without a network."""
         self.job_dir, self.config, self.settings, self.site, self.log = job_dir, config, settings, site, log
-        self.kit, self.hooks = kit, hooks
+        self.kit, self.hooks, self.parent = kit, hooks, parent
         self.rendezvous = FileRendezvous(job_dir.rendezvous_dir, settings.rendezvous_timeout)
         self.address = address
         self.token = ""
-        self.transport: GrpcClientTransport | None = None
+        self.transport: ClientTransport | None = None
         self.relay_name: str | None = None  # set while connected through a relay
         self.started = False
         self.heartbeat_extra = heartbeat_extra or dict
@@ -49,9 +53,13 @@ class Connection:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        if self.parent is not None:
+            self.address = f"inproc:{getattr(self.parent, 'name', 'host')}"
         if self.address is None:
-            if self.config.relays and self.site in self.config.clients:
-                relay = choose_relay(self.rendezvous, self.config, self.site, self.settings.rendezvous_timeout)
+            units = self.config.clients if not self.config.rank_hosts() else list(self.config.rank_hosts())
+            if self.config.relays and self.site in units:
+                relay = choose_relay(self.rendezvous, self.config, units.index(self.site),
+                                     self.settings.rendezvous_timeout)
                 if relay is None:
                     self.log.warning("relay_missing", f"no relay announced itself within settings.rendezvous_timeout="
                                      f"{self.settings.rendezvous_timeout:g}s; connecting directly to the server")
@@ -70,7 +78,8 @@ class Connection:
     def _connect(self, address: str) -> None:
         s = self.settings
         peer_name = self.relay_name or (self.kit.server if self.kit else "server")
-        transport = GrpcClientTransport(address, s, self.kit, peer_name)
+        transport: ClientTransport = InprocTransport(self.parent, s, address) if self.parent is not None else \
+            GrpcClientTransport(address, s, self.kit, peer_name)
 
         def register() -> dict:
             try:
@@ -95,7 +104,7 @@ class Connection:
 
     def _check_handshake(self, address: str, peer_name: str) -> None:
         """An unreachable peer on a TLS job may be one that refuses our certificate: find out, fail clearly."""
-        if self.kit is None:
+        if self.kit is None or self.parent is not None:
             return
         reason = explain_refusal(address, self.kit, peer_name, timeout=self.settings.rpc_timeout)
         if reason is None:
@@ -117,7 +126,7 @@ class Connection:
             self.transport = None
 
     # ---------------------------------------------------------------- failover
-    def _failover(self, exc: Exception, failed: GrpcClientTransport | None) -> bool:
+    def _failover(self, exc: Exception, failed: ClientTransport | None) -> bool:
         """The relay is gone: reconnect straight to the server if the job's policy allows it.
 
         Called from the main thread and the heartbeat thread alike; True means "retry on self.transport".
@@ -138,7 +147,7 @@ class Connection:
                 failed.close()
             return True
 
-    def _rediscover(self, exc: Exception, failed: GrpcClientTransport | None) -> bool:
+    def _rediscover(self, exc: Exception, failed: ClientTransport | None) -> bool:
         """The server is unreachable: if it restarted elsewhere (new rendezvous file), reconnect there."""
         if not self._discovered:
             return False
@@ -233,7 +242,7 @@ class Connection:
             return transport.call(method, {"site": self.site, "token": token, **request}, timeout)
         return attempt() if once else self.retry(method, attempt)
 
-    def credentials(self) -> tuple[GrpcClientTransport, str]:
+    def credentials(self) -> tuple[ClientTransport, str]:
         """The current transport and its token, read in that order (see _connect)."""
         transport = self.transport
         if transport is None:

@@ -68,7 +68,7 @@ def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: st
     tap = None
     try:
         relay = Relay(job_dir, name, log, host=host, advertise=advertise)
-        tap = handshake_tap(log, relay.grpc.kit)
+        tap = handshake_tap(log, relay.upstream.kit)
         return relay.run()
     except errors.ConfigError as exc:
         code, reason = exit_for(exc)
@@ -84,6 +84,8 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     """Start whatever this rank is in the job (role by rank); return its exit code."""
     if rendezvous not in RENDEZVOUS:
         raise errors.ConfigError(f"rendezvous must be one of {tuple(RENDEZVOUS)}, got {rendezvous!r}")
+    # clients_per_rank 'auto' in a hand-written job: every rank spreads the sites over the same client ranks
+    job_dir.settle_clients_per_rank(None, info.world - 1 - job_dir.load_config().relays)
     # a hand-written sbatch script may skip `python -m hpcflare.security.jobs`: never run silently in plain text
     config = prepare_job(job_dir, secure_default=True)
     settings = config.load_settings()
@@ -107,7 +109,16 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     if role.kind == RoleKind.IDLE:
         print(f"[hpcflare] rank {info.rank}: no role (job has {len(config.clients)} clients); exiting", flush=True)
         return ExitCode.OK
-    return run_client(job_dir, role.site, address=address)
+    return run_unit(job_dir, role.site, list(role.sites), address)
+
+
+def run_unit(job_dir: JobDir, name: str, sites: list[str], address: str | None = None) -> ExitCode:
+    """A client rank: its one site in this process, or its sites as virtual clients."""
+    if sites == [name]:
+        return run_client(job_dir, name, address=address)
+    from hpcflare.runtime.client_rank import run_sites
+
+    return run_sites(job_dir, sites, name, address)
 
 
 def _raise_aborted(signum: int, frame: object) -> None:
@@ -122,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                         "job.yaml order")
     parser.add_argument("--rendezvous", choices=tuple(RENDEZVOUS), default="fs",
                         help="--role auto: find the server via the shared job dir (fs) or an MPI broadcast (mpi)")
-    parser.add_argument("--site", help="site name (client role; default: the job's clients in order, by rank); "
-                        "relay role: the relay's name, e.g. relay-1")
+    parser.add_argument("--site", help="client role: the site, or the client rank (client-rank-N) whose sites run "
+                        "here as virtual clients (default: by rank); relay role: the relay's name, e.g. relay-1")
     parser.add_argument("--bind", default="127.0.0.1", help="server: interface to listen on (0.0.0.0 on clusters)")
     parser.add_argument("--address", help="server address host:port (default: read the rendezvous file)")
     parser.add_argument("--quiet", action="store_true", help="server: do not echo progress to stdout")
@@ -146,18 +157,21 @@ def main(argv: list[str] | None = None) -> int:
         return int(run_relay(job_dir, args.site, host=args.bind, advertise=advertise))
     if args.role == "server":
         return int(run_server(job_dir, echo=not args.quiet, host=args.bind, advertise=advertise))
+    try:
+        units = job_dir.load_config().client_units()
+    except errors.ConfigError as exc:
+        parser.error(str(exc))
     if not args.site:
         try:
-            clients = job_dir.load_config().clients
             rank = detect_rank().rank
         except errors.ConfigError as exc:
             parser.error(f"--site not given and {exc}")
-        if rank >= len(clients):
-            print(f"[hpcflare] rank {rank}: no site (job has {len(clients)} clients); exiting", flush=True)
+        if rank >= len(units):
+            print(f"[hpcflare] rank {rank}: no site (job has {len(units)} client ranks); exiting", flush=True)
             return 0
-        args.site = clients[rank]
+        args.site = list(units)[rank]
     signal.signal(signal.SIGTERM, _raise_aborted)
-    return int(run_client(job_dir, args.site, address=args.address))
+    return int(run_unit(job_dir, args.site, units.get(args.site, [args.site]), args.address))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Role by rank inside one allocation: rank 0 is the server, R ranks spread over the nodes relays, the rest
-clients.
+client ranks (each one site, or clients_per_rank sites as virtual clients).
 
 Used by every launcher that starts all ranks at once (srun, mpiexec, submitit). How ranks then find each
 other is hpcflare.runtime.rendezvous; what each role runs is hpcflare.runtime.launch.
@@ -35,6 +35,9 @@ class RankInfo:
 class Role:
     kind: RoleKind
     site: str = ""
+    """The site, relay or client rank name."""
+    sites: tuple[str, ...] = ()
+    """A client rank's sites (one, unless clients_per_rank > 1)."""
 
 
 def detect_rank() -> RankInfo:
@@ -88,17 +91,19 @@ def role_for_rank(rank: int, world: int, config: JobConfig, per_node: list[int] 
     """Rank 0 is the server, the relays' ranks are spread over the nodes (``per_node``: tasks per node, from
     :func:`tasks_per_node`), the other ranks are the job's clients in job.yaml order. Every rank computes the
     same table from the same step environment."""
-    relays = config.relays
-    needed = 1 + relays + len(config.clients)
-    if world < 1 + relays + config.min_clients:
-        raise errors.ConfigError(f"{world} ranks cannot hold 1 server + {relays} relays + min_clients={config.min_clients}; "
-                                 f"request at least {1 + relays + config.min_clients} tasks ({needed} for every client)")
+    relays, units = config.relays, list(config.client_units().items())
+    needed = 1 + relays + len(units)
+    least = 1 + relays + -(-config.min_clients // config.per_rank)
+    if world < least:
+        per = f" ({config.per_rank} sites per client rank)" if config.per_rank > 1 else ""
+        raise errors.ConfigError(f"{world} ranks cannot hold 1 server + {relays} relays + min_clients={config.min_clients}"
+                                 f"{per}; request at least {least} tasks ({needed} for every client)")
     if rank == 0:
         return Role(RoleKind.SERVER)
     hosts = relay_ranks(relays, per_node if per_node and sum(per_node) == world else None)
     if rank in hosts:
         return Role(RoleKind.RELAY, config.relay_names()[hosts.index(rank)])
     index = rank - 1 - sum(1 for h in hosts if h < rank)
-    if index < len(config.clients):
-        return Role(RoleKind.CLIENT, config.clients[index])
+    if index < len(units):
+        return Role(RoleKind.CLIENT, units[index][0], tuple(units[index][1]))
     return Role(RoleKind.IDLE)

@@ -38,21 +38,36 @@ reaches the server before the server's own deadline."""
 
 class Relay(RoundHost):
     role = "relay"
+    listens = True
+    """A relay serves its children over gRPC; a client rank's host serves its sites in-process."""
+    round_fraction = RELAY_ROUND_FRACTION
+    """When this host closes its part of a round, as a fraction of settings.round_timeout after the task."""
 
     def __init__(self, job_dir: JobDir, name: str, log: RankLogger, host: str = "127.0.0.1", port: int = 0,
-                 advertise: str | None = None) -> None:
+                 advertise: str | None = None, children: list[str] | None = None, address: str | None = None) -> None:
+        """``children``: the sites this host serves (default: every client and client rank of the job);
+        ``address``: the parent's address (default: the server, found through the rendezvous)."""
         config = job_dir.load_config()
         settings = config.load_settings()
         stager = Stager(config.staging_root(job_dir.root)) if config.staging else None
+        ranks = config.rank_hosts()
+        expected = children if children is not None else config.clients + list(ranks)
         super().__init__(config, settings, log, config.new_strategy(),
-                         Membership(config.clients, settings.heartbeat_timeout), stager)
+                         Membership(expected, settings.heartbeat_timeout), stager)
+        self.hosts = {rank: set(sites) for rank, sites in ranks.items() if rank in expected}
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
-        # the relay's own link to the server: a client agent whose heartbeats vouch for the children
-        self.upstream = ClientAgent(job_dir, name, log, heartbeat_extra=lambda: {"children": self.members.live()})
-        self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=self.upstream.kit,
-                               children=min(len(config.clients), 2 * -(-len(config.clients) // max(1, config.relays))))
-        self.address = f"{advertise or host}:{self.grpc.port}"
+        self.leaving = False
+        """Set when this host's children are all gone: it says goodbye at its next poll instead of waiting."""
+        # the host's own link to its parent: a client agent whose heartbeats vouch for the children
+        self.upstream = ClientAgent(job_dir, name, log, address, heartbeat_extra=lambda: {"children": self.members.live()})
+        self.grpc: GrpcServer | None = None
+        self.address = ""
+        if self.listens:
+            direct = len(self.hosts) or len(config.clients)  # with client ranks, only they connect here
+            self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=self.upstream.kit,
+                                   children=min(direct, 2 * -(-direct // max(1, config.relays))))
+            self.address = f"{advertise or host}:{self.grpc.port}"
 
     def register(self, request: dict) -> dict:
         if not isinstance(request.get("site"), str) or request["site"] not in self.members.expected:
@@ -91,7 +106,9 @@ class Relay(RoundHost):
         return transport.call(method, {**request, "site": site, "token": self.members.get(site).token},  # type: ignore[union-attr]
                               self.settings.rpc_timeout)
 
-    def run(self) -> ExitCode:
+    def start(self) -> None:
+        """Listen for children, register upstream, announce this relay in the rendezvous directory."""
+        assert self.grpc is not None
         self.grpc.start()
         self.watch_stalls()
         self.upstream.start()
@@ -100,17 +117,30 @@ class Relay(RoundHost):
         self.log.info("relay_started", f"{self.name} listening on {self.address}", address=self.address,
                       node=os.environ.get("SLURMD_NODENAME", ""))
         self.phase = HostPhase.RUNNING
+
+    def stop_listening(self) -> None:
+        if self.grpc is not None:
+            self.grpc.stop()
+
+    def run(self) -> ExitCode:
+        self.start()
+        return self.serve_rounds()
+
+    def serve_rounds(self) -> ExitCode:
+        """Mirror the parent's rounds until the job ends (or, once ``leaving``, until the next poll)."""
         code, status, reason = ExitCode.OK, "done", ""
         try:
             last: str | None = None
-            while True:
-                task = self.upstream.next_task(None, last)
+            while not self.leaving:
+                task = self.upstream.next_task(self.settings.task_poll_timeout, last)
                 if task is None:
-                    break
+                    if self.upstream.ended:
+                        break
+                    continue
                 last = task.task_id
                 self._relay_round(task)
                 release_memory()
-            self.end(self.upstream.end_reason or "completed")
+            self.end(self.upstream.end_reason or ("its sites have all ended" if self.leaving else "completed"))
         except errors.HpcflareError as exc:
             code, reason = exit_for(exc)
             status = "failed"
@@ -118,7 +148,7 @@ class Relay(RoundHost):
             self.end(f"relay failed: {exc}")
         finally:
             self.drain(self.settings.end_grace)
-            self.grpc.stop()
+            self.stop_listening()
             self.upstream.close(status, reason)
         return code
 
@@ -133,19 +163,19 @@ class Relay(RoundHost):
         self.staged = task.staged  # children that see the staging dir map the server's copy directly
         rnd = self.open_round(task.round, model, task.task_id, publish=False, plan=RoundPlan(task.name, meta=task.meta))
         self.log.info("relay_round", f"round {task.round}: model cached ({model.nbytes / 1e6:.2f} MB), serving "
-                      f"{len(self.members.live())} children", round=task.round)
-        deadline = received + RELAY_ROUND_FRACTION * self.settings.round_timeout
+                      f"{len(self.live_children())} children", round=task.round)
+        deadline = received + self.round_fraction * self.settings.round_timeout
         with self._cv:
             while True:
                 self.expire_dead(task.round)
-                live = set(self.members.live())
+                live = self.live_children()
                 if live <= rnd.answered() or time.monotonic() >= deadline:
                     break
                 self._cv.wait(0.2)
         self.close_round(rnd)
-        stragglers = sorted(set(self.members.live()) - rnd.answered())
+        stragglers = sorted(self.live_children() - rnd.answered())
         rejected = {**rnd.rejected, **{s: f"straggler: no result at {self.name} within "
-                                          f"{RELAY_ROUND_FRACTION} x settings.round_timeout" for s in stragglers}}
+                                          f"{self.round_fraction} x settings.round_timeout" for s in stragglers}}
         if self.forward_raw or (not rnd.accepted and not rejected):
             return  # forwarded one by one already; the server tracks stragglers itself
         sums, weights = rnd.aggregator.partial()

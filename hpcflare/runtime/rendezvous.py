@@ -190,7 +190,7 @@ def relays_on_this_node(config: JobConfig) -> list[str]:
     return [config.relay_names()[i] for i, rank in enumerate(hosts) if start <= rank < start + per_node[int(node_id)]]
 
 
-def choose_relay(rendezvous: FileRendezvous, config: JobConfig, site: str, timeout: float) -> Endpoint | None:
+def choose_relay(rendezvous: FileRendezvous, config: JobConfig, index: int, timeout: float) -> Endpoint | None:
     """A relay on this node if one announced itself here, else relay (index mod R) by fan-out.
 
     Waits up to ``timeout`` for the chosen relay to announce itself; None = connect to the server directly.
@@ -198,7 +198,6 @@ def choose_relay(rendezvous: FileRendezvous, config: JobConfig, site: str, timeo
     names = config.relay_names()
     node = os.environ.get("SLURMD_NODENAME", "")
     deadline = time.monotonic() + timeout
-    index = config.clients.index(site)
     placed = relays_on_this_node(config)  # in a Slurm step the layout says which relays start on this node
     while True:
         announced = {name: ep for name in names if (ep := rendezvous.read(name)) is not None}

@@ -46,6 +46,9 @@ class RoundHost(ServerHandler):
         self.config, self.settings, self.log, self.strategy = config, settings, log, strategy
         self.members = members
         members.on_stall = self._stalled
+        self.hosts: dict[str, set[str] | None] = {}
+        """Children that host sites of their own (relays, client ranks) -> the sites they may speak for
+        (None: any). They register, vouch in heartbeats, say goodbye and send partial aggregates for those."""
         self.stager = stager
         self.model: GlobalModel | None = None
         self.round: Round | None = None
@@ -83,8 +86,16 @@ class RoundHost(ServerHandler):
                                      token=token, previous_token=request.get("previous_token"))
 
     def may_act_for(self, identity: str, site: str) -> bool:
-        """May the certificate ``identity`` speak for ``site``? (The server lets its relays speak for children.)"""
-        return False
+        """May the certificate ``identity`` speak for ``site``? (A host child may, for the sites it hosts.)"""
+        sites = self.hosts.get(identity, set())
+        return identity in self.hosts and (sites is None or site in sites)
+
+    def accepts_partials_from(self, site: str) -> bool:
+        return site in self.hosts
+
+    def live_children(self) -> set[str]:
+        """Live sites that answer tasks themselves (host children answer through their sites' partials)."""
+        return {s for s in self.members.live() if s not in self.hosts}
 
     def authorize(self, peer: Peer, site: Any) -> None:
         """On mutual-TLS channels a certificate acts only as its own site, so no site can pose as another."""
@@ -96,7 +107,11 @@ class RoundHost(ServerHandler):
                                         "site must use its own startup kit")
 
     def on_heartbeat(self, site: str, request: dict) -> None:
-        """Called for every authenticated heartbeat (relays use it to refresh their children)."""
+        """Called for every authenticated heartbeat: a host child vouches for the sites it heard from."""
+        if site in self.hosts:
+            for child in request.get("children") or []:
+                if self.may_act_for(site, str(child)):
+                    self.members.touch(child)
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         """Called after a child said goodbye."""
@@ -124,6 +139,7 @@ class RoundHost(ServerHandler):
             return {}
         if method == "Goodbye":
             status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
+            self.on_goodbye(record.site, status, reason)  # passed on (by a relay) before drain() counts it
             with self._cv:
                 self._goodbyes.add(record.site)
                 self.members.mark(record.site, MemberState.DONE if status == "done" else MemberState.FAILED, reason)
@@ -132,7 +148,6 @@ class RoundHost(ServerHandler):
                 self.log.warning("client_failed", f"{record.site} failed: {reason}", site=record.site, reason=reason)
             else:
                 self.log.info("client_done", f"{record.site} finished", site=record.site)
-            self.on_goodbye(record.site, status, reason)
             return {}
         raise errors.MalformedMessageError(f"unknown method {method!r}")
 
@@ -191,9 +206,6 @@ class RoundHost(ServerHandler):
                 yield frame
         finally:
             self._download_slots.release()
-
-    def accepts_partials_from(self, site: str) -> bool:
-        return False
 
     def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
         slot = False

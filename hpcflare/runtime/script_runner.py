@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,44 @@ from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.client_agent import ClientAgent
 from hpcflare.security.policy import check_script
+from hpcflare.transport.api import ServerHandler
+
+
+class ThreadArgv(list):  # type: ignore[type-arg]
+    """``sys.argv`` as each script thread sees it, so sites sharing a process (SimEnv, a client rank's virtual
+    clients) each parse their own train_args; any other thread sees the process's own argv (the list itself)."""
+
+    _local = threading.local()
+
+    def _view(self) -> list[str]:
+        own = getattr(self._local, "argv", None)
+        return own if own is not None else list(list.__iter__(self))
+
+    @classmethod
+    def set_for_thread(cls, argv: list[str] | None) -> None:
+        if not isinstance(sys.argv, cls):
+            sys.argv = cls(sys.argv)
+        cls._local.argv = argv
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        return self._view()[index]
+
+    def __len__(self) -> int:
+        return len(self._view())
+
+    def __iter__(self):  # type: ignore[no-untyped-def, override]
+        return iter(self._view())
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._view()
+
+    def __eq__(self, other: object) -> bool:
+        return self._view() == other
+
+    def __repr__(self) -> str:
+        return repr(self._view())
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def script_path(job_dir: JobDir, script: str) -> Path:
@@ -39,13 +78,16 @@ def script_path(job_dir: JobDir, script: str) -> Path:
     return path
 
 
-def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: str | None = None) -> ExitCode:
-    """Register the site, run the training script against the Client API, report how it ended."""
+def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: str | None = None,
+               parent: ServerHandler | None = None) -> ExitCode:
+    """Register the site, run the training script against the Client API, report how it ended.
+    ``per_thread``: the site shares its process with others (its Client API state and sys.argv are the
+    thread's); ``parent``: its host in this process (a client rank's virtual client)."""
     log = RankLogger(job_dir.log_dir, site, "client")
     agent: ClientAgent | None = None
     code, status, reason = ExitCode.OK, "done", ""
     try:
-        agent = ClientAgent(job_dir, site, log, address)
+        agent = ClientAgent(job_dir, site, log, address, parent=parent)
         config = agent.config
         script = script_path(job_dir, config.train_script)
         check_script(agent.kit, script)
@@ -60,6 +102,8 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
             os.chdir(site_dir)
             sys.argv = [str(script), *args]
             sys.path.insert(0, str(script.parent))
+        else:
+            ThreadArgv.set_for_thread([str(script), *args])
         log.info("script_started", f"running {script.name} {' '.join(args)}".strip())
         runs = 0
         while True:
@@ -91,6 +135,8 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         if agent is not None:
             agent.close(status, reason)
         client_api.unbind()
+        if per_thread:
+            ThreadArgv.set_for_thread(None)
         log.close()
     return code
 

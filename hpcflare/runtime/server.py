@@ -41,9 +41,11 @@ class FLServer(RoundHost):
         config = job_dir.load_config()
         settings = config.load_settings()
         self.relays = config.relay_names()
+        ranks = config.rank_hosts()
         stager = Stager(config.staging_root(job_dir.root)) if config.staging else None
         super().__init__(config, settings, log, config.new_strategy(),
-                         Membership(config.clients + self.relays, settings.heartbeat_timeout), stager)
+                         Membership(config.clients + self.relays + list(ranks), settings.heartbeat_timeout), stager)
+        self.hosts = {**{relay: None for relay in self.relays}, **{rank: set(sites) for rank, sites in ranks.items()}}
         self.job_dir = job_dir
         job_dir.ensure_secret()  # hand-written launches that skipped Env.deploy / prepare_job get one too
         self.strategy.attach(job_dir.root)
@@ -59,7 +61,8 @@ class FLServer(RoundHost):
                                       config.early_stop_patience, job_dir.root / config.initial_model, log,
                                       self.checkpoints.latest, config.stop_condition)
         kit = load_kit(job_dir, config, "server", role="server")
-        direct = len(self.relays) or len(config.clients)  # with relays, clients talk to them, not to the server
+        # with relays, clients talk to them, not to the server; with client ranks, one link per rank
+        direct = len(self.relays) or len(ranks) or len(config.clients)
         self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit, children=direct)
         if kit is not None:
             for problem in kit.self_check():
@@ -85,8 +88,8 @@ class FLServer(RoundHost):
             self.log.warning("client_reregistered", f"{site} registered again (was {old.state}); previous instance "
                              "replaced", site=site)
         node, via = str(request.get("node") or "")[:128], str(request.get("via") or "")[:64]
-        kind = "relay" if site in self.relays else "client"
-        event = "relay_registered" if kind == "relay" else "client_registered"
+        kind = "relay" if site in self.relays else "client rank" if site in self.hosts else "client"
+        event = {"relay": "relay_registered", "client rank": "client_rank_registered"}.get(kind, "client_registered")
         self.log.info(event, f"{site} registered from {record.host or '?'}{'/' + node if node else ''} "
                       f"pid {record.pid}" + (f" via {via}" if via else ""), site=site, host=record.host, node=node,
                       pid=record.pid, via=via)
@@ -95,27 +98,16 @@ class FLServer(RoundHost):
         extra = self.strategy.on_register(site, request) if kind == "client" else {}
         return {**extra, **reply}
 
-    def on_heartbeat(self, site: str, request: dict) -> None:
-        if site in self.relays:  # a relay vouches for the children it heard from
-            for child in request.get("children") or []:
-                self.members.touch(child)
-
     def on_track(self, site: str, records: list) -> None:
-        if site in self.relays:
-            raise errors.MalformedMessageError("relays forward tracking records in their children's names")
+        if site in self.hosts:
+            raise errors.MalformedMessageError("relays and client ranks forward tracking records in their sites' names")
         skipped = self.tracker.record_steps(site, records)
         if skipped:
             self.log.warning("tracking_malformed", f"{site}: {skipped} of {len(records)} tracking record(s) were "
                              "malformed and skipped", site=site, skipped=skipped)
 
-    def may_act_for(self, identity: str, site: str) -> bool:
-        return identity in self.relays  # relays register, say goodbye, forward results and tracking for children
-
-    def accepts_partials_from(self, site: str) -> bool:
-        return site in self.relays
-
     def live_clients(self) -> set[str]:
-        return {s for s in self.members.live() if s not in self.relays}
+        return self.live_children()
 
     def _resume(self) -> GlobalModel | None:
         """After a requeue/restart: the last completed round's model and the strategy's state."""
@@ -310,7 +302,7 @@ class FLServer(RoundHost):
 
     def _gone(self) -> set[str]:
         """Clients that registered and already ended (failed before their first task, or finished)."""
-        return {r.site for r in self.members.records() if r.state in ENDED and r.site not in self.relays}
+        return {r.site for r in self.members.records() if r.state in ENDED and r.site not in self.hosts}
 
     def _lost(self) -> dict[str, str]:
         return {r.site: f"{r.state}: {r.reason}"[:200] for r in self.members.records()

@@ -50,12 +50,12 @@ class StagingSource:
 
 
 class GrpcSource:
-    """The round's model pulled from the parent over gRPC (resumable, retried through the connection)."""
-
-    via = "grpc"
+    """The round's model pulled from the parent over gRPC (resumable, retried through the connection), or
+    handed over in-process by a virtual client's client rank."""
 
     def __init__(self, connection: Connection, framework: str) -> None:
         self.connection, self.framework = connection, framework
+        self.via = "grpc" if connection.parent is None else "client rank"
 
     def fetch(self, task: Task) -> dict[str, Any]:
         def pull() -> dict[str, Any]:

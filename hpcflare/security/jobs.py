@@ -80,7 +80,7 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
 def _provision_job(job_dir: JobDir, config: JobConfig, root: Path) -> None:
     from hpcflare.security.provision import job_project, provision
 
-    project = job_project(config.job_id, config.clients, config.relay_names())
+    project = job_project(config.job_id, config.clients + list(config.rank_hosts()), config.relay_names())
     tmp = root.parent / f".{root.name}.provisioning"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted earlier attempt
     made = provision(project, tmp)

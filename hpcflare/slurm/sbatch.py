@@ -43,7 +43,8 @@ class SbatchSpec:
 
     def tasks(self) -> int:
         config = self.job_dir.load_config()
-        return {"all": 1 + config.relays + len(config.clients), "server": 1, "clients": len(config.clients)}[self.part]
+        units = len(config.client_units())
+        return {"all": 1 + config.relays + units, "server": 1, "clients": units}[self.part]
 
     def allocation(self) -> Allocation:
         per_node = self.ntasks_per_node or (self.per_node() if self.server_exclusive else None)

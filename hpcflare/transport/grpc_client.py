@@ -15,7 +15,8 @@ import grpc
 from hpcflare import errors
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport
-from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, pack_meta, tensor_parts, unpack_frame, unpack_meta
+from hpcflare.transport.codec import TensorSpec, pack_meta, unpack_meta
+from hpcflare.transport.streams import DownloadAssembler, upload_frames
 from hpcflare.transport.grpc_server import SERVICE
 
 if TYPE_CHECKING:
@@ -117,32 +118,23 @@ class GrpcClientTransport(ClientTransport):
 
     def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytearray]]:
         """Pull every tensor of the model; on a transient failure resume at (tensor, offset) with backoff."""
-        total = sum(s.nbytes for s in manifest)
-        if total > self.settings.max_model_bytes:
-            raise errors.FrameTooLargeError(f"model of {total} bytes exceeds settings.max_model_bytes={self.settings.max_model_bytes}")
-        index, buf, filled = 0, bytearray(manifest[0].nbytes) if manifest else bytearray(), 0
+        stream = DownloadAssembler(manifest, self.settings)
         give_up = time.monotonic() + self.settings.server_lost_timeout
         attempt = 0
-        while index < len(manifest):
+        while not stream.done:
             try:
                 with _Progress(self.settings.stream_idle_timeout) as progress:
-                    call = progress.call = self._download(pack_meta({**request, "start": [index, filled]}),
+                    call = progress.call = self._download(pack_meta({**request, "start": stream.position}),
                                                           timeout=self.settings.stream_timeout)
                     for frame in call:
                         progress.touch()
-                        header, payload = unpack_frame(frame, self.settings.max_frame_bytes)
-                        t, off = header.get("t"), header.get("o")
-                        if t != index or off != filled or filled + len(payload) > len(buf):
-                            raise errors.MalformedMessageError(f"unexpected frame t={t} o={off} (want t={index} o={filled})")
-                        buf[filled:filled + len(payload)] = payload
-                        filled += len(payload)
-                        if filled == len(buf):
-                            yield manifest[index], buf  # handed over, not copied: decoded in place
-                            index, filled = index + 1, 0
-                            buf = bytearray(manifest[index].nbytes) if index < len(manifest) else bytearray()
+                        finished = stream.feed(frame)
+                        if finished is not None:
+                            yield finished
                             attempt = 0
-                    if index < len(manifest):
-                        raise errors.PeerGoneError(f"download stream ended early at tensor {index} offset {filled}")
+                    if not stream.done:
+                        raise errors.PeerGoneError(f"download stream ended early at tensor {stream.index} offset "
+                                                   f"{stream.filled}")
             except (grpc.RpcError, ValueError) as exc:
                 if isinstance(exc, ValueError):  # the channel was closed under us (reconnect in progress)
                     raise errors.PeerGoneError(f"Download: connection to {self.address} was closed ({exc})") from None
@@ -155,34 +147,15 @@ class GrpcClientTransport(ClientTransport):
                 time.sleep(min(5.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
 
     def upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
-        chunk = self.settings.chunk_size
-        sent = 0
         progress = _Progress(self.settings.stream_idle_timeout)
         local_error: list[BaseException] = []
 
         def frames() -> Iterator[bytes]:
             try:
-                yield from _frames()
+                yield from upload_frames(header, tensors, self.settings, progress.touch)
             except Exception as exc:  # gRPC would swallow it into "Exception iterating requests"
                 local_error.append(exc)
                 raise
-
-        def _frames() -> Iterator[bytes]:
-            nonlocal sent
-            yield pack_frame({**header, "kind": "begin"})
-            for name, value in tensors:
-                spec, head, raw = tensor_parts(name, value)  # the array's own memory is streamed, not copied
-                sent += spec.nbytes
-                if sent > self.settings.max_model_bytes:
-                    raise errors.FrameTooLargeError(f"update exceeds settings.max_model_bytes={self.settings.max_model_bytes}")
-                yield pack_frame({"kind": "tensor", "spec": spec.to_wire()})
-                yield pack_frame({"kind": "data", "o": 0}, head)
-                for offset, piece in iter_chunks(memoryview(raw), chunk):
-                    if len(piece):
-                        progress.touch()
-                        yield pack_frame({"kind": "data", "o": len(head) + offset}, piece)
-                del raw
-            yield pack_frame({"kind": "end"})
 
         with progress:
             try:

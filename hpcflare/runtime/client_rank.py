@@ -1,0 +1,124 @@
+"""A client rank hosting several sites as virtual clients: one process, one link upstream, one model copy.
+
+Each site runs its own, unmodified training script in a thread of the rank, with its own Client API
+context (site name, task, tracking). The sites talk to a rank-local host through the in-process transport;
+that host is a relay without a network port (:class:`ClientRankHost`): it registers its sites with the
+server, pulls each round's model once, serves it to its sites, validates and folds their results into one
+partial aggregate and sends that up, so the server's per-round work grows with ranks, not sites.
+Strategies that cannot take partial aggregates keep virtual clients with their own gRPC link each.
+
+A site whose script raises, exits or never calls ``flare.init()`` fails alone: the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from hpcflare import errors
+from hpcflare.exitcodes import ExitCode, exit_for
+from hpcflare.job import JobDir
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
+from hpcflare.runtime.round_host import HostPhase
+from hpcflare.runtime.script_runner import run_client, script_path
+
+RANK_ROUND_FRACTION = RELAY_ROUND_FRACTION - 0.1
+"""A client rank closes its part of a round at this fraction of settings.round_timeout, so its partial
+still reaches a relay (which closes at RELAY_ROUND_FRACTION) or the server in time."""
+
+
+class ClientRankHost(Relay):
+    """A relay for the sites of one client rank, reached in-process; it listens on no port."""
+
+    role = "client rank"
+    listens = False
+    round_fraction = RANK_ROUND_FRACTION
+
+    def __init__(self, job_dir: JobDir, name: str, sites: list[str], log: RankLogger,
+                 address: str | None = None) -> None:
+        super().__init__(job_dir, name, log, children=list(sites), address=address)
+
+    def start(self) -> None:
+        self.watch_stalls()
+        self.upstream.start()
+        self.log.info("client_rank_started", f"{self.name}: hosting {len(self.members.expected)} sites "
+                      f"({self.members.expected[0]} .. {self.members.expected[-1]}) as virtual clients",
+                      sites=self.members.expected, pid=os.getpid())
+        self.phase = HostPhase.RUNNING
+
+
+def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None = None,
+              own_process: bool = True) -> ExitCode:
+    """Run ``sites`` as virtual clients of this rank (``own_process``: the process is the rank's, so its
+    working directory, sys.argv and sys.path are set up for the scripts); returns the rank's exit code:
+    OK when every site did its part, else the first failed site's code."""
+    config = job_dir.load_config()
+    hosted = config.rank_hosts().get(name)
+    log = RankLogger(job_dir.log_dir, name, "client-rank")
+    host: ClientRankHost | None = None
+    codes: dict[str, ExitCode] = {}
+    try:
+        if own_process:
+            _prepare_process(job_dir, config.train_script, name)
+        if hosted is not None:
+            host = ClientRankHost(job_dir, name, hosted, log, address)
+            host.start()
+        rounds = threading.Thread(target=host.serve_rounds, name=f"{name}-rounds", daemon=True) if host else None
+        if rounds is not None:
+            rounds.start()
+
+        def site_main(site: str) -> None:
+            codes[site] = run_client(job_dir, site, per_thread=True, address=None if host else address, parent=host)
+
+        threads = [threading.Thread(target=site_main, args=(site,), name=f"vc-{site}", daemon=True) for site in sites]
+        for thread in threads:
+            thread.start()
+        _join(threads, host, log, job_dir.load_config().load_settings().end_grace)
+        if host is not None:
+            host.leaving = True  # every site is done: say goodbye at the next poll instead of waiting for the end
+            assert rounds is not None
+            rounds.join(host.settings.task_poll_timeout + host.settings.rpc_timeout + host.settings.end_grace)
+        failed = {site: code for site, code in codes.items() if code != ExitCode.OK}
+        missing = [site for site in sites if site not in codes]
+        if failed or missing:
+            log.warning("sites_failed", f"{name}: {len(failed)} of {len(sites)} site(s) failed "
+                        f"{dict(list(failed.items())[:10])}" + (f", {len(missing)} still running" if missing else ""),
+                        failed={s: int(c) for s, c in failed.items()}, still_running=missing)
+        return next(iter(failed.values()), ExitCode.ABORTED if missing else ExitCode.OK)
+    except errors.HpcflareError as exc:
+        code, reason = exit_for(exc)
+        log.error("client_rank_failed", f"{name} cannot host its sites: {reason}", exit_code=int(code))
+        return code
+    finally:
+        log.close()
+
+
+def _join(threads: list[threading.Thread], host: ClientRankHost | None, log: RankLogger, end_grace: float) -> None:
+    """Wait for every site's script; once the job has ended, a script still running after end_grace is left
+    behind (its thread is a daemon, so the rank can exit and free its allocation)."""
+    ended_at: float | None = None
+    while any(t.is_alive() for t in threads):
+        for thread in threads:
+            thread.join(0.2)
+        if host is not None and host.phase == HostPhase.ENDED:
+            ended_at = ended_at or time.monotonic()
+            if time.monotonic() - ended_at > end_grace:
+                stuck = [t.name.removeprefix("vc-") for t in threads if t.is_alive()]
+                log.error("script_stopped", f"the job ended but the scripts of {stuck[:10]} were still running after "
+                          f"settings.end_grace={end_grace:g}s; the rank exits without them", sites=stuck)
+                return
+
+
+def _prepare_process(job_dir: JobDir, train_script: str, name: str) -> None:
+    """The rank's process: its own working directory, the script's folder importable."""
+    script = script_path(job_dir, train_script)
+    rank_dir = job_dir.site_dir(name)
+    rank_dir.mkdir(parents=True, exist_ok=True)
+    os.chdir(rank_dir)
+    if str(script.parent) not in sys.path:
+        sys.path.insert(0, str(script.parent))
+    sys.argv = [str(script)]
+
