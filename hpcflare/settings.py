@@ -121,7 +121,7 @@ class Settings:
         if not path.is_file():
             raise ConfigError(f"settings profile {str(profile)!r} not found (looked for {path}); "
                               f"use one of {sorted(p.stem for p in CONFIGS_DIR.glob('*.yaml'))} or a path to a YAML file")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
         return cls.from_mapping({**data, **(overrides or {})})

@@ -56,7 +56,12 @@ class RoundHost(ServerHandler):
         self.end_reason = ""
         self.staged: dict[str, Any] | None = None
         self.bytes_sent = 0
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        """Answers, goodbyes, registrations, phase: what the round loop and drain() wait on."""
+        self._task_cv = threading.Condition(lock)
+        """Only a new task or the end: what every child's long poll waits on. Kept apart from _cv so a result
+        does not wake hundreds of idle pollers (O(children^2) wake-ups per round)."""
         self._agg_lock = threading.Lock()
         self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
         self._download_slots = threading.BoundedSemaphore(settings.max_concurrent_downloads)
@@ -158,7 +163,7 @@ class RoundHost(ServerHandler):
         if record is not None and record.state in (MemberState.DEAD, MemberState.EXCLUDED):
             # the job goes on without this site: it ends now (exit 0) instead of holding its allocation
             return {"task": "end", "reason": f"the job continues without {site}: {record.reason}"}
-        with self._cv:
+        with self._task_cv:
             while True:
                 if self.phase == HostPhase.ENDED:
                     return {"task": "end", "reason": self.end_reason}
@@ -178,7 +183,7 @@ class RoundHost(ServerHandler):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return {"task": "wait"}
-                self._cv.wait(remaining)
+                self._task_cv.wait(remaining)
 
     def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
         self.authorize(peer, request.get("site"))
@@ -306,6 +311,7 @@ class RoundHost(ServerHandler):
         with self._cv:
             self.round = rnd = Round(number, self.strategy, model, self._agg_lock, self._cv, task_id, plan)
             self._cv.notify_all()
+            self._task_cv.notify_all()
         return rnd
 
     def expire_dead(self, number: int) -> None:
@@ -327,6 +333,7 @@ class RoundHost(ServerHandler):
         with self._cv:
             self.phase, self.end_reason = HostPhase.ENDED, reason
             self._cv.notify_all()
+            self._task_cv.notify_all()
 
     def drain(self, grace: float) -> None:
         """Give live children up to ``grace`` seconds to collect the end task and say goodbye."""
