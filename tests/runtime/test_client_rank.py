@@ -1,0 +1,145 @@
+"""Virtual clients: a client rank hosting several sites (clients_per_rank), in SimEnv and on real processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpcflare.env import LocalEnv, SimEnv
+from hpcflare.exitcodes import ExitCode
+from hpcflare.recipe import FedAvgRecipe
+from tests.conftest import FAST, HELLO_MODEL, events, load_result
+
+# each site adds its own number (site-3 adds 3) weighted by it, and reports what it saw of its identity
+PER_SITE = """
+import sys
+import hpcflare.client as flare
+flare.init()
+site = flare.get_site_name()
+n = int(site.split("-")[1])
+while flare.is_running():
+    model = flare.receive()
+    flare.send(flare.FLModel(params={k: v + n for k, v in model.params.items()},
+                             metrics={"n": n, "argv": float(sys.argv[1]) if len(sys.argv) > 1 else -1.0},
+                             meta={"NUM_STEPS_CURRENT_ROUND": n}))
+"""
+
+
+def expected_mean(sites: list[int]) -> float:
+    return sum(n * n for n in sites) / sum(sites)  # each adds n with weight n
+
+
+def server_events(run, name):
+    return [e for e in events(run.job_dir.root, "server") if e["event"] == name]
+
+
+@pytest.mark.parametrize("env_kind", ["sim", "local"])
+def test_sites_of_a_client_rank_train_as_themselves_behind_one_link(make_recipe, tmp_path, env_kind):
+    """7 sites in client ranks of 3: uneven groups, weights kept, each site its own name and train_args."""
+    recipe = make_recipe(PER_SITE, n_clients=7, min_clients=7, num_rounds=2, clients_per_rank=3,
+                         site_train_args={"site-5": ["55"]})
+    env = (SimEnv if env_kind == "sim" else LocalEnv)(job_root=tmp_path / "jobs", verbose=False)
+    run = recipe.execute(env)
+    result = load_result(run.get_result(timeout=120))["numpy_key"]
+    np.testing.assert_allclose(result, HELLO_MODEL + 2 * expected_mean(list(range(1, 8))), rtol=1e-6)
+    partials = server_events(run, "partial_accepted")
+    assert sorted((e["round"], e["relay"], tuple(e["sites"])) for e in partials) == [
+        (r, rank, sites) for r in (1, 2) for rank, sites in (
+            ("client-rank-1", ("site-1", "site-2", "site-3")), ("client-rank-2", ("site-4", "site-5", "site-6")),
+            ("client-rank-3", ("site-7",)))]
+    assert server_events(run, "result_accepted") == []  # nothing came from a site directly
+    done = server_events(run, "round_completed")[-1]
+    assert {site: m["n"] for site, m in done["metrics"].items()} == {f"site-{i}": i for i in range(1, 8)}
+    assert {site: m["argv"] for site, m in done["metrics"].items() if m["argv"] != -1.0} == {"site-5": 55.0}
+    registered = {e["site"]: e["via"] for e in server_events(run, "client_registered")}
+    assert registered == {f"site-{i}": f"client-rank-{(i + 2) // 3}" for i in range(1, 8)}
+    if env_kind == "local":  # one process per client rank, not per site
+        assert sorted(run.exit_codes) == ["client-rank-1", "client-rank-2", "client-rank-3", "server"]
+        assert set(run.exit_codes.values()) == {0}
+
+
+CRASH_IN_ROUND_2 = """
+import hpcflare.client as flare
+flare.init()
+while flare.is_running():
+    model = flare.receive()
+    if flare.get_site_name() == "site-2" and model.current_round == 1:
+        raise RuntimeError("site-2's data loader broke")
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
+"""
+
+
+def test_a_crashing_virtual_client_fails_alone(make_recipe, local_env):
+    run = make_recipe(CRASH_IN_ROUND_2, n_clients=4, min_clients=3, num_rounds=3, clients_per_rank=4).execute(local_env)
+    np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 3)
+    failed = server_events(run, "client_failed")
+    assert [e["site"] for e in failed] == ["site-2"] and "data loader broke" in failed[0]["reason"]
+    rounds = server_events(run, "round_completed")
+    assert [sorted(e["accepted"]) for e in rounds] == [["site-1", "site-2", "site-3", "site-4"]] + \
+        [["site-1", "site-3", "site-4"]] * 2
+    site2 = [e for e in events(run.job_dir.root, "site-2") if e["event"] == "client_failed"]
+    assert site2 and site2[0]["exit_code"] == int(ExitCode.TRAIN_SCRIPT_FAILED)
+    assert run.exit_codes["client-rank-1"] == int(ExitCode.TRAIN_SCRIPT_FAILED)  # the rank reports its failed site
+
+
+def test_virtual_clients_map_the_staged_model_and_stage_results(make_recipe, local_env):
+    run = make_recipe(PER_SITE, n_clients=4, min_clients=4, num_rounds=2, clients_per_rank=2,
+                      staging=True).execute(local_env)
+    np.testing.assert_allclose(load_result(run.get_result(timeout=120))["numpy_key"],
+                               HELLO_MODEL + 2 * expected_mean([1, 2, 3, 4]), rtol=1e-6)
+    for site in ("site-1", "site-4"):
+        got = [e["via"] for e in events(run.job_dir.root, site) if e["event"] == "model_received"]
+        assert got == ["staging", "staging"]
+
+
+def test_client_ranks_behind_relays(make_recipe, local_env):
+    run = make_recipe(PER_SITE, n_clients=8, min_clients=8, num_rounds=2, clients_per_rank=2,
+                      relays=2).execute(local_env)
+    np.testing.assert_allclose(load_result(run.get_result(timeout=120))["numpy_key"],
+                               HELLO_MODEL + 2 * expected_mean(list(range(1, 9))), rtol=1e-6)
+    partials = server_events(run, "partial_accepted")
+    assert sorted({e["relay"] for e in partials}) == ["relay-1", "relay-2"]  # the server hears only relays
+    assert sorted(s for e in partials if e["round"] == 1 for s in e["sites"]) == [f"site-{i}" for i in range(1, 9)]
+    relayed = [e for r in ("relay-1", "relay-2") for e in events(run.job_dir.root, r) if e["event"] == "partial_accepted"]
+    assert sorted({e["relay"] for e in relayed}) == [f"client-rank-{i}" for i in range(1, 5)]
+
+
+MEDIAN = """
+import hpcflare.client as flare
+flare.init()
+n = int(flare.get_site_name().split("-")[1])
+while flare.is_running():
+    model = flare.receive()
+    flare.send(flare.FLModel(params={k: v + n * n for k, v in model.params.items()}))
+"""
+
+
+@pytest.mark.parametrize("strategy", ["fedmedian", "cyclic"])
+def test_strategies_without_partial_sums_keep_each_site_s_update(make_recipe, sim_env, strategy):
+    """FedMedian: the client rank forwards each validated update; cyclic (no partials at all): each virtual
+    client keeps its own link to the server."""
+    recipe = make_recipe(MEDIAN, n_clients=5, min_clients=5, num_rounds=1 if strategy == "fedmedian" else 5,
+                         clients_per_rank=2)
+    recipe.strategy = strategy
+    run = recipe.execute(sim_env)
+    result = load_result(run.get_result(timeout=120))["numpy_key"]
+    if strategy == "fedmedian":
+        np.testing.assert_allclose(result, HELLO_MODEL + 9)  # median of 1, 4, 9, 16, 25
+        assert {e["relay"] for e in server_events(run, "partial_accepted")} == set()
+    else:
+        np.testing.assert_allclose(result, HELLO_MODEL + sum(n * n for n in range(1, 6)))  # every site in turn
+        assert not any(e["event"] == "client_rank_registered" for e in events(run.job_dir.root, "server"))
+
+
+def test_default_settings_run_512_sites_on_this_machine(tmp_path):
+    """No profile, no clients_per_rank: 'auto' packs 512 sites into a client rank per core."""
+    script = tmp_path / "client.py"
+    script.write_text(PER_SITE)
+    recipe = FedAvgRecipe(name="wide", model={"w": np.zeros(16, np.float32)}, min_clients=512, num_rounds=2,
+                          train_script=script, n_clients=512)
+    run = recipe.execute(LocalEnv(job_root=tmp_path / "jobs", verbose=False))
+    np.testing.assert_allclose(load_result(run.get_result(timeout=300))["w"],
+                               2 * expected_mean(list(range(1, 513))), rtol=1e-5)
+    config = run.job_dir.load_config()
+    assert config.per_rank > 1 and len(config.client_units()) < 64
+    assert all(code == 0 for code in run.exit_codes.values())

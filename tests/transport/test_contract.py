@@ -1,0 +1,67 @@
+"""One contract, every client transport: gRPC over loopback and the in-process transport of virtual clients
+carry the same frames with the same limits, and hand the host's errors back to the caller."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpcflare import errors
+from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.transport.grpc_client import GrpcClientTransport
+from hpcflare.transport.grpc_server import GrpcServer
+from hpcflare.transport.inproc import InprocTransport
+from tests.transport.test_grpc import SETTINGS, Handler, manifest
+
+
+@pytest.fixture(params=["grpc", "inproc"])
+def transport(request):
+    handler = Handler()
+    if request.param == "grpc":
+        server = GrpcServer(handler, SETTINGS, RankLogger(None, "server", "server")).start()
+        client = GrpcClientTransport(server.address, SETTINGS)
+        yield handler, client
+        client.close()
+        server.stop()
+    else:
+        client = InprocTransport(handler, SETTINGS, "client-rank-1")
+        yield handler, client
+        client.close()
+
+
+def test_unary_roundtrip_and_errors_reach_the_caller(transport):
+    handler, client = transport
+    assert client.call("GetTask", {"x": [1, 2]}, 5) == {"method": "GetTask", "echo": {"x": [1, 2]}}
+    with pytest.raises(errors.HpcflareError, match="nope: GetTask"):
+        client.call("GetTask", {"reject": True}, 5)
+
+
+def test_download_reassembles_chunked_tensors_exactly(transport):
+    handler, client = transport
+    got = list(client.download({}, manifest(handler)))
+    assert [bytes(b) for _, b in got] == handler.blobs
+    assert all(len(b) > SETTINGS.chunk_size for b in handler.blobs)  # really chunked
+
+
+def test_upload_streams_bounded_frames(transport):
+    handler, client = transport
+    reply = client.upload({"site": "a"}, [("w", np.zeros(3000, dtype=np.float32))])
+    assert reply["frames"] == 1 + 1 + 1 + 12 + 1  # begin, tensor spec, blob header, ceil(12000/1024) data, end
+    assert handler.uploads[0]["site"] == "a"
+
+
+def test_models_over_max_model_bytes_are_refused_both_ways(transport):
+    handler, client = transport
+    small = SETTINGS.replace(max_model_bytes=1000)
+    client.settings = small
+    with pytest.raises(errors.FrameTooLargeError, match="max_model_bytes"):
+        list(client.download({}, manifest(handler)))
+    with pytest.raises(errors.FrameTooLargeError, match="max_model_bytes"):
+        client.upload({"site": "a"}, [("w", np.zeros(3000, dtype=np.float32))])
+
+
+def test_a_closed_inproc_transport_is_a_gone_peer():
+    client = InprocTransport(Handler(), SETTINGS, "client-rank-1")
+    client.close()
+    with pytest.raises(errors.PeerGoneError, match="closed"):
+        client.call("Heartbeat", {}, 5)
