@@ -5,6 +5,10 @@ server's structured log: seconds from `sbatch` to the Slurm job starting (queuei
 the server opening round 1 (every rank's Python start-up, TLS kits, registration), and the whole job.
 
     python benchmarks/slurm_startup.py --clients 32 128 --nodes 4 [--rounds 2] [--relays 0 4]
+    python benchmarks/slurm_startup.py --clients 10000 --clients-per-rank 625 --relays 4 --nodes 4
+
+With --clients-per-rank K each client rank runs K sites as virtual clients (ranks = 1 + relays + N/K); the
+last column lists each round's seconds.
 
 Needs a Slurm cluster (the dev cluster: NUM_NODES=4 bash slurm/dev-cluster-up.sh). Many ranks per node on a
 small machine need --overcommit, which this script passes.
@@ -56,7 +60,14 @@ def batch_started(job: JobDir) -> float | None:
     return None
 
 
-def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, timeout: float) -> dict[str, float]:
+def round_seconds(job: JobDir) -> list[float]:
+    path = job.log_dir / "server.jsonl"
+    return [float(e["seconds"]) for e in map(json.loads, path.read_text().splitlines() if path.exists() else [])
+            if e.get("event") == "round_completed"]
+
+
+def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, timeout: float,
+            per_rank: int = 1) -> dict[str, float]:
     script = root / "client.py"
     script.write_text(CLIENT)
     recipe = FedAvgRecipe(name=f"startup-{clients}", initial_model=np.ones((3, 3), np.float32), min_clients=clients,
@@ -64,7 +75,8 @@ def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, time
     job = recipe.export(root / "jobs")
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "hpcflare.cli", "job", "submit", str(job.root), "--nodes", str(nodes),
-                    "--time", "00:20:00", "--overcommit"], check=True, capture_output=True)
+                    "--time", "00:20:00", "--overcommit", "--clients-per-rank", str(per_rank)],
+                   check=True, capture_output=True)
     deadline = time.monotonic() + timeout
     while job.read_status().get("state") not in FINAL_STATES:
         if time.monotonic() > deadline:
@@ -75,7 +87,8 @@ def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, time
     done = first_event(job, "job_completed") or time.time()
     return {"state": status.get("state"), "queued_s": (started or t0) - t0,
             "start_to_round1_s": (first - started) if first and started else float("nan"),
-            "sbatch_to_round1_s": (first - t0) if first else float("nan"), "total_s": done - t0}
+            "sbatch_to_round1_s": (first - t0) if first else float("nan"), "total_s": done - t0,
+            "rounds": round_seconds(job)}
 
 
 def main() -> None:
@@ -84,19 +97,20 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--relays", type=int, nargs="+", default=[0])
+    parser.add_argument("--clients-per-rank", type=int, default=1, help="sites per client rank (virtual clients)")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
-    print(f"{'clients':>7} {'nodes':>5} {'relays':>6} {'state':>9} {'queued s':>9} {'start->round1 s':>15} "
-          f"{'sbatch->round1 s':>16} {'total s':>8}")
+    print(f"{'clients':>7} {'K':>4} {'nodes':>5} {'relays':>6} {'state':>9} {'queued s':>9} {'start->round1 s':>15} "
+          f"{'sbatch->round1 s':>16} {'total s':>8}  round s")
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:  # on the shared filesystem the nodes see
         for clients in args.clients:
             for relays in args.relays:
                 root = Path(tmp) / f"c{clients}-r{relays}"
                 root.mkdir()
-                row = run_one(root, clients, args.nodes, args.rounds, relays, args.timeout)
-                print(f"{clients:>7} {args.nodes:>5} {relays:>6} {row['state']:>9} {row['queued_s']:>9.1f} "
-                      f"{row['start_to_round1_s']:>15.1f} {row['sbatch_to_round1_s']:>16.1f} {row['total_s']:>8.1f}",
-                      flush=True)
+                row = run_one(root, clients, args.nodes, args.rounds, relays, args.timeout, args.clients_per_rank)
+                print(f"{clients:>7} {args.clients_per_rank:>4} {args.nodes:>5} {relays:>6} {row['state']:>9} "
+                      f"{row['queued_s']:>9.1f} {row['start_to_round1_s']:>15.1f} {row['sbatch_to_round1_s']:>16.1f} "
+                      f"{row['total_s']:>8.1f}  {' '.join(f'{s:.1f}' for s in row['rounds'])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class ClientAgent:
                  parent: ServerHandler | None = None) -> None:
         self.job_dir, self.site, self.log = job_dir, site, log
         self.config: JobConfig = job_dir.load_config()
-        self.kit = load_kit(job_dir, self.config, site)
+        self.kit = load_kit(job_dir, self.config, site, required=parent is None)
         for problem in self.kit.self_check() if self.kit else []:
             log.warning("certificate_problem", f"{problem}; the server will refuse this site", problem=problem)
         self.connection = Connection(job_dir, self.config, self.config.load_settings(), site, log, self.kit,

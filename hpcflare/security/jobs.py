@@ -44,12 +44,19 @@ def tls_enabled(job_dir: JobDir, config: JobConfig) -> bool:
     return config.tls == "on"
 
 
-def load_kit(job_dir: JobDir, config: JobConfig, name: str, role: str = "") -> StartupKit | None:
-    """This rank's kit when the job runs with TLS; None for a plain-text job."""
+def load_kit(job_dir: JobDir, config: JobConfig, name: str, role: str = "", required: bool = True) -> StartupKit | None:
+    """This rank's kit when the job runs with TLS; None for a plain-text job. ``required=False``: a site
+    that reaches its client rank in-process uses its kit only for the kit's script policy, if it has one."""
     if not tls_enabled(job_dir, config):
         return None
     own = os.environ.get(KIT_ENV)
     path = Path(own) if own else kits_root(job_dir, config) / name
+    if not required and not path.exists():
+        return None
+    if not path.exists() and name in config.rank_hosts():
+        raise ConfigError(f"{name} hosts sites as virtual clients and connects in their stead, so it needs a startup "
+                          f"kit of its own at {path}: `hpcflare provision PROJECT_DIR --add {name}` (role client), or "
+                          "run with clients_per_rank=1")
     kit = StartupKit.load(path)
     if kit.name != name and not (role == "server" and kit.role == "server"):
         raise ConfigError(f"startup kit {path} belongs to {kit.name!r}, but this rank is {name!r}")
@@ -80,7 +87,9 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
 def _provision_job(job_dir: JobDir, config: JobConfig, root: Path) -> None:
     from hpcflare.security.provision import job_project, provision
 
-    project = job_project(config.job_id, config.clients + list(config.rank_hosts()), config.relay_names())
+    # sites behind a client rank reach it in-process: only the rank connects, so only the rank needs a kit
+    connecting = list(config.rank_hosts()) or config.clients
+    project = job_project(config.job_id, connecting, config.relay_names())
     tmp = root.parent / f".{root.name}.provisioning"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted earlier attempt
     made = provision(project, tmp)
