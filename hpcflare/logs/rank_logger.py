@@ -18,29 +18,46 @@ LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
 class RankLogger:
     def __init__(self, log_dir: Path | None, rank: str, role: str, echo: TextIO | None = None,
-                 echo_level: str = "INFO") -> None:
+                 echo_level: str = "INFO", keep_open: bool = True) -> None:
+        """``keep_open=False`` opens the files for each event: a process hosting hundreds of virtual clients
+        would otherwise hold two descriptors per site (clusters often allow 1,024 per process)."""
         self.rank, self.role = rank, role
         self._lock = threading.Lock()
         self._echo, self._echo_level = echo, LEVELS[echo_level]
         self._json: TextIO | None = None
         self._human: TextIO | None = None
+        self._paths: tuple[Path, Path] | None = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
-            self._json = open(log_dir / f"{rank}.jsonl", "a", buffering=1, encoding="utf-8")
-            self._human = open(log_dir / f"{rank}.log", "a", buffering=1, encoding="utf-8")
+            paths = (log_dir / f"{rank}.jsonl", log_dir / f"{rank}.log")
+            if keep_open:
+                self._json = open(paths[0], "a", buffering=1, encoding="utf-8")
+                self._human = open(paths[1], "a", buffering=1, encoding="utf-8")
+            else:
+                self._paths = paths
 
-    def log(self, level: str, event: str, msg: str, **fields: Any) -> None:
+    def log(self, level: str, event: str, msg: str, human: bool = True, **fields: Any) -> None:
+        """One event: always a JSONL record; ``human=False`` leaves it out of the human log and the echo (a
+        per-site event of a job with hundreds of sites: the human log gets a summary instead)."""
         now = time.time()
         record = {"t": round(now, 6), "ts": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="milliseconds"),
                   "rank": self.rank, "role": self.role, "level": level, "event": event, "msg": msg}
         record.update(fields)
         stamp = _dt.datetime.fromtimestamp(now).strftime("%H:%M:%S.%f")[:-3]
-        human = f"{stamp} {level:<7} {self.rank:<12} {msg}\n"
+        line = f"{stamp} {level:<7} {self.rank:<12} {msg}\n"
         with self._lock:
+            if self._paths is not None:  # keep_open=False: one open-append-close per file
+                with open(self._paths[0], "a", encoding="utf-8") as out:
+                    out.write(json.dumps(record, default=str) + "\n")
+                if human:
+                    with open(self._paths[1], "a", encoding="utf-8") as out:
+                        out.write(line)
             if self._json is not None:
                 self._json.write(json.dumps(record, default=str) + "\n")
+            if not human:
+                return
             if self._human is not None:
-                self._human.write(human)
+                self._human.write(line)
             if self._echo is not None and LEVELS[level] >= self._echo_level:
                 try:
                     self._echo.write(f"[{self.rank}] {msg}\n")
@@ -54,6 +71,10 @@ class RankLogger:
     def info(self, event: str, msg: str, **fields: Any) -> None:
         self.log("INFO", event, msg, **fields)
 
+    def detail(self, event: str, msg: str, **fields: Any) -> None:
+        """An INFO event for machines only (JSONL): per-site chatter of a many-site job."""
+        self.log("INFO", event, msg, human=False, **fields)
+
     def warning(self, event: str, msg: str, **fields: Any) -> None:
         self.log("WARNING", event, msg, **fields)
 
@@ -66,4 +87,5 @@ class RankLogger:
                 if f is not None:
                     f.close()
             self._json = self._human = None
+            self._paths = None
 

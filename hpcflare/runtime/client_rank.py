@@ -76,6 +76,9 @@ def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None 
         threads = [threading.Thread(target=site_main, args=(site,), name=f"vc-{site}", daemon=True) for site in sites]
         for thread in threads:
             thread.start()
+        if host is not None:  # one thread vouches for every site whose script is alive (no heartbeat thread each)
+            threading.Thread(target=_vouch, args=(host, dict(zip(sites, threads))), name=f"{name}-vouch",
+                             daemon=True).start()
         _join(threads, host, log, job_dir.load_config().load_settings().end_grace)
         if host is not None:
             host.leaving = True  # every site is done: say goodbye at the next poll instead of waiting for the end
@@ -94,6 +97,15 @@ def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None 
         return code
     finally:
         log.close()
+
+
+def _vouch(host: ClientRankHost, threads: dict[str, threading.Thread]) -> None:
+    """The in-process sites' heartbeats: a site is alive while its script's thread is."""
+    while host.phase != HostPhase.ENDED and any(t.is_alive() for t in threads.values()):
+        for site, thread in threads.items():
+            if thread.is_alive():
+                host.members.touch(site)
+        time.sleep(host.settings.heartbeat_interval)
 
 
 def _join(threads: list[threading.Thread], host: ClientRankHost | None, log: RankLogger, end_grace: float) -> None:

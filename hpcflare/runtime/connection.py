@@ -70,7 +70,8 @@ class Connection:
                 self._discovered = True
         self._connect(self.address)
         self.started = True
-        threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.site}", daemon=True).start()
+        if self.parent is None:  # an in-process parent sees its sites' threads: it vouches for them itself
+            threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{self.site}", daemon=True).start()
 
     def _server_address(self, timeout: float) -> str:
         return self.rendezvous.lookup(SERVER, timeout).address

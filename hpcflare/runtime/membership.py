@@ -151,11 +151,17 @@ class Membership:
                     dead.append(record)
         return dead
 
+    def count(self) -> int:
+        """Sites with a record (registered once, or excluded)."""
+        return len(self._clients)
+
     def live(self) -> list[str]:
-        return [r.site for r in self._clients.values() if r.state in LIVE]
+        with self._lock:  # registrations add records from other threads
+            return [r.site for r in self._clients.values() if r.state in LIVE]
 
     def get(self, site: str) -> ClientRecord | None:
         return self._clients.get(site)
 
     def records(self) -> list[ClientRecord]:
-        return list(self._clients.values())
+        with self._lock:
+            return list(self._clients.values())

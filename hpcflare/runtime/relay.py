@@ -74,7 +74,7 @@ class Relay(RoundHost):
             raise errors.UnknownClientError(f"site {request.get('site')!r:.80} is not part of this job")
         reply = self.upstream.call("Register", {**request, "via": self.name}, self.settings.rpc_timeout)
         record, _ = self._add_member(request, token=reply["token"])
-        self.log.info("child_registered", f"{record.site} registered through {self.name}", site=record.site)
+        self.site_log("child_registered", f"{record.site} registered through {self.name}", site=record.site)
         return reply
 
     def _fold(self, rnd: Any, update: ClientUpdate) -> None:
@@ -88,7 +88,7 @@ class Relay(RoundHost):
         transport.upload(header, update.params.items())
         with self._cv:
             rnd.accepted[update.site] = update.metrics
-        self.log.info("result_forwarded", f"round {rnd.number}: result from {update.site} forwarded to the server",
+        self.site_log("result_forwarded", f"round {rnd.number}: result from {update.site} forwarded to the server",
                       site=update.site, round=rnd.number)
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:

@@ -25,6 +25,10 @@ from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 from hpcflare.transport.api import Peer, ServerHandler
 
+PER_SITE_LOG_LIMIT = 64
+"""Up to this many sites a host writes one human log line per site event (registered, result accepted,
+finished); beyond it those go to the JSONL log only and the human log gets summaries."""
+
 MAX_TRACK_RECORDS = 4096
 """Most tracking records one Track call may carry (sites send at most TRACK_BATCH per call)."""
 
@@ -46,6 +50,8 @@ class RoundHost(ServerHandler):
         self.config, self.settings, self.log, self.strategy = config, settings, log, strategy
         self.members = members
         members.on_stall = self._stalled
+        self.site_log = log.info if len(members.expected) <= PER_SITE_LOG_LIMIT else log.detail
+        """How per-site events are logged (see PER_SITE_LOG_LIMIT)."""
         self.hosts: dict[str, set[str] | None] = {}
         """Children that host sites of their own (relays, client ranks) -> the sites they may speak for
         (None: any). They register, vouch in heartbeats, say goodbye and send partial aggregates for those."""
@@ -152,7 +158,7 @@ class RoundHost(ServerHandler):
             if status != "done":
                 self.log.warning("client_failed", f"{record.site} failed: {reason}", site=record.site, reason=reason)
             else:
-                self.log.info("client_done", f"{record.site} finished", site=record.site)
+                self.site_log("client_done", f"{record.site} finished", site=record.site)
             return {}
         raise errors.MalformedMessageError(f"unknown method {method!r}")
 
@@ -294,7 +300,7 @@ class RoundHost(ServerHandler):
 
     def _fold(self, rnd: Round, update: ClientUpdate) -> None:
         rnd.fold(update)
-        self.log.info("result_accepted", f"round {rnd.number}: result from {update.site} accepted (weight {update.weight:g})",
+        self.site_log("result_accepted", f"round {rnd.number}: result from {update.site} accepted (weight {update.weight:g})",
                       site=update.site, round=rnd.number, weight=update.weight, metrics=update.metrics)
 
     # ------------------------------------------------------------------ round lifecycle

@@ -83,7 +83,7 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
     """Register the site, run the training script against the Client API, report how it ended.
     ``per_thread``: the site shares its process with others (its Client API state and sys.argv are the
     thread's); ``parent``: its host in this process (a client rank's virtual client)."""
-    log = RankLogger(job_dir.log_dir, site, "client")
+    log = RankLogger(job_dir.log_dir, site, "client", keep_open=not per_thread)
     agent: ClientAgent | None = None
     code, status, reason = ExitCode.OK, "done", ""
     try:

@@ -33,6 +33,10 @@ from hpcflare.strategy.aggregate import all_finite
 from hpcflare.strategy.api import TaskKind
 from hpcflare.transport.grpc_server import GrpcServer
 
+REGISTRATION_SUMMARY_EVERY = 10.0
+"""Seconds between 'N of M clients registered' lines while the server waits for its clients."""
+
+
 class FLServer(RoundHost):
     role = "server"
 
@@ -90,11 +94,12 @@ class FLServer(RoundHost):
         node, via = str(request.get("node") or "")[:128], str(request.get("via") or "")[:64]
         kind = "relay" if site in self.relays else "client rank" if site in self.hosts else "client"
         event = {"relay": "relay_registered", "client rank": "client_rank_registered"}.get(kind, "client_registered")
-        self.log.info(event, f"{site} registered from {record.host or '?'}{'/' + node if node else ''} "
-                      f"pid {record.pid}" + (f" via {via}" if via else ""), site=site, host=record.host, node=node,
-                      pid=record.pid, via=via)
-        with self._cv:
-            self._cv.notify_all()
+        (self.site_log if kind == "client" else self.log.info)(
+            event, f"{site} registered from {record.host or '?'}{'/' + node if node else ''} pid {record.pid}"
+            + (f" via {via}" if via else ""), site=site, host=record.host, node=node, pid=record.pid, via=via)
+        if self.members.count() >= len(self.members.expected):  # the registration wait polls until then
+            with self._cv:
+                self._cv.notify_all()
         extra = self.strategy.on_register(site, request) if kind == "client" else {}
         return {**extra, **reply}
 
@@ -196,11 +201,16 @@ class FLServer(RoundHost):
         min_clients (naming who is missing) or fail."""
         cfg, timeout = self.config, self.settings.registration_timeout
         deadline = time.monotonic() + timeout
+        summary_at = time.monotonic() + REGISTRATION_SUMMARY_EVERY
         with self._cv:
-            while len(self.live_clients()) + len(self._gone()) < len(cfg.clients):
+            while (registered := len(self.live_clients())) + len(self._gone()) < len(cfg.clients):
                 self._check_abort()
                 if time.monotonic() >= deadline:
                     break
+                if time.monotonic() >= summary_at:
+                    summary_at += REGISTRATION_SUMMARY_EVERY
+                    self.log.info("registration_progress", f"{registered} of {len(cfg.clients)} clients registered",
+                                  registered=registered, expected=len(cfg.clients))
                 self._cv.wait(min(0.5, max(0.0, deadline - time.monotonic())))
         registered = sorted(self.live_clients())
         missing = sorted(set(cfg.clients) - set(registered))
@@ -227,7 +237,8 @@ class FLServer(RoundHost):
     def _run_round(self, number: int) -> None:
         cfg, s = self.config, self.settings
         sent_before = self.bytes_sent
-        live = [c for c in cfg.clients if c in self.live_clients()]
+        alive = self.live_clients()
+        live = [c for c in cfg.clients if c in alive]
         plan = self.strategy.plan_round(number, cfg.num_rounds, live)
         if self.last_metrics:
             plan.meta.setdefault(INITIAL_METRICS, self.last_metrics)

@@ -20,6 +20,7 @@ from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize,
 from hpcflare.strategy.aggregate import acc_dtype, all_finite
 from hpcflare.strategy.api import UpdateKind
 from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, parse_single, unpack_frame
+from hpcflare.transport.streams import merge_report
 
 PARAMS_TYPES = tuple(kind.value for kind in UpdateKind)
 
@@ -157,7 +158,8 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
     if header.get("params_type") not in PARAMS_TYPES:
         raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
     header["params_type"] = UpdateKind(header["params_type"])
-    context = on_header(header)
+    context = on_header(header)  # authenticated before any continuation of its report is read
+    frames = merge_report(header, frames, settings.max_frame_bytes)
     if callable(expected):
         expected = expected(context)
     quant = check_quant_map(header.get("quant"), expected)

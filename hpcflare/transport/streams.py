@@ -6,19 +6,70 @@ gRPC and the in-process transport share them, so both enforce the same limits an
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Iterable, Iterator
 
 from hpcflare import errors
 from hpcflare.settings import Settings
-from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, unpack_frame
+from hpcflare.transport.codec import MAX_HEADER_BYTES, TensorSpec, iter_chunks, pack_frame, pack_meta, tensor_parts, unpack_frame
+
+REPORT_SECTIONS = ("partial", "swarm")
+"""Header sections whose per-site tables may continue in 'more' frames (a relay's partial over thousands)."""
+HEADER_BUDGET = MAX_HEADER_BYTES - 4096
+"""Bytes of header a frame may carry before its per-site tables are moved to 'more' frames."""
+MAX_MORE_FRAMES = 1024
+"""Most 'more' frames one upload may carry (a 64 MiB report: far beyond any real relay's)."""
+
+
+def split_report(header: dict) -> tuple[dict, list[dict]]:
+    """A begin header that fits one frame, plus 'more' frames carrying the rest of its per-site tables."""
+    if len(pack_meta(header)) <= HEADER_BUDGET:
+        return header, []
+    header, extra = dict(header), []
+    for section in REPORT_SECTIONS:
+        if not isinstance(header.get(section), dict):
+            continue
+        part = header[section] = dict(header[section])
+        for key, table in list(part.items()):
+            if not isinstance(table, dict) or not table:
+                continue
+            part[key] = {}
+            batch: dict = {}
+            size = 0
+            for name, value in table.items():
+                n = len(pack_meta({name: value}))
+                if batch and size + n > HEADER_BUDGET:
+                    extra.append({"kind": "more", "section": section, "key": key, "items": batch})
+                    batch, size = {}, 0
+                batch[name], size = value, size + n
+            extra.append({"kind": "more", "section": section, "key": key, "items": batch})
+    return header, extra
+
+
+def merge_report(header: dict, frames: Iterator[bytes], max_frame_bytes: int) -> Iterator[bytes]:
+    """Fold the 'more' frames that follow a begin frame into ``header``; return the remaining frames."""
+    for count, frame in enumerate(frames):
+        head, _ = unpack_frame(frame, max_frame_bytes)
+        if head.get("kind") != "more":
+            return itertools.chain([frame], frames)
+        section, key, items = head.get("section"), head.get("key"), head.get("items")
+        table = header.get(section, {}).get(key) if section in REPORT_SECTIONS and isinstance(
+            header.get(section), dict) else None
+        if count >= MAX_MORE_FRAMES or not isinstance(table, dict) or not isinstance(items, dict):
+            raise errors.MalformedMessageError(f"invalid report continuation ({section!r:.20}/{key!r:.20}, frame {count})")
+        table.update(items)
+    return iter(())
 
 
 def upload_frames(header: dict, tensors: Iterable[tuple[str, Any]], settings: Settings,
                   touch: Callable[[], None] = lambda: None) -> Iterator[bytes]:
-    """header frame, then per tensor its spec and its safetensors bytes in chunk_size pieces, then 'end'.
+    """header frame (and 'more' frames when its per-site report is too large for one), then per tensor its spec and its safetensors bytes in chunk_size pieces, then 'end'.
     The array's own memory is streamed, not copied; more than max_model_bytes in all is refused."""
     sent = 0
+    header, more = split_report(header)
     yield pack_frame({**header, "kind": "begin"})
+    for frame in more:
+        yield pack_frame(frame)
     for name, value in tensors:
         spec, head, raw = tensor_parts(name, value)
         sent += spec.nbytes

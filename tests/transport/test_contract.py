@@ -65,3 +65,30 @@ def test_a_closed_inproc_transport_is_a_gone_peer():
     client.close()
     with pytest.raises(errors.PeerGoneError, match="closed"):
         client.call("Heartbeat", {}, 5)
+
+
+def test_a_report_larger_than_one_frame_header_arrives_whole():
+    """A relay's partial over thousands of sites: its per-site table continues in 'more' frames, which the
+    host folds back into the header before the tensors (both transports stream upload_frames)."""
+    from hpcflare.transport.codec import unpack_frame
+    from hpcflare.transport.streams import merge_report, upload_frames
+
+    sites = {f"site-{i}": {"metrics": {"loss": i / 7}, "weight": float(i)} for i in range(5000)}
+    header = {"site": "relay-1", "params_type": "PARTIAL", "partial": {"sites": sites, "rejected": {}, "weights": {}}}
+    frames = list(upload_frames(header, [("w", np.zeros(8, dtype=np.float32))], SETTINGS.replace(max_frame_bytes=1 << 20)))
+    begin, _ = unpack_frame(frames[0], 1 << 20)
+    assert all(len(f) < 64 << 10 for f in frames) and begin["partial"]["sites"] == {}
+    rest = merge_report(begin, iter(frames[1:]), 1 << 20)
+    assert begin["partial"]["sites"] == sites and header["partial"]["sites"] is sites  # the caller's is untouched
+    assert unpack_frame(next(rest), 1 << 20)[0]["kind"] == "tensor"  # the stream goes on where the report ended
+
+
+def test_report_continuations_are_refused_outside_a_report_section():
+    from hpcflare.transport.codec import pack_frame
+    from hpcflare.transport.streams import merge_report
+
+    for bad in ({"kind": "more", "section": "meta", "key": "x", "items": {}},
+                {"kind": "more", "section": "partial", "key": "nope", "items": {}},
+                {"kind": "more", "section": "partial", "key": "sites", "items": [1]}):
+        with pytest.raises(errors.MalformedMessageError, match="report continuation"):
+            merge_report({"partial": {"sites": {}}}, iter([pack_frame(bad)]), 1 << 20)
