@@ -20,6 +20,14 @@ CONFIGS_DIR = Path(os.environ.get("HPCFLARE_CONFIGS") or (Path(__file__).parent 
 """The settings profiles: configs/ of a source checkout, shipped inside the package (hpcflare/_data) in a wheel."""
 
 
+REGISTRATION_BASE_S = 30.0
+REGISTRATION_S_PER_CLIENT = 0.01
+"""Registration budget a job needs: start-up plus, per client, ~3x what 10,000 virtual clients took on 4 emulated
+nodes sharing 2 cores (~3 ms each)."""
+MAX_HEARTBEATS_PER_S = 500
+"""Heartbeats per second one server takes without their handling crowding out rounds (gRPC Python, one core)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # --- deadlines (seconds) ---
@@ -152,6 +160,22 @@ class Settings:
         if self.server_lost_timeout < self.heartbeat_timeout:
             found.append(f"server_lost_timeout ({self.server_lost_timeout:g}s) < heartbeat_timeout "
                          f"({self.heartbeat_timeout:g}s): clients give up on a busy server before it gives up on them")
+        return found
+
+    def fit_warnings(self, clients: int, direct: int) -> list[str]:
+        """Where this profile cannot fit a job of ``clients`` sites, ``direct`` of whose links (relays, client
+        ranks or sites) end at the server; the formulas are documented in the README (Scale and resilience)."""
+        found = []
+        needed = REGISTRATION_BASE_S + REGISTRATION_S_PER_CLIENT * clients
+        if self.registration_timeout < needed:
+            found.append(f"registration_timeout ({self.registration_timeout:g}s) is short for {clients} clients: allow "
+                         f"~{needed:g}s ({REGISTRATION_BASE_S:g}s + {REGISTRATION_S_PER_CLIENT:g}s per client), or use "
+                         "settings_profile='hpc-large'")
+        rate = direct / self.heartbeat_interval
+        if rate > MAX_HEARTBEATS_PER_S:
+            found.append(f"{direct} links heartbeat the server every heartbeat_interval={self.heartbeat_interval:g}s "
+                         f"({rate:.0f}/s > {MAX_HEARTBEATS_PER_S}): raise heartbeat_interval, add relays, or run the "
+                         "sites as virtual clients (clients_per_rank)")
         return found
 
     def as_dict(self) -> dict[str, Any]:

@@ -36,3 +36,12 @@ def test_inconsistent_settings_name_both_keys():
         Settings.load("dev", {"heartbeat_timeout": 2, "heartbeat_interval": 5})
     with pytest.raises(ConfigError, match="max_frame_bytes"):
         Settings.load("dev", {"chunk_size": 1 << 22})
+
+
+def test_a_profile_too_small_for_the_client_count_is_named():
+    dev = Settings.load("dev")
+    assert dev.fit_warnings(8, 8) == []
+    problems = dev.fit_warnings(10_000, 10_000)
+    assert any("registration_timeout" in p and "10000 clients" in p for p in problems)
+    assert any("heartbeat_interval" in p and "clients_per_rank" in p for p in problems)
+    assert Settings.load("hpc-large").fit_warnings(10_000, 16) == []  # 16 client ranks x 625 virtual clients

@@ -53,7 +53,8 @@ class FLServer(RoundHost):
         self.job_dir = job_dir
         job_dir.ensure_secret()  # hand-written launches that skipped Env.deploy / prepare_job get one too
         self.strategy.attach(job_dir.root)
-        for warning in settings.warnings():
+        direct = len(self.relays) or len(ranks) or len(config.clients)  # links that end at this server
+        for warning in settings.warnings() + settings.fit_warnings(len(config.clients), direct):
             log.warning("settings_conflict", warning)
         self.checkpoints = Checkpoints(job_dir.models_dir, log)
         self.first_round = 1
@@ -65,8 +66,6 @@ class FLServer(RoundHost):
                                       config.early_stop_patience, job_dir.root / config.initial_model, log,
                                       self.checkpoints.latest, config.stop_condition)
         kit = load_kit(job_dir, config, "server", role="server")
-        # with relays, clients talk to them, not to the server; with client ranks, one link per rank
-        direct = len(self.relays) or len(ranks) or len(config.clients)
         self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit, children=direct)
         if kit is not None:
             for problem in kit.self_check():

@@ -143,3 +143,55 @@ def test_default_settings_run_512_sites_on_this_machine(tmp_path):
     config = run.job_dir.load_config()
     assert config.per_rank > 1 and len(config.client_units()) < 64
     assert all(code == 0 for code in run.exit_codes.values())
+
+
+def test_each_script_thread_sees_its_own_argv():
+    import argparse
+    import sys
+    import threading
+
+    from hpcflare.runtime.script_runner import ThreadArgv
+
+    saved = sys.argv
+    seen: dict[str, list[str]] = {}
+    try:
+        def site(name: str, args: list[str]) -> None:
+            ThreadArgv.set_for_thread([f"/app/{name}.py", *args])
+            parser = argparse.ArgumentParser()
+            parser.add_argument("--lr", type=float)
+            seen[name] = [str(parser.parse_args().lr), sys.argv[0], str(len(sys.argv))]
+            ThreadArgv.set_for_thread(None)
+
+        threads = [threading.Thread(target=site, args=(f"s{i}", ["--lr", str(i)])) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen == {f"s{i}": [f"{float(i)}", f"/app/s{i}.py", "3"] for i in range(3)}
+        assert list(sys.argv) == list(saved)  # any other thread sees the process's own argv
+    finally:
+        sys.argv = saved
+
+
+def test_auto_clients_per_rank_rules(tmp_path, monkeypatch):
+    from hpcflare import job
+
+    monkeypatch.setattr(job.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert job.local_client_slots(8) is None  # up to 4 sites per core: a process each
+    assert job.local_client_slots(9) == 2  # beyond: a client rank per core
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    assert job.local_client_slots(100) == 3  # or per visible GPU
+    assert job.auto_clients_per_rank(10_000, 16) == 625 and job.auto_clients_per_rank(10, 3) == 4
+
+    script = tmp_path / "c.py"
+    script.write_text("print(1)\n")
+    job_dir = FedAvgRecipe(name="a", model={"w": np.zeros(2, np.float32)}, min_clients=10, n_clients=10,
+                           train_script=script).export(tmp_path / "jobs")
+    assert job_dir.settle_clients_per_rank(None, None).clients_per_rank == "auto"  # nothing to spread over yet
+    assert job_dir.settle_clients_per_rank(None, 0).clients_per_rank == "auto"  # e.g. a server-only allocation
+    assert job_dir.settle_clients_per_rank(None, 3).clients_per_rank == 4  # 10 sites over 3 client ranks
+    assert job_dir.load_config().client_units()["client-rank-3"] == ["site-9", "site-10"]
+    assert job_dir.settle_clients_per_rank(2, 3).clients_per_rank == 2  # an Env's own value wins
+    with pytest.raises(Exception, match="clients_per_rank must be"):
+        job_dir.settle_clients_per_rank(0, None)

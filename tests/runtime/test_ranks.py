@@ -39,3 +39,16 @@ def test_every_site_exactly_once_and_relays_on_distinct_nodes():
     assert sorted(relay_nodes) == [0, 1, 2]
     # a layout that does not describe this world (another launcher) falls back to ranks 1..R
     assert [role_for_rank(r, 12, cfg, [5, 5]).kind for r in (1, 2, 3)] == [RoleKind.RELAY] * 3
+
+
+def test_client_ranks_host_their_share_of_sites_in_order():
+    cfg = config(clients=10, relays=0)
+    cfg.clients_per_rank = 4
+    roles = [role_for_rank(r, 4, cfg) for r in range(4)]
+    assert [(r.kind, r.site, r.sites) for r in roles[1:]] == [
+        (RoleKind.CLIENT, "client-rank-1", tuple(cfg.clients[0:4])),
+        (RoleKind.CLIENT, "client-rank-2", tuple(cfg.clients[4:8])),
+        (RoleKind.CLIENT, "client-rank-3", tuple(cfg.clients[8:10]))]
+    with pytest.raises(Exception, match=r"request at least 3 tasks \(4 for every client\)"):
+        cfg.min_clients = 5
+        role_for_rank(1, 2, cfg)  # 1 server + 1 client rank of 4 sites cannot reach min_clients=5
