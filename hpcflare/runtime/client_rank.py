@@ -19,7 +19,7 @@ import time
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
-from hpcflare.job import JobDir
+from hpcflare.job import FINAL_STATES, JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
 from hpcflare.runtime.round_host import HostPhase
@@ -79,7 +79,7 @@ def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None 
         if host is not None:  # one thread vouches for every site whose script is alive (no heartbeat thread each)
             threading.Thread(target=_vouch, args=(host, dict(zip(sites, threads))), name=f"{name}-vouch",
                              daemon=True).start()
-        _join(threads, host, log, job_dir.load_config().load_settings().end_grace)
+        _join(threads, host, job_dir, log, config.load_settings().end_grace)
         if host is not None:
             host.leaving = True  # every site is done: say goodbye at the next poll instead of waiting for the end
             assert rounds is not None
@@ -108,20 +108,25 @@ def _vouch(host: ClientRankHost, threads: dict[str, threading.Thread]) -> None:
         time.sleep(host.settings.heartbeat_interval)
 
 
-def _join(threads: list[threading.Thread], host: ClientRankHost | None, log: RankLogger, end_grace: float) -> None:
-    """Wait for every site's script; once the job has ended, a script still running after end_grace is left
-    behind (its thread is a daemon, so the rank can exit and free its allocation)."""
+def _join(threads: list[threading.Thread], host: ClientRankHost | None, job_dir: JobDir, log: RankLogger,
+          end_grace: float) -> None:
+    """Wait for every site's script; once the job has ended (the host heard it, or status.json says so), a script
+    still running after end_grace is left behind (its thread is a daemon, so the rank can exit and free its
+    allocation)."""
     ended_at: float | None = None
-    while any(t.is_alive() for t in threads):
-        for thread in threads:
-            thread.join(0.2)
-        if host is not None and host.phase == HostPhase.ENDED:
-            ended_at = ended_at or time.monotonic()
-            if time.monotonic() - ended_at > end_grace:
-                stuck = [t.name.removeprefix("vc-") for t in threads if t.is_alive()]
-                log.error("script_stopped", f"the job ended but the scripts of {stuck[:10]} were still running after "
-                          f"settings.end_grace={end_grace:g}s; the rank exits without them", sites=stuck)
-                return
+    while True:
+        alive = [t for t in threads if t.is_alive()]
+        if not alive:
+            return
+        alive[0].join(0.5)
+        if ended_at is None and (host.phase == HostPhase.ENDED if host is not None else
+                                 job_dir.read_status().get("state") in FINAL_STATES):
+            ended_at = time.monotonic()
+        if ended_at is not None and time.monotonic() - ended_at > end_grace:
+            stuck = [t.name.removeprefix("vc-") for t in threads if t.is_alive()]
+            log.error("script_stopped", f"the job ended but the scripts of {stuck[:10]} were still running after "
+                      f"settings.end_grace={end_grace:g}s; the rank exits without them", sites=stuck)
+            return
 
 
 def _prepare_process(job_dir: JobDir, train_script: str, name: str) -> None:
@@ -133,4 +138,3 @@ def _prepare_process(job_dir: JobDir, train_script: str, name: str) -> None:
     if str(script.parent) not in sys.path:
         sys.path.insert(0, str(script.parent))
     sys.argv = [str(script)]
-

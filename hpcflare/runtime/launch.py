@@ -19,6 +19,7 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime.client_rank import run_sites
 from hpcflare.runtime.gpus import plan_devices
 from hpcflare.runtime.ranks import RankInfo, RoleKind, detect_rank, role_for_rank, tasks_per_node
 from hpcflare.runtime.relay import Relay
@@ -116,8 +117,6 @@ def run_unit(job_dir: JobDir, name: str, sites: list[str], address: str | None =
     """A client rank: its one site in this process, or its sites as virtual clients."""
     if sites == [name]:
         return run_client(job_dir, name, address=address)
-    from hpcflare.runtime.client_rank import run_sites
-
     return run_sites(job_dir, sites, name, address)
 
 

@@ -39,6 +39,8 @@ class Round:
         self.partials: set[str] = set()  # relays whose partial aggregate was folded
         self.open = True
         self.started = time.monotonic()
+        self.task_reply: dict[str, Any] | None = None
+        """The GetTask reply for this round, built at its first request (the same for every child)."""
         self._lock, self._changed = lock, changed
 
     def answered(self) -> set[str]:

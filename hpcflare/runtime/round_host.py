@@ -180,12 +180,15 @@ class RoundHost(ServerHandler):
                         rnd.plan.targets is None or site in rnd.plan.targets) and not (
                         rnd.plan.once and request.get("last_task_id") == rnd.task_id):
                     self.members.mark(site, MemberState.ACTIVE)
-                    return {"task": str(rnd.plan.task), "task_id": rnd.task_id, "round": rnd.number,
+                    if rnd.task_reply is None:  # the same for every child: built once per round
+                        rnd.task_reply = {
+                            "task": str(rnd.plan.task), "task_id": rnd.task_id, "round": rnd.number,
                             "total_rounds": self.config.num_rounds, "ref": rnd.model.ref,
                             "manifest": [s.to_wire() for s in rnd.model.specs],
                             "meta": {**self.strategy.configure_round(rnd.number, self.config.num_rounds),
                                      **rnd.plan.meta},
                             "staged": self.staged}
+                    return rnd.task_reply
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return {"task": "wait"}

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 from hpcflare import errors
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport, Peer, ServerHandler
-from hpcflare.transport.codec import TensorSpec
+from hpcflare.transport.codec import TensorSpec, pack_meta, unpack_meta
 from hpcflare.transport.streams import DownloadAssembler, upload_frames
 
 SCHEME = "inproc:"
@@ -31,7 +31,10 @@ class InprocTransport(ClientTransport):
         return Peer(self.address, None, cancelled.set if cancelled is not None else None)
 
     def call(self, method: str, request: dict, timeout: float) -> dict:
-        return self.handler.handle_unary(method, request, self._peer())
+        # through msgpack both ways, as on the wire: the same type checks, and neither side keeps a reference
+        # into the other's objects (a host's cached task reply is shared by hundreds of sites)
+        reply = self.handler.handle_unary(method, unpack_meta(pack_meta(request)), self._peer())
+        return unpack_meta(pack_meta(reply))
 
     def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytearray]]:
         stream = DownloadAssembler(manifest, self.settings)

@@ -8,7 +8,7 @@ import pytest
 from hpcflare.env import LocalEnv, SimEnv
 from hpcflare.exitcodes import ExitCode
 from hpcflare.recipe import FedAvgRecipe
-from tests.conftest import FAST, HELLO_MODEL, events, load_result
+from tests.conftest import HELLO_MODEL, events, load_result
 
 # each site adds its own number (site-3 adds 3) weighted by it, and reports what it saw of its identity
 PER_SITE = """
@@ -195,3 +195,26 @@ def test_auto_clients_per_rank_rules(tmp_path, monkeypatch):
     assert job_dir.settle_clients_per_rank(2, 3).clients_per_rank == 2  # an Env's own value wins
     with pytest.raises(Exception, match="clients_per_rank must be"):
         job_dir.settle_clients_per_rank(0, None)
+
+
+HANGS_AFTER_THE_JOB = """
+import time
+import hpcflare.client as flare
+flare.init()
+while flare.is_running():
+    model = flare.receive()
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
+if flare.get_site_name() == "site-2":
+    time.sleep(600)  # never returns
+"""
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "cyclic"])  # with a rank host, and with direct virtual clients
+def test_a_hung_virtual_client_does_not_hold_its_rank_after_the_job(make_recipe, local_env, strategy):
+    recipe = make_recipe(HANGS_AFTER_THE_JOB, n_clients=2, min_clients=2, num_rounds=2, clients_per_rank=2)
+    recipe.strategy = strategy
+    run = recipe.execute(local_env)
+    run.get_result(timeout=120)
+    stopped = [e for e in events(run.job_dir.root, "client-rank-1") if e["event"] == "script_stopped"]
+    assert stopped and stopped[0]["sites"] == ["site-2"]
+    assert run.exit_codes["client-rank-1"] == int(ExitCode.ABORTED)  # it exited by itself, not killed
