@@ -95,7 +95,7 @@ class Chaos(threading.Thread):
 
 
 def run_job(work: Path, clients: int, rounds: int, chaos: dict | None) -> dict:
-    env = LocalEnv(job_root=work / "jobs", verbose=False)
+    env = LocalEnv(job_root=work / "jobs", verbose=False, clients_per_rank=1)  # chaos kills one site per process
     t0 = time.monotonic()
     run = _recipe(work, clients, rounds).execute(env)
     monkey = None

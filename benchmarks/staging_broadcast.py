@@ -42,7 +42,7 @@ def run_one(mode: str, clients: int, mb: float, root: Path) -> dict[str, object]
     recipe = FedAvgRecipe(name=f"bcast-{mode}", model=model, min_clients=clients, num_rounds=1, n_clients=clients,
                           train_script=script, staging=(mode == "staging"), settings_profile="hpc-large",
                           settings={"server_threads": max(64, 2 * clients + 16)})
-    run, row = measure(recipe, root, timeout=1800)
+    run, row = measure(recipe, root, timeout=1800, per_rank=1)  # a process per site, as measured before
     log = run.job_dir.log_dir / "server.jsonl"
     sent = sum(e.get("bytes_sent", 0) for e in map(json.loads, log.read_text().splitlines())
                if e["event"] == "round_completed")
