@@ -71,7 +71,9 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             job_dir = JobDir(args.target)
             job_dir.load_config()
             if args.clients_per_rank is not None:  # written to job.yaml: every rank reads it from there
-                job_dir.settle_clients_per_rank(args.clients_per_rank, None)
+                from hpcflare.runtime.client_rank import settle_clients_per_rank
+
+                settle_clients_per_rank(job_dir, args.clients_per_rank, None)
             if not args.dry_run:
                 from hpcflare.security.jobs import prepare_job
 

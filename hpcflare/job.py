@@ -88,26 +88,6 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's safe loader where PyYAML has it (a 10,000-site job.yaml parses in milliseconds, not seconds)."""
 _CONFIGS: dict[Path, tuple[tuple[int, int, int], "JobConfig"]] = {}
 
-PROCESSES_PER_CORE = 4
-"""clients_per_rank 'auto' on one machine: a process per site up to this many sites per core; beyond that the
-sites are packed into one client rank per core (or per visible GPU)."""
-
-
-def auto_clients_per_rank(n_clients: int, slots: int) -> int:
-    """Sites per client rank when ``slots`` client ranks are available: all sites spread evenly over them."""
-    return max(1, -(-n_clients // max(1, slots)))
-
-
-def local_client_slots(n_clients: int) -> int | None:
-    """Client ranks for 'auto' on this machine: None (a process per site) for up to PROCESSES_PER_CORE sites
-    per core, else one rank per visible GPU, or per core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if n_clients <= PROCESSES_PER_CORE * cores:
-        return None
-    gpus = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip() and d.strip() != "-1"]
-    return len(gpus) or cores
-
-
 @dataclasses.dataclass
 class JobConfig:
     name: str
@@ -336,21 +316,6 @@ class JobDir:
         for d in (self.root, self.app_dir, self.models_dir, self.log_dir, self.rendezvous_dir):
             d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-
-    def settle_clients_per_rank(self, value: int | str | None, slots: int | None) -> JobConfig:
-        """Fix the job's clients_per_rank before its ranks start: ``value`` (an Env's own setting) wins over
-        job.yaml; 'auto' becomes the sites over ``slots`` client ranks, rounded up (1 without ``slots``)."""
-        config = self.load_config()
-        wanted = config.clients_per_rank if value is None else value
-        if wanted == "auto":
-            wanted = auto_clients_per_rank(len(config.clients), slots) if slots and slots > 0 else "auto"
-        else:
-            wanted = whole_number("clients_per_rank", wanted, 1)
-        if wanted != config.clients_per_rank:
-            config.clients_per_rank = wanted
-            config.validate()
-            atomic_write_text(self.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        return config
 
     def load_config(self) -> JobConfig:
         """job.yaml, parsed and validated; cached per file version, so the sites of a client rank (hundreds of

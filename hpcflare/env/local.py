@@ -18,7 +18,8 @@ from typing import IO, Optional
 from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError
 from hpcflare.exitcodes import describe
-from hpcflare.job import JobDir, local_client_slots
+from hpcflare.job import JobDir
+from hpcflare.runtime.client_rank import local_client_slots, settle_clients_per_rank
 from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.memory import MALLOC_ENV
 
@@ -110,7 +111,7 @@ class LocalEnv(Env):
                  clients_per_rank: int | str | None = None) -> None:
         """``site_env`` adds environment variables per site (e.g. CUDA_VISIBLE_DEVICES, HPCFLARE_STAGING_DIR);
         sites with their own environment are always spawned. ``clients_per_rank`` overrides the job's (default
-        'auto': a process per site up to job.PROCESSES_PER_CORE sites per core, else one client rank per core)."""
+        'auto': a process per site up to client_rank.PROCESSES_PER_CORE sites per core, else one client rank per core)."""
         super().__init__(job_root)
         self.verbose, self.python, self.site_env, self.fork = verbose, python, dict(site_env or {}), fork
         self.clients_per_rank = clients_per_rank
@@ -121,7 +122,7 @@ class LocalEnv(Env):
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
         prepare_job(job_dir, secure_default=False)
-        config = job_dir.settle_clients_per_rank(self.clients_per_rank, local_client_slots(len(job_dir.load_config().clients)))
+        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_client_slots(len(job_dir.load_config().clients)))
         units = config.client_units()
         if self.site_env and config.per_rank > 1:
             raise ConfigError(f"site_env gives sites their own environment, but clients_per_rank={config.per_rank} runs "

@@ -12,14 +12,18 @@ A site whose script raises, exits or never calls ``flare.init()`` fails alone: t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
 import time
 
+import yaml
+
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
-from hpcflare.job import FINAL_STATES, JobDir
+from hpcflare.fileio import atomic_write_text
+from hpcflare.job import FINAL_STATES, JobConfig, JobDir, whole_number
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
 from hpcflare.runtime.round_host import HostPhase
@@ -48,6 +52,42 @@ class ClientRankHost(Relay):
                       f"({self.members.expected[0]} .. {self.members.expected[-1]}) as virtual clients",
                       sites=self.members.expected, pid=os.getpid())
         self.phase = HostPhase.RUNNING
+
+
+PROCESSES_PER_CORE = 4
+"""clients_per_rank 'auto' on one machine: a process per site up to this many sites per core; beyond that the
+sites are packed into one client rank per core (or per visible GPU)."""
+
+
+def auto_clients_per_rank(n_clients: int, slots: int) -> int:
+    """Sites per client rank when ``slots`` client ranks are available: all sites spread evenly over them."""
+    return max(1, -(-n_clients // max(1, slots)))
+
+
+def local_client_slots(n_clients: int) -> int | None:
+    """Client ranks for 'auto' on this machine: None (a process per site) for up to PROCESSES_PER_CORE sites
+    per core, else one rank per visible GPU, or per core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_clients <= PROCESSES_PER_CORE * cores:
+        return None
+    gpus = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip() and d.strip() != "-1"]
+    return len(gpus) or cores
+
+
+def settle_clients_per_rank(job_dir: JobDir, value: int | str | None, slots: int | None) -> JobConfig:
+    """Fix the job's clients_per_rank before its ranks start: ``value`` (an Env's own setting) wins over
+    job.yaml; 'auto' becomes the sites over ``slots`` client ranks, rounded up (stays 'auto' = 1 without)."""
+    config = job_dir.load_config()
+    wanted = config.clients_per_rank if value is None else value
+    if wanted == "auto":
+        wanted = auto_clients_per_rank(len(config.clients), slots) if slots and slots > 0 else "auto"
+    else:
+        wanted = whole_number("clients_per_rank", wanted, 1)
+    if wanted != config.clients_per_rank:
+        config.clients_per_rank = wanted
+        config.validate()
+        atomic_write_text(job_dir.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    return config
 
 
 def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None = None,

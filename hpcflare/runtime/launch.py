@@ -19,7 +19,7 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.client_rank import run_sites
+from hpcflare.runtime.client_rank import run_sites, settle_clients_per_rank
 from hpcflare.runtime.gpus import plan_devices
 from hpcflare.runtime.ranks import RankInfo, RoleKind, detect_rank, role_for_rank, tasks_per_node
 from hpcflare.runtime.relay import Relay
@@ -86,7 +86,7 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     if rendezvous not in RENDEZVOUS:
         raise errors.ConfigError(f"rendezvous must be one of {tuple(RENDEZVOUS)}, got {rendezvous!r}")
     # clients_per_rank 'auto' in a hand-written job: every rank spreads the sites over the same client ranks
-    job_dir.settle_clients_per_rank(None, info.world - 1 - job_dir.load_config().relays)
+    settle_clients_per_rank(job_dir, None, info.world - 1 - job_dir.load_config().relays)
     # a hand-written sbatch script may skip `python -m hpcflare.security.jobs`: never run silently in plain text
     config = prepare_job(job_dir, secure_default=True)
     settings = config.load_settings()

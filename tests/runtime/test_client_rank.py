@@ -174,7 +174,7 @@ def test_each_script_thread_sees_its_own_argv():
 
 
 def test_auto_clients_per_rank_rules(tmp_path, monkeypatch):
-    from hpcflare import job
+    from hpcflare.runtime import client_rank as job
 
     monkeypatch.setattr(job.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -188,13 +188,13 @@ def test_auto_clients_per_rank_rules(tmp_path, monkeypatch):
     script.write_text("print(1)\n")
     job_dir = FedAvgRecipe(name="a", model={"w": np.zeros(2, np.float32)}, min_clients=10, n_clients=10,
                            train_script=script).export(tmp_path / "jobs")
-    assert job_dir.settle_clients_per_rank(None, None).clients_per_rank == "auto"  # nothing to spread over yet
-    assert job_dir.settle_clients_per_rank(None, 0).clients_per_rank == "auto"  # e.g. a server-only allocation
-    assert job_dir.settle_clients_per_rank(None, 3).clients_per_rank == 4  # 10 sites over 3 client ranks
+    assert job.settle_clients_per_rank(job_dir, None, None).clients_per_rank == "auto"  # nothing to spread over yet
+    assert job.settle_clients_per_rank(job_dir, None, 0).clients_per_rank == "auto"  # e.g. a server-only allocation
+    assert job.settle_clients_per_rank(job_dir, None, 3).clients_per_rank == 4  # 10 sites over 3 client ranks
     assert job_dir.load_config().client_units()["client-rank-3"] == ["site-9", "site-10"]
-    assert job_dir.settle_clients_per_rank(2, 3).clients_per_rank == 2  # an Env's own value wins
+    assert job.settle_clients_per_rank(job_dir, 2, 3).clients_per_rank == 2  # an Env's own value wins
     with pytest.raises(Exception, match="clients_per_rank must be"):
-        job_dir.settle_clients_per_rank(0, None)
+        job.settle_clients_per_rank(job_dir, 0, None)
 
 
 HANGS_AFTER_THE_JOB = """
