@@ -43,6 +43,10 @@ class Settings:
     """Deadline of one small unary RPC (register, heartbeat, task poll overhead)."""
     stream_timeout: float = 600.0
     """Deadline of one whole model download/upload stream."""
+    min_link_mb_s: float = 50.0
+    """The slowest link (MB/s) a whole model transfer must be allowed to use: a stream's deadline is
+    max(stream_timeout, its bytes / min_link_mb_s), so a multi-GB model never trips a deadline sized for a small
+    one; the server warns when round_timeout cannot fit the model down and up at this rate."""
     stream_idle_timeout: float = 60.0
     """A stream that makes no progress for this long is cancelled."""
     auth_timeout: float = 10.0
@@ -162,10 +166,20 @@ class Settings:
                          f"({self.heartbeat_timeout:g}s): clients give up on a busy server before it gives up on them")
         return found
 
-    def fit_warnings(self, clients: int, direct: int) -> list[str]:
+    def stream_deadline(self, nbytes: int) -> float:
+        """Seconds one whole stream of ``nbytes`` may take: stream_timeout, or longer for a model that needs it
+        at min_link_mb_s."""
+        return max(self.stream_timeout, nbytes / (self.min_link_mb_s * 1e6))
+
+    def fit_warnings(self, clients: int, direct: int, model_bytes: int = 0) -> list[str]:
         """Where this profile cannot fit a job of ``clients`` sites, ``direct`` of whose links (relays, client
-        ranks or sites) end at the server; the formulas are documented in the README (Scale and resilience)."""
+        ranks or sites) end at the server, and a model of ``model_bytes``; the formulas are documented in the
+        README (Scale and resilience)."""
         found = []
+        transfer = 2 * model_bytes / (self.min_link_mb_s * 1e6)
+        if transfer > self.round_timeout:
+            found.append(f"round_timeout ({self.round_timeout:g}s) cannot fit a {model_bytes / 1e9:.2f} GB model down and "
+                         f"up at min_link_mb_s={self.min_link_mb_s:g} MB/s ({transfer:.0f}s): raise round_timeout")
         needed = REGISTRATION_BASE_S + REGISTRATION_S_PER_CLIENT * clients
         if self.registration_timeout < needed:
             found.append(f"registration_timeout ({self.registration_timeout:g}s) is short for {clients} clients: allow "

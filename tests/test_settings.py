@@ -45,3 +45,22 @@ def test_a_profile_too_small_for_the_client_count_is_named():
     assert any("registration_timeout" in p and "10000 clients" in p for p in problems)
     assert any("heartbeat_interval" in p and "clients_per_rank" in p for p in problems)
     assert Settings.load("hpc-large").fit_warnings(10_000, 16) == []  # 16 client ranks x 625 virtual clients
+
+
+def test_stream_deadlines_grow_with_the_model_and_round_timeout_is_checked_against_it():
+    s = Settings.load("dev")  # stream_timeout 120 s, round_timeout 120 s, min_link_mb_s 50
+    assert s.stream_deadline(10 << 20) == s.stream_timeout  # a small model keeps the plain deadline
+    assert s.stream_deadline(int(70e9)) == pytest.approx(70e9 / 50e6)  # 70 GB at 50 MB/s: 1400 s, not 120 s
+    assert s.fit_warnings(2, 2, int(2e9)) == []  # 2 GB down and up at 50 MB/s = 80 s < 120 s
+    [problem] = s.fit_warnings(2, 2, int(4e9))
+    assert "round_timeout (120s)" in problem and "min_link_mb_s=50" in problem
+
+
+def test_upload_deadline_counts_the_bytes_it_can_see():
+    import numpy as np
+
+    from hpcflare.transport.grpc_client import _size_of
+
+    params = {"a": np.zeros(1000, np.float32), "b": np.zeros(10, np.float64)}
+    assert _size_of(params.items()) == 4080 and _size_of(list(params.items())) == 4080
+    assert _size_of(iter(params.items())) == 0  # a one-shot iterator is not consumed to measure it

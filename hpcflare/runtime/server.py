@@ -54,13 +54,13 @@ class FLServer(RoundHost):
         job_dir.ensure_secret()  # hand-written launches that skipped Env.deploy / prepare_job get one too
         self.strategy.attach(job_dir.root)
         direct = len(self.relays) or len(ranks) or len(config.clients)  # links that end at this server
-        for warning in settings.warnings() + settings.fit_warnings(len(config.clients), direct):
-            log.warning("settings_conflict", warning)
         self.checkpoints = Checkpoints(job_dir.models_dir, log)
         self.first_round = 1
         self.last_metrics: dict[str, float] = {}
         self.model = self._resume() or GlobalModel(
             self.strategy.initial_params(load_params(job_dir.root / config.initial_model)), 0)
+        for warning in settings.warnings() + settings.fit_warnings(len(config.clients), direct, self.model.nbytes):
+            log.warning("settings_conflict", warning)
         self.tracker = Tracker(job_dir.root / "tracking", config.tracking, config.name, config.tracking_config)
         self.selector = ModelSelector(job_dir.models_dir, config.key_metric, config.key_metric_mode,
                                       config.early_stop_patience, job_dir.root / config.initial_model, log,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import ItemsView
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import grpc
@@ -54,6 +55,14 @@ def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareErr
     if code == grpc.StatusCode.ABORTED:
         return errors.JobAbortedError(msg)
     return errors.TransportError(f"{msg} (grpc status {code})")
+
+
+def _size_of(tensors: Iterable[tuple[str, Any]]) -> int:
+    """Bytes of an upload whose tensors can be looked at before streaming (a list or a dict's items); 0 for a
+    one-shot iterator (its deadline is then settings.stream_timeout)."""
+    if not isinstance(tensors, (list, tuple, ItemsView)):
+        return 0
+    return sum(int(getattr(value, "nbytes", 0) or 0) for _, value in tensors)
 
 
 class _Progress:
@@ -124,8 +133,9 @@ class GrpcClientTransport(ClientTransport):
         while not stream.done:
             try:
                 with _Progress(self.settings.stream_idle_timeout) as progress:
+                    left = sum(s.nbytes for s in manifest[stream.index:]) - stream.filled
                     call = progress.call = self._download(pack_meta({**request, "start": stream.position}),
-                                                          timeout=self.settings.stream_timeout)
+                                                          timeout=self.settings.stream_deadline(left))
                     for frame in call:
                         progress.touch()
                         finished = stream.feed(frame)
@@ -159,7 +169,8 @@ class GrpcClientTransport(ClientTransport):
 
         with progress:
             try:
-                future = progress.call = self._upload.future(frames(), timeout=self.settings.stream_timeout)
+                future = progress.call = self._upload.future(frames(), timeout=self.settings.stream_deadline(
+                    _size_of(tensors)))
                 return unpack_meta(future.result())
             except ValueError as exc:
                 raise errors.PeerGoneError(f"Upload: connection to {self.address} was closed ({exc})") from None
