@@ -20,7 +20,7 @@ CONFIGS_DIR = Path(os.environ.get("HPCFLARE_CONFIGS") or (Path(__file__).parent 
 """The settings profiles: configs/ of a source checkout, shipped inside the package (hpcflare/_data) in a wheel."""
 
 
-REGISTRATION_BASE_S = 30.0
+REGISTRATION_BASE_S = 10.0
 REGISTRATION_S_PER_CLIENT = 0.01
 """Registration budget a job needs: start-up plus, per client, ~3x what 10,000 virtual clients took on 4 emulated
 nodes sharing 2 cores (~3 ms each)."""

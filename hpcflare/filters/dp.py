@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from hpcflare.transport.codec import is_float
+
 from hpcflare.errors import ConfigError
 from hpcflare.filters.api import Filter, Outgoing
 
@@ -30,7 +32,7 @@ class GaussianDP(Filter):
     def apply(self, out: Outgoing) -> Outgoing:
         diff: dict[str, np.ndarray] = {}
         for name, value in out.params.items():
-            if not np.issubdtype(value.dtype, np.floating):
+            if not is_float(value.dtype):
                 continue
             if out.params_type == "FULL":
                 if out.global_params is None or name not in out.global_params:

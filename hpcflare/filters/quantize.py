@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from hpcflare.transport.codec import is_float
+
 from hpcflare.errors import ConfigError, UpdateRejectedError
 from hpcflare.filters.api import Filter, Outgoing
 
@@ -40,7 +42,7 @@ class Quantize(Filter):
     def apply(self, out: Outgoing) -> Outgoing:
         params: dict[str, np.ndarray] = {}
         for name, value in out.params.items():
-            if not np.issubdtype(value.dtype, np.floating) or value.size == 0:
+            if not is_float(value.dtype) or value.size == 0:
                 params[name] = value
                 continue
             encoded = quantize(value, self.mode, self.block)
@@ -117,7 +119,7 @@ def check_quant_map(quant: Any, expected: Mapping[str, Any]) -> dict[str, dict[s
         raise UpdateRejectedError("malformed 'quant' map in the upload header")
     for name, spec in quant.items():
         base = expected.get(name)
-        if base is None or not np.issubdtype(base.dtype, np.floating):
+        if base is None or not is_float(base.dtype):
             raise UpdateRejectedError(f"quantized tensor {name!r:.80} is not a float tensor of the global model")
         if not isinstance(spec, dict) or spec.get("mode") not in MODES or not isinstance(spec.get("block"), int) \
                 or not 8 <= spec["block"] <= 1 << 20:

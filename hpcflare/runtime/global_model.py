@@ -68,6 +68,4 @@ def load_params(path: Path) -> dict[str, np.ndarray]:
     try:
         return dict(safetensors.numpy.load_file(str(path)))
     except Exception as exc:
-        if "bf16" in str(exc).lower() or "BF16" in str(exc):
-            raise ConfigError(f"{path}: bfloat16 parameters are not supported by the server yet; cast the model to float32") from None
         raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from None

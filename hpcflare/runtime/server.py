@@ -31,6 +31,7 @@ from hpcflare.runtime.tracking import Tracker
 from hpcflare.security.jobs import load_kit
 from hpcflare.strategy.aggregate import all_finite
 from hpcflare.strategy.api import TaskKind
+from hpcflare.transport.codec import is_float
 from hpcflare.transport.grpc_server import GrpcServer
 
 REGISTRATION_SUMMARY_EVERY = 10.0
@@ -332,7 +333,7 @@ def _finite(items: Iterator[tuple[str, Any]], number: int) -> Iterator[tuple[str
     """The new model's tensors, checked before anything is published or checkpointed: a NaN/Inf aggregate
     fails the round (the last checkpoint stays the last good model) instead of poisoning every later round."""
     for name, value in items:
-        if np.issubdtype(value.dtype, np.floating) and not all_finite(value):
+        if is_float(value.dtype) and not all_finite(value):
             raise errors.RoundFailedError(
                 f"round {number}: the aggregate of tensor {name!r} is not finite (NaN/Inf): the accepted updates "
                 f"overflowed {value.dtype}; nothing of round {number} was published or checkpointed (see the weights "

@@ -19,7 +19,7 @@ from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
 from hpcflare.strategy.aggregate import acc_dtype, all_finite
 from hpcflare.strategy.api import UpdateKind
-from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, parse_single, unpack_frame
+from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, is_float, TensorSpec, decode_tensor, parse_single, unpack_frame
 from hpcflare.transport.streams import merge_report
 
 PARAMS_TYPES = tuple(kind.value for kind in UpdateKind)
@@ -90,7 +90,7 @@ class UploadParams(Mapping[str, np.ndarray]):
                                       f"{base.dtype}{list(base.shape)}")
         self.drop(spec.name)
         self._spooled[spec.name] = (self._stream_at + start, dtype, spec.shape)
-        if np.issubdtype(dtype, np.floating) and not all(
+        if is_float(dtype) and not all(
                 np.isfinite(block).all() for _, block in self.iter_blocks(spec.name)):
             self.drop(spec.name)
             raise UpdateRejectedError(f"tensor {spec.name!r} contains NaN or Inf values; the update is rejected")
@@ -257,7 +257,7 @@ def _check_spec(spec: TensorSpec, expected: Mapping[str, np.ndarray], seen: Mapp
     dtype = ST_TO_NP.get(spec.dtype)
     if dtype is None:
         raise UpdateRejectedError(f"tensor {spec.name!r} has unsupported dtype {spec.dtype!r:.20}")
-    same_kind = np.issubdtype(dtype, np.floating) and np.issubdtype(base.dtype, np.floating)
+    same_kind = is_float(dtype) and is_float(base.dtype)
     if np.dtype(dtype) != base.dtype and not same_kind:
         raise UpdateRejectedError(f"tensor {spec.name!r} has dtype {spec.dtype}, the global model has {base.dtype}")
     limit = math.prod(spec.shape) * np.dtype(dtype).itemsize + 8 + MAX_HEADER_BYTES
@@ -321,6 +321,6 @@ def _validated(spec: TensorSpec, value: np.ndarray, base: np.ndarray) -> np.ndar
     if value.dtype != base.dtype:
         with np.errstate(over="ignore"):  # an overflow becomes Inf, rejected just below
             value = value.astype(base.dtype)
-    if np.issubdtype(value.dtype, np.floating) and not all_finite(value):
+    if is_float(value.dtype) and not all_finite(value):
         raise UpdateRejectedError(f"tensor {spec.name!r} contains NaN or Inf values; the update is rejected")
     return value

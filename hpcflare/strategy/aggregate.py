@@ -15,11 +15,15 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, UpdateKind
+from hpcflare.transport.codec import is_float
 
 
 def acc_dtype(dtype: np.dtype) -> np.dtype:
-    # floats accumulate in their own precision (keeps server memory ~1x model); ints/bools in float64
-    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+    """float32/float64 accumulate in their own precision (keeps server memory ~1x model); 16-bit floats (fp16,
+    bf16) in float32, so a sum of hundreds of updates does not lose their low bits; ints/bools in float64."""
+    if np.issubdtype(dtype, np.floating) and np.dtype(dtype).itemsize >= 4:
+        return np.dtype(dtype)
+    return np.dtype(np.float32) if is_float(dtype) else np.dtype(np.float64)
 
 
 class WeightedMeanAggregator(Aggregator):

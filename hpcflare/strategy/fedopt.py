@@ -16,6 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
+from hpcflare.transport.codec import is_float
+
 from hpcflare.errors import ConfigError
 from hpcflare.strategy.api import Aggregator, Params, Strategy
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
@@ -68,6 +70,6 @@ class _FedOptAggregator(WeightedMeanAggregator):
         self.strategy = strategy
 
     def apply(self, name: str, base: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
-        if not np.issubdtype(base.dtype, np.floating):
+        if not is_float(base.dtype):
             return super().apply(name, base, mean_delta)
         return self.strategy.step(name, base, mean_delta)

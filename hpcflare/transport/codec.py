@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
 import msgpack
+import ml_dtypes
 import numpy as np
 
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError
@@ -23,9 +24,13 @@ _HEADER = struct.Struct(">I")
 MAX_HEADER_BYTES = 64 << 10
 MAX_META_DEPTH = 32
 
-# safetensors dtype tag <-> numpy dtype (bf16 has no numpy dtype: see decode_tensor)
-ST_TO_NP = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
+BF16 = np.dtype(ml_dtypes.bfloat16)
+"""numpy has no bfloat16; ml_dtypes' is what safetensors' numpy backend uses, so a bf16 model stays bf16 on the
+server (no torch there) and on the wire."""
+
+# safetensors dtype tag <-> numpy dtype
+ST_TO_NP = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": BF16, "I64": np.int64,
+            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
             "U64": np.uint64, "BOOL": np.bool_}
 NP_TO_ST = {np.dtype(v).str: k for k, v in ST_TO_NP.items()}
 
@@ -126,6 +131,11 @@ class TensorSpec:
         return cls(item[0], item[1], tuple(item[2]), item[3])
 
 
+def is_float(dtype: Any) -> bool:
+    """A floating-point dtype, bfloat16 included (numpy does not count it as np.floating)."""
+    return np.issubdtype(dtype, np.floating) or np.dtype(dtype) == BF16
+
+
 def _is_torch(value: Any) -> bool:
     return type(value).__module__.startswith("torch")
 
@@ -198,8 +208,6 @@ def decode_tensor(blob: bytes | bytearray, spec: TensorSpec, framework: str = "n
         if count == 0:
             return torch.zeros(spec.shape, dtype=getattr(torch, TORCH_DTYPES[tag]))
         return torch.frombuffer(blob, dtype=getattr(torch, TORCH_DTYPES[tag]), count=count, offset=start).reshape(spec.shape)
-    if tag not in ST_TO_NP:
-        raise MalformedMessageError(f"tensor {spec.name!r}: dtype {tag} has no numpy equivalent; use float32")
     return np.frombuffer(blob, dtype=ST_TO_NP[tag], count=count, offset=start).reshape(spec.shape)
 
 
