@@ -12,7 +12,6 @@ import os
 import time
 from typing import Any, Iterator
 
-import numpy as np
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
