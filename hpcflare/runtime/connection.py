@@ -43,6 +43,9 @@ class Connection:
         self.started = False
         self.heartbeat_extra = heartbeat_extra or dict
         """Extra fields for each heartbeat (relays add the children they heard from)."""
+        self.on_reconnect: Callable[[], None] | None = None
+        """Set by a host (relay, client rank): called after this link registered again with a restarted parent,
+        to register its children again too."""
         self.on_stuck: Callable[[str, bool], None] | None = None
         """Set by a process launcher: called (reason, server_lost) when the job is over but the training
         script is still running, so a hung script cannot hold its allocation until the time limit."""
@@ -102,6 +105,8 @@ class Connection:
         via = f" through {self.relay_name}" if self.relay_name else ""
         self.log.info("registered", f"{self.site} registered with server{via} at {address}", address=address,
                       relay=self.relay_name)
+        if self.started and self.on_reconnect is not None:
+            self.on_reconnect()
 
     def _check_handshake(self, address: str, peer_name: str) -> None:
         """An unreachable peer on a TLS job may be one that refuses our certificate: find out, fail clearly."""

@@ -61,6 +61,7 @@ class Relay(RoundHost):
         """Set when this host's children are all gone: it says goodbye at its next poll instead of waiting."""
         # the host's own link to its parent: a client agent whose heartbeats vouch for the children
         self.upstream = ClientAgent(job_dir, name, log, address, heartbeat_extra=lambda: {"children": self.members.live()})
+        self.upstream.connection.on_reconnect = self._register_children_again
         self.grpc: GrpcServer | None = None
         self.address = ""
         if self.listens:
@@ -76,6 +77,24 @@ class Relay(RoundHost):
         record, _ = self._add_member(request, token=reply["token"])
         self.site_log("child_registered", f"{record.site} registered through {self.name}", site=record.site)
         return reply
+
+    def _register_children_again(self) -> None:
+        """The server restarted (requeue, resume): register every live child again under its current token, so
+        the children go on without noticing (the server keeps a token shown by a site it has no record of)."""
+        again = 0
+        for site in self.members.live():
+            record = self.members.get(site)
+            if record is None:
+                continue
+            try:
+                self.upstream.call("Register", {"site": site, "host": record.host, "pid": record.pid, "via": self.name,
+                                                "proof": self.job_dir.registration_proof(site),
+                                                "previous_token": record.token}, self.settings.rpc_timeout)
+                again += 1
+            except errors.HpcflareError as exc:
+                self.log.warning("child_reregister_failed", f"could not register {site} again: {exc}", site=site)
+        self.log.info("children_reregistered", f"{again} children registered again with the restarted server",
+                      children=again)
 
     def _fold(self, rnd: Any, update: ClientUpdate) -> None:
         """Non-decomposable strategies: pass each validated update up unchanged, in the child's name."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from typing import Any, Iterator
 
@@ -32,6 +33,9 @@ from hpcflare.strategy.aggregate import all_finite
 from hpcflare.strategy.api import TaskKind
 from hpcflare.transport.codec import is_float
 from hpcflare.transport.grpc_server import GrpcServer
+
+TOKEN = re.compile(r"[0-9a-f]{32}")
+"""What a site token looks like (secrets.token_hex(16))."""
 
 REGISTRATION_SUMMARY_EVERY = 10.0
 """Seconds between 'N of M clients registered' lines while the server waits for its clients."""
@@ -77,7 +81,12 @@ class FLServer(RoundHost):
         site = request.get("site")
         if isinstance(site, str) and site in self.members.expected:  # unknown names are refused as such below
             self.job_dir.check_proof(site, request.get("proof"))
-        record, old = self._add_member(request)
+        # after a restart the server has no record of anyone: a site (or a relay for its child) that shows its
+        # token keeps it, so sites behind a relay or client rank go on under the tokens they hold
+        shown = request.get("previous_token")
+        keep = shown if isinstance(shown, str) and TOKEN.fullmatch(shown) and isinstance(site, str) and \
+            self.members.get(site) is None else None
+        record, old = self._add_member(request, token=keep)
         site = record.site
         reply = {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
                  "framework": self.config.framework}

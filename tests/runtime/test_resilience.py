@@ -120,3 +120,26 @@ def test_stalled_upload_is_cut_and_round_goes_on(make_recipe, local_env):
     assert (stalls and "stream_idle_timeout" in stalls[0]["msg"]) or "stream_idle_timeout" in site3
     assert run.exit_codes["site-3"] == ExitCode.TRANSPORT_ERROR
     assert sorted(server_events(run.job_dir.root, "round_completed")[0]["accepted"]) == ["site-1", "site-2"]
+
+
+@pytest.mark.parametrize("hosts", [{"relays": 1}, {"clients_per_rank": 2}])
+def test_server_restart_behind_relays_and_client_ranks(make_recipe, local_env, hosts):
+    """The restarted server has no record of the sites behind a host: the host registers them again under the
+    tokens they hold, and the job resumes."""
+    run = make_recipe(SCRIPT, n_clients=2, min_clients=2, num_rounds=3, train_args="slow",
+                      settings={"server_lost_timeout": 30}, **hosts).execute(local_env)
+    checkpoint = run.job_dir.models_dir / "checkpoint.json"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(run.server.pid, signal.SIGKILL)
+    run.server.wait()
+    restarted = subprocess.Popen([sys.executable, "-m", "hpcflare.runtime.launch", "--job-dir", str(run.job_dir.root),
+                                  "--role", "server", "--quiet"])
+    assert restarted.wait(timeout=120) == 0
+    run.wait(timeout=60)
+    np.testing.assert_array_equal(load_result(run.job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 3)
+    host = "relay-1" if "relays" in hosts else "client-rank-1"
+    again = [e for e in events(run.job_dir.root, host) if e["event"] == "children_reregistered"]
+    assert again and again[0]["children"] == 2
