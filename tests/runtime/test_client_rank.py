@@ -218,3 +218,28 @@ def test_a_hung_virtual_client_does_not_hold_its_rank_after_the_job(make_recipe,
     stopped = [e for e in events(run.job_dir.root, "client-rank-1") if e["event"] == "script_stopped"]
     assert stopped and stopped[0]["sites"] == ["site-2"]
     assert run.exit_codes["client-rank-1"] == int(ExitCode.ABORTED)  # it exited by itself, not killed
+
+
+TRACKED = """
+import hpcflare.client as flare
+from hpcflare.client.tracking import SummaryWriter
+flare.init()
+writer = SummaryWriter()
+n = int(flare.get_site_name().split("-")[1])
+while flare.is_running():
+    model = flare.receive()
+    for step in range(3):
+        writer.add_scalar("loss", n * 10 + step, global_step=step)
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}, metrics={"acc": n}))
+"""
+
+
+def test_virtual_clients_tracking_reaches_the_server_in_each_site_s_name(make_recipe, local_env):
+    import csv
+
+    run = make_recipe(TRACKED, n_clients=4, min_clients=4, num_rounds=2, clients_per_rank=2).execute(local_env)
+    run.get_result(timeout=120)
+    rows = list(csv.DictReader(open(run.job_dir.root / "tracking" / "steps.csv")))
+    got = sorted((r["site"], int(r["round"]), int(r["step"]), float(r["value"])) for r in rows if r["key"] == "loss")
+    assert got == sorted((f"site-{n}", rnd, step, float(n * 10 + step)) for n in range(1, 5) for rnd in (1, 2)
+                         for step in range(3))
