@@ -314,7 +314,7 @@ class RoundHost(ServerHandler):
             t0 = time.monotonic()
             self.staged = self.stager.publish(model.ref, model.params)
             self.log.info("model_staged", f"round {number}: model staged ({self.staged['nbytes'] / 1e6:.1f} MB) in "
-                          f"{time.monotonic() - t0:.2f}s", round=number, **self.staged)
+                          f"{time.monotonic() - t0:.2f}s", round=number, seconds=time.monotonic() - t0, **self.staged)
         if self.round is not None:
             self.round.close()  # one open round per host: nothing is folded into an older one
         with self._cv:
