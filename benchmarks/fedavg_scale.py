@@ -42,6 +42,8 @@ class TreeSampler(threading.Thread):
         self.interval, self.peak_tree, self.peak_pss, self.peak_server = interval, 0, 0, 0
         self.server_pid: int | None = None
         self.server_cpu = 0.0
+        self.peaks: dict[int, int] = {}
+        """Every process's peak RSS, by pid."""
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -55,6 +57,7 @@ class TreeSampler(threading.Thread):
                     continue
                 total += full.rss
                 pss += full.pss
+                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), full.rss)
                 if proc.pid == self.server_pid:
                     self.peak_server = max(self.peak_server, full.rss)
                     try:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fedavg_scale import TreeSampler  # noqa: E402
@@ -43,27 +42,6 @@ while flare.is_running():
         value += 0.001  # in place: the script's own copy of the model is the one it received
     flare.send(flare.FLModel(params=model.params))
 """
-
-
-class PeakPerProcess(TreeSampler):
-    """TreeSampler that also keeps every process's peak RSS."""
-
-    def __init__(self) -> None:
-        super().__init__(interval=0.1)
-        self.peaks: dict[int, int] = {}
-
-    def run(self) -> None:
-        me = psutil.Process()
-        while not self._halt.wait(self.interval):
-            total = pss = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    full = proc.memory_full_info()
-                except psutil.Error:
-                    continue
-                total, pss = total + full.rss, pss + full.pss
-                self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), full.rss)
-            self.peak_tree, self.peak_pss = max(self.peak_tree, total), max(self.peak_pss, pss)
 
 
 def llm_shaped(gb: float, dtype: str) -> dict[str, np.ndarray]:
@@ -114,7 +92,7 @@ def run_one(gb: float, clients: int, rounds: int, dtype: str, staging: bool, rel
     recipe = FedAvgRecipe(name=f"large-{gb:g}", model=model, min_clients=clients, n_clients=clients, num_rounds=rounds,
                           train_script=script, staging=staging, relays=relays, clients_per_rank=1)
     del model
-    sampler = PeakPerProcess()
+    sampler = TreeSampler()
     sampler.start()
     t0 = time.monotonic()
     run = recipe.execute(LocalEnv(job_root=root / "jobs", verbose=False))

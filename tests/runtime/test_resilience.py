@@ -51,9 +51,8 @@ def server_events(job_dir, name):
     return [e for e in events(job_dir, "server") if e["event"] == name]
 
 
-def test_server_restart_mid_job_resumes_from_checkpoint(make_recipe, local_env):
-    run = make_recipe(SCRIPT, n_clients=2, min_clients=2, num_rounds=3, train_args="slow",
-                      settings={"server_lost_timeout": 30}).execute(local_env)
+def _restart_server_after_first_checkpoint(run) -> None:
+    """SIGKILL the server once round 1 is checkpointed, start a new one on the job dir, wait for the job."""
     checkpoint = run.job_dir.models_dir / "checkpoint.json"
     deadline = time.monotonic() + 60
     while not checkpoint.exists():
@@ -65,6 +64,12 @@ def test_server_restart_mid_job_resumes_from_checkpoint(make_recipe, local_env):
                                   "--role", "server", "--quiet"])
     assert restarted.wait(timeout=120) == 0
     run.wait(timeout=60)
+
+
+def test_server_restart_mid_job_resumes_from_checkpoint(make_recipe, local_env):
+    run = make_recipe(SCRIPT, n_clients=2, min_clients=2, num_rounds=3, train_args="slow",
+                      settings={"server_lost_timeout": 30}).execute(local_env)
+    _restart_server_after_first_checkpoint(run)
     np.testing.assert_array_equal(load_result(run.job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 3)
     root = run.job_dir.root
     assert len(server_events(root, "resumed")) == 1
@@ -128,17 +133,7 @@ def test_server_restart_behind_relays_and_client_ranks(make_recipe, local_env, h
     tokens they hold, and the job resumes."""
     run = make_recipe(SCRIPT, n_clients=2, min_clients=2, num_rounds=3, train_args="slow",
                       settings={"server_lost_timeout": 30}, **hosts).execute(local_env)
-    checkpoint = run.job_dir.models_dir / "checkpoint.json"
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    os.kill(run.server.pid, signal.SIGKILL)
-    run.server.wait()
-    restarted = subprocess.Popen([sys.executable, "-m", "hpcflare.runtime.launch", "--job-dir", str(run.job_dir.root),
-                                  "--role", "server", "--quiet"])
-    assert restarted.wait(timeout=120) == 0
-    run.wait(timeout=60)
+    _restart_server_after_first_checkpoint(run)
     np.testing.assert_array_equal(load_result(run.job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 3)
     host = "relay-1" if "relays" in hosts else "client-rank-1"
     again = [e for e in events(run.job_dir.root, host) if e["event"] == "children_reregistered"]
