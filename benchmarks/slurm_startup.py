@@ -99,10 +99,15 @@ def main() -> None:
     parser.add_argument("--relays", type=int, nargs="+", default=[0])
     parser.add_argument("--clients-per-rank", type=int, default=1, help="sites per client rank (virtual clients)")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--work-dir", default="bench-work",
+                        help="where job dirs go: a folder on the filesystem every node mounts (ignored by git)")
     args = parser.parse_args()
     print(f"{'clients':>7} {'K':>4} {'nodes':>5} {'relays':>6} {'state':>9} {'queued s':>9} {'start->round1 s':>15} "
           f"{'sbatch->round1 s':>16} {'total s':>8}  round s")
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:  # on the shared filesystem the nodes see
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    # on the shared filesystem the nodes see; a rank still writing its log must not fail the cleanup
+    with tempfile.TemporaryDirectory(dir=work, ignore_cleanup_errors=True) as tmp:
         for clients in args.clients:
             for relays in args.relays:
                 root = Path(tmp) / f"c{clients}-r{relays}"
