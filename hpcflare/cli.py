@@ -73,7 +73,7 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             if args.clients_per_rank is not None:  # written to job.yaml: every rank reads it from there
                 from hpcflare.runtime.client_rank import settle_clients_per_rank
 
-                settle_clients_per_rank(job_dir, args.clients_per_rank, None)
+                settle_clients_per_rank(job_dir, args.clients_per_rank)
             if not args.dry_run:
                 from hpcflare.security.jobs import prepare_job
 

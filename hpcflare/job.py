@@ -110,8 +110,8 @@ class JobConfig:
     """Relay ranks between server and clients; each aggregates its clients' updates into one partial sum."""
     clients_per_rank: int | str = "auto"
     """Sites one client rank hosts as virtual clients (a thread each, sharing the rank's process, its one link
-    upstream and its one copy of the round's model); 1 = a process per site. 'auto' is resolved when the job
-    is deployed (see :func:`resolve_clients_per_rank`)."""
+    upstream and its one copy of the round's model); 1 = a process per site. 'auto' is resolved before the ranks
+    start (see :func:`hpcflare.runtime.client_rank.settle_clients_per_rank`)."""
     relay_failover: str = "direct"
     """When a client's relay dies: 'direct' = reconnect to the server, 'exclude' = drop out of the job."""
     staging: bool = False
@@ -315,6 +315,10 @@ class JobDir:
         config.check_staging(self.root)
         for d in (self.root, self.app_dir, self.models_dir, self.log_dir, self.rendezvous_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self.save_config(config)
+
+    def save_config(self, config: JobConfig) -> None:
+        """Write job.yaml atomically (ranks that read it meanwhile see the old or the new file, whole)."""
         atomic_write_text(self.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
     def load_config(self) -> JobConfig:

@@ -19,7 +19,7 @@ from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError
 from hpcflare.exitcodes import describe
 from hpcflare.job import JobDir
-from hpcflare.runtime.client_rank import local_client_slots, settle_clients_per_rank
+from hpcflare.runtime.client_rank import local_slots, settle_clients_per_rank
 from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.memory import MALLOC_ENV
 
@@ -122,7 +122,7 @@ class LocalEnv(Env):
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
         prepare_job(job_dir, secure_default=False)
-        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_client_slots(len(job_dir.load_config().clients)))
+        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_slots)
         units = config.client_units()
         if self.site_env and config.per_rank > 1:
             raise ConfigError(f"site_env gives sites their own environment, but clients_per_rank={config.per_rank} runs "

@@ -17,7 +17,7 @@ from hpcflare.env.api import Env, Run, deadline_after, sites_from
 from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir
 from hpcflare.security.jobs import prepare_job
-from hpcflare.runtime.client_rank import local_client_slots, run_sites, settle_clients_per_rank
+from hpcflare.runtime.client_rank import local_slots, run_sites, settle_clients_per_rank
 from hpcflare.runtime.launch import run_client, run_server
 from hpcflare.runtime.script_runner import script_path
 
@@ -64,7 +64,7 @@ class SimEnv(Env):
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
         prepare_job(job_dir, secure_default=False)
-        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_client_slots(len(job_dir.load_config().clients)))
+        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_slots)
         script = script_path(job_dir, config.train_script)
         sys.argv = [str(script), *config.train_args]
         if str(script.parent) not in sys.path:

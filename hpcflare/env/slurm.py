@@ -158,7 +158,7 @@ class SlurmEnv(Env):
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
-        settle_clients_per_rank(job_dir, self.clients_per_rank, None)  # before the kits: client ranks get their own
+        settle_clients_per_rank(job_dir, self.clients_per_rank)  # before the kits: client ranks get their own
         prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
         job = self.executor(job_dir).submit(submitit_rank, str(job_dir.root), self.rendezvous)
         print(f"[hpcflare] job {job_dir.root.name} submitted to Slurm as {job.job_id}; logs in {job_dir.log_dir}",
@@ -207,7 +207,7 @@ class MpiEnv(Env):
         if not Path(self.mpiexec).exists():
             raise ConfigError(f"mpiexec not found at {self.mpiexec}; `pip install mpich` or pass mpiexec=")
         job_dir.check_deployable()
-        settle_clients_per_rank(job_dir, self.clients_per_rank, None)
+        settle_clients_per_rank(job_dir, self.clients_per_rank)
         config = prepare_job(job_dir, secure_default=True)
         if config.relays:
             raise ConfigError("relays find each other through the job directory; MpiEnv exchanges addresses over "

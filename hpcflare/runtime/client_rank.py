@@ -12,17 +12,14 @@ A site whose script raises, exits or never calls ``flare.init()`` fails alone: t
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import threading
 import time
-
-import yaml
+from typing import Callable
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
-from hpcflare.fileio import atomic_write_text
 from hpcflare.job import FINAL_STATES, JobConfig, JobDir, whole_number
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
@@ -74,20 +71,28 @@ def local_client_slots(n_clients: int) -> int | None:
     return len(gpus) or cores
 
 
-def settle_clients_per_rank(job_dir: JobDir, value: int | str | None, slots: int | None) -> JobConfig:
+def settle_clients_per_rank(job_dir: JobDir, value: int | str | None,
+                            slots: Callable[[JobConfig], int | None] | None = None) -> JobConfig:
     """Fix the job's clients_per_rank before its ranks start: ``value`` (an Env's own setting) wins over
-    job.yaml; 'auto' becomes the sites over ``slots`` client ranks, rounded up (stays 'auto' = 1 without)."""
+    job.yaml; 'auto' becomes the sites over ``slots(config)`` client ranks, rounded up (stays 'auto' = 1
+    without slots, or with none to spare)."""
     config = job_dir.load_config()
     wanted = config.clients_per_rank if value is None else value
     if wanted == "auto":
-        wanted = auto_clients_per_rank(len(config.clients), slots) if slots and slots > 0 else "auto"
+        free = slots(config) if slots is not None else None
+        wanted = auto_clients_per_rank(len(config.clients), free) if free and free > 0 else "auto"
     else:
         wanted = whole_number("clients_per_rank", wanted, 1)
     if wanted != config.clients_per_rank:
         config.clients_per_rank = wanted
         config.validate()
-        atomic_write_text(job_dir.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        job_dir.save_config(config)
     return config
+
+
+def local_slots(config: JobConfig) -> int | None:
+    """``slots`` for LocalEnv and SimEnv (see :func:`local_client_slots`)."""
+    return local_client_slots(len(config.clients))
 
 
 def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None = None,
@@ -99,6 +104,7 @@ def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None 
     hosted = config.rank_hosts().get(name)
     log = RankLogger(job_dir.log_dir, name, "client-rank")
     host: ClientRankHost | None = None
+    rounds: threading.Thread | None = None
     codes: dict[str, ExitCode] = {}
     try:
         if own_process:
@@ -106,8 +112,7 @@ def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None 
         if hosted is not None:
             host = ClientRankHost(job_dir, name, hosted, log, address)
             host.start()
-        rounds = threading.Thread(target=host.serve_rounds, name=f"{name}-rounds", daemon=True) if host else None
-        if rounds is not None:
+            rounds = threading.Thread(target=host.serve_rounds, name=f"{name}-rounds", daemon=True)
             rounds.start()
 
         def site_main(site: str) -> None:
@@ -120,9 +125,8 @@ def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None 
             threading.Thread(target=_vouch, args=(host, dict(zip(sites, threads))), name=f"{name}-vouch",
                              daemon=True).start()
         _join(threads, host, job_dir, log, config.load_settings().end_grace)
-        if host is not None:
+        if host is not None and rounds is not None:
             host.leaving = True  # every site is done: say goodbye at the next poll instead of waiting for the end
-            assert rounds is not None
             rounds.join(host.settings.task_poll_timeout + host.settings.rpc_timeout + host.settings.end_grace)
         failed = {site: code for site, code in codes.items() if code != ExitCode.OK}
         missing = [site for site in sites if site not in codes]

@@ -22,7 +22,7 @@ from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport, ServerHandler
 from hpcflare.transport.grpc_client import GrpcClientTransport
-from hpcflare.transport.inproc import InprocTransport
+from hpcflare.transport.inproc import SCHEME as INPROC, InprocTransport
 
 T = TypeVar("T")
 
@@ -57,9 +57,9 @@ class Connection:
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
         if self.parent is not None:
-            self.address = f"inproc:{getattr(self.parent, 'name', 'host')}"
+            self.address = f"{INPROC}{getattr(self.parent, 'name', 'host')}"
         if self.address is None:
-            units = self.config.clients if not self.config.rank_hosts() else list(self.config.rank_hosts())
+            units = list(self.config.rank_hosts()) or self.config.clients  # who connects: client ranks, else sites
             if self.config.relays and self.site in units:
                 relay = choose_relay(self.rendezvous, self.config, units.index(self.site),
                                      self.settings.rendezvous_timeout)

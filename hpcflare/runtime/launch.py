@@ -86,7 +86,7 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     if rendezvous not in RENDEZVOUS:
         raise errors.ConfigError(f"rendezvous must be one of {tuple(RENDEZVOUS)}, got {rendezvous!r}")
     # clients_per_rank 'auto' in a hand-written job: every rank spreads the sites over the same client ranks
-    settle_clients_per_rank(job_dir, None, info.world - 1 - job_dir.load_config().relays)
+    settle_clients_per_rank(job_dir, None, lambda config: info.world - 1 - config.relays)
     # a hand-written sbatch script may skip `python -m hpcflare.security.jobs`: never run silently in plain text
     config = prepare_job(job_dir, secure_default=True)
     settings = config.load_settings()

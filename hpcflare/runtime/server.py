@@ -13,7 +13,6 @@ import re
 import time
 from typing import Any, Iterator
 
-
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir
@@ -119,9 +118,6 @@ class FLServer(RoundHost):
             self.log.warning("tracking_malformed", f"{site}: {skipped} of {len(records)} tracking record(s) were "
                              "malformed and skipped", site=site, skipped=skipped)
 
-    def live_clients(self) -> set[str]:
-        return self.live_children()
-
     def _resume(self) -> GlobalModel | None:
         """After a requeue/restart: the last completed round's model and the strategy's state."""
         found = self.checkpoints.load()
@@ -211,7 +207,7 @@ class FLServer(RoundHost):
         deadline = time.monotonic() + timeout
         summary_at = time.monotonic() + REGISTRATION_SUMMARY_EVERY
         with self._cv:
-            while (registered := len(self.live_clients())) + len(self._gone()) < len(cfg.clients):
+            while (registered := len(self.live_children())) + len(self._gone()) < len(cfg.clients):
                 self._check_abort()
                 if time.monotonic() >= deadline:
                     break
@@ -220,7 +216,7 @@ class FLServer(RoundHost):
                     self.log.info("registration_progress", f"{registered} of {len(cfg.clients)} clients registered",
                                   registered=registered, expected=len(cfg.clients))
                 self._cv.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-        registered = sorted(self.live_clients())
+        registered = sorted(self.live_children())
         missing = sorted(set(cfg.clients) - set(registered))
         never = [site for site in missing if self.members.get(site) is None]
         failed = {site: self.members.get(site).reason[:200] for site in missing if site not in never}  # type: ignore[union-attr]
@@ -245,7 +241,7 @@ class FLServer(RoundHost):
     def _run_round(self, number: int) -> None:
         cfg, s = self.config, self.settings
         sent_before = self.bytes_sent
-        alive = self.live_clients()
+        alive = self.live_children()
         live = [c for c in cfg.clients if c in alive]
         plan = self.strategy.plan_round(number, cfg.num_rounds, live)
         if self.last_metrics:
@@ -270,7 +266,7 @@ class FLServer(RoundHost):
             while True:
                 self._check_abort()
                 self.expire_dead(number)
-                everyone = self.live_clients()
+                everyone = self.live_children()
                 live_set = everyone & set(plan.targets) if plan.targets is not None else everyone
                 answered = rnd.answered()
                 if plan.coordinator and plan.coordinator not in everyone and plan.coordinator not in answered:

@@ -13,16 +13,13 @@ and point ``kits_dir`` at the kits, or give each site its own kit with ``HPCFLAR
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 from pathlib import Path
 
-import yaml
 from filelock import FileLock, Timeout
 
 from hpcflare.errors import ConfigError
-from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.security.tls import StartupKit
 
@@ -69,7 +66,7 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
     job_dir.ensure_secret()
     if config.tls == "auto":
         config.tls = "on" if secure_default else "off"
-        atomic_write_text(job_dir.config_path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        job_dir.save_config(config)
     root = kits_root(job_dir, config)
     if config.tls == "on" and not root.is_dir():  # every rank comes here: only a missing kit set takes the lock
         try:

@@ -21,8 +21,9 @@ SCHEME = "inproc:"
 
 
 class InprocTransport(ClientTransport):
-    def __init__(self, handler: ServerHandler, settings: Settings, name: str) -> None:
-        self.handler, self.settings, self.address = handler, settings, f"{SCHEME}{name}"
+    def __init__(self, handler: ServerHandler, settings: Settings, address: str) -> None:
+        """``address``: how logs and errors name the parent, ``inproc:<its name>``."""
+        self.handler, self.settings, self.address = handler, settings, address
         self._closed = False
 
     def _peer(self, cancelled: threading.Event | None = None) -> Peer:

@@ -188,13 +188,13 @@ def test_auto_clients_per_rank_rules(tmp_path, monkeypatch):
     script.write_text("print(1)\n")
     job_dir = FedAvgRecipe(name="a", model={"w": np.zeros(2, np.float32)}, min_clients=10, n_clients=10,
                            train_script=script).export(tmp_path / "jobs")
-    assert job.settle_clients_per_rank(job_dir, None, None).clients_per_rank == "auto"  # nothing to spread over yet
-    assert job.settle_clients_per_rank(job_dir, None, 0).clients_per_rank == "auto"  # e.g. a server-only allocation
-    assert job.settle_clients_per_rank(job_dir, None, 3).clients_per_rank == 4  # 10 sites over 3 client ranks
+    assert job.settle_clients_per_rank(job_dir, None).clients_per_rank == "auto"  # nothing to spread over yet
+    assert job.settle_clients_per_rank(job_dir, None, lambda c: 0).clients_per_rank == "auto"  # e.g. a server-only allocation
+    assert job.settle_clients_per_rank(job_dir, None, lambda c: 3).clients_per_rank == 4  # 10 sites over 3 client ranks
     assert job_dir.load_config().client_units()["client-rank-3"] == ["site-9", "site-10"]
-    assert job.settle_clients_per_rank(job_dir, 2, 3).clients_per_rank == 2  # an Env's own value wins
+    assert job.settle_clients_per_rank(job_dir, 2, lambda c: 3).clients_per_rank == 2  # an Env's own value wins
     with pytest.raises(Exception, match="clients_per_rank must be"):
-        job.settle_clients_per_rank(job_dir, 0, None)
+        job.settle_clients_per_rank(job_dir, 0)
 
 
 HANGS_AFTER_THE_JOB = """

@@ -24,7 +24,7 @@ def transport(request):
         client.close()
         server.stop()
     else:
-        client = InprocTransport(handler, SETTINGS, "client-rank-1")
+        client = InprocTransport(handler, SETTINGS, "inproc:client-rank-1")
         yield handler, client
         client.close()
 
@@ -61,7 +61,7 @@ def test_models_over_max_model_bytes_are_refused_both_ways(transport):
 
 
 def test_a_closed_inproc_transport_is_a_gone_peer():
-    client = InprocTransport(Handler(), SETTINGS, "client-rank-1")
+    client = InprocTransport(Handler(), SETTINGS, "inproc:client-rank-1")
     client.close()
     with pytest.raises(errors.PeerGoneError, match="closed"):
         client.call("Heartbeat", {}, 5)
