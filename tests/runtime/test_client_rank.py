@@ -243,3 +243,20 @@ def test_virtual_clients_tracking_reaches_the_server_in_each_site_s_name(make_re
     got = sorted((r["site"], int(r["round"]), int(r["step"]), float(r["value"])) for r in rows if r["key"] == "loss")
     assert got == sorted((f"site-{n}", rnd, step, float(n * 10 + step)) for n in range(1, 5) for rnd in (1, 2)
                          for step in range(3))
+
+
+def test_a_killed_client_rank_loses_its_sites_and_the_job_goes_on(make_recipe, local_env):
+    import os
+    import signal
+
+    from tests.conftest import SLOW, wait_for_event
+
+    run = make_recipe(SLOW, n_clients=4, min_clients=2, num_rounds=3, clients_per_rank=2,
+                      train_args="1").execute(local_env)
+    wait_for_event(run.job_dir.root, "site-1", "task_received")
+    os.kill(run.client_pid("site-1"), signal.SIGKILL)  # the whole rank: site-1 and site-2
+    np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 3)
+    dead = sorted(e["site"] for e in server_events(run, "client_dead"))
+    assert dead == ["client-rank-1", "site-1", "site-2"]  # the rank, and its sites once it stopped vouching
+    assert sorted(server_events(run, "round_completed")[-1]["accepted"]) == ["site-3", "site-4"]
+    assert run.exit_codes["client-rank-1"] == -signal.SIGKILL and run.exit_codes["client-rank-2"] == 0
