@@ -2,7 +2,9 @@
 
 Breakpoints in the training script work. Each site's thread sees its own ``sys.argv`` (its train_args); the
 working directory is shared. With clients_per_rank > 1 the sites are grouped into client ranks as in every
-other Env (each group one link to the server), which is what makes thousands of simulated sites cheap.
+other Env (each group one link to the server), which is what makes thousands of simulated sites cheap; a
+client rank reaches the server of its own process in-process (the same checks, no loopback gRPC copies),
+sites of their own (clients_per_rank 1) keep real gRPC.
 """
 
 from __future__ import annotations

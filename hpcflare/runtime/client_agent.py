@@ -33,14 +33,14 @@ SITE_HOOKS: dict[str, Callable[["ClientAgent"], SiteHooks]] = {"swarm": SwarmSid
 class ClientAgent:
     def __init__(self, job_dir: JobDir, site: str, log: RankLogger, address: str | None = None,
                  heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
-                 parent: ServerHandler | None = None) -> None:
+                 parent: ServerHandler | None = None, in_process: bool = False) -> None:
         self.job_dir, self.site, self.log = job_dir, site, log
         self.config: JobConfig = job_dir.load_config()
         self.kit = load_kit(job_dir, self.config, site, required=parent is None)
         for problem in self.kit.self_check() if self.kit else []:
             log.warning("certificate_problem", f"{problem}; the server will refuse this site", problem=problem)
         self.connection = Connection(job_dir, self.config, self.config.load_settings(), site, log, self.kit,
-                                     SiteHooks(), address, heartbeat_extra, parent)
+                                     SiteHooks(), address, heartbeat_extra, parent, in_process)
         self.tasks = TaskFetcher(job_dir, self.connection, log)
         self.tracks = TrackBuffer(self.connection, log)
         self.results = ResultSender(job_dir, self.connection, log, self.tracks)

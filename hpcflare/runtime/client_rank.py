@@ -22,9 +22,12 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import FINAL_STATES, JobConfig, JobDir, whole_number
 from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.runtime import staging
+from hpcflare.runtime.global_model import GlobalModel
 from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
 from hpcflare.runtime.round_host import HostPhase
 from hpcflare.runtime.script_runner import run_client, script_path
+from hpcflare.transport.api import Task
 
 RANK_ROUND_FRACTION = RELAY_ROUND_FRACTION - 0.1
 """A client rank closes its part of a round at this fraction of settings.round_timeout, so its partial
@@ -36,11 +39,27 @@ class ClientRankHost(Relay):
 
     role = "client rank"
     listens = False
+    upstream_in_process = True
     round_fraction = RANK_ROUND_FRACTION
 
     def __init__(self, job_dir: JobDir, name: str, sites: list[str], log: RankLogger,
                  address: str | None = None) -> None:
         super().__init__(job_dir, name, log, children=list(sites), address=address)
+
+    def _cached_model(self, task: Task) -> tuple[GlobalModel, str]:
+        """With staging, the rank reads the staged model (verified once, for all its sites) into the memory file its
+        sites map; their results come back in-process too. Without it, or where the file is unusable: gRPC."""
+        if task.staged and self.stager is not None:
+            try:
+                params = staging.map_tensors(staging.verified(self.stager.root, task.staged))
+                model = GlobalModel.shared_copy(task.ref, task.round, params)
+                if model.specs != task.manifest:
+                    raise errors.MalformedMessageError("staged model does not match the task's manifest")
+                return model, "staging"
+            except (OSError, errors.HpcflareError) as exc:
+                self.log.info("staging_fallback", f"staged model not usable here ({exc}); pulling it over gRPC",
+                              round=task.round, reason=str(exc))
+        return super()._cached_model(task)
 
     def start(self) -> None:
         self.watch_stalls()

@@ -22,7 +22,7 @@ from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport, ServerHandler
 from hpcflare.transport.grpc_client import GrpcClientTransport
-from hpcflare.transport.inproc import SCHEME as INPROC, InprocTransport
+from hpcflare.transport.inproc import SCHEME as INPROC, InprocTransport, local_handler
 
 T = TypeVar("T")
 
@@ -31,10 +31,12 @@ class Connection:
     def __init__(self, job_dir: JobDir, config: JobConfig, settings: Settings, site: str, log: RankLogger,
                  kit: StartupKit | None, hooks: SiteHooks, address: str | None = None,
                  heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
-                 parent: ServerHandler | None = None) -> None:
-        """``parent``: a host in this very process (a virtual client's client rank), reached without a network."""
+                 parent: ServerHandler | None = None, in_process: bool = False) -> None:
+        """``parent``: a host in this very process (a virtual client's client rank), reached without a network;
+        ``in_process``: reach the parent in-process when it turns out to live in this process (SimEnv's server,
+        for a client rank), else through gRPC."""
         self.job_dir, self.config, self.settings, self.site, self.log = job_dir, config, settings, site, log
-        self.kit, self.hooks, self.parent = kit, hooks, parent
+        self.kit, self.hooks, self.parent, self.in_process = kit, hooks, parent, in_process
         self.rendezvous = FileRendezvous(job_dir.rendezvous_dir, settings.rendezvous_timeout)
         self.address = address
         self.token = ""
@@ -82,7 +84,9 @@ class Connection:
     def _connect(self, address: str) -> None:
         s = self.settings
         peer_name = self.relay_name or (self.kit.server if self.kit else "server")
+        local = local_handler(address) if self.in_process and self.parent is None else None
         transport: ClientTransport = InprocTransport(self.parent, s, address) if self.parent is not None else \
+            InprocTransport(local, s, f"{INPROC}{peer_name}", published=address) if local is not None else \
             GrpcClientTransport(address, s, self.kit, peer_name)
 
         def register() -> dict:
@@ -103,8 +107,9 @@ class Connection:
         self.hooks.on_registered(reply)
         self.address, self.transport = address, transport
         via = f" through {self.relay_name}" if self.relay_name else ""
-        self.log.info("registered", f"{self.site} registered with server{via} at {address}", address=address,
-                      relay=self.relay_name)
+        how = " (in-process)" if isinstance(transport, InprocTransport) and self.parent is None else ""
+        self.log.info("registered", f"{self.site} registered with server{via} at {address}{how}", address=address,
+                      relay=self.relay_name, transport="inproc" if isinstance(transport, InprocTransport) else "grpc")
         if self.started and self.on_reconnect is not None:
             self.on_reconnect()
 

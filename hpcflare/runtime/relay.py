@@ -30,6 +30,7 @@ from hpcflare.runtime.staging import Stager
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, UpdateKind
 from hpcflare.transport.api import Task, upload_header
 from hpcflare.transport.grpc_server import GrpcServer
+from hpcflare.transport.inproc import InprocTransport
 
 RELAY_ROUND_FRACTION = 0.9
 """A relay closes its part of a round at this fraction of settings.round_timeout, so its partial still
@@ -40,6 +41,8 @@ class Relay(RoundHost):
     role = "relay"
     listens = True
     """A relay serves its children over gRPC; a client rank's host serves its sites in-process."""
+    upstream_in_process = False
+    """Reach the parent in-process when it lives in this process (a client rank beside SimEnv's server)."""
     round_fraction = RELAY_ROUND_FRACTION
     """When this host closes its part of a round, as a fraction of settings.round_timeout after the task."""
 
@@ -60,7 +63,8 @@ class Relay(RoundHost):
         self.leaving = False
         """Set when this host's children are all gone: it says goodbye at its next poll instead of waiting."""
         # the host's own link to its parent: a client agent whose heartbeats vouch for the children
-        self.upstream = ClientAgent(job_dir, name, log, address, heartbeat_extra=lambda: {"children": self.members.live()})
+        self.upstream = ClientAgent(job_dir, name, log, address, heartbeat_extra=lambda: {"children": self.members.live()},
+                                    in_process=self.upstream_in_process)
         self.upstream.connection.on_reconnect = self._register_children_again
         self.grpc: GrpcServer | None = None
         self.address = ""
@@ -171,18 +175,23 @@ class Relay(RoundHost):
             self.upstream.close(status, reason)
         return code
 
-    def _relay_round(self, task: Task) -> None:
-        received = time.monotonic()
-        blobs: dict[str, bytes] = {}
+    def _cached_model(self, task: Task) -> tuple[GlobalModel, str]:
+        """The round's model, pulled once from the parent: the blobs exactly as they came (and how it came)."""
+        blobs: dict[str, Any] = {}
         transport, token = self.upstream.connection.credentials()
         request = {"site": self.name, "token": token, "ref": task.ref}
         for spec, blob in transport.download(request, task.manifest):
             blobs[spec.name] = blob
-        model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs)
-        self.staged = task.staged  # children that see the staging dir map the server's copy directly
+        return GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs), \
+            "in-process" if isinstance(transport, InprocTransport) else "grpc"
+
+    def _relay_round(self, task: Task) -> None:
+        received = time.monotonic()
+        model, via = self._cached_model(task)
+        self.staged = task.staged if self.listens else None  # children that see the staging dir map the server's copy
         rnd = self.open_round(task.round, model, task.task_id, publish=False, plan=RoundPlan(task.name, meta=task.meta))
-        self.log.info("relay_round", f"round {task.round}: model cached ({model.nbytes / 1e6:.2f} MB), serving "
-                      f"{len(self.live_children())} children", round=task.round)
+        self.log.info("relay_round", f"round {task.round}: model cached ({model.nbytes / 1e6:.2f} MB via {via}), "
+                      f"serving {len(self.live_children())} children", round=task.round, via=via)
         deadline = received + self.round_fraction * self.settings.round_timeout
         with self._cv:
             while True:

@@ -102,7 +102,7 @@ class ResultSender:
         except errors.UpdateRejectedError as exc:
             self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
             raise
-        via = "staging" if staged else "grpc"
+        via = "staging" if staged else "client rank" if conn.parent is not None else "grpc"
         took = time.monotonic() - t0
         self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "
                       f"{took:.2f}s ({wire_bytes / 1e6:.2f} MB of tensors)", round=task.round, metrics=header["metrics"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from hpcflare import errors
 from hpcflare.enums import NamedEnum
@@ -20,10 +20,11 @@ from hpcflare.runtime.global_model import GlobalModel
 from hpcflare.runtime.membership import MemberState, Membership
 from hpcflare.runtime.round import Round, as_dict, metrics_of, weight_of
 from hpcflare.runtime.staging import Stager
-from hpcflare.runtime.upload import read_staged, read_upload
+from hpcflare.runtime.upload import read_arrays, read_staged, read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
-from hpcflare.transport.api import Peer, ServerHandler
+from hpcflare.transport.api import LocalHandler, Peer
+from hpcflare.transport.codec import TensorSpec
 
 PER_SITE_LOG_LIMIT = 64
 """Up to this many sites a host writes one human log line per site event (registered, result accepted,
@@ -42,7 +43,7 @@ class HostPhase(NamedEnum):
     ENDED = "ended"
 
 
-class RoundHost(ServerHandler):
+class RoundHost(LocalHandler):
     role = "host"
 
     def __init__(self, config: JobConfig, settings: Settings, log: RankLogger, strategy: Strategy,
@@ -221,7 +222,25 @@ class RoundHost(ServerHandler):
         finally:
             self._download_slots.release()
 
+    def handle_local_download(self, request: dict, peer: Peer) -> list[tuple[TensorSpec, memoryview]]:
+        """A virtual client's model: a private copy-on-write mapping of this host's one shared copy."""
+        self.authorize(peer, request.get("site"))
+        self.members.check(request.get("site"), request.get("token"))
+        rnd = self.round
+        if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
+            raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
+        return rnd.model.share().open()
+
     def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
+        return self._accept_upload(peer, lambda on_header: read_upload(
+            frames, self.settings, lambda opened: opened.model.params, on_header))
+
+    def handle_local_upload(self, header: dict, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
+        return self._accept_upload(peer, lambda on_header: read_arrays(
+            header, tensors, self.settings, lambda opened: opened.model.params, on_header))
+
+    def _accept_upload(self, peer: Peer, read: Callable[[Callable[[dict], Round]], tuple[dict, Round, Any]]) -> dict:
+        """Authenticate, read (a stream or in-process arrays), validate and fold one upload."""
         slot = False
         site = "?"
 
@@ -255,7 +274,7 @@ class RoundHost(ServerHandler):
         rnd = self.round
         params: Any = None
         try:
-            header, rnd, params = read_upload(frames, self.settings, lambda opened: opened.model.params, on_header)
+            header, rnd, params = read(on_header)
             staged_path = None
             if header.get("staged") is not None:
                 if self.stager is None or params:

@@ -32,6 +32,7 @@ from hpcflare.strategy.aggregate import all_finite
 from hpcflare.strategy.api import TaskKind
 from hpcflare.transport.codec import is_float
 from hpcflare.transport.grpc_server import GrpcServer
+from hpcflare.transport.inproc import publish_local, withdraw_local
 
 TOKEN = re.compile(r"[0-9a-f]{32}")
 """What a site token looks like (secrets.token_hex(16))."""
@@ -141,6 +142,7 @@ class FLServer(RoundHost):
         """Publish the address (job dir, and ``rendezvous`` too), run every round, write the result."""
         cfg, s = self.config, self.settings
         self.grpc.start()
+        publish_local(self.address, self)  # a client rank in this process (SimEnv) skips loopback gRPC
         self.watch_stalls()
         for where in [FileRendezvous(self.job_dir.rendezvous_dir, s.rendezvous_timeout), rendezvous]:
             if where is not None:
@@ -181,7 +183,12 @@ class FLServer(RoundHost):
             return self._fail(reason, code, state="aborted" if code == ExitCode.ABORTED else "failed")
         finally:
             self.tracker.close()
+            try:
+                self.checkpoints.wait()  # never leave a checkpoint half-written behind the job's end
+            except Exception:  # noqa: BLE001 - already logged as checkpoint_failed
+                pass
             self.drain(s.end_grace)
+            withdraw_local(self.address)
             self.grpc.stop()
 
     def abort(self, reason: str) -> None:

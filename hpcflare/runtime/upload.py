@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
 from hpcflare.strategy.aggregate import acc_dtype, all_finite
 from hpcflare.strategy.api import UpdateKind
-from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, is_float, TensorSpec, decode_tensor, parse_single, unpack_frame
+from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, is_float, parse_single,
+                                      raw_bytes, unpack_frame)
 from hpcflare.transport.streams import merge_report
 
 PARAMS_TYPES = tuple(kind.value for kind in UpdateKind)
@@ -155,18 +156,8 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
     header, _ = unpack_frame(first, settings.max_frame_bytes)
     if header.get("kind") != "begin":
         raise MalformedMessageError("upload must start with a 'begin' frame")
-    if header.get("params_type") not in PARAMS_TYPES:
-        raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
-    header["params_type"] = UpdateKind(header["params_type"])
-    context = on_header(header)  # authenticated before any continuation of its report is read
+    context, expected, quant = _open(header, expected, on_header)  # authenticated before any continuation is read
     frames = merge_report(header, frames, settings.max_frame_bytes)
-    if callable(expected):
-        expected = expected(context)
-    quant = check_quant_map(header.get("quant"), expected)
-    if header["params_type"] == UpdateKind.PARTIAL:
-        if quant:
-            raise UpdateRejectedError("partial aggregates cannot be quantized")
-        expected = partial_expectation(expected)
     params = UploadParams(settings.spool_tensor_bytes)
     try:
         _read_tensors(frames, settings, _wire_expectation(expected, quant), params)
@@ -175,6 +166,49 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
         params.close()
         raise
     return header, context, params
+
+
+def read_arrays(header: dict, tensors: Iterable[tuple[str, Any]], settings: Settings,
+                expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
+                on_header: Callable[[dict], Any]) -> tuple[dict, Any, UploadParams]:
+    """:func:`read_upload` for a caller in this process (a virtual client): the same checks on its own arrays
+    (numpy or torch, viewed, not copied); the result holds them until closed, the caller must not change them
+    before this returns."""
+    context, expected, quant = _open(header, expected, on_header)
+    wire = _wire_expectation(expected, quant)
+    params = UploadParams(settings.max_model_bytes + 1)  # never spooled: they already are in memory
+    total = 0
+    try:
+        for name, value in tensors:
+            tag, shape, raw = raw_bytes(name, value)
+            spec = _check_spec(TensorSpec(name, tag, tuple(shape), raw.nbytes), wire, params)
+            total += spec.nbytes
+            if total > settings.max_model_bytes:
+                raise FrameTooLargeError(f"update exceeds settings.max_model_bytes={settings.max_model_bytes}")
+            array = raw.view(ST_TO_NP[tag]).reshape(spec.shape)
+            params.put(name, _validated(spec, array, wire[name]))
+        _dequantize(params, quant, expected)
+    except BaseException:
+        params.close()
+        raise
+    return header, context, params
+
+
+def _open(header: dict, expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
+          on_header: Callable[[dict], Any]) -> tuple[Any, Mapping[str, Any], dict[str, dict[str, Any]]]:
+    """Check an upload's header and authenticate it -> (on_header's result, expected tensors, quantization map)."""
+    if header.get("params_type") not in PARAMS_TYPES:
+        raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
+    header["params_type"] = UpdateKind(header["params_type"])
+    context = on_header(header)
+    if callable(expected):
+        expected = expected(context)
+    quant = check_quant_map(header.get("quant"), expected)
+    if header["params_type"] == UpdateKind.PARTIAL:
+        if quant:
+            raise UpdateRejectedError("partial aggregates cannot be quantized")
+        expected = partial_expectation(expected)
+    return context, expected, quant
 
 
 def _wire_expectation(expected: Mapping[str, Any], quant: dict[str, dict[str, Any]]) -> Mapping[str, Any]:

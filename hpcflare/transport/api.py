@@ -73,6 +73,20 @@ class ServerHandler(abc.ABC):
         """Consume an upload (first frame: header with manifest; then data frames)."""
 
 
+class LocalHandler(ServerHandler):
+    """A handler that also serves callers in its own process (a client rank's virtual clients) without frames:
+    the model as private copy-on-write mappings of one shared copy, results as the caller's own arrays, checked
+    exactly like a streamed upload before anything is folded."""
+
+    @abc.abstractmethod
+    def handle_local_download(self, request: dict, peer: Peer) -> list[tuple[TensorSpec, memoryview]]:
+        """(spec, writable blob private to the caller) per tensor of the requested model."""
+
+    @abc.abstractmethod
+    def handle_local_upload(self, header: dict, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
+        """Validate and take a result whose tensors are the caller's arrays; they are not kept after returning."""
+
+
 class ClientTransport(abc.ABC):
     """What a client (or relay) uses to talk to its parent."""
 

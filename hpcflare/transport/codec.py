@@ -197,13 +197,13 @@ def parse_single(blob: bytes | bytearray | memoryview, spec: TensorSpec, total: 
     return info["dtype"], start, count
 
 
-def decode_tensor(blob: bytes | bytearray, spec: TensorSpec, framework: str = "numpy") -> Any:
+def decode_tensor(blob: bytes | bytearray | memoryview, spec: TensorSpec, framework: str = "numpy") -> Any:
     """Decode an untrusted single-tensor blob, zero-copy: the array uses the blob's memory."""
     tag, start, count = parse_single(blob, spec)
     if framework == "pytorch":
         import torch
 
-        if not isinstance(blob, bytearray):  # torch wants a writable buffer
+        if not isinstance(blob, (bytearray, memoryview)) or memoryview(blob).readonly:  # torch wants a writable buffer
             blob = bytearray(blob)
         if count == 0:
             return torch.zeros(spec.shape, dtype=getattr(torch, TORCH_DTYPES[tag]))

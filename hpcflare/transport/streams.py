@@ -85,14 +85,19 @@ def upload_frames(header: dict, tensors: Iterable[tuple[str, Any]], settings: Se
     yield pack_frame({"kind": "end"})
 
 
+def check_model_size(manifest: list[TensorSpec], settings: Settings) -> None:
+    """Refuse a model larger than settings.max_model_bytes before any of it is received."""
+    total = sum(s.nbytes for s in manifest)
+    if total > settings.max_model_bytes:
+        raise errors.FrameTooLargeError(f"model of {total} bytes exceeds settings.max_model_bytes="
+                                        f"{settings.max_model_bytes}")
+
+
 class DownloadAssembler:
     """Download frames -> whole tensors, in manifest order; ``position`` is where a resumed stream starts."""
 
     def __init__(self, manifest: list[TensorSpec], settings: Settings) -> None:
-        total = sum(s.nbytes for s in manifest)
-        if total > settings.max_model_bytes:
-            raise errors.FrameTooLargeError(f"model of {total} bytes exceeds settings.max_model_bytes="
-                                            f"{settings.max_model_bytes}")
+        check_model_size(manifest, settings)
         self.manifest, self.max_frame = manifest, settings.max_frame_bytes
         self.index, self.filled = 0, 0
         self.buf = bytearray(manifest[0].nbytes) if manifest else bytearray()

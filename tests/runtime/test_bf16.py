@@ -66,6 +66,7 @@ def test_a_torch_bf16_model_trains_federatedly_as_bf16(make_recipe, sim_env, loc
     if how == "sim":
         assert sent and all(e["bytes"] == (64 * 64 + 64) * 2 for e in sent)  # bf16 on the wire, not fp32
     else:
-        assert [e["via"] for e in sent] == ["staging", "staging"]
-        got = [e["via"] for e in events(run.job_dir.root, "site-2") if e["event"] == "model_received"]
-        assert got == ["staging", "staging"]  # the staged bf16 file, mapped
+        assert [e["via"] for e in sent] == ["client rank", "client rank"]
+        assert sent and all(e["bytes"] == (64 * 64 + 64) * 2 for e in sent)  # bf16 handed to the rank
+        rank = [e["via"] for e in events(run.job_dir.root, "client-rank-1") if e["event"] == "relay_round"]
+        assert rank == ["staging", "staging"]  # the staged bf16 file, read once by the rank for its sites

@@ -82,14 +82,79 @@ def test_a_crashing_virtual_client_fails_alone(make_recipe, local_env):
     assert run.exit_codes["client-rank-1"] == int(ExitCode.TRAIN_SCRIPT_FAILED)  # the rank reports its failed site
 
 
-def test_virtual_clients_map_the_staged_model_and_stage_results(make_recipe, local_env):
+def test_with_staging_the_rank_reads_the_staged_model_once_for_its_sites(make_recipe, local_env):
+    """The rank maps the staged file (not a gRPC pull) into the one copy its sites share; the sites neither
+    read the file again nor stage their results: those stay in the rank's process."""
     run = make_recipe(PER_SITE, n_clients=4, min_clients=4, num_rounds=2, clients_per_rank=2,
                       staging=True).execute(local_env)
     np.testing.assert_allclose(load_result(run.get_result(timeout=120))["numpy_key"],
                                HELLO_MODEL + 2 * expected_mean([1, 2, 3, 4]), rtol=1e-6)
+    for rank in ("client-rank-1", "client-rank-2"):
+        assert [e["via"] for e in events(run.job_dir.root, rank) if e["event"] == "relay_round"] == ["staging"] * 2
     for site in ("site-1", "site-4"):
         got = [e["via"] for e in events(run.job_dir.root, site) if e["event"] == "model_received"]
-        assert got == ["staging", "staging"]
+        assert got == ["client rank", "client rank"]
+        assert {e["via"] for e in events(run.job_dir.root, site) if e["event"] == "result_sent"} == {"client rank"}
+
+
+# site-1 trains in place on the arrays it received; the others must still see the global model unchanged
+IN_PLACE = """
+import hpcflare.client as flare
+flare.init()
+n = int(flare.get_site_name().split("-")[1])
+while flare.is_running():
+    model = flare.receive()
+    if n == 1:
+        for v in model.params.values():
+            v += 100.0  # the received arrays are the site's own: writable, private
+        out = model.params
+    else:
+        out = {k: v + n for k, v in model.params.items()}
+    flare.send(flare.FLModel(params=out, metrics={"seen": float(next(iter(model.params.values())).ravel()[0])}))
+"""
+
+
+@pytest.mark.parametrize("env_kind", ["sim", "local"])
+def test_a_site_writing_into_its_received_model_changes_nobody_elses(make_recipe, tmp_path, env_kind):
+    run = make_recipe(IN_PLACE, n_clients=3, min_clients=3, num_rounds=2, clients_per_rank=3).execute(
+        (SimEnv if env_kind == "sim" else LocalEnv)(job_root=tmp_path / "jobs", verbose=False))
+    result = load_result(run.get_result(timeout=120))["numpy_key"]
+    np.testing.assert_allclose(result, HELLO_MODEL + 2 * (100 + 2 + 3) / 3, rtol=1e-6)
+    first = float(HELLO_MODEL.ravel()[0])
+    rounds = server_events(run, "round_completed")
+    assert rounds[0]["metrics"]["site-2"]["seen"] == rounds[0]["metrics"]["site-3"]["seen"] == first
+    assert rounds[0]["metrics"]["site-1"]["seen"] == first + 100  # its own write, seen by itself only
+    registered = [e for e in events(run.job_dir.root, "client-rank-1") if e["event"] == "registered"]
+    assert registered[0]["transport"] == ("inproc" if env_kind == "sim" else "grpc")  # SimEnv: no loopback gRPC
+
+
+BAD_UPDATES = """
+import numpy as np
+import hpcflare.client as flare
+flare.init()
+site = flare.get_site_name()
+while flare.is_running():
+    model = flare.receive()
+    params = {k: v + 1 for k, v in model.params.items()}
+    if site == "site-2":
+        params = {k: np.full_like(v, np.nan) for k, v in params.items()}
+    if site == "site-3":
+        params = {k: np.zeros((2, 2), v.dtype) for k, v in params.items()}
+    if site == "site-4":
+        params = {**params, "extra": np.zeros(3, np.float32)}
+    flare.send(flare.FLModel(params=params))
+"""
+
+
+def test_virtual_clients_results_get_every_check_a_streamed_one_gets(make_recipe, local_env):
+    """NaN, a wrong shape, an unknown tensor from sites of a client rank: rejected there with the reason, the
+    others' results aggregated."""
+    run = make_recipe(BAD_UPDATES, n_clients=4, min_clients=1, num_rounds=1, clients_per_rank=4).execute(local_env)
+    np.testing.assert_allclose(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 1, rtol=1e-6)
+    partial = server_events(run, "partial_accepted")[0]
+    assert partial["sites"] == ["site-1"]
+    rejected = partial["rejected"]
+    assert "NaN" in rejected["site-2"] and "shape" in rejected["site-3"] and "unknown tensor" in rejected["site-4"]
 
 
 def test_client_ranks_behind_relays(make_recipe, local_env):
