@@ -19,7 +19,7 @@ import numpy as np
 
 from hpcflare.errors import ConfigError, MalformedMessageError
 from hpcflare.runtime.staging import write_atomic
-from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, tensor_parts, view_tensor
+from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, view_tensor
 
 
 _SHARE_LOCK = threading.Lock()
@@ -28,21 +28,21 @@ _SHARE_LOCK = threading.Lock()
 
 class GlobalModel:
     def __init__(self, params: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], version: int) -> None:
-        """``params`` may be a lazy iterable of (name, array): each array can be freed once it is encoded."""
-        self.version = version
-        self.ref = f"v{version}"
-        self.blobs: dict[str, bytes] = {}
-        self.params: dict[str, np.ndarray] = {}
-        self.specs: list[TensorSpec] = []
-        for name, arr in (params.items() if isinstance(params, Mapping) else params):
-            blob, dtype, shape = encode_tensor(name, arr)
-            self.blobs[name] = blob
-            self.params[name] = view_tensor(blob, name)
-            self.specs.append(TensorSpec(name, dtype, shape, len(blob)))
-        self._shared: SharedModel | None = None
+        """``params`` may be a lazy iterable of (name, array): each array can be freed once it is encoded. The
+        blobs are encoded straight into a shared memory file, so serving them in-process copies nothing."""
+        items = params.items() if isinstance(params, Mapping) else params
+        shared = SharedModel((tensor_parts(name, value) for name, value in items))
+        self._adopt(f"v{version}", version, shared)
+
+    def _adopt(self, ref: str, version: int, shared: "SharedModel") -> None:
+        self.version, self.ref, self.specs, self._shared = version, ref, list(shared.specs), shared
+        self.blobs: dict[str, Any] = {spec.name: shared.view[off:off + spec.nbytes]
+                                      for spec, off in zip(shared.specs, shared.offsets)}
+        self.params: dict[str, np.ndarray] = {spec.name: view_tensor(self.blobs[spec.name], spec.name)
+                                              for spec in shared.specs}
 
     @classmethod
-    def from_blobs(cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, bytes]) -> "GlobalModel":
+    def from_blobs(cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, Any]) -> "GlobalModel":
         """Adopt blobs exactly as received from upstream (a relay's cache): no decode/encode, no extra copy."""
         model = cls.__new__(cls)
         model.version, model.ref, model.specs, model.blobs = version, ref, list(specs), blobs
@@ -52,13 +52,15 @@ class GlobalModel:
 
     @classmethod
     def shared_copy(cls, ref: str, version: int, params: Mapping[str, Any]) -> "GlobalModel":
-        """A model encoded straight into a shared memory file (see :meth:`share`): one copy of ``params``."""
-        parts = {name: tensor_parts(name, value) for name, value in params.items()}
-        shared = SharedModel([spec for spec, _, _ in parts.values()],
-                             {name: (head, raw) for name, (_, head, raw) in parts.items()})
-        model = cls.from_blobs(ref, version, shared.specs, {
-            spec.name: shared.view[off:off + spec.nbytes] for spec, off in zip(shared.specs, shared.offsets)})
-        model._shared = shared
+        """A model encoded into a shared memory file under ``ref`` (e.g. read from a staged file)."""
+        model = cls.__new__(cls)
+        model._adopt(ref, version, SharedModel(tensor_parts(name, value) for name, value in params.items()))
+        return model
+
+    def alias(self) -> "GlobalModel":
+        """Another host's handle on this very model (a client rank beside SimEnv's server): no copy at all."""
+        model = GlobalModel.__new__(GlobalModel)
+        model._adopt(self.ref, self.version, self.share())
         return model
 
     def share(self) -> "SharedModel":
@@ -69,7 +71,7 @@ class GlobalModel:
 
     def _share(self) -> "SharedModel":
         if self._shared is None:
-            self._shared = SharedModel(self.specs, self.blobs)
+            self._shared = SharedModel.of_blobs(self.specs, self.blobs)
             view = self._shared.view
             # in place: a round's aggregator holds this very dict, and must let go of the old blobs too
             self.blobs.update({spec.name: view[off:off + spec.nbytes]
@@ -114,24 +116,31 @@ def load_params(path: Path) -> dict[str, np.ndarray]:
 class SharedModel:
     """A model's blobs in one anonymous memory file (memfd; a temp file where there is none)."""
 
-    def __init__(self, specs: list[TensorSpec], blobs: Mapping[str, Any]) -> None:
-        """``blobs``: name -> the tensor's blob, or a tuple of pieces that make it up (header, data)."""
-        self.specs = list(specs)
-        self.offsets, total = [], 0
-        for spec in self.specs:
-            self.offsets.append(total)
-            total += spec.nbytes
-        self.size = total
+    def __init__(self, parts: Iterable[tuple[TensorSpec, Any, Any]]) -> None:
+        """``parts``: (spec, header bytes, data) per tensor, written in turn (a lazy iterable lets each tensor's
+        source be freed once it is written)."""
         self._file = _memory_file()
-        os.ftruncate(self._file.fileno(), max(1, total))
-        self._map = mmap.mmap(self._file.fileno(), max(1, total))
-        for spec, off in zip(self.specs, self.offsets):
-            for part in blobs[spec.name] if isinstance(blobs[spec.name], tuple) else [blobs[spec.name]]:
-                n = memoryview(part).nbytes
-                self._map[off:off + n] = memoryview(part).cast("B")
-                off += n
-        self.view = memoryview(self._map).toreadonly()
+        fd = self._file.fileno()
+        self.specs: list[TensorSpec] = []
+        self.offsets: list[int] = []
+        total = 0
+        for spec, head, raw in parts:
+            self.specs.append(spec)
+            self.offsets.append(total)
+            for piece in (memoryview(head).cast("B"), memoryview(raw).cast("B")):
+                done = 0
+                while done < len(piece):
+                    done += os.pwrite(fd, piece[done:], total + done)
+                total += len(piece)
+        self.size = total
+        os.ftruncate(fd, max(1, total))
+        self._map = mmap.mmap(fd, max(1, total), prot=mmap.PROT_READ)
+        self.view = memoryview(self._map)
         self._lock = threading.Lock()
+
+    @classmethod
+    def of_blobs(cls, specs: list[TensorSpec], blobs: Mapping[str, Any]) -> "SharedModel":
+        return cls((spec, b"", blobs[spec.name]) for spec in specs)
 
     def open(self) -> list[tuple[TensorSpec, memoryview]]:
         """(spec, blob) per tensor, writable and private to the caller: pages are copied only when written."""

@@ -224,12 +224,16 @@ class RoundHost(LocalHandler):
 
     def handle_local_download(self, request: dict, peer: Peer) -> list[tuple[TensorSpec, memoryview]]:
         """A virtual client's model: a private copy-on-write mapping of this host's one shared copy."""
+        return self.local_model(request, peer).share().open()
+
+    def local_model(self, request: dict, peer: Peer) -> GlobalModel:
+        """The requested model itself, for a caller in this process, after the checks a download gets."""
         self.authorize(peer, request.get("site"))
         self.members.check(request.get("site"), request.get("token"))
         rnd = self.round
         if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
             raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
-        return rnd.model.share().open()
+        return rnd.model
 
     def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
         return self._accept_upload(peer, lambda on_header: read_upload(

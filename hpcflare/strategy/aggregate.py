@@ -52,20 +52,10 @@ class WeightedMeanAggregator(Aggregator):
             if acc is None:
                 acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
             self._weights[name] = self._weights.get(name, 0.0) + update.weight
-            if blockwise is not None:  # a spooled upload: fold a few MB at a time, no tensor-sized temporaries
-                _fold_blocks(acc, base, blockwise(name), update.params_type == UpdateKind.FULL, update.weight)
-                continue
-            value = update.params[name]
-            weight = acc.dtype.type(update.weight)
-            if update.params_type == UpdateKind.FULL:
-                delta = np.subtract(value, base, dtype=acc.dtype)
-                if update.weight != 1.0:
-                    delta *= weight
-            elif update.weight != 1.0:  # never scale the caller's array in place
-                delta = np.multiply(value, weight, dtype=acc.dtype)
-            else:
-                delta = np.asarray(value, dtype=acc.dtype)
-            acc += delta
+            # a few MB at a time (spooled uploads are read so), through one small reused temporary: a
+            # tensor-sized temporary per update was fresh memory to fault in for every site and tensor
+            blocks = blockwise(name) if blockwise is not None else _blocks(update.params[name])
+            _fold_blocks(acc, base, blocks, update.params_type == UpdateKind.FULL, update.weight)
         self._count += 1
 
     def partial(self) -> tuple[Params, dict[str, float]]:
@@ -109,13 +99,32 @@ class WeightedMeanAggregator(Aggregator):
         return mean_delta.astype(base.dtype, copy=False) if mean_delta.dtype != base.dtype else mean_delta
 
 
+FOLD_BLOCK = 1 << 18
+"""Elements per block when folding an in-memory update (1 MB of float32: the temporary stays in cache)."""
+
+
+def _blocks(value: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    flat = np.asarray(value).reshape(-1)
+    for first in range(0, flat.size, FOLD_BLOCK):
+        yield first, flat[first:first + FOLD_BLOCK]
+
+
 def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
                  weight: float) -> None:
+    """acc += weight * (block - base) (FULL) or weight * block (DIFF), block by block; the update itself is
+    never written to (it may be the caller's own array)."""
     flat_acc, flat_base = acc.reshape(-1), np.asarray(base).reshape(-1)
     w = acc.dtype.type(weight)
+    scratch = np.empty(0, acc.dtype)
     for first, block in blocks:
         last = first + block.size
-        delta = np.subtract(block, flat_base[first:last], dtype=acc.dtype) if full else block.astype(acc.dtype)
+        if scratch.size < block.size:
+            scratch = np.empty(block.size, acc.dtype)
+        delta = scratch[:block.size]
+        if full:
+            np.subtract(block, flat_base[first:last], out=delta, dtype=acc.dtype)
+        else:
+            delta[...] = block
         if weight != 1.0:
             delta *= w
         flat_acc[first:last] += delta
