@@ -3,8 +3,9 @@
 Each site runs its own, unmodified training script in a thread of the rank, with its own Client API
 context (site name, task, tracking). The sites talk to a rank-local host through the in-process transport;
 that host is a relay without a network port (:class:`ClientRankHost`): it registers its sites with the
-server, pulls each round's model once, serves it to its sites, validates and folds their results into one
-partial aggregate and sends that up, so the server's per-round work grows with ranks, not sites.
+server, pulls each round's model once (or reads the staged file once, with staging) into a memory file its
+sites map copy-on-write, validates and folds their results (their own arrays, no copies) into one partial
+aggregate and sends that up, so the server's per-round work grows with ranks, not sites.
 Strategies that cannot take partial aggregates keep virtual clients with their own gRPC link each.
 
 A site whose script raises, exits or never calls ``flare.init()`` fails alone: the others go on.

@@ -8,8 +8,12 @@ it writes.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import mmap
 import os
+import sys
+import weakref
 import tempfile
 import threading
 from pathlib import Path
@@ -136,7 +140,6 @@ class SharedModel:
         os.ftruncate(fd, max(1, total))
         self._map = mmap.mmap(fd, max(1, total), prot=mmap.PROT_READ)
         self.view = memoryview(self._map)
-        self._lock = threading.Lock()
 
     @classmethod
     def of_blobs(cls, specs: list[TensorSpec], blobs: Mapping[str, Any]) -> "SharedModel":
@@ -144,11 +147,34 @@ class SharedModel:
 
     def open(self) -> list[tuple[TensorSpec, memoryview]]:
         """(spec, blob) per tensor, writable and private to the caller: pages are copied only when written."""
-        with self._lock:  # mmap of a file object shared by site threads
-            private = mmap.mmap(self._file.fileno(), max(1, self.size), flags=mmap.MAP_PRIVATE,
-                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        view = memoryview(private)
+        view = _private_map(self._file.fileno(), max(1, self.size))
         return [(spec, view[off:off + spec.nbytes]) for spec, off in zip(self.specs, self.offsets)]
+
+
+def _private_map(fd: int, size: int) -> memoryview:
+    """A writable MAP_PRIVATE mapping of ``fd``, unmapped when the last view of it is gone. Python's mmap keeps
+    a duplicate descriptor per mapping: 625 sites of a rank holding two rounds' models would need 1,250 of
+    them, past the usual soft limit of 1,024; libc's mmap needs none."""
+    libc = _libc()
+    if libc is None:
+        return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
+    addr = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), f"mmap of the shared model failed: {os.strerror(ctypes.get_errno())}")
+    buffer = (ctypes.c_char * size).from_address(addr)
+    weakref.finalize(buffer, libc.munmap, ctypes.c_void_p(addr), ctypes.c_size_t(size))
+    return memoryview(buffer).cast("B")
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
 
 
 def _memory_file() -> Any:
