@@ -115,3 +115,9 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def spool_dir() -> str:
+    """Node-local scratch (large uploads, models where there is no memfd): HPCFLARE_SPOOL_DIR, else Slurm's job
+    tmp, else the system tmp."""
+    return os.environ.get("HPCFLARE_SPOOL_DIR") or os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()

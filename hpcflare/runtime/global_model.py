@@ -23,6 +23,7 @@ import numpy as np
 
 from hpcflare.errors import ConfigError, MalformedMessageError
 from hpcflare.runtime.staging import write_atomic
+from hpcflare.fileio import spool_dir
 from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, view_tensor
 
 
@@ -180,6 +181,4 @@ def _libc() -> Any:
 def _memory_file() -> Any:
     if hasattr(os, "memfd_create"):
         return os.fdopen(os.memfd_create("hpcflare-model", os.MFD_CLOEXEC), "r+b", buffering=0)
-    from hpcflare.runtime.upload import spool_dir
-
     return tempfile.TemporaryFile(dir=spool_dir(), prefix="hpcflare-model-")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from hpcflare.fileio import spool_dir
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
@@ -35,11 +36,6 @@ class _Like:
 
 def partial_expectation(expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {k: _Like(tuple(v.shape), acc_dtype(v.dtype)) for k, v in expected.items()}
-
-
-def spool_dir() -> str:
-    """Node-local scratch for large uploads: HPCFLARE_SPOOL_DIR, else Slurm's job tmp, else the system tmp."""
-    return os.environ.get("HPCFLARE_SPOOL_DIR") or os.environ.get("SLURM_TMPDIR") or tempfile.gettempdir()
 
 
 class UploadParams(Mapping[str, np.ndarray]):
