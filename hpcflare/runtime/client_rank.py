@@ -54,7 +54,7 @@ class ClientRankHost(Relay):
         if task.staged and self.stager is not None:
             try:
                 params = staging.map_tensors(staging.verified(self.stager.root, task.staged))
-                model = GlobalModel.shared_copy(task.ref, task.round, params)
+                model = GlobalModel(params, task.round, ref=task.ref)
                 if model.specs != task.manifest:
                     raise errors.MalformedMessageError("staged model does not match the task's manifest")
                 return model, "staging"

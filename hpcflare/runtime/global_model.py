@@ -1,7 +1,7 @@
 """The server's global model: encoded once per round (safetensors per tensor), served to every client.
 
 Arrays are zero-copy views into the encoded blobs, so holding the model and serving it costs ~1x its size.
-A client rank moves its copy into a memory file (:meth:`GlobalModel.share`) that its virtual clients map
+The blobs live in a memory file (:meth:`GlobalModel.share`) that a client rank's virtual clients map
 copy-on-write: K sites read one physical copy, and a site that writes into its params copies only the pages
 it writes.
 """
@@ -13,53 +13,48 @@ import functools
 import mmap
 import os
 import sys
-import weakref
 import tempfile
-import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from hpcflare.errors import ConfigError, MalformedMessageError
-from hpcflare.runtime.staging import write_atomic
 from hpcflare.fileio import spool_dir
+from hpcflare.runtime.staging import write_atomic
 from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, view_tensor
 
 
-_SHARE_LOCK = threading.Lock()
-"""Serializes GlobalModel.share(): the first of a rank's site threads moves the model, the others wait."""
-
-
 class GlobalModel:
-    def __init__(self, params: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], version: int) -> None:
+    def __init__(self, params: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], version: int,
+                 ref: str | None = None) -> None:
         """``params`` may be a lazy iterable of (name, array): each array can be freed once it is encoded. The
-        blobs are encoded straight into a shared memory file, so serving them in-process copies nothing."""
+        blobs are encoded straight into a shared memory file, so serving them in-process copies nothing.
+        ``ref``: the name the parent gave this model (default ``v<version>``)."""
         items = params.items() if isinstance(params, Mapping) else params
-        shared = SharedModel((tensor_parts(name, value) for name, value in items))
-        self._adopt(f"v{version}", version, shared)
+        self._adopt(ref or f"v{version}", version, SharedModel(tensor_parts(name, value) for name, value in items))
 
-    def _adopt(self, ref: str, version: int, shared: "SharedModel") -> None:
-        self.version, self.ref, self.specs, self._shared = version, ref, list(shared.specs), shared
-        self.blobs: dict[str, Any] = {spec.name: shared.view[off:off + spec.nbytes]
-                                      for spec, off in zip(shared.specs, shared.offsets)}
+    def _adopt(self, ref: str, version: int, shared: "SharedModel | None", specs: list[TensorSpec] | None = None,
+               blobs: dict[str, Any] | None = None) -> None:
+        """Hold ``blobs`` (default: views of ``shared``) and read-only array views of them."""
+        self.version, self.ref, self._shared = version, ref, shared
+        self.specs = list(specs if shared is None else shared.specs)
+        self.blobs: dict[str, Any] = blobs if shared is None else {
+            spec.name: shared.view[off:off + spec.nbytes] for spec, off in zip(shared.specs, shared.offsets)}
         self.params: dict[str, np.ndarray] = {spec.name: view_tensor(self.blobs[spec.name], spec.name)
-                                              for spec in shared.specs}
+                                              for spec in self.specs}
 
     @classmethod
-    def from_blobs(cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, Any]) -> "GlobalModel":
-        """Adopt blobs exactly as received from upstream (a relay's cache): no decode/encode, no extra copy."""
+    def from_blobs(cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, Any],
+                   shared: bool = False) -> "GlobalModel":
+        """Adopt blobs exactly as received from upstream (a relay's cache): no decode/encode, no extra copy;
+        ``shared``: moved into a shared memory file first (a client rank's model, which its sites map)."""
         model = cls.__new__(cls)
-        model.version, model.ref, model.specs, model.blobs = version, ref, list(specs), blobs
-        model.params = {spec.name: view_tensor(blobs[spec.name], spec.name) for spec in specs}
-        model._shared = None
-        return model
-
-    @classmethod
-    def shared_copy(cls, ref: str, version: int, params: Mapping[str, Any]) -> "GlobalModel":
-        """A model encoded into a shared memory file under ``ref`` (e.g. read from a staged file)."""
-        model = cls.__new__(cls)
-        model._adopt(ref, version, SharedModel(tensor_parts(name, value) for name, value in params.items()))
+        if shared:
+            model._adopt(ref, version, SharedModel((spec, b"", blobs[spec.name]) for spec in specs))
+        else:
+            model._adopt(ref, version, None, specs, blobs)
         return model
 
     def alias(self) -> "GlobalModel":
@@ -69,19 +64,10 @@ class GlobalModel:
         return model
 
     def share(self) -> "SharedModel":
-        """Move the blobs into one memory file (once) and serve them from there: this host keeps read-only views
-        of it, and every :meth:`SharedModel.open` is a private copy-on-write mapping of the same pages."""
-        with _SHARE_LOCK:
-            return self._shared or self._share()
-
-    def _share(self) -> "SharedModel":
+        """The memory file holding the blobs: every :meth:`SharedModel.open` is a private copy-on-write mapping of
+        its pages. Server models, staged and in-process ones and a client rank's have one; a relay's has none."""
         if self._shared is None:
-            self._shared = SharedModel.of_blobs(self.specs, self.blobs)
-            view = self._shared.view
-            # in place: a round's aggregator holds this very dict, and must let go of the old blobs too
-            self.blobs.update({spec.name: view[off:off + spec.nbytes]
-                               for spec, off in zip(self.specs, self._shared.offsets)})
-            self.params.update({spec.name: view_tensor(self.blobs[spec.name], spec.name) for spec in self.specs})
+            raise RuntimeError(f"model {self.ref} is not in shared memory (a relay's cache is served over gRPC only)")
         return self._shared
 
     @property
@@ -141,10 +127,6 @@ class SharedModel:
         os.ftruncate(fd, max(1, total))
         self._map = mmap.mmap(fd, max(1, total), prot=mmap.PROT_READ)
         self.view = memoryview(self._map)
-
-    @classmethod
-    def of_blobs(cls, specs: list[TensorSpec], blobs: Mapping[str, Any]) -> "SharedModel":
-        return cls((spec, b"", blobs[spec.name]) for spec in specs)
 
     def open(self) -> list[tuple[TensorSpec, memoryview]]:
         """(spec, blob) per tensor, writable and private to the caller: pages are copied only when written."""

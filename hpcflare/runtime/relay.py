@@ -176,13 +176,14 @@ class Relay(RoundHost):
         return code
 
     def _cached_model(self, task: Task) -> tuple[GlobalModel, str]:
-        """The round's model, pulled once from the parent: the blobs exactly as they came (and how it came)."""
+        """The round's model, pulled once from the parent: the blobs exactly as they came (and how it came); a host
+        that serves in-process (a client rank) keeps them in the memory file its sites map."""
         blobs: dict[str, Any] = {}
         transport, token = self.upstream.connection.credentials()
         request = {"site": self.name, "token": token, "ref": task.ref}
         for spec, blob in transport.download(request, task.manifest):
             blobs[spec.name] = blob
-        return GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs), \
+        return GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens), \
             "in-process" if isinstance(transport, InprocTransport) else "grpc"
 
     def _relay_round(self, task: Task) -> None:
