@@ -18,7 +18,7 @@ from hpcflare.fileio import spool_dir
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
-from hpcflare.strategy.aggregate import acc_dtype, all_finite
+from hpcflare.strategy.aggregate import acc_dtype, all_finite, blocks_of
 from hpcflare.strategy.api import UpdateKind
 from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, is_float, parse_single,
                                       raw_bytes, unpack_frame)
@@ -93,9 +93,10 @@ class UploadParams(Mapping[str, np.ndarray]):
             raise UpdateRejectedError(f"tensor {spec.name!r} contains NaN or Inf values; the update is rejected")
 
     def iter_blocks(self, name: str, block_bytes: int = 4 << 20) -> Iterator[tuple[int, np.ndarray]]:
-        """(element offset, 1-D block) pairs over a tensor: spooled ones are read a few MB at a time."""
+        """(element offset, 1-D block) pairs over a tensor, a few MB at a time (spooled ones read back so)."""
         if name in self._memory:
-            yield 0, self._memory[name].reshape(-1)
+            value = self._memory[name]
+            yield from blocks_of(value, block_bytes // value.dtype.itemsize)
             return
         offset, dtype, shape = self._spooled[name]
         count = math.prod(shape)

@@ -10,7 +10,7 @@ tensors a client did not send keep their global value (per-tensor weight sums).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class WeightedMeanAggregator(Aggregator):
             self._weights[name] = self._weights.get(name, 0.0) + update.weight
             # a few MB at a time (spooled uploads are read so), through one small reused temporary: a
             # tensor-sized temporary per update was fresh memory to fault in for every site and tensor
-            blocks = blockwise(name) if blockwise is not None else _blocks(update.params[name])
+            blocks = blockwise(name) if blockwise is not None else blocks_of(update.params[name])
             _fold_blocks(acc, base, blocks, update.params_type == UpdateKind.FULL, update.weight)
         self._count += 1
 
@@ -103,10 +103,11 @@ FOLD_BLOCK = 1 << 18
 """Elements per block when folding an in-memory update (1 MB of float32: the temporary stays in cache)."""
 
 
-def _blocks(value: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+def blocks_of(value: Any, elements: int = FOLD_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
+    """(element offset, 1-D view) pairs over an in-memory tensor, ``elements`` at a time (no copies)."""
     flat = np.asarray(value).reshape(-1)
-    for first in range(0, flat.size, FOLD_BLOCK):
-        yield first, flat[first:first + FOLD_BLOCK]
+    for first in range(0, flat.size, max(1, elements)):
+        yield first, flat[first:first + max(1, elements)]
 
 
 def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
@@ -132,5 +133,4 @@ def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, 
 
 def all_finite(value: np.ndarray, block: int = 1 << 20) -> bool:
     """np.isfinite(...).all() in blocks, so a 100 MB tensor needs a 1 MB temporary, not 25 MB."""
-    flat = value.reshape(-1)
-    return all(np.isfinite(flat[i:i + block]).all() for i in range(0, flat.size, block))
+    return all(np.isfinite(part).all() for _, part in blocks_of(value, block))

@@ -98,3 +98,30 @@ def test_large_tensors_stream_to_disk_and_fold_blockwise():
         read_upload(iter(frames_for(bad.items())), settings, big, lambda h: None)
     with pytest.raises(UpdateRejectedError, match="shape"):
         read_upload(iter(frames_for([("w", np.ones((100, 50), np.float32))])), settings, big, lambda h: None)
+
+
+def test_in_process_arrays_are_checked_like_a_stream_and_folded_without_tensor_sized_temporaries():
+    """read_arrays (a virtual client's result): the same rejections as read_upload, the caller's array held
+    without a copy, and a FedAvg fold of it that needs a few MB of scratch, not a tensor's worth."""
+    import tracemalloc
+
+    from hpcflare.runtime.upload import read_arrays
+    from hpcflare.strategy.aggregate import WeightedMeanAggregator
+    from hpcflare.strategy.api import ClientUpdate, UpdateKind
+
+    base = {"w": np.zeros(1 << 22, np.float32)}  # 16 MB
+    header = {"site": "site-1", "params_type": "FULL"}
+    with pytest.raises(UpdateRejectedError, match="NaN"):
+        read_arrays(dict(header), [("w", np.full(1 << 22, np.nan, np.float32))], Settings(), base, lambda h: None)
+    with pytest.raises(UpdateRejectedError, match="shape"):
+        read_arrays(dict(header), [("w", np.zeros(3, np.float32))], Settings(), base, lambda h: None)
+    mine = np.ones(1 << 22, np.float32)
+    _, _, params = read_arrays(dict(header), [("w", mine)], Settings(), base, lambda h: None)
+    assert np.shares_memory(params["w"], mine)
+    agg = WeightedMeanAggregator(base)
+    tracemalloc.start()
+    agg.add(ClientUpdate("site-1", params, UpdateKind.FULL, 1.0, {}, {}))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < (1 << 22) * 4 + (8 << 20)  # the accumulator (16 MB) plus a few MB, not another 16 MB
+    np.testing.assert_array_equal(agg.result()["w"], mine)
