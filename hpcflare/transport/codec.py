@@ -203,7 +203,7 @@ def decode_tensor(blob: bytes | bytearray | memoryview, spec: TensorSpec, framew
     if framework == "pytorch":
         import torch
 
-        if not isinstance(blob, (bytearray, memoryview)) or memoryview(blob).readonly:  # torch wants a writable buffer
+        if memoryview(blob).readonly:  # torch wants a writable buffer
             blob = bytearray(blob)
         if count == 0:
             return torch.zeros(spec.shape, dtype=getattr(torch, TORCH_DTYPES[tag]))
