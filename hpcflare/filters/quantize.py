@@ -119,8 +119,9 @@ def check_quant_map(quant: Any, expected: Mapping[str, Any]) -> dict[str, dict[s
         raise UpdateRejectedError("malformed 'quant' map in the upload header")
     for name, spec in quant.items():
         base = expected.get(name)
-        if base is None or not is_float(base.dtype):
-            raise UpdateRejectedError(f"quantized tensor {name!r:.80} is not a float tensor of the global model")
+        if base is None or not hasattr(base, "shape") or not is_float(base.dtype):  # no shape: any length (AnyLength)
+            raise UpdateRejectedError(f"quantized tensor {name!r:.80} is not a fixed-shape float tensor of the "
+                                      "global model")
         if not isinstance(spec, dict) or spec.get("mode") not in MODES or not isinstance(spec.get("block"), int) \
                 or not 8 <= spec["block"] <= 1 << 20:
             raise UpdateRejectedError(f"bad quantization spec for {name!r:.80}: {spec!r:.80}")

@@ -33,6 +33,8 @@ class Round:
         self.task_id = task_id or uuid.uuid4().hex[:12]
         self.model = model
         self.aggregator = strategy.new_aggregator(model.params)
+        self.expected = strategy.upload_expectation(model.params)
+        """What results must look like (hpcflare.runtime.upload checks them against it)."""
         self.accepted: dict[str, dict[str, Any]] = {}  # site -> metrics
         self.weights: dict[str, float] = {}  # site -> its result's weight (weighs its metrics in the mean)
         self.rejected: dict[str, str] = {}  # site -> reason

@@ -237,11 +237,11 @@ class RoundHost(LocalHandler):
 
     def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
         return self._accept_upload(peer, lambda on_header: read_upload(
-            frames, self.settings, lambda opened: opened.model.params, on_header))
+            frames, self.settings, lambda opened: opened.expected, on_header))
 
     def handle_local_upload(self, header: dict, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
         return self._accept_upload(peer, lambda on_header: read_arrays(
-            header, tensors, self.settings, lambda opened: opened.model.params, on_header))
+            header, tensors, self.settings, lambda opened: opened.expected, on_header))
 
     def _accept_upload(self, peer: Peer, read: Callable[[Callable[[dict], Round]], tuple[dict, Round, Any]]) -> dict:
         """Authenticate, read (a stream or in-process arrays), validate and fold one upload."""
@@ -287,7 +287,7 @@ class RoundHost(LocalHandler):
                 if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / rnd.model.ref):
                     raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
                 params.close()
-                params = read_staged(staged_path, specs, rnd.model.params)
+                params = read_staged(staged_path, specs, rnd.expected)
             if header.get("swarm") is not None:
                 report = rnd.fold_swarm(site, header, params, self.config.clients)
                 self.strategy.coordinator_report(site, report)

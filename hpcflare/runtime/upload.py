@@ -19,7 +19,7 @@ from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRej
 from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
 from hpcflare.strategy.aggregate import acc_dtype, all_finite, blocks_of
-from hpcflare.strategy.api import UpdateKind
+from hpcflare.strategy.api import UpdateKind, describe_expectation, shape_matches
 from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, is_float, parse_single,
                                       raw_bytes, unpack_frame)
 from hpcflare.transport.streams import merge_report
@@ -82,9 +82,9 @@ class UploadParams(Mapping[str, np.ndarray]):
         os.preadv(self._file.fileno(), [head], self._stream_at)
         tag, start, count = parse_single(head, spec, total=spec.nbytes)
         dtype = np.dtype(ST_TO_NP[tag])
-        if dtype != np.dtype(base.dtype) or spec.shape != tuple(base.shape):
+        if dtype != np.dtype(base.dtype) or not shape_matches(spec.shape, base):
             raise UpdateRejectedError(f"tensor {spec.name!r} is {tag}{list(spec.shape)}, the global model has "
-                                      f"{base.dtype}{list(base.shape)}")
+                                      f"{base.dtype} {describe_expectation(base)}")
         self.drop(spec.name)
         self._spooled[spec.name] = (self._stream_at + start, dtype, spec.shape)
         if is_float(dtype) and not all(
@@ -283,8 +283,9 @@ def _check_spec(spec: TensorSpec, expected: Mapping[str, np.ndarray], seen: Mapp
         raise UpdateRejectedError(f"unknown tensor {spec.name!r:.100}: not in the global model")
     if spec.name in seen:
         raise UpdateRejectedError(f"tensor {spec.name!r} sent twice")
-    if spec.shape != tuple(base.shape):
-        raise UpdateRejectedError(f"tensor {spec.name!r} has shape {spec.shape}, the global model has {tuple(base.shape)}")
+    if not shape_matches(spec.shape, base):
+        raise UpdateRejectedError(f"tensor {spec.name!r} has shape {spec.shape}, the global model has "
+                                  f"{describe_expectation(base)}")
     dtype = ST_TO_NP.get(spec.dtype)
     if dtype is None:
         raise UpdateRejectedError(f"tensor {spec.name!r} has unsupported dtype {spec.dtype!r:.20}")
@@ -347,8 +348,9 @@ def _finish(spec: TensorSpec, buf: bytearray, base: np.ndarray) -> np.ndarray:
 
 
 def _validated(spec: TensorSpec, value: np.ndarray, base: np.ndarray) -> np.ndarray:
-    if tuple(value.shape) != tuple(base.shape):
-        raise UpdateRejectedError(f"tensor {spec.name!r} has shape {tuple(value.shape)}, the global model has {tuple(base.shape)}")
+    if not shape_matches(tuple(value.shape), base):
+        raise UpdateRejectedError(f"tensor {spec.name!r} has shape {tuple(value.shape)}, the global model has "
+                                  f"{describe_expectation(base)}")
     if value.dtype != base.dtype:
         with np.errstate(over="ignore"):  # an overflow becomes Inf, rejected just below
             value = value.astype(base.dtype)

@@ -8,11 +8,12 @@ from hpcflare.strategy.fedeval import FedEval
 from hpcflare.strategy.fedmedian import FedMedian
 from hpcflare.strategy.fedopt import FedOpt
 from hpcflare.strategy.fedstats import FedStats
+from hpcflare.strategy.kmeans import KMeans
 from hpcflare.strategy.scaffold import Scaffold
 from hpcflare.strategy.swarm import Swarm
 
 STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedian, "fedopt": FedOpt, "scaffold": Scaffold,
                                         "cyclic": Cyclic, "fedeval": FedEval, "cross_site_eval": CrossSiteEval,
-                                        "fedstats": FedStats, "swarm": Swarm}
+                                        "fedstats": FedStats, "swarm": Swarm, "kmeans": KMeans}
 
-__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "TaskKind", "UpdateKind"]
+__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "KMeans", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "TaskKind", "UpdateKind"]

@@ -64,6 +64,33 @@ class RoundPlan:
     (``initial_metrics``, NVFlare's convention); a relay passes on its server's task meta."""
 
 
+@dataclasses.dataclass(frozen=True)
+class AnyLength:
+    """What an upload's 1-D tensor must look like when its length is the site's to choose (a serialized tree
+    model, a list of encrypted IDs): the dtype is fixed, the length only bounded (and by max_model_bytes)."""
+
+    dtype: np.dtype
+    max_elements: int | None = None
+
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == 1 and (self.max_elements is None or shape[0] <= self.max_elements)
+
+    def describe(self) -> str:
+        return f"1-D {np.dtype(self.dtype)} of any length" + (
+            f" up to {self.max_elements}" if self.max_elements is not None else "")
+
+
+def shape_matches(shape: tuple[int, ...], expected: Any) -> bool:
+    """An upload tensor's shape against its expectation (an array-like's exact shape, or an AnyLength)."""
+    if isinstance(expected, AnyLength):
+        return expected.accepts(tuple(shape))
+    return tuple(shape) == tuple(expected.shape)
+
+
+def describe_expectation(expected: Any) -> str:
+    return expected.describe() if isinstance(expected, AnyLength) else f"{tuple(expected.shape)}"
+
+
 class Aggregator(abc.ABC):
     """Consumes updates one at a time; must not keep references to them (memory O(model), not O(clients))."""
 
@@ -151,6 +178,11 @@ class Strategy(abc.ABC):
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         """Extra meta sent to clients with the round's task (default: nothing)."""
         return {}
+
+    def upload_expectation(self, global_params: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
+        """What a result's tensors must look like (default: the round's model, name for name, shape for shape);
+        tree and set-based strategies name tensors whose length the site chooses (:class:`AnyLength`)."""
+        return global_params
 
     @abc.abstractmethod
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator: ...

@@ -1,0 +1,68 @@
+"""Federated linear model, site side: start from the global coefficients, fit a few iterations on this site's
+rows (LogisticRegression warm start, or SGD with hinge loss for a linear SVM), send the coefficients."""
+
+import argparse
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+
+import hpcflare.client as flare
+from hpcflare.tabular.data import check_table, holdout, load_csv, site_index, site_rows
+
+
+def make_model(kind: str, iters: int, seed: int):
+    if kind == "logreg":
+        return LogisticRegression(warm_start=True, max_iter=iters, C=1.0)
+    return SGDClassifier(loss="hinge", alpha=1e-4, learning_rate="constant", eta0=0.01, max_iter=iters, tol=None,
+                         random_state=seed)
+
+
+def train(kind: str, x: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, iters: int, seed: int):
+    model = make_model(kind, iters, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a few iterations per round, by design
+        if kind == "logreg":
+            model.classes_ = np.array([0.0, 1.0])
+            model.coef_, model.intercept_ = coef.copy(), intercept.copy()
+            model.fit(x, y)
+        else:
+            model.fit(x, y, coef_init=coef.copy(), intercept_init=intercept.copy())
+    return model
+
+
+def accuracy(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(((x @ coef.T).ravel() + intercept[0] > 0) == (y > 0.5)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["logreg", "svm"], default="logreg")
+    parser.add_argument("--local-iters", type=int, default=5)
+    parser.add_argument("--data-path", default=None)
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--n-sites", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=40_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    flare.init()
+    site = flare.get_site_name()
+    if args.data_path:
+        x, y, _, _ = load_csv(args.data_path.replace("{site}", site), args.label_column, site)
+    else:
+        x, y = site_rows(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
+    x_test, y_test = holdout(seed=args.seed) if not args.data_path else (x, y)
+    while flare.is_running():
+        model = flare.receive()
+        coef, intercept = model.params["coef"], model.params["intercept"]
+        check_table(site, x, y, n_features=coef.shape[1], binary=True)
+        before = accuracy(coef, intercept, x_test, y_test)  # the global model, on held-out data
+        fit = train(args.model, x, y, coef, intercept, args.local_iters, args.seed + model.current_round)
+        flare.send(flare.FLModel(params={"coef": fit.coef_.astype(np.float64), "intercept": fit.intercept_.astype(np.float64)},
+                                 metrics={"accuracy": before}, meta={"NUM_STEPS_CURRENT_ROUND": len(x)}))
+
+
+if __name__ == "__main__":
+    main()
