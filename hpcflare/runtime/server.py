@@ -29,7 +29,7 @@ from hpcflare.runtime.selection import ModelSelector
 from hpcflare.runtime.tracking import Tracker
 from hpcflare.security.jobs import load_kit
 from hpcflare.strategy.aggregate import all_finite
-from hpcflare.strategy.api import TaskKind
+from hpcflare.strategy.api import ServerContext, TaskKind
 from hpcflare.transport.codec import is_float
 from hpcflare.transport.grpc_server import GrpcServer
 from hpcflare.transport.inproc import publish_local, withdraw_local
@@ -157,6 +157,8 @@ class FLServer(RoundHost):
                       tls=kit is not None)
         self._status("registration")
         try:
+            self.strategy.start_services(ServerContext(self.job_dir.root, self.address.rsplit(":", 1)[0],
+                                                       kit.path if kit else None, self.log))
             self._await_registration()
             self.phase = HostPhase.RUNNING
             rounds = self.first_round - 1
@@ -182,6 +184,7 @@ class FLServer(RoundHost):
                 self.log.error("traceback", format_traceback(exc))
             return self._fail(reason, code, state="aborted" if code == ExitCode.ABORTED else "failed")
         finally:
+            self.strategy.stop_services()
             self.tracker.close()
             try:
                 self.checkpoints.wait()  # never leave a checkpoint half-written behind the job's end

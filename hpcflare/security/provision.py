@@ -17,21 +17,19 @@ without the key, ``allow_any_script`` (default true) decides.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_write
 from hpcflare.job import SITE_NAME
+from hpcflare.security.certs import issue, new_ca, pem_cert, pem_key
 from hpcflare.security.policy import script_digest
 from hpcflare.security.tls import KIT_FILE
 
@@ -98,13 +96,8 @@ class Project:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
-def _pem_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -112,58 +105,19 @@ def write_private(path: Path, data: bytes) -> None:
     atomic_write(path, data, mode=0o600)
 
 
-def new_ca(project: str, valid_days: int, now: dt.datetime | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    now = now or dt.datetime.now(dt.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, project),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"{project} root CA")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=valid_days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
 
 
-def issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, name: str, hosts: Sequence[str] = (),
-          valid_days: int = 365, not_before: dt.datetime | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A leaf certificate usable as TLS server and client: CN and a SAN for ``name`` (plus ``hosts``)."""
-    start = not_before or (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName(name)]
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, _org(ca_cert)),
-                                     x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=valid_days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return key, cert
 
 
-def _org(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    return str(attrs[0].value) if attrs else "hpcflare"
 
 
 def write_kit(kit_dir: Path, project: Project, who: Participant, ca_cert: x509.Certificate,
               key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, base: Path) -> Path:
     kit_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(kit_dir, 0o700)
-    atomic_write(kit_dir / "rootCA.pem", _pem_cert(ca_cert))
-    atomic_write(kit_dir / "cert.pem", _pem_cert(cert))
-    write_private(kit_dir / "key.pem", _pem_key(key))
+    atomic_write(kit_dir / "rootCA.pem", pem_cert(ca_cert))
+    atomic_write(kit_dir / "cert.pem", pem_cert(cert))
+    write_private(kit_dir / "key.pem", pem_key(key))
     kit: dict[str, Any] = {"project": project.project, "name": who.name, "role": who.role,
                            "server": project.server.name}
     # the names a server/relay (or a client's swarm peer host) accepts certificates for
@@ -189,8 +143,8 @@ def provision(project: Project, out: str | Path, base: str | Path = ".") -> Path
     (root / "ca").mkdir(parents=True, exist_ok=True)
     os.chmod(root / "ca", 0o700)
     ca_key, ca_cert = new_ca(project.project, project.valid_days)
-    atomic_write(root / "ca" / "rootCA.pem", _pem_cert(ca_cert))
-    write_private(root / "ca" / "rootCA.key", _pem_key(ca_key))
+    atomic_write(root / "ca" / "rootCA.pem", pem_cert(ca_cert))
+    write_private(root / "ca" / "rootCA.key", pem_key(ca_key))
     atomic_write(root / "ca" / "project.yaml", yaml.safe_dump(dataclasses.asdict(project), sort_keys=False))
     for who in project.participants:
         key, cert = issue(ca_key, ca_cert, who.name, who.hosts, project.valid_days)

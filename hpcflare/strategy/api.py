@@ -139,6 +139,18 @@ class PassThroughAggregator(Aggregator):
         yield from self._global.items()
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerContext:
+    """What the server rank offers a strategy that runs a service beside it (XGBoost's federated tracker)."""
+
+    job_root: Any
+    host: str
+    """The host name or address the clients reach the server rank at (its advertised address, no port)."""
+    kit_dir: Any
+    """The server's startup kit directory (rootCA.pem, cert.pem, key.pem) when the job uses mutual TLS, else None."""
+    log: Any
+
+
 class Strategy(abc.ABC):
     """An FL algorithm on the server: what to send each round and how to combine what comes back."""
 
@@ -148,6 +160,12 @@ class Strategy(abc.ABC):
 
     def attach(self, job_root: Any) -> None:
         """Called by the server with the job directory, for strategies that write results of their own."""
+
+    def start_services(self, context: ServerContext) -> None:
+        """Called on the server rank before registration, for strategies with a service of their own."""
+
+    def stop_services(self) -> None:
+        """Called when the server rank ends, however it ends: stop what start_services started."""
 
     def on_register(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         """A site registered with the server; returns extra fields for its reply (swarm: the peer secret)."""
