@@ -10,10 +10,12 @@ status and tracking files count from 1 ("round 1/3" is ``current_round == 0``).
 
 from __future__ import annotations
 
+
 import atexit
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsType
@@ -228,6 +230,15 @@ def get_config(ctx: Optional[APIContext] = None) -> dict[str, Any]:
             "TASK_EXCHANGE": {"train_with_eval": True, "exchange_format": cfg.framework,
                               "transfer_type": cfg.params_transfer_type, "train_task_name": "train",
                               "eval_task_name": "validate", "submit_model_task_name": "submit_model"}}
+
+
+def get_workspace(ctx: Optional[APIContext] = None) -> Path:
+    """This site's working directory in the job (``<job_dir>/sites/<site>/``, created): where a site keeps
+    files of its own (a PSI intersection, local checkpoints). Not in NVFlare's API."""
+    ctx = _ctx(ctx)
+    path = ctx.agent.job_dir.site_dir(ctx.agent.site)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def get_job_id(ctx: Optional[APIContext] = None) -> str:

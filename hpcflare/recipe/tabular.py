@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import numpy as np
@@ -72,3 +73,19 @@ class XGBBaggingRecipe(Recipe):
         super().__init__(*args, **kwargs)
         if self.relays:
             raise ConfigError("bagging merges every site's trees at the server: use relays=0")
+
+
+class PSIRecipe(Recipe):
+    """``PSIRecipe(..., train_script=client.py)``: private set intersection of the sites' string IDs
+    (hpcflare.strategy.psi); n_clients + 1 rounds; each site's script keeps its intersection, the server
+    writes only sizes (models/psi.json)."""
+
+    strategy = "psi"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("model", {"psi": np.zeros(1, np.uint8)})
+        super().__init__(*args, **kwargs)
+        if self.min_clients != len(self.clients):
+            raise ConfigError("PSI needs every site (each list carries every site's key): min_clients = n_clients")
+        self.num_rounds = len(self.clients) + 1
+        self.strategy_args = {"salt": secrets.token_hex(16)}

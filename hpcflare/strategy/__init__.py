@@ -9,6 +9,7 @@ from hpcflare.strategy.fedmedian import FedMedian
 from hpcflare.strategy.fedopt import FedOpt
 from hpcflare.strategy.fedstats import FedStats
 from hpcflare.strategy.kmeans import KMeans
+from hpcflare.strategy.psi import PSI
 from hpcflare.strategy.scaffold import Scaffold
 from hpcflare.strategy.swarm import Swarm
 from hpcflare.strategy.xgb_bagging import XGBBagging
@@ -17,6 +18,7 @@ from hpcflare.strategy.xgb_histogram import XGBHistogram
 STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedian, "fedopt": FedOpt, "scaffold": Scaffold,
                                         "cyclic": Cyclic, "fedeval": FedEval, "cross_site_eval": CrossSiteEval,
                                         "fedstats": FedStats, "swarm": Swarm, "kmeans": KMeans,
-                                        "xgb_bagging": XGBBagging, "xgb_histogram": XGBHistogram}
+                                        "xgb_bagging": XGBBagging, "xgb_histogram": XGBHistogram,
+                                        "psi": PSI}
 
-__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "KMeans", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "XGBBagging", "TaskKind", "UpdateKind"]
+__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "KMeans", "PSI", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "XGBBagging", "TaskKind", "UpdateKind"]
