@@ -148,3 +148,24 @@ def site_index(site: str, n_sites: int) -> int:
         return int(tail) - 1
     raise TableError(f"synthetic data is sharded by site name site-1 ... site-{n_sites}, not {site!r}; "
                      "pass --data-path with a file per site instead")
+
+
+def vertical_population(n: int = 20_000, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(row IDs, features, labels) of the HIGGS-like task for vertical jobs; sites hold column blocks."""
+    x, y = higgs_like(n, seed)
+    return [f"person-{i:07d}" for i in range(n)], x, y
+
+
+def vertical_columns(site_index: int, n_sites: int, n_features: int = N_FEATURES) -> np.ndarray:
+    """The feature columns site ``site_index`` holds: contiguous blocks, the label owner (0) first."""
+    return np.array_split(np.arange(n_features), n_sites)[site_index]
+
+
+def vertical_site(site_index: int, n_sites: int, n: int = 20_000, seed: int = 0, coverage: float = 0.9
+                  ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Site ``site_index``'s table: a random ``coverage`` share of the people (so rows must be aligned by
+    PSI), its own columns, and labels only at site 0 (the label owner)."""
+    ids, x, y = vertical_population(n, seed)
+    keep = np.sort(np.random.default_rng([seed, site_index, 7]).permutation(n)[:int(n * coverage)])
+    cols = vertical_columns(site_index, n_sites, x.shape[1])
+    return [ids[i] for i in keep], x[np.ix_(keep, cols)], (y[keep] if site_index == 0 else None)
