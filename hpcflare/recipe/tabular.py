@@ -77,15 +77,14 @@ class XGBBaggingRecipe(Recipe):
 
 class PSIRecipe(Recipe):
     """``PSIRecipe(..., train_script=client.py)``: private set intersection of the sites' string IDs
-    (hpcflare.strategy.psi); n_clients + 1 rounds; each site's script keeps its intersection, the server
-    writes only sizes (models/psi.json)."""
+    (hpcflare.strategy.psi) among the sites registered at round 1 (min_clients of them at least; every one of
+    those must stay to the end); each site's script keeps its intersection, the server writes only sizes
+    (models/psi.json)."""
 
     strategy = "psi"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("model", {"psi": np.zeros(1, np.uint8)})
         super().__init__(*args, **kwargs)
-        if self.min_clients != len(self.clients):
-            raise ConfigError("PSI needs every site (each list carries every site's key): min_clients = n_clients")
-        self.num_rounds = len(self.clients) + 1
+        self.num_rounds = len(self.clients) + 1  # the ring is the sites registered at round 1; extra rounds skip
         self.strategy_args = {"salt": secrets.token_hex(16)}

@@ -74,7 +74,7 @@ class XGBHistogram(Strategy):
         address = f"{self.context.host}:{self.tracker.port}"
         self.context.log.info("xgboost_tracker", f"XGBoost federated tracker listening on {address} for "
                               f"{len(world)} sites ({self.split}" + (", TLS" if tls_dir else "") + ")",
-                              address=address, world=world, split=self.split)
+                              address=address, world=world, split=self.split, tls=tls_dir is not None)
         self.meta = {"mode": "histogram", "split": self.split, "address": address, "world_size": len(world),
                      "ranks": {site: rank for rank, site in enumerate(world)}, "label_owner": self.label_owner,
                      "timeout": self.collective_timeout, "tracker_ca": ca_pem}

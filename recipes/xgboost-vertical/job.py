@@ -32,6 +32,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="synthetic population size")
     parser.add_argument("--psi-job", default=None, help="reuse this PSI job's intersections instead of running PSI")
     args = parser.parse_args()
+    if args.psi_job is None and (args.export_only or args.dry_run or args.env == "slurm"):
+        args.psi_job = str(Path(args.job_root).resolve() / "PSI_JOB_DIR")
+        print(f"note: run recipes/psi first; this job reads each site's intersection from {args.psi_job}/sites/ "
+              "(pass the PSI job's directory with --psi-job)", file=sys.stderr)
     psi_job = args.psi_job or run_psi(args)
     train_args = ["--psi-job", str(psi_job), "--boost-rounds", str(args.boost_rounds), "--n-sites", str(args.n_clients),
                   "--rows", str(args.rows), "--id-column", args.id_column, "--label-column", args.label_column]
@@ -51,8 +55,6 @@ def main() -> None:
 
 def run_psi(args: argparse.Namespace) -> Path:
     """The PSI job on the same sites and env; its sites/<site>/psi_intersection.txt align the rows."""
-    if args.env == "slurm" or args.export_only:
-        raise SystemExit("with --env slurm or --export-only, run recipes/psi first and pass its job dir as --psi-job")
     root = Path(args.job_root).resolve()
     before = set(root.glob("psi-*")) if root.exists() else set()
     cmd = [sys.executable, str(HERE.parent / "psi" / "job.py"), "--env", args.env, "--n-clients", str(args.n_clients),
