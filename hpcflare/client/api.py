@@ -10,7 +10,6 @@ status and tracking files count from 1 ("round 1/3" is ``current_round == 0``).
 
 from __future__ import annotations
 
-
 import atexit
 import os
 import threading

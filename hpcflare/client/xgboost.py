@@ -59,12 +59,11 @@ def collective_args(model: Any, workdir: str | Path) -> dict[str, Any]:
 
 def _site_kit() -> Path:
     agent = flare._ctx(None).agent
-    kit = agent.kit or getattr(getattr(agent, "parent_kit", None), "path", None)
-    if kit is None:
+    if agent.kit is None:
         raise ConfigError(f"{agent.site} has no startup kit of its own, but the XGBoost collective runs over mutual "
                           "TLS: provision one per site (`hpcflare provision PROJECT_DIR --add SITE`), or run one site "
                           "per client rank")
-    return Path(getattr(kit, "path", kit))
+    return Path(agent.kit.path)
 
 
 @contextlib.contextmanager

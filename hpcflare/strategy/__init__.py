@@ -21,4 +21,4 @@ STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedia
                                         "xgb_bagging": XGBBagging, "xgb_histogram": XGBHistogram,
                                         "psi": PSI}
 
-__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "KMeans", "PSI", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "XGBBagging", "TaskKind", "UpdateKind"]
+__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "KMeans", "PSI", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "XGBBagging", "XGBHistogram", "TaskKind", "UpdateKind"]

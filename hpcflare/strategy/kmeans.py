@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hpcflare.errors import ConfigError, UpdateRejectedError
+from hpcflare.errors import ConfigError, RoundFailedError, UpdateRejectedError
 from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy
 
 
@@ -28,8 +28,10 @@ class KMeans(Strategy):
         self.n_clusters, self.seed = n_clusters, int(seed)
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
-        if "centers" not in global_params or "counts" not in global_params:
-            raise ConfigError("a kmeans job's model is {'centers': (k, d), 'counts': (k,)}: use KMeansRecipe")
+        if "centers" not in global_params or "counts" not in global_params \
+                or np.shape(global_params["centers"])[0] != self.n_clusters:
+            raise ConfigError(f"a kmeans job's model is {{'centers': ({self.n_clusters}, d), 'counts': "
+                              f"({self.n_clusters},)}}: use KMeansRecipe")
         return _KMeansAggregator(global_params, self.seed)
 
 
@@ -84,7 +86,8 @@ def weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int =
     keep = weights > 0
     points, weights = points[keep], weights[keep]
     if len(points) == 0:
-        raise ValueError("no site sent a non-empty cluster")
+        raise RoundFailedError("k-means round 1: no site sent a cluster with rows (every count was 0); check "
+                               "that the sites have data")
     centers = [points[rng.choice(len(points), p=weights / weights.sum())]]
     for _ in range(1, k):
         d2 = np.min([((points - c) ** 2).sum(1) for c in centers], axis=0) * weights

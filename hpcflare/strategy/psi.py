@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hpcflare.errors import RoundFailedError, UpdateRejectedError
+from hpcflare.errors import ConfigError, RoundFailedError, UpdateRejectedError
 from hpcflare.fileio import atomic_write_json
 from hpcflare.strategy.api import AnyLength, ClientUpdate, Params, PassThroughAggregator, RoundPlan, Strategy, TaskKind
 from hpcflare.tabular.psi import HITS_PREFIX, LIST_PREFIX, POINT, intersect, list_for
@@ -71,10 +71,12 @@ class PSI(Strategy):
                               indent=1)
 
     def state_dict(self) -> Params:
-        return {LIST_PREFIX + s: v for s, v in self.lists.items()}
+        return {"psi_step": np.array([self.step], np.int64)}  # marks the checkpoint: see load_state_dict
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        self.lists = {k[len(LIST_PREFIX):]: np.asarray(v) for k, v in state.items() if k.startswith(LIST_PREFIX)}
+        raise ConfigError("a PSI job cannot resume from a checkpoint: each site's secret key lived only in its "
+                          "process and a restarted site draws a new one, so the lists keyed so far could no longer "
+                          "be intersected (the result would be silently wrong); run the PSI job again")
 
 
 class _PsiAggregator(PassThroughAggregator):

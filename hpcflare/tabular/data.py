@@ -56,8 +56,9 @@ def site_rows(site_index: int, n_sites: int, n: int = 40_000, seed: int = 0, spl
         raise ValueError(f"site index {site_index} outside 0..{n_sites - 1}")
     x, y = higgs_like(n, seed)
     order = np.random.default_rng(seed + 1).permutation(n)
-    start = sum(site_sizes(n, n_sites, split)[:site_index])
-    mine = order[start:start + site_sizes(n, n_sites, split)[site_index]]
+    sizes = site_sizes(n, n_sites, split)
+    start = sum(sizes[:site_index])
+    mine = order[start:start + sizes[site_index]]
     return x[mine], y[mine]
 
 

@@ -10,6 +10,7 @@ stdin closes (the server rank ended the round, or died: the pipe closes either w
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import select
@@ -52,11 +53,9 @@ class TrackerProcess:
     """Start the tracker for ``world_size`` sites; ``port`` once it listens; ``stop()`` ends it."""
 
     def __init__(self, world_size: int, timeout: int, start_timeout: float, tls_dir: Path | None = None) -> None:
-        try:
-            import xgboost  # noqa: F401 - only to fail here, with the fix, not in the child
-        except ImportError:
+        if importlib.util.find_spec("xgboost") is None:  # fail here, with the fix, not in the child
             raise ConfigError("this job's strategy runs XGBoost's federated tracker on the server rank, but xgboost "
-                              "is not installed there: pip install 'hpcflare[tabular]'") from None
+                              "is not installed there: pip install 'hpcflare[tabular]'")
         cmd = [sys.executable, "-m", "hpcflare.tabular.xgb_tracker", "--world-size", str(world_size),
                "--timeout", str(int(timeout))] + (["--tls-dir", str(tls_dir)] if tls_dir else [])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

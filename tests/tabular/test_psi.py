@@ -96,3 +96,15 @@ def test_psi_recipe_as_a_job_writes_each_sites_intersection(tmp_path):
     for site in ("site-1", "site-2", "site-3"):
         assert (job / "sites" / site / "psi_intersection.txt").read_text().split() == expected
     assert '"intersection_size": 200' in (job / "models" / "psi.json").read_text()
+
+
+def test_a_checkpointed_psi_job_refuses_to_resume():
+    """Site keys die with their processes: resuming the ring would intersect lists under keys nobody holds."""
+    from hpcflare.errors import ConfigError
+
+    strategy = PSI(salt="s")
+    strategy.plan_round(1, 3, ["site-1", "site-2"])
+    state = strategy.state_dict()
+    assert state  # written with the checkpoint, so a resume sees it
+    with pytest.raises(ConfigError, match="cannot resume from a checkpoint"):
+        PSI(salt="s").load_state_dict(state)
