@@ -30,5 +30,5 @@ def synthetic_images(site_seed: int, n: int = 512):
     patterns = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(1234))
     g = torch.Generator().manual_seed(site_seed)
     labels = torch.randint(0, 10, (n,), generator=g)
-    images = patterns[labels] + 2.0 * torch.randn(n, 3, 32, 32, generator=g)
+    images = patterns[labels] + 1.5 * torch.randn(n, 3, 32, 32, generator=g)
     return images, labels
