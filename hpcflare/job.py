@@ -29,6 +29,7 @@ from filelock import FileLock, Timeout
 from hpcflare.errors import ConfigError, UnknownClientError
 from hpcflare.fileio import atomic_write, atomic_write_text
 from hpcflare.filters import build_filters
+from hpcflare.privacy import check_privacy, wrap_strategy
 from hpcflare.settings import Settings
 from hpcflare.strategy import STRATEGIES
 
@@ -121,6 +122,10 @@ class JobConfig:
     elsewhere set HPCFLARE_STAGING_DIR."""
     filters: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """What leaves a site: [{type: exclude|dp_gaussian|quantize, ...}] in order (see hpcflare.filters)."""
+    privacy: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Private aggregation on a FedAvg-family strategy: {type: secagg, threshold, neighbours, frac_bits, ...} (the
+    server and relays see only masked updates and their sum) or {type: he, ...} (CKKS-encrypted updates; the
+    secret key exists only at the sites). See hpcflare.privacy and the README's "Private aggregation"."""
     tracking: list[str] = dataclasses.field(default_factory=lambda: ["csv"])
     """Where sites' metrics and tracking records go: 'csv', 'tensorboard', 'mlflow', 'wandb' (under tracking/)."""
     tracking_config: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -207,6 +212,7 @@ class JobConfig:
         if not isinstance(self.staging, bool):
             raise ConfigError(f"staging must be true or false, got {self.staging!r}")
         build_filters(self.filters)
+        check_privacy(self.privacy, self.strategy, self.filters)
         if not isinstance(self.tracking, list) or set(self.tracking) - set(TRACKING_BACKENDS):
             raise ConfigError(f"tracking must be a list of {TRACKING_BACKENDS}, got {self.tracking!r}")
         if not isinstance(self.tracking_config, dict) or set(self.tracking_config) - set(TRACKING_BACKENDS) or not all(
@@ -240,9 +246,10 @@ class JobConfig:
         if not isinstance(self.strategy_args, dict):
             raise ConfigError(f"strategy_args must be a mapping, got {self.strategy_args!r}")
         try:
-            return STRATEGIES[self.strategy](**self.strategy_args)
+            strategy = STRATEGIES[self.strategy](**self.strategy_args)
         except TypeError as exc:
             raise ConfigError(f"strategy {self.strategy!r}: bad strategy_args {self.strategy_args}: {exc}") from None
+        return wrap_strategy(strategy, check_privacy(self.privacy, self.strategy, self.filters), self.job_id)
 
     def relay_names(self) -> list[str]:
         return [f"relay-{i}" for i in range(1, self.relays + 1)]

@@ -80,9 +80,7 @@ class ClientAgent:
         return self.tasks.next_task(timeout, last_task_id)
 
     def fetch(self, task: Task) -> dict[str, Any]:
-        params = self.tasks.fetch(task)
-        self.results.received(params)
-        return params
+        return self.results.received(task, self.tasks.fetch(task))
 
     def close(self, status: str = "done", reason: str = "") -> None:
         self.tracks.flush(final=self.ended or status != "done")

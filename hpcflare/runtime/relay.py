@@ -120,6 +120,9 @@ class Relay(RoundHost):
         except errors.HpcflareError as exc:
             self.log.warning("goodbye_forward_failed", f"could not forward {site}'s goodbye: {exc}", site=site)
 
+    def on_exchange(self, site: str, request: dict) -> dict:
+        return self._forward("Exchange", site, {k: v for k, v in request.items() if k not in ("site", "token")})
+
     def on_track(self, site: str, records: list) -> None:
         self._forward("Track", site, {"records": records})  # a failure reaches the child, which logs it
 

@@ -10,6 +10,8 @@ import numpy as np
 from hpcflare import errors
 from hpcflare.filters import apply_filters, build_filters
 from hpcflare.filters.api import to_numpy
+from hpcflare.privacy import check_privacy, site_privacy
+from hpcflare.runtime.round import weight_of
 from hpcflare.job import JobDir
 from hpcflare.logs.rank_logger import RankLogger
 from hpcflare.runtime import staging
@@ -35,12 +37,39 @@ class ResultSender:
         self.connection, self.log, self.tracks = connection, log, tracks
         self.staging_root = connection.config.staging_root(job_dir.root)
         self.filters = build_filters(connection.config.filters)
+        config = connection.config
+        self.privacy = site_privacy(check_privacy(config.privacy, config.strategy, config.filters), connection.site,
+                                    config.job_id, lambda request, timeout: connection.call("Exchange", request, timeout),
+                                    connection.settings.round_timeout, log, getattr(connection.kit, "path", None))
         self._global_copy: dict[str, Any] | None = None  # the round's model as received, for DP filters
 
-    def received(self, params: dict[str, Any]) -> None:
-        """The round's model as fetched: filters that work on the update (DP) need a copy of it."""
-        if any(f.needs_global for f in self.filters) or self.connection.config.params_transfer_type == "DIFF":
+    def received(self, task: Task, params: dict[str, Any]) -> dict[str, Any]:
+        """The round's model as fetched (he: decrypted here) -> what the script gets. Filters that work on the
+        update (DP), DIFF transfers and private aggregation keep a copy of it."""
+        if self.privacy is not None:
+            params = self.privacy.received(task, params)
+        if any(f.needs_global for f in self.filters) or self.connection.config.params_transfer_type == "DIFF" or \
+                self.privacy is not None:
             self._global_copy = {k: np.array(to_numpy(v), copy=True) for k, v in params.items()}
+        return params
+
+    def _private(self, task: Task, params: dict[str, Any], params_type: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """The update as private aggregation sends it: every tensor of the round's model, as its difference to
+        the received model (what the site did not send counts as no change), masked or encrypted."""
+        assert self.privacy is not None
+        base = self._global_copy or {}
+        update = {}
+        for name, value in base.items():
+            if name not in params:
+                update[name] = np.zeros(value.shape, np.float64)
+                continue
+            array = np.asarray(to_numpy(params[name]), dtype=np.float64)
+            update[name] = array if params_type == "DIFF" else array - value
+        unknown = sorted(set(params) - set(base))
+        if unknown:
+            raise errors.UpdateRejectedError(f"tensors {unknown[:5]} are not in the round's model; private "
+                                             "aggregation sums only the model's own tensors")
+        return self.privacy.protect(task, update, weight_of(meta))
 
     def _as_diff(self, params: dict[str, Any]) -> dict[str, Any]:
         """params_transfer_type DIFF: what the script trained, minus the model it received."""
@@ -76,6 +105,9 @@ class ResultSender:
             params, header["params_type"] = out.params, out.params_type
             if out.quant:
                 header["quant"] = out.quant
+        private = self.privacy is not None and "privacy" in task.meta
+        if private:
+            params, header["params_type"] = self._private(task, params, header["params_type"], meta), "DIFF"
         staged = self._stage(task, params) if task.staged else None
         if staged is not None:
             header.pop("quant", None)
@@ -102,6 +134,8 @@ class ResultSender:
         except errors.UpdateRejectedError as exc:
             self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
             raise
+        if private:
+            self.privacy.uploaded(task)  # type: ignore[union-attr]
         via = "staging" if staged else "client rank" if conn.parent is not None else "grpc"
         took = time.monotonic() - t0
         self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "

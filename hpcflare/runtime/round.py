@@ -86,6 +86,7 @@ class Round:
             overlap = (set(sites) | set(rejected)) & self.answered()
             if overlap:
                 raise errors.StaleTaskError(f"partial from {relay} repeats sites that already answered: {sorted(overlap)[:10]}")
+            self.aggregator.check_partial_sites([str(s) for s in sites])
             self.aggregator.add_partial(sums, {k: float(weights[k]) for k in sums}, len(sites))
             with self._changed:
                 self.partials.add(relay)

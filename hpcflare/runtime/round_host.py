@@ -128,6 +128,10 @@ class RoundHost(LocalHandler):
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         """Called after a child said goodbye."""
 
+    def on_exchange(self, site: str, request: dict) -> dict:
+        """A site's protocol message for the strategy (secure aggregation); a relay passes it on."""
+        return self.strategy.exchange(site, {k: v for k, v in request.items() if k not in ("site", "token")})
+
     def on_track(self, site: str, records: list) -> None:
         """Tracking records from ``site`` (relays forward their children's in the child's name)."""
         raise errors.MalformedMessageError(f"{self.role} does not take tracking records")
@@ -149,6 +153,8 @@ class RoundHost(LocalHandler):
                 raise errors.MalformedMessageError(f"Track: records must be a list of at most {MAX_TRACK_RECORDS}")
             self.on_track(record.site, records)
             return {}
+        if method == "Exchange":
+            return self.on_exchange(record.site, request)
         if method == "Goodbye":
             status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
             self.on_goodbye(record.site, status, reason)  # passed on (by a relay) before drain() counts it

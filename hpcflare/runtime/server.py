@@ -158,7 +158,8 @@ class FLServer(RoundHost):
         self._status("registration")
         try:
             self.strategy.start_services(ServerContext(self.job_dir.root, self.address.rsplit(":", 1)[0],
-                                                       kit.path if kit else None, self.log))
+                                                       kit.path if kit else None, self.log,
+                                                       self.live_children))
             self._await_registration()
             self.phase = HostPhase.RUNNING
             rounds = self.first_round - 1

@@ -34,8 +34,11 @@ class _Like:
         self.shape, self.dtype = shape, dtype
 
 
-def partial_expectation(expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    return {k: _Like(tuple(v.shape), acc_dtype(v.dtype)) for k, v in expected.items()}
+def partial_expectation(expected: Mapping[str, Any]) -> dict[str, Any]:
+    """Float sums of the expected shapes, except expectations whose partials keep their form (masked integers
+    summed modulo 2^64, summed ciphertexts)."""
+    return {k: v if getattr(v, "keeps_partials", False) else _Like(tuple(v.shape), acc_dtype(v.dtype))
+            for k, v in expected.items()}
 
 
 class UploadParams(Mapping[str, np.ndarray]):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from hpcflare.enums import NamedEnum
+from hpcflare.errors import MalformedMessageError
 
 Params = dict[str, np.ndarray]
 
@@ -71,6 +72,8 @@ class AnyLength:
 
     dtype: np.dtype
     max_elements: int | None = None
+    keeps_partials: bool = False
+    """True when relays' partial results have this same form (summed ciphertexts), not float sums."""
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         return len(shape) == 1 and (self.max_elements is None or shape[0] <= self.max_elements)
@@ -107,6 +110,10 @@ class Aggregator(abc.ABC):
     def add_partial(self, sums: Params, weights: dict[str, float], count: int) -> None:
         """Merge another aggregator's partial() (from a relay)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be decomposed; relays forward raw updates")
+
+    def check_partial_sites(self, sites: list[str]) -> None:
+        """Called before a relay's partial over ``sites`` is merged; raise to refuse it (secure aggregation
+        accepts only sites that took part in the round's key exchange)."""
 
     @abc.abstractmethod
     def result(self) -> Params:
@@ -149,6 +156,8 @@ class ServerContext:
     kit_dir: Any
     """The server's startup kit directory (rootCA.pem, cert.pem, key.pem) when the job uses mutual TLS, else None."""
     log: Any
+    live: Callable[[], set[str]] = set
+    """The sites the server currently counts as alive (protocols that wait on sites stop waiting for the dead)."""
 
 
 class Strategy(abc.ABC):
@@ -196,6 +205,11 @@ class Strategy(abc.ABC):
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         """Extra meta sent to clients with the round's task (default: nothing)."""
         return {}
+
+    def exchange(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A site's protocol message beyond tasks and results (secure aggregation's key and share exchange),
+        relayed unchanged by relays; strategies without such a protocol refuse it."""
+        raise MalformedMessageError(f"strategy {self.name!r} takes no Exchange messages")
 
     def upload_expectation(self, global_params: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
         """What a result's tensors must look like (default: the round's model, name for name, shape for shape);

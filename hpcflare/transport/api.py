@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from hpcflare.transport.codec import TensorSpec
 
-UNARY_METHODS = ("Register", "Heartbeat", "GetTask", "Goodbye", "Track")
+UNARY_METHODS = ("Register", "Heartbeat", "GetTask", "Goodbye", "Track", "Exchange")
 
 
 @dataclasses.dataclass
