@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from pathlib import Path
 from typing import Any, Callable
 
 from hpcflare.errors import ConfigError
-from hpcflare.privacy.api import FEDAVG_FAMILY, PRIVACY_TYPES, PrivacySpec, PrivateStrategy, SitePrivacy
+from hpcflare.privacy.api import FEDAVG_FAMILY, HE_STRATEGIES, PRIVACY_TYPES, PrivacySpec, PrivateStrategy, SitePrivacy
 from hpcflare.privacy.secagg_server import SecAgg
 from hpcflare.privacy.secagg_site import SecAggSite
 from hpcflare.strategy.api import Strategy
@@ -22,31 +25,36 @@ def check_privacy(raw: Any, strategy: str, filters: list[dict[str, Any]]) -> Pri
                           f"{strategy!r}")
     if any(isinstance(f, dict) and f.get("type") == "quantize" for f in filters):
         raise ConfigError(f"privacy {spec.type!r} encodes updates itself: remove the quantize filter")
-    if spec.type == "he":
-        from hpcflare.privacy import he  # noqa: F401 - tenseal is an optional extra: fail at job start, not mid-round
+    if spec.type == "he" and strategy not in HE_STRATEGIES:
+        raise ConfigError(f"privacy 'he' works with {HE_STRATEGIES} (a server optimizer cannot run on ciphertexts), "
+                          f"not {strategy!r}")
+    if spec.type == "he" and importlib.util.find_spec("tenseal") is None:
+        raise ConfigError("privacy type 'he' needs TenSEAL: pip install 'hpcflare[he]' (tenseal)")
     return spec
 
 
-def wrap_strategy(inner: Strategy, spec: PrivacySpec | None, job_id: str, kits: Any = None) -> Strategy:
+def wrap_strategy(inner: Strategy, spec: PrivacySpec | None, job_id: str) -> Strategy:
     if spec is None:
         return inner
     if spec.type == "secagg":
         return SecAgg(inner, spec, job_id)
-    from hpcflare.privacy.he import HEStrategy
-
-    return HEStrategy(inner, spec, kits)
+    return importlib.import_module("hpcflare.privacy.he").HEStrategy(inner, spec)  # tenseal: optional extra
 
 
 def site_privacy(spec: PrivacySpec | None, site: str, job_id: str, call: Callable[[dict[str, Any], float], dict],
-                 round_timeout: float, log: Any, kit_dir: Any = None) -> SitePrivacy | None:
+                 round_timeout: float, log: Any, job_root: Path, kit_dir: Any = None) -> SitePrivacy | None:
     if spec is None:
         return None
     if spec.type == "secagg":
         return SecAggSite(site, job_id, spec, call, round_timeout, log)
-    from hpcflare.privacy.he import HESite
-
-    return HESite(spec, kit_dir)
+    return importlib.import_module("hpcflare.privacy.he").HESite(spec, job_root, site, kit_dir)
 
 
-__all__ = ["PRIVACY_TYPES", "PrivacySpec", "PrivateStrategy", "SecAgg", "SecAggSite", "SitePrivacy", "check_privacy",
+def ensure_job_keys(job_root: Path, sites: list[str], spec: PrivacySpec | None) -> None:
+    """Make the job's HE keys (he_keys/ in the job dir) unless they exist; nothing for other privacy types."""
+    if spec is not None and spec.type == "he":
+        importlib.import_module("hpcflare.privacy.he").ensure_job_keys(job_root, sites, spec)
+
+
+__all__ = ["PRIVACY_TYPES", "PrivacySpec", "PrivateStrategy", "SecAgg", "SecAggSite", "SitePrivacy", "check_privacy", "ensure_job_keys",
            "site_privacy", "wrap_strategy"]

@@ -19,6 +19,8 @@ from hpcflare.transport.api import Task
 
 PRIVACY_TYPES = ("secagg", "he")
 FEDAVG_FAMILY = ("fedavg", "fedopt")
+HE_STRATEGIES = ("fedavg",)
+"""HE: the server cannot apply a server optimizer to ciphertexts, so only the plain weighted mean."""
 """Strategies whose aggregate is a weighted mean of updates: the only kind a masked or encrypted sum gives."""
 
 
@@ -152,13 +154,16 @@ class PrivateStrategy(Strategy):
 class SitePrivacy:
     """The site's half of a private-aggregation protocol, driven by the site's ResultSender."""
 
+    sends = "DIFF"
+    """What protect() gets: the update as its difference to the received model, or the whole trained model."""
+
     def received(self, task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
         """The round's model arrived (he: decrypt it; secagg: start the key exchange). Returns the model the
         script gets."""
         return dict(params)
 
     def protect(self, task: Task, update: dict[str, np.ndarray], weight: float) -> dict[str, np.ndarray]:
-        """The update (the difference to the received model, floats) as it may leave the site."""
+        """The update (float64, every tensor of the model; see ``sends``) as it may leave the site."""
         raise NotImplementedError
 
     def uploaded(self, task: Task) -> None:

@@ -66,6 +66,7 @@ class Relay(RoundHost):
         self.upstream = ClientAgent(job_dir, name, log, address, heartbeat_extra=lambda: {"children": self.members.live()},
                                     in_process=self.upstream_in_process)
         self.upstream.connection.on_reconnect = self._register_children_again
+        self.strategy.attach_host(job_dir.root, self.upstream.kit.path if self.upstream.kit else None)
         self.grpc: GrpcServer | None = None
         self.address = ""
         if self.listens:

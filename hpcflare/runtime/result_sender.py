@@ -38,9 +38,11 @@ class ResultSender:
         self.staging_root = connection.config.staging_root(job_dir.root)
         self.filters = build_filters(connection.config.filters)
         config = connection.config
-        self.privacy = site_privacy(check_privacy(config.privacy, config.strategy, config.filters), connection.site,
+        spec = check_privacy(config.privacy, config.strategy, config.filters) if connection.site in config.clients else None
+        self.privacy = site_privacy(spec, connection.site,  # sites only: a relay's own link passes sums on
                                     config.job_id, lambda request, timeout: connection.call("Exchange", request, timeout),
-                                    connection.settings.round_timeout, log, getattr(connection.kit, "path", None))
+                                    connection.settings.round_timeout, log, job_dir.root,
+                                    getattr(connection.kit, "path", None))
         self._global_copy: dict[str, Any] | None = None  # the round's model as received, for DP filters
 
     def received(self, task: Task, params: dict[str, Any]) -> dict[str, Any]:
@@ -55,16 +57,21 @@ class ResultSender:
 
     def _private(self, task: Task, params: dict[str, Any], params_type: str, meta: dict[str, Any]) -> dict[str, Any]:
         """The update as private aggregation sends it: every tensor of the round's model, as its difference to
-        the received model (what the site did not send counts as no change), masked or encrypted."""
+        the received model or whole (privacy.sends; what the site did not send counts as unchanged), masked or
+        encrypted."""
         assert self.privacy is not None
         base = self._global_copy or {}
         update = {}
         for name, value in base.items():
             if name not in params:
-                update[name] = np.zeros(value.shape, np.float64)
+                update[name] = np.zeros(value.shape, np.float64) if self.privacy.sends == "DIFF" else \
+                    np.asarray(value, np.float64)
                 continue
             array = np.asarray(to_numpy(params[name]), dtype=np.float64)
-            update[name] = array if params_type == "DIFF" else array - value
+            if self.privacy.sends == "DIFF":
+                update[name] = array if params_type == "DIFF" else array - value
+            else:
+                update[name] = array + value if params_type == "DIFF" else array
         unknown = sorted(set(params) - set(base))
         if unknown:
             raise errors.UpdateRejectedError(f"tensors {unknown[:5]} are not in the round's model; private "

@@ -20,6 +20,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from hpcflare.errors import ConfigError
+from hpcflare.privacy import check_privacy, ensure_job_keys
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.security.tls import StartupKit
 
@@ -78,6 +79,10 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
                               "remove it if no submission of this job is running") from None
     if config.tls == "on" and not root.is_dir():
         raise ConfigError(f"kits_dir {root} is not a directory")
+    spec = check_privacy(config.privacy, config.strategy, config.filters)
+    if spec is not None and spec.type == "he" and not (job_dir.root / "he_keys").exists():
+        with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):
+            ensure_job_keys(job_dir.root, config.clients, spec)
     return config
 
 

@@ -170,6 +170,10 @@ class Strategy(abc.ABC):
     def attach(self, job_root: Any) -> None:
         """Called by the server with the job directory, for strategies that write results of their own."""
 
+    def attach_host(self, job_root: Any, kit_dir: Any) -> None:
+        """Called on every rank that aggregates (server, relays, client ranks) with the job directory and the
+        rank's startup kit (None without TLS): strategies that need files there (HE's public context)."""
+
     def start_services(self, context: ServerContext) -> None:
         """Called on the server rank before registration, for strategies with a service of their own."""
 

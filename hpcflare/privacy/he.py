@@ -1,0 +1,285 @@
+"""Homomorphically encrypted aggregation (CKKS, TenSEAL): sites encrypt w * model, the server and relays add
+ciphertexts, the sites decrypt the sum. The secret key exists only in the sites' key files; the server and
+relays load a public context (encryption parameters and public keys) that can add but never decrypt.
+
+Per round: a site sends each tensor (and its weight) as one CKKS vector, serialized to a uint8 tensor; the
+aggregate stays encrypted on the server and is the next round's model; a site decrypts it and divides by the
+decrypted weight sum. The server's checkpoints and result model are ciphertexts too: decrypt them with a
+site's key (``python -m hpcflare.privacy.he decrypt``). Round 1 serves the plain initial model.
+
+Keys: ``he_keys/<site>/secret.ctx`` and ``he_keys/server/public.ctx`` in the job dir (made at job start), or
+with ``hpcflare provision`` kits ``he_context.ctx`` in each client kit and ``he_public.ctx`` in the server's and
+relays' kits (``python -m hpcflare.privacy.he provision KITS_DIR``); HPCFLARE_HE_CONTEXT names a site's file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from hpcflare import errors
+from hpcflare.privacy.api import PrivacySpec, PrivateStrategy, SitePrivacy
+from hpcflare.strategy.api import Aggregator, AnyLength, ClientUpdate, Params, Strategy
+from hpcflare.transport.api import Task
+
+try:
+    import tenseal as ts
+except ImportError:  # the optional extra: refused at job start with what to install
+    raise errors.ConfigError("privacy type 'he' needs TenSEAL: pip install 'hpcflare[he]' (tenseal)") from None
+
+WEIGHT = "__he_weight__"
+LAYOUT_KEY = "__he_layout__"
+"""Server state (saved with checkpoints): the model's names, shapes and dtypes, as JSON bytes."""
+CONTEXT_ENV = "HPCFLARE_HE_CONTEXT"
+SECRET_FILE, PUBLIC_FILE = "he_context.ctx", "he_public.ctx"
+"""The key files' names in startup kits."""
+MAX_CIPHERTEXT_BYTES = 1 << 34
+"""Largest accepted serialized tensor (settings.max_model_bytes bounds the whole upload first)."""
+
+
+def new_context(spec: PrivacySpec) -> Any:
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=spec.poly_modulus_degree,
+                     coeff_mod_bit_sizes=list(spec.coeff_mod_bit_sizes))
+    ctx.global_scale = 2 ** spec.global_scale_bits
+    return ctx
+
+
+def write_keys(spec: PrivacySpec, secret_paths: list[Path], public_paths: list[Path]) -> None:
+    """One CKKS key pair for the job: the secret context to every site path (0600), the public one elsewhere."""
+    ctx = new_context(spec)
+    secret = ctx.serialize(save_secret_key=True)
+    ctx.make_context_public()
+    public = ctx.serialize()
+    for paths, blob in ((secret_paths, secret), (public_paths, public)):
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)
+
+
+def ensure_job_keys(job_root: Path, sites: list[str], spec: PrivacySpec) -> None:
+    """The job's own keys under job_root/he_keys, unless they exist (every rank calls this; one writes)."""
+    root = job_root / "he_keys"
+    if (root / "server" / "public.ctx").exists():
+        return
+    write_keys(spec, [root / s / "secret.ctx" for s in sites], [root / "server" / "public.ctx"])
+
+
+def load_context(path: Path, secret: bool) -> Any:
+    try:
+        ctx = ts.context_from(path.read_bytes())
+    except OSError as exc:
+        raise errors.ConfigError(f"HE key file {path} cannot be read ({exc}); see hpcflare.privacy.he for where "
+                                 "keys live") from None
+    if secret and not ctx.is_private():
+        raise errors.ConfigError(f"{path} holds no secret key: a site needs its secret context")
+    if not secret and ctx.is_private():
+        raise errors.ConfigError(f"{path} holds the secret key: the server and relays must get the public context "
+                                 "only (re-provision; never copy a site's key file to the server)")
+    return ctx
+
+
+def public_context_path(job_root: Path, kit_dir: Any) -> Path:
+    if kit_dir is not None and (Path(kit_dir) / PUBLIC_FILE).exists():
+        return Path(kit_dir) / PUBLIC_FILE
+    return Path(job_root) / "he_keys" / "server" / "public.ctx"
+
+
+def secret_context_path(job_root: Path, site: str, kit_dir: Any) -> Path:
+    if os.environ.get(CONTEXT_ENV):
+        return Path(os.environ[CONTEXT_ENV])
+    if kit_dir is not None and (Path(kit_dir) / SECRET_FILE).exists():
+        return Path(kit_dir) / SECRET_FILE
+    return Path(job_root) / "he_keys" / site / "secret.ctx"
+
+
+def model_layout(params: Mapping[str, Any]) -> list[list[Any]]:
+    """[name, shape, dtype] of the plain model: carried by the encrypted model itself (LAYOUT_KEY), else read
+    off the plain model (round 1)."""
+    if LAYOUT_KEY in params:
+        try:
+            layout = json.loads(np.asarray(params[LAYOUT_KEY], np.uint8).tobytes())
+            assert isinstance(layout, list) and all(isinstance(n, str) for n, _, _ in layout)
+            return layout
+        except Exception:  # noqa: BLE001
+            raise errors.MalformedMessageError(f"the model's {LAYOUT_KEY} is not a layout") from None
+    return [[n, list(np.shape(v)), str(np.asarray(v).dtype)] for n, v in params.items() if n != WEIGHT]
+
+
+def _layout_tensor(layout: list[list[Any]]) -> np.ndarray:
+    return np.frombuffer(json.dumps(layout).encode(), np.uint8)
+
+
+def _vector(ctx: Any, blob: Any, name: str, size: int | None) -> Any:
+    try:
+        vector = ts.ckks_vector_from(ctx, np.asarray(blob, np.uint8).tobytes())
+    except Exception as exc:  # noqa: BLE001 - TenSEAL raises several types on garbage
+        raise errors.UpdateRejectedError(f"tensor {name!r} is not a CKKS vector of this job's context "
+                                         f"({type(exc).__name__})") from None
+    if size is not None and vector.size() != size:
+        raise errors.UpdateRejectedError(f"tensor {name!r} encrypts {vector.size()} values, the model has {size}")
+    return vector
+
+
+def _blob(vector: Any) -> np.ndarray:
+    return np.frombuffer(vector.serialize(), np.uint8)
+
+
+class HEStrategy(PrivateStrategy):
+    def __init__(self, inner: Strategy, spec: PrivacySpec) -> None:
+        super().__init__(inner, spec)
+        self._ctx: Any = None
+        self._where: tuple[Any, Any] | None = None
+
+    def attach_host(self, job_root: Any, kit_dir: Any) -> None:
+        self._where = (job_root, kit_dir)
+
+    def public_context(self) -> Any:
+        if self._ctx is None:
+            if self._where is None:
+                raise errors.ConfigError("HE aggregation on a rank that was not told where the job's keys are")
+            self._ctx = load_context(public_context_path(*self._where), secret=False)
+        return self._ctx
+
+    def start_services(self, context: Any) -> None:
+        super().start_services(context)
+        self.attach_host(context.job_root, context.kit_dir)
+        context.log.info("he_context_loaded", "HE: public CKKS context loaded (it cannot decrypt)",
+                         private=bool(self.public_context().is_private()))
+
+    def upload_expectation(self, global_params: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
+        names = [n for n, _, _ in model_layout(global_params)]
+        return {n: AnyLength(np.dtype(np.uint8), MAX_CIPHERTEXT_BYTES, keeps_partials=True) for n in [*names, WEIGHT]}
+
+    def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
+        return CiphertextSumAggregator(self, model_layout(global_params))
+
+
+class CiphertextSumAggregator(Aggregator):
+    """Adds CKKS ciphertexts tensor by tensor; the result (and a relay's partial) is the encrypted sum."""
+
+    decomposable = True
+
+    def __init__(self, owner: HEStrategy, layout: list[list[Any]]) -> None:
+        self._owner, self._layout = owner, layout
+        self._names = [n for n, _, _ in layout]
+        self._sizes = {n: int(np.prod(shape)) for n, shape, _ in layout}
+        self._sums: dict[str, Any] = {}
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def _fold(self, params: Mapping[str, Any]) -> None:
+        expected = set(self._names) | {WEIGHT}
+        if set(params) != expected:
+            raise errors.UpdateRejectedError(f"an encrypted update must carry every tensor and {WEIGHT} (missing "
+                                             f"{sorted(expected - set(params))[:5]})")
+        ctx = self._owner.public_context()
+        vectors = {n: _vector(ctx, params[n], n, 1 if n == WEIGHT else self._sizes.get(n)) for n in params}
+        for name, vector in vectors.items():  # all checked before any is added
+            if name in self._sums:
+                self._sums[name] += vector
+            else:
+                self._sums[name] = vector
+
+    def add(self, update: ClientUpdate) -> None:
+        self._fold(update.params)
+        self._count += 1
+
+    def partial(self) -> tuple[Params, dict[str, float]]:
+        return {n: _blob(v) for n, v in self._sums.items()}, {n: float(self._count) for n in self._sums}
+
+    def add_partial(self, sums: Params, weights: dict[str, float], count: int) -> None:
+        self._fold(sums)
+        self._count += count
+
+    def result(self) -> Params:
+        return dict(self.result_items())
+
+    def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
+        if not self._sums:
+            raise errors.RoundFailedError("HE aggregation: no encrypted update to add")
+        for name in [*self._names, WEIGHT]:
+            yield name, _blob(self._sums.pop(name))
+        yield LAYOUT_KEY, _layout_tensor(self._layout)
+
+
+class HESite(SitePrivacy):
+    """Decrypts the encrypted aggregate into the model the script gets; encrypts w * model on the way out."""
+
+    sends = "FULL"
+
+    def __init__(self, spec: PrivacySpec, job_root: Path, site: str, kit_dir: Any) -> None:
+        self.spec = spec
+        self._ctx = load_context(secret_context_path(job_root, site, kit_dir), secret=True)
+
+    def received(self, task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
+        if WEIGHT not in params:
+            return dict(params)  # round 1: the plain initial model
+        return decrypt_model(self._ctx, params, model_layout(params))
+
+    def protect(self, task: Task, update: dict[str, np.ndarray], weight: float) -> dict[str, np.ndarray]:
+        out = {n: _blob(ts.ckks_vector(self._ctx, (np.asarray(v, np.float64).reshape(-1) * weight).tolist()))
+               for n, v in update.items()}
+        out[WEIGHT] = _blob(ts.ckks_vector(self._ctx, [float(weight)]))
+        return out
+
+
+def decrypt_model(ctx: Any, params: Mapping[str, Any], layout: list[list[Any]]) -> dict[str, np.ndarray]:
+    """The plain model from an encrypted weighted sum (the server's model, checkpoint or result)."""
+    total = _vector(ctx, params[WEIGHT], WEIGHT, 1).decrypt()[0]
+    if not total > 0:
+        raise errors.UpdateRejectedError(f"the encrypted weight sum decrypts to {total:g}: wrong key or corrupt model")
+    out = {}
+    for name, shape, dtype in layout:
+        values = np.asarray(_vector(ctx, params[name], name, int(np.prod(shape))).decrypt()) / total
+        if np.dtype(dtype).kind in "iub":
+            values = np.rint(values)
+        out[name] = values.astype(dtype).reshape(shape)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpcflare.privacy.he", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    prov = sub.add_parser("provision", help="add HE keys to `hpcflare provision` kits (secret: clients only)")
+    prov.add_argument("kits_dir", type=Path)
+    dec = sub.add_parser("decrypt", help="decrypt a server model/checkpoint with a site's secret context")
+    dec.add_argument("model", type=Path)
+    dec.add_argument("context", type=Path, help="the site's secret context (he_context.ctx or he_keys/<site>/secret.ctx)")
+    dec.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "provision":
+        import yaml
+
+        secret, public = [], []
+        for kit in sorted(p for p in args.kits_dir.iterdir() if (p / "kit.yaml").is_file()):
+            role = yaml.safe_load((kit / "kit.yaml").read_text()).get("role")
+            (secret if role == "client" else public).append(kit / (SECRET_FILE if role == "client" else PUBLIC_FILE))
+        write_keys(PrivacySpec("he"), secret, public)
+        print(f"HE keys: secret context in {len(secret)} client kit(s), public context in {len(public)} other kit(s)")
+        return 0
+    from safetensors.numpy import load_file, save_file
+
+    params = load_file(str(args.model))
+    if LAYOUT_KEY not in params or WEIGHT not in params:
+        raise SystemExit(f"{args.model} is not an encrypted model of an HE job (no {LAYOUT_KEY}/{WEIGHT})")
+    plain = decrypt_model(load_context(args.context, secret=True), params, model_layout(params))
+    save_file(plain, str(args.out))
+    print(f"decrypted {len(plain)} tensors to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""HE (CKKS) aggregation in real jobs: the decrypted result equals plain FedAvg within CKKS tolerance, also
+through relays; the server and relays hold only the public context; the result model is ciphertext that a
+site's key decrypts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import events, load_result
+from tests.privacy.test_secagg_jobs import MODEL, SCRIPT
+
+ts = pytest.importorskip("tenseal")
+
+
+def decrypted_result(run):
+    from hpcflare.privacy import he
+
+    job = run.job_dir.root
+    encrypted = load_result(run.get_result(timeout=180))
+    assert encrypted["body"].dtype == np.uint8 and he.WEIGHT in encrypted  # the server never had the plain model
+    out = job / "plain.safetensors"
+    assert he.main(["decrypt", str(run.get_result()), str(job / "he_keys" / "site-1" / "secret.ctx"), str(out)]) == 0
+    return load_result(out)
+
+
+@pytest.mark.parametrize("layout", [{}, {"relays": 2}])
+def test_he_result_matches_plain_fedavg(make_recipe, local_env, sim_env, layout):
+    plain = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2).execute(sim_env)
+    expected = load_result(plain.get_result(timeout=120))
+    run = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2, privacy={"type": "he"},
+                      **layout).execute(local_env)
+    result = decrypted_result(run)
+    np.testing.assert_allclose(result["body"], expected["body"], atol=1e-5)
+    np.testing.assert_allclose(result["bias"], expected["bias"], atol=1e-5)
+    np.testing.assert_array_equal(result["steps"], MODEL["steps"])
+    job = run.job_dir.root
+    loaded = [e for e in events(job, "server") if e["event"] == "he_context_loaded"]
+    assert loaded and loaded[0]["private"] is False
+    assert not ts.context_from((job / "he_keys" / "server" / "public.ctx").read_bytes()).is_private()
+    if layout:
+        partials = [e for e in events(job, "server") if e["event"] == "partial_accepted" and e["round"] == 2]
+        assert sorted(e["relay"] for e in partials) == ["relay-1", "relay-2"]
+
+
+def test_garbage_or_wrong_size_ciphertexts_are_rejected(tmp_path):
+    from hpcflare import errors
+    from hpcflare.privacy import he
+    from hpcflare.privacy.api import PrivacySpec
+    from hpcflare.strategy.api import ClientUpdate, UpdateKind
+    from hpcflare.strategy.fedavg import FedAvg
+
+    spec = PrivacySpec("he")
+    he.ensure_job_keys(tmp_path, ["site-1"], spec)
+    strategy = he.HEStrategy(FedAvg(), spec)
+    strategy.attach_host(tmp_path, None)
+    model = {"w": np.zeros(10, np.float32)}
+    aggregator = strategy.new_aggregator(model)
+    site = he.HESite(spec, tmp_path, "site-1", None)
+    good = site.protect(None, {"w": np.ones(10)}, 2.0)
+    with pytest.raises(errors.UpdateRejectedError, match="not a CKKS vector"):
+        aggregator.add(ClientUpdate("site-1", {**good, "w": np.arange(100, dtype=np.uint8)}, UpdateKind.FULL, 1))
+    short = site.protect(None, {"w": np.ones(3)}, 2.0)
+    with pytest.raises(errors.UpdateRejectedError, match="encrypts 3 values"):
+        aggregator.add(ClientUpdate("site-1", short, UpdateKind.FULL, 1))
+    aggregator.add(ClientUpdate("site-1", good, UpdateKind.FULL, 1))
+    encrypted = dict(aggregator.result_items())
+    with pytest.raises(ValueError):  # the server's context cannot decrypt
+        ts.ckks_vector_from(strategy.public_context(), encrypted["w"].tobytes()).decrypt()
+    plain = site.received(None, encrypted)
+    np.testing.assert_allclose(plain["w"], np.ones(10), atol=1e-6)
