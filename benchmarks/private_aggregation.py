@@ -4,7 +4,7 @@ For each client count and model size, one real job per mode (LocalEnv, virtual c
 by default), printing wall seconds, bytes on the wire (model downloads + uploads, from the ranks' logs) and
 the server's peak RSS.
 
-    python benchmarks/private_aggregation.py [--clients 8 64] [--model-mb 1 10] [--rounds 2] [--modes plain secagg he]
+    python benchmarks/private_aggregation.py [--clients 8 64] [--model-mb 1 10] [--rounds 2] [--modes plain secagg he] [--relays 4]
 """
 
 from __future__ import annotations
@@ -42,16 +42,16 @@ def wire_bytes(job: Path) -> tuple[int, int]:
     return down, up
 
 
-def run_one(mode: str, clients: int, mb: float, rounds: int, root: Path) -> dict:
+def run_one(mode: str, clients: int, mb: float, rounds: int, root: Path, relays: int = 0) -> dict:
     script = root / "client.py"
     script.write_text(textwrap.dedent(CLIENT))
     recipe = FedAvgRecipe(name=f"private-{mode}", model=model_of(mb), min_clients=clients, num_rounds=rounds,
-                          train_script=script, n_clients=clients,
+                          train_script=script, n_clients=clients, relays=relays,
                           settings={"round_timeout": 3600, "max_model_bytes": 1 << 36, "stream_timeout": 3600},
                           **({"privacy": PRIVACY[mode]} if PRIVACY[mode] else {}))
     run, row = measure(recipe, root / mode, env="local", per_rank="auto")
     down, up = wire_bytes(run.job_dir.root)
-    return {"mode": mode, "clients": clients, "model_mb": mb, **row, "down_mb": down / 1e6, "up_mb": up / 1e6}
+    return {"mode": mode, "clients": clients, "relays": relays, "model_mb": mb, **row, "down_mb": down / 1e6, "up_mb": up / 1e6}
 
 
 def main() -> None:
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--model-mb", type=float, nargs="+", default=[1, 10])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", nargs="+", choices=list(PRIVACY), default=list(PRIVACY))
+    parser.add_argument("--relays", type=int, default=0, help="relay ranks (they add masked sums / ciphertexts)")
     args = parser.parse_args()
     header = f"{'mode':>7} {'clients':>7} {'model MB':>8} {'wall s':>8} {'down MB':>9} {'up MB':>9} {'server MB':>9} state"
     print(header)
@@ -70,7 +71,7 @@ def main() -> None:
                 for mode in args.modes:
                     root = Path(tmp) / f"{clients}-{mb}"
                     root.mkdir(exist_ok=True)
-                    r = run_one(mode, clients, mb, args.rounds, root)
+                    r = run_one(mode, clients, mb, args.rounds, root, args.relays)
                     print(f"{r['mode']:>7} {r['clients']:>7} {r['model_mb']:>8g} {r['wall_s']:>8.1f} {r['down_mb']:>9.1f} "
                           f"{r['up_mb']:>9.1f} {r['server_peak_mb']:>9.0f} {r['state']}", flush=True)
 

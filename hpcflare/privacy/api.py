@@ -18,6 +18,8 @@ from hpcflare.strategy.api import Aggregator, RoundPlan, ServerContext, Strategy
 from hpcflare.transport.api import Task
 
 PRIVACY_TYPES = ("secagg", "he")
+HE_SECRET_FILE, HE_PUBLIC_FILE = "he_context.ctx", "he_public.ctx"
+"""HE key files' names in startup kits (secret: client kits only; public: server and relay kits)."""
 FEDAVG_FAMILY = ("fedavg", "fedopt")
 HE_STRATEGIES = ("fedavg",)
 """HE: the server cannot apply a server optimizer to ciphertexts, so only the plain weighted mean."""

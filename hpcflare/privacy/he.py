@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from hpcflare import errors
-from hpcflare.privacy.api import PrivacySpec, PrivateStrategy, SitePrivacy
+from hpcflare.privacy.api import HE_PUBLIC_FILE, HE_SECRET_FILE, PrivacySpec, PrivateStrategy, SitePrivacy
 from hpcflare.strategy.api import Aggregator, AnyLength, ClientUpdate, Params, Strategy
 from hpcflare.transport.api import Task
 
@@ -37,8 +37,7 @@ WEIGHT = "__he_weight__"
 LAYOUT_KEY = "__he_layout__"
 """Server state (saved with checkpoints): the model's names, shapes and dtypes, as JSON bytes."""
 CONTEXT_ENV = "HPCFLARE_HE_CONTEXT"
-SECRET_FILE, PUBLIC_FILE = "he_context.ctx", "he_public.ctx"
-"""The key files' names in startup kits."""
+SECRET_FILE, PUBLIC_FILE = HE_SECRET_FILE, HE_PUBLIC_FILE
 MAX_CIPHERTEXT_BYTES = 1 << 34
 """Largest accepted serialized tensor (settings.max_model_bytes bounds the whole upload first)."""
 

@@ -1,7 +1,7 @@
 """The flags every recipes/*/job.py takes, and what they do: one place, so the recipes cannot drift apart.
 
     --env local|sim|mpi|slurm   --n-clients N   --min-clients M   --rounds R (--num-rounds)   --profile P
-    --export-only   --job-root DIR   Slurm (--env slurm): --nodes --partition --time --account --dry-run
+    --export-only   --job-root DIR   --privacy secagg|he (FedAvg-family recipes)   Slurm (--env slurm): --nodes --partition --time --account --dry-run
 
 NVFlare's spellings (``--n_clients``, ``--num_rounds``, ``--job_root``) are accepted too, so an NVFlare
 job.py's command line keeps working.
@@ -29,6 +29,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, n_clients: int = 2, round
     parser.add_argument("--profile", default="auto", help="settings profile (configs/*.yaml); auto: by client count")
     parser.add_argument("--export-only", action="store_true", help="write the job directory, print its path, run nothing")
     parser.add_argument("--job-root", "--job_root", dest="job_root", default="jobs")
+    parser.add_argument("--privacy", choices=("secagg", "he"), default=None,
+                        help="private aggregation for FedAvg-family recipes: masked (secagg) or CKKS-encrypted (he) "
+                             "updates; see the README's 'Private aggregation'")
     slurm = parser.add_argument_group("Slurm (--env slurm)")
     slurm.add_argument("--nodes", type=int, default=2)
     slurm.add_argument("--partition", default=None)
@@ -40,7 +43,8 @@ def add_job_arguments(parser: argparse.ArgumentParser, n_clients: int = 2, round
 def recipe_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe keywords these flags set."""
     return {"min_clients": args.min_clients or args.n_clients, "n_clients": args.n_clients,
-            "num_rounds": args.num_rounds, "settings_profile": args.profile}
+            "num_rounds": args.num_rounds, "settings_profile": args.profile,
+            **({"privacy": {"type": args.privacy}} if getattr(args, "privacy", None) else {})}
 
 
 def execute(recipe: Any, args: argparse.Namespace) -> Run | None:

@@ -4,6 +4,8 @@ site's key decrypts."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,25 @@ def test_garbage_or_wrong_size_ciphertexts_are_rejected(tmp_path):
         ts.ckks_vector_from(strategy.public_context(), encrypted["w"].tobytes()).decrypt()
     plain = site.received(None, encrypted)
     np.testing.assert_allclose(plain["w"], np.ones(10), atol=1e-6)
+
+
+def test_he_keys_in_startup_kits_secret_only_in_client_kits(make_recipe, local_env):
+    from hpcflare.job import JobDir
+    from hpcflare.privacy import he
+    from hpcflare.security.jobs import prepare_job
+
+    recipe = make_recipe(SCRIPT, model=MODEL, n_clients=2, num_rounds=2, privacy={"type": "he"}, tls="on",
+                         clients_per_rank=1)
+    job = recipe.export(local_env.job_root)
+    kits = job.root / "kits"
+    prepare_job(JobDir(job.root), secure_default=True)  # the job's own CA and kits, as a Slurm batch step makes them
+    shutil.rmtree(job.root / "he_keys")
+    assert he.main(["provision", str(kits)]) == 0
+    assert sorted(p.parent.name for p in kits.glob("*/he_context.ctx")) == ["site-1", "site-2"]
+    assert sorted(p.parent.name for p in kits.glob("*/he_public.ctx")) == ["server"]
+    run = local_env.deploy(job)
+    assert not (job.root / "he_keys").exists()  # nothing fell back to job-made keys
+    encrypted = load_result(run.get_result(timeout=180))
+    plain = he.decrypt_model(he.load_context(kits / "site-2" / "he_context.ctx", secret=True), encrypted,
+                             he.model_layout(encrypted))
+    assert plain["body"].shape == MODEL["body"].shape

@@ -75,3 +75,18 @@ def test_relays_and_staging_carry_only_masked_sums(make_recipe, local_env, sim_e
     if "relays" in layout:  # the server got one masked partial sum per relay, no site's own upload
         assert sorted(e["relay"] for e in partials if e["round"] == 2) == ["relay-1", "relay-2"]
         assert not [e for e in events(run.job_dir.root, "server") if e["event"] == "result_accepted"]
+
+
+def test_recipe_cli_privacy_flag(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    job_py = Path(__file__).resolve().parents[2] / "recipes" / "hello-numpy" / "job.py"
+    out = subprocess.run([sys.executable, str(job_py), "--env", "sim", "--n-clients", "3", "--rounds", "2",
+                          "--privacy", "secagg", "--job-root", str(tmp_path / "jobs")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (job,) = (tmp_path / "jobs").iterdir()
+    assert "privacy:\n  type: secagg" in (job / "job.yaml").read_text()
+    assert [e for e in events(job, "server") if e["event"] == "round_completed" and e["round"] == 2]
