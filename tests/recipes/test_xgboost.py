@@ -87,3 +87,20 @@ def test_histogram_collective_runs_over_mutual_tls_between_processes(tmp_path):
     assert tracker["tls"] is True
     assert (job / "xgboost-tracker" / "tracker-key.pem").stat().st_mode & 0o077 == 0
     assert booster(job).num_boosted_rounds() == 5
+
+
+def test_histogram_job_stops_with_the_cause_when_sites_have_different_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    for site, features in (("site-1", 5), ("site-2", 6)):
+        x = rng.normal(size=(300, features))
+        y = (x[:, 0] > 0).astype(int)
+        header = ",".join([f"f{i}" for i in range(features)] + ["label"])
+        np.savetxt(tmp_path / f"{site}.csv", np.column_stack([x, y]), delimiter=",", header=header, comments="")
+    root = tmp_path / "jobs"
+    out = subprocess.run([sys.executable, str(RECIPES / "xgboost" / "job.py"), "--job-root", str(root), "--env", "local",
+                          "--n-clients", "2", "--mode", "histogram", "--boost-rounds", "5",
+                          "--data-path", str(tmp_path / "{site}.csv")], capture_output=True, text=True, timeout=600)
+    (job,) = root.iterdir()
+    logs = "".join(p.read_text() for p in (job / "logs").glob("site-*.log"))
+    assert "feature counts differ across sites (5 to 6" in logs, (out.stdout + out.stderr)[-3000:]
+    assert json.loads((job / "status.json").read_text())["state"] == "failed"
