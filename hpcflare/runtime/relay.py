@@ -60,6 +60,9 @@ class Relay(RoundHost):
         self.hosts = {rank: set(sites) for rank, sites in ranks.items() if rank in expected}
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
+        self._registering: set[str] = set()
+        """Children whose registration is on its way to the server: the server may already count them (and
+        start a round) before this host has their record, so a round here waits for them too."""
         self.leaving = False
         """Set when this host's children are all gone: it says goodbye at its next poll instead of waiting."""
         # the host's own link to its parent: a client agent whose heartbeats vouch for the children
@@ -78,8 +81,15 @@ class Relay(RoundHost):
     def register(self, request: dict) -> dict:
         if not isinstance(request.get("site"), str) or request["site"] not in self.members.expected:
             raise errors.UnknownClientError(f"site {request.get('site')!r:.80} is not part of this job")
-        reply = self.upstream.call("Register", {**request, "via": self.name}, self.settings.rpc_timeout)
-        record, _ = self._add_member(request, token=reply["token"])
+        with self._cv:
+            self._registering.add(request["site"])
+        try:
+            reply = self.upstream.call("Register", {**request, "via": self.name}, self.settings.rpc_timeout)
+            record, _ = self._add_member(request, token=reply["token"])
+        finally:
+            with self._cv:
+                self._registering.discard(request["site"])
+                self._cv.notify_all()
         self.site_log("child_registered", f"{record.site} registered through {self.name}", site=record.site)
         return reply
 
@@ -202,7 +212,7 @@ class Relay(RoundHost):
             while True:
                 self.expire_dead(task.round)
                 live = self.live_children()
-                if live <= rnd.answered() or time.monotonic() >= deadline:
+                if (live <= rnd.answered() and not self._registering) or time.monotonic() >= deadline:
                     break
                 self._cv.wait(0.2)
         self.close_round(rnd)
