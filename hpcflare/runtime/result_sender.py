@@ -114,7 +114,12 @@ class ResultSender:
                 header["quant"] = out.quant
         private = self.privacy is not None and "privacy" in task.meta
         if private:
-            params, header["params_type"] = self._private(task, params, header["params_type"], meta), "DIFF"
+            try:
+                params, header["params_type"] = self._private(task, params, header["params_type"], meta), "DIFF"
+            except errors.StaleTaskError as exc:  # e.g. too late for the round's key exchange: the round goes on
+                self.log.warning("result_late", f"round {task.round}: not part of this round's private aggregation: "
+                                 f"{exc}", round=task.round)
+                return
         staged = self._stage(task, params) if task.staged else None
         if staged is not None:
             header.pop("quant", None)
