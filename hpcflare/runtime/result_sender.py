@@ -147,7 +147,10 @@ class ResultSender:
             self.log.error("result_rejected", f"round {task.round}: server rejected the update: {exc}", round=task.round)
             raise
         if private:
-            self.privacy.uploaded(task)  # type: ignore[union-attr]
+            try:
+                self.privacy.uploaded(task)  # type: ignore[union-attr]
+            except errors.StaleTaskError as exc:
+                self.log.warning("result_late", f"round {task.round}: update not in the sum: {exc}", round=task.round)
         via = "staging" if staged else "client rank" if conn.parent is not None else "grpc"
         took = time.monotonic() - t0
         self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "
