@@ -61,6 +61,7 @@ class Relay(RoundHost):
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
         self._registering: set[str] = set()
+        self._last_model: tuple[str, GlobalModel] | None = None
         """Children whose registration is on its way to the server: the server may already count them (and
         start a round) before this host has their record, so a round here waits for them too."""
         self.leaving = False
@@ -175,7 +176,11 @@ class Relay(RoundHost):
                         break
                     continue
                 last = task.task_id
-                self._relay_round(task)
+                try:
+                    self._relay_round(task)
+                except errors.StaleTaskError as exc:  # the parent closed the round before this host got its model
+                    self.log.info("relay_round_gone", f"round {task.round} closed before {self.name} had its model: "
+                                  f"{exc}", round=task.round)
                 release_memory()
             self.end(self.upstream.end_reason or ("its sites have all ended" if self.leaving else "completed"))
         except errors.HpcflareError as exc:
@@ -191,14 +196,19 @@ class Relay(RoundHost):
 
     def _cached_model(self, task: Task) -> tuple[GlobalModel, str]:
         """The round's model, pulled once from the parent: the blobs exactly as they came (and how it came); a host
-        that serves in-process (a client rank) keeps them in the memory file its sites map."""
+        that serves in-process (a client rank) keeps them in the memory file its sites map. The same task again
+        (this host closed its part early, e.g. before any child had connected) reuses the copy it has."""
+        if self._last_model is not None and self._last_model[0] == task.task_id:
+            return self._last_model[1], "cache"
+        self._last_model = None
         blobs: dict[str, Any] = {}
         transport, token = self.upstream.connection.credentials()
         request = {"site": self.name, "token": token, "ref": task.ref}
         for spec, blob in transport.download(request, task.manifest):
             blobs[spec.name] = blob
-        return GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens), \
-            "in-process" if isinstance(transport, InprocTransport) else "grpc"
+        model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens)
+        self._last_model = (task.task_id, model)
+        return model, "in-process" if isinstance(transport, InprocTransport) else "grpc"
 
     def _relay_round(self, task: Task) -> None:
         received = time.monotonic()
@@ -219,6 +229,10 @@ class Relay(RoundHost):
         stragglers = sorted(self.live_children() - rnd.answered())
         rejected = {**rnd.rejected, **{s: f"straggler: no result at {self.name} within "
                                           f"{self.round_fraction} x settings.round_timeout" for s in stragglers}}
+        if not rnd.accepted and not rejected and not self.live_children():
+            with self._cv:  # no child here (yet): wait for a registration instead of asking for the task again at once
+                if not self._registering:
+                    self._cv.wait(min(2.0, self.settings.task_poll_timeout))
         if self.forward_raw or (not rnd.accepted and not rejected):
             return  # forwarded one by one already; the server tracks stragglers itself
         sums, weights = rnd.aggregator.partial()
