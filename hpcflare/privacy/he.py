@@ -35,7 +35,8 @@ except ImportError:  # the optional extra: refused at job start with what to ins
 
 WEIGHT = "__he_weight__"
 LAYOUT_KEY = "__he_layout__"
-"""Server state (saved with checkpoints): the model's names, shapes and dtypes, as JSON bytes."""
+"""A tensor of the encrypted model: the plain model's names, shapes and dtypes as JSON bytes (so checkpoints,
+the result and relays know the layout without any other state)."""
 CONTEXT_ENV = "HPCFLARE_HE_CONTEXT"
 SECRET_FILE, PUBLIC_FILE = HE_SECRET_FILE, HE_PUBLIC_FILE
 MAX_CIPHERTEXT_BYTES = 1 << 34

@@ -54,9 +54,19 @@ class MaskStream:
     def take(self, count: int) -> np.ndarray:
         return np.frombuffer(self._enc.update(bytes(8 * count)), dtype=RING)
 
-    def blocks(self, count: int) -> Iterator[tuple[int, np.ndarray]]:
-        for first in range(0, count, MASK_BLOCK):
-            yield first, self.take(min(MASK_BLOCK, count - first))
+
+def mask_blocks(streams: list[tuple[int, MaskStream]], count: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, block) pairs of sum(sign * stream) mod 2^64 over ``count`` elements, every stream advancing by
+    ``count``: what a site adds to its encoded update, and what the server subtracts of what is left."""
+    for first in range(0, count, MASK_BLOCK):
+        size = min(MASK_BLOCK, count - first)
+        total = np.zeros(size, RING)
+        for sign, stream in streams:
+            if sign > 0:
+                total += stream.take(size)
+            else:
+                total -= stream.take(size)
+        yield first, total
 
 
 def new_key() -> X25519PrivateKey:

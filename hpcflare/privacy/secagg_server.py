@@ -20,7 +20,7 @@ import numpy as np
 
 from hpcflare import errors
 from hpcflare.privacy.api import PrivateStrategy, PrivacySpec
-from hpcflare.privacy.masking import MASK_BLOCK, RING, MaskStream, agree, decode, neighbours, pair_sign
+from hpcflare.privacy.masking import RING, MaskStream, agree, decode, mask_blocks, neighbours, pair_sign
 from hpcflare.privacy.shamir import ShamirError, combine
 from hpcflare.strategy.aggregate import WeightedMeanAggregator, acc_dtype, blocks_of
 from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, RoundPlan, Strategy
@@ -211,7 +211,7 @@ class SecAgg(PrivateStrategy):
                     seed = agree(key, st.keys[j][1], MASK_PURPOSE, mask_context(self.job_id, st.number, j, k))
                     streams.append((pair_sign(j, k), MaskStream(seed)))
         for name in names:
-            yield name, _summed_blocks(streams, sizes[name])
+            yield name, mask_blocks(streams, sizes[name])
 
     def _await_reveals(self) -> _RoundState:
         with self._cv:
@@ -245,19 +245,6 @@ class SecAgg(PrivateStrategy):
         with self._cv:
             self._state = None  # secrets rebuilt for this round are dropped with it
         self.inner.round_closed(round_num, plan, results)
-
-
-def _summed_blocks(streams: list[tuple[int, MaskStream]], count: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Blocks of sum(sign * stream) over ``count`` elements, each stream advancing by ``count``."""
-    for first in range(0, count, MASK_BLOCK):
-        size = min(MASK_BLOCK, count - first)
-        total = np.zeros(size, RING)
-        for sign, stream in streams:
-            if sign > 0:
-                total += stream.take(size)
-            else:
-                total -= stream.take(size)
-        yield first, total
 
 
 class MaskedSumAggregator(Aggregator):

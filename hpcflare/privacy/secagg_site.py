@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hpcflare import errors
 from hpcflare.privacy.api import PrivacySpec, SitePrivacy
-from hpcflare.privacy.masking import MaskStream, agree, encode, new_key, pair_sign, private_bytes, public_bytes
+from hpcflare.privacy.masking import (MaskStream, agree, encode, mask_blocks, new_key, pair_sign, private_bytes,
+                                      public_bytes)
 from hpcflare.privacy.secagg_server import MASK_PURPOSE, SHARE_PURPOSE, WEIGHT, mask_context, mask_order
 from hpcflare.privacy.shamir import split
 from hpcflare.transport.api import Task
@@ -141,13 +142,8 @@ class SecAggSite(SitePrivacy):
         out: dict[str, np.ndarray] = {}
         for name in mask_order(list(values)):
             masked = encode(values[name], weight, self.spec.frac_bits, len(st.u2)).reshape(-1)
-            for first in range(0, masked.size, 1 << 20):
-                part = masked[first:first + (1 << 20)]
-                for sign, stream in streams:
-                    if sign > 0:
-                        part += stream.take(part.size)
-                    else:
-                        part -= stream.take(part.size)
+            for first, block in mask_blocks(streams, masked.size):
+                masked[first:first + block.size] += block
             out[name] = masked.reshape(np.shape(values[name]))
         return out
 

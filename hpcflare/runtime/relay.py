@@ -61,9 +61,10 @@ class Relay(RoundHost):
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
         self._registering: set[str] = set()
-        self._last_model: tuple[str, GlobalModel] | None = None
         """Children whose registration is on its way to the server: the server may already count them (and
         start a round) before this host has their record, so a round here waits for them too."""
+        self._last_model: tuple[str, GlobalModel] | None = None
+        """(task id, model) of the last task this host pulled: served again without a new download."""
         self.leaving = False
         """Set when this host's children are all gone: it says goodbye at its next poll instead of waiting."""
         # the host's own link to its parent: a client agent whose heartbeats vouch for the children
@@ -133,7 +134,7 @@ class Relay(RoundHost):
             self.log.warning("goodbye_forward_failed", f"could not forward {site}'s goodbye: {exc}", site=site)
 
     def on_exchange(self, site: str, request: dict) -> dict:
-        return self._forward("Exchange", site, {k: v for k, v in request.items() if k not in ("site", "token")})
+        return self._forward("Exchange", site, request)
 
     def on_track(self, site: str, records: list) -> None:
         self._forward("Track", site, {"records": records})  # a failure reaches the child, which logs it

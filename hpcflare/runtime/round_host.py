@@ -130,7 +130,7 @@ class RoundHost(LocalHandler):
 
     def on_exchange(self, site: str, request: dict) -> dict:
         """A site's protocol message for the strategy (secure aggregation); a relay passes it on."""
-        return self.strategy.exchange(site, {k: v for k, v in request.items() if k not in ("site", "token")})
+        return self.strategy.exchange(site, request)
 
     def on_track(self, site: str, records: list) -> None:
         """Tracking records from ``site`` (relays forward their children's in the child's name)."""
@@ -154,7 +154,7 @@ class RoundHost(LocalHandler):
             self.on_track(record.site, records)
             return {}
         if method == "Exchange":
-            return self.on_exchange(record.site, request)
+            return self.on_exchange(record.site, {k: v for k, v in request.items() if k not in ("site", "token")})
         if method == "Goodbye":
             status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
             self.on_goodbye(record.site, status, reason)  # passed on (by a relay) before drain() counts it

@@ -81,8 +81,8 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
     if config.tls == "on" and not root.is_dir():
         raise ConfigError(f"kits_dir {root} is not a directory")
     spec = check_privacy(config.privacy, config.strategy, config.filters)
-    in_kits = (root / "server" / HE_PUBLIC_FILE).exists()  # provisioned into the kits: no job-made keys
-    if spec is not None and spec.type == "he" and not in_kits and not (job_dir.root / "he_keys").exists():
+    if spec is not None and spec.type == "he" and not (job_dir.root / "he_keys").exists() and \
+            not (root / "server" / HE_PUBLIC_FILE).exists():  # provisioned into the kits: no job-made keys
         with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):
             ensure_job_keys(job_dir.root, config.clients, spec)
     return config
