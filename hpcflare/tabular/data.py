@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,3 +171,22 @@ def vertical_site(site_index: int, n_sites: int, n: int = 20_000, seed: int = 0,
     keep = np.sort(np.random.default_rng([seed, site_index, 7]).permutation(n)[:int(n * coverage)])
     cols = vertical_columns(site_index, n_sites, x.shape[1])
     return [ids[i] for i in keep], x[np.ix_(keep, cols)], (y[keep] if site_index == 0 else None)
+
+
+def add_table_arguments(parser: Any, n_sites: int, rows: int) -> None:
+    """The flags every horizontal tabular client script takes: a CSV per site, or a synthetic shard."""
+    parser.add_argument("--data-path", default=None, help="a CSV per site with a header row; {site} = site name")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--n-sites", type=int, default=n_sites)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def site_table(args: Any, site: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (x, y, x_test, y_test) for ``site`` from add_table_arguments' flags: its CSV (scored on itself) or its
+    synthetic shard (scored on the shared holdout set)."""
+    if args.data_path:
+        x, y, _, _ = load_csv(args.data_path.replace("{site}", site), args.label_column, site)
+        return x, y, x, y  # type: ignore[return-value]
+    x, y = site_rows(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
+    return (x, y, *holdout(seed=args.seed))

@@ -9,7 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 
 import hpcflare.client as flare
-from hpcflare.tabular.data import check_table, holdout, load_csv, site_index, site_rows
+from hpcflare.tabular.data import add_table_arguments, check_table, site_table
 
 
 def make_model(kind: str, iters: int, seed: int):
@@ -40,20 +40,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=["logreg", "svm"], default="logreg")
     parser.add_argument("--local-iters", type=int, default=5)
-    parser.add_argument("--data-path", default=None)
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--n-sites", type=int, default=4)
-    parser.add_argument("--rows", type=int, default=40_000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_table_arguments(parser, n_sites=4, rows=40_000)
     args = parser.parse_args()
 
     flare.init()
     site = flare.get_site_name()
-    if args.data_path:
-        x, y, _, _ = load_csv(args.data_path.replace("{site}", site), args.label_column, site)
-    else:
-        x, y = site_rows(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
-    x_test, y_test = holdout(seed=args.seed) if not args.data_path else (x, y)
+    x, y, x_test, y_test = site_table(args, site)
     while flare.is_running():
         model = flare.receive()
         coef, intercept = model.params["coef"], model.params["intercept"]

@@ -11,7 +11,7 @@ from xgboost import collective
 
 import hpcflare.client as flare
 from hpcflare.client.xgboost import federated, from_params, to_params
-from hpcflare.tabular.data import TableError, check_table, holdout, load_csv, site_index, site_rows
+from hpcflare.tabular.data import TableError, add_table_arguments, check_table, site_table
 
 
 def same_columns_everywhere(site: str, n_features: int) -> None:
@@ -31,22 +31,14 @@ def main() -> None:
     parser.add_argument("--boost-rounds", type=int, default=50)
     parser.add_argument("--max-depth", type=int, default=6)
     parser.add_argument("--eta", type=float, default=0.1)
-    parser.add_argument("--data-path", default=None)
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--n-sites", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=40_000)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nthread", type=int, default=1)
+    add_table_arguments(parser, n_sites=8, rows=40_000)
     args = parser.parse_args()
 
     flare.init()
     site = flare.get_site_name()
-    if args.data_path:
-        x, y, _, _ = load_csv(args.data_path.replace("{site}", site), args.label_column, site)
-    else:
-        x, y = site_rows(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
+    x, y, x_test, y_test = site_table(args, site)
     check_table(site, x, y, binary=True)
-    x_test, y_test = holdout(seed=args.seed) if not args.data_path else (x, y)
     params = {"objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
               "max_depth": args.max_depth, "eta": args.eta, "nthread": args.nthread, "seed": args.seed}
     while flare.is_running():
