@@ -267,6 +267,13 @@ class JobConfig:
             return {site: [site] for site in self.clients}
         return {f"client-rank-{n}": self.clients[i:i + k] for n, i in enumerate(range(0, len(self.clients), k), 1)}
 
+    def hosting_rank(self, site: str) -> str | None:
+        """The client rank that runs ``site`` as a virtual client (None with one site per rank, or for a name that
+        is not a site): the certificate of that rank may speak for it (see :func:`security.jobs.load_kit`)."""
+        if self.per_rank == 1 or site not in self.clients:
+            return None
+        return f"client-rank-{self.clients.index(site) // self.per_rank + 1}"
+
     def rank_hosts(self) -> dict[str, list[str]]:
         """Client ranks that host their sites behind one link upstream (a rank-local relay), by name.
         Empty with one site per rank, or for strategies that cannot take partial aggregates (their virtual

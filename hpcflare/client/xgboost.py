@@ -58,11 +58,11 @@ def collective_args(model: Any, workdir: str | Path) -> dict[str, Any]:
 
 
 def _site_kit() -> Path:
+    """This site's kit (a virtual client without one has its client rank's: same project CA, same process)."""
     agent = flare._ctx(None).agent
     if agent.kit is None:
-        raise ConfigError(f"{agent.site} has no startup kit of its own, but the XGBoost collective runs over mutual "
-                          "TLS: provision one per site (`hpcflare provision PROJECT_DIR --add SITE`), or run one site "
-                          "per client rank")
+        raise ConfigError(f"{agent.site} has no startup kit, but the XGBoost collective runs over mutual TLS: "
+                          "provision one per site (`hpcflare provision PROJECT_DIR --add SITE`)")
     return Path(agent.kit.path)
 
 

@@ -13,17 +13,18 @@ ENV_NAMES = ("local", "sim", "mpi", "slurm")
 
 
 def make_env(name: str, job_root: str | Path = "jobs", nodes: int = 2, partition: str | None = None,
-             **slurm_options: Any) -> Env:
-    """The Env a recipe's ``--env`` flag names (what every recipes/*/job.py offers); ``slurm_options``: SlurmEnv's
-    time= and named sbatch options (account=, ...)."""
+             clients_per_rank: int | str | None = None, **slurm_options: Any) -> Env:
+    """The Env a recipe's ``--env`` flag names (what every recipes/*/job.py offers); ``clients_per_rank``: sites
+    per client rank (None: the job's); ``slurm_options``: SlurmEnv's time= and named sbatch options (account=, ...)."""
     if name == "local":
-        return LocalEnv(job_root=job_root)
+        return LocalEnv(job_root=job_root, clients_per_rank=clients_per_rank)
     if name == "sim":
-        return SimEnv(job_root=job_root)
+        return SimEnv(job_root=job_root, clients_per_rank=clients_per_rank)
     if name == "mpi":
-        return MpiEnv(job_root=job_root)
+        return MpiEnv(job_root=job_root, clients_per_rank=clients_per_rank)
     if name == "slurm":
-        return SlurmEnv(nodes=nodes, partition=partition, job_root=job_root, **slurm_options)
+        return SlurmEnv(nodes=nodes, partition=partition, job_root=job_root, clients_per_rank=clients_per_rank,
+                        **slurm_options)
     raise ValueError(f"unknown env {name!r}; use one of {ENV_NAMES}")
 
 

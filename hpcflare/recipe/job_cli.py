@@ -1,7 +1,7 @@
 """The flags every recipes/*/job.py takes, and what they do: one place, so the recipes cannot drift apart.
 
     --env local|sim|mpi|slurm   --n-clients N   --min-clients M   --rounds R (--num-rounds)   --profile P
-    --export-only   --job-root DIR   --privacy secagg|he (FedAvg-family recipes)   Slurm (--env slurm): --nodes --partition --time --account --dry-run
+    --clients-per-rank K|auto   --export-only   --job-root DIR   --privacy secagg|he (FedAvg-family recipes)   Slurm (--env slurm): --nodes --partition --time --account --dry-run
 
 NVFlare's spellings (``--n_clients``, ``--num_rounds``, ``--job_root``) are accepted too, so an NVFlare
 job.py's command line keeps working.
@@ -15,8 +15,8 @@ from typing import Any
 from hpcflare.env import ENV_NAMES, SlurmEnv, make_env
 from hpcflare.env.api import Run
 
-UNIFORM_FLAGS = ("--env", "--n-clients", "--min-clients", "--rounds", "--num-rounds", "--profile", "--export-only",
-                 "--job-root", "--nodes", "--partition", "--time", "--account", "--dry-run")
+UNIFORM_FLAGS = ("--env", "--n-clients", "--min-clients", "--rounds", "--num-rounds", "--profile", "--clients-per-rank",
+                 "--export-only", "--job-root", "--nodes", "--partition", "--time", "--account", "--dry-run")
 
 
 def add_job_arguments(parser: argparse.ArgumentParser, n_clients: int = 2, rounds: int = 3,
@@ -27,6 +27,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, n_clients: int = 2, round
                         help="default: every client")
     parser.add_argument("--rounds", "--num-rounds", "--num_rounds", dest="num_rounds", type=int, default=rounds)
     parser.add_argument("--profile", default="auto", help="settings profile (configs/*.yaml); auto: by client count")
+    parser.add_argument("--clients-per-rank", dest="clients_per_rank", default=None, type=_per_rank,
+                        help="sites per client rank (virtual clients in one process); auto: from the cores; "
+                             "default: the job's (1)")
     parser.add_argument("--export-only", action="store_true", help="write the job directory, print its path, run nothing")
     parser.add_argument("--job-root", "--job_root", dest="job_root", default="jobs")
     parser.add_argument("--privacy", choices=("secagg", "he"), default=None,
@@ -38,6 +41,18 @@ def add_job_arguments(parser: argparse.ArgumentParser, n_clients: int = 2, round
     slurm.add_argument("--time", default="00:30:00", help="time limit (the job checkpoints and requeues at it)")
     slurm.add_argument("--account", default=None)
     slurm.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+
+
+def _per_rank(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--clients-per-rank takes a positive integer or 'auto', not {value!r}")
+    return count
 
 
 def recipe_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,7 +68,8 @@ def execute(recipe: Any, args: argparse.Namespace) -> Run | None:
         print(recipe.export(args.job_root).root)
         return None
     slurm = {"time": args.time, **({"account": args.account} if args.account else {})} if args.env == "slurm" else {}
-    env = make_env(args.env, args.job_root, args.nodes, args.partition, **slurm)
+    env = make_env(args.env, args.job_root, args.nodes, args.partition, getattr(args, "clients_per_rank", None),
+                   **slurm)
     if args.dry_run:
         if not isinstance(env, SlurmEnv):
             raise SystemExit("--dry-run shows the sbatch script: use it with --env slurm")

@@ -98,9 +98,10 @@ class RoundHost(LocalHandler):
                                      token=token, previous_token=request.get("previous_token"))
 
     def may_act_for(self, identity: str, site: str) -> bool:
-        """May the certificate ``identity`` speak for ``site``? (A host child may, for the sites it hosts.)"""
+        """May the certificate ``identity`` speak for ``site``? A host child may, for the sites it hosts; a client
+        rank may, for its virtual clients (which show its certificate when they have no kit of their own)."""
         sites = self.hosts.get(identity, set())
-        return identity in self.hosts and (sites is None or site in sites)
+        return (identity in self.hosts and (sites is None or site in sites)) or self.config.hosting_rank(site) == identity
 
     def accepts_partials_from(self, site: str) -> bool:
         return site in self.hosts

@@ -48,16 +48,20 @@ def load_kit(job_dir: JobDir, config: JobConfig, name: str, role: str = "", requ
     that reaches its client rank in-process uses its kit only for the kit's script policy, if it has one."""
     if not tls_enabled(job_dir, config):
         return None
-    own = os.environ.get(KIT_ENV)
-    path = Path(own) if own else kits_root(job_dir, config) / name
-    if not required and not path.exists():
-        return None
+    own = os.environ.get(KIT_ENV)  # the process's own kit: a hand-written launch's rank
+    rank = config.hosting_rank(name)
+    path = Path(own) if own and rank is None else kits_root(job_dir, config) / name
+    names = {name}
+    if rank is not None and not path.exists():  # a virtual client without a kit of its own
+        if not required:
+            return None  # it reaches its client rank in-process
+        path, names = (Path(own) if own else kits_root(job_dir, config) / rank), {name, rank}  # shows its rank's
     if not path.exists() and name in config.rank_hosts():
         raise ConfigError(f"{name} hosts sites as virtual clients and connects in their stead, so it needs a startup "
                           f"kit of its own at {path}: `hpcflare provision PROJECT_DIR --add {name}` (role client), or "
                           "run with clients_per_rank=1")
     kit = StartupKit.load(path)
-    if kit.name != name and not (role == "server" and kit.role == "server"):
+    if kit.name not in names and not (role == "server" and kit.role == "server"):
         raise ConfigError(f"startup kit {path} belongs to {kit.name!r}, but this rank is {name!r}")
     return kit
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 xgb = pytest.importorskip("xgboost")
 pytest.importorskip("sklearn")
@@ -104,3 +105,38 @@ def test_histogram_job_stops_with_the_cause_when_sites_have_different_columns(tm
     logs = "".join(p.read_text() for p in (job / "logs").glob("site-*.log"))
     assert "feature counts differ across sites (5 to 6" in logs, (out.stdout + out.stderr)[-3000:]
     assert json.loads((job / "status.json").read_text())["state"] == "failed"
+
+
+def test_histogram_collective_over_mutual_tls_with_virtual_sites_that_have_no_kit_of_their_own(tmp_path):
+    """Project kits for the server and one client rank only: the rank's two virtual sites join the collective
+    with their rank's certificate (same project CA)."""
+    from hpcflare.env import LocalEnv
+    from hpcflare.recipe import XGBHistogramRecipe
+    from hpcflare.security.provision import Participant, Project, provision
+
+    kits = provision(Project("fed", [Participant("server", "server"), Participant("client-rank-1", "client")]),
+                     tmp_path / "ws")
+    recipe = XGBHistogramRecipe(name="xgb-tls", n_clients=2, min_clients=2, train_script=RECIPES / "xgboost" / "client.py",
+                                train_args=["--mode", "histogram", "--boost-rounds", "4", "--n-sites", "2",
+                                            "--rows", "3000"], tls="on", kits_dir=kits)
+    run = recipe.execute(LocalEnv(job_root=tmp_path / "jobs", clients_per_rank=2))
+    model = safetensors.numpy.load_file(str(run.get_result(timeout=240)))["model"]
+    assert xgb.Booster(model_file=bytearray(model.tobytes())).num_boosted_rounds() == 4
+    events = [json.loads(line) for line in (run.job_dir.log_dir / "server.jsonl").read_text().splitlines()]
+    assert next(e for e in events if e["event"] == "xgboost_tracker")["tls"] is True
+    assert not (kits / "site-1").exists() and (run.job_dir.log_dir / "client-rank-1.jsonl").is_file()
+
+
+def test_a_site_without_any_kit_is_told_to_provision_one(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from hpcflare.client import xgboost as site_xgb
+    from hpcflare.errors import ConfigError
+
+    agent = SimpleNamespace(site="site-9", kit=None)
+    monkeypatch.setattr(site_xgb.flare, "_ctx", lambda ctx=None: SimpleNamespace(agent=agent))
+    monkeypatch.setattr(site_xgb.flare, "get_site_name", lambda: "site-9")
+    meta = {"xgboost": {"mode": "histogram", "address": "h:1", "world_size": 1, "ranks": {"site-9": 0},
+                        "tracker_ca": "PEM"}}
+    with pytest.raises(ConfigError, match="site-9 has no startup kit.*hpcflare provision"):
+        site_xgb.collective_args(SimpleNamespace(meta=meta), tmp_path)
