@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="synthetic population size")
     parser.add_argument("--psi-job", default=None, help="reuse this PSI job's intersections instead of running PSI")
     args = parser.parse_args()
-    if args.psi_job is None and (args.export_only or args.dry_run or args.env == "slurm"):
+    if args.psi_job is None and (args.export_only or args.dry_run):
         args.psi_job = str(Path(args.job_root).resolve() / "PSI_JOB_DIR")
         print(f"note: run recipes/psi first; this job reads each site's intersection from {args.psi_job}/sites/ "
               "(pass the PSI job's directory with --psi-job)", file=sys.stderr)
@@ -54,11 +54,16 @@ def main() -> None:
 
 
 def run_psi(args: argparse.Namespace) -> Path:
-    """The PSI job on the same sites and env; its sites/<site>/psi_intersection.txt align the rows."""
+    """The PSI job on the same sites and env (under Slurm: a job of its own, waited for); its
+    sites/<site>/psi_intersection.txt align the rows."""
     root = Path(args.job_root).resolve()
     before = set(root.glob("psi-*")) if root.exists() else set()
     cmd = [sys.executable, str(HERE.parent / "psi" / "job.py"), "--env", args.env, "--n-clients", str(args.n_clients),
-           "--job-root", str(root), "--ids-path", ids_files(args, root)]
+           "--job-root", str(root), "--ids-path", ids_files(args, root), "--profile", args.profile]
+    if args.env == "slurm":  # the same allocation shape and account as the training job
+        cmd += ["--nodes", str(args.nodes), "--time", args.time]
+        cmd += [flag for name in ("partition", "account") if getattr(args, name)
+                for flag in (f"--{name}", getattr(args, name))]
     subprocess.run(cmd, check=True)
     (job,) = set(root.glob("psi-*")) - before
     return job
