@@ -173,10 +173,12 @@ def vertical_site(site_index: int, n_sites: int, n: int = 20_000, seed: int = 0,
     return [ids[i] for i in keep], x[np.ix_(keep, cols)], (y[keep] if site_index == 0 else None)
 
 
-def add_table_arguments(parser: Any, n_sites: int, rows: int) -> None:
-    """The flags every horizontal tabular client script takes: a CSV per site, or a synthetic shard."""
+def add_table_arguments(parser: Any, n_sites: int, rows: int, labels: bool = True) -> None:
+    """The flags every tabular client script takes: a CSV per site, or a synthetic shard (``labels=False``: an
+    unlabelled task, no --label-column)."""
     parser.add_argument("--data-path", default=None, help="a CSV per site with a header row; {site} = site name")
-    parser.add_argument("--label-column", default="label")
+    if labels:
+        parser.add_argument("--label-column", default="label")
     parser.add_argument("--n-sites", type=int, default=n_sites)
     parser.add_argument("--rows", type=int, default=rows)
     parser.add_argument("--seed", type=int, default=0)

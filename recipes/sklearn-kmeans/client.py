@@ -8,7 +8,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin_min
 
 import hpcflare.client as flare
-from hpcflare.tabular.data import check_table, cluster_rows, load_csv, site_index
+from hpcflare.tabular.data import add_table_arguments, check_table, cluster_rows, load_csv, site_index
 
 
 def local_clusters(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,10 +34,7 @@ def lloyd_step(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data-path", default=None)
-    parser.add_argument("--n-sites", type=int, default=4)
-    parser.add_argument("--rows", type=int, default=12_000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_table_arguments(parser, n_sites=4, rows=12_000, labels=False)
     args = parser.parse_args()
 
     flare.init()

@@ -10,7 +10,7 @@ from xgboost import collective
 
 import hpcflare.client as flare
 from hpcflare.client.xgboost import federated, to_params
-from hpcflare.tabular.data import TableError, check_table, load_csv, site_index, vertical_site
+from hpcflare.tabular.data import TableError, add_table_arguments, check_table, load_csv, site_index, vertical_site
 
 
 def aligned(site: str, ids: list[str], x: np.ndarray, y, intersection: Path):
@@ -40,12 +40,8 @@ def main() -> None:
     parser.add_argument("--boost-rounds", type=int, default=30)
     parser.add_argument("--max-depth", type=int, default=6)
     parser.add_argument("--eta", type=float, default=0.1)
-    parser.add_argument("--data-path", default=None)
     parser.add_argument("--id-column", default="id")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--n-sites", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_table_arguments(parser, n_sites=3, rows=20_000)
     args = parser.parse_args()
 
     flare.init()
