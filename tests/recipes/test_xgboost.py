@@ -80,8 +80,9 @@ def test_vertical_xgboost_after_psi_matches_centralized_on_the_joined_table(tmp_
     assert abs(auc(federated, x_test[:, cols], y_test) - auc(central, x_test[:, cols], y_test)) < 0.01
 
 
-def test_histogram_collective_runs_over_mutual_tls_between_processes(tmp_path):
-    job = run_job(tmp_path, "xgboost", "--env", "local", "--n-clients", "2", "--boost-rounds", "5", "--tls", "on",
+@pytest.mark.parametrize("env", ["local", "mpi"])
+def test_histogram_collective_runs_over_mutual_tls_between_processes(tmp_path, env):
+    job = run_job(tmp_path, "xgboost", "--env", env, "--n-clients", "2", "--boost-rounds", "5", "--tls", "on",
                   "--rows", "4000")
     events = [json.loads(line) for line in (job / "logs" / "server.jsonl").read_text().splitlines()]
     (tracker,) = [e for e in events if e["event"] == "xgboost_tracker"]
