@@ -141,3 +141,19 @@ def test_a_site_without_any_kit_is_told_to_provision_one(tmp_path, monkeypatch):
                         "tracker_ca": "PEM"}}
     with pytest.raises(ConfigError, match="site-9 has no startup kit.*hpcflare provision"):
         site_xgb.collective_args(SimpleNamespace(meta=meta), tmp_path)
+
+
+def test_vertical_job_stops_with_the_cause_when_the_label_owner_has_no_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    for site, cols in (("site-1", ["a", "b"]), ("site-2", ["c"])):  # site-1 (label owner) lacks the label column
+        ids = [f"p-{i}" for i in range(200)]
+        lines = [",".join(["id", *cols])] + [",".join([i, *map(str, rng.normal(size=len(cols)))]) for i in ids]
+        (tmp_path / f"{site}.csv").write_text("\n".join(lines) + "\n")
+    root = tmp_path / "jobs"
+    out = subprocess.run([sys.executable, str(RECIPES / "xgboost-vertical" / "job.py"), "--job-root", str(root),
+                          "--env", "local", "--n-clients", "2", "--boost-rounds", "3",
+                          "--data-path", str(tmp_path / "{site}.csv")], capture_output=True, text=True, timeout=600)
+    (job,) = root.glob("xgboost-vertical-*")
+    logs = (job / "logs" / "site-1.log").read_text()
+    assert "has no label column 'label'" in logs and "--label-column" in logs, (out.stdout + out.stderr)[-3000:]
+    assert json.loads((job / "status.json").read_text())["state"] == "failed" and out.returncode != 0
