@@ -2,12 +2,13 @@
 norms) through FedAvg in LocalEnv; memory and throughput of the server, the clients and the transports.
 
     python benchmarks/large_model.py --model-gb 0.5 1 2 --clients 4 --rounds 2 [--dtype fp32|bf16]
-        [--staging] [--relays 0]
+        [--staging] [--relays 0] [--shared-memory on|off]
 
 Per configuration it prints wall time, the server's peak RSS and the largest client's peak RSS as multiples
 of the model, the tree's peak PSS, gRPC throughput per model stream (from the sites' model_received events),
 the staging write throughput (server's model_staged events, with --staging) and this machine's memcpy
-bandwidth, then one machine-readable line per configuration:
+bandwidth, then one machine-readable line per configuration (the gRPC figure needs --shared-memory off: with
+it on, LocalEnv's sites map the server's model instead of streaming it, and it reads nan):
 
     RESULT server_peak_x_model=<float> client_overhead_x_model=<float> grpc_GBps=<float> memcpy_GBps=<float>
 
@@ -84,13 +85,15 @@ def events(job_root: Path, rank: str, name: str) -> list[dict]:
     return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == name] if path.exists() else []
 
 
-def run_one(gb: float, clients: int, rounds: int, dtype: str, staging: bool, relays: int, root: Path) -> dict:
+def run_one(gb: float, clients: int, rounds: int, dtype: str, staging: bool, relays: int, root: Path,
+            shared_memory: bool = True) -> dict:
     script = root / "client.py"
     script.write_text(CLIENT)
     model = llm_shaped(gb, dtype)
     nbytes = sum(v.nbytes for v in model.values())
     recipe = FedAvgRecipe(name=f"large-{gb:g}", model=model, min_clients=clients, n_clients=clients, num_rounds=rounds,
-                          train_script=script, staging=staging, relays=relays, clients_per_rank=1)
+                          train_script=script, staging=staging, relays=relays, clients_per_rank=1,
+                          settings={"shared_memory": shared_memory})
     del model
     sampler = TreeSampler()
     sampler.start()
@@ -108,9 +111,11 @@ def run_one(gb: float, clients: int, rounds: int, dtype: str, staging: bool, rel
     sites = [f"site-{i}" for i in range(1, clients + 1)]
     client_pids = {run.client_pid(s) for s in sites}  # type: ignore[attr-defined]
     client_peak = max((sampler.peaks.get(p, 0) for p in client_pids), default=0)
-    streams = [e for s in sites for e in events(job, s, "model_received") if e.get("via") == "grpc" and e["seconds"] > 0]
+    received = [e for s in sites for e in events(job, s, "model_received")]
+    streams = [e for e in received if e.get("via") == "grpc" and e["seconds"] > 0]
     staged = [e for e in events(job, "server", "model_staged") if e.get("seconds")]
     return {"gb": gb, "nbytes": nbytes, "state": state, "wall": wall,
+            "via": "/".join(sorted({e.get("via", "?") for e in received})),
             "server_x": sampler.peaks.get(server_pid, 0) / nbytes, "client_x": (client_peak - nbytes) / nbytes,
             "pss_gb": sampler.peak_pss / 1e9,
             "grpc": float(np.mean([e["bytes"] / e["seconds"] for e in streams])) / 1e9 if streams else float("nan"),
@@ -125,18 +130,21 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--staging", action="store_true")
     parser.add_argument("--relays", type=int, default=0)
+    parser.add_argument("--shared-memory", choices=("on", "off"), default="on",
+                        help="off: the sites stream the model over loopback gRPC (to measure the gRPC column)")
     args = parser.parse_args()
     copy = memcpy_gbps()
     print(f"memcpy on this machine: {copy:.2f} GB/s")
     print(f"{'model GB':>8} {'dtype':>5} {'clients':>7} {'wall s':>7} {'server x':>8} {'client +x':>9} {'tree PSS GB':>11} "
-          f"{'gRPC GB/s':>9} {'staging GB/s':>12}  state")
+          f"{'gRPC GB/s':>9} {'staging GB/s':>12} {'model via':>13}  state")
     results = []
     for gb in args.model_gb:
         with tempfile.TemporaryDirectory(prefix="hpcflare-large-") as tmp:
-            row = run_one(gb, args.clients, args.rounds, args.dtype, args.staging, args.relays, Path(tmp))
+            row = run_one(gb, args.clients, args.rounds, args.dtype, args.staging, args.relays, Path(tmp),
+                          args.shared_memory == "on")
         results.append(row)
         print(f"{row['nbytes'] / 1e9:>8.2f} {args.dtype:>5} {args.clients:>7} {row['wall']:>7.1f} {row['server_x']:>8.2f} "
-              f"{row['client_x']:>9.2f} {row['pss_gb']:>11.2f} {row['grpc']:>9.2f} {row['staging']:>12.2f}  {row['state']}",
+              f"{row['client_x']:>9.2f} {row['pss_gb']:>11.2f} {row['grpc']:>9.2f} {row['staging']:>12.2f} {row['via']:>13}  {row['state']}",
               flush=True)
     for row in results:
         print(f"RESULT server_peak_x_model={row['server_x']:.3f} client_overhead_x_model={row['client_x']:.3f} "

@@ -69,6 +69,10 @@ class Settings:
     """Largest frame either side accepts (chunk + header); larger frames are refused by gRPC."""
     max_model_bytes: int = 8 << 30
     """Largest whole model (sum of tensors) a download or upload may carry."""
+    shared_memory: bool = True
+    """Ranks on the same host (same boot, PID namespace and user) hand models and results to each other as sealed
+    memory files that the receiver maps, instead of streaming them over loopback gRPC; anything that stops it
+    (another host, /proc hidden) falls back to streaming. false: always stream."""
     max_concurrent_uploads: int = 2
     """Uploads decoded at once on the server; bounds server memory to model x (2 + this)."""
     max_concurrent_downloads: int = 16
@@ -111,6 +115,11 @@ class Settings:
             raise ConfigError(f"unknown settings key(s) {unknown}; valid keys: {sorted(fields)}")
         values: dict[str, Any] = {}
         for key, value in data.items():
+            if fields[key].type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"settings.{key} must be true or false, got {value!r}")
+                values[key] = value
+                continue
             integral = fields[key].type in ("int", int)
             # a string, bool, NaN or infinity where a number belongs would silently disable a deadline or limit
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -8,22 +8,15 @@ it writes.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import mmap
-import os
-import sys
-import tempfile
-import weakref
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from hpcflare.errors import ConfigError, MalformedMessageError
-from hpcflare.fileio import spool_dir
 from hpcflare.runtime.staging import write_atomic
 from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, view_tensor
+from hpcflare.transport.shm import SharedModel
 
 
 class GlobalModel:
@@ -56,6 +49,17 @@ class GlobalModel:
         else:
             model._adopt(ref, version, None, specs, blobs)
         return model
+
+    @classmethod
+    def from_shared(cls, ref: str, version: int, shared: SharedModel) -> "GlobalModel":
+        """Adopt a memory file mapped from the parent (a same-host child's copy of the parent's own pages)."""
+        model = cls.__new__(cls)
+        model._adopt(ref, version, shared)
+        return model
+
+    def describe_shared(self) -> dict[str, Any] | None:
+        """How a same-host peer maps this model (None: not in a sealed memory file; it streams)."""
+        return self._shared.describe() if self._shared is not None else None
 
     def alias(self) -> "GlobalModel":
         """Another host's handle on this very model (a client rank beside SimEnv's server): no copy at all."""
@@ -102,65 +106,3 @@ def load_params(path: Path) -> dict[str, np.ndarray]:
         return dict(safetensors.numpy.load_file(str(path)))
     except Exception as exc:
         raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-class SharedModel:
-    """A model's blobs in one anonymous memory file (memfd; a temp file where there is none)."""
-
-    def __init__(self, parts: Iterable[tuple[TensorSpec, Any, Any]]) -> None:
-        """``parts``: (spec, header bytes, data) per tensor, written in turn (a lazy iterable lets each tensor's
-        source be freed once it is written)."""
-        self._file = _memory_file()
-        fd = self._file.fileno()
-        self.specs: list[TensorSpec] = []
-        self.offsets: list[int] = []
-        total = 0
-        for spec, head, raw in parts:
-            self.specs.append(spec)
-            self.offsets.append(total)
-            for piece in (memoryview(head).cast("B"), memoryview(raw).cast("B")):
-                done = 0
-                while done < len(piece):
-                    done += os.pwrite(fd, piece[done:], total + done)
-                total += len(piece)
-        self.size = total
-        os.ftruncate(fd, max(1, total))
-        self._map = mmap.mmap(fd, max(1, total), prot=mmap.PROT_READ)
-        self.view = memoryview(self._map)
-
-    def open(self) -> list[tuple[TensorSpec, memoryview]]:
-        """(spec, blob) per tensor, writable and private to the caller: pages are copied only when written."""
-        view = _private_map(self._file.fileno(), max(1, self.size))
-        return [(spec, view[off:off + spec.nbytes]) for spec, off in zip(self.specs, self.offsets)]
-
-
-def _private_map(fd: int, size: int) -> memoryview:
-    """A writable MAP_PRIVATE mapping of ``fd``, unmapped when the last view of it is gone. Python's mmap keeps
-    a duplicate descriptor per mapping: 625 sites of a rank holding two rounds' models would need 1,250 of
-    them, past the usual soft limit of 1,024; libc's mmap needs none."""
-    libc = _libc()
-    if libc is None:
-        return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
-    addr = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
-    if addr in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), f"mmap of the shared model failed: {os.strerror(ctypes.get_errno())}")
-    buffer = (ctypes.c_char * size).from_address(addr)
-    weakref.finalize(buffer, libc.munmap, ctypes.c_void_p(addr), ctypes.c_size_t(size))
-    return memoryview(buffer).cast("B")
-
-
-@functools.lru_cache(maxsize=1)
-def _libc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    return libc
-
-
-def _memory_file() -> Any:
-    if hasattr(os, "memfd_create"):
-        return os.fdopen(os.memfd_create("hpcflare-model", os.MFD_CLOEXEC), "r+b", buffering=0)
-    return tempfile.TemporaryFile(dir=spool_dir(), prefix="hpcflare-model-")

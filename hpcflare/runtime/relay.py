@@ -202,14 +202,17 @@ class Relay(RoundHost):
         if self._last_model is not None and self._last_model[0] == task.task_id:
             return self._last_model[1], "cache"
         self._last_model = None
-        blobs: dict[str, Any] = {}
         transport, token = self.upstream.connection.credentials()
         request = {"site": self.name, "token": token, "ref": task.ref}
-        for spec, blob in transport.download(request, task.manifest):
-            blobs[spec.name] = blob
-        model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens)
+        shared = transport.shared_model(request, task.manifest)  # a parent on this host: its very pages
+        if shared is not None:
+            model, via = GlobalModel.from_shared(task.ref, task.round, shared), "shared memory"
+        else:
+            blobs = {spec.name: blob for spec, blob in transport.download(request, task.manifest)}
+            model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens)
+            via = "in-process" if isinstance(transport, InprocTransport) else "grpc"
         self._last_model = (task.task_id, model)
-        return model, "in-process" if isinstance(transport, InprocTransport) else "grpc"
+        return model, via
 
     def _relay_round(self, task: Task) -> None:
         received = time.monotonic()
@@ -244,8 +247,10 @@ class Relay(RoundHost):
                                                       for s, m in rnd.accepted.items()},
                                             "rejected": rejected, "weights": weights})
             transport.upload(header, list(sums.items()))
+            via = getattr(transport, "last_via", "in-process")
             self.log.info("partial_sent", f"round {task.round}: partial aggregate over {len(rnd.accepted)} "
-                          f"client(s) sent up", round=task.round, sites=sorted(rnd.accepted), stragglers=stragglers)
+                          f"client(s) sent up via {via}", round=task.round, sites=sorted(rnd.accepted),
+                          stragglers=stragglers, via=via)
         except errors.StaleTaskError as exc:
             self.log.warning("partial_late", f"round {task.round}: server closed the round first: {exc}")
 

@@ -151,7 +151,8 @@ class ResultSender:
                 self.privacy.uploaded(task)  # type: ignore[union-attr]
             except errors.StaleTaskError as exc:
                 self.log.warning("result_late", f"round {task.round}: update not in the sum: {exc}", round=task.round)
-        via = "staging" if staged else "client rank" if conn.parent is not None else "grpc"
+        via = "staging" if staged else "client rank" if conn.parent is not None else getattr(
+            conn.transport, "last_via", "grpc")
         took = time.monotonic() - t0
         self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "
                       f"{took:.2f}s ({wire_bytes / 1e6:.2f} MB of tensors)", round=task.round, metrics=header["metrics"],

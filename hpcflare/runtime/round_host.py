@@ -24,6 +24,7 @@ from hpcflare.runtime.upload import read_arrays, read_staged, read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 from hpcflare.transport.api import LocalHandler, Peer
+from hpcflare.transport import shm
 from hpcflare.transport.codec import TensorSpec
 
 PER_SITE_LOG_LIMIT = 64
@@ -154,6 +155,8 @@ class RoundHost(LocalHandler):
                 raise errors.MalformedMessageError(f"Track: records must be a list of at most {MAX_TRACK_RECORDS}")
             self.on_track(record.site, records)
             return {}
+        if method == "MapModel":
+            return self._map_model(request)
         if method == "Exchange":
             return self.on_exchange(record.site, {k: v for k, v in request.items() if k not in ("site", "token")})
         if method == "Goodbye":
@@ -201,6 +204,19 @@ class RoundHost(LocalHandler):
                 if remaining <= 0:
                     return {"task": "wait"}
                 self._task_cv.wait(remaining)
+
+    def _map_model(self, request: dict) -> dict:
+        """For a child on this host: the round's model as this host's memory file, which it maps instead of
+        downloading (``shared`` None: stream it), and this host's key (may its uploads come as memory files?)."""
+        rnd = self.round
+        if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
+            raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
+        if not self.settings.shared_memory:
+            return {"shared": None, "host": ""}
+        described = rnd.model.describe_shared() if shm.same_host(request.get("host")) else None
+        if described is not None:
+            self.bytes_sent += rnd.model.nbytes  # served, though not copied
+        return {"shared": described, "host": shm.host_key()}
 
     def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
         self.authorize(peer, request.get("site"))

@@ -61,8 +61,10 @@ class GrpcSource:
         def pull() -> dict[str, Any]:
             transport, token = self.connection.credentials()
             request = {"site": self.connection.site, "token": token, "ref": task.ref}
-            return {spec.name: decode_tensor(blob, spec, self.framework)
-                    for spec, blob in transport.download(request, task.manifest)}
+            params = {spec.name: decode_tensor(blob, spec, self.framework)
+                      for spec, blob in transport.download(request, task.manifest)}
+            self.via = getattr(transport, "last_via", self.via)  # grpc or shared memory
+            return params
 
         return self.connection.retry("Download", pull)
 

@@ -22,6 +22,7 @@ from hpcflare.strategy.aggregate import acc_dtype, all_finite, blocks_of
 from hpcflare.strategy.api import UpdateKind, describe_expectation, shape_matches
 from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, is_float, parse_single,
                                       raw_bytes, unpack_frame)
+from hpcflare.transport.shm import SharedModel
 from hpcflare.transport.streams import merge_report
 
 PARAMS_TYPES = tuple(kind.value for kind in UpdateKind)
@@ -158,6 +159,11 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
         raise MalformedMessageError("upload must start with a 'begin' frame")
     context, expected, quant = _open(header, expected, on_header)  # authenticated before any continuation is read
     frames = merge_report(header, frames, settings.max_frame_bytes)
+    if header.get("mapped") is not None:
+        last = next(frames, None)
+        if last is None or unpack_frame(last, settings.max_frame_bytes)[0].get("kind") != "end" or next(frames, None):
+            raise MalformedMessageError("an upload in a memory file must not stream tensors too")
+        return header, context, _read_mapped(header["mapped"], settings, expected, quant)
     params = UploadParams(settings.spool_tensor_bytes)
     try:
         _read_tensors(frames, settings, _wire_expectation(expected, quant), params)
@@ -168,6 +174,24 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
     return header, context, params
 
 
+def _read_mapped(mapped: Any, settings: Settings, expected: Mapping[str, Any], quant: dict[str, dict[str, Any]]
+                 ) -> "UploadParams":
+    """An upload a same-host peer left in a sealed memory file: mapped (its pages, no copy), then the checks
+    a streamed one gets, blob by blob (each a strict single-tensor safetensors)."""
+    if not isinstance(mapped, dict) or not isinstance(mapped.get("tensors"), list):
+        raise MalformedMessageError("mapped upload: expected {'file': ..., 'tensors': [...]}")
+    try:
+        specs = [TensorSpec.from_wire(item) for item in mapped["tensors"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"mapped upload: invalid tensor list ({exc})") from None
+    shared = SharedModel.attach(mapped.get("file"), specs, settings.max_model_bytes)
+    try:
+        tensors = [(spec.name, decode_tensor(blob, spec)) for spec, blob in shared.blobs()]
+    finally:
+        shared.close()  # the mapping keeps the pages
+    return _take_arrays(tensors, settings, expected, quant)
+
+
 def read_arrays(header: dict, tensors: Iterable[tuple[str, Any]], settings: Settings,
                 expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
                 on_header: Callable[[dict], Any]) -> tuple[dict, Any, UploadParams]:
@@ -175,6 +199,12 @@ def read_arrays(header: dict, tensors: Iterable[tuple[str, Any]], settings: Sett
     (numpy or torch, viewed, not copied); the result holds them until closed, the caller must not change them
     before this returns."""
     context, expected, quant = _open(header, expected, on_header)
+    return header, context, _take_arrays(tensors, settings, expected, quant)
+
+
+def _take_arrays(tensors: Iterable[tuple[str, Any]], settings: Settings, expected: Mapping[str, Any],
+                 quant: dict[str, dict[str, Any]]) -> "UploadParams":
+    """Check arrays already in memory (a virtual client's own, a mapped upload's) like streamed tensors."""
     wire = _wire_expectation(expected, quant)
     params = UploadParams(settings.max_model_bytes + 1)  # never spooled: they already are in memory
     total = 0
@@ -191,7 +221,7 @@ def read_arrays(header: dict, tensors: Iterable[tuple[str, Any]], settings: Sett
     except BaseException:
         params.close()
         raise
-    return header, context, params
+    return params
 
 
 def _open(header: dict, expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],

@@ -10,8 +10,9 @@ import dataclasses
 from typing import Any, Callable, Iterable, Iterator
 
 from hpcflare.transport.codec import TensorSpec
+from hpcflare.transport.shm import SharedModel
 
-UNARY_METHODS = ("Register", "Heartbeat", "GetTask", "Goodbye", "Track", "Exchange")
+UNARY_METHODS = ("Register", "Heartbeat", "GetTask", "Goodbye", "Track", "Exchange", "MapModel")
 
 
 @dataclasses.dataclass
@@ -96,6 +97,10 @@ class ClientTransport(abc.ABC):
     @abc.abstractmethod
     def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytes]]:
         """Yield (spec, blob) for each tensor of a model, resuming after transient failures."""
+
+    def shared_model(self, request: dict, manifest: list[TensorSpec]) -> "SharedModel | None":
+        """The model as the parent's own memory file, mapped here (a parent on this host), else None: download."""
+        return None
 
     @abc.abstractmethod
     def upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:

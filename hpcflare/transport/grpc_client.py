@@ -16,7 +16,9 @@ import grpc
 from hpcflare import errors
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport
-from hpcflare.transport.codec import TensorSpec, pack_meta, unpack_meta
+from hpcflare.transport import shm
+from hpcflare.transport.codec import TensorSpec, decode_tensor, pack_meta, tensor_parts, unpack_meta
+from hpcflare.transport.shm import SharedModel
 from hpcflare.transport.streams import DownloadAssembler, upload_frames
 from hpcflare.transport.grpc_server import SERVICE
 
@@ -50,6 +52,8 @@ def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareErr
         return errors.UnknownClientError(msg)
     if code == grpc.StatusCode.FAILED_PRECONDITION and "StaleTaskError" in (detail or ""):
         return errors.StaleTaskError(msg)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and "SharedMemoryError" in (detail or ""):
+        return shm.SharedMemoryError(msg)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return errors.UpdateRejectedError(msg) if what == "Upload" else errors.MalformedMessageError(msg)
     if code == grpc.StatusCode.ABORTED:
@@ -113,6 +117,12 @@ class GrpcClientTransport(ClientTransport):
         self._unary = {}
         self._download = self._data.unary_stream(f"/{SERVICE}/Download")
         self._upload = self._data.stream_unary(f"/{SERVICE}/Upload")
+        self._parent_host: str | None = None
+        """The parent's host key once a MapModel reply said it; uploads go as memory files when it is ours."""
+        self.shm_off = "" if settings.shared_memory else "settings.shared_memory is false"
+        """Why this link no longer tries shared memory ('' while it does)."""
+        self.last_via = "grpc"
+        """How the last download or upload travelled: 'grpc' or 'shared memory' (for the callers' logs)."""
 
     def call(self, method: str, request: dict, timeout: float) -> dict:
         stub = self._unary.get(method)
@@ -125,8 +135,39 @@ class GrpcClientTransport(ClientTransport):
         except ValueError as exc:  # "Channel closed": another thread replaced this connection
             raise errors.PeerGoneError(f"{method}: connection to {self.address} was closed ({exc})") from None
 
-    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytearray]]:
-        """Pull every tensor of the model; on a transient failure resume at (tensor, offset) with backoff."""
+    def shared_model(self, request: dict, manifest: list[TensorSpec]) -> SharedModel | None:
+        """The parent's memory file holding the model, when the parent is on this host (see transport.shm)."""
+        if self.shm_off:
+            return None
+        try:
+            reply = self.call("MapModel", {**request, "host": shm.host_key()}, self.settings.rpc_timeout)
+        except errors.MalformedMessageError as exc:  # a parent that does not know the method
+            self.shm_off = str(exc)
+            return None
+        self._parent_host = reply.get("host") if isinstance(reply.get("host"), str) else ""
+        if not shm.same_host(self._parent_host):
+            self.shm_off = "the parent is on another host"
+            return None
+        if reply.get("shared") is None:  # this model is not in a memory file there (a relay's stream cache)
+            return None
+        try:
+            return SharedModel.attach(reply["shared"], manifest, self.settings.max_model_bytes)
+        except shm.SharedMemoryError as exc:
+            self.shm_off = str(exc)
+            return None
+
+    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, Any]]:
+        """Map the model from a same-host parent (private copy-on-write views), else pull every tensor; on a
+        transient failure resume at (tensor, offset) with backoff."""
+        shared = self.shared_model(request, manifest)
+        if shared is not None:
+            self.last_via = "shared memory"
+            try:
+                yield from shared.open()
+            finally:
+                shared.close()
+            return
+        self.last_via = "grpc"
         stream = DownloadAssembler(manifest, self.settings)
         give_up = time.monotonic() + self.settings.server_lost_timeout
         attempt = 0
@@ -157,6 +198,30 @@ class GrpcClientTransport(ClientTransport):
                 time.sleep(min(5.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
 
     def upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
+        """Stream the tensors; to a parent on this host, hand them over as a sealed memory file instead (one copy
+        here, none there), streaming from that file if the parent cannot open it."""
+        if self.shm_off or not shm.same_host(self._parent_host) or header.get("staged") is not None:
+            self.last_via = "grpc"
+            return self._stream_upload(header, tensors)
+        shared = SharedModel(tensor_parts(name, value) for name, value in tensors)
+        try:
+            description = shared.describe()
+            if description is not None:
+                try:
+                    reply = self._stream_upload({**header, "mapped": {
+                        "file": description, "tensors": [spec.to_wire() for spec in shared.specs]}}, [])
+                    self.last_via = "shared memory"
+                    return reply
+                except shm.SharedMemoryError as exc:
+                    self.shm_off = str(exc)
+            else:
+                self.shm_off = "memory files cannot be sealed here"
+            self.last_via = "grpc"
+            return self._stream_upload(header, [(spec.name, decode_tensor(blob, spec)) for spec, blob in shared.blobs()])
+        finally:
+            shared.close()
+
+    def _stream_upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
         progress = _Progress(self.settings.stream_idle_timeout)
         local_error: list[BaseException] = []
 

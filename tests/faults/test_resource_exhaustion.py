@@ -147,7 +147,8 @@ while flare.is_running():
 def test_stopped_client_mid_upload_frees_its_slot_when_its_heartbeat_lapses(make_recipe, local_env):
     model = {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}
     run = make_recipe(STALLING, model=model, n_clients=3, min_clients=2, num_rounds=1,
-                      settings={"stream_idle_timeout": 30, "stream_timeout": 60, "round_timeout": 60}).execute(local_env)
+                      settings={"stream_idle_timeout": 30, "stream_timeout": 60, "round_timeout": 60,
+                                "shared_memory": False}).execute(local_env)  # a real stream to stall
     wait_until((run.job_dir.root / "sites" / "site-3" / "stalled").exists, "site-3's upload")
     pid = run.client_pid("site-3")
     os.kill(pid, signal.SIGSTOP)

@@ -116,7 +116,8 @@ def test_too_many_missing_clients_fail_fast_naming_them(make_recipe, local_env, 
 def test_stalled_upload_is_cut_and_round_goes_on(make_recipe, local_env):
     model = {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}
     run = make_recipe(SCRIPT, model=model, n_clients=3, min_clients=2, num_rounds=1, train_args="stall_upload",
-                      settings={"stream_idle_timeout": 2, "round_timeout": 60}).execute(local_env)
+                      settings={"stream_idle_timeout": 2, "round_timeout": 60, "shared_memory": False}
+                      ).execute(local_env)  # a real stream to stall
     result = load_result(run.get_result(timeout=60))
     np.testing.assert_array_equal(result["a"], np.full(3, 2.0))
     # whichever side's idle watchdog fires first cuts the stream; both name the setting

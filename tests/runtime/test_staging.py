@@ -69,7 +69,8 @@ def test_staged_result_is_validated_like_a_streamed_one(tmp_path):
 
 
 def test_staging_broadcast_with_grpc_fallback(make_recipe, tmp_path):
-    recipe = make_recipe(HELLO, n_clients=3, min_clients=3, num_rounds=2, staging=True)
+    recipe = make_recipe(HELLO, n_clients=3, min_clients=3, num_rounds=2, staging=True,
+                         settings={"shared_memory": False})  # site-3's fallback is then the gRPC stream
     env = LocalEnv(job_root=tmp_path / "jobs", verbose=False,
                    site_env={"site-3": {"HPCFLARE_STAGING_DIR": str(tmp_path / "not-mounted-here")}})
     run = recipe.execute(env)

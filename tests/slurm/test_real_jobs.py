@@ -47,9 +47,13 @@ def test_sbatch_job_runs_ranks_across_nodes(slurm, make_recipe, tmp_path, rendez
     assert out.count("from MPI broadcast") == (3 if rendezvous == "mpi" else 0)
     assert "srun exited 0" in out
     assert re.search(r"^\s*0: ", out, re.M)  # srun --label: each line names the rank that wrote it
-    for site in ("site-1", "site-2", "site-3"):
+    server_node = started[0]["node"]
+    node_of = {e["site"]: e["node"] for e in server if e["event"] == "client_registered"}
+    for site in ("site-1", "site-2", "site-3"):  # beside the server its model is mapped, across nodes streamed
         via = {e["via"] for e in events(job_dir.root, site) if e["event"] == "model_received"}
-        assert via == {"staging" if staging else "grpc"}
+        assert via == {"staging" if staging else "shared memory" if node_of[site] == server_node else "grpc"}
+    if not staging:
+        assert {node_of[s] == server_node for s in node_of} == {True, False}  # both ways were taken
 
 
 
