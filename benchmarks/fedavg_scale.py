@@ -2,7 +2,8 @@
 
 Prints one row per configuration: wall seconds, peak RSS and PSS of the whole process tree (sampled every
 0.1 s), the server's peak RSS, the server's CPU seconds per round (LocalEnv/MpiEnv: the server process;
-SimEnv: the whole process) and the model traffic throughput (bytes the clients received and sent / wall).
+SimEnv: the whole process) and the model traffic throughput: bytes the clients received and sent over the wall
+time (job start and end included), and over the rounds' own time (server round_completed seconds).
 
     python benchmarks/fedavg_scale.py --clients 8 128 1000 --model-mb 1 --rounds 3 [--env local sim] \
         [--clients-per-rank auto 1] [--relays 0 4] [--profile auto]
@@ -11,6 +12,7 @@ SimEnv: the whole process) and the model traffic throughput (bytes the clients r
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import textwrap
 import threading
@@ -85,10 +87,14 @@ def run_one(clients: int, model_mb: float, rounds: int, root: Path, profile: str
     recipe = FedAvgRecipe(name=f"bench-{clients}x{model_mb}", model=model_of(model_mb), min_clients=clients,
                           num_rounds=rounds, train_script=script, n_clients=clients, settings_profile=profile,
                           relays=relays, staging=staging)
-    _, row = measure(recipe, root, env=env, per_rank=per_rank)
+    run, row = measure(recipe, root, env=env, per_rank=per_rank)
     traffic = 2 * clients * rounds * model_mb * (1 << 20) / 1e9
+    log = run.job_dir.log_dir / "server.jsonl"
+    in_rounds = sum(e["seconds"] for e in map(json.loads, log.read_text().splitlines())
+                    if e.get("event") == "round_completed") if log.exists() else 0.0
     return {"clients": clients, "relays": relays, "staging": staging, "model_mb": model_mb, "rounds": rounds,
-            "env": env, "gbps": traffic / float(row["wall_s"]), **row,
+            "env": env, "gbps": traffic / float(row["wall_s"]), "round_gbps": traffic / in_rounds if in_rounds else
+            float("nan"), **row,
             "server_cpu_per_round": float(row["server_cpu_s"]) / rounds}
 
 
@@ -138,7 +144,7 @@ def main() -> None:
                         help="broadcast and collect through shared-filesystem staging (the job dir)")
     args = parser.parse_args()
     print(f"{'env':>5} {'N':>5} {'K':>5} {'relays':>6} {'staging':>7} {'M (MB)':>7} {'R':>3} {'wall s':>8} "
-          f"{'tree RSS MB':>12} {'tree PSS MB':>12} {'server MB':>10} {'srv CPU s/rnd':>13} {'GB/s':>6}  state")
+          f"{'tree RSS MB':>12} {'tree PSS MB':>12} {'server MB':>10} {'srv CPU s/rnd':>13} {'GB/s':>6} {'rnd GB/s':>8}  state")
     stagings = {"off": [False], "on": [True], "both": [False, True]}[args.staging]
     for env in args.env:
         for clients in args.clients:
@@ -152,7 +158,8 @@ def main() -> None:
                             print(f"{env:>5} {clients:>5} {row['k']!s:>5} {relays:>6} {'on' if staging else 'off':>7} "
                                   f"{mb:>7g} {args.rounds:>3} {row['wall_s']:>8.1f} {row['tree_peak_mb']:>12.0f} "
                                   f"{row['tree_pss_mb']:>12.0f} {row['server_peak_mb']:>10.0f} "
-                                  f"{row['server_cpu_per_round']:>13.2f} {row['gbps']:>6.2f}  {row['state']}", flush=True)
+                                  f"{row['server_cpu_per_round']:>13.2f} {row['gbps']:>6.2f} {row['round_gbps']:>8.2f}  "
+                                  f"{row['state']}", flush=True)
 
 
 if __name__ == "__main__":
