@@ -72,7 +72,8 @@ class Settings:
     shared_memory: bool = True
     """Ranks on the same host (same boot, PID namespace and user) hand models and results to each other as sealed
     memory files that the receiver maps, instead of streaming them over loopback gRPC; anything that stops it
-    (another host, /proc hidden) falls back to streaming. false: always stream."""
+    (another host, /proc hidden) falls back to streaming. A result is then copied once into such a file, which the
+    parent maps while it checks and folds it (up to max_concurrent_uploads at a time). false: always stream."""
     max_concurrent_uploads: int = 2
     """Uploads decoded at once on the server; bounds server memory to model x (2 + this)."""
     max_concurrent_downloads: int = 16

@@ -29,6 +29,13 @@ def test_unknown_key_and_bad_values():
         Settings.load("dev", {"round_timeout": 0})
     with pytest.raises(ConfigError, match="not found"):
         Settings.load("no-such-profile")
+    with pytest.raises(ConfigError, match="shared_memory must be true or false"):
+        Settings.load("dev", {"shared_memory": "yes"})
+    with pytest.raises(ConfigError, match="shared_memory must be true or false"):
+        Settings.load("dev", {"shared_memory": 1})
+    assert Settings.load("dev", {"shared_memory": False}).shared_memory is False
+    with pytest.raises(ConfigError, match="must be a number"):  # and a switch is no number either
+        Settings.load("dev", {"round_timeout": True})
 
 
 def test_inconsistent_settings_name_both_keys():
