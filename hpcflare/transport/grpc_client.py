@@ -119,6 +119,8 @@ class GrpcClientTransport(ClientTransport):
         self._upload = self._data.stream_unary(f"/{SERVICE}/Upload")
         self._parent_host: str | None = None
         """The parent's host key once a MapModel reply said it; uploads go as memory files when it is ours."""
+        self._unshared_ref: str | None = None
+        """The last model the parent said it cannot hand over as a memory file."""
         self.shm_off = "" if settings.shared_memory else "settings.shared_memory is false"
         """Why this link no longer tries shared memory ('' while it does)."""
         self.last_via = "grpc"
@@ -137,7 +139,7 @@ class GrpcClientTransport(ClientTransport):
 
     def shared_model(self, request: dict, manifest: list[TensorSpec]) -> SharedModel | None:
         """The parent's memory file holding the model, when the parent is on this host (see transport.shm)."""
-        if self.shm_off:
+        if self.shm_off or (self._unshared_ref is not None and self._unshared_ref == request.get("ref")):
             return None
         try:
             reply = self.call("MapModel", {**request, "host": shm.host_key()}, self.settings.rpc_timeout)
@@ -149,6 +151,7 @@ class GrpcClientTransport(ClientTransport):
             self.shm_off = "the parent is on another host"
             return None
         if reply.get("shared") is None:  # this model is not in a memory file there (a relay's stream cache)
+            self._unshared_ref = request.get("ref")  # download() need not ask again
             return None
         try:
             return SharedModel.attach(reply["shared"], manifest, self.settings.max_model_bytes)

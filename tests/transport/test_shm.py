@@ -179,3 +179,19 @@ def test_local_jobs_move_models_and_results_through_shared_memory(make_recipe, t
         assert up == ("shared memory" if enabled else "grpc"), vias
     np.testing.assert_array_equal(results[True], HELLO_MODEL + 2)
     np.testing.assert_array_equal(results[False], results[True])
+
+
+def test_relays_on_the_same_host_pass_the_servers_pages_on(make_recipe, local_env):
+    """A relay maps the server's model; its sites map the relay's handle on the same file, and every result and
+    partial comes back as a memory file: nothing crosses loopback gRPC but the control messages."""
+    from tests.conftest import SLOW
+
+    run = make_recipe(SLOW, n_clients=4, num_rounds=2, train_args="0", relays=2).execute(local_env)
+    np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 2)
+    root = run.job_dir.root
+    for relay in ("relay-1", "relay-2"):
+        assert {e["via"] for e in events(root, relay) if e["event"] in ("relay_round", "partial_sent")} == {
+            "shared memory"}
+    for site in ("site-1", "site-2", "site-3", "site-4"):
+        assert {e["via"] for e in events(root, site) if e["event"] in ("model_received", "result_sent")} == {
+            "shared memory"}
