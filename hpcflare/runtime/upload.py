@@ -20,8 +20,8 @@ from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
 from hpcflare.strategy.aggregate import acc_dtype, all_finite, blocks_of
 from hpcflare.strategy.api import UpdateKind, describe_expectation, shape_matches
-from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, is_float, parse_single,
-                                      raw_bytes, unpack_frame)
+from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, empty_buffer, is_float,
+                                      parse_single, raw_bytes, unpack_frame)
 from hpcflare.transport.shm import SharedModel
 from hpcflare.transport.streams import merge_report
 
@@ -111,9 +111,9 @@ class UploadParams(Mapping[str, np.ndarray]):
             yield first, np.frombuffer(self._pread(name, offset + first * dtype.itemsize, n * dtype.itemsize),
                                        dtype=dtype)
 
-    def _pread(self, name: str, offset: int, nbytes: int) -> bytearray:
-        buf = bytearray(nbytes)
-        if buf and os.preadv(self._file.fileno(), [buf], offset) != nbytes:
+    def _pread(self, name: str, offset: int, nbytes: int) -> np.ndarray:
+        buf = empty_buffer(nbytes)
+        if nbytes and os.preadv(self._file.fileno(), [buf], offset) != nbytes:
             raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
         return buf
 
@@ -268,7 +268,7 @@ def _dequantize(params: "UploadParams", quant: dict[str, dict[str, Any]], expect
 def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, Any], params: UploadParams) -> None:
     total = 0
     spec: TensorSpec | None = None
-    buf = bytearray()
+    buf = empty_buffer(0)
     filled = 0
     streaming = False
     for frame in frames:
@@ -287,7 +287,7 @@ def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping
                     params.end_stream(spec, expected[spec.name])
                 else:
                     params.put(spec.name, _finish(spec, buf, expected[spec.name]))
-                spec, buf, filled = None, bytearray(), 0
+                spec, buf, filled = None, empty_buffer(0), 0
         elif kind == "tensor":
             if spec is not None:
                 raise MalformedMessageError(f"tensor {spec.name!r} incomplete ({filled}/{spec.nbytes} bytes) before the next one")
@@ -296,7 +296,7 @@ def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping
             if total > settings.max_model_bytes:
                 raise FrameTooLargeError(f"update exceeds settings.max_model_bytes={settings.max_model_bytes}")
             streaming = params.streams(spec, expected[spec.name])
-            buf, filled = (bytearray() if streaming else bytearray(spec.nbytes)), 0
+            buf, filled = empty_buffer(0 if streaming else spec.nbytes), 0
             if streaming:
                 params.begin_stream()
             if spec.nbytes == 0:
@@ -376,7 +376,7 @@ def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.n
     return StagedParams(path, list(seen), expected)
 
 
-def _finish(spec: TensorSpec, buf: bytearray, base: np.ndarray) -> np.ndarray:
+def _finish(spec: TensorSpec, buf: np.ndarray, base: np.ndarray) -> np.ndarray:
     return _validated(spec, decode_tensor(buf, spec), base)
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from hpcflare import errors
 from hpcflare.settings import Settings
-from hpcflare.transport.codec import MAX_HEADER_BYTES, TensorSpec, iter_chunks, pack_frame, pack_meta, tensor_parts, unpack_frame
+from hpcflare.transport.codec import (MAX_HEADER_BYTES, TensorSpec, empty_buffer, iter_chunks, pack_frame, pack_meta,
+                                      tensor_parts, unpack_frame)
 
 REPORT_SECTIONS = ("partial", "swarm")
 """Header sections whose per-site tables may continue in 'more' frames (a relay's partial over thousands)."""
@@ -100,7 +103,7 @@ class DownloadAssembler:
         check_model_size(manifest, settings)
         self.manifest, self.max_frame = manifest, settings.max_frame_bytes
         self.index, self.filled = 0, 0
-        self.buf = bytearray(manifest[0].nbytes) if manifest else bytearray()
+        self.buf = empty_buffer(manifest[0].nbytes) if manifest else empty_buffer(0)
 
     @property
     def done(self) -> bool:
@@ -110,7 +113,7 @@ class DownloadAssembler:
     def position(self) -> list[int]:
         return [self.index, self.filled]
 
-    def feed(self, frame: bytes) -> tuple[TensorSpec, bytearray] | None:
+    def feed(self, frame: bytes) -> tuple[TensorSpec, np.ndarray] | None:
         """Take one frame; a finished tensor is handed over (not copied: it is decoded in place)."""
         header, payload = unpack_frame(frame, self.max_frame)
         t, off = header.get("t"), header.get("o")
@@ -122,5 +125,6 @@ class DownloadAssembler:
             return None
         finished = (self.manifest[self.index], self.buf)
         self.index, self.filled = self.index + 1, 0
-        self.buf = bytearray(self.manifest[self.index].nbytes) if not self.done else bytearray()
+        self.buf = empty_buffer(self.manifest[self.index].nbytes if not self.done else 0)
         return finished
+
