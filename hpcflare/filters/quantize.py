@@ -52,29 +52,53 @@ class Quantize(Filter):
         return out
 
 
+CHUNK_VALUES = 1 << 20
+"""Values processed at a time: every temporary is a few of these (~4 MB each), never tensor-sized, so a 2 GB
+model quantizes and dequantizes in little more than its input and output."""
+
+
+def _chunks(size: int, block: int) -> range:
+    """Starts of chunks that hold whole blocks (and an even count of values, for int4's pairs)."""
+    step = block * max(2, CHUNK_VALUES // block // 2 * 2)
+    return range(0, size, step)
+
+
 def quantize(value: np.ndarray, mode: str, block: int) -> dict[str, np.ndarray]:
-    """{"": payload, SCALE_SUFFIX: scales} for one tensor."""
-    flat = np.ascontiguousarray(value, dtype=np.float32).reshape(-1)
-    if mode == "fp16":
-        return {"": flat.astype(np.float16).reshape(value.shape)}
-    if mode == "bf16":
-        bits = flat.view(np.uint32)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-        return {"": rounded.astype(np.uint16).reshape(value.shape)}
+    """{"": payload, SCALE_SUFFIX: scales} for one tensor, chunk by chunk into preallocated outputs."""
+    flat = np.ascontiguousarray(value).reshape(-1)
+    size = flat.size
+    if mode in ("fp16", "bf16"):
+        out = np.empty(size, dtype=np.float16 if mode == "fp16" else np.uint16)
+        for start in range(0, size, CHUNK_VALUES):
+            part = flat[start:start + CHUNK_VALUES].astype(np.float32, copy=False)
+            if mode == "fp16":
+                out[start:start + part.size] = part
+            else:
+                bits = np.ascontiguousarray(part).view(np.uint32)
+                out[start:start + part.size] = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+        return {"": out.reshape(value.shape)}
     levels = LEVELS[mode]
-    nblocks = math.ceil(flat.size / block)
-    padded = np.zeros(nblocks * block, dtype=np.float32)
-    padded[:flat.size] = flat
-    blocks = padded.reshape(nblocks, block)
-    scales = np.abs(blocks).max(axis=1) / levels
-    safe = np.where(scales > 0, scales, 1.0)
-    q = np.clip(np.rint(blocks / safe[:, None]), -levels, levels).astype(np.int8).reshape(-1)[:flat.size]
-    if mode == "int8":
-        return {"": q.reshape(value.shape), SCALE_SUFFIX: scales.astype(np.float32)}
-    nibbles = (q + 8).astype(np.uint8)  # 1..15
-    if nibbles.size % 2:
-        nibbles = np.append(nibbles, np.uint8(8))
-    return {"": (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8), SCALE_SUFFIX: scales.astype(np.float32)}
+    scales = np.empty(math.ceil(size / block), dtype=np.float32)
+    payload = np.empty(size if mode == "int8" else (size + 1) // 2, dtype=np.int8 if mode == "int8" else np.uint8)
+    chunks = _chunks(size, block)
+    for start in chunks:
+        part = flat[start:start + chunks.step].astype(np.float32, copy=False)
+        n, nblocks = part.size, math.ceil(part.size / block)
+        if n % block:  # the tensor's last, partial block: pad with zeros
+            part = np.concatenate([part, np.zeros(nblocks * block - n, dtype=np.float32)])
+        blocks = part.reshape(nblocks, block)
+        chunk_scales = np.abs(blocks).max(axis=1) / levels
+        scales[start // block:start // block + nblocks] = chunk_scales
+        safe = np.where(chunk_scales > 0, chunk_scales, 1.0)
+        q = np.clip(np.rint(blocks / safe[:, None]), -levels, levels).astype(np.int8).reshape(-1)[:n]
+        if mode == "int8":
+            payload[start:start + n] = q
+            continue
+        nibbles = (q + 8).astype(np.uint8)  # 1..15
+        if nibbles.size % 2:
+            nibbles = np.append(nibbles, np.uint8(8))
+        payload[start // 2:start // 2 + nibbles.size // 2] = nibbles[0::2] | (nibbles[1::2] << 4)
+    return {"": payload.reshape(value.shape) if mode == "int8" else payload, SCALE_SUFFIX: scales}
 
 
 def wire_shapes(base: Any, mode: str, block: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -91,24 +115,34 @@ def wire_shapes(base: Any, mode: str, block: int) -> dict[str, tuple[tuple[int, 
 
 
 def dequantize(payload: np.ndarray, scales: np.ndarray | None, mode: str, block: int, base: Any) -> np.ndarray:
+    """The tensor back in the global model's dtype and shape, chunk by chunk into one preallocated output."""
     size, shape = int(math.prod(base.shape)), tuple(base.shape)
-    if mode == "fp16":
-        return payload.astype(base.dtype)
-    if mode == "bf16":
-        return (payload.astype(np.uint32) << 16).view(np.float32).reshape(shape).astype(base.dtype, copy=False)
+    out = np.empty(size, dtype=base.dtype)
+    flat = payload.reshape(-1)
+    if mode in ("fp16", "bf16"):
+        for start in range(0, size, CHUNK_VALUES):
+            part = flat[start:start + CHUNK_VALUES]
+            values = part if mode == "fp16" else (part.astype(np.uint32) << 16).view(np.float32)
+            out[start:start + part.size] = values.astype(out.dtype, copy=False)
+        return out.reshape(shape)
     if scales is None:
         raise UpdateRejectedError(f"{mode} tensor arrived without its {SCALE_SUFFIX} tensor")
-    if mode == "int8":
-        q = payload.reshape(-1).astype(np.float32)
-    else:
-        packed = payload.reshape(-1)
-        q = np.empty(packed.size * 2, dtype=np.float32)
-        q[0::2], q[1::2] = (packed & 0x0F), (packed >> 4)
-        q = q[:size] - 8
-    padded = np.zeros(math.ceil(size / block) * block, dtype=np.float32)
-    padded[:size] = q
-    values = (padded.reshape(-1, block) * scales[:, None]).reshape(-1)[:size]
-    return values.reshape(shape).astype(base.dtype, copy=False)
+    chunks = _chunks(size, block)
+    for start in chunks:
+        n = min(chunks.step, size - start)
+        if mode == "int8":
+            q = flat[start:start + n].astype(np.float32)
+        else:
+            packed = flat[start // 2:start // 2 + (n + 1) // 2]
+            q = np.empty(packed.size * 2, dtype=np.float32)
+            q[0::2], q[1::2] = (packed & 0x0F), (packed >> 4)
+            q = q[:n] - 8
+        nblocks = math.ceil(n / block)
+        if n % block:
+            q = np.concatenate([q, np.zeros(nblocks * block - n, dtype=np.float32)])
+        values = (q.reshape(nblocks, block) * scales[start // block:start // block + nblocks, None]).reshape(-1)[:n]
+        out[start:start + n] = values.astype(out.dtype, copy=False)
+    return out.reshape(shape)
 
 
 def check_quant_map(quant: Any, expected: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -34,6 +34,48 @@ def test_round_trip_error_within_half_a_step(mode, bytes_per_value, bound):
     assert np.all(np.abs(back - W) <= bound(W, absmax))
 
 
+@pytest.mark.parametrize("mode", ["fp16", "bf16", "int8", "int4"])
+def test_tensors_across_chunk_boundaries_match_a_per_block_reference(mode):
+    """Sizes just around the chunk size (and odd, for int4's pairs): each block's scale and values are what a
+    one-shot computation over the whole tensor gives."""
+    from hpcflare.filters.quantize import CHUNK_VALUES, LEVELS
+
+    for size in (CHUNK_VALUES - 1, CHUNK_VALUES + 3, 2 * CHUNK_VALUES + 101):
+        w = RNG.normal(0, 2, size=size).astype(np.float32)
+        enc = quantize(w, mode, 100)
+        if mode in ("int8", "int4"):
+            blocks = np.zeros(-(-size // 100) * 100, np.float32)
+            blocks[:size] = w
+            np.testing.assert_array_equal(enc[SCALE_SUFFIX], np.abs(blocks.reshape(-1, 100)).max(axis=1) / LEVELS[mode])
+        back = dequantize(enc[""], enc.get(SCALE_SUFFIX), mode, 100, w)
+        step = {"fp16": 2e-3, "bf16": 8e-3}.get(mode, 0)
+        bound = np.abs(w) * step + 1e-6 if step else np.repeat(enc[SCALE_SUFFIX], 100)[:size] / 2 + 1e-6
+        assert np.all(np.abs(back - w) <= bound)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+def test_quantizing_a_large_tensor_needs_no_tensor_sized_temporaries(mode):
+    """A 64 MB float32 tensor: beyond the encoded output (and the decoded result), the peak of numpy's traced
+    allocations stays at a few chunks, not several copies of the tensor."""
+    import tracemalloc
+
+    w = np.ones(16 << 20, np.float32)
+    tracemalloc.start()
+    try:
+        enc = quantize(w, mode, 64)
+        out_bytes = sum(v.nbytes for v in enc.values())
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak - out_bytes < 32 << 20, (peak, out_bytes)
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        back = dequantize(enc[""], enc.get(SCALE_SUFFIX), mode, 64, w)
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak - base - back.nbytes < 32 << 20, (peak - base, back.nbytes)
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(back, w)
+
+
 def test_int_quantization_of_zeros_and_scales():
     zeros = np.zeros(100, np.float32)
     for mode in ("int8", "int4"):
