@@ -118,3 +118,17 @@ def test_dead_server_is_a_clear_peer_gone_error(served):
     server.stop(0)
     with pytest.raises(errors.PeerGoneError, match="unreachable.*is the server rank alive"):
         client.call("Heartbeat", {}, 2)
+
+
+def test_a_claimed_3_gib_tensor_costs_no_memory_until_its_bytes_arrive(served):
+    """A manifest announcing one 3 GiB tensor (over 2 GiB, under max_model_bytes) whose stream then goes wrong:
+    the client fails with the cause, and the receive buffer was never touched beyond what arrived, so the claim
+    cost (almost) no memory (the buffer is not zero-filled up front)."""
+    import psutil
+
+    handler, server, client = served
+    huge = TensorSpec("embed", "F32", (3 << 28,), (3 << 30) + 64)
+    rss = psutil.Process().memory_info().rss
+    with pytest.raises((errors.PeerGoneError, errors.MalformedMessageError), match="ended early|unexpected frame"):
+        list(client.download({}, [huge]))  # the handler streams its own small blobs, then frames for tensor 1
+    assert psutil.Process().memory_info().rss - rss < 256 << 20
