@@ -202,15 +202,18 @@ class Relay(RoundHost):
         if self._last_model is not None and self._last_model[0] == task.task_id:
             return self._last_model[1], "cache"
         self._last_model = None
-        transport, token = self.upstream.connection.credentials()
-        request = {"site": self.name, "token": token, "ref": task.ref}
-        shared = transport.shared_model(request, task.manifest)  # a parent on this host: its very pages
-        if shared is not None:
-            model, via = GlobalModel.from_shared(task.ref, task.round, shared), "shared memory"
-        else:
+
+        def fetch() -> tuple[GlobalModel, str]:  # retried through the link: a restarted parent means a new transport
+            transport, token = self.upstream.connection.credentials()
+            request = {"site": self.name, "token": token, "ref": task.ref}
+            shared = transport.shared_model(request, task.manifest)  # a parent on this host: its very pages
+            if shared is not None:
+                return GlobalModel.from_shared(task.ref, task.round, shared), "shared memory"
             blobs = {spec.name: blob for spec, blob in transport.download(request, task.manifest)}
-            model = GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens)
-            via = "in-process" if isinstance(transport, InprocTransport) else "grpc"
+            return (GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens),
+                    "in-process" if isinstance(transport, InprocTransport) else "grpc")
+
+        model, via = self.upstream.connection.retry("Download", fetch)
         self._last_model = (task.task_id, model)
         return model, via
 

@@ -146,6 +146,8 @@ class GrpcClientTransport(ClientTransport):
         except errors.MalformedMessageError as exc:  # a parent that does not know the method
             self.shm_off = str(exc)
             return None
+        except errors.TransportError:  # the parent is gone for now: the stream's own retries and resume take over
+            return None
         self._parent_host = reply.get("host") if isinstance(reply.get("host"), str) else ""
         if not shm.same_host(self._parent_host):
             self.shm_off = "the parent is on another host"
