@@ -211,16 +211,16 @@ class GrpcClientTransport(ClientTransport):
         shared = SharedModel(tensor_parts(name, value) for name, value in tensors)
         try:
             description = shared.describe()
-            if description is not None:
+            listing = [spec.to_wire() for spec in shared.specs]
+            if description is None:
+                self.shm_off = "memory files cannot be sealed here"
+            elif len(pack_meta(listing)) < self.settings.max_frame_bytes // 2:  # the list rides in the header frame
                 try:
-                    reply = self._stream_upload({**header, "mapped": {
-                        "file": description, "tensors": [spec.to_wire() for spec in shared.specs]}}, [])
+                    reply = self._stream_upload({**header, "mapped": {"file": description, "tensors": listing}}, [])
                     self.last_via = "shared memory"
                     return reply
                 except shm.SharedMemoryError as exc:
                     self.shm_off = str(exc)
-            else:
-                self.shm_off = "memory files cannot be sealed here"
             self.last_via = "grpc"
             return self._stream_upload(header, [(spec.name, decode_tensor(blob, spec)) for spec, blob in shared.blobs()])
         finally:

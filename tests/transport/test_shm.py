@@ -195,3 +195,18 @@ def test_relays_on_the_same_host_pass_the_servers_pages_on(make_recipe, local_en
     for site in ("site-1", "site-2", "site-3", "site-4"):
         assert {e["via"] for e in events(root, site) if e["event"] in ("model_received", "result_sent")} == {
             "shared memory"}
+
+
+def test_an_upload_whose_tensor_list_would_not_fit_a_header_frame_is_streamed():
+    """Thousands of tiny tensors: their list cannot ride in one header frame, so they stream (and arrive)."""
+    handler = SameHostHandler()
+    settings = SETTINGS.replace(max_frame_bytes=8192, chunk_size=1024)
+    server = GrpcServer(handler, settings, RankLogger(None, "server", "server")).start()
+    client = GrpcClientTransport(server.address, settings)
+    try:
+        client.shared_model({"ref": "v1"}, [])  # learns that the parent is on this host
+        reply = client.upload({"site": "a"}, [(f"w{i}", np.zeros(1, dtype=np.float32)) for i in range(400)])
+        assert client.last_via == "grpc" and not client.shm_off and reply["frames"] == 1 + 400 * 3 + 1
+    finally:
+        client.close()
+        server.stop()
