@@ -74,8 +74,14 @@ class Settings:
     memory files that the receiver maps, instead of streaming them over loopback gRPC; anything that stops it
     (another host, /proc hidden) falls back to streaming. A result is then copied once into such a file, which the
     parent maps while it checks and folds it (up to max_concurrent_uploads at a time). false: always stream."""
+    model_file_bytes: int = 256 << 20
+    """A global model at least this large is held in a node-local spool file (HPCFLARE_SPOOL_DIR, else
+    SLURM_TMPDIR, else the system tmp) instead of the server's memory: served from the page cache with pread,
+    mapped read-only by same-host ranks, so the server's RSS holds the round's running sum (~1x the model)
+    rather than also the model it serves (~2x). Smaller models stay in a sealed memory file (no disk writes)."""
     max_concurrent_uploads: int = 2
-    """Uploads decoded at once on the server; bounds server memory to model x (2 + this)."""
+    """Uploads checked and folded at once on the server. Large tensors of an upload wait in a node-local spool
+    file (or the sender's memory file) and are read a block at a time, so each costs a few MB of server memory."""
     max_concurrent_downloads: int = 16
     """Model streams served at once; more wait (up to upload_slot_timeout). Bounds transport buffers."""
     spool_tensor_bytes: int = 4 << 20

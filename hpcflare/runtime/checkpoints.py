@@ -28,7 +28,9 @@ RECORD = "checkpoint.json"
 
 
 class Checkpoints:
-    def __init__(self, models_dir: Path, log: RankLogger) -> None:
+    def __init__(self, models_dir: Path, log: RankLogger, model_file_bytes: int = 1 << 62) -> None:
+        """``model_file_bytes``: a resumed model at least this large goes to a spool file (settings.model_file_bytes)."""
+        self.model_file_bytes = model_file_bytes
         self.models_dir, self.log = models_dir, log
         self._writer: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -79,7 +81,9 @@ class Checkpoints:
         state = None
         if isinstance(state_file, str) and (self.models_dir / state_file).is_file():
             state = load_params(self.models_dir / state_file)
-        return GlobalModel(load_params(path), number), number, state
+        params = load_params(path, mapped=True)
+        in_file = sum(value.nbytes for value in params.values()) >= self.model_file_bytes
+        return GlobalModel(params, number, in_file=in_file), number, state
 
     def save(self, model: GlobalModel, number: int, strategy_state: Mapping[str, np.ndarray]) -> None:
         """Round ``number``'s model (and the strategy's state) become the checkpoint to resume from; the model is

@@ -3,40 +3,54 @@
 Arrays are zero-copy views into the encoded blobs, so holding the model and serving it costs ~1x its size.
 The blobs live in a memory file (:meth:`GlobalModel.share`) that a client rank's virtual clients map
 copy-on-write: K sites read one physical copy, and a site that writes into its params copies only the pages
-it writes.
+it writes. A model of at least ``settings.model_file_bytes`` lives in a node-local spool file instead: served
+with pread and read through its mapping only when needed (then released), so the server's memory holds the
+round's running sum, not the model it serves.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from hpcflare.errors import ConfigError, MalformedMessageError
-from hpcflare.runtime.staging import write_atomic
+from hpcflare.runtime.staging import map_tensors, write_atomic
 from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, view_tensor
 from hpcflare.transport.shm import SharedModel
 
 
+class ModelParams(dict):
+    """name -> read-only array view of a model; ``release(name)`` lets a reader (the aggregator, after folding a
+    tensor) hand the pages of a spool-file model back (see :meth:`GlobalModel.release`)."""
+
+    def __init__(self, items: dict[str, np.ndarray], release: Callable[..., None]) -> None:
+        super().__init__(items)
+        self.release = release
+
+
 class GlobalModel:
     def __init__(self, params: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], version: int,
-                 ref: str | None = None) -> None:
+                 ref: str | None = None, in_file: bool = False) -> None:
         """``params`` may be a lazy iterable of (name, array): each array can be freed once it is encoded. The
         blobs are encoded straight into a shared memory file, so serving them in-process copies nothing.
-        ``ref``: the name the parent gave this model (default ``v<version>``)."""
+        ``ref``: the name the parent gave this model (default ``v<version>``); ``in_file``: in a node-local
+        spool file instead of memory (see the module docstring)."""
         items = params.items() if isinstance(params, Mapping) else params
-        self._adopt(ref or f"v{version}", version, SharedModel(tensor_parts(name, value) for name, value in items))
+        self._adopt(ref or f"v{version}", version,
+                    SharedModel((tensor_parts(name, value) for name, value in items), in_file=in_file))
 
     def _adopt(self, ref: str, version: int, shared: "SharedModel | None", specs: list[TensorSpec] | None = None,
                blobs: dict[str, Any] | None = None) -> None:
         """Hold ``blobs`` (default: views of ``shared``) and read-only array views of them."""
         self.version, self.ref, self._shared = version, ref, shared
+        self._offsets: dict[str, tuple[int, int]] | None = None
         self.specs = list(specs if shared is None else shared.specs)
         self.blobs: dict[str, Any] = blobs if shared is None else {
             spec.name: shared.view[off:off + spec.nbytes] for spec, off in zip(shared.specs, shared.offsets)}
-        self.params: dict[str, np.ndarray] = {spec.name: view_tensor(self.blobs[spec.name], spec.name)
-                                              for spec in self.specs}
+        self.params: dict[str, np.ndarray] = ModelParams(
+            {spec.name: view_tensor(self.blobs[spec.name], spec.name) for spec in self.specs}, self.release)
 
     @classmethod
     def from_blobs(cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, Any],
@@ -78,31 +92,71 @@ class GlobalModel:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.specs)
 
+    @property
+    def in_file(self) -> bool:
+        return self._shared is not None and self._shared.in_file
+
+    def release(self, name: str | None = None, start: int = 0, nbytes: int | None = None) -> None:
+        """Pages read from a spool-file model leave this process's RSS: all of them, one tensor's, or ``nbytes``
+        of its data from byte ``start`` on (they stay in the page cache and fault back in when read again)."""
+        if not self.in_file:
+            return
+        assert self._shared is not None
+        if name is None:
+            self._shared.release()
+            return
+        if self._offsets is None:
+            self._offsets = {spec.name: (off, spec.nbytes) for spec, off in zip(self._shared.specs, self._shared.offsets)}
+        if name not in self._offsets:
+            return
+        off, size = self._offsets[name]
+        data = off + size - view_tensor(self._shared.view[off:off + size], name).nbytes  # after the blob's header
+        self._shared.release(data + start, (off + size - data - start) if nbytes is None else nbytes)
+
     def frames(self, start: tuple[int, int], chunk_size: int) -> Iterator[bytes]:
         index, offset = start
         if not 0 <= index <= len(self.specs) or offset < 0:
             raise MalformedMessageError(f"invalid download start {start!r}")
+        shared = self._shared if self.in_file else None
         for i in range(index, len(self.specs)):
             blob = self.blobs[self.specs[i].name]
             if offset > len(blob):
                 raise MalformedMessageError(f"download offset {offset} beyond tensor {i} ({len(blob)} bytes)")
-            for off, piece in iter_chunks(blob, chunk_size, offset):
-                if len(piece):
-                    yield pack_frame({"t": i, "o": off}, piece)
+            if shared is not None:  # read, not mapped: serving a spool-file model adds nothing to RSS
+                base = shared.offsets[i]
+                for off in range(offset, len(blob), chunk_size):
+                    yield pack_frame({"t": i, "o": off}, shared.read(base + off, min(chunk_size, len(blob) - off)))
+            else:
+                for off, piece in iter_chunks(blob, chunk_size, offset):
+                    if len(piece):
+                        yield pack_frame({"t": i, "o": off}, piece)
             offset = 0
 
     def save(self, path: Path) -> dict[str, Any]:
         """Write all tensors into one safetensors file, atomically; return its sha256 and size."""
-        return write_atomic(path, self.params, metadata={"hpcflare_version": str(self.version)})
+        try:
+            return write_atomic(path, self.params, metadata={"hpcflare_version": str(self.version)})
+        finally:
+            self.release()
 
 
-def load_params(path: Path) -> dict[str, np.ndarray]:
-    """Read a safetensors model file as numpy arrays, with a clear error for what the server can't hold."""
+def load_params(path: Path, mapped: bool = False) -> dict[str, np.ndarray]:
+    """Read a safetensors model file as numpy arrays, with a clear error for what the server can't hold.
+    ``mapped``: copy-on-write views of the file (checked by safetensors first): a model about to be encoded
+    into its own file is then never also a whole copy in this process's memory."""
     import safetensors.numpy
+    from safetensors import safe_open
 
     if not path.is_file():
         raise ConfigError(f"model file {path} not found")
     try:
-        return dict(safetensors.numpy.load_file(str(path)))
+        if not mapped:
+            return dict(safetensors.numpy.load_file(str(path)))
+        with safe_open(str(path), framework="numpy") as f:  # validates the header and the offsets
+            names = set(f.keys())
+        params = map_tensors(path)
     except Exception as exc:
         raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from None
+    if set(params) != names:
+        raise ConfigError(f"{path}: not a readable safetensors file (tensor names differ from its header)")
+    return params

@@ -359,6 +359,7 @@ class RoundHost(LocalHandler):
         if self.stager is not None and publish:
             t0 = time.monotonic()
             self.staged = self.stager.publish(model.ref, model.params)
+            model.release()
             self.log.info("model_staged", f"round {number}: model staged ({self.staged['nbytes'] / 1e6:.1f} MB) in "
                           f"{time.monotonic() - t0:.2f}s", round=number, seconds=time.monotonic() - t0, **self.staged)
         if self.round is not None:

@@ -58,11 +58,11 @@ class FLServer(RoundHost):
         job_dir.ensure_secret()  # hand-written launches that skipped Env.deploy / prepare_job get one too
         self.strategy.attach(job_dir.root)
         direct = len(self.relays) or len(ranks) or len(config.clients)  # links that end at this server
-        self.checkpoints = Checkpoints(job_dir.models_dir, log)
+        self.checkpoints = Checkpoints(job_dir.models_dir, log, settings.model_file_bytes)
         self.first_round = 1
         self.last_metrics: dict[str, float] = {}
-        self.model = self._resume() or GlobalModel(
-            self.strategy.initial_params(load_params(job_dir.root / config.initial_model)), 0)
+        self.model = self._resume() or self._new_model(
+            self.strategy.initial_params(load_params(job_dir.root / config.initial_model, mapped=True)), 0)
         for warning in settings.warnings() + settings.fit_warnings(len(config.clients), direct, self.model.nbytes):
             log.warning("settings_conflict", warning)
         self.tracker = Tracker(job_dir.root / "tracking", config.tracking, config.name, config.tracking_config)
@@ -261,7 +261,7 @@ class FLServer(RoundHost):
             self.log.info("round_skipped", f"round {number}/{cfg.num_rounds}: nothing to do", round=number)
             return
         kept = self.model  # evaluation rounds may serve another model; the global one stays
-        model = kept if plan.model is None else GlobalModel(plan.model, number)
+        model = kept if plan.model is None else self._new_model(plan.model, number)
         rnd = self.open_round(number, model, plan=plan)
         self._status("running")
         if plan.targets is not None:
@@ -309,7 +309,8 @@ class FLServer(RoundHost):
             return self._run_round(number)
         t0 = time.monotonic()
         if plan.task == TaskKind.TRAIN and plan.aggregate:
-            self.model = GlobalModel(_replacing(rnd.model, _finite(rnd.aggregator.result_items(), number)), number)
+            self.model = self._new_model(_replacing(rnd.model, _finite(rnd.aggregator.result_items(), number)), number,
+                                         nbytes=rnd.model.nbytes)
         else:
             self.model = kept
         self.strategy.round_closed(number, plan, rnd.accepted)
@@ -325,6 +326,13 @@ class FLServer(RoundHost):
         self.selector.observe(number, means)
         if plan.task == TaskKind.TRAIN and means:
             self.last_metrics = means  # sent with the next round's task (FLModel.metrics, as in NVFlare)
+
+    def _new_model(self, params: Any, number: int, nbytes: int | None = None) -> GlobalModel:
+        """The round's model, in a spool file when it is at least settings.model_file_bytes (``nbytes``: its
+        size when ``params`` is a lazy iterable)."""
+        if nbytes is None:
+            nbytes = sum(value.nbytes for value in params.values())
+        return GlobalModel(params, number, in_file=nbytes >= self.settings.model_file_bytes)
 
     def _gone(self) -> set[str]:
         """Clients that registered and already ended (failed before their first task, or finished)."""
@@ -342,6 +350,7 @@ def _replacing(old: GlobalModel, items: Iterator[tuple[str, Any]]) -> Iterator[t
         yield name, value
         old.blobs.pop(name, None)
         old.params.pop(name, None)
+        old.release(name)
 
 
 def _finite(items: Iterator[tuple[str, Any]], number: int) -> Iterator[tuple[str, Any]]:

@@ -22,7 +22,7 @@ from hpcflare.strategy.aggregate import acc_dtype, all_finite, blocks_of
 from hpcflare.strategy.api import UpdateKind, describe_expectation, shape_matches
 from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, empty_buffer, is_float,
                                       parse_single, raw_bytes, unpack_frame)
-from hpcflare.transport.shm import SharedModel
+from hpcflare.transport.shm import SharedModel, cumulative
 from hpcflare.transport.streams import merge_report
 
 PARAMS_TYPES = tuple(kind.value for kind in UpdateKind)
@@ -45,13 +45,17 @@ def partial_expectation(expected: Mapping[str, Any]) -> dict[str, Any]:
 class UploadParams(Mapping[str, np.ndarray]):
     """A validated upload: small tensors in memory, large ones (>= settings.spool_tensor_bytes) in an
     anonymous temp file, read back one at a time while folding, so a decoded upload costs ~1 tensor of
-    memory instead of a whole model. close() (or garbage collection) deletes the file."""
+    memory instead of a whole model. close() (or garbage collection) deletes the file.
 
-    def __init__(self, spool_bytes: int) -> None:
+    ``source``: a read-only file already holding the tensors (a same-host peer's memory file): its large
+    tensors are read from there block by block, never mapped whole or copied into the spool."""
+
+    def __init__(self, spool_bytes: int, source: Any = None) -> None:
         self._spool_bytes = spool_bytes
         self._memory: dict[str, np.ndarray] = {}
-        self._spooled: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+        self._spooled: dict[str, tuple[Any, int, np.dtype, tuple[int, ...]]] = {}
         self._file: Any = None
+        self._source = source
         self._stream_at = 0
 
     def put(self, name: str, value: np.ndarray) -> None:
@@ -61,7 +65,7 @@ class UploadParams(Mapping[str, np.ndarray]):
             return
         offset = self._spool().seek(0, os.SEEK_END)
         self._file.write(memoryview(np.ascontiguousarray(value)).cast("B"))
-        self._spooled[name] = (offset, value.dtype, tuple(value.shape))
+        self._spooled[name] = (self._file, offset, value.dtype, tuple(value.shape))
 
     def _spool(self) -> Any:
         if self._file is None:
@@ -73,24 +77,26 @@ class UploadParams(Mapping[str, np.ndarray]):
         return spec.nbytes >= self._spool_bytes and ST_TO_NP.get(spec.dtype) is not None and \
             np.dtype(ST_TO_NP[spec.dtype]) == np.dtype(base.dtype)
 
-    def begin_stream(self) -> None:
-        self._stream_at = self._spool().seek(0, os.SEEK_END)
+    def begin_stream(self, at: int | None = None) -> None:
+        """A tensor's blob follows in the spool (or lies in ``source`` at offset ``at``)."""
+        self._stream_at = self._spool().seek(0, os.SEEK_END) if at is None else at
 
     def write_stream(self, payload: bytes | memoryview) -> None:
         self._file.write(payload)
 
     def end_stream(self, spec: TensorSpec, base: Any) -> None:
         """Validate the spooled blob (header, shape, dtype, finite values) block by block, then keep it."""
-        self._file.flush()
+        file = self._file if self._source is None else self._source
+        file.flush()
         head = bytearray(min(spec.nbytes, 8 + MAX_HEADER_BYTES))
-        os.preadv(self._file.fileno(), [head], self._stream_at)
+        os.preadv(file.fileno(), [head], self._stream_at)
         tag, start, count = parse_single(head, spec, total=spec.nbytes)
         dtype = np.dtype(ST_TO_NP[tag])
         if dtype != np.dtype(base.dtype) or not shape_matches(spec.shape, base):
             raise UpdateRejectedError(f"tensor {spec.name!r} is {tag}{list(spec.shape)}, the global model has "
                                       f"{base.dtype} {describe_expectation(base)}")
         self.drop(spec.name)
-        self._spooled[spec.name] = (self._stream_at + start, dtype, spec.shape)
+        self._spooled[spec.name] = (file, self._stream_at + start, dtype, spec.shape)
         if is_float(dtype) and not all(
                 np.isfinite(block).all() for _, block in self.iter_blocks(spec.name)):
             self.drop(spec.name)
@@ -102,20 +108,14 @@ class UploadParams(Mapping[str, np.ndarray]):
             value = self._memory[name]
             yield from blocks_of(value, block_bytes // value.dtype.itemsize)
             return
-        offset, dtype, shape = self._spooled[name]
+        file, offset, dtype, shape = self._spooled[name]
         count = math.prod(shape)
         step = max(1, block_bytes // dtype.itemsize)
-        self._file.flush()
+        file.flush()
         for first in range(0, count, step):
             n = min(step, count - first)
-            yield first, np.frombuffer(self._pread(name, offset + first * dtype.itemsize, n * dtype.itemsize),
+            yield first, np.frombuffer(_pread(file, name, offset + first * dtype.itemsize, n * dtype.itemsize),
                                        dtype=dtype)
-
-    def _pread(self, name: str, offset: int, nbytes: int) -> np.ndarray:
-        buf = empty_buffer(nbytes)
-        if nbytes and os.preadv(self._file.fileno(), [buf], offset) != nbytes:
-            raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
-        return buf
 
     def drop(self, name: str) -> None:
         """Forget a tensor (its spooled bytes stay in the temp file until close())."""
@@ -125,9 +125,9 @@ class UploadParams(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self._memory:
             return self._memory[name]
-        offset, dtype, shape = self._spooled[name]
-        self._file.flush()
-        return np.frombuffer(self._pread(name, offset, math.prod(shape) * dtype.itemsize), dtype=dtype).reshape(shape)
+        file, offset, dtype, shape = self._spooled[name]
+        file.flush()
+        return np.frombuffer(_pread(file, name, offset, math.prod(shape) * dtype.itemsize), dtype=dtype).reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
         yield from self._memory
@@ -140,9 +140,17 @@ class UploadParams(Mapping[str, np.ndarray]):
         return name in self._memory or name in self._spooled
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for file in (self._file, self._source):
+            if file is not None:
+                file.close()
+        self._file = self._source = None
+
+
+def _pread(file: Any, name: str, offset: int, nbytes: int) -> np.ndarray:
+    buf = empty_buffer(nbytes)
+    if nbytes and os.preadv(file.fileno(), [buf], offset) != nbytes:
+        raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
+    return buf
 
 
 def read_upload(frames: Iterator[bytes], settings: Settings,
@@ -176,20 +184,32 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
 
 def _read_mapped(mapped: Any, settings: Settings, expected: Mapping[str, Any], quant: dict[str, dict[str, Any]]
                  ) -> "UploadParams":
-    """An upload a same-host peer left in a sealed memory file: mapped (its pages, no copy), then the checks
-    a streamed one gets, blob by blob (each a strict single-tensor safetensors)."""
+    """An upload a same-host peer left in a sealed memory file, given the checks a streamed one gets, blob by
+    blob (each a strict single-tensor safetensors). Large tensors are read from the peer's file a block at a
+    time when checked and again when folded, never mapped whole: concurrent uploads cost the server a few
+    blocks each, not a model each (the pages are the peer's until it closes the file)."""
     if not isinstance(mapped, dict) or not isinstance(mapped.get("tensors"), list):
         raise MalformedMessageError("mapped upload: expected {'file': ..., 'tensors': [...]}")
     try:
         specs = [TensorSpec.from_wire(item) for item in mapped["tensors"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedMessageError(f"mapped upload: invalid tensor list ({exc})") from None
-    shared = SharedModel.attach(mapped.get("file"), specs, settings.max_model_bytes)
+    source = SharedModel.open_file(mapped.get("file"), specs, settings.max_model_bytes)
+    params = UploadParams(settings.spool_tensor_bytes, source=source)
+    wire = _wire_expectation(expected, quant)
     try:
-        tensors = [(spec.name, decode_tensor(blob, spec)) for spec, blob in shared.blobs()]
-    finally:
-        shared.close()  # the mapping keeps the pages
-    return _take_arrays(tensors, settings, expected, quant)
+        for spec, offset in zip(specs, cumulative(specs)):
+            spec = _check_spec(spec, wire, params)
+            if params.streams(spec, wire[spec.name]):
+                params.begin_stream(at=offset)
+                params.end_stream(spec, wire[spec.name])
+            else:
+                params.put(spec.name, _finish(spec, _pread(source, spec.name, offset, spec.nbytes), wire[spec.name]))
+        _dequantize(params, quant, expected)
+    except BaseException:
+        params.close()
+        raise
+    return params
 
 
 def read_arrays(header: dict, tensors: Iterable[tuple[str, Any]], settings: Settings,

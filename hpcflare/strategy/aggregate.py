@@ -10,7 +10,7 @@ tensors a client did not send keep their global value (per-tensor weight sums).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -46,6 +46,7 @@ class WeightedMeanAggregator(Aggregator):
         if update.weight <= 0:
             return
         blockwise = getattr(update.params, "iter_blocks", None)
+        release = getattr(self._global, "release", None)
         for name in list(update.params):
             base = self._global[name]
             acc = self._sums.get(name)
@@ -55,7 +56,10 @@ class WeightedMeanAggregator(Aggregator):
             # a few MB at a time (spooled uploads are read so), through one small reused temporary: a
             # tensor-sized temporary per update was fresh memory to fault in for every site and tensor
             blocks = blockwise(name) if blockwise is not None else blocks_of(update.params[name])
-            _fold_blocks(acc, base, blocks, update.params_type == UpdateKind.FULL, update.weight)
+            # a model served from a spool file hands the pages just read back to the page cache as it goes
+            done = (lambda start, nbytes, name=name: release(name, start, nbytes)) if release is not None else None
+            _fold_blocks(acc, base, blocks, update.params_type == UpdateKind.FULL, update.weight, done)
+            del base
         self._count += 1
 
     def partial(self) -> tuple[Params, dict[str, float]]:
@@ -93,7 +97,13 @@ class WeightedMeanAggregator(Aggregator):
 
     def apply(self, name: str, base: np.ndarray, mean_delta: np.ndarray) -> np.ndarray:
         """The new value of one tensor from its weighted mean update (FedAvg: base + mean; FedOpt overrides)."""
-        mean_delta += base
+        release = getattr(self._global, "release", None)
+        step = max(1, RELEASE_EVERY // max(1, base.dtype.itemsize))
+        flat_delta, flat_base = mean_delta.reshape(-1), np.asarray(base).reshape(-1)
+        for first in range(0, flat_base.size, step):  # a spool-file model's pages go back as they are read
+            flat_delta[first:first + step] += flat_base[first:first + step]
+            if release is not None:
+                release(name, first * flat_base.itemsize, step * flat_base.itemsize)
         if np.issubdtype(base.dtype, np.integer):
             np.rint(mean_delta, out=mean_delta)
         return mean_delta.astype(base.dtype, copy=False) if mean_delta.dtype != base.dtype else mean_delta
@@ -110,14 +120,22 @@ def blocks_of(value: Any, elements: int = FOLD_BLOCK) -> Iterator[tuple[int, np.
         yield first, flat[first:first + max(1, elements)]
 
 
+RELEASE_EVERY = 16 << 20
+"""Bytes of the global model a FULL fold reads before it lets a spool-file model's pages go (``done``)."""
+
+
 def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
-                 weight: float) -> None:
+                 weight: float, done: Callable[[int, int], None] | None = None) -> None:
     """acc += weight * (block - base) (FULL) or weight * block (DIFF), block by block; the update itself is
-    never written to (it may be the caller's own array)."""
+    never written to (it may be the caller's own array). ``done(start, nbytes)``: the base's bytes read so far."""
     flat_acc, flat_base = acc.reshape(-1), np.asarray(base).reshape(-1)
     w = acc.dtype.type(weight)
     scratch = np.empty(0, acc.dtype)
+    released = 0
     for first, block in blocks:
+        if done is not None and full and (first - released) * flat_base.itemsize >= RELEASE_EVERY:
+            done(released * flat_base.itemsize, (first - released) * flat_base.itemsize)
+            released = first
         last = first + block.size
         if scratch.size < block.size:
             scratch = np.empty(block.size, acc.dtype)
@@ -129,6 +147,8 @@ def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, 
         if weight != 1.0:
             delta *= w
         flat_acc[first:last] += delta
+    if done is not None and full:
+        done(released * flat_base.itemsize, None)
 
 
 def all_finite(value: np.ndarray, block: int = 1 << 20) -> bool:

@@ -55,12 +55,18 @@ def same_host(key: Any) -> bool:
 
 class SharedModel:
     """Tensors as single-tensor safetensors blobs, back to back in one sealed memory file (a temp file where
-    there is no memfd: then :meth:`describe` says so and peers stream)."""
+    there is no memfd: then :meth:`describe` says so and peers stream).
 
-    def __init__(self, parts: Iterable[tuple[TensorSpec, Any, Any]]) -> None:
+    ``in_file``: in an anonymous node-local spool file instead (a model too large to pin in memory): its pages
+    are page cache, evictable and outside the holder's RSS except while read through :attr:`view`, which
+    :meth:`release` undoes. Peers map it read-only like a memory file (it has no seals: downloads only, see
+    :func:`open_peer_file`)."""
+
+    def __init__(self, parts: Iterable[tuple[TensorSpec, Any, Any]], in_file: bool = False) -> None:
         """``parts``: (spec, header bytes, data) per tensor, written in turn (a lazy iterable lets each tensor's
         source be freed once it is written)."""
-        self._file = _memory_file()
+        self._file = _spool_file() if in_file else _memory_file()
+        self.in_file = in_file
         fd = self._file.fileno()
         self.specs: list[TensorSpec] = []
         self.offsets: list[int] = []
@@ -75,34 +81,62 @@ class SharedModel:
                 total += len(piece)
         self.size = total
         os.ftruncate(fd, max(1, total))
-        self.sealed = _seal(fd)
+        if in_file:
+            os.fchmod(fd, 0o400)  # written once: read-only from here on
+        self.sealed = not in_file and _seal(fd)
         self._map = mmap.mmap(fd, max(1, total), prot=mmap.PROT_READ)
         self.view = memoryview(self._map)
 
     @classmethod
     def attach(cls, description: Any, specs: list[TensorSpec], max_bytes: int) -> "SharedModel":
         """Map a peer's memory file that :meth:`describe` described, holding exactly ``specs``."""
+        size = sum(spec.nbytes for spec in specs)
+        model = cls.__new__(cls)
+        model._file = cls.open_file(description, specs, max_bytes, model_file=True)
+        model.in_file = description.get("kind") == "file"  # a parent's spool file: described as such again
+        model.specs, model.size, model.sealed = list(specs), size, not model.in_file
+        model.offsets = cumulative(specs)
+        model._map = mmap.mmap(model._file.fileno(), max(1, size), prot=mmap.PROT_READ)
+        model.view = memoryview(model._map)
+        return model
+
+    @staticmethod
+    def open_file(description: Any, specs: list[TensorSpec], max_bytes: int, model_file: bool = False) -> Any:
+        """The peer's memory file itself, read-only and unmapped (an upload read block by block stays out of
+        this process's RSS), after the checks :meth:`attach` makes. ``model_file``: a parent's model may also
+        be an unsealed spool file (``in_file``)."""
         if not isinstance(description, dict):
             raise SharedMemoryError("no shared-memory description")
         size = sum(spec.nbytes for spec in specs)
         if size > max_bytes:
             raise SharedMemoryError(f"{size} bytes exceed settings.max_model_bytes={max_bytes}")
-        model = cls.__new__(cls)
-        model._file = os.fdopen(open_peer_file(description, size), "rb", buffering=0)
-        model.specs, model.size, model.sealed = list(specs), size, True
-        model.offsets = _cumulative(specs)
-        model._map = mmap.mmap(model._file.fileno(), max(1, size), prot=mmap.PROT_READ)
-        model.view = memoryview(model._map)
-        return model
+        return os.fdopen(open_peer_file(description, size, model_file), "rb", buffering=0)
 
     def describe(self) -> dict[str, Any] | None:
-        """What a same-host peer needs to map this file (None when it is not a sealed memfd)."""
-        if not self.sealed:
+        """What a same-host peer needs to map this file (None when it is neither a sealed memfd nor a spool file)."""
+        if not self.sealed and not self.in_file:
             return None
         fd = self._file.fileno()
         st = os.fstat(fd)
         return {"host": host_key(), "pid": os.getpid(), "fd": fd, "ino": st.st_ino, "dev": st.st_dev,
-                "size": self.size}
+                "size": self.size, **({"kind": "file"} if self.in_file else {})}
+
+    def read(self, offset: int, nbytes: int) -> bytes:
+        """Bytes of the file, read without touching :attr:`view` (a spool file's pages stay out of RSS)."""
+        data = os.pread(self._file.fileno(), nbytes, offset)
+        if len(data) != nbytes:
+            raise SharedMemoryError(f"model file: short read at {offset} ({len(data)} of {nbytes} bytes)")
+        return data
+
+    def release(self, offset: int = 0, nbytes: int | None = None) -> None:
+        """A spool file's pages read through :attr:`view` leave this process's RSS (they stay in the page cache and
+        fault back in if read again). A memory file is left as it is: its pages are memory either way."""
+        if not self.in_file or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        end = self.size if nbytes is None else min(self.size, offset + nbytes)
+        start = offset - offset % mmap.PAGESIZE
+        if end > start:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def blobs(self) -> list[tuple[TensorSpec, memoryview]]:
         """(spec, read-only blob) per tensor, views of the one shared mapping."""
@@ -118,7 +152,7 @@ class SharedModel:
         self._file.close()
 
 
-def _cumulative(specs: list[TensorSpec]) -> list[int]:
+def cumulative(specs: list[TensorSpec]) -> list[int]:
     offsets, total = [], 0
     for spec in specs:
         offsets.append(total)
@@ -126,8 +160,10 @@ def _cumulative(specs: list[TensorSpec]) -> list[int]:
     return offsets
 
 
-def open_peer_file(description: dict[str, Any], size: int) -> int:
-    """A read-only descriptor of the peer's sealed memory file, after checking it is the one described."""
+def open_peer_file(description: dict[str, Any], size: int, model_file: bool = False) -> int:
+    """A read-only descriptor of the peer's sealed memory file, after checking it is the one described.
+    ``model_file``: a parent's model may be an unsealed spool file instead, if it is anonymous (no name anyone
+    could open it by) and read-only; never an upload, whose sender could change it after it was checked."""
     fields = ("host", "pid", "fd", "ino", "dev", "size")
     if not all(key in description for key in fields) or not all(
             isinstance(description[key], int) and description[key] >= 0 for key in fields[1:]):
@@ -144,8 +180,10 @@ def open_peer_file(description: dict[str, Any], size: int) -> int:
         st = os.fstat(fd)
         if (st.st_ino, st.st_dev) != (description["ino"], description["dev"]) or st.st_size != max(1, size):
             raise SharedMemoryError("the peer's memory file was replaced before it was opened")
-        seals = fcntl.fcntl(fd, getattr(fcntl, "F_GET_SEALS", 1034))
-        if seals & SEALS != SEALS:
+        if model_file and description.get("kind") == "file":
+            if st.st_nlink != 0 or st.st_mode & 0o222:
+                raise SharedMemoryError("the peer's model file has a name or is writable")
+        elif fcntl.fcntl(fd, getattr(fcntl, "F_GET_SEALS", 1034)) & SEALS != SEALS:
             raise SharedMemoryError("the peer's memory file is not sealed against writes")
     except OSError as exc:
         os.close(fd)
@@ -188,6 +226,11 @@ def _libc() -> Any:
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     return libc
+
+
+def _spool_file() -> Any:
+    """An anonymous (already unlinked) file on node-local scratch."""
+    return tempfile.TemporaryFile(dir=spool_dir(), prefix="hpcflare-model-", buffering=0)
 
 
 def _memory_file() -> Any:

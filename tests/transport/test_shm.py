@@ -210,3 +210,65 @@ def test_an_upload_whose_tensor_list_would_not_fit_a_header_frame_is_streamed():
     finally:
         client.close()
         server.stop()
+
+
+def test_a_spool_file_may_carry_a_parents_model_but_never_an_upload():
+    model = shm.SharedModel((tensor_parts(name, value) for name, value in TENSORS.items()), in_file=True)
+    desc = model.describe()
+    assert desc["kind"] == "file"
+    peer = shm.SharedModel.attach(desc, model.specs, 1 << 20)  # a download: the parent's own file
+    np.testing.assert_array_equal(decode_tensor(*reversed(peer.blobs()[0])), TENSORS["a"])
+    assert peer.describe()["kind"] == "file"  # a relay passes it on as what it is
+    with pytest.raises(shm.SharedMemoryError, match="not sealed|cannot be checked"):
+        shm.SharedModel.open_file(desc, model.specs, 1 << 20)  # an upload: its sender could still change it
+    header = {"site": "s", "params_type": "FULL", "mapped": {"file": desc, "tensors": [s.to_wire() for s in model.specs]}}
+    with pytest.raises(shm.SharedMemoryError):
+        read_upload(iter(list(upload_frames(header, [], Settings()))), Settings(), TENSORS, lambda header: None)
+
+
+def test_a_named_or_writable_file_is_not_taken_for_a_model_file(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\0" * 16)
+    fd = os.open(path, os.O_RDONLY)
+    st = os.fstat(fd)
+    desc = {"host": shm.host_key(), "pid": os.getpid(), "fd": fd, "ino": st.st_ino, "dev": st.st_dev, "size": 16,
+            "kind": "file"}
+    try:
+        with pytest.raises(shm.SharedMemoryError, match="has a name or is writable"):
+            shm.SharedModel.attach(desc, [TensorSpec("x", "U8", (8,), 16)], 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def test_a_mapped_upload_is_checked_and_read_without_mapping_it_whole():
+    """Concurrent same-host uploads used to cost the server a model each (their pages mapped while checked and
+    folded); now a large tensor is read from the sender's file a block at a time."""
+    def rss_shmem() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssShmem:"))
+
+    big = {"w": np.full(16 << 20, 0.5, dtype=np.float32), "b": np.array([1.0, 2.0], dtype=np.float64)}
+    model = shared(big)
+    header = {"site": "s", "params_type": "FULL", "mapped": {"file": model.describe(),
+                                                             "tensors": [s.to_wire() for s in model.specs]}}
+    before = rss_shmem()
+    _, _, params = read_upload(iter(list(upload_frames(header, [], Settings()))), Settings(), big, lambda h: None)
+    assert rss_shmem() - before < 8 << 10  # 64 MiB checked, none of it mapped here
+    assert sum(float(block.sum()) for _, block in params.iter_blocks("w")) == 0.5 * (16 << 20)
+    np.testing.assert_array_equal(params["b"], big["b"])
+    params.close()
+
+
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_a_job_whose_model_lives_in_a_spool_file(make_recipe, tmp_path, shared_memory):
+    """settings.model_file_bytes=1: every global model in a spool file; same-host sites map it, others stream it
+    from the page cache; the result is the same as from memory."""
+    from hpcflare.env import LocalEnv
+    from tests.conftest import SLOW
+
+    recipe = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="0",
+                         settings={"shared_memory": shared_memory, "model_file_bytes": 1})
+    run = recipe.execute(LocalEnv(job_root=tmp_path / "jobs", verbose=False))
+    np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 2)
+    vias = {e.get("via") for e in events(run.job_dir.root, "site-1") if e["event"] == "model_received"}
+    assert vias == {"shared memory" if shared_memory else "grpc"}
