@@ -23,7 +23,7 @@ import tempfile
 import weakref
 from typing import Any, Iterable
 
-from hpcflare.errors import TransportError
+from hpcflare.errors import ConfigError, TransportError
 from hpcflare.fileio import spool_dir
 from hpcflare.transport.codec import TensorSpec
 
@@ -49,6 +49,10 @@ def host_key() -> str:
     return f"{socket.gethostname()}/{node}/{boot}/{pid_ns}/{os.getuid()}"
 
 
+class ModelFileError(ConfigError):
+    """The model's memory or spool file cannot be written (disk or memory full): the message says what to set."""
+
+
 def same_host(key: Any) -> bool:
     return isinstance(key, str) and bool(key) and key == host_key()
 
@@ -71,16 +75,26 @@ class SharedModel:
         self.specs: list[TensorSpec] = []
         self.offsets: list[int] = []
         total = 0
-        for spec, head, raw in parts:
-            self.specs.append(spec)
-            self.offsets.append(total)
-            for piece in (memoryview(head).cast("B"), memoryview(raw).cast("B")):
-                done = 0
-                while done < len(piece):
-                    done += os.pwrite(fd, piece[done:], total + done)
-                total += len(piece)
+        try:
+            for spec, head, raw in parts:
+                self.specs.append(spec)
+                self.offsets.append(total)
+                for piece in (memoryview(head).cast("B"), memoryview(raw).cast("B")):
+                    done = 0
+                    while done < len(piece):
+                        done += os.pwrite(fd, piece[done:], total + done)
+                    total += len(piece)
+            os.ftruncate(fd, max(1, total))
+        except OSError as exc:
+            self._file.close()
+            where = f"a spool file in {spool_dir()}" if in_file else "a memory file"
+            raise ModelFileError(
+                f"cannot write the model ({total / 1e9:.2f} GB so far) to {where}: {exc.strerror}. "
+                + ("Point HPCFLARE_SPOOL_DIR at a node-local disk with room for two models, or raise "
+                   "settings.model_file_bytes above the model's size to keep it in memory" if in_file else
+                   "The node is out of memory: use fewer ranks per node or lower settings.model_file_bytes "
+                   "so the model goes to a spool file")) from None
         self.size = total
-        os.ftruncate(fd, max(1, total))
         if in_file:
             os.fchmod(fd, 0o400)  # written once: read-only from here on
         self.sealed = not in_file and _seal(fd)

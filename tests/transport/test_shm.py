@@ -272,3 +272,19 @@ def test_a_job_whose_model_lives_in_a_spool_file(make_recipe, tmp_path, shared_m
     np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 2)
     vias = {e.get("via") for e in events(run.job_dir.root, "site-1") if e["event"] == "model_received"}
     assert vias == {"shared memory" if shared_memory else "grpc"}
+
+
+def test_a_full_spool_disk_says_what_to_set(monkeypatch):
+    import errno
+
+    real = os.pwrite
+
+    def full(fd, data, offset):
+        if offset > 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(shm.os, "pwrite", full)
+    with pytest.raises(shm.ModelFileError, match="No space left.*HPCFLARE_SPOOL_DIR.*model_file_bytes"):
+        shm.SharedModel((tensor_parts(name, value) for name, value in TENSORS.items()), in_file=True)
+    assert issubclass(shm.ModelFileError, errors.ConfigError)
