@@ -310,7 +310,7 @@ class RoundHost(LocalHandler):
                 if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / rnd.model.ref):
                     raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
                 params.close()
-                params = read_staged(staged_path, specs, rnd.expected)
+                params = read_staged(staged_path, specs, rnd.expected, self.settings.spool_tensor_bytes)
             if header.get("swarm") is not None:
                 report = rnd.fold_swarm(site, header, params, self.config.clients)
                 self.strategy.coordinator_report(site, report)

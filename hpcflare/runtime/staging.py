@@ -42,7 +42,7 @@ def write_atomic(path: Path, tensors: Mapping[str, Any], metadata: dict[str, str
     return info
 
 
-def _header(path: Path) -> tuple[dict, int]:
+def safetensors_header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -60,7 +60,7 @@ def _header(path: Path) -> tuple[dict, int]:
 
 def map_tensors(path: Path) -> dict[str, np.ndarray]:
     """Copy-on-write memory map of every tensor: pages come from the shared page cache, nothing is copied."""
-    header, start = _header(path)
+    header, start = safetensors_header(path)
     mm = np.memmap(path, mode="c", dtype=np.uint8)
     out = {}
     for name, info in header.items():
@@ -115,7 +115,7 @@ class Stager:
         path = verified(self.root, info)
         if path.stat().st_size > max_bytes:
             raise errors.FrameTooLargeError(f"staged result of {path.stat().st_size} bytes exceeds settings.max_model_bytes")
-        header, _ = _header(path)
+        header, _ = safetensors_header(path)
         specs = []
         for name, meta in header.items():
             lo, hi = meta.get("data_offsets", (0, 0))

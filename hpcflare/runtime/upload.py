@@ -95,12 +95,18 @@ class UploadParams(Mapping[str, np.ndarray]):
         if dtype != np.dtype(base.dtype) or not shape_matches(spec.shape, base):
             raise UpdateRejectedError(f"tensor {spec.name!r} is {tag}{list(spec.shape)}, the global model has "
                                       f"{base.dtype} {describe_expectation(base)}")
-        self.drop(spec.name)
-        self._spooled[spec.name] = (file, self._stream_at + start, dtype, spec.shape)
-        if is_float(dtype) and not all(
-                np.isfinite(block).all() for _, block in self.iter_blocks(spec.name)):
-            self.drop(spec.name)
-            raise UpdateRejectedError(f"tensor {spec.name!r} contains NaN or Inf values; the update is rejected")
+        self._keep(spec.name, file, self._stream_at + start, dtype, spec.shape)
+
+    def adopt(self, name: str, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        """A tensor of the model's dtype already lying in ``source`` at ``offset``: checked block by block, kept there."""
+        self._keep(name, self._source, offset, dtype, shape)
+
+    def _keep(self, name: str, file: Any, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.drop(name)
+        self._spooled[name] = (file, offset, dtype, tuple(shape))
+        if is_float(dtype) and not all(np.isfinite(block).all() for _, block in self.iter_blocks(name)):
+            self.drop(name)
+            raise UpdateRejectedError(f"tensor {name!r} contains NaN or Inf values; the update is rejected")
 
     def iter_blocks(self, name: str, block_bytes: int = 4 << 20) -> Iterator[tuple[int, np.ndarray]]:
         """(element offset, 1-D block) pairs over a tensor, a few MB at a time (spooled ones read back so)."""
@@ -351,49 +357,39 @@ def _check_spec(spec: TensorSpec, expected: Mapping[str, np.ndarray], seen: Mapp
     return spec
 
 
-class StagedParams(Mapping[str, np.ndarray]):
-    """A validated staged result, read back from its file one tensor at a time while folding."""
+def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.ndarray],
+                spool_bytes: int = 4 << 20) -> UploadParams:
+    """Validate a result a client left on the shared filesystem like a streamed one. Large tensors in the global
+    model's dtype are checked and later folded straight from the file (held open: a rename over it changes
+    nothing here), a block at a time; others are read whole, one at a time."""
+    from hpcflare.runtime.staging import safetensors_header
 
-    def __init__(self, path: Path, names: list[str], expected: Mapping[str, Any]) -> None:
-        self.path, self._names, self._expected = path, names, expected
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        from safetensors import safe_open
-
-        if name not in self._names:
-            raise KeyError(name)
-        with safe_open(str(self.path), framework="numpy") as f:
-            value = f.get_tensor(name)
-        base = self._expected[name]
-        return value.astype(base.dtype) if value.dtype != base.dtype else value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def close(self) -> None:
-        pass
-
-
-def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.ndarray]) -> StagedParams:
-    """Validate a result a client left on the shared filesystem, tensor by tensor, like a streamed one;
-    only one tensor is in memory at a time (the file is read again, from the page cache, when folding)."""
-    from safetensors import safe_open
-
-    seen: dict[str, None] = {}
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            for spec in specs:
-                _check_spec(spec, expected, seen)
-                _validated(spec, f.get_tensor(spec.name), expected[spec.name])
-                seen[spec.name] = None
-    except (UpdateRejectedError, MalformedMessageError, FrameTooLargeError):
+        header, start = safetensors_header(path)
+        source = open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise MalformedMessageError(f"staged result {path.name}: unreadable ({exc.strerror})") from None
+    params = UploadParams(spool_bytes, source=source)
+    try:
+        size = os.fstat(source.fileno()).st_size
+        for spec in specs:
+            _check_spec(spec, expected, params)
+            meta = header.get(spec.name)
+            lo, hi = meta.get("data_offsets", (0, 0)) if isinstance(meta, dict) else (0, 0)
+            dtype = np.dtype(ST_TO_NP[spec.dtype])
+            if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi and start + hi <= size
+                    and hi - lo == math.prod(spec.shape) * dtype.itemsize):
+                raise MalformedMessageError(f"staged result {path.name}: tensor {spec.name!r} has inconsistent offsets")
+            base = expected[spec.name]
+            if dtype == np.dtype(base.dtype) and hi - lo >= spool_bytes and shape_matches(spec.shape, base):
+                params.adopt(spec.name, start + lo, dtype, spec.shape)
+            else:
+                value = np.frombuffer(_pread(source, spec.name, start + lo, hi - lo), dtype=dtype).reshape(spec.shape)
+                params.put(spec.name, _validated(spec, value, base))
+    except BaseException:
+        params.close()
         raise
-    except Exception as exc:
-        raise MalformedMessageError(f"staged result {path.name}: unreadable ({exc})") from None
-    return StagedParams(path, list(seen), expected)
+    return params
 
 
 def _finish(spec: TensorSpec, buf: np.ndarray, base: np.ndarray) -> np.ndarray:

@@ -87,3 +87,26 @@ def test_staging_broadcast_with_grpc_fallback(make_recipe, tmp_path):
     assert all(0 < r["bytes_sent"] < 2000 for r in rounds)  # only site-3's copy (~200 B) went over gRPC
     staged = sorted(p.name for p in (root / "staging" / "models").iterdir())
     assert staged == ["v1.safetensors"]  # the last round's input; older rounds cleaned up
+
+
+def test_a_large_staged_result_is_checked_and_folded_from_its_file_a_block_at_a_time(tmp_path):
+    def rss_anon() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+
+    n = 16 << 20  # 64 MiB of float32
+    expected = {"w": np.zeros(n, np.float32), "b": np.zeros(3, np.float64)}
+    value = np.full(n, 0.25, np.float32)
+    info = {"file": "r.safetensors", **staging.write_atomic(tmp_path / "r.safetensors", {"w": value, "b": np.ones(3)})}
+    value[-1] = np.inf  # the last block only
+    bad = {"file": "x.safetensors", **staging.write_atomic(tmp_path / "x.safetensors", {"w": value, "b": np.ones(3)})}
+    del value
+    stager = staging.Stager(tmp_path)
+    before = rss_anon()
+    params = read_staged(*stager.read_result(info, 1 << 30), expected)
+    assert sum(float(block.sum()) for _, block in params.iter_blocks("w")) == 0.25 * n
+    assert rss_anon() - before < 16 << 10  # never a tensor-sized copy
+    np.testing.assert_array_equal(params["b"], np.ones(3))
+    params.close()
+    with pytest.raises(UpdateRejectedError, match="NaN or Inf"):
+        read_staged(*stager.read_result(bad, 1 << 30), expected)
