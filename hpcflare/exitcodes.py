@@ -55,6 +55,11 @@ def describe(code: int) -> str:
     except ValueError:
         if code < 0 or code > 128:
             sig = -code if code < 0 else code - 128
+            if sig == 14:
+                return ("killed by signal 14 (SIGALRM): with rendezvous 'mpi', MPI initialisation outlived "
+                        "settings.rendezvous_timeout, usually because another rank of the step died in srun's PMI "
+                        "exchange (see the slurm-*.out for 'mpi/pmi2' errors); resubmit, or use rendezvous 'fs', "
+                        "which needs no MPI")
             return f"killed by signal {sig} (9 = SIGKILL, often the OOM killer; 15 = SIGTERM, preemption or abort)"
         return f"unknown exit code {code} (not an hpcflare code; the training script may have called sys.exit)"
 

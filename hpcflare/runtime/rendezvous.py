@@ -16,7 +16,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import math
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -157,9 +159,7 @@ class MpiRendezvous(Rendezvous):
 
     @staticmethod
     def _bcast(address: str | None, timeout: float) -> str:
-        from mpi4py import MPI  # only MPI jobs need mpi4py (an optional dependency for everyone else)
-
-        comm = MPI.COMM_WORLD
+        comm = import_mpi(timeout).COMM_WORLD
         buf = bytearray(_ADDR_BYTES)
         if comm.Get_rank() == 0:
             data = (address or "").encode()
@@ -173,6 +173,36 @@ class MpiRendezvous(Rendezvous):
                     f"no server address over MPI within settings.rendezvous_timeout={timeout:g}s")
             time.sleep(0.05)
         return bytes(buf).rstrip(b"\x00").decode()
+
+
+MPI_INIT_DEADLINE_SIGNAL = signal.SIGALRM
+"""What ends a rank whose MPI initialisation outlives settings.rendezvous_timeout (see :func:`import_mpi`)."""
+
+
+def import_mpi(timeout: float) -> Any:
+    """mpi4py's MPI module. MPI_Init runs on import and waits in srun's PMI exchange, in C, holding the GIL: when
+    another rank of the step died there (seen: Slurm's pmi2 plugin refusing a split message), the rest wait for
+    good. A plain alarm bounds that wait: past ``timeout`` the rank is killed by SIGALRM (exit 142, explained by
+    `hpcflare exit-codes 142`) instead of holding its allocation until the time limit."""
+    import sys
+
+    import threading
+
+    if "mpi4py.MPI" in sys.modules or threading.current_thread() is not threading.main_thread():
+        from mpi4py import MPI  # already initialised, or not ours to time (alarms belong to the main thread)
+
+        return MPI
+    seconds = max(1, math.ceil(timeout))
+    sys.stderr.write(f"[hpcflare] initialising MPI (deadline {seconds}s, settings.rendezvous_timeout)\n")
+    sys.stderr.flush()
+    previous = signal.signal(MPI_INIT_DEADLINE_SIGNAL, signal.SIG_DFL)
+    signal.alarm(seconds)
+    try:
+        from mpi4py import MPI  # only MPI jobs need mpi4py (an optional dependency for everyone else)
+    finally:
+        signal.alarm(0)
+        signal.signal(MPI_INIT_DEADLINE_SIGNAL, previous)
+    return MPI
 
 
 RENDEZVOUS: dict[str, type[Rendezvous]] = {"fs": FileRendezvous, "mpi": MpiRendezvous}

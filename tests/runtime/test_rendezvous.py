@@ -73,3 +73,37 @@ def test_previous_life_of_a_requeued_job_is_never_used(tmp_path, monkeypatch):
 def test_relays_cannot_be_found_over_mpi():
     with pytest.raises(errors.ConfigError, match="rendezvous='fs'"):
         MpiRendezvous().lookup("relay-1", 1)
+
+
+def _fake_mpi(tmp_path, body: str):
+    pkg = tmp_path / "fake" / "mpi4py"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "MPI.py").write_text(body)
+    return str(tmp_path / "fake")
+
+
+def test_an_mpi_initialisation_that_hangs_is_ended_at_the_rendezvous_deadline(tmp_path):
+    """MPI_Init blocks in C when another rank died in srun's PMI exchange; the rank must not wait for good."""
+    import subprocess
+    import sys
+    import time
+
+    from hpcflare.exitcodes import describe
+
+    fake = _fake_mpi(tmp_path, "import time\ntime.sleep(60)\n")  # stands for MPI_Init stuck in the PMI fence
+    code = "from hpcflare.runtime.rendezvous import import_mpi; import_mpi(1); print('returned')"
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env={**__import__("os").environ, "PYTHONPATH": fake})
+    assert out.returncode == -14 and "returned" not in out.stdout  # SIGALRM, after ~1 s, not 60
+    assert time.monotonic() - t0 < 20
+    assert "settings.rendezvous_timeout" in out.stderr
+    assert "rendezvous_timeout" in describe(128 + 14) and "rendezvous 'fs'" in describe(128 + 14)
+
+    fast = _fake_mpi(tmp_path / "ok", "COMM_WORLD = 'world'\n")
+    code = ("import time; from hpcflare.runtime.rendezvous import import_mpi; "
+            "print(import_mpi(1).COMM_WORLD); time.sleep(2); print('alive')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env={**__import__("os").environ, "PYTHONPATH": fast})
+    assert out.returncode == 0 and out.stdout.split() == ["world", "alive"]  # the alarm is off once MPI is up
