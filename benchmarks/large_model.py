@@ -3,7 +3,7 @@ norms) through FedAvg in LocalEnv; memory and throughput of the server, the clie
 
     python benchmarks/large_model.py --model-gb 0.5 1 2 --clients 4 --rounds 2 [--dtype fp32|bf16]
         [--staging] [--relays 0] [--shared-memory on|off]
-        [--model-file auto|on|off]
+        [--model-file auto|on|off] [--quantize off|fp16|bf16|int8|int4]
 
 Per configuration it prints wall time, the server's peak RSS and the largest client's peak RSS as multiples
 of the model, the tree's peak PSS, gRPC throughput per model stream (from the sites' model_received events),
@@ -127,13 +127,14 @@ def events(job_root: Path, rank: str, name: str) -> list[dict]:
 
 
 def run_one(gb: float, clients: int, rounds: int, dtype: str, staging: bool, relays: int, root: Path,
-            shared_memory: bool = True, model_file: str = "auto") -> dict:
+            shared_memory: bool = True, model_file: str = "auto", quantize: str = "off") -> dict:
     script = root / "client.py"
     script.write_text(CLIENT)
     model = llm_shaped(gb, dtype)
     nbytes = sum(v.nbytes for v in model.values())
     recipe = FedAvgRecipe(name=f"large-{gb:g}", model=model, min_clients=clients, n_clients=clients, num_rounds=rounds,
                           train_script=script, staging=staging, relays=relays, clients_per_rank=1,
+                          filters=[] if quantize == "off" else [{"type": "quantize", "mode": quantize, "block": 64}],
                           settings={"shared_memory": shared_memory,
                                     **({} if model_file == "auto" else {"model_file_bytes": 1 if model_file == "on" else 1 << 62})})
     del model
@@ -177,6 +178,8 @@ def main() -> None:
     parser.add_argument("--model-file", choices=("auto", "on", "off"), default="auto",
                         help="the server's model in a node-local spool file (settings.model_file_bytes: auto = from "
                         "256 MiB) or in memory")
+    parser.add_argument("--quantize", choices=("off", "fp16", "bf16", "int8", "int4"), default="off",
+                        help="the sites quantize their results (the quantize filter); the server dequantizes")
     args = parser.parse_args()
     copy = memcpy_gbps()
     print(f"memcpy on this machine: {copy:.2f} GB/s")
@@ -189,7 +192,7 @@ def main() -> None:
     for gb in args.model_gb:
         with tempfile.TemporaryDirectory(prefix="hpcflare-large-") as tmp:
             row = run_one(gb, args.clients, args.rounds, args.dtype, args.staging, args.relays, Path(tmp),
-                          args.shared_memory == "on", args.model_file)
+                          args.shared_memory == "on", args.model_file, args.quantize)
         results.append(row)
         print(f"{row['nbytes'] / 1e9:>8.2f} {args.dtype:>5} {args.clients:>7} {row['wall']:>7.1f} {row['server_x']:>8.2f} "
               f"{row['client_x']:>9.2f} {row['pss_gb']:>11.2f} {row['grpc']:>18.2f} {row['staging']:>12.2f} {row['via']:>13}  {row['state']}",

@@ -14,7 +14,7 @@ dtype and shape before validation continues. Worst-case error per value: half a 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -118,13 +118,23 @@ def dequantize(payload: np.ndarray, scales: np.ndarray | None, mode: str, block:
     """The tensor back in the global model's dtype and shape, chunk by chunk into one preallocated output."""
     size, shape = int(math.prod(base.shape)), tuple(base.shape)
     out = np.empty(size, dtype=base.dtype)
+    for start, values in dequantize_chunks(payload, scales, mode, block, base):
+        out[start:start + values.size] = values
+    return out.reshape(shape)
+
+
+def dequantize_chunks(payload: np.ndarray, scales: np.ndarray | None, mode: str, block: int, base: Any
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first element, values in the model's dtype) a chunk at a time, ~CHUNK_VALUES each: a receiver can write
+    them out (a spool file) without ever holding the whole tensor."""
+    size = int(math.prod(base.shape))
     flat = payload.reshape(-1)
     if mode in ("fp16", "bf16"):
         for start in range(0, size, CHUNK_VALUES):
             part = flat[start:start + CHUNK_VALUES]
             values = part if mode == "fp16" else (part.astype(np.uint32) << 16).view(np.float32)
-            out[start:start + part.size] = values.astype(out.dtype, copy=False)
-        return out.reshape(shape)
+            yield start, values.astype(base.dtype, copy=False)
+        return
     if scales is None:
         raise UpdateRejectedError(f"{mode} tensor arrived without its {SCALE_SUFFIX} tensor")
     chunks = _chunks(size, block)
@@ -141,8 +151,7 @@ def dequantize(payload: np.ndarray, scales: np.ndarray | None, mode: str, block:
         if n % block:
             q = np.concatenate([q, np.zeros(nblocks * block - n, dtype=np.float32)])
         values = (q.reshape(nblocks, block) * scales[start // block:start // block + nblocks, None]).reshape(-1)[:n]
-        out[start:start + n] = values.astype(out.dtype, copy=False)
-    return out.reshape(shape)
+        yield start, values.astype(base.dtype, copy=False)
 
 
 def check_quant_map(quant: Any, expected: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ import numpy as np
 from hpcflare.fileio import spool_dir
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.settings import Settings
-from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, wire_shapes
+from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, dequantize_chunks, wire_shapes
 from hpcflare.strategy.aggregate import acc_dtype, all_finite, blocks_of
 from hpcflare.strategy.api import UpdateKind, describe_expectation, shape_matches
 from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, empty_buffer, is_float,
@@ -96,6 +96,19 @@ class UploadParams(Mapping[str, np.ndarray]):
             raise UpdateRejectedError(f"tensor {spec.name!r} is {tag}{list(spec.shape)}, the global model has "
                                       f"{base.dtype} {describe_expectation(base)}")
         self._keep(spec.name, file, self._stream_at + start, dtype, spec.shape)
+
+    @property
+    def spool_bytes(self) -> int:
+        return self._spool_bytes
+
+    def put_chunks(self, name: str, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]) -> None:
+        """A tensor produced a chunk at a time (dequantized): appended to the spool as it comes, then checked."""
+        offset = self._spool().seek(0, os.SEEK_END)
+        for values in chunks:
+            self._file.write(memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B"))
+        if self._file.tell() - offset != math.prod(shape) * dtype.itemsize:
+            raise MalformedMessageError(f"tensor {name!r}: dequantized to the wrong size")
+        self._keep(name, self._file, offset, dtype, shape)
 
     def adopt(self, name: str, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         """A tensor of the model's dtype already lying in ``source`` at ``offset``: checked block by block, kept there."""
@@ -286,9 +299,14 @@ def _dequantize(params: "UploadParams", quant: dict[str, dict[str, Any]], expect
         scales = params[name + SCALE_SUFFIX] if name + SCALE_SUFFIX in params else None
         if scales is not None and not all_finite(scales):
             raise UpdateRejectedError(f"tensor {name!r} has NaN or Inf quantization scales; the update is rejected")
-        value = dequantize(params[name], scales, spec["mode"], spec["block"], expected[name])
+        base = expected[name]
+        chunks = dequantize_chunks(params[name], scales, spec["mode"], spec["block"], base)
         params.drop(name + SCALE_SUFFIX)
-        params.put(name, _validated(TensorSpec(name, "F32", tuple(value.shape), value.nbytes), value, expected[name]))
+        if math.prod(base.shape) * np.dtype(base.dtype).itemsize >= params.spool_bytes:
+            params.put_chunks(name, np.dtype(base.dtype), tuple(base.shape), (values for _, values in chunks))
+            continue  # written out chunk by chunk, checked for NaN/Inf as it is kept: never whole in memory
+        value = dequantize(params[name], scales, spec["mode"], spec["block"], base)
+        params.put(name, _validated(TensorSpec(name, "F32", tuple(value.shape), value.nbytes), value, base))
 
 
 def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, Any], params: UploadParams) -> None:

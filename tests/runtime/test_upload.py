@@ -125,3 +125,35 @@ def test_in_process_arrays_are_checked_like_a_stream_and_folded_without_tensor_s
     tracemalloc.stop()
     assert peak < (1 << 22) * 4 + (8 << 20)  # the accumulator (16 MB) plus a few MB, not another 16 MB
     np.testing.assert_array_equal(agg.result()["w"], mine)
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int8"])
+def test_a_large_quantized_tensor_is_dequantized_into_the_spool_never_whole_in_memory(mode):
+    """The server's side of the quantize filter on a big tensor: chunks go to the upload spool as they are
+    decoded (a 2 GB model's 1 GB embedding would otherwise be a second 1 GB array), then the usual checks."""
+    import tracemalloc
+
+    from hpcflare.filters.quantize import SCALE_SUFFIX, dequantize, quantize
+    from hpcflare.transport.streams import upload_frames
+
+    w = np.random.default_rng(1).normal(0, 1, 16 << 20).astype(np.float32)  # 64 MiB
+    expected = {"w": np.zeros_like(w)}
+    enc = quantize(w, mode, 64)
+    tensors = [("w", enc[""])] + ([("w" + SCALE_SUFFIX, enc[SCALE_SUFFIX])] if SCALE_SUFFIX in enc else [])
+    header = {"site": "s", "params_type": "FULL", "quant": {"w": {"mode": mode, "block": 64}}}
+    frames = list(upload_frames(header, tensors, Settings()))
+    tracemalloc.start()
+    try:
+        _, _, params = read_upload(iter(frames), Settings(), expected, lambda h: None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < enc[""].nbytes + (24 << 20), peak  # the payload read back + a few chunks, not 64 MiB more
+    np.testing.assert_array_equal(params["w"], dequantize(enc[""], enc.get(SCALE_SUFFIX), mode, 64, w))
+    params.close()
+    if mode == "fp16":  # an Inf that only shows up once decoded is refused like any other
+        bad = enc[""].copy()
+        bad[-1] = np.float16(np.inf)
+        frames = list(upload_frames(header, [("w", bad)], Settings()))
+        with pytest.raises(UpdateRejectedError, match="NaN or Inf"):
+            read_upload(iter(frames), Settings(), expected, lambda h: None)
