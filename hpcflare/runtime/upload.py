@@ -122,7 +122,8 @@ class UploadParams(Mapping[str, np.ndarray]):
             raise UpdateRejectedError(f"tensor {name!r} contains NaN or Inf values; the update is rejected")
 
     def iter_blocks(self, name: str, block_bytes: int = 4 << 20) -> Iterator[tuple[int, np.ndarray]]:
-        """(element offset, 1-D block) pairs over a tensor, a few MB at a time (spooled ones read back so)."""
+        """(element offset, 1-D block) pairs over a tensor, a few MB at a time (spooled ones read back so, into one
+        reused buffer: a block is valid until the next one is asked for)."""
         if name in self._memory:
             value = self._memory[name]
             yield from blocks_of(value, block_bytes // value.dtype.itemsize)
@@ -131,10 +132,13 @@ class UploadParams(Mapping[str, np.ndarray]):
         count = math.prod(shape)
         step = max(1, block_bytes // dtype.itemsize)
         file.flush()
+        buf = empty_buffer(min(step, count) * dtype.itemsize)  # one buffer, refilled: fresh pages cost faults
         for first in range(0, count, step):
             n = min(step, count - first)
-            yield first, np.frombuffer(_pread(file, name, offset + first * dtype.itemsize, n * dtype.itemsize),
-                                       dtype=dtype)
+            part = buf[:n * dtype.itemsize]
+            if os.preadv(file.fileno(), [part], offset + first * dtype.itemsize) != part.nbytes:
+                raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
+            yield first, np.frombuffer(part, dtype=dtype)
 
     def drop(self, name: str) -> None:
         """Forget a tensor (its spooled bytes stay in the temp file until close())."""
