@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcflare import __version__
-from hpcflare.exitcodes import HELP, ExitCode
+from hpcflare.exitcodes import HELP, ExitCode, describe
 from hpcflare.fileio import atomic_write_text
 from hpcflare.slurm.spec import NAMED
 from hpcflare.job import JobDir
@@ -46,6 +46,10 @@ def _settings(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _exit_codes(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.code is not None:
+        # a code read off sacct or a shell ($? or 128+signal) may not be hpcflare's own: explain it anyway
+        print(f"{args.code:>4}  {describe(args.code)}")
+        return 0
     for code in ExitCode:
         print(f"{int(code):>4}  {code.name:<22} {HELP[code]}")
     return 0
@@ -243,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("settings", help="show a settings profile with every deadline documented")
     p.add_argument("--profile", default="dev")
     p.set_defaults(func=_settings)
-    p = sub.add_parser("exit-codes", help="list every rank exit code with its help text")
+    p = sub.add_parser("exit-codes", help="list every rank exit code with its help text, or explain one")
+    p.add_argument("code", nargs="?", type=int, help="explain this exit code (also signals: 137, 142, -9)")
     p.set_defaults(func=_exit_codes)
     p = sub.add_parser("logs", help="troubleshoot a job from its logs")
     p.add_argument("action", choices=("diagnose", "timeline"),

@@ -73,7 +73,7 @@ class Settings:
     """Ranks on the same host (same boot, PID namespace and user) hand models and results to each other as sealed
     memory files that the receiver maps, instead of streaming them over loopback gRPC; anything that stops it
     (another host, /proc hidden) falls back to streaming. A result is then copied once into such a file, which the
-    parent maps while it checks and folds it (up to max_concurrent_uploads at a time). false: always stream."""
+    parent reads a block at a time while it checks and folds it. false: always stream."""
     model_file_bytes: int = 256 << 20
     """A global model at least this large is held in a node-local spool file (HPCFLARE_SPOOL_DIR, else
     SLURM_TMPDIR, else the system tmp) instead of the server's memory: served from the page cache with pread,

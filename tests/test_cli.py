@@ -10,6 +10,10 @@ from hpcflare.cli import main
 def test_exit_codes_and_settings_listing(capsys):
     assert main(["exit-codes"]) == 0
     assert "ROUND_FAILED" in capsys.readouterr().out
+    assert main(["exit-codes", "142"]) == 0
+    assert "SIGALRM" in capsys.readouterr().out
+    assert main(["exit-codes", "137"]) == 0
+    assert "SIGKILL" in capsys.readouterr().out
     assert main(["settings", "--profile", "hpc-large"]) == 0
     out = capsys.readouterr().out
     assert "round_timeout" in out and "1800" in out and "A round closes" in out

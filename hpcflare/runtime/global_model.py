@@ -45,12 +45,15 @@ class GlobalModel:
                blobs: dict[str, Any] | None = None) -> None:
         """Hold ``blobs`` (default: views of ``shared``) and read-only array views of them."""
         self.version, self.ref, self._shared = version, ref, shared
-        self._offsets: dict[str, tuple[int, int]] | None = None
         self.specs = list(specs if shared is None else shared.specs)
         self.blobs: dict[str, Any] = blobs if shared is None else {
             spec.name: shared.view[off:off + spec.nbytes] for spec, off in zip(shared.specs, shared.offsets)}
         self.params: dict[str, np.ndarray] = ModelParams(
             {spec.name: view_tensor(self.blobs[spec.name], spec.name) for spec in self.specs}, self.release)
+        # where each tensor's data lies in a spool file (after its blob's header), for release()
+        self._data_at: dict[str, tuple[int, int]] = {} if shared is None or not shared.in_file else {
+            spec.name: (off + spec.nbytes - self.params[spec.name].nbytes, off + spec.nbytes)
+            for spec, off in zip(shared.specs, shared.offsets)}
 
     @classmethod
     def from_blobs(cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, Any],
@@ -105,13 +108,10 @@ class GlobalModel:
         if name is None:
             self._shared.release()
             return
-        if self._offsets is None:
-            self._offsets = {spec.name: (off, spec.nbytes) for spec, off in zip(self._shared.specs, self._shared.offsets)}
-        if name not in self._offsets:
+        if name not in self._data_at:
             return
-        off, size = self._offsets[name]
-        data = off + size - view_tensor(self._shared.view[off:off + size], name).nbytes  # after the blob's header
-        self._shared.release(data + start, (off + size - data - start) if nbytes is None else nbytes)
+        data, end = self._data_at[name]
+        self._shared.release(data + start, (end - data - start) if nbytes is None else nbytes)
 
     def frames(self, start: tuple[int, int], chunk_size: int) -> Iterator[bytes]:
         index, offset = start

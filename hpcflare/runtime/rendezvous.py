@@ -20,6 +20,8 @@ import math
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -184,10 +186,6 @@ def import_mpi(timeout: float) -> Any:
     another rank of the step died there (seen: Slurm's pmi2 plugin refusing a split message), the rest wait for
     good. A plain alarm bounds that wait: past ``timeout`` the rank is killed by SIGALRM (exit 142, explained by
     `hpcflare exit-codes 142`) instead of holding its allocation until the time limit."""
-    import sys
-
-    import threading
-
     if "mpi4py.MPI" in sys.modules or threading.current_thread() is not threading.main_thread():
         from mpi4py import MPI  # already initialised, or not ours to time (alarms belong to the main thread)
 

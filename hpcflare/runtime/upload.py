@@ -303,13 +303,13 @@ def _dequantize(params: "UploadParams", quant: dict[str, dict[str, Any]], expect
         scales = params[name + SCALE_SUFFIX] if name + SCALE_SUFFIX in params else None
         if scales is not None and not all_finite(scales):
             raise UpdateRejectedError(f"tensor {name!r} has NaN or Inf quantization scales; the update is rejected")
-        base = expected[name]
-        chunks = dequantize_chunks(params[name], scales, spec["mode"], spec["block"], base)
+        base, payload = expected[name], params[name]
         params.drop(name + SCALE_SUFFIX)
         if math.prod(base.shape) * np.dtype(base.dtype).itemsize >= params.spool_bytes:
+            chunks = dequantize_chunks(payload, scales, spec["mode"], spec["block"], base)
             params.put_chunks(name, np.dtype(base.dtype), tuple(base.shape), (values for _, values in chunks))
             continue  # written out chunk by chunk, checked for NaN/Inf as it is kept: never whole in memory
-        value = dequantize(params[name], scales, spec["mode"], spec["block"], base)
+        value = dequantize(payload, scales, spec["mode"], spec["block"], base)
         params.put(name, _validated(TensorSpec(name, "F32", tuple(value.shape), value.nbytes), value, base))
 
 
@@ -403,7 +403,7 @@ def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.n
                     and hi - lo == math.prod(spec.shape) * dtype.itemsize):
                 raise MalformedMessageError(f"staged result {path.name}: tensor {spec.name!r} has inconsistent offsets")
             base = expected[spec.name]
-            if dtype == np.dtype(base.dtype) and hi - lo >= spool_bytes and shape_matches(spec.shape, base):
+            if dtype == np.dtype(base.dtype) and hi - lo >= spool_bytes:  # shape: checked by _check_spec
                 params.adopt(spec.name, start + lo, dtype, spec.shape)
             else:
                 value = np.frombuffer(_pread(source, spec.name, start + lo, hi - lo), dtype=dtype).reshape(spec.shape)

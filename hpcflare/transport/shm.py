@@ -92,8 +92,8 @@ class SharedModel:
                 f"cannot write the model ({total / 1e9:.2f} GB so far) to {where}: {exc.strerror}. "
                 + ("Point HPCFLARE_SPOOL_DIR at a node-local disk with room for two models, or raise "
                    "settings.model_file_bytes above the model's size to keep it in memory" if in_file else
-                   "The node is out of memory: use fewer ranks per node or lower settings.model_file_bytes "
-                   "so the model goes to a spool file")) from None
+                   "The node is out of memory: use fewer ranks per node (on the server, a lower "
+                   "settings.model_file_bytes puts the model in a spool file instead)")) from None
         self.size = total
         if in_file:
             os.fchmod(fd, 0o400)  # written once: read-only from here on

@@ -79,16 +79,22 @@ def test_a_description_that_does_not_hold_is_refused(change, reason):
         shm.SharedModel.attach(change(model.describe()), model.specs, 1 << 20)
 
 
-def test_an_unsealed_file_is_refused():
-    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)
-    os.write(fd, b"\0" * 16)
+def _attach_own_fd(fd: int, match: str, **extra) -> None:
+    """Describe a 16-byte file this process holds as a peer's model and expect attach to refuse it."""
     st = os.fstat(fd)
-    desc = {"host": shm.host_key(), "pid": os.getpid(), "fd": fd, "ino": st.st_ino, "dev": st.st_dev, "size": 16}
+    desc = {"host": shm.host_key(), "pid": os.getpid(), "fd": fd, "ino": st.st_ino, "dev": st.st_dev, "size": 16,
+            **extra}
     try:
-        with pytest.raises(shm.SharedMemoryError, match="not sealed"):
+        with pytest.raises(shm.SharedMemoryError, match=match):
             shm.SharedModel.attach(desc, [TensorSpec("x", "U8", (8,), 16)], 1 << 20)
     finally:
         os.close(fd)
+
+
+def test_an_unsealed_file_is_refused():
+    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)
+    os.write(fd, b"\0" * 16)
+    _attach_own_fd(fd, "not sealed")
 
 
 def test_larger_than_max_model_bytes_is_refused_before_mapping():
@@ -229,15 +235,7 @@ def test_a_spool_file_may_carry_a_parents_model_but_never_an_upload():
 def test_a_named_or_writable_file_is_not_taken_for_a_model_file(tmp_path):
     path = tmp_path / "model.bin"
     path.write_bytes(b"\0" * 16)
-    fd = os.open(path, os.O_RDONLY)
-    st = os.fstat(fd)
-    desc = {"host": shm.host_key(), "pid": os.getpid(), "fd": fd, "ino": st.st_ino, "dev": st.st_dev, "size": 16,
-            "kind": "file"}
-    try:
-        with pytest.raises(shm.SharedMemoryError, match="has a name or is writable"):
-            shm.SharedModel.attach(desc, [TensorSpec("x", "U8", (8,), 16)], 1 << 20)
-    finally:
-        os.close(fd)
+    _attach_own_fd(os.open(path, os.O_RDONLY), "has a name or is writable", kind="file")
 
 
 def test_a_mapped_upload_is_checked_and_read_without_mapping_it_whole():
