@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -90,12 +91,27 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0
 
 
-def grpc_stream_gbps(model: dict[str, np.ndarray]) -> tuple[float, float]:
-    """One model download and one upload over a single loopback gRPC stream, on their own (the job's columns are
-    per site with all sites streaming at once): the real server frames and the real upload checks (spooled);
-    the better of two tries (the first also pays for this process's first touch of its memory)."""
+def _probe_client(address: str, gb: float, dtype: str, specs: list, out: Any) -> None:
+    """The probe's site, in its own process like a job's: two downloads, two uploads, the best of each."""
     settings = Settings().replace(shared_memory=False)
-    served = GlobalModel(model, 1)
+    model = llm_shaped(gb, dtype)
+    client = GrpcClientTransport(address, settings)
+    try:
+        down = min(_timed(lambda: sum(len(blob) for _, blob in client.download({}, specs))) for _ in range(2))
+        up = min(_timed(lambda: client.upload({"site": "s", "params_type": "FULL"}, list(model.items())))
+                 for _ in range(2))
+        out.put((down, up))
+    finally:
+        client.close()
+
+
+def grpc_stream_gbps(gb: float, dtype: str, children: int) -> tuple[float, float]:
+    """One model download and one upload over a single loopback gRPC stream, on their own (the job's columns are
+    per site with all sites streaming at once), between two processes: the real server frames and upload checks
+    (spooled), the server's flow-control windows sized for ``children`` sites like the job's; the better of two
+    tries (the first also pays for first touches of memory)."""
+    settings = Settings().replace(shared_memory=False)
+    served = GlobalModel(llm_shaped(gb, dtype), 1)
 
     class Handler(ServerHandler):
         def handle_unary(self, method: str, request: dict, peer: Any) -> dict:
@@ -109,14 +125,15 @@ def grpc_stream_gbps(model: dict[str, np.ndarray]) -> tuple[float, float]:
             got.close()
             return {}
 
-    server = GrpcServer(Handler(), settings, RankLogger(None, "server", "server")).start()
-    client = GrpcClientTransport(server.address, settings)
+    server = GrpcServer(Handler(), settings, RankLogger(None, "server", "server"), children=children).start()
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    site = context.Process(target=_probe_client, args=(server.address, gb, dtype, served.specs, out))
+    site.start()
     try:
-        down = min(_timed(lambda: sum(len(blob) for _, blob in client.download({}, served.specs))) for _ in range(2))
-        up = min(_timed(lambda: client.upload({"site": "s", "params_type": "FULL"}, list(served.params.items())))
-                 for _ in range(2))
+        down, up = out.get(timeout=600)
     finally:
-        client.close()
+        site.join(60)
         server.stop()
     return served.nbytes / down / 1e9, served.nbytes / up / 1e9
 
@@ -185,8 +202,8 @@ def main() -> None:
     copy = memcpy_gbps()
     print(f"memcpy on this machine: {copy:.2f} GB/s")
     probe = min(min(args.model_gb), 1.0)  # the probe's model lives in this driver process: keep it small
-    down, up = grpc_stream_gbps(llm_shaped(probe, args.dtype))
-    print(f"gRPC loopback, one stream on its own ({probe:g} GB model): download {down:.2f} GB/s, "
+    down, up = grpc_stream_gbps(probe, args.dtype, args.clients)
+    print(f"gRPC loopback, one stream between two processes ({probe:g} GB model): download {down:.2f} GB/s, "
           f"upload {up:.2f} GB/s")
     print(f"{'model GB':>8} {'dtype':>5} {'clients':>7} {'wall s':>7} {'server x':>8} {'client +x':>9} {'tree PSS GB':>11} "
           f"{'gRPC GB/s per site':>18} {'staging GB/s':>12} {'model via':>13}  state")

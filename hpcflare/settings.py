@@ -82,6 +82,11 @@ class Settings:
     max_concurrent_uploads: int = 2
     """Uploads checked and folded at once on the server. Large tensors of an upload wait in a node-local spool
     file (or the sender's memory file) and are read a block at a time, so each costs a few MB of server memory."""
+    upload_buffer_bytes: int = 256 << 20
+    """Upload bytes the server's gRPC layer may hold over all its direct children's streams before the server reads
+    them (HTTP/2 flow-control windows): each stream's window is this over the children, between 64 KiB and 8 MiB.
+    A wide window lets one upload run at ~1.2 GB/s on loopback (gRPC's default 64 KiB: ~0.9); a stream waiting for
+    an upload slot holds up to its window (the server's RSS grows by ~1.5x the window per waiting stream)."""
     max_concurrent_downloads: int = 16
     """Model streams served at once; more wait (up to upload_slot_timeout). Bounds transport buffers."""
     spool_tensor_bytes: int = 4 << 20

@@ -39,6 +39,16 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+MIN_WINDOW, MAX_WINDOW = 64 << 10, 8 << 20
+"""Bounds of a stream's flow-control window: gRPC's own default, and where one loopback upload stops speeding up."""
+
+
+def upload_window(budget: int, streams: int) -> int:
+    """Each stream's receive window: the budget (settings.upload_buffer_bytes) shared by the streams that may
+    be open at once, so waiting uploads never buffer more than the budget in all (beyond the 64 KiB floor)."""
+    return max(MIN_WINDOW, min(MAX_WINDOW, budget // max(1, streams)))
+
+
 class StreamWatchdog:
     """Cancels streams that made no progress for ``idle_timeout`` seconds (one thread for all streams)."""
 
@@ -94,11 +104,13 @@ class GrpcServer:
         options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
                    ("grpc.max_send_message_length", settings.max_frame_bytes),
                    ("grpc.so_reuseport", 0),
-                   ("grpc.http2.bdp_probe", 0),  # fixed flow-control windows: streams waiting for an upload slot
-                   # must not each buffer megabytes of frames the server is not reading yet
+                   ("grpc.http2.bdp_probe", 0),  # fixed flow-control windows (upload_window): streams waiting
+                   # for an upload slot must not each buffer what bandwidth probing would let them
                    ("grpc.keepalive_permit_without_calls", 1),
                    ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
         threads = max(settings.server_threads, children + THREAD_HEADROOM) if children else settings.server_threads
+        self.upload_window = upload_window(settings.upload_buffer_bytes, children or threads)
+        options.append(("grpc.http2.lookahead_bytes", self.upload_window))
         self._pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-srv")
         self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads * 4)
         handlers = {name: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY_METHODS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Iterator
 
@@ -14,7 +15,8 @@ from hpcflare.settings import Settings
 from hpcflare.transport.api import ServerHandler
 from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, unpack_frame
 from hpcflare.transport.grpc_client import GrpcClientTransport
-from hpcflare.transport.grpc_server import GrpcServer
+from hpcflare.transport import streams
+from hpcflare.transport.grpc_server import MAX_WINDOW, MIN_WINDOW, GrpcServer, upload_window
 
 SETTINGS = Settings(chunk_size=1024, max_frame_bytes=4096, server_lost_timeout=3, stream_idle_timeout=1.0,
                     stream_timeout=10, heartbeat_interval=1, heartbeat_timeout=5, task_poll_timeout=1)
@@ -132,3 +134,64 @@ def test_a_claimed_3_gib_tensor_costs_no_memory_until_its_bytes_arrive(served):
     with pytest.raises((errors.PeerGoneError, errors.MalformedMessageError), match="ended early|unexpected frame"):
         list(client.download({}, [huge]))  # the handler streams its own small blobs, then frames for tensor 1
     assert psutil.Process().memory_info().rss - rss < 256 << 20
+
+
+class _Gated(ServerHandler):
+    """Reads an upload's first frame, then nothing until released: a stream waiting for an upload slot."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def handle_unary(self, method: str, request: dict, peer: str) -> dict:
+        return {}
+
+    def handle_download(self, request: dict, peer: str) -> Iterator[bytes]:
+        return iter(())
+
+    def handle_upload(self, frames: Iterator[bytes], peer: str) -> dict:
+        next(frames)
+        self.release.wait(30)
+        return {"frames": 1 + sum(1 for _ in frames)}
+
+
+def _bytes_sent_while_waiting(monkeypatch, budget: int, children: int) -> tuple[int, int, dict]:
+    """Bytes of payload the client got off its hands while the server did not read, the server's window."""
+    chunk = 64 << 10
+    settings = Settings(chunk_size=chunk, upload_buffer_bytes=budget)
+    handler = _Gated()
+    server = GrpcServer(handler, settings, RankLogger(None, "server", "server"), children=children).start()
+    client = GrpcClientTransport(server.address, settings)
+    pieces = [0]
+    real = streams.iter_chunks
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for item in real(*args, **kwargs):
+            pieces[0] += 1
+            yield item
+
+    monkeypatch.setattr(streams, "iter_chunks", counted)
+    reply: dict = {}
+    sender = threading.Thread(target=lambda: reply.update(client.upload({"site": "a"}, [("w", np.zeros(16 << 20, np.uint8))])))
+    sender.start()
+    try:
+        last, deadline = -1, time.monotonic() + 10
+        while pieces[0] != last and time.monotonic() < deadline:  # until the flow-control window stops it
+            last = pieces[0]
+            time.sleep(0.5)
+        return last * chunk, server.upload_window, reply
+    finally:
+        handler.release.set()
+        sender.join(30)
+        client.close()
+        server.stop(0)
+
+
+def test_a_waiting_upload_buffers_no_more_than_its_share_of_upload_buffer_bytes(monkeypatch):
+    assert upload_window(256 << 20, 4) == MAX_WINDOW and upload_window(256 << 20, 10_000) == MIN_WINDOW
+    assert upload_window(256 << 20, 128) == 2 << 20
+    narrow, window, _ = _bytes_sent_while_waiting(monkeypatch, budget=1 << 20, children=16)
+    assert window == 64 << 10
+    assert narrow <= 2 * window + (256 << 10)
+    wide, window, reply = _bytes_sent_while_waiting(monkeypatch, budget=8 << 20, children=1)
+    assert window == 8 << 20 and window // 2 <= wide <= 2 * window
+    assert reply["frames"] == 1 + 1 + 1 + 256 + 1  # nothing lost while it waited: begin, spec, blob header, data, end
