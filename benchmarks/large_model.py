@@ -92,14 +92,14 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def _probe_client(address: str, gb: float, dtype: str, specs: list, out: Any) -> None:
-    """The probe's site, in its own process like a job's: two downloads, two uploads, the best of each."""
+    """The probe's site, in its own process like a job's: three downloads, three uploads, the best of each."""
     settings = Settings().replace(shared_memory=False)
     model = llm_shaped(gb, dtype)
     client = GrpcClientTransport(address, settings)
     try:
-        down = min(_timed(lambda: sum(len(blob) for _, blob in client.download({}, specs))) for _ in range(2))
+        down = min(_timed(lambda: sum(len(blob) for _, blob in client.download({}, specs))) for _ in range(3))
         up = min(_timed(lambda: client.upload({"site": "s", "params_type": "FULL"}, list(model.items())))
-                 for _ in range(2))
+                 for _ in range(3))
         out.put((down, up))
     finally:
         client.close()
@@ -108,7 +108,7 @@ def _probe_client(address: str, gb: float, dtype: str, specs: list, out: Any) ->
 def grpc_stream_gbps(gb: float, dtype: str, children: int) -> tuple[float, float]:
     """One model download and one upload over a single loopback gRPC stream, on their own (the job's columns are
     per site with all sites streaming at once), between two processes: the real server frames and upload checks
-    (spooled), the server's flow-control windows sized for ``children`` sites like the job's; the better of two
+    (spooled), the server's flow-control windows sized for ``children`` sites like the job's; the best of three
     tries (the first also pays for first touches of memory)."""
     settings = Settings().replace(shared_memory=False)
     served = GlobalModel(llm_shaped(gb, dtype), 1)
