@@ -106,7 +106,7 @@ class WeightedMeanAggregator(Aggregator):
                 release(name, first * flat_base.itemsize, step * flat_base.itemsize)
         if np.issubdtype(base.dtype, np.integer):
             np.rint(mean_delta, out=mean_delta)
-        return mean_delta.astype(base.dtype, copy=False) if mean_delta.dtype != base.dtype else mean_delta
+        return narrow_in_place(mean_delta, base.dtype)
 
 
 FOLD_BLOCK = 1 << 18
@@ -118,6 +118,23 @@ def blocks_of(value: Any, elements: int = FOLD_BLOCK) -> Iterator[tuple[int, np.
     flat = np.asarray(value).reshape(-1)
     for first in range(0, flat.size, max(1, elements)):
         yield first, flat[first:first + max(1, elements)]
+
+
+def narrow_in_place(wide: np.ndarray, dtype: Any, elements: int = FOLD_BLOCK) -> np.ndarray:
+    """``wide`` (a sum we own) as ``dtype`` of no larger items, converted inside its own buffer a block at a
+    time: a bf16 model's new tensor then needs no second tensor-sized array beside its fp32 sum (0.5x of it).
+    Safe front to back: a block's narrow bytes land only where elements already read lay. Returns a view."""
+    dtype = np.dtype(dtype)
+    if wide.dtype == dtype:
+        return wide
+    if dtype.itemsize > wide.dtype.itemsize or not wide.flags.c_contiguous or not wide.flags.writeable:
+        return wide.astype(dtype)
+    flat = wide.reshape(-1)
+    out = flat.view(np.uint8)[:flat.size * dtype.itemsize].view(dtype)
+    for first in range(0, flat.size, max(1, elements)):
+        part = flat[first:first + max(1, elements)].astype(dtype)
+        out[first:first + part.size] = part
+    return out.reshape(wide.shape)
 
 
 RELEASE_EVERY = 16 << 20

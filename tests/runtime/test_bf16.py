@@ -41,6 +41,32 @@ def test_bf16_aggregates_in_fp32_and_returns_bf16():
     assert not np.allclose(naive.astype(np.float32) / len(values), reference, rtol=2 ** -8)
 
 
+
+def test_a_bf16_tensor_is_narrowed_inside_its_fp32_sum_not_beside_it():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 1, (300, 70)).astype(BF16)  # 21,000 elements: several blocks of 4,096
+    agg = WeightedMeanAggregator({"w": base, "n": np.arange(5, dtype=np.int32)})
+    update = rng.normal(0, 1, base.shape).astype(np.float32)
+    agg.add(ClientUpdate("s", {"w": update.astype(BF16), "n": np.array([1, 2, 3, 4, 6], np.int32)}, UpdateKind.FULL, 2.0))
+    sums = {name: value for name, value in agg.partial()[0].items()}
+    expected = sums["w"].astype(np.float64) / 2.0 + base.astype(np.float64)
+    out = dict(agg.result_items())
+    assert out["w"].dtype == BF16 and out["w"].shape == base.shape
+    assert np.shares_memory(out["w"], sums["w"])  # the new bf16 tensor lives in the fp32 sum's own buffer
+    assert np.array_equal(out["w"].view(np.uint16), expected.astype(np.float32).astype(BF16).view(np.uint16))
+    assert out["n"].dtype == np.int32 and out["n"].tolist() == [1, 2, 3, 4, 6]
+
+
+def test_narrowing_in_place_matches_astype_for_every_block_size():
+    from hpcflare.strategy.aggregate import narrow_in_place
+    values = np.random.default_rng(2).normal(0, 100, 1001)
+    for elements in (1, 7, 1000, 5000):
+        for dtype in (np.float32, BF16, np.float16, np.int64):
+            wide = values.copy()
+            assert np.array_equal(narrow_in_place(wide, dtype, elements), values.astype(dtype))
+    assert narrow_in_place(np.zeros(3, np.float32), np.float64).dtype == np.float64  # wider: a copy
+
+
 BF16_CLIENT = """
 import torch
 import hpcflare.client as flare
