@@ -7,8 +7,9 @@ the server opening round 1 (every rank's Python start-up, TLS kits, registration
     python benchmarks/slurm_startup.py --clients 32 128 --nodes 4 [--rounds 2] [--relays 0 4]
     python benchmarks/slurm_startup.py --clients 10000 --clients-per-rank 625 --relays 4 --nodes 4
 
-With --clients-per-rank K each client rank runs K sites as virtual clients (ranks = 1 + relays + N/K); the
-last column lists each round's seconds.
+With --clients-per-rank K each client rank runs K sites as virtual clients (ranks = 1 + relays + N/K); with
+--clients-per-rank auto, `job submit` packs the sites into the ranks the partition's CPUs hold (its default)
+and the K column shows what it chose; the last column lists each round's seconds.
 
 Needs a Slurm cluster (the dev cluster: NUM_NODES=4 bash slurm/dev-cluster-up.sh). Many ranks per node on a
 small machine need --overcommit, which this script passes.
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,16 +69,18 @@ def round_seconds(job: JobDir) -> list[float]:
 
 
 def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, timeout: float,
-            per_rank: int = 1) -> dict[str, float]:
+            per_rank: int | str = 1) -> dict[str, Any]:
     script = root / "client.py"
     script.write_text(CLIENT)
     recipe = FedAvgRecipe(name=f"startup-{clients}", initial_model=np.ones((3, 3), np.float32), min_clients=clients,
                           n_clients=clients, num_rounds=rounds, relays=relays, train_script=script)
     job = recipe.export(root / "jobs")
     t0 = time.time()
+    # auto: what `job submit` does by default (sites packed into the ranks the partition's CPUs hold); a
+    # number K: K sites per rank, with --overcommit so that any count of ranks fits the emulated nodes
+    packing = ["--clients-per-rank", str(per_rank)] + (["--overcommit"] if per_rank != "auto" else [])
     subprocess.run([sys.executable, "-m", "hpcflare.cli", "job", "submit", str(job.root), "--nodes", str(nodes),
-                    "--time", "00:20:00", "--overcommit", "--clients-per-rank", str(per_rank)],
-                   check=True, capture_output=True)
+                    "--time", "00:20:00", *packing], check=True, capture_output=True)
     deadline = time.monotonic() + timeout
     while job.read_status().get("state") not in FINAL_STATES:
         if time.monotonic() > deadline:
@@ -88,7 +92,7 @@ def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, time
     return {"state": status.get("state"), "queued_s": (started or t0) - t0,
             "start_to_round1_s": (first - started) if first and started else float("nan"),
             "sbatch_to_round1_s": (first - t0) if first else float("nan"), "total_s": done - t0,
-            "rounds": round_seconds(job)}
+            "rounds": round_seconds(job), "per_rank": job.load_config().clients_per_rank}
 
 
 def main() -> None:
@@ -97,7 +101,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--relays", type=int, nargs="+", default=[0])
-    parser.add_argument("--clients-per-rank", type=int, default=1, help="sites per client rank (virtual clients)")
+    parser.add_argument("--clients-per-rank", type=lambda v: v if v == "auto" else int(v), default=1,
+                        help="sites per client rank (virtual clients); auto: job submit's default, which packs "
+                        "sites into the ranks the partition's CPUs hold (no --overcommit)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--work-dir", default="bench-work",
                         help="where job dirs go: a folder on the filesystem every node mounts (ignored by git)")
@@ -113,7 +119,7 @@ def main() -> None:
                 root = Path(tmp) / f"c{clients}-r{relays}"
                 root.mkdir()
                 row = run_one(root, clients, args.nodes, args.rounds, relays, args.timeout, args.clients_per_rank)
-                print(f"{clients:>7} {args.clients_per_rank:>4} {args.nodes:>5} {relays:>6} {row['state']:>9} "
+                print(f"{clients:>7} {row['per_rank']!s:>4} {args.nodes:>5} {relays:>6} {row['state']:>9} "
                       f"{row['queued_s']:>9.1f} {row['start_to_round1_s']:>15.1f} {row['sbatch_to_round1_s']:>16.1f} "
                       f"{row['total_s']:>8.1f}  {' '.join(f'{s:.1f}' for s in row['rounds'])}", flush=True)
 

@@ -64,55 +64,23 @@ def _per_rank(text: str) -> int | str:
 
 
 def _job(args: argparse.Namespace, extra: list[str]) -> int:
-    from hpcflare.errors import ConfigError, HpcflareError
+    from hpcflare.errors import HpcflareError
     from hpcflare.slurm import SlurmCommands
     from hpcflare.slurm.commands import explain_reason
-    from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch, write_sbatch
 
     slurm = SlurmCommands()
     try:
         if args.action == "submit":
             job_dir = JobDir(args.target)
             job_dir.load_config()
-            if args.clients_per_rank is not None:  # written to job.yaml: every rank reads it from there
-                from hpcflare.runtime.client_rank import settle_clients_per_rank
-
-                settle_clients_per_rank(job_dir, args.clients_per_rank)
-            if not args.dry_run:
-                from hpcflare.security.jobs import prepare_job
-
-                job_dir.check_deployable()
-                prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
-            options = {k: getattr(args, k) for k in NAMED}
-            common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time,
-                          options=options, sbatch_args=tuple(args.sbatch_arg or ()))
-            if args.separate:  # server and clients as two allocations, meeting in the job dir
-                if args.server_exclusive:
-                    raise ConfigError("--separate already gives the server an allocation of its own; drop "
-                                      "--server-exclusive (or --separate for one allocation)")
-                server = SbatchSpec(job_dir, nodes=1, part="server", **common | {"ntasks_per_node": 1})
-                if args.dry_run:
-                    print(render_sbatch(server))
-                    print(render_sbatch(_clients_spec(job_dir, args.nodes, "<SERVER_JOB_ID>", common)))
-                    return 0
-                server_id = slurm.submit(write_sbatch(server))
-                clients_id = slurm.submit(write_sbatch(_clients_spec(job_dir, args.nodes, server_id, common)))
-                atomic_write_text(job_dir.root / "slurm_job_id", server_id + "\n")
-                atomic_write_text(job_dir.root / "slurm_clients_job_id", clients_id + "\n")
-                print(f"submitted {job_dir.root.name}: server as Slurm job {server_id}, clients as {clients_id}; "
-                      f"logs {job_dir.log_dir}")
-                return 0
-            spec = SbatchSpec(job_dir, nodes=args.nodes, rendezvous=args.rendezvous,
-                              server_exclusive=args.server_exclusive, **common)
-            text = render_sbatch(spec)
-            spec.check_capacity(slurm)  # before anything sits PENDING for ever (skipped without sinfo)
-            if args.dry_run:
-                print(text)
-                return 0
-            path = write_sbatch(spec)
-            job_id = slurm.submit(path)
-            atomic_write_text(job_dir.root / "slurm_job_id", job_id + "\n")
-            print(f"submitted {job_dir.root.name} as Slurm job {job_id}; script {path}; logs {job_dir.log_dir}")
+            if args.dry_run:  # what the dry run settles (clients_per_rank) must not stay in job.yaml
+                before = job_dir.config_path.read_text()
+                try:
+                    return _submit(args, job_dir, slurm)
+                finally:
+                    if job_dir.config_path.read_text() != before:
+                        atomic_write_text(job_dir.config_path, before)
+            return _submit(args, job_dir, slurm)
         elif args.action == "resume":
             from hpcflare.env import make_env
 
@@ -151,6 +119,56 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
     except HpcflareError as exc:
         print(f"hpcflare job {args.action}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _submit(args: argparse.Namespace, job_dir: JobDir, slurm: Any) -> int:
+    """`hpcflare job submit`: settle clients_per_rank against the allocation, then render and submit."""
+    from hpcflare.errors import ConfigError
+    from hpcflare.runtime.client_rank import settle_clients_per_rank
+    from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch, write_sbatch
+
+    options = {k: getattr(args, k) for k in NAMED}
+    common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time,
+                  options=options, sbatch_args=tuple(args.sbatch_arg or ()))
+    # 'auto' (the default): a rank per site while they fit the partition's CPUs, else sites packed into ranks;
+    # written to job.yaml, where every rank reads it
+    fitting = SbatchSpec(job_dir, nodes=args.nodes, part="clients" if args.separate else "all",
+                         server_exclusive=args.server_exclusive and not args.separate, **common)
+    settle_clients_per_rank(job_dir, args.clients_per_rank, lambda config: fitting.client_slots(slurm))
+    spec = SbatchSpec(job_dir, nodes=args.nodes, rendezvous=args.rendezvous,
+                      server_exclusive=args.server_exclusive, **common)
+    if not args.separate:
+        spec.check_capacity(slurm)  # before anything sits PENDING for ever (skipped without sinfo), or is written
+    if not args.dry_run:
+        from hpcflare.security.jobs import prepare_job
+
+        job_dir.check_deployable()
+        prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
+    if args.separate:  # server and clients as two allocations, meeting in the job dir
+        if args.server_exclusive:
+            raise ConfigError("--separate already gives the server an allocation of its own; drop "
+                              "--server-exclusive (or --separate for one allocation)")
+        server = SbatchSpec(job_dir, nodes=1, part="server", **common | {"ntasks_per_node": 1})
+        if args.dry_run:
+            print(render_sbatch(server))
+            print(render_sbatch(_clients_spec(job_dir, args.nodes, "<SERVER_JOB_ID>", common)))
+            return 0
+        server_id = slurm.submit(write_sbatch(server))
+        clients_id = slurm.submit(write_sbatch(_clients_spec(job_dir, args.nodes, server_id, common)))
+        atomic_write_text(job_dir.root / "slurm_job_id", server_id + "\n")
+        atomic_write_text(job_dir.root / "slurm_clients_job_id", clients_id + "\n")
+        print(f"submitted {job_dir.root.name}: server as Slurm job {server_id}, clients as {clients_id}; "
+              f"logs {job_dir.log_dir}")
+        return 0
+    text = render_sbatch(spec)
+    if args.dry_run:
+        print(text)
+        return 0
+    path = write_sbatch(spec)
+    job_id = slurm.submit(path)
+    atomic_write_text(job_dir.root / "slurm_job_id", job_id + "\n")
+    print(f"submitted {job_dir.root.name} as Slurm job {job_id}; script {path}; logs {job_dir.log_dir}")
     return 0
 
 

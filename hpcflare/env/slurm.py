@@ -94,7 +94,8 @@ class SlurmEnv(Env):
                  setup: list[str] | None = None, slurm_args: dict[str, Any] | None = None,
                  slurm_additional_parameters: dict[str, Any] | None = None,
                  clients_per_rank: int | str | None = None, **sbatch_options: Any) -> None:
-        """``clients_per_rank``: sites per client rank (virtual clients; default: the job's, 'auto' = 1 here);
+        """``clients_per_rank``: sites per client rank (virtual clients; default: the job's; 'auto' = a rank per
+        site while the ranks fit the partition's CPUs, else sites packed into the ranks that fit);
         ``sbatch_options``: account=, qos=, cpus_per_task=, mem=, mem_per_cpu=, gres=, gpus=, gpus_per_task=,
         constraint=, exclusive=, reservation=, mail_type=, mail_user=, overcommit= (hpcflare.slurm.spec.NAMED);
         ``slurm_additional_parameters``: any other sbatch option by name; ``slurm_args``: raw submitit keywords."""
@@ -125,6 +126,12 @@ class SlurmEnv(Env):
                                    srun_args=["--mpi=pmi2"] if self.rendezvous == "mpi" else [], **self.slurm_args)
         return executor
 
+    def _settle(self, job_dir: JobDir) -> None:
+        """clients_per_rank into job.yaml; 'auto': a rank per site while they fit the partition's CPUs (sinfo),
+        else the sites packed evenly into the ranks that fit."""
+        settle_clients_per_rank(job_dir, self.clients_per_rank,
+                                lambda config: self.allocation.client_slots(SlurmCommands(), 1 + config.relays))
+
     def dry_run(self, job: JobDir | Any) -> str:
         """The exact sbatch script submitit would submit for this job; nothing is submitted.
 
@@ -132,7 +139,13 @@ class SlurmEnv(Env):
         stand-in ``sbatch`` that keeps the script and queues nothing; submitit's bookkeeping is removed after.
         """
         job_dir = job if isinstance(job, JobDir) else job.export(self.job_root)
-        executor = self.executor(job_dir)
+        before = job_dir.config_path.read_text()
+        try:  # the script as deploy would submit it, without leaving what it settled in job.yaml
+            self._settle(job_dir)
+            executor = self.executor(job_dir)
+        finally:
+            if job_dir.config_path.read_text() != before:
+                atomic_write_text(job_dir.config_path, before)
         folder = job_dir.root / "slurm"
         existed = folder.exists()
         with tempfile.TemporaryDirectory(prefix="hpcflare-dry-run-") as fake:
@@ -158,7 +171,7 @@ class SlurmEnv(Env):
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
-        settle_clients_per_rank(job_dir, self.clients_per_rank)  # before the kits: client ranks get their own
+        self._settle(job_dir)  # before the kits: client ranks get their own
         prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
         job = self.executor(job_dir).submit(submitit_rank, str(job_dir.root), self.rendezvous)
         print(f"[hpcflare] job {job_dir.root.name} submitted to Slurm as {job.job_id}; logs in {job_dir.log_dir}",

@@ -84,6 +84,9 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
                               "remove it if no submission of this job is running") from None
     if config.tls == "on" and not root.is_dir():
         raise ConfigError(f"kits_dir {root} is not a directory")
+    if config.tls == "on" and (root / "ca" / "rootCA.key").is_file() and _missing_kits(config, root):
+        with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):
+            _add_missing_kits(config, root)
     spec = check_privacy(config.privacy, config.strategy, config.filters)
     if spec is not None and spec.type == "he" and not (job_dir.root / "he_keys").exists() and \
             not (root / "server" / HE_PUBLIC_FILE).exists():  # provisioned into the kits: no job-made keys
@@ -95,14 +98,32 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
 def _provision_job(job_dir: JobDir, config: JobConfig, root: Path) -> None:
     from hpcflare.security.provision import job_project, provision
 
-    # sites behind a client rank reach it in-process: only the rank connects, so only the rank needs a kit
-    connecting = list(config.rank_hosts()) or config.clients
-    project = job_project(config.job_id, connecting, config.relay_names())
+    project = job_project(config.job_id, _connecting(config), config.relay_names())
     tmp = root.parent / f".{root.name}.provisioning"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted earlier attempt
     made = provision(project, tmp)
     os.rename(made, root)  # appears whole or not at all for ranks that look for it
     os.rmdir(tmp)
+
+
+def _connecting(config: JobConfig) -> list[str]:
+    """Who connects: client ranks, or the sites themselves when each has a rank (sites behind a client rank
+    reach it in-process, so only the rank needs a kit)."""
+    return list(config.rank_hosts()) or list(config.clients)
+
+
+def _missing_kits(config: JobConfig, root: Path) -> list[str]:
+    return [name for name in [*_connecting(config), *config.relay_names()] if not (root / name).is_dir()]
+
+
+def _add_missing_kits(config: JobConfig, root: Path) -> None:
+    """Kits for ranks a job's own CA has not issued yet: the job was resubmitted with another layout (e.g. its
+    sites now packed into client ranks), so the new rank names join the same throw-away project."""
+    from hpcflare.security.provision import Participant, add_participant
+
+    relays = set(config.relay_names())
+    for name in _missing_kits(config, root):
+        add_participant(root, Participant(name, "relay" if name in relays else "client"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,14 @@ class SbatchSpec:
         return Allocation(self.nodes, per_node, self.partition, self.time,
                           dict(parse_sbatch_arg(a) for a in self.sbatch_args), dict(self.options))
 
+    def client_slots(self, commands: SlurmCommands) -> int | None:
+        """Client ranks this allocation holds one per CPU slot (see Allocation.client_slots)."""
+        relays = self.job_dir.load_config().relays
+        others = {"all": 1 + relays, "server": 1, "clients": 0}[self.part]
+        per_node = self.ntasks_per_node
+        alloc = dataclasses.replace(self.allocation(), ntasks_per_node=per_node)  # not the ranks' own spread
+        return alloc.client_slots(commands, others, server_node=self.server_exclusive)
+
     def check_capacity(self, commands: SlurmCommands) -> None:
         """Refuse, with the arithmetic, an allocation whose ranks cannot fit the partition's nodes."""
         self.allocation().check_partition(commands, self.tasks())

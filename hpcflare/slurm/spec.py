@@ -121,6 +121,22 @@ class Allocation:
             params["partition"] = self.partition
         return params
 
+    def client_slots(self, commands: Any, others: int, server_node: bool = False) -> int | None:
+        """Client ranks that fit this allocation, one per CPU slot (cpus-per-task CPUs each), beside ``others``
+        ranks (the server, relays), for clients_per_rank 'auto': more sites than slots are packed into ranks
+        instead of asking for CPUs the partition lacks. ``server_node``: the first node holds the server alone.
+        None where it cannot be known (no sinfo) or oversubscription was asked (--overcommit)."""
+        if self.options.get("overcommit") or self.additional.get("overcommit"):
+            return None
+        per_node = self.ntasks_per_node
+        if per_node is None:
+            found = commands.cpus_per_node(self.partition)
+            if found is None:
+                return None
+            per_node = max(1, found[1] // self.cpus_per_rank())
+        nodes = node_range(self.nodes)[0] - int(server_node)
+        return nodes * per_node - (others - int(server_node))
+
     def check_partition(self, commands: Any, ranks: int) -> None:
         """check_capacity against the partition as ``commands.cpus_per_node`` (sinfo) reports it; skipped
         where Slurm cannot be asked."""

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from hpcflare.env import SlurmEnv
 from hpcflare.errors import ConfigError
@@ -27,9 +28,17 @@ def test_dry_run_prints_sbatch_and_submits_nothing(make_recipe, tmp_path):
 
 
 def test_too_few_tasks_is_a_config_error(make_recipe, tmp_path):
-    env = SlurmEnv(nodes=1, ntasks_per_node=2, job_root=tmp_path / "jobs")
+    env = SlurmEnv(nodes=1, ntasks_per_node=2, job_root=tmp_path / "jobs", clients_per_rank=1)
     with pytest.raises(ConfigError, match="1 nodes x 2 tasks < 4 ranks"):
         env.dry_run(make_recipe("print(1)\n", n_clients=3, min_clients=2))
+
+
+def test_auto_packs_the_sites_into_the_tasks_asked_for(make_recipe, tmp_path):
+    env = SlurmEnv(nodes=1, ntasks_per_node=2, job_root=tmp_path / "jobs")  # clients_per_rank 'auto'
+    text = env.dry_run(make_recipe("print(1)\n", n_clients=3, min_clients=2))
+    assert "#SBATCH --ntasks-per-node=2" in text  # the server + one client rank running the 3 sites
+    job_dir = next((tmp_path / "jobs").iterdir())
+    assert yaml.safe_load((job_dir / "job.yaml").read_text())["clients_per_rank"] == "auto"  # dry run: unchanged
 
 
 @pytest.mark.slurm

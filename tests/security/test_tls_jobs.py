@@ -118,3 +118,28 @@ def test_project_site_outside_this_job_gets_no_task(make_recipe, local_env, tmp_
     finally:
         outsider.close()
     np.testing.assert_array_equal(load_result(run.get_result(timeout=90))["numpy_key"], HELLO_MODEL + 1)
+
+
+def test_a_job_resubmitted_with_sites_packed_into_ranks_gets_kits_for_the_ranks(make_recipe, tmp_path):
+    """Submitted once a rank per site (a kit per site), then again with 2 sites per client rank: the job's own
+    CA issues the ranks' kits, and the servers' kits learn their names, so the job runs over mutual TLS."""
+    from hpcflare.env import LocalEnv
+    from hpcflare.job import JobDir
+
+    env = LocalEnv(job_root=tmp_path / "jobs", verbose=False, clients_per_rank=2)
+    job_dir = JobDir(make_recipe(SLOW, n_clients=4, num_rounds=1, train_args="0").export(tmp_path / "jobs").root)
+    prepare_job(job_dir, secure_default=True)
+    kits = job_dir.root / "kits"
+    assert sorted(p.name for p in kits.iterdir() if p.name.startswith(("site", "client-rank"))) == \
+        ["site-1", "site-2", "site-3", "site-4"]
+    config = job_dir.load_config()
+    config.clients_per_rank = 2
+    job_dir.save_config(config)
+    prepare_job(job_dir, secure_default=True)
+    assert (kits / "client-rank-1" / "key.pem").is_file() and (kits / "client-rank-2" / "key.pem").is_file()
+    server_kit = yaml.safe_load((kits / "server" / "kit.yaml").read_text())
+    assert server_kit["participants"]["client-rank-2"] == "client"
+    run = env.deploy(job_dir)
+    np.testing.assert_array_equal(load_result(run.get_result(timeout=90))["numpy_key"], HELLO_MODEL + 1)
+    started = [e for e in events(job_dir.root, "server") if e["event"] == "server_started"][0]
+    assert started["tls"] is True

@@ -67,13 +67,44 @@ def test_ranks_that_cannot_fit_the_partition_are_explained(make_recipe, tmp_path
         SlurmCommands(fake_sinfo("debug* 8\n")))  # asked for: no complaint
 
 
+def test_auto_packs_sites_into_the_ranks_the_partition_can_hold(make_recipe, tmp_path):
+    from hpcflare.runtime.client_rank import settle_clients_per_rank
+
+    job_dir = make_recipe(SLOW, n_clients=128).export(tmp_path / "jobs")
+    eight = SlurmCommands(fake_sinfo("debug* 8\n"))
+    assert SbatchSpec(job_dir, nodes=4).client_slots(eight) == 31  # 4 x 8 CPUs, one for the server
+    assert SbatchSpec(job_dir, nodes=4, options={"cpus_per_task": 2}).client_slots(eight) == 15
+    assert SbatchSpec(job_dir, nodes=4, ntasks_per_node=5).client_slots(eight) == 19
+    assert SbatchSpec(job_dir, nodes=4, server_exclusive=True).client_slots(eight) == 24  # first node: server only
+    assert SbatchSpec(job_dir, nodes=4, part="clients").client_slots(eight) == 32  # --separate's clients job
+    assert SbatchSpec(job_dir, nodes=4, options={"overcommit": True}).client_slots(eight) is None
+    assert SbatchSpec(job_dir, nodes=4).client_slots(SlurmCommands(fake_sinfo(""))) is None  # sinfo says nothing
+    spec = SbatchSpec(job_dir, nodes=4, partition="debug")
+    config = settle_clients_per_rank(job_dir, None, lambda config: spec.client_slots(eight))
+    assert config.clients_per_rank == 5 and spec.tasks() == 1 + 26  # 128 sites in 26 ranks of <= 5
+    spec.check_capacity(eight)  # now fits: 27 ranks = 7 per node of 8 CPUs
+    assert "#SBATCH --ntasks-per-node=7" in render_sbatch(spec)
+
+
 @pytest.mark.slurm
 def test_real_partition_is_read_before_submitting(slurm, make_recipe, tmp_path, capsys):
-    job_dir = make_recipe(SLOW, n_clients=19).export(tmp_path / "jobs")  # 20 ranks on 1 node of 8 CPUs
-    assert main(["job", "submit", str(job_dir.root), "--nodes", "1"]) == 1
-    err = capsys.readouterr().err
+    job_dir = make_recipe(SLOW, n_clients=19, min_clients=19, train_args="0.2").export(tmp_path / "jobs")
+    assert main(["job", "submit", str(job_dir.root), "--nodes", "1", "--clients-per-rank", "1"]) == 1
+    err = capsys.readouterr().err  # a rank per site, asked for: 20 ranks on 1 node of 8 CPUs
     assert "20 ranks on 1 node(s)" in err and "has 8 CPUs per node" in err and "--nodes 3" in err
     assert not (job_dir.root / "slurm_job_id").exists()
+    job_dir.save_config(job_dir.load_config().__class__(**{**vars(job_dir.load_config()), "clients_per_rank": "auto"}))
+    assert main(["job", "submit", str(job_dir.root), "--nodes", "1", "--dry-run"]) == 0
+    assert "#SBATCH --ntasks-per-node=8" in capsys.readouterr().out
+    assert job_dir.load_config().clients_per_rank == "auto"  # a dry run leaves job.yaml as it was
+    # by default the 19 sites are packed into the 7 ranks the node has left beside the server, and the job runs
+    assert main(["job", "submit", str(job_dir.root), "--nodes", "1", "--time", "00:05:00"]) == 0
+    assert job_dir.load_config().clients_per_rank == 3
+    from tests.slurm.test_real_jobs import wait_done
+
+    wait_done(SlurmCommands(), (job_dir.root / "slurm_job_id").read_text().strip(), 240)
+    status = job_dir.read_status()
+    assert status["state"] == "completed", status
 
 
 def test_node_range_asks_for_the_ranks_not_a_per_node_count(make_recipe, tmp_path):
