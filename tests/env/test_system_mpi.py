@@ -70,3 +70,25 @@ def test_an_mpienv_job_runs_on_the_system_mpi(make_recipe, tmp_path):
     assert "Traceback" not in mpiexec_log
     started = [json.loads(line) for line in (job_dir.log_dir / "server.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "job_completed" for e in started)
+
+
+@pytest.mark.slurm
+def test_a_slurm_job_rendezvouses_over_the_system_mpi(slurm, make_recipe, tmp_path):
+    """`hpcflare job submit --rendezvous mpi` from the system-MPI environment: srun --mpi=pmi2 starts its
+    python on two nodes and the ranks exchange addresses over Debian's MPICH."""
+    from hpcflare.slurm.commands import SlurmCommands
+    from tests.slurm.test_real_jobs import wait_done
+
+    client = (REPO / "recipes" / "hello-numpy" / "client.py").read_text()
+    job_dir = make_recipe(client, n_clients=3, min_clients=3, num_rounds=2).export(tmp_path / "jobs")
+    _in_system_env(f"""
+        from hpcflare.cli import main
+        raise SystemExit(main(["job", "submit", {str(job_dir.root)!r}, "--nodes", "2", "--rendezvous", "mpi",
+                               "--time", "00:05:00"]))
+    """, 60)
+    assert PYTHON in (job_dir.root / "job.sbatch").read_text()  # the ranks run the system-MPI environment
+    wait_done(SlurmCommands(), (job_dir.root / "slurm_job_id").read_text().strip(), 240)
+    assert job_dir.read_status()["state"] == "completed", job_dir.read_status()
+    np.testing.assert_array_equal(load_result(job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 2)
+    out = next(job_dir.log_dir.glob("slurm-*.out")).read_text()
+    assert out.count("from MPI broadcast") == 3
