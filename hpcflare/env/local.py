@@ -121,8 +121,8 @@ class LocalEnv(Env):
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
+        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_slots)  # first: kits follow ranks
         prepare_job(job_dir, secure_default=False)
-        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_slots)
         units = config.client_units()
         if self.site_env and config.per_rank > 1:
             raise ConfigError(f"site_env gives sites their own environment, but clients_per_rank={config.per_rank} runs "

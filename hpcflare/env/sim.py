@@ -65,8 +65,8 @@ class SimEnv(Env):
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
+        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_slots)  # first: kits follow ranks
         prepare_job(job_dir, secure_default=False)
-        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_slots)
         script = script_path(job_dir, config.train_script)
         sys.argv = [str(script), *config.train_args]
         if str(script.parent) not in sys.path:

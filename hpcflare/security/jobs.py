@@ -84,7 +84,7 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
                               "remove it if no submission of this job is running") from None
     if config.tls == "on" and not root.is_dir():
         raise ConfigError(f"kits_dir {root} is not a directory")
-    if config.tls == "on" and (root / "ca" / "rootCA.key").is_file() and _missing_kits(config, root):
+    if config.tls == "on" and (root / "ca" / JOB_MADE).is_file() and _missing_kits(config, root):
         with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):
             _add_missing_kits(config, root)
     spec = check_privacy(config.privacy, config.strategy, config.filters)
@@ -102,8 +102,14 @@ def _provision_job(job_dir: JobDir, config: JobConfig, root: Path) -> None:
     tmp = root.parent / f".{root.name}.provisioning"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted earlier attempt
     made = provision(project, tmp)
+    (made / "ca" / JOB_MADE).write_text("this job's own CA: hpcflare issues kits for ranks a resubmission adds\n")
     os.rename(made, root)  # appears whole or not at all for ranks that look for it
     os.rmdir(tmp)
+
+
+JOB_MADE = "job-made"
+"""Marks a kit set the job provisioned for itself: only there are kits for new rank names added (never to a
+project a user provisioned)."""
 
 
 def _connecting(config: JobConfig) -> list[str]:

@@ -143,3 +143,13 @@ def test_a_job_resubmitted_with_sites_packed_into_ranks_gets_kits_for_the_ranks(
     np.testing.assert_array_equal(load_result(run.get_result(timeout=90))["numpy_key"], HELLO_MODEL + 1)
     started = [e for e in events(job_dir.root, "server") if e["event"] == "server_started"][0]
     assert started["tls"] is True
+
+
+def test_client_ranks_of_a_fresh_tls_job_get_their_own_kits(make_recipe, tmp_path):
+    from hpcflare.env import LocalEnv
+
+    run = make_recipe(SLOW, n_clients=4, num_rounds=1, train_args="0", tls="on").execute(
+        LocalEnv(job_root=tmp_path / "jobs", verbose=False, clients_per_rank=2))
+    np.testing.assert_array_equal(load_result(run.get_result(timeout=90))["numpy_key"], HELLO_MODEL + 1)
+    kits = run.job_dir.root / "kits"
+    assert (kits / "client-rank-1").is_dir() and (kits / "client-rank-2").is_dir() and not (kits / "site-1").exists()
