@@ -41,6 +41,7 @@ class APIContext:
         self.model: Optional[FLModel] = None
         self.cached_metrics: Any = None  # @flare.evaluate's result, attached by @flare.train
         self.rank: Optional[str] = None
+        self.device: Any = None  # the accelerator the script last sent tensors from: received tensors go there
 
     @property
     def task(self) -> Optional[Task]:
@@ -145,8 +146,25 @@ def receive(timeout: Optional[float] = None, ctx: Optional[APIContext] = None) -
             clear(ctx)
             stale = True
             continue
-        ctx.model = _to_flmodel(ctx.agent, ctx.task, params)
+        ctx.model = _to_flmodel(ctx.agent, ctx.task, _on_device(params, ctx.device))
         return ctx.model
+
+
+def _device_of(params: dict[str, Any]) -> Any:
+    """The torch device (other than the CPU) a script's sent tensors live on, or None."""
+    for value in params.values():
+        device = getattr(value, "device", None)
+        if hasattr(value, "detach") and getattr(device, "type", "cpu") != "cpu":
+            return device
+    return None
+
+
+def _on_device(params: dict[str, Any], device: Any) -> dict[str, Any]:
+    """Received torch tensors on the device the script last sent from (they arrive on the CPU, as in NVFlare,
+    until a script sends GPU tensors; numpy arrays stay as they are)."""
+    if device is None:
+        return params
+    return {name: value.to(device) if hasattr(value, "detach") else value for name, value in params.items()}
 
 
 def _to_flmodel(agent: ClientAgent, task: Task, params: dict[str, Any]) -> FLModel:
@@ -175,6 +193,8 @@ def send(model: FLModel, clear_cache: bool = True, ctx: Optional[APIContext] = N
     if not isinstance(params, dict) or (not params and ctx.task.name == "train"):
         raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors (a training "
                          "task needs the trained weights; metrics alone answer only validate tasks)")
+    if params:
+        ctx.device = _device_of(params)  # CUDA tensors are copied to the CPU for the wire, and come back there
     ctx.agent.results.send(ctx.task, params, (model.params_type or ParamsType.FULL).value, model.meta or {},
                            model.metrics or {})
     ctx.agent.tasks.pending = None  # sent (or discarded as late): the site did its part of this task
