@@ -25,6 +25,7 @@ from hpcflare.runtime.global_model import GlobalModel
 from hpcflare.runtime.memory import release_memory
 from hpcflare.runtime.membership import Membership
 from hpcflare.runtime.rendezvous import FileRendezvous, incarnation
+from hpcflare.runtime.result_sender import upload_once
 from hpcflare.runtime.round_host import HostPhase, RoundHost
 from hpcflare.runtime.staging import Stager
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, UpdateKind
@@ -120,8 +121,7 @@ class Relay(RoundHost):
         record = self.members.get(update.site)
         header = upload_header(update.site, record.token if record else "", rnd.task_id, rnd.number,
                                update.params_type, update.meta, update.metrics)
-        transport, _ = self.upstream.connection.credentials()
-        transport.upload(header, update.params.items())
+        self._send_up(header, update.params.items(), own_token=False)
         with self._cv:
             rnd.accepted[update.site] = update.metrics
         self.site_log("result_forwarded", f"round {rnd.number}: result from {update.site} forwarded to the server",
@@ -244,18 +244,27 @@ class Relay(RoundHost):
             return  # forwarded one by one already; the server tracks stragglers itself
         sums, weights = rnd.aggregator.partial()
         try:
-            transport, token = self.upstream.connection.credentials()
-            header = upload_header(self.name, token, task.task_id, task.round, UpdateKind.PARTIAL,
+            header = upload_header(self.name, "", task.task_id, task.round, UpdateKind.PARTIAL,
                                    partial={"sites": {s: {"metrics": m, "weight": rnd.weights.get(s, 1.0)}
                                                       for s, m in rnd.accepted.items()},
                                             "rejected": rejected, "weights": weights})
-            transport.upload(header, list(sums.items()))
+            transport = self._send_up(header, list(sums.items()), own_token=True)
             via = getattr(transport, "last_via", "in-process")
             self.log.info("partial_sent", f"round {task.round}: partial aggregate over {len(rnd.accepted)} "
                           f"client(s) sent up via {via}", round=task.round, sites=sorted(rnd.accepted),
                           stragglers=stragglers, via=via)
         except errors.StaleTaskError as exc:
             self.log.warning("partial_late", f"round {task.round}: server closed the round first: {exc}")
+
+    def _send_up(self, header: dict, tensors: Any, own_token: bool) -> Any:
+        """Upload to the parent, retried through the link as a site's result is: a parent that is briefly gone
+        or restarted (then on a new transport, with this round gone: StaleTaskError) does not end this host.
+        ``own_token``: sent in this host's name (a partial), else in the child's (a forwarded update)."""
+        def push() -> Any:
+            transport, token = self.upstream.connection.credentials()
+            transport.upload({**header, "token": token} if own_token else header, tensors)
+            return transport
+        return self.upstream.connection.retry("Upload", lambda: upload_once(push))
 
 
 __all__ = ["Relay", "RELAY_ROUND_FRACTION"]

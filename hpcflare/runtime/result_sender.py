@@ -22,7 +22,7 @@ from hpcflare.transport.api import Task, upload_header
 T = TypeVar("T")
 
 
-def _once(fn: Callable[[], T]) -> T:
+def upload_once(fn: Callable[[], T]) -> T:
     """Uploads are not idempotent: retry only when nothing reached the server (connection refused)."""
     try:
         return fn()
@@ -134,11 +134,11 @@ class ResultSender:
 
         try:
             try:
-                conn.retry("Upload", lambda: _once(push), failover=True)
+                conn.retry("Upload", lambda: upload_once(push), failover=True)
             except errors.TransportError as exc:  # a relay dying mid-stream breaks it in several ways
                 if not conn.relay_gone(exc):
                     raise
-                conn.retry("Upload", lambda: _once(push), failover=True)
+                conn.retry("Upload", lambda: upload_once(push), failover=True)
         except errors.StaleTaskError as exc:
             self.log.warning("result_late", f"round {task.round}: result discarded, the round had closed: {exc}",
                              round=task.round)

@@ -51,8 +51,9 @@ def server_events(job_dir, name):
     return [e for e in events(job_dir, "server") if e["event"] == name]
 
 
-def _restart_server_after_first_checkpoint(run) -> None:
-    """SIGKILL the server once round 1 is checkpointed, start a new one on the job dir, wait for the job."""
+def _restart_server_after_first_checkpoint(run, pause: float = 0.0) -> None:
+    """SIGKILL the server once round 1 is checkpointed, start a new one on the job dir ``pause`` seconds later,
+    wait for the job."""
     checkpoint = run.job_dir.models_dir / "checkpoint.json"
     deadline = time.monotonic() + 60
     while not checkpoint.exists():
@@ -60,6 +61,7 @@ def _restart_server_after_first_checkpoint(run) -> None:
         time.sleep(0.1)
     os.kill(run.server.pid, signal.SIGKILL)
     run.server.wait()
+    time.sleep(pause)
     restarted = subprocess.Popen([sys.executable, "-m", "hpcflare.runtime.launch", "--job-dir", str(run.job_dir.root),
                                   "--role", "server", "--quiet"])
     assert restarted.wait(timeout=120) == 0
@@ -129,12 +131,14 @@ def test_stalled_upload_is_cut_and_round_goes_on(make_recipe, local_env):
 
 
 @pytest.mark.parametrize("hosts", [{"relays": 1}, {"clients_per_rank": 2}])
-def test_server_restart_behind_relays_and_client_ranks(make_recipe, local_env, hosts):
+@pytest.mark.parametrize("pause", [0.0, 3.0])
+def test_server_restart_behind_relays_and_client_ranks(make_recipe, local_env, hosts, pause):
     """The restarted server has no record of the sites behind a host: the host registers them again under the
-    tokens they hold, and the job resumes."""
+    tokens they hold, and the job resumes. With a pause longer than the script's round, the host's partial
+    upload meets no server: it is retried until the new server is up, which has no such round (discarded)."""
     run = make_recipe(SCRIPT, n_clients=2, min_clients=2, num_rounds=3, train_args="slow",
                       settings={"server_lost_timeout": 30}, **hosts).execute(local_env)
-    _restart_server_after_first_checkpoint(run)
+    _restart_server_after_first_checkpoint(run, pause)
     np.testing.assert_array_equal(load_result(run.job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 3)
     host = "relay-1" if "relays" in hosts else "client-rank-1"
     again = [e for e in events(run.job_dir.root, host) if e["event"] == "children_reregistered"]
