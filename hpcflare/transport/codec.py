@@ -6,15 +6,16 @@ standalone safetensors blob each (so a receiver validates one tensor at a time a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
 import msgpack
-import ml_dtypes
 import numpy as np
 
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError
@@ -24,15 +25,57 @@ _HEADER = struct.Struct(">I")
 MAX_HEADER_BYTES = 64 << 10
 MAX_META_DEPTH = 32
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
-"""numpy has no bfloat16; ml_dtypes' is what safetensors' numpy backend uses, so a bf16 model stays bf16 on the
-server (no torch there) and on the wire."""
+@functools.lru_cache(maxsize=1)
+def bf16_dtype() -> np.dtype:
+    """numpy has no bfloat16; ml_dtypes' is what safetensors' numpy backend uses, so a bf16 model stays bf16 on the
+    server (no torch there) and on the wire. Imported on first use: ml_dtypes takes 0.5-1 s to import, which every
+    rank would otherwise pay at start-up for models that are mostly fp32."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BF16":
+        return bf16_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _DtypeTable(dict):
+    """safetensors dtype tag -> numpy dtype, with BF16 resolved (ml_dtypes imported) only when a tensor has it."""
+
+    def __missing__(self, key: str) -> Any:
+        if key != "BF16":
+            raise KeyError(key)
+        self[key] = value = bf16_dtype()
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return key == "BF16" or dict.__contains__(self, key)
+
 
 # safetensors dtype tag <-> numpy dtype
-ST_TO_NP = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": BF16, "I64": np.int64,
-            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
-            "U64": np.uint64, "BOOL": np.bool_}
+ST_TO_NP = _DtypeTable({"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+                        "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
+                        "U64": np.uint64, "BOOL": np.bool_})
 NP_TO_ST = {np.dtype(v).str: k for k, v in ST_TO_NP.items()}
+
+
+def _is_bf16(dtype: Any) -> bool:
+    """A bfloat16 array can only exist once ml_dtypes is imported (by the user, torch interop or a BF16 tensor)."""
+    return "ml_dtypes" in sys.modules and np.dtype(dtype) == bf16_dtype()
+
+
+def st_tag(dtype: np.dtype) -> str | None:
+    """The safetensors tag of a numpy dtype, None when safetensors has none."""
+    tag = NP_TO_ST.get(dtype.str)
+    return tag if tag is not None else ("BF16" if _is_bf16(dtype) else None)
 
 
 def _wire_default(obj: Any) -> Any:
@@ -139,7 +182,7 @@ class TensorSpec:
 
 def is_float(dtype: Any) -> bool:
     """A floating-point dtype, bfloat16 included (numpy does not count it as np.floating)."""
-    return np.issubdtype(dtype, np.floating) or np.dtype(dtype) == BF16
+    return np.issubdtype(dtype, np.floating) or _is_bf16(dtype)
 
 
 def _is_torch(value: Any) -> bool:
@@ -230,9 +273,10 @@ def raw_bytes(name: str, value: Any) -> tuple[str, list[int], np.ndarray]:
         raw = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else np.zeros(0, np.uint8)
         return tag, list(tensor.shape), raw
     arr = np.ascontiguousarray(np.asarray(value))
-    if arr.dtype.str not in NP_TO_ST:
+    tag = st_tag(arr.dtype)
+    if tag is None:
         raise MalformedMessageError(f"tensor {name!r} has unsupported dtype {arr.dtype}; use a numeric dtype")
-    return NP_TO_ST[arr.dtype.str], list(arr.shape), arr.reshape(-1).view(np.uint8)
+    return tag, list(arr.shape), arr.reshape(-1).view(np.uint8)
 
 
 def _header_bytes(entries: dict[str, Any]) -> bytes:

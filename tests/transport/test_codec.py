@@ -109,3 +109,35 @@ def test_iter_chunks_bounds_every_chunk():
     chunks = list(codec.iter_chunks(b"x" * 10, 4))
     assert [(o, len(c)) for o, c in chunks] == [(0, 4), (4, 4), (8, 2)]
     assert [(o, len(c)) for o, c in codec.iter_chunks(b"x" * 10, 4, offset=6)] == [(6, 4)]
+
+
+def test_ml_dtypes_is_imported_only_when_a_bf16_tensor_appears():
+    """Every rank imports the codec; ml_dtypes costs 0.5-1 s of start-up, so fp32 jobs never load it, and the
+    first BF16 tensor (decoded or encoded) still round-trips as bfloat16."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, numpy as np\n"
+        "import hpcflare.client, hpcflare.runtime.launch, hpcflare.runtime.server\n"
+        "from hpcflare.transport import codec\n"
+        "assert 'ml_dtypes' not in sys.modules, 'ml_dtypes imported at start-up'\n"
+        "def trip(name, x):\n"
+        "    blob, tag, shape = codec.encode_tensor(name, x)\n"
+        "    return tag, codec.decode_tensor(blob, codec.TensorSpec(name, tag, shape, len(blob)))\n"
+        "assert trip('w', np.ones(3, np.float32))[1].dtype == np.float32 and 'ml_dtypes' not in sys.modules\n"
+        "assert codec.st_tag(np.dtype('V2')) is None and not codec.is_float(np.dtype('V2'))\n"
+        "import json, struct\n"
+        "head = json.dumps({'b': {'dtype': 'BF16', 'shape': [2], 'data_offsets': [0, 4]}}).encode().ljust(64)\n"
+        "blob = struct.pack('<Q', len(head)) + head + np.array([0x3FC0, 0xC000], np.uint16).tobytes()\n"
+        "got = codec.decode_tensor(blob, codec.TensorSpec('b', 'BF16', (2,), len(blob)))\n"
+        "assert 'ml_dtypes' in sys.modules and got.astype(np.float32).tolist() == [1.5, -2.0]\n"
+        "import ml_dtypes\n"
+        "x = np.array([1.5, -2.0], ml_dtypes.bfloat16)\n"
+        "tag, out = trip('b', x)\n"
+        "assert tag == 'BF16' and out.dtype == codec.BF16 and codec.is_float(out.dtype) and (out == x).all()\n"
+        "assert codec.ST_TO_NP.get('BF16') == codec.BF16 and 'BF16' in codec.ST_TO_NP\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
