@@ -51,15 +51,21 @@ class WeightedMeanAggregator(Aggregator):
         for name in list(update.params):
             base = self._global[name]
             acc = self._sums.get(name)
-            if acc is None:
-                acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
-            self._weights[name] = self._weights.get(name, 0.0) + update.weight
+            first = acc is None  # the first update of a tensor is written into its sum, not added to zeros
+            if first:
+                acc = self._sums[name] = np.empty(base.shape, dtype=acc_dtype(base.dtype))
             # a few MB at a time (spooled uploads are read so), through one small reused temporary: a
             # tensor-sized temporary per update was fresh memory to fault in for every site and tensor
             blocks = blockwise(name) if blockwise is not None else blocks_of(update.params[name])
             # a model served from a spool file hands the pages just read back to the page cache as it goes
             done = (lambda start, nbytes, name=name: release(name, start, nbytes)) if release is not None else None
-            _fold_blocks(acc, base, blocks, update.params_type == UpdateKind.FULL, update.weight, done)
+            try:
+                _fold_blocks(acc, base, blocks, update.params_type == UpdateKind.FULL, update.weight, done, first)
+            except BaseException:
+                if first:  # never leave a half-written sum behind
+                    del self._sums[name]
+                raise
+            self._weights[name] = self._weights.get(name, 0.0) + update.weight
             del base
         self._count += 1
 
@@ -70,9 +76,11 @@ class WeightedMeanAggregator(Aggregator):
         for name, value in sums.items():
             base = self._global[name]
             acc = self._sums.get(name)
-            if acc is None:
-                acc = self._sums[name] = np.zeros(base.shape, dtype=acc_dtype(base.dtype))
-            acc += np.asarray(value, dtype=acc.dtype)
+            if acc is None:  # a copy, not zeros plus the sum: one pass, no zeroed pages to fault in first
+                acc = self._sums[name] = np.empty(base.shape, dtype=acc_dtype(base.dtype))
+                acc[...] = value
+            else:
+                acc += np.asarray(value, dtype=acc.dtype)
             self._weights[name] = self._weights.get(name, 0.0) + float(weights[name])
         self._count += count
 
@@ -158,25 +166,30 @@ RELEASE_EVERY = 16 << 20
 
 
 def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
-                 weight: float, done: Callable[[int, int], None] | None = None) -> None:
+                 weight: float, done: Callable[[int, int], None] | None = None, assign: bool = False) -> None:
     """acc += weight * (block - base) (FULL) or weight * block (DIFF), block by block; the update itself is
-    never written to (it may be the caller's own array). ``done(start, nbytes)``: the base's bytes read so far."""
+    never written to (it may be the caller's own array). ``done(start, nbytes)``: the base's bytes read so far.
+    ``assign``: acc = ... instead (its first update; acc may hold anything before)."""
     flat_acc, flat_base = acc.reshape(-1), np.asarray(base).reshape(-1)
     w = acc.dtype.type(weight)
-    released = 0
+    released = covered = 0
     for first, block in blocks:
         if done is not None and full and (first - released) * flat_base.itemsize >= RELEASE_EVERY:
             done(released * flat_base.itemsize, (first - released) * flat_base.itemsize)
             released = first
         last = first + block.size
-        delta = scratch(block.size, acc.dtype)
+        delta = flat_acc[first:last] if assign else scratch(block.size, acc.dtype)
         if full:
             np.subtract(block, flat_base[first:last], out=delta, dtype=acc.dtype)
         else:
             delta[...] = block
         if weight != 1.0:
             delta *= w
-        flat_acc[first:last] += delta
+        if not assign:
+            flat_acc[first:last] += delta
+        covered = max(covered, last)
+    if assign and covered < flat_acc.size:  # elements no block carried: no change there
+        flat_acc[covered:] = 0
     if done is not None and full:
         done(released * flat_base.itemsize, None)
 

@@ -73,3 +73,52 @@ def test_folding_many_updates_faults_no_fresh_pages_per_block():
                           env={**os.environ, **MALLOC_ENV})
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 7 * 64 * 256 // 20  # < 5% of one fault per page of the updates
+
+
+def test_first_update_is_written_into_the_sum_and_later_ones_added():
+    """The first update of a tensor initializes its sum (no zeros to add to): FULL and DIFF still mix, weights
+    count, integer tensors round, and a tensor only some sites sent keeps its global value elsewhere."""
+    from hpcflare.strategy.aggregate import WeightedMeanAggregator
+    from hpcflare.strategy.api import ClientUpdate, UpdateKind
+
+    base = {"w": np.full(FOLD_BLOCK + 3, 10.0, np.float32), "n": np.array([4, 8], np.int64),
+            "only_a": np.ones(3, np.float32)}
+    agg = WeightedMeanAggregator(base)
+    agg.add(ClientUpdate("a", {"w": base["w"] + 2, "n": np.array([6, 8]), "only_a": np.full(3, 4.0, np.float32)},
+                         UpdateKind.FULL, 1.0))
+    agg.add(ClientUpdate("b", {"w": np.full(FOLD_BLOCK + 3, -1.0, np.float32), "n": np.array([1, -2])},
+                         UpdateKind.DIFF, 3.0))
+    out = agg.result()
+    np.testing.assert_allclose(out["w"], 10 + (1 * 2 + 3 * -1) / 4)
+    np.testing.assert_array_equal(out["n"], [4 + round((2 + 3) / 4), 8 + round(-6 / 4)])
+    np.testing.assert_allclose(out["only_a"], 4.0)
+
+
+def test_a_fold_that_breaks_midway_leaves_no_half_written_sum():
+    from hpcflare.strategy.aggregate import WeightedMeanAggregator
+    from hpcflare.strategy.api import ClientUpdate, UpdateKind
+
+    class Breaks(dict):
+        def iter_blocks(self, name):
+            yield 0, np.full(4, 5.0, np.float32)
+            raise OSError("spool file went away")
+
+    base = {"w": np.zeros(8, np.float32)}
+    agg = WeightedMeanAggregator(base)
+    with pytest.raises(OSError):
+        agg.add(ClientUpdate("a", Breaks(w=None), UpdateKind.FULL, 1.0))
+    agg.add(ClientUpdate("b", {"w": np.full(8, 2.0, np.float32)}, UpdateKind.FULL, 1.0))
+    np.testing.assert_allclose(agg.result()["w"], 2.0)
+
+
+def test_first_partial_is_copied_not_referenced():
+    from hpcflare.strategy.aggregate import WeightedMeanAggregator
+
+    base = {"w": np.zeros(4, np.float32)}
+    partial = np.full(4, 6.0, np.float32)
+    partial.setflags(write=False)  # a mapped memory file from a client rank is read-only
+    agg = WeightedMeanAggregator(base)
+    agg.add_partial({"w": partial}, {"w": 2.0}, 2)
+    agg.add_partial({"w": np.full(4, 2.0, np.float32)}, {"w": 1.0}, 1)
+    np.testing.assert_allclose(agg.result()["w"], 8.0 / 3)
+    np.testing.assert_array_equal(partial, 6.0)
