@@ -3,6 +3,8 @@ and the rules for folding each kind of report into it.
 
 Folding happens under the host's aggregation lock, so closing a round (``close``) waits for a fold in
 progress and nothing is folded afterwards; ``changed`` (the host's condition) wakes whoever waits on answers.
+An aggregator that folds results concurrently (``Aggregator.concurrent``) has client results folded side by
+side, sharing that lock: whatever else takes it (partials, swarm reports, close) waits for them to finish.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import math
 import threading
 import time
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from hpcflare import errors
 from hpcflare.runtime.global_model import GlobalModel
@@ -44,15 +47,39 @@ class Round:
         self.task_reply: dict[str, Any] | None = None
         """The GetTask reply for this round, built at its first request (the same for every child)."""
         self._lock, self._changed = lock, changed
+        self._folding = 0
+        """Concurrent folds in progress (they hold the lock shared, see _shared/_exclusive)."""
 
     def answered(self) -> set[str]:
         return set(self.accepted) | set(self.rejected)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The aggregation lock, once no concurrent fold is in progress (none starts while it is held)."""
+        with self._lock:
+            with self._changed:
+                while self._folding:
+                    self._changed.wait()
+            yield
+
+    @contextmanager
+    def _shared(self) -> Iterator[None]:
+        """A concurrent fold's share of the aggregation lock."""
+        with self._lock, self._changed:
+            self._check_open("result")
+            self._folding += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._folding -= 1
+                self._changed.notify_all()
 
     def close(self) -> None:
         """No result is folded into this round after this returns."""
         with self._changed:
             self.open = False
-        with self._lock:  # waits for a fold in progress
+        with self._exclusive():  # waits for folds in progress
             pass
 
     def _check_open(self, what: str) -> None:
@@ -65,7 +92,7 @@ class Round:
             self._changed.notify_all()
 
     def fold(self, update: ClientUpdate) -> None:
-        with self._lock:
+        with self._shared() if self.aggregator.concurrent else self._exclusive():
             self._check_open(f"result from {update.site}")
             self.aggregator.add(update)
             with self._changed:
@@ -81,7 +108,7 @@ class Round:
         if set(sums) - set(weights) or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
                                            for w in weights.values()):
             raise errors.MalformedMessageError(f"partial from {relay}: per-tensor weights missing or invalid")
-        with self._lock:
+        with self._exclusive():
             self._check_open(f"partial from {relay}")
             overlap = (set(sites) | set(rejected)) & self.answered()
             if overlap:
@@ -105,7 +132,7 @@ class Round:
             raise errors.UpdateRejectedError(f"{site} is not this round's swarm aggregator; report refused")
         report = as_dict(header.get("swarm"))
         accepted, rejected = as_dict(report.get("accepted")), as_dict(report.get("rejected"))
-        with self._lock:
+        with self._exclusive():
             self._check_open(f"swarm report from {site}")
             if len(params):
                 self.aggregator.add(ClientUpdate(site, params, UpdateKind.FULL, 1.0))

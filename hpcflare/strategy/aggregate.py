@@ -36,6 +36,15 @@ class WeightedMeanAggregator(Aggregator):
         self._sums: dict[str, np.ndarray] = {}
         self._weights: dict[str, float] = {}
         self._count = 0
+        self._books = threading.Lock()  # the dicts and the count; each tensor's sum has a lock of its own
+        self._tensor_locks: dict[str, threading.Lock] = {}
+
+    @property
+    def concurrent(self) -> bool:  # type: ignore[override]
+        """Results that arrive together are folded together, each thread on a tensor no other one holds
+        (a client rank's sites finish at once: one core folding while the others wait was most of a round).
+        A subclass with its own add() is called one thread at a time."""
+        return type(self).add is WeightedMeanAggregator.add
 
     @property
     def count(self) -> int:
@@ -48,26 +57,40 @@ class WeightedMeanAggregator(Aggregator):
             return
         blockwise = getattr(update.params, "iter_blocks", None)
         release = getattr(self._global, "release", None)
-        for name in list(update.params):
-            base = self._global[name]
-            acc = self._sums.get(name)
-            first = acc is None  # the first update of a tensor is written into its sum, not added to zeros
-            if first:
-                acc = self._sums[name] = np.empty(base.shape, dtype=acc_dtype(base.dtype))
-            # a few MB at a time (spooled uploads are read so), through one small reused temporary: a
-            # tensor-sized temporary per update was fresh memory to fault in for every site and tensor
-            blocks = blockwise(name) if blockwise is not None else blocks_of(update.params[name])
-            # a model served from a spool file hands the pages just read back to the page cache as it goes
-            done = (lambda start, nbytes, name=name: release(name, start, nbytes)) if release is not None else None
+        pending = list(update.params)
+        while pending:  # take a tensor no other thread is folding; wait only when every one left is taken
+            name = next((n for n in pending if self._tensor_lock(n).acquire(blocking=False)), None)
+            if name is None:
+                name = pending[0]
+                self._tensor_lock(name).acquire()
             try:
-                _fold_blocks(acc, base, blocks, update.params_type == UpdateKind.FULL, update.weight, done, first)
-            except BaseException:
-                if first:  # never leave a half-written sum behind
-                    del self._sums[name]
-                raise
+                self._fold_tensor(name, update, blockwise, release)
+            finally:
+                self._tensor_locks[name].release()
+            pending.remove(name)
+        with self._books:
+            self._count += 1
+
+    def _tensor_lock(self, name: str) -> threading.Lock:
+        with self._books:
+            return self._tensor_locks.setdefault(name, threading.Lock())
+
+    def _fold_tensor(self, name: str, update: ClientUpdate, blockwise: Any, release: Any) -> None:
+        """Fold one tensor of ``update`` into its sum (the caller holds that tensor's lock)."""
+        base = self._global[name]
+        acc = self._sums.get(name)
+        first = acc is None  # the first update of a tensor is written into its sum, not added to zeros
+        if first:
+            acc = np.empty(base.shape, dtype=acc_dtype(base.dtype))
+        # a few MB at a time (spooled uploads are read so), through one small reused temporary: a
+        # tensor-sized temporary per update was fresh memory to fault in for every site and tensor
+        blocks = blockwise(name) if blockwise is not None else blocks_of(update.params[name])
+        # a model served from a spool file hands the pages just read back to the page cache as it goes
+        done = (lambda start, nbytes: release(name, start, nbytes)) if release is not None else None
+        _fold_blocks(acc, base, blocks, update.params_type == UpdateKind.FULL, update.weight, done, first)
+        with self._books:  # a sum appears only once whole: a fold that broke midway leaves none behind
+            self._sums[name] = acc
             self._weights[name] = self._weights.get(name, 0.0) + update.weight
-            del base
-        self._count += 1
 
     def partial(self) -> tuple[Params, dict[str, float]]:
         return self._sums, dict(self._weights)

@@ -99,6 +99,9 @@ class Aggregator(abc.ABC):
 
     decomposable: bool = False
     """True when partial results (e.g. a relay's weighted sums) can be merged: see partial()/add_partial()."""
+    concurrent: bool = False
+    """True when add() may run in several threads at once (it locks what it shares); False: the host calls it
+    from one thread at a time."""
 
     @abc.abstractmethod
     def add(self, update: ClientUpdate) -> None: ...

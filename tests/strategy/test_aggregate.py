@@ -122,3 +122,59 @@ def test_first_partial_is_copied_not_referenced():
     agg.add_partial({"w": np.full(4, 2.0, np.float32)}, {"w": 1.0}, 1)
     np.testing.assert_allclose(agg.result()["w"], 8.0 / 3)
     np.testing.assert_array_equal(partial, 6.0)
+
+
+def test_concurrent_folds_give_the_serial_sum_and_close_waits_for_them():
+    """Eight threads fold at once (a client rank's sites finishing together): each tensor's sum takes every
+    update exactly once; close() returns only after the folds in progress."""
+    import time
+
+    from hpcflare.runtime.global_model import GlobalModel
+    from hpcflare.runtime.round import Round
+    from hpcflare.strategy.api import ClientUpdate, UpdateKind
+    from hpcflare.strategy.fedavg import FedAvg
+
+    base = {f"t{i}": np.zeros(FOLD_BLOCK * 2 + 1, np.float32) for i in range(5)}
+    changed = threading.Condition()
+    rnd = Round(1, FedAvg(), GlobalModel(base, 1), threading.Lock(), changed)
+    assert rnd.aggregator.concurrent
+    slow_reads = threading.Semaphore(0)
+
+    class Slow(dict):  # in-memory params whose blocks come slowly: folds overlap
+        def iter_blocks(self, name):
+            flat = self[name].reshape(-1)
+            for first in range(0, flat.size, FOLD_BLOCK):
+                time.sleep(0.002)
+                yield first, flat[first:first + FOLD_BLOCK]
+            slow_reads.release()
+
+    threads = [threading.Thread(target=rnd.fold, args=(ClientUpdate(
+        f"s{k}", Slow({n: np.full_like(v, k + 1) for n, v in base.items()}), UpdateKind.FULL, 1.0),))
+        for k in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while rnd._folding + len(rnd.accepted) < 8:  # every fold under way or done (a fold holds a share of the lock)
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    slow_reads.acquire()  # at least one tensor folded, the rest still going: close() must wait for them
+    rnd.close()
+    assert len(rnd.accepted) == 8
+    for t in threads:
+        t.join()
+    sums, weights = rnd.aggregator.partial()
+    for name in base:
+        np.testing.assert_array_equal(sums[name], sum(range(1, 9)))
+        assert weights[name] == 8.0
+
+
+def test_an_aggregator_with_its_own_add_is_folded_one_thread_at_a_time():
+    from hpcflare.strategy.aggregate import WeightedMeanAggregator
+    from hpcflare.strategy.scaffold import Scaffold
+
+    class Custom(WeightedMeanAggregator):
+        def add(self, update):
+            super().add(update)
+
+    assert not Custom({}).concurrent
+    assert not Scaffold(num_clients=2).new_aggregator({"w": np.zeros(2, np.float32)}).concurrent
