@@ -10,6 +10,7 @@ tensors a client did not send keep their global value (per-tensor weight sums).
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from typing import Any, Callable, Iterator, Mapping
 
@@ -144,20 +145,62 @@ class WeightedMeanAggregator(Aggregator):
 FOLD_BLOCK = 1 << 18
 """Elements per block when folding an in-memory update (1 MB of float32: the temporary stays in cache)."""
 
-_scratch = threading.local()
+class ScratchPool:
+    """Block temporaries reused across calls and threads. A temporary allocated afresh for every tensor and
+    block is memory glibc hands back to the OS at once (ranks trim eagerly, see runtime.memory) and faults in
+    again, one page fault per 4 KiB: at 8 sites x 100 MB a round that was most of a client rank's system time.
+    At most ``keep`` free buffers per dtype are kept, so 500 virtual clients' threads hold no 500 buffers."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._free: dict[np.dtype, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, elements: int, dtype: Any) -> np.ndarray:
+        """A buffer of at least ``elements`` that no one else holds until :meth:`give` returns it."""
+        dtype = np.dtype(dtype)
+        with self._lock:
+            free = self._free.get(dtype, [])
+            for i, buf in enumerate(free):
+                if buf.size >= elements:
+                    return free.pop(i)
+        return np.empty(elements, dtype)
+
+    def give(self, buf: np.ndarray) -> None:
+        with self._lock:
+            free = self._free.setdefault(buf.dtype, [])
+            if len(free) < self.keep:
+                free.append(buf)
+
+    def free_buffers(self, dtype: Any) -> int:
+        with self._lock:
+            return len(self._free.get(np.dtype(dtype), []))
 
 
-def scratch(elements: int, dtype: Any) -> np.ndarray:
-    """A per-thread reusable temporary of at least ``elements``: a block temporary allocated afresh for every
-    tensor and block is memory glibc hands back to the OS at once (ranks trim eagerly, see runtime.memory) and
-    faults in again, one page fault per 4 KiB: at 8 sites x 100 MB a round that was most of a client rank's
-    system time."""
-    dtype = np.dtype(dtype)
-    cache: dict[np.dtype, np.ndarray] = _scratch.__dict__.setdefault("buffers", {})
-    buf = cache.get(dtype)
-    if buf is None or buf.size < elements:
-        buf = cache[dtype] = np.empty(max(elements, FOLD_BLOCK), dtype)
-    return buf[:elements]
+class _Lease:
+    """One caller's temporary from a pool, grown when a larger block comes; back to the pool on exit."""
+
+    def __init__(self, pool: ScratchPool, dtype: Any) -> None:
+        self.pool, self.dtype, self.buf = pool, np.dtype(dtype), None
+
+    def get(self, elements: int) -> np.ndarray:
+        if self.buf is None or self.buf.size < elements:
+            if self.buf is not None:
+                self.pool.give(self.buf)
+            self.buf = self.pool.take(elements, self.dtype)
+        return self.buf[:elements]
+
+    def __enter__(self) -> "_Lease":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.buf is not None:
+            self.pool.give(self.buf)
+            self.buf = None
+
+
+SCRATCH = ScratchPool(keep=max(2, min(16, os.cpu_count() or 2)))
+"""The process's block temporaries: about one per core is ever busy (folds and checks are memory-bound)."""
 
 
 def blocks_of(value: Any, elements: int = FOLD_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
@@ -193,17 +236,22 @@ def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, 
     """acc += weight * (block - base) (FULL) or weight * block (DIFF), block by block; the update itself is
     never written to (it may be the caller's own array). ``done(start, nbytes)``: the base's bytes read so far.
     ``assign``: acc = ... instead (its first update; acc may hold anything before)."""
-    flat_acc, flat_base = acc.reshape(-1), np.asarray(base).reshape(-1)
-    w = acc.dtype.type(weight)
+    with _Lease(SCRATCH, acc.dtype) as lease:
+        _fold_each(acc.reshape(-1), np.asarray(base).reshape(-1), blocks, full, weight, done, assign, lease)
+
+
+def _fold_each(flat_acc: np.ndarray, flat_base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
+               weight: float, done: Callable[[int, int], None] | None, assign: bool, lease: _Lease) -> None:
+    w = flat_acc.dtype.type(weight)
     released = covered = 0
     for first, block in blocks:
         if done is not None and full and (first - released) * flat_base.itemsize >= RELEASE_EVERY:
             done(released * flat_base.itemsize, (first - released) * flat_base.itemsize)
             released = first
         last = first + block.size
-        delta = flat_acc[first:last] if assign else scratch(block.size, acc.dtype)
+        delta = flat_acc[first:last] if assign else lease.get(block.size)
         if full:
-            np.subtract(block, flat_base[first:last], out=delta, dtype=acc.dtype)
+            np.subtract(block, flat_base[first:last], out=delta, dtype=flat_acc.dtype)
         else:
             delta[...] = block
         if weight != 1.0:
@@ -222,13 +270,14 @@ FINITE_BLOCK = 1 << 16
 
 
 def all_finite(value: np.ndarray, block: int = FINITE_BLOCK) -> bool:
-    """np.isfinite(...).all() in blocks through one reused per-thread temporary (no tensor-sized mask)."""
+    """np.isfinite(...).all() in blocks through one pooled temporary (no tensor-sized mask)."""
     flat = np.asarray(value).reshape(-1)
-    mask = scratch(min(block, flat.size), np.bool_)
-    for first in range(0, flat.size, max(1, block)):
-        part = flat[first:first + max(1, block)]
-        out = mask[:part.size]
-        np.isfinite(part, out=out)
-        if not out.all():
-            return False
+    with _Lease(SCRATCH, np.bool_) as lease:
+        mask = lease.get(min(block, flat.size))
+        for first in range(0, flat.size, max(1, block)):
+            part = flat[first:first + max(1, block)]
+            out = mask[:part.size]
+            np.isfinite(part, out=out)
+            if not out.all():
+                return False
     return True

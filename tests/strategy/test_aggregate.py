@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from hpcflare.strategy.aggregate import FINITE_BLOCK, FOLD_BLOCK, all_finite, scratch
+from hpcflare.strategy.aggregate import FINITE_BLOCK, FOLD_BLOCK, SCRATCH, ScratchPool, all_finite
 from hpcflare.runtime.memory import MALLOC_ENV
 from hpcflare.transport.codec import BF16
 
@@ -36,16 +36,32 @@ def test_all_finite_on_views_16_bit_floats_and_shapes():
     assert not all_finite(brain)
 
 
-def test_scratch_is_reused_per_thread_and_never_shared():
-    first = scratch(1000, np.float32)
-    assert scratch(500, np.float32).base is first.base  # the same buffer, no new memory
-    assert scratch(10, np.bool_).base is not first.base  # one buffer per dtype
-    seen = []
-    worker = threading.Thread(target=lambda: seen.append(scratch(1000, np.float32)))
-    worker.start()
-    worker.join()
-    assert not np.shares_memory(seen[0], first)
-    assert scratch(FOLD_BLOCK * 3, np.float32).size == FOLD_BLOCK * 3  # grows when asked for more
+def test_scratch_pool_reuses_buffers_never_lends_one_twice_and_keeps_few():
+    pool = ScratchPool(keep=2)
+    a, b = pool.take(1000, np.float32), pool.take(1000, np.float32)
+    assert not np.shares_memory(a, b)
+    pool.give(a)
+    assert pool.take(500, np.float32) is a  # a free buffer that is large enough is reused
+    assert pool.take(10, np.bool_) is not a  # one free list per dtype
+    many = [pool.take(100, np.float32) for _ in range(50)]  # 50 threads' worth at once
+    for buf in many:
+        pool.give(buf)
+    assert pool.free_buffers(np.float32) == 2  # what the pool keeps afterwards is bounded
+
+
+def test_many_threads_checking_at_once_leave_a_bounded_pool_behind():
+    """500 virtual clients validate their results in their own threads: the pool keeps at most SCRATCH.keep
+    buffers afterwards, not one per thread."""
+    values = [np.ones(FINITE_BLOCK * 2, np.float32) for _ in range(4)]
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(all(all_finite(v) for v in values)))
+               for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 64
+    assert SCRATCH.free_buffers(np.bool_) <= SCRATCH.keep
 
 
 FOLD_PROBE = """
