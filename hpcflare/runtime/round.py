@@ -63,10 +63,10 @@ class Round:
             yield
 
     @contextmanager
-    def _shared(self) -> Iterator[None]:
-        """A concurrent fold's share of the aggregation lock."""
+    def _shared(self, what: str) -> Iterator[None]:
+        """A concurrent fold's share of the aggregation lock (``what``: named if the round has closed)."""
         with self._lock, self._changed:
-            self._check_open("result")
+            self._check_open(what)
             self._folding += 1
         try:
             yield
@@ -92,8 +92,9 @@ class Round:
             self._changed.notify_all()
 
     def fold(self, update: ClientUpdate) -> None:
-        with self._shared() if self.aggregator.concurrent else self._exclusive():
-            self._check_open(f"result from {update.site}")
+        what = f"result from {update.site}"
+        with self._shared(what) if self.aggregator.concurrent else self._exclusive():
+            self._check_open(what)
             self.aggregator.add(update)
             with self._changed:
                 self.accepted[update.site] = update.metrics

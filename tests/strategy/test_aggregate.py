@@ -194,3 +194,18 @@ def test_an_aggregator_with_its_own_add_is_folded_one_thread_at_a_time():
 
     assert not Custom({}).concurrent
     assert not Scaffold(num_clients=2).new_aggregator({"w": np.zeros(2, np.float32)}).concurrent
+
+
+def test_a_result_after_close_is_refused_by_name():
+    from hpcflare import errors
+    from hpcflare.runtime.global_model import GlobalModel
+    from hpcflare.runtime.round import Round
+    from hpcflare.strategy.api import ClientUpdate, UpdateKind
+    from hpcflare.strategy.fedavg import FedAvg
+
+    base = {"w": np.zeros(4, np.float32)}
+    rnd = Round(3, FedAvg(), GlobalModel(base, 1), threading.Lock(), threading.Condition())
+    rnd.close()
+    with pytest.raises(errors.StaleTaskError, match="result from site-7 arrived after round 3 closed"):
+        rnd.fold(ClientUpdate("site-7", {"w": np.ones(4, np.float32)}, UpdateKind.FULL, 1.0))
+    assert not rnd.accepted and rnd.aggregator.count == 0
