@@ -117,7 +117,7 @@ class UploadParams(Mapping[str, np.ndarray]):
     def _keep(self, name: str, file: Any, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         self.drop(name)
         self._spooled[name] = (file, offset, dtype, tuple(shape))
-        if is_float(dtype) and not all(np.isfinite(block).all() for _, block in self.iter_blocks(name)):
+        if is_float(dtype) and not all(all_finite(block) for _, block in self.iter_blocks(name)):
             self.drop(name)
             raise UpdateRejectedError(f"tensor {name!r} contains NaN or Inf values; the update is rejected")
 

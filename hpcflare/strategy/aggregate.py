@@ -145,6 +145,7 @@ class WeightedMeanAggregator(Aggregator):
 FOLD_BLOCK = 1 << 18
 """Elements per block when folding an in-memory update (1 MB of float32: the temporary stays in cache)."""
 
+
 class ScratchPool:
     """Block temporaries reused across calls and threads. A temporary allocated afresh for every tensor and
     block is memory glibc hands back to the OS at once (ranks trim eagerly, see runtime.memory) and faults in
@@ -236,29 +237,25 @@ def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, 
     """acc += weight * (block - base) (FULL) or weight * block (DIFF), block by block; the update itself is
     never written to (it may be the caller's own array). ``done(start, nbytes)``: the base's bytes read so far.
     ``assign``: acc = ... instead (its first update; acc may hold anything before)."""
-    with _Lease(SCRATCH, acc.dtype) as lease:
-        _fold_each(acc.reshape(-1), np.asarray(base).reshape(-1), blocks, full, weight, done, assign, lease)
-
-
-def _fold_each(flat_acc: np.ndarray, flat_base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
-               weight: float, done: Callable[[int, int], None] | None, assign: bool, lease: _Lease) -> None:
-    w = flat_acc.dtype.type(weight)
+    flat_acc, flat_base = acc.reshape(-1), np.asarray(base).reshape(-1)
+    w = acc.dtype.type(weight)
     released = covered = 0
-    for first, block in blocks:
-        if done is not None and full and (first - released) * flat_base.itemsize >= RELEASE_EVERY:
-            done(released * flat_base.itemsize, (first - released) * flat_base.itemsize)
-            released = first
-        last = first + block.size
-        delta = flat_acc[first:last] if assign else lease.get(block.size)
-        if full:
-            np.subtract(block, flat_base[first:last], out=delta, dtype=flat_acc.dtype)
-        else:
-            delta[...] = block
-        if weight != 1.0:
-            delta *= w
-        if not assign:
-            flat_acc[first:last] += delta
-        covered = max(covered, last)
+    with _Lease(SCRATCH, acc.dtype) as lease:
+        for first, block in blocks:
+            if done is not None and full and (first - released) * flat_base.itemsize >= RELEASE_EVERY:
+                done(released * flat_base.itemsize, (first - released) * flat_base.itemsize)
+                released = first
+            last = first + block.size
+            delta = flat_acc[first:last] if assign else lease.get(block.size)
+            if full:
+                np.subtract(block, flat_base[first:last], out=delta, dtype=acc.dtype)
+            else:
+                delta[...] = block
+            if weight != 1.0:
+                delta *= w
+            if not assign:
+                flat_acc[first:last] += delta
+            covered = max(covered, last)
     if assign and covered < flat_acc.size:  # elements no block carried: no change there
         flat_acc[covered:] = 0
     if done is not None and full:
