@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fedavg_scale import TreeSampler  # noqa: E402
 
 from hpcflare.env import LocalEnv  # noqa: E402
-from hpcflare.logs.rank_logger import RankLogger  # noqa: E402
+from hpcflare.rank_logger import RankLogger  # noqa: E402
 from hpcflare.recipe import FedAvgRecipe  # noqa: E402
-from hpcflare.runtime.global_model import GlobalModel  # noqa: E402
-from hpcflare.runtime.upload import read_upload  # noqa: E402
+from hpcflare.runtime.host.global_model import GlobalModel  # noqa: E402
+from hpcflare.runtime.host.upload import read_upload  # noqa: E402
 from hpcflare.settings import Settings  # noqa: E402
 from hpcflare.transport.api import ServerHandler  # noqa: E402
 from hpcflare.transport.grpc_client import GrpcClientTransport  # noqa: E402

@@ -28,10 +28,8 @@ from filelock import FileLock, Timeout
 
 from hpcflare.errors import ConfigError, UnknownClientError
 from hpcflare.fileio import atomic_write, atomic_write_text
-from hpcflare.filters import build_filters
-from hpcflare.privacy import check_privacy, wrap_strategy
+from hpcflare.plugins import CONFIG_CHECKS, STRATEGIES, STRATEGY_WRAPPERS
 from hpcflare.settings import Settings
-from hpcflare.strategy import STRATEGIES
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FINAL_STATES = ("completed", "failed", "aborted")
@@ -193,8 +191,7 @@ class JobConfig:
                 raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
         if len(set(self.clients)) != len(self.clients):
             raise ConfigError("site names must be unique")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; available: {sorted(STRATEGIES)}")
+        STRATEGIES.get_or_fail(self.strategy)
         strategy = self.new_strategy()
         if self.relays and not strategy.supports_relays:
             raise ConfigError(f"strategy {self.strategy!r} addresses single sites or collects whole models: run it "
@@ -211,8 +208,8 @@ class JobConfig:
             raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {self.relay_failover!r}")
         if not isinstance(self.staging, bool):
             raise ConfigError(f"staging must be true or false, got {self.staging!r}")
-        build_filters(self.filters)
-        check_privacy(self.privacy, self.strategy, self.filters)
+        for check in CONFIG_CHECKS.values():  # filters, privacy: the packages that implement them check them
+            check(self)
         if not isinstance(self.tracking, list) or set(self.tracking) - set(TRACKING_BACKENDS):
             raise ConfigError(f"tracking must be a list of {TRACKING_BACKENDS}, got {self.tracking!r}")
         if not isinstance(self.tracking_config, dict) or set(self.tracking_config) - set(TRACKING_BACKENDS) or not all(
@@ -245,11 +242,14 @@ class JobConfig:
     def new_strategy(self) -> Any:
         if not isinstance(self.strategy_args, dict):
             raise ConfigError(f"strategy_args must be a mapping, got {self.strategy_args!r}")
+        factory = STRATEGIES.get_or_fail(self.strategy)
         try:
-            strategy = STRATEGIES[self.strategy](**self.strategy_args)
+            strategy = factory(**self.strategy_args)
         except TypeError as exc:
             raise ConfigError(f"strategy {self.strategy!r}: bad strategy_args {self.strategy_args}: {exc}") from None
-        return wrap_strategy(strategy, check_privacy(self.privacy, self.strategy, self.filters), self.job_id)
+        for wrap in STRATEGY_WRAPPERS.values():  # privacy: SecAgg / HE around a FedAvg-family strategy
+            strategy = wrap(strategy, self)
+        return strategy
 
     def relay_names(self) -> list[str]:
         return [f"relay-{i}" for i in range(1, self.relays + 1)]

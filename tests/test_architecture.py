@@ -163,3 +163,73 @@ def test_event_names_are_literals():
             if EVENT_CALL.search(line) and "log" in line.split("(")[0]:
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("hpcflare", "hpcflare.errors", "hpcflare.enums", "hpcflare.fileio", "hpcflare.settings",
+              "hpcflare.exitcodes", "hpcflare.rank_logger", "hpcflare.plugins")),
+    ("identity", ("hpcflare.security", "hpcflare.security.tls", "hpcflare.security.certs", "hpcflare.security.policy")),
+    ("transport", ("hpcflare.transport",)),
+    ("tensor math", ("hpcflare.tensors",)),
+    ("job model", ("hpcflare.job", "hpcflare.security.provision")),
+    ("algorithms", ("hpcflare.strategy", "hpcflare.privacy", "hpcflare.filters", "hpcflare.tabular", "hpcflare.data")),
+    ("job security", ("hpcflare.security.jobs",)),
+    ("runtime: cluster", ("hpcflare.runtime", "hpcflare.runtime.cluster")),
+    ("runtime: host", ("hpcflare.runtime.host",)),
+    ("runtime: site", ("hpcflare.runtime.site",)),
+    ("client API", ("hpcflare.client",)),
+    ("runtime: roles", ("hpcflare.runtime.launch", "hpcflare.runtime.server", "hpcflare.runtime.relay",
+                        "hpcflare.runtime.client_rank", "hpcflare.runtime.swarm", "hpcflare.runtime.script_runner")),
+    ("scheduler", ("hpcflare.slurm",)),
+    ("environments and post-mortem tools", ("hpcflare.env", "hpcflare.logs")),
+    ("recipes and CLI", ("hpcflare.recipe", "hpcflare.cli")),
+]
+"""The package layers, lowest first: a module imports only from its own layer or the ones below. A module's
+layer is that of the longest prefix listed for it; plugin packages reach the job model only through
+hpcflare.plugins' registries, and the site's link reaches the roles only through what they hand in."""
+
+
+def layer_of(module: str) -> int:
+    best, found = -1, None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, found = len(prefix), index
+    assert found is not None, f"{module} is in no layer: add it to LAYERS"
+    return found
+
+
+def _against_layers(edges: dict[str, set[str]]) -> list[str]:
+    return [f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+            for module, targets in sorted(edges.items()) for target in sorted(targets)
+            if layer_of(target) > layer_of(module)]
+
+
+def test_every_module_is_in_a_layer():
+    for module in _modules():
+        layer_of(module)
+
+
+def test_no_import_against_the_layers():
+    edges, local = _imports(_modules())
+    every = {m: set(t) for m, t in edges.items()}
+    for module, _, targets in local:  # a function-local import is still an import
+        every[module] |= targets
+    assert _against_layers(every) == []
+
+
+def test_layer_checker_sees_an_upward_import():
+    assert _against_layers({"hpcflare.transport.codec": {"hpcflare.job"}}) == [
+        "hpcflare.transport.codec (transport) imports hpcflare.job (job model)"]
+    assert _against_layers({"hpcflare.job": {"hpcflare.transport.codec"}}) == []
+
+
+def test_no_module_circle_even_under_type_checking():
+    """TYPE_CHECKING imports count here: a circle hidden from the interpreter is still a circle for readers."""
+    modules = _modules()
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                edges[module] |= _targets(node, module, path.name == "__init__.py", set(modules)) - {module}
+    assert _cycles(edges) == []

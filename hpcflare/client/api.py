@@ -20,8 +20,9 @@ from typing import Any, Optional
 from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsType
 from hpcflare.errors import SiteEndedError, StaleTaskError
 from hpcflare.job import JobDir
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.client_agent import ClientAgent
+from hpcflare.plugins import SITE_SIDES
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.site.agent import ClientAgent
 from hpcflare.transport.api import Task
 
 INITIAL_METRICS = FLMetaKey.INITIAL_METRICS
@@ -115,7 +116,8 @@ def init(rank: Optional[str] = None, config_file: Optional[str] = None) -> APICo
                                "HPCFLARE_SITE_NAME unset); start the script through a recipe, e.g. "
                                "recipe.execute(LocalEnv()) or `hpcflare run`")
         jd = JobDir(job_dir)
-        agent = ClientAgent(jd, site, RankLogger(jd.log_dir, site, "client"), os.environ.get("HPCFLARE_SERVER")).start()
+        agent = ClientAgent(jd, site, RankLogger(jd.log_dir, site, "client"), os.environ.get("HPCFLARE_SERVER"),
+                            site_sides=SITE_SIDES).start()
         ctx = _process = APIContext(agent, owned=True)
         atexit.register(agent.close)
     if not ctx.agent.started:  # registering here makes script start-up part of the startup grace

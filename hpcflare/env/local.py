@@ -21,7 +21,7 @@ from hpcflare.exitcodes import describe
 from hpcflare.job import JobDir
 from hpcflare.runtime.client_rank import local_slots, settle_clients_per_rank
 from hpcflare.security.jobs import prepare_job
-from hpcflare.runtime.memory import MALLOC_ENV
+from hpcflare.runtime.cluster.memory import MALLOC_ENV
 
 PID_FILE_TIMEOUT = 60.0
 """How long client_pid() waits for the fork server to report its children."""

@@ -1,7 +1,7 @@
 """SlurmEnv: submit a job to Slurm through submitit; MpiEnv: run the same ranks under mpiexec.
 
 Getting an allocation (submitit/sbatch, the provider) is separate from starting ranks inside it
-(srun runs hpcflare.runtime.ranks on every task; role by rank).
+(srun runs hpcflare.runtime.cluster.ranks on every task; role by rank).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from hpcflare.exitcodes import ExitCode, describe
 from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
 from hpcflare.security.jobs import prepare_job
-from hpcflare.runtime.memory import MALLOC_ENV
+from hpcflare.runtime.cluster.memory import MALLOC_ENV
 from hpcflare.runtime.client_rank import settle_clients_per_rank
 from hpcflare.runtime.launch import run_rank
-from hpcflare.runtime.ranks import RankInfo
+from hpcflare.runtime.cluster.ranks import RankInfo
 from hpcflare.slurm.commands import FINAL_STATES, SlurmCommands
 from hpcflare.slurm.spec import Allocation
 

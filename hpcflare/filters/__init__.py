@@ -9,6 +9,7 @@ from hpcflare.filters.api import Filter, Outgoing, to_numpy
 from hpcflare.filters.dp import GaussianDP
 from hpcflare.filters.exclude import ExcludeVars
 from hpcflare.filters.quantize import Quantize
+from hpcflare.plugins import CONFIG_CHECKS
 
 FILTERS: dict[str, type[Filter]] = {"exclude": ExcludeVars, "dp_gaussian": GaussianDP, "quantize": Quantize}
 
@@ -43,5 +44,11 @@ def apply_filters(filters: list[Filter], params: dict[str, Any], params_type: st
         out = f.apply(out)
     return out
 
+
+def _check_config(config: Any) -> None:
+    build_filters(config.filters)
+
+
+CONFIG_CHECKS.register("filters", _check_config)
 
 __all__ = ["apply_filters", "ExcludeVars", "FILTERS", "Filter", "GaussianDP", "Outgoing", "Quantize", "build_filters"]

@@ -1,5 +1,4 @@
-"""Per-rank logs (JSON lines + a concise human log) and the tools that read them."""
+"""Post-mortem tools that read a job's logs: ``hpcflare logs diagnose`` and ``hpcflare logs timeline``.
 
-from hpcflare.logs.rank_logger import RankLogger
-
-__all__ = ["RankLogger"]
+The rank logger that writes those logs is :mod:`hpcflare.rank_logger` (every rank imports it; these tools
+import the job model and Slurm's accounting, which no rank needs)."""

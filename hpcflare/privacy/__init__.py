@@ -12,6 +12,7 @@ from hpcflare.errors import ConfigError
 from hpcflare.privacy.api import FEDAVG_FAMILY, HE_STRATEGIES, PRIVACY_TYPES, PrivacySpec, PrivateStrategy, SitePrivacy
 from hpcflare.privacy.secagg_server import SecAgg
 from hpcflare.privacy.secagg_site import SecAggSite
+from hpcflare.plugins import CONFIG_CHECKS, STRATEGY_WRAPPERS
 from hpcflare.strategy.api import Strategy
 
 
@@ -55,6 +56,13 @@ def ensure_job_keys(job_root: Path, sites: list[str], spec: PrivacySpec | None) 
     if spec is not None and spec.type == "he":
         importlib.import_module("hpcflare.privacy.he").ensure_job_keys(job_root, sites, spec)
 
+
+def _spec_of(config: Any) -> PrivacySpec | None:
+    return check_privacy(config.privacy, config.strategy, config.filters)
+
+
+CONFIG_CHECKS.register("privacy", _spec_of)
+STRATEGY_WRAPPERS.register("privacy", lambda strategy, config: wrap_strategy(strategy, _spec_of(config), config.job_id))
 
 __all__ = ["PRIVACY_TYPES", "PrivacySpec", "PrivateStrategy", "SecAgg", "SecAggSite", "SitePrivacy", "check_privacy", "ensure_job_keys",
            "site_privacy", "wrap_strategy"]

@@ -22,7 +22,8 @@ from hpcflare import errors
 from hpcflare.privacy.api import PrivateStrategy, PrivacySpec
 from hpcflare.privacy.masking import RING, MaskStream, agree, decode, mask_blocks, neighbours, pair_sign
 from hpcflare.privacy.shamir import ShamirError, combine
-from hpcflare.strategy.aggregate import WeightedMeanAggregator, acc_dtype, blocks_of
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.tensors import acc_dtype, blocks_of
 from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, RoundPlan, Strategy
 
 WEIGHT = "__secagg_weight__"

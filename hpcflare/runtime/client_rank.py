@@ -22,11 +22,12 @@ from typing import Callable
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import FINAL_STATES, JobConfig, JobDir, whole_number
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime import staging
-from hpcflare.runtime.global_model import GlobalModel
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster import staging
+from hpcflare.transport.model_files import map_tensors
+from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
-from hpcflare.runtime.round_host import HostPhase, RoundHost
+from hpcflare.runtime.host.round_host import HostPhase, RoundHost
 from hpcflare.runtime.script_runner import run_client, script_path
 from hpcflare.transport.api import Peer, Task
 from hpcflare.transport.inproc import InprocTransport
@@ -53,7 +54,7 @@ class ClientRankHost(Relay):
         sites map; their results come back in-process too. Without it, or where the file is unusable: gRPC."""
         if task.staged and self.stager is not None:
             try:
-                params = staging.map_tensors(staging.verified(self.stager.root, task.staged))
+                params = map_tensors(staging.verified(self.stager.root, task.staged))
                 model = GlobalModel(params, task.round, ref=task.ref)
                 if model.specs != task.manifest:
                     raise errors.MalformedMessageError("staged model does not match the task's manifest")

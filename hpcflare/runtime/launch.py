@@ -18,12 +18,12 @@ from filelock import Timeout
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir
-from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.client_rank import run_sites, settle_clients_per_rank
-from hpcflare.runtime.gpus import plan_devices
-from hpcflare.runtime.ranks import RankInfo, RoleKind, detect_rank, role_for_rank, tasks_per_node
+from hpcflare.runtime.cluster.gpus import plan_devices
+from hpcflare.runtime.cluster.ranks import RankInfo, RoleKind, detect_rank, role_for_rank, tasks_per_node
 from hpcflare.runtime.relay import Relay
-from hpcflare.runtime.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
+from hpcflare.runtime.cluster.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
 from hpcflare.runtime.script_runner import run_client
 from hpcflare.runtime.server import FLServer
 from hpcflare.security import tls

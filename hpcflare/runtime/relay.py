@@ -19,15 +19,15 @@ from typing import Any
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.client_agent import ClientAgent
-from hpcflare.runtime.global_model import GlobalModel
-from hpcflare.runtime.memory import release_memory
-from hpcflare.runtime.membership import Membership
-from hpcflare.runtime.rendezvous import FileRendezvous, incarnation
-from hpcflare.runtime.result_sender import upload_once
-from hpcflare.runtime.round_host import HostPhase, RoundHost
-from hpcflare.runtime.staging import Stager
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.site.agent import ClientAgent
+from hpcflare.runtime.host.global_model import GlobalModel
+from hpcflare.runtime.cluster.memory import release_memory
+from hpcflare.runtime.host.membership import Membership
+from hpcflare.runtime.cluster.rendezvous import FileRendezvous, incarnation
+from hpcflare.runtime.site.result_sender import upload_once
+from hpcflare.runtime.host.round_host import HostPhase, RoundHost
+from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, UpdateKind
 from hpcflare.transport.api import Task, upload_header
 from hpcflare.transport.grpc_server import GrpcServer

@@ -22,8 +22,9 @@ from hpcflare.client import api as client_api
 from hpcflare.client import nvflare_compat
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.client_agent import ClientAgent
+from hpcflare.plugins import SITE_SIDES
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.site.agent import ClientAgent
 from hpcflare.security.policy import check_script
 from hpcflare.transport.api import ServerHandler
 
@@ -87,7 +88,7 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
     agent: ClientAgent | None = None
     code, status, reason = ExitCode.OK, "done", ""
     try:
-        agent = ClientAgent(job_dir, site, log, address, parent=parent)
+        agent = ClientAgent(job_dir, site, log, address, parent=parent, site_sides=SITE_SIDES)
         config = agent.config
         script = script_path(job_dir, config.train_script)
         check_script(agent.kit, script)

@@ -16,19 +16,20 @@ from typing import Any, Iterator
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.checkpoints import Checkpoints
-from hpcflare.runtime.global_model import GlobalModel, load_params
-from hpcflare.runtime.memory import release_memory
-from hpcflare.runtime.membership import ENDED, MemberState, Membership
-from hpcflare.runtime.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
-from hpcflare.runtime.round import INITIAL_METRICS
-from hpcflare.runtime.round_host import HostPhase, RoundHost
-from hpcflare.runtime.staging import Stager
-from hpcflare.runtime.selection import ModelSelector
-from hpcflare.runtime.tracking import Tracker
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.host.checkpoints import Checkpoints
+from hpcflare.runtime.host.global_model import GlobalModel
+from hpcflare.transport.model_files import load_params
+from hpcflare.runtime.cluster.memory import release_memory
+from hpcflare.runtime.host.membership import ENDED, MemberState, Membership
+from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
+from hpcflare.runtime.host.round import INITIAL_METRICS
+from hpcflare.runtime.host.round_host import HostPhase, RoundHost
+from hpcflare.runtime.cluster.staging import Stager
+from hpcflare.runtime.host.selection import ModelSelector
+from hpcflare.runtime.host.tracking import Tracker
 from hpcflare.security.jobs import load_kit
-from hpcflare.strategy.aggregate import all_finite
+from hpcflare.tensors import all_finite
 from hpcflare.strategy.api import ServerContext, TaskKind
 from hpcflare.transport.codec import is_float
 from hpcflare.transport.grpc_server import GrpcServer

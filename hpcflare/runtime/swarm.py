@@ -13,25 +13,24 @@ import hmac
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from hpcflare import errors
-from hpcflare.runtime.global_model import GlobalModel
-from hpcflare.runtime.membership import Membership
-from hpcflare.runtime.rendezvous import advertise_host
-from hpcflare.runtime.round_host import RoundHost
-from hpcflare.runtime.site_hooks import SiteHooks
+from hpcflare.runtime.host.global_model import GlobalModel
+from hpcflare.runtime.host.membership import Membership
+from hpcflare.runtime.cluster.rendezvous import advertise_host
+from hpcflare.runtime.host.round_host import RoundHost
+from hpcflare.plugins import SITE_SIDES
+from hpcflare.runtime.site.agent import ClientAgent
+from hpcflare.runtime.site.hooks import SiteHooks
 from hpcflare.strategy.api import RoundPlan, UpdateKind
 from hpcflare.strategy.fedavg import FedAvg
 from hpcflare.transport.api import Peer, Task, upload_header
 from hpcflare.transport.codec import TensorSpec, decode_tensor
 from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport.grpc_server import GrpcServer
-
-if TYPE_CHECKING:
-    from hpcflare.runtime.client_agent import ClientAgent
 
 SWARM_ROUND_FRACTION = 0.9
 """The aggregator closes its round at this fraction of settings.round_timeout after it opened it."""
@@ -203,3 +202,6 @@ def _copy(value: np.ndarray, framework: str) -> Any:
 
         return torch.from_numpy(out)
     return out
+
+
+SITE_SIDES.register("swarm", SwarmSide)

@@ -15,10 +15,13 @@ from hpcflare.strategy.swarm import Swarm
 from hpcflare.strategy.xgb_bagging import XGBBagging
 from hpcflare.strategy.xgb_histogram import XGBHistogram
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedmedian": FedMedian, "fedopt": FedOpt, "scaffold": Scaffold,
+from hpcflare.plugins import STRATEGIES
+
+for _name, _cls in {"fedavg": FedAvg, "fedmedian": FedMedian, "fedopt": FedOpt, "scaffold": Scaffold,
                                         "cyclic": Cyclic, "fedeval": FedEval, "cross_site_eval": CrossSiteEval,
                                         "fedstats": FedStats, "swarm": Swarm, "kmeans": KMeans,
                                         "xgb_bagging": XGBBagging, "xgb_histogram": XGBHistogram,
-                                        "psi": PSI}
+                                        "psi": PSI}.items():
+    STRATEGIES.register(_name, _cls)
 
 __all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "KMeans", "PSI", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "XGBBagging", "XGBHistogram", "TaskKind", "UpdateKind"]

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from hpcflare.fileio import atomic_write_json
-from hpcflare.runtime.global_model import load_params
+from hpcflare.transport.model_files import load_params
 from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy, TaskKind, UpdateKind
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
 from hpcflare.transport.codec import write_safetensors

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import grpc
 
 from hpcflare import errors
-from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger
 from hpcflare.security.tls import StartupKit, peer_identity
 from hpcflare.settings import Settings
 from hpcflare.transport.api import UNARY_METHODS, Peer, ServerHandler

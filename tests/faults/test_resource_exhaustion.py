@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hpcflare import errors
-from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger
 from hpcflare.recipe import FedAvgRecipe
 from hpcflare.runtime.server import FLServer
 from hpcflare.settings import Settings

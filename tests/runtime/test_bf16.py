@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpcflare.strategy.aggregate import WeightedMeanAggregator, acc_dtype
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.tensors import acc_dtype
 from hpcflare.strategy.api import ClientUpdate, UpdateKind
 from hpcflare.transport.codec import BF16, decode_tensor, encode_tensor, tensor_parts
 from tests.conftest import events, load_result
@@ -58,7 +59,7 @@ def test_a_bf16_tensor_is_narrowed_inside_its_fp32_sum_not_beside_it():
 
 
 def test_narrowing_in_place_matches_astype_for_every_block_size():
-    from hpcflare.strategy.aggregate import narrow_in_place
+    from hpcflare.tensors import narrow_in_place
     values = np.random.default_rng(2).normal(0, 100, 1001)
     for elements in (1, 7, 1000, 5000):
         for dtype in (np.float32, BF16, np.float16, np.int64):

@@ -57,9 +57,9 @@ def test_hpcflare_kit_is_the_process_ranks_kit(tmp_path, kits, monkeypatch):
 
 def test_a_rank_certificate_speaks_only_for_its_own_virtual_clients(tmp_path, kits):
     from hpcflare.errors import UnknownClientError
-    from hpcflare.logs.rank_logger import RankLogger
-    from hpcflare.runtime.membership import Membership
-    from hpcflare.runtime.round_host import RoundHost
+    from hpcflare.rank_logger import RankLogger
+    from hpcflare.runtime.host.membership import Membership
+    from hpcflare.runtime.host.round_host import RoundHost
     from hpcflare.transport.api import Peer
 
     _, config = job(tmp_path, kits)

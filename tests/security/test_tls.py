@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 from hpcflare import errors
-from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger
 from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
 from hpcflare.settings import Settings
 from hpcflare.transport.api import Peer, ServerHandler

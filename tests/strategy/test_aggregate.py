@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from hpcflare.strategy.aggregate import FINITE_BLOCK, FOLD_BLOCK, SCRATCH, ScratchPool, all_finite
-from hpcflare.runtime.memory import MALLOC_ENV
+from hpcflare.tensors import FINITE_BLOCK, FOLD_BLOCK, SCRATCH, ScratchPool, all_finite
+from hpcflare.runtime.cluster.memory import MALLOC_ENV
 from hpcflare.transport.codec import BF16
 
 
@@ -66,7 +66,8 @@ def test_many_threads_checking_at_once_leave_a_bounded_pool_behind():
 
 FOLD_PROBE = """
 import resource, numpy as np
-from hpcflare.strategy.aggregate import WeightedMeanAggregator, all_finite
+from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.tensors import all_finite
 from hpcflare.strategy.api import ClientUpdate, UpdateKind
 base = {f"t{i}": np.zeros(4 << 20, np.float32) for i in range(4)}
 updates = [{k: v + site for k, v in base.items()} for site in range(8)]
@@ -145,8 +146,8 @@ def test_concurrent_folds_give_the_serial_sum_and_close_waits_for_them():
     update exactly once; close() returns only after the folds in progress."""
     import time
 
-    from hpcflare.runtime.global_model import GlobalModel
-    from hpcflare.runtime.round import Round
+    from hpcflare.runtime.host.global_model import GlobalModel
+    from hpcflare.runtime.host.round import Round
     from hpcflare.strategy.api import ClientUpdate, UpdateKind
     from hpcflare.strategy.fedavg import FedAvg
 
@@ -198,8 +199,8 @@ def test_an_aggregator_with_its_own_add_is_folded_one_thread_at_a_time():
 
 def test_a_result_after_close_is_refused_by_name():
     from hpcflare import errors
-    from hpcflare.runtime.global_model import GlobalModel
-    from hpcflare.runtime.round import Round
+    from hpcflare.runtime.host.global_model import GlobalModel
+    from hpcflare.runtime.host.round import Round
     from hpcflare.strategy.api import ClientUpdate, UpdateKind
     from hpcflare.strategy.fedavg import FedAvg
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hpcflare import errors
-from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger
 from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport.grpc_server import GrpcServer
 from hpcflare.transport.inproc import InprocTransport

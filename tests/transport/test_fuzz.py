@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger
 from hpcflare.recipe import FedAvgRecipe
 from hpcflare.runtime.relay import Relay
 from hpcflare.runtime.server import FLServer

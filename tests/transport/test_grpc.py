@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hpcflare import errors
-from hpcflare.logs.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ServerHandler
 from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, unpack_frame

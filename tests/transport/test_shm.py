@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from hpcflare import errors
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.upload import read_upload
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.host.upload import read_upload
 from hpcflare.settings import Settings
 from hpcflare.transport import shm
 from hpcflare.transport.codec import TensorSpec, decode_tensor, tensor_parts

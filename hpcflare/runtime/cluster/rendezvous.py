@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 from hpcflare import errors
 from hpcflare.fileio import atomic_write_json
 from hpcflare.job import JobConfig
-from hpcflare.runtime.ranks import relay_ranks, tasks_per_node
+from hpcflare.runtime.cluster.ranks import relay_ranks, tasks_per_node
 
 SERVER = "server"
 _ADDR_BYTES = 512

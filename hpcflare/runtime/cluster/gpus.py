@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from hpcflare.runtime.ranks import RoleKind
+from hpcflare.runtime.cluster.ranks import RoleKind
 
 LOCAL_RANK_VARS = ("SLURM_LOCALID", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK")
 """Node-local rank, from the launcher: srun, MPICH/hydra, Open MPI, PMI."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpcflare.runtime.gpus import plan_devices
-from hpcflare.runtime.ranks import RoleKind
+from hpcflare.runtime.cluster.gpus import plan_devices
+from hpcflare.runtime.cluster.ranks import RoleKind
 
 
 @pytest.mark.parametrize("env, role, expected", [

@@ -7,8 +7,9 @@ import pytest
 
 from hpcflare.env import LocalEnv
 from hpcflare.errors import MalformedMessageError, UpdateRejectedError
-from hpcflare.runtime import staging
-from hpcflare.runtime.upload import read_staged
+from hpcflare.runtime.cluster import staging
+from hpcflare.transport.model_files import map_tensors
+from hpcflare.runtime.host.upload import read_staged
 from tests.conftest import HELLO_MODEL, REPO, events, load_result
 
 HELLO = (REPO / "recipes" / "hello-numpy" / "client.py").read_text()
@@ -24,11 +25,11 @@ def test_write_verify_and_map_roundtrip(tmp_path):
     arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, dtype=np.float64)}
     info = {"file": "models/v1.safetensors", **staging.write_atomic(tmp_path / "models" / "v1.safetensors", arrays)}
     path = staging.verified(tmp_path, info)
-    mapped = staging.map_tensors(path)
+    mapped = map_tensors(path)
     for key, value in arrays.items():
         np.testing.assert_array_equal(mapped[key], value)
     mapped["a"] += 1  # copy-on-write: user code may modify in place, the shared file is untouched
-    np.testing.assert_array_equal(staging.map_tensors(path)["a"], arrays["a"])
+    np.testing.assert_array_equal(map_tensors(path)["a"], arrays["a"])
     assert not list((tmp_path / "models").glob("*.tmp"))
 
 

@@ -18,7 +18,8 @@ from hpcflare.fileio import spool_dir
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.settings import Settings
 from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, dequantize_chunks, wire_shapes
-from hpcflare.strategy.aggregate import acc_dtype, all_finite, blocks_of
+from hpcflare.tensors import acc_dtype, all_finite, blocks_of
+from hpcflare.transport.model_files import safetensors_header
 from hpcflare.strategy.api import UpdateKind, describe_expectation, shape_matches
 from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, empty_buffer, is_float,
                                       parse_single, raw_bytes, unpack_frame)
@@ -384,8 +385,6 @@ def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.n
     """Validate a result a client left on the shared filesystem like a streamed one. Large tensors in the global
     model's dtype are checked and later folded straight from the file (held open: a rename over it changes
     nothing here), a block at a time; others are read whole, one at a time."""
-    from hpcflare.runtime.staging import safetensors_header
-
     try:
         header, start = safetensors_header(path)
         source = open(path, "rb", buffering=0)

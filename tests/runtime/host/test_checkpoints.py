@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.checkpoints import Checkpoints
-from hpcflare.runtime.global_model import GlobalModel
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.host.checkpoints import Checkpoints
+from hpcflare.runtime.host.global_model import GlobalModel
 
 
 def model(value: float, version: int) -> GlobalModel:

@@ -12,17 +12,15 @@ newer model is published. Anything unexpected makes a client fall back to gRPC s
 
 from __future__ import annotations
 
-import json
-import math
-import struct
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from hpcflare import errors
-from hpcflare.fileio import FileInfo, sha256_file
-from hpcflare.transport.codec import MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, write_safetensors
+from hpcflare.fileio import sha256_file
+from hpcflare.transport.codec import TensorSpec
+from hpcflare.transport.model_files import safetensors_header, write_atomic
 
 
 def confined(root: Path, name: Any) -> Path:
@@ -33,44 +31,6 @@ def confined(root: Path, name: Any) -> Path:
     if root.resolve() not in path.parents:
         raise errors.MalformedMessageError(f"staged file {name!r:.100} escapes the staging root {root}")
     return path
-
-
-def write_atomic(path: Path, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> FileInfo:
-    """Write tensors (numpy or torch) as one safetensors file atomically; return its size and checksum."""
-    info = write_safetensors(path, tensors, metadata, checksum=True)
-    assert info is not None
-    return info
-
-
-def safetensors_header(path: Path) -> tuple[dict, int]:
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise errors.MalformedMessageError(f"{path.name}: shorter than a safetensors header")
-        (hlen,) = struct.unpack("<Q", raw)
-        if hlen > MAX_HEADER_BYTES * 16:
-            raise errors.MalformedMessageError(f"{path.name}: safetensors header of {hlen} bytes is too large")
-        try:
-            header = json.loads(f.read(hlen))
-        except ValueError as exc:
-            raise errors.MalformedMessageError(f"{path.name}: safetensors header is not JSON ({exc})") from None
-    header.pop("__metadata__", None)
-    return header, 8 + hlen
-
-
-def map_tensors(path: Path) -> dict[str, np.ndarray]:
-    """Copy-on-write memory map of every tensor: pages come from the shared page cache, nothing is copied."""
-    header, start = safetensors_header(path)
-    mm = np.memmap(path, mode="c", dtype=np.uint8)
-    out = {}
-    for name, info in header.items():
-        lo, hi = info["data_offsets"]
-        dtype = np.dtype(ST_TO_NP[info["dtype"]])
-        count = math.prod(info["shape"])
-        if hi - lo != count * dtype.itemsize or start + hi > mm.size:
-            raise errors.MalformedMessageError(f"{path.name}: tensor {name!r} has inconsistent offsets")
-        out[name] = mm[start + lo:start + hi].view(dtype).reshape(info["shape"])
-    return out
 
 
 def verified(root: Path, info: Any) -> Path:

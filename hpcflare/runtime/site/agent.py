@@ -2,39 +2,41 @@
 
 It only composes the three concerns, each in its own module:
 
-- :mod:`hpcflare.runtime.connection`: rendezvous, registration, heartbeats, retries, relay failover;
-- :mod:`hpcflare.runtime.tasks`: the next task and the task's model (site hooks, staging, gRPC);
-- :mod:`hpcflare.runtime.result_sender`: filters, staging or streaming of the result, retries.
+- :mod:`hpcflare.runtime.site.connection`: rendezvous, registration, heartbeats, retries, relay failover;
+- :mod:`hpcflare.runtime.site.tasks`: the next task and the task's model (site hooks, staging, gRPC);
+- :mod:`hpcflare.runtime.site.result_sender`: filters, staging or streaming of the result, retries.
 
-A strategy that changes the site side (swarm) does so through one :class:`SiteHooks` object from
-:data:`SITE_HOOKS`, never through checks scattered over these modules.
+A strategy that changes the site side (swarm) does so through one :class:`SiteHooks` object, made by the
+factory the role that builds the agent hands in (``site_sides``, by strategy name: the plugin registry
+:data:`hpcflare.plugins.SITE_SIDES`), never through checks scattered over these modules.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from hpcflare.job import JobConfig, JobDir
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.connection import Connection
-from hpcflare.runtime.result_sender import ResultSender
-from hpcflare.runtime.site_hooks import SiteHooks
-from hpcflare.runtime.swarm import SwarmSide
-from hpcflare.runtime.tasks import TaskFetcher
-from hpcflare.runtime.track_records import TrackBuffer
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.site.connection import Connection
+from hpcflare.runtime.site.result_sender import ResultSender
+from hpcflare.runtime.site.hooks import SiteHooks
+from hpcflare.runtime.site.tasks import TaskFetcher
+from hpcflare.runtime.site.track_records import TrackBuffer
 from hpcflare.security.jobs import load_kit
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ServerHandler, Task
 
-SITE_HOOKS: dict[str, Callable[["ClientAgent"], SiteHooks]] = {"swarm": SwarmSide}
+SiteSides = Mapping[str, Callable[["ClientAgent"], SiteHooks]]
 """Strategies with a site side, by strategy name; every other strategy gets the no-op SiteHooks."""
 
 
 class ClientAgent:
     def __init__(self, job_dir: JobDir, site: str, log: RankLogger, address: str | None = None,
                  heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
-                 parent: ServerHandler | None = None, in_process: bool = False) -> None:
+                 parent: ServerHandler | None = None, in_process: bool = False,
+                 site_sides: SiteSides | None = None) -> None:
         self.job_dir, self.site, self.log = job_dir, site, log
+        self.site_sides: SiteSides = site_sides or {}
         self.config: JobConfig = job_dir.load_config()
         self.kit = load_kit(job_dir, self.config, site, required=parent is None)
         for problem in self.kit.self_check() if self.kit else []:
@@ -67,7 +69,7 @@ class ClientAgent:
         self.connection.on_stuck = value
 
     def start(self) -> "ClientAgent":
-        factory = SITE_HOOKS.get(self.config.strategy)
+        factory = self.site_sides.get(self.config.strategy)
         if factory is not None and self.site in self.config.clients and type(self.hooks) is SiteHooks:
             self.connection.hooks = factory(self)  # e.g. this site's swarm peer host
         self.connection.start()

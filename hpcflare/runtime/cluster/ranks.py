@@ -2,7 +2,7 @@
 client ranks (each one site, or clients_per_rank sites as virtual clients).
 
 Used by every launcher that starts all ranks at once (srun, mpiexec, submitit). How ranks then find each
-other is hpcflare.runtime.rendezvous; what each role runs is hpcflare.runtime.launch.
+other is hpcflare.runtime.cluster.rendezvous; what each role runs is hpcflare.runtime.launch.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from hpcflare.fileio import atomic_link, atomic_write_json, sha256_file
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.global_model import GlobalModel, load_params
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.host.global_model import GlobalModel
+from hpcflare.transport.model_files import load_params
 from hpcflare.transport.codec import write_safetensors
 
 RECORD = "checkpoint.json"

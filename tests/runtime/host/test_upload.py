@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
-from hpcflare.runtime.upload import read_upload
+from hpcflare.runtime.host.upload import read_upload
 from hpcflare.settings import Settings
 from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame
 
@@ -105,7 +105,7 @@ def test_in_process_arrays_are_checked_like_a_stream_and_folded_without_tensor_s
     without a copy, and a FedAvg fold of it that needs a few MB of scratch, not a tensor's worth."""
     import tracemalloc
 
-    from hpcflare.runtime.upload import read_arrays
+    from hpcflare.runtime.host.upload import read_arrays
     from hpcflare.strategy.aggregate import WeightedMeanAggregator
     from hpcflare.strategy.api import ClientUpdate, UpdateKind
 

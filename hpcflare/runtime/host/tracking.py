@@ -6,7 +6,7 @@ Two streams reach the :class:`Tracker`:
   sites ("global"); these also drive best-model selection and early stopping;
 - step records: what scripts log with ``flare.log`` or the NVFlare-style writers of
   :mod:`hpcflare.client.tracking` (``SummaryWriter.add_scalar``, ``MLflowWriter.log_metric``, ...), each with
-  its site, round and step, sent on their own ``Track`` RPC (see :mod:`hpcflare.runtime.track_records`).
+  its site, round and step, sent on their own ``Track`` RPC (see :mod:`hpcflare.runtime.site.track_records`).
 
 Receivers (job option ``tracking``), files under ``<job_dir>/tracking/``:
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import TRACKING_BACKENDS as BACKENDS
-from hpcflare.runtime.tracking_receivers import (CsvReceiver, MlflowReceiver, Receiver, TensorBoardReceiver,
+from hpcflare.runtime.host.tracking_receivers import (CsvReceiver, MlflowReceiver, Receiver, TensorBoardReceiver,
                                                  WandbReceiver, numeric, parse_record)
 
 RECEIVERS: dict[str, type[Receiver]] = {"csv": CsvReceiver, "tensorboard": TensorBoardReceiver,

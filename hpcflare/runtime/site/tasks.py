@@ -11,9 +11,10 @@ from typing import Any
 
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime import staging
-from hpcflare.runtime.connection import Connection
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster import staging
+from hpcflare.transport.model_files import map_tensors
+from hpcflare.runtime.site.connection import Connection
 from hpcflare.transport.api import Task
 from hpcflare.transport.codec import decode_tensor
 
@@ -39,7 +40,7 @@ class StagingSource:
 
                 params = dict(safetensors.torch.load_file(str(path)))
             else:
-                params = staging.map_tensors(path)
+                params = map_tensors(path)
             if sorted(params) != sorted(s.name for s in task.manifest):
                 raise errors.MalformedMessageError("staged model does not match the task's manifest")
             return params

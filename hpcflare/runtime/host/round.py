@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from hpcflare import errors
-from hpcflare.runtime.global_model import GlobalModel
+from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 
 WEIGHT_KEY = "NUM_STEPS_CURRENT_ROUND"
@@ -37,7 +37,7 @@ class Round:
         self.model = model
         self.aggregator = strategy.new_aggregator(model.params)
         self.expected = strategy.upload_expectation(model.params)
-        """What results must look like (hpcflare.runtime.upload checks them against it)."""
+        """What results must look like (hpcflare.runtime.host.upload checks them against it)."""
         self.accepted: dict[str, dict[str, Any]] = {}  # site -> metrics
         self.weights: dict[str, float] = {}  # site -> its result's weight (weighs its metrics in the mean)
         self.rejected: dict[str, str] = {}  # site -> reason

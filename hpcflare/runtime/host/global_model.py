@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from hpcflare.errors import ConfigError, MalformedMessageError
-from hpcflare.runtime.staging import map_tensors, write_atomic
+from hpcflare.errors import MalformedMessageError
+from hpcflare.transport.model_files import write_atomic
 from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, view_tensor
 from hpcflare.transport.shm import SharedModel
 
@@ -138,25 +138,3 @@ class GlobalModel:
             return write_atomic(path, self.params, metadata={"hpcflare_version": str(self.version)})
         finally:
             self.release()
-
-
-def load_params(path: Path, mapped: bool = False) -> dict[str, np.ndarray]:
-    """Read a safetensors model file as numpy arrays, with a clear error for what the server can't hold.
-    ``mapped``: copy-on-write views of the file (checked by safetensors first): a model about to be encoded
-    into its own file is then never also a whole copy in this process's memory."""
-    import safetensors.numpy
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise ConfigError(f"model file {path} not found")
-    try:
-        if not mapped:
-            return dict(safetensors.numpy.load_file(str(path)))
-        with safe_open(str(path), framework="numpy") as f:  # validates the header and the offsets
-            names = set(f.keys())
-        params = map_tensors(path)
-    except Exception as exc:
-        raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from None
-    if set(params) != names:
-        raise ConfigError(f"{path}: not a readable safetensors file (tensor names differ from its header)")
-    return params

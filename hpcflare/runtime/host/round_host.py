@@ -15,12 +15,12 @@ from typing import Any, Callable, Iterable, Iterator
 from hpcflare import errors
 from hpcflare.enums import NamedEnum
 from hpcflare.job import JobConfig
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.global_model import GlobalModel
-from hpcflare.runtime.membership import MemberState, Membership
-from hpcflare.runtime.round import Round, as_dict, metrics_of, weight_of
-from hpcflare.runtime.staging import Stager
-from hpcflare.runtime.upload import read_arrays, read_staged, read_upload
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.host.global_model import GlobalModel
+from hpcflare.runtime.host.membership import MemberState, Membership
+from hpcflare.runtime.host.round import Round, as_dict, metrics_of, weight_of
+from hpcflare.runtime.cluster.staging import Stager
+from hpcflare.runtime.host.upload import read_arrays, read_staged, read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
 from hpcflare.transport.api import LocalHandler, Peer

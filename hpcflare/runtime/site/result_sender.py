@@ -11,12 +11,12 @@ from hpcflare import errors
 from hpcflare.filters import apply_filters, build_filters
 from hpcflare.filters.api import to_numpy
 from hpcflare.privacy import check_privacy, site_privacy
-from hpcflare.runtime.round import weight_of
+from hpcflare.runtime.host.round import weight_of
 from hpcflare.job import JobDir
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime import staging
-from hpcflare.runtime.connection import Connection
-from hpcflare.runtime.track_records import TrackBuffer
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster import staging
+from hpcflare.runtime.site.connection import Connection
+from hpcflare.runtime.site.track_records import TrackBuffer
 from hpcflare.transport.api import Task, upload_header
 
 T = TypeVar("T")

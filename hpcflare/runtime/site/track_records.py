@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from hpcflare import errors
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.connection import Connection
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.site.connection import Connection
 from hpcflare.transport.codec import pack_meta
 
 TRACK_BATCH = 512

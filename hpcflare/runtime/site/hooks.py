@@ -2,7 +2,7 @@
 
 Most strategies only run on the server. A peer-to-peer one (swarm learning) also needs each site to host
 a peer, pull the model from another site and push results to a site instead of the server; it supplies
-a :class:`SiteHooks` subclass, registered under the strategy's name in hpcflare.runtime.client_agent.
+a :class:`SiteHooks` subclass, registered under the strategy's name in hpcflare.plugins.SITE_SIDES.
 The site's connection, model sources and result sender call these hooks and never ask which strategy runs.
 """
 

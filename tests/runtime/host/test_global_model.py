@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from hpcflare.runtime.global_model import GlobalModel
+from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.transport.codec import decode_tensor
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from hpcflare import errors
-from hpcflare.runtime.rendezvous import RENDEZVOUS, FileRendezvous, MpiRendezvous, incarnation
+from hpcflare.runtime.cluster.rendezvous import RENDEZVOUS, FileRendezvous, MpiRendezvous, incarnation
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 
 SCRIPT = """
 import os, sys
-from hpcflare.runtime.rendezvous import FileRendezvous, MpiRendezvous
+from hpcflare.runtime.cluster.rendezvous import FileRendezvous, MpiRendezvous
 kind, directory, rank = sys.argv[1], sys.argv[2], int(os.environ.get("PMI_RANK", os.environ.get("FAKE_RANK", "0")))
 rdzv = FileRendezvous(directory) if kind == "fs" else MpiRendezvous(timeout=30)
 if rank == 0:
@@ -92,7 +92,7 @@ def test_an_mpi_initialisation_that_hangs_is_ended_at_the_rendezvous_deadline(tm
     from hpcflare.exitcodes import describe
 
     fake = _fake_mpi(tmp_path, "import time\ntime.sleep(60)\n")  # stands for MPI_Init stuck in the PMI fence
-    code = "from hpcflare.runtime.rendezvous import import_mpi; import_mpi(1); print('returned')"
+    code = "from hpcflare.runtime.cluster.rendezvous import import_mpi; import_mpi(1); print('returned')"
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                          env={**__import__("os").environ, "PYTHONPATH": fake})
@@ -102,7 +102,7 @@ def test_an_mpi_initialisation_that_hangs_is_ended_at_the_rendezvous_deadline(tm
     assert "rendezvous_timeout" in describe(128 + 14) and "rendezvous 'fs'" in describe(128 + 14)
 
     fast = _fake_mpi(tmp_path / "ok", "COMM_WORLD = 'world'\n")
-    code = ("import time; from hpcflare.runtime.rendezvous import import_mpi; "
+    code = ("import time; from hpcflare.runtime.cluster.rendezvous import import_mpi; "
             "print(import_mpi(1).COMM_WORLD); time.sleep(2); print('alive')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                          env={**__import__("os").environ, "PYTHONPATH": fast})

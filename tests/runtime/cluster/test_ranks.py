@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpcflare.job import JobConfig
-from hpcflare.runtime.ranks import RoleKind, relay_ranks, role_for_rank, tasks_per_node
+from hpcflare.runtime.cluster.ranks import RoleKind, relay_ranks, role_for_rank, tasks_per_node
 
 
 def config(clients: int, relays: int) -> JobConfig:

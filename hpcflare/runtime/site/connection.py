@@ -15,9 +15,9 @@ from typing import Any, Callable, TypeVar
 
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
-from hpcflare.logs.rank_logger import RankLogger
-from hpcflare.runtime.rendezvous import SERVER, FileRendezvous, choose_relay
-from hpcflare.runtime.site_hooks import SiteHooks
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, choose_relay
+from hpcflare.runtime.site.hooks import SiteHooks
 from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport, ServerHandler

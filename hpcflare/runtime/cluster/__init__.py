@@ -1,0 +1,1 @@
+"""Cluster plumbing: ranks, rendezvous, GPUs, memory, staging."""
