@@ -41,7 +41,7 @@ from hpcflare.recipe import FedAvgRecipe  # noqa: E402
 from hpcflare.runtime.host.global_model import GlobalModel  # noqa: E402
 from hpcflare.runtime.host.upload import read_upload  # noqa: E402
 from hpcflare.settings import Settings  # noqa: E402
-from hpcflare.transport.api import ServerHandler  # noqa: E402
+from hpcflare.transport.api import ServerHandler, UpdateKind, UploadHeader  # noqa: E402
 from hpcflare.transport.grpc_client import GrpcClientTransport  # noqa: E402
 from hpcflare.transport.grpc_server import GrpcServer  # noqa: E402
 
@@ -98,7 +98,7 @@ def _probe_client(address: str, gb: float, dtype: str, specs: list, out: Any) ->
     client = GrpcClientTransport(address, settings)
     try:
         down = min(_timed(lambda: sum(len(blob) for _, blob in client.download({}, specs))) for _ in range(3))
-        up = min(_timed(lambda: client.upload({"site": "s", "params_type": "FULL"}, list(model.items())))
+        up = min(_timed(lambda: client.upload(UploadHeader("s", "", "task", 1, UpdateKind.FULL), list(model.items())))
                  for _ in range(3))
         out.put((down, up))
     finally:

@@ -2,7 +2,8 @@
 
 Readers (other ranks, a resumed server, ``hpcflare logs``) never see a partial file, and a crash mid-write
 leaves the previous version in place. Every job file, staged model, checkpoint, result and strategy output
-goes through :func:`atomic_write`; nothing else in hpcflare renames temp files by hand.
+goes through :func:`atomic_write` (a directory of them, such as a job's kits, through :func:`publish_dir`);
+nothing else in hpcflare renames temp files by hand.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def atomic_link(source: Path, target: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def publish_dir(built: Path, target: Path) -> None:
+    """Rename a directory built under a temporary name to ``target``: readers see all of it or none. Fails if
+    ``target`` exists (another rank published first)."""
+    os.rename(built, target)
 
 
 def sha256_file(path: Path) -> str:

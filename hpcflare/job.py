@@ -26,13 +26,33 @@ from typing import Any, Callable
 import yaml
 from filelock import FileLock, Timeout
 
+from hpcflare.enums import NamedEnum
 from hpcflare.errors import ConfigError, UnknownClientError
 from hpcflare.fileio import atomic_write, atomic_write_text
 from hpcflare.plugins import CONFIG_CHECKS, STRATEGIES, STRATEGY_WRAPPERS
 from hpcflare.settings import Settings
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-FINAL_STATES = ("completed", "failed", "aborted")
+
+
+class JobState(NamedEnum):
+    """A job's state in its ``status.json`` (written by its server, or by whoever saw it end)."""
+
+    PENDING = "pending"
+    """No status yet: nothing of the job has started."""
+    REGISTRATION = "registration"
+    """The server is up and waits for its sites to register."""
+    RUNNING = "running"
+    RESUMING = "resuming"
+    """Restarted from its last checkpoint (a requeued or resumed job)."""
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABORTED = "aborted"
+    UNKNOWN = "unknown"
+    """status.json exists but cannot be read."""
+
+
+FINAL_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
 RESERVED_DIRS = frozenset({".", "app", "models", "logs", "rendezvous", "sites", "kits", "tracking", "slurm"})
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -398,7 +418,7 @@ class JobDir:
             raise ConfigError(f"job {self.root.name} is already running (its server holds {lock.lock_file}); wait "
                               "for it, abort it, or export a new job") from None
         lock.release()
-        if self.read_status().get("state") == "completed":
+        if self.read_status().get("state") == JobState.COMPLETED:
             raise ConfigError(f"job {self.root.name} already completed (see {self.status_path}); export a new job "
                               "instead of deploying this one again")
 
@@ -406,18 +426,18 @@ class JobDir:
         """Record how a job ended when its server could not (killed, lost): a status that is not final
         becomes 'failed' with ``cause``; a final one is never overwritten."""
         if self.read_status().get("state") not in FINAL_STATES:
-            self.write_status("failed", message=cause, **({"exit_code": exit_code} if exit_code is not None else {}))
+            self.write_status(JobState.FAILED, message=cause, **({"exit_code": exit_code} if exit_code is not None else {}))
 
-    def write_status(self, state: str, **fields: Any) -> None:
-        atomic_write_text(self.status_path, json.dumps({"state": state, "updated": time.time(), **fields}, indent=1))
+    def write_status(self, state: JobState, **fields: Any) -> None:
+        atomic_write_text(self.status_path, json.dumps({"state": str(JobState(state)), "updated": time.time(), **fields}, indent=1))
 
     def read_status(self) -> dict[str, Any]:
         try:
             return json.loads(self.status_path.read_text())
         except FileNotFoundError:
-            return {"state": "pending"}
+            return {"state": JobState.PENDING}
         except ValueError:
-            return {"state": "unknown", "message": f"unreadable {self.status_path}"}
+            return {"state": JobState.UNKNOWN, "message": f"unreadable {self.status_path}"}
 
 
 def _read_secret(path: Path) -> str:

@@ -50,7 +50,8 @@ class Registry(Mapping[str, T], Generic[T]):
         self.kind = kind
         self.filled_by = filled_by
         self._entries: dict[str, T] = {}
-        self._loaded = False
+        self._ready = False
+        self._loading = False
 
     def register(self, name: str, entry: T) -> T:
         """Add ``entry`` under ``name``; a second, different entry under the same name is refused."""
@@ -60,17 +61,19 @@ class Registry(Mapping[str, T], Generic[T]):
         return entry
 
     def _load(self) -> dict[str, T]:
-        if not self._loaded:
+        """The entries, once the filling packages are imported. Other threads wait for a load in progress; the
+        loading thread itself (a filling package reading its own registry) sees the entries so far."""
+        if not self._ready:
             with _load_lock:
-                if not self._loaded:
-                    self._loaded = True  # before importing: a filling package may read its own registry
+                if not self._ready and not self._loading:
+                    self._loading = True
                     try:
                         for module in self.filled_by:
                             importlib.import_module(module)
                         _load_entry_points()
-                    except BaseException:
-                        self._loaded = False
-                        raise
+                        self._ready = True
+                    finally:
+                        self._loading = False
         return self._entries
 
     def __getitem__(self, name: str) -> T:

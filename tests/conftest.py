@@ -17,6 +17,7 @@ import safetensors.numpy
 
 from hpcflare.env import LocalEnv, SimEnv
 from hpcflare.recipe import FedAvgRecipe
+from hpcflare.transport.api import UpdateKind, UploadHeader
 
 REPO = Path(__file__).resolve().parents[1]
 HELLO_MODEL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
@@ -35,6 +36,11 @@ while flare.is_running():
     time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 1.5)
     flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
 """
+
+
+def header(site: str = "s", params_type: str = "FULL", **sections: Any) -> UploadHeader:
+    """An upload header for transport-level tests (site, empty token, task 'task', round 1)."""
+    return UploadHeader(site, "", "task", 1, UpdateKind(params_type), **sections)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from hpcflare.errors import ConfigError, JobFailedError, StreamTimeoutError
 from hpcflare.env.progress import RoundProgress
-from hpcflare.job import JobDir
+from hpcflare.job import JobDir, JobState
 
 
 class Run(abc.ABC):
@@ -47,7 +47,7 @@ class Run(abc.ABC):
             raise StreamTimeoutError(f"job {self.get_job_id()} still running after {timeout}s; "
                                      f"call get_result() again or abort()")
         status = self.get_status()
-        if status.get("state") != "completed":
+        if status.get("state") != JobState.COMPLETED:
             raise JobFailedError(f"job {self.get_job_id()} {status.get('state')}: {status.get('message', 'no message')}. "
                                  f"Logs: {self.job_dir.log_dir}")
         return self.job_dir.result_model_path
@@ -70,7 +70,7 @@ class Env(abc.ABC):
         job_dir.check_deployable()  # not while its server lives; not once it completed
         for stale in job_dir.rendezvous_dir.glob("*.json"):
             stale.unlink(missing_ok=True)
-        job_dir.write_status("resuming", message=f"resumed from {job_dir.models_dir / 'checkpoint.json'}")
+        job_dir.write_status(JobState.RESUMING, message=f"resumed from {job_dir.models_dir / 'checkpoint.json'}")
         return self.deploy(job_dir)
 
 

@@ -18,7 +18,7 @@ from typing import IO, Optional
 from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError
 from hpcflare.exitcodes import describe
-from hpcflare.job import JobDir
+from hpcflare.job import FINAL_STATES, JobDir, JobState
 from hpcflare.runtime.client_rank import local_slots, settle_clients_per_rank
 from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.cluster.memory import MALLOC_ENV
@@ -91,8 +91,8 @@ class LocalRun(Run):
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
         status = self.get_status()
-        if status.get("state") not in ("completed", "failed", "aborted"):
-            self.job_dir.write_status("aborted", message="aborted by user")
+        if status.get("state") not in FINAL_STATES:
+            self.job_dir.write_status(JobState.ABORTED, message="aborted by user")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -9,7 +9,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from hpcflare.job import FINAL_STATES, JobDir
+from hpcflare.job import FINAL_STATES, JobDir, JobState
 
 POLL_S = 0.5
 """How often the bar re-reads status.json."""
@@ -18,7 +18,7 @@ POLL_S = 0.5
 def rounds_done(status: dict[str, Any]) -> int:
     """Completed rounds from a status.json: the server records the round it is in while running."""
     number = int(status.get("round") or 0)
-    return number if status.get("state") == "completed" else max(0, number - 1)
+    return number if status.get("state") == JobState.COMPLETED else max(0, number - 1)
 
 
 class RoundProgress:

@@ -17,7 +17,7 @@ from typing import Optional
 
 from hpcflare.env.api import Env, Run, deadline_after, sites_from
 from hpcflare.exitcodes import ExitCode
-from hpcflare.job import JobDir
+from hpcflare.job import JobDir, JobState
 from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.client_rank import local_slots, run_sites, settle_clients_per_rank
 from hpcflare.runtime.launch import run_client, run_server
@@ -48,7 +48,7 @@ class SimRun(Run):
         return True
 
     def abort(self) -> None:
-        self.job_dir.write_status("aborted", message="SimEnv abort: threads finish at their next deadline")
+        self.job_dir.write_status(JobState.ABORTED, message="SimEnv abort: threads finish at their next deadline")
 
 
 class SimEnv(Env):

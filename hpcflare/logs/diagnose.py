@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hpcflare.exitcodes import HELP, ExitCode, describe
-from hpcflare.job import JobDir
+from hpcflare.job import JobDir, JobState
 from hpcflare.logs.finding import Finding
 from hpcflare.logs.slurm_findings import earlier_lives, life_starts, output_findings, sacct_findings
 
@@ -115,7 +115,7 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
             elif isinstance(code, int) and code in ExitCode.__members__.values():
                 out.append(Finding("error", f"{rank} exited {ExitCode(code).name} ({code}): "
                                    f"{str(e.get('reason', ''))[:400]}", HELP[ExitCode(code)]))
-    completed = status.get("state") == "completed"
+    completed = status.get("state") == JobState.COMPLETED
     out += output_findings(job_dir, completed)
     out += sacct_findings(job_dir, commands, completed)
     failed = _named(server, "job_failed")
@@ -127,7 +127,7 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
     summary = {"job_id": config.job_id, "state": status.get("state"), "rounds_completed": max(rounds, default=0),
                "num_rounds": config.num_rounds, "clients": len(config.clients), "registered": len(registered),
                "never_registered": never, "malformed_log_lines": bad}
-    if status.get("state") not in ("completed", None) and not failed:
+    if status.get("state") not in (JobState.COMPLETED, None) and not failed:
         out.append(Finding("error", f"the job is {status.get('state')} and the server logged no final state: it "
                            "was killed (SIGKILL, OOM, node failure) or is still running",
                            "check the scheduler's output and `hpcflare job status`"))
@@ -179,7 +179,7 @@ def report(job_dir: JobDir, commands: Any = None) -> str:
     findings, s = diagnose(job_dir, commands)
     lines = [f"job {s['job_id']}: {s['state']}; {s['rounds_completed']}/{s['num_rounds']} rounds completed; "
              f"{s['registered']}/{s['clients']} clients registered"]
-    if s["state"] != "completed":
+    if s["state"] != JobState.COMPLETED:
         lines.append(f"the job stopped in round {s['rounds_completed'] + 1}")
     order = {"error": 0, "warning": 1, "info": 2}
     lines += [f.render() for f in sorted(findings, key=lambda f: order[f.severity])] or ["no problems found"]

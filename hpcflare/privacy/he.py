@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from hpcflare.fileio import atomic_write
 from hpcflare import errors
 from hpcflare.privacy.api import HE_PUBLIC_FILE, HE_SECRET_FILE, PrivacySpec, PrivateStrategy, SitePrivacy
 from hpcflare.strategy.api import Aggregator, AnyLength, ClientUpdate, Params, Strategy
@@ -58,12 +59,7 @@ def write_keys(spec: PrivacySpec, secret_paths: list[Path], public_paths: list[P
     public = ctx.serialize()
     for paths, blob in ((secret_paths, secret), (public_paths, public)):
         for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, path)
+            atomic_write(path, blob, mode=0o600)
 
 
 def ensure_job_keys(job_root: Path, sites: list[str], spec: PrivacySpec) -> None:

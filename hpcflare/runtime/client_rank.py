@@ -29,7 +29,7 @@ from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
 from hpcflare.runtime.host.round_host import HostPhase, RoundHost
 from hpcflare.runtime.script_runner import run_client, script_path
-from hpcflare.transport.api import Peer, Task
+from hpcflare.transport.api import Peer, Rpc, Task
 from hpcflare.transport.inproc import InprocTransport
 
 RANK_ROUND_FRACTION = RELAY_ROUND_FRACTION - 0.1
@@ -66,7 +66,7 @@ class ClientRankHost(Relay):
         if isinstance(transport, InprocTransport) and isinstance(transport.handler, RoundHost):  # SimEnv's server
             request = {"site": self.name, "token": token, "ref": task.ref}
             return self.upstream.connection.retry(
-                "Download", lambda: transport.handler.local_model(request, Peer(transport.address)).alias()), "in-process"
+                Rpc.DOWNLOAD, lambda: transport.handler.local_model(request, Peer(transport.address)).alias()), "in-process"
         return super()._cached_model(task)
 
     def start(self) -> None:

@@ -17,7 +17,7 @@ from filelock import Timeout
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
-from hpcflare.job import JobDir
+from hpcflare.job import JobDir, JobState
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.client_rank import run_sites, settle_clients_per_rank
 from hpcflare.runtime.cluster.gpus import plan_devices
@@ -49,7 +49,7 @@ def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port
         except errors.ConfigError as exc:
             code, reason = exit_for(exc)
             log.error("config_error", f"cannot start server: {reason}", exit_code=int(code))
-            job_dir.write_status("failed", message=reason, exit_code=int(code))
+            job_dir.write_status(JobState.FAILED, message=reason, exit_code=int(code))
             return code
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: server.abort("SIGTERM received"))

@@ -12,6 +12,7 @@ stays exact; if the relay dies, its children fail over to the server (``relay_fa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -29,7 +30,7 @@ from hpcflare.runtime.site.result_sender import upload_once
 from hpcflare.runtime.host.round_host import HostPhase, RoundHost
 from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, UpdateKind
-from hpcflare.transport.api import Task, upload_header
+from hpcflare.transport.api import Rpc, Task, UploadHeader
 from hpcflare.transport.grpc_server import GrpcServer
 from hpcflare.transport.inproc import InprocTransport
 
@@ -87,7 +88,7 @@ class Relay(RoundHost):
         with self._cv:
             self._registering.add(request["site"])
         try:
-            reply = self.upstream.call("Register", {**request, "via": self.name}, self.settings.rpc_timeout)
+            reply = self.upstream.call(Rpc.REGISTER, {**request, "via": self.name}, self.settings.rpc_timeout)
             record, _ = self._add_member(request, token=reply["token"])
         finally:
             with self._cv:
@@ -105,7 +106,7 @@ class Relay(RoundHost):
             if record is None:
                 continue
             try:
-                self.upstream.call("Register", {"site": site, "host": record.host, "pid": record.pid, "via": self.name,
+                self.upstream.call(Rpc.REGISTER, {"site": site, "host": record.host, "pid": record.pid, "via": self.name,
                                                 "proof": self.job_dir.registration_proof(site),
                                                 "previous_token": record.token}, self.settings.rpc_timeout)
                 again += 1
@@ -119,7 +120,7 @@ class Relay(RoundHost):
         if not self.forward_raw:
             return super()._fold(rnd, update)
         record = self.members.get(update.site)
-        header = upload_header(update.site, record.token if record else "", rnd.task_id, rnd.number,
+        header = UploadHeader(update.site, record.token if record else "", rnd.task_id, rnd.number,
                                update.params_type, update.meta, update.metrics)
         self._send_up(header, update.params.items(), own_token=False)
         with self._cv:
@@ -129,15 +130,15 @@ class Relay(RoundHost):
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         try:  # the server learns of a child's end from its relay
-            self._forward("Goodbye", site, {"status": status, "reason": reason})
+            self._forward(Rpc.GOODBYE, site, {"status": status, "reason": reason})
         except errors.HpcflareError as exc:
             self.log.warning("goodbye_forward_failed", f"could not forward {site}'s goodbye: {exc}", site=site)
 
     def on_exchange(self, site: str, request: dict) -> dict:
-        return self._forward("Exchange", site, request)
+        return self._forward(Rpc.EXCHANGE, site, request)
 
     def on_track(self, site: str, records: list) -> None:
-        self._forward("Track", site, {"records": records})  # a failure reaches the child, which logs it
+        self._forward(Rpc.TRACK, site, {"records": records})  # a failure reaches the child, which logs it
 
     def _forward(self, method: str, site: str, request: dict) -> dict:
         """A unary call to the server in a child's name (its token; the relay's certificate may act for it)."""
@@ -213,7 +214,7 @@ class Relay(RoundHost):
             return (GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens),
                     "in-process" if isinstance(transport, InprocTransport) else "grpc")
 
-        model, via = self.upstream.connection.retry("Download", fetch)
+        model, via = self.upstream.connection.retry(Rpc.DOWNLOAD, fetch)
         self._last_model = (task.task_id, model)
         return model, via
 
@@ -244,7 +245,7 @@ class Relay(RoundHost):
             return  # forwarded one by one already; the server tracks stragglers itself
         sums, weights = rnd.aggregator.partial()
         try:
-            header = upload_header(self.name, "", task.task_id, task.round, UpdateKind.PARTIAL,
+            header = UploadHeader(self.name, "", task.task_id, task.round, UpdateKind.PARTIAL,
                                    partial={"sites": {s: {"metrics": m, "weight": rnd.weights.get(s, 1.0)}
                                                       for s, m in rnd.accepted.items()},
                                             "rejected": rejected, "weights": weights})
@@ -256,15 +257,15 @@ class Relay(RoundHost):
         except errors.StaleTaskError as exc:
             self.log.warning("partial_late", f"round {task.round}: server closed the round first: {exc}")
 
-    def _send_up(self, header: dict, tensors: Any, own_token: bool) -> Any:
+    def _send_up(self, header: UploadHeader, tensors: Any, own_token: bool) -> Any:
         """Upload to the parent, retried through the link as a site's result is: a parent that is briefly gone
         or restarted (then on a new transport, with this round gone: StaleTaskError) does not end this host.
         ``own_token``: sent in this host's name (a partial), else in the child's (a forwarded update)."""
         def push() -> Any:
             transport, token = self.upstream.connection.credentials()
-            transport.upload({**header, "token": token} if own_token else header, tensors)
+            transport.upload(dataclasses.replace(header, token=token) if own_token else header, tensors)
             return transport
-        return self.upstream.connection.retry("Upload", lambda: upload_once(push))
+        return self.upstream.connection.retry(Rpc.UPLOAD, lambda: upload_once(push))
 
 
 __all__ = ["Relay", "RELAY_ROUND_FRACTION"]

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
-from hpcflare.job import JobDir
+from hpcflare.job import JobDir, JobState
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.host.checkpoints import Checkpoints
 from hpcflare.runtime.host.global_model import GlobalModel
@@ -134,7 +134,7 @@ class FLServer(RoundHost):
         return model
 
     # ------------------------------------------------------------------ orchestration
-    def _status(self, state: str, **fields: Any) -> None:
+    def _status(self, state: JobState, **fields: Any) -> None:
         rnd = self.round.number if self.round else self.first_round - 1
         self.job_dir.write_status(state, job_id=self.config.job_id, round=rnd, num_rounds=self.config.num_rounds,
                                   **fields)
@@ -156,7 +156,7 @@ class FLServer(RoundHost):
                       f"{cfg.num_rounds} rounds", address=self.address, clients=cfg.clients, relays=self.relays,
                       min_clients=cfg.min_clients, incarnation=incarnation(), node=os.environ.get("SLURMD_NODENAME", ""),
                       tls=kit is not None)
-        self._status("registration")
+        self._status(JobState.REGISTRATION)
         try:
             self.strategy.start_services(ServerContext(self.job_dir.root, self.address.rsplit(":", 1)[0],
                                                        kit.path if kit else None, self.log,
@@ -178,13 +178,13 @@ class FLServer(RoundHost):
             self.log.info("job_completed", f"job {cfg.job_id} completed: {rounds} rounds; "
                           f"result model written to {self.job_dir.result_model_path}",
                           result_model=str(self.job_dir.result_model_path))
-            self._status("completed", result_model=str(self.job_dir.result_model_path))
+            self._status(JobState.COMPLETED, result_model=str(self.job_dir.result_model_path))
             return ExitCode.OK
         except Exception as exc:  # noqa: BLE001 - every end is recorded in status.json with its cause
             code, reason = exit_for(exc)
             if needs_traceback(code):
                 self.log.error("traceback", format_traceback(exc))
-            return self._fail(reason, code, state="aborted" if code == ExitCode.ABORTED else "failed")
+            return self._fail(reason, code, state=JobState.ABORTED if code == ExitCode.ABORTED else JobState.FAILED)
         finally:
             self.strategy.stop_services()
             self.tracker.close()
@@ -202,7 +202,7 @@ class FLServer(RoundHost):
             self.phase = HostPhase.ABORTING
             self._cv.notify_all()
 
-    def _fail(self, reason: str, code: ExitCode, state: str = "failed") -> ExitCode:
+    def _fail(self, reason: str, code: ExitCode, state: JobState = JobState.FAILED) -> ExitCode:
         self.log.error("job_failed", f"job {self.config.job_id} {state}: {reason}", exit_code=int(code), reason=reason)
         self.end(f"{state}: {reason}")
         self._status(state, message=reason, exit_code=int(code))
@@ -264,7 +264,7 @@ class FLServer(RoundHost):
         kept = self.model  # evaluation rounds may serve another model; the global one stays
         model = kept if plan.model is None else self._new_model(plan.model, number)
         rnd = self.open_round(number, model, plan=plan)
-        self._status("running")
+        self._status(JobState.RUNNING)
         if plan.targets is not None:
             live = [c for c in live if c in plan.targets]
         need = max(cfg.min_clients, math.ceil(cfg.min_fraction * len(live)))

@@ -8,6 +8,7 @@ to the site as everywhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -27,7 +28,7 @@ from hpcflare.runtime.site.agent import ClientAgent
 from hpcflare.runtime.site.hooks import SiteHooks
 from hpcflare.strategy.api import RoundPlan, UpdateKind
 from hpcflare.strategy.fedavg import FedAvg
-from hpcflare.transport.api import Peer, Task, upload_header
+from hpcflare.transport.api import Peer, Rpc, Task, UploadHeader
 from hpcflare.transport.codec import TensorSpec, decode_tensor
 from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport.grpc_server import GrpcServer
@@ -55,8 +56,8 @@ class SwarmPeer(RoundHost):
     def register(self, request: dict) -> dict:
         raise errors.MalformedMessageError("swarm peers do not take registrations; register with the server")
 
-    def handle_unary(self, method: str, request: dict, peer: Peer) -> dict:
-        raise errors.MalformedMessageError(f"swarm peers serve only model pulls and updates, not {method!r}")
+    def handle_unary(self, method: Rpc, request: dict, peer: Peer) -> dict:
+        raise errors.MalformedMessageError(f"swarm peers serve only model pulls and updates, not {str(method)!r}")
 
     def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
         self.authorize(peer, request.get("site"))
@@ -141,7 +142,7 @@ class SwarmSide(SiteHooks):
         rejected = {**rnd.rejected, **{s: "straggler: no update at the swarm aggregator in time" for s in missing}}
         try:
             transport, token = self.agent.connection.credentials()
-            header = upload_header(self.agent.site, token, task.task_id, task.round, UpdateKind.FULL,
+            header = UploadHeader(self.agent.site, token, task.task_id, task.round, UpdateKind.FULL,
                                    swarm={"accepted": rnd.accepted, "rejected": rejected, "ref": model.ref,
                                           "manifest": [s.to_wire() for s in model.specs]})
             transport.upload(header, list(model.params.items()))
@@ -150,7 +151,7 @@ class SwarmSide(SiteHooks):
         except errors.HpcflareError as exc:
             self.agent.log.error("swarm_report_failed", f"round {task.round}: could not report to the server: {exc}")
 
-    def deliver(self, task: Task, header: dict, params: dict[str, Any]) -> bool:
+    def deliver(self, task: Task, header: UploadHeader, params: dict[str, Any]) -> bool:
         """Results of a swarm round go to the round's aggregating site, not to the server."""
         meta = task.meta.get("swarm")
         if not meta:
@@ -165,7 +166,7 @@ class SwarmSide(SiteHooks):
         try:
             while True:
                 try:
-                    transport.upload({**header, "token": self.token}, params.items())
+                    transport.upload(dataclasses.replace(header, token=self.token), params.items())
                     return True
                 except (errors.StaleTaskError, errors.PeerGoneError) as exc:
                     now = time.monotonic()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from hpcflare.fileio import publish_dir
 from hpcflare.errors import ConfigError
 from hpcflare.privacy import check_privacy, ensure_job_keys
 from hpcflare.privacy.api import HE_PUBLIC_FILE
@@ -103,7 +104,7 @@ def _provision_job(job_dir: JobDir, config: JobConfig, root: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted earlier attempt
     made = provision(project, tmp)
     (made / "ca" / JOB_MADE).write_text("this job's own CA: hpcflare issues kits for ranks a resubmission adds\n")
-    os.rename(made, root)  # appears whole or not at all for ranks that look for it
+    publish_dir(made, root)  # appears whole or not at all for ranks that look for it
     os.rmdir(tmp)
 
 

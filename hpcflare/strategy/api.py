@@ -10,17 +10,9 @@ import numpy as np
 
 from hpcflare.enums import NamedEnum
 from hpcflare.errors import MalformedMessageError
+from hpcflare.transport.api import UpdateKind
 
 Params = dict[str, np.ndarray]
-
-
-class UpdateKind(NamedEnum):
-    """What an upload's tensors are: a whole model, a difference to the round's model, or a relay's weighted
-    partial sum over its children (the wire's ``params_type``)."""
-
-    FULL = "FULL"
-    DIFF = "DIFF"
-    PARTIAL = "PARTIAL"
 
 
 class TaskKind(NamedEnum):

@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from hpcflare.errors import ConfigError
-from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, Strategy, UpdateKind
+from hpcflare.strategy.api import Aggregator, ClientUpdate, Strategy, UpdateKind
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
 
 CONTROL_PREFIX = "scaffold.c."
@@ -62,10 +62,3 @@ class _ScaffoldAggregator(WeightedMeanAggregator):
 
     def _weights_seen(self, name: str) -> float:
         return min(float(self._weights.get(name, 0.0)), float(self.num_clients))
-
-
-def split_controls(params: Params) -> tuple[Params, Params]:
-    """(model params, control variates keyed by the model param's name)."""
-    model = {k: v for k, v in params.items() if not k.startswith(CONTROL_PREFIX)}
-    controls = {k[len(CONTROL_PREFIX):]: v for k, v in params.items() if k.startswith(CONTROL_PREFIX)}
-    return model, controls

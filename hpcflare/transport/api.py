@@ -9,10 +9,29 @@ import abc
 import dataclasses
 from typing import Any, Callable, Iterable, Iterator
 
-from hpcflare.transport.codec import TensorSpec
+from hpcflare import errors
+from hpcflare.enums import NamedEnum
+from hpcflare.transport.codec import TensorSpec, pack_meta, unpack_meta
 from hpcflare.transport.shm import SharedModel
 
-UNARY_METHODS = ("Register", "Heartbeat", "GetTask", "Goodbye", "Track", "Exchange", "MapModel")
+
+
+class Rpc(NamedEnum):
+    """The service's methods, by their gRPC names. Unary ones carry a msgpack request and reply; Download streams
+    a model's frames to the caller, Upload streams an :class:`UploadHeader` and tensors to the host."""
+
+    REGISTER = "Register"
+    HEARTBEAT = "Heartbeat"
+    GET_TASK = "GetTask"
+    GOODBYE = "Goodbye"
+    TRACK = "Track"
+    EXCHANGE = "Exchange"
+    MAP_MODEL = "MapModel"
+    DOWNLOAD = "Download"
+    UPLOAD = "Upload"
+
+
+UNARY_METHODS = tuple(m for m in Rpc if m not in (Rpc.DOWNLOAD, Rpc.UPLOAD))
 
 
 @dataclasses.dataclass
@@ -36,14 +55,82 @@ class Task:
                    dict(reply.get("meta") or {}), staged if isinstance(staged, dict) else None)
 
 
-def upload_header(site: str, token: str, task_id: str, round_num: int, params_type: str,
-                  meta: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                  **extra: Any) -> dict[str, Any]:
+class UpdateKind(NamedEnum):
+    """What an upload's tensors are: a whole model, a difference to the round's model, or a relay's weighted
+    partial sum over its children (the wire's ``params_type``)."""
+
+    FULL = "FULL"
+    DIFF = "DIFF"
+    PARTIAL = "PARTIAL"
+
+
+_SECTIONS = ("staged", "quant", "mapped", "swarm", "partial")
+
+
+@dataclasses.dataclass
+class UploadHeader:
     """The first frame of every upload (a site's result, a relay's partial or forwarded update, a swarm
-    aggregator's report): who sends it, for which task, what kind of params follow, plus extra sections."""
-    return {"site": site, "token": token, "task_id": task_id, "round": round_num, "params_type": str(params_type),
-            "meta": {k: v for k, v in (meta or {}).items() if isinstance(k, str)}, "metrics": dict(metrics or {}),
-            **extra}
+    aggregator's report): who sends it, for which task, what kind of params follow, and at most one of the
+    optional sections. Built by the sender, encoded by :meth:`to_wire`, checked once on arrival by
+    :meth:`from_wire`; nothing else reads the raw dict."""
+
+    site: str
+    token: str
+    task_id: str
+    round: int
+    params_type: UpdateKind
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    staged: dict[str, Any] | None = None
+    """A result left on the shared filesystem: ``{file, nbytes, sha256}`` (no tensors follow)."""
+    quant: dict[str, dict[str, Any]] | None = None
+    """Quantized tensors: name -> ``{mode, block}`` (the quantize filter's map)."""
+    mapped: dict[str, Any] | None = None
+    """A same-host upload in a sealed memory file: ``{file, tensors}`` (no tensors follow)."""
+    swarm: dict[str, Any] | None = None
+    """A swarm aggregator's report: ``{accepted, rejected, ref, manifest}``."""
+    partial: dict[str, Any] | None = None
+    """A relay's partial sum: ``{sites, rejected, weights}`` (params_type PARTIAL)."""
+
+    def __post_init__(self) -> None:
+        self.params_type = UpdateKind(self.params_type)
+        self.meta = {k: v for k, v in (self.meta or {}).items() if isinstance(k, str)}
+        self.metrics = dict(self.metrics or {})
+
+    def to_wire(self) -> dict[str, Any]:
+        out = {"site": self.site, "token": self.token, "task_id": self.task_id, "round": self.round,
+               "params_type": str(self.params_type), "meta": self.meta, "metrics": self.metrics}
+        out.update({name: getattr(self, name) for name in _SECTIONS if getattr(self, name) is not None})
+        return out
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> "UploadHeader":
+        """The header a peer sent, or MalformedMessageError naming the first field that is wrong."""
+        if not isinstance(raw, dict):
+            raise errors.MalformedMessageError("upload header must be a mapping")
+        unknown = set(raw) - {"site", "token", "task_id", "round", "params_type", "meta", "metrics", *_SECTIONS}
+        if unknown:
+            raise errors.MalformedMessageError(f"upload header has unknown field(s) {sorted(map(str, unknown))[:5]}")
+        for name in ("site", "token", "task_id"):
+            if not isinstance(raw.get(name), str):
+                raise errors.MalformedMessageError(f"upload header: {name!r} must be a string, got {raw.get(name)!r:.40}")
+        if not isinstance(raw.get("round"), int) or isinstance(raw.get("round"), bool):
+            raise errors.MalformedMessageError(f"upload header: 'round' must be an integer, got {raw.get('round')!r:.40}")
+        if raw.get("params_type") not in PARAMS_TYPES:
+            raise errors.MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got "
+                                               f"{raw.get('params_type')!r:.40}")
+        for name in ("meta", "metrics", *_SECTIONS):
+            if raw.get(name) is not None and not isinstance(raw[name], dict):
+                raise errors.MalformedMessageError(f"upload header: {name!r} must be a mapping, got {raw[name]!r:.40}")
+        return cls(raw["site"], raw["token"], raw["task_id"], raw["round"], UpdateKind(raw["params_type"]),
+                   raw.get("meta") or {}, raw.get("metrics") or {}, **{name: raw.get(name) for name in _SECTIONS})
+
+    def copy(self) -> "UploadHeader":
+        """A deep copy, as the wire would make it (a receiver in this process owns its header)."""
+        return UploadHeader.from_wire(unpack_meta(pack_meta(self.to_wire())))
+
+
+PARAMS_TYPES = tuple(kind.value for kind in UpdateKind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +150,7 @@ class ServerHandler(abc.ABC):
     """Server-side logic behind a transport; raise hpcflare errors, the transport maps them to status codes."""
 
     @abc.abstractmethod
-    def handle_unary(self, method: str, request: dict, peer: Peer) -> dict: ...
+    def handle_unary(self, method: Rpc, request: dict, peer: Peer) -> dict: ...
 
     @abc.abstractmethod
     def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
@@ -84,7 +171,7 @@ class LocalHandler(ServerHandler):
         """(spec, writable blob private to the caller) per tensor of the requested model."""
 
     @abc.abstractmethod
-    def handle_local_upload(self, header: dict, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
+    def handle_local_upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
         """Validate and take a result whose tensors are the caller's arrays; they are not kept after returning."""
 
 
@@ -92,7 +179,7 @@ class ClientTransport(abc.ABC):
     """What a client (or relay) uses to talk to its parent."""
 
     @abc.abstractmethod
-    def call(self, method: str, request: dict, timeout: float) -> dict: ...
+    def call(self, method: Rpc, request: dict, timeout: float) -> dict: ...
 
     @abc.abstractmethod
     def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytes]]:
@@ -103,7 +190,7 @@ class ClientTransport(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
+    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
         """Stream header + tensors (numpy arrays or torch tensors) to the parent; return its reply."""
 
     @abc.abstractmethod

@@ -5,6 +5,7 @@ Heartbeats and task polls use their own channel so a large transfer never blocks
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -15,7 +16,7 @@ import grpc
 
 from hpcflare import errors
 from hpcflare.settings import Settings
-from hpcflare.transport.api import ClientTransport
+from hpcflare.transport.api import ClientTransport, Rpc, UploadHeader
 from hpcflare.transport import shm
 from hpcflare.transport.codec import TensorSpec, decode_tensor, pack_meta, tensor_parts, unpack_meta
 from hpcflare.transport.shm import SharedModel
@@ -55,7 +56,7 @@ def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareErr
     if code == grpc.StatusCode.FAILED_PRECONDITION and "SharedMemoryError" in (detail or ""):
         return shm.SharedMemoryError(msg)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return errors.UpdateRejectedError(msg) if what == "Upload" else errors.MalformedMessageError(msg)
+        return errors.UpdateRejectedError(msg) if what == Rpc.UPLOAD else errors.MalformedMessageError(msg)
     if code == grpc.StatusCode.ABORTED:
         return errors.JobAbortedError(msg)
     return errors.TransportError(f"{msg} (grpc status {code})")
@@ -142,7 +143,7 @@ class GrpcClientTransport(ClientTransport):
         if self.shm_off or (self._unshared_ref is not None and self._unshared_ref == request.get("ref")):
             return None
         try:
-            reply = self.call("MapModel", {**request, "host": shm.host_key()}, self.settings.rpc_timeout)
+            reply = self.call(Rpc.MAP_MODEL, {**request, "host": shm.host_key()}, self.settings.rpc_timeout)
         except errors.MalformedMessageError as exc:  # a parent that does not know the method
             self.shm_off = str(exc)
             return None
@@ -194,7 +195,7 @@ class GrpcClientTransport(ClientTransport):
             except (grpc.RpcError, ValueError) as exc:
                 if isinstance(exc, ValueError):  # the channel was closed under us (reconnect in progress)
                     raise errors.PeerGoneError(f"Download: connection to {self.address} was closed ({exc})") from None
-                err = translate(exc, "Download", self.address)
+                err = translate(exc, Rpc.DOWNLOAD, self.address)
                 if progress.stalled:
                     err = errors.StreamTimeoutError(f"Download: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s")
                 if not isinstance(err, RETRYABLE) or time.monotonic() > give_up:
@@ -202,10 +203,10 @@ class GrpcClientTransport(ClientTransport):
                 attempt += 1
                 time.sleep(min(5.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
 
-    def upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
+    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
         """Stream the tensors; to a parent on this host, hand them over as a sealed memory file instead (one copy
         here, none there), streaming from that file if the parent cannot open it."""
-        if self.shm_off or not shm.same_host(self._parent_host) or header.get("staged") is not None:
+        if self.shm_off or not shm.same_host(self._parent_host) or header.staged is not None:
             self.last_via = "grpc"
             return self._stream_upload(header, tensors)
         shared = SharedModel(tensor_parts(name, value) for name, value in tensors)
@@ -216,7 +217,8 @@ class GrpcClientTransport(ClientTransport):
                 self.shm_off = "memory files cannot be sealed here"
             elif len(pack_meta(listing)) < self.settings.max_frame_bytes // 2:  # the list rides in the header frame
                 try:
-                    reply = self._stream_upload({**header, "mapped": {"file": description, "tensors": listing}}, [])
+                    mapped = dataclasses.replace(header, mapped={"file": description, "tensors": listing})
+                    reply = self._stream_upload(mapped, [])
                     self.last_via = "shared memory"
                     return reply
                 except shm.SharedMemoryError as exc:
@@ -226,7 +228,7 @@ class GrpcClientTransport(ClientTransport):
         finally:
             shared.close()
 
-    def _stream_upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
+    def _stream_upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
         progress = _Progress(self.settings.stream_idle_timeout)
         local_error: list[BaseException] = []
 
@@ -252,7 +254,7 @@ class GrpcClientTransport(ClientTransport):
                     raise local_error[0] from None
                 if progress.stalled:
                     raise errors.StreamTimeoutError(f"Upload: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s") from None
-                raise translate(exc, "Upload", self.address) from None
+                raise translate(exc, Rpc.UPLOAD, self.address) from None
 
     def close(self) -> None:
         self._control.close()

@@ -13,7 +13,7 @@ from hpcflare import errors
 from hpcflare.rank_logger import RankLogger
 from hpcflare.security.tls import StartupKit, peer_identity
 from hpcflare.settings import Settings
-from hpcflare.transport.api import UNARY_METHODS, Peer, ServerHandler
+from hpcflare.transport.api import UNARY_METHODS, Peer, Rpc, ServerHandler
 from hpcflare.transport.codec import pack_meta, unpack_meta
 
 SERVICE = "hpcflare.v1.FL"
@@ -113,9 +113,9 @@ class GrpcServer:
         options.append(("grpc.http2.lookahead_bytes", self.upload_window))
         self._pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-srv")
         self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads * 4)
-        handlers = {name: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY_METHODS}
-        handlers["Download"] = grpc.unary_stream_rpc_method_handler(self._download)
-        handlers["Upload"] = grpc.stream_unary_rpc_method_handler(self._upload)
+        handlers = {name.value: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY_METHODS}
+        handlers[Rpc.DOWNLOAD.value] = grpc.unary_stream_rpc_method_handler(self._download)
+        handlers[Rpc.UPLOAD.value] = grpc.stream_unary_rpc_method_handler(self._upload)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         if kit is None:
             self.port = self._server.add_insecure_port(f"{host}:{port}")
@@ -172,7 +172,7 @@ class GrpcServer:
             self.log.error("internal_error", f"{method} from {context.peer()} failed: {exc!r}", method=method)
         context.abort(code, f"{type(exc).__name__}: {exc}"[:2000])
 
-    def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    def _unary(self, method: Rpc) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
             try:
                 reply = self.handler.handle_unary(method, unpack_meta(request), self._peer(context))
@@ -192,7 +192,7 @@ class GrpcServer:
                 yield frame
                 self.watchdog.touch(key)
         except Exception as exc:  # noqa: BLE001
-            self._fail(context, "Download", exc)
+            self._fail(context, Rpc.DOWNLOAD, exc)
         finally:
             self.watchdog.forget(key)
 
@@ -216,10 +216,10 @@ class GrpcServer:
             return pack_meta(self.handler.handle_upload(frames(), self._peer(context)))
         except grpc.RpcError as exc:  # the client went away mid-stream
             self.log.warning("upload_aborted", f"upload from {context.peer()} broke off: {exc}")
-            self._fail(context, "Upload", errors.PeerGoneError(str(exc)))
+            self._fail(context, Rpc.UPLOAD, errors.PeerGoneError(str(exc)))
             raise
         except Exception as exc:  # noqa: BLE001
-            self._fail(context, "Upload", exc)
+            self._fail(context, Rpc.UPLOAD, exc)
             raise
         finally:
             if anonymous:

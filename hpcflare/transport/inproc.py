@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 
 from hpcflare import errors
 from hpcflare.settings import Settings
-from hpcflare.transport.api import ClientTransport, LocalHandler, Peer, ServerHandler
+from hpcflare.transport.api import ClientTransport, LocalHandler, Peer, ServerHandler, UploadHeader
 from hpcflare.transport.codec import TensorSpec, pack_meta, unpack_meta
 from hpcflare.transport.streams import DownloadAssembler, check_model_size, upload_frames
 
@@ -80,10 +80,9 @@ class InprocTransport(ClientTransport):
         if not stream.done:
             raise errors.MalformedMessageError(f"download from {self.address} ended early at tensor {stream.index}")
 
-    def upload(self, header: dict, tensors: Iterable[tuple[str, Any]]) -> dict:
+    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
         if isinstance(self.handler, LocalHandler):
-            return unpack_meta(pack_meta(self.handler.handle_local_upload(
-                unpack_meta(pack_meta(header)), tensors, self._peer())))
+            return unpack_meta(pack_meta(self.handler.handle_local_upload(header.copy(), tensors, self._peer())))
         cancelled = threading.Event()  # the host cancels the upload of a site it declared dead
 
         def frames() -> Iterator[bytes]:

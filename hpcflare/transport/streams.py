@@ -13,6 +13,7 @@ import numpy as np
 
 from hpcflare import errors
 from hpcflare.settings import Settings
+from hpcflare.transport.api import UploadHeader
 from hpcflare.transport.codec import (MAX_HEADER_BYTES, TensorSpec, empty_buffer, iter_chunks, pack_frame, pack_meta,
                                       tensor_parts, unpack_frame)
 
@@ -49,28 +50,28 @@ def split_report(header: dict) -> tuple[dict, list[dict]]:
     return header, extra
 
 
-def merge_report(header: dict, frames: Iterator[bytes], max_frame_bytes: int) -> Iterator[bytes]:
+def merge_report(header: UploadHeader, frames: Iterator[bytes], max_frame_bytes: int) -> Iterator[bytes]:
     """Fold the 'more' frames that follow a begin frame into ``header``; return the remaining frames."""
     for count, frame in enumerate(frames):
         head, _ = unpack_frame(frame, max_frame_bytes)
         if head.get("kind") != "more":
             return itertools.chain([frame], frames)
         section, key, items = head.get("section"), head.get("key"), head.get("items")
-        table = header.get(section, {}).get(key) if section in REPORT_SECTIONS and isinstance(
-            header.get(section), dict) else None
+        report = getattr(header, section) if section in REPORT_SECTIONS else None
+        table = report.get(key) if isinstance(report, dict) else None
         if count >= MAX_MORE_FRAMES or not isinstance(table, dict) or not isinstance(items, dict):
             raise errors.MalformedMessageError(f"invalid report continuation ({section!r:.20}/{key!r:.20}, frame {count})")
         table.update(items)
     return iter(())
 
 
-def upload_frames(header: dict, tensors: Iterable[tuple[str, Any]], settings: Settings,
+def upload_frames(header: UploadHeader, tensors: Iterable[tuple[str, Any]], settings: Settings,
                   touch: Callable[[], None] = lambda: None) -> Iterator[bytes]:
     """header frame (and 'more' frames when its per-site report is too large for one), then per tensor its spec and its safetensors bytes in chunk_size pieces, then 'end'.
     The array's own memory is streamed, not copied; more than max_model_bytes in all is refused."""
     sent = 0
-    header, more = split_report(header)
-    yield pack_frame({**header, "kind": "begin"})
+    begin, more = split_report(header.to_wire())
+    yield pack_frame({**begin, "kind": "begin"})
     for frame in more:
         yield pack_frame(frame)
     for name, value in tensors:

@@ -17,6 +17,7 @@ from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pac
 from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport import streams
 from hpcflare.transport.grpc_server import MAX_WINDOW, MIN_WINDOW, GrpcServer, upload_window
+from tests.conftest import header as make_header
 
 SETTINGS = Settings(chunk_size=1024, max_frame_bytes=4096, server_lost_timeout=3, stream_idle_timeout=1.0,
                     stream_timeout=10, heartbeat_interval=1, heartbeat_timeout=5, task_poll_timeout=1)
@@ -99,7 +100,7 @@ def test_stalled_download_times_out_instead_of_hanging(served):
 
 def test_upload_streams_tensors_in_bounded_frames(served):
     handler, server, client = served
-    reply = client.upload({"site": "a"}, [("w", np.zeros(3000, dtype=np.float32))])
+    reply = client.upload(make_header("a"), [("w", np.zeros(3000, dtype=np.float32))])
     assert reply["frames"] == 1 + 1 + 1 + 12 + 1  # begin, tensor spec, blob header, ceil(12000/1024) data, end
     assert handler.uploads[0]["site"] == "a"
 
@@ -171,7 +172,7 @@ def _bytes_sent_while_waiting(monkeypatch, budget: int, children: int) -> tuple[
 
     monkeypatch.setattr(streams, "iter_chunks", counted)
     reply: dict = {}
-    sender = threading.Thread(target=lambda: reply.update(client.upload({"site": "a"}, [("w", np.zeros(16 << 20, np.uint8))])))
+    sender = threading.Thread(target=lambda: reply.update(client.upload(make_header("a"), [("w", np.zeros(16 << 20, np.uint8))])))
     sender.start()
     try:
         last, deadline = -1, time.monotonic() + 10

@@ -23,6 +23,7 @@ from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport.grpc_server import GrpcServer
 from hpcflare.transport.streams import upload_frames
 from tests.conftest import HELLO_MODEL, events, load_result
+from tests.conftest import header as make_header
 from tests.transport.test_grpc import SETTINGS, Handler
 
 TENSORS = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1.5, -2.0], dtype=np.float64)}
@@ -106,8 +107,7 @@ def test_larger_than_max_model_bytes_is_refused_before_mapping():
 def _mapped_upload(tensors: dict, settings: Settings = Settings()):
     """What a same-host client streams for a mapped upload: one header frame naming the file, then 'end'."""
     model = shared(tensors)
-    header = {"site": "s", "params_type": "FULL", "mapped": {"file": model.describe(),
-                                                             "tensors": [s.to_wire() for s in model.specs]}}
+    header = make_header(mapped={"file": model.describe(), "tensors": [s.to_wire() for s in model.specs]})
     frames = iter(list(upload_frames(header, [], settings)))
     return model, read_upload(frames, settings, TENSORS, lambda header: None)
 
@@ -125,8 +125,7 @@ def test_a_mapped_upload_gets_every_check_a_streamed_one_gets():
 
 def test_a_mapped_upload_that_also_streams_tensors_is_malformed():
     model = shared()
-    header = {"site": "s", "params_type": "FULL", "mapped": {"file": model.describe(),
-                                                             "tensors": [s.to_wire() for s in model.specs]}}
+    header = make_header(mapped={"file": model.describe(), "tensors": [s.to_wire() for s in model.specs]})
     frames = iter(list(upload_frames(header, list(TENSORS.items()), Settings())))
     with pytest.raises(errors.MalformedMessageError, match="must not stream tensors too"):
         read_upload(frames, Settings(), TENSORS, lambda header: None)
@@ -155,10 +154,10 @@ def test_a_parent_that_cannot_map_gets_the_upload_streamed_and_the_link_stops_tr
     client = GrpcClientTransport(server.address, SETTINGS)
     try:
         assert client.shared_model({"ref": "v1"}, []) is None  # the parent's model is not in a memory file
-        reply = client.upload({"site": "a"}, [("w", np.zeros(3000, dtype=np.float32))])
+        reply = client.upload(make_header("a"), [("w", np.zeros(3000, dtype=np.float32))])
         assert reply["frames"] == 1 + 1 + 1 + 12 + 1 and client.last_via == "grpc"  # streamed after all
         assert "Permission denied" in client.shm_off
-        client.upload({"site": "a"}, [("w", np.zeros(10, dtype=np.float32))])
+        client.upload(make_header("a"), [("w", np.zeros(10, dtype=np.float32))])
         assert "mapped" not in handler.uploads[-1]  # no second attempt on this link
     finally:
         client.close()
@@ -211,7 +210,7 @@ def test_an_upload_whose_tensor_list_would_not_fit_a_header_frame_is_streamed():
     client = GrpcClientTransport(server.address, settings)
     try:
         client.shared_model({"ref": "v1"}, [])  # learns that the parent is on this host
-        reply = client.upload({"site": "a"}, [(f"w{i}", np.zeros(1, dtype=np.float32)) for i in range(400)])
+        reply = client.upload(make_header("a"), [(f"w{i}", np.zeros(1, dtype=np.float32)) for i in range(400)])
         assert client.last_via == "grpc" and not client.shm_off and reply["frames"] == 1 + 400 * 3 + 1
     finally:
         client.close()
@@ -227,7 +226,7 @@ def test_a_spool_file_may_carry_a_parents_model_but_never_an_upload():
     assert peer.describe()["kind"] == "file"  # a relay passes it on as what it is
     with pytest.raises(shm.SharedMemoryError, match="not sealed|cannot be checked"):
         shm.SharedModel.open_file(desc, model.specs, 1 << 20)  # an upload: its sender could still change it
-    header = {"site": "s", "params_type": "FULL", "mapped": {"file": desc, "tensors": [s.to_wire() for s in model.specs]}}
+    header = make_header(mapped={"file": desc, "tensors": [s.to_wire() for s in model.specs]})
     with pytest.raises(shm.SharedMemoryError):
         read_upload(iter(list(upload_frames(header, [], Settings()))), Settings(), TENSORS, lambda header: None)
 
@@ -247,8 +246,7 @@ def test_a_mapped_upload_is_checked_and_read_without_mapping_it_whole():
 
     big = {"w": np.full(16 << 20, 0.5, dtype=np.float32), "b": np.array([1.0, 2.0], dtype=np.float64)}
     model = shared(big)
-    header = {"site": "s", "params_type": "FULL", "mapped": {"file": model.describe(),
-                                                             "tensors": [s.to_wire() for s in model.specs]}}
+    header = make_header(mapped={"file": model.describe(), "tensors": [s.to_wire() for s in model.specs]})
     before = rss_shmem()
     _, _, params = read_upload(iter(list(upload_frames(header, [], Settings()))), Settings(), big, lambda h: None)
     assert rss_shmem() - before < 8 << 10  # 64 MiB checked, none of it mapped here

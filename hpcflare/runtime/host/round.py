@@ -100,10 +100,9 @@ class Round:
                 self.accepted[update.site] = update.metrics
                 self.weights[update.site] = update.weight
 
-    def fold_partial(self, relay: str, header: dict, sums: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """A relay's weighted partial sum over its children; each child counts as answered here.
-        Returns the (accepted, rejected) sites it reported."""
-        partial = as_dict(header.get("partial"))
+    def fold_partial(self, relay: str, partial: dict[str, Any], sums: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A relay's weighted partial sum over its children (its header's ``partial`` section); each child counts
+        as answered here. Returns the (accepted, rejected) sites it reported."""
         sites, rejected = as_dict(partial.get("sites")), as_dict(partial.get("rejected"))
         weights = as_dict(partial.get("weights"))
         if set(sums) - set(weights) or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
@@ -127,11 +126,11 @@ class Round:
                     self.rejected[str(site)] = str(reason)[:500]
         return sites, rejected
 
-    def fold_swarm(self, site: str, header: dict, params: Any, clients: list[str]) -> dict[str, Any]:
-        """The round's coordinator (a swarm aggregator) reports the sites it folded and the model it made."""
+    def fold_swarm(self, site: str, report: dict[str, Any], params: Any, clients: list[str]) -> dict[str, Any]:
+        """The round's coordinator (a swarm aggregator) reports the sites it folded and the model it made (its
+        header's ``swarm`` section)."""
         if site != self.plan.coordinator:
             raise errors.UpdateRejectedError(f"{site} is not this round's swarm aggregator; report refused")
-        report = as_dict(header.get("swarm"))
         accepted, rejected = as_dict(report.get("accepted")), as_dict(report.get("rejected"))
         with self._exclusive():
             self._check_open(f"swarm report from {site}")
@@ -160,11 +159,6 @@ def weight_of(meta: Any) -> float:
         raise errors.UpdateRejectedError(f"meta {WEIGHT_KEY}={raw!r:.40} is larger than {MAX_WEIGHT:g}; send the "
                                          "number of local steps or samples")
     return weight
-
-
-def metrics_of(header: dict) -> dict[str, Any]:
-    """A result's FLModel.metrics (per-step tracking records travel on their own, see track_records)."""
-    return dict(as_dict(header.get("metrics")))
 
 
 def as_dict(value: Any) -> dict[str, Any]:

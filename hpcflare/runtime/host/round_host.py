@@ -8,8 +8,11 @@ mirrors the server's rounds and sends one partial aggregate up per round.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from hpcflare import errors
@@ -18,12 +21,12 @@ from hpcflare.job import JobConfig
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.membership import MemberState, Membership
-from hpcflare.runtime.host.round import Round, as_dict, metrics_of, weight_of
+from hpcflare.runtime.host.round import Round, as_dict, weight_of
 from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.runtime.host.upload import read_arrays, read_staged, read_upload
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
-from hpcflare.transport.api import LocalHandler, Peer
+from hpcflare.transport.api import LocalHandler, Peer, Rpc, UploadHeader
 from hpcflare.transport import shm
 from hpcflare.transport.codec import TensorSpec
 
@@ -139,39 +142,51 @@ class RoundHost(LocalHandler):
         raise errors.MalformedMessageError(f"{self.role} does not take tracking records")
 
     # ------------------------------------------------------------------ transport handlers
-    def handle_unary(self, method: str, request: dict, peer: Peer) -> dict:
+    UNARY_HANDLERS: dict[Rpc, str] = {Rpc.HEARTBEAT: "_rpc_heartbeat", Rpc.GET_TASK: "_get_task",
+                                      Rpc.TRACK: "_rpc_track", Rpc.MAP_MODEL: "_rpc_map_model",
+                                      Rpc.EXCHANGE: "_rpc_exchange", Rpc.GOODBYE: "_rpc_goodbye"}
+    """The unary methods a registered member may call, each handled by ``method(site, request)``."""
+
+    def handle_unary(self, method: Rpc, request: dict, peer: Peer) -> dict:
         self.authorize(peer, request.get("site"))
-        if method == "Register":
+        if method == Rpc.REGISTER:
             return self.register(request)
         record = self.members.check(request.get("site"), request.get("token"))
-        if method == "Heartbeat":
-            self.on_heartbeat(record.site, request)
-            return {"phase": str(self.phase)}
-        if method == "GetTask":
-            return self._get_task(record.site, request)
-        if method == "Track":
-            records = request.get("records")
-            if not isinstance(records, list) or len(records) > MAX_TRACK_RECORDS:
-                raise errors.MalformedMessageError(f"Track: records must be a list of at most {MAX_TRACK_RECORDS}")
-            self.on_track(record.site, records)
-            return {}
-        if method == "MapModel":
-            return self._map_model(request)
-        if method == "Exchange":
-            return self.on_exchange(record.site, {k: v for k, v in request.items() if k not in ("site", "token")})
-        if method == "Goodbye":
-            status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
-            self.on_goodbye(record.site, status, reason)  # passed on (by a relay) before drain() counts it
-            with self._cv:
-                self._goodbyes.add(record.site)
-                self.members.mark(record.site, MemberState.DONE if status == "done" else MemberState.FAILED, reason)
-                self._cv.notify_all()
-            if status != "done":
-                self.log.warning("client_failed", f"{record.site} failed: {reason}", site=record.site, reason=reason)
-            else:
-                self.site_log("client_done", f"{record.site} finished", site=record.site)
-            return {}
-        raise errors.MalformedMessageError(f"unknown method {method!r}")
+        handler = self.UNARY_HANDLERS.get(method)
+        if handler is None:
+            raise errors.MalformedMessageError(f"unknown method {str(method)!r}")
+        reply: dict = getattr(self, handler)(record.site, request)
+        return reply
+
+    def _rpc_heartbeat(self, site: str, request: dict) -> dict:
+        self.on_heartbeat(site, request)
+        return {"phase": str(self.phase)}
+
+    def _rpc_track(self, site: str, request: dict) -> dict:
+        records = request.get("records")
+        if not isinstance(records, list) or len(records) > MAX_TRACK_RECORDS:
+            raise errors.MalformedMessageError(f"Track: records must be a list of at most {MAX_TRACK_RECORDS}")
+        self.on_track(site, records)
+        return {}
+
+    def _rpc_map_model(self, site: str, request: dict) -> dict:
+        return self._map_model(request)
+
+    def _rpc_exchange(self, site: str, request: dict) -> dict:
+        return self.on_exchange(site, {k: v for k, v in request.items() if k not in ("site", "token")})
+
+    def _rpc_goodbye(self, site: str, request: dict) -> dict:
+        status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
+        self.on_goodbye(site, status, reason)  # passed on (by a relay) before drain() counts it
+        with self._cv:
+            self._goodbyes.add(site)
+            self.members.mark(site, MemberState.DONE if status == "done" else MemberState.FAILED, reason)
+            self._cv.notify_all()
+        if status != "done":
+            self.log.warning("client_failed", f"{site} failed: {reason}", site=site, reason=reason)
+        else:
+            self.site_log("client_done", f"{site} finished", site=site)
+        return {}
 
     def _get_task(self, site: str, request: dict) -> dict:
         wait = min(float(request.get("timeout") or self.settings.task_poll_timeout), self.settings.task_poll_timeout)
@@ -262,90 +277,100 @@ class RoundHost(LocalHandler):
         return self._accept_upload(peer, lambda on_header: read_upload(
             frames, self.settings, lambda opened: opened.expected, on_header))
 
-    def handle_local_upload(self, header: dict, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
+    def handle_local_upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
         return self._accept_upload(peer, lambda on_header: read_arrays(
             header, tensors, self.settings, lambda opened: opened.expected, on_header))
 
-    def _accept_upload(self, peer: Peer, read: Callable[[Callable[[dict], Round]], tuple[dict, Round, Any]]) -> dict:
+    def _accept_upload(self, peer: Peer, read: Callable[[Callable[[UploadHeader], Round]],
+                                                         tuple[UploadHeader, Round, Any]]) -> dict:
         """Authenticate, read (a stream or in-process arrays), validate and fold one upload."""
-        slot = False
-        site = "?"
-
-        def on_header(header: dict) -> Round:
-            nonlocal slot, site
-            self.authorize(peer, header.get("site"))
-            record = self.members.check(header.get("site"), header.get("token"))
-            site = record.site
-            if record.state in (MemberState.DEAD, MemberState.EXCLUDED):
-                raise errors.StaleTaskError(f"result from {site} discarded: the job continues without it "
-                                            f"({record.reason})")
-            rnd = self.round
-            if rnd is None or not rnd.open or header.get("task_id") != rnd.task_id:
-                raise errors.StaleTaskError(f"result from {site} for task {header.get('task_id')!r:.40} arrived after its round closed; discarded")
-            if header.get("params_type") == UpdateKind.PARTIAL and not self.accepts_partials_from(site):
-                raise errors.UpdateRejectedError(f"{site} is not a relay of this job; partial aggregates refused")
-            if site in rnd.answered():
-                raise errors.StaleTaskError(f"{site} already answered round {rnd.number}")
-            with self._cv:  # one upload per site: a retry replaces a broken attempt the server still holds
-                earlier = self._uploading.get(site)
-                self._uploading[site] = peer.cancel
-            if earlier is not None:
-                self.log.info("upload_replaced", f"{site} started a new upload; its earlier one is cancelled",
-                              site=site)
-                earlier()
-            if not self._upload_slots.acquire(timeout=self.settings.upload_slot_timeout):
-                raise errors.StreamTimeoutError(f"no upload slot free within settings.upload_slot_timeout={self.settings.upload_slot_timeout}s")
-            slot = True
-            return rnd
-
+        admission = _Admission(peer)
         rnd = self.round
         params: Any = None
         try:
-            header, rnd, params = read(on_header)
-            staged_path = None
-            if header.get("staged") is not None:
-                if self.stager is None or params:
-                    raise errors.MalformedMessageError("staged result sent to a job without staging, or mixed with tensors")
-                staged_path, specs = self.stager.read_result(header["staged"], self.settings.max_model_bytes)
-                if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / rnd.model.ref):
-                    raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
-                params.close()
-                params = read_staged(staged_path, specs, rnd.expected, self.settings.spool_tensor_bytes)
-            if header.get("swarm") is not None:
-                report = rnd.fold_swarm(site, header, params, self.config.clients)
-                self.strategy.coordinator_report(site, report)
-                self.log.info("swarm_round", f"round {rnd.number}: {site} aggregated {len(as_dict(report.get('accepted')))}"
-                              " update(s)", round=rnd.number, aggregator=site, sites=sorted(as_dict(report.get("accepted"))))
-            elif header["params_type"] == UpdateKind.PARTIAL:
-                sites, rejected = rnd.fold_partial(site, header, params)
-                self.log.info("partial_accepted", f"round {rnd.number}: partial aggregate from {site} over {len(sites)} "
-                              f"client(s) accepted" + (f"; {len(rejected)} excluded there" if rejected else ""),
-                              relay=site, round=rnd.number, sites=sorted(sites), rejected=rejected)
-            else:
-                self._fold(rnd, ClientUpdate(site, params, header["params_type"], weight_of(header.get("meta")),
-                                             metrics_of(header), as_dict(header.get("meta"))))
+            header, rnd, params = read(functools.partial(self._admit, admission))
+            params, staged_path = self._staged_params(header, rnd, params)
+            self._take(admission.site, rnd, header, params)
             if staged_path is not None:
                 staged_path.unlink(missing_ok=True)
             with self._cv:
                 self._cv.notify_all()
             return {"accepted": True}
         except errors.StaleTaskError as exc:
-            self.log.warning("late_result", str(exc), site=site)
+            self.log.warning("late_result", str(exc), site=admission.site)
             raise
         except (errors.UpdateRejectedError, errors.MalformedMessageError, errors.FrameTooLargeError) as exc:
-            if rnd is not None and site in self.members.live():
-                rnd.reject(site, str(exc))
-            self.log.warning("result_rejected", f"result from {site} rejected: {exc}", site=site, reason=str(exc),
-                             round=rnd.number if rnd else None)
+            if rnd is not None and admission.site in self.members.live():
+                rnd.reject(admission.site, str(exc))
+            self.log.warning("result_rejected", f"result from {admission.site} rejected: {exc}", site=admission.site,
+                             reason=str(exc), round=rnd.number if rnd else None)
             raise
         finally:
             if hasattr(params, "close"):
                 params.close()
-            if slot:
+            if admission.slot:
                 self._upload_slots.release()
             with self._cv:
-                if self._uploading.get(site) is peer.cancel:
-                    del self._uploading[site]
+                if self._uploading.get(admission.site) is admission.peer.cancel:
+                    del self._uploading[admission.site]
+
+    def _admit(self, admission: "_Admission", header: UploadHeader) -> Round:
+        """An upload's header arrived: who sends it, for the open round, once; then an upload slot."""
+        peer = admission.peer
+        self.authorize(peer, header.site)
+        record = self.members.check(header.site, header.token)
+        site = admission.site = record.site
+        if record.state in (MemberState.DEAD, MemberState.EXCLUDED):
+            raise errors.StaleTaskError(f"result from {site} discarded: the job continues without it "
+                                        f"({record.reason})")
+        rnd = self.round
+        if rnd is None or not rnd.open or header.task_id != rnd.task_id:
+            raise errors.StaleTaskError(f"result from {site} for task {header.task_id!r:.40} arrived after its "
+                                        "round closed; discarded")
+        if header.params_type == UpdateKind.PARTIAL and not self.accepts_partials_from(site):
+            raise errors.UpdateRejectedError(f"{site} is not a relay of this job; partial aggregates refused")
+        if site in rnd.answered():
+            raise errors.StaleTaskError(f"{site} already answered round {rnd.number}")
+        with self._cv:  # one upload per site: a retry replaces a broken attempt the server still holds
+            earlier = self._uploading.get(site)
+            self._uploading[site] = peer.cancel
+        if earlier is not None:
+            self.log.info("upload_replaced", f"{site} started a new upload; its earlier one is cancelled", site=site)
+            earlier()
+        if not self._upload_slots.acquire(timeout=self.settings.upload_slot_timeout):
+            raise errors.StreamTimeoutError("no upload slot free within settings.upload_slot_timeout="
+                                            f"{self.settings.upload_slot_timeout}s")
+        admission.slot = True
+        return rnd
+
+    def _staged_params(self, header: UploadHeader, rnd: Round, params: Any) -> tuple[Any, Path | None]:
+        """A result left on the shared filesystem replaces the (empty) streamed params: (params, its file)."""
+        if header.staged is None:
+            return params, None
+        if self.stager is None or params:
+            raise errors.MalformedMessageError("staged result sent to a job without staging, or mixed with tensors")
+        staged_path, specs = self.stager.read_result(header.staged, self.settings.max_model_bytes)
+        if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / rnd.model.ref):
+            raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
+        params.close()
+        return read_staged(staged_path, specs, rnd.expected, self.settings.spool_tensor_bytes), staged_path
+
+    def _take(self, site: str, rnd: Round, header: UploadHeader, params: Any) -> None:
+        """Fold a validated upload by its kind: a swarm aggregator's report, a relay's partial, a site's result."""
+        if header.swarm is not None:
+            report = rnd.fold_swarm(site, header.swarm, params, self.config.clients)
+            accepted = sorted(as_dict(report.get("accepted")))
+            self.strategy.coordinator_report(site, report)
+            self.log.info("swarm_round", f"round {rnd.number}: {site} aggregated {len(accepted)} update(s)",
+                          round=rnd.number, aggregator=site, sites=accepted)
+        elif header.params_type == UpdateKind.PARTIAL:
+            sites, rejected = rnd.fold_partial(site, header.partial or {}, params)
+            self.log.info("partial_accepted", f"round {rnd.number}: partial aggregate from {site} over {len(sites)} "
+                          f"client(s) accepted" + (f"; {len(rejected)} excluded there" if rejected else ""),
+                          relay=site, round=rnd.number, sites=sorted(sites), rejected=rejected)
+        else:
+            self._fold(rnd, ClientUpdate(site, params, header.params_type, weight_of(header.meta),
+                                         dict(header.metrics), header.meta))
 
     def _fold(self, rnd: Round, update: ClientUpdate) -> None:
         rnd.fold(update)
@@ -397,3 +422,12 @@ class RoundHost(LocalHandler):
         with self._cv:
             while set(self.members.live()) - self._goodbyes and time.monotonic() < deadline:
                 self._cv.wait(0.2)
+
+
+@dataclasses.dataclass
+class _Admission:
+    """One upload on its way in: the caller, the site it authenticated as, whether it holds an upload slot."""
+
+    peer: Peer
+    site: str = "?"
+    slot: bool = False

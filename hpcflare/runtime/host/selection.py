@@ -69,9 +69,6 @@ class ModelSelector:
                           {"key": self.key, "mode": self.mode, "value": self.best, "round": self.best_round,
                            "stale": self.stale, "scores_model_of_round": self.best_round - 1})
 
-    def should_stop(self) -> bool:
-        return bool(self.stop_reason())
-
     def stop_reason(self) -> str:
         """Why the job should end now ('' = go on): the stop condition, or patience run out."""
         if self.condition_met:

@@ -23,10 +23,10 @@ from hpcflare.transport.model_files import safetensors_header
 from hpcflare.strategy.api import UpdateKind, describe_expectation, shape_matches
 from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, empty_buffer, is_float,
                                       parse_single, raw_bytes, unpack_frame)
+from hpcflare.transport.api import UploadHeader
 from hpcflare.transport.shm import SharedModel, cumulative
 from hpcflare.transport.streams import merge_report
 
-PARAMS_TYPES = tuple(kind.value for kind in UpdateKind)
 
 
 class _Like:
@@ -179,23 +179,24 @@ def _pread(file: Any, name: str, offset: int, nbytes: int) -> np.ndarray:
 
 def read_upload(frames: Iterator[bytes], settings: Settings,
                 expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
-                on_header: Callable[[dict], Any]) -> tuple[dict, Any, UploadParams]:
+                on_header: Callable[[UploadHeader], Any]) -> tuple[UploadHeader, Any, UploadParams]:
     """Return (header, on_header's result, params). ``on_header`` authenticates and may reject early;
     ``expected`` may be a function of its result (the round the header named, not whatever was current
     when the stream began)."""
     first = next(frames, None)
     if first is None:
         raise MalformedMessageError("empty upload stream")
-    header, _ = unpack_frame(first, settings.max_frame_bytes)
-    if header.get("kind") != "begin":
+    raw, _ = unpack_frame(first, settings.max_frame_bytes)
+    if raw.pop("kind", None) != "begin":
         raise MalformedMessageError("upload must start with a 'begin' frame")
+    header = UploadHeader.from_wire(raw)
     context, expected, quant = _open(header, expected, on_header)  # authenticated before any continuation is read
     frames = merge_report(header, frames, settings.max_frame_bytes)
-    if header.get("mapped") is not None:
+    if header.mapped is not None:
         last = next(frames, None)
         if last is None or unpack_frame(last, settings.max_frame_bytes)[0].get("kind") != "end" or next(frames, None):
             raise MalformedMessageError("an upload in a memory file must not stream tensors too")
-        return header, context, _read_mapped(header["mapped"], settings, expected, quant)
+        return header, context, _read_mapped(header.mapped, settings, expected, quant)
     params = UploadParams(settings.spool_tensor_bytes)
     try:
         _read_tensors(frames, settings, _wire_expectation(expected, quant), params)
@@ -236,9 +237,9 @@ def _read_mapped(mapped: Any, settings: Settings, expected: Mapping[str, Any], q
     return params
 
 
-def read_arrays(header: dict, tensors: Iterable[tuple[str, Any]], settings: Settings,
+def read_arrays(header: UploadHeader, tensors: Iterable[tuple[str, Any]], settings: Settings,
                 expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
-                on_header: Callable[[dict], Any]) -> tuple[dict, Any, UploadParams]:
+                on_header: Callable[[UploadHeader], Any]) -> tuple[UploadHeader, Any, UploadParams]:
     """:func:`read_upload` for a caller in this process (a virtual client): the same checks on its own arrays
     (numpy or torch, viewed, not copied); the result holds them until closed, the caller must not change them
     before this returns."""
@@ -268,17 +269,14 @@ def _take_arrays(tensors: Iterable[tuple[str, Any]], settings: Settings, expecte
     return params
 
 
-def _open(header: dict, expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
-          on_header: Callable[[dict], Any]) -> tuple[Any, Mapping[str, Any], dict[str, dict[str, Any]]]:
-    """Check an upload's header and authenticate it -> (on_header's result, expected tensors, quantization map)."""
-    if header.get("params_type") not in PARAMS_TYPES:
-        raise MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got {header.get('params_type')!r:.40}")
-    header["params_type"] = UpdateKind(header["params_type"])
+def _open(header: UploadHeader, expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
+          on_header: Callable[[UploadHeader], Any]) -> tuple[Any, Mapping[str, Any], dict[str, dict[str, Any]]]:
+    """Authenticate an upload's (checked) header -> (on_header's result, expected tensors, quantization map)."""
     context = on_header(header)
     if callable(expected):
         expected = expected(context)
-    quant = check_quant_map(header.get("quant"), expected)
-    if header["params_type"] == UpdateKind.PARTIAL:
+    quant = check_quant_map(header.quant, expected)
+    if header.params_type == UpdateKind.PARTIAL:
         if quant:
             raise UpdateRejectedError("partial aggregates cannot be quantized")
         expected = partial_expectation(expected)

@@ -20,7 +20,7 @@ from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, choose_r
 from hpcflare.runtime.site.hooks import SiteHooks
 from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
 from hpcflare.settings import Settings
-from hpcflare.transport.api import ClientTransport, ServerHandler
+from hpcflare.transport.api import ClientTransport, Rpc, ServerHandler
 from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport.inproc import SCHEME as INPROC, InprocTransport, local_handler
 
@@ -91,7 +91,7 @@ class Connection:
 
         def register() -> dict:
             try:
-                return transport.call("Register", {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
+                return transport.call(Rpc.REGISTER, {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
                                                    "node": os.environ.get("SLURMD_NODENAME", ""),
                                                    "proof": self.job_dir.registration_proof(self.site),
                                                    "previous_token": self.token,
@@ -100,7 +100,7 @@ class Connection:
                 self._check_handshake(address, peer_name)
                 raise
 
-        reply = self.retry("Register", register, failover=False)
+        reply = self.retry(Rpc.REGISTER, register, failover=False)
         # token before transport: a thread that sees the new transport also sees its token (calls read
         # self.transport first, then self.token)
         self.token = reply["token"]
@@ -129,7 +129,7 @@ class Connection:
         self._stop.set()
         if self.transport is not None and self.token:
             try:
-                self.call("Goodbye", {"status": status, "reason": reason}, self.settings.rpc_timeout, once=True)
+                self.call(Rpc.GOODBYE, {"status": status, "reason": reason}, self.settings.rpc_timeout, once=True)
             except errors.HpcflareError as exc:
                 self.log.debug("goodbye_failed", f"could not say goodbye: {exc}")
         if self.transport is not None:
@@ -181,7 +181,7 @@ class Connection:
         if self.relay_name is None or transport is None:
             return False
         try:
-            transport.call("Heartbeat", {"site": self.site, "token": self.token}, self.settings.rpc_timeout)
+            transport.call(Rpc.HEARTBEAT, {"site": self.site, "token": self.token}, self.settings.rpc_timeout)
             return False
         except errors.PeerGoneError as gone:
             return self._failover(gone, transport)
@@ -203,7 +203,7 @@ class Connection:
             if transport is None:
                 return
             try:
-                reply = transport.call("Heartbeat", {"site": self.site, "token": self.token, **self.heartbeat_extra()},
+                reply = transport.call(Rpc.HEARTBEAT, {"site": self.site, "token": self.token, **self.heartbeat_extra()},
                                        s.rpc_timeout)
                 self._last_contact = time.monotonic()
                 if reply.get("phase") == "ended":

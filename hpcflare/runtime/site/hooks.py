@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpcflare.transport.api import Task
+from hpcflare.transport.api import Task, UploadHeader
 
 
 class SiteHooks:
@@ -33,7 +33,7 @@ class SiteHooks:
     def opened(self, task: Task, params: dict[str, Any]) -> None:
         """The task's model was fetched (swarm: this round's aggregator opens its peer round)."""
 
-    def deliver(self, task: Task, header: dict[str, Any], params: dict[str, Any]) -> bool:
+    def deliver(self, task: Task, header: UploadHeader, params: dict[str, Any]) -> bool:
         """Send a result somewhere other than the parent; True when it was handled here."""
         return False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, TypeVar
 
@@ -17,7 +18,7 @@ from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster import staging
 from hpcflare.runtime.site.connection import Connection
 from hpcflare.runtime.site.track_records import TrackBuffer
-from hpcflare.transport.api import Task, upload_header
+from hpcflare.transport.api import Rpc, Task, UpdateKind, UploadHeader
 
 T = TypeVar("T")
 
@@ -40,7 +41,7 @@ class ResultSender:
         config = connection.config
         spec = check_privacy(config.privacy, config.strategy, config.filters) if connection.site in config.clients else None
         self.privacy = site_privacy(spec, connection.site,  # sites only: a relay's own link passes sums on
-                                    config.job_id, lambda request, timeout: connection.call("Exchange", request, timeout),
+                                    config.job_id, lambda request, timeout: connection.call(Rpc.EXCHANGE, request, timeout),
                                     connection.settings.round_timeout, log, job_dir.root,
                                     getattr(connection.kit, "path", None))
         self._global_copy: dict[str, Any] | None = None  # the round's model as received, for DP filters
@@ -104,41 +105,41 @@ class ResultSender:
         self.tracks.flush()  # the round's tracking records reach the server before its result
         if params_type == "FULL" and params and conn.config.params_transfer_type == "DIFF" and self._global_copy:
             params, params_type = self._as_diff(params), "DIFF"
-        header = upload_header(conn.site, conn.token, task.task_id, task.round, params_type, meta, metrics)
+        header = UploadHeader(conn.site, conn.token, task.task_id, task.round, UpdateKind(params_type), meta, metrics)
         t0 = time.monotonic()
         if self.filters:  # privacy / bandwidth filters on what leaves the site
-            out = apply_filters(self.filters, params, header["params_type"], self._global_copy,
+            out = apply_filters(self.filters, params, header.params_type, self._global_copy,
                                 quantize=not task.staged)
-            params, header["params_type"] = out.params, out.params_type
+            params, header.params_type = out.params, UpdateKind(out.params_type)
             if out.quant:
-                header["quant"] = out.quant
+                header.quant = out.quant
         private = self.privacy is not None and "privacy" in task.meta
         if private:
             try:
-                params, header["params_type"] = self._private(task, params, header["params_type"], meta), "DIFF"
+                params = self._private(task, params, header.params_type, meta)
+                header.params_type = UpdateKind.DIFF
             except errors.StaleTaskError as exc:  # e.g. too late for the round's key exchange: the round goes on
                 self.log.warning("result_late", f"round {task.round}: not part of this round's private aggregation: "
                                  f"{exc}", round=task.round)
                 return
         staged = self._stage(task, params) if task.staged else None
         if staged is not None:
-            header.pop("quant", None)
-            header["staged"] = staged
+            header.quant, header.staged = None, staged
         wire_bytes = 0 if staged else sum(int(getattr(v, "nbytes", 0)) for v in params.values())
 
         def push() -> dict:
             if conn.hooks.deliver(task, header, params):  # e.g. to this round's swarm aggregator
                 return {}
             transport, token = conn.credentials()
-            return transport.upload({**header, "token": token}, [] if staged else params.items())
+            return transport.upload(dataclasses.replace(header, token=token), [] if staged else params.items())
 
         try:
             try:
-                conn.retry("Upload", lambda: upload_once(push), failover=True)
+                conn.retry(Rpc.UPLOAD, lambda: upload_once(push), failover=True)
             except errors.TransportError as exc:  # a relay dying mid-stream breaks it in several ways
                 if not conn.relay_gone(exc):
                     raise
-                conn.retry("Upload", lambda: upload_once(push), failover=True)
+                conn.retry(Rpc.UPLOAD, lambda: upload_once(push), failover=True)
         except errors.StaleTaskError as exc:
             self.log.warning("result_late", f"round {task.round}: result discarded, the round had closed: {exc}",
                              round=task.round)
@@ -154,7 +155,7 @@ class ResultSender:
         via = "staging" if staged else "client rank" if conn.parent is not None else getattr(
             conn.transport, "last_via", "grpc")
         took = time.monotonic() - t0
-        self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header['params_type']}) in "
-                      f"{took:.2f}s ({wire_bytes / 1e6:.2f} MB of tensors)", round=task.round, metrics=header["metrics"],
+        self.log.info("result_sent", f"round {task.round}: result sent via {via} ({header.params_type}) in "
+                      f"{took:.2f}s ({wire_bytes / 1e6:.2f} MB of tensors)", round=task.round, metrics=header.metrics,
                       via=via, seconds=took, bytes=wire_bytes,
-                      quant=sorted({q["mode"] for q in header.get("quant", {}).values()}))
+                      quant=sorted({q["mode"] for q in (header.quant or {}).values()}))

@@ -15,7 +15,7 @@ from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster import staging
 from hpcflare.transport.model_files import map_tensors
 from hpcflare.runtime.site.connection import Connection
-from hpcflare.transport.api import Task
+from hpcflare.transport.api import Rpc, Task
 from hpcflare.transport.codec import decode_tensor
 
 END, WAIT = "end", "wait"
@@ -67,7 +67,7 @@ class GrpcSource:
             self.via = getattr(transport, "last_via", self.via)  # grpc or shared memory
             return params
 
-        return self.connection.retry("Download", pull)
+        return self.connection.retry(Rpc.DOWNLOAD, pull)
 
 
 class TaskFetcher:
@@ -91,7 +91,7 @@ class TaskFetcher:
         poll = self.connection.settings.task_poll_timeout
         while True:
             remaining = deadline - time.monotonic()
-            reply = self.connection.call("GetTask", {"last_task_id": last_task_id,
+            reply = self.connection.call(Rpc.GET_TASK, {"last_task_id": last_task_id,
                                                      "timeout": max(0.0, min(poll, remaining))},
                                          self.connection.settings.rpc_timeout + poll)
             kind = reply.get("task")

@@ -17,6 +17,7 @@ from typing import Any
 from hpcflare import errors
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.site.connection import Connection
+from hpcflare.transport.api import Rpc
 from hpcflare.transport.codec import pack_meta
 
 TRACK_BATCH = 512
@@ -100,7 +101,7 @@ class TrackBuffer:
             try:
                 for batch in self._batches(records):
                     timeout = self.connection.settings.rpc_timeout
-                    self.connection.call("Track", {"records": batch},
+                    self.connection.call(Rpc.TRACK, {"records": batch},
                                          min(timeout, FINAL_FLUSH_TIMEOUT) if final else timeout, once=final)
             except errors.HpcflareError as exc:
                 self.log.warning("tracking_lost", f"{len(records)} tracking record(s) could not be sent: {exc}",

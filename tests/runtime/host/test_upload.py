@@ -6,6 +6,7 @@ import pytest
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.runtime.host.upload import read_upload
 from hpcflare.settings import Settings
+from tests.conftest import header as make_header
 from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame
 
 S = Settings(chunk_size=64, max_frame_bytes=2048)
@@ -13,7 +14,7 @@ EXPECTED = {"w": np.zeros((4, 4), np.float32), "b": np.zeros(4, np.float32)}
 
 
 def frames_for(tensors, header=None, end=True):
-    yield pack_frame({"kind": "begin", "params_type": "FULL", **(header or {})})
+    yield pack_frame({"kind": "begin", **make_header().to_wire(), **(header or {})})
     for name, value in tensors:
         blob, dtype, shape = encode_tensor(name, value)
         yield pack_frame({"kind": "tensor", "spec": TensorSpec(name, dtype, shape, len(blob)).to_wire()})
@@ -61,7 +62,7 @@ def test_truncated_stream_and_bad_order():
 def test_announced_size_beyond_shape_and_model_limit():
     huge = pack_frame({"kind": "tensor", "spec": ["b", "F32", [4], 10 ** 9]})
     with pytest.raises(FrameTooLargeError, match="more than its shape allows"):
-        read([pack_frame({"kind": "begin", "params_type": "FULL"}), huge])
+        read([pack_frame({"kind": "begin", **make_header().to_wire()}), huge])
     small = Settings(chunk_size=64, max_frame_bytes=2048, max_model_bytes=100)
     with pytest.raises(FrameTooLargeError, match="max_model_bytes=100"):
         read_upload(frames_for([("w", np.ones((4, 4), np.float32))]), small, EXPECTED, lambda h: None)
@@ -110,13 +111,13 @@ def test_in_process_arrays_are_checked_like_a_stream_and_folded_without_tensor_s
     from hpcflare.strategy.api import ClientUpdate, UpdateKind
 
     base = {"w": np.zeros(1 << 22, np.float32)}  # 16 MB
-    header = {"site": "site-1", "params_type": "FULL"}
+    header = make_header("site-1")
     with pytest.raises(UpdateRejectedError, match="NaN"):
-        read_arrays(dict(header), [("w", np.full(1 << 22, np.nan, np.float32))], Settings(), base, lambda h: None)
+        read_arrays(header.copy(), [("w", np.full(1 << 22, np.nan, np.float32))], Settings(), base, lambda h: None)
     with pytest.raises(UpdateRejectedError, match="shape"):
-        read_arrays(dict(header), [("w", np.zeros(3, np.float32))], Settings(), base, lambda h: None)
+        read_arrays(header.copy(), [("w", np.zeros(3, np.float32))], Settings(), base, lambda h: None)
     mine = np.ones(1 << 22, np.float32)
-    _, _, params = read_arrays(dict(header), [("w", mine)], Settings(), base, lambda h: None)
+    _, _, params = read_arrays(header.copy(), [("w", mine)], Settings(), base, lambda h: None)
     assert np.shares_memory(params["w"], mine)
     agg = WeightedMeanAggregator(base)
     tracemalloc.start()
@@ -140,7 +141,7 @@ def test_a_large_quantized_tensor_is_dequantized_into_the_spool_never_whole_in_m
     expected = {"w": np.zeros_like(w)}
     enc = quantize(w, mode, 64)
     tensors = [("w", enc[""])] + ([("w" + SCALE_SUFFIX, enc[SCALE_SUFFIX])] if SCALE_SUFFIX in enc else [])
-    header = {"site": "s", "params_type": "FULL", "quant": {"w": {"mode": mode, "block": 64}}}
+    header = make_header(quant={"w": {"mode": mode, "block": 64}})
     frames = list(upload_frames(header, tensors, Settings()))
     tracemalloc.start()
     try:
