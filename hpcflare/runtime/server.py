@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from typing import Any, Iterator
 
@@ -21,10 +20,11 @@ from hpcflare.runtime.host.checkpoints import Checkpoints
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.transport.model_files import load_params
 from hpcflare.runtime.cluster.memory import release_memory
-from hpcflare.runtime.host.membership import ENDED, MemberState, Membership
+from hpcflare.runtime.host.membership import MemberState, Membership
 from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
 from hpcflare.runtime.host.round import INITIAL_METRICS
 from hpcflare.runtime.host.round_host import HostPhase, RoundHost
+from hpcflare.runtime.registration import ServerRegistration
 from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.runtime.host.selection import ModelSelector
 from hpcflare.runtime.host.tracking import Tracker
@@ -35,14 +35,7 @@ from hpcflare.transport.codec import is_float
 from hpcflare.transport.grpc_server import GrpcServer
 from hpcflare.transport.inproc import publish_local, withdraw_local
 
-TOKEN = re.compile(r"[0-9a-f]{32}")
-"""What a site token looks like (secrets.token_hex(16))."""
-
-REGISTRATION_SUMMARY_EVERY = 10.0
-"""Seconds between 'N of M clients registered' lines while the server waits for its clients."""
-
-
-class FLServer(RoundHost):
+class FLServer(ServerRegistration, RoundHost):
     role = "server"
 
     def __init__(self, job_dir: JobDir, log: RankLogger, host: str = "127.0.0.1", port: int = 0,
@@ -76,41 +69,6 @@ class FLServer(RoundHost):
             for problem in kit.self_check():
                 log.warning("certificate_problem", f"{problem}; clients will refuse this server", problem=problem)
         self.address = f"{advertise or host}:{self.grpc.port}"
-
-    # ------------------------------------------------------------------ membership hooks
-    def register(self, request: dict) -> dict:
-        site = request.get("site")
-        if isinstance(site, str) and site in self.members.expected:  # unknown names are refused as such below
-            self.job_dir.check_proof(site, request.get("proof"))
-        # after a restart the server has no record of anyone: a site (or a relay for its child) that shows its
-        # token keeps it, so sites behind a relay or client rank go on under the tokens they hold
-        shown = request.get("previous_token")
-        keep = shown if isinstance(shown, str) and TOKEN.fullmatch(shown) and isinstance(site, str) and \
-            self.members.get(site) is None else None
-        record, old = self._add_member(request, token=keep)
-        site = record.site
-        reply = {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
-                 "framework": self.config.framework}
-        if old is not None and old.state == MemberState.EXCLUDED and self.phase != HostPhase.REGISTRATION:
-            self.members.exclude(site, "it registered after the job had started without it "
-                                 f"(settings.registration_timeout={self.settings.registration_timeout:g}s)")
-            self.log.warning("late_registrant", f"{site} registered after the job started without it; it is told "
-                             "to end", site=site)
-            return reply
-        if old is not None:
-            self.log.warning("client_reregistered", f"{site} registered again (was {old.state}); previous instance "
-                             "replaced", site=site)
-        node, via = str(request.get("node") or "")[:128], str(request.get("via") or "")[:64]
-        kind = "relay" if site in self.relays else "client rank" if site in self.hosts else "client"
-        event = {"relay": "relay_registered", "client rank": "client_rank_registered"}.get(kind, "client_registered")
-        (self.site_log if kind == "client" else self.log.info)(
-            event, f"{site} registered from {record.host or '?'}{'/' + node if node else ''} pid {record.pid}"
-            + (f" via {via}" if via else ""), site=site, host=record.host, node=node, pid=record.pid, via=via)
-        if self.members.count() >= len(self.members.expected):  # the registration wait polls until then
-            with self._cv:
-                self._cv.notify_all()
-        extra = self.strategy.on_register(site, request) if kind == "client" else {}
-        return {**extra, **reply}
 
     def on_track(self, site: str, records: list) -> None:
         if site in self.hosts:
@@ -212,44 +170,6 @@ class FLServer(RoundHost):
         if self.phase == HostPhase.ABORTING:
             raise errors.JobAbortedError(self.end_reason)
 
-    def _await_registration(self) -> None:
-        """Startup grace: wait for every expected client until registration_timeout, then go on with
-        min_clients (naming who is missing) or fail."""
-        cfg, timeout = self.config, self.settings.registration_timeout
-        deadline = time.monotonic() + timeout
-        summary_at = time.monotonic() + REGISTRATION_SUMMARY_EVERY
-        with self._cv:
-            while (registered := len(self.live_children())) + len(self._gone()) < len(cfg.clients):
-                self._check_abort()
-                if time.monotonic() >= deadline:
-                    break
-                if time.monotonic() >= summary_at:
-                    summary_at += REGISTRATION_SUMMARY_EVERY
-                    self.log.info("registration_progress", f"{registered} of {len(cfg.clients)} clients registered",
-                                  registered=registered, expected=len(cfg.clients))
-                self._cv.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-        registered = sorted(self.live_children())
-        missing = sorted(set(cfg.clients) - set(registered))
-        never = [site for site in missing if self.members.get(site) is None]
-        failed = {site: self.members.get(site).reason[:200] for site in missing if site not in never}  # type: ignore[union-attr]
-        detail = "; ".join(([f"failed at start: {failed}"] if failed else []) +
-                           ([f"never registered: {never[:20]}"] if never else []))
-        if len(registered) < cfg.min_clients:
-            if not never:  # everyone is accounted for: the job cannot start, and waiting longer would not help
-                raise errors.RegistrationTimeoutError(
-                    f"only {len(registered)} of {len(cfg.clients)} clients can take part (min_clients="
-                    f"{cfg.min_clients}): {detail}")
-            raise errors.RegistrationTimeoutError(
-                f"only {len(registered)} of {len(cfg.clients)} clients registered within settings.registration_timeout="
-                f"{timeout:g}s (min_clients={cfg.min_clients}); {detail}")
-        if missing:
-            for site in never:
-                self.members.exclude(site, "did not register within settings.registration_timeout")
-            self.log.warning("clients_excluded", f"starting without {len(missing)} client(s) (startup grace "
-                             f"settings.registration_timeout={timeout:g}s): {detail}", missing=missing,
-                             never_registered=never, failed=failed)
-        self.log.info("registration_done", f"{len(registered)} clients registered", clients=registered)
-
     def _run_round(self, number: int) -> None:
         cfg, s = self.config, self.settings
         sent_before = self.bytes_sent
@@ -334,10 +254,6 @@ class FLServer(RoundHost):
         if nbytes is None:
             nbytes = sum(value.nbytes for value in params.values())
         return GlobalModel(params, number, in_file=nbytes >= self.settings.model_file_bytes)
-
-    def _gone(self) -> set[str]:
-        """Clients that registered and already ended (failed before their first task, or finished)."""
-        return {r.site for r in self.members.records() if r.state in ENDED and r.site not in self.hosts}
 
     def _lost(self) -> dict[str, str]:
         return {r.site: f"{r.state}: {r.reason}"[:200] for r in self.members.records()

@@ -8,27 +8,23 @@ mirrors the server's rounds and sends one partial aggregate up per round.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
+from hpcflare.runtime.host.serving import ModelServing
+from hpcflare.runtime.host.intake import UploadIntake
 from hpcflare import errors
 from hpcflare.enums import NamedEnum
 from hpcflare.job import JobConfig
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.membership import MemberState, Membership
-from hpcflare.runtime.host.round import Round, as_dict, weight_of
+from hpcflare.runtime.host.round import Round
 from hpcflare.runtime.cluster.staging import Stager
-from hpcflare.runtime.host.upload import read_arrays, read_staged, read_upload
 from hpcflare.settings import Settings
-from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy, UpdateKind
-from hpcflare.transport.api import LocalHandler, Peer, Rpc, UploadHeader
-from hpcflare.transport import shm
-from hpcflare.transport.codec import TensorSpec
+from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy
+from hpcflare.transport.api import LocalHandler, Peer, Rpc
 
 PER_SITE_LOG_LIMIT = 64
 """Up to this many sites a host writes one human log line per site event (registered, result accepted,
@@ -47,7 +43,7 @@ class HostPhase(NamedEnum):
     ENDED = "ended"
 
 
-class RoundHost(LocalHandler):
+class RoundHost(UploadIntake, ModelServing, LocalHandler):
     role = "host"
 
     def __init__(self, config: JobConfig, settings: Settings, log: RankLogger, strategy: Strategy,
@@ -170,7 +166,7 @@ class RoundHost(LocalHandler):
         return {}
 
     def _rpc_map_model(self, site: str, request: dict) -> dict:
-        return self._map_model(request)
+        return self.map_model(request)
 
     def _rpc_exchange(self, site: str, request: dict) -> dict:
         return self.on_exchange(site, {k: v for k, v in request.items() if k not in ("site", "token")})
@@ -219,158 +215,6 @@ class RoundHost(LocalHandler):
                 if remaining <= 0:
                     return {"task": "wait"}
                 self._task_cv.wait(remaining)
-
-    def _map_model(self, request: dict) -> dict:
-        """For a child on this host: the round's model as this host's memory file, which it maps instead of
-        downloading (``shared`` None: stream it), and this host's key (may its uploads come as memory files?)."""
-        rnd = self.round
-        if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
-            raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
-        if not self.settings.shared_memory:
-            return {"shared": None, "host": ""}
-        described = rnd.model.describe_shared() if shm.same_host(request.get("host")) else None
-        if described is not None:
-            self.bytes_sent += rnd.model.nbytes  # served, though not copied
-        return {"shared": described, "host": shm.host_key()}
-
-    def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
-        self.authorize(peer, request.get("site"))
-        self.members.check(request.get("site"), request.get("token"))
-        rnd = self.round
-        if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
-            raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
-        return self.serve(rnd.model, request)
-
-    def serve(self, model: GlobalModel, request: dict) -> Iterator[bytes]:
-        """Frames of ``model`` from the request's (tensor, offset) on, within a download slot."""
-        start = request.get("start", [0, 0])
-        if not (isinstance(start, list) and len(start) == 2 and all(isinstance(x, int) for x in start)):
-            raise errors.MalformedMessageError(f"invalid download start {start!r:.60}")
-        return self._counted(model.frames((start[0], start[1]), self.settings.chunk_size))
-
-    def _counted(self, frames: Iterator[bytes]) -> Iterator[bytes]:
-        if not self._download_slots.acquire(timeout=self.settings.upload_slot_timeout):
-            raise errors.StreamTimeoutError(f"no download slot free within settings.upload_slot_timeout="
-                                            f"{self.settings.upload_slot_timeout}s (max_concurrent_downloads="
-                                            f"{self.settings.max_concurrent_downloads})")
-        try:
-            for frame in frames:
-                self.bytes_sent += len(frame)
-                yield frame
-        finally:
-            self._download_slots.release()
-
-    def handle_local_download(self, request: dict, peer: Peer) -> list[tuple[TensorSpec, memoryview]]:
-        """A virtual client's model: a private copy-on-write mapping of this host's one shared copy."""
-        return self.local_model(request, peer).share().open()
-
-    def local_model(self, request: dict, peer: Peer) -> GlobalModel:
-        """The requested model itself, for a caller in this process, after the checks a download gets."""
-        self.authorize(peer, request.get("site"))
-        self.members.check(request.get("site"), request.get("token"))
-        rnd = self.round
-        if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
-            raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
-        return rnd.model
-
-    def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
-        return self._accept_upload(peer, lambda on_header: read_upload(
-            frames, self.settings, lambda opened: opened.expected, on_header))
-
-    def handle_local_upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
-        return self._accept_upload(peer, lambda on_header: read_arrays(
-            header, tensors, self.settings, lambda opened: opened.expected, on_header))
-
-    def _accept_upload(self, peer: Peer, read: Callable[[Callable[[UploadHeader], Round]],
-                                                         tuple[UploadHeader, Round, Any]]) -> dict:
-        """Authenticate, read (a stream or in-process arrays), validate and fold one upload."""
-        admission = _Admission(peer)
-        rnd = self.round
-        params: Any = None
-        try:
-            header, rnd, params = read(functools.partial(self._admit, admission))
-            params, staged_path = self._staged_params(header, rnd, params)
-            self._take(admission.site, rnd, header, params)
-            if staged_path is not None:
-                staged_path.unlink(missing_ok=True)
-            with self._cv:
-                self._cv.notify_all()
-            return {"accepted": True}
-        except errors.StaleTaskError as exc:
-            self.log.warning("late_result", str(exc), site=admission.site)
-            raise
-        except (errors.UpdateRejectedError, errors.MalformedMessageError, errors.FrameTooLargeError) as exc:
-            if rnd is not None and admission.site in self.members.live():
-                rnd.reject(admission.site, str(exc))
-            self.log.warning("result_rejected", f"result from {admission.site} rejected: {exc}", site=admission.site,
-                             reason=str(exc), round=rnd.number if rnd else None)
-            raise
-        finally:
-            if hasattr(params, "close"):
-                params.close()
-            if admission.slot:
-                self._upload_slots.release()
-            with self._cv:
-                if self._uploading.get(admission.site) is admission.peer.cancel:
-                    del self._uploading[admission.site]
-
-    def _admit(self, admission: "_Admission", header: UploadHeader) -> Round:
-        """An upload's header arrived: who sends it, for the open round, once; then an upload slot."""
-        peer = admission.peer
-        self.authorize(peer, header.site)
-        record = self.members.check(header.site, header.token)
-        site = admission.site = record.site
-        if record.state in (MemberState.DEAD, MemberState.EXCLUDED):
-            raise errors.StaleTaskError(f"result from {site} discarded: the job continues without it "
-                                        f"({record.reason})")
-        rnd = self.round
-        if rnd is None or not rnd.open or header.task_id != rnd.task_id:
-            raise errors.StaleTaskError(f"result from {site} for task {header.task_id!r:.40} arrived after its "
-                                        "round closed; discarded")
-        if header.params_type == UpdateKind.PARTIAL and not self.accepts_partials_from(site):
-            raise errors.UpdateRejectedError(f"{site} is not a relay of this job; partial aggregates refused")
-        if site in rnd.answered():
-            raise errors.StaleTaskError(f"{site} already answered round {rnd.number}")
-        with self._cv:  # one upload per site: a retry replaces a broken attempt the server still holds
-            earlier = self._uploading.get(site)
-            self._uploading[site] = peer.cancel
-        if earlier is not None:
-            self.log.info("upload_replaced", f"{site} started a new upload; its earlier one is cancelled", site=site)
-            earlier()
-        if not self._upload_slots.acquire(timeout=self.settings.upload_slot_timeout):
-            raise errors.StreamTimeoutError("no upload slot free within settings.upload_slot_timeout="
-                                            f"{self.settings.upload_slot_timeout}s")
-        admission.slot = True
-        return rnd
-
-    def _staged_params(self, header: UploadHeader, rnd: Round, params: Any) -> tuple[Any, Path | None]:
-        """A result left on the shared filesystem replaces the (empty) streamed params: (params, its file)."""
-        if header.staged is None:
-            return params, None
-        if self.stager is None or params:
-            raise errors.MalformedMessageError("staged result sent to a job without staging, or mixed with tensors")
-        staged_path, specs = self.stager.read_result(header.staged, self.settings.max_model_bytes)
-        if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / rnd.model.ref):
-            raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
-        params.close()
-        return read_staged(staged_path, specs, rnd.expected, self.settings.spool_tensor_bytes), staged_path
-
-    def _take(self, site: str, rnd: Round, header: UploadHeader, params: Any) -> None:
-        """Fold a validated upload by its kind: a swarm aggregator's report, a relay's partial, a site's result."""
-        if header.swarm is not None:
-            report = rnd.fold_swarm(site, header.swarm, params, self.config.clients)
-            accepted = sorted(as_dict(report.get("accepted")))
-            self.strategy.coordinator_report(site, report)
-            self.log.info("swarm_round", f"round {rnd.number}: {site} aggregated {len(accepted)} update(s)",
-                          round=rnd.number, aggregator=site, sites=accepted)
-        elif header.params_type == UpdateKind.PARTIAL:
-            sites, rejected = rnd.fold_partial(site, header.partial or {}, params)
-            self.log.info("partial_accepted", f"round {rnd.number}: partial aggregate from {site} over {len(sites)} "
-                          f"client(s) accepted" + (f"; {len(rejected)} excluded there" if rejected else ""),
-                          relay=site, round=rnd.number, sites=sorted(sites), rejected=rejected)
-        else:
-            self._fold(rnd, ClientUpdate(site, params, header.params_type, weight_of(header.meta),
-                                         dict(header.metrics), header.meta))
 
     def _fold(self, rnd: Round, update: ClientUpdate) -> None:
         rnd.fold(update)
@@ -423,11 +267,3 @@ class RoundHost(LocalHandler):
             while set(self.members.live()) - self._goodbyes and time.monotonic() < deadline:
                 self._cv.wait(0.2)
 
-
-@dataclasses.dataclass
-class _Admission:
-    """One upload on its way in: the caller, the site it authenticated as, whether it holds an upload slot."""
-
-    peer: Peer
-    site: str = "?"
-    slot: bool = False
