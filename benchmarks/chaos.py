@@ -39,17 +39,33 @@ while flare.is_running():
     flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
 """
 
-SETTINGS = {"registration_timeout": 60, "round_timeout": 40, "heartbeat_interval": 0.5, "heartbeat_timeout": 3,
-            "task_poll_timeout": 2, "server_lost_timeout": 6, "end_grace": 3, "rendezvous_timeout": 30,
-            "stream_timeout": 30, "stream_idle_timeout": 15}
+SETTINGS = {
+    "registration_timeout": 60,
+    "round_timeout": 40,
+    "heartbeat_interval": 0.5,
+    "heartbeat_timeout": 3,
+    "task_poll_timeout": 2,
+    "server_lost_timeout": 6,
+    "end_grace": 3,
+    "rendezvous_timeout": 30,
+    "stream_timeout": 30,
+    "stream_idle_timeout": 15,
+}
 
 
 def _recipe(work: Path, clients: int, rounds: int) -> FedAvgRecipe:
     script = work / "client.py"
     work.mkdir(parents=True, exist_ok=True)
     script.write_text(textwrap.dedent(CLIENT))
-    return FedAvgRecipe(name="chaos", model={"w": np.zeros(1024, np.float32)}, n_clients=clients,
-                        min_clients=max(2, clients // 4), num_rounds=rounds, train_script=script, settings=SETTINGS)
+    return FedAvgRecipe(
+        name="chaos",
+        model={"w": np.zeros(1024, np.float32)},
+        n_clients=clients,
+        min_clients=max(2, clients // 4),
+        num_rounds=rounds,
+        train_script=script,
+        settings=SETTINGS,
+    )
 
 
 def _server_events(run: LocalRun) -> list[dict]:
@@ -70,7 +86,12 @@ class Chaos(threading.Thread):
         spared = set(self.sites[: max(2, len(self.sites) // 4)])  # keep min_clients alive
         while not self.halt.wait(self.every):
             rounds = [e["round"] for e in _server_events(self.run_) if e["event"] == "round_completed"]
-            if self.kill_server and not self.server_killed.is_set() and len(rounds) >= 2 and len(self.faults) >= 3:
+            if (
+                self.kill_server
+                and not self.server_killed.is_set()
+                and len(rounds) >= 2
+                and len(self.faults) >= 3
+            ):
                 os.kill(self.run_.server.pid, signal.SIGKILL)
                 self.faults.append("SIGKILL server")
                 self.server_killed.set()
@@ -95,7 +116,9 @@ class Chaos(threading.Thread):
 
 
 def run_job(work: Path, clients: int, rounds: int, chaos: dict | None) -> dict:
-    env = LocalEnv(job_root=work / "jobs", verbose=False, clients_per_rank=1)  # chaos kills one site per process
+    env = LocalEnv(
+        job_root=work / "jobs", verbose=False, clients_per_rank=1
+    )  # chaos kills one site per process
     t0 = time.monotonic()
     run = _recipe(work, clients, rounds).execute(env)
     monkey = None
@@ -121,8 +144,14 @@ def run_job(work: Path, clients: int, rounds: int, chaos: dict | None) -> dict:
     if status.get("state") == "completed":
         result = safetensors.numpy.load_file(str(run.job_dir.result_model_path))["w"]
         lost += len(set(completed)) - int(round(float(result[0])))
-    return {"state": status.get("state"), "rounds": len(set(completed)), "lost": lost, "seconds": seconds,
-            "faults": monkey.faults if monkey else [], "resumed": resumed}
+    return {
+        "state": status.get("state"),
+        "rounds": len(set(completed)),
+        "lost": lost,
+        "seconds": seconds,
+        "faults": monkey.faults if monkey else [],
+        "resumed": resumed,
+    }
 
 
 def main() -> None:
@@ -130,18 +159,26 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--every", type=float, default=2.0, help="seconds between faults")
-    parser.add_argument("--kill-server", action="store_true", help="also SIGKILL the server once, then resume")
+    parser.add_argument(
+        "--kill-server", action="store_true", help="also SIGKILL the server once, then resume"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hpcflare-chaos-") as tmp:
         calm = run_job(Path(tmp) / "calm", args.clients, args.rounds, None)
-        wild = run_job(Path(tmp) / "chaos", args.clients, args.rounds,
-                       {"every": args.every, "kill_server": args.kill_server, "seed": args.seed})
+        wild = run_job(
+            Path(tmp) / "chaos",
+            args.clients,
+            args.rounds,
+            {"every": args.every, "kill_server": args.kill_server, "seed": args.seed},
+        )
     print(f"{'run':<8} {'state':<10} {'rounds':>6} {'lost':>5} {'seconds':>8}  faults")
     for name, row in (("calm", calm), ("chaos", wild)):
-        print(f"{name:<8} {row['state']:<10} {row['rounds']:>6} {row['lost']:>5} {row['seconds']:>8.1f}  "
-              f"{len(row['faults'])}: {', '.join(row['faults'][:6])}{' ...' if len(row['faults']) > 6 else ''}"
-              + (" (resumed)" if row["resumed"] else ""))
+        print(
+            f"{name:<8} {row['state']:<10} {row['rounds']:>6} {row['lost']:>5} {row['seconds']:>8.1f}  "
+            f"{len(row['faults'])}: {', '.join(row['faults'][:6])}{' ...' if len(row['faults']) > 6 else ''}"
+            + (" (resumed)" if row["resumed"] else "")
+        )
     print(f"time overhead of chaos: {wild['seconds'] / calm['seconds'] - 1:+.0%}")
 
 

@@ -62,12 +62,20 @@ def llm_shaped(gb: float, dtype: str) -> dict[str, np.ndarray]:
     np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bf16" else np.dtype(np.float32)
     total = int(gb * 1e9) // np_dtype.itemsize
     d = 2048 if total > 64 * 2048 * 2048 else 1024
-    params: dict[str, np.ndarray] = {"model.embed_tokens.weight": np.full((int(total * 0.55) // d, d), 0.01, np_dtype)}
+    params: dict[str, np.ndarray] = {
+        "model.embed_tokens.weight": np.full((int(total * 0.55) // d, d), 0.01, np_dtype)
+    }
     left, layer = total - params["model.embed_tokens.weight"].size, 0
     while left >= 4 * d * d:
-        for name, shape in (("self_attn.q_proj", (d, d)), ("self_attn.k_proj", (d, d)), ("self_attn.v_proj", (d, d)),
-                            ("self_attn.o_proj", (d, d)), ("mlp.gate_proj", (4 * d, d)), ("mlp.up_proj", (4 * d, d)),
-                            ("mlp.down_proj", (d, 4 * d))):
+        for name, shape in (
+            ("self_attn.q_proj", (d, d)),
+            ("self_attn.k_proj", (d, d)),
+            ("self_attn.v_proj", (d, d)),
+            ("self_attn.o_proj", (d, d)),
+            ("mlp.gate_proj", (4 * d, d)),
+            ("mlp.up_proj", (4 * d, d)),
+            ("mlp.down_proj", (d, 4 * d)),
+        ):
             if left < shape[0] * shape[1]:
                 break
             params[f"model.layers.{layer}.{name}.weight"] = np.full(shape, 0.01, np_dtype)
@@ -98,8 +106,12 @@ def _probe_client(address: str, gb: float, dtype: str, specs: list, out: Any) ->
     client = GrpcClientTransport(address, settings)
     try:
         down = min(_timed(lambda: sum(len(blob) for _, blob in client.download({}, specs))) for _ in range(3))
-        up = min(_timed(lambda: client.upload(UploadHeader("s", "", "task", 1, UpdateKind.FULL), list(model.items())))
-                 for _ in range(3))
+        up = min(
+            _timed(
+                lambda: client.upload(UploadHeader("s", "", "task", 1, UpdateKind.FULL), list(model.items()))
+            )
+            for _ in range(3)
+        )
         out.put((down, up))
     finally:
         client.close()
@@ -140,20 +152,45 @@ def grpc_stream_gbps(gb: float, dtype: str, children: int) -> tuple[float, float
 
 def events(job_root: Path, rank: str, name: str) -> list[dict]:
     path = job_root / "logs" / f"{rank}.jsonl"
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == name] if path.exists() else []
+    return (
+        [e for e in map(json.loads, path.read_text().splitlines()) if e.get("event") == name]
+        if path.exists()
+        else []
+    )
 
 
-def run_one(gb: float, clients: int, rounds: int, dtype: str, staging: bool, relays: int, root: Path,
-            shared_memory: bool = True, model_file: str = "auto", quantize: str = "off") -> dict:
+def run_one(
+    gb: float,
+    clients: int,
+    rounds: int,
+    dtype: str,
+    staging: bool,
+    relays: int,
+    root: Path,
+    shared_memory: bool = True,
+    model_file: str = "auto",
+    quantize: str = "off",
+) -> dict:
     script = root / "client.py"
     script.write_text(CLIENT)
     model = llm_shaped(gb, dtype)
     nbytes = sum(v.nbytes for v in model.values())
-    recipe = FedAvgRecipe(name=f"large-{gb:g}", model=model, min_clients=clients, n_clients=clients, num_rounds=rounds,
-                          train_script=script, staging=staging, relays=relays, clients_per_rank=1,
-                          filters=[] if quantize == "off" else [{"type": "quantize", "mode": quantize, "block": 64}],
-                          settings={"shared_memory": shared_memory,
-                                    **({} if model_file == "auto" else {"model_file_bytes": 1 if model_file == "on" else 1 << 62})})
+    recipe = FedAvgRecipe(
+        name=f"large-{gb:g}",
+        model=model,
+        min_clients=clients,
+        n_clients=clients,
+        num_rounds=rounds,
+        train_script=script,
+        staging=staging,
+        relays=relays,
+        clients_per_rank=1,
+        filters=[] if quantize == "off" else [{"type": "quantize", "mode": quantize, "block": 64}],
+        settings={
+            "shared_memory": shared_memory,
+            **({} if model_file == "auto" else {"model_file_bytes": 1 if model_file == "on" else 1 << 62}),
+        },
+    )
     del model
     sampler = TreeSampler()
     sampler.start()
@@ -175,50 +212,92 @@ def run_one(gb: float, clients: int, rounds: int, dtype: str, staging: bool, rel
     received = [e for s in sites for e in events(job, s, "model_received")]
     streams = [e for e in received if e.get("via") == "grpc" and e["seconds"] > 0]
     staged = [e for e in events(job, "server", "model_staged") if e.get("seconds")]
-    return {"gb": gb, "nbytes": nbytes, "state": state, "wall": wall,
-            "via": "/".join(sorted({e.get("via", "?") for e in received})),
-            "server_x": sampler.peaks.get(server_pid, 0) / nbytes, "client_x": (client_peak - nbytes) / nbytes,
-            "pss_gb": sampler.peak_pss / 1e9,
-            "grpc": float(np.mean([e["bytes"] / e["seconds"] for e in streams])) / 1e9 if streams else float("nan"),
-            "staging": float(np.mean([e["nbytes"] / e["seconds"] / 1e9 for e in staged])) if staged else float("nan")}
+    return {
+        "gb": gb,
+        "nbytes": nbytes,
+        "state": state,
+        "wall": wall,
+        "via": "/".join(sorted({e.get("via", "?") for e in received})),
+        "server_x": sampler.peaks.get(server_pid, 0) / nbytes,
+        "client_x": (client_peak - nbytes) / nbytes,
+        "pss_gb": sampler.peak_pss / 1e9,
+        "grpc": float(np.mean([e["bytes"] / e["seconds"] for e in streams])) / 1e9
+        if streams
+        else float("nan"),
+        "staging": float(np.mean([e["nbytes"] / e["seconds"] / 1e9 for e in staged]))
+        if staged
+        else float("nan"),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-gb", type=float, nargs="+", default=[0.5])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--staging", action="store_true")
     parser.add_argument("--relays", type=int, default=0)
-    parser.add_argument("--shared-memory", choices=("on", "off"), default="on",
-                        help="off: the sites stream the model over loopback gRPC (to measure the gRPC column)")
-    parser.add_argument("--model-file", choices=("auto", "on", "off"), default="auto",
-                        help="the server's model in a node-local spool file (settings.model_file_bytes: auto = from "
-                        "256 MiB) or in memory")
-    parser.add_argument("--quantize", choices=("off", "fp16", "bf16", "int8", "int4"), default="off",
-                        help="the sites quantize their results (the quantize filter); the server dequantizes")
+    parser.add_argument(
+        "--shared-memory",
+        choices=("on", "off"),
+        default="on",
+        help="off: the sites stream the model over loopback gRPC (to measure the gRPC column)",
+    )
+    parser.add_argument(
+        "--model-file",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the server's model in a node-local spool file (settings.model_file_bytes: auto = from "
+        "256 MiB) or in memory",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("off", "fp16", "bf16", "int8", "int4"),
+        default="off",
+        help="the sites quantize their results (the quantize filter); the server dequantizes",
+    )
     args = parser.parse_args()
     copy = memcpy_gbps()
     print(f"memcpy on this machine: {copy:.2f} GB/s")
     probe = min(min(args.model_gb), 1.0)  # the probe's model lives in this driver process: keep it small
     down, up = grpc_stream_gbps(probe, args.dtype, args.clients)
-    print(f"gRPC loopback, one stream between two processes ({probe:g} GB model): download {down:.2f} GB/s, "
-          f"upload {up:.2f} GB/s")
-    print(f"{'model GB':>8} {'dtype':>5} {'clients':>7} {'wall s':>7} {'server x':>8} {'client +x':>9} {'tree PSS GB':>11} "
-          f"{'gRPC GB/s per site':>18} {'staging GB/s':>12} {'model via':>13}  state")
+    print(
+        f"gRPC loopback, one stream between two processes ({probe:g} GB model): download {down:.2f} GB/s, "
+        f"upload {up:.2f} GB/s"
+    )
+    print(
+        f"{'model GB':>8} {'dtype':>5} {'clients':>7} {'wall s':>7} {'server x':>8} {'client +x':>9} {'tree PSS GB':>11} "
+        f"{'gRPC GB/s per site':>18} {'staging GB/s':>12} {'model via':>13}  state"
+    )
     results = []
     for gb in args.model_gb:
         with tempfile.TemporaryDirectory(prefix="hpcflare-large-") as tmp:
-            row = run_one(gb, args.clients, args.rounds, args.dtype, args.staging, args.relays, Path(tmp),
-                          args.shared_memory == "on", args.model_file, args.quantize)
+            row = run_one(
+                gb,
+                args.clients,
+                args.rounds,
+                args.dtype,
+                args.staging,
+                args.relays,
+                Path(tmp),
+                args.shared_memory == "on",
+                args.model_file,
+                args.quantize,
+            )
         results.append(row)
-        print(f"{row['nbytes'] / 1e9:>8.2f} {args.dtype:>5} {args.clients:>7} {row['wall']:>7.1f} {row['server_x']:>8.2f} "
-              f"{row['client_x']:>9.2f} {row['pss_gb']:>11.2f} {row['grpc']:>18.2f} {row['staging']:>12.2f} {row['via']:>13}  {row['state']}",
-              flush=True)
+        print(
+            f"{row['nbytes'] / 1e9:>8.2f} {args.dtype:>5} {args.clients:>7} {row['wall']:>7.1f} {row['server_x']:>8.2f} "
+            f"{row['client_x']:>9.2f} {row['pss_gb']:>11.2f} {row['grpc']:>18.2f} {row['staging']:>12.2f} {row['via']:>13}  {row['state']}",
+            flush=True,
+        )
     for row in results:
-        print(f"RESULT server_peak_x_model={row['server_x']:.3f} client_overhead_x_model={row['client_x']:.3f} "
-              f"grpc_GBps={down:.3f} memcpy_GBps={copy:.3f}")
+        print(
+            f"RESULT server_peak_x_model={row['server_x']:.3f} client_overhead_x_model={row['client_x']:.3f} "
+            f"grpc_GBps={down:.3f} memcpy_GBps={copy:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -64,23 +64,49 @@ def batch_started(job: JobDir) -> float | None:
 
 def round_seconds(job: JobDir) -> list[float]:
     path = job.log_dir / "server.jsonl"
-    return [float(e["seconds"]) for e in map(json.loads, path.read_text().splitlines() if path.exists() else [])
-            if e.get("event") == "round_completed"]
+    return [
+        float(e["seconds"])
+        for e in map(json.loads, path.read_text().splitlines() if path.exists() else [])
+        if e.get("event") == "round_completed"
+    ]
 
 
-def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, timeout: float,
-            per_rank: int | str = 1) -> dict[str, Any]:
+def run_one(
+    root: Path, clients: int, nodes: int, rounds: int, relays: int, timeout: float, per_rank: int | str = 1
+) -> dict[str, Any]:
     script = root / "client.py"
     script.write_text(CLIENT)
-    recipe = FedAvgRecipe(name=f"startup-{clients}", initial_model=np.ones((3, 3), np.float32), min_clients=clients,
-                          n_clients=clients, num_rounds=rounds, relays=relays, train_script=script)
+    recipe = FedAvgRecipe(
+        name=f"startup-{clients}",
+        initial_model=np.ones((3, 3), np.float32),
+        min_clients=clients,
+        n_clients=clients,
+        num_rounds=rounds,
+        relays=relays,
+        train_script=script,
+    )
     job = recipe.export(root / "jobs")
     t0 = time.time()
     # auto: what `job submit` does by default (sites packed into the ranks the partition's CPUs hold); a
     # number K: K sites per rank, with --overcommit so that any count of ranks fits the emulated nodes
     packing = ["--clients-per-rank", str(per_rank)] + (["--overcommit"] if per_rank != "auto" else [])
-    subprocess.run([sys.executable, "-m", "hpcflare.cli", "job", "submit", str(job.root), "--nodes", str(nodes),
-                    "--time", "00:20:00", *packing], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcflare.cli",
+            "job",
+            "submit",
+            str(job.root),
+            "--nodes",
+            str(nodes),
+            "--time",
+            "00:20:00",
+            *packing,
+        ],
+        check=True,
+        capture_output=True,
+    )
     deadline = time.monotonic() + timeout
     while job.read_status().get("state") not in FINAL_STATES:
         if time.monotonic() > deadline:
@@ -89,27 +115,43 @@ def run_one(root: Path, clients: int, nodes: int, rounds: int, relays: int, time
     status = job.read_status()
     started, first = batch_started(job), first_event(job, "round_started")
     done = first_event(job, "job_completed") or time.time()
-    return {"state": status.get("state"), "queued_s": (started or t0) - t0,
-            "start_to_round1_s": (first - started) if first and started else float("nan"),
-            "sbatch_to_round1_s": (first - t0) if first else float("nan"), "total_s": done - t0,
-            "rounds": round_seconds(job), "per_rank": job.load_config().clients_per_rank}
+    return {
+        "state": status.get("state"),
+        "queued_s": (started or t0) - t0,
+        "start_to_round1_s": (first - started) if first and started else float("nan"),
+        "sbatch_to_round1_s": (first - t0) if first else float("nan"),
+        "total_s": done - t0,
+        "rounds": round_seconds(job),
+        "per_rank": job.load_config().clients_per_rank,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--relays", type=int, nargs="+", default=[0])
-    parser.add_argument("--clients-per-rank", type=lambda v: v if v == "auto" else int(v), default=1,
-                        help="sites per client rank (virtual clients); auto: job submit's default, which packs "
-                        "sites into the ranks the partition's CPUs hold (no --overcommit)")
+    parser.add_argument(
+        "--clients-per-rank",
+        type=lambda v: v if v == "auto" else int(v),
+        default=1,
+        help="sites per client rank (virtual clients); auto: job submit's default, which packs "
+        "sites into the ranks the partition's CPUs hold (no --overcommit)",
+    )
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--work-dir", default="bench-work",
-                        help="where job dirs go: a folder on the filesystem every node mounts (ignored by git)")
+    parser.add_argument(
+        "--work-dir",
+        default="bench-work",
+        help="where job dirs go: a folder on the filesystem every node mounts (ignored by git)",
+    )
     args = parser.parse_args()
-    print(f"{'clients':>7} {'K':>4} {'nodes':>5} {'relays':>6} {'state':>9} {'queued s':>9} {'start->round1 s':>15} "
-          f"{'sbatch->round1 s':>16} {'total s':>8}  round s")
+    print(
+        f"{'clients':>7} {'K':>4} {'nodes':>5} {'relays':>6} {'state':>9} {'queued s':>9} {'start->round1 s':>15} "
+        f"{'sbatch->round1 s':>16} {'total s':>8}  round s"
+    )
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     # on the shared filesystem the nodes see; a rank still writing its log must not fail the cleanup
@@ -118,10 +160,15 @@ def main() -> None:
             for relays in args.relays:
                 root = Path(tmp) / f"c{clients}-r{relays}"
                 root.mkdir()
-                row = run_one(root, clients, args.nodes, args.rounds, relays, args.timeout, args.clients_per_rank)
-                print(f"{clients:>7} {row['per_rank']!s:>4} {args.nodes:>5} {relays:>6} {row['state']:>9} "
-                      f"{row['queued_s']:>9.1f} {row['start_to_round1_s']:>15.1f} {row['sbatch_to_round1_s']:>16.1f} "
-                      f"{row['total_s']:>8.1f}  {' '.join(f'{s:.1f}' for s in row['rounds'])}", flush=True)
+                row = run_one(
+                    root, clients, args.nodes, args.rounds, relays, args.timeout, args.clients_per_rank
+                )
+                print(
+                    f"{clients:>7} {row['per_rank']!s:>4} {args.nodes:>5} {relays:>6} {row['state']:>9} "
+                    f"{row['queued_s']:>9.1f} {row['start_to_round1_s']:>15.1f} {row['sbatch_to_round1_s']:>16.1f} "
+                    f"{row['total_s']:>8.1f}  {' '.join(f'{s:.1f}' for s in row['rounds'])}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -13,16 +13,19 @@ from typing import Any
 from hpcflare import __version__
 from hpcflare.exitcodes import HELP, ExitCode, describe
 from hpcflare.fileio import atomic_write_text
-from hpcflare.slurm.spec import NAMED
 from hpcflare.job import JobDir
 from hpcflare.settings import CONFIGS_DIR, Settings
+from hpcflare.slurm.spec import NAMED
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
     target = Path(args.recipe)
     job_py = target / "job.py" if target.is_dir() else target
     if not job_py.is_file():
-        print(f"hpcflare run: no job.py in {target}; pass a recipe folder such as recipes/hello-numpy", file=sys.stderr)
+        print(
+            f"hpcflare run: no job.py in {target}; pass a recipe folder such as recipes/hello-numpy",
+            file=sys.stderr,
+        )
         return 2
     return subprocess.call([sys.executable, str(job_py), *extra])
 
@@ -86,10 +89,14 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
 
             job_dir = JobDir(args.target)
             job_dir.load_config()
-            env = make_env(args.env, job_root=str(job_dir.root.parent), nodes=args.nodes, partition=args.partition)
+            env = make_env(
+                args.env, job_root=str(job_dir.root.parent), nodes=args.nodes, partition=args.partition
+            )
             run = env.resume(job_dir)
-            print(f"resuming {job_dir.root.name} ({args.env}) from its last checkpoint; logs {job_dir.log_dir}",
-                  flush=True)
+            print(
+                f"resuming {job_dir.root.name} ({args.env}) from its last checkpoint; logs {job_dir.log_dir}",
+                flush=True,
+            )
             if args.env != "slurm":
                 print(f"result model: {run.get_result()}")
         elif args.action == "status":
@@ -106,7 +113,9 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
         elif args.action == "abort":
             job_id, job_dir = _resolve(args.target)
             linked = job_dir.root / "slurm_clients_job_id" if job_dir is not None else None
-            for each in [job_id] + ([linked.read_text().strip()] if linked is not None and linked.is_file() else []):
+            for each in [job_id] + (
+                [linked.read_text().strip()] if linked is not None and linked.is_file() else []
+            ):
                 slurm.cancel(each)  # --separate: the clients allocation goes with the server's
                 print(f"cancelled Slurm job {each}")
         elif args.action == "list":
@@ -115,7 +124,9 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             for job in jobs:
                 code = job["reason"].strip("()")
                 why = job["reason"] if job["state"] != "PENDING" else f"{code}: {explain_reason(code)}"
-                print(f"{job['job_id']:>8} {job['state']:<11} {job['time']:>9} {job['nodes']:>5}  {job['name']} ({why})")
+                print(
+                    f"{job['job_id']:>8} {job['state']:<11} {job['time']:>9} {job['nodes']:>5}  {job['name']} ({why})"
+                )
     except HpcflareError as exc:
         print(f"hpcflare job {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -129,17 +140,34 @@ def _submit(args: argparse.Namespace, job_dir: JobDir, slurm: Any) -> int:
     from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch, write_sbatch
 
     options = {k: getattr(args, k) for k in NAMED}
-    common = dict(ntasks_per_node=args.ntasks_per_node, partition=args.partition, time=args.time,
-                  options=options, sbatch_args=tuple(args.sbatch_arg or ()))
+    common = dict(
+        ntasks_per_node=args.ntasks_per_node,
+        partition=args.partition,
+        time=args.time,
+        options=options,
+        sbatch_args=tuple(args.sbatch_arg or ()),
+    )
     # 'auto' (the default): a rank per site while they fit the partition's CPUs, else sites packed into ranks;
     # written to job.yaml, where every rank reads it
-    fitting = SbatchSpec(job_dir, nodes=args.nodes, part="clients" if args.separate else "all",
-                         server_exclusive=args.server_exclusive and not args.separate, **common)
+    fitting = SbatchSpec(
+        job_dir,
+        nodes=args.nodes,
+        part="clients" if args.separate else "all",
+        server_exclusive=args.server_exclusive and not args.separate,
+        **common,
+    )
     settle_clients_per_rank(job_dir, args.clients_per_rank, lambda config: fitting.client_slots(slurm))
-    spec = SbatchSpec(job_dir, nodes=args.nodes, rendezvous=args.rendezvous,
-                      server_exclusive=args.server_exclusive, **common)
+    spec = SbatchSpec(
+        job_dir,
+        nodes=args.nodes,
+        rendezvous=args.rendezvous,
+        server_exclusive=args.server_exclusive,
+        **common,
+    )
     if not args.separate:
-        spec.check_capacity(slurm)  # before anything sits PENDING for ever (skipped without sinfo), or is written
+        spec.check_capacity(
+            slurm
+        )  # before anything sits PENDING for ever (skipped without sinfo), or is written
     if not args.dry_run:
         from hpcflare.security.jobs import prepare_job
 
@@ -147,8 +175,10 @@ def _submit(args: argparse.Namespace, job_dir: JobDir, slurm: Any) -> int:
         prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
     if args.separate:  # server and clients as two allocations, meeting in the job dir
         if args.server_exclusive:
-            raise ConfigError("--separate already gives the server an allocation of its own; drop "
-                              "--server-exclusive (or --separate for one allocation)")
+            raise ConfigError(
+                "--separate already gives the server an allocation of its own; drop "
+                "--server-exclusive (or --separate for one allocation)"
+            )
         server = SbatchSpec(job_dir, nodes=1, part="server", **common | {"ntasks_per_node": 1})
         if args.dry_run:
             print(render_sbatch(server))
@@ -158,8 +188,10 @@ def _submit(args: argparse.Namespace, job_dir: JobDir, slurm: Any) -> int:
         clients_id = slurm.submit(write_sbatch(_clients_spec(job_dir, args.nodes, server_id, common)))
         atomic_write_text(job_dir.root / "slurm_job_id", server_id + "\n")
         atomic_write_text(job_dir.root / "slurm_clients_job_id", clients_id + "\n")
-        print(f"submitted {job_dir.root.name}: server as Slurm job {server_id}, clients as {clients_id}; "
-              f"logs {job_dir.log_dir}")
+        print(
+            f"submitted {job_dir.root.name}: server as Slurm job {server_id}, clients as {clients_id}; "
+            f"logs {job_dir.log_dir}"
+        )
         return 0
     text = render_sbatch(spec)
     if args.dry_run:
@@ -178,8 +210,13 @@ def _clients_spec(job_dir: JobDir, nodes: int | str, server_id: str, common: dic
     from hpcflare.slurm.sbatch import SbatchSpec
 
     link = (f"--dependency=after:{server_id}", "--kill-on-invalid-dep=yes")
-    return SbatchSpec(job_dir, nodes=nodes, part="clients", server_job_id=server_id,
-                      **{**common, "sbatch_args": tuple(common.get("sbatch_args", ())) + link})
+    return SbatchSpec(
+        job_dir,
+        nodes=nodes,
+        part="clients",
+        server_job_id=server_id,
+        **{**common, "sbatch_args": tuple(common.get("sbatch_args", ())) + link},
+    )
 
 
 def _follow(job_dir: JobDir, job_id: str, slurm: Any) -> None:
@@ -207,7 +244,9 @@ def _resolve(target: str | None) -> tuple[str, JobDir | None]:
     job_dir = JobDir(target or ".")
     id_file = job_dir.root / "slurm_job_id"
     if not id_file.is_file():
-        raise ConfigError(f"{target} is neither a Slurm job id nor a job directory submitted with `hpcflare job submit`")
+        raise ConfigError(
+            f"{target} is neither a Slurm job id nor a job directory submitted with `hpcflare job submit`"
+        )
     return id_file.read_text().strip(), job_dir
 
 
@@ -235,8 +274,9 @@ def _provision(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         if args.add:
             scripts = args.allowed_script or None
-            kit = add_participant(args.project, Participant(args.add, args.role, args.host or [], scripts),
-                                  base=Path.cwd())
+            kit = add_participant(
+                args.project, Participant(args.add, args.role, args.host or [], scripts), base=Path.cwd()
+            )
             print(f"issued {args.role} kit {kit} (key 0600); hand it to {args.add} over a secure channel")
             return 0
         project = Project.load(args.project)
@@ -247,13 +287,17 @@ def _provision(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"provisioned {project.project} in {root}: CA in {root / 'ca'} (keep rootCA.key private), kits:")
     for who in project.participants:
         print(f"  {who.role:<7} {root / who.name}")
-    print("Each participant gets only its own kit folder; point job.yaml kits_dir at the folder holding the kits, "
-          "or set HPCFLARE_KIT=/path/to/kit on a site.")
+    print(
+        "Each participant gets only its own kit folder; point job.yaml kits_dir at the folder holding the kits, "
+        "or set HPCFLARE_KIT=/path/to/kit on a site."
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hpcflare", description="Federated learning runtime for HPC clusters.")
+    parser = argparse.ArgumentParser(
+        prog="hpcflare", description="Federated learning runtime for HPC clusters."
+    )
     parser.add_argument("--version", action="version", version=f"hpcflare {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a recipe folder's job.py (extra args are passed through)")
@@ -269,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("code", nargs="?", type=int, help="explain this exit code (also signals: 137, 142, -9)")
     p.set_defaults(func=_exit_codes)
     p = sub.add_parser("logs", help="troubleshoot a job from its logs")
-    p.add_argument("action", choices=("diagnose", "timeline"),
-                   help="diagnose: explain what went wrong; timeline: draw per-rank activity (PNG)")
+    p.add_argument(
+        "action",
+        choices=("diagnose", "timeline"),
+        help="diagnose: explain what went wrong; timeline: draw per-rank activity (PNG)",
+    )
     p.add_argument("job_dir")
     p.add_argument("-o", "--output", default="timeline.png", help="timeline: the image to write")
     p.set_defaults(func=_logs)
@@ -284,10 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_provision)
     p = sub.add_parser("job", help="submit / resume / inspect / abort jobs")
     p.add_argument("action", choices=("submit", "resume", "status", "abort", "list"))
-    p.add_argument("target", nargs="?", help="submit/resume: a job directory; status/abort: a Slurm job id or job "
-                   "directory")
-    p.add_argument("--env", choices=("local", "sim", "mpi", "slurm"), default="local",
-                   help="resume: where the job continues")
+    p.add_argument(
+        "target",
+        nargs="?",
+        help="submit/resume: a job directory; status/abort: a Slurm job id or job directory",
+    )
+    p.add_argument(
+        "--env",
+        choices=("local", "sim", "mpi", "slurm"),
+        default="local",
+        help="resume: where the job continues",
+    )
     p.add_argument("--nodes", type=_nodes, default=1, help="a count, or a range like 2-4 (sbatch route)")
     p.add_argument("--ntasks-per-node", type=int, default=None)
     p.add_argument("--partition", default=None)
@@ -300,15 +354,31 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("exclusive", "overcommit"):
             p.add_argument(flag, action="store_true", help=f"sbatch {flag}")
         else:
-            p.add_argument(flag, type=int if name == "cpus_per_task" else str, default=None, help=f"sbatch {flag}")
-    p.add_argument("--sbatch-arg", action="append", metavar="--OPTION=VALUE",
-                   help="any other sbatch option, as sbatch takes it (repeatable), e.g. --sbatch-arg=--licenses=fs:1")
-    p.add_argument("--separate", action="store_true",
-                   help="submit the server and the clients as two allocations (sites as different jobs)")
-    p.add_argument("--server-exclusive", action="store_true",
-                   help="one allocation, the server alone on its first node (relays and clients on the others)")
-    p.add_argument("--clients-per-rank", type=_per_rank, default=None,
-                   help="sites each client rank runs as virtual clients (written to job.yaml; default: the job's)")
+            p.add_argument(
+                flag, type=int if name == "cpus_per_task" else str, default=None, help=f"sbatch {flag}"
+            )
+    p.add_argument(
+        "--sbatch-arg",
+        action="append",
+        metavar="--OPTION=VALUE",
+        help="any other sbatch option, as sbatch takes it (repeatable), e.g. --sbatch-arg=--licenses=fs:1",
+    )
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="submit the server and the clients as two allocations (sites as different jobs)",
+    )
+    p.add_argument(
+        "--server-exclusive",
+        action="store_true",
+        help="one allocation, the server alone on its first node (relays and clients on the others)",
+    )
+    p.add_argument(
+        "--clients-per-rank",
+        type=_per_rank,
+        default=None,
+        help="sites each client rank runs as virtual clients (written to job.yaml; default: the job's)",
+    )
     p.set_defaults(func=_job)
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "action", None) in ("submit", "resume", "status", "abort") and not args.target:

@@ -32,19 +32,19 @@ HELP: dict[ExitCode, str] = {
     ExitCode.REGISTRATION_TIMEOUT: "Fewer than min_clients clients registered before settings.registration_timeout; start more clients, lower min_clients or raise registration_timeout.",
     ExitCode.ROUND_FAILED: "A round closed with fewer than min_clients valid results (clients died, were rejected or exceeded settings.round_timeout); see the server log for which.",
     ExitCode.DISK_FULL: "A write failed with 'No space left on device' (or over quota); the log names the path. Free "
-                        "space there, or move the job dir / staging_dir / HPCFLARE_SPOOL_DIR to a larger filesystem, "
-                        "then `hpcflare job resume JOB_DIR` (the last checkpoint is intact).",
+    "space there, or move the job dir / staging_dir / HPCFLARE_SPOOL_DIR to a larger filesystem, "
+    "then `hpcflare job resume JOB_DIR` (the last checkpoint is intact).",
     ExitCode.SERVER_LOST: "The client could not reach the server for settings.server_lost_timeout; check that the server rank is alive and reachable.",
     ExitCode.UPDATE_REJECTED: "The server refused this client's update (wrong shape/dtype, NaN/Inf, stale round); the log gives the reason. Fix the training script.",
     ExitCode.TRAIN_SCRIPT_FAILED: "The client's training script raised an exception; the traceback is in the client's log.",
     ExitCode.TRANSPORT_ERROR: "A transfer failed (oversized frame, stalled stream, malformed message); the log names the limit or deadline to change.",
     ExitCode.CERTIFICATE_ERROR: "A TLS peer refused this rank's certificate or the other way round (expired, issued by "
-                                "another project's CA, a name not in the project); the log says which. Issue a fresh "
-                                "startup kit with hpcflare provision (--add NAME) and check node clocks.",
+    "another project's CA, a name not in the project); the log says which. Issue a fresh "
+    "startup kit with hpcflare provision (--add NAME) and check node clocks.",
     ExitCode.POLICY_REFUSED: "The site's policy (policy in its startup kit's kit.yaml) refuses to run this job's "
-                             "training script; the site's admin must allow the exact file (allowed_scripts) first.",
+    "training script; the site's admin must allow the exact file (allowed_scripts) first.",
     ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM), or the training script was still "
-                      "running settings.end_grace after the job ended and was stopped.",
+    "running settings.end_grace after the job ended and was stopped.",
 }
 
 
@@ -56,12 +56,16 @@ def describe(code: int) -> str:
         if code < 0 or code > 128:
             sig = -code if code < 0 else code - 128
             if sig == 14:
-                return ("killed by signal 14 (SIGALRM): with rendezvous 'mpi', MPI initialisation outlived "
-                        "settings.rendezvous_timeout, usually because another rank of the step died in srun's PMI "
-                        "exchange (see the slurm-*.out for 'mpi/pmi2' errors); resubmit, or use rendezvous 'fs', "
-                        "which needs no MPI")
+                return (
+                    "killed by signal 14 (SIGALRM): with rendezvous 'mpi', MPI initialisation outlived "
+                    "settings.rendezvous_timeout, usually because another rank of the step died in srun's PMI "
+                    "exchange (see the slurm-*.out for 'mpi/pmi2' errors); resubmit, or use rendezvous 'fs', "
+                    "which needs no MPI"
+                )
             return f"killed by signal {sig} (9 = SIGKILL, often the OOM killer; 15 = SIGTERM, preemption or abort)"
-        return f"unknown exit code {code} (not an hpcflare code; the training script may have called sys.exit)"
+        return (
+            f"unknown exit code {code} (not an hpcflare code; the training script may have called sys.exit)"
+        )
 
 
 # most specific first: the first class an exception is an instance of decides its code

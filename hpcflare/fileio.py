@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable, TypedDict
+from typing import IO, Any, TypedDict
 
 Writer = Callable[[IO[bytes]], None]
 
@@ -57,8 +58,9 @@ class _Hashing:
         return self._digest.hexdigest()
 
 
-def atomic_write(path: Path, data: bytes | str | Writer, *, checksum: bool = False,
-                 mode: int | None = None) -> FileInfo | None:
+def atomic_write(
+    path: Path, data: bytes | str | Writer, *, checksum: bool = False, mode: int | None = None
+) -> FileInfo | None:
     """Write ``data`` (bytes, text, or a callable that writes into a binary file) to ``path`` atomically.
 
     ``checksum=True`` returns the sha256 and size, computed while writing. ``mode`` (e.g. 0o600 for keys;

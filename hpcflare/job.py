@@ -1,12 +1,12 @@
 """A job on disk: its config (job.yaml) and the directory every rank reads and writes.
 
-    <job_dir>/job.yaml                     what to run (this file's JobConfig)
-    <job_dir>/app/                         the training script(s), copied so the job is self-contained
-    <job_dir>/models/initial_model.safetensors, global_model.safetensors (the result)
-    <job_dir>/logs/<rank>.jsonl|.log|.out  per-rank structured log, human log, raw stdout/stderr
-    <job_dir>/rendezvous/server.json       where the server listens (atomic write)
-    <job_dir>/sites/<site>/                a client's working directory
-    <job_dir>/status.json                  job state, written atomically by the server
+<job_dir>/job.yaml                     what to run (this file's JobConfig)
+<job_dir>/app/                         the training script(s), copied so the job is self-contained
+<job_dir>/models/initial_model.safetensors, global_model.safetensors (the result)
+<job_dir>/logs/<rank>.jsonl|.log|.out  per-rank structured log, human log, raw stdout/stderr
+<job_dir>/rendezvous/server.json       where the server listens (atomic write)
+<job_dir>/sites/<site>/                a client's working directory
+<job_dir>/status.json                  job state, written atomically by the server
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from filelock import FileLock, Timeout
@@ -59,8 +60,12 @@ JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 def whole_number(key: str, value: Any, minimum: int) -> int:
     """``value`` as an int >= ``minimum``; a bool, string, fraction or NaN is a ConfigError naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
-            isinstance(value, float) and not value.is_integer()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value != value
+        or (isinstance(value, float) and not value.is_integer())
+    ):
         raise ConfigError(f"{key} must be a whole number, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
@@ -77,35 +82,48 @@ def fraction(key: str, value: Any) -> float:
 def check_job_name(name: Any) -> str:
     """A job name becomes a directory name: no path separators, no '..', no leading dot."""
     if not isinstance(name, str) or not JOB_NAME.match(name) or ".." in name:
-        raise ConfigError(f"job name {name!r} must be letters, digits, '_', '.', '-' (max 100, not starting with '.', "
-                          "no '..' or '/'): it becomes a directory name")
+        raise ConfigError(
+            f"job name {name!r} must be letters, digits, '_', '.', '-' (max 100, not starting with '.', "
+            "no '..' or '/'): it becomes a directory name"
+        )
     return name
 
 
 FRAMEWORKS = ("numpy", "pytorch")
 TRACKING_BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
 STOP_OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt, "<": operator.lt}
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    ">": operator.gt,
+    "<": operator.lt,
+}
 """The comparisons a stop condition may use (two-character ones first: the pattern tries them in order)."""
 
 
 def parse_stop_condition(text: Any) -> tuple[str, str, float]:
     """'accuracy >= 0.9' -> ('accuracy', '>=', 0.9); anything else is a ConfigError showing the form."""
     ops = "|".join(re.escape(op) for op in STOP_OPERATORS)
-    match = re.fullmatch(rf"\s*([A-Za-z0-9_./-]+)\s*({ops})\s*([-+0-9.eE]+)\s*", text) if isinstance(
-        text, str) else None
+    match = (
+        re.fullmatch(rf"\s*([A-Za-z0-9_./-]+)\s*({ops})\s*([-+0-9.eE]+)\s*", text)
+        if isinstance(text, str)
+        else None
+    )
     try:
         if match:
             return match.group(1), match.group(2), float(match.group(3))
     except ValueError:
         pass
-    raise ConfigError(f"stop condition {text!r} must read '<metric> <op> <number>' with op one of "
-                      f"{tuple(STOP_OPERATORS)}, e.g. 'accuracy >= 0.9'")
+    raise ConfigError(
+        f"stop condition {text!r} must read '<metric> <op> <number>' with op one of "
+        f"{tuple(STOP_OPERATORS)}, e.g. 'accuracy >= 0.9'"
+    )
 
 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's safe loader where PyYAML has it (a 10,000-site job.yaml parses in milliseconds, not seconds)."""
-_CONFIGS: dict[Path, tuple[tuple[int, int, int], "JobConfig"]] = {}
+_CONFIGS: dict[Path, tuple[tuple[int, int, int], JobConfig]] = {}
+
 
 @dataclasses.dataclass
 class JobConfig:
@@ -184,14 +202,18 @@ class JobConfig:
         staging = Path(self.staging_dir)
         if not staging.is_absolute():
             if not staging.parts or ".." in staging.parts or staging.parts[0] in RESERVED_DIRS:
-                raise ConfigError(f"staging_dir {self.staging_dir!r} must be a new folder inside the job dir (not "
-                                  f"one of {sorted(RESERVED_DIRS)}, no '..') or an absolute path on a shared filesystem")
+                raise ConfigError(
+                    f"staging_dir {self.staging_dir!r} must be a new folder inside the job dir (not "
+                    f"one of {sorted(RESERVED_DIRS)}, no '..') or an absolute path on a shared filesystem"
+                )
             return
         resolved, root = staging.resolve(), job_root.resolve()
         scoped = resolved / self.job_id  # what this job will write to and clean up
         if scoped == root or root in scoped.parents or scoped in root.parents:
-            raise ConfigError(f"staging_dir {self.staging_dir!r} would put this job's staging files in or around "
-                              "its own job dir; use a relative folder name or a dedicated shared directory")
+            raise ConfigError(
+                f"staging_dir {self.staging_dir!r} would put this job's staging files in or around "
+                "its own job dir; use a relative folder name or a dedicated shared directory"
+            )
         if (resolved / "job.yaml").exists() or any((p / "job.yaml").exists() for p in resolved.parents):
             raise ConfigError(f"staging_dir {self.staging_dir!r} is inside another job's directory")
 
@@ -205,7 +227,9 @@ class JobConfig:
         if not isinstance(self.clients, list) or not self.clients:
             raise ConfigError("a job needs at least one client site")
         if not 1 <= self.min_clients <= len(self.clients):
-            raise ConfigError(f"min_clients={self.min_clients} must be between 1 and the number of clients ({len(self.clients)})")
+            raise ConfigError(
+                f"min_clients={self.min_clients} must be between 1 and the number of clients ({len(self.clients)})"
+            )
         for site in self.clients:
             if not SITE_NAME.match(site):
                 raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
@@ -214,16 +238,24 @@ class JobConfig:
         STRATEGIES.get_or_fail(self.strategy)
         strategy = self.new_strategy()
         if self.relays and not strategy.supports_relays:
-            raise ConfigError(f"strategy {self.strategy!r} addresses single sites or collects whole models: run it "
-                              "without relays (relays: 0)")
+            raise ConfigError(
+                f"strategy {self.strategy!r} addresses single sites or collects whole models: run it "
+                "without relays (relays: 0)"
+            )
         fraction("min_fraction", self.min_fraction)
         if not 0 <= self.relays <= len(self.clients):
-            raise ConfigError(f"relays={self.relays} must be between 0 and the number of clients ({len(self.clients)})")
+            raise ConfigError(
+                f"relays={self.relays} must be between 0 and the number of clients ({len(self.clients)})"
+            )
         if self.clients_per_rank != "auto":
             whole_number("clients_per_rank", self.clients_per_rank, 1)
-        clash = set(self.clients) & ({f"relay-{i}" for i in range(1, self.relays + 1)} | set(self.rank_hosts()))
+        clash = set(self.clients) & (
+            {f"relay-{i}" for i in range(1, self.relays + 1)} | set(self.rank_hosts())
+        )
         if clash:
-            raise ConfigError(f"site name(s) {sorted(clash)} are taken by this job's relays or client ranks; rename them")
+            raise ConfigError(
+                f"site name(s) {sorted(clash)} are taken by this job's relays or client ranks; rename them"
+            )
         if self.relay_failover not in ("direct", "exclude"):
             raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {self.relay_failover!r}")
         if not isinstance(self.staging, bool):
@@ -232,25 +264,42 @@ class JobConfig:
             check(self)
         if not isinstance(self.tracking, list) or set(self.tracking) - set(TRACKING_BACKENDS):
             raise ConfigError(f"tracking must be a list of {TRACKING_BACKENDS}, got {self.tracking!r}")
-        if not isinstance(self.tracking_config, dict) or set(self.tracking_config) - set(TRACKING_BACKENDS) or not all(
-                isinstance(v, dict) for v in self.tracking_config.values()):
-            raise ConfigError(f"tracking_config must map a receiver to its options, got {self.tracking_config!r}")
+        if (
+            not isinstance(self.tracking_config, dict)
+            or set(self.tracking_config) - set(TRACKING_BACKENDS)
+            or not all(isinstance(v, dict) for v in self.tracking_config.values())
+        ):
+            raise ConfigError(
+                f"tracking_config must map a receiver to its options, got {self.tracking_config!r}"
+            )
         if self.stop_condition is not None:
             parse_stop_condition(self.stop_condition)
-        if not isinstance(self.site_train_args, dict) or set(self.site_train_args) - set(self.clients) or not all(
-                isinstance(a, list) and all(isinstance(x, str) for x in a) for a in self.site_train_args.values()):
-            raise ConfigError("site_train_args must map sites of this job to lists of strings, got "
-                              f"{self.site_train_args!r}")
+        if (
+            not isinstance(self.site_train_args, dict)
+            or set(self.site_train_args) - set(self.clients)
+            or not all(
+                isinstance(a, list) and all(isinstance(x, str) for x in a)
+                for a in self.site_train_args.values()
+            )
+        ):
+            raise ConfigError(
+                "site_train_args must map sites of this job to lists of strings, got "
+                f"{self.site_train_args!r}"
+            )
         if not isinstance(self.launch_once, bool):
             raise ConfigError(f"launch_once must be true or false, got {self.launch_once!r}")
         if self.params_transfer_type not in ("FULL", "DIFF"):
-            raise ConfigError(f"params_transfer_type must be 'FULL' or 'DIFF', got {self.params_transfer_type!r}")
+            raise ConfigError(
+                f"params_transfer_type must be 'FULL' or 'DIFF', got {self.params_transfer_type!r}"
+            )
         if self.nvflare_compat not in ("auto", "on", "off"):
             raise ConfigError(f"nvflare_compat must be 'auto', 'on' or 'off', got {self.nvflare_compat!r}")
         if self.key_metric_mode not in ("max", "min"):
             raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {self.key_metric_mode!r}")
         if not isinstance(self.early_stop_patience, int) or self.early_stop_patience < 0:
-            raise ConfigError(f"early_stop_patience must be an integer >= 0, got {self.early_stop_patience!r}")
+            raise ConfigError(
+                f"early_stop_patience must be an integer >= 0, got {self.early_stop_patience!r}"
+            )
         if self.early_stop_patience and not self.key_metric:
             raise ConfigError("early_stop_patience needs a key_metric to watch")
         if self.tls not in ("auto", "on", "off"):
@@ -266,7 +315,9 @@ class JobConfig:
         try:
             strategy = factory(**self.strategy_args)
         except TypeError as exc:
-            raise ConfigError(f"strategy {self.strategy!r}: bad strategy_args {self.strategy_args}: {exc}") from None
+            raise ConfigError(
+                f"strategy {self.strategy!r}: bad strategy_args {self.strategy_args}: {exc}"
+            ) from None
         for wrap in STRATEGY_WRAPPERS.values():  # privacy: SecAgg / HE around a FedAvg-family strategy
             strategy = wrap(strategy, self)
         return strategy
@@ -285,7 +336,10 @@ class JobConfig:
         k = self.per_rank
         if k == 1:
             return {site: [site] for site in self.clients}
-        return {f"client-rank-{n}": self.clients[i:i + k] for n, i in enumerate(range(0, len(self.clients), k), 1)}
+        return {
+            f"client-rank-{n}": self.clients[i : i + k]
+            for n, i in enumerate(range(0, len(self.clients), k), 1)
+        }
 
     def hosting_rank(self, site: str) -> str | None:
         """The client rank that runs ``site`` as a virtual client (None with one site per rank, or for a name that
@@ -306,15 +360,18 @@ class JobConfig:
         return Settings.load(self.settings_profile, self.settings)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "job config") -> "JobConfig":
+    def from_dict(cls, data: Any, source: str = "job config") -> JobConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {unknown}")
-        required = [f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]  # type: ignore[misc]
         missing = [k for k in required if k not in data]
         if missing:
             raise ConfigError(f"{source}: missing required key(s) {missing}")
@@ -361,7 +418,9 @@ class JobDir:
         try:
             stat = self.config_path.stat()
         except FileNotFoundError:
-            raise ConfigError(f"no job.yaml in {self.root}; is this a job directory? (create one with recipe.export())") from None
+            raise ConfigError(
+                f"no job.yaml in {self.root}; is this a job directory? (create one with recipe.export())"
+            ) from None
         key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = _CONFIGS.get(self.config_path)
         if cached is None or cached[0] != key:
@@ -396,14 +455,20 @@ class JobDir:
         if not self._secret:  # not cached while missing: it may still be created
             self._secret = os.environ.get("HPCFLARE_JOB_SECRET") or _read_secret(self.secret_path)
         secret = self._secret
-        return hmac.new(secret.encode(), f"register:{site}".encode(), hashlib.sha256).hexdigest() if secret else ""
+        return (
+            hmac.new(secret.encode(), f"register:{site}".encode(), hashlib.sha256).hexdigest()
+            if secret
+            else ""
+        )
 
     def check_proof(self, site: str, proof: Any) -> None:
         expected = self.registration_proof(site)
         if not expected or not isinstance(proof, str) or not hmac.compare_digest(expected, proof):
-            raise UnknownClientError(f"site {site!r:.80} did not prove it belongs to this job (Register needs the "
-                                     f"HMAC of the job's secret, {self.secret_path.name}); start ranks through "
-                                     "hpcflare or set HPCFLARE_JOB_SECRET")
+            raise UnknownClientError(
+                f"site {site!r:.80} did not prove it belongs to this job (Register needs the "
+                f"HMAC of the job's secret, {self.secret_path.name}); start ranks through "
+                "hpcflare or set HPCFLARE_JOB_SECRET"
+            )
 
     def server_lock(self) -> FileLock:
         """Held by the job's live server for its whole life: a second server or deployment is refused."""
@@ -415,21 +480,30 @@ class JobDir:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise ConfigError(f"job {self.root.name} is already running (its server holds {lock.lock_file}); wait "
-                              "for it, abort it, or export a new job") from None
+            raise ConfigError(
+                f"job {self.root.name} is already running (its server holds {lock.lock_file}); wait "
+                "for it, abort it, or export a new job"
+            ) from None
         lock.release()
         if self.read_status().get("state") == JobState.COMPLETED:
-            raise ConfigError(f"job {self.root.name} already completed (see {self.status_path}); export a new job "
-                              "instead of deploying this one again")
+            raise ConfigError(
+                f"job {self.root.name} already completed (see {self.status_path}); export a new job "
+                "instead of deploying this one again"
+            )
 
     def settle(self, cause: str, exit_code: int | None = None) -> None:
         """Record how a job ended when its server could not (killed, lost): a status that is not final
         becomes 'failed' with ``cause``; a final one is never overwritten."""
         if self.read_status().get("state") not in FINAL_STATES:
-            self.write_status(JobState.FAILED, message=cause, **({"exit_code": exit_code} if exit_code is not None else {}))
+            self.write_status(
+                JobState.FAILED, message=cause, **({"exit_code": exit_code} if exit_code is not None else {})
+            )
 
     def write_status(self, state: JobState, **fields: Any) -> None:
-        atomic_write_text(self.status_path, json.dumps({"state": str(JobState(state)), "updated": time.time(), **fields}, indent=1))
+        atomic_write_text(
+            self.status_path,
+            json.dumps({"state": str(JobState(state)), "updated": time.time(), **fields}, indent=1),
+        )
 
     def read_status(self) -> dict[str, Any]:
         try:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hpcflare.errors import ConfigError
 
@@ -39,8 +39,9 @@ def _load_entry_points() -> None:
         try:
             point.load()
         except Exception as exc:  # a broken third-party plugin must name itself, not break every job
-            raise ConfigError(f"hpcflare plugin {point.name!r} ({point.value}) failed to load: {exc}; "
-                              "fix or uninstall it") from None
+            raise ConfigError(
+                f"hpcflare plugin {point.name!r} ({point.value}) failed to load: {exc}; fix or uninstall it"
+            ) from None
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -100,6 +101,8 @@ class Registry(Mapping[str, T], Generic[T]):
 
 
 STRATEGIES: Registry[Callable[..., Any]] = Registry("strategy", ("hpcflare.strategy",))
-CONFIG_CHECKS: Registry[Callable[[Any], None]] = Registry("config check", ("hpcflare.filters", "hpcflare.privacy"))
+CONFIG_CHECKS: Registry[Callable[[Any], None]] = Registry(
+    "config check", ("hpcflare.filters", "hpcflare.privacy")
+)
 STRATEGY_WRAPPERS: Registry[Callable[[Any, Any], Any]] = Registry("strategy wrapper", ("hpcflare.privacy",))
 SITE_SIDES: Registry[Callable[[Any], Any]] = Registry("site side", ("hpcflare.runtime.swarm",))

@@ -17,8 +17,15 @@ LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
 
 class RankLogger:
-    def __init__(self, log_dir: Path | None, rank: str, role: str, echo: TextIO | None = None,
-                 echo_level: str = "INFO", keep_open: bool = True) -> None:
+    def __init__(
+        self,
+        log_dir: Path | None,
+        rank: str,
+        role: str,
+        echo: TextIO | None = None,
+        echo_level: str = "INFO",
+        keep_open: bool = True,
+    ) -> None:
         """``keep_open=False`` opens the files for each event: a process hosting hundreds of virtual clients
         would otherwise hold two descriptors per site (clusters often allow 1,024 per process)."""
         self.rank, self.role = rank, role
@@ -40,8 +47,15 @@ class RankLogger:
         """One event: always a JSONL record; ``human=False`` leaves it out of the human log and the echo (a
         per-site event of a job with hundreds of sites: the human log gets a summary instead)."""
         now = time.time()
-        record = {"t": round(now, 6), "ts": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="milliseconds"),
-                  "rank": self.rank, "role": self.role, "level": level, "event": event, "msg": msg}
+        record = {
+            "t": round(now, 6),
+            "ts": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "rank": self.rank,
+            "role": self.role,
+            "level": level,
+            "event": event,
+            "msg": msg,
+        }
         record.update(fields)
         stamp = _dt.datetime.fromtimestamp(now).strftime("%H:%M:%S.%f")[:-3]
         line = f"{stamp} {level:<7} {self.rank:<12} {msg}\n"
@@ -88,4 +102,3 @@ class RankLogger:
                     f.close()
             self._json = self._human = None
             self._paths = None
-

@@ -9,14 +9,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from hpcflare.errors import ConfigError
 
-CONFIGS_DIR = Path(os.environ.get("HPCFLARE_CONFIGS") or (Path(__file__).parent / "_data" / "configs").resolve())
+CONFIGS_DIR = Path(
+    os.environ.get("HPCFLARE_CONFIGS") or (Path(__file__).parent / "_data" / "configs").resolve()
+)
 """The settings profiles: configs/ of a source checkout, shipped inside the package (hpcflare/_data) in a wheel."""
 
 
@@ -112,15 +115,19 @@ class Settings:
         body = tree.body[0].body  # type: ignore[attr-defined]
         docs: dict[str, str] = {}
         for prev, node in zip(body, body[1:]):
-            if isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            if (
+                isinstance(prev, ast.AnnAssign)
+                and isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant)
+            ):
                 docs[prev.target.id] = str(node.value.value)  # type: ignore[union-attr]
         return docs
 
-    def replace(self, **overrides: Any) -> "Settings":
+    def replace(self, **overrides: Any) -> Settings:
         return Settings.from_mapping({**dataclasses.asdict(self), **overrides})
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "Settings":
+    def from_mapping(cls, data: Mapping[str, Any]) -> Settings:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
@@ -146,14 +153,18 @@ class Settings:
         return settings
 
     @classmethod
-    def load(cls, profile: str | os.PathLike[str] = "dev", overrides: Mapping[str, Any] | None = None) -> "Settings":
+    def load(
+        cls, profile: str | os.PathLike[str] = "dev", overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
         """Load a profile by name (configs/<name>.yaml) or path, then apply overrides."""
         path = Path(profile)
         if not path.suffix:
             path = CONFIGS_DIR / f"{profile}.yaml"
         if not path.is_file():
-            raise ConfigError(f"settings profile {str(profile)!r} not found (looked for {path}); "
-                              f"use one of {sorted(p.stem for p in CONFIGS_DIR.glob('*.yaml'))} or a path to a YAML file")
+            raise ConfigError(
+                f"settings profile {str(profile)!r} not found (looked for {path}); "
+                f"use one of {sorted(p.stem for p in CONFIGS_DIR.glob('*.yaml'))} or a path to a YAML file"
+            )
         data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
@@ -163,13 +174,21 @@ class Settings:
         """Reject combinations that can only end in a spurious timeout."""
         problems = []
         if self.max_frame_bytes < self.chunk_size + 1024:
-            problems.append(f"max_frame_bytes ({self.max_frame_bytes}) must exceed chunk_size ({self.chunk_size}) by >= 1024 for headers")
+            problems.append(
+                f"max_frame_bytes ({self.max_frame_bytes}) must exceed chunk_size ({self.chunk_size}) by >= 1024 for headers"
+            )
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
-            problems.append(f"heartbeat_timeout ({self.heartbeat_timeout}) must be > 2 x heartbeat_interval ({self.heartbeat_interval})")
+            problems.append(
+                f"heartbeat_timeout ({self.heartbeat_timeout}) must be > 2 x heartbeat_interval ({self.heartbeat_interval})"
+            )
         if self.task_poll_timeout >= self.server_lost_timeout:
-            problems.append(f"task_poll_timeout ({self.task_poll_timeout}) must be < server_lost_timeout ({self.server_lost_timeout})")
+            problems.append(
+                f"task_poll_timeout ({self.task_poll_timeout}) must be < server_lost_timeout ({self.server_lost_timeout})"
+            )
         if self.stream_idle_timeout > self.stream_timeout:
-            problems.append(f"stream_idle_timeout ({self.stream_idle_timeout}) must be <= stream_timeout ({self.stream_timeout})")
+            problems.append(
+                f"stream_idle_timeout ({self.stream_idle_timeout}) must be <= stream_timeout ({self.stream_timeout})"
+            )
         if problems:
             raise ConfigError("inconsistent settings: " + "; ".join(problems))
 
@@ -177,14 +196,20 @@ class Settings:
         """Legal but risky combinations, logged at job start with the settings they involve."""
         found = []
         if self.round_timeout < self.stream_timeout:
-            found.append(f"round_timeout ({self.round_timeout:g}s) < stream_timeout ({self.stream_timeout:g}s): a slow "
-                         "model transfer can outlast its round; its result would be discarded as late")
+            found.append(
+                f"round_timeout ({self.round_timeout:g}s) < stream_timeout ({self.stream_timeout:g}s): a slow "
+                "model transfer can outlast its round; its result would be discarded as late"
+            )
         if self.registration_timeout < self.rendezvous_timeout:
-            found.append(f"registration_timeout ({self.registration_timeout:g}s) < rendezvous_timeout "
-                         f"({self.rendezvous_timeout:g}s): clients may still be looking for the server when it gives up")
+            found.append(
+                f"registration_timeout ({self.registration_timeout:g}s) < rendezvous_timeout "
+                f"({self.rendezvous_timeout:g}s): clients may still be looking for the server when it gives up"
+            )
         if self.server_lost_timeout < self.heartbeat_timeout:
-            found.append(f"server_lost_timeout ({self.server_lost_timeout:g}s) < heartbeat_timeout "
-                         f"({self.heartbeat_timeout:g}s): clients give up on a busy server before it gives up on them")
+            found.append(
+                f"server_lost_timeout ({self.server_lost_timeout:g}s) < heartbeat_timeout "
+                f"({self.heartbeat_timeout:g}s): clients give up on a busy server before it gives up on them"
+            )
         return found
 
     def stream_deadline(self, nbytes: int) -> float:
@@ -199,18 +224,24 @@ class Settings:
         found = []
         transfer = 2 * model_bytes / (self.min_link_mb_s * 1e6)
         if transfer > self.round_timeout:
-            found.append(f"round_timeout ({self.round_timeout:g}s) cannot fit a {model_bytes / 1e9:.2f} GB model down and "
-                         f"up at min_link_mb_s={self.min_link_mb_s:g} MB/s ({transfer:.0f}s): raise round_timeout")
+            found.append(
+                f"round_timeout ({self.round_timeout:g}s) cannot fit a {model_bytes / 1e9:.2f} GB model down and "
+                f"up at min_link_mb_s={self.min_link_mb_s:g} MB/s ({transfer:.0f}s): raise round_timeout"
+            )
         needed = REGISTRATION_BASE_S + REGISTRATION_S_PER_CLIENT * clients
         if self.registration_timeout < needed:
-            found.append(f"registration_timeout ({self.registration_timeout:g}s) is short for {clients} clients: allow "
-                         f"~{needed:g}s ({REGISTRATION_BASE_S:g}s + {REGISTRATION_S_PER_CLIENT:g}s per client), or use "
-                         "settings_profile='hpc-large'")
+            found.append(
+                f"registration_timeout ({self.registration_timeout:g}s) is short for {clients} clients: allow "
+                f"~{needed:g}s ({REGISTRATION_BASE_S:g}s + {REGISTRATION_S_PER_CLIENT:g}s per client), or use "
+                "settings_profile='hpc-large'"
+            )
         rate = direct / self.heartbeat_interval
         if rate > MAX_HEARTBEATS_PER_S:
-            found.append(f"{direct} links heartbeat the server every heartbeat_interval={self.heartbeat_interval:g}s "
-                         f"({rate:.0f}/s > {MAX_HEARTBEATS_PER_S}): raise heartbeat_interval, add relays, or run the "
-                         "sites as virtual clients (clients_per_rank)")
+            found.append(
+                f"{direct} links heartbeat the server every heartbeat_interval={self.heartbeat_interval:g}s "
+                f"({rate:.0f}/s > {MAX_HEARTBEATS_PER_S}): raise heartbeat_interval, add relays, or run the "
+                "sites as virtual clients (clients_per_rank)"
+            )
         return found
 
     def as_dict(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class Lease:
             self.buf = self.pool.take(elements, self.dtype)
         return self.buf[:elements]
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -90,7 +91,7 @@ def blocks_of(value: Any, elements: int = FOLD_BLOCK) -> Iterator[tuple[int, np.
     """(element offset, 1-D view) pairs over an in-memory tensor, ``elements`` at a time (no copies)."""
     flat = np.asarray(value).reshape(-1)
     for first in range(0, flat.size, max(1, elements)):
-        yield first, flat[first:first + max(1, elements)]
+        yield first, flat[first : first + max(1, elements)]
 
 
 def narrow_in_place(wide: np.ndarray, dtype: Any, elements: int = FOLD_BLOCK) -> np.ndarray:
@@ -103,10 +104,10 @@ def narrow_in_place(wide: np.ndarray, dtype: Any, elements: int = FOLD_BLOCK) ->
     if dtype.itemsize > wide.dtype.itemsize or not wide.flags.c_contiguous or not wide.flags.writeable:
         return wide.astype(dtype)
     flat = wide.reshape(-1)
-    out = flat.view(np.uint8)[:flat.size * dtype.itemsize].view(dtype)
+    out = flat.view(np.uint8)[: flat.size * dtype.itemsize].view(dtype)
     for first in range(0, flat.size, max(1, elements)):
-        part = flat[first:first + max(1, elements)].astype(dtype)
-        out[first:first + part.size] = part
+        part = flat[first : first + max(1, elements)].astype(dtype)
+        out[first : first + part.size] = part
     return out.reshape(wide.shape)
 
 
@@ -120,8 +121,8 @@ def all_finite(value: np.ndarray, block: int = FINITE_BLOCK) -> bool:
     with Lease(SCRATCH, np.bool_) as lease:
         mask = lease.get(min(block, flat.size))
         for first in range(0, flat.size, max(1, block)):
-            part = flat[first:first + max(1, block)]
-            out = mask[:part.size]
+            part = flat[first : first + max(1, block)]
+            out = mask[: part.size]
             np.isfinite(part, out=out)
             if not out.all():
                 return False

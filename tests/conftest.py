@@ -8,8 +8,9 @@ import shutil
 import subprocess
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,9 +22,18 @@ from hpcflare.transport.api import UpdateKind, UploadHeader
 
 REPO = Path(__file__).resolve().parents[1]
 HELLO_MODEL = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
-FAST = {"registration_timeout": 20, "round_timeout": 30, "heartbeat_interval": 0.5, "heartbeat_timeout": 3,
-        "task_poll_timeout": 2, "server_lost_timeout": 8, "end_grace": 3, "rendezvous_timeout": 20,
-        "stream_timeout": 30, "stream_idle_timeout": 15}
+FAST = {
+    "registration_timeout": 20,
+    "round_timeout": 30,
+    "heartbeat_interval": 0.5,
+    "heartbeat_timeout": 3,
+    "task_poll_timeout": 2,
+    "server_lost_timeout": 8,
+    "end_grace": 3,
+    "rendezvous_timeout": 20,
+    "stream_timeout": 30,
+    "stream_idle_timeout": 15,
+}
 
 
 # every client "trains" for argv[1] seconds (default 1.5) and adds 1

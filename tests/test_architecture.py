@@ -34,7 +34,7 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_pkg: bool, known
         base = node.module or ""
         if node.level:
             anchor = module.split(".") if is_pkg else module.split(".")[:-1]
-            anchor = anchor[:len(anchor) - (node.level - 1)]
+            anchor = anchor[: len(anchor) - (node.level - 1)]
             base = ".".join(anchor + ([base] if base else []))
         names = [base] + [f"{base}.{a.name}" for a in node.names]
     out = set()
@@ -45,7 +45,9 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_pkg: bool, known
         parts = name.split(".")
         for i in range(1, len(parts) + 1):  # the module and every package above it
             candidate = ".".join(parts[:i])
-            if candidate in known and candidate not in own_packages:  # a module's own packages are loaded first
+            if (
+                candidate in known and candidate not in own_packages
+            ):  # a module's own packages are loaded first
                 out.add(candidate)
     return out
 
@@ -53,7 +55,8 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_pkg: bool, known
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(modules: dict[str, Path]) -> tuple[dict[str, set[str]], list[tuple[str, int, set[str]]]]:
@@ -78,7 +81,10 @@ def _imports(modules: dict[str, Path]) -> tuple[dict[str, set[str]], list[tuple[
                     else:
                         edges[module] |= targets
                     continue
-                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+                visit(
+                    child,
+                    in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
+                )
 
         visit(ast.parse(path.read_text()), False)
     return edges, local
@@ -144,9 +150,15 @@ def test_no_function_local_import_hides_a_cycle():
     every = {m: set(t) for m, t in edges.items()}  # local imports of other modules count as edges too
     for module, _, targets in local:
         every[module] |= targets
-    dodges = [f"{module}:{line} imports {target}" for module, line, targets in local for target in sorted(targets)
-              if _reaches(every, target, module)]
-    assert dodges == [], "move these imports to module level by untangling the modules instead:\n" + "\n".join(dodges)
+    dodges = [
+        f"{module}:{line} imports {target}"
+        for module, line, targets in local
+        for target in sorted(targets)
+        if _reaches(every, target, module)
+    ]
+    assert dodges == [], (
+        "move these imports to module level by untangling the modules instead:\n" + "\n".join(dodges)
+    )
 
 
 def test_checker_sees_a_cycle_and_a_dodge():
@@ -166,21 +178,47 @@ def test_event_names_are_literals():
 
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("hpcflare", "hpcflare.errors", "hpcflare.enums", "hpcflare.fileio", "hpcflare.settings",
-              "hpcflare.exitcodes", "hpcflare.rank_logger", "hpcflare.plugins")),
-    ("identity", ("hpcflare.security", "hpcflare.security.tls", "hpcflare.security.certs", "hpcflare.security.policy")),
+    (
+        "base",
+        (
+            "hpcflare",
+            "hpcflare.errors",
+            "hpcflare.enums",
+            "hpcflare.fileio",
+            "hpcflare.settings",
+            "hpcflare.exitcodes",
+            "hpcflare.rank_logger",
+            "hpcflare.plugins",
+        ),
+    ),
+    (
+        "identity",
+        ("hpcflare.security", "hpcflare.security.tls", "hpcflare.security.certs", "hpcflare.security.policy"),
+    ),
     ("transport", ("hpcflare.transport",)),
     ("tensor math", ("hpcflare.tensors",)),
     ("job model", ("hpcflare.job", "hpcflare.security.provision")),
-    ("algorithms", ("hpcflare.strategy", "hpcflare.privacy", "hpcflare.filters", "hpcflare.tabular", "hpcflare.data")),
+    (
+        "algorithms",
+        ("hpcflare.strategy", "hpcflare.privacy", "hpcflare.filters", "hpcflare.tabular", "hpcflare.data"),
+    ),
     ("job security", ("hpcflare.security.jobs",)),
     ("runtime: cluster", ("hpcflare.runtime", "hpcflare.runtime.cluster")),
     ("runtime: host", ("hpcflare.runtime.host",)),
     ("runtime: site", ("hpcflare.runtime.site",)),
     ("client API", ("hpcflare.client",)),
-    ("runtime: roles", ("hpcflare.runtime.launch", "hpcflare.runtime.server", "hpcflare.runtime.relay",
-                        "hpcflare.runtime.client_rank", "hpcflare.runtime.swarm", "hpcflare.runtime.script_runner",
-                        "hpcflare.runtime.registration")),
+    (
+        "runtime: roles",
+        (
+            "hpcflare.runtime.launch",
+            "hpcflare.runtime.server",
+            "hpcflare.runtime.relay",
+            "hpcflare.runtime.client_rank",
+            "hpcflare.runtime.swarm",
+            "hpcflare.runtime.script_runner",
+            "hpcflare.runtime.registration",
+        ),
+    ),
     ("scheduler", ("hpcflare.slurm",)),
     ("environments and post-mortem tools", ("hpcflare.env", "hpcflare.logs")),
     ("recipes and CLI", ("hpcflare.recipe", "hpcflare.cli")),
@@ -201,9 +239,12 @@ def layer_of(module: str) -> int:
 
 
 def _against_layers(edges: dict[str, set[str]]) -> list[str]:
-    return [f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
-            for module, targets in sorted(edges.items()) for target in sorted(targets)
-            if layer_of(target) > layer_of(module)]
+    return [
+        f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        for module, targets in sorted(edges.items())
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
 
 
 def test_every_module_is_in_a_layer():
@@ -221,7 +262,8 @@ def test_no_import_against_the_layers():
 
 def test_layer_checker_sees_an_upward_import():
     assert _against_layers({"hpcflare.transport.codec": {"hpcflare.job"}}) == [
-        "hpcflare.transport.codec (transport) imports hpcflare.job (job model)"]
+        "hpcflare.transport.codec (transport) imports hpcflare.job (job model)"
+    ]
     assert _against_layers({"hpcflare.job": {"hpcflare.transport.codec"}}) == []
 
 

@@ -32,5 +32,7 @@ def test_status_of_a_job_dir(make_recipe, tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    proc = subprocess.run([sys.executable, "-m", "hpcflare.cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcflare.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "run" in proc.stdout

@@ -24,12 +24,20 @@ def test_describe_signals_and_unknown_codes():
     assert "unknown exit code 77" in describe(77)
 
 
-@pytest.mark.parametrize("exc, code", [
-    (errors.ConfigError("x"), ExitCode.CONFIG_ERROR), (errors.CertificateError("x"), ExitCode.CERTIFICATE_ERROR),
-    (errors.RendezvousTimeoutError("x"), ExitCode.SERVER_LOST), (errors.StaleTaskError("x"), ExitCode.UPDATE_REJECTED),
-    (errors.StreamTimeoutError("x"), ExitCode.TRANSPORT_ERROR), (errors.RoundFailedError("x"), ExitCode.ROUND_FAILED),
-    (errors.RegistrationTimeoutError("x"), ExitCode.REGISTRATION_TIMEOUT), (errors.JobAbortedError("x"), ExitCode.ABORTED),
-    (errors.PolicyRefusedError("x"), ExitCode.POLICY_REFUSED)])
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (errors.ConfigError("x"), ExitCode.CONFIG_ERROR),
+        (errors.CertificateError("x"), ExitCode.CERTIFICATE_ERROR),
+        (errors.RendezvousTimeoutError("x"), ExitCode.SERVER_LOST),
+        (errors.StaleTaskError("x"), ExitCode.UPDATE_REJECTED),
+        (errors.StreamTimeoutError("x"), ExitCode.TRANSPORT_ERROR),
+        (errors.RoundFailedError("x"), ExitCode.ROUND_FAILED),
+        (errors.RegistrationTimeoutError("x"), ExitCode.REGISTRATION_TIMEOUT),
+        (errors.JobAbortedError("x"), ExitCode.ABORTED),
+        (errors.PolicyRefusedError("x"), ExitCode.POLICY_REFUSED),
+    ],
+)
 def test_one_funnel_maps_every_error_family(exc, code):
     assert exit_for(exc) == (code, "x") and exit_for(exc, user_code=True) == (code, "x")
 

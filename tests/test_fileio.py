@@ -14,7 +14,10 @@ def test_checksum_is_computed_while_writing(tmp_path):
     path = tmp_path / "sub" / "f.bin"
     info = atomic_write(path, lambda f: (f.write(b"abc"), f.write(b"def")), checksum=True)
     assert path.read_bytes() == b"abcdef"
-    assert info == {"sha256": hashlib.sha256(b"abcdef").hexdigest(), "nbytes": 6} and sha256_file(path) == info["sha256"]
+    assert (
+        info == {"sha256": hashlib.sha256(b"abcdef").hexdigest(), "nbytes": 6}
+        and sha256_file(path) == info["sha256"]
+    )
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
@@ -40,4 +43,6 @@ def test_link_replaces_the_target(tmp_path):
     (tmp_path / "a").write_text("new")
     (tmp_path / "b").write_text("old")
     atomic_link(tmp_path / "a", tmp_path / "b")
-    assert (tmp_path / "b").read_text() == "new" and (tmp_path / "b").stat().st_ino == (tmp_path / "a").stat().st_ino
+    assert (tmp_path / "b").read_text() == "new" and (tmp_path / "b").stat().st_ino == (
+        tmp_path / "a"
+    ).stat().st_ino

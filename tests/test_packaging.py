@@ -48,13 +48,19 @@ def test_wheel_installs_next_to_another_torch_and_runs_a_job(tmp_path):
     wheel = next(wheels.glob("hpcflare-*.whl"))
     installed = _run(python, "-m", "pip", "install", f"{wheel}[torch]", cwd=tmp_path)
     assert (venv / "bin" / "hpcflare").exists(), installed[-3000:]
-    assert "torch 2.1.0" in _run(python, "-m", "pip", "list", "--format=freeze", cwd=tmp_path).replace("==", " ")
+    assert "torch 2.1.0" in _run(python, "-m", "pip", "list", "--format=freeze", cwd=tmp_path).replace(
+        "==", " "
+    )
     assert _run(str(venv / "bin" / "hpcflare"), "--version", cwd=tmp_path).startswith("hpcflare ")
     settings = _run(str(venv / "bin" / "hpcflare"), "settings", cwd=tmp_path)
     assert "round_timeout" in settings and str(REPO) not in settings  # the wheel's own copy of configs/
-    located = _run(python, "-c", "import hpcflare.slurm.sbatch as s; print(s.TEMPLATE.is_file(), s.LAUNCHER.is_file(),"
-                   " os.access(s.LAUNCHER, os.X_OK), s.TEMPLATE)".replace("print(", "import os; print("),
-                   cwd=tmp_path)
+    located = _run(
+        python,
+        "-c",
+        "import hpcflare.slurm.sbatch as s; print(s.TEMPLATE.is_file(), s.LAUNCHER.is_file(),"
+        " os.access(s.LAUNCHER, os.X_OK), s.TEMPLATE)".replace("print(", "import os; print("),
+        cwd=tmp_path,
+    )
     assert located.startswith("True True True") and str(venv) in located
     out = _run(python, str(REPO / "recipes" / "hello-numpy" / "job.py"), cwd=tmp_path, timeout=300)
     assert "completed" in out and "[10. 11. 12.]" in out

@@ -39,7 +39,9 @@ def test_unknown_key_and_bad_values():
 
 
 def test_inconsistent_settings_name_both_keys():
-    with pytest.raises(ConfigError, match=r"heartbeat_timeout \(2.0\) must be > 2 x heartbeat_interval \(5.0\)"):
+    with pytest.raises(
+        ConfigError, match=r"heartbeat_timeout \(2.0\) must be > 2 x heartbeat_interval \(5.0\)"
+    ):
         Settings.load("dev", {"heartbeat_timeout": 2, "heartbeat_interval": 5})
     with pytest.raises(ConfigError, match="max_frame_bytes"):
         Settings.load("dev", {"chunk_size": 1 << 22})

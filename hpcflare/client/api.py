@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsType
 from hpcflare.errors import SiteEndedError, StaleTaskError
@@ -37,20 +37,22 @@ class APIContext:
         self.owned = owned  # True when init() created the agent itself (no launcher around us)
         self.initialized = False
         self.closed = False
-        self._task: Optional[Task] = None
-        self.seen: Optional[Task] = None  # the last task this site was given: it outlives send() and clear()
-        self.model: Optional[FLModel] = None
+        self._task: Task | None = None
+        self.seen: Task | None = None  # the last task this site was given: it outlives send() and clear()
+        self.model: FLModel | None = None
         self.cached_metrics: Any = None  # @flare.evaluate's result, attached by @flare.train
-        self.rank: Optional[str] = None
-        self.device: Any = None  # the accelerator the script last sent tensors from: received tensors go there
+        self.rank: str | None = None
+        self.device: Any = (
+            None  # the accelerator the script last sent tensors from: received tensors go there
+        )
 
     @property
-    def task(self) -> Optional[Task]:
+    def task(self) -> Task | None:
         """The task being worked on (None once sent or cleared)."""
         return self._task
 
     @task.setter
-    def task(self, value: Optional[Task]) -> None:
+    def task(self, value: Task | None) -> None:
         self._task = value
         if value is not None:
             self.seen = value
@@ -60,7 +62,7 @@ class APIContext:
     round = property(lambda self: self.seen.round if self.seen else None)
     last_task_id = property(lambda self: self.seen.task_id if self.seen else None)
 
-    def __enter__(self) -> "APIContext":
+    def __enter__(self) -> APIContext:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -68,7 +70,7 @@ class APIContext:
 
 
 _local = threading.local()
-_process: Optional[APIContext] = None
+_process: APIContext | None = None
 
 
 def bind(agent: ClientAgent, per_thread: bool) -> None:
@@ -89,12 +91,12 @@ def unbind() -> None:
         _process = None
 
 
-def current() -> Optional[APIContext]:
+def current() -> APIContext | None:
     """The context bound to this thread (SimEnv) or process, or None."""
     return getattr(_local, "ctx", None) or _process
 
 
-def _ctx(ctx: Optional[APIContext] = None) -> APIContext:
+def _ctx(ctx: APIContext | None = None) -> APIContext:
     ctx = ctx or current()
     if ctx is None or not ctx.initialized:
         raise RuntimeError("hpcflare.client: call flare.init() first")
@@ -103,21 +105,32 @@ def _ctx(ctx: Optional[APIContext] = None) -> APIContext:
     return ctx
 
 
-def init(rank: Optional[str] = None, config_file: Optional[str] = None) -> APIContext:
+def init(rank: str | None = None, config_file: str | None = None) -> APIContext:
     """Connect this process to its job; returns the context. Under a launcher this only marks the API ready.
     Calling it again (a script run once per round, or a Lightning callback) returns the same context."""
     global _process
     ctx = current()
     if ctx is None:
-        job_dir = config_file and os.path.dirname(os.path.abspath(config_file)) or os.environ.get("HPCFLARE_JOB_DIR")
+        job_dir = (
+            config_file
+            and os.path.dirname(os.path.abspath(config_file))
+            or os.environ.get("HPCFLARE_JOB_DIR")
+        )
         site = os.environ.get("HPCFLARE_SITE_NAME")
         if not job_dir or not site:
-            raise RuntimeError("hpcflare.client.init(): not running inside an hpcflare job (HPCFLARE_JOB_DIR / "
-                               "HPCFLARE_SITE_NAME unset); start the script through a recipe, e.g. "
-                               "recipe.execute(LocalEnv()) or `hpcflare run`")
+            raise RuntimeError(
+                "hpcflare.client.init(): not running inside an hpcflare job (HPCFLARE_JOB_DIR / "
+                "HPCFLARE_SITE_NAME unset); start the script through a recipe, e.g. "
+                "recipe.execute(LocalEnv()) or `hpcflare run`"
+            )
         jd = JobDir(job_dir)
-        agent = ClientAgent(jd, site, RankLogger(jd.log_dir, site, "client"), os.environ.get("HPCFLARE_SERVER"),
-                            site_sides=SITE_SIDES).start()
+        agent = ClientAgent(
+            jd,
+            site,
+            RankLogger(jd.log_dir, site, "client"),
+            os.environ.get("HPCFLARE_SERVER"),
+            site_sides=SITE_SIDES,
+        ).start()
         ctx = _process = APIContext(agent, owned=True)
         atexit.register(agent.close)
     if not ctx.agent.started:  # registering here makes script start-up part of the startup grace
@@ -126,7 +139,7 @@ def init(rank: Optional[str] = None, config_file: Optional[str] = None) -> APICo
     return ctx
 
 
-def receive(timeout: Optional[float] = None, ctx: Optional[APIContext] = None) -> Optional[FLModel]:
+def receive(timeout: float | None = None, ctx: APIContext | None = None) -> FLModel | None:
     """The current task's model; blocks for the next task if none is pending. None once the job has ended."""
     ctx = _ctx(ctx)
     if ctx.model is not None:
@@ -142,8 +155,11 @@ def receive(timeout: Optional[float] = None, ctx: Optional[APIContext] = None) -
         try:
             params = ctx.agent.fetch(ctx.task)
         except StaleTaskError as exc:  # the round closed before its model arrived: on to the next task
-            ctx.agent.log.warning("task_stale", f"round {ctx.task.round}: {exc}; waiting for the next task",
-                                  round=ctx.task.round)
+            ctx.agent.log.warning(
+                "task_stale",
+                f"round {ctx.task.round}: {exc}; waiting for the next task",
+                round=ctx.task.round,
+            )
             ctx.agent.tasks.pending = None
             clear(ctx)
             stale = True
@@ -171,19 +187,31 @@ def _on_device(params: dict[str, Any], device: Any) -> dict[str, Any]:
 
 def _to_flmodel(agent: ClientAgent, task: Task, params: dict[str, Any]) -> FLModel:
     current_round = task.round - 1  # NVFlare counts rounds from 0
-    meta = {**task.meta, FLMetaKey.JOB_ID: agent.config.job_id, FLMetaKey.SITE_NAME: agent.site,
-            FLMetaKey.CURRENT_ROUND: current_round, FLMetaKey.TOTAL_ROUNDS: task.total_rounds}
+    meta = {
+        **task.meta,
+        FLMetaKey.JOB_ID: agent.config.job_id,
+        FLMetaKey.SITE_NAME: agent.site,
+        FLMetaKey.CURRENT_ROUND: current_round,
+        FLMetaKey.TOTAL_ROUNDS: task.total_rounds,
+    }
     previous = task.meta.get(INITIAL_METRICS)
-    return FLModel(params_type=ParamsType.FULL, params=params, current_round=current_round,
-                   total_rounds=task.total_rounds, meta=meta,
-                   metrics=dict(previous) if isinstance(previous, dict) and previous else None)
+    return FLModel(
+        params_type=ParamsType.FULL,
+        params=params,
+        current_round=current_round,
+        total_rounds=task.total_rounds,
+        meta=meta,
+        metrics=dict(previous) if isinstance(previous, dict) and previous else None,
+    )
 
 
-def send(model: FLModel, clear_cache: bool = True, ctx: Optional[APIContext] = None) -> None:
+def send(model: FLModel, clear_cache: bool = True, ctx: APIContext | None = None) -> None:
     """Send this site's result for the current task."""
     if not isinstance(model, FLModel):
-        raise TypeError(f"flare.send() expects an FLModel, got {type(model).__name__}; "
-                        "wrap the params: flare.send(flare.FLModel(params=...))")
+        raise TypeError(
+            f"flare.send() expects an FLModel, got {type(model).__name__}; "
+            "wrap the params: flare.send(flare.FLModel(params=...))"
+        )
     ctx = _ctx(ctx)
     if ctx.task is None:
         raise RuntimeError("flare.send() called without a task: call flare.receive() first")
@@ -193,24 +221,29 @@ def send(model: FLModel, clear_cache: bool = True, ctx: Optional[APIContext] = N
     if params is None and ctx.task.name != "train":
         params = {}  # metrics only: an evaluation result, accepted for every task but training (as in NVFlare)
     if not isinstance(params, dict) or (not params and ctx.task.name == "train"):
-        raise ValueError("FLModel.params must be a non-empty dict of numpy arrays or torch tensors (a training "
-                         "task needs the trained weights; metrics alone answer only validate tasks)")
+        raise ValueError(
+            "FLModel.params must be a non-empty dict of numpy arrays or torch tensors (a training "
+            "task needs the trained weights; metrics alone answer only validate tasks)"
+        )
     if params:
-        ctx.device = _device_of(params)  # CUDA tensors are copied to the CPU for the wire, and come back there
-    ctx.agent.results.send(ctx.task, params, (model.params_type or ParamsType.FULL).value, model.meta or {},
-                           model.metrics or {})
+        ctx.device = _device_of(
+            params
+        )  # CUDA tensors are copied to the CPU for the wire, and come back there
+    ctx.agent.results.send(
+        ctx.task, params, (model.params_type or ParamsType.FULL).value, model.meta or {}, model.metrics or {}
+    )
     ctx.agent.tasks.pending = None  # sent (or discarded as late): the site did its part of this task
     if clear_cache:
         clear(ctx)
 
 
-def clear(ctx: Optional[APIContext] = None) -> None:
+def clear(ctx: APIContext | None = None) -> None:
     """Forget the cached task/model so the next receive() fetches a new task (the task name stays)."""
     ctx = _ctx(ctx)
     ctx.task, ctx.model = None, None
 
 
-def is_running(ctx: Optional[APIContext] = None) -> bool:
+def is_running(ctx: APIContext | None = None) -> bool:
     """True while the job has work for this site (waits for the next task if needed)."""
     ctx = ctx or current()
     if ctx is not None and ctx.closed:
@@ -224,7 +257,7 @@ def is_running(ctx: Optional[APIContext] = None) -> bool:
     return ctx.task is not None
 
 
-def shutdown(ctx: Optional[APIContext] = None) -> None:
+def shutdown(ctx: APIContext | None = None) -> None:
     """End this script's use of the Client API (NVFlare's ``flare.shutdown()``); tracking records are flushed."""
     ctx = ctx or current()
     if ctx is None or ctx.closed:
@@ -235,25 +268,37 @@ def shutdown(ctx: Optional[APIContext] = None) -> None:
         ctx.agent.close()
 
 
-def system_info(ctx: Optional[APIContext] = None) -> dict[str, Any]:
+def system_info(ctx: APIContext | None = None) -> dict[str, Any]:
     ctx = _ctx(ctx)
     return {"job_id": ctx.agent.config.job_id, "site_name": ctx.agent.site}
 
 
-def get_config(ctx: Optional[APIContext] = None) -> dict[str, Any]:
+def get_config(ctx: APIContext | None = None) -> dict[str, Any]:
     """The job's view for this site, plus NVFlare's ClientConfig sections (TASK_EXCHANGE, SITE_NAME, JOB_ID)."""
     ctx = _ctx(ctx)
     cfg = ctx.agent.config
-    return {"job_id": cfg.job_id, "job_name": cfg.name, "site_name": ctx.agent.site, "num_rounds": cfg.num_rounds,
-            "framework": cfg.framework, "train_args": list(cfg.train_args),
-            "task_meta": dict(ctx.task.meta) if ctx.task else {},
-            "SITE_NAME": ctx.agent.site, "JOB_ID": cfg.job_id,
-            "TASK_EXCHANGE": {"train_with_eval": True, "exchange_format": cfg.framework,
-                              "transfer_type": cfg.params_transfer_type, "train_task_name": "train",
-                              "eval_task_name": "validate", "submit_model_task_name": "submit_model"}}
+    return {
+        "job_id": cfg.job_id,
+        "job_name": cfg.name,
+        "site_name": ctx.agent.site,
+        "num_rounds": cfg.num_rounds,
+        "framework": cfg.framework,
+        "train_args": list(cfg.train_args),
+        "task_meta": dict(ctx.task.meta) if ctx.task else {},
+        "SITE_NAME": ctx.agent.site,
+        "JOB_ID": cfg.job_id,
+        "TASK_EXCHANGE": {
+            "train_with_eval": True,
+            "exchange_format": cfg.framework,
+            "transfer_type": cfg.params_transfer_type,
+            "train_task_name": "train",
+            "eval_task_name": "validate",
+            "submit_model_task_name": "submit_model",
+        },
+    }
 
 
-def get_workspace(ctx: Optional[APIContext] = None) -> Path:
+def get_workspace(ctx: APIContext | None = None) -> Path:
     """This site's working directory in the job (``<job_dir>/sites/<site>/``, created): where a site keeps
     files of its own (a PSI intersection, local checkpoints). Not in NVFlare's API."""
     ctx = _ctx(ctx)
@@ -262,36 +307,48 @@ def get_workspace(ctx: Optional[APIContext] = None) -> Path:
     return path
 
 
-def get_job_id(ctx: Optional[APIContext] = None) -> str:
+def get_job_id(ctx: APIContext | None = None) -> str:
     return _ctx(ctx).agent.config.job_id
 
 
-def get_site_name(ctx: Optional[APIContext] = None) -> str:
+def get_site_name(ctx: APIContext | None = None) -> str:
     return _ctx(ctx).agent.site
 
 
-def get_task_name(ctx: Optional[APIContext] = None) -> Optional[str]:
+def get_task_name(ctx: APIContext | None = None) -> str | None:
     """The current (or last) task's name: 'train', 'validate', 'submit_model'; it keeps its value after send()."""
     return _ctx(ctx).task_name
 
 
-def is_train(ctx: Optional[APIContext] = None) -> bool:
+def is_train(ctx: APIContext | None = None) -> bool:
     return get_task_name(ctx) == "train"
 
 
-def is_evaluate(ctx: Optional[APIContext] = None) -> bool:
+def is_evaluate(ctx: APIContext | None = None) -> bool:
     return get_task_name(ctx) == "validate"
 
 
-def is_submit_model(ctx: Optional[APIContext] = None) -> bool:
+def is_submit_model(ctx: APIContext | None = None) -> bool:
     return get_task_name(ctx) == "submit_model"
 
 
-def log(key: str, value: Any, data_type: AnalyticsDataType | str = AnalyticsDataType.SCALAR,
-        ctx: Optional[APIContext] = None, **kwargs: Any) -> bool:
+def log(
+    key: str,
+    value: Any,
+    data_type: AnalyticsDataType | str = AnalyticsDataType.SCALAR,
+    ctx: APIContext | None = None,
+    **kwargs: Any,
+) -> bool:
     """Record a tracking value (NVFlare's ``flare.log``); it reaches the server's tracking outputs with this
     site's name, the round and ``global_step``. The tracking writers in :mod:`hpcflare.client.tracking` call this."""
     ctx = _ctx(ctx)
     dtype = data_type.value if isinstance(data_type, AnalyticsDataType) else str(data_type)
-    record = {**kwargs, "key": str(key), "value": value, "data_type": dtype, "t": time.time(), "round": ctx.round}
+    record = {
+        **kwargs,
+        "key": str(key),
+        "value": value,
+        "data_type": dtype,
+        "t": time.time(),
+        "round": ctx.round,
+    }
     return ctx.agent.tracks.add(record)

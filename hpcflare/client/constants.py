@@ -9,8 +9,21 @@ from __future__ import annotations
 
 from hpcflare.client.model import AnalyticsDataType, FLMetaKey, MetaKey
 
-__all__ = ["AlgorithmConstants", "AnalyticsDataType", "AppConstants", "ConfigKey", "ExchangeFormat", "ExecutorTasks",
-           "FLMetaKey", "LogWriterName", "MetaKey", "ModelName", "NPConstants", "TransferType", "ValidateType"]
+__all__ = [
+    "AlgorithmConstants",
+    "AnalyticsDataType",
+    "AppConstants",
+    "ConfigKey",
+    "ExchangeFormat",
+    "ExecutorTasks",
+    "FLMetaKey",
+    "LogWriterName",
+    "MetaKey",
+    "ModelName",
+    "NPConstants",
+    "TransferType",
+    "ValidateType",
+]
 
 
 class AppConstants:

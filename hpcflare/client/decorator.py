@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from hpcflare.client import api
 from hpcflare.client.model import FLModel
 
 
-def _call_with_model(fn: Callable[..., Any], model: Optional[FLModel], args: tuple, kwargs: dict) -> Any:
+def _call_with_model(fn: Callable[..., Any], model: FLModel | None, args: tuple, kwargs: dict) -> Any:
     """NVFlare replaces the function's first parameter with the received model."""
     params = list(inspect.signature(fn).parameters.values())
     if not params:
@@ -36,7 +37,9 @@ def _as_metrics(value: Any, ctx: api.APIContext) -> dict[str, Any]:
     if isinstance(value, (int, float)) or hasattr(value, "item"):
         key = ctx.agent.config.key_metric or "accuracy"
         return {key: float(value.item() if hasattr(value, "item") else value)}
-    raise TypeError(f"an @flare.evaluate function must return a dict of metrics or a number, got {type(value).__name__}")
+    raise TypeError(
+        f"an @flare.evaluate function must return a dict of metrics or a number, got {type(value).__name__}"
+    )
 
 
 def _on_received(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str) -> tuple[api.APIContext, Any]:
@@ -44,30 +47,35 @@ def _on_received(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str) -
     ctx = api._ctx()
     result = _call_with_model(fn, api.receive(ctx=ctx), args, kwargs)
     if result is None:
-        raise RuntimeError(f"@flare.{what} function {fn.__name__}() returned None; return "
-                           + ("an FLModel" if what == "train" else "its metrics"))
+        raise RuntimeError(
+            f"@flare.{what} function {fn.__name__}() returned None; return "
+            + ("an FLModel" if what == "train" else "its metrics")
+        )
     return ctx, result
 
 
-def train(_func: Optional[Callable[..., Any]] = None, **root_kwargs: Any) -> Any:
+def train(_func: Callable[..., Any] | None = None, **root_kwargs: Any) -> Any:
     def decorator(train_fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(train_fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx, result = _on_received(train_fn, args, kwargs, "train")
             if not isinstance(result, FLModel):
-                raise RuntimeError(f"@flare.train function {train_fn.__name__}() must return an FLModel, got "
-                                   f"{type(result).__name__}")
+                raise RuntimeError(
+                    f"@flare.train function {train_fn.__name__}() must return an FLModel, got "
+                    f"{type(result).__name__}"
+                )
             if ctx.cached_metrics is not None:
                 result.metrics = ctx.cached_metrics
                 ctx.cached_metrics = None
             api.send(result, ctx=ctx)
             return result
+
         return wrapper
 
     return decorator if _func is None else decorator(_func)
 
 
-def evaluate(_func: Optional[Callable[..., Any]] = None, **root_kwargs: Any) -> Any:
+def evaluate(_func: Callable[..., Any] | None = None, **root_kwargs: Any) -> Any:
     def decorator(eval_fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(eval_fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -77,6 +85,7 @@ def evaluate(_func: Optional[Callable[..., Any]] = None, **root_kwargs: Any) -> 
             else:
                 api.send(FLModel(metrics=_as_metrics(result, ctx)), ctx=ctx)
             return result
+
         return wrapper
 
     return decorator if _func is None else decorator(_func)

@@ -17,14 +17,44 @@ end of fit. Each ``fit`` adds ``max_epochs`` more epochs, and optimizer state ca
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
-from hpcflare.client.api import (APIContext, clear, get_config, get_job_id, get_site_name, init, is_evaluate,
-                                 is_running, is_submit_model, is_train, log, receive, send, system_info)
+from hpcflare.client.api import (
+    APIContext,
+    clear,
+    get_config,
+    get_job_id,
+    get_site_name,
+    init,
+    is_evaluate,
+    is_running,
+    is_submit_model,
+    is_train,
+    log,
+    receive,
+    send,
+    system_info,
+)
 from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsType
 
-__all__ = ["AnalyticsDataType", "FLModel", "ParamsType", "get_config", "get_job_id", "get_site_name", "init",
-           "is_evaluate", "is_running", "is_submit_model", "is_train", "log", "patch", "receive", "send", "system_info"]
+__all__ = [
+    "AnalyticsDataType",
+    "FLModel",
+    "ParamsType",
+    "get_config",
+    "get_job_id",
+    "get_site_name",
+    "init",
+    "is_evaluate",
+    "is_running",
+    "is_submit_model",
+    "is_train",
+    "log",
+    "patch",
+    "receive",
+    "send",
+    "system_info",
+]
 
 FL_META_KEY = "__fl_meta__"
 """A LightningModule attribute (dict) whose entries are added to the result's meta, as in NVFlare."""
@@ -38,32 +68,45 @@ def _callback_base(trainer: Any) -> type:
     return Callback
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _callback_class(base: type) -> type:
     return type("FLCallback", (_FLCallbackMixin, base), {})
 
 
-def patch(trainer: Any, restore_state: bool = True, load_state_dict_strict: bool = True,
-          ctx: Optional[APIContext] = None) -> None:
+def patch(
+    trainer: Any,
+    restore_state: bool = True,
+    load_state_dict_strict: bool = True,
+    ctx: APIContext | None = None,
+) -> None:
     """Add the federated callback to ``trainer`` (once)."""
     callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
     if any(isinstance(cb, _FLCallbackMixin) for cb in callbacks):
         return
-    callback = _callback_class(_callback_base(trainer))(rank=trainer.global_rank, restore_state=restore_state,
-                                                        load_state_dict_strict=load_state_dict_strict, ctx=ctx)
+    callback = _callback_class(_callback_base(trainer))(
+        rank=trainer.global_rank,
+        restore_state=restore_state,
+        load_state_dict_strict=load_state_dict_strict,
+        ctx=ctx,
+    )
     trainer.callbacks = [*callbacks, callback]
 
 
 class _FLCallbackMixin:
-    def __init__(self, rank: int = 0, restore_state: bool = True, load_state_dict_strict: bool = True,
-                 ctx: Optional[APIContext] = None) -> None:
+    def __init__(
+        self,
+        rank: int = 0,
+        restore_state: bool = True,
+        load_state_dict_strict: bool = True,
+        ctx: APIContext | None = None,
+    ) -> None:
         super().__init__()
         self.rank, self.restore_state, self.strict = rank, restore_state, load_state_dict_strict
         self.ctx = init(rank=str(rank)) if rank == 0 else ctx
-        self.metrics: Optional[dict[str, float]] = None
+        self.metrics: dict[str, float] | None = None
         self.received = False
         self.task = {"train": False, "evaluate": False}
-        self.epochs_per_round: Optional[int] = None
+        self.epochs_per_round: int | None = None
         self.optimizer_states: list[Any] = []
 
     # ---------------------------------------------------------------- lightning hooks
@@ -80,7 +123,9 @@ class _FLCallbackMixin:
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking or self.metrics is not None or not self.received:
             return
-        self.metrics = {k: float(v.item() if hasattr(v, "item") else v) for k, v in trainer.callback_metrics.items()}
+        self.metrics = {
+            k: float(v.item() if hasattr(v, "item") else v) for k, v in trainer.callback_metrics.items()
+        }
         if self.task["evaluate"] and self.rank == 0:
             send(FLModel(metrics=self.metrics), clear_cache=False, ctx=self.ctx)
             self._next_round(trainer)
@@ -122,4 +167,3 @@ class _FLCallbackMixin:
         self.task = {"train": False, "evaluate": False}
         if self.rank == 0:
             clear(ctx=self.ctx)
-

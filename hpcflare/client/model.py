@@ -7,7 +7,7 @@ round a ValueError, FULL/DIFF without params a ValueError; ``summary()`` has NVF
 from __future__ import annotations
 
 import enum
-from typing import Any, Optional
+from typing import Any
 
 
 class ParamsType(str, enum.Enum):
@@ -66,15 +66,24 @@ def _check_round(name: str, value: Any) -> None:
 class FLModel:
     """A model (or update) plus its metadata, as exchanged between a site's training code and the runtime."""
 
-    def __init__(self, params_type: Optional[ParamsType | str] = None, params: Any = None,
-                 optimizer_params: Any = None, metrics: Optional[dict] = None, start_round: Optional[int] = 0,
-                 current_round: Optional[int] = None, total_rounds: Optional[int] = None,
-                 meta: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        params_type: ParamsType | str | None = None,
+        params: Any = None,
+        optimizer_params: Any = None,
+        metrics: dict | None = None,
+        start_round: int | None = 0,
+        current_round: int | None = None,
+        total_rounds: int | None = None,
+        meta: dict | None = None,
+    ) -> None:
         if params_type is not None:
             try:
                 params_type = ParamsType(params_type)
             except ValueError:
-                raise ValueError(f"params_type must be one of {[t.value for t in ParamsType]}, got {params_type!r}") from None
+                raise ValueError(
+                    f"params_type must be one of {[t.value for t in ParamsType]}, got {params_type!r}"
+                ) from None
         FLModel.validate_params_type(params, params_type)
         if params is not None and params_type is None:
             params_type = ParamsType.FULL
@@ -82,8 +91,11 @@ class FLModel:
             raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
         if meta is not None and not isinstance(meta, dict):
             raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
-        for name, value in (("start_round", start_round), ("current_round", current_round),
-                            ("total_rounds", total_rounds)):
+        for name, value in (
+            ("start_round", start_round),
+            ("current_round", current_round),
+            ("total_rounds", total_rounds),
+        ):
             _check_round(name, value)
         self.params_type = params_type
         self.params = params
@@ -95,15 +107,23 @@ class FLModel:
         self.meta = {} if meta is None else meta
 
     @staticmethod
-    def validate_params_type(params: Any, params_type: Optional[ParamsType]) -> None:
+    def validate_params_type(params: Any, params_type: ParamsType | None) -> None:
         if params_type in (ParamsType.FULL, ParamsType.DIFF) and params is None:
             raise ValueError(f"params must be provided when params_type is {params_type.value}")
 
     def summary(self) -> dict[str, Any]:
         """NVFlare's summary: set fields only; dicts as their length, ints as themselves, others as their type."""
         out: dict[str, Any] = {}
-        for key in ("params", "optimizer_params", "metrics", "meta", "params_type", "start_round", "current_round",
-                    "total_rounds"):
+        for key in (
+            "params",
+            "optimizer_params",
+            "metrics",
+            "meta",
+            "params_type",
+            "start_round",
+            "current_round",
+            "total_rounds",
+        ):
             value = getattr(self, key)
             if not value:
                 continue

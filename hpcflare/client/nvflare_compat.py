@@ -14,8 +14,9 @@ import importlib.machinery
 import importlib.util
 import sys
 import threading
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 ALIASES = {
     "nvflare.client": "hpcflare.client",
@@ -32,14 +33,23 @@ ALIASES = {
     "nvflare.apis.fl_constant": "hpcflare.client.constants",
 }
 """NVFlare module -> the hpcflare module that provides its names (README: "Coming from NVFlare")."""
-PACKAGES = frozenset({"nvflare", "nvflare.apis", "nvflare.app_common", "nvflare.app_common.abstract",
-                      "nvflare.app_common.np", "nvflare.app_opt"})
+PACKAGES = frozenset(
+    {
+        "nvflare",
+        "nvflare.apis",
+        "nvflare.app_common",
+        "nvflare.app_common.abstract",
+        "nvflare.app_common.np",
+        "nvflare.app_opt",
+    }
+)
 """Parents of the aliased modules: empty packages, so ``import nvflare.client`` finds its way down."""
 
 
 class NvflareAliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname != "nvflare" and not fullname.startswith("nvflare."):
             return None
         if fullname in PACKAGES:
@@ -48,7 +58,9 @@ class NvflareAliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return importlib.machinery.ModuleSpec(fullname, self)
         raise ModuleNotFoundError(
             f"No module named {fullname!r}: hpcflare's NVFlare compatibility (job option nvflare_compat) provides "
-            f"{sorted(ALIASES)}; port other NVFlare imports to hpcflare (README 'Coming from NVFlare')", name=fullname)
+            f"{sorted(ALIASES)}; port other NVFlare imports to hpcflare (README 'Coming from NVFlare')",
+            name=fullname,
+        )
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return None  # a fresh module; exec_module swaps in the real one for aliases
@@ -98,7 +110,9 @@ def install() -> bool:
         for name in [n for n in sys.modules if n == "nvflare" or n.startswith("nvflare.")]:
             del sys.modules[name]  # a real nvflare imported here while compat is forced on: shadow it
         for name in sorted(PACKAGES):
-            package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, _FINDER, is_package=True))
+            package = importlib.util.module_from_spec(
+                importlib.machinery.ModuleSpec(name, _FINDER, is_package=True)
+            )
             package.__path__ = []
             _FINDER.exec_module(package)
             sys.modules[name] = package
@@ -122,6 +136,9 @@ def uninstall() -> None:
             if name in ALIASES or getattr(spec, "loader", None) is _FINDER:
                 del sys.modules[name]
         client = sys.modules.get("hpcflare.client")
-        if client is not None and "config" in vars(client) and client.config is sys.modules.get(
-                "hpcflare.client.constants"):
+        if (
+            client is not None
+            and "config" in vars(client)
+            and client.config is sys.modules.get("hpcflare.client.constants")
+        ):
             delattr(client, "config")  # set as nvflare.client.config's parent attribute

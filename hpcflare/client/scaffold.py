@@ -30,9 +30,13 @@ class ScaffoldClient:
     def receive(self, params: dict[str, Any]) -> dict[str, Any]:
         """The model part of the round's params; remembers the global weights and control variate."""
         model = {k: v for k, v in params.items() if not k.startswith(CONTROL_PREFIX)}
-        self.c_global = {k[len(CONTROL_PREFIX):]: v for k, v in params.items() if k.startswith(CONTROL_PREFIX)}
+        self.c_global = {
+            k[len(CONTROL_PREFIX) :]: v for k, v in params.items() if k.startswith(CONTROL_PREFIX)
+        }
         if not self.c_global:
-            raise RuntimeError("no SCAFFOLD control variates in the received model: is the job's strategy 'scaffold'?")
+            raise RuntimeError(
+                "no SCAFFOLD control variates in the received model: is the job's strategy 'scaffold'?"
+            )
         self.x_global = {k: v.detach().clone() for k, v in model.items()}
         for name, c in self.c_global.items():
             self.c_local.setdefault(name, c.new_zeros(c.shape))
@@ -52,7 +56,11 @@ class ScaffoldClient:
         for name, param in net.named_parameters():
             if name not in self.c_global:
                 continue
-            new = self.c_local[name] - self.c_global[name] + (self.x_global[name] - param.detach()) / (steps * lr)
+            new = (
+                self.c_local[name]
+                - self.c_global[name]
+                + (self.x_global[name] - param.detach()) / (steps * lr)
+            )
             deltas[CONTROL_PREFIX + name] = new - self.c_local[name]
             self.c_local[name] = new
         return deltas

@@ -12,13 +12,18 @@ and min/max are coarsened to 1/20 of the range, so exact raw values do not leave
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 
-def local_statistics(features: Mapping[str, Any], meta: Mapping[str, Any], min_count: int | None = None,
-                     seed: int | None = None) -> dict[str, np.ndarray]:
+def local_statistics(
+    features: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    min_count: int | None = None,
+    seed: int | None = None,
+) -> dict[str, np.ndarray]:
     phase = int(meta.get("stats_phase", 1))
     floor = max(int(meta.get("min_count", 1)), int(min_count or 0))
     noise = float(meta.get("noise", 0.0))
@@ -47,5 +52,7 @@ def local_statistics(features: Mapping[str, Any], meta: Mapping[str, Any], min_c
             lo, hi = ranges[name]
             bins = int(meta.get("bins", 20))
             hist, _ = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
-            out[f"{name}.hist"] = hist.astype(np.float64) + (rng.normal(0.0, noise * 2, size=bins) if noise else 0.0)
+            out[f"{name}.hist"] = hist.astype(np.float64) + (
+                rng.normal(0.0, noise * 2, size=bins) if noise else 0.0
+            )
     return out

@@ -7,7 +7,7 @@ the job's tracking receivers (CSV, TensorBoard, MLflow, W&B: job option ``tracki
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from hpcflare.client.api import APIContext, log
 from hpcflare.client.constants import LogWriterName
@@ -19,7 +19,7 @@ __all__ = ["MLflowWriter", "SummaryWriter", "TBWriter", "WandBWriter"]
 class _Writer:
     writer_name = ""
 
-    def __init__(self, ctx: Optional[APIContext] = None) -> None:
+    def __init__(self, ctx: APIContext | None = None) -> None:
         self.ctx = ctx
 
     def _log(self, key: str, value: Any, kind: AnalyticsDataType, **kwargs: Any) -> bool:
@@ -34,10 +34,10 @@ class SummaryWriter(_Writer):
 
     writer_name = LogWriterName.TORCH_TB
 
-    def add_scalar(self, tag: str, scalar: float, global_step: Optional[int] = None, **kwargs: Any) -> None:
+    def add_scalar(self, tag: str, scalar: float, global_step: int | None = None, **kwargs: Any) -> None:
         self._log(tag, scalar, AnalyticsDataType.SCALAR, global_step=global_step, **kwargs)
 
-    def add_scalars(self, tag: str, scalars: dict, global_step: Optional[int] = None, **kwargs: Any) -> None:
+    def add_scalars(self, tag: str, scalars: dict, global_step: int | None = None, **kwargs: Any) -> None:
         self._log(tag, scalars, AnalyticsDataType.SCALARS, global_step=global_step, **kwargs)
 
     def flush(self) -> None:
@@ -53,7 +53,7 @@ TBWriter = SummaryWriter
 class WandBWriter(_Writer):
     writer_name = LogWriterName.WANDB
 
-    def log(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._log("metrics", metrics, AnalyticsDataType.METRICS, global_step=step)
 
 
@@ -68,10 +68,10 @@ class MLflowWriter(_Writer):
     def log_params(self, values: dict) -> None:
         self._log("params", values, AnalyticsDataType.PARAMETERS)
 
-    def log_metric(self, key: str, value: float, step: Optional[int] = None) -> None:
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self._log(key, value, AnalyticsDataType.METRIC, global_step=step)
 
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._log("metrics", metrics, AnalyticsDataType.METRICS, global_step=step)
 
     def log_text(self, text: str, artifact_file_path: str) -> None:

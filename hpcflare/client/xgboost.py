@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -42,18 +43,27 @@ def collective_args(model: Any, workdir: str | Path) -> dict[str, Any]:
     info = (model.meta or {}).get("xgboost") or {}
     site = flare.get_site_name()
     if info.get("mode") != "histogram":
-        raise ConfigError("this task is not an XGBoost histogram task (no meta['xgboost'] with mode 'histogram'); "
-                          "use XGBHistogramRecipe / XGBVerticalRecipe on the server")
+        raise ConfigError(
+            "this task is not an XGBoost histogram task (no meta['xgboost'] with mode 'histogram'); "
+            "use XGBHistogramRecipe / XGBVerticalRecipe on the server"
+        )
     if site not in info.get("ranks", {}):
         raise ConfigError(f"{site} has no rank in this XGBoost collective (it registered after it formed)")
-    args: dict[str, Any] = {"dmlc_communicator": "federated", "federated_server_address": info["address"],
-                            "federated_world_size": int(info["world_size"]), "federated_rank": int(info["ranks"][site])}
+    args: dict[str, Any] = {
+        "dmlc_communicator": "federated",
+        "federated_server_address": info["address"],
+        "federated_world_size": int(info["world_size"]),
+        "federated_rank": int(info["ranks"][site]),
+    }
     if info.get("tracker_ca"):
         kit = _site_kit()
         ca = Path(workdir) / "tracker-ca.pem"
         ca.write_text(info["tracker_ca"])
-        args.update(federated_server_cert_path=str(ca), federated_client_key_path=str(kit / "key.pem"),
-                    federated_client_cert_path=str(kit / "cert.pem"))
+        args.update(
+            federated_server_cert_path=str(ca),
+            federated_client_key_path=str(kit / "key.pem"),
+            federated_client_cert_path=str(kit / "cert.pem"),
+        )
     return args
 
 
@@ -61,8 +71,10 @@ def _site_kit() -> Path:
     """This site's kit (a virtual client without one has its client rank's: same project CA, same process)."""
     agent = flare._ctx(None).agent
     if agent.kit is None:
-        raise ConfigError(f"{agent.site} has no startup kit, but the XGBoost collective runs over mutual TLS: "
-                          "provision one per site (`hpcflare provision PROJECT_DIR --add SITE`)")
+        raise ConfigError(
+            f"{agent.site} has no startup kit, but the XGBoost collective runs over mutual TLS: "
+            "provision one per site (`hpcflare provision PROJECT_DIR --add SITE`)"
+        )
     return Path(agent.kit.path)
 
 

@@ -9,7 +9,8 @@ where FedAvg drifts and FedProx/SCAFFOLD help.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,9 @@ def holdout_set(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return population(2000, seed, draw=1)
 
 
-def site_shard(site_index: int, n_sites: int, split: str = "noniid", seed: int = 0, alpha: float = 0.3
-               ) -> tuple[np.ndarray, np.ndarray]:
+def site_shard(
+    site_index: int, n_sites: int, split: str = "noniid", seed: int = 0, alpha: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
     """Site ``site_index`` (0-based) of ``n_sites``: 'iid' = a random equal share, 'noniid' = label skew."""
     x, y = population(seed=seed)
     rng = np.random.default_rng(seed + 1)
@@ -58,7 +60,9 @@ def tiny_mlp(seed: int = 0):  # noqa: ANN201 - torch is imported lazily
     import torch
 
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(N_FEATURES, 32), torch.nn.ReLU(), torch.nn.Linear(32, N_CLASSES))
+    return torch.nn.Sequential(
+        torch.nn.Linear(N_FEATURES, 32), torch.nn.ReLU(), torch.nn.Linear(32, N_CLASSES)
+    )
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:  # noqa: ANN001
@@ -69,7 +73,7 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:  # noqa: ANN001
     return float((pred == y).mean())
 
 
-def client_arguments(extra: "Callable[[argparse.ArgumentParser], None] | None" = None) -> argparse.Namespace:
+def client_arguments(extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The recipes' client flags: --n-sites --split --local-epochs --lr --batch (plus ``extra``'s)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--n-sites", type=int, default=8)
@@ -96,8 +100,12 @@ class LocalTrainer:
         self.args = args
         self.shuffle = torch.Generator().manual_seed(self.index)
 
-    def train(self, net: Any, extra_loss: Callable[[Any], Any] | None = None,
-              after_backward: Callable[[Any], None] | None = None) -> tuple[int, float]:
+    def train(
+        self,
+        net: Any,
+        extra_loss: Callable[[Any], Any] | None = None,
+        after_backward: Callable[[Any], None] | None = None,
+    ) -> tuple[int, float]:
         """Local epochs of SGD; returns (steps, last loss)."""
         import torch
         import torch.nn.functional as F
@@ -107,7 +115,7 @@ class LocalTrainer:
         for _ in range(self.args.local_epochs):
             order = torch.randperm(len(self.Y), generator=self.shuffle)
             for i in range(0, len(self.Y), self.args.batch):
-                batch = order[i:i + self.args.batch]
+                batch = order[i : i + self.args.batch]
                 loss = F.cross_entropy(net(self.X[batch]), self.Y[batch])
                 if extra_loss is not None:
                     loss = loss + extra_loss(net)

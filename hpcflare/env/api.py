@@ -5,10 +5,10 @@ from __future__ import annotations
 import abc
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from hpcflare.errors import ConfigError, JobFailedError, StreamTimeoutError
 from hpcflare.env.progress import RoundProgress
+from hpcflare.errors import ConfigError, JobFailedError, StreamTimeoutError
 from hpcflare.job import JobDir, JobState
 
 
@@ -29,13 +29,13 @@ class Run(abc.ABC):
         return self.job_dir.read_status()
 
     @abc.abstractmethod
-    def wait(self, timeout: Optional[float]) -> bool:
+    def wait(self, timeout: float | None) -> bool:
         """Wait for every rank to finish; False if ``timeout`` passed first."""
 
     @abc.abstractmethod
     def abort(self) -> None: ...
 
-    def get_result(self, timeout: Optional[float] = None) -> Path:
+    def get_result(self, timeout: float | None = None) -> Path:
         """Wait for the job and return the result model's path; raise JobFailedError if it did not complete."""
         try:
             with RoundProgress(self.job_dir, enabled=self.progress):
@@ -44,12 +44,15 @@ class Run(abc.ABC):
             self.abort()
             raise
         if not finished:
-            raise StreamTimeoutError(f"job {self.get_job_id()} still running after {timeout}s; "
-                                     f"call get_result() again or abort()")
+            raise StreamTimeoutError(
+                f"job {self.get_job_id()} still running after {timeout}s; call get_result() again or abort()"
+            )
         status = self.get_status()
         if status.get("state") != JobState.COMPLETED:
-            raise JobFailedError(f"job {self.get_job_id()} {status.get('state')}: {status.get('message', 'no message')}. "
-                                 f"Logs: {self.job_dir.log_dir}")
+            raise JobFailedError(
+                f"job {self.get_job_id()} {status.get('state')}: {status.get('message', 'no message')}. "
+                f"Logs: {self.job_dir.log_dir}"
+            )
         return self.job_dir.result_model_path
 
 
@@ -70,7 +73,9 @@ class Env(abc.ABC):
         job_dir.check_deployable()  # not while its server lives; not once it completed
         for stale in job_dir.rendezvous_dir.glob("*.json"):
             stale.unlink(missing_ok=True)
-        job_dir.write_status(JobState.RESUMING, message=f"resumed from {job_dir.models_dir / 'checkpoint.json'}")
+        job_dir.write_status(
+            JobState.RESUMING, message=f"resumed from {job_dir.models_dir / 'checkpoint.json'}"
+        )
         return self.deploy(job_dir)
 
 
@@ -87,5 +92,5 @@ def sites_from(num_clients: int | None, clients: list[str] | None) -> list[str] 
     return None
 
 
-def deadline_after(timeout: Optional[float]) -> float:
+def deadline_after(timeout: float | None) -> float:
     return float("inf") if timeout is None else time.monotonic() + timeout

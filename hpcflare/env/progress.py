@@ -28,8 +28,15 @@ class RoundProgress:
         if enabled is None:
             enabled = bool(getattr(stream, "isatty", lambda: False)())
         total = job_dir.load_config().num_rounds
-        self.bar = tqdm(total=total, desc=job_dir.root.name, unit="round", file=stream, disable=not enabled,
-                        dynamic_ncols=True, leave=True)
+        self.bar = tqdm(
+            total=total,
+            desc=job_dir.root.name,
+            unit="round",
+            file=stream,
+            disable=not enabled,
+            dynamic_ncols=True,
+            leave=True,
+        )
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -40,7 +47,7 @@ class RoundProgress:
             self.bar.update(done - self.bar.n)
         self.bar.set_postfix_str(str(status.get("state", "")), refresh=True)
 
-    def __enter__(self) -> "RoundProgress":
+    def __enter__(self) -> RoundProgress:
         if not self.bar.disable:
             self._thread = threading.Thread(target=self._run, name="round-progress", daemon=True)
             self._thread.start()

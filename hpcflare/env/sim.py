@@ -13,23 +13,24 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 from hpcflare.env.api import Env, Run, deadline_after, sites_from
 from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir, JobState
-from hpcflare.security.jobs import prepare_job
 from hpcflare.runtime.client_rank import local_slots, run_sites, settle_clients_per_rank
 from hpcflare.runtime.launch import run_client, run_server
 from hpcflare.runtime.script_runner import script_path
+from hpcflare.security.jobs import prepare_job
 
 
 class SimRun(Run):
-    def __init__(self, job_dir: JobDir, threads: dict[str, threading.Thread], codes: dict[str, ExitCode]) -> None:
+    def __init__(
+        self, job_dir: JobDir, threads: dict[str, threading.Thread], codes: dict[str, ExitCode]
+    ) -> None:
         super().__init__(job_dir)
         self.threads, self.exit_codes = threads, codes
 
-    def wait(self, timeout: Optional[float]) -> bool:
+    def wait(self, timeout: float | None) -> bool:
         deadline = deadline_after(timeout)
         server = self.threads["server"]
         while server.is_alive():
@@ -42,22 +43,33 @@ class SimRun(Run):
         for thread in self.threads.values():
             thread.join(max(0.0, min(grace, deadline) - time.monotonic()))
         code = self.exit_codes.get("server")
-        self.job_dir.settle("the server thread ended without recording an end" + (
-            f" (exit {int(code)})" if code is not None else " (it raised: see logs/server.log)"),
-            None if code is None else int(code))
+        self.job_dir.settle(
+            "the server thread ended without recording an end"
+            + (f" (exit {int(code)})" if code is not None else " (it raised: see logs/server.log)"),
+            None if code is None else int(code),
+        )
         return True
 
     def abort(self) -> None:
-        self.job_dir.write_status(JobState.ABORTED, message="SimEnv abort: threads finish at their next deadline")
+        self.job_dir.write_status(
+            JobState.ABORTED, message="SimEnv abort: threads finish at their next deadline"
+        )
 
 
 class SimEnv(Env):
     """``SimEnv(num_clients=2)`` / ``SimEnv(clients=["a", "b"])`` (NVFlare's names) choose the sites the recipe
     runs with; ``workspace_root`` is NVFlare's name for ``job_root``; ``clients_per_rank`` overrides the job's."""
 
-    def __init__(self, job_root: str | Path = "jobs", verbose: bool = True, num_clients: int | None = None,
-                 clients: list[str] | None = None, workspace_root: str | Path | None = None,
-                 num_threads: int | None = None, clients_per_rank: int | str | None = None) -> None:
+    def __init__(
+        self,
+        job_root: str | Path = "jobs",
+        verbose: bool = True,
+        num_clients: int | None = None,
+        clients: list[str] | None = None,
+        workspace_root: str | Path | None = None,
+        num_threads: int | None = None,
+        clients_per_rank: int | str | None = None,
+    ) -> None:
         super().__init__(workspace_root if workspace_root is not None else job_root)
         self.verbose = verbose
         self.sites = sites_from(num_clients, clients)
@@ -65,7 +77,9 @@ class SimEnv(Env):
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
-        config = settle_clients_per_rank(job_dir, self.clients_per_rank, local_slots)  # first: kits follow ranks
+        config = settle_clients_per_rank(
+            job_dir, self.clients_per_rank, local_slots
+        )  # first: kits follow ranks
         prepare_job(job_dir, secure_default=False)
         script = script_path(job_dir, config.train_script)
         sys.argv = [str(script), *config.train_args]
@@ -83,8 +97,12 @@ class SimEnv(Env):
                 codes[name] = run_sites(job_dir, sites, name, own_process=False)
 
         threads = {"server": threading.Thread(target=server, name="sim-server", daemon=True)}
-        threads.update({name: threading.Thread(target=client, args=(name, sites), name=f"sim-{name}", daemon=True)
-                        for name, sites in config.client_units().items()})
+        threads.update(
+            {
+                name: threading.Thread(target=client, args=(name, sites), name=f"sim-{name}", daemon=True)
+                for name, sites in config.client_units().items()
+            }
+        )
         for thread in threads.values():
             thread.start()
         return SimRun(job_dir, threads, codes)

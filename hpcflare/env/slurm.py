@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import submitit
 
@@ -23,11 +23,11 @@ from hpcflare.errors import ConfigError, JobFailedError
 from hpcflare.exitcodes import ExitCode, describe
 from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
-from hpcflare.security.jobs import prepare_job
-from hpcflare.runtime.cluster.memory import MALLOC_ENV
 from hpcflare.runtime.client_rank import settle_clients_per_rank
-from hpcflare.runtime.launch import run_rank
+from hpcflare.runtime.cluster.memory import MALLOC_ENV
 from hpcflare.runtime.cluster.ranks import RankInfo
+from hpcflare.runtime.launch import run_rank
+from hpcflare.security.jobs import prepare_job
 from hpcflare.slurm.commands import FINAL_STATES, SlurmCommands
 from hpcflare.slurm.spec import Allocation
 
@@ -62,7 +62,9 @@ class SlurmRun(Run):
         super().__init__(job_dir)
         self.job = job
         self.slurm_job_id = str(job.job_id)
-        atomic_write_text(job_dir.root / "slurm_job_id", self.slurm_job_id + "\n")  # for hpcflare job/logs commands
+        atomic_write_text(
+            job_dir.root / "slurm_job_id", self.slurm_job_id + "\n"
+        )  # for hpcflare job/logs commands
         self.commands = commands or SlurmCommands()
 
     def slurm_state(self) -> str:
@@ -72,14 +74,16 @@ class SlurmRun(Run):
     def get_status(self) -> dict[str, Any]:
         return {**super().get_status(), "slurm_job_id": self.slurm_job_id, "slurm_state": self.slurm_state()}
 
-    def wait(self, timeout: Optional[float]) -> bool:
+    def wait(self, timeout: float | None) -> bool:
         deadline = deadline_after(timeout)
         while (state := self.slurm_state()) not in FINAL_STATES | {"UNKNOWN"}:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(1.0)
-        self.job_dir.settle(f"Slurm job {self.slurm_job_id} ended ({state}) before the server recorded an end; "
-                            f"run `hpcflare logs diagnose {self.job_dir.root}`")
+        self.job_dir.settle(
+            f"Slurm job {self.slurm_job_id} ended ({state}) before the server recorded an end; "
+            f"run `hpcflare logs diagnose {self.job_dir.root}`"
+        )
         return True
 
     def abort(self) -> None:
@@ -89,23 +93,35 @@ class SlurmRun(Run):
 class SlurmEnv(Env):
     """``recipe.execute(SlurmEnv(nodes=2, ntasks_per_node=2, partition="debug", time="00:30:00"))``."""
 
-    def __init__(self, nodes: int = 1, ntasks_per_node: int | None = None, partition: str | None = None,
-                 time: str | int = "00:30:00", job_root: str | Path = "jobs", rendezvous: str = "fs",
-                 setup: list[str] | None = None, slurm_args: dict[str, Any] | None = None,
-                 slurm_additional_parameters: dict[str, Any] | None = None,
-                 clients_per_rank: int | str | None = None, **sbatch_options: Any) -> None:
+    def __init__(
+        self,
+        nodes: int = 1,
+        ntasks_per_node: int | None = None,
+        partition: str | None = None,
+        time: str | int = "00:30:00",
+        job_root: str | Path = "jobs",
+        rendezvous: str = "fs",
+        setup: list[str] | None = None,
+        slurm_args: dict[str, Any] | None = None,
+        slurm_additional_parameters: dict[str, Any] | None = None,
+        clients_per_rank: int | str | None = None,
+        **sbatch_options: Any,
+    ) -> None:
         """``clients_per_rank``: sites per client rank (virtual clients; default: the job's; 'auto' = a rank per
         site while the ranks fit the partition's CPUs, else sites packed into the ranks that fit);
         ``sbatch_options``: account=, qos=, cpus_per_task=, mem=, mem_per_cpu=, gres=, gpus=, gpus_per_task=,
         constraint=, exclusive=, reservation=, mail_type=, mail_user=, overcommit= (hpcflare.slurm.spec.NAMED);
         ``slurm_additional_parameters``: any other sbatch option by name; ``slurm_args``: raw submitit keywords."""
         super().__init__(job_root)
-        self.allocation = Allocation(nodes, ntasks_per_node, partition, time,
-                                     dict(slurm_additional_parameters or {}), sbatch_options)
+        self.allocation = Allocation(
+            nodes, ntasks_per_node, partition, time, dict(slurm_additional_parameters or {}), sbatch_options
+        )
         self.allocation.minutes()  # a bad time limit is refused here, not at submission
         if not self.allocation.fixed_nodes:
-            raise ConfigError(f"nodes={nodes!r}: submitit needs a fixed node count (SlurmEnv); node ranges work "
-                              "with `hpcflare job submit --nodes 2-4`")
+            raise ConfigError(
+                f"nodes={nodes!r}: submitit needs a fixed node count (SlurmEnv); node ranges work "
+                "with `hpcflare job submit --nodes 2-4`"
+            )
         self.rendezvous, self.setup, self.slurm_args = rendezvous, list(setup or []), dict(slurm_args or {})
         self.clients_per_rank = clients_per_rank
 
@@ -115,22 +131,32 @@ class SlurmEnv(Env):
         alloc = self.allocation
         per_node = alloc.per_node(ranks)
         if per_node * alloc.nodes < ranks:
-            raise ConfigError(f"{alloc.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
-                              f"+ {len(config.client_units())} client ranks)")
+            raise ConfigError(
+                f"{alloc.nodes} nodes x {per_node} tasks < {ranks} ranks (1 server + {config.relays} relays "
+                f"+ {len(config.client_units())} client ranks)"
+            )
         alloc.check_partition(SlurmCommands(), ranks)  # explain now what would otherwise sit PENDING for ever
         executor = submitit.SlurmExecutor(folder=job_dir.root / "slurm", python=sys.executable)
         setup = [f"export {k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items()] + self.setup
         params = alloc.submitit_parameters(ranks)
         params["additional_parameters"] = {"requeue": True, **params["additional_parameters"]}
-        executor.update_parameters(**params, job_name=config.name, setup=setup,
-                                   srun_args=["--mpi=pmi2"] if self.rendezvous == "mpi" else [], **self.slurm_args)
+        executor.update_parameters(
+            **params,
+            job_name=config.name,
+            setup=setup,
+            srun_args=["--mpi=pmi2"] if self.rendezvous == "mpi" else [],
+            **self.slurm_args,
+        )
         return executor
 
     def _settle(self, job_dir: JobDir) -> None:
         """clients_per_rank into job.yaml; 'auto': a rank per site while they fit the partition's CPUs (sinfo),
         else the sites packed evenly into the ranks that fit."""
-        settle_clients_per_rank(job_dir, self.clients_per_rank,
-                                lambda config: self.allocation.client_slots(SlurmCommands(), 1 + config.relays))
+        settle_clients_per_rank(
+            job_dir,
+            self.clients_per_rank,
+            lambda config: self.allocation.client_slots(SlurmCommands(), 1 + config.relays),
+        )
 
     def dry_run(self, job: JobDir | Any) -> str:
         """The exact sbatch script submitit would submit for this job; nothing is submitted.
@@ -154,7 +180,9 @@ class SlurmEnv(Env):
             sbatch.write_text(_DRY_RUN_SBATCH)
             sbatch.chmod(0o755)
             saved = {k: os.environ.get(k) for k in ("PATH", "HPCFLARE_DRY_RUN_CAPTURE")}
-            os.environ.update(PATH=f"{fake}{os.pathsep}{saved['PATH'] or ''}", HPCFLARE_DRY_RUN_CAPTURE=str(capture))
+            os.environ.update(
+                PATH=f"{fake}{os.pathsep}{saved['PATH'] or ''}", HPCFLARE_DRY_RUN_CAPTURE=str(capture)
+            )
             try:
                 executor.submit(submitit_rank, str(job_dir.root), self.rendezvous)
             finally:
@@ -174,8 +202,10 @@ class SlurmEnv(Env):
         self._settle(job_dir)  # before the kits: client ranks get their own
         prepare_job(job_dir, secure_default=True)  # mutual TLS by default on Slurm
         job = self.executor(job_dir).submit(submitit_rank, str(job_dir.root), self.rendezvous)
-        print(f"[hpcflare] job {job_dir.root.name} submitted to Slurm as {job.job_id}; logs in {job_dir.log_dir}",
-              flush=True)
+        print(
+            f"[hpcflare] job {job_dir.root.name} submitted to Slurm as {job.job_id}; logs in {job_dir.log_dir}",
+            flush=True,
+        )
         return SlurmRun(job_dir, job)
 
 
@@ -187,13 +217,16 @@ class MpiRun(Run):
         super().__init__(job_dir)
         self.proc = proc
 
-    def wait(self, timeout: Optional[float]) -> bool:
+    def wait(self, timeout: float | None) -> bool:
         try:
             code = self.proc.wait(None if timeout is None else max(0.0, timeout))
         except subprocess.TimeoutExpired:
             return False
-        self.job_dir.settle(f"mpiexec exited {code} before the server recorded an end ({describe(code)}); see "
-                            f"{self.job_dir.log_dir / 'mpiexec.out'}", code)
+        self.job_dir.settle(
+            f"mpiexec exited {code} before the server recorded an end ({describe(code)}); see "
+            f"{self.job_dir.log_dir / 'mpiexec.out'}",
+            code,
+        )
         return True
 
     def abort(self) -> None:
@@ -209,8 +242,13 @@ class MpiRun(Run):
 class MpiEnv(Env):
     """All ranks under one ``mpiexec`` (PyPI mpich wheel), addresses exchanged by MPI broadcast."""
 
-    def __init__(self, job_root: str | Path = "jobs", mpiexec: str | None = None, extra_args: list[str] | None = None,
-                 clients_per_rank: int | str | None = None) -> None:
+    def __init__(
+        self,
+        job_root: str | Path = "jobs",
+        mpiexec: str | None = None,
+        extra_args: list[str] | None = None,
+        clients_per_rank: int | str | None = None,
+    ) -> None:
         super().__init__(job_root)
         self.clients_per_rank = clients_per_rank
         self.mpiexec = mpiexec or str(Path(sys.executable).with_name("mpiexec"))
@@ -223,15 +261,36 @@ class MpiEnv(Env):
         settle_clients_per_rank(job_dir, self.clients_per_rank)
         config = prepare_job(job_dir, secure_default=True)
         if config.relays:
-            raise ConfigError("relays find each other through the job directory; MpiEnv exchanges addresses over "
-                              "MPI only: use LocalEnv or SlurmEnv(rendezvous='fs') with relays")
+            raise ConfigError(
+                "relays find each other through the job directory; MpiEnv exchanges addresses over "
+                "MPI only: use LocalEnv or SlurmEnv(rendezvous='fs') with relays"
+            )
         ranks = 1 + len(config.client_units())
         out = open(job_dir.log_dir / "mpiexec.out", "wb")
-        cmd = [self.mpiexec, "-n", str(ranks), *self.extra_args, sys.executable, "-m", "hpcflare.runtime.launch",
-               "--job-dir", str(job_dir.root), "--role", "auto", "--rendezvous", "mpi"]
+        cmd = [
+            self.mpiexec,
+            "-n",
+            str(ranks),
+            *self.extra_args,
+            sys.executable,
+            "-m",
+            "hpcflare.runtime.launch",
+            "--job-dir",
+            str(job_dir.root),
+            "--role",
+            "auto",
+            "--rendezvous",
+            "mpi",
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         out.close()
         return MpiRun(job_dir, proc)
 

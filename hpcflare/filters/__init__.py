@@ -33,8 +33,13 @@ def build_filters(specs: Any) -> list[Filter]:
     return out
 
 
-def apply_filters(filters: list[Filter], params: dict[str, Any], params_type: str,
-                  global_params: dict[str, Any] | None, quantize: bool = True) -> Outgoing:
+def apply_filters(
+    filters: list[Filter],
+    params: dict[str, Any],
+    params_type: str,
+    global_params: dict[str, Any] | None,
+    quantize: bool = True,
+) -> Outgoing:
     """Run a site's outgoing filters over its update (``quantize=False`` skips quantizers, e.g. for results
     left on the shared filesystem, which never cross the wire)."""
     out = Outgoing({k: to_numpy(v) for k, v in params.items()}, params_type, global_params)
@@ -51,4 +56,13 @@ def _check_config(config: Any) -> None:
 
 CONFIG_CHECKS.register("filters", _check_config)
 
-__all__ = ["apply_filters", "ExcludeVars", "FILTERS", "Filter", "GaussianDP", "Outgoing", "Quantize", "build_filters"]
+__all__ = [
+    "apply_filters",
+    "ExcludeVars",
+    "FILTERS",
+    "Filter",
+    "GaussianDP",
+    "Outgoing",
+    "Quantize",
+    "build_filters",
+]

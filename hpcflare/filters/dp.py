@@ -13,10 +13,9 @@ import math
 
 import numpy as np
 
-from hpcflare.transport.codec import is_float
-
 from hpcflare.errors import ConfigError
 from hpcflare.filters.api import Filter, Outgoing
+from hpcflare.transport.codec import is_float
 
 
 class GaussianDP(Filter):

@@ -14,8 +14,12 @@ class ExcludeVars(Filter):
     kind = "exclude"
 
     def __init__(self, names: list[str] | None = None, regex: str | None = None) -> None:
-        if names is None and regex is None or names is not None and (
-                not names or not all(isinstance(n, str) for n in names)):
+        if (
+            names is None
+            and regex is None
+            or names is not None
+            and (not names or not all(isinstance(n, str) for n in names))
+        ):
             raise ConfigError("exclude filter needs 'names' (a list of tensor names or patterns) or 'regex'")
         try:
             self.regex = re.compile(regex) if regex is not None else None
@@ -24,7 +28,9 @@ class ExcludeVars(Filter):
         self.names = list(names or [])
 
     def _excluded(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in self.names) or bool(self.regex and self.regex.search(name))
+        return any(fnmatch.fnmatchcase(name, p) for p in self.names) or bool(
+            self.regex and self.regex.search(name)
+        )
 
     def apply(self, out: Outgoing) -> Outgoing:
         keep = {k: v for k, v in out.params.items() if not self._excluded(k)}

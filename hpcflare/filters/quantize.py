@@ -14,14 +14,14 @@ dtype and shape before validation continues. Worst-case error per value: half a 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
-from hpcflare.transport.codec import is_float
-
 from hpcflare.errors import ConfigError, UpdateRejectedError
 from hpcflare.filters.api import Filter, Outgoing
+from hpcflare.transport.codec import is_float
 
 MODES = ("fp16", "bf16", "int8", "int4")
 SCALE_SUFFIX = "::scale"
@@ -70,34 +70,38 @@ def quantize(value: np.ndarray, mode: str, block: int) -> dict[str, np.ndarray]:
     if mode in ("fp16", "bf16"):
         out = np.empty(size, dtype=np.float16 if mode == "fp16" else np.uint16)
         for start in range(0, size, CHUNK_VALUES):
-            part = flat[start:start + CHUNK_VALUES].astype(np.float32, copy=False)
+            part = flat[start : start + CHUNK_VALUES].astype(np.float32, copy=False)
             if mode == "fp16":
-                out[start:start + part.size] = part
+                out[start : start + part.size] = part
             else:
                 bits = np.ascontiguousarray(part).view(np.uint32)
-                out[start:start + part.size] = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+                out[start : start + part.size] = (
+                    bits + 0x7FFF + ((bits >> 16) & 1)
+                ) >> 16  # round to nearest even
         return {"": out.reshape(value.shape)}
     levels = LEVELS[mode]
     scales = np.empty(math.ceil(size / block), dtype=np.float32)
-    payload = np.empty(size if mode == "int8" else (size + 1) // 2, dtype=np.int8 if mode == "int8" else np.uint8)
+    payload = np.empty(
+        size if mode == "int8" else (size + 1) // 2, dtype=np.int8 if mode == "int8" else np.uint8
+    )
     chunks = _chunks(size, block)
     for start in chunks:
-        part = flat[start:start + chunks.step].astype(np.float32, copy=False)
+        part = flat[start : start + chunks.step].astype(np.float32, copy=False)
         n, nblocks = part.size, math.ceil(part.size / block)
         if n % block:  # the tensor's last, partial block: pad with zeros
             part = np.concatenate([part, np.zeros(nblocks * block - n, dtype=np.float32)])
         blocks = part.reshape(nblocks, block)
         chunk_scales = np.abs(blocks).max(axis=1) / levels
-        scales[start // block:start // block + nblocks] = chunk_scales
+        scales[start // block : start // block + nblocks] = chunk_scales
         safe = np.where(chunk_scales > 0, chunk_scales, 1.0)
         q = np.clip(np.rint(blocks / safe[:, None]), -levels, levels).astype(np.int8).reshape(-1)[:n]
         if mode == "int8":
-            payload[start:start + n] = q
+            payload[start : start + n] = q
             continue
         nibbles = (q + 8).astype(np.uint8)  # 1..15
         if nibbles.size % 2:
             nibbles = np.append(nibbles, np.uint8(8))
-        payload[start // 2:start // 2 + nibbles.size // 2] = nibbles[0::2] | (nibbles[1::2] << 4)
+        payload[start // 2 : start // 2 + nibbles.size // 2] = nibbles[0::2] | (nibbles[1::2] << 4)
     return {"": payload.reshape(value.shape) if mode == "int8" else payload, SCALE_SUFFIX: scales}
 
 
@@ -114,24 +118,27 @@ def wire_shapes(base: Any, mode: str, block: int) -> dict[str, tuple[tuple[int, 
     return {"": (((size + 1) // 2,), np.dtype(np.uint8)), SCALE_SUFFIX: scales}
 
 
-def dequantize(payload: np.ndarray, scales: np.ndarray | None, mode: str, block: int, base: Any) -> np.ndarray:
+def dequantize(
+    payload: np.ndarray, scales: np.ndarray | None, mode: str, block: int, base: Any
+) -> np.ndarray:
     """The tensor back in the global model's dtype and shape, chunk by chunk into one preallocated output."""
     size, shape = int(math.prod(base.shape)), tuple(base.shape)
     out = np.empty(size, dtype=base.dtype)
     for start, values in dequantize_chunks(payload, scales, mode, block, base):
-        out[start:start + values.size] = values
+        out[start : start + values.size] = values
     return out.reshape(shape)
 
 
-def dequantize_chunks(payload: np.ndarray, scales: np.ndarray | None, mode: str, block: int, base: Any
-                      ) -> Iterator[tuple[int, np.ndarray]]:
+def dequantize_chunks(
+    payload: np.ndarray, scales: np.ndarray | None, mode: str, block: int, base: Any
+) -> Iterator[tuple[int, np.ndarray]]:
     """(first element, values in the model's dtype) a chunk at a time, ~CHUNK_VALUES each: a receiver can write
     them out (a spool file) without ever holding the whole tensor."""
     size = int(math.prod(base.shape))
     flat = payload.reshape(-1)
     if mode in ("fp16", "bf16"):
         for start in range(0, size, CHUNK_VALUES):
-            part = flat[start:start + CHUNK_VALUES]
+            part = flat[start : start + CHUNK_VALUES]
             values = part if mode == "fp16" else (part.astype(np.uint32) << 16).view(np.float32)
             yield start, values.astype(base.dtype, copy=False)
         return
@@ -141,16 +148,18 @@ def dequantize_chunks(payload: np.ndarray, scales: np.ndarray | None, mode: str,
     for start in chunks:
         n = min(chunks.step, size - start)
         if mode == "int8":
-            q = flat[start:start + n].astype(np.float32)
+            q = flat[start : start + n].astype(np.float32)
         else:
-            packed = flat[start // 2:start // 2 + (n + 1) // 2]
+            packed = flat[start // 2 : start // 2 + (n + 1) // 2]
             q = np.empty(packed.size * 2, dtype=np.float32)
             q[0::2], q[1::2] = (packed & 0x0F), (packed >> 4)
             q = q[:n] - 8
         nblocks = math.ceil(n / block)
         if n % block:
             q = np.concatenate([q, np.zeros(nblocks * block - n, dtype=np.float32)])
-        values = (q.reshape(nblocks, block) * scales[start // block:start // block + nblocks, None]).reshape(-1)[:n]
+        values = (
+            q.reshape(nblocks, block) * scales[start // block : start // block + nblocks, None]
+        ).reshape(-1)[:n]
         yield start, values.astype(base.dtype, copy=False)
 
 
@@ -162,10 +171,17 @@ def check_quant_map(quant: Any, expected: Mapping[str, Any]) -> dict[str, dict[s
         raise UpdateRejectedError("malformed 'quant' map in the upload header")
     for name, spec in quant.items():
         base = expected.get(name)
-        if base is None or not hasattr(base, "shape") or not is_float(base.dtype):  # no shape: any length (AnyLength)
-            raise UpdateRejectedError(f"quantized tensor {name!r:.80} is not a fixed-shape float tensor of the "
-                                      "global model")
-        if not isinstance(spec, dict) or spec.get("mode") not in MODES or not isinstance(spec.get("block"), int) \
-                or not 8 <= spec["block"] <= 1 << 20:
+        if (
+            base is None or not hasattr(base, "shape") or not is_float(base.dtype)
+        ):  # no shape: any length (AnyLength)
+            raise UpdateRejectedError(
+                f"quantized tensor {name!r:.80} is not a fixed-shape float tensor of the global model"
+            )
+        if (
+            not isinstance(spec, dict)
+            or spec.get("mode") not in MODES
+            or not isinstance(spec.get("block"), int)
+            or not 8 <= spec["block"] <= 1 << 20
+        ):
             raise UpdateRejectedError(f"bad quantization spec for {name!r:.80}: {spec!r:.80}")
     return quant

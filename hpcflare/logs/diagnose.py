@@ -7,13 +7,15 @@ the round, the cause, and the setting or action that fixes it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hpcflare.exitcodes import HELP, ExitCode, describe
 from hpcflare.job import JobDir, JobState
 from hpcflare.logs.finding import Finding
 from hpcflare.logs.slurm_findings import earlier_lives, life_starts, output_findings, sacct_findings
+
 
 def load_events(log_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """rank -> events; malformed lines (a rank killed mid-write) are counted, not fatal."""
@@ -43,55 +45,106 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
     ranks = {rank: [e for e in events if float(e.get("t", 0)) >= current] for rank, events in ranks.items()}
     server = ranks.get("server", [])
     if not server:
-        out.append(Finding("error", "the server never logged anything: it did not start",
-                           "check the scheduler's output (logs/slurm-*.out, logs/server.out) for a launch error"))
+        out.append(
+            Finding(
+                "error",
+                "the server never logged anything: it did not start",
+                "check the scheduler's output (logs/slurm-*.out, logs/server.out) for a launch error",
+            )
+        )
     registered = {e["site"] for e in _named(server, "client_registered")}
     never = sorted(set(config.clients) - registered)
     for e in _named(server, "clients_excluded"):
         if e.get("never_registered"):
-            out.append(Finding("warning", f"clients never registered: {e['never_registered']}",
-                               f"check that they started (logs/<site>.log, .out); if they are just slow to start, "
-                               f"raise settings.registration_timeout (now {settings.registration_timeout:g}s, "
-                               f"try {settings.registration_timeout * 2:g})"))
-    own_reports = {rank for rank, events in ranks.items() if rank != "server" and any(
-        e.get("exit_code") for e in _named(events, "client_failed"))}
+            out.append(
+                Finding(
+                    "warning",
+                    f"clients never registered: {e['never_registered']}",
+                    f"check that they started (logs/<site>.log, .out); if they are just slow to start, "
+                    f"raise settings.registration_timeout (now {settings.registration_timeout:g}s, "
+                    f"try {settings.registration_timeout * 2:g})",
+                )
+            )
+    own_reports = {
+        rank
+        for rank, events in ranks.items()
+        if rank != "server" and any(e.get("exit_code") for e in _named(events, "client_failed"))
+    }
     for e in _named(server, "client_failed"):
         if e["site"] in own_reports:
             continue  # the site's own log says more (its exit code)
-        out.append(Finding("error", f"{e['site']} failed: {e.get('reason', '?')}",
-                           f"see logs/{e['site']}.log for the traceback"))
+        out.append(
+            Finding(
+                "error",
+                f"{e['site']} failed: {e.get('reason', '?')}",
+                f"see logs/{e['site']}.log for the traceback",
+            )
+        )
     for e in _named(server, "client_dead"):
-        out.append(Finding("error", f"{e['site']} died in round {e.get('round')} ({e['msg'].split(': ', 1)[-1]})",
-                           "the process was killed or its node was lost (OOM? see Slurm output); if it was only "
-                           f"busy, raise settings.heartbeat_timeout (now {settings.heartbeat_timeout:g}s)"))
+        out.append(
+            Finding(
+                "error",
+                f"{e['site']} died in round {e.get('round')} ({e['msg'].split(': ', 1)[-1]})",
+                "the process was killed or its node was lost (OOM? see Slurm output); if it was only "
+                f"busy, raise settings.heartbeat_timeout (now {settings.heartbeat_timeout:g}s)",
+            )
+        )
     for e in _named(server, "stragglers"):
-        out.append(Finding("warning", f"round {e['round']}: closed at round_timeout without {e['stragglers']}",
-                           f"raise settings.round_timeout (now {settings.round_timeout:g}s, try "
-                           f"{settings.round_timeout * 2:g}) if these clients are just slow"))
+        out.append(
+            Finding(
+                "warning",
+                f"round {e['round']}: closed at round_timeout without {e['stragglers']}",
+                f"raise settings.round_timeout (now {settings.round_timeout:g}s, try "
+                f"{settings.round_timeout * 2:g}) if these clients are just slow",
+            )
+        )
     for e in _named(server, "result_rejected"):
-        out.append(Finding("error", f"round {e.get('round')}: result from {e['site']} rejected: {e.get('reason')}",
-                           "fix the training script's output (shapes/dtypes must match the global model; no NaN/Inf)"))
+        out.append(
+            Finding(
+                "error",
+                f"round {e.get('round')}: result from {e['site']} rejected: {e.get('reason')}",
+                "fix the training script's output (shapes/dtypes must match the global model; no NaN/Inf)",
+            )
+        )
     for e in _named(server, "transfer_stalled"):
-        out.append(Finding("warning", e["msg"], "a peer stopped sending/reading: check it is alive and not swapping; "
-                           f"raise settings.stream_idle_timeout (now {settings.stream_idle_timeout:g}s) for slow links"))
+        out.append(
+            Finding(
+                "warning",
+                e["msg"],
+                "a peer stopped sending/reading: check it is alive and not swapping; "
+                f"raise settings.stream_idle_timeout (now {settings.stream_idle_timeout:g}s) for slow links",
+            )
+        )
     for rank, events in sorted(ranks.items()):
         for e in _named(events, "job_failed") + _named(events, "client_failed"):
             if e.get("exit_code") == ExitCode.DISK_FULL:
                 out.append(Finding("error", f"{rank}: {e.get('reason', e['msg'])}", HELP[ExitCode.DISK_FULL]))
         for e in _named(events, "host_stalled"):
-            out.append(Finding("warning", f"{rank} was stopped for {e.get('seconds')}s: {e['msg'].split(';')[0]}",
-                               f"nobody was declared dead for it; find what froze {rank} (SIGSTOP, swapping, a hung "
-                               "filesystem: check the node's memory and mounts)"))
+            out.append(
+                Finding(
+                    "warning",
+                    f"{rank} was stopped for {e.get('seconds')}s: {e['msg'].split(';')[0]}",
+                    f"nobody was declared dead for it; find what froze {rank} (SIGSTOP, swapping, a hung "
+                    "filesystem: check the node's memory and mounts)",
+                )
+            )
     for e in _named(server, "late_result"):
         out.append(Finding("info", e["msg"]))
     for e in _named(server, "settings_conflict"):
-        out.append(Finding("warning", f"settings: {e['msg']}", "align the named settings in configs/ or job.yaml"))
+        out.append(
+            Finding("warning", f"settings: {e['msg']}", "align the named settings in configs/ or job.yaml")
+        )
     out += _security_findings(ranks)
     for e in _named(server, "early_stopped"):
         out.append(Finding("info", e["msg"]))
     for e in _named(server, "key_metric_missing")[:1]:
-        out.append(Finding("warning", e["msg"], "send the metric in FLModel.metrics (or flare.log) or change "
-                           "key_metric in job.yaml"))
+        out.append(
+            Finding(
+                "warning",
+                e["msg"],
+                "send the metric in FLModel.metrics (or flare.log) or change key_metric in job.yaml",
+            )
+        )
     for e in _named(server, "round_skipped")[:1]:
         out.append(Finding("info", e["msg"]))
     for e in _named(server, "resumed"):
@@ -100,37 +153,71 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
         if rank == "server":
             continue
         for e in _named(events, "script_stopped"):
-            out.append(Finding("warning", f"{rank}: training script stopped: {e.get('reason')}",
-                               "let the script return when flare.is_running() is False; if it is just slow to "
-                               "finish, raise settings.end_grace"))
+            out.append(
+                Finding(
+                    "warning",
+                    f"{rank}: training script stopped: {e.get('reason')}",
+                    "let the script return when flare.is_running() is False; if it is just slow to "
+                    "finish, raise settings.end_grace",
+                )
+            )
         for e in _named(events, "relay_lost"):
             out.append(Finding("warning", f"{rank}: {e['msg']}", "check the relay's log and node"))
         out += _client_api_findings(rank, events, settings)
         for e in _named(events, "client_failed"):
             code = e.get("exit_code")
             if code == ExitCode.SERVER_LOST:
-                out.append(Finding("error", f"{rank} lost the server: {e.get('reason', '')[:200]}",
-                                   f"check the server rank; raise settings.server_lost_timeout (now "
-                                   f"{settings.server_lost_timeout:g}s) only for flaky networks"))
+                out.append(
+                    Finding(
+                        "error",
+                        f"{rank} lost the server: {e.get('reason', '')[:200]}",
+                        f"check the server rank; raise settings.server_lost_timeout (now "
+                        f"{settings.server_lost_timeout:g}s) only for flaky networks",
+                    )
+                )
             elif isinstance(code, int) and code in ExitCode.__members__.values():
-                out.append(Finding("error", f"{rank} exited {ExitCode(code).name} ({code}): "
-                                   f"{str(e.get('reason', ''))[:400]}", HELP[ExitCode(code)]))
+                out.append(
+                    Finding(
+                        "error",
+                        f"{rank} exited {ExitCode(code).name} ({code}): {str(e.get('reason', ''))[:400]}",
+                        HELP[ExitCode(code)],
+                    )
+                )
     completed = status.get("state") == JobState.COMPLETED
     out += output_findings(job_dir, completed)
     out += sacct_findings(job_dir, commands, completed)
     failed = _named(server, "job_failed")
     if failed:
         code = failed[-1].get("exit_code", 1)
-        out.append(Finding("error", f"the job {status.get('state', 'failed')}: {failed[-1].get('reason')}",
-                           describe(code)))
-    rounds = [e["round"] for e in _named(server, "round_completed")] + [e["round"] for e in _named(server, "resumed")]
-    summary = {"job_id": config.job_id, "state": status.get("state"), "rounds_completed": max(rounds, default=0),
-               "num_rounds": config.num_rounds, "clients": len(config.clients), "registered": len(registered),
-               "never_registered": never, "malformed_log_lines": bad}
+        out.append(
+            Finding(
+                "error",
+                f"the job {status.get('state', 'failed')}: {failed[-1].get('reason')}",
+                describe(code),
+            )
+        )
+    rounds = [e["round"] for e in _named(server, "round_completed")] + [
+        e["round"] for e in _named(server, "resumed")
+    ]
+    summary = {
+        "job_id": config.job_id,
+        "state": status.get("state"),
+        "rounds_completed": max(rounds, default=0),
+        "num_rounds": config.num_rounds,
+        "clients": len(config.clients),
+        "registered": len(registered),
+        "never_registered": never,
+        "malformed_log_lines": bad,
+    }
     if status.get("state") not in (JobState.COMPLETED, None) and not failed:
-        out.append(Finding("error", f"the job is {status.get('state')} and the server logged no final state: it "
-                           "was killed (SIGKILL, OOM, node failure) or is still running",
-                           "check the scheduler's output and `hpcflare job status`"))
+        out.append(
+            Finding(
+                "error",
+                f"the job is {status.get('state')} and the server logged no final state: it "
+                "was killed (SIGKILL, OOM, node failure) or is still running",
+                "check the scheduler's output and `hpcflare job status`",
+            )
+        )
     return out, summary
 
 
@@ -140,20 +227,37 @@ def _client_api_findings(rank: str, events: list[dict[str, Any]], settings: Any)
     for e in _named(events, "client_failed"):
         reason = str(e.get("reason", ""))
         if "No module named 'nvflare" in reason and "provides" not in reason:
-            out.append(Finding("error", f"{rank}: the script imports NVFlare, which is not served here",
-                               "set the job option nvflare_compat: on ('auto' stays off where a real nvflare is "
-                               "importable), or port the imports to hpcflare.client (README 'Coming from NVFlare')"))
+            out.append(
+                Finding(
+                    "error",
+                    f"{rank}: the script imports NVFlare, which is not served here",
+                    "set the job option nvflare_compat: on ('auto' stays off where a real nvflare is "
+                    "importable), or port the imports to hpcflare.client (README 'Coming from NVFlare')",
+                )
+            )
         elif "hpcflare's NVFlare compatibility" in reason:
-            out.append(Finding("error", f"{rank}: the script imports an NVFlare module hpcflare does not provide",
-                               "port that import (README 'Coming from NVFlare' lists what is served)"))
+            out.append(
+                Finding(
+                    "error",
+                    f"{rank}: the script imports an NVFlare module hpcflare does not provide",
+                    "port that import (README 'Coming from NVFlare' lists what is served)",
+                )
+            )
     dropped = _named(events, "tracking_dropped")
     if dropped:
-        out.append(Finding("warning", f"{rank}: tracking records dropped in round(s) "
-                           f"{sorted({str(e.get('round')) for e in dropped})}",
-                           "log less often, or raise settings.tracking_max_records_per_round (now "
-                           f"{settings.tracking_max_records_per_round})"))
+        out.append(
+            Finding(
+                "warning",
+                f"{rank}: tracking records dropped in round(s) "
+                f"{sorted({str(e.get('round')) for e in dropped})}",
+                "log less often, or raise settings.tracking_max_records_per_round (now "
+                f"{settings.tracking_max_records_per_round})",
+            )
+        )
     for e in _named(events, "tracking_lost")[:1]:
-        out.append(Finding("warning", f"{rank}: {e['msg']}", "check the server's log for the Track calls it refused"))
+        out.append(
+            Finding("warning", f"{rank}: {e['msg']}", "check the server's log for the Track calls it refused")
+        )
     return out
 
 
@@ -166,19 +270,32 @@ def _security_findings(ranks: dict[str, list[dict[str, Any]]]) -> list[Finding]:
             if e["msg"] in seen:
                 continue
             seen.add(e["msg"])
-            out.append(Finding("error", f"{rank}: {e['msg']}",
-                               "give every site its own kit from one `hpcflare provision` run; add a missing site "
-                               "with `hpcflare provision OUT/<project> --add NAME`; re-issue expired kits"))
+            out.append(
+                Finding(
+                    "error",
+                    f"{rank}: {e['msg']}",
+                    "give every site its own kit from one `hpcflare provision` run; add a missing site "
+                    "with `hpcflare provision OUT/<project> --add NAME`; re-issue expired kits",
+                )
+            )
         for e in _named(events, "certificate_problem"):
-            out.append(Finding("warning", f"{rank}: {e['msg']}", "issue a fresh kit: hpcflare provision OUT/<project> "
-                               f"--add {rank} (after removing the old one), or check this node's clock"))
+            out.append(
+                Finding(
+                    "warning",
+                    f"{rank}: {e['msg']}",
+                    "issue a fresh kit: hpcflare provision OUT/<project> "
+                    f"--add {rank} (after removing the old one), or check this node's clock",
+                )
+            )
     return out
 
 
 def report(job_dir: JobDir, commands: Any = None) -> str:
     findings, s = diagnose(job_dir, commands)
-    lines = [f"job {s['job_id']}: {s['state']}; {s['rounds_completed']}/{s['num_rounds']} rounds completed; "
-             f"{s['registered']}/{s['clients']} clients registered"]
+    lines = [
+        f"job {s['job_id']}: {s['state']}; {s['rounds_completed']}/{s['num_rounds']} rounds completed; "
+        f"{s['registered']}/{s['clients']} clients registered"
+    ]
     if s["state"] != JobState.COMPLETED:
         lines.append(f"the job stopped in round {s['rounds_completed'] + 1}")
     order = {"error": 0, "warning": 1, "info": 2}

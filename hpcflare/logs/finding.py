@@ -12,4 +12,6 @@ class Finding:
     fix: str = ""
 
     def render(self) -> str:
-        return f"[{self.severity.upper():7}] {self.what}" + (f"\n          fix: {self.fix}" if self.fix else "")
+        return f"[{self.severity.upper():7}] {self.what}" + (
+            f"\n          fix: {self.fix}" if self.fix else ""
+        )

@@ -15,46 +15,99 @@ from hpcflare.job import JobDir
 from hpcflare.logs.finding import Finding
 from hpcflare.slurm.commands import SlurmCommands, SlurmError
 
-RESUME = "continue it with `hpcflare job resume JOB_DIR --env slurm` (it resumes from the last completed round)"
+RESUME = (
+    "continue it with `hpcflare job resume JOB_DIR --env slurm` (it resumes from the last completed round)"
+)
 
 # (pattern, severity, what happened, fix) over Slurm's output files and submitit's logs
 SLURM_PATTERNS = [
-    (re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY", re.I), "error",
-     "a rank was killed for exceeding its memory (OOM)",
-     "request more memory (--mem) or fewer ranks per node; large models: enable staging, use relays"),
-    (re.compile(r"DUE TO TIME LIMIT", re.I), "error", "Slurm stopped the job at its time limit",
-     f"raise --time; {RESUME}"),
-    (re.compile(r"DUE TO PREEMPTION", re.I), "warning", "the job was preempted",
-     "nothing to do if it was requeued: it resumes from the last completed round"),
-    (re.compile(r"time limit near: requeueing", re.I), "info",
-     "the job requeued itself before its time limit (sbatch --signal=B:USR1 lead)", ""),
-    (re.compile(r"Job not requeued because: timed-out and not checkpointable"), "error",
-     "submitit stopped the job at its time limit without requeueing it (the submitted function was not "
-     "checkpointable: a job submitted by an older hpcflare)",
-     f"SlurmEnv's rank function is checkpointable now, so a new submission requeues itself; {RESUME}"),
-    (re.compile(r"Job not requeued because: timed-out too many times"), "error",
-     "submitit gave up requeueing at the time limit (too many requeues)",
-     f"raise SlurmEnv(time=...) so fewer requeues are needed; {RESUME}"),
-    (re.compile(r"Caught signal SIGUSR2 on .*: this job is timed-out"), "info",
-     "submitit caught the time-limit signal (USR2) and checkpointed the job for a requeue", ""),
-    (re.compile(r"Caught signal SIGUSR2 on .*: this job is preempted"), "info",
-     "submitit caught a preemption signal (USR2) and requeued the job", ""),
-    (re.compile(r"\*\*\* STEP \S+ ON \S+ CANCELLED AT"), "warning", "a job step was cancelled (scancel)",
-     "nothing to do if you cancelled it; otherwise find who ran scancel / hpcflare job abort"),
-    (re.compile(r"task \d+: Killed|killed by signal 9|Killed: 9"), "error",
-     "a rank was killed with signal 9 (SIGKILL: the OOM killer, or scancel --signal=KILL)",
-     "check sacct's MaxRSS and the node's kernel log; request more --mem if it was memory"),
+    (
+        re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY", re.I),
+        "error",
+        "a rank was killed for exceeding its memory (OOM)",
+        "request more memory (--mem) or fewer ranks per node; large models: enable staging, use relays",
+    ),
+    (
+        re.compile(r"DUE TO TIME LIMIT", re.I),
+        "error",
+        "Slurm stopped the job at its time limit",
+        f"raise --time; {RESUME}",
+    ),
+    (
+        re.compile(r"DUE TO PREEMPTION", re.I),
+        "warning",
+        "the job was preempted",
+        "nothing to do if it was requeued: it resumes from the last completed round",
+    ),
+    (
+        re.compile(r"time limit near: requeueing", re.I),
+        "info",
+        "the job requeued itself before its time limit (sbatch --signal=B:USR1 lead)",
+        "",
+    ),
+    (
+        re.compile(r"Job not requeued because: timed-out and not checkpointable"),
+        "error",
+        "submitit stopped the job at its time limit without requeueing it (the submitted function was not "
+        "checkpointable: a job submitted by an older hpcflare)",
+        f"SlurmEnv's rank function is checkpointable now, so a new submission requeues itself; {RESUME}",
+    ),
+    (
+        re.compile(r"Job not requeued because: timed-out too many times"),
+        "error",
+        "submitit gave up requeueing at the time limit (too many requeues)",
+        f"raise SlurmEnv(time=...) so fewer requeues are needed; {RESUME}",
+    ),
+    (
+        re.compile(r"Caught signal SIGUSR2 on .*: this job is timed-out"),
+        "info",
+        "submitit caught the time-limit signal (USR2) and checkpointed the job for a requeue",
+        "",
+    ),
+    (
+        re.compile(r"Caught signal SIGUSR2 on .*: this job is preempted"),
+        "info",
+        "submitit caught a preemption signal (USR2) and requeued the job",
+        "",
+    ),
+    (
+        re.compile(r"\*\*\* STEP \S+ ON \S+ CANCELLED AT"),
+        "warning",
+        "a job step was cancelled (scancel)",
+        "nothing to do if you cancelled it; otherwise find who ran scancel / hpcflare job abort",
+    ),
+    (
+        re.compile(r"task \d+: Killed|killed by signal 9|Killed: 9"),
+        "error",
+        "a rank was killed with signal 9 (SIGKILL: the OOM killer, or scancel --signal=KILL)",
+        "check sacct's MaxRSS and the node's kernel log; request more --mem if it was memory",
+    ),
 ]
 
 SACCT_STATES = {
-    "OUT_OF_MEMORY": ("error", "ran out of memory (OOM kill)",
-                      "request more memory (--mem / --mem-per-cpu) or fewer ranks per node; for large models "
-                      "enable staging and relays (one copy of the model per node)"),
+    "OUT_OF_MEMORY": (
+        "error",
+        "ran out of memory (OOM kill)",
+        "request more memory (--mem / --mem-per-cpu) or fewer ranks per node; for large models "
+        "enable staging and relays (one copy of the model per node)",
+    ),
     "TIMEOUT": ("error", "hit its time limit", f"raise --time; {RESUME}"),
-    "PREEMPTED": ("warning", "was preempted", "nothing to do if it was requeued (--requeue is in hpcflare's sbatch "
-                  "script): it resumes from the last completed round"),
-    "NODE_FAIL": ("error", "lost a node", "resubmit or requeue: the job resumes from its last completed round"),
-    "CANCELLED": ("warning", "was cancelled", "someone ran scancel / hpcflare job abort, or Slurm cancelled it"),
+    "PREEMPTED": (
+        "warning",
+        "was preempted",
+        "nothing to do if it was requeued (--requeue is in hpcflare's sbatch "
+        "script): it resumes from the last completed round",
+    ),
+    "NODE_FAIL": (
+        "error",
+        "lost a node",
+        "resubmit or requeue: the job resumes from its last completed round",
+    ),
+    "CANCELLED": (
+        "warning",
+        "was cancelled",
+        "someone ran scancel / hpcflare job abort, or Slurm cancelled it",
+    ),
     "FAILED": ("error", "failed", ""),
 }
 
@@ -75,8 +128,11 @@ def output_findings(job_dir: JobDir, completed: bool) -> list[Finding]:
 
 def sacct_findings(job_dir: JobDir, commands: Any = None, completed: bool = False) -> list[Finding]:
     """Slurm's accounting view of the job's allocations (OOM kills, time limits, preemption, node failures)."""
-    ids = [p.read_text().strip() for p in (job_dir.root / "slurm_job_id", job_dir.root / "slurm_clients_job_id")
-           if p.is_file()]
+    ids = [
+        p.read_text().strip()
+        for p in (job_dir.root / "slurm_job_id", job_dir.root / "slurm_clients_job_id")
+        if p.is_file()
+    ]
     if not ids:
         return []
     commands = commands or SlurmCommands()
@@ -97,8 +153,14 @@ def sacct_findings(job_dir: JobDir, commands: Any = None, completed: bool = Fals
             code = step.get("ExitCode", "0:0").split(":")[0]
             if state == "FAILED" and code.isdigit():
                 fix = describe(int(code))
-            out.append(Finding(severity, f"sacct: Slurm step {step['JobID']} ({step.get('JobName', '')}) {what}"
-                               f"{rss} on {step.get('NodeList', '?')}", fix))
+            out.append(
+                Finding(
+                    severity,
+                    f"sacct: Slurm step {step['JobID']} ({step.get('JobName', '')}) {what}"
+                    f"{rss} on {step.get('NodeList', '?')}",
+                    fix,
+                )
+            )
     return out
 
 
@@ -118,15 +180,32 @@ def earlier_lives(ranks: dict[str, list[dict[str, Any]]], starts: list[float]) -
         stopped: dict[str, int] = {}
         for rank, events in ranks.items():
             for e in events:
-                if begin <= float(e.get("t", 0)) < end and e.get("event") in ("client_failed", "script_stopped",
-                                                                              "job_failed", "relay_failed"):
-                    name = ExitCode(e["exit_code"]).name if e.get("exit_code") in ExitCode.__members__.values() \
+                if begin <= float(e.get("t", 0)) < end and e.get("event") in (
+                    "client_failed",
+                    "script_stopped",
+                    "job_failed",
+                    "relay_failed",
+                ):
+                    name = (
+                        ExitCode(e["exit_code"]).name
+                        if e.get("exit_code") in ExitCode.__members__.values()
                         else "stopped"
+                    )
                     stopped[name] = stopped.get(name, 0) + 1
                     break
-        rounds = [e.get("round") for e in server if e.get("event") == "round_completed" and
-                  begin <= float(e.get("t", 0)) < end]
-        summary = ", ".join(f"{n} {code}" for code, n in sorted(stopped.items())) or "no rank reported its end"
-        out.append(Finding("info", f"life {number} of the job ended after round {max(rounds, default=0)} "
-                           f"(requeued or restarted; {summary}); the next life resumed from its checkpoint"))
+        rounds = [
+            e.get("round")
+            for e in server
+            if e.get("event") == "round_completed" and begin <= float(e.get("t", 0)) < end
+        ]
+        summary = (
+            ", ".join(f"{n} {code}" for code, n in sorted(stopped.items())) or "no rank reported its end"
+        )
+        out.append(
+            Finding(
+                "info",
+                f"life {number} of the job ended after round {max(rounds, default=0)} "
+                f"(requeued or restarted; {summary}); the next life resumed from its checkpoint",
+            )
+        )
     return out, starts[-1]

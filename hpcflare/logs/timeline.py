@@ -16,9 +16,21 @@ from hpcflare.errors import ConfigError
 from hpcflare.job import JobDir
 from hpcflare.logs.diagnose import load_events
 
-FAILURE_EVENTS = {"client_failed", "client_dead", "result_rejected", "tls_refused", "identity_refused",
-                  "transfer_stalled", "relay_lost", "script_stopped", "job_failed", "stragglers", "relay_failed",
-                  "late_result", "internal_error"}
+FAILURE_EVENTS = {
+    "client_failed",
+    "client_dead",
+    "result_rejected",
+    "tls_refused",
+    "identity_refused",
+    "transfer_stalled",
+    "relay_lost",
+    "script_stopped",
+    "job_failed",
+    "stragglers",
+    "relay_failed",
+    "late_result",
+    "internal_error",
+}
 REGISTER_EVENTS = {"registered", "client_registered", "relay_registered", "relay_started", "server_started"}
 MAX_LANES = 48
 """Beyond this many ranks, sites with nothing to report share one aggregate lane (the picture stays legible)."""
@@ -33,6 +45,7 @@ def _lane_order(ranks: dict[str, list[dict[str, Any]]]) -> list[str]:
     def key(rank: str) -> tuple[int, list[Any]]:
         role = next((e.get("role") for e in ranks[rank] if e.get("role")), "client")
         return ({"server": 0, "relay": 1}.get(role, 2), natural(rank))
+
     return sorted((r for r in ranks if ranks[r]), key=key)
 
 
@@ -41,8 +54,14 @@ def _aggregate(lanes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     whose bars span, per round, from the first of them to start training to the last to finish."""
     if len(lanes) <= MAX_LANES:
         return lanes
-    keep = [lane for lane in lanes if lane["rank"] == "server" or lane["rank"].startswith("relay")
-            or lane["failures"] or lane["stragglers"]]
+    keep = [
+        lane
+        for lane in lanes
+        if lane["rank"] == "server"
+        or lane["rank"].startswith("relay")
+        or lane["failures"]
+        or lane["stragglers"]
+    ]
     rest = [lane for lane in lanes if lane not in keep]
     if not rest:
         return keep
@@ -51,10 +70,17 @@ def _aggregate(lanes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for rnd, a, b in lane["train"]:
             span = per_round.setdefault(rnd, [a, b])
             span[0], span[1] = min(span[0], a), max(span[1], b)
-    folded = {"rank": f"{len(rest)} other sites", "life": (min(x["life"][0] for x in rest),
-                                                         max(x["life"][1] for x in rest)),
-              "rounds": [], "train": [(r, a, b) for r, (a, b) in sorted(per_round.items())], "transfers": [],
-              "marks": [], "failures": [], "stragglers": [], "lives": []}
+    folded = {
+        "rank": f"{len(rest)} other sites",
+        "life": (min(x["life"][0] for x in rest), max(x["life"][1] for x in rest)),
+        "rounds": [],
+        "train": [(r, a, b) for r, (a, b) in sorted(per_round.items())],
+        "transfers": [],
+        "marks": [],
+        "failures": [],
+        "stragglers": [],
+        "lives": [],
+    }
     return keep + [folded]
 
 
@@ -67,7 +93,9 @@ def collect(job_dir: JobDir) -> dict[str, Any]:
     server = [e for e in ranks.get("server", []) if "t" in e]
     lives = sorted(e["t"] - t0 for e in server if e.get("event") == "server_started")
     last_life = lives[-1] if lives else float("-inf")
-    late: dict[str, list[tuple[float, Any]]] = {}  # site -> (when, round) the server closed a round without it
+    late: dict[
+        str, list[tuple[float, Any]]
+    ] = {}  # site -> (when, round) the server closed a round without it
     for e in server:
         if e.get("event") == "stragglers":
             for site in e.get("stragglers") or []:
@@ -75,9 +103,17 @@ def collect(job_dir: JobDir) -> dict[str, Any]:
     lanes = []
     for rank in _lane_order(ranks):
         events = [e for e in ranks[rank] if "t" in e]
-        lane: dict[str, Any] = {"rank": rank, "life": (events[0]["t"] - t0, events[-1]["t"] - t0), "rounds": [],
-                                "train": [], "transfers": [], "marks": [], "failures": [], "lives": [],
-                                "stragglers": late.get(rank, [])}
+        lane: dict[str, Any] = {
+            "rank": rank,
+            "life": (events[0]["t"] - t0, events[-1]["t"] - t0),
+            "rounds": [],
+            "train": [],
+            "transfers": [],
+            "marks": [],
+            "failures": [],
+            "lives": [],
+            "stragglers": late.get(rank, []),
+        }
         open_round: dict[int, float] = {}
         task_at: dict[int, float] = {}
         for e in events:
@@ -117,7 +153,9 @@ def draw(job_dir: JobDir, output: str | Path) -> Path:
             ax.broken_barh([(a, max(b - a, 1e-3))], (y - 0.3, 0.6), color="#9ecae1" if rnd % 2 else "#6baed6")
             ax.text(a, y, f"r{rnd}", va="center", fontsize=7)
         ax.broken_barh([(a, max(b - a, 1e-3)) for _, a, b in lane["train"]], (y - 0.25, 0.5), color="#a1d99b")
-        ax.broken_barh([(a, max(b - a, 1e-3)) for a, b in lane["transfers"]], (y - 0.25, 0.5), color="#31a354")
+        ax.broken_barh(
+            [(a, max(b - a, 1e-3)) for a, b in lane["transfers"]], (y - 0.25, 0.5), color="#31a354"
+        )
         for t, _ in lane["marks"]:
             ax.plot(t, y, marker="|", color="black", markersize=10)
         for t, name in lane["failures"]:
@@ -127,16 +165,27 @@ def draw(job_dir: JobDir, output: str | Path) -> Path:
             ax.plot(t, y, marker="x", color="#999999", markersize=6)
         for t, rnd in lane["stragglers"]:
             ax.plot(t, y, marker=">", color="orange", markersize=7)
-            ax.annotate(f"straggler r{rnd}", (t, y), xytext=(3, -9), textcoords="offset points", fontsize=6,
-                        color="darkorange")
+            ax.annotate(
+                f"straggler r{rnd}",
+                (t, y),
+                xytext=(3, -9),
+                textcoords="offset points",
+                fontsize=6,
+                color="darkorange",
+            )
     for number, t in enumerate(data["lives"][1:], 2):  # a requeued job: each new life starts here
         ax.axvline(t, color="gray", linestyle="--", linewidth=0.8)
-        ax.annotate(f"life {number}", (t, -0.5), xytext=(2, 0), textcoords="offset points", fontsize=7, color="gray")
+        ax.annotate(
+            f"life {number}", (t, -0.5), xytext=(2, 0), textcoords="offset points", fontsize=7, color="gray"
+        )
     ax.set_yticks(range(len(lanes)), [lane["rank"] for lane in lanes], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first log event")
-    ax.set_title(f"{data['job_id']} ({data['ranks']} ranks): rounds (blue), training (light green), transfers "
-                 "(green), registration (|), failures (x), stragglers (>), requeued lives (dashed)", fontsize=9)
+    ax.set_title(
+        f"{data['job_id']} ({data['ranks']} ranks): rounds (blue), training (light green), transfers "
+        "(green), registration (|), failures (x), stragglers (>), requeued lives (dashed)",
+        fontsize=9,
+    )
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     output = Path(output)

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hpcflare.errors import ConfigError
-from hpcflare.privacy.api import FEDAVG_FAMILY, HE_STRATEGIES, PRIVACY_TYPES, PrivacySpec, PrivateStrategy, SitePrivacy
+from hpcflare.plugins import CONFIG_CHECKS, STRATEGY_WRAPPERS
+from hpcflare.privacy.api import (
+    FEDAVG_FAMILY,
+    HE_STRATEGIES,
+    PRIVACY_TYPES,
+    PrivacySpec,
+    PrivateStrategy,
+    SitePrivacy,
+)
 from hpcflare.privacy.secagg_server import SecAgg
 from hpcflare.privacy.secagg_site import SecAggSite
-from hpcflare.plugins import CONFIG_CHECKS, STRATEGY_WRAPPERS
 from hpcflare.strategy.api import Strategy
 
 
@@ -22,13 +30,16 @@ def check_privacy(raw: Any, strategy: str, filters: list[dict[str, Any]]) -> Pri
     if spec is None:
         return None
     if strategy not in FEDAVG_FAMILY:
-        raise ConfigError(f"privacy {spec.type!r} works with the weighted-mean strategies {FEDAVG_FAMILY}, not "
-                          f"{strategy!r}")
+        raise ConfigError(
+            f"privacy {spec.type!r} works with the weighted-mean strategies {FEDAVG_FAMILY}, not {strategy!r}"
+        )
     if any(isinstance(f, dict) and f.get("type") == "quantize" for f in filters):
         raise ConfigError(f"privacy {spec.type!r} encodes updates itself: remove the quantize filter")
     if spec.type == "he" and strategy not in HE_STRATEGIES:
-        raise ConfigError(f"privacy 'he' works with {HE_STRATEGIES} (a server optimizer cannot run on ciphertexts), "
-                          f"not {strategy!r}")
+        raise ConfigError(
+            f"privacy 'he' works with {HE_STRATEGIES} (a server optimizer cannot run on ciphertexts), "
+            f"not {strategy!r}"
+        )
     if spec.type == "he" and importlib.util.find_spec("tenseal") is None:
         raise ConfigError("privacy type 'he' needs TenSEAL: pip install 'hpcflare[he]' (tenseal)")
     return spec
@@ -42,8 +53,16 @@ def wrap_strategy(inner: Strategy, spec: PrivacySpec | None, job_id: str) -> Str
     return importlib.import_module("hpcflare.privacy.he").HEStrategy(inner, spec)  # tenseal: optional extra
 
 
-def site_privacy(spec: PrivacySpec | None, site: str, job_id: str, call: Callable[[dict[str, Any], float], dict],
-                 round_timeout: float, log: Any, job_root: Path, kit_dir: Any = None) -> SitePrivacy | None:
+def site_privacy(
+    spec: PrivacySpec | None,
+    site: str,
+    job_id: str,
+    call: Callable[[dict[str, Any], float], dict],
+    round_timeout: float,
+    log: Any,
+    job_root: Path,
+    kit_dir: Any = None,
+) -> SitePrivacy | None:
     if spec is None:
         return None
     if spec.type == "secagg":
@@ -62,7 +81,19 @@ def _spec_of(config: Any) -> PrivacySpec | None:
 
 
 CONFIG_CHECKS.register("privacy", _spec_of)
-STRATEGY_WRAPPERS.register("privacy", lambda strategy, config: wrap_strategy(strategy, _spec_of(config), config.job_id))
+STRATEGY_WRAPPERS.register(
+    "privacy", lambda strategy, config: wrap_strategy(strategy, _spec_of(config), config.job_id)
+)
 
-__all__ = ["PRIVACY_TYPES", "PrivacySpec", "PrivateStrategy", "SecAgg", "SecAggSite", "SitePrivacy", "check_privacy", "ensure_job_keys",
-           "site_privacy", "wrap_strategy"]
+__all__ = [
+    "PRIVACY_TYPES",
+    "PrivacySpec",
+    "PrivateStrategy",
+    "SecAgg",
+    "SecAggSite",
+    "SitePrivacy",
+    "check_privacy",
+    "ensure_job_keys",
+    "site_privacy",
+    "wrap_strategy",
+]

@@ -9,7 +9,8 @@ in the site's process, between the Client API and the wire (:class:`SitePrivacy`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class PrivacySpec:
     """he: CKKS scale 2^bits; sets precision (~1e-7 relative with 40)."""
 
     @classmethod
-    def parse(cls, raw: Any) -> "PrivacySpec | None":
+    def parse(cls, raw: Any) -> PrivacySpec | None:
         if raw in (None, {}):
             return None
         if isinstance(raw, str):
@@ -71,10 +72,15 @@ class PrivacySpec:
 
     def check(self) -> None:
         t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < 1 or (t >= 2 and t == int(t))):
+        if (
+            isinstance(t, bool)
+            or not isinstance(t, (int, float))
+            or not (0 < t < 1 or (t >= 2 and t == int(t)))
+        ):
             raise ConfigError(f"privacy.threshold must be a fraction in (0, 1) or a count >= 2, got {t!r}")
-        if self.neighbours is not None and (isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int)
-                                            or self.neighbours < 2):
+        if self.neighbours is not None and (
+            isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 2
+        ):
             raise ConfigError(f"privacy.neighbours must be an integer >= 2, got {self.neighbours!r}")
         if not isinstance(self.frac_bits, int) or not 8 <= self.frac_bits <= 40:
             raise ConfigError(f"privacy.frac_bits must be an integer in [8, 40], got {self.frac_bits!r}")
@@ -83,13 +89,19 @@ class PrivacySpec:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
                 raise ConfigError(f"privacy.{name} must be seconds > 0, got {value!r}")
         if self.poly_modulus_degree not in (4096, 8192, 16384, 32768):
-            raise ConfigError(f"privacy.poly_modulus_degree must be 4096, 8192, 16384 or 32768, got "
-                              f"{self.poly_modulus_degree!r}")
-        if not all(isinstance(b, int) and 20 <= b <= 60 for b in self.coeff_mod_bit_sizes) or \
-                len(self.coeff_mod_bit_sizes) < 3:
+            raise ConfigError(
+                f"privacy.poly_modulus_degree must be 4096, 8192, 16384 or 32768, got "
+                f"{self.poly_modulus_degree!r}"
+            )
+        if (
+            not all(isinstance(b, int) and 20 <= b <= 60 for b in self.coeff_mod_bit_sizes)
+            or len(self.coeff_mod_bit_sizes) < 3
+        ):
             raise ConfigError("privacy.coeff_mod_bit_sizes must be >= 3 integers in [20, 60]")
         if not isinstance(self.global_scale_bits, int) or not 20 <= self.global_scale_bits <= 60:
-            raise ConfigError(f"privacy.global_scale_bits must be an integer in [20, 60], got {self.global_scale_bits!r}")
+            raise ConfigError(
+                f"privacy.global_scale_bits must be an integer in [20, 60], got {self.global_scale_bits!r}"
+            )
 
     def partners(self, n: int) -> int:
         """Mask partners per site for a round of ``n`` sites (even, so the SecAgg+ ring is symmetric)."""

@@ -18,13 +18,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
-from hpcflare.fileio import atomic_write
 from hpcflare import errors
+from hpcflare.fileio import atomic_write
 from hpcflare.privacy.api import HE_PUBLIC_FILE, HE_SECRET_FILE, PrivacySpec, PrivateStrategy, SitePrivacy
 from hpcflare.strategy.api import Aggregator, AnyLength, ClientUpdate, Params, Strategy
 from hpcflare.transport.api import Task
@@ -32,7 +33,9 @@ from hpcflare.transport.api import Task
 try:
     import tenseal as ts
 except ImportError:  # the optional extra: refused at job start with what to install
-    raise errors.ConfigError("privacy type 'he' needs TenSEAL: pip install 'hpcflare[he]' (tenseal)") from None
+    raise errors.ConfigError(
+        "privacy type 'he' needs TenSEAL: pip install 'hpcflare[he]' (tenseal)"
+    ) from None
 
 WEIGHT = "__he_weight__"
 LAYOUT_KEY = "__he_layout__"
@@ -45,9 +48,12 @@ MAX_CIPHERTEXT_BYTES = 1 << 34
 
 
 def new_context(spec: PrivacySpec) -> Any:
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=spec.poly_modulus_degree,
-                     coeff_mod_bit_sizes=list(spec.coeff_mod_bit_sizes))
-    ctx.global_scale = 2 ** spec.global_scale_bits
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        poly_modulus_degree=spec.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(spec.coeff_mod_bit_sizes),
+    )
+    ctx.global_scale = 2**spec.global_scale_bits
     return ctx
 
 
@@ -74,13 +80,16 @@ def load_context(path: Path, secret: bool) -> Any:
     try:
         ctx = ts.context_from(path.read_bytes())
     except OSError as exc:
-        raise errors.ConfigError(f"HE key file {path} cannot be read ({exc}); see hpcflare.privacy.he for where "
-                                 "keys live") from None
+        raise errors.ConfigError(
+            f"HE key file {path} cannot be read ({exc}); see hpcflare.privacy.he for where keys live"
+        ) from None
     if secret and not ctx.is_private():
         raise errors.ConfigError(f"{path} holds no secret key: a site needs its secret context")
     if not secret and ctx.is_private():
-        raise errors.ConfigError(f"{path} holds the secret key: the server and relays must get the public context "
-                                 "only (re-provision; never copy a site's key file to the server)")
+        raise errors.ConfigError(
+            f"{path} holds the secret key: the server and relays must get the public context "
+            "only (re-provision; never copy a site's key file to the server)"
+        )
     return ctx
 
 
@@ -119,10 +128,13 @@ def _vector(ctx: Any, blob: Any, name: str, size: int | None) -> Any:
     try:
         vector = ts.ckks_vector_from(ctx, np.asarray(blob, np.uint8).tobytes())
     except Exception as exc:  # noqa: BLE001 - TenSEAL raises several types on garbage
-        raise errors.UpdateRejectedError(f"tensor {name!r} is not a CKKS vector of this job's context "
-                                         f"({type(exc).__name__})") from None
+        raise errors.UpdateRejectedError(
+            f"tensor {name!r} is not a CKKS vector of this job's context ({type(exc).__name__})"
+        ) from None
     if size is not None and vector.size() != size:
-        raise errors.UpdateRejectedError(f"tensor {name!r} encrypts {vector.size()} values, the model has {size}")
+        raise errors.UpdateRejectedError(
+            f"tensor {name!r} encrypts {vector.size()} values, the model has {size}"
+        )
     return vector
 
 
@@ -142,19 +154,27 @@ class HEStrategy(PrivateStrategy):
     def public_context(self) -> Any:
         if self._ctx is None:
             if self._where is None:
-                raise errors.ConfigError("HE aggregation on a rank that was not told where the job's keys are")
+                raise errors.ConfigError(
+                    "HE aggregation on a rank that was not told where the job's keys are"
+                )
             self._ctx = load_context(public_context_path(*self._where), secret=False)
         return self._ctx
 
     def start_services(self, context: Any) -> None:
         super().start_services(context)
         self.attach_host(context.job_root, context.kit_dir)
-        context.log.info("he_context_loaded", "HE: public CKKS context loaded (it cannot decrypt)",
-                         private=bool(self.public_context().is_private()))
+        context.log.info(
+            "he_context_loaded",
+            "HE: public CKKS context loaded (it cannot decrypt)",
+            private=bool(self.public_context().is_private()),
+        )
 
     def upload_expectation(self, global_params: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
         names = [n for n, _, _ in model_layout(global_params)]
-        return {n: AnyLength(np.dtype(np.uint8), MAX_CIPHERTEXT_BYTES, keeps_partials=True) for n in [*names, WEIGHT]}
+        return {
+            n: AnyLength(np.dtype(np.uint8), MAX_CIPHERTEXT_BYTES, keeps_partials=True)
+            for n in [*names, WEIGHT]
+        }
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         return CiphertextSumAggregator(self, model_layout(global_params))
@@ -179,8 +199,10 @@ class CiphertextSumAggregator(Aggregator):
     def _fold(self, params: Mapping[str, Any]) -> None:
         expected = set(self._names) | {WEIGHT}
         if set(params) != expected:
-            raise errors.UpdateRejectedError(f"an encrypted update must carry every tensor and {WEIGHT} (missing "
-                                             f"{sorted(expected - set(params))[:5]})")
+            raise errors.UpdateRejectedError(
+                f"an encrypted update must carry every tensor and {WEIGHT} (missing "
+                f"{sorted(expected - set(params))[:5]})"
+            )
         ctx = self._owner.public_context()
         vectors = {n: _vector(ctx, params[n], n, 1 if n == WEIGHT else self._sizes.get(n)) for n in params}
         for name, vector in vectors.items():  # all checked before any is added
@@ -226,8 +248,10 @@ class HESite(SitePrivacy):
         return decrypt_model(self._ctx, params, model_layout(params))
 
     def protect(self, task: Task, update: dict[str, np.ndarray], weight: float) -> dict[str, np.ndarray]:
-        out = {n: _blob(ts.ckks_vector(self._ctx, (np.asarray(v, np.float64).reshape(-1) * weight).tolist()))
-               for n, v in update.items()}
+        out = {
+            n: _blob(ts.ckks_vector(self._ctx, (np.asarray(v, np.float64).reshape(-1) * weight).tolist()))
+            for n, v in update.items()
+        }
         out[WEIGHT] = _blob(ts.ckks_vector(self._ctx, [float(weight)]))
         return out
 
@@ -236,7 +260,9 @@ def decrypt_model(ctx: Any, params: Mapping[str, Any], layout: list[list[Any]]) 
     """The plain model from an encrypted weighted sum (the server's model, checkpoint or result)."""
     total = _vector(ctx, params[WEIGHT], WEIGHT, 1).decrypt()[0]
     if not total > 0:
-        raise errors.UpdateRejectedError(f"the encrypted weight sum decrypts to {total:g}: wrong key or corrupt model")
+        raise errors.UpdateRejectedError(
+            f"the encrypted weight sum decrypts to {total:g}: wrong key or corrupt model"
+        )
     out = {}
     for name, shape, dtype in layout:
         values = np.asarray(_vector(ctx, params[name], name, int(np.prod(shape))).decrypt()) / total
@@ -247,13 +273,17 @@ def decrypt_model(ctx: Any, params: Mapping[str, Any], layout: list[list[Any]]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpcflare.privacy.he", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcflare.privacy.he", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     prov = sub.add_parser("provision", help="add HE keys to `hpcflare provision` kits (secret: clients only)")
     prov.add_argument("kits_dir", type=Path)
     dec = sub.add_parser("decrypt", help="decrypt a server model/checkpoint with a site's secret context")
     dec.add_argument("model", type=Path)
-    dec.add_argument("context", type=Path, help="the site's secret context (he_context.ctx or he_keys/<site>/secret.ctx)")
+    dec.add_argument(
+        "context", type=Path, help="the site's secret context (he_context.ctx or he_keys/<site>/secret.ctx)"
+    )
     dec.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "provision":
@@ -262,9 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         secret, public = [], []
         for kit in sorted(p for p in args.kits_dir.iterdir() if (p / "kit.yaml").is_file()):
             role = yaml.safe_load((kit / "kit.yaml").read_text()).get("role")
-            (secret if role == "client" else public).append(kit / (SECRET_FILE if role == "client" else PUBLIC_FILE))
+            (secret if role == "client" else public).append(
+                kit / (SECRET_FILE if role == "client" else PUBLIC_FILE)
+            )
         write_keys(PrivacySpec("he"), secret, public)
-        print(f"HE keys: secret context in {len(secret)} client kit(s), public context in {len(public)} other kit(s)")
+        print(
+            f"HE keys: secret context in {len(secret)} client kit(s), public context in {len(public)} other kit(s)"
+        )
         return 0
     from safetensors.numpy import load_file, save_file
 

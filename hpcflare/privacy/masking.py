@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat, NoEncryption
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 RING = np.uint64
 """Masked values live in Z(2^64): numpy's uint64 arithmetic wraps exactly so."""
@@ -34,9 +34,11 @@ def encode(values: np.ndarray, weight: float, frac_bits: int, sites: int) -> np.
     limit = float(1 << 62) / max(1, sites)
     peak = float(np.max(np.abs(scaled))) if scaled.size else 0.0
     if not math.isfinite(peak) or peak >= limit:
-        raise OverflowError(f"an update value times its weight ({weight:g}) is too large for secure aggregation's "
-                            f"fixed point (frac_bits={frac_bits}, {sites} sites): lower privacy.frac_bits or the "
-                            "weight (meta NUM_STEPS_CURRENT_ROUND)")
+        raise OverflowError(
+            f"an update value times its weight ({weight:g}) is too large for secure aggregation's "
+            f"fixed point (frac_bits={frac_bits}, {sites} sites): lower privacy.frac_bits or the "
+            "weight (meta NUM_STEPS_CURRENT_ROUND)"
+        )
     return np.rint(scaled).astype(np.int64).view(RING)
 
 

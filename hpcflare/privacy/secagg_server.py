@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from hpcflare import errors
-from hpcflare.privacy.api import PrivateStrategy, PrivacySpec
+from hpcflare.privacy.api import PrivacySpec, PrivateStrategy
 from hpcflare.privacy.masking import RING, MaskStream, agree, decode, mask_blocks, neighbours, pair_sign
 from hpcflare.privacy.shamir import ShamirError, combine
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
-from hpcflare.tensors import acc_dtype, blocks_of
 from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, RoundPlan, Strategy
+from hpcflare.tensors import acc_dtype, blocks_of
 
 WEIGHT = "__secagg_weight__"
 """The masked upload's extra tensor: the site's weight in fixed point, summed like the update."""
@@ -89,7 +90,9 @@ class SecAgg(PrivateStrategy):
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         inner = self.inner_aggregator(global_params)
         if not isinstance(inner, WeightedMeanAggregator):
-            raise errors.ConfigError(f"secure aggregation needs a weighted-mean strategy, not {self.inner.name!r}")
+            raise errors.ConfigError(
+                f"secure aggregation needs a weighted-mean strategy, not {self.inner.name!r}"
+            )
         return MaskedSumAggregator(global_params, inner, self)
 
     # ------------------------------------------------------------------ the exchange (server rank only)
@@ -98,13 +101,20 @@ class SecAgg(PrivateStrategy):
 
     def exchange(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
-        handler = {"keys": self._keys, "shares": self._shares, "unmask": self._unmask, "reveal": self._reveal}.get(op)  # type: ignore[arg-type]
+        handler = {
+            "keys": self._keys,
+            "shares": self._shares,
+            "unmask": self._unmask,
+            "reveal": self._reveal,
+        }.get(op)  # type: ignore[arg-type]
         if handler is None:
             raise errors.MalformedMessageError(f"secure aggregation: unknown op {op!r:.20}")
         with self._cv:
             st = self._state
             if st is None or request.get("round") != st.number:
-                raise errors.StaleTaskError(f"secure aggregation for round {request.get('round')!r:.10} is not open")
+                raise errors.StaleTaskError(
+                    f"secure aggregation for round {request.get('round')!r:.10} is not open"
+                )
             if site not in st.expected:
                 raise errors.UpdateRejectedError(f"{site} is not one of round {st.number}'s sites")
             if st.failed:
@@ -115,14 +125,18 @@ class SecAgg(PrivateStrategy):
         if st.u1 is None and site not in st.keys:
             c, s = request.get("c"), request.get("s")
             if not (isinstance(c, bytes) and isinstance(s, bytes) and len(c) == 32 == len(s)) or c == s:
-                raise errors.MalformedMessageError("secure aggregation keys: two distinct 32-byte X25519 public keys")
+                raise errors.MalformedMessageError(
+                    "secure aggregation keys: two distinct 32-byte X25519 public keys"
+                )
             st.keys[site] = (c, s)
             st.started.setdefault("keys", time.monotonic())
         if st.u1 is None and self._phase_over(st, "keys", set(st.keys), st.expected):
             st.u1 = sorted(st.keys)
             if len(st.u1) < 2:
-                st.failed = (f"round {st.number}: only {len(st.u1)} site sent keys for secure aggregation; it needs "
-                             "at least 2 (one site's update cannot be hidden in a sum)")
+                st.failed = (
+                    f"round {st.number}: only {len(st.u1)} site sent keys for secure aggregation; it needs "
+                    "at least 2 (one site's update cannot be hidden in a sum)"
+                )
                 raise errors.UpdateRejectedError(st.failed)
             k = self.spec.partners(len(st.u1))
             st.graph = neighbours(st.u1, k, f"{self.job_id}|{st.number}")
@@ -130,21 +144,33 @@ class SecAgg(PrivateStrategy):
         if st.u1 is None:
             return {"status": "wait"}
         if site not in st.u1:
-            raise errors.StaleTaskError(f"{site} sent its keys after round {st.number}'s key phase closed "
-                                        f"(privacy.setup_timeout={self.spec.setup_timeout:g}s)")
+            raise errors.StaleTaskError(
+                f"{site} sent its keys after round {st.number}'s key phase closed "
+                f"(privacy.setup_timeout={self.spec.setup_timeout:g}s)"
+            )
         partners = st.graph[site]
-        return {"status": "ok", "sites": st.u1, "partners": partners, "threshold": st.threshold,
-                "keys": {p: [st.keys[p][0], st.keys[p][1]] for p in partners}}
+        return {
+            "status": "ok",
+            "sites": st.u1,
+            "partners": partners,
+            "threshold": st.threshold,
+            "keys": {p: [st.keys[p][0], st.keys[p][1]] for p in partners},
+        }
 
     def _shares(self, st: _RoundState, site: str, request: dict[str, Any]) -> dict[str, Any]:
         if st.u1 is None or site not in st.u1:
             raise errors.MalformedMessageError(f"{site} sent shares before taking part in the key phase")
         if st.u2 is None and site not in st.shares:
             shares = request.get("shares")
-            if not isinstance(shares, dict) or set(shares) != set(st.graph[site]) or any(
-                    not isinstance(v, bytes) or len(v) > MAX_SHARE_MESSAGE for v in shares.values()):
-                raise errors.MalformedMessageError(f"{site}'s shares must be one encrypted bundle per partner "
-                                                   f"({len(st.graph[site])}), each at most {MAX_SHARE_MESSAGE} bytes")
+            if (
+                not isinstance(shares, dict)
+                or set(shares) != set(st.graph[site])
+                or any(not isinstance(v, bytes) or len(v) > MAX_SHARE_MESSAGE for v in shares.values())
+            ):
+                raise errors.MalformedMessageError(
+                    f"{site}'s shares must be one encrypted bundle per partner "
+                    f"({len(st.graph[site])}), each at most {MAX_SHARE_MESSAGE} bytes"
+                )
             st.shares[site] = shares
             st.started.setdefault("shares", time.monotonic())
         if st.u2 is None and self._phase_over(st, "shares", set(st.shares), set(st.u1)):
@@ -152,13 +178,21 @@ class SecAgg(PrivateStrategy):
         if st.u2 is None:
             return {"status": "wait"}
         if site not in st.u2:
-            raise errors.StaleTaskError(f"{site}'s shares arrived after round {st.number}'s share phase closed")
-        return {"status": "ok", "sites": st.u2,
-                "shares": {p: st.shares[p][site] for p in st.graph[site] if p in st.shares}}
+            raise errors.StaleTaskError(
+                f"{site}'s shares arrived after round {st.number}'s share phase closed"
+            )
+        return {
+            "status": "ok",
+            "sites": st.u2,
+            "shares": {p: st.shares[p][site] for p in st.graph[site] if p in st.shares},
+        }
 
     def _phase_over(self, st: _RoundState, phase: str, arrived: set[str], expected: set[str]) -> bool:
         waiting = (expected & self._live()) - arrived
-        return not waiting or time.monotonic() - st.started.get(phase, time.monotonic()) >= self.spec.setup_timeout
+        return (
+            not waiting
+            or time.monotonic() - st.started.get(phase, time.monotonic()) >= self.spec.setup_timeout
+        )
 
     def _unmask(self, st: _RoundState, site: str, request: dict[str, Any]) -> dict[str, Any]:
         if st.u3 is None:
@@ -173,9 +207,14 @@ class SecAgg(PrivateStrategy):
         dropped = set(st.u2 or []) - set(st.u3)
         holders_of = set(st.graph[site]) | {site}
         b, s = request.get("b"), request.get("s")
-        if not isinstance(b, dict) or not isinstance(s, dict) or set(b) - (holders_of & set(st.u3)) or \
-                set(s) - (holders_of & dropped) or set(b) & set(s) or \
-                any(not isinstance(v, bytes) for v in [*b.values(), *s.values()]):
+        if (
+            not isinstance(b, dict)
+            or not isinstance(s, dict)
+            or set(b) - (holders_of & set(st.u3))
+            or set(s) - (holders_of & dropped)
+            or set(b) & set(s)
+            or any(not isinstance(v, bytes) for v in [*b.values(), *s.values()])
+        ):
             raise errors.MalformedMessageError(f"{site}'s revealed shares do not match the round's survivors")
         st.reveals[site] = {"b": b, "s": s}
         self._cv.notify_all()
@@ -190,11 +229,15 @@ class SecAgg(PrivateStrategy):
                 return  # a relay: the server checks
             strangers = [s for s in sites if st.u2 is None or s not in st.u2]
             if strangers:
-                raise errors.UpdateRejectedError(f"masked update(s) from {strangers[:5]} which did not complete round "
-                                                 f"{st.number}'s share phase: their masks cannot cancel")
+                raise errors.UpdateRejectedError(
+                    f"masked update(s) from {strangers[:5]} which did not complete round "
+                    f"{st.number}'s share phase: their masks cannot cancel"
+                )
             st.folded.update(sites)
 
-    def recovered_masks(self, names: list[str], sizes: dict[str, int]) -> Iterator[tuple[str, Iterator[tuple[int, np.ndarray]]]]:
+    def recovered_masks(
+        self, names: list[str], sizes: dict[str, int]
+    ) -> Iterator[tuple[str, Iterator[tuple[int, np.ndarray]]]]:
         """After the round: ask the survivors for their shares, rebuild the secrets, and yield per tensor (in
         mask order) blocks of the total mask left in the sum (to subtract)."""
         st = self._await_reveals()
@@ -220,9 +263,11 @@ class SecAgg(PrivateStrategy):
             assert st is not None
             st.u3 = sorted(st.folded)
             if len(st.u3) < st.threshold:
-                st.failed = (f"round {st.number}: only {len(st.u3)} masked update(s) arrived, fewer than the "
-                             f"{st.threshold} shares needed to remove the masks (privacy.threshold); the sum cannot be "
-                             "unmasked. Lower privacy.threshold or keep more sites alive (min_clients >= threshold)")
+                st.failed = (
+                    f"round {st.number}: only {len(st.u3)} masked update(s) arrived, fewer than the "
+                    f"{st.threshold} shares needed to remove the masks (privacy.threshold); the sum cannot be "
+                    "unmasked. Lower privacy.threshold or keep more sites alive (min_clients >= threshold)"
+                )
                 self._cv.notify_all()
                 raise errors.RoundFailedError(st.failed)
             self._cv.notify_all()
@@ -237,9 +282,11 @@ class SecAgg(PrivateStrategy):
             return combine(shares, st.threshold)
         except ShamirError as exc:
             what = "self-mask seed" if kind == "b" else "masking key (it dropped out)"
-            st.failed = (f"round {st.number}: cannot rebuild {owner}'s {what}: {exc} ({len(st.reveals)} of "
-                         f"{len(st.u3 or [])} survivors revealed shares within privacy.unmask_timeout="
-                         f"{self.spec.unmask_timeout:g}s; threshold {st.threshold})")
+            st.failed = (
+                f"round {st.number}: cannot rebuild {owner}'s {what}: {exc} ({len(st.reveals)} of "
+                f"{len(st.u3 or [])} survivors revealed shares within privacy.unmask_timeout="
+                f"{self.spec.unmask_timeout:g}s; threshold {st.threshold})"
+            )
             raise errors.RoundFailedError(st.failed) from None
 
     def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
@@ -254,7 +301,9 @@ class MaskedSumAggregator(Aggregator):
 
     decomposable = True
 
-    def __init__(self, global_params: Mapping[str, np.ndarray], inner: WeightedMeanAggregator, owner: SecAgg) -> None:
+    def __init__(
+        self, global_params: Mapping[str, np.ndarray], inner: WeightedMeanAggregator, owner: SecAgg
+    ) -> None:
         self._global, self._inner, self._owner = global_params, inner, owner
         self._sums: dict[str, np.ndarray] = {}
         self._count = 0
@@ -273,14 +322,16 @@ class MaskedSumAggregator(Aggregator):
     def add(self, update: ClientUpdate) -> None:
         expected = set(self._global) | {WEIGHT}
         if set(update.params) != expected:
-            raise errors.UpdateRejectedError(f"a masked update must carry every tensor of the model and {WEIGHT} "
-                                             f"(missing {sorted(expected - set(update.params))[:5]})")
+            raise errors.UpdateRejectedError(
+                f"a masked update must carry every tensor of the model and {WEIGHT} "
+                f"(missing {sorted(expected - set(update.params))[:5]})"
+            )
         self._owner.admit([update.site])
         blockwise = getattr(update.params, "iter_blocks", None)
         for name in update.params:
             flat = self._accumulator(name).reshape(-1)
-            for first, block in (blockwise(name) if blockwise is not None else blocks_of(update.params[name])):
-                flat[first:first + block.size] += np.asarray(block, RING)
+            for first, block in blockwise(name) if blockwise is not None else blocks_of(update.params[name]):
+                flat[first : first + block.size] += np.asarray(block, RING)
         self._count += 1
 
     def check_partial_sites(self, sites: list[str]) -> None:
@@ -305,12 +356,13 @@ class MaskedSumAggregator(Aggregator):
         for name, blocks in self._owner.recovered_masks(names, sizes):
             flat = self._sums[name].reshape(-1)
             for first, block in blocks:
-                flat[first:first + block.size] -= block
+                flat[first : first + block.size] -= block
         frac_bits = self._owner.spec.frac_bits
         weight = float(decode(self._sums.pop(WEIGHT), frac_bits)[0])
         if not weight > 0:
-            raise errors.RoundFailedError("secure aggregation: the unmasked weights sum to "
-                                          f"{weight:g}; nothing to average")
+            raise errors.RoundFailedError(
+                f"secure aggregation: the unmasked weights sum to {weight:g}; nothing to average"
+            )
         for name in list(self._global):
             base = self._global[name]
             mean = (decode(self._sums.pop(name), frac_bits) / weight).astype(acc_dtype(base.dtype))

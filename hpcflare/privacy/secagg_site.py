@@ -13,7 +13,8 @@ import json
 import os
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -21,8 +22,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hpcflare import errors
 from hpcflare.privacy.api import PrivacySpec, SitePrivacy
-from hpcflare.privacy.masking import (MaskStream, agree, encode, mask_blocks, new_key, pair_sign, private_bytes,
-                                      public_bytes)
+from hpcflare.privacy.masking import (
+    MaskStream,
+    agree,
+    encode,
+    mask_blocks,
+    new_key,
+    pair_sign,
+    private_bytes,
+    public_bytes,
+)
 from hpcflare.privacy.secagg_server import MASK_PURPOSE, SHARE_PURPOSE, WEIGHT, mask_context, mask_order
 from hpcflare.privacy.shamir import split
 from hpcflare.transport.api import Task
@@ -43,13 +52,22 @@ class _Setup:
         self.partners: list[str] = []
         self.keys: dict[str, tuple[bytes, bytes]] = {}
         self.threshold = 0
-        self.held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (share of its seed, share of its masking key)
+        self.held: dict[
+            str, tuple[bytes, bytes]
+        ] = {}  # owner -> (share of its seed, share of its masking key)
         self.error: BaseException | None = None
 
 
 class SecAggSite(SitePrivacy):
-    def __init__(self, site: str, job_id: str, spec: PrivacySpec, call: Callable[[dict[str, Any], float], dict],
-                 round_timeout: float, log: Any) -> None:
+    def __init__(
+        self,
+        site: str,
+        job_id: str,
+        spec: PrivacySpec,
+        call: Callable[[dict[str, Any], float], dict],
+        round_timeout: float,
+        log: Any,
+    ) -> None:
         self.site, self.job_id, self.spec, self._call = site, job_id, spec, call
         self.round_timeout, self.log = round_timeout, log
         self._setups: dict[str, tuple[_Setup, threading.Thread]] = {}
@@ -57,8 +75,9 @@ class SecAggSite(SitePrivacy):
     def received(self, task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
         if "privacy" in task.meta and task.task_id not in self._setups:
             setup = _Setup()
-            thread = threading.Thread(target=self._run_setup, args=(task, setup), daemon=True,
-                                      name=f"secagg-{self.site}")
+            thread = threading.Thread(
+                target=self._run_setup, args=(task, setup), daemon=True, name=f"secagg-{self.site}"
+            )
             self._setups = {task.task_id: (setup, thread)}  # only the current round's secrets are kept
             thread.start()
         return dict(params)
@@ -70,8 +89,10 @@ class SecAggSite(SitePrivacy):
             if reply.get("status") == "ok":
                 return reply
             if time.monotonic() >= deadline:
-                raise errors.RoundFailedError(f"secure aggregation: no answer to {op!r} within {wait:g}s "
-                                              "(privacy.setup_timeout / privacy.unmask_timeout)")
+                raise errors.RoundFailedError(
+                    f"secure aggregation: no answer to {op!r} within {wait:g}s "
+                    "(privacy.setup_timeout / privacy.unmask_timeout)"
+                )
             time.sleep(pause)
             pause = min(POLL_MAX, 2 * pause)
 
@@ -79,7 +100,11 @@ class SecAggSite(SitePrivacy):
         try:
             wait = 2 * self.spec.setup_timeout + 30
             reply = self._poll(task, "keys", {"c": public_bytes(st.c_key), "s": public_bytes(st.s_key)}, wait)
-            st.u1, st.partners, st.threshold = list(reply["sites"]), list(reply["partners"]), int(reply["threshold"])
+            st.u1, st.partners, st.threshold = (
+                list(reply["sites"]),
+                list(reply["partners"]),
+                int(reply["threshold"]),
+            )
             st.keys = {p: (bytes(v[0]), bytes(v[1])) for p, v in reply["keys"].items()}
             position = {s: i + 1 for i, s in enumerate(st.u1)}
             holders = st.partners + [self.site]
@@ -87,8 +112,10 @@ class SecAggSite(SitePrivacy):
             seed_shares = split(st.seed, xs, st.threshold)
             key_shares = split(private_bytes(st.s_key), xs, st.threshold)
             st.held[self.site] = (seed_shares[position[self.site]], key_shares[position[self.site]])
-            bundles = {p: self._seal(st, p, seed_shares[position[p]], key_shares[position[p]], task.round)
-                       for p in st.partners}
+            bundles = {
+                p: self._seal(st, p, seed_shares[position[p]], key_shares[position[p]], task.round)
+                for p in st.partners
+            }
             reply = self._poll(task, "shares", {"shares": bundles}, wait)
             st.u2 = list(reply["sites"])
             for owner, sealed in reply["shares"].items():
@@ -104,7 +131,9 @@ class SecAggSite(SitePrivacy):
     def _seal(self, st: _Setup, peer: str, seed_share: bytes, key_share: bytes, round_num: int) -> bytes:
         box, context = self._box(st, peer, round_num)
         nonce = os.urandom(12)
-        body = json.dumps({"from": self.site, "to": peer, "b": seed_share.hex(), "s": key_share.hex()}).encode()
+        body = json.dumps(
+            {"from": self.site, "to": peer, "b": seed_share.hex(), "s": key_share.hex()}
+        ).encode()
         return nonce + box.encrypt(nonce, body, context)
 
     def _open(self, st: _Setup, owner: str, sealed: bytes, round_num: int) -> tuple[bytes, bytes]:
@@ -115,13 +144,17 @@ class SecAggSite(SitePrivacy):
                 raise ValueError("addressed to another pair")
             return bytes.fromhex(body["b"]), bytes.fromhex(body["s"])
         except (InvalidTag, ValueError, KeyError, TypeError) as exc:
-            raise errors.MalformedMessageError(f"secure aggregation: {owner}'s share for {self.site} does not "
-                                               f"decrypt ({type(exc).__name__}); was it altered on the way?") from None
+            raise errors.MalformedMessageError(
+                f"secure aggregation: {owner}'s share for {self.site} does not "
+                f"decrypt ({type(exc).__name__}); was it altered on the way?"
+            ) from None
 
     def _ready(self, task: Task) -> _Setup:
         entry = self._setups.get(task.task_id)
         if entry is None:
-            raise errors.UpdateRejectedError(f"secure aggregation: round {task.round}'s key exchange never started")
+            raise errors.UpdateRejectedError(
+                f"secure aggregation: round {task.round}'s key exchange never started"
+            )
         setup, thread = entry
         thread.join(4 * self.spec.setup_timeout + 60)
         if thread.is_alive():
@@ -135,15 +168,19 @@ class SecAggSite(SitePrivacy):
         streams = [(1, MaskStream(st.seed))]
         for peer in st.partners:
             if peer in st.u2:
-                seed = agree(st.s_key, st.keys[peer][1], MASK_PURPOSE,
-                             mask_context(self.job_id, task.round, self.site, peer))
+                seed = agree(
+                    st.s_key,
+                    st.keys[peer][1],
+                    MASK_PURPOSE,
+                    mask_context(self.job_id, task.round, self.site, peer),
+                )
                 streams.append((pair_sign(self.site, peer), MaskStream(seed)))
         values = {**update, WEIGHT: np.ones(1)}
         out: dict[str, np.ndarray] = {}
         for name in mask_order(list(values)):
             masked = encode(values[name], weight, self.spec.frac_bits, len(st.u2)).reshape(-1)
             for first, block in mask_blocks(streams, masked.size):
-                masked[first:first + block.size] += block
+                masked[first : first + block.size] += block
             out[name] = masked.reshape(np.shape(values[name]))
         return out
 
@@ -152,12 +189,18 @@ class SecAggSite(SitePrivacy):
         reply = self._poll(task, "unmask", {}, self.round_timeout + self.spec.unmask_timeout + 30)
         survivors, dropped = set(reply["survivors"]), set(reply["dropped"])
         if not survivors <= set(st.u2) or dropped != set(st.u2) - survivors or len(survivors) < st.threshold:
-            raise errors.UpdateRejectedError("secure aggregation: the server's list of survivors is inconsistent "
-                                             "with the round's; no shares revealed")
+            raise errors.UpdateRejectedError(
+                "secure aggregation: the server's list of survivors is inconsistent "
+                "with the round's; no shares revealed"
+            )
         reveal_b = {o: shares[0] for o, shares in st.held.items() if o in survivors}
         reveal_s = {o: shares[1] for o, shares in st.held.items() if o in dropped}
         self._call({"op": "reveal", "round": task.round, "b": reveal_b, "s": reveal_s}, self.round_timeout)
         self._setups.pop(task.task_id, None)
         if dropped:
-            self.log.info("secagg_dropouts", f"round {task.round}: revealed shares to remove the masks of "
-                          f"{len(dropped)} dropped site(s)", round=task.round, dropped=sorted(dropped))
+            self.log.info(
+                "secagg_dropouts",
+                f"round {task.round}: revealed shares to remove the masks of {len(dropped)} dropped site(s)",
+                round=task.round,
+                dropped=sorted(dropped),
+            )

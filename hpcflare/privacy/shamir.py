@@ -7,7 +7,7 @@ holders' 1-based positions in the round's sorted site list, so a share names its
 from __future__ import annotations
 
 import secrets
-from typing import Mapping
+from collections.abc import Mapping
 
 PRIME = (1 << 521) - 1
 """A Mersenne prime larger than any 32-byte secret; shares are 66-byte integers below it."""
@@ -40,8 +40,11 @@ def combine(shares: Mapping[int, bytes], threshold: int) -> bytes:
     points = [(int(x), int.from_bytes(y, "big")) for x, y in shares.items()]
     if len(points) < threshold:
         raise ShamirError(f"{len(points)} share(s), {threshold} needed")
-    if any(len(y) != SHARE_BYTES for y in shares.values()) or any(not 1 <= x < PRIME for x, _ in points) or \
-            any(y >= PRIME for _, y in points):
+    if (
+        any(len(y) != SHARE_BYTES for y in shares.values())
+        or any(not 1 <= x < PRIME for x, _ in points)
+        or any(y >= PRIME for _, y in points)
+    ):
         raise ShamirError("malformed share")
     points = points[:threshold]
     secret = 0

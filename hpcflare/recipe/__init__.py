@@ -5,7 +5,37 @@ from hpcflare.recipe.fedavg import FedAvgRecipe
 from hpcflare.recipe.fedmedian import FedMedianRecipe
 from hpcflare.recipe.fedopt import FedOptRecipe
 from hpcflare.recipe.scaffold import ScaffoldRecipe
-from hpcflare.recipe.tabular import KMeansRecipe, PSIRecipe, XGBBaggingRecipe, XGBHistogramRecipe, XGBVerticalRecipe
-from hpcflare.recipe.workflows import CrossSiteEvalRecipe, CyclicRecipe, FedEvalRecipe, FedStatsRecipe, SwarmRecipe
+from hpcflare.recipe.tabular import (
+    KMeansRecipe,
+    PSIRecipe,
+    XGBBaggingRecipe,
+    XGBHistogramRecipe,
+    XGBVerticalRecipe,
+)
+from hpcflare.recipe.workflows import (
+    CrossSiteEvalRecipe,
+    CyclicRecipe,
+    FedEvalRecipe,
+    FedStatsRecipe,
+    SwarmRecipe,
+)
 
-__all__ = ["CrossSiteEvalRecipe", "CyclicRecipe", "FedEvalRecipe", "FedStatsRecipe", "FedAvgRecipe", "FedMedianRecipe", "FedOptRecipe", "KMeansRecipe", "PSIRecipe", "Recipe", "ScaffoldRecipe", "SwarmRecipe", "XGBBaggingRecipe", "XGBHistogramRecipe", "XGBVerticalRecipe", "add_cross_site_evaluation", "add_experiment_tracking"]
+__all__ = [
+    "CrossSiteEvalRecipe",
+    "CyclicRecipe",
+    "FedEvalRecipe",
+    "FedStatsRecipe",
+    "FedAvgRecipe",
+    "FedMedianRecipe",
+    "FedOptRecipe",
+    "KMeansRecipe",
+    "PSIRecipe",
+    "Recipe",
+    "ScaffoldRecipe",
+    "SwarmRecipe",
+    "XGBBaggingRecipe",
+    "XGBHistogramRecipe",
+    "XGBVerticalRecipe",
+    "add_cross_site_evaluation",
+    "add_experiment_tracking",
+]

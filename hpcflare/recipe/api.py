@@ -7,8 +7,9 @@ import datetime as _dt
 import secrets
 import shlex
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import TRACKING_BACKENDS, JobConfig, JobDir, check_job_name, fraction, whole_number
@@ -29,15 +30,30 @@ class Recipe:
     strategy_args: dict[str, Any] = {}
     """Set by algorithm recipes from their own keyword arguments (FedOptRecipe(lr=...))."""
 
-    def __init__(self, name: str = "fedavg", model: Any = None, min_clients: int | None = None, num_rounds: int = 2,
-                 train_script: str | Path | None = None, train_args: str | Sequence[str] = "",
-                 n_clients: int | None = None,
-                 clients: Sequence[str] | None = None, settings_profile: str = "auto",
-                 settings: dict[str, Any] | None = None, extra_files: Sequence[str | Path] = (),
-                 staging: bool = False, staging_dir: str | Path = "staging", relays: int = 0,
-                 relay_failover: str = "direct", min_fraction: float = 0.0, tls: str = "auto",
-                 kits_dir: str | Path = "kits", filters: Sequence[dict[str, Any]] = (),
-                 initial_checkpoint: str | Path | None = None, **job_options: Any) -> None:
+    def __init__(
+        self,
+        name: str = "fedavg",
+        model: Any = None,
+        min_clients: int | None = None,
+        num_rounds: int = 2,
+        train_script: str | Path | None = None,
+        train_args: str | Sequence[str] = "",
+        n_clients: int | None = None,
+        clients: Sequence[str] | None = None,
+        settings_profile: str = "auto",
+        settings: dict[str, Any] | None = None,
+        extra_files: Sequence[str | Path] = (),
+        staging: bool = False,
+        staging_dir: str | Path = "staging",
+        relays: int = 0,
+        relay_failover: str = "direct",
+        min_fraction: float = 0.0,
+        tls: str = "auto",
+        kits_dir: str | Path = "kits",
+        filters: Sequence[dict[str, Any]] = (),
+        initial_checkpoint: str | Path | None = None,
+        **job_options: Any,
+    ) -> None:
         """``job_options``: any further job.yaml key (key_metric="accuracy", early_stop_patience=3,
         tracking=["csv", "tensorboard"], ...). ``initial_checkpoint``: a .safetensors (or weights-only .pt)
         file whose weights replace the model's initial ones. NVFlare's keywords (initial_model, initial_ckpt,
@@ -68,7 +84,11 @@ class Recipe:
         self.settings_profile, self.settings = settings_profile, dict(settings or {})
         self.extra_files = [Path(p) for p in extra_files]
         self.staging, self.staging_dir = bool(staging), str(staging_dir)
-        self.relays, self.relay_failover, self.min_fraction = whole_number("relays", relays, 0), relay_failover, fraction("min_fraction", min_fraction)
+        self.relays, self.relay_failover, self.min_fraction = (
+            whole_number("relays", relays, 0),
+            relay_failover,
+            fraction("min_fraction", min_fraction),
+        )
         self.tls, self.kits_dir = tls, str(kits_dir)
         self.filters = [dict(f) for f in filters] + nv["filters"]
         known = {f.name for f in dataclasses.fields(JobConfig)}
@@ -94,30 +114,54 @@ class Recipe:
         for extra in self.extra_files:
             (shutil.copytree if extra.is_dir() else shutil.copy2)(extra, app / extra.name)
         job_dir.models_dir.mkdir(parents=True, exist_ok=True)
-        framework = save_initial_model(self.model, job_dir.models_dir / "initial_model.safetensors",
-                                       self.initial_checkpoint)
-        strategy, strategy_args, num_rounds = self.strategy, {**self.strategy_args, **self.extra_strategy_args}, \
-            self.num_rounds
-        if self.cross_site_eval:  # add_cross_site_evaluation(): the training rounds, then the evaluation matrix
+        framework = save_initial_model(
+            self.model, job_dir.models_dir / "initial_model.safetensors", self.initial_checkpoint
+        )
+        strategy, strategy_args, num_rounds = (
+            self.strategy,
+            {**self.strategy_args, **self.extra_strategy_args},
+            self.num_rounds,
+        )
+        if (
+            self.cross_site_eval
+        ):  # add_cross_site_evaluation(): the training rounds, then the evaluation matrix
             strategy, strategy_args = "cross_site_eval", {"train_rounds": self.num_rounds}
             num_rounds = self.num_rounds + 1 + len(self.clients) + 1
-        config = JobConfig(name=self.name, job_id=job_id, num_rounds=num_rounds, min_clients=self.min_clients,
-                           clients=self.clients, train_script=f"app/{self.train_script.name}",
-                           train_args=self.train_args, strategy=strategy,
-                           strategy_args=strategy_args, framework=framework,
-                           settings_profile=self.settings_profile, settings=self.settings,
-                           staging=self.staging, staging_dir=self.staging_dir, relays=self.relays,
-                           relay_failover=self.relay_failover, min_fraction=self.min_fraction, tls=self.tls,
-                           kits_dir=self.kits_dir, filters=self.filters, **self.job_options)
+        config = JobConfig(
+            name=self.name,
+            job_id=job_id,
+            num_rounds=num_rounds,
+            min_clients=self.min_clients,
+            clients=self.clients,
+            train_script=f"app/{self.train_script.name}",
+            train_args=self.train_args,
+            strategy=strategy,
+            strategy_args=strategy_args,
+            framework=framework,
+            settings_profile=self.settings_profile,
+            settings=self.settings,
+            staging=self.staging,
+            staging_dir=self.staging_dir,
+            relays=self.relays,
+            relay_failover=self.relay_failover,
+            min_fraction=self.min_fraction,
+            tls=self.tls,
+            kits_dir=self.kits_dir,
+            filters=self.filters,
+            **self.job_options,
+        )
         job_dir.create(config)
         return job_dir
 
-    def execute(self, env: "Env") -> "Run":
+    def execute(self, env: Env) -> Run:
         sites = getattr(env, "sites", None)
-        if sites is not None:  # SimEnv(num_clients=...) / PocEnv(clients=[...]) choose the sites, as in NVFlare
+        if (
+            sites is not None
+        ):  # SimEnv(num_clients=...) / PocEnv(clients=[...]) choose the sites, as in NVFlare
             if len(sites) < self.min_clients:
-                raise ConfigError(f"the env runs {len(sites)} client(s) but the recipe needs min_clients="
-                                  f"{self.min_clients}")
+                raise ConfigError(
+                    f"the env runs {len(sites)} client(s) but the recipe needs min_clients={self.min_clients}"
+                )
             self.clients = list(sites)
         return env.deploy(self.export(env.job_root))
 
@@ -125,7 +169,9 @@ class Recipe:
 TRACKING_TYPES = tuple(b for b in TRACKING_BACKENDS if b != "csv")  # csv is always on
 
 
-def add_experiment_tracking(recipe: Recipe, tracking_type: str, tracking_config: dict[str, Any] | None = None) -> None:
+def add_experiment_tracking(
+    recipe: Recipe, tracking_type: str, tracking_config: dict[str, Any] | None = None
+) -> None:
     """NVFlare's ``add_experiment_tracking(recipe, "tensorboard"|"mlflow"|"wandb")``: the server writes every
     site's metrics and tracking records there too (CSV is always on). ``tracking_config``: the receiver's
     options (mlflow: tracking_uri, experiment_name, tags; wandb: project, mode, entity, group, tags)."""
@@ -144,8 +190,10 @@ def add_cross_site_evaluation(recipe: Recipe) -> None:
     are evaluated at every site (flare.is_submit_model() / flare.is_evaluate() tasks); the matrix is in
     cross_site/matrix.json. For FedAvg recipes."""
     if recipe.strategy != "fedavg":
-        raise ConfigError(f"add_cross_site_evaluation works on FedAvg recipes, not {type(recipe).__name__}; use "
-                          "CrossSiteEvalRecipe")
+        raise ConfigError(
+            f"add_cross_site_evaluation works on FedAvg recipes, not {type(recipe).__name__}; use "
+            "CrossSiteEvalRecipe"
+        )
     if recipe.relays:
         raise ConfigError("cross-site evaluation addresses single sites: use relays=0")
     recipe.cross_site_eval = True

@@ -12,8 +12,23 @@ class FedOptRecipe(Recipe):
 
     strategy = "fedopt"
 
-    def __init__(self, *args: Any, optimizer: str = "sgd", lr: float = 1.0, momentum: float = 0.9,
-                 beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        optimizer: str = "sgd",
+        lr: float = 1.0,
+        momentum: float = 0.9,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.strategy_args = {"optimizer": optimizer, "lr": lr, "momentum": momentum, "beta1": beta1,
-                              "beta2": beta2, "tau": tau}
+        self.strategy_args = {
+            "optimizer": optimizer,
+            "lr": lr,
+            "momentum": momentum,
+            "beta1": beta1,
+            "beta2": beta2,
+            "tau": tau,
+        }

@@ -42,20 +42,28 @@ def _with_checkpoint(model: Any, checkpoint: Path) -> dict[str, Any]:
     missing = sorted(set(model) - set(state))
     extra = sorted(set(state) - set(model))
     if missing or extra:
-        raise ConfigError(f"initial_checkpoint {checkpoint} does not fit the model: missing {missing[:5]}, "
-                          f"unexpected {extra[:5]}")
+        raise ConfigError(
+            f"initial_checkpoint {checkpoint} does not fit the model: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
     for name, value in model.items():
         if tuple(value.shape) != tuple(state[name].shape):
-            raise ConfigError(f"initial_checkpoint {checkpoint}: {name} has shape {tuple(state[name].shape)}, "
-                              f"the model has {tuple(value.shape)}")
+            raise ConfigError(
+                f"initial_checkpoint {checkpoint}: {name} has shape {tuple(state[name].shape)}, "
+                f"the model has {tuple(value.shape)}"
+            )
     torch_model = all(type(v).__module__.startswith("torch") for v in model.values())
     if torch_model:
         import torch
 
-        return {k: torch.as_tensor(np.asarray(v) if not hasattr(v, "detach") else v).to(model[k].dtype)
-                for k, v in state.items()}
-    return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v).astype(model[k].dtype)
-            for k, v in state.items()}
+        return {
+            k: torch.as_tensor(np.asarray(v) if not hasattr(v, "detach") else v).to(model[k].dtype)
+            for k, v in state.items()
+        }
+    return {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v).astype(model[k].dtype)
+        for k, v in state.items()
+    }
 
 
 def save_initial_model(model: Any, path: Path, checkpoint: Path | None = None) -> str:
@@ -75,7 +83,9 @@ def save_initial_model(model: Any, path: Path, checkpoint: Path | None = None) -
     if hasattr(model, "state_dict") and callable(model.state_dict):
         model = model.state_dict()
     if not isinstance(model, dict) or not model:
-        raise ConfigError("model must be an nn.Module, a non-empty dict of arrays/tensors, or a .safetensors path")
+        raise ConfigError(
+            "model must be an nn.Module, a non-empty dict of arrays/tensors, or a .safetensors path"
+        )
     if all(type(v).__module__.startswith("torch") for v in model.values()):
         import safetensors.torch
 

@@ -19,8 +19,18 @@ PYTHON_COMMANDS = ("python", "python3", "python -u", "python3 -u")
 """``command=`` values with NVFlare's default meaning: run the script with Python (hpcflare runs it with the
 rank's own interpreter)."""
 FORMATS = ("numpy", "pytorch", "raw")
-KEYWORDS = ("initial_model", "initial_ckpt", "stop_cond", "patience", "exclude_vars", "aggregation_weights",
-            "per_site_config", "launch_external_process", "command", "server_expected_format")
+KEYWORDS = (
+    "initial_model",
+    "initial_ckpt",
+    "stop_cond",
+    "patience",
+    "exclude_vars",
+    "aggregation_weights",
+    "per_site_config",
+    "launch_external_process",
+    "command",
+    "server_expected_format",
+)
 
 
 def _value(x: Any) -> Any:
@@ -31,16 +41,25 @@ def _value(x: Any) -> Any:
 def translate(model: Any, initial_checkpoint: Any, clients: Any, options: dict[str, Any]) -> dict[str, Any]:
     """Pop NVFlare keywords from ``options`` (the recipe's **job_options); returns the hpcflare arguments:
     model, initial_checkpoint, clients, filters (to add), strategy_args (to add), site_train_args."""
-    out: dict[str, Any] = {"model": model, "initial_checkpoint": initial_checkpoint, "clients": clients,
-                           "filters": [], "strategy_args": {}}
+    out: dict[str, Any] = {
+        "model": model,
+        "initial_checkpoint": initial_checkpoint,
+        "clients": clients,
+        "filters": [],
+        "strategy_args": {},
+    }
     if "initial_model" in options:
         initial = options.pop("initial_model")
         if model is not None:
-            raise ConfigError("initial_model= and model= name the same thing (NVFlare calls it initial_model): "
-                              "pass one of them")
+            raise ConfigError(
+                "initial_model= and model= name the same thing (NVFlare calls it initial_model): "
+                "pass one of them"
+            )
         if isinstance(initial, (str, Path)) and Path(initial).suffix != ".safetensors":
-            raise ConfigError(f"initial_model={initial!r}: a checkpoint path goes in initial_ckpt= (with the model "
-                              "object as initial_model=), or pass a .safetensors file")
+            raise ConfigError(
+                f"initial_model={initial!r}: a checkpoint path goes in initial_ckpt= (with the model "
+                "object as initial_model=), or pass a .safetensors file"
+            )
         out["model"] = initial
     if "initial_ckpt" in options:
         if initial_checkpoint is not None:
@@ -66,13 +85,17 @@ def translate(model: Any, initial_checkpoint: Any, clients: Any, options: dict[s
     options.pop("launch_external_process", None)  # every hpcflare site already runs in a process of its own
     command = options.pop("command", None)
     if command is not None and " ".join(str(command).split()) not in PYTHON_COMMANDS:
-        raise ConfigError(f"command={command!r}: hpcflare runs the training script with the rank's Python; a "
-                          "launcher command (torchrun, ...) is not supported: start one client rank per process "
-                          "and select GPUs inside the script")
+        raise ConfigError(
+            f"command={command!r}: hpcflare runs the training script with the rank's Python; a "
+            "launcher command (torchrun, ...) is not supported: start one client rank per process "
+            "and select GPUs inside the script"
+        )
     fmt = options.pop("server_expected_format", None)
     if fmt is not None and str(_value(fmt)).lower() not in FORMATS:
-        raise ConfigError(f"server_expected_format={fmt!r} must be one of {FORMATS} (hpcflare moves safetensors "
-                          "either way; scripts get tensors of the model's framework)")
+        raise ConfigError(
+            f"server_expected_format={fmt!r} must be one of {FORMATS} (hpcflare moves safetensors "
+            "either way; scripts get tensors of the model's framework)"
+        )
     if "params_transfer_type" in options:
         options["params_transfer_type"] = str(_value(options["params_transfer_type"])).upper()
     per_site = options.pop("per_site_config", None)
@@ -83,21 +106,41 @@ def translate(model: Any, initial_checkpoint: Any, clients: Any, options: dict[s
 
 def _per_site(per_site: Any, clients: Any, options: dict[str, Any]) -> dict[str, Any]:
     """NVFlare's per_site_config {site: {train_args: ...}} names the sites and their arguments."""
-    if not isinstance(per_site, dict) or not per_site or not all(isinstance(v, dict) for v in per_site.values()):
+    if (
+        not isinstance(per_site, dict)
+        or not per_site
+        or not all(isinstance(v, dict) for v in per_site.values())
+    ):
         raise ConfigError("per_site_config must map site names to dicts of per-site options")
     if clients is not None and sorted(clients) != sorted(per_site):
-        raise ConfigError(f"per_site_config names sites {sorted(per_site)} but clients= names {sorted(clients)}")
+        raise ConfigError(
+            f"per_site_config names sites {sorted(per_site)} but clients= names {sorted(clients)}"
+        )
     args: dict[str, list[str]] = {}
     for site, conf in per_site.items():
-        unknown = sorted(set(conf) - {"train_args", "launch_once", "command", "launch_external_process",
-                                      "server_expected_format", "params_transfer_type"})
+        unknown = sorted(
+            set(conf)
+            - {
+                "train_args",
+                "launch_once",
+                "command",
+                "launch_external_process",
+                "server_expected_format",
+                "params_transfer_type",
+            }
+        )
         if unknown:
-            raise ConfigError(f"per_site_config[{site!r}]: {unknown} cannot differ per site in hpcflare (one "
-                              "train_script for every site: branch on flare.get_site_name() inside it)")
+            raise ConfigError(
+                f"per_site_config[{site!r}]: {unknown} cannot differ per site in hpcflare (one "
+                "train_script for every site: branch on flare.get_site_name() inside it)"
+            )
         for key in ("launch_once", "params_transfer_type"):
             if key in conf and options.get(key, conf[key]) != conf[key]:
                 raise ConfigError(f"per_site_config[{site!r}].{key} must match the job's {key}")
         if conf.get("train_args") is not None:
-            args[str(site)] = shlex.split(conf["train_args"]) if isinstance(conf["train_args"], str) else list(
-                conf["train_args"])
+            args[str(site)] = (
+                shlex.split(conf["train_args"])
+                if isinstance(conf["train_args"], str)
+                else list(conf["train_args"])
+            )
     return {"clients": list(clients or per_site), "site_train_args": args}

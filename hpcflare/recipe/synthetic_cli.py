@@ -20,9 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def common(args: argparse.Namespace, train_script: Path, extra_train_args: str = "") -> dict[str, Any]:
     """Recipe arguments every torch recipe shares: model, sites, rounds, the client's flags."""
-    train_args = f"--n-sites {args.n_clients} --split {args.split} --local-epochs {args.local_epochs} --lr {args.lr}"
-    return {"model": tiny_mlp(), **job_cli.recipe_arguments(args),
-            "train_script": train_script, "train_args": f"{train_args} {extra_train_args}".strip()}
+    train_args = (
+        f"--n-sites {args.n_clients} --split {args.split} --local-epochs {args.local_epochs} --lr {args.lr}"
+    )
+    return {
+        "model": tiny_mlp(),
+        **job_cli.recipe_arguments(args),
+        "train_script": train_script,
+        "train_args": f"{train_args} {extra_train_args}".strip(),
+    }
 
 
 def run(recipe: Any, args: argparse.Namespace) -> float | None:

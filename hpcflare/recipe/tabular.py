@@ -20,9 +20,16 @@ class KMeansRecipe(Recipe):
 
     def __init__(self, *args: Any, n_clusters: int, n_features: int, seed: int = 0, **kwargs: Any) -> None:
         if n_clusters < 1 or n_features < 1:
-            raise ConfigError(f"KMeansRecipe needs n_clusters >= 1 and n_features >= 1, got {n_clusters}, {n_features}")
-        kwargs.setdefault("model", {"centers": np.zeros((n_clusters, n_features), np.float64),
-                                    "counts": np.zeros(n_clusters, np.float64)})
+            raise ConfigError(
+                f"KMeansRecipe needs n_clusters >= 1 and n_features >= 1, got {n_clusters}, {n_features}"
+            )
+        kwargs.setdefault(
+            "model",
+            {
+                "centers": np.zeros((n_clusters, n_features), np.float64),
+                "counts": np.zeros(n_clusters, np.float64),
+            },
+        )
         super().__init__(*args, **kwargs)
         self.strategy_args = {"n_clusters": int(n_clusters), "seed": int(seed)}
 
@@ -39,15 +46,27 @@ class XGBHistogramRecipe(Recipe):
     strategy = "xgb_histogram"
     split = "horizontal"
 
-    def __init__(self, *args: Any, collective_timeout: int = 300, tracker_start_timeout: float = 60.0,
-                 label_owner: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        collective_timeout: int = 300,
+        tracker_start_timeout: float = 60.0,
+        label_owner: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("model", _empty_tree_model())
         kwargs["num_rounds"] = 1
         super().__init__(*args, **kwargs)
         if self.relays:
-            raise ConfigError("XGBoost's collective connects every site to the server's tracker: use relays=0")
-        self.strategy_args = {"split": self.split, "label_owner": label_owner, "collective_timeout": int(collective_timeout),
-                              "tracker_start_timeout": float(tracker_start_timeout)}
+            raise ConfigError(
+                "XGBoost's collective connects every site to the server's tracker: use relays=0"
+            )
+        self.strategy_args = {
+            "split": self.split,
+            "label_owner": label_owner,
+            "collective_timeout": int(collective_timeout),
+            "tracker_start_timeout": float(tracker_start_timeout),
+        }
 
 
 class XGBVerticalRecipe(XGBHistogramRecipe):
@@ -86,5 +105,7 @@ class PSIRecipe(Recipe):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("model", {"psi": np.zeros(1, np.uint8)})
         super().__init__(*args, **kwargs)
-        self.num_rounds = len(self.clients) + 1  # the ring is the sites registered at round 1; extra rounds skip
+        self.num_rounds = (
+            len(self.clients) + 1
+        )  # the ring is the sites registered at round 1; extra rounds skip
         self.strategy_args = {"salt": secrets.token_hex(16)}

@@ -49,12 +49,26 @@ class FedStatsRecipe(Recipe):
 
     strategy = "fedstats"
 
-    def __init__(self, *args: Any, features: list[str], bins: int = 20, min_count: int = 10, noise: float = 0.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        features: list[str],
+        bins: int = 20,
+        min_count: int = 10,
+        noise: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("num_rounds", 2)
-        kwargs.setdefault("model", {"fedstats": np.zeros(1, np.float64)})  # replaced by the statistics tensors
+        kwargs.setdefault(
+            "model", {"fedstats": np.zeros(1, np.float64)}
+        )  # replaced by the statistics tensors
         super().__init__(*args, **kwargs)
-        self.strategy_args = {"features": list(features), "bins": bins, "min_count": min_count, "noise": noise}
+        self.strategy_args = {
+            "features": list(features),
+            "bins": bins,
+            "min_count": min_count,
+            "noise": noise,
+        }
 
 
 class SwarmRecipe(Recipe):

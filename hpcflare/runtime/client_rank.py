@@ -17,20 +17,20 @@ import os
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import FINAL_STATES, JobConfig, JobDir, whole_number
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster import staging
-from hpcflare.transport.model_files import map_tensors
 from hpcflare.runtime.host.global_model import GlobalModel
-from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
 from hpcflare.runtime.host.round_host import HostPhase, RoundHost
+from hpcflare.runtime.relay import RELAY_ROUND_FRACTION, Relay
 from hpcflare.runtime.script_runner import run_client, script_path
 from hpcflare.transport.api import Peer, Rpc, Task
 from hpcflare.transport.inproc import InprocTransport
+from hpcflare.transport.model_files import map_tensors
 
 RANK_ROUND_FRACTION = RELAY_ROUND_FRACTION - 0.1
 """A client rank closes its part of a round at this fraction of settings.round_timeout, so its partial
@@ -45,8 +45,9 @@ class ClientRankHost(Relay):
     upstream_in_process = True
     round_fraction = RANK_ROUND_FRACTION
 
-    def __init__(self, job_dir: JobDir, name: str, sites: list[str], log: RankLogger,
-                 address: str | None = None) -> None:
+    def __init__(
+        self, job_dir: JobDir, name: str, sites: list[str], log: RankLogger, address: str | None = None
+    ) -> None:
         super().__init__(job_dir, name, log, children=list(sites), address=address)
 
     def _cached_model(self, task: Task) -> tuple[GlobalModel, str]:
@@ -60,21 +61,32 @@ class ClientRankHost(Relay):
                     raise errors.MalformedMessageError("staged model does not match the task's manifest")
                 return model, "staging"
             except (OSError, errors.HpcflareError) as exc:
-                self.log.info("staging_fallback", f"staged model not usable here ({exc}); pulling it over gRPC",
-                              round=task.round, reason=str(exc))
+                self.log.info(
+                    "staging_fallback",
+                    f"staged model not usable here ({exc}); pulling it over gRPC",
+                    round=task.round,
+                    reason=str(exc),
+                )
         transport, token = self.upstream.connection.credentials()
-        if isinstance(transport, InprocTransport) and isinstance(transport.handler, RoundHost):  # SimEnv's server
+        if isinstance(transport, InprocTransport) and isinstance(
+            transport.handler, RoundHost
+        ):  # SimEnv's server
             request = {"site": self.name, "token": token, "ref": task.ref}
             return self.upstream.connection.retry(
-                Rpc.DOWNLOAD, lambda: transport.handler.local_model(request, Peer(transport.address)).alias()), "in-process"
+                Rpc.DOWNLOAD, lambda: transport.handler.local_model(request, Peer(transport.address)).alias()
+            ), "in-process"
         return super()._cached_model(task)
 
     def start(self) -> None:
         self.watch_stalls()
         self.upstream.start()
-        self.log.info("client_rank_started", f"{self.name}: hosting {len(self.members.expected)} sites "
-                      f"({self.members.expected[0]} .. {self.members.expected[-1]}) as virtual clients",
-                      sites=self.members.expected, pid=os.getpid())
+        self.log.info(
+            "client_rank_started",
+            f"{self.name}: hosting {len(self.members.expected)} sites "
+            f"({self.members.expected[0]} .. {self.members.expected[-1]}) as virtual clients",
+            sites=self.members.expected,
+            pid=os.getpid(),
+        )
         self.phase = HostPhase.RUNNING
 
 
@@ -94,12 +106,15 @@ def local_client_slots(n_clients: int) -> int | None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if n_clients <= PROCESSES_PER_CORE * cores:
         return None
-    gpus = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip() and d.strip() != "-1"]
+    gpus = [
+        d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip() and d.strip() != "-1"
+    ]
     return len(gpus) or cores
 
 
-def settle_clients_per_rank(job_dir: JobDir, value: int | str | None,
-                            slots: Callable[[JobConfig], int | None] | None = None) -> JobConfig:
+def settle_clients_per_rank(
+    job_dir: JobDir, value: int | str | None, slots: Callable[[JobConfig], int | None] | None = None
+) -> JobConfig:
     """Fix the job's clients_per_rank before its ranks start: ``value`` (an Env's own setting) wins over
     job.yaml; 'auto' becomes the sites over ``slots(config)`` client ranks, rounded up (stays 'auto' = 1
     without slots, or with none to spare)."""
@@ -122,8 +137,9 @@ def local_slots(config: JobConfig) -> int | None:
     return local_client_slots(len(config.clients))
 
 
-def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None = None,
-              own_process: bool = True) -> ExitCode:
+def run_sites(
+    job_dir: JobDir, sites: list[str], name: str, address: str | None = None, own_process: bool = True
+) -> ExitCode:
     """Run ``sites`` as virtual clients of this rank (``own_process``: the process is the rank's, so its
     working directory, sys.argv and sys.path are set up for the scripts); returns the rank's exit code:
     OK when every site did its part, else the first failed site's code."""
@@ -143,24 +159,37 @@ def run_sites(job_dir: JobDir, sites: list[str], name: str, address: str | None 
             rounds.start()
 
         def site_main(site: str) -> None:
-            codes[site] = run_client(job_dir, site, per_thread=True, address=None if host else address, parent=host)
+            codes[site] = run_client(
+                job_dir, site, per_thread=True, address=None if host else address, parent=host
+            )
 
-        threads = [threading.Thread(target=site_main, args=(site,), name=f"vc-{site}", daemon=True) for site in sites]
+        threads = [
+            threading.Thread(target=site_main, args=(site,), name=f"vc-{site}", daemon=True) for site in sites
+        ]
         for thread in threads:
             thread.start()
-        if host is not None:  # one thread vouches for every site whose script is alive (no heartbeat thread each)
-            threading.Thread(target=_vouch, args=(host, dict(zip(sites, threads))), name=f"{name}-vouch",
-                             daemon=True).start()
+        if (
+            host is not None
+        ):  # one thread vouches for every site whose script is alive (no heartbeat thread each)
+            threading.Thread(
+                target=_vouch, args=(host, dict(zip(sites, threads))), name=f"{name}-vouch", daemon=True
+            ).start()
         _join(threads, host, job_dir, log, config.load_settings().end_grace)
         if host is not None and rounds is not None:
-            host.leaving = True  # every site is done: say goodbye at the next poll instead of waiting for the end
+            host.leaving = (
+                True  # every site is done: say goodbye at the next poll instead of waiting for the end
+            )
             rounds.join(host.settings.task_poll_timeout + host.settings.rpc_timeout + host.settings.end_grace)
         failed = {site: code for site, code in codes.items() if code != ExitCode.OK}
         missing = [site for site in sites if site not in codes]
         if failed or missing:
-            log.warning("sites_failed", f"{name}: {len(failed)} of {len(sites)} site(s) failed "
-                        f"{dict(list(failed.items())[:10])}" + (f", {len(missing)} still running" if missing else ""),
-                        failed={s: int(c) for s, c in failed.items()}, still_running=missing)
+            log.warning(
+                "sites_failed",
+                f"{name}: {len(failed)} of {len(sites)} site(s) failed "
+                f"{dict(list(failed.items())[:10])}" + (f", {len(missing)} still running" if missing else ""),
+                failed={s: int(c) for s, c in failed.items()},
+                still_running=missing,
+            )
         return next(iter(failed.values()), ExitCode.ABORTED if missing else ExitCode.OK)
     except errors.HpcflareError as exc:
         code, reason = exit_for(exc)
@@ -179,8 +208,13 @@ def _vouch(host: ClientRankHost, threads: dict[str, threading.Thread]) -> None:
         time.sleep(host.settings.heartbeat_interval)
 
 
-def _join(threads: list[threading.Thread], host: ClientRankHost | None, job_dir: JobDir, log: RankLogger,
-          end_grace: float) -> None:
+def _join(
+    threads: list[threading.Thread],
+    host: ClientRankHost | None,
+    job_dir: JobDir,
+    log: RankLogger,
+    end_grace: float,
+) -> None:
     """Wait for every site's script; once the job has ended (the host heard it, or status.json says so), a script
     still running after end_grace is left behind (its thread is a daemon, so the rank can exit and free its
     allocation)."""
@@ -190,13 +224,20 @@ def _join(threads: list[threading.Thread], host: ClientRankHost | None, job_dir:
         if not alive:
             return
         alive[0].join(0.5)
-        if ended_at is None and (host.phase == HostPhase.ENDED if host is not None else
-                                 job_dir.read_status().get("state") in FINAL_STATES):
+        if ended_at is None and (
+            host.phase == HostPhase.ENDED
+            if host is not None
+            else job_dir.read_status().get("state") in FINAL_STATES
+        ):
             ended_at = time.monotonic()
         if ended_at is not None and time.monotonic() - ended_at > end_grace:
             stuck = [t.name.removeprefix("vc-") for t in threads if t.is_alive()]
-            log.error("script_stopped", f"the job ended but the scripts of {stuck[:10]} were still running after "
-                      f"settings.end_grace={end_grace:g}s; the rank exits without them", sites=stuck)
+            log.error(
+                "script_stopped",
+                f"the job ended but the scripts of {stuck[:10]} were still running after "
+                f"settings.end_grace={end_grace:g}s; the rank exits without them",
+                sites=stuck,
+            )
             return
 
 

@@ -22,8 +22,8 @@ from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.client_rank import run_sites, settle_clients_per_rank
 from hpcflare.runtime.cluster.gpus import plan_devices
 from hpcflare.runtime.cluster.ranks import RankInfo, RoleKind, detect_rank, role_for_rank, tasks_per_node
-from hpcflare.runtime.relay import Relay
 from hpcflare.runtime.cluster.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
+from hpcflare.runtime.relay import Relay
 from hpcflare.runtime.script_runner import run_client
 from hpcflare.runtime.server import FLServer
 from hpcflare.security import tls
@@ -31,16 +31,26 @@ from hpcflare.security.jobs import prepare_job
 from hpcflare.security.tls import handshake_tap
 
 
-def run_server(job_dir: JobDir, echo: bool = True, host: str = "127.0.0.1", port: int = 0,
-               advertise: str | None = None, rendezvous: Rendezvous | None = None) -> ExitCode:
+def run_server(
+    job_dir: JobDir,
+    echo: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    advertise: str | None = None,
+    rendezvous: Rendezvous | None = None,
+) -> ExitCode:
     """The server rank; it always publishes its address to the job dir, and to ``rendezvous`` as well."""
     log = RankLogger(job_dir.log_dir, "server", "server", echo=sys.stdout if echo else None)
     lock = job_dir.server_lock()
     try:
         lock.acquire(timeout=0)
     except Timeout:  # another server of this job is alive: its status.json is not ours to touch
-        log.error("server_running", f"another server of job {job_dir.root.name} holds {lock.lock_file}; this one "
-                  "exits without touching the job", exit_code=int(ExitCode.CONFIG_ERROR))
+        log.error(
+            "server_running",
+            f"another server of job {job_dir.root.name} holds {lock.lock_file}; this one "
+            "exits without touching the job",
+            exit_code=int(ExitCode.CONFIG_ERROR),
+        )
         log.close()
         return ExitCode.CONFIG_ERROR
     try:
@@ -91,7 +101,9 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     config = prepare_job(job_dir, secure_default=True)
     settings = config.load_settings()
     if config.relays and rendezvous == MpiRendezvous.kind:
-        raise errors.ConfigError("relays find each other through the job directory: use rendezvous='fs' with relays")
+        raise errors.ConfigError(
+            "relays find each other through the job directory: use rendezvous='fs' with relays"
+        )
     mpi = MpiRendezvous(settings.rendezvous_timeout) if rendezvous == MpiRendezvous.kind else None
     role = role_for_rank(info.rank, info.world, config, tasks_per_node(os.environ))
     devices, why = plan_devices(role.kind, os.environ)
@@ -108,7 +120,10 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
         address = mpi.lookup(SERVER, settings.rendezvous_timeout).address
         print(f"[hpcflare] rank {info.rank}: server address {address} from MPI broadcast", flush=True)
     if role.kind == RoleKind.IDLE:
-        print(f"[hpcflare] rank {info.rank}: no role (job has {len(config.clients)} clients); exiting", flush=True)
+        print(
+            f"[hpcflare] rank {info.rank}: no role (job has {len(config.clients)} clients); exiting",
+            flush=True,
+        )
         return ExitCode.OK
     return run_unit(job_dir, role.site, list(role.sites), address)
 
@@ -127,14 +142,26 @@ def _raise_aborted(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcflare-rank", description=__doc__)
     parser.add_argument("--job-dir", required=True)
-    parser.add_argument("--role", choices=("server", "relay", "client", "auto"), required=True,
-                        help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then relays, then clients in "
-                        "job.yaml order")
-    parser.add_argument("--rendezvous", choices=tuple(RENDEZVOUS), default="fs",
-                        help="--role auto: find the server via the shared job dir (fs) or an MPI broadcast (mpi)")
-    parser.add_argument("--site", help="client role: the site, or the client rank (client-rank-N) whose sites run "
-                        "here as virtual clients (default: by rank); relay role: the relay's name, e.g. relay-1")
-    parser.add_argument("--bind", default="127.0.0.1", help="server: interface to listen on (0.0.0.0 on clusters)")
+    parser.add_argument(
+        "--role",
+        choices=("server", "relay", "client", "auto"),
+        required=True,
+        help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then relays, then clients in job.yaml order",
+    )
+    parser.add_argument(
+        "--rendezvous",
+        choices=tuple(RENDEZVOUS),
+        default="fs",
+        help="--role auto: find the server via the shared job dir (fs) or an MPI broadcast (mpi)",
+    )
+    parser.add_argument(
+        "--site",
+        help="client role: the site, or the client rank (client-rank-N) whose sites run "
+        "here as virtual clients (default: by rank); relay role: the relay's name, e.g. relay-1",
+    )
+    parser.add_argument(
+        "--bind", default="127.0.0.1", help="server: interface to listen on (0.0.0.0 on clusters)"
+    )
     parser.add_argument("--address", help="server address host:port (default: read the rendezvous file)")
     parser.add_argument("--quiet", action="store_true", help="server: do not echo progress to stdout")
     args = parser.parse_args(argv)

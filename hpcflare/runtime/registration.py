@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.rank_logger import RankLogger
-from hpcflare.runtime.host.membership import ENDED, MemberState, Membership
+from hpcflare.runtime.host.membership import ENDED, Membership, MemberState
 from hpcflare.runtime.host.round_host import HostPhase
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import Strategy
@@ -43,6 +44,7 @@ class ServerRegistration:
     _add_member: Callable[[dict, str | None], tuple[Any, Any]]
     live_children: Callable[[], set[str]]
     _check_abort: Callable[[], None]
+
     def register(self, request: dict) -> dict:
         site = request.get("site")
         if isinstance(site, str) and site in self.members.expected:  # unknown names are refused as such below
@@ -50,27 +52,55 @@ class ServerRegistration:
         # after a restart the server has no record of anyone: a site (or a relay for its child) that shows its
         # token keeps it, so sites behind a relay or client rank go on under the tokens they hold
         shown = request.get("previous_token")
-        keep = shown if isinstance(shown, str) and TOKEN.fullmatch(shown) and isinstance(site, str) and \
-            self.members.get(site) is None else None
+        keep = (
+            shown
+            if isinstance(shown, str)
+            and TOKEN.fullmatch(shown)
+            and isinstance(site, str)
+            and self.members.get(site) is None
+            else None
+        )
         record, old = self._add_member(request, keep)
         site = record.site
-        reply = {"token": record.token, "job_id": self.config.job_id, "num_rounds": self.config.num_rounds,
-                 "framework": self.config.framework}
+        reply = {
+            "token": record.token,
+            "job_id": self.config.job_id,
+            "num_rounds": self.config.num_rounds,
+            "framework": self.config.framework,
+        }
         if old is not None and old.state == MemberState.EXCLUDED and self.phase != HostPhase.REGISTRATION:
-            self.members.exclude(site, "it registered after the job had started without it "
-                                 f"(settings.registration_timeout={self.settings.registration_timeout:g}s)")
-            self.log.warning("late_registrant", f"{site} registered after the job started without it; it is told "
-                             "to end", site=site)
+            self.members.exclude(
+                site,
+                "it registered after the job had started without it "
+                f"(settings.registration_timeout={self.settings.registration_timeout:g}s)",
+            )
+            self.log.warning(
+                "late_registrant",
+                f"{site} registered after the job started without it; it is told to end",
+                site=site,
+            )
             return reply
         if old is not None:
-            self.log.warning("client_reregistered", f"{site} registered again (was {old.state}); previous instance "
-                             "replaced", site=site)
+            self.log.warning(
+                "client_reregistered",
+                f"{site} registered again (was {old.state}); previous instance replaced",
+                site=site,
+            )
         node, via = str(request.get("node") or "")[:128], str(request.get("via") or "")[:64]
         kind = "relay" if site in self.relays else "client rank" if site in self.hosts else "client"
-        event = {"relay": "relay_registered", "client rank": "client_rank_registered"}.get(kind, "client_registered")
+        event = {"relay": "relay_registered", "client rank": "client_rank_registered"}.get(
+            kind, "client_registered"
+        )
         (self.site_log if kind == "client" else self.log.info)(
-            event, f"{site} registered from {record.host or '?'}{'/' + node if node else ''} pid {record.pid}"
-            + (f" via {via}" if via else ""), site=site, host=record.host, node=node, pid=record.pid, via=via)
+            event,
+            f"{site} registered from {record.host or '?'}{'/' + node if node else ''} pid {record.pid}"
+            + (f" via {via}" if via else ""),
+            site=site,
+            host=record.host,
+            node=node,
+            pid=record.pid,
+            via=via,
+        )
         if self.members.count() >= len(self.members.expected):  # the registration wait polls until then
             with self._cv:
                 self._cv.notify_all()
@@ -90,29 +120,44 @@ class ServerRegistration:
                     break
                 if time.monotonic() >= summary_at:
                     summary_at += REGISTRATION_SUMMARY_EVERY
-                    self.log.info("registration_progress", f"{registered} of {len(cfg.clients)} clients registered",
-                                  registered=registered, expected=len(cfg.clients))
+                    self.log.info(
+                        "registration_progress",
+                        f"{registered} of {len(cfg.clients)} clients registered",
+                        registered=registered,
+                        expected=len(cfg.clients),
+                    )
                 self._cv.wait(min(0.5, max(0.0, deadline - time.monotonic())))
         registered = sorted(self.live_children())
         missing = sorted(set(cfg.clients) - set(registered))
         never = [site for site in missing if self.members.get(site) is None]
         failed = {site: self.members.get(site).reason[:200] for site in missing if site not in never}  # type: ignore[union-attr]
-        detail = "; ".join(([f"failed at start: {failed}"] if failed else []) +
-                           ([f"never registered: {never[:20]}"] if never else []))
+        detail = "; ".join(
+            ([f"failed at start: {failed}"] if failed else [])
+            + ([f"never registered: {never[:20]}"] if never else [])
+        )
         if len(registered) < cfg.min_clients:
-            if not never:  # everyone is accounted for: the job cannot start, and waiting longer would not help
+            if (
+                not never
+            ):  # everyone is accounted for: the job cannot start, and waiting longer would not help
                 raise errors.RegistrationTimeoutError(
                     f"only {len(registered)} of {len(cfg.clients)} clients can take part (min_clients="
-                    f"{cfg.min_clients}): {detail}")
+                    f"{cfg.min_clients}): {detail}"
+                )
             raise errors.RegistrationTimeoutError(
                 f"only {len(registered)} of {len(cfg.clients)} clients registered within settings.registration_timeout="
-                f"{timeout:g}s (min_clients={cfg.min_clients}); {detail}")
+                f"{timeout:g}s (min_clients={cfg.min_clients}); {detail}"
+            )
         if missing:
             for site in never:
                 self.members.exclude(site, "did not register within settings.registration_timeout")
-            self.log.warning("clients_excluded", f"starting without {len(missing)} client(s) (startup grace "
-                             f"settings.registration_timeout={timeout:g}s): {detail}", missing=missing,
-                             never_registered=never, failed=failed)
+            self.log.warning(
+                "clients_excluded",
+                f"starting without {len(missing)} client(s) (startup grace "
+                f"settings.registration_timeout={timeout:g}s): {detail}",
+                missing=missing,
+                never_registered=never,
+                failed=failed,
+            )
         self.log.info("registration_done", f"{len(registered)} clients registered", clients=registered)
 
     def _gone(self) -> set[str]:

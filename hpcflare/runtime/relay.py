@@ -21,14 +21,14 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir
 from hpcflare.rank_logger import RankLogger
-from hpcflare.runtime.site.agent import ClientAgent
-from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.cluster.memory import release_memory
-from hpcflare.runtime.host.membership import Membership
 from hpcflare.runtime.cluster.rendezvous import FileRendezvous, incarnation
-from hpcflare.runtime.site.result_sender import upload_once
-from hpcflare.runtime.host.round_host import HostPhase, RoundHost
 from hpcflare.runtime.cluster.staging import Stager
+from hpcflare.runtime.host.global_model import GlobalModel
+from hpcflare.runtime.host.membership import Membership
+from hpcflare.runtime.host.round_host import HostPhase, RoundHost
+from hpcflare.runtime.site.agent import ClientAgent
+from hpcflare.runtime.site.result_sender import upload_once
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, UpdateKind
 from hpcflare.transport.api import Rpc, Task, UploadHeader
 from hpcflare.transport.grpc_server import GrpcServer
@@ -48,8 +48,17 @@ class Relay(RoundHost):
     round_fraction = RELAY_ROUND_FRACTION
     """When this host closes its part of a round, as a fraction of settings.round_timeout after the task."""
 
-    def __init__(self, job_dir: JobDir, name: str, log: RankLogger, host: str = "127.0.0.1", port: int = 0,
-                 advertise: str | None = None, children: list[str] | None = None, address: str | None = None) -> None:
+    def __init__(
+        self,
+        job_dir: JobDir,
+        name: str,
+        log: RankLogger,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        advertise: str | None = None,
+        children: list[str] | None = None,
+        address: str | None = None,
+    ) -> None:
         """``children``: the sites this host serves (default: every client and client rank of the job);
         ``address``: the parent's address (default: the server, found through the rendezvous)."""
         config = job_dir.load_config()
@@ -57,8 +66,14 @@ class Relay(RoundHost):
         stager = Stager(config.staging_root(job_dir.root)) if config.staging else None
         ranks = config.rank_hosts()
         expected = children if children is not None else config.clients + list(ranks)
-        super().__init__(config, settings, log, config.new_strategy(),
-                         Membership(expected, settings.heartbeat_timeout), stager)
+        super().__init__(
+            config,
+            settings,
+            log,
+            config.new_strategy(),
+            Membership(expected, settings.heartbeat_timeout),
+            stager,
+        )
         self.hosts = {rank: set(sites) for rank, sites in ranks.items() if rank in expected}
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
@@ -70,16 +85,29 @@ class Relay(RoundHost):
         self.leaving = False
         """Set when this host's children are all gone: it says goodbye at its next poll instead of waiting."""
         # the host's own link to its parent: a client agent whose heartbeats vouch for the children
-        self.upstream = ClientAgent(job_dir, name, log, address, heartbeat_extra=lambda: {"children": self.members.live()},
-                                    in_process=self.upstream_in_process)
+        self.upstream = ClientAgent(
+            job_dir,
+            name,
+            log,
+            address,
+            heartbeat_extra=lambda: {"children": self.members.live()},
+            in_process=self.upstream_in_process,
+        )
         self.upstream.connection.on_reconnect = self._register_children_again
         self.strategy.attach_host(job_dir.root, self.upstream.kit.path if self.upstream.kit else None)
         self.grpc: GrpcServer | None = None
         self.address = ""
         if self.listens:
             direct = len(self.hosts) or len(config.clients)  # with client ranks, only they connect here
-            self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=self.upstream.kit,
-                                   children=min(direct, 2 * -(-direct // max(1, config.relays))))
+            self.grpc = GrpcServer(
+                self,
+                settings,
+                log,
+                host=host,
+                port=port,
+                kit=self.upstream.kit,
+                children=min(direct, 2 * -(-direct // max(1, config.relays))),
+            )
             self.address = f"{advertise or host}:{self.grpc.port}"
 
     def register(self, request: dict) -> dict:
@@ -106,33 +134,60 @@ class Relay(RoundHost):
             if record is None:
                 continue
             try:
-                self.upstream.call(Rpc.REGISTER, {"site": site, "host": record.host, "pid": record.pid, "via": self.name,
-                                                "proof": self.job_dir.registration_proof(site),
-                                                "previous_token": record.token}, self.settings.rpc_timeout)
+                self.upstream.call(
+                    Rpc.REGISTER,
+                    {
+                        "site": site,
+                        "host": record.host,
+                        "pid": record.pid,
+                        "via": self.name,
+                        "proof": self.job_dir.registration_proof(site),
+                        "previous_token": record.token,
+                    },
+                    self.settings.rpc_timeout,
+                )
                 again += 1
             except errors.HpcflareError as exc:
-                self.log.warning("child_reregister_failed", f"could not register {site} again: {exc}", site=site)
-        self.log.info("children_reregistered", f"{again} children registered again with the restarted server",
-                      children=again)
+                self.log.warning(
+                    "child_reregister_failed", f"could not register {site} again: {exc}", site=site
+                )
+        self.log.info(
+            "children_reregistered",
+            f"{again} children registered again with the restarted server",
+            children=again,
+        )
 
     def _fold(self, rnd: Any, update: ClientUpdate) -> None:
         """Non-decomposable strategies: pass each validated update up unchanged, in the child's name."""
         if not self.forward_raw:
             return super()._fold(rnd, update)
         record = self.members.get(update.site)
-        header = UploadHeader(update.site, record.token if record else "", rnd.task_id, rnd.number,
-                               update.params_type, update.meta, update.metrics)
+        header = UploadHeader(
+            update.site,
+            record.token if record else "",
+            rnd.task_id,
+            rnd.number,
+            update.params_type,
+            update.meta,
+            update.metrics,
+        )
         self._send_up(header, update.params.items(), own_token=False)
         with self._cv:
             rnd.accepted[update.site] = update.metrics
-        self.site_log("result_forwarded", f"round {rnd.number}: result from {update.site} forwarded to the server",
-                      site=update.site, round=rnd.number)
+        self.site_log(
+            "result_forwarded",
+            f"round {rnd.number}: result from {update.site} forwarded to the server",
+            site=update.site,
+            round=rnd.number,
+        )
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         try:  # the server learns of a child's end from its relay
             self._forward(Rpc.GOODBYE, site, {"status": status, "reason": reason})
         except errors.HpcflareError as exc:
-            self.log.warning("goodbye_forward_failed", f"could not forward {site}'s goodbye: {exc}", site=site)
+            self.log.warning(
+                "goodbye_forward_failed", f"could not forward {site}'s goodbye: {exc}", site=site
+            )
 
     def on_exchange(self, site: str, request: dict) -> dict:
         return self._forward(Rpc.EXCHANGE, site, request)
@@ -143,8 +198,11 @@ class Relay(RoundHost):
     def _forward(self, method: str, site: str, request: dict) -> dict:
         """A unary call to the server in a child's name (its token; the relay's certificate may act for it)."""
         transport, _ = self.upstream.connection.credentials()
-        return transport.call(method, {**request, "site": site, "token": self.members.get(site).token},  # type: ignore[union-attr]
-                              self.settings.rpc_timeout)
+        return transport.call(
+            method,
+            {**request, "site": site, "token": self.members.get(site).token},  # type: ignore[union-attr]
+            self.settings.rpc_timeout,
+        )
 
     def start(self) -> None:
         """Listen for children, register upstream, announce this relay in the rendezvous directory."""
@@ -153,9 +211,14 @@ class Relay(RoundHost):
         self.watch_stalls()
         self.upstream.start()
         FileRendezvous(self.job_dir.rendezvous_dir, self.settings.rendezvous_timeout).publish(
-            self.name, self.address, incarnation(), node=os.environ.get("SLURMD_NODENAME", ""))
-        self.log.info("relay_started", f"{self.name} listening on {self.address}", address=self.address,
-                      node=os.environ.get("SLURMD_NODENAME", ""))
+            self.name, self.address, incarnation(), node=os.environ.get("SLURMD_NODENAME", "")
+        )
+        self.log.info(
+            "relay_started",
+            f"{self.name} listening on {self.address}",
+            address=self.address,
+            node=os.environ.get("SLURMD_NODENAME", ""),
+        )
         self.phase = HostPhase.RUNNING
 
     def stop_listening(self) -> None:
@@ -180,11 +243,18 @@ class Relay(RoundHost):
                 last = task.task_id
                 try:
                     self._relay_round(task)
-                except errors.StaleTaskError as exc:  # the parent closed the round before this host got its model
-                    self.log.info("relay_round_gone", f"round {task.round} closed before {self.name} had its model: "
-                                  f"{exc}", round=task.round)
+                except (
+                    errors.StaleTaskError
+                ) as exc:  # the parent closed the round before this host got its model
+                    self.log.info(
+                        "relay_round_gone",
+                        f"round {task.round} closed before {self.name} had its model: {exc}",
+                        round=task.round,
+                    )
                 release_memory()
-            self.end(self.upstream.end_reason or ("its sites have all ended" if self.leaving else "completed"))
+            self.end(
+                self.upstream.end_reason or ("its sites have all ended" if self.leaving else "completed")
+            )
         except errors.HpcflareError as exc:
             code, reason = exit_for(exc)
             status = "failed"
@@ -204,15 +274,19 @@ class Relay(RoundHost):
             return self._last_model[1], "cache"
         self._last_model = None
 
-        def fetch() -> tuple[GlobalModel, str]:  # retried through the link: a restarted parent means a new transport
+        def fetch() -> tuple[
+            GlobalModel, str
+        ]:  # retried through the link: a restarted parent means a new transport
             transport, token = self.upstream.connection.credentials()
             request = {"site": self.name, "token": token, "ref": task.ref}
             shared = transport.shared_model(request, task.manifest)  # a parent on this host: its very pages
             if shared is not None:
                 return GlobalModel.from_shared(task.ref, task.round, shared), "shared memory"
             blobs = {spec.name: blob for spec, blob in transport.download(request, task.manifest)}
-            return (GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens),
-                    "in-process" if isinstance(transport, InprocTransport) else "grpc")
+            return (
+                GlobalModel.from_blobs(task.ref, task.round, task.manifest, blobs, shared=not self.listens),
+                "in-process" if isinstance(transport, InprocTransport) else "grpc",
+            )
 
         model, via = self.upstream.connection.retry(Rpc.DOWNLOAD, fetch)
         self._last_model = (task.task_id, model)
@@ -221,10 +295,19 @@ class Relay(RoundHost):
     def _relay_round(self, task: Task) -> None:
         received = time.monotonic()
         model, via = self._cached_model(task)
-        self.staged = task.staged if self.listens else None  # children that see the staging dir map the server's copy
-        rnd = self.open_round(task.round, model, task.task_id, publish=False, plan=RoundPlan(task.name, meta=task.meta))
-        self.log.info("relay_round", f"round {task.round}: model cached ({model.nbytes / 1e6:.2f} MB via {via}), "
-                      f"serving {len(self.live_children())} children", round=task.round, via=via)
+        self.staged = (
+            task.staged if self.listens else None
+        )  # children that see the staging dir map the server's copy
+        rnd = self.open_round(
+            task.round, model, task.task_id, publish=False, plan=RoundPlan(task.name, meta=task.meta)
+        )
+        self.log.info(
+            "relay_round",
+            f"round {task.round}: model cached ({model.nbytes / 1e6:.2f} MB via {via}), "
+            f"serving {len(self.live_children())} children",
+            round=task.round,
+            via=via,
+        )
         deadline = received + self.round_fraction * self.settings.round_timeout
         with self._cv:
             while True:
@@ -235,25 +318,48 @@ class Relay(RoundHost):
                 self._cv.wait(0.2)
         self.close_round(rnd)
         stragglers = sorted(self.live_children() - rnd.answered())
-        rejected = {**rnd.rejected, **{s: f"straggler: no result at {self.name} within "
-                                          f"{self.round_fraction} x settings.round_timeout" for s in stragglers}}
+        rejected = {
+            **rnd.rejected,
+            **{
+                s: f"straggler: no result at {self.name} within "
+                f"{self.round_fraction} x settings.round_timeout"
+                for s in stragglers
+            },
+        }
         if not rnd.accepted and not rejected and not self.live_children():
-            with self._cv:  # no child here (yet): wait for a registration instead of asking for the task again at once
+            with (
+                self._cv
+            ):  # no child here (yet): wait for a registration instead of asking for the task again at once
                 if not self._registering:
                     self._cv.wait(min(2.0, self.settings.task_poll_timeout))
         if self.forward_raw or (not rnd.accepted and not rejected):
             return  # forwarded one by one already; the server tracks stragglers itself
         sums, weights = rnd.aggregator.partial()
         try:
-            header = UploadHeader(self.name, "", task.task_id, task.round, UpdateKind.PARTIAL,
-                                   partial={"sites": {s: {"metrics": m, "weight": rnd.weights.get(s, 1.0)}
-                                                      for s, m in rnd.accepted.items()},
-                                            "rejected": rejected, "weights": weights})
+            header = UploadHeader(
+                self.name,
+                "",
+                task.task_id,
+                task.round,
+                UpdateKind.PARTIAL,
+                partial={
+                    "sites": {
+                        s: {"metrics": m, "weight": rnd.weights.get(s, 1.0)} for s, m in rnd.accepted.items()
+                    },
+                    "rejected": rejected,
+                    "weights": weights,
+                },
+            )
             transport = self._send_up(header, list(sums.items()), own_token=True)
             via = getattr(transport, "last_via", "in-process")
-            self.log.info("partial_sent", f"round {task.round}: partial aggregate over {len(rnd.accepted)} "
-                          f"client(s) sent up via {via}", round=task.round, sites=sorted(rnd.accepted),
-                          stragglers=stragglers, via=via)
+            self.log.info(
+                "partial_sent",
+                f"round {task.round}: partial aggregate over {len(rnd.accepted)} client(s) sent up via {via}",
+                round=task.round,
+                sites=sorted(rnd.accepted),
+                stragglers=stragglers,
+                via=via,
+            )
         except errors.StaleTaskError as exc:
             self.log.warning("partial_late", f"round {task.round}: server closed the round first: {exc}")
 
@@ -261,10 +367,12 @@ class Relay(RoundHost):
         """Upload to the parent, retried through the link as a site's result is: a parent that is briefly gone
         or restarted (then on a new transport, with this round gone: StaleTaskError) does not end this host.
         ``own_token``: sent in this host's name (a partial), else in the child's (a forwarded update)."""
+
         def push() -> Any:
             transport, token = self.upstream.connection.credentials()
             transport.upload(dataclasses.replace(header, token=token) if own_token else header, tensors)
             return transport
+
         return self.upstream.connection.retry(Rpc.UPLOAD, lambda: upload_once(push))
 
 

@@ -14,8 +14,8 @@ import runpy
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hpcflare import errors
 from hpcflare.client import api as client_api
@@ -70,7 +70,9 @@ def script_path(job_dir: JobDir, script: str) -> Path:
     """The training script, confined to the job's app/ directory (no path traversal, no symlink out of it)."""
     app = job_dir.app_dir
     if app.is_symlink() or job_dir.root.resolve() not in app.resolve().parents:
-        raise errors.ConfigError(f"{app} is a symlink out of the job directory; a job's app/ must be a real folder")
+        raise errors.ConfigError(
+            f"{app} is a symlink out of the job directory; a job's app/ must be a real folder"
+        )
     path = (job_dir.root / script).resolve()
     if app.resolve() not in path.parents:
         raise errors.ConfigError(f"train_script {script!r} must live under {job_dir.app_dir}")
@@ -79,8 +81,13 @@ def script_path(job_dir: JobDir, script: str) -> Path:
     return path
 
 
-def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: str | None = None,
-               parent: ServerHandler | None = None) -> ExitCode:
+def run_client(
+    job_dir: JobDir,
+    site: str,
+    per_thread: bool = False,
+    address: str | None = None,
+    parent: ServerHandler | None = None,
+) -> ExitCode:
     """Register the site, run the training script against the Client API, report how it ended.
     ``per_thread``: the site shares its process with others (its Client API state and sys.argv are the
     thread's); ``parent``: its host in this process (a client rank's virtual client)."""
@@ -94,7 +101,9 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
         check_script(agent.kit, script)
         args = config.site_train_args.get(site, config.train_args)
         if nvflare_compat.wanted(config.nvflare_compat) and nvflare_compat.install():
-            log.info("nvflare_compat", "nvflare.client and the other NVFlare client names resolve to hpcflare here")
+            log.info(
+                "nvflare_compat", "nvflare.client and the other NVFlare client names resolve to hpcflare here"
+            )
         client_api.bind(agent, per_thread)  # the script's flare.init() registers the site
         if not per_thread:  # process-global state is ours to set
             agent.on_stuck = _stop_stuck_process(agent, log)
@@ -116,8 +125,11 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
                 break
             if config.launch_once or not _more_work():
                 break
-            log.info("script_started", f"running {script.name} again for round {_pending_round()} "
-                     "(launch_once: false)", run=runs + 1)
+            log.info(
+                "script_started",
+                f"running {script.name} again for round {_pending_round()} (launch_once: false)",
+                run=runs + 1,
+            )
         log.info("script_finished", f"{script.name} finished" + (f" ({runs} runs)" if runs > 1 else ""))
     except Exception as exc:  # noqa: BLE001 - anything the user's script raises ends here
         code, reason = exit_for(exc, user_code=True)
@@ -128,10 +140,17 @@ def run_client(job_dir: JobDir, site: str, per_thread: bool = False, address: st
             log.error("traceback", format_traceback(exc))
     finally:
         if code != ExitCode.OK:
-            log.error("client_failed", f"{site} exits with {code.name} ({int(code)}): {reason}", exit_code=int(code),
-                      reason=reason)
-        if agent is not None and not agent.started and code not in (ExitCode.OK, ExitCode.CONFIG_ERROR,
-                                                                       ExitCode.CERTIFICATE_ERROR):
+            log.error(
+                "client_failed",
+                f"{site} exits with {code.name} ({int(code)}): {reason}",
+                exit_code=int(code),
+                reason=reason,
+            )
+        if (
+            agent is not None
+            and not agent.started
+            and code not in (ExitCode.OK, ExitCode.CONFIG_ERROR, ExitCode.CERTIFICATE_ERROR)
+        ):
             _report_early_failure(agent, reason, log)
         if agent is not None:
             agent.close(status, reason)
@@ -168,8 +187,10 @@ def _ended_early(agent: ClientAgent, script: str) -> str:
     if not agent.started:
         return f"{script} returned without calling flare.init(): the site never joined the job"
     if not agent.ended and agent.tasks.pending is not None:
-        return (f"{script} returned while the job was still running, without sending its result for round "
-                f"{agent.tasks.pending.round} (call flare.send() for every task, until flare.is_running() is False)")
+        return (
+            f"{script} returned while the job was still running, without sending its result for round "
+            f"{agent.tasks.pending.round} (call flare.send() for every task, until flare.is_running() is False)"
+        )
     return ""
 
 
@@ -183,21 +204,28 @@ def _where(exc: BaseException, app_dir: Path) -> str:
 def _stop_stuck_process(agent: ClientAgent, log: RankLogger) -> Callable[[str, bool], None]:
     def stop(reason: str, server_lost: bool) -> None:
         code = ExitCode.SERVER_LOST if server_lost else ExitCode.ABORTED
-        log.error("script_stopped", f"{agent.site} stopped with {code.name} ({int(code)}): {reason}",
-                  exit_code=int(code), reason=reason)
+        log.error(
+            "script_stopped",
+            f"{agent.site} stopped with {code.name} ({int(code)}): {reason}",
+            exit_code=int(code),
+            reason=reason,
+        )
         if not server_lost:
             agent.close("failed", reason)
         log.close()
         os._exit(int(code))
+
     return stop
 
 
 def _report_early_failure(agent: ClientAgent, reason: str, log: RankLogger) -> None:
     """The script died before flare.init(): register just to tell the server why, so it stops waiting."""
     try:
-        agent.settings = agent.settings.replace(server_lost_timeout=min(agent.settings.server_lost_timeout, 5.0),
-                                                task_poll_timeout=min(agent.settings.task_poll_timeout, 4.0),
-                                                rendezvous_timeout=min(agent.settings.rendezvous_timeout, 5.0))
+        agent.settings = agent.settings.replace(
+            server_lost_timeout=min(agent.settings.server_lost_timeout, 5.0),
+            task_poll_timeout=min(agent.settings.task_poll_timeout, 4.0),
+            rendezvous_timeout=min(agent.settings.rendezvous_timeout, 5.0),
+        )
         agent.start()
     except errors.HpcflareError as exc:
         log.warning("report_failed", f"could not report the failure to the server: {exc}")

@@ -10,44 +10,61 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir, JobState
 from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster.memory import release_memory
+from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
+from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.runtime.host.checkpoints import Checkpoints
 from hpcflare.runtime.host.global_model import GlobalModel
-from hpcflare.transport.model_files import load_params
-from hpcflare.runtime.cluster.memory import release_memory
-from hpcflare.runtime.host.membership import MemberState, Membership
-from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
+from hpcflare.runtime.host.membership import Membership, MemberState
 from hpcflare.runtime.host.round import INITIAL_METRICS
 from hpcflare.runtime.host.round_host import HostPhase, RoundHost
-from hpcflare.runtime.registration import ServerRegistration
-from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.runtime.host.selection import ModelSelector
 from hpcflare.runtime.host.tracking import Tracker
+from hpcflare.runtime.registration import ServerRegistration
 from hpcflare.security.jobs import load_kit
-from hpcflare.tensors import all_finite
 from hpcflare.strategy.api import ServerContext, TaskKind
+from hpcflare.tensors import all_finite
 from hpcflare.transport.codec import is_float
 from hpcflare.transport.grpc_server import GrpcServer
 from hpcflare.transport.inproc import publish_local, withdraw_local
+from hpcflare.transport.model_files import load_params
+
 
 class FLServer(ServerRegistration, RoundHost):
     role = "server"
 
-    def __init__(self, job_dir: JobDir, log: RankLogger, host: str = "127.0.0.1", port: int = 0,
-                 advertise: str | None = None) -> None:
+    def __init__(
+        self,
+        job_dir: JobDir,
+        log: RankLogger,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        advertise: str | None = None,
+    ) -> None:
         config = job_dir.load_config()
         settings = config.load_settings()
         self.relays = config.relay_names()
         ranks = config.rank_hosts()
         stager = Stager(config.staging_root(job_dir.root)) if config.staging else None
-        super().__init__(config, settings, log, config.new_strategy(),
-                         Membership(config.clients + self.relays + list(ranks), settings.heartbeat_timeout), stager)
-        self.hosts = {**{relay: None for relay in self.relays}, **{rank: set(sites) for rank, sites in ranks.items()}}
+        super().__init__(
+            config,
+            settings,
+            log,
+            config.new_strategy(),
+            Membership(config.clients + self.relays + list(ranks), settings.heartbeat_timeout),
+            stager,
+        )
+        self.hosts = {
+            **{relay: None for relay in self.relays},
+            **{rank: set(sites) for rank, sites in ranks.items()},
+        }
         self.job_dir = job_dir
         job_dir.ensure_secret()  # hand-written launches that skipped Env.deploy / prepare_job get one too
         self.strategy.attach(job_dir.root)
@@ -56,27 +73,47 @@ class FLServer(ServerRegistration, RoundHost):
         self.first_round = 1
         self.last_metrics: dict[str, float] = {}
         self.model = self._resume() or self._new_model(
-            self.strategy.initial_params(load_params(job_dir.root / config.initial_model, mapped=True)), 0)
-        for warning in settings.warnings() + settings.fit_warnings(len(config.clients), direct, self.model.nbytes):
+            self.strategy.initial_params(load_params(job_dir.root / config.initial_model, mapped=True)), 0
+        )
+        for warning in settings.warnings() + settings.fit_warnings(
+            len(config.clients), direct, self.model.nbytes
+        ):
             log.warning("settings_conflict", warning)
-        self.tracker = Tracker(job_dir.root / "tracking", config.tracking, config.name, config.tracking_config)
-        self.selector = ModelSelector(job_dir.models_dir, config.key_metric, config.key_metric_mode,
-                                      config.early_stop_patience, job_dir.root / config.initial_model, log,
-                                      self.checkpoints.latest, config.stop_condition)
+        self.tracker = Tracker(
+            job_dir.root / "tracking", config.tracking, config.name, config.tracking_config
+        )
+        self.selector = ModelSelector(
+            job_dir.models_dir,
+            config.key_metric,
+            config.key_metric_mode,
+            config.early_stop_patience,
+            job_dir.root / config.initial_model,
+            log,
+            self.checkpoints.latest,
+            config.stop_condition,
+        )
         kit = load_kit(job_dir, config, "server", role="server")
         self.grpc = GrpcServer(self, settings, log, host=host, port=port, kit=kit, children=direct)
         if kit is not None:
             for problem in kit.self_check():
-                log.warning("certificate_problem", f"{problem}; clients will refuse this server", problem=problem)
+                log.warning(
+                    "certificate_problem", f"{problem}; clients will refuse this server", problem=problem
+                )
         self.address = f"{advertise or host}:{self.grpc.port}"
 
     def on_track(self, site: str, records: list) -> None:
         if site in self.hosts:
-            raise errors.MalformedMessageError("relays and client ranks forward tracking records in their sites' names")
+            raise errors.MalformedMessageError(
+                "relays and client ranks forward tracking records in their sites' names"
+            )
         skipped = self.tracker.record_steps(site, records)
         if skipped:
-            self.log.warning("tracking_malformed", f"{site}: {skipped} of {len(records)} tracking record(s) were "
-                             "malformed and skipped", site=site, skipped=skipped)
+            self.log.warning(
+                "tracking_malformed",
+                f"{site}: {skipped} of {len(records)} tracking record(s) were malformed and skipped",
+                site=site,
+                skipped=skipped,
+            )
 
     def _resume(self) -> GlobalModel | None:
         """After a requeue/restart: the last completed round's model and the strategy's state."""
@@ -87,15 +124,19 @@ class FLServer(ServerRegistration, RoundHost):
         if state is not None:
             self.strategy.load_state_dict(state)
         self.first_round = number + 1
-        self.log.info("resumed", f"resuming from checkpoint: round {number} completed, continuing with round "
-                      f"{self.first_round}", round=number)
+        self.log.info(
+            "resumed",
+            f"resuming from checkpoint: round {number} completed, continuing with round {self.first_round}",
+            round=number,
+        )
         return model
 
     # ------------------------------------------------------------------ orchestration
     def _status(self, state: JobState, **fields: Any) -> None:
         rnd = self.round.number if self.round else self.first_round - 1
-        self.job_dir.write_status(state, job_id=self.config.job_id, round=rnd, num_rounds=self.config.num_rounds,
-                                  **fields)
+        self.job_dir.write_status(
+            state, job_id=self.config.job_id, round=rnd, num_rounds=self.config.num_rounds, **fields
+        )
 
     def run(self, rendezvous: Rendezvous | None = None) -> ExitCode:
         """Publish the address (job dir, and ``rendezvous`` too), run every round, write the result."""
@@ -105,20 +146,39 @@ class FLServer(ServerRegistration, RoundHost):
         self.watch_stalls()
         for where in [FileRendezvous(self.job_dir.rendezvous_dir, s.rendezvous_timeout), rendezvous]:
             if where is not None:
-                where.publish(SERVER, self.address, incarnation(), job_id=cfg.job_id,
-                              node=os.environ.get("SLURMD_NODENAME", ""))
+                where.publish(
+                    SERVER,
+                    self.address,
+                    incarnation(),
+                    job_id=cfg.job_id,
+                    node=os.environ.get("SLURMD_NODENAME", ""),
+                )
         kit = self.grpc.kit
         security = f"mutual TLS, project {kit.project}" if kit else "plain text"
-        self.log.info("server_started", f"job {cfg.job_id}: server listening on {self.address} ({security}), "
-                      f"{len(cfg.clients)} clients expected (min {cfg.min_clients}), {len(self.relays)} relays, "
-                      f"{cfg.num_rounds} rounds", address=self.address, clients=cfg.clients, relays=self.relays,
-                      min_clients=cfg.min_clients, incarnation=incarnation(), node=os.environ.get("SLURMD_NODENAME", ""),
-                      tls=kit is not None)
+        self.log.info(
+            "server_started",
+            f"job {cfg.job_id}: server listening on {self.address} ({security}), "
+            f"{len(cfg.clients)} clients expected (min {cfg.min_clients}), {len(self.relays)} relays, "
+            f"{cfg.num_rounds} rounds",
+            address=self.address,
+            clients=cfg.clients,
+            relays=self.relays,
+            min_clients=cfg.min_clients,
+            incarnation=incarnation(),
+            node=os.environ.get("SLURMD_NODENAME", ""),
+            tls=kit is not None,
+        )
         self._status(JobState.REGISTRATION)
         try:
-            self.strategy.start_services(ServerContext(self.job_dir.root, self.address.rsplit(":", 1)[0],
-                                                       kit.path if kit else None, self.log,
-                                                       self.live_children))
+            self.strategy.start_services(
+                ServerContext(
+                    self.job_dir.root,
+                    self.address.rsplit(":", 1)[0],
+                    kit.path if kit else None,
+                    self.log,
+                    self.live_children,
+                )
+            )
             self._await_registration()
             self.phase = HostPhase.RUNNING
             rounds = self.first_round - 1
@@ -129,20 +189,27 @@ class FLServer(ServerRegistration, RoundHost):
                 release_memory()
                 why = self.selector.stop_reason()
                 if why:
-                    self.log.info("early_stopped", f"round {number}: {why}; ending the job early", round=number)
+                    self.log.info(
+                        "early_stopped", f"round {number}: {why}; ending the job early", round=number
+                    )
                     break
             self.checkpoints.publish_result(self.model, self.job_dir.result_model_path)
             self.end("completed")
-            self.log.info("job_completed", f"job {cfg.job_id} completed: {rounds} rounds; "
-                          f"result model written to {self.job_dir.result_model_path}",
-                          result_model=str(self.job_dir.result_model_path))
+            self.log.info(
+                "job_completed",
+                f"job {cfg.job_id} completed: {rounds} rounds; "
+                f"result model written to {self.job_dir.result_model_path}",
+                result_model=str(self.job_dir.result_model_path),
+            )
             self._status(JobState.COMPLETED, result_model=str(self.job_dir.result_model_path))
             return ExitCode.OK
         except Exception as exc:  # noqa: BLE001 - every end is recorded in status.json with its cause
             code, reason = exit_for(exc)
             if needs_traceback(code):
                 self.log.error("traceback", format_traceback(exc))
-            return self._fail(reason, code, state=JobState.ABORTED if code == ExitCode.ABORTED else JobState.FAILED)
+            return self._fail(
+                reason, code, state=JobState.ABORTED if code == ExitCode.ABORTED else JobState.FAILED
+            )
         finally:
             self.strategy.stop_services()
             self.tracker.close()
@@ -161,7 +228,9 @@ class FLServer(ServerRegistration, RoundHost):
             self._cv.notify_all()
 
     def _fail(self, reason: str, code: ExitCode, state: JobState = JobState.FAILED) -> ExitCode:
-        self.log.error("job_failed", f"job {self.config.job_id} {state}: {reason}", exit_code=int(code), reason=reason)
+        self.log.error(
+            "job_failed", f"job {self.config.job_id} {state}: {reason}", exit_code=int(code), reason=reason
+        )
         self.end(f"{state}: {reason}")
         self._status(state, message=reason, exit_code=int(code))
         return code
@@ -190,8 +259,15 @@ class FLServer(ServerRegistration, RoundHost):
         need = max(cfg.min_clients, math.ceil(cfg.min_fraction * len(live)))
         if plan.targets is not None:
             need = min(need, max(1, len(live)))
-        self.log.info("round_started", f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} ({plan.task}) "
-                      f"for {len(live)} clients", round=number, task_id=rnd.task_id, clients=live, task=plan.task)
+        self.log.info(
+            "round_started",
+            f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} ({plan.task}) "
+            f"for {len(live)} clients",
+            round=number,
+            task_id=rnd.task_id,
+            clients=live,
+            task=plan.task,
+        )
         deadline = rnd.started + s.round_timeout
         restart = False
         with self._cv:
@@ -202,8 +278,13 @@ class FLServer(ServerRegistration, RoundHost):
                 live_set = everyone & set(plan.targets) if plan.targets is not None else everyone
                 answered = rnd.answered()
                 if plan.coordinator and plan.coordinator not in everyone and plan.coordinator not in answered:
-                    self.log.warning("round_restarted", f"round {number}: {plan.coordinator}, which coordinates it, is "
-                                     "gone; restarting the round without it", round=number, lost=plan.coordinator)
+                    self.log.warning(
+                        "round_restarted",
+                        f"round {number}: {plan.coordinator}, which coordinates it, is "
+                        "gone; restarting the round without it",
+                        round=number,
+                        lost=plan.coordinator,
+                    )
                     restart = True
                     break
                 if live_set <= answered and len(rnd.accepted) >= need:
@@ -212,17 +293,24 @@ class FLServer(ServerRegistration, RoundHost):
                     raise errors.RoundFailedError(
                         f"round {number}: only {len(rnd.accepted)} accepted result(s) and {len(live_set - answered)} "
                         f"client(s) still working, fewer than {_need(cfg.min_clients, cfg.min_fraction, need)}; "
-                        f"rejected: {rnd.rejected or '-'}; lost: {self._lost()}")
+                        f"rejected: {rnd.rejected or '-'}; lost: {self._lost()}"
+                    )
                 if time.monotonic() >= deadline:
                     if len(rnd.accepted) >= need:
                         stragglers = sorted(live_set - answered)
-                        self.log.warning("stragglers", f"round {number}: closing at settings.round_timeout={s.round_timeout:g}s "
-                                         f"without {stragglers}", round=number, stragglers=stragglers)
+                        self.log.warning(
+                            "stragglers",
+                            f"round {number}: closing at settings.round_timeout={s.round_timeout:g}s "
+                            f"without {stragglers}",
+                            round=number,
+                            stragglers=stragglers,
+                        )
                         break
                     raise errors.RoundFailedError(
                         f"round {number}: {len(rnd.accepted)} accepted result(s) by settings.round_timeout={s.round_timeout:g}s, "
                         f"fewer than {_need(cfg.min_clients, cfg.min_fraction, need)}; still waiting for "
-                        f"{sorted(live_set - answered)}")
+                        f"{sorted(live_set - answered)}"
+                    )
                 self._cv.wait(0.5)
         self.close_round(rnd)
         if restart:
@@ -230,19 +318,28 @@ class FLServer(ServerRegistration, RoundHost):
             return self._run_round(number)
         t0 = time.monotonic()
         if plan.task == TaskKind.TRAIN and plan.aggregate:
-            self.model = self._new_model(_replacing(rnd.model, _finite(rnd.aggregator.result_items(), number)), number,
-                                         nbytes=rnd.model.nbytes)
+            self.model = self._new_model(
+                _replacing(rnd.model, _finite(rnd.aggregator.result_items(), number)),
+                number,
+                nbytes=rnd.model.nbytes,
+            )
         else:
             self.model = kept
         self.strategy.round_closed(number, plan, rnd.accepted)
         rnd.aggregator = None  # type: ignore[assignment]
         summary = _summarize(rnd.accepted)
-        self.log.info("round_completed", f"round {number}/{cfg.num_rounds} completed: {len(rnd.accepted)} results "
-                      f"aggregated in {time.monotonic() - t0:.2f}s (round took {time.monotonic() - rnd.started:.1f}s)"
-                      + (f"; metrics {summary}" if summary else ""),
-                      round=number, accepted=sorted(rnd.accepted), rejected=rnd.rejected,
-                      metrics=rnd.accepted, seconds=time.monotonic() - rnd.started,
-                      bytes_sent=self.bytes_sent - sent_before)
+        self.log.info(
+            "round_completed",
+            f"round {number}/{cfg.num_rounds} completed: {len(rnd.accepted)} results "
+            f"aggregated in {time.monotonic() - t0:.2f}s (round took {time.monotonic() - rnd.started:.1f}s)"
+            + (f"; metrics {summary}" if summary else ""),
+            round=number,
+            accepted=sorted(rnd.accepted),
+            rejected=rnd.rejected,
+            metrics=rnd.accepted,
+            seconds=time.monotonic() - rnd.started,
+            bytes_sent=self.bytes_sent - sent_before,
+        )
         means = self.tracker.record_round(number, rnd.accepted, rnd.weights)
         self.selector.observe(number, means)
         if plan.task == TaskKind.TRAIN and means:
@@ -256,8 +353,11 @@ class FLServer(ServerRegistration, RoundHost):
         return GlobalModel(params, number, in_file=nbytes >= self.settings.model_file_bytes)
 
     def _lost(self) -> dict[str, str]:
-        return {r.site: f"{r.state}: {r.reason}"[:200] for r in self.members.records()
-                if r.state in (MemberState.DEAD, MemberState.FAILED)}
+        return {
+            r.site: f"{r.state}: {r.reason}"[:200]
+            for r in self.members.records()
+            if r.state in (MemberState.DEAD, MemberState.FAILED)
+        }
 
 
 def _replacing(old: GlobalModel, items: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
@@ -278,7 +378,8 @@ def _finite(items: Iterator[tuple[str, Any]], number: int) -> Iterator[tuple[str
             raise errors.RoundFailedError(
                 f"round {number}: the aggregate of tensor {name!r} is not finite (NaN/Inf): the accepted updates "
                 f"overflowed {value.dtype}; nothing of round {number} was published or checkpointed (see the weights "
-                f"and sites in this round's result_accepted events; resume from round {number - 1}'s checkpoint)")
+                f"and sites in this round's result_accepted events; resume from round {number - 1}'s checkpoint)"
+            )
         yield name, value
 
 
@@ -289,7 +390,14 @@ def _need(min_clients: int, min_fraction: float, need: int) -> str:
 
 
 def _summarize(metrics: dict[str, dict[str, Any]]) -> str:
-    keys = sorted({k for m in metrics.values() for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    keys = sorted(
+        {
+            k
+            for m in metrics.values()
+            for k, v in m.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     parts = []
     for key in keys[:5]:
         values = [m[key] for m in metrics.values() if isinstance(m.get(key), (int, float))]

@@ -14,16 +14,17 @@ import hmac
 import os
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from hpcflare import errors
+from hpcflare.plugins import SITE_SIDES
+from hpcflare.runtime.cluster.rendezvous import advertise_host
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.membership import Membership
-from hpcflare.runtime.cluster.rendezvous import advertise_host
 from hpcflare.runtime.host.round_host import RoundHost
-from hpcflare.plugins import SITE_SIDES
 from hpcflare.runtime.site.agent import ClientAgent
 from hpcflare.runtime.site.hooks import SiteHooks
 from hpcflare.strategy.api import RoundPlan, UpdateKind
@@ -40,9 +41,14 @@ SWARM_ROUND_FRACTION = 0.9
 class SwarmPeer(RoundHost):
     role = "swarm-peer"
 
-    def __init__(self, agent: "ClientAgent", host: str, advertise: str | None) -> None:
-        super().__init__(agent.config, agent.settings, agent.log, FedAvg(),
-                         Membership(agent.config.clients, agent.settings.heartbeat_timeout))
+    def __init__(self, agent: ClientAgent, host: str, advertise: str | None) -> None:
+        super().__init__(
+            agent.config,
+            agent.settings,
+            agent.log,
+            FedAvg(),
+            Membership(agent.config.clients, agent.settings.heartbeat_timeout),
+        )
         self.agent = agent
         self.published: GlobalModel | None = None
         self.grpc = GrpcServer(self, agent.settings, agent.log, host=host, port=0, kit=agent.kit)
@@ -57,7 +63,9 @@ class SwarmPeer(RoundHost):
         raise errors.MalformedMessageError("swarm peers do not take registrations; register with the server")
 
     def handle_unary(self, method: Rpc, request: dict, peer: Peer) -> dict:
-        raise errors.MalformedMessageError(f"swarm peers serve only model pulls and updates, not {str(method)!r}")
+        raise errors.MalformedMessageError(
+            f"swarm peers serve only model pulls and updates, not {str(method)!r}"
+        )
 
     def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
         self.authorize(peer, request.get("site"))
@@ -75,7 +83,7 @@ def peer_token(secret: str, site: str) -> str:
 class SwarmSide(SiteHooks):
     """What a site does differently in a swarm job: peer host, pulls from peers, pushes to the aggregator."""
 
-    def __init__(self, agent: "ClientAgent") -> None:
+    def __init__(self, agent: ClientAgent) -> None:
         self.agent = agent
         bind = "0.0.0.0" if os.environ.get("SLURM_JOB_ID") else "127.0.0.1"
         self.peer = SwarmPeer(agent, bind, advertise_host() if bind == "0.0.0.0" else None)
@@ -109,8 +117,10 @@ class SwarmSide(SiteHooks):
             transport = self._transport(source["address"], source["name"])
             try:
                 request = {"site": self.agent.site, "token": self.token, "ref": task.ref}
-                params = {spec.name: decode_tensor(blob, spec, self.agent.config.framework)
-                          for spec, blob in transport.download(request, task.manifest)}
+                params = {
+                    spec.name: decode_tensor(blob, spec, self.agent.config.framework)
+                    for spec, blob in transport.download(request, task.manifest)
+                }
             finally:
                 transport.close()
         else:
@@ -123,12 +133,20 @@ class SwarmSide(SiteHooks):
         if meta.get("aggregator") != self.agent.site:
             return
         base = {k: np.array(_numpy(v), copy=True) for k, v in params.items()}  # the script may edit its copy
-        rnd = self.peer.open_round(task.round, GlobalModel(base, task.round), task.task_id, publish=False,
-                                   plan=RoundPlan())
-        self.agent.log.info("swarm_aggregating", f"round {task.round}: aggregating for {len(meta.get('expect', []))} "
-                            "sites", round=task.round)
-        threading.Thread(target=self._finish, args=(task, rnd, set(meta.get("expect") or [])),
-                         name="swarm-aggregator", daemon=True).start()
+        rnd = self.peer.open_round(
+            task.round, GlobalModel(base, task.round), task.task_id, publish=False, plan=RoundPlan()
+        )
+        self.agent.log.info(
+            "swarm_aggregating",
+            f"round {task.round}: aggregating for {len(meta.get('expect', []))} sites",
+            round=task.round,
+        )
+        threading.Thread(
+            target=self._finish,
+            args=(task, rnd, set(meta.get("expect") or [])),
+            name="swarm-aggregator",
+            daemon=True,
+        ).start()
 
     def _finish(self, task: Task, rnd: Any, expect: set[str]) -> None:
         deadline = rnd.started + SWARM_ROUND_FRACTION * self.agent.settings.round_timeout
@@ -139,17 +157,37 @@ class SwarmSide(SiteHooks):
         model = GlobalModel(rnd.aggregator.result_items(), task.round)
         self.peer.published = model
         missing = sorted(expect - rnd.answered())
-        rejected = {**rnd.rejected, **{s: "straggler: no update at the swarm aggregator in time" for s in missing}}
+        rejected = {
+            **rnd.rejected,
+            **{s: "straggler: no update at the swarm aggregator in time" for s in missing},
+        }
         try:
             transport, token = self.agent.connection.credentials()
-            header = UploadHeader(self.agent.site, token, task.task_id, task.round, UpdateKind.FULL,
-                                   swarm={"accepted": rnd.accepted, "rejected": rejected, "ref": model.ref,
-                                          "manifest": [s.to_wire() for s in model.specs]})
+            header = UploadHeader(
+                self.agent.site,
+                token,
+                task.task_id,
+                task.round,
+                UpdateKind.FULL,
+                swarm={
+                    "accepted": rnd.accepted,
+                    "rejected": rejected,
+                    "ref": model.ref,
+                    "manifest": [s.to_wire() for s in model.specs],
+                },
+            )
             transport.upload(header, list(model.params.items()))
-            self.agent.log.info("swarm_aggregated", f"round {task.round}: aggregated {len(rnd.accepted)} update(s)"
-                                + (f"; missing {missing}" if missing else ""), round=task.round, sites=sorted(rnd.accepted))
+            self.agent.log.info(
+                "swarm_aggregated",
+                f"round {task.round}: aggregated {len(rnd.accepted)} update(s)"
+                + (f"; missing {missing}" if missing else ""),
+                round=task.round,
+                sites=sorted(rnd.accepted),
+            )
         except errors.HpcflareError as exc:
-            self.agent.log.error("swarm_report_failed", f"round {task.round}: could not report to the server: {exc}")
+            self.agent.log.error(
+                "swarm_report_failed", f"round {task.round}: could not report to the server: {exc}"
+            )
 
     def deliver(self, task: Task, header: UploadHeader, params: dict[str, Any]) -> bool:
         """Results of a swarm round go to the round's aggregating site, not to the server."""
@@ -158,7 +196,9 @@ class SwarmSide(SiteHooks):
             return False
         address, name = meta.get("aggregator_address"), meta.get("aggregator")
         if not address:
-            raise errors.PeerGoneError(f"round {task.round}: the swarm aggregator {name!r} has no peer address")
+            raise errors.PeerGoneError(
+                f"round {task.round}: the swarm aggregator {name!r} has no peer address"
+            )
         transport = self._transport(address, name)
         s = self.agent.settings
         deadline = time.monotonic() + s.round_timeout
@@ -174,13 +214,19 @@ class SwarmSide(SiteHooks):
                         unreachable_since = unreachable_since or now
                         if now - unreachable_since > s.heartbeat_timeout:
                             # the server declares it dead by now and restarts the round with another aggregator
-                            self.agent.log.warning("swarm_aggregator_lost", f"round {task.round}: aggregator {name} "
-                                                   f"unreachable for settings.heartbeat_timeout={s.heartbeat_timeout:g}s;"
-                                                   " result dropped, waiting for the restarted round", round=task.round)
+                            self.agent.log.warning(
+                                "swarm_aggregator_lost",
+                                f"round {task.round}: aggregator {name} "
+                                f"unreachable for settings.heartbeat_timeout={s.heartbeat_timeout:g}s;"
+                                " result dropped, waiting for the restarted round",
+                                round=task.round,
+                            )
                             return True
                     if now >= deadline:  # never ready: the round is over
                         raise
-                    self.agent.log.info("swarm_retry", f"round {task.round}: aggregator {name} not ready ({exc})")
+                    self.agent.log.info(
+                        "swarm_retry", f"round {task.round}: aggregator {name} not ready ({exc})"
+                    )
                     time.sleep(0.3)
         finally:
             transport.close()

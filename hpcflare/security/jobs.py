@@ -19,11 +19,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from hpcflare.fileio import publish_dir
 from hpcflare.errors import ConfigError
+from hpcflare.fileio import publish_dir
+from hpcflare.job import JobConfig, JobDir
 from hpcflare.privacy import check_privacy, ensure_job_keys
 from hpcflare.privacy.api import HE_PUBLIC_FILE
-from hpcflare.job import JobConfig, JobDir
 from hpcflare.security.tls import StartupKit
 
 KITS_LOCK_TIMEOUT = 60.0
@@ -44,7 +44,9 @@ def tls_enabled(job_dir: JobDir, config: JobConfig) -> bool:
     return config.tls == "on"
 
 
-def load_kit(job_dir: JobDir, config: JobConfig, name: str, role: str = "", required: bool = True) -> StartupKit | None:
+def load_kit(
+    job_dir: JobDir, config: JobConfig, name: str, role: str = "", required: bool = True
+) -> StartupKit | None:
     """This rank's kit when the job runs with TLS; None for a plain-text job. ``required=False``: a site
     that reaches its client rank in-process uses its kit only for the kit's script policy, if it has one."""
     if not tls_enabled(job_dir, config):
@@ -56,11 +58,16 @@ def load_kit(job_dir: JobDir, config: JobConfig, name: str, role: str = "", requ
     if rank is not None and not path.exists():  # a virtual client without a kit of its own
         if not required:
             return None  # it reaches its client rank in-process
-        path, names = (Path(own) if own else kits_root(job_dir, config) / rank), {name, rank}  # shows its rank's
+        path, names = (
+            (Path(own) if own else kits_root(job_dir, config) / rank),
+            {name, rank},
+        )  # shows its rank's
     if not path.exists() and name in config.rank_hosts():
-        raise ConfigError(f"{name} hosts sites as virtual clients and connects in their stead, so it needs a startup "
-                          f"kit of its own at {path}: `hpcflare provision PROJECT_DIR --add {name}` (role client), or "
-                          "run with clients_per_rank=1")
+        raise ConfigError(
+            f"{name} hosts sites as virtual clients and connects in their stead, so it needs a startup "
+            f"kit of its own at {path}: `hpcflare provision PROJECT_DIR --add {name}` (role client), or "
+            "run with clients_per_rank=1"
+        )
     kit = StartupKit.load(path)
     if kit.name not in names and not (role == "server" and kit.role == "server"):
         raise ConfigError(f"startup kit {path} belongs to {kit.name!r}, but this rank is {name!r}")
@@ -75,22 +82,32 @@ def prepare_job(job_dir: JobDir, secure_default: bool) -> JobConfig:
         config.tls = "on" if secure_default else "off"
         job_dir.save_config(config)
     root = kits_root(job_dir, config)
-    if config.tls == "on" and not root.is_dir():  # every rank comes here: only a missing kit set takes the lock
+    if (
+        config.tls == "on" and not root.is_dir()
+    ):  # every rank comes here: only a missing kit set takes the lock
         try:
-            with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):  # server/clients jobs race
+            with FileLock(
+                str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT
+            ):  # server/clients jobs race
                 if not root.exists():
                     _provision_job(job_dir, config, root)
         except Timeout:
-            raise ConfigError(f"{job_dir.root / '.kits.lock'} held for {KITS_LOCK_TIMEOUT:g}s by another submission; "
-                              "remove it if no submission of this job is running") from None
+            raise ConfigError(
+                f"{job_dir.root / '.kits.lock'} held for {KITS_LOCK_TIMEOUT:g}s by another submission; "
+                "remove it if no submission of this job is running"
+            ) from None
     if config.tls == "on" and not root.is_dir():
         raise ConfigError(f"kits_dir {root} is not a directory")
     if config.tls == "on" and (root / "ca" / JOB_MADE).is_file() and _missing_kits(config, root):
         with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):
             _add_missing_kits(config, root)
     spec = check_privacy(config.privacy, config.strategy, config.filters)
-    if spec is not None and spec.type == "he" and not (job_dir.root / "he_keys").exists() and \
-            not (root / "server" / HE_PUBLIC_FILE).exists():  # provisioned into the kits: no job-made keys
+    if (
+        spec is not None
+        and spec.type == "he"
+        and not (job_dir.root / "he_keys").exists()
+        and not (root / "server" / HE_PUBLIC_FILE).exists()
+    ):  # provisioned into the kits: no job-made keys
         with FileLock(str(job_dir.root / ".kits.lock"), timeout=KITS_LOCK_TIMEOUT):
             ensure_job_keys(job_dir.root, config.clients, spec)
     return config
@@ -103,7 +120,9 @@ def _provision_job(job_dir: JobDir, config: JobConfig, root: Path) -> None:
     tmp = root.parent / f".{root.name}.provisioning"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted earlier attempt
     made = provision(project, tmp)
-    (made / "ca" / JOB_MADE).write_text("this job's own CA: hpcflare issues kits for ranks a resubmission adds\n")
+    (made / "ca" / JOB_MADE).write_text(
+        "this job's own CA: hpcflare issues kits for ranks a resubmission adds\n"
+    )
     publish_dir(made, root)  # appears whole or not at all for ranks that look for it
     os.rmdir(tmp)
 
@@ -134,12 +153,17 @@ def _add_missing_kits(config: JobConfig, root: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpcflare.security.jobs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcflare.security.jobs", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("job_dir")
     parser.add_argument("--default", choices=("on", "off"), default="on", help="what tls: auto becomes")
     args = parser.parse_args(argv)
     config = prepare_job(JobDir(args.job_dir), args.default == "on")
-    print(f"tls: {config.tls}" + (f" (kits in {kits_root(JobDir(args.job_dir), config)})" if config.tls == "on" else ""))
+    print(
+        f"tls: {config.tls}"
+        + (f" (kits in {kits_root(JobDir(args.job_dir), config)})" if config.tls == "on" else "")
+    )
     return 0
 
 

@@ -29,6 +29,8 @@ def check_script(kit: StartupKit | None, script: Path) -> None:
     if any(e.get("sha256") == digest for e in allowed):
         return
     listed = ", ".join(f"{e.get('name')} ({str(e.get('sha256'))[:12]})" for e in allowed) or "none"
-    raise PolicyRefusedError(f"site policy in {kit.path / 'kit.yaml'} refuses to run {script.name} (sha256 "
-                             f"{digest[:12]}): allowed scripts: {listed}. Ask the site's admin to add this exact "
-                             "file to allowed_scripts (hpcflare provision hashes it) or to set allow_any_script")
+    raise PolicyRefusedError(
+        f"site policy in {kit.path / 'kit.yaml'} refuses to run {script.name} (sha256 "
+        f"{digest[:12]}): allowed scripts: {listed}. Ask the site's admin to add this exact "
+        "file to allowed_scripts (hpcflare provision hashes it) or to set allow_any_script"
+    )

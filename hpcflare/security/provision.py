@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from cryptography import x509
@@ -57,7 +58,7 @@ class Project:
         return next(p for p in self.participants if p.role == "server")
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "project.yaml") -> "Project":
+    def from_dict(cls, data: Any, source: str = "project.yaml") -> Project:
         if not isinstance(data, dict) or not isinstance(data.get("project"), str):
             raise ConfigError(f"{source}: expected a mapping with a 'project' name and a 'participants' list")
         if not SITE_NAME.match(data["project"]):
@@ -71,7 +72,9 @@ class Project:
                 raise ConfigError(f"{source}: participants[{i}] has unknown key(s) {sorted(unknown)}")
             p = Participant(**{"role": "client", **entry})
             if not SITE_NAME.match(p.name):
-                raise ConfigError(f"{source}: invalid participant name {p.name!r}: letters, digits, '_', '.', '-'")
+                raise ConfigError(
+                    f"{source}: invalid participant name {p.name!r}: letters, digits, '_', '.', '-'"
+                )
             if p.role not in ROLES:
                 raise ConfigError(f"{source}: participant {p.name} has role {p.role!r}; use one of {ROLES}")
             people.append(p)
@@ -86,7 +89,7 @@ class Project:
         return cls(data["project"], people, days)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Project":
+    def load(cls, path: str | Path) -> Project:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"project file {path} not found")
@@ -96,30 +99,31 @@ class Project:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
-
-
-
-
 def write_private(path: Path, data: bytes) -> None:
     """Create a file readable by its owner only (0600) from the first byte on."""
     atomic_write(path, data, mode=0o600)
 
 
-
-
-
-
-
-
-def write_kit(kit_dir: Path, project: Project, who: Participant, ca_cert: x509.Certificate,
-              key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, base: Path) -> Path:
+def write_kit(
+    kit_dir: Path,
+    project: Project,
+    who: Participant,
+    ca_cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    base: Path,
+) -> Path:
     kit_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(kit_dir, 0o700)
     atomic_write(kit_dir / "rootCA.pem", pem_cert(ca_cert))
     atomic_write(kit_dir / "cert.pem", pem_cert(cert))
     write_private(kit_dir / "key.pem", pem_key(key))
-    kit: dict[str, Any] = {"project": project.project, "name": who.name, "role": who.role,
-                           "server": project.server.name}
+    kit: dict[str, Any] = {
+        "project": project.project,
+        "name": who.name,
+        "role": who.role,
+        "server": project.server.name,
+    }
     # the names a server/relay (or a client's swarm peer host) accepts certificates for
     kit["participants"] = {p.name: p.role for p in project.participants}
     if who.role == "client":
@@ -127,10 +131,14 @@ def write_kit(kit_dir: Path, project: Project, who: Participant, ca_cert: x509.C
         for s in who.allowed_scripts or []:
             path = (base / s).resolve()
             if not path.is_file():
-                raise ConfigError(f"participant {who.name}: allowed script {s} not found (relative to {base})")
+                raise ConfigError(
+                    f"participant {who.name}: allowed script {s} not found (relative to {base})"
+                )
             scripts.append({"name": path.name, "sha256": script_digest(path)})
-        kit["policy"] = {"allow_any_script": bool(who.allow_any_script) and who.allowed_scripts is None,
-                         "allowed_scripts": scripts}
+        kit["policy"] = {
+            "allow_any_script": bool(who.allow_any_script) and who.allowed_scripts is None,
+            "allowed_scripts": scripts,
+        }
     atomic_write(kit_dir / KIT_FILE, yaml.safe_dump(kit, sort_keys=False))
     return kit_dir
 
@@ -139,7 +147,9 @@ def provision(project: Project, out: str | Path, base: str | Path = ".") -> Path
     """Create ``out/<project>/``: the CA (key 0600) and one startup kit per participant."""
     root = Path(out) / project.project
     if (root / "ca" / "rootCA.key").exists():
-        raise ConfigError(f"{root} is already provisioned; remove it, or use --add NAME to issue one more kit")
+        raise ConfigError(
+            f"{root} is already provisioned; remove it, or use --add NAME to issue one more kit"
+        )
     (root / "ca").mkdir(parents=True, exist_ok=True)
     os.chmod(root / "ca", 0o700)
     ca_key, ca_cert = new_ca(project.project, project.valid_days)
@@ -183,7 +193,9 @@ def add_participant(root: str | Path, who: Participant, base: str | Path = ".") 
     return kit
 
 
-def job_project(job_id: str, clients: Sequence[str], relays: Sequence[str], hosts: Sequence[str] = ()) -> Project:
+def job_project(
+    job_id: str, clients: Sequence[str], relays: Sequence[str], hosts: Sequence[str] = ()
+) -> Project:
     """The throw-away project of one batch job: a server, its relays and its client sites."""
     people = [Participant("server", "server", list(hosts))]
     people += [Participant(r, "relay", list(hosts)) for r in relays]

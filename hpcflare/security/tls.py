@@ -19,8 +19,9 @@ import re
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import yaml
@@ -45,24 +46,39 @@ class StartupKit:
     key_pem: bytes
 
     @classmethod
-    def load(cls, path: str | Path) -> "StartupKit":
+    def load(cls, path: str | Path) -> StartupKit:
         path = Path(path)
         if not (path / KIT_FILE).is_file():
-            raise ConfigError(f"no startup kit at {path} (missing {KIT_FILE}); create kits with `hpcflare provision "
-                              "project.yaml`, or set tls: off in job.yaml for a trusted single-user run")
+            raise ConfigError(
+                f"no startup kit at {path} (missing {KIT_FILE}); create kits with `hpcflare provision "
+                "project.yaml`, or set tls: off in job.yaml for a trusted single-user run"
+            )
         try:
             data = yaml.safe_load((path / KIT_FILE).read_text())
-            files = {n: (path / f).read_bytes() for n, f in
-                     (("root", "rootCA.pem"), ("cert", "cert.pem"), ("key", "key.pem"))}
+            files = {
+                n: (path / f).read_bytes()
+                for n, f in (("root", "rootCA.pem"), ("cert", "cert.pem"), ("key", "key.pem"))
+            }
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"startup kit {path} is incomplete or unreadable: {exc}") from None
         mode = (path / "key.pem").stat().st_mode & 0o077
         if mode:
-            raise CertificateError(f"{path / 'key.pem'} is readable by group/others (mode {oct(mode)}); "
-                                   f"run chmod 600 {path / 'key.pem'}")
-        return cls(path, str(data.get("project", "")), str(data["name"]), str(data.get("role", "client")),
-                   str(data.get("server", "server")), dict(data.get("participants") or {}),
-                   dict(data.get("policy") or {"allow_any_script": True}), files["root"], files["cert"], files["key"])
+            raise CertificateError(
+                f"{path / 'key.pem'} is readable by group/others (mode {oct(mode)}); "
+                f"run chmod 600 {path / 'key.pem'}"
+            )
+        return cls(
+            path,
+            str(data.get("project", "")),
+            str(data["name"]),
+            str(data.get("role", "client")),
+            str(data.get("server", "server")),
+            dict(data.get("participants") or {}),
+            dict(data.get("policy") or {"allow_any_script": True}),
+            files["root"],
+            files["cert"],
+            files["key"],
+        )
 
     # ------------------------------------------------------------------ checks
     def self_check(self, now: dt.datetime | None = None) -> list[str]:
@@ -74,22 +90,29 @@ class StartupKit:
         root = x509.load_pem_x509_certificate(self.root_pem)
         problems = []
         if now > cert.not_valid_after_utc:
-            problems.append(f"certificate {self.path / 'cert.pem'} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+            problems.append(
+                f"certificate {self.path / 'cert.pem'} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+            )
         if now < cert.not_valid_before_utc:
-            problems.append(f"certificate {self.path / 'cert.pem'} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
-                            "(check this node's clock)")
+            problems.append(
+                f"certificate {self.path / 'cert.pem'} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+                "(check this node's clock)"
+            )
         try:
             cert.verify_directly_issued_by(root)
         except Exception as exc:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError
-            problems.append(f"certificate is not issued by the project CA in {self.path / 'rootCA.pem'} ({type(exc).__name__})")
+            problems.append(
+                f"certificate is not issued by the project CA in {self.path / 'rootCA.pem'} ({type(exc).__name__})"
+            )
         if common_name(cert) != self.name:
             problems.append(f"certificate names {common_name(cert)!r}, but the kit is for {self.name!r}")
         return problems
 
     # ------------------------------------------------------------------ gRPC credentials
     def server_credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials([(self.key_pem, self.cert_pem)], root_certificates=self.root_pem,
-                                           require_client_auth=True)
+        return grpc.ssl_server_credentials(
+            [(self.key_pem, self.cert_pem)], root_certificates=self.root_pem, require_client_auth=True
+        )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(self.root_pem, self.key_pem, self.cert_pem)
@@ -115,16 +138,29 @@ def peer_identity(context: grpc.ServicerContext) -> str | None:
 
 
 REFUSAL_HINTS = [  # most specific first
-    (re.compile(r"hostname|IP address mismatch|doesn't match", re.I),
-     "the server's certificate is for another name: the kit's 'server' entry must name the server participant"),
-    (re.compile(r"expired", re.I), "a certificate has expired: issue a fresh startup kit (hpcflare provision --add) "
-                                   "or check the node clocks"),
-    (re.compile(r"unknown.ca|BAD_SIGNATURE|CERTIFICATE_VERIFY_FAILED|unable to get local issuer|self.signed", re.I),
-     "the certificate is not signed by this project's CA: the peer uses a startup kit from another project"),
-    (re.compile(r"PEER_DID_NOT_RETURN_A_CERTIFICATE|certificate required|NO_CERTIFICATE", re.I),
-     "the peer sent no client certificate: it runs without TLS (tls: off) or without its startup kit"),
-    (re.compile(r"WRONG_VERSION_NUMBER|http request|record layer", re.I),
-     "the peer does not speak TLS: one side has tls: off"),
+    (
+        re.compile(r"hostname|IP address mismatch|doesn't match", re.I),
+        "the server's certificate is for another name: the kit's 'server' entry must name the server participant",
+    ),
+    (
+        re.compile(r"expired", re.I),
+        "a certificate has expired: issue a fresh startup kit (hpcflare provision --add) "
+        "or check the node clocks",
+    ),
+    (
+        re.compile(
+            r"unknown.ca|BAD_SIGNATURE|CERTIFICATE_VERIFY_FAILED|unable to get local issuer|self.signed", re.I
+        ),
+        "the certificate is not signed by this project's CA: the peer uses a startup kit from another project",
+    ),
+    (
+        re.compile(r"PEER_DID_NOT_RETURN_A_CERTIFICATE|certificate required|NO_CERTIFICATE", re.I),
+        "the peer sent no client certificate: it runs without TLS (tls: off) or without its startup kit",
+    ),
+    (
+        re.compile(r"WRONG_VERSION_NUMBER|http request|record layer", re.I),
+        "the peer does not speak TLS: one side has tls: off",
+    ),
 ]
 
 
@@ -149,12 +185,19 @@ def explain_refusal(address: str, kit: StartupKit, peer_name: str, timeout: floa
                 try:  # TLS 1.3: the server judges our certificate after our side of the handshake ended;
                     if tls.recv(1):  # a gRPC server that accepted us speaks first (HTTP/2 SETTINGS)
                         return None
-                except (socket.timeout, TimeoutError):
+                except TimeoutError:
                     return None
-                own = "; ".join(kit.self_check()) or "this certificate looks valid here: is the server's kit from the same project?"
+                own = (
+                    "; ".join(kit.self_check())
+                    or "this certificate looks valid here: is the server's kit from the same project?"
+                )
                 return f"the server closed the connection right after the handshake: it refused our certificate ({own})"
     except ssl.SSLError as exc:
-        return f"{exc.reason or exc}: {exc.verify_message}" if getattr(exc, "verify_message", None) else f"{exc.reason or exc}"
+        return (
+            f"{exc.reason or exc}: {exc.verify_message}"
+            if getattr(exc, "verify_message", None)
+            else f"{exc.reason or exc}"
+        )
     except (OSError, ValueError):
         return None  # unreachable is not a certificate problem
 
@@ -163,11 +206,14 @@ TAP_ENABLED = False
 """Set by the rank launcher (a process of its own): only then may a server or relay take over fd 2."""
 
 
-def handshake_tap(log: Any, kit: StartupKit | None) -> "HandshakeLogTap | None":
+def handshake_tap(log: Any, kit: StartupKit | None) -> HandshakeLogTap | None:
     if kit is None or not TAP_ENABLED:
         return None
-    return HandshakeLogTap(lambda reason: log.warning(
-        "tls_refused", f"refused a TLS connection: {reason}; {hint_for(reason)}", reason=reason))
+    return HandshakeLogTap(
+        lambda reason: log.warning(
+            "tls_refused", f"refused a TLS connection: {reason}; {hint_for(reason)}", reason=reason
+        )
+    )
 
 
 class HandshakeLogTap:

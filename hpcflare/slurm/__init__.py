@@ -3,5 +3,11 @@
 from hpcflare.slurm.commands import SlurmCommands, SlurmError, SlurmNotFoundError, SubmissionRejectedError
 from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch
 
-__all__ = ["SbatchSpec", "SlurmCommands", "SlurmError", "SlurmNotFoundError", "SubmissionRejectedError",
-           "render_sbatch"]
+__all__ = [
+    "SbatchSpec",
+    "SlurmCommands",
+    "SlurmError",
+    "SlurmNotFoundError",
+    "SubmissionRejectedError",
+    "render_sbatch",
+]

@@ -5,16 +5,25 @@ from __future__ import annotations
 import getpass
 import re
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from hpcflare.errors import HpcflareError
 
 Runner = Callable[[Sequence[str], float], subprocess.CompletedProcess]
 COMMAND_TIMEOUT = 60.0
 """Deadline of one Slurm client command (sbatch, squeue, ...)."""
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-                "BOOT_FAIL", "DEADLINE"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 class SlurmError(HpcflareError):
@@ -41,18 +50,26 @@ class SlurmCommands:
         try:
             return self.runner(argv, self.timeout)
         except FileNotFoundError:
-            raise SlurmNotFoundError(f"`{argv[0]}` not found: Slurm's client commands are not installed here. "
-                                     "On a dev machine run `bash slurm/dev-cluster-up.sh`; on a cluster, load its "
-                                     "Slurm module, or use LocalEnv") from None
+            raise SlurmNotFoundError(
+                f"`{argv[0]}` not found: Slurm's client commands are not installed here. "
+                "On a dev machine run `bash slurm/dev-cluster-up.sh`; on a cluster, load its "
+                "Slurm module, or use LocalEnv"
+            ) from None
         except subprocess.TimeoutExpired:
-            raise SlurmError(f"`{' '.join(argv)}` did not answer within {self.timeout:g}s; is slurmctld up "
-                             "(`scontrol ping`)?") from None
+            raise SlurmError(
+                f"`{' '.join(argv)}` did not answer within {self.timeout:g}s; is slurmctld up "
+                "(`scontrol ping`)?"
+            ) from None
 
     def submit(self, script: Path, extra_args: Sequence[str] = ()) -> str:
         proc = self._run(["sbatch", "--parsable", *extra_args, str(script)])
         if proc.returncode != 0:
-            raise SubmissionRejectedError(f"sbatch rejected {script}: {proc.stderr.strip() or proc.stdout.strip()}")
-        match = re.match(r"^\s*(\d+)(?:;\S+)?\s*$", proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "")
+            raise SubmissionRejectedError(
+                f"sbatch rejected {script}: {proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        match = re.match(
+            r"^\s*(\d+)(?:;\S+)?\s*$", proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        )
         if not match:
             raise SlurmError(f"could not read a job id from sbatch output {proc.stdout.strip()!r}")
         return match.group(1)
@@ -119,7 +136,11 @@ class SlurmCommands:
         proc = self._run(["sacct", "-n", "-P", "-j", job_id, "-o", ",".join(keys)])
         if proc.returncode != 0:
             return []  # no slurmdbd: diagnose falls back to the Slurm output files
-        return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line.count("|") == len(keys) - 1]
+        return [
+            dict(zip(keys, line.split("|")))
+            for line in proc.stdout.splitlines()
+            if line.count("|") == len(keys) - 1
+        ]
 
 
 PENDING_REASONS = {

@@ -48,8 +48,14 @@ class SbatchSpec:
 
     def allocation(self) -> Allocation:
         per_node = self.ntasks_per_node or (self.per_node() if self.server_exclusive else None)
-        return Allocation(self.nodes, per_node, self.partition, self.time,
-                          dict(parse_sbatch_arg(a) for a in self.sbatch_args), dict(self.options))
+        return Allocation(
+            self.nodes,
+            per_node,
+            self.partition,
+            self.time,
+            dict(parse_sbatch_arg(a) for a in self.sbatch_args),
+            dict(self.options),
+        )
 
     def client_slots(self, commands: SlurmCommands) -> int | None:
         """Client ranks this allocation holds one per CPU slot (see Allocation.client_slots)."""
@@ -74,57 +80,90 @@ def _exclusive_hostfile(spec: SbatchSpec) -> str:
     points srun at it: ranks are placed in that order, so no relay or client shares the server's node."""
     folder = shlex.quote(str(spec.job_dir.root / "slurm"))
     hostfile = folder + '/hostfile-"$SLURM_JOB_ID"'
-    return ('# --server-exclusive: the server alone on the first node\n'
-            f'mkdir -p {folder}\n'
-            'nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))\n'
-            f'{{ echo "${{nodes[0]}}"; for n in "${{nodes[@]:1}}"; do for _ in $(seq {spec.per_node()}); do echo "$n"; '
-            f'done; done; }} | head -n {spec.tasks()} > {hostfile}\n'
-            f'export SLURM_HOSTFILE={hostfile}\n')
+    return (
+        "# --server-exclusive: the server alone on the first node\n"
+        f"mkdir -p {folder}\n"
+        'nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))\n'
+        f'{{ echo "${{nodes[0]}}"; for n in "${{nodes[@]:1}}"; do for _ in $(seq {spec.per_node()}); do echo "$n"; '
+        f"done; done; }} | head -n {spec.tasks()} > {hostfile}\n"
+        f"export SLURM_HOSTFILE={hostfile}\n"
+    )
 
 
 def render_sbatch(spec: SbatchSpec) -> str:
     if spec.part not in PARTS:
         raise ConfigError(f"part must be one of {PARTS}, got {spec.part!r}")
     if spec.part != "all" and spec.rendezvous == "mpi":
-        raise ConfigError("separate server/clients allocations cannot share an MPI world: use rendezvous='fs'")
+        raise ConfigError(
+            "separate server/clients allocations cannot share an MPI world: use rendezvous='fs'"
+        )
     if spec.part != "all" and spec.job_dir.load_config().relays:
-        raise ConfigError("relays run inside the server's allocation: submit jobs with relays as one allocation")
+        raise ConfigError(
+            "relays run inside the server's allocation: submit jobs with relays as one allocation"
+        )
     if spec.part == "clients" and not spec.server_job_id:
         raise ConfigError("part='clients' needs server_job_id (submit the server part first)")
     time_minutes(spec.time)  # refuses what Slurm would not take
     fewest, most = node_range(spec.nodes)
     if spec.server_exclusive and (spec.part != "all" or fewest != most or fewest < 2):
-        raise ConfigError("--server-exclusive needs one allocation (not --separate) of a fixed node count >= 2: "
-                          "the first node runs the server alone")
+        raise ConfigError(
+            "--server-exclusive needs one allocation (not --separate) of a fixed node count >= 2: "
+            "the first node runs the server alone"
+        )
     alloc = spec.allocation()
-    if spec.per_node() * (node_range(spec.nodes)[0] - spec.server_exclusive) + spec.server_exclusive < spec.tasks():
-        raise ConfigError(f"{spec.nodes} nodes x {spec.per_node()} tasks per node < {spec.tasks()} ranks "
-                          f"(server, relays and clients); raise nodes or ntasks_per_node")
+    if (
+        spec.per_node() * (node_range(spec.nodes)[0] - spec.server_exclusive) + spec.server_exclusive
+        < spec.tasks()
+    ):
+        raise ConfigError(
+            f"{spec.nodes} nodes x {spec.per_node()} tasks per node < {spec.tasks()} ranks "
+            f"(server, relays and clients); raise nodes or ntasks_per_node"
+        )
     # a fixed node count spreads ranks evenly; a range leaves the count to Slurm, so ask for the ranks in all.
     # Slurm refuses --ntasks-per-node above a node's CPUs even with --overcommit; --ntasks is accepted there
     overcommit = bool(alloc.options.get("overcommit") or alloc.additional.get("overcommit"))
-    tasks_directive = (f"#SBATCH --ntasks-per-node={spec.per_node()}" if alloc.fixed_nodes and not overcommit
-                       else f"#SBATCH --ntasks={spec.tasks()}")
+    tasks_directive = (
+        f"#SBATCH --ntasks-per-node={spec.per_node()}"
+        if alloc.fixed_nodes and not overcommit
+        else f"#SBATCH --ntasks={spec.tasks()}"
+    )
     directives = spec.allocation().directives() + list(spec.extra_directives)
     config = spec.job_dir.load_config()
     values = {
-        "job_name": config.name, "nodes": spec.nodes, "tasks_directive": tasks_directive, "time": spec.time,
-        "output": shlex.quote(str(spec.job_dir.log_dir / "slurm-%j.out")), "signal_lead_s": spec.signal_lead_s,
-        "extra_directives": "\n".join(directives), "python": shlex.quote(spec.python),
+        "job_name": config.name,
+        "nodes": spec.nodes,
+        "tasks_directive": tasks_directive,
+        "time": spec.time,
+        "output": shlex.quote(str(spec.job_dir.log_dir / "slurm-%j.out")),
+        "signal_lead_s": spec.signal_lead_s,
+        "extra_directives": "\n".join(directives),
+        "python": shlex.quote(spec.python),
         # --label: every line of the shared output file says which rank wrote it ("3: ...")
-        "srun_args": ("--mpi=pmi2 " if spec.rendezvous == "mpi" else "") + "--label --kill-on-bad-exit=0"
-                     + (f" --distribution=arbitrary --ntasks={spec.tasks()}" if spec.server_exclusive else ""),
-        "launcher": shlex.quote(str(LAUNCHER)), "job_dir": shlex.quote(str(spec.job_dir.root)),
-        "part": {"all": "server + clients in one allocation", "server": "server allocation",
-                 "clients": "clients allocation"}[spec.part],
-        "rank_args": {"all": f"--role auto --rendezvous {spec.rendezvous}", "server": "--role server --bind 0.0.0.0",
-                      "clients": "--role client"}[spec.part],
+        "srun_args": ("--mpi=pmi2 " if spec.rendezvous == "mpi" else "")
+        + "--label --kill-on-bad-exit=0"
+        + (f" --distribution=arbitrary --ntasks={spec.tasks()}" if spec.server_exclusive else ""),
+        "launcher": shlex.quote(str(LAUNCHER)),
+        "job_dir": shlex.quote(str(spec.job_dir.root)),
+        "part": {
+            "all": "server + clients in one allocation",
+            "server": "server allocation",
+            "clients": "clients allocation",
+        }[spec.part],
+        "rank_args": {
+            "all": f"--role auto --rendezvous {spec.rendezvous}",
+            "server": "--role server --bind 0.0.0.0",
+            "clients": "--role client",
+        }[spec.part],
         "exports": (f"export HPCFLARE_SERVER_JOB={spec.server_job_id}\n" if spec.part == "clients" else "")
-                   + (_exclusive_hostfile(spec) if spec.server_exclusive else ""),
+        + (_exclusive_hostfile(spec) if spec.server_exclusive else ""),
         # --separate: a server that fails takes its clients' allocation with it instead of leaving it waiting
-        "on_failure": (f"\nclients={shlex.quote(str(spec.job_dir.root / 'slurm_clients_job_id'))}\n"
-                       f'if [ "$rc" -ne 0 ] && [ -f "$clients" ]; then echo "[hpcflare] server failed: cancelling the '
-                       f'clients job"; scancel "$(cat "$clients")"; fi') if spec.part == "server" else "",
+        "on_failure": (
+            f"\nclients={shlex.quote(str(spec.job_dir.root / 'slurm_clients_job_id'))}\n"
+            f'if [ "$rc" -ne 0 ] && [ -f "$clients" ]; then echo "[hpcflare] server failed: cancelling the '
+            f'clients job"; scancel "$(cat "$clients")"; fi'
+        )
+        if spec.part == "server"
+        else "",
     }
     text = TEMPLATE.read_text()
     for key, value in values.items():

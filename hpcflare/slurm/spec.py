@@ -30,16 +30,43 @@ def time_minutes(value: str | int) -> int:
         hours, minutes, seconds = parts
     else:
         parts = [int(p) for p in value.split(":")]
-        hours, minutes, seconds = {1: (0, parts[0], 0), 2: (0, parts[0], parts[-1]), 3: tuple(parts)}[len(parts)]
+        hours, minutes, seconds = {1: (0, parts[0], 0), 2: (0, parts[0], parts[-1]), 3: tuple(parts)}[
+            len(parts)
+        ]
     return days * 1440 + hours * 60 + minutes + math.ceil(seconds / 60)
 
 
-NAMED = ("account", "qos", "cpus_per_task", "mem", "mem_per_cpu", "gres", "gpus", "gpus_per_task", "constraint",
-         "exclusive", "reservation", "mail_type", "mail_user", "overcommit")
+NAMED = (
+    "account",
+    "qos",
+    "cpus_per_task",
+    "mem",
+    "mem_per_cpu",
+    "gres",
+    "gpus",
+    "gpus_per_task",
+    "constraint",
+    "exclusive",
+    "reservation",
+    "mail_type",
+    "mail_user",
+    "overcommit",
+)
 """sbatch options hpcflare takes by name (SlurmEnv keywords, `hpcflare job submit --account ...`); anything else
 goes through ``additional`` (SlurmEnv(slurm_additional_parameters=...), ``--sbatch-arg=--key=value``)."""
-_SUBMITIT_NAMES = {"account", "qos", "cpus_per_task", "mem", "mem_per_cpu", "gres", "gpus_per_task", "constraint",
-                   "exclusive", "mail_type", "mail_user"}  # what submitit's SlurmExecutor takes as keywords
+_SUBMITIT_NAMES = {
+    "account",
+    "qos",
+    "cpus_per_task",
+    "mem",
+    "mem_per_cpu",
+    "gres",
+    "gpus_per_task",
+    "constraint",
+    "exclusive",
+    "mail_type",
+    "mail_user",
+}  # what submitit's SlurmExecutor takes as keywords
 
 
 def node_range(value: Any) -> tuple[int, int]:
@@ -79,8 +106,10 @@ class Allocation:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.options) - set(NAMED))
         if unknown:
-            raise ConfigError(f"unknown sbatch option(s) {unknown}; by name hpcflare takes {list(NAMED)}, anything "
-                              "else goes in slurm_additional_parameters / --sbatch-arg")
+            raise ConfigError(
+                f"unknown sbatch option(s) {unknown}; by name hpcflare takes {list(NAMED)}, anything "
+                "else goes in slurm_additional_parameters / --sbatch-arg"
+            )
         self.options = {k: v for k, v in self.options.items() if v not in (None, False)}
         node_range(self.nodes)
 
@@ -110,8 +139,12 @@ class Allocation:
     def submitit_parameters(self, ranks: int) -> dict[str, Any]:
         """The same request as SlurmExecutor.update_parameters() keywords (public submitit API)."""
         extra = dict(self.additional)
-        params: dict[str, Any] = {"nodes": self.nodes, "ntasks_per_node": self.per_node(ranks),
-                                  "time": self.minutes(), "additional_parameters": extra}
+        params: dict[str, Any] = {
+            "nodes": self.nodes,
+            "ntasks_per_node": self.per_node(ranks),
+            "time": self.minutes(),
+            "additional_parameters": extra,
+        }
         for key, value in self.options.items():
             if key in _SUBMITIT_NAMES:
                 params[key] = value
@@ -157,4 +190,5 @@ class Allocation:
             raise ConfigError(
                 f"{ranks} ranks on {node_range(self.nodes)[0]} node(s) = {per_node} per node x {self.cpus_per_rank()} CPU(s) each = "
                 f"{need} CPUs per node; partition {partition} has {cpus_per_node} CPUs per node: use --nodes {nodes} "
-                f"(at most {fit} ranks per node), fewer clients per allocation, or --overcommit")
+                f"(at most {fit} ranks per node), fewer clients per allocation, or --overcommit"
+            )

@@ -1,5 +1,6 @@
 """Aggregation strategies: each supplies only configure/aggregate hooks, one algorithm per file."""
 
+from hpcflare.plugins import STRATEGIES
 from hpcflare.strategy.api import Aggregator, ClientUpdate, RoundPlan, Strategy, TaskKind, UpdateKind
 from hpcflare.strategy.cross_site import CrossSiteEval
 from hpcflare.strategy.cyclic import Cyclic
@@ -15,13 +16,42 @@ from hpcflare.strategy.swarm import Swarm
 from hpcflare.strategy.xgb_bagging import XGBBagging
 from hpcflare.strategy.xgb_histogram import XGBHistogram
 
-from hpcflare.plugins import STRATEGIES
-
-for _name, _cls in {"fedavg": FedAvg, "fedmedian": FedMedian, "fedopt": FedOpt, "scaffold": Scaffold,
-                                        "cyclic": Cyclic, "fedeval": FedEval, "cross_site_eval": CrossSiteEval,
-                                        "fedstats": FedStats, "swarm": Swarm, "kmeans": KMeans,
-                                        "xgb_bagging": XGBBagging, "xgb_histogram": XGBHistogram,
-                                        "psi": PSI}.items():
+for _name, _cls in {
+    "fedavg": FedAvg,
+    "fedmedian": FedMedian,
+    "fedopt": FedOpt,
+    "scaffold": Scaffold,
+    "cyclic": Cyclic,
+    "fedeval": FedEval,
+    "cross_site_eval": CrossSiteEval,
+    "fedstats": FedStats,
+    "swarm": Swarm,
+    "kmeans": KMeans,
+    "xgb_bagging": XGBBagging,
+    "xgb_histogram": XGBHistogram,
+    "psi": PSI,
+}.items():
     STRATEGIES.register(_name, _cls)
 
-__all__ = ["Aggregator", "ClientUpdate", "CrossSiteEval", "Cyclic", "FedEval", "RoundPlan", "FedAvg", "FedMedian", "FedOpt", "FedStats", "KMeans", "PSI", "Scaffold", "STRATEGIES", "Swarm", "Strategy", "XGBBagging", "XGBHistogram", "TaskKind", "UpdateKind"]
+__all__ = [
+    "Aggregator",
+    "ClientUpdate",
+    "CrossSiteEval",
+    "Cyclic",
+    "FedEval",
+    "RoundPlan",
+    "FedAvg",
+    "FedMedian",
+    "FedOpt",
+    "FedStats",
+    "KMeans",
+    "PSI",
+    "Scaffold",
+    "STRATEGIES",
+    "Swarm",
+    "Strategy",
+    "XGBBagging",
+    "XGBHistogram",
+    "TaskKind",
+    "UpdateKind",
+]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,9 @@ from hpcflare.tensors import SCRATCH, Lease, acc_dtype, blocks_of, narrow_in_pla
 class WeightedMeanAggregator(Aggregator):
     decomposable = True
 
-    def __init__(self, global_params: Mapping[str, np.ndarray], site_factors: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self, global_params: Mapping[str, np.ndarray], site_factors: Mapping[str, float] | None = None
+    ) -> None:
         self._global = global_params
         self._factors = dict(site_factors or {})
         self._sums: dict[str, np.ndarray] = {}
@@ -126,7 +129,7 @@ class WeightedMeanAggregator(Aggregator):
         step = max(1, RELEASE_EVERY // max(1, base.dtype.itemsize))
         flat_delta, flat_base = mean_delta.reshape(-1), np.asarray(base).reshape(-1)
         for first in range(0, flat_base.size, step):  # a spool-file model's pages go back as they are read
-            flat_delta[first:first + step] += flat_base[first:first + step]
+            flat_delta[first : first + step] += flat_base[first : first + step]
             if release is not None:
                 release(name, first * flat_base.itemsize, step * flat_base.itemsize)
         if np.issubdtype(base.dtype, np.integer):
@@ -138,8 +141,15 @@ RELEASE_EVERY = 16 << 20
 """Bytes of the global model a FULL fold reads before it lets a spool-file model's pages go (``done``)."""
 
 
-def _fold_blocks(acc: np.ndarray, base: np.ndarray, blocks: Iterator[tuple[int, np.ndarray]], full: bool,
-                 weight: float, done: Callable[[int, int], None] | None = None, assign: bool = False) -> None:
+def _fold_blocks(
+    acc: np.ndarray,
+    base: np.ndarray,
+    blocks: Iterator[tuple[int, np.ndarray]],
+    full: bool,
+    weight: float,
+    done: Callable[[int, int], None] | None = None,
+    assign: bool = False,
+) -> None:
     """acc += weight * (block - base) (FULL) or weight * block (DIFF), block by block; the update itself is
     never written to (it may be the caller's own array). ``done(start, nbytes)``: the base's bytes read so far.
     ``assign``: acc = ... instead (its first update; acc may hold anything before)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,8 @@ class AnyLength:
 
     def describe(self) -> str:
         return f"1-D {np.dtype(self.dtype)} of any length" + (
-            f" up to {self.max_elements}" if self.max_elements is not None else "")
+            f" up to {self.max_elements}" if self.max_elements is not None else ""
+        )
 
 
 def shape_matches(shape: tuple[int, ...], expected: Any) -> bool:

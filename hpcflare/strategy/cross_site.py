@@ -10,16 +10,25 @@ after each round. The task meta ``model_owner`` tells a site whose model it is e
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from hpcflare.fileio import atomic_write_json
-from hpcflare.transport.model_files import load_params
-from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy, TaskKind, UpdateKind
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.strategy.api import (
+    Aggregator,
+    ClientUpdate,
+    PassThroughAggregator,
+    RoundPlan,
+    Strategy,
+    TaskKind,
+    UpdateKind,
+)
 from hpcflare.transport.codec import write_safetensors
+from hpcflare.transport.model_files import load_params
 
 GLOBAL = "global"
 
@@ -57,7 +66,11 @@ class CrossSiteEval(Strategy):
         if index >= len(self.owners):
             return RoundPlan(skip=True)
         self._task, self._owner = TaskKind.VALIDATE, self.owners[index]
-        model = None if self._owner == GLOBAL else load_params(self.root / "models" / f"{self._owner}.safetensors")
+        model = (
+            None
+            if self._owner == GLOBAL
+            else load_params(self.root / "models" / f"{self._owner}.safetensors")
+        )
         return RoundPlan(task=TaskKind.VALIDATE, model=model)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
@@ -84,7 +97,10 @@ class _CollectModels(PassThroughAggregator):
         self.folder = folder
 
     def add(self, update: ClientUpdate) -> None:
-        params = {name: update.params[name] if name in update.params else base for name, base in self._global.items()}
+        params = {
+            name: update.params[name] if name in update.params else base
+            for name, base in self._global.items()
+        }
         if update.params_type == UpdateKind.DIFF:
             params = {k: v + self._global[k] if k in update.params else v for k, v in params.items()}
         write_safetensors(self.folder / f"{update.site}.safetensors", params)

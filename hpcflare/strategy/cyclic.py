@@ -7,12 +7,12 @@ model. One pass over n sites is n rounds (CyclicRecipe sets num_rounds = passes 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy
 
 
 class Cyclic(Strategy):

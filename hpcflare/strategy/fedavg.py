@@ -6,7 +6,7 @@ per-tensor weights, relay partial sums) is hpcflare.strategy.aggregate's Weighte
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -23,7 +23,11 @@ class FedAvg(Strategy):
     def __init__(self, aggregation_weights: Mapping[str, float] | None = None) -> None:
         weights = dict(aggregation_weights or {})
         for site, factor in weights.items():
-            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor < float("inf"):
+            if (
+                isinstance(factor, bool)
+                or not isinstance(factor, (int, float))
+                or not 0 <= factor < float("inf")
+            ):
                 raise TypeError(f"aggregation_weights[{site!r}] must be a finite number >= 0, got {factor!r}")
         self.aggregation_weights = {str(k): float(v) for k, v in weights.items()}
 

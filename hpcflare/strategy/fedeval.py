@@ -6,14 +6,15 @@ per-site results land in the round log, tracking/metrics.csv, and ``models/evalu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from hpcflare.fileio import atomic_write_json
-from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy, TaskKind
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy, TaskKind
 
 
 class FedEval(Strategy):
@@ -32,7 +33,9 @@ class FedEval(Strategy):
     def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
         self.results = {site: dict(m) for site, m in results.items()}
         if self.output is not None:
-            atomic_write_json(self.output, {"round": round_num, "results": self.results}, indent=1, default=str)
+            atomic_write_json(
+                self.output, {"round": round_num, "results": self.results}, indent=1, default=str
+            )
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         return WeightedMeanAggregator(global_params)  # metrics-only results: nothing is folded

@@ -6,7 +6,7 @@ O(clients x model) by nature; relays forward each update unchanged instead of ag
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -39,7 +39,9 @@ class MedianAggregator(Aggregator):
                 out[name] = np.array(base, copy=True)
                 continue
             median = np.median(np.stack(values), axis=0)
-            out[name] = (np.rint(median) if np.issubdtype(base.dtype, np.integer) else median).astype(base.dtype)
+            out[name] = (np.rint(median) if np.issubdtype(base.dtype, np.integer) else median).astype(
+                base.dtype
+            )
         self._models.clear()
         return out
 

@@ -12,15 +12,14 @@ are the strategy's state: saved with every checkpoint, restored when a requeued 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from hpcflare.transport.codec import is_float
-
 from hpcflare.errors import ConfigError
-from hpcflare.strategy.api import Aggregator, Params, Strategy
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, Params, Strategy
+from hpcflare.transport.codec import is_float
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -28,8 +27,15 @@ OPTIMIZERS = ("sgd", "adam")
 class FedOpt(Strategy):
     name = "fedopt"
 
-    def __init__(self, optimizer: str = "sgd", lr: float = 1.0, momentum: float = 0.0, beta1: float = 0.9,
-                 beta2: float = 0.99, tau: float = 1e-3) -> None:
+    def __init__(
+        self,
+        optimizer: str = "sgd",
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+    ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"fedopt optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if lr <= 0 or not 0 <= momentum < 1 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or tau <= 0:

@@ -12,14 +12,22 @@ Quantiles are read off the global histogram (linear within a bin). Result: ``mod
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_write_json
-from hpcflare.strategy.api import Aggregator, ClientUpdate, PassThroughAggregator, RoundPlan, Strategy, TaskKind
+from hpcflare.strategy.api import (
+    Aggregator,
+    ClientUpdate,
+    PassThroughAggregator,
+    RoundPlan,
+    Strategy,
+    TaskKind,
+)
 
 FIELDS = ("count", "sum", "sumsq", "min", "max")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -34,7 +42,12 @@ class FedStats(Strategy):
             raise ConfigError("fedstats needs 'features': a list of names without '.'")
         if not 2 <= int(bins) <= 10_000 or int(min_count) < 1 or float(noise) < 0:
             raise ConfigError("fedstats needs 2 <= bins <= 10000, min_count >= 1, noise >= 0")
-        self.features, self.bins, self.min_count, self.noise = list(features), int(bins), int(min_count), float(noise)
+        self.features, self.bins, self.min_count, self.noise = (
+            list(features),
+            int(bins),
+            int(min_count),
+            float(noise),
+        )
         self.totals: dict[str, np.ndarray] = {}
         self.ranges: dict[str, list[float]] = {}
         self.output: Path | None = None
@@ -54,8 +67,14 @@ class FedStats(Strategy):
         return RoundPlan(task=TaskKind.STATISTICS, skip=round_num > 2)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
-        return {"stats_phase": self._phase, "features": self.features, "bins": self.bins,
-                "min_count": self.min_count, "noise": self.noise, "ranges": self.ranges}
+        return {
+            "stats_phase": self._phase,
+            "features": self.features,
+            "bins": self.bins,
+            "min_count": self.min_count,
+            "noise": self.noise,
+            "ranges": self.ranges,
+        }
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         return _StatsAggregator(global_params, self)
@@ -82,8 +101,14 @@ class FedStats(Strategy):
             total, sq = float(self.totals[f"{f}.sum"][0]), float(self.totals[f"{f}.sumsq"][0])
             mean = total / n
             var = max(0.0, sq / n - mean * mean) * n / max(1.0, n - 1)
-            entry: dict[str, Any] = {"count": n, "sum": total, "mean": mean, "stddev": math.sqrt(var),
-                                     "min": float(self.totals[f"{f}.min"][0]), "max": float(self.totals[f"{f}.max"][0])}
+            entry: dict[str, Any] = {
+                "count": n,
+                "sum": total,
+                "mean": mean,
+                "stddev": math.sqrt(var),
+                "min": float(self.totals[f"{f}.min"][0]),
+                "max": float(self.totals[f"{f}.max"][0]),
+            }
             hist = self.totals.get(f"{f}.hist")
             if hist is not None and f in self.ranges and hist.sum() > 0:
                 edges = np.linspace(*self.ranges[f], self.bins + 1)

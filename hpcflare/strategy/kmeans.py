@@ -10,7 +10,7 @@ Sites never send rows, only per-cluster means and counts.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -28,10 +28,15 @@ class KMeans(Strategy):
         self.n_clusters, self.seed = n_clusters, int(seed)
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
-        if "centers" not in global_params or "counts" not in global_params \
-                or np.shape(global_params["centers"])[0] != self.n_clusters:
-            raise ConfigError(f"a kmeans job's model is {{'centers': ({self.n_clusters}, d), 'counts': "
-                              f"({self.n_clusters},)}}: use KMeansRecipe")
+        if (
+            "centers" not in global_params
+            or "counts" not in global_params
+            or np.shape(global_params["centers"])[0] != self.n_clusters
+        ):
+            raise ConfigError(
+                f"a kmeans job's model is {{'centers': ({self.n_clusters}, d), 'counts': "
+                f"({self.n_clusters},)}}: use KMeansRecipe"
+            )
         return _KMeansAggregator(global_params, self.seed)
 
 
@@ -79,19 +84,26 @@ class _KMeansAggregator(Aggregator):
         return {"centers": centers.astype(self._centers.dtype), "counts": counts.astype(np.float64)}
 
 
-def weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int = 0, iterations: int = 100
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def weighted_kmeans(
+    points: np.ndarray, weights: np.ndarray, k: int, seed: int = 0, iterations: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
     """k-means++ seeding then Lloyd on weighted points -> (k centers, total weight per center)."""
     rng = np.random.default_rng(seed)
     keep = weights > 0
     points, weights = points[keep], weights[keep]
     if len(points) == 0:
-        raise RoundFailedError("k-means round 1: no site sent a cluster with rows (every count was 0); check "
-                               "that the sites have data")
+        raise RoundFailedError(
+            "k-means round 1: no site sent a cluster with rows (every count was 0); check "
+            "that the sites have data"
+        )
     centers = [points[rng.choice(len(points), p=weights / weights.sum())]]
     for _ in range(1, k):
         d2 = np.min([((points - c) ** 2).sum(1) for c in centers], axis=0) * weights
-        centers.append(points[rng.choice(len(points), p=d2 / d2.sum())] if d2.sum() > 0 else points[rng.integers(len(points))])
+        centers.append(
+            points[rng.choice(len(points), p=d2 / d2.sum())]
+            if d2.sum() > 0
+            else points[rng.integers(len(points))]
+        )
     c = np.array(centers)
     for _ in range(iterations):
         label = ((points[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)

@@ -6,14 +6,23 @@ Result: ``models/psi.json`` (list sizes and the intersection's size; the IDs sta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from hpcflare.errors import ConfigError, RoundFailedError, UpdateRejectedError
 from hpcflare.fileio import atomic_write_json
-from hpcflare.strategy.api import AnyLength, ClientUpdate, Params, PassThroughAggregator, RoundPlan, Strategy, TaskKind
+from hpcflare.strategy.api import (
+    AnyLength,
+    ClientUpdate,
+    Params,
+    PassThroughAggregator,
+    RoundPlan,
+    Strategy,
+    TaskKind,
+)
 from hpcflare.tabular.psi import HITS_PREFIX, LIST_PREFIX, POINT, intersect, list_for
 
 
@@ -40,8 +49,10 @@ class PSI(Strategy):
             return RoundPlan(skip=True)
         gone = [s for s in self.ring if s not in live]
         if gone:
-            raise RoundFailedError(f"PSI needs every site of its ring, {gone} left; each list carries every site's "
-                                   "key, so the intersection cannot be finished without them: run the job again")
+            raise RoundFailedError(
+                f"PSI needs every site of its ring, {gone} left; each list carries every site's "
+                "key, so the intersection cannot be finished without them: run the job again"
+            )
         self.step = round_num - 1
         if self.step == len(self.ring):
             self.hits = intersect(self.lists)
@@ -66,17 +77,26 @@ class PSI(Strategy):
         if self.step == len(self.ring) and self.output is not None:
             sizes = {s: int(np.asarray(v).size // POINT) for s, v in self.lists.items()}
             size = len(next(iter(self.hits.values()))) if self.hits else 0
-            atomic_write_json(self.output, {"sites": self.ring, "list_sizes": sizes, "intersection_size": size,
-                                            "confirmed_by": sorted(s for s, c in self.counts.items() if c == size)},
-                              indent=1)
+            atomic_write_json(
+                self.output,
+                {
+                    "sites": self.ring,
+                    "list_sizes": sizes,
+                    "intersection_size": size,
+                    "confirmed_by": sorted(s for s, c in self.counts.items() if c == size),
+                },
+                indent=1,
+            )
 
     def state_dict(self) -> Params:
         return {"psi_step": np.array([self.step], np.int64)}  # marks the checkpoint: see load_state_dict
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        raise ConfigError("a PSI job cannot resume from a checkpoint: each site's secret key lived only in its "
-                          "process and a restarted site draws a new one, so the lists keyed so far could no longer "
-                          "be intersected (the result would be silently wrong); run the PSI job again")
+        raise ConfigError(
+            "a PSI job cannot resume from a checkpoint: each site's secret key lived only in its "
+            "process and a restarted site draws a new one, so the lists keyed so far could no longer "
+            "be intersected (the result would be silently wrong); run the PSI job again"
+        )
 
 
 class _PsiAggregator(PassThroughAggregator):
@@ -92,15 +112,21 @@ class _PsiAggregator(PassThroughAggregator):
             count = int(np.asarray(update.params["count"])[0])
             expected = len(psi.hits.get(update.site, ()))
             if count != expected:
-                raise UpdateRejectedError(f"{update.site} reports {count} intersecting IDs, the server found {expected}")
+                raise UpdateRejectedError(
+                    f"{update.site} reports {count} intersecting IDs, the server found {expected}"
+                )
             psi.counts[update.site] = count
         else:
             items = np.asarray(update.params.get("items", np.zeros(0, np.uint8)), np.uint8)
             owner = list_for(update.site, psi.ring, psi.step)
             if items.size % POINT:
-                raise UpdateRejectedError(f"{update.site}: a PSI list of {items.size} bytes is not whole points")
+                raise UpdateRejectedError(
+                    f"{update.site}: a PSI list of {items.size} bytes is not whole points"
+                )
             if psi.step > 0 and items.size != psi.lists[owner].size:
-                raise UpdateRejectedError(f"{update.site} returned {items.size // POINT} points for {owner}'s list of "
-                                          f"{psi.lists[owner].size // POINT}; a site may not add or drop IDs")
+                raise UpdateRejectedError(
+                    f"{update.site} returned {items.size // POINT} points for {owner}'s list of "
+                    f"{psi.lists[owner].size // POINT}; a site may not add or drop IDs"
+                )
             psi.lists[owner] = items.copy()
         self._count += 1

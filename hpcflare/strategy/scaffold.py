@@ -13,13 +13,13 @@ Both are sums, so relays aggregate SCAFFOLD rounds as partial sums too.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from hpcflare.errors import ConfigError
-from hpcflare.strategy.api import Aggregator, ClientUpdate, Strategy, UpdateKind
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, ClientUpdate, Strategy, UpdateKind
 
 CONTROL_PREFIX = "scaffold.c."
 

@@ -17,12 +17,13 @@ aggregator (the round restarts as soon as the server declares it dead, after set
 from __future__ import annotations
 
 import secrets
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy, TaskKind
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.strategy.api import Aggregator, RoundPlan, Strategy, TaskKind
 
 
 class Swarm(Strategy):
@@ -41,8 +42,12 @@ class Swarm(Strategy):
         self.aggregator = candidates[(round_num - 1) % len(candidates)] if candidates else ""
         if self.source is not None and self.source["name"] not in live:
             self.source = None  # the site holding the last model is gone: the server's checkpoint copy serves
-        self._meta = {"aggregator": self.aggregator, "aggregator_address": self.peers.get(self.aggregator, ""),
-                      "expect": live, "source": self.source}
+        self._meta = {
+            "aggregator": self.aggregator,
+            "aggregator_address": self.peers.get(self.aggregator, ""),
+            "expect": live,
+            "source": self.source,
+        }
         return RoundPlan(task=TaskKind.TRAIN, once=True, coordinator=self.aggregator or None)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
@@ -56,8 +61,12 @@ class Swarm(Strategy):
 
     def coordinator_report(self, site: str, report: dict[str, Any]) -> None:
         """The round's aggregator finished: next round's model is at its peer host."""
-        self.source = {"name": site, "address": self.peers.get(site, ""), "ref": str(report.get("ref", "")),
-                       "manifest": list(report.get("manifest") or [])}
+        self.source = {
+            "name": site,
+            "address": self.peers.get(site, ""),
+            "ref": str(report.get("ref", "")),
+            "manifest": list(report.get("manifest") or []),
+        }
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         return WeightedMeanAggregator(global_params)  # the aggregator's model: one FULL result, taken as is

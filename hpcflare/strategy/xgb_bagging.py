@@ -8,13 +8,14 @@ checks each upload's trees without xgboost and keeps only the new trees until th
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from hpcflare.errors import UpdateRejectedError
 from hpcflare.strategy.api import Aggregator, AnyLength, ClientUpdate, Params, Strategy
 from hpcflare.tabular import xgb_model
-from hpcflare.errors import UpdateRejectedError
 
 
 class XGBBagging(Strategy):
@@ -37,12 +38,19 @@ class XGBBagging(Strategy):
 class _BaggingAggregator(Aggregator):
     def __init__(self, global_params: Mapping[str, np.ndarray]) -> None:
         if xgb_model.MODEL_KEY not in global_params:
-            raise UpdateRejectedError(f"an xgb_bagging job's model is {{{xgb_model.MODEL_KEY!r}: uint8 JSON}}")
+            raise UpdateRejectedError(
+                f"an xgb_bagging job's model is {{{xgb_model.MODEL_KEY!r}: uint8 JSON}}"
+            )
         self._global = global_params[xgb_model.MODEL_KEY]
-        self._base = None if xgb_model.is_empty(self._global) else xgb_model.parse(
-            xgb_model.from_tensor(self._global), "the global model")
+        self._base = (
+            None
+            if xgb_model.is_empty(self._global)
+            else xgb_model.parse(xgb_model.from_tensor(self._global), "the global model")
+        )
         self._first: dict[str, Any] | None = None
-        self._starts: list[tuple[dict[str, Any], float]] = []  # round 1: each site's model settings and weight
+        self._starts: list[
+            tuple[dict[str, Any], float]
+        ] = []  # round 1: each site's model settings and weight
         self._additions: list[tuple[list[tuple[dict[str, Any], int]], float]] = []
 
     @property
@@ -64,6 +72,10 @@ class _BaggingAggregator(Aggregator):
     def result(self) -> Params:
         if not self._additions or self._first is None:
             return {xgb_model.MODEL_KEY: np.asarray(self._global)}
-        merged = xgb_model.merge_forest(self._base, self._first, self._additions,
-                                        xgb_model.mean_base_score(self._starts) if self._base is None else None)
+        merged = xgb_model.merge_forest(
+            self._base,
+            self._first,
+            self._additions,
+            xgb_model.mean_base_score(self._starts) if self._base is None else None,
+        )
         return {xgb_model.MODEL_KEY: xgb_model.to_tensor(xgb_model.dumps(merged))}

@@ -16,16 +16,25 @@ project's CA signed.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from hpcflare.errors import ConfigError, UpdateRejectedError
 from hpcflare.fileio import atomic_write
 from hpcflare.security.certs import issue, new_ca, pem_cert, pem_key
-from hpcflare.strategy.api import (Aggregator, AnyLength, ClientUpdate, Params, RoundPlan, ServerContext, Strategy,
-                                   TaskKind)
+from hpcflare.strategy.api import (
+    Aggregator,
+    AnyLength,
+    ClientUpdate,
+    Params,
+    RoundPlan,
+    ServerContext,
+    Strategy,
+    TaskKind,
+)
 from hpcflare.tabular import xgb_model
 from hpcflare.tabular.xgb_tracker import TLS_FILES, TrackerProcess
 
@@ -38,14 +47,23 @@ class XGBHistogram(Strategy):
     name = "xgb_histogram"
     supports_relays = False  # XGBoost's collective connects every site to the tracker
 
-    def __init__(self, split: str = "horizontal", label_owner: str | None = None, collective_timeout: int = 300,
-                 tracker_start_timeout: float = 60.0, max_model_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        split: str = "horizontal",
+        label_owner: str | None = None,
+        collective_timeout: int = 300,
+        tracker_start_timeout: float = 60.0,
+        max_model_bytes: int | None = None,
+    ) -> None:
         if split not in ("horizontal", "vertical"):
             raise ConfigError(f"xgb_histogram split must be 'horizontal' or 'vertical', got {split!r}")
         if split == "vertical" and not label_owner:
             raise ConfigError("a vertical XGBoost job needs label_owner= (the site that holds the labels)")
         self.split, self.label_owner = split, label_owner
-        self.collective_timeout, self.tracker_start_timeout = int(collective_timeout), float(tracker_start_timeout)
+        self.collective_timeout, self.tracker_start_timeout = (
+            int(collective_timeout),
+            float(tracker_start_timeout),
+        )
         self.max_model_bytes = max_model_bytes
         self.context: ServerContext | None = None
         self.tracker: TrackerProcess | None = None
@@ -65,19 +83,36 @@ class XGBHistogram(Strategy):
         if self.context is None:
             raise ConfigError("xgb_histogram runs on a server rank (start_services was not called)")
         if self.label_owner is not None and self.label_owner not in live:
-            raise ConfigError(f"label owner {self.label_owner!r} is not among the live sites {live}; a vertical job "
-                              "cannot train without it")
+            raise ConfigError(
+                f"label owner {self.label_owner!r} is not among the live sites {live}; a vertical job "
+                "cannot train without it"
+            )
         world = ([self.label_owner] if self.label_owner else []) + [s for s in live if s != self.label_owner]
         self.stop_services()
         tls_dir, ca_pem = self._tls_files() if self.context.kit_dir is not None else (None, None)
-        self.tracker = TrackerProcess(len(world), self.collective_timeout, self.tracker_start_timeout, tls_dir)
+        self.tracker = TrackerProcess(
+            len(world), self.collective_timeout, self.tracker_start_timeout, tls_dir
+        )
         address = f"{self.context.host}:{self.tracker.port}"
-        self.context.log.info("xgboost_tracker", f"XGBoost federated tracker listening on {address} for "
-                              f"{len(world)} sites ({self.split}" + (", TLS" if tls_dir else "") + ")",
-                              address=address, world=world, split=self.split, tls=tls_dir is not None)
-        self.meta = {"mode": "histogram", "split": self.split, "address": address, "world_size": len(world),
-                     "ranks": {site: rank for rank, site in enumerate(world)}, "label_owner": self.label_owner,
-                     "timeout": self.collective_timeout, "tracker_ca": ca_pem}
+        self.context.log.info(
+            "xgboost_tracker",
+            f"XGBoost federated tracker listening on {address} for "
+            f"{len(world)} sites ({self.split}" + (", TLS" if tls_dir else "") + ")",
+            address=address,
+            world=world,
+            split=self.split,
+            tls=tls_dir is not None,
+        )
+        self.meta = {
+            "mode": "histogram",
+            "split": self.split,
+            "address": address,
+            "world_size": len(world),
+            "ranks": {site: rank for rank, site in enumerate(world)},
+            "label_owner": self.label_owner,
+            "timeout": self.collective_timeout,
+            "tracker_ca": ca_pem,
+        }
         return RoundPlan(task=TaskKind.TRAIN, targets=world)
 
     def _tls_files(self) -> tuple[Path, str]:
@@ -86,10 +121,17 @@ class XGBHistogram(Strategy):
         folder = Path(self.context.job_root) / "xgboost-tracker"
         folder.mkdir(mode=0o700, exist_ok=True)
         ca_key, ca_cert = new_ca("xgboost-tracker", valid_days=7)
-        key, cert = issue(ca_key, ca_cert, "xgboost-tracker", hosts=[self.context.host, "localhost", "127.0.0.1"],
-                          valid_days=7)
-        for name, data in zip(TLS_FILES, (pem_key(key), pem_cert(cert),
-                                          (Path(self.context.kit_dir) / "rootCA.pem").read_bytes())):
+        key, cert = issue(
+            ca_key,
+            ca_cert,
+            "xgboost-tracker",
+            hosts=[self.context.host, "localhost", "127.0.0.1"],
+            valid_days=7,
+        )
+        for name, data in zip(
+            TLS_FILES,
+            (pem_key(key), pem_cert(cert), (Path(self.context.kit_dir) / "rootCA.pem").read_bytes()),
+        ):
             atomic_write(folder / name, data, mode=0o600)
         os.chmod(folder, 0o700)
         return folder, pem_cert(ca_cert).decode()

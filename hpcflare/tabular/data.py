@@ -32,8 +32,16 @@ def higgs_like(n: int, seed: int = 0, n_features: int = N_FEATURES) -> tuple[np.
     x = rng.normal(size=(n, low)) @ mix
     derived = [np.sqrt(x[:, 2 * i] ** 2 + x[:, 2 * i + 1] ** 2) for i in range(n_features - low)]
     x = np.column_stack([x, *derived])
-    logit = (1.2 * x[:, 0] * x[:, 1] - 0.8 * np.abs(x[:, 2]) + 0.6 * np.sin(2 * x[:, 3]) + 0.9 * x[:, low]
-             - 0.5 * x[:, low + 1] + 0.4 * x[:, 4] - 0.3 * x[:, 5] ** 2 + 0.5)
+    logit = (
+        1.2 * x[:, 0] * x[:, 1]
+        - 0.8 * np.abs(x[:, 2])
+        + 0.6 * np.sin(2 * x[:, 3])
+        + 0.9 * x[:, low]
+        - 0.5 * x[:, low + 1]
+        + 0.4 * x[:, 4]
+        - 0.3 * x[:, 5] ** 2
+        + 0.5
+    )
     y = (logit + rng.logistic(size=n) * 0.7 > 0).astype(np.float32)
     return x.astype(np.float32), y
 
@@ -50,8 +58,9 @@ def site_sizes(n: int, n_sites: int, split: str = "noniid") -> list[int]:
     return np.diff(np.concatenate([[0], cuts])).tolist()
 
 
-def site_rows(site_index: int, n_sites: int, n: int = 40_000, seed: int = 0, split: str = "noniid"
-              ) -> tuple[np.ndarray, np.ndarray]:
+def site_rows(
+    site_index: int, n_sites: int, n: int = 40_000, seed: int = 0, split: str = "noniid"
+) -> tuple[np.ndarray, np.ndarray]:
     """Site ``site_index`` (0-based) of ``n_sites``: its contiguous share of a shuffled population."""
     if not 0 <= site_index < n_sites:
         raise ValueError(f"site index {site_index} outside 0..{n_sites - 1}")
@@ -59,7 +68,7 @@ def site_rows(site_index: int, n_sites: int, n: int = 40_000, seed: int = 0, spl
     order = np.random.default_rng(seed + 1).permutation(n)
     sizes = site_sizes(n, n_sites, split)
     start = sum(sizes[:site_index])
-    mine = order[start:start + sizes[site_index]]
+    mine = order[start : start + sizes[site_index]]
     return x[mine], y[mine]
 
 
@@ -68,14 +77,20 @@ def holdout(n: int = 10_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return higgs_like(n, seed + 1_000_003)
 
 
-def load_csv(path: str | Path, label_column: str | None = "label", site: str = "this site",
-             id_column: str | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str] | None]:
+def load_csv(
+    path: str | Path,
+    label_column: str | None = "label",
+    site: str = "this site",
+    id_column: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str] | None]:
     """-> (features, labels or None, feature names, row IDs or None) from a CSV file with a header row.
     ``label_column=None``: a table without labels (a vertical job's non-label site)."""
     path = Path(path)
     if not path.is_file():
-        raise TableError(f"{site}: no data file at {path}; pass --data-path with a CSV per site ({{site}} in the "
-                         "path is replaced by the site's name)")
+        raise TableError(
+            f"{site}: no data file at {path}; pass --data-path with a CSV per site ({{site}} in the "
+            "path is replaced by the site's name)"
+        )
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
@@ -83,32 +98,54 @@ def load_csv(path: str | Path, label_column: str | None = "label", site: str = "
     header, body = rows[0], rows[1:]
     for name, column in (("label", label_column), ("id", id_column)):
         if column is not None and column not in header:
-            raise TableError(f"{site}: {path} has no {name} column {column!r} (columns: {header[:20]}); "
-                             f"set --{name}-column")
+            raise TableError(
+                f"{site}: {path} has no {name} column {column!r} (columns: {header[:20]}); "
+                f"set --{name}-column"
+            )
     skip = {c for c in (label_column, id_column) if c is not None}
     names = [h for h in header if h not in skip]
     index = {h: i for i, h in enumerate(header)}
     try:
-        x = np.array([[float(r[index[h]]) for h in names] for r in body], dtype=np.float32).reshape(len(body), len(names))
-        y = None if label_column is None else np.array([float(r[index[label_column]]) for r in body], np.float32)
+        x = np.array([[float(r[index[h]]) for h in names] for r in body], dtype=np.float32).reshape(
+            len(body), len(names)
+        )
+        y = (
+            None
+            if label_column is None
+            else np.array([float(r[index[label_column]]) for r in body], np.float32)
+        )
     except (ValueError, IndexError) as exc:
-        raise TableError(f"{site}: {path} has a non-numeric or missing value ({exc}); clean the file or impute") from None
+        raise TableError(
+            f"{site}: {path} has a non-numeric or missing value ({exc}); clean the file or impute"
+        ) from None
     ids = None if id_column is None else [r[index[id_column]] for r in body]
     return x, y, names, ids
 
 
-def check_table(site: str, x: np.ndarray, y: np.ndarray | None, n_features: int | None = None,
-                labels_required: bool = True, binary: bool = False) -> None:
+def check_table(
+    site: str,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    n_features: int | None = None,
+    labels_required: bool = True,
+    binary: bool = False,
+) -> None:
     """Refuse a table the job cannot use, saying which site and what to do."""
     if x.ndim != 2 or len(x) == 0:
-        raise TableError(f"{site} has no rows (features shape {tuple(x.shape)}); give it data or leave it out of "
-                         "the job (n_clients / clients=)")
+        raise TableError(
+            f"{site} has no rows (features shape {tuple(x.shape)}); give it data or leave it out of "
+            "the job (n_clients / clients=)"
+        )
     if n_features is not None and x.shape[1] != n_features:
-        raise TableError(f"{site} has {x.shape[1]} feature columns but the job's model has {n_features}; every "
-                         "site needs the same columns in the same order")
+        raise TableError(
+            f"{site} has {x.shape[1]} feature columns but the job's model has {n_features}; every "
+            "site needs the same columns in the same order"
+        )
     if labels_required and y is None:
-        raise TableError(f"{site} has no labels, but it must hold them (the label owner, or a horizontal job); "
-                         "pass --label-column or give this site the labelled table")
+        raise TableError(
+            f"{site} has no labels, but it must hold them (the label owner, or a horizontal job); "
+            "pass --label-column or give this site the labelled table"
+        )
     if y is not None:
         if len(y) != len(x):
             raise TableError(f"{site}: {len(y)} labels for {len(x)} rows")
@@ -128,8 +165,9 @@ def blobs(n: int, n_clusters: int, n_features: int, seed: int = 0) -> tuple[np.n
     return (centers[label] + rng.normal(size=(n, n_features)) * spread[label, None]).astype(np.float32), label
 
 
-def cluster_rows(site_index: int, n_sites: int, n: int, n_clusters: int, n_features: int, seed: int = 0,
-                 alpha: float = 0.5) -> np.ndarray:
+def cluster_rows(
+    site_index: int, n_sites: int, n: int, n_clusters: int, n_features: int, seed: int = 0, alpha: float = 0.5
+) -> np.ndarray:
     """Site ``site_index``'s rows of :func:`blobs`, dealt out per cluster by Dirichlet(alpha) shares, so a
     site sees mostly a few clusters (non-IID, as hospitals see different patient groups)."""
     x, label = blobs(n, n_clusters, n_features, seed)
@@ -148,8 +186,10 @@ def site_index(site: str, n_sites: int) -> int:
     head, _, tail = site.rpartition("-")
     if head and tail.isdigit() and 1 <= int(tail) <= n_sites:
         return int(tail) - 1
-    raise TableError(f"synthetic data is sharded by site name site-1 ... site-{n_sites}, not {site!r}; "
-                     "pass --data-path with a file per site instead")
+    raise TableError(
+        f"synthetic data is sharded by site name site-1 ... site-{n_sites}, not {site!r}; "
+        "pass --data-path with a file per site instead"
+    )
 
 
 def vertical_population(n: int = 20_000, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -163,12 +203,13 @@ def vertical_columns(site_index: int, n_sites: int, n_features: int = N_FEATURES
     return np.array_split(np.arange(n_features), n_sites)[site_index]
 
 
-def vertical_site(site_index: int, n_sites: int, n: int = 20_000, seed: int = 0, coverage: float = 0.9
-                  ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+def vertical_site(
+    site_index: int, n_sites: int, n: int = 20_000, seed: int = 0, coverage: float = 0.9
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
     """Site ``site_index``'s table: a random ``coverage`` share of the people (so rows must be aligned by
     PSI), its own columns, and labels only at site 0 (the label owner)."""
     ids, x, y = vertical_population(n, seed)
-    keep = np.sort(np.random.default_rng([seed, site_index, 7]).permutation(n)[:int(n * coverage)])
+    keep = np.sort(np.random.default_rng([seed, site_index, 7]).permutation(n)[: int(n * coverage)])
     cols = vertical_columns(site_index, n_sites, x.shape[1])
     return [ids[i] for i in keep], x[np.ix_(keep, cols)], (y[keep] if site_index == 0 else None)
 
@@ -176,7 +217,9 @@ def vertical_site(site_index: int, n_sites: int, n: int = 20_000, seed: int = 0,
 def add_table_arguments(parser: Any, n_sites: int, rows: int, labels: bool = True) -> None:
     """The flags every tabular client script takes: a CSV per site, or a synthetic shard (``labels=False``: an
     unlabelled task, no --label-column)."""
-    parser.add_argument("--data-path", default=None, help="a CSV per site with a header row; {site} = site name")
+    parser.add_argument(
+        "--data-path", default=None, help="a CSV per site with a header row; {site} = site name"
+    )
     if labels:
         parser.add_argument("--label-column", default="label")
     parser.add_argument("--n-sites", type=int, default=n_sites)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -37,17 +38,25 @@ def hash_ids(ids: Sequence[str], salt: str) -> list[bytes]:
 
 def apply_key(key: X25519PrivateKey, points: bytes | np.ndarray) -> np.ndarray:
     """Raise every 32-byte point to ``key`` -> uint8 array of the same length."""
-    data = memoryview(np.ascontiguousarray(points, dtype=np.uint8)).cast("B") if isinstance(points, np.ndarray) \
+    data = (
+        memoryview(np.ascontiguousarray(points, dtype=np.uint8)).cast("B")
+        if isinstance(points, np.ndarray)
         else memoryview(points)
+    )
     if len(data) % POINT:
-        raise UpdateRejectedError(f"a PSI list is {len(data)} bytes, not a whole number of {POINT}-byte points")
+        raise UpdateRejectedError(
+            f"a PSI list is {len(data)} bytes, not a whole number of {POINT}-byte points"
+        )
     out = bytearray(len(data))
     for at in range(0, len(data), POINT):
         try:
-            out[at:at + POINT] = key.exchange(X25519PublicKey.from_public_bytes(bytes(data[at:at + POINT])))
+            out[at : at + POINT] = key.exchange(
+                X25519PublicKey.from_public_bytes(bytes(data[at : at + POINT]))
+            )
         except ValueError:  # a low-order point: only a forged list has one
-            raise UpdateRejectedError("a PSI list holds an invalid curve point; it was not produced by this "
-                                      "protocol") from None
+            raise UpdateRejectedError(
+                "a PSI list holds an invalid curve point; it was not produced by this protocol"
+            ) from None
     return np.frombuffer(bytes(out), dtype=np.uint8)
 
 
@@ -68,7 +77,11 @@ class PsiSite:
             if psi["step"] == 0:
                 points = b"".join(hash_ids(self.ids, psi["salt"]))
                 return {"items": apply_key(self.key, points) if points else np.zeros(0, np.uint8)}
-            return {"items": apply_key(self.key, params[LIST_PREFIX + list_for(self.site, psi["ring"], psi["step"])])}
+            return {
+                "items": apply_key(
+                    self.key, params[LIST_PREFIX + list_for(self.site, psi["ring"], psi["step"])]
+                )
+            }
         hits = np.asarray(params[HITS_PREFIX + self.site], dtype=np.int64)
         if hits.size == 1 and hits[0] == -1:
             hits = hits[:0]  # the server's marker for "none of yours" (a tensor cannot be empty)
@@ -91,5 +104,7 @@ def intersect(lists: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tokens = {r.tobytes() for r in rows}
         common = tokens if common is None else common & tokens
     common = common or set()
-    return {site: np.array([i for i, r in enumerate(rows) if r.tobytes() in common], dtype=np.int64)
-            for site, rows in as_rows.items()}
+    return {
+        site: np.array([i for i, r in enumerate(rows) if r.tobytes() in common], dtype=np.int64)
+        for site, rows in as_rows.items()
+    }

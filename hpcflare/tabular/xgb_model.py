@@ -18,8 +18,17 @@ MODEL_KEY = "model"
 """The tensor name a tree model travels under (uint8, the JSON text)."""
 EMPTY = b"{}"
 """The global model before round 1: no trees yet."""
-TREE_ARRAYS = ("left_children", "right_children", "parents", "split_indices", "split_conditions", "default_left",
-               "base_weights", "loss_changes", "sum_hessian")
+TREE_ARRAYS = (
+    "left_children",
+    "right_children",
+    "parents",
+    "split_indices",
+    "split_conditions",
+    "default_left",
+    "base_weights",
+    "loss_changes",
+    "sum_hessian",
+)
 
 
 def to_tensor(model_json: bytes | bytearray | str) -> np.ndarray:
@@ -51,7 +60,9 @@ def parse(data: bytes, who: str) -> dict[str, Any]:
     except UpdateRejectedError:
         raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise UpdateRejectedError(f"{who}: not a usable XGBoost JSON model ({type(exc).__name__}: {exc})"[:400]) from None
+        raise UpdateRejectedError(
+            f"{who}: not a usable XGBoost JSON model ({type(exc).__name__}: {exc})"[:400]
+        ) from None
     return model
 
 
@@ -80,7 +91,9 @@ def num_trees(model: dict[str, Any] | None) -> int:
     return 0 if model is None else len(model["learner"]["gradient_booster"]["model"]["trees"])
 
 
-def new_trees(model: dict[str, Any], base: dict[str, Any] | None, who: str) -> list[tuple[dict[str, Any], int]]:
+def new_trees(
+    model: dict[str, Any], base: dict[str, Any] | None, who: str
+) -> list[tuple[dict[str, Any], int]]:
     """The trees ``model`` added on top of ``base`` -> [(tree, tree_info)], after checking it is the same kind
     of model (features, objective, classes)."""
     inner = model["learner"]["gradient_booster"]["model"]
@@ -88,8 +101,10 @@ def new_trees(model: dict[str, Any], base: dict[str, Any] | None, who: str) -> l
     if base is not None:
         same_kind(model, base, who)
     if len(inner["trees"]) <= start:
-        raise UpdateRejectedError(f"{who}: its model has {len(inner['trees'])} trees, no new one on top of the "
-                                  f"global model's {start}")
+        raise UpdateRejectedError(
+            f"{who}: its model has {len(inner['trees'])} trees, no new one on top of the "
+            f"global model's {start}"
+        )
     return list(zip(inner["trees"][start:], inner["tree_info"][start:]))
 
 
@@ -98,18 +113,24 @@ def same_kind(model: dict[str, Any], other: dict[str, Any], who: str) -> None:
     for key in ("num_feature", "num_class", "num_target"):
         have, want = (m["learner"]["learner_model_param"].get(key) for m in (model, other))
         if have != want:
-            raise UpdateRejectedError(f"{who}: {key} is {have}, the other sites' model has {want}; every site needs "
-                                      "the same feature columns and task")
+            raise UpdateRejectedError(
+                f"{who}: {key} is {have}, the other sites' model has {want}; every site needs "
+                "the same feature columns and task"
+            )
     if model["learner"]["objective"]["name"] != other["learner"]["objective"]["name"]:
-        raise UpdateRejectedError(f"{who}: objective {model['learner']['objective']['name']!r} differs from the "
-                                  f"other sites' {other['learner']['objective']['name']!r}")
+        raise UpdateRejectedError(
+            f"{who}: objective {model['learner']['objective']['name']!r} differs from the "
+            f"other sites' {other['learner']['objective']['name']!r}"
+        )
 
 
 def scale_leaves(tree: dict[str, Any], factor: float) -> dict[str, Any]:
     """The tree with every leaf value (and base weight) multiplied by ``factor``."""
     out = dict(tree)
     left = tree["left_children"]
-    out["split_conditions"] = [c * factor if left[i] == -1 else c for i, c in enumerate(tree["split_conditions"])]
+    out["split_conditions"] = [
+        c * factor if left[i] == -1 else c for i, c in enumerate(tree["split_conditions"])
+    ]
     out["base_weights"] = [w * factor for w in tree["base_weights"]]
     return out
 
@@ -132,15 +153,21 @@ def mean_base_score(models: list[tuple[dict[str, Any], float]]) -> str | None:
         return None
     total = sum(w for _, w in models) or 1.0
     logit = objective in LOGIT_OBJECTIVES and objective != "binary:logitraw"
-    margin = sum(w / total * (np.log(b / (1 - b)) if logit else b)
-                 for m, w in models for b in [np.clip(_base_scores(m), 1e-12, 1 - 1e-12) if logit else _base_scores(m)])
+    margin = sum(
+        w / total * (np.log(b / (1 - b)) if logit else b)
+        for m, w in models
+        for b in [np.clip(_base_scores(m), 1e-12, 1 - 1e-12) if logit else _base_scores(m)]
+    )
     value = 1 / (1 + np.exp(-margin)) if logit else margin
     return "[" + ",".join(f"{v:.9E}" for v in np.atleast_1d(value)) + "]"
 
 
-def merge_forest(base: dict[str, Any] | None, first: dict[str, Any],
-                 additions: list[tuple[list[tuple[dict[str, Any], int]], float]],
-                 base_score: str | None = None) -> dict[str, Any]:
+def merge_forest(
+    base: dict[str, Any] | None,
+    first: dict[str, Any],
+    additions: list[tuple[list[tuple[dict[str, Any], int]], float]],
+    base_score: str | None = None,
+) -> dict[str, Any]:
     """``base`` (None in round 1: ``first``'s settings, with ``base_score`` if given) plus one boosting
     iteration made of every site's new trees, each site's leaves scaled by its weight share."""
     model = json.loads(json.dumps(base if base is not None else first))

@@ -30,7 +30,9 @@ class TrackerError(HpcflareError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--world-size", type=int, required=True)
     parser.add_argument("--timeout", type=int, default=300)
     parser.add_argument("--tls-dir", default=None)
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tls_dir:
         key, cert, ca = (str(Path(args.tls_dir) / name) for name in TLS_FILES)
         tls = {"server_key_path": key, "server_cert_path": cert, "client_cert_path": ca}
-    tracker = FederatedTracker(n_workers=args.world_size, port=0, secure=bool(tls), timeout=args.timeout, **tls)
+    tracker = FederatedTracker(
+        n_workers=args.world_size, port=0, secure=bool(tls), timeout=args.timeout, **tls
+    )
     tracker.start()
     print(json.dumps({"port": int(tracker.worker_args()["dmlc_tracker_port"])}), flush=True)
     while sys.stdin.buffer.read(1):
@@ -52,13 +56,26 @@ def main(argv: list[str] | None = None) -> int:
 class TrackerProcess:
     """Start the tracker for ``world_size`` sites; ``port`` once it listens; ``stop()`` ends it."""
 
-    def __init__(self, world_size: int, timeout: int, start_timeout: float, tls_dir: Path | None = None) -> None:
+    def __init__(
+        self, world_size: int, timeout: int, start_timeout: float, tls_dir: Path | None = None
+    ) -> None:
         if importlib.util.find_spec("xgboost") is None:  # fail here, with the fix, not in the child
-            raise ConfigError("this job's strategy runs XGBoost's federated tracker on the server rank, but xgboost "
-                              "is not installed there: pip install 'hpcflare[tabular]'")
-        cmd = [sys.executable, "-m", "hpcflare.tabular.xgb_tracker", "--world-size", str(world_size),
-               "--timeout", str(int(timeout))] + (["--tls-dir", str(tls_dir)] if tls_dir else [])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            raise ConfigError(
+                "this job's strategy runs XGBoost's federated tracker on the server rank, but xgboost "
+                "is not installed there: pip install 'hpcflare[tabular]'"
+            )
+        cmd = [
+            sys.executable,
+            "-m",
+            "hpcflare.tabular.xgb_tracker",
+            "--world-size",
+            str(world_size),
+            "--timeout",
+            str(int(timeout)),
+        ] + (["--tls-dir", str(tls_dir)] if tls_dir else [])
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         self.port = self._read_port(start_timeout)
 
     def _read_port(self, start_timeout: float) -> int:
@@ -72,12 +89,16 @@ class TrackerProcess:
                     return int(json.loads(line)["port"])
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace")[-1500:] if self.proc.stderr else ""
-                raise TrackerError(f"XGBoost's federated tracker exited with code {self.proc.returncode} before "
-                                   f"listening: {err.strip() or 'no output'} (xgboost from PyPI includes it; the "
-                                   "xgboost-cpu wheel does not)")
+                raise TrackerError(
+                    f"XGBoost's federated tracker exited with code {self.proc.returncode} before "
+                    f"listening: {err.strip() or 'no output'} (xgboost from PyPI includes it; the "
+                    "xgboost-cpu wheel does not)"
+                )
         self.stop()
-        raise TrackerError(f"XGBoost's federated tracker did not start within tracker_start_timeout="
-                           f"{start_timeout:g}s; raise it in the strategy's arguments on a slow node")
+        raise TrackerError(
+            f"XGBoost's federated tracker did not start within tracker_start_timeout="
+            f"{start_timeout:g}s; raise it in the strategy's arguments on a slow node"
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from hpcflare import errors
 from hpcflare.enums import NamedEnum
 from hpcflare.transport.codec import TensorSpec, pack_meta, unpack_meta
 from hpcflare.transport.shm import SharedModel
-
 
 
 class Rpc(NamedEnum):
@@ -48,11 +48,18 @@ class Task:
     staged: dict[str, Any] | None = None
 
     @classmethod
-    def from_reply(cls, reply: dict[str, Any]) -> "Task":
+    def from_reply(cls, reply: dict[str, Any]) -> Task:
         staged = reply.get("staged")
-        return cls(str(reply["task"]), str(reply["task_id"]), int(reply["round"]), int(reply["total_rounds"]),
-                   str(reply["ref"]), [TensorSpec.from_wire(item) for item in reply.get("manifest", [])],
-                   dict(reply.get("meta") or {}), staged if isinstance(staged, dict) else None)
+        return cls(
+            str(reply["task"]),
+            str(reply["task_id"]),
+            int(reply["round"]),
+            int(reply["total_rounds"]),
+            str(reply["ref"]),
+            [TensorSpec.from_wire(item) for item in reply.get("manifest", [])],
+            dict(reply.get("meta") or {}),
+            staged if isinstance(staged, dict) else None,
+        )
 
 
 class UpdateKind(NamedEnum):
@@ -98,34 +105,67 @@ class UploadHeader:
         self.metrics = dict(self.metrics or {})
 
     def to_wire(self) -> dict[str, Any]:
-        out = {"site": self.site, "token": self.token, "task_id": self.task_id, "round": self.round,
-               "params_type": str(self.params_type), "meta": self.meta, "metrics": self.metrics}
+        out = {
+            "site": self.site,
+            "token": self.token,
+            "task_id": self.task_id,
+            "round": self.round,
+            "params_type": str(self.params_type),
+            "meta": self.meta,
+            "metrics": self.metrics,
+        }
         out.update({name: getattr(self, name) for name in _SECTIONS if getattr(self, name) is not None})
         return out
 
     @classmethod
-    def from_wire(cls, raw: Any) -> "UploadHeader":
+    def from_wire(cls, raw: Any) -> UploadHeader:
         """The header a peer sent, or MalformedMessageError naming the first field that is wrong."""
         if not isinstance(raw, dict):
             raise errors.MalformedMessageError("upload header must be a mapping")
-        unknown = set(raw) - {"site", "token", "task_id", "round", "params_type", "meta", "metrics", *_SECTIONS}
+        unknown = set(raw) - {
+            "site",
+            "token",
+            "task_id",
+            "round",
+            "params_type",
+            "meta",
+            "metrics",
+            *_SECTIONS,
+        }
         if unknown:
-            raise errors.MalformedMessageError(f"upload header has unknown field(s) {sorted(map(str, unknown))[:5]}")
+            raise errors.MalformedMessageError(
+                f"upload header has unknown field(s) {sorted(map(str, unknown))[:5]}"
+            )
         for name in ("site", "token", "task_id"):
             if not isinstance(raw.get(name), str):
-                raise errors.MalformedMessageError(f"upload header: {name!r} must be a string, got {raw.get(name)!r:.40}")
+                raise errors.MalformedMessageError(
+                    f"upload header: {name!r} must be a string, got {raw.get(name)!r:.40}"
+                )
         if not isinstance(raw.get("round"), int) or isinstance(raw.get("round"), bool):
-            raise errors.MalformedMessageError(f"upload header: 'round' must be an integer, got {raw.get('round')!r:.40}")
+            raise errors.MalformedMessageError(
+                f"upload header: 'round' must be an integer, got {raw.get('round')!r:.40}"
+            )
         if raw.get("params_type") not in PARAMS_TYPES:
-            raise errors.MalformedMessageError(f"params_type must be one of {PARAMS_TYPES}, got "
-                                               f"{raw.get('params_type')!r:.40}")
+            raise errors.MalformedMessageError(
+                f"params_type must be one of {PARAMS_TYPES}, got {raw.get('params_type')!r:.40}"
+            )
         for name in ("meta", "metrics", *_SECTIONS):
             if raw.get(name) is not None and not isinstance(raw[name], dict):
-                raise errors.MalformedMessageError(f"upload header: {name!r} must be a mapping, got {raw[name]!r:.40}")
-        return cls(raw["site"], raw["token"], raw["task_id"], raw["round"], UpdateKind(raw["params_type"]),
-                   raw.get("meta") or {}, raw.get("metrics") or {}, **{name: raw.get(name) for name in _SECTIONS})
+                raise errors.MalformedMessageError(
+                    f"upload header: {name!r} must be a mapping, got {raw[name]!r:.40}"
+                )
+        return cls(
+            raw["site"],
+            raw["token"],
+            raw["task_id"],
+            raw["round"],
+            UpdateKind(raw["params_type"]),
+            raw.get("meta") or {},
+            raw.get("metrics") or {},
+            **{name: raw.get(name) for name in _SECTIONS},
+        )
 
-    def copy(self) -> "UploadHeader":
+    def copy(self) -> UploadHeader:
         """A deep copy, as the wire would make it (a receiver in this process owns its header)."""
         return UploadHeader.from_wire(unpack_meta(pack_meta(self.to_wire())))
 
@@ -171,7 +211,9 @@ class LocalHandler(ServerHandler):
         """(spec, writable blob private to the caller) per tensor of the requested model."""
 
     @abc.abstractmethod
-    def handle_local_upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
+    def handle_local_upload(
+        self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer
+    ) -> dict:
         """Validate and take a result whose tensors are the caller's arrays; they are not kept after returning."""
 
 
@@ -185,7 +227,7 @@ class ClientTransport(abc.ABC):
     def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytes]]:
         """Yield (spec, blob) for each tensor of a model, resuming after transient failures."""
 
-    def shared_model(self, request: dict, manifest: list[TensorSpec]) -> "SharedModel | None":
+    def shared_model(self, request: dict, manifest: list[TensorSpec]) -> SharedModel | None:
         """The model as the parent's own memory file, mapped here (a parent on this host), else None: download."""
         return None
 

@@ -11,9 +11,10 @@ import json
 import math
 import struct
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import IO, Any
 
 import msgpack
 import numpy as np
@@ -24,6 +25,7 @@ from hpcflare.fileio import FileInfo, atomic_write
 _HEADER = struct.Struct(">I")
 MAX_HEADER_BYTES = 64 << 10
 MAX_META_DEPTH = 32
+
 
 @functools.lru_cache(maxsize=1)
 def bf16_dtype() -> np.dtype:
@@ -61,9 +63,22 @@ class _DtypeTable(dict):
 
 
 # safetensors dtype tag <-> numpy dtype
-ST_TO_NP = _DtypeTable({"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-                        "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
-                        "U64": np.uint64, "BOOL": np.bool_})
+ST_TO_NP = _DtypeTable(
+    {
+        "F64": np.float64,
+        "F32": np.float32,
+        "F16": np.float16,
+        "I64": np.int64,
+        "I32": np.int32,
+        "I16": np.int16,
+        "I8": np.int8,
+        "U8": np.uint8,
+        "U16": np.uint16,
+        "U32": np.uint32,
+        "U64": np.uint64,
+        "BOOL": np.bool_,
+    }
+)
 NP_TO_ST = {np.dtype(v).str: k for k, v in ST_TO_NP.items()}
 
 
@@ -86,9 +101,11 @@ def _wire_default(obj: Any) -> Any:
         return obj.tolist()
     if hasattr(obj, "item") and hasattr(obj, "numel") and obj.numel() == 1:  # torch scalar tensor
         return obj.item()
-    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), (str, int)):  # enums
+    if hasattr(obj, "value") and isinstance(obj.value, (str, int)):  # enums
         return obj.value
-    raise TypeError(f"cannot send value of type {type(obj).__name__} in metadata; use numbers, strings, lists or dicts")
+    raise TypeError(
+        f"cannot send value of type {type(obj).__name__} in metadata; use numbers, strings, lists or dicts"
+    )
 
 
 def pack_meta(obj: Any) -> bytes:
@@ -123,8 +140,7 @@ def _check_types(obj: Any, depth: int = 0) -> None:
 def unpack_meta(data: bytes | memoryview, expect: type = dict) -> Any:
     """Decode untrusted msgpack; only plain JSON-like types (plus bytes) come out."""
     try:
-        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=False, ext_hook=_reject_ext,
-                              timestamp=0)
+        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=False, ext_hook=_reject_ext, timestamp=0)
     except MalformedMessageError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types on garbage
@@ -155,8 +171,8 @@ def unpack_frame(frame: bytes, max_frame_bytes: int) -> tuple[dict, memoryview]:
     if hlen > MAX_HEADER_BYTES or _HEADER.size + hlen > len(frame):
         raise MalformedMessageError(f"frame header length {hlen} is invalid for a {len(frame)}-byte frame")
     view = memoryview(frame)
-    header = unpack_meta(view[_HEADER.size:_HEADER.size + hlen])
-    return header, view[_HEADER.size + hlen:]
+    header = unpack_meta(view[_HEADER.size : _HEADER.size + hlen])
+    return header, view[_HEADER.size + hlen :]
 
 
 @dataclass(frozen=True)
@@ -172,10 +188,17 @@ class TensorSpec:
         return [self.name, self.dtype, list(self.shape), self.nbytes]
 
     @classmethod
-    def from_wire(cls, item: Any) -> "TensorSpec":
-        if (not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], str) or not isinstance(item[1], str)
-                or not isinstance(item[2], list) or not all(isinstance(d, int) and d >= 0 for d in item[2])
-                or not isinstance(item[3], int) or item[3] < 0):
+    def from_wire(cls, item: Any) -> TensorSpec:
+        if (
+            not isinstance(item, list)
+            or len(item) != 4
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], str)
+            or not isinstance(item[2], list)
+            or not all(isinstance(d, int) and d >= 0 for d in item[2])
+            or not isinstance(item[3], int)
+            or item[3] < 0
+        ):
             raise MalformedMessageError(f"invalid tensor spec {item!r:.200}")
         return cls(item[0], item[1], tuple(item[2]), item[3])
 
@@ -202,7 +225,7 @@ def _blob_header(blob: bytes | memoryview) -> tuple[dict, int]:
     if hlen > MAX_HEADER_BYTES or 8 + hlen > len(blob):
         raise MalformedMessageError(f"safetensors header length {hlen} invalid for a {len(blob)}-byte blob")
     try:
-        header = json.loads(bytes(blob[8:8 + hlen]))
+        header = json.loads(bytes(blob[8 : 8 + hlen]))
     except ValueError as exc:
         raise MalformedMessageError(f"safetensors header is not JSON: {exc}") from None
     return header, 8 + hlen
@@ -213,17 +236,43 @@ def view_tensor(blob: bytes, name: str) -> np.ndarray:
     header, start = _blob_header(blob)
     info = header[name]
     lo, hi = info["data_offsets"]
-    return np.frombuffer(blob, dtype=ST_TO_NP[info["dtype"]], count=math.prod(info["shape"]),
-                         offset=start + lo).reshape(info["shape"])
+    return np.frombuffer(
+        blob, dtype=ST_TO_NP[info["dtype"]], count=math.prod(info["shape"]), offset=start + lo
+    ).reshape(info["shape"])
 
 
-TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
-            "U32": 4, "U64": 8, "BOOL": 1}
+TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "BOOL": 1,
+}
 
 
-def parse_single(blob: bytes | bytearray | memoryview, spec: TensorSpec, total: int | None = None) -> tuple[str, int, int]:
+def parse_single(
+    blob: bytes | bytearray | memoryview, spec: TensorSpec, total: int | None = None
+) -> tuple[str, int, int]:
     """Strictly check a single-tensor safetensors blob against its spec -> (dtype tag, data start, count).
 
     ``total``: the whole blob's length when ``blob`` holds only its beginning (a tensor spooled to disk)."""
@@ -233,16 +282,22 @@ def parse_single(blob: bytes | bytearray | memoryview, spec: TensorSpec, total: 
         raise MalformedMessageError(f"tensor blob for {spec.name!r} contains {sorted(header)!r:.200}")
     info = header[spec.name]
     if not isinstance(info, dict) or info.get("dtype") not in ITEMSIZE:
-        raise MalformedMessageError(f"tensor {spec.name!r}: unknown dtype {info.get('dtype') if isinstance(info, dict) else info!r:.40}")
+        raise MalformedMessageError(
+            f"tensor {spec.name!r}: unknown dtype {info.get('dtype') if isinstance(info, dict) else info!r:.40}"
+        )
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise MalformedMessageError(f"tensor {spec.name!r}: invalid shape {shape!r:.60}")
     if tuple(shape) != spec.shape:
-        raise MalformedMessageError(f"tensor {spec.name!r} has shape {tuple(shape)}, manifest said {spec.shape}")
+        raise MalformedMessageError(
+            f"tensor {spec.name!r} has shape {tuple(shape)}, manifest said {spec.shape}"
+        )
     count = math.prod(shape)
     nbytes = count * ITEMSIZE[info["dtype"]]
     if offsets != [0, nbytes] or start + nbytes != (len(blob) if total is None else total):
-        raise MalformedMessageError(f"tensor {spec.name!r}: data offsets {offsets!r:.60} do not match its shape and size")
+        raise MalformedMessageError(
+            f"tensor {spec.name!r}: data offsets {offsets!r:.60} do not match its shape and size"
+        )
     return info["dtype"], start, count
 
 
@@ -256,7 +311,9 @@ def decode_tensor(blob: bytes | bytearray | memoryview, spec: TensorSpec, framew
             blob = bytearray(blob)
         if count == 0:
             return torch.zeros(spec.shape, dtype=getattr(torch, TORCH_DTYPES[tag]))
-        return torch.frombuffer(blob, dtype=getattr(torch, TORCH_DTYPES[tag]), count=count, offset=start).reshape(spec.shape)
+        return torch.frombuffer(
+            blob, dtype=getattr(torch, TORCH_DTYPES[tag]), count=count, offset=start
+        ).reshape(spec.shape)
     return np.frombuffer(blob, dtype=ST_TO_NP[tag], count=count, offset=start).reshape(spec.shape)
 
 
@@ -295,6 +352,7 @@ def tensor_parts(name: str, value: Any) -> tuple[TensorSpec, bytes, np.ndarray]:
 def safetensors_writer(tensors: Any, metadata: dict[str, str] | None = None) -> Callable[[IO[bytes]], None]:
     """A writer for hpcflare.fileio.atomic_write: (name -> numpy array | torch tensor) as one safetensors
     file, streaming each tensor's own buffer (no whole-model copy in memory, unlike safetensors.*.save_file)."""
+
     def write(f: IO[bytes]) -> None:
         entries: dict[str, Any] = {}
         buffers, offset = [], 0
@@ -308,20 +366,24 @@ def safetensors_writer(tensors: Any, metadata: dict[str, str] | None = None) -> 
         f.write(_header_bytes(entries))
         for raw in buffers:
             f.write(memoryview(raw))
+
     return write
 
 
-def write_safetensors(path: Any, tensors: Any, metadata: dict[str, str] | None = None,
-                      checksum: bool = False) -> FileInfo | None:
+def write_safetensors(
+    path: Any, tensors: Any, metadata: dict[str, str] | None = None, checksum: bool = False
+) -> FileInfo | None:
     """Write tensors as one safetensors file, atomically (temp + fsync + rename)."""
     return atomic_write(Path(path), safetensors_writer(tensors, metadata), checksum=checksum)
 
 
-def iter_chunks(blob: bytes | memoryview, chunk_size: int, offset: int = 0) -> Iterator[tuple[int, memoryview]]:
+def iter_chunks(
+    blob: bytes | memoryview, chunk_size: int, offset: int = 0
+) -> Iterator[tuple[int, memoryview]]:
     """(offset, slice) pairs covering blob[offset:]; an empty blob still yields one empty chunk."""
     view = memoryview(blob)
     if offset >= len(view):
-        yield len(view), view[len(view):]
+        yield len(view), view[len(view) :]
         return
     for start in range(offset, len(view), chunk_size):
-        yield start, view[start:start + chunk_size]
+        yield start, view[start : start + chunk_size]

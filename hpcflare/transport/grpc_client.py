@@ -9,19 +9,19 @@ import dataclasses
 import random
 import threading
 import time
-from collections.abc import ItemsView
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import ItemsView, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from hpcflare import errors
 from hpcflare.settings import Settings
-from hpcflare.transport.api import ClientTransport, Rpc, UploadHeader
 from hpcflare.transport import shm
+from hpcflare.transport.api import ClientTransport, Rpc, UploadHeader
 from hpcflare.transport.codec import TensorSpec, decode_tensor, pack_meta, tensor_parts, unpack_meta
+from hpcflare.transport.grpc_server import SERVICE
 from hpcflare.transport.shm import SharedModel
 from hpcflare.transport.streams import DownloadAssembler, upload_frames
-from hpcflare.transport.grpc_server import SERVICE
 
 if TYPE_CHECKING:
     from hpcflare.security.tls import StartupKit
@@ -34,21 +34,33 @@ def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareErr
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     msg = f"{what}: {detail}"
     if code == grpc.StatusCode.UNAVAILABLE:
-        return errors.PeerGoneError(f"{what}: server at {address} is unreachable ({detail}); is the server rank alive?")
+        return errors.PeerGoneError(
+            f"{what}: server at {address} is unreachable ({detail}); is the server rank alive?"
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return errors.StreamTimeoutError(f"{what}: deadline exceeded ({detail}); raise settings.rpc_timeout/stream_timeout if the link is slow")
+        return errors.StreamTimeoutError(
+            f"{what}: deadline exceeded ({detail}); raise settings.rpc_timeout/stream_timeout if the link is slow"
+        )
     if code == grpc.StatusCode.CANCELLED:
-        return errors.StreamTimeoutError(f"{what}: cancelled by the other side ({detail}); it cuts streams that make "
-                                         "no progress for settings.stream_idle_timeout")
+        return errors.StreamTimeoutError(
+            f"{what}: cancelled by the other side ({detail}); it cuts streams that make "
+            "no progress for settings.stream_idle_timeout"
+        )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         if "FrameTooLarge" in (detail or "") or "larger than max" in (detail or ""):
             return errors.FrameTooLargeError(f"{msg}; a frame exceeded max_frame_bytes")
         # refused before any handler ran (gRPC's concurrent-call limit): nothing reached the server, retry
-        return errors.ServerBusyError(f"{what}: server at {address} is at its concurrent-call limit ({detail}); "
-                                      "retrying with backoff (raise settings.server_threads for many clients)")
+        return errors.ServerBusyError(
+            f"{what}: server at {address} is at its concurrent-call limit ({detail}); "
+            "retrying with backoff (raise settings.server_threads for many clients)"
+        )
     if code == grpc.StatusCode.PERMISSION_DENIED:
         if "certificate" in (detail or ""):
-            hint = "" if "startup kit" in detail else "; use this site's own startup kit from the project's provisioning"
+            hint = (
+                ""
+                if "startup kit" in detail
+                else "; use this site's own startup kit from the project's provisioning"
+            )
             return errors.CertificateError(msg + hint)
         return errors.UnknownClientError(msg)
     if code == grpc.StatusCode.FAILED_PRECONDITION and "StaleTaskError" in (detail or ""):
@@ -83,7 +95,7 @@ class _Progress:
     def touch(self) -> None:
         self.last = time.monotonic()
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         threading.Thread(target=self._run, daemon=True, name="stream-progress").start()
         return self
 
@@ -101,12 +113,15 @@ class _Progress:
 class GrpcClientTransport(ClientTransport):
     """Talks to a server or relay; with a startup kit over mutual TLS, verifying the peer's name ``peer_name``."""
 
-    def __init__(self, address: str, settings: Settings, kit: "StartupKit | None" = None,
-                 peer_name: str = "server") -> None:
+    def __init__(
+        self, address: str, settings: Settings, kit: StartupKit | None = None, peer_name: str = "server"
+    ) -> None:
         self.address, self.settings, self.kit, self.peer_name = address, settings, kit, peer_name
-        options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
-                   ("grpc.max_send_message_length", settings.max_frame_bytes),
-                   ("grpc.enable_retries", 0)]
+        options = [
+            ("grpc.max_receive_message_length", settings.max_frame_bytes),
+            ("grpc.max_send_message_length", settings.max_frame_bytes),
+            ("grpc.enable_retries", 0),
+        ]
         options.append(("grpc.use_local_subchannel_pool", 1))
         if kit is None:
             self._control = grpc.insecure_channel(address, options=options)
@@ -147,7 +162,9 @@ class GrpcClientTransport(ClientTransport):
         except errors.MalformedMessageError as exc:  # a parent that does not know the method
             self.shm_off = str(exc)
             return None
-        except errors.TransportError:  # the parent is gone for now: the stream's own retries and resume take over
+        except (
+            errors.TransportError
+        ):  # the parent is gone for now: the stream's own retries and resume take over
             return None
         self._parent_host = reply.get("host") if isinstance(reply.get("host"), str) else ""
         if not shm.same_host(self._parent_host):
@@ -180,9 +197,11 @@ class GrpcClientTransport(ClientTransport):
         while not stream.done:
             try:
                 with _Progress(self.settings.stream_idle_timeout) as progress:
-                    left = sum(s.nbytes for s in manifest[stream.index:]) - stream.filled
-                    call = progress.call = self._download(pack_meta({**request, "start": stream.position}),
-                                                          timeout=self.settings.stream_deadline(left))
+                    left = sum(s.nbytes for s in manifest[stream.index :]) - stream.filled
+                    call = progress.call = self._download(
+                        pack_meta({**request, "start": stream.position}),
+                        timeout=self.settings.stream_deadline(left),
+                    )
                     for frame in call:
                         progress.touch()
                         finished = stream.feed(frame)
@@ -190,18 +209,23 @@ class GrpcClientTransport(ClientTransport):
                             yield finished
                             attempt = 0
                     if not stream.done:
-                        raise errors.PeerGoneError(f"download stream ended early at tensor {stream.index} offset "
-                                                   f"{stream.filled}")
+                        raise errors.PeerGoneError(
+                            f"download stream ended early at tensor {stream.index} offset {stream.filled}"
+                        )
             except (grpc.RpcError, ValueError) as exc:
                 if isinstance(exc, ValueError):  # the channel was closed under us (reconnect in progress)
-                    raise errors.PeerGoneError(f"Download: connection to {self.address} was closed ({exc})") from None
+                    raise errors.PeerGoneError(
+                        f"Download: connection to {self.address} was closed ({exc})"
+                    ) from None
                 err = translate(exc, Rpc.DOWNLOAD, self.address)
                 if progress.stalled:
-                    err = errors.StreamTimeoutError(f"Download: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s")
+                    err = errors.StreamTimeoutError(
+                        f"Download: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s"
+                    )
                 if not isinstance(err, RETRYABLE) or time.monotonic() > give_up:
                     raise err from None
                 attempt += 1
-                time.sleep(min(5.0, 0.1 * 2 ** attempt) * (0.5 + random.random()))
+                time.sleep(min(5.0, 0.1 * 2**attempt) * (0.5 + random.random()))
 
     def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
         """Stream the tensors; to a parent on this host, hand them over as a sealed memory file instead (one copy
@@ -215,7 +239,9 @@ class GrpcClientTransport(ClientTransport):
             listing = [spec.to_wire() for spec in shared.specs]
             if description is None:
                 self.shm_off = "memory files cannot be sealed here"
-            elif len(pack_meta(listing)) < self.settings.max_frame_bytes // 2:  # the list rides in the header frame
+            elif (
+                len(pack_meta(listing)) < self.settings.max_frame_bytes // 2
+            ):  # the list rides in the header frame
                 try:
                     mapped = dataclasses.replace(header, mapped={"file": description, "tensors": listing})
                     reply = self._stream_upload(mapped, [])
@@ -224,7 +250,9 @@ class GrpcClientTransport(ClientTransport):
                 except shm.SharedMemoryError as exc:
                     self.shm_off = str(exc)
             self.last_via = "grpc"
-            return self._stream_upload(header, [(spec.name, decode_tensor(blob, spec)) for spec, blob in shared.blobs()])
+            return self._stream_upload(
+                header, [(spec.name, decode_tensor(blob, spec)) for spec, blob in shared.blobs()]
+            )
         finally:
             shared.close()
 
@@ -241,19 +269,26 @@ class GrpcClientTransport(ClientTransport):
 
         with progress:
             try:
-                future = progress.call = self._upload.future(frames(), timeout=self.settings.stream_deadline(
-                    _size_of(tensors)))
+                future = progress.call = self._upload.future(
+                    frames(), timeout=self.settings.stream_deadline(_size_of(tensors))
+                )
                 return unpack_meta(future.result())
             except ValueError as exc:
-                raise errors.PeerGoneError(f"Upload: connection to {self.address} was closed ({exc})") from None
+                raise errors.PeerGoneError(
+                    f"Upload: connection to {self.address} was closed ({exc})"
+                ) from None
             except grpc.FutureCancelledError:  # our own idle watchdog cancelled the call
-                raise errors.StreamTimeoutError(f"Upload: no progress for settings.stream_idle_timeout="
-                                                f"{self.settings.stream_idle_timeout}s; cancelled") from None
+                raise errors.StreamTimeoutError(
+                    f"Upload: no progress for settings.stream_idle_timeout="
+                    f"{self.settings.stream_idle_timeout}s; cancelled"
+                ) from None
             except grpc.RpcError as exc:
                 if local_error:
                     raise local_error[0] from None
                 if progress.stalled:
-                    raise errors.StreamTimeoutError(f"Upload: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s") from None
+                    raise errors.StreamTimeoutError(
+                        f"Upload: no progress for settings.stream_idle_timeout={self.settings.stream_idle_timeout}s"
+                    ) from None
                 raise translate(exc, Rpc.UPLOAD, self.address) from None
 
     def close(self) -> None:

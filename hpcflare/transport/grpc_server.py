@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Callable, Iterator
 
 import grpc
 
@@ -95,25 +95,38 @@ class StreamWatchdog:
 class GrpcServer:
     """Serves a ServerHandler on host:port (port 0 = pick a free one); mutual TLS when given a startup kit."""
 
-    def __init__(self, handler: ServerHandler, settings: Settings, log: RankLogger,
-                 host: str = "127.0.0.1", port: int = 0, kit: "StartupKit | None" = None,
-                 children: int = 0) -> None:
+    def __init__(
+        self,
+        handler: ServerHandler,
+        settings: Settings,
+        log: RankLogger,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        kit: StartupKit | None = None,
+        children: int = 0,
+    ) -> None:
         """``children``: ranks that talk to this server directly; every one may hold a worker thread in a
         long poll, so the pool is at least children + THREAD_HEADROOM (settings.server_threads otherwise)."""
         self.handler, self.settings, self.log, self.kit = handler, settings, log, kit
-        options = [("grpc.max_receive_message_length", settings.max_frame_bytes),
-                   ("grpc.max_send_message_length", settings.max_frame_bytes),
-                   ("grpc.so_reuseport", 0),
-                   ("grpc.http2.bdp_probe", 0),  # fixed flow-control windows (upload_window): streams waiting
-                   # for an upload slot must not each buffer what bandwidth probing would let them
-                   ("grpc.keepalive_permit_without_calls", 1),
-                   ("grpc.http2.min_ping_interval_without_data_ms", 5000)]
-        threads = max(settings.server_threads, children + THREAD_HEADROOM) if children else settings.server_threads
+        options = [
+            ("grpc.max_receive_message_length", settings.max_frame_bytes),
+            ("grpc.max_send_message_length", settings.max_frame_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),  # fixed flow-control windows (upload_window): streams waiting
+            # for an upload slot must not each buffer what bandwidth probing would let them
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+        threads = (
+            max(settings.server_threads, children + THREAD_HEADROOM) if children else settings.server_threads
+        )
         self.upload_window = upload_window(settings.upload_buffer_bytes, children or threads)
         options.append(("grpc.http2.lookahead_bytes", self.upload_window))
         self._pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-srv")
         self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads * 4)
-        handlers = {name.value: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY_METHODS}
+        handlers = {
+            name.value: grpc.unary_unary_rpc_method_handler(self._unary(name)) for name in UNARY_METHODS
+        }
         handlers[Rpc.DOWNLOAD.value] = grpc.unary_stream_rpc_method_handler(self._download)
         handlers[Rpc.UPLOAD.value] = grpc.stream_unary_rpc_method_handler(self._upload)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -133,10 +146,15 @@ class GrpcServer:
         host = context.peer().rsplit(":", 1)[0]
         with self._anonymous_lock:
             if self._anonymous.get(host, 0) >= self.settings.max_anonymous_streams:
-                self.log.warning("streams_refused", f"{host} holds {self.settings.max_anonymous_streams} upload "
-                                 "streams that never sent a header; refusing more (settings.max_anonymous_streams)",
-                                 peer=host)
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"busy: too many unidentified streams from {host}")
+                self.log.warning(
+                    "streams_refused",
+                    f"{host} holds {self.settings.max_anonymous_streams} upload "
+                    "streams that never sent a header; refusing more (settings.max_anonymous_streams)",
+                    peer=host,
+                )
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"busy: too many unidentified streams from {host}"
+                )
             self._anonymous[host] = self._anonymous.get(host, 0) + 1
         return host
 
@@ -150,8 +168,12 @@ class GrpcServer:
 
     def _stalled(self, what: str, idle: float, limit: float) -> None:
         setting = "stream_idle_timeout" if limit == self.settings.stream_idle_timeout else "auth_timeout"
-        self.log.warning("transfer_stalled", f"{what} made no progress for {idle:.0f}s; cancelled "
-                         f"(settings.{setting}={limit:g})", stream=what, idle_s=idle)
+        self.log.warning(
+            "transfer_stalled",
+            f"{what} made no progress for {idle:.0f}s; cancelled (settings.{setting}={limit:g})",
+            stream=what,
+            idle_s=idle,
+        )
 
     def _peer(self, context: grpc.ServicerContext) -> Peer:
         """The caller; on TLS channels its certificate name must be a participant of the project."""
@@ -159,11 +181,17 @@ class GrpcServer:
             return Peer(context.peer(), cancel=context.cancel)
         identity = peer_identity(context)
         if identity is None or not self.kit.accepts(identity):
-            self.log.warning("tls_refused", f"refused {context.peer()}: certificate name {identity!r} is not a "
-                             f"participant of project {self.kit.project!r}; issue it a kit with hpcflare provision "
-                             "--add, or remove it", identity=identity, peer=context.peer())
-            raise errors.UnknownClientError(f"certificate {identity!r} is not a participant of project "
-                                            f"{self.kit.project!r}")
+            self.log.warning(
+                "tls_refused",
+                f"refused {context.peer()}: certificate name {identity!r} is not a "
+                f"participant of project {self.kit.project!r}; issue it a kit with hpcflare provision "
+                "--add, or remove it",
+                identity=identity,
+                peer=context.peer(),
+            )
+            raise errors.UnknownClientError(
+                f"certificate {identity!r} is not a participant of project {self.kit.project!r}"
+            )
         return Peer(context.peer(), identity, cancel=context.cancel)
 
     def _fail(self, context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
@@ -180,6 +208,7 @@ class GrpcServer:
             except Exception as exc:  # noqa: BLE001 - mapped to a status code, never crashes the server
                 self._fail(context, method, exc)
                 raise  # unreachable: abort raises
+
         return handle
 
     def _download(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -226,7 +255,7 @@ class GrpcServer:
                 self._identified(host)
             self.watchdog.forget(key)
 
-    def start(self) -> "GrpcServer":
+    def start(self) -> GrpcServer:
         self._server.start()
         return self
 

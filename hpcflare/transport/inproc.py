@@ -11,7 +11,8 @@ handler gets the frames of :mod:`hpcflare.transport.streams`, with gRPC's limits
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from hpcflare import errors
 from hpcflare.settings import Settings
@@ -45,7 +46,9 @@ def local_handler(address: str) -> LocalHandler | None:
 
 
 class InprocTransport(ClientTransport):
-    def __init__(self, handler: ServerHandler, settings: Settings, address: str, published: str | None = None) -> None:
+    def __init__(
+        self, handler: ServerHandler, settings: Settings, address: str, published: str | None = None
+    ) -> None:
         """``address``: how logs and errors name the parent, ``inproc:<its name>``; ``published``: the address
         under which the parent was found with :func:`local_handler` (the link is gone once it withdraws)."""
         self.handler, self.settings, self.address, self.published = handler, settings, address, published
@@ -69,7 +72,9 @@ class InprocTransport(ClientTransport):
             check_model_size(manifest, self.settings)
             shared = self.handler.handle_local_download(dict(request), self._peer())
             if [spec for spec, _ in shared] != manifest:
-                raise errors.StaleTaskError(f"the model at {self.address} no longer matches the task's manifest")
+                raise errors.StaleTaskError(
+                    f"the model at {self.address} no longer matches the task's manifest"
+                )
             yield from shared
             return
         stream = DownloadAssembler(manifest, self.settings)
@@ -78,11 +83,15 @@ class InprocTransport(ClientTransport):
             if finished is not None:
                 yield finished
         if not stream.done:
-            raise errors.MalformedMessageError(f"download from {self.address} ended early at tensor {stream.index}")
+            raise errors.MalformedMessageError(
+                f"download from {self.address} ended early at tensor {stream.index}"
+            )
 
     def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
         if isinstance(self.handler, LocalHandler):
-            return unpack_meta(pack_meta(self.handler.handle_local_upload(header.copy(), tensors, self._peer())))
+            return unpack_meta(
+                pack_meta(self.handler.handle_local_upload(header.copy(), tensors, self._peer()))
+            )
         cancelled = threading.Event()  # the host cancels the upload of a site it declared dead
 
         def frames() -> Iterator[bytes]:

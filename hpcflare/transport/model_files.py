@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -35,11 +36,15 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
             raise errors.MalformedMessageError(f"{path.name}: shorter than a safetensors header")
         (hlen,) = struct.unpack("<Q", raw)
         if hlen > MAX_HEADER_BYTES * 16:
-            raise errors.MalformedMessageError(f"{path.name}: safetensors header of {hlen} bytes is too large")
+            raise errors.MalformedMessageError(
+                f"{path.name}: safetensors header of {hlen} bytes is too large"
+            )
         try:
             header = json.loads(f.read(hlen))
         except ValueError as exc:
-            raise errors.MalformedMessageError(f"{path.name}: safetensors header is not JSON ({exc})") from None
+            raise errors.MalformedMessageError(
+                f"{path.name}: safetensors header is not JSON ({exc})"
+            ) from None
     header.pop("__metadata__", None)
     return header, 8 + hlen
 
@@ -55,9 +60,8 @@ def map_tensors(path: Path) -> dict[str, np.ndarray]:
         count = math.prod(info["shape"])
         if hi - lo != count * dtype.itemsize or start + hi > mm.size:
             raise errors.MalformedMessageError(f"{path.name}: tensor {name!r} has inconsistent offsets")
-        out[name] = mm[start + lo:start + hi].view(dtype).reshape(info["shape"])
+        out[name] = mm[start + lo : start + hi].view(dtype).reshape(info["shape"])
     return out
-
 
 
 def load_params(path: Path, mapped: bool = False) -> dict[str, np.ndarray]:

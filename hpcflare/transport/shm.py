@@ -21,13 +21,16 @@ import socket
 import sys
 import tempfile
 import weakref
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from hpcflare.errors import ConfigError, TransportError
 from hpcflare.fileio import spool_dir
 from hpcflare.transport.codec import TensorSpec
 
-SEALS = getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_WRITE", 8)
+SEALS = (
+    getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_WRITE", 8)
+)
 """What a memory file must carry before a peer trusts what it maps: nobody can change it any more."""
 
 
@@ -90,10 +93,14 @@ class SharedModel:
             where = f"a spool file in {spool_dir()}" if in_file else "a memory file"
             raise ModelFileError(
                 f"cannot write the model ({total / 1e9:.2f} GB so far) to {where}: {exc.strerror}. "
-                + ("Point HPCFLARE_SPOOL_DIR at a node-local disk with room for two models, or raise "
-                   "settings.model_file_bytes above the model's size to keep it in memory" if in_file else
-                   "The node is out of memory: use fewer ranks per node (on the server, a lower "
-                   "settings.model_file_bytes puts the model in a spool file instead)")) from None
+                + (
+                    "Point HPCFLARE_SPOOL_DIR at a node-local disk with room for two models, or raise "
+                    "settings.model_file_bytes above the model's size to keep it in memory"
+                    if in_file
+                    else "The node is out of memory: use fewer ranks per node (on the server, a lower "
+                    "settings.model_file_bytes puts the model in a spool file instead)"
+                )
+            ) from None
         self.size = total
         if in_file:
             os.fchmod(fd, 0o400)  # written once: read-only from here on
@@ -102,7 +109,7 @@ class SharedModel:
         self.view = memoryview(self._map)
 
     @classmethod
-    def attach(cls, description: Any, specs: list[TensorSpec], max_bytes: int) -> "SharedModel":
+    def attach(cls, description: Any, specs: list[TensorSpec], max_bytes: int) -> SharedModel:
         """Map a peer's memory file that :meth:`describe` described, holding exactly ``specs``."""
         size = sum(spec.nbytes for spec in specs)
         model = cls.__new__(cls)
@@ -132,8 +139,15 @@ class SharedModel:
             return None
         fd = self._file.fileno()
         st = os.fstat(fd)
-        return {"host": host_key(), "pid": os.getpid(), "fd": fd, "ino": st.st_ino, "dev": st.st_dev,
-                "size": self.size, **({"kind": "file"} if self.in_file else {})}
+        return {
+            "host": host_key(),
+            "pid": os.getpid(),
+            "fd": fd,
+            "ino": st.st_ino,
+            "dev": st.st_dev,
+            "size": self.size,
+            **({"kind": "file"} if self.in_file else {}),
+        }
 
     def read(self, offset: int, nbytes: int) -> bytes:
         """Bytes of the file, read without touching :attr:`view` (a spool file's pages stay out of RSS)."""
@@ -154,12 +168,12 @@ class SharedModel:
 
     def blobs(self) -> list[tuple[TensorSpec, memoryview]]:
         """(spec, read-only blob) per tensor, views of the one shared mapping."""
-        return [(spec, self.view[off:off + spec.nbytes]) for spec, off in zip(self.specs, self.offsets)]
+        return [(spec, self.view[off : off + spec.nbytes]) for spec, off in zip(self.specs, self.offsets)]
 
     def open(self) -> list[tuple[TensorSpec, memoryview]]:
         """(spec, blob) per tensor, writable and private to the caller: pages are copied only when written."""
         view = _private_map(self._file.fileno(), max(1, self.size))
-        return [(spec, view[off:off + spec.nbytes]) for spec, off in zip(self.specs, self.offsets)]
+        return [(spec, view[off : off + spec.nbytes]) for spec, off in zip(self.specs, self.offsets)]
 
     def close(self) -> None:
         """Drop this process's handle (mappings others made, and views still alive here, keep the pages)."""
@@ -180,7 +194,8 @@ def open_peer_file(description: dict[str, Any], size: int, model_file: bool = Fa
     could open it by) and read-only; never an upload, whose sender could change it after it was checked."""
     fields = ("host", "pid", "fd", "ino", "dev", "size")
     if not all(key in description for key in fields) or not all(
-            isinstance(description[key], int) and description[key] >= 0 for key in fields[1:]):
+        isinstance(description[key], int) and description[key] >= 0 for key in fields[1:]
+    ):
         raise SharedMemoryError(f"malformed shared-memory description {sorted(description)!r:.120}")
     if not same_host(description["host"]):
         raise SharedMemoryError("the peer is on another host, PID namespace or user")
@@ -225,7 +240,9 @@ def _private_map(fd: int, size: int) -> memoryview:
         return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
     addr = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
     if addr in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), f"mmap of the shared model failed: {os.strerror(ctypes.get_errno())}")
+        raise OSError(
+            ctypes.get_errno(), f"mmap of the shared model failed: {os.strerror(ctypes.get_errno())}"
+        )
     buffer = (ctypes.c_char * size).from_address(addr)
     weakref.finalize(buffer, libc.munmap, ctypes.c_void_p(addr), ctypes.c_size_t(size))
     return memoryview(buffer).cast("B")
@@ -237,7 +254,14 @@ def _libc() -> Any:
         return None
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     return libc
 

@@ -7,15 +7,24 @@ gRPC and the in-process transport share them, so both enforce the same limits an
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from hpcflare import errors
 from hpcflare.settings import Settings
 from hpcflare.transport.api import UploadHeader
-from hpcflare.transport.codec import (MAX_HEADER_BYTES, TensorSpec, empty_buffer, iter_chunks, pack_frame, pack_meta,
-                                      tensor_parts, unpack_frame)
+from hpcflare.transport.codec import (
+    MAX_HEADER_BYTES,
+    TensorSpec,
+    empty_buffer,
+    iter_chunks,
+    pack_frame,
+    pack_meta,
+    tensor_parts,
+    unpack_frame,
+)
 
 REPORT_SECTIONS = ("partial", "swarm")
 """Header sections whose per-site tables may continue in 'more' frames (a relay's partial over thousands)."""
@@ -60,13 +69,19 @@ def merge_report(header: UploadHeader, frames: Iterator[bytes], max_frame_bytes:
         report = getattr(header, section) if section in REPORT_SECTIONS else None
         table = report.get(key) if isinstance(report, dict) else None
         if count >= MAX_MORE_FRAMES or not isinstance(table, dict) or not isinstance(items, dict):
-            raise errors.MalformedMessageError(f"invalid report continuation ({section!r:.20}/{key!r:.20}, frame {count})")
+            raise errors.MalformedMessageError(
+                f"invalid report continuation ({section!r:.20}/{key!r:.20}, frame {count})"
+            )
         table.update(items)
     return iter(())
 
 
-def upload_frames(header: UploadHeader, tensors: Iterable[tuple[str, Any]], settings: Settings,
-                  touch: Callable[[], None] = lambda: None) -> Iterator[bytes]:
+def upload_frames(
+    header: UploadHeader,
+    tensors: Iterable[tuple[str, Any]],
+    settings: Settings,
+    touch: Callable[[], None] = lambda: None,
+) -> Iterator[bytes]:
     """header frame (and 'more' frames when its per-site report is too large for one), then per tensor its spec and its safetensors bytes in chunk_size pieces, then 'end'.
     The array's own memory is streamed, not copied; more than max_model_bytes in all is refused."""
     sent = 0
@@ -78,7 +93,9 @@ def upload_frames(header: UploadHeader, tensors: Iterable[tuple[str, Any]], sett
         spec, head, raw = tensor_parts(name, value)
         sent += spec.nbytes
         if sent > settings.max_model_bytes:
-            raise errors.FrameTooLargeError(f"update exceeds settings.max_model_bytes={settings.max_model_bytes}")
+            raise errors.FrameTooLargeError(
+                f"update exceeds settings.max_model_bytes={settings.max_model_bytes}"
+            )
         yield pack_frame({"kind": "tensor", "spec": spec.to_wire()})
         yield pack_frame({"kind": "data", "o": 0}, head)
         for offset, piece in iter_chunks(memoryview(raw), settings.chunk_size):
@@ -93,8 +110,9 @@ def check_model_size(manifest: list[TensorSpec], settings: Settings) -> None:
     """Refuse a model larger than settings.max_model_bytes before any of it is received."""
     total = sum(s.nbytes for s in manifest)
     if total > settings.max_model_bytes:
-        raise errors.FrameTooLargeError(f"model of {total} bytes exceeds settings.max_model_bytes="
-                                        f"{settings.max_model_bytes}")
+        raise errors.FrameTooLargeError(
+            f"model of {total} bytes exceeds settings.max_model_bytes={settings.max_model_bytes}"
+        )
 
 
 class DownloadAssembler:
@@ -119,8 +137,10 @@ class DownloadAssembler:
         header, payload = unpack_frame(frame, self.max_frame)
         t, off = header.get("t"), header.get("o")
         if t != self.index or off != self.filled or self.filled + len(payload) > len(self.buf):
-            raise errors.MalformedMessageError(f"unexpected frame t={t} o={off} (want t={self.index} o={self.filled})")
-        self.buf[self.filled:self.filled + len(payload)] = payload
+            raise errors.MalformedMessageError(
+                f"unexpected frame t={t} o={off} (want t={self.index} o={self.filled})"
+            )
+        self.buf[self.filled : self.filled + len(payload)] = payload
         self.filled += len(payload)
         if self.filled < len(self.buf):
             return None
@@ -128,4 +148,3 @@ class DownloadAssembler:
         self.index, self.filled = self.index + 1, 0
         self.buf = empty_buffer(self.manifest[self.index].nbytes if not self.done else 0)
         return finished
-

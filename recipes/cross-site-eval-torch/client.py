@@ -24,8 +24,11 @@ def main() -> None:
             continue
         steps, loss = trainer.train(net)
         local.load_state_dict(net.state_dict())
-        flare.send(flare.FLModel(params=net.state_dict(), metrics={"train_loss": loss},
-                                 meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+        flare.send(
+            flare.FLModel(
+                params=net.state_dict(), metrics={"train_loss": loss}, meta={"NUM_STEPS_CURRENT_ROUND": steps}
+            )
+        )
 
 
 if __name__ == "__main__":

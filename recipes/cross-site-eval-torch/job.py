@@ -19,7 +19,9 @@ WORKFLOWS = {"cross-site": CrossSiteEvalRecipe, "cyclic": CyclicRecipe, "fedeval
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=4, rounds=5)
     parser.add_argument("--workflow", choices=sorted(WORKFLOWS), default="cross-site")
     parser.add_argument("--initial-checkpoint", default=None)
@@ -27,9 +29,13 @@ def main() -> None:
     if args.workflow == "fedeval":
         args.num_rounds = 1
     recipe = WORKFLOWS[args.workflow](
-        name=f"{args.workflow}-torch", model=tiny_mlp(), **job_cli.recipe_arguments(args),
-        train_script=HERE / "client.py", train_args=f"--n-sites {args.n_clients}",
-        initial_checkpoint=args.initial_checkpoint)
+        name=f"{args.workflow}-torch",
+        model=tiny_mlp(),
+        **job_cli.recipe_arguments(args),
+        train_script=HERE / "client.py",
+        train_args=f"--n-sites {args.n_clients}",
+        initial_checkpoint=args.initial_checkpoint,
+    )
     run = job_cli.execute(recipe, args)
     if run is None:
         return

@@ -19,8 +19,13 @@ def main() -> None:
         net.load_state_dict(model_in.params)
         global_acc = accuracy(net, *trainer.holdout)
         steps, loss = trainer.train(net)
-        flare.send(flare.FLModel(params=net.state_dict(), metrics={"accuracy": global_acc, "loss": loss},
-                                 meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+        flare.send(
+            flare.FLModel(
+                params=net.state_dict(),
+                metrics={"accuracy": global_acc, "loss": loss},
+                meta={"NUM_STEPS_CURRENT_ROUND": steps},
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """fedavg-torch: FedAvg of a tiny MLP over 8 sites holding non-IID shards of a synthetic 10-class task.
 
-    python recipes/fedavg-torch/job.py [--env local|sim|mpi|slurm] [--n-clients 8] [--num-rounds 20]
-                                 [--split noniid|iid] [--local-epochs 2] [--lr 0.05]
+python recipes/fedavg-torch/job.py [--env local|sim|mpi|slurm] [--n-clients 8] [--num-rounds 20]
+                             [--split noniid|iid] [--local-epochs 2] [--lr 0.05]
 """
 
 import argparse
 from pathlib import Path
 
 from hpcflare.recipe import FedAvgRecipe
-from hpcflare.recipe.synthetic_cli import add_arguments as add_common, common, run
+from hpcflare.recipe.synthetic_cli import add_arguments as add_common
+from hpcflare.recipe.synthetic_cli import common, run
 
 HERE = Path(__file__).resolve().parent
 
@@ -22,7 +23,9 @@ def build(args: argparse.Namespace, **recipe_kwargs) -> FedAvgRecipe:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     arguments = parser.parse_args()
     run(build(arguments), arguments)

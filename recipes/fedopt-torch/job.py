@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from hpcflare.recipe import FedOptRecipe
-from hpcflare.recipe.synthetic_cli import add_arguments as add_common, common, run
+from hpcflare.recipe.synthetic_cli import add_arguments as add_common
+from hpcflare.recipe.synthetic_cli import common, run
 
 FEDAVG_CLIENT = Path(__file__).resolve().parents[1] / "fedavg-torch" / "client.py"
 
@@ -23,12 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args: argparse.Namespace, **recipe_kwargs) -> FedOptRecipe:
-    return FedOptRecipe(name="fedopt-torch", optimizer=args.server_optimizer, lr=args.server_lr,
-                        momentum=args.server_momentum, **common(args, FEDAVG_CLIENT), **recipe_kwargs)
+    return FedOptRecipe(
+        name="fedopt-torch",
+        optimizer=args.server_optimizer,
+        lr=args.server_lr,
+        momentum=args.server_momentum,
+        **common(args, FEDAVG_CLIENT),
+        **recipe_kwargs,
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     arguments = parser.parse_args()
     run(build(arguments), arguments)

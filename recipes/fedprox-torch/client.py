@@ -19,8 +19,13 @@ def main() -> None:
         global_acc = accuracy(net, *trainer.holdout)
         prox.set_global(net)  # FedProx: the round's starting point
         steps, loss = trainer.train(net, extra_loss=prox)  # FedProx: loss + mu/2 ||w - w_global||^2
-        flare.send(flare.FLModel(params=net.state_dict(), metrics={"accuracy": global_acc, "loss": loss},
-                                 meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+        flare.send(
+            flare.FLModel(
+                params=net.state_dict(),
+                metrics={"accuracy": global_acc, "loss": loss},
+                meta={"NUM_STEPS_CURRENT_ROUND": steps},
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """fedstats: count, mean, stddev, min/max, histogram and quantiles of features spread over sites.
 
-    python recipes/fedstats/job.py [--env local|sim|mpi|slurm] [--n-clients 4] [--noise 0.01] [--min-count 10]
+python recipes/fedstats/job.py [--env local|sim|mpi|slurm] [--n-clients 4] [--noise 0.01] [--min-count 10]
 """
 
 import argparse
@@ -13,16 +13,26 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=4, rounds=2)
-    parser.add_argument("--noise", type=float, default=0.0, help="Gaussian noise, as a fraction of each range")
+    parser.add_argument(
+        "--noise", type=float, default=0.0, help="Gaussian noise, as a fraction of each range"
+    )
     parser.add_argument("--min-count", type=int, default=10)
     args = parser.parse_args()
     if args.num_rounds != 2:
         parser.error("fedstats always takes 2 rounds (counts and ranges, then histograms)")
-    recipe = FedStatsRecipe(name="fedstats", train_script=HERE / "client.py", **job_cli.recipe_arguments(args),
-                            features=["age", "bmi", "length_of_stay"], bins=20, min_count=args.min_count,
-                            noise=args.noise)
+    recipe = FedStatsRecipe(
+        name="fedstats",
+        train_script=HERE / "client.py",
+        **job_cli.recipe_arguments(args),
+        features=["age", "bmi", "length_of_stay"],
+        bins=20,
+        min_count=args.min_count,
+        noise=args.noise,
+    )
     run = job_cli.execute(recipe, args)
     if run is None:
         return
@@ -33,8 +43,10 @@ def main() -> None:
         if "withheld" in s:
             print(f"{name:<16} withheld: {s['withheld']}")
             continue
-        print(f"{name:<16} {s['count']:>7.0f} {s['mean']:>8.2f} {s['stddev']:>8.2f} {s['min']:>8.2f} "
-              f"{s['quantiles']['0.5']:>8.2f} {s['max']:>8.2f}")
+        print(
+            f"{name:<16} {s['count']:>7.0f} {s['mean']:>8.2f} {s['stddev']:>8.2f} {s['min']:>8.2f} "
+            f"{s['quantiles']['0.5']:>8.2f} {s['max']:>8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import argparse
 import copy
 
 import numpy as np
-
 import nvflare.client as flare
 
 
@@ -25,7 +24,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--update_type", choices=["full", "diff"], default="full")
     parser.add_argument("--add", type=float, default=1.0)
-    parser.add_argument("--num_steps", type=int, default=None, help="reported as NUM_STEPS_CURRENT_ROUND (FedAvg weight)")
+    parser.add_argument(
+        "--num_steps", type=int, default=None, help="reported as NUM_STEPS_CURRENT_ROUND (FedAvg weight)"
+    )
     args = parser.parse_args()
 
     flare.init()
@@ -47,8 +48,11 @@ def main():
             params = {"numpy_key": output_numpy_array - input_numpy_array}
             flare.send(flare.FLModel(params=params, params_type="DIFF", metrics=metrics, meta=meta))
         else:
-            flare.send(flare.FLModel(params={"numpy_key": output_numpy_array}, params_type="FULL", metrics=metrics,
-                                     meta=meta))
+            flare.send(
+                flare.FLModel(
+                    params={"numpy_key": output_numpy_array}, params_type="FULL", metrics=metrics, meta=meta
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """hello-numpy: FedAvg on a 3x3 numpy array; each client adds 1 per round.
 
-    python recipes/hello-numpy/job.py [--env local|sim|mpi|slurm] [--n-clients 2] [--num-rounds 3]
-                                      [--update-type full|diff] [--nodes 2] [--dry-run] [--export-only]
-                                      [--tls auto|on|off]
+python recipes/hello-numpy/job.py [--env local|sim|mpi|slurm] [--n-clients 2] [--num-rounds 3]
+                                  [--update-type full|diff] [--nodes 2] [--dry-run] [--export-only]
+                                  [--tls auto|on|off]
 """
 
 import argparse
@@ -17,11 +17,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=2, rounds=3)
     parser.add_argument("--update-type", choices=["full", "diff"], default="full")
-    parser.add_argument("--tls", choices=["auto", "on", "off"], default="auto",
-                        help="mutual TLS on every channel (auto: on for slurm/mpi, off for local/sim)")
+    parser.add_argument(
+        "--tls",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="mutual TLS on every channel (auto: on for slurm/mpi, off for local/sim)",
+    )
     args = parser.parse_args()
 
     recipe = FedAvgRecipe(

@@ -3,12 +3,11 @@
 # `from hpcflare.client.tracking import SummaryWriter`.
 import argparse
 
+import nvflare.client as flare
 import torch
 from model import SimpleNetwork, synthetic_images
-from torch.utils.data import DataLoader, TensorDataset
-
-import nvflare.client as flare
 from nvflare.client.tracking import SummaryWriter
+from torch.utils.data import DataLoader, TensorDataset
 
 
 def evaluate(net, loader):
@@ -32,8 +31,12 @@ def main():
     site = flare.get_site_name()
     seed = sum(site.encode())
     images, labels = synthetic_images(seed)
-    train_loader = DataLoader(TensorDataset(images[:448], labels[:448]), batch_size=args.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(seed))
+    train_loader = DataLoader(
+        TensorDataset(images[:448], labels[:448]),
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     test_loader = DataLoader(TensorDataset(images[448:], labels[448:]), batch_size=64)
     net = SimpleNetwork()
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -57,11 +60,16 @@ def main():
                 optimizer.step()
                 running_loss += loss.item()
                 global_step = input_model.current_round * steps + epoch * len(train_loader) + i
-                summary_writer.add_scalar(tag="loss_for_each_batch", scalar=loss.item(), global_step=global_step)
+                summary_writer.add_scalar(
+                    tag="loss_for_each_batch", scalar=loss.item(), global_step=global_step
+                )
             print(f"site={site}, epoch {epoch}: loss {running_loss / len(train_loader):.3f}")
 
-        output_model = flare.FLModel(params=net.cpu().state_dict(), metrics={"accuracy": accuracy},
-                                     meta={"NUM_STEPS_CURRENT_ROUND": steps})
+        output_model = flare.FLModel(
+            params=net.cpu().state_dict(),
+            metrics={"accuracy": accuracy},
+            meta={"NUM_STEPS_CURRENT_ROUND": steps},
+        )
         flare.send(output_model)
 
 

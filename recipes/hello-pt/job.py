@@ -18,8 +18,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def define_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    job_cli.add_job_arguments(parser, n_clients=2, rounds=2, env="sim")  # also NVFlare's --n_clients, --num_rounds
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    job_cli.add_job_arguments(
+        parser, n_clients=2, rounds=2, env="sim"
+    )  # also NVFlare's --n_clients, --num_rounds
     parser.add_argument("--batch_size", type=int, default=32)
     return parser.parse_args()
 

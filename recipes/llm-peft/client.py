@@ -3,7 +3,16 @@
 import argparse
 
 import torch
-from model import batches, build_model, eval_loss, exchanged, held_out_text, load_exchanged, site_text, with_lora
+from model import (
+    batches,
+    build_model,
+    eval_loss,
+    exchanged,
+    held_out_text,
+    load_exchanged,
+    site_text,
+    with_lora,
+)
 
 import hpcflare.client as flare
 
@@ -39,10 +48,17 @@ def main():
             optimizer.zero_grad()
         params = exchanged(model, args.mode)
         sent = sum(v.numel() * v.element_size() for v in params.values())
-        print(f"{site} round {input_model.current_round}: held-out loss of the global model {global_loss:.3f}, "
-              f"last train loss {loss.item():.3f}, sending {len(params)} tensors ({sent / 1e6:.3f} MB)")
-        flare.send(flare.FLModel(params=params, metrics={"eval_loss": global_loss, "train_loss": loss.item()},
-                                 meta={"NUM_STEPS_CURRENT_ROUND": args.steps}))
+        print(
+            f"{site} round {input_model.current_round}: held-out loss of the global model {global_loss:.3f}, "
+            f"last train loss {loss.item():.3f}, sending {len(params)} tensors ({sent / 1e6:.3f} MB)"
+        )
+        flare.send(
+            flare.FLModel(
+                params=params,
+                metrics={"eval_loss": global_loss, "train_loss": loss.item()},
+                meta={"NUM_STEPS_CURRENT_ROUND": args.steps},
+            )
+        )
 
 
 if __name__ == "__main__":

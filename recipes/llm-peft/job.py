@@ -23,7 +23,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def define_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=2, rounds=3, env="sim")
     parser.add_argument("--mode", choices=["lora", "sft"], default="lora")
     parser.add_argument("--size", choices=["tiny", "small"], default="tiny")

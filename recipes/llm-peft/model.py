@@ -33,8 +33,13 @@ def build_model(size: str = "tiny"):
     if size not in SIZES:
         raise SystemExit(f"--size must be one of {sorted(SIZES)}, got {size!r}")
     dims = SIZES[size]
-    config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4 * CONTEXT,
-                         num_key_value_heads=dims["num_attention_heads"], tie_word_embeddings=False, **dims)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        max_position_embeddings=4 * CONTEXT,
+        num_key_value_heads=dims["num_attention_heads"],
+        tie_word_embeddings=False,
+        **dims,
+    )
     with _SEEDED, torch.random.fork_rng():
         torch.manual_seed(BASE_SEED)
         return LlamaForCausalLM(config)
@@ -46,8 +51,9 @@ def with_lora(model, rank: int = 4, alpha: int = 16):
 
     with _SEEDED, torch.random.fork_rng():
         torch.manual_seed(BASE_SEED + 1)  # the same initial adapters everywhere
-        return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                                                target_modules=LORA_TARGETS))
+        return get_peft_model(
+            model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
+        )
 
 
 def exchanged(model, mode: str) -> dict[str, torch.Tensor]:
@@ -75,9 +81,27 @@ def full_model_bytes(size: str = "tiny") -> int:
 
 
 # ---------------------------------------------------------------- data
-SUBJECTS = ["the nurse", "a doctor", "the patient", "our lab", "the scanner", "a student", "the model", "my team"]
+SUBJECTS = [
+    "the nurse",
+    "a doctor",
+    "the patient",
+    "our lab",
+    "the scanner",
+    "a student",
+    "the model",
+    "my team",
+]
 VERBS = ["reads", "checks", "measures", "trains", "reports", "stores", "labels", "sends"]
-OBJECTS = ["the chart", "a sample", "the image", "every record", "the result", "a report", "the dose", "the data"]
+OBJECTS = [
+    "the chart",
+    "a sample",
+    "the image",
+    "every record",
+    "the result",
+    "a report",
+    "the dose",
+    "the data",
+]
 ENDINGS = ["today.", "at night.", "twice.", "on time.", "with care.", "again.", "by noon.", "for the ward."]
 
 
@@ -110,7 +134,7 @@ def batches(text: str, batch_size: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     while True:
         starts = torch.randint(0, data.numel() - CONTEXT, (batch_size,), generator=generator)
-        yield torch.stack([data[s:s + CONTEXT] for s in starts])
+        yield torch.stack([data[s : s + CONTEXT] for s in starts])
 
 
 @torch.no_grad()

@@ -16,7 +16,9 @@ def synthetic_ids(site: str, n: int, overlap: float) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--ids-path", default=None, help="a text file per site, one ID per line; {site} = site name")
+    parser.add_argument(
+        "--ids-path", default=None, help="a text file per site, one ID per line; {site} = site name"
+    )
     parser.add_argument("--n-ids", type=int, default=10_000)
     parser.add_argument("--overlap", type=float, default=0.5)
     args = parser.parse_args()
@@ -28,7 +30,9 @@ def main() -> None:
         try:
             ids = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
         except OSError as exc:
-            raise TableError(f"{site}: cannot read its IDs from {path} ({exc.strerror}); pass --ids-path") from None
+            raise TableError(
+                f"{site}: cannot read its IDs from {path} ({exc.strerror}); pass --ids-path"
+            ) from None
     else:
         ids = synthetic_ids(site, args.n_ids, args.overlap)
     if not ids:

@@ -17,9 +17,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=3, rounds=0)
-    parser.add_argument("--ids-path", default=None, help="one ID per line, a file per site; {site} = site name")
+    parser.add_argument(
+        "--ids-path", default=None, help="one ID per line, a file per site; {site} = site name"
+    )
     parser.add_argument("--n-ids", type=int, default=10_000, help="synthetic IDs per site")
     parser.add_argument("--overlap", type=float, default=0.5, help="synthetic: share of IDs all sites have")
     args = parser.parse_args()
@@ -27,15 +31,18 @@ def main() -> None:
     train_args = ["--n-ids", str(args.n_ids), "--overlap", str(args.overlap)]
     if args.ids_path:
         train_args += ["--ids-path", args.ids_path]
-    recipe = PSIRecipe(name="psi", **job_cli.recipe_arguments(args), train_script=HERE / "client.py",
-                       train_args=train_args)
+    recipe = PSIRecipe(
+        name="psi", **job_cli.recipe_arguments(args), train_script=HERE / "client.py", train_args=train_args
+    )
     run = job_cli.execute(recipe, args)
     if run is None:
         return
     run.get_result()
     summary = json.loads((run.job_dir.models_dir / "psi.json").read_text())
-    print(f"job {run.get_job_id()}: {run.get_status()['state']}; intersection of {summary['intersection_size']} IDs "
-          f"(list sizes {summary['list_sizes']}); each site's IDs are in {run.job_dir.root / 'sites'}/<site>/")
+    print(
+        f"job {run.get_job_id()}: {run.get_status()['state']}; intersection of {summary['intersection_size']} IDs "
+        f"(list sizes {summary['list_sizes']}); each site's IDs are in {run.job_dir.root / 'sites'}/<site>/"
+    )
 
 
 if __name__ == "__main__":

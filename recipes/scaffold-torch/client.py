@@ -19,8 +19,13 @@ def main() -> None:
         global_acc = accuracy(net, *trainer.holdout)
         steps, loss = trainer.train(net, after_backward=scaffold.correct)  # SCAFFOLD: grad += c - c_i
         controls = scaffold.finish(net, steps=steps, lr=args.lr)  # SCAFFOLD: new c_i; send delta c_i
-        flare.send(flare.FLModel(params={**net.state_dict(), **controls}, metrics={"accuracy": global_acc,
-                                 "loss": loss}, meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+        flare.send(
+            flare.FLModel(
+                params={**net.state_dict(), **controls},
+                metrics={"accuracy": global_acc, "loss": loss},
+                meta={"NUM_STEPS_CURRENT_ROUND": steps},
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def lloyd_step(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarr
     sums = np.zeros_like(centers)
     np.add.at(sums, label, x)
     means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=counts[:, None] > 0)
-    return means, counts, float(np.mean(dist ** 2))
+    return means, counts, float(np.mean(dist**2))
 
 
 def main() -> None:
@@ -54,8 +54,13 @@ def main() -> None:
         else:
             means, counts, inertia = lloyd_step(x, centers)
         metrics = {"inertia": inertia} if np.isfinite(inertia) else {}
-        flare.send(flare.FLModel(params={"centers": means, "counts": counts}, metrics=metrics,
-                                 meta={"NUM_STEPS_CURRENT_ROUND": len(x)}))
+        flare.send(
+            flare.FLModel(
+                params={"centers": means, "counts": counts},
+                metrics=metrics,
+                meta={"NUM_STEPS_CURRENT_ROUND": len(x)},
+            )
+        )
 
 
 if __name__ == "__main__":

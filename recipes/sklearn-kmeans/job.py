@@ -19,19 +19,30 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=4, rounds=10)
     parser.add_argument("--clusters", type=int, default=6)
     parser.add_argument("--features", type=int, default=4, help="feature columns (every site must have them)")
-    parser.add_argument("--data-path", default=None, help="a CSV per site with a header row; {site} = site name")
+    parser.add_argument(
+        "--data-path", default=None, help="a CSV per site with a header row; {site} = site name"
+    )
     parser.add_argument("--rows", type=int, default=12_000, help="synthetic population size")
     args = parser.parse_args()
     train_args = ["--n-sites", str(args.n_clients), "--rows", str(args.rows)]
     if args.data_path:
         train_args += ["--data-path", args.data_path]
-    recipe = KMeansRecipe(name="sklearn-kmeans", n_clusters=args.clusters, n_features=args.features,
-                          **job_cli.recipe_arguments(args), train_script=HERE / "client.py", train_args=train_args,
-                          key_metric="inertia", key_metric_mode="min")
+    recipe = KMeansRecipe(
+        name="sklearn-kmeans",
+        n_clusters=args.clusters,
+        n_features=args.features,
+        **job_cli.recipe_arguments(args),
+        train_script=HERE / "client.py",
+        train_args=train_args,
+        key_metric="inertia",
+        key_metric_mode="min",
+    )
     run = job_cli.execute(recipe, args)
     if run is None:
         return

@@ -15,11 +15,20 @@ from hpcflare.tabular.data import add_table_arguments, check_table, site_table
 def make_model(kind: str, iters: int, seed: int):
     if kind == "logreg":
         return LogisticRegression(warm_start=True, max_iter=iters, C=1.0)
-    return SGDClassifier(loss="hinge", alpha=1e-4, learning_rate="constant", eta0=0.01, max_iter=iters, tol=None,
-                         random_state=seed)
+    return SGDClassifier(
+        loss="hinge",
+        alpha=1e-4,
+        learning_rate="constant",
+        eta0=0.01,
+        max_iter=iters,
+        tol=None,
+        random_state=seed,
+    )
 
 
-def train(kind: str, x: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, iters: int, seed: int):
+def train(
+    kind: str, x: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, iters: int, seed: int
+):
     model = make_model(kind, iters, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a few iterations per round, by design
@@ -52,8 +61,13 @@ def main() -> None:
         check_table(site, x, y, n_features=coef.shape[1], binary=True)
         before = accuracy(coef, intercept, x_test, y_test)  # the global model, on held-out data
         fit = train(args.model, x, y, coef, intercept, args.local_iters, args.seed + model.current_round)
-        flare.send(flare.FLModel(params={"coef": fit.coef_.astype(np.float64), "intercept": fit.intercept_.astype(np.float64)},
-                                 metrics={"accuracy": before}, meta={"NUM_STEPS_CURRENT_ROUND": len(x)}))
+        flare.send(
+            flare.FLModel(
+                params={"coef": fit.coef_.astype(np.float64), "intercept": fit.intercept_.astype(np.float64)},
+                metrics={"accuracy": before},
+                meta={"NUM_STEPS_CURRENT_ROUND": len(x)},
+            )
+        )
 
 
 if __name__ == "__main__":

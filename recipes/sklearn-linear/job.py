@@ -21,22 +21,46 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=4, rounds=10)
     parser.add_argument("--model", choices=["logreg", "svm"], default="logreg")
-    parser.add_argument("--features", type=int, default=N_FEATURES, help="feature columns (every site's table)")
-    parser.add_argument("--local-iters", type=int, default=5, help="local solver iterations / epochs per round")
-    parser.add_argument("--data-path", default=None, help="a CSV per site with a header row; {site} = site name")
+    parser.add_argument(
+        "--features", type=int, default=N_FEATURES, help="feature columns (every site's table)"
+    )
+    parser.add_argument(
+        "--local-iters", type=int, default=5, help="local solver iterations / epochs per round"
+    )
+    parser.add_argument(
+        "--data-path", default=None, help="a CSV per site with a header row; {site} = site name"
+    )
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--rows", type=int, default=40_000, help="synthetic population size")
     args = parser.parse_args()
-    train_args = ["--model", args.model, "--local-iters", str(args.local_iters), "--n-sites", str(args.n_clients),
-                  "--rows", str(args.rows), "--label-column", args.label_column]
+    train_args = [
+        "--model",
+        args.model,
+        "--local-iters",
+        str(args.local_iters),
+        "--n-sites",
+        str(args.n_clients),
+        "--rows",
+        str(args.rows),
+        "--label-column",
+        args.label_column,
+    ]
     if args.data_path:
         train_args += ["--data-path", args.data_path]
     model = {"coef": np.zeros((1, args.features), np.float64), "intercept": np.zeros(1, np.float64)}
-    recipe = FedAvgRecipe(name=f"sklearn-{args.model}", model=model, **job_cli.recipe_arguments(args),
-                          train_script=HERE / "client.py", train_args=train_args, key_metric="accuracy")
+    recipe = FedAvgRecipe(
+        name=f"sklearn-{args.model}",
+        model=model,
+        **job_cli.recipe_arguments(args),
+        train_script=HERE / "client.py",
+        train_args=train_args,
+        key_metric="accuracy",
+    )
     run = job_cli.execute(recipe, args)
     if run is None:
         return

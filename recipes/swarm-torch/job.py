@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from hpcflare.recipe import SwarmRecipe
-from hpcflare.recipe.synthetic_cli import add_arguments as add_common, common, run
+from hpcflare.recipe.synthetic_cli import add_arguments as add_common
+from hpcflare.recipe.synthetic_cli import common, run
 
 FEDAVG_CLIENT = Path(__file__).resolve().parents[1] / "fedavg-torch" / "client.py"
 
@@ -24,7 +25,9 @@ def build(args: argparse.Namespace, **recipe_kwargs) -> SwarmRecipe:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     arguments = parser.parse_args()
     run(build(arguments), arguments)

@@ -10,33 +10,51 @@ from xgboost import collective
 
 import hpcflare.client as flare
 from hpcflare.client.xgboost import federated, to_params
-from hpcflare.tabular.data import TableError, add_table_arguments, check_table, load_csv, site_index, vertical_site
+from hpcflare.tabular.data import (
+    TableError,
+    add_table_arguments,
+    check_table,
+    load_csv,
+    site_index,
+    vertical_site,
+)
 
 
 def aligned(site: str, ids: list[str], x: np.ndarray, y, intersection: Path):
     if not intersection.is_file():
-        raise TableError(f"{site}: no PSI result at {intersection}; run recipes/psi first (job.py does) and pass "
-                         "its job directory with --psi-job")
+        raise TableError(
+            f"{site}: no PSI result at {intersection}; run recipes/psi first (job.py does) and pass "
+            "its job directory with --psi-job"
+        )
     wanted = intersection.read_text().split()
     row = {i: n for n, i in enumerate(ids)}
     missing = [i for i in wanted if i not in row]
     if missing:
-        raise TableError(f"{site}: {len(missing)} intersection IDs are not in this site's table (e.g. {missing[0]!r})")
+        raise TableError(
+            f"{site}: {len(missing)} intersection IDs are not in this site's table (e.g. {missing[0]!r})"
+        )
     take = np.array([row[i] for i in wanted], dtype=np.int64)
     return x[take], (None if y is None else y[take])
 
 
 def same_rows_everywhere(site: str, n_rows: int) -> None:
     have = np.array([n_rows], dtype=np.float64)
-    low, high = collective.allreduce(have, collective.Op.MIN)[0], collective.allreduce(have, collective.Op.MAX)[0]
+    low, high = (
+        collective.allreduce(have, collective.Op.MIN)[0],
+        collective.allreduce(have, collective.Op.MAX)[0],
+    )
     if low != high:
-        raise TableError(f"row counts differ across sites ({int(low)} to {int(high)}; {site} has {n_rows}): align "
-                         "the rows with PSI first")
+        raise TableError(
+            f"row counts differ across sites ({int(low)} to {int(high)}; {site} has {n_rows}): align "
+            "the rows with PSI first"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--psi-job", required=True, help="the PSI job's directory (its sites/<site>/ hold the IDs)")
+    parser.add_argument(
+        "--psi-job", required=True, help="the PSI job's directory (its sites/<site>/ hold the IDs)"
+    )
     parser.add_argument("--boost-rounds", type=int, default=30)
     parser.add_argument("--max-depth", type=int, default=6)
     parser.add_argument("--eta", type=float, default=0.1)
@@ -46,14 +64,22 @@ def main() -> None:
 
     flare.init()
     site = flare.get_site_name()
-    params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": args.max_depth, "eta": args.eta,
-              "nthread": 1, "seed": args.seed}
+    params = {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "max_depth": args.max_depth,
+        "eta": args.eta,
+        "nthread": 1,
+        "seed": args.seed,
+    }
     while flare.is_running():
         model = flare.receive()
         owner = model.meta["xgboost"]["label_owner"] == site
         if args.data_path:
             path = args.data_path.replace("{site}", site)
-            x, y, _, ids = load_csv(path, args.label_column if owner else None, site, id_column=args.id_column)
+            x, y, _, ids = load_csv(
+                path, args.label_column if owner else None, site, id_column=args.id_column
+            )
         else:
             ids, x, y = vertical_site(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
         check_table(site, x, y, labels_required=owner, binary=owner)

@@ -23,26 +23,52 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=3, rounds=1)
     parser.add_argument("--boost-rounds", type=int, default=30)
-    parser.add_argument("--data-path", default=None, help="a CSV per site with an ID column; {site} = site name")
+    parser.add_argument(
+        "--data-path", default=None, help="a CSV per site with an ID column; {site} = site name"
+    )
     parser.add_argument("--id-column", default="id")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--rows", type=int, default=20_000, help="synthetic population size")
-    parser.add_argument("--psi-job", default=None, help="reuse this PSI job's intersections instead of running PSI")
+    parser.add_argument(
+        "--psi-job", default=None, help="reuse this PSI job's intersections instead of running PSI"
+    )
     args = parser.parse_args()
     if args.psi_job is None and (args.export_only or args.dry_run):
         args.psi_job = str(Path(args.job_root).resolve() / "PSI_JOB_DIR")
-        print(f"note: run recipes/psi first; this job reads each site's intersection from {args.psi_job}/sites/ "
-              "(pass the PSI job's directory with --psi-job)", file=sys.stderr)
+        print(
+            f"note: run recipes/psi first; this job reads each site's intersection from {args.psi_job}/sites/ "
+            "(pass the PSI job's directory with --psi-job)",
+            file=sys.stderr,
+        )
     psi_job = args.psi_job or run_psi(args)
-    train_args = ["--psi-job", str(psi_job), "--boost-rounds", str(args.boost_rounds), "--n-sites", str(args.n_clients),
-                  "--rows", str(args.rows), "--id-column", args.id_column, "--label-column", args.label_column]
+    train_args = [
+        "--psi-job",
+        str(psi_job),
+        "--boost-rounds",
+        str(args.boost_rounds),
+        "--n-sites",
+        str(args.n_clients),
+        "--rows",
+        str(args.rows),
+        "--id-column",
+        args.id_column,
+        "--label-column",
+        args.label_column,
+    ]
     if args.data_path:
         train_args += ["--data-path", args.data_path]
-    recipe = XGBVerticalRecipe(name="xgboost-vertical", label_owner="site-1", **job_cli.recipe_arguments(args),
-                               train_script=HERE / "client.py", train_args=train_args)
+    recipe = XGBVerticalRecipe(
+        name="xgboost-vertical",
+        label_owner="site-1",
+        **job_cli.recipe_arguments(args),
+        train_script=HERE / "client.py",
+        train_args=train_args,
+    )
     run = job_cli.execute(recipe, args)
     if run is None:
         return
@@ -58,12 +84,28 @@ def run_psi(args: argparse.Namespace) -> Path:
     sites/<site>/psi_intersection.txt align the rows."""
     root = Path(args.job_root).resolve()
     before = set(root.glob("psi-*")) if root.exists() else set()
-    cmd = [sys.executable, str(HERE.parent / "psi" / "job.py"), "--env", args.env, "--n-clients", str(args.n_clients),
-           "--job-root", str(root), "--ids-path", ids_files(args, root), "--profile", args.profile]
+    cmd = [
+        sys.executable,
+        str(HERE.parent / "psi" / "job.py"),
+        "--env",
+        args.env,
+        "--n-clients",
+        str(args.n_clients),
+        "--job-root",
+        str(root),
+        "--ids-path",
+        ids_files(args, root),
+        "--profile",
+        args.profile,
+    ]
     if args.env == "slurm":  # the same allocation shape and account as the training job
         cmd += ["--nodes", str(args.nodes), "--time", args.time]
-        cmd += [flag for name in ("partition", "account") if getattr(args, name)
-                for flag in (f"--{name}", getattr(args, name))]
+        cmd += [
+            flag
+            for name in ("partition", "account")
+            if getattr(args, name)
+            for flag in (f"--{name}", getattr(args, name))
+        ]
     subprocess.run(cmd, check=True)
     (job,) = set(root.glob("psi-*")) - before
     return job

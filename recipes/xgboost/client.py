@@ -21,8 +21,10 @@ def same_columns_everywhere(site: str, n_features: int) -> None:
     low = collective.allreduce(have, collective.Op.MIN)[0]
     high = collective.allreduce(have, collective.Op.MAX)[0]
     if low != high:
-        raise TableError(f"feature counts differ across sites ({int(low)} to {int(high)}; {site} has {n_features}): "
-                         "every site needs the same columns in the same order")
+        raise TableError(
+            f"feature counts differ across sites ({int(low)} to {int(high)}; {site} has {n_features}): "
+            "every site needs the same columns in the same order"
+        )
 
 
 def main() -> None:
@@ -39,8 +41,15 @@ def main() -> None:
     site = flare.get_site_name()
     x, y, x_test, y_test = site_table(args, site)
     check_table(site, x, y, binary=True)
-    params = {"objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
-              "max_depth": args.max_depth, "eta": args.eta, "nthread": args.nthread, "seed": args.seed}
+    params = {
+        "objective": "binary:logistic",
+        "eval_metric": "auc",
+        "tree_method": "hist",
+        "max_depth": args.max_depth,
+        "eta": args.eta,
+        "nthread": args.nthread,
+        "seed": args.seed,
+    }
     while flare.is_running():
         model = flare.receive()
         if args.mode == "histogram":
@@ -51,13 +60,23 @@ def main() -> None:
         else:
             start = from_params(model.params)
             if start is not None and start.num_features() != x.shape[1]:
-                raise TableError(f"{site} has {x.shape[1]} feature columns but the global model has "
-                                 f"{start.num_features()}; every site needs the same columns in the same order")
-            before = roc_auc_score(y_test, start.predict(xgb.DMatrix(x_test))) if start is not None else float("nan")
+                raise TableError(
+                    f"{site} has {x.shape[1]} feature columns but the global model has "
+                    f"{start.num_features()}; every site needs the same columns in the same order"
+                )
+            before = (
+                roc_auc_score(y_test, start.predict(xgb.DMatrix(x_test)))
+                if start is not None
+                else float("nan")
+            )
             booster = xgb.train(params, xgb.DMatrix(x, label=y), 1, xgb_model=start)
             auc = before  # the global model's, as every FedAvg-family recipe reports
         metrics = {"auc": float(auc)} if np.isfinite(auc) else {}
-        flare.send(flare.FLModel(params=to_params(booster), metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": len(x)}))
+        flare.send(
+            flare.FLModel(
+                params=to_params(booster), metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": len(x)}
+            )
+        )
 
 
 if __name__ == "__main__":

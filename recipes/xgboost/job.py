@@ -23,23 +23,46 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     job_cli.add_job_arguments(parser, n_clients=8, rounds=20)
     parser.add_argument("--mode", choices=["histogram", "bagging"], default="histogram")
     parser.add_argument("--boost-rounds", type=int, default=50, help="histogram mode: boosting rounds")
     parser.add_argument("--max-depth", type=int, default=6)
     parser.add_argument("--eta", type=float, default=0.1)
-    parser.add_argument("--data-path", default=None, help="a CSV per site with a header row; {site} = site name")
+    parser.add_argument(
+        "--data-path", default=None, help="a CSV per site with a header row; {site} = site name"
+    )
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--rows", type=int, default=40_000, help="synthetic population size")
     parser.add_argument("--tls", choices=["auto", "on", "off"], default="auto")
     args = parser.parse_args()
-    train_args = ["--mode", args.mode, "--boost-rounds", str(args.boost_rounds), "--max-depth", str(args.max_depth),
-                  "--eta", str(args.eta), "--n-sites", str(args.n_clients), "--rows", str(args.rows),
-                  "--label-column", args.label_column] + (["--data-path", args.data_path] if args.data_path else [])
+    train_args = [
+        "--mode",
+        args.mode,
+        "--boost-rounds",
+        str(args.boost_rounds),
+        "--max-depth",
+        str(args.max_depth),
+        "--eta",
+        str(args.eta),
+        "--n-sites",
+        str(args.n_clients),
+        "--rows",
+        str(args.rows),
+        "--label-column",
+        args.label_column,
+    ] + (["--data-path", args.data_path] if args.data_path else [])
     kind = XGBHistogramRecipe if args.mode == "histogram" else XGBBaggingRecipe
-    recipe = kind(name=f"xgboost-{args.mode}", **job_cli.recipe_arguments(args), train_script=HERE / "client.py",
-                  train_args=train_args, tls=args.tls, key_metric="auc")
+    recipe = kind(
+        name=f"xgboost-{args.mode}",
+        **job_cli.recipe_arguments(args),
+        train_script=HERE / "client.py",
+        train_args=train_args,
+        tls=args.tls,
+        key_metric="auc",
+    )
     run = job_cli.execute(recipe, args)
     if run is None:
         return

@@ -27,7 +27,12 @@ def test_string_params_type_is_normalized_and_bad_one_rejected():
 
 def test_constructor_signature_and_defaults_match_nvflare():
     model = FLModel(ParamsType.FULL, {"w": 1}, None, {"acc": 0.5}, 0, 2, 5, {"NUM_STEPS_CURRENT_ROUND": 10})
-    assert (model.metrics, model.start_round, model.current_round, model.total_rounds) == ({"acc": 0.5}, 0, 2, 5)
+    assert (model.metrics, model.start_round, model.current_round, model.total_rounds) == (
+        {"acc": 0.5},
+        0,
+        2,
+        5,
+    )
     assert model.meta[flare.FLMetaKey.NUM_STEPS_CURRENT_ROUND] == 10
     assert FLModel().meta == {} and FLModel().params_type is None
 
@@ -49,20 +54,34 @@ def test_send_rejects_non_flmodel_before_anything_else():
         flare.send({"w": np.zeros(1)})
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({"metrics": [1, 2]}, TypeError), ({"meta": "x"}, TypeError), ({"current_round": 1.5}, TypeError),
-    ({"total_rounds": "3"}, TypeError), ({"current_round": -1}, ValueError), ({"start_round": -2}, ValueError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"metrics": [1, 2]}, TypeError),
+        ({"meta": "x"}, TypeError),
+        ({"current_round": 1.5}, TypeError),
+        ({"total_rounds": "3"}, TypeError),
+        ({"current_round": -1}, ValueError),
+        ({"start_round": -2}, ValueError),
+    ],
+)
 def test_validation_matches_nvflare(kwargs, error):
     with pytest.raises(error):
         FLModel(**kwargs)
 
 
 def test_summary_has_nvflare_keys():
-    model = FLModel(params={"a": 1, "b": 2}, metrics={"acc": 1.0}, current_round=3, total_rounds=5,
-                    meta={"k": 1})
-    assert model.summary() == {"params": 2, "metrics": 1, "meta": 1, "params_type": ParamsType.FULL,
-                               "current_round": 3, "total_rounds": 5}
+    model = FLModel(
+        params={"a": 1, "b": 2}, metrics={"acc": 1.0}, current_round=3, total_rounds=5, meta={"k": 1}
+    )
+    assert model.summary() == {
+        "params": 2,
+        "metrics": 1,
+        "meta": 1,
+        "params_type": ParamsType.FULL,
+        "current_round": 3,
+        "total_rounds": 5,
+    }
     assert str(model) == str(model.summary())
 
 

@@ -8,8 +8,9 @@ hpcflare's modules and turns the import hook off, proving the script needs nothi
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,8 +67,11 @@ def job(tmp_path: Path) -> Callable[..., Any]:
         kwargs["settings"] = {**FAST, **kwargs.get("settings", {})}
         kwargs["nvflare_compat"] = "on" if variant == "nvflare" else "off"
         recipe = FedAvgRecipe(name="compat", train_script=path, **kwargs)
-        env = LocalEnv(job_root=tmp_path / "jobs", verbose=False) if env_kind == "local" else SimEnv(
-            job_root=tmp_path / "jobs", verbose=False)
+        env = (
+            LocalEnv(job_root=tmp_path / "jobs", verbose=False)
+            if env_kind == "local"
+            else SimEnv(job_root=tmp_path / "jobs", verbose=False)
+        )
         run = recipe.execute(env)
         run.result = run.get_result(timeout=timeout)
         return run

@@ -3,9 +3,8 @@ unless asked."""
 
 from __future__ import annotations
 
-import sys
-
 import re
+import sys
 
 import pytest
 
@@ -36,8 +35,13 @@ def test_every_listed_name_resolves_to_hpcflare():
     from nvflare.client.config import ExchangeFormat, TransferType
 
     import hpcflare.client
+
     assert sys.modules["nvflare.client"] is hpcflare.client
-    assert NPConstants.NUMPY_KEY == "numpy_key" and ExchangeFormat.NUMPY == "numpy" and TransferType.DIFF == "DIFF"
+    assert (
+        NPConstants.NUMPY_KEY == "numpy_key"
+        and ExchangeFormat.NUMPY == "numpy"
+        and TransferType.DIFF == "DIFF"
+    )
     assert hpcflare.client.__spec__.name == "hpcflare.client"  # the real module is untouched
 
 
@@ -60,7 +64,9 @@ def test_a_real_nvflare_is_not_shadowed_in_auto_mode(tmp_path, monkeypatch):
     (fake / "client" / "__init__.py").write_text("WHO = 'real nvflare'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert nvflare_compat.real_nvflare_installed()
-    assert not nvflare_compat.wanted("auto") and nvflare_compat.wanted("on") and not nvflare_compat.wanted("off")
+    assert (
+        not nvflare_compat.wanted("auto") and nvflare_compat.wanted("on") and not nvflare_compat.wanted("off")
+    )
     import nvflare.client
 
     assert nvflare.client.WHO == "real nvflare"
@@ -76,10 +82,14 @@ def test_script_failing_at_import_is_named_with_file_and_line(tmp_path, env_kind
 
     script = tmp_path / "client.py"
     script.write_text("import nvflare.client as flare\nflare.init()\n")
-    env = LocalEnv(job_root=tmp_path / "jobs", verbose=False) if env_kind == "local" else SimEnv(
-        job_root=tmp_path / "jobs", verbose=False)
-    run = FedAvgRecipe(initial_model=[1.0, 2.0], min_clients=2, train_script=script, nvflare_compat="off",
-                       settings=FAST).execute(env)
+    env = (
+        LocalEnv(job_root=tmp_path / "jobs", verbose=False)
+        if env_kind == "local"
+        else SimEnv(job_root=tmp_path / "jobs", verbose=False)
+    )
+    run = FedAvgRecipe(
+        initial_model=[1.0, 2.0], min_clients=2, train_script=script, nvflare_compat="off", settings=FAST
+    ).execute(env)
     with pytest.raises(JobFailedError) as failed:
         run.get_result(timeout=60)
     text = str(failed.value)

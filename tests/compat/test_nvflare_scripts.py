@@ -28,7 +28,9 @@ def test_hello_numpy_rounds_count_from_zero_and_bring_last_rounds_metrics(job, e
         assert m[(r, "site-1", "mean")] == 4.0 + r
         # the received FLModel.metrics: the previous round's aggregate, none in the first round
         assert m[(r, "site-2", "prev_mean")] == (-1.0 if r == 1 else 4.0 + r - 1)
-    assert m[(1, "global", "site_no")] == pytest.approx(5 / 3)  # weighted by NUM_STEPS_CURRENT_ROUND (1 and 2)
+    assert m[(1, "global", "site_no")] == pytest.approx(
+        5 / 3
+    )  # weighted by NUM_STEPS_CURRENT_ROUND (1 and 2)
 
 
 @both
@@ -98,8 +100,15 @@ def test_lightning_trainer_trains_federatedly(job, env_kind, variant):
     torch.manual_seed(1)
     initial = torch.nn.Linear(3, 1)
     model = {"lin.weight": initial.weight.detach().clone(), "lin.bias": initial.bias.detach().clone()}
-    run = job("lightning_fit.py", env_kind, variant, num_rounds=3, initial_model=model, timeout=300,
-              settings={"round_timeout": 120, "heartbeat_timeout": 20})
+    run = job(
+        "lightning_fit.py",
+        env_kind,
+        variant,
+        num_rounds=3,
+        initial_model=model,
+        timeout=300,
+        settings={"round_timeout": 120, "heartbeat_timeout": 20},
+    )
     m = round_metrics(run)
     losses = [m[(r, "global", "val_loss")] for r in (1, 2, 3)]
     assert losses[0] > losses[1] > losses[2]  # each round validates the model the previous rounds trained
@@ -108,7 +117,9 @@ def test_lightning_trainer_trains_federatedly(job, env_kind, variant):
     assert not np.allclose(result["lin.weight"], model["lin.weight"].numpy())
     from tests.compat.conftest import step_rows
 
-    seen = sorted(float(r["value"]) for r in step_rows(run) if r["key"] == "round_seen" and r["site"] == "site-1")
+    seen = sorted(
+        float(r["value"]) for r in step_rows(run) if r["key"] == "round_seen" and r["site"] == "site-1"
+    )
     assert seen == [0.0, 1.0, 2.0]
 
 
@@ -120,7 +131,12 @@ def test_api_surface_context_and_shutdown(job, env_kind, variant):
     run = job("api_surface.py", env_kind, variant, num_rounds=2)
     np.testing.assert_array_equal(load_result(run.result)["numpy_key"], INITIAL + 2)
     seen = sorted((r["site"], r["round"], r["value"]) for r in step_rows(run) if r["key"] == "seen_round")
-    assert seen == [("site-1", "1", "0.0"), ("site-1", "2", "1.0"), ("site-2", "1", "0.0"), ("site-2", "2", "1.0")]
+    assert seen == [
+        ("site-1", "1", "0.0"),
+        ("site-1", "2", "1.0"),
+        ("site-2", "1", "0.0"),
+        ("site-2", "2", "1.0"),
+    ]
 
 
 def test_sim_env_returns_the_servers_reason_when_the_server_dies(tmp_path):
@@ -133,8 +149,8 @@ def test_sim_env_returns_the_servers_reason_when_the_server_dies(tmp_path):
 
     script = tmp_path / "client.py"
     script.write_text("import time\ntime.sleep(120)\n")
-    run = FedAvgRecipe(initial_model=[1.0], min_clients=2, train_script=script,
-                       settings={**FAST, "registration_timeout": 2}).execute(SimEnv(job_root=tmp_path / "jobs",
-                                                                                      verbose=False))
+    run = FedAvgRecipe(
+        initial_model=[1.0], min_clients=2, train_script=script, settings={**FAST, "registration_timeout": 2}
+    ).execute(SimEnv(job_root=tmp_path / "jobs", verbose=False))
     with pytest.raises(JobFailedError, match="registration_timeout"):
         run.get_result(timeout=60)

@@ -24,7 +24,9 @@ def exported(recipe, tmp_path):
 
 
 def test_defaults_and_array_model_match_nvflare(script, tmp_path):
-    config, job = exported(FedAvgRecipe(initial_model=[[1, 2], [3, 4]], min_clients=2, train_script=script), tmp_path)
+    config, job = exported(
+        FedAvgRecipe(initial_model=[[1, 2], [3, 4]], min_clients=2, train_script=script), tmp_path
+    )
     assert config["name"] == "fedavg" and config["num_rounds"] == 2
     import safetensors.numpy
 
@@ -34,15 +36,27 @@ def test_defaults_and_array_model_match_nvflare(script, tmp_path):
 
 def test_model_and_initial_model_together_is_refused_at_construction(script):
     with pytest.raises(ConfigError, match="initial_model= and model= name the same thing"):
-        FedAvgRecipe(model={"w": np.zeros(2)}, initial_model={"w": np.zeros(2)}, min_clients=1, train_script=script)
+        FedAvgRecipe(
+            model={"w": np.zeros(2)}, initial_model={"w": np.zeros(2)}, min_clients=1, train_script=script
+        )
 
 
 def test_keywords_map_to_hpcflare_settings(script, tmp_path):
-    recipe = FedAvgRecipe(initial_model={"w": np.zeros(2), "bn.var": np.ones(2)}, min_clients=2, train_script=script,
-                          stop_cond="accuracy >= 0.8", patience=3, exclude_vars="bn\\.", launch_once=False,
-                          aggregation_weights={"a": 2.0}, params_transfer_type="DIFF", launch_external_process=True,
-                          command="python3 -u", server_expected_format="numpy",
-                          per_site_config={"a": {"train_args": "--lr 0.1"}, "b": {}})
+    recipe = FedAvgRecipe(
+        initial_model={"w": np.zeros(2), "bn.var": np.ones(2)},
+        min_clients=2,
+        train_script=script,
+        stop_cond="accuracy >= 0.8",
+        patience=3,
+        exclude_vars="bn\\.",
+        launch_once=False,
+        aggregation_weights={"a": 2.0},
+        params_transfer_type="DIFF",
+        launch_external_process=True,
+        command="python3 -u",
+        server_expected_format="numpy",
+        per_site_config={"a": {"train_args": "--lr 0.1"}, "b": {}},
+    )
     config, _ = exported(recipe, tmp_path)
     assert config["clients"] == ["a", "b"] and config["site_train_args"] == {"a": ["--lr", "0.1"]}
     assert config["stop_condition"] == "accuracy >= 0.8" and config["early_stop_patience"] == 3
@@ -52,17 +66,21 @@ def test_keywords_map_to_hpcflare_settings(script, tmp_path):
     assert config["params_transfer_type"] == "DIFF"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"command": "torchrun --nproc_per_node 2"}, "launcher command"),
-    ({"server_expected_format": "tensorflow"}, "server_expected_format"),
-    ({"per_site_config": {"site-1": {"train_script": "other.py"}}}, "one\ntrain_script|train_script"),
-    ({"stop_cond": "accuracy is high"}, "must read '<metric> <op> <number>'"),
-    ({"initial_model": "model.pt"}, "initial_ckpt"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"command": "torchrun --nproc_per_node 2"}, "launcher command"),
+        ({"server_expected_format": "tensorflow"}, "server_expected_format"),
+        ({"per_site_config": {"site-1": {"train_script": "other.py"}}}, "one\ntrain_script|train_script"),
+        ({"stop_cond": "accuracy is high"}, "must read '<metric> <op> <number>'"),
+        ({"initial_model": "model.pt"}, "initial_ckpt"),
+    ],
+)
 def test_keywords_without_an_equivalent_are_refused_by_name(script, tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        FedAvgRecipe(**{"initial_model": {"w": np.zeros(2)}, **kwargs}, min_clients=1, train_script=script).export(
-            tmp_path / "jobs")
+        FedAvgRecipe(
+            **{"initial_model": {"w": np.zeros(2)}, **kwargs}, min_clients=1, train_script=script
+        ).export(tmp_path / "jobs")
 
 
 def test_env_chooses_the_sites_like_nvflare(script, tmp_path):

@@ -19,16 +19,23 @@ def test_every_record_lands_in_csv_and_tensorboard(job, env_kind, variant):
     assert len(loss) == 2 * 2 * STEPS  # two sites, two rounds, nothing summarised away
     site1 = sorted((int(r["step"]), float(r["value"]), r["round"]) for r in loss if r["site"] == "site-1")
     assert site1[0] == (0, 0.0, "1") and site1[-1] == (2 * STEPS - 1, 1 + (STEPS - 1) / STEPS, "2")
-    pairs = {(r["site"], r["key"], r["step"]): float(r["value"]) for r in rows if r["key"].startswith("pair/")}
+    pairs = {
+        (r["site"], r["key"], r["step"]): float(r["value"]) for r in rows if r["key"].startswith("pair/")
+    }
     assert pairs[("site-2", "pair/b", "1")] == 2.0
     texts = [r for r in rows if r["data_type"] == "TEXT" and r["site"] == "site-1"]
     assert [t["path"] for t in texts] == ["notes/round-0.txt", "notes/round-1.txt"]
     params = [r for r in rows if r["data_type"] == "PARAMETER"]
-    assert {(r["site"], r["key"], r["value"]) for r in params} == {("site-1", "lr", "0.01"), ("site-2", "lr", "0.01")}
+    assert {(r["site"], r["key"], r["value"]) for r in params} == {
+        ("site-1", "lr", "0.01"),
+        ("site-2", "lr", "0.01"),
+    }
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run.job_dir.root / "tracking" / "tensorboard" / "site-2"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(
+        str(run.job_dir.root / "tracking" / "tensorboard" / "site-2"), size_guidance={"scalars": 0}
+    )
     acc.Reload()
     assert len(acc.Scalars("train_loss")) == 2 * STEPS
     assert [(e.step, e.value) for e in acc.Scalars("val_loss")] == [(0, 10.0), (1, 9.0)]
@@ -61,7 +68,10 @@ def test_mlflow_and_wandb_receivers(job):
     site1 = runs["site-1"]
     assert site1.data.params["lr"] == "0.01" and site1.data.tags["team"] == "a"
     assert len(client.get_metric_history(site1.info.run_id, "train_loss")) == 2 * STEPS
-    assert [(m.step, m.value) for m in client.get_metric_history(site1.info.run_id, "val_loss")] == [(0, 10.0), (1, 9.0)]
+    assert [(m.step, m.value) for m in client.get_metric_history(site1.info.run_id, "val_loss")] == [
+        (0, 10.0),
+        (1, 9.0),
+    ]
     artifacts = [a.path for a in client.list_artifacts(site1.info.run_id, "notes")]
     assert artifacts == ["notes/round-0.txt", "notes/round-1.txt"]
 
@@ -73,8 +83,13 @@ def test_mlflow_and_wandb_receivers(job):
 
 
 def test_record_limit_per_round_drops_with_one_warning(job):
-    run = job("tracking_writers.py", "local", "hpcflare", num_rounds=1,
-              settings={"tracking_max_records_per_round": 100})
+    run = job(
+        "tracking_writers.py",
+        "local",
+        "hpcflare",
+        num_rounds=1,
+        settings={"tracking_max_records_per_round": 100},
+    )
     from tests.conftest import events
 
     assert len([r for r in step_rows(run) if r["site"] == "site-1" and r["round"] == "1"]) == 100

@@ -12,11 +12,13 @@ HELLO = (REPO / "recipes" / "hello-numpy" / "client.py").read_text()
 
 
 def make_env(kind: str, root, **kw):
-    return {"sim": lambda: SimEnv(job_root=root, verbose=False, **kw),
-            "local": lambda: LocalEnv(job_root=root, verbose=False, **kw),
-            "mpi": lambda: MpiEnv(job_root=root, **kw),
-            "slurm-fs": lambda: SlurmEnv(nodes=2, time="00:05:00", job_root=root, **kw),
-            "slurm-mpi": lambda: SlurmEnv(nodes=2, time="00:05:00", job_root=root, rendezvous="mpi", **kw)}[kind]()
+    return {
+        "sim": lambda: SimEnv(job_root=root, verbose=False, **kw),
+        "local": lambda: LocalEnv(job_root=root, verbose=False, **kw),
+        "mpi": lambda: MpiEnv(job_root=root, **kw),
+        "slurm-fs": lambda: SlurmEnv(nodes=2, time="00:05:00", job_root=root, **kw),
+        "slurm-mpi": lambda: SlurmEnv(nodes=2, time="00:05:00", job_root=root, rendezvous="mpi", **kw),
+    }[kind]()
 
 
 @pytest.mark.parametrize("kind", ["sim", "local", "mpi", "slurm-fs", "slurm-mpi"])
@@ -39,7 +41,9 @@ def test_every_env_runs_virtual_clients(kind, make_recipe, tmp_path, request):
 
     if kind.startswith("slurm"):
         request.getfixturevalue("slurm")
-    run = make_recipe(PER_SITE, n_clients=5, min_clients=5).execute(make_env(kind, tmp_path / "jobs", clients_per_rank=2))
+    run = make_recipe(PER_SITE, n_clients=5, min_clients=5).execute(
+        make_env(kind, tmp_path / "jobs", clients_per_rank=2)
+    )
     result = load_result(run.get_result(timeout=180))
     np.testing.assert_allclose(result["numpy_key"], HELLO_MODEL + expected_mean([1, 2, 3, 4, 5]), rtol=1e-6)
     ranks = [e["site"] for e in events(run.job_dir.root, "server") if e["event"] == "client_rank_registered"]
@@ -52,8 +56,9 @@ def test_secure_aggregation_on_mpi_and_slurm(kind, make_recipe, tmp_path, reques
     real launchers; the result equals plain FedAvg's (hello-numpy's +1, exactly up to fixed point)."""
     if kind.startswith("slurm"):
         request.getfixturevalue("slurm")
-    recipe = make_recipe(HELLO, n_clients=3, min_clients=3, train_args="--update_type diff",
-                         privacy={"type": "secagg"})
+    recipe = make_recipe(
+        HELLO, n_clients=3, min_clients=3, train_args="--update_type diff", privacy={"type": "secagg"}
+    )
     run = recipe.execute(make_env(kind, tmp_path / "jobs"))
     result = load_result(run.get_result(timeout=180))
     np.testing.assert_allclose(result["numpy_key"], [[2, 3, 4], [5, 6, 7], [8, 9, 10]], atol=1e-6)

@@ -14,12 +14,23 @@ from hpcflare.slurm import SlurmCommands
 
 
 def test_dry_run_prints_sbatch_and_submits_nothing(make_recipe, tmp_path):
-    env = SlurmEnv(nodes=2, ntasks_per_node=2, partition="debug", time="01:30:00", job_root=tmp_path / "jobs",
-                   rendezvous="mpi")
+    env = SlurmEnv(
+        nodes=2,
+        ntasks_per_node=2,
+        partition="debug",
+        time="01:30:00",
+        job_root=tmp_path / "jobs",
+        rendezvous="mpi",
+    )
     text = env.dry_run(make_recipe("print(1)\n", n_clients=3, min_clients=2))
     assert text.startswith("#!/bin/bash")
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=debug",
-                 "#SBATCH --time=90", "#SBATCH --requeue"):
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --partition=debug",
+        "#SBATCH --time=90",
+        "#SBATCH --requeue",
+    ):
         assert line in text
     assert "srun --unbuffered" in text and "--mpi=pmi2" in text and "submitit.core._submit" in text
     jobs = list((tmp_path / "jobs").iterdir())
@@ -38,7 +49,9 @@ def test_auto_packs_the_sites_into_the_tasks_asked_for(make_recipe, tmp_path):
     text = env.dry_run(make_recipe("print(1)\n", n_clients=3, min_clients=2))
     assert "#SBATCH --ntasks-per-node=2" in text  # the server + one client rank running the 3 sites
     job_dir = next((tmp_path / "jobs").iterdir())
-    assert yaml.safe_load((job_dir / "job.yaml").read_text())["clients_per_rank"] == "auto"  # dry run: unchanged
+    assert (
+        yaml.safe_load((job_dir / "job.yaml").read_text())["clients_per_rank"] == "auto"
+    )  # dry run: unchanged
 
 
 @pytest.mark.slurm

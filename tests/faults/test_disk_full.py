@@ -32,8 +32,11 @@ def small_models_dir(tmp_path):
     def mount(path, size_kb):
         keep = tmp_path / "keep"
         shutil.copytree(path, keep)
-        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here (needs root): {out.stderr.strip()}")
         mounted.append(path)
@@ -45,8 +48,9 @@ def small_models_dir(tmp_path):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_disk_full_while_checkpointing_is_recorded_and_keeps_the_last_checkpoint(make_recipe, local_env,
-                                                                                 small_models_dir):
+def test_disk_full_while_checkpointing_is_recorded_and_keeps_the_last_checkpoint(
+    make_recipe, local_env, small_models_dir
+):
     model = {"w": np.zeros(64 * 1024, np.float32)}  # 256 KiB: initial + one checkpoint fit, a second does not
     job = make_recipe(SCRIPT, model=model, n_clients=2, num_rounds=3).export(local_env.job_root)
     small_models_dir(job.models_dir, 700)

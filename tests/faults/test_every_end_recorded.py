@@ -16,7 +16,9 @@ def test_server_killed_with_sigkill_leaves_a_failed_status_with_the_cause(make_r
     run = make_recipe(SLOW, n_clients=2, num_rounds=3, train_args="1").execute(local_env)
     wait_for_event(run.job_dir.root, "server", "round_started")
     os.kill(run.server.pid, signal.SIGKILL)
-    with pytest.raises(JobFailedError, match="server process ended without recording an end: killed by signal 9"):
+    with pytest.raises(
+        JobFailedError, match="server process ended without recording an end: killed by signal 9"
+    ):
         run.get_result(timeout=120)
     status = run.job_dir.read_status()
     assert status["state"] == "failed" and status["exit_code"] == -9

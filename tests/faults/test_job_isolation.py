@@ -14,17 +14,34 @@ from hpcflare.recipe import FedAvgRecipe
 from tests.conftest import SLOW, events
 
 
-@pytest.mark.parametrize("key, value", [("round_timeout", math.nan), ("heartbeat_timeout", math.inf),
-                                        ("rpc_timeout", 0), ("stream_timeout", -5), ("registration_timeout", "60"),
-                                        ("chunk_size", 1.5), ("server_threads", True)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("round_timeout", math.nan),
+        ("heartbeat_timeout", math.inf),
+        ("rpc_timeout", 0),
+        ("stream_timeout", -5),
+        ("registration_timeout", "60"),
+        ("chunk_size", 1.5),
+        ("server_threads", True),
+    ],
+)
 def test_settings_that_would_disable_a_deadline_are_refused_at_construction(make_recipe, key, value):
     with pytest.raises(ConfigError, match=f"settings.{key}"):
         make_recipe(SLOW, n_clients=2, settings={key: value})
 
 
-@pytest.mark.parametrize("kwargs, key", [({"num_rounds": 2.5}, "num_rounds"), ({"num_rounds": "3"}, "num_rounds"),
-                                         ({"min_clients": True}, "min_clients"), ({"num_rounds": 0}, "num_rounds"),
-                                         ({"min_fraction": math.nan}, "min_fraction"), ({"relays": 0.5}, "relays")])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"num_rounds": 2.5}, "num_rounds"),
+        ({"num_rounds": "3"}, "num_rounds"),
+        ({"min_clients": True}, "min_clients"),
+        ({"num_rounds": 0}, "num_rounds"),
+        ({"min_fraction": math.nan}, "min_fraction"),
+        ({"relays": 0.5}, "relays"),
+    ],
+)
 def test_bad_numbers_are_refused_at_construction(make_recipe, kwargs, key):
     with pytest.raises(ConfigError, match=key):
         make_recipe(SLOW, n_clients=2, **kwargs)
@@ -49,7 +66,9 @@ def test_shared_staging_dir_is_scoped_by_job_and_cannot_be_the_jobs_root(make_re
     config = job.load_config()
     assert config.staging_root(job.root) == shared / config.job_id
     with pytest.raises(ConfigError, match="staging_dir"):  # <jobs>/<job_id> is the job dir itself
-        make_recipe(SLOW, n_clients=2, staging=True, staging_dir=str(tmp_path / "jobs")).export(tmp_path / "jobs")
+        make_recipe(SLOW, n_clients=2, staging=True, staging_dir=str(tmp_path / "jobs")).export(
+            tmp_path / "jobs"
+        )
 
 
 def test_app_symlinked_out_of_the_job_is_refused_before_any_script_runs(make_recipe, local_env, tmp_path):

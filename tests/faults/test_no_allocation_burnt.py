@@ -32,8 +32,14 @@ def _ended_reason(run, site):
 
 
 def test_late_registrant_is_told_and_exits_0(make_recipe, local_env):
-    run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=4, train_args="late",
-                      settings={"registration_timeout": 3}).execute(local_env)
+    run = make_recipe(
+        SCRIPT,
+        n_clients=3,
+        min_clients=2,
+        num_rounds=4,
+        train_args="late",
+        settings={"registration_timeout": 3},
+    ).execute(local_env)
     np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 4)
     assert run.exit_codes["site-3"] == 0
     assert "continues without site-3" in _ended_reason(run, "site-3")

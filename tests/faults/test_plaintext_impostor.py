@@ -18,7 +18,9 @@ def test_impostor_is_refused_and_the_real_site_keeps_its_place(make_recipe, loca
     root = run.job_dir.root
     wait_for_event(root, "server", "round_started")
     assert stat.S_IMODE(run.job_dir.secret_path.stat().st_mode) == 0o600
-    address = run.job_dir.rendezvous_dir.joinpath("server.json").read_text().split('"address": "')[1].split('"')[0]
+    address = (
+        run.job_dir.rendezvous_dir.joinpath("server.json").read_text().split('"address": "')[1].split('"')[0]
+    )
     settings = run.job_dir.load_config().load_settings()
     impostor = GrpcClientTransport(address, settings)
     try:

@@ -35,7 +35,9 @@ while flare.is_running():
 
 
 def test_absurd_weight_is_refused_and_honest_sites_finish(make_recipe, local_env):
-    run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=2, train_args="huge_weight").execute(local_env)
+    run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=2, train_args="huge_weight").execute(
+        local_env
+    )
     result = load_result(run.get_result(timeout=120))
     np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 2)
     assert run.exit_codes["site-3"] == ExitCode.UPDATE_REJECTED
@@ -45,7 +47,9 @@ def test_absurd_weight_is_refused_and_honest_sites_finish(make_recipe, local_env
 
 
 def test_non_finite_aggregate_fails_the_round_and_keeps_the_last_good_checkpoint(make_recipe, local_env):
-    run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=3, train_args="overflow").execute(local_env)
+    run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=3, train_args="overflow").execute(
+        local_env
+    )
     with pytest.raises(JobFailedError, match="round 2: the aggregate of tensor 'numpy_key' is not finite"):
         run.get_result(timeout=120)
     status = run.job_dir.read_status()

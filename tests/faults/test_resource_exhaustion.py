@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -27,8 +27,14 @@ from tests.conftest import events, wait_until
 
 def test_an_upload_stream_that_never_speaks_is_dropped_after_auth_timeout(tmp_path):
     (tmp_path / "c.py").write_text("print(1)\n")
-    job = FedAvgRecipe(name="anon", model={"w": np.zeros(4, np.float32)}, min_clients=1, num_rounds=1,
-                       train_script=tmp_path / "c.py", settings={"auth_timeout": 1}).export(tmp_path / "jobs")
+    job = FedAvgRecipe(
+        name="anon",
+        model={"w": np.zeros(4, np.float32)},
+        min_clients=1,
+        num_rounds=1,
+        train_script=tmp_path / "c.py",
+        settings={"auth_timeout": 1},
+    ).export(tmp_path / "jobs")
     server = FLServer(job, RankLogger(job.log_dir, "server", "server"))
     server.grpc.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc.port}")
@@ -53,9 +59,14 @@ def test_an_upload_stream_that_never_speaks_is_dropped_after_auth_timeout(tmp_pa
 
 def test_one_host_cannot_hold_more_than_max_anonymous_streams(tmp_path):
     (tmp_path / "c.py").write_text("print(1)\n")
-    job = FedAvgRecipe(name="flood", model={"w": np.zeros(4, np.float32)}, min_clients=1, num_rounds=1,
-                       train_script=tmp_path / "c.py",
-                       settings={"auth_timeout": 20, "max_anonymous_streams": 2}).export(tmp_path / "jobs")
+    job = FedAvgRecipe(
+        name="flood",
+        model={"w": np.zeros(4, np.float32)},
+        min_clients=1,
+        num_rounds=1,
+        train_script=tmp_path / "c.py",
+        settings={"auth_timeout": 20, "max_anonymous_streams": 2},
+    ).export(tmp_path / "jobs")
     server = FLServer(job, RankLogger(job.log_dir, "server", "server"))
     server.grpc.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc.port}")
@@ -146,9 +157,19 @@ while flare.is_running():
 
 def test_stopped_client_mid_upload_frees_its_slot_when_its_heartbeat_lapses(make_recipe, local_env):
     model = {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}
-    run = make_recipe(STALLING, model=model, n_clients=3, min_clients=2, num_rounds=1,
-                      settings={"stream_idle_timeout": 30, "stream_timeout": 60, "round_timeout": 60,
-                                "shared_memory": False}).execute(local_env)  # a real stream to stall
+    run = make_recipe(
+        STALLING,
+        model=model,
+        n_clients=3,
+        min_clients=2,
+        num_rounds=1,
+        settings={
+            "stream_idle_timeout": 30,
+            "stream_timeout": 60,
+            "round_timeout": 60,
+            "shared_memory": False,
+        },
+    ).execute(local_env)  # a real stream to stall
     wait_until((run.job_dir.root / "sites" / "site-3" / "stalled").exists, "site-3's upload")
     pid = run.client_pid("site-3")
     os.kill(pid, signal.SIGSTOP)

@@ -14,14 +14,19 @@ from tests.conftest import HELLO_MODEL, SLOW, events, load_result, wait_until
 
 
 def test_killed_job_resumes_from_its_checkpoint_with_one_command(make_recipe, local_env):
-    run = make_recipe(SLOW, n_clients=2, num_rounds=3, train_args="1",
-                      settings={"server_lost_timeout": 4}).execute(local_env)
+    run = make_recipe(
+        SLOW, n_clients=2, num_rounds=3, train_args="1", settings={"server_lost_timeout": 4}
+    ).execute(local_env)
     wait_until((run.job_dir.models_dir / "checkpoint.json").exists, "round 1's checkpoint")
     os.kill(run.server.pid, signal.SIGKILL)
     run.wait(timeout=120)
     assert run.job_dir.read_status()["state"] == "failed"
-    out = subprocess.run([sys.executable, "-m", "hpcflare.cli", "job", "resume", str(run.job_dir.root)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "hpcflare.cli", "job", "resume", str(run.job_dir.root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "result model:" in out.stdout
     np.testing.assert_array_equal(load_result(run.job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 3)

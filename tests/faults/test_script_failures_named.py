@@ -30,8 +30,9 @@ while flare.is_running():
 
 
 def test_crash_at_import_fails_the_job_at_once_naming_site_exception_and_line(make_recipe, local_env):
-    run = make_recipe(SCRIPT, n_clients=2, min_clients=2, train_args="import_error",
-                      settings={"registration_timeout": 60}).execute(local_env)
+    run = make_recipe(
+        SCRIPT, n_clients=2, min_clients=2, train_args="import_error", settings={"registration_timeout": 60}
+    ).execute(local_env)
     t0 = time.monotonic()
     with pytest.raises(JobFailedError) as info:
         run.get_result(timeout=60)
@@ -42,11 +43,17 @@ def test_crash_at_import_fails_the_job_at_once_naming_site_exception_and_line(ma
     assert "registered within" not in message and "round_timeout" not in message
 
 
-@pytest.mark.parametrize("mode, words", [("no_init", "without calling flare.init()"),
-                                         ("no_send", "without sending its result for round 1")])
+@pytest.mark.parametrize(
+    "mode, words",
+    [("no_init", "without calling flare.init()"), ("no_send", "without sending its result for round 1")],
+)
 def test_script_that_returns_early_is_reported_by_name(make_recipe, local_env, mode, words):
     run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=2, train_args=mode).execute(local_env)
     run.get_result(timeout=120)
     assert run.exit_codes["site-2"] == ExitCode.TRAIN_SCRIPT_FAILED
-    failed = [e for e in events(run.job_dir.root, "server") if e["event"] == "client_failed" and e["site"] == "site-2"]
+    failed = [
+        e
+        for e in events(run.job_dir.root, "server")
+        if e["event"] == "client_failed" and e["site"] == "site-2"
+    ]
     assert failed and words in failed[0]["reason"]

@@ -16,8 +16,9 @@ from tests.conftest import FAST, HELLO_MODEL, SLOW, events, load_result, wait_fo
 
 def test_server_stopped_twice_heartbeat_timeout_loses_nobody(make_recipe, local_env):
     stall = 2 * FAST["heartbeat_timeout"] + 0.5
-    recipe = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="2",
-                         settings={"server_lost_timeout": stall + 10})
+    recipe = make_recipe(
+        SLOW, n_clients=2, num_rounds=2, train_args="2", settings={"server_lost_timeout": stall + 10}
+    )
     run = recipe.execute(local_env)
     wait_for_event(run.job_dir.root, "server", "round_started")
     os.kill(run.server.pid, signal.SIGSTOP)

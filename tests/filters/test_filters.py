@@ -7,18 +7,28 @@ import pytest
 
 from hpcflare.errors import ConfigError, UpdateRejectedError
 from hpcflare.filters import GaussianDP, Outgoing, apply_filters, build_filters
-from hpcflare.filters.quantize import SCALE_SUFFIX, Quantize, check_quant_map, dequantize, quantize, wire_shapes
+from hpcflare.filters.quantize import (
+    SCALE_SUFFIX,
+    Quantize,
+    check_quant_map,
+    dequantize,
+    quantize,
+    wire_shapes,
+)
 
 RNG = np.random.default_rng(0)
 W = (RNG.normal(0, 1, size=(37, 29)) * np.linspace(0.01, 3, 29)).astype(np.float32)  # odd sizes: padding
 
 
-@pytest.mark.parametrize("mode, bytes_per_value, bound", [
-    ("fp16", 2, lambda w, b: np.abs(w) * 2.0 ** -11 + 1e-7),
-    ("bf16", 2, lambda w, b: np.abs(w) * 2.0 ** -8),
-    ("int8", 1, lambda w, b: b / 127 / 2 + 1e-7),
-    ("int4", 0.5, lambda w, b: b / 7 / 2 + 1e-6),
-])
+@pytest.mark.parametrize(
+    "mode, bytes_per_value, bound",
+    [
+        ("fp16", 2, lambda w, b: np.abs(w) * 2.0**-11 + 1e-7),
+        ("bf16", 2, lambda w, b: np.abs(w) * 2.0**-8),
+        ("int8", 1, lambda w, b: b / 127 / 2 + 1e-7),
+        ("int4", 0.5, lambda w, b: b / 7 / 2 + 1e-6),
+    ],
+)
 def test_round_trip_error_within_half_a_step(mode, bytes_per_value, bound):
     block = 64
     encoded = quantize(W, mode, block)
@@ -29,8 +39,8 @@ def test_round_trip_error_within_half_a_step(mode, bytes_per_value, bound):
     back = dequantize(encoded[""], encoded.get(SCALE_SUFFIX), mode, block, W)
     assert back.dtype == W.dtype and back.shape == W.shape
     flat = np.zeros(-(-W.size // block) * block, np.float32)
-    flat[:W.size] = W.reshape(-1)
-    absmax = np.repeat(np.abs(flat.reshape(-1, block)).max(axis=1), block)[:W.size].reshape(W.shape)
+    flat[: W.size] = W.reshape(-1)
+    absmax = np.repeat(np.abs(flat.reshape(-1, block)).max(axis=1), block)[: W.size].reshape(W.shape)
     assert np.all(np.abs(back - W) <= bound(W, absmax))
 
 
@@ -46,7 +56,9 @@ def test_tensors_across_chunk_boundaries_match_a_per_block_reference(mode):
         if mode in ("int8", "int4"):
             blocks = np.zeros(-(-size // 100) * 100, np.float32)
             blocks[:size] = w
-            np.testing.assert_array_equal(enc[SCALE_SUFFIX], np.abs(blocks.reshape(-1, 100)).max(axis=1) / LEVELS[mode])
+            np.testing.assert_array_equal(
+                enc[SCALE_SUFFIX], np.abs(blocks.reshape(-1, 100)).max(axis=1) / LEVELS[mode]
+            )
         back = dequantize(enc[""], enc.get(SCALE_SUFFIX), mode, 100, w)
         step = {"fp16": 2e-3, "bf16": 8e-3}.get(mode, 0)
         bound = np.abs(w) * step + 1e-6 if step else np.repeat(enc[SCALE_SUFFIX], 100)[:size] / 2 + 1e-6
@@ -88,7 +100,9 @@ def test_int_quantization_of_zeros_and_scales():
 
 def test_quantize_filter_leaves_int_tensors_alone():
     out = Quantize("int8", 16).apply(Outgoing({"w": W, "n": np.array([3], np.int64)}, "FULL"))
-    assert set(out.params) == {"w", "w" + SCALE_SUFFIX, "n"} and out.quant == {"w": {"mode": "int8", "block": 16}}
+    assert set(out.params) == {"w", "w" + SCALE_SUFFIX, "n"} and out.quant == {
+        "w": {"mode": "int8", "block": 16}
+    }
 
 
 def test_dp_clips_to_the_bound_and_turns_full_into_diff():
@@ -112,18 +126,31 @@ def test_filter_chain_and_config_errors():
     filters = build_filters([{"type": "exclude", "names": ["head.*"]}, {"type": "quantize", "mode": "fp16"}])
     out = apply_filters(filters, {"head.w": W, "body.w": W}, "FULL", None)
     assert set(out.params) == {"body.w"} and out.params["body.w"].dtype == np.float16
-    assert set(apply_filters(filters, {"body.w": W}, "FULL", None, quantize=False).params["body.w"].dtype.str) \
-        == set(np.dtype(np.float32).str)
-    for bad, match in [([{"type": "zip"}], "one of"), ([{"type": "quantize", "mode": "int3"}], "mode"),
-                       ([{"type": "quantize", "mode": "int8"}, {"type": "exclude", "names": ["x"]}], "last"),
-                       ([{"type": "dp_gaussian", "clip": 0, "noise_multiplier": 1}], "clip > 0"),
-                       ([{"type": "exclude"}], "names"), ("nope", "must be a list")]:
+    assert set(
+        apply_filters(filters, {"body.w": W}, "FULL", None, quantize=False).params["body.w"].dtype.str
+    ) == set(np.dtype(np.float32).str)
+    for bad, match in [
+        ([{"type": "zip"}], "one of"),
+        ([{"type": "quantize", "mode": "int3"}], "mode"),
+        ([{"type": "quantize", "mode": "int8"}, {"type": "exclude", "names": ["x"]}], "last"),
+        ([{"type": "dp_gaussian", "clip": 0, "noise_multiplier": 1}], "clip > 0"),
+        ([{"type": "exclude"}], "names"),
+        ("nope", "must be a list"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             build_filters(bad)
 
 
-@pytest.mark.parametrize("quant", [{"w": {"mode": "int8", "block": 3}}, {"w": {"mode": "zip", "block": 64}},
-                                   {"nope": {"mode": "int8", "block": 64}}, ["w"], {"n": {"mode": "fp16", "block": 64}}])
+@pytest.mark.parametrize(
+    "quant",
+    [
+        {"w": {"mode": "int8", "block": 3}},
+        {"w": {"mode": "zip", "block": 64}},
+        {"nope": {"mode": "int8", "block": 64}},
+        ["w"],
+        {"n": {"mode": "fp16", "block": 64}},
+    ],
+)
 def test_untrusted_quant_maps_are_refused(quant):
     with pytest.raises(UpdateRejectedError):
         check_quant_map(quant, {"w": W, "n": np.array([1], np.int64)})

@@ -26,7 +26,9 @@ def test_quantized_and_excluded_updates(make_recipe, local_env, mode, ratio):
     result = load_result(run.get_result(timeout=90))
     np.testing.assert_array_equal(result["head"], MODEL["head"])  # never left the sites
     expected = MODEL["body"] + 2 * 0.015
-    step = {"int8": 1.1 / 127, "int4": 1.1 / 7, "bf16": 2.2 * 2 ** -8}[mode]  # 2 rounds x half a step; absmax <= 1.03
+    step = {"int8": 1.1 / 127, "int4": 1.1 / 7, "bf16": 2.2 * 2**-8}[
+        mode
+    ]  # 2 rounds x half a step; absmax <= 1.03
     assert np.max(np.abs(result["body"] - expected)) <= step  # two rounds of half-step errors
     sent = [e for e in events(run.job_dir.root, "site-1") if e["event"] == "result_sent"]
     assert sent and all(e["quant"] == [mode] for e in sent)
@@ -35,8 +37,9 @@ def test_quantized_and_excluded_updates(make_recipe, local_env, mode, ratio):
 
 def test_dp_job_clips_every_update(make_recipe, local_env):
     filters = [{"type": "dp_gaussian", "clip": 0.1, "noise_multiplier": 0.0}]
-    run = make_recipe(SCRIPT, model={"body": np.zeros(100, np.float32)}, n_clients=2, num_rounds=1,
-                      filters=filters).execute(local_env)
+    run = make_recipe(
+        SCRIPT, model={"body": np.zeros(100, np.float32)}, n_clients=2, num_rounds=1, filters=filters
+    ).execute(local_env)
     result = load_result(run.get_result(timeout=90))["body"]
     # each site's update (0.01 or 0.02 everywhere, norm 0.1 or 0.2) is clipped to norm 0.1 -> 0.01 per value
     np.testing.assert_allclose(result, np.full(100, 0.01), rtol=1e-5)

@@ -30,8 +30,9 @@ def test_rejected_update_and_failed_round(make_recipe, local_env, capsys):
 
 
 def _run_killing_site3(make_recipe, local_env, settings):
-    run = make_recipe(FAILURES, n_clients=3, min_clients=2, num_rounds=1, train_args="hang",
-                      settings=settings).execute(local_env)
+    run = make_recipe(
+        FAILURES, n_clients=3, min_clients=2, num_rounds=1, train_args="hang", settings=settings
+    ).execute(local_env)
     deadline = time.monotonic() + 30
     while not any(e["event"] == "task_received" for e in events(run.job_dir.root, "site-3")):
         assert time.monotonic() < deadline
@@ -56,8 +57,13 @@ def test_too_short_round_timeout_names_the_setting(make_recipe, local_env, capsy
 
 
 def test_clients_that_never_register(make_recipe, local_env, capsys):
-    run = make_recipe(RESILIENCE, n_clients=3, min_clients=2, train_args="hang_at_start",
-                      settings={"registration_timeout": 3}).execute(local_env)
+    run = make_recipe(
+        RESILIENCE,
+        n_clients=3,
+        min_clients=2,
+        train_args="hang_at_start",
+        settings={"registration_timeout": 3},
+    ).execute(local_env)
     run.get_result(timeout=60)
     run.abort()
     text = diagnose(run.job_dir.root, capsys)

@@ -13,9 +13,11 @@ from hpcflare.slurm import SlurmCommands
 from tests.conftest import SLOW, events
 from tests.slurm.test_real_jobs import wait_done
 
-SACCT_OOM = ("4242|hpcflare|OUT_OF_MEMORY|0:125|||00:01:10|node[1-2]\n"
-             "4242.batch|batch|OUT_OF_MEMORY|0:125|2004K|8G|00:01:10|node1\n"
-             "4242.0|hpcflare-rank|OUT_OF_MEMORY|0:125|7998M|8G|00:01:09|node[1-2]\n")
+SACCT_OOM = (
+    "4242|hpcflare|OUT_OF_MEMORY|0:125|||00:01:10|node[1-2]\n"
+    "4242.batch|batch|OUT_OF_MEMORY|0:125|2004K|8G|00:01:10|node1\n"
+    "4242.0|hpcflare-rank|OUT_OF_MEMORY|0:125|7998M|8G|00:01:09|node[1-2]\n"
+)
 
 
 def fake_sacct(stdout: str, rc: int = 0):
@@ -23,7 +25,10 @@ def fake_sacct(stdout: str, rc: int = 0):
 
     def run(argv, timeout):
         calls.append(list(argv))
-        return subprocess.CompletedProcess(argv, rc, stdout, "sacct: error: Slurm accounting storage is disabled" if rc else "")
+        return subprocess.CompletedProcess(
+            argv, rc, stdout, "sacct: error: Slurm accounting storage is disabled" if rc else ""
+        )
+
     return run, calls
 
 
@@ -33,7 +38,10 @@ def test_oom_kill_from_sacct_names_memory_and_fix(make_recipe, tmp_path):
     runner, calls = fake_sacct(SACCT_OOM)
     text = report(job_dir, SlurmCommands(runner))
     assert calls and calls[0][:2] == ["sacct", "-n"] and "4242" in calls[0]
-    assert "Slurm step 4242.0 (hpcflare-rank) ran out of memory (OOM kill) (MaxRSS 7998M of 8G requested)" in text
+    assert (
+        "Slurm step 4242.0 (hpcflare-rank) ran out of memory (OOM kill) (MaxRSS 7998M of 8G requested)"
+        in text
+    )
     assert "--mem" in text and "enable staging and relays" in text
 
 

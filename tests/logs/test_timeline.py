@@ -17,9 +17,9 @@ def test_timeline_of_a_job_with_a_dead_client(make_recipe, local_env, tmp_path, 
     lanes = {lane["rank"]: lane for lane in data["lanes"]}
     assert [lane["rank"] for lane in data["lanes"]] == ["server", "site-1", "site-2", "site-3"]
     assert [r[0] for r in lanes["server"]["rounds"]] == [1]
-    assert ("client_dead" in {name for _, name in lanes["server"]["failures"]})
+    assert "client_dead" in {name for _, name in lanes["server"]["failures"]}
     for site in ("site-1", "site-2"):
-        (rnd, start, end), = lanes[site]["train"]
+        ((rnd, start, end),) = lanes[site]["train"]
         assert rnd == 1 and 0 <= start <= end
         assert lanes[site]["transfers"] and not lanes[site]["failures"]
     assert lanes["site-3"]["train"] == []  # killed before it sent a result

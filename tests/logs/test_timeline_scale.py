@@ -18,15 +18,26 @@ def _log(job_dir, rank, role, events):
 
 def test_150_sites_two_lives_and_a_straggler(make_recipe, tmp_path):
     job_dir = make_recipe(SLOW, n_clients=150).export(tmp_path / "jobs")
-    _log(job_dir, "server", "server", [
-        {"t": 0, "event": "server_started"}, {"t": 1, "event": "round_started", "round": 1},
-        {"t": 9, "event": "stragglers", "round": 1, "stragglers": ["site-7"]},
-        {"t": 9, "event": "round_completed", "round": 1},
-        {"t": 20, "event": "server_started"}, {"t": 21, "event": "round_started", "round": 2},
-        {"t": 29, "event": "round_completed", "round": 2}])
+    _log(
+        job_dir,
+        "server",
+        "server",
+        [
+            {"t": 0, "event": "server_started"},
+            {"t": 1, "event": "round_started", "round": 1},
+            {"t": 9, "event": "stragglers", "round": 1, "stragglers": ["site-7"]},
+            {"t": 9, "event": "round_completed", "round": 1},
+            {"t": 20, "event": "server_started"},
+            {"t": 21, "event": "round_started", "round": 2},
+            {"t": 29, "event": "round_completed", "round": 2},
+        ],
+    )
     for i in range(1, 151):
-        events = [{"t": 0.5, "event": "registered"}, {"t": 2, "event": "task_received", "round": 1},
-                  {"t": 5 + i / 100, "event": "result_sent", "round": 1, "seconds": 0.1}]
+        events = [
+            {"t": 0.5, "event": "registered"},
+            {"t": 2, "event": "task_received", "round": 1},
+            {"t": 5 + i / 100, "event": "result_sent", "round": 1, "seconds": 0.1},
+        ]
         if i == 3:  # stopped by the requeue of life 1: part of that life's end, not a failure
             events.append({"t": 15, "event": "client_failed", "level": "error", "exit_code": 30})
         if i == 99:  # a real failure in the last life
@@ -49,4 +60,10 @@ def test_sites_sort_naturally(make_recipe, tmp_path):
     _log(job_dir, "server", "server", [{"t": 0, "event": "server_started"}])
     for i in (10, 2, 1, 12):
         _log(job_dir, f"site-{i}", "client", [{"t": 1, "event": "registered"}])
-    assert [lane["rank"] for lane in collect(job_dir)["lanes"]] == ["server", "site-1", "site-2", "site-10", "site-12"]
+    assert [lane["rank"] for lane in collect(job_dir)["lanes"]] == [
+        "server",
+        "site-1",
+        "site-2",
+        "site-10",
+        "site-12",
+    ]

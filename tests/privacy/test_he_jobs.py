@@ -20,9 +20,14 @@ def decrypted_result(run):
 
     job = run.job_dir.root
     encrypted = load_result(run.get_result(timeout=180))
-    assert encrypted["body"].dtype == np.uint8 and he.WEIGHT in encrypted  # the server never had the plain model
+    assert (
+        encrypted["body"].dtype == np.uint8 and he.WEIGHT in encrypted
+    )  # the server never had the plain model
     out = job / "plain.safetensors"
-    assert he.main(["decrypt", str(run.get_result()), str(job / "he_keys" / "site-1" / "secret.ctx"), str(out)]) == 0
+    assert (
+        he.main(["decrypt", str(run.get_result()), str(job / "he_keys" / "site-1" / "secret.ctx"), str(out)])
+        == 0
+    )
     return load_result(out)
 
 
@@ -30,8 +35,9 @@ def decrypted_result(run):
 def test_he_result_matches_plain_fedavg(make_recipe, local_env, sim_env, layout):
     plain = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2).execute(sim_env)
     expected = load_result(plain.get_result(timeout=120))
-    run = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2, privacy={"type": "he"},
-                      **layout).execute(local_env)
+    run = make_recipe(
+        SCRIPT, model=MODEL, n_clients=4, num_rounds=2, privacy={"type": "he"}, **layout
+    ).execute(local_env)
     result = decrypted_result(run)
     np.testing.assert_allclose(result["body"], expected["body"], atol=1e-5)
     np.testing.assert_allclose(result["bias"], expected["bias"], atol=1e-5)
@@ -61,7 +67,9 @@ def test_garbage_or_wrong_size_ciphertexts_are_rejected(tmp_path):
     site = he.HESite(spec, tmp_path, "site-1", None)
     good = site.protect(None, {"w": np.ones(10)}, 2.0)
     with pytest.raises(errors.UpdateRejectedError, match="not a CKKS vector"):
-        aggregator.add(ClientUpdate("site-1", {**good, "w": np.arange(100, dtype=np.uint8)}, UpdateKind.FULL, 1))
+        aggregator.add(
+            ClientUpdate("site-1", {**good, "w": np.arange(100, dtype=np.uint8)}, UpdateKind.FULL, 1)
+        )
     short = site.protect(None, {"w": np.ones(3)}, 2.0)
     with pytest.raises(errors.UpdateRejectedError, match="encrypts 3 values"):
         aggregator.add(ClientUpdate("site-1", short, UpdateKind.FULL, 1))
@@ -78,11 +86,14 @@ def test_he_keys_in_startup_kits_secret_only_in_client_kits(make_recipe, local_e
     from hpcflare.privacy import he
     from hpcflare.security.jobs import prepare_job
 
-    recipe = make_recipe(SCRIPT, model=MODEL, n_clients=2, num_rounds=2, privacy={"type": "he"}, tls="on",
-                         clients_per_rank=1)
+    recipe = make_recipe(
+        SCRIPT, model=MODEL, n_clients=2, num_rounds=2, privacy={"type": "he"}, tls="on", clients_per_rank=1
+    )
     job = recipe.export(local_env.job_root)
     kits = job.root / "kits"
-    prepare_job(JobDir(job.root), secure_default=True)  # the job's own CA and kits, as a Slurm batch step makes them
+    prepare_job(
+        JobDir(job.root), secure_default=True
+    )  # the job's own CA and kits, as a Slurm batch step makes them
     shutil.rmtree(job.root / "he_keys")
     assert he.main(["provision", str(kits)]) == 0
     assert sorted(p.parent.name for p in kits.glob("*/he_context.ctx")) == ["site-1", "site-2"]
@@ -90,6 +101,9 @@ def test_he_keys_in_startup_kits_secret_only_in_client_kits(make_recipe, local_e
     run = local_env.deploy(job)
     assert not (job.root / "he_keys").exists()  # nothing fell back to job-made keys
     encrypted = load_result(run.get_result(timeout=180))
-    plain = he.decrypt_model(he.load_context(kits / "site-2" / "he_context.ctx", secret=True), encrypted,
-                             he.model_layout(encrypted))
+    plain = he.decrypt_model(
+        he.load_context(kits / "site-2" / "he_context.ctx", secret=True),
+        encrypted,
+        he.model_layout(encrypted),
+    )
     assert plain["body"].shape == MODEL["body"].shape

@@ -34,12 +34,15 @@ def _protocol(updates, weights, spec=PrivacySpec("secagg"), drop=(), server=None
     before uploading. Returns (server, masked uploads, new global model)."""
     sites = sorted(updates)
     server = server or SecAgg(FedAvg(), spec, "job-1")
-    server.start_services(ServerContext(None, "localhost", None, _Log(),
-                                        live=lambda: set(sites) - set(drop)))
+    server.start_services(ServerContext(None, "localhost", None, _Log(), live=lambda: set(sites) - set(drop)))
     server.plan_round(1, 1, sites)
     task = Task("train", "t1", 1, 1, "ref", [], {"privacy": spec.to_dict()})
-    site_objs = {s: SecAggSite(s, "job-1", spec, lambda req, timeout, s=s: (lie or server.exchange)(s, req), 10.0,
-                               _Log()) for s in sites}
+    site_objs = {
+        s: SecAggSite(
+            s, "job-1", spec, lambda req, timeout, s=s: (lie or server.exchange)(s, req), 10.0, _Log()
+        )
+        for s in sites
+    }
     for s, obj in site_objs.items():
         obj.received(task, {})
     masked = {s: site_objs[s].protect(task, updates[s], weights[s]) for s in sites if s not in drop}
@@ -54,6 +57,7 @@ def _protocol(updates, weights, spec=PrivacySpec("secagg"), drop=(), server=None
             site_objs[s].uploaded(task)
         except BaseException as exc:  # noqa: BLE001
             errors_seen.append(exc)
+
     threads = [threading.Thread(target=reveal, args=(s,)) for s in masked]
     for t in threads:
         t.start()
@@ -69,8 +73,10 @@ def _protocol(updates, weights, spec=PrivacySpec("secagg"), drop=(), server=None
 
 def _updates(n, size=5000, seed=0):
     rng = np.random.default_rng(seed)
-    return ({f"s{i}": {"w": rng.normal(0, 0.1, (size // 100, 100)), "b": rng.normal(0, 1, 3)} for i in range(n)},
-            {f"s{i}": float(i + 1) for i in range(n)})
+    return (
+        {f"s{i}": {"w": rng.normal(0, 0.1, (size // 100, 100)), "b": rng.normal(0, 1, 3)} for i in range(n)},
+        {f"s{i}": float(i + 1) for i in range(n)},
+    )
 
 
 def _mean(updates, weights, keep):
@@ -118,7 +124,14 @@ def test_what_the_server_sees_of_one_upload_is_indistinguishable_from_random():
     assert np.mean(view == plain) < 1e-3
     # two sites' uploads are uncorrelated with each other as well
     other = masked["s2"]["w"].reshape(-1)
-    assert abs(np.corrcoef((view >> np.uint64(11)).astype(np.float64), (other >> np.uint64(11)).astype(np.float64))[0, 1]) < 0.03
+    assert (
+        abs(
+            np.corrcoef(
+                (view >> np.uint64(11)).astype(np.float64), (other >> np.uint64(11)).astype(np.float64)
+            )[0, 1]
+        )
+        < 0.03
+    )
 
 
 def test_a_site_refuses_to_reveal_for_a_server_that_lies_about_survivors():
@@ -131,6 +144,7 @@ def test_a_site_refuses_to_reveal_for_a_server_that_lies_about_survivors():
         if request["op"] == "unmask" and reply.get("status") == "ok":
             return {**reply, "dropped": ["s3"]}
         return reply
+
     refusals: list[BaseException] = []
     with pytest.raises(errors.RoundFailedError, match="0 of 4 survivors revealed"):
         _protocol(updates, weights, spec=spec, server=server, lie=lying, site_errors=refusals)
@@ -153,7 +167,7 @@ def test_shamir_threshold_and_malformed_shares():
 
 def test_fixed_point_round_trip_and_overflow_refusal():
     values = np.array([-1.5, 0.0, 1e-6, 3.25])
-    assert np.allclose(decode(encode(values, 2.0, 24, 10), 24), 2.0 * values, atol=2 ** -24)
+    assert np.allclose(decode(encode(values, 2.0, 24, 10), 24), 2.0 * values, atol=2**-24)
     with pytest.raises(OverflowError, match="frac_bits"):
         encode(np.array([1e12]), 1.0, 24, 100)
     with pytest.raises(OverflowError):
@@ -169,12 +183,15 @@ def test_partner_graph_is_symmetric_and_sized():
     assert PrivacySpec("secagg").partners(50) == 2 * 6 + 2 and PrivacySpec("secagg").partners(10) == 9
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"type": "secagg", "threshold": 1}, "threshold"),
-    ({"type": "secagg", "frac_bits": 60}, "frac_bits"),
-    ({"type": "secagg", "nonsense": 1}, "unknown option"),
-    ({"type": "rot13"}, "type: secagg|he"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"type": "secagg", "threshold": 1}, "threshold"),
+        ({"type": "secagg", "frac_bits": 60}, "frac_bits"),
+        ({"type": "secagg", "nonsense": 1}, "unknown option"),
+        ({"type": "rot13"}, "type: secagg|he"),
+    ],
+)
 def test_bad_privacy_options_are_refused(raw, message):
     with pytest.raises(errors.ConfigError, match=message):
         PrivacySpec.parse(raw)

@@ -8,8 +8,11 @@ import pytest
 
 from tests.conftest import events, load_result
 
-MODEL = {"body": np.linspace(-1, 1, 3000, dtype=np.float32).reshape(30, 100), "bias": np.zeros(7, np.float32),
-         "steps": np.array([5], np.int64)}
+MODEL = {
+    "body": np.linspace(-1, 1, 3000, dtype=np.float32).reshape(30, 100),
+    "bias": np.zeros(7, np.float32),
+    "steps": np.array([5], np.int64),
+}
 SCRIPT = """
 import zlib
 import numpy as np
@@ -26,28 +29,35 @@ while flare.is_running():
 
 @pytest.mark.parametrize("env", ["sim_env", "local_env"])
 def test_secagg_sum_matches_plain_fedavg(make_recipe, request, env):
-    plain = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2).execute(request.getfixturevalue("sim_env"))
+    plain = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2).execute(
+        request.getfixturevalue("sim_env")
+    )
     expected = load_result(plain.get_result(timeout=120))
-    run = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2,
-                      privacy={"type": "secagg"}).execute(request.getfixturevalue(env))
+    run = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2, privacy={"type": "secagg"}).execute(
+        request.getfixturevalue(env)
+    )
     result = load_result(run.get_result(timeout=120))
     np.testing.assert_allclose(result["body"], expected["body"], atol=1e-5)
     np.testing.assert_allclose(result["bias"], expected["bias"], atol=1e-5)
     np.testing.assert_array_equal(result["steps"], MODEL["steps"])
 
 
-DROPOUT = SCRIPT.replace("    flare.send(", """    if k == 3 and m.current_round == m.total_rounds - 1:  # the last round (current_round counts from 0)
+DROPOUT = SCRIPT.replace(
+    "    flare.send(",
+    """    if k == 3 and m.current_round == m.total_rounds - 1:  # the last round (current_round counts from 0)
         import os, time
         time.sleep(1.5)  # its keys and shares are out (the exchange runs beside training), its update never is
         os._exit(1)
-    flare.send(""")
+    flare.send(""",
+)
 
 
 def test_site_lost_after_sharing_is_unmasked_by_the_survivors(make_recipe, local_env):
     plain = make_recipe(DROPOUT, model=MODEL, n_clients=4, min_clients=3, num_rounds=2).execute(local_env)
     expected = load_result(plain.get_result(timeout=120))
-    run = make_recipe(DROPOUT, model=MODEL, n_clients=4, min_clients=3, num_rounds=2,
-                      privacy={"type": "secagg"}).execute(local_env)
+    run = make_recipe(
+        DROPOUT, model=MODEL, n_clients=4, min_clients=3, num_rounds=2, privacy={"type": "secagg"}
+    ).execute(local_env)
     result = load_result(run.get_result(timeout=120))
     np.testing.assert_allclose(result["body"], expected["body"], atol=1e-5)
     revealed = [e for e in events(run.job_dir.root, "site-1") if e["event"] == "secagg_dropouts"]
@@ -55,8 +65,14 @@ def test_site_lost_after_sharing_is_unmasked_by_the_survivors(make_recipe, local
 
 
 def test_too_few_survivors_fail_the_round_with_the_cause(make_recipe, local_env):
-    run = make_recipe(DROPOUT, model=MODEL, n_clients=4, min_clients=3, num_rounds=2,
-                      privacy={"type": "secagg", "threshold": 4}).execute(local_env)
+    run = make_recipe(
+        DROPOUT,
+        model=MODEL,
+        n_clients=4,
+        min_clients=3,
+        num_rounds=2,
+        privacy={"type": "secagg", "threshold": 4},
+    ).execute(local_env)
     assert run.wait(120)
     status = run.get_status()
     assert status["state"] == "failed"
@@ -67,8 +83,9 @@ def test_too_few_survivors_fail_the_round_with_the_cause(make_recipe, local_env)
 def test_relays_and_staging_carry_only_masked_sums(make_recipe, local_env, sim_env, layout):
     plain = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2).execute(sim_env)
     expected = load_result(plain.get_result(timeout=120))
-    run = make_recipe(SCRIPT, model=MODEL, n_clients=4, num_rounds=2, privacy={"type": "secagg"},
-                      **layout).execute(local_env)
+    run = make_recipe(
+        SCRIPT, model=MODEL, n_clients=4, num_rounds=2, privacy={"type": "secagg"}, **layout
+    ).execute(local_env)
     result = load_result(run.get_result(timeout=120))
     np.testing.assert_allclose(result["body"], expected["body"], atol=1e-5)
     partials = [e for e in events(run.job_dir.root, "server") if e["event"] == "partial_accepted"]
@@ -83,9 +100,25 @@ def test_recipe_cli_privacy_flag(tmp_path):
     from pathlib import Path
 
     job_py = Path(__file__).resolve().parents[2] / "recipes" / "hello-numpy" / "job.py"
-    out = subprocess.run([sys.executable, str(job_py), "--env", "sim", "--n-clients", "3", "--rounds", "2",
-                          "--privacy", "secagg", "--job-root", str(tmp_path / "jobs")],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(job_py),
+            "--env",
+            "sim",
+            "--n-clients",
+            "3",
+            "--rounds",
+            "2",
+            "--privacy",
+            "secagg",
+            "--job-root",
+            str(tmp_path / "jobs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     (job,) = (tmp_path / "jobs").iterdir()
     assert "privacy:\n  type: secagg" in (job / "job.yaml").read_text()

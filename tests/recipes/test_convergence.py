@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hpcflare.data.synthetic import accuracy, population, holdout_set, tiny_mlp  # noqa: E402
+from hpcflare.data.synthetic import accuracy, holdout_set, population, tiny_mlp  # noqa: E402
 from tests.conftest import FAST, REPO  # noqa: E402
 
 TARGET = 0.75  # centralized training reaches ~0.92; a linear model ~0.62
@@ -23,7 +23,9 @@ MARGIN = 0.03
 
 
 def recipe_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name.replace('-', '_')}", REPO / "recipes" / name / "job.py")
+    spec = importlib.util.spec_from_file_location(
+        f"recipe_{name.replace('-', '_')}", REPO / "recipes" / name / "job.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -67,7 +69,7 @@ def centralized(epochs: int = 20) -> float:
     for _ in range(epochs):
         order = torch.randperm(len(Y), generator=shuffle)
         for i in range(0, len(Y), 32):
-            batch = order[i:i + 32]
+            batch = order[i : i + 32]
             opt.zero_grad()
             torch.nn.functional.cross_entropy(net(X[batch]), Y[batch]).backward()
             opt.step()
@@ -75,8 +77,9 @@ def centralized(epochs: int = 20) -> float:
 
 
 def test_iid_fedavg_matches_centralized(tmp_path):
-    federated = run_recipe("fedavg-torch", tmp_path, "--split", "iid", "--local-epochs", "5", "--lr", "0.1",
-                           "--num-rounds", "20")
+    federated = run_recipe(
+        "fedavg-torch", tmp_path, "--split", "iid", "--local-epochs", "5", "--lr", "0.1", "--num-rounds", "20"
+    )
     pooled = centralized()
     assert pooled > 0.85
     assert abs(federated - pooled) <= MARGIN, (federated, pooled)

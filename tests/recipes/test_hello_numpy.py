@@ -54,8 +54,20 @@ def test_fedavg_weights_by_num_steps(make_recipe, local_env):
 
 def test_readme_first_command_runs_hello_numpy(tmp_path):
     """`hpcflare run recipes/hello-numpy` prints per-round progress and where the result was written."""
-    proc = subprocess.run([sys.executable, "-m", "hpcflare.cli", "run", str(REPO / "recipes" / "hello-numpy"),
-                           "--job-root", str(tmp_path / "jobs")], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcflare.cli",
+            "run",
+            str(REPO / "recipes" / "hello-numpy"),
+            "--job-root",
+            str(tmp_path / "jobs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for n in (1, 2, 3):
         assert f"round {n}/3 completed" in proc.stdout

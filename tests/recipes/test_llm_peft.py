@@ -20,6 +20,7 @@ def recipe_model():
     sys.path.insert(0, str(RECIPE))
     try:
         import model
+
         yield model
     finally:
         sys.path.remove(str(RECIPE))
@@ -27,8 +28,20 @@ def recipe_model():
 
 
 def run_job(tmp_path: Path, *flags: str) -> Path:
-    out = subprocess.run([sys.executable, str(RECIPE / "job.py"), "--env", "sim", "--job_root", str(tmp_path / "jobs"),
-                          *flags], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(RECIPE / "job.py"),
+            "--env",
+            "sim",
+            "--job_root",
+            str(tmp_path / "jobs"),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Job status: completed" in out.stdout
     (job,) = (tmp_path / "jobs").iterdir()

@@ -20,8 +20,12 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def run_job(tmp_path: Path, recipe: str, *flags: str, ok: bool = True) -> tuple[Path, str]:
-    out = subprocess.run([sys.executable, str(RECIPES / recipe / "job.py"), "--job-root", str(tmp_path / "jobs"), *flags],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(RECIPES / recipe / "job.py"), "--job-root", str(tmp_path / "jobs"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     text = out.stdout + out.stderr
     if ok:
         assert out.returncode == 0, text[-4000:]
@@ -36,8 +40,22 @@ def inertia(x: np.ndarray, centers: np.ndarray) -> float:
 def test_federated_kmeans_matches_centralized_quality_on_non_iid_sites(tmp_path):
     from sklearn.cluster import KMeans
 
-    job, _ = run_job(tmp_path, "sklearn-kmeans", "--env", "sim", "--n-clients", "4", "--rounds", "8",
-                     "--clusters", "6", "--features", "4", "--rows", "6000")
+    job, _ = run_job(
+        tmp_path,
+        "sklearn-kmeans",
+        "--env",
+        "sim",
+        "--n-clients",
+        "4",
+        "--rounds",
+        "8",
+        "--clusters",
+        "6",
+        "--features",
+        "4",
+        "--rows",
+        "6000",
+    )
     result = safetensors.numpy.load_file(str(job / "models" / "global_model.safetensors"))
     union = np.concatenate([cluster_rows(i, 4, 6000, 6, 4) for i in range(4)])
     assert len(union) == 6000 and result["centers"].shape == (6, 4)
@@ -51,13 +69,29 @@ def test_federated_linear_model_matches_centralized_accuracy(tmp_path, model):
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
-    job, _ = run_job(tmp_path, "sklearn-linear", "--env", "sim", "--n-clients", "4", "--rounds", "8", "--model", model,
-                     "--rows", "20000")
+    job, _ = run_job(
+        tmp_path,
+        "sklearn-linear",
+        "--env",
+        "sim",
+        "--n-clients",
+        "4",
+        "--rounds",
+        "8",
+        "--model",
+        model,
+        "--rows",
+        "20000",
+    )
     result = safetensors.numpy.load_file(str(job / "models" / "global_model.safetensors"))
     x = np.concatenate([site_rows(i, 4, 20000)[0] for i in range(4)])
     y = np.concatenate([site_rows(i, 4, 20000)[1] for i in range(4)])
     x_test, y_test = holdout()
-    central = (LogisticRegression(max_iter=1000) if model == "logreg" else LinearSVC()).fit(x, y).score(x_test, y_test)
+    central = (
+        (LogisticRegression(max_iter=1000) if model == "logreg" else LinearSVC())
+        .fit(x, y)
+        .score(x_test, y_test)
+    )
     federated = np.mean(((x_test @ result["coef"].T).ravel() + result["intercept"][0] > 0) == (y_test > 0.5))
     assert federated >= central - 0.01, (federated, central)
 
@@ -77,8 +111,23 @@ def test_kmeans_site_with_other_feature_count_fails_with_the_fix(tmp_path):
     rng = np.random.default_rng(0)
     write_csv(data / "site-1.csv", ["a", "b", "c"], rng.normal(size=(50, 3)))
     write_csv(data / "site-2.csv", ["a", "b", "c", "d"], rng.normal(size=(50, 4)))
-    job, text = run_job(tmp_path, "sklearn-kmeans", "--env", "sim", "--n-clients", "2", "--rounds", "2",
-                        "--clusters", "2", "--features", "3", "--data-path", str(data / "{site}.csv"), ok=False)
+    job, text = run_job(
+        tmp_path,
+        "sklearn-kmeans",
+        "--env",
+        "sim",
+        "--n-clients",
+        "2",
+        "--rounds",
+        "2",
+        "--clusters",
+        "2",
+        "--features",
+        "3",
+        "--data-path",
+        str(data / "{site}.csv"),
+        ok=False,
+    )
     logs = "".join(p.read_text() for p in (job / "logs").glob("*.log"))
     assert "site-2 has 4 feature columns but the job's model has 3" in logs + text
 

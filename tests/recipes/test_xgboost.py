@@ -20,15 +20,29 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from hpcflare.tabular.data import holdout, site_rows, vertical_columns, vertical_population  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-PARAMS = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.1, "nthread": 1, "seed": 0}
+PARAMS = {
+    "objective": "binary:logistic",
+    "tree_method": "hist",
+    "max_depth": 6,
+    "eta": 0.1,
+    "nthread": 1,
+    "seed": 0,
+}
 
 
 def run_job(tmp_path: Path, recipe: str, *flags: str) -> Path:
     root = tmp_path / "jobs"
-    out = subprocess.run([sys.executable, str(RECIPES / recipe / "job.py"), "--job-root", str(root), *flags],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(RECIPES / recipe / "job.py"), "--job-root", str(root), *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    return max((p for p in root.iterdir() if p.name.startswith(recipe.split("-")[0])), key=lambda p: p.stat().st_mtime)
+    return max(
+        (p for p in root.iterdir() if p.name.startswith(recipe.split("-")[0])),
+        key=lambda p: p.stat().st_mtime,
+    )
 
 
 def booster(job: Path):
@@ -40,8 +54,20 @@ def auc(model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_histogram_xgboost_equals_centralized_on_the_union_of_8_non_iid_sites(tmp_path):
-    job = run_job(tmp_path, "xgboost", "--env", "sim", "--n-clients", "8", "--mode", "histogram",
-                  "--boost-rounds", "30", "--rows", "24000")
+    job = run_job(
+        tmp_path,
+        "xgboost",
+        "--env",
+        "sim",
+        "--n-clients",
+        "8",
+        "--mode",
+        "histogram",
+        "--boost-rounds",
+        "30",
+        "--rows",
+        "24000",
+    )
     sites = [site_rows(i, 8, 24000) for i in range(8)]
     assert len({len(y) for _, y in sites}) == 8  # non-IID sizes
     x = np.concatenate([s[0] for s in sites])
@@ -49,27 +75,62 @@ def test_histogram_xgboost_equals_centralized_on_the_union_of_8_non_iid_sites(tm
     x_test, y_test = holdout()
     central = xgb.train(PARAMS, xgb.DMatrix(x, label=y), 30)
     federated = booster(job)
-    assert len(json.loads((job / "models" / "xgboost_model.json").read_text())["learner"]["gradient_booster"]["model"]["trees"]) == 30
+    assert (
+        len(
+            json.loads((job / "models" / "xgboost_model.json").read_text())["learner"]["gradient_booster"][
+                "model"
+            ]["trees"]
+        )
+        == 30
+    )
     assert abs(auc(federated, x_test, y_test) - auc(central, x_test, y_test)) < 0.005
 
 
 def test_bagging_forest_beats_every_single_site(tmp_path):
-    job = run_job(tmp_path, "xgboost", "--env", "sim", "--n-clients", "4", "--mode", "bagging", "--rounds", "10",
-                  "--rows", "16000", "--eta", "0.3")
+    job = run_job(
+        tmp_path,
+        "xgboost",
+        "--env",
+        "sim",
+        "--n-clients",
+        "4",
+        "--mode",
+        "bagging",
+        "--rounds",
+        "10",
+        "--rows",
+        "16000",
+        "--eta",
+        "0.3",
+    )
     x_test, y_test = holdout()
     federated = auc(booster(job), x_test, y_test)
     params = {**PARAMS, "eta": 0.3}
-    singles = [auc(xgb.train(params, xgb.DMatrix(x, label=y), 10), x_test, y_test)
-               for x, y in (site_rows(i, 4, 16000) for i in range(4))]
+    singles = [
+        auc(xgb.train(params, xgb.DMatrix(x, label=y), 10), x_test, y_test)
+        for x, y in (site_rows(i, 4, 16000) for i in range(4))
+    ]
     assert federated >= max(singles), (federated, singles)
 
 
 def test_vertical_xgboost_after_psi_matches_centralized_on_the_joined_table(tmp_path):
-    job = run_job(tmp_path, "xgboost-vertical", "--env", "sim", "--n-clients", "3", "--boost-rounds", "20",
-                  "--rows", "8000")
+    job = run_job(
+        tmp_path,
+        "xgboost-vertical",
+        "--env",
+        "sim",
+        "--n-clients",
+        "3",
+        "--boost-rounds",
+        "20",
+        "--rows",
+        "8000",
+    )
     psi = json.loads(next((tmp_path / "jobs").glob("psi-*/models/psi.json")).read_text())
     ids, x, y = vertical_population(8000)
-    common = sorted((tmp_path / "jobs").glob("psi-*/sites/site-2/psi_intersection.txt"))[0].read_text().split()
+    common = (
+        sorted((tmp_path / "jobs").glob("psi-*/sites/site-2/psi_intersection.txt"))[0].read_text().split()
+    )
     assert psi["intersection_size"] == len(common) and 0 < len(common) < 8000
     rows = np.array([int(i.split("-")[1]) for i in common])
     cols = np.concatenate([vertical_columns(i, 3, x.shape[1]) for i in range(3)])  # rank order = site order
@@ -82,8 +143,20 @@ def test_vertical_xgboost_after_psi_matches_centralized_on_the_joined_table(tmp_
 
 @pytest.mark.parametrize("env", ["local", "mpi"])
 def test_histogram_collective_runs_over_mutual_tls_between_processes(tmp_path, env):
-    job = run_job(tmp_path, "xgboost", "--env", env, "--n-clients", "2", "--boost-rounds", "5", "--tls", "on",
-                  "--rows", "4000")
+    job = run_job(
+        tmp_path,
+        "xgboost",
+        "--env",
+        env,
+        "--n-clients",
+        "2",
+        "--boost-rounds",
+        "5",
+        "--tls",
+        "on",
+        "--rows",
+        "4000",
+    )
     events = [json.loads(line) for line in (job / "logs" / "server.jsonl").read_text().splitlines()]
     (tracker,) = [e for e in events if e["event"] == "xgboost_tracker"]
     assert tracker["tls"] is True
@@ -97,11 +170,31 @@ def test_histogram_job_stops_with_the_cause_when_sites_have_different_columns(tm
         x = rng.normal(size=(300, features))
         y = (x[:, 0] > 0).astype(int)
         header = ",".join([f"f{i}" for i in range(features)] + ["label"])
-        np.savetxt(tmp_path / f"{site}.csv", np.column_stack([x, y]), delimiter=",", header=header, comments="")
+        np.savetxt(
+            tmp_path / f"{site}.csv", np.column_stack([x, y]), delimiter=",", header=header, comments=""
+        )
     root = tmp_path / "jobs"
-    out = subprocess.run([sys.executable, str(RECIPES / "xgboost" / "job.py"), "--job-root", str(root), "--env", "local",
-                          "--n-clients", "2", "--mode", "histogram", "--boost-rounds", "5",
-                          "--data-path", str(tmp_path / "{site}.csv")], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(RECIPES / "xgboost" / "job.py"),
+            "--job-root",
+            str(root),
+            "--env",
+            "local",
+            "--n-clients",
+            "2",
+            "--mode",
+            "histogram",
+            "--boost-rounds",
+            "5",
+            "--data-path",
+            str(tmp_path / "{site}.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     (job,) = root.iterdir()
     logs = "".join(p.read_text() for p in (job / "logs").glob("site-*.log"))
     assert "feature counts differ across sites (5 to 6" in logs, (out.stdout + out.stderr)[-3000:]
@@ -115,11 +208,19 @@ def test_histogram_collective_over_mutual_tls_with_virtual_sites_that_have_no_ki
     from hpcflare.recipe import XGBHistogramRecipe
     from hpcflare.security.provision import Participant, Project, provision
 
-    kits = provision(Project("fed", [Participant("server", "server"), Participant("client-rank-1", "client")]),
-                     tmp_path / "ws")
-    recipe = XGBHistogramRecipe(name="xgb-tls", n_clients=2, min_clients=2, train_script=RECIPES / "xgboost" / "client.py",
-                                train_args=["--mode", "histogram", "--boost-rounds", "4", "--n-sites", "2",
-                                            "--rows", "3000"], tls="on", kits_dir=kits)
+    kits = provision(
+        Project("fed", [Participant("server", "server"), Participant("client-rank-1", "client")]),
+        tmp_path / "ws",
+    )
+    recipe = XGBHistogramRecipe(
+        name="xgb-tls",
+        n_clients=2,
+        min_clients=2,
+        train_script=RECIPES / "xgboost" / "client.py",
+        train_args=["--mode", "histogram", "--boost-rounds", "4", "--n-sites", "2", "--rows", "3000"],
+        tls="on",
+        kits_dir=kits,
+    )
     run = recipe.execute(LocalEnv(job_root=tmp_path / "jobs", clients_per_rank=2))
     model = safetensors.numpy.load_file(str(run.get_result(timeout=240)))["model"]
     assert xgb.Booster(model_file=bytearray(model.tobytes())).num_boosted_rounds() == 4
@@ -137,23 +238,53 @@ def test_a_site_without_any_kit_is_told_to_provision_one(tmp_path, monkeypatch):
     agent = SimpleNamespace(site="site-9", kit=None)
     monkeypatch.setattr(site_xgb.flare, "_ctx", lambda ctx=None: SimpleNamespace(agent=agent))
     monkeypatch.setattr(site_xgb.flare, "get_site_name", lambda: "site-9")
-    meta = {"xgboost": {"mode": "histogram", "address": "h:1", "world_size": 1, "ranks": {"site-9": 0},
-                        "tracker_ca": "PEM"}}
+    meta = {
+        "xgboost": {
+            "mode": "histogram",
+            "address": "h:1",
+            "world_size": 1,
+            "ranks": {"site-9": 0},
+            "tracker_ca": "PEM",
+        }
+    }
     with pytest.raises(ConfigError, match="site-9 has no startup kit.*hpcflare provision"):
         site_xgb.collective_args(SimpleNamespace(meta=meta), tmp_path)
 
 
 def test_vertical_job_stops_with_the_cause_when_the_label_owner_has_no_labels(tmp_path):
     rng = np.random.default_rng(1)
-    for site, cols in (("site-1", ["a", "b"]), ("site-2", ["c"])):  # site-1 (label owner) lacks the label column
+    for site, cols in (
+        ("site-1", ["a", "b"]),
+        ("site-2", ["c"]),
+    ):  # site-1 (label owner) lacks the label column
         ids = [f"p-{i}" for i in range(200)]
-        lines = [",".join(["id", *cols])] + [",".join([i, *map(str, rng.normal(size=len(cols)))]) for i in ids]
+        lines = [",".join(["id", *cols])] + [
+            ",".join([i, *map(str, rng.normal(size=len(cols)))]) for i in ids
+        ]
         (tmp_path / f"{site}.csv").write_text("\n".join(lines) + "\n")
     root = tmp_path / "jobs"
-    out = subprocess.run([sys.executable, str(RECIPES / "xgboost-vertical" / "job.py"), "--job-root", str(root),
-                          "--env", "local", "--n-clients", "2", "--boost-rounds", "3",
-                          "--data-path", str(tmp_path / "{site}.csv")], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(RECIPES / "xgboost-vertical" / "job.py"),
+            "--job-root",
+            str(root),
+            "--env",
+            "local",
+            "--n-clients",
+            "2",
+            "--boost-rounds",
+            "3",
+            "--data-path",
+            str(tmp_path / "{site}.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     (job,) = root.glob("xgboost-vertical-*")
     logs = (job / "logs" / "site-1.log").read_text()
-    assert "has no label column 'label'" in logs and "--label-column" in logs, (out.stdout + out.stderr)[-3000:]
+    assert "has no label column 'label'" in logs and "--label-column" in logs, (out.stdout + out.stderr)[
+        -3000:
+    ]
     assert json.loads((job / "status.json").read_text())["state"] == "failed" and out.returncode != 0

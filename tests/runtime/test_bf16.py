@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
-from hpcflare.tensors import acc_dtype
 from hpcflare.strategy.api import ClientUpdate, UpdateKind
+from hpcflare.tensors import acc_dtype
 from hpcflare.transport.codec import BF16, decode_tensor, encode_tensor, tensor_parts
 from tests.conftest import events, load_result
 
@@ -35,12 +35,11 @@ def test_bf16_aggregates_in_fp32_and_returns_bf16():
     out = agg.result()["w"]
     reference = values.astype(np.float64).mean(axis=0)
     assert out.dtype == BF16
-    np.testing.assert_allclose(out.astype(np.float32), reference, rtol=2 ** -8)  # within bf16 rounding
+    np.testing.assert_allclose(out.astype(np.float32), reference, rtol=2**-8)  # within bf16 rounding
     naive = np.zeros(4, dtype=BF16)  # what summing in bf16 would give: past 256, adding ~1 changes nothing
     for value in values:
         naive = (naive + value).astype(BF16)
-    assert not np.allclose(naive.astype(np.float32) / len(values), reference, rtol=2 ** -8)
-
+    assert not np.allclose(naive.astype(np.float32) / len(values), reference, rtol=2**-8)
 
 
 def test_a_bf16_tensor_is_narrowed_inside_its_fp32_sum_not_beside_it():
@@ -48,7 +47,11 @@ def test_a_bf16_tensor_is_narrowed_inside_its_fp32_sum_not_beside_it():
     base = rng.normal(0, 1, (300, 70)).astype(BF16)  # 21,000 elements: several blocks of 4,096
     agg = WeightedMeanAggregator({"w": base, "n": np.arange(5, dtype=np.int32)})
     update = rng.normal(0, 1, base.shape).astype(np.float32)
-    agg.add(ClientUpdate("s", {"w": update.astype(BF16), "n": np.array([1, 2, 3, 4, 6], np.int32)}, UpdateKind.FULL, 2.0))
+    agg.add(
+        ClientUpdate(
+            "s", {"w": update.astype(BF16), "n": np.array([1, 2, 3, 4, 6], np.int32)}, UpdateKind.FULL, 2.0
+        )
+    )
     sums = {name: value for name, value in agg.partial()[0].items()}
     expected = sums["w"].astype(np.float64) / 2.0 + base.astype(np.float64)
     out = dict(agg.result_items())
@@ -60,6 +63,7 @@ def test_a_bf16_tensor_is_narrowed_inside_its_fp32_sum_not_beside_it():
 
 def test_narrowing_in_place_matches_astype_for_every_block_size():
     from hpcflare.tensors import narrow_in_place
+
     values = np.random.default_rng(2).normal(0, 100, 1001)
     for elements in (1, 7, 1000, 5000):
         for dtype in (np.float32, BF16, np.float16, np.int64):
@@ -85,7 +89,9 @@ def test_a_torch_bf16_model_trains_federatedly_as_bf16(make_recipe, sim_env, loc
     model = {"w": torch.full((64, 64), 1.0, dtype=torch.bfloat16), "b": torch.zeros(64, dtype=torch.bfloat16)}
     extra = {} if how == "sim" else {"clients_per_rank": 2, "staging": True}
     env = sim_env if how == "sim" else local_env
-    run = make_recipe(BF16_CLIENT, model=model, n_clients=2, min_clients=2, num_rounds=2, **extra).execute(env)
+    run = make_recipe(BF16_CLIENT, model=model, n_clients=2, min_clients=2, num_rounds=2, **extra).execute(
+        env
+    )
     result = load_result(run.get_result(timeout=120))
     assert result["w"].dtype == BF16 and result["b"].dtype == BF16
     assert np.all(result["w"].astype(np.float32) == 2.0) and np.all(result["b"].astype(np.float32) == 1.0)

@@ -42,24 +42,30 @@ def _server_events(run, name):
     return [e for e in events(run.job_dir.root, "server") if e["event"] == name]
 
 
-@pytest.mark.parametrize("mode, site3_code", [
-    ("not_flmodel", ExitCode.TRAIN_SCRIPT_FAILED),
-    ("wrong_shape", ExitCode.UPDATE_REJECTED),
-    ("nan", ExitCode.UPDATE_REJECTED),
-])
+@pytest.mark.parametrize(
+    "mode, site3_code",
+    [
+        ("not_flmodel", ExitCode.TRAIN_SCRIPT_FAILED),
+        ("wrong_shape", ExitCode.UPDATE_REJECTED),
+        ("nan", ExitCode.UPDATE_REJECTED),
+    ],
+)
 def test_bad_client_is_excluded_and_job_continues(make_recipe, local_env, mode, site3_code):
     recipe = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=2, train_args=mode)
     run = recipe.execute(local_env)
     result = load_result(run.get_result(timeout=120))
-    np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 2)  # only the healthy sites' +1 per round
+    np.testing.assert_array_equal(
+        result["numpy_key"], HELLO_MODEL + 2
+    )  # only the healthy sites' +1 per round
     assert run.exit_codes["server"] == 0 and run.exit_codes["site-3"] == site3_code
     site3_log = (run.job_dir.log_dir / "site-3.log").read_text()
     if mode == "not_flmodel":
         assert "expects an FLModel, got dict" in site3_log
     else:
         reasons = " ".join(e["reason"] for e in _server_events(run, "result_rejected"))
-        assert {"wrong_shape": "has shape (2, 2), the global model has (3, 3)",
-                "nan": "contains NaN or Inf"}[mode] in reasons
+        assert {"wrong_shape": "has shape (2, 2), the global model has (3, 3)", "nan": "contains NaN or Inf"}[
+            mode
+        ] in reasons
         assert "rejected" in site3_log
 
 
@@ -91,8 +97,9 @@ def test_killed_client_is_declared_dead_and_round_closes(make_recipe, local_env)
 
 
 def test_straggler_excluded_at_round_timeout(make_recipe, local_env):
-    recipe = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=1, train_args="hang",
-                         settings={"round_timeout": 4})
+    recipe = make_recipe(
+        SCRIPT, n_clients=3, min_clients=2, num_rounds=1, train_args="hang", settings={"round_timeout": 4}
+    )
     run = recipe.execute(local_env)
     result = load_result(run.get_result(timeout=60))
     np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 1)
@@ -105,8 +112,14 @@ def test_straggler_excluded_at_round_timeout(make_recipe, local_env):
 
 
 def test_clients_exit_with_server_lost_when_server_dies(make_recipe, local_env):
-    recipe = make_recipe(SCRIPT, n_clients=2, min_clients=2, num_rounds=1, train_args="slow",
-                         settings={"server_lost_timeout": 4})
+    recipe = make_recipe(
+        SCRIPT,
+        n_clients=2,
+        min_clients=2,
+        num_rounds=1,
+        train_args="slow",
+        settings={"server_lost_timeout": 4},
+    )
     run = recipe.execute(local_env)
     deadline = time.monotonic() + 60
     while not any(e["event"] == "task_received" for e in events(run.job_dir.root, "site-1")):
@@ -135,9 +148,18 @@ def test_unknown_site_name_is_refused(make_recipe, local_env, tmp_path):
 def test_min_fraction_keeps_waiting_for_enough_of_the_round(make_recipe, local_env):
     """3 of 4 clients answer but one hangs: min_clients=2 alone would close at the deadline, min_fraction=1.0
     turns the deadline into a clear failure."""
-    recipe = make_recipe(SCRIPT, n_clients=4, min_clients=2, num_rounds=1, train_args="hang", min_fraction=1.0,
-                         settings={"round_timeout": 3})
+    recipe = make_recipe(
+        SCRIPT,
+        n_clients=4,
+        min_clients=2,
+        num_rounds=1,
+        train_args="hang",
+        min_fraction=1.0,
+        settings={"round_timeout": 3},
+    )
     run = recipe.execute(local_env)
-    with pytest.raises(JobFailedError, match=r"fewer than 4 \(min_fraction=1 of the round's clients; min_clients=2\)"):
+    with pytest.raises(
+        JobFailedError, match=r"fewer than 4 \(min_fraction=1 of the round's clients; min_clients=2\)"
+    ):
         run.get_result(timeout=60)
     run.abort()

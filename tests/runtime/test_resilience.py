@@ -62,15 +62,31 @@ def _restart_server_after_first_checkpoint(run, pause: float = 0.0) -> None:
     os.kill(run.server.pid, signal.SIGKILL)
     run.server.wait()
     time.sleep(pause)
-    restarted = subprocess.Popen([sys.executable, "-m", "hpcflare.runtime.launch", "--job-dir", str(run.job_dir.root),
-                                  "--role", "server", "--quiet"])
+    restarted = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpcflare.runtime.launch",
+            "--job-dir",
+            str(run.job_dir.root),
+            "--role",
+            "server",
+            "--quiet",
+        ]
+    )
     assert restarted.wait(timeout=120) == 0
     run.wait(timeout=60)
 
 
 def test_server_restart_mid_job_resumes_from_checkpoint(make_recipe, local_env):
-    run = make_recipe(SCRIPT, n_clients=2, min_clients=2, num_rounds=3, train_args="slow",
-                      settings={"server_lost_timeout": 30}).execute(local_env)
+    run = make_recipe(
+        SCRIPT,
+        n_clients=2,
+        min_clients=2,
+        num_rounds=3,
+        train_args="slow",
+        settings={"server_lost_timeout": 30},
+    ).execute(local_env)
     _restart_server_after_first_checkpoint(run)
     np.testing.assert_array_equal(load_result(run.job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 3)
     root = run.job_dir.root
@@ -83,8 +99,14 @@ def test_server_restart_mid_job_resumes_from_checkpoint(make_recipe, local_env):
 
 def test_client_that_never_starts_is_excluded_after_the_grace(make_recipe, local_env):
     for mode in ("crash_at_start", "hang_at_start"):
-        run = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=1, train_args=mode,
-                          settings={"registration_timeout": 4}).execute(local_env)
+        run = make_recipe(
+            SCRIPT,
+            n_clients=3,
+            min_clients=2,
+            num_rounds=1,
+            train_args=mode,
+            settings={"registration_timeout": 4},
+        ).execute(local_env)
         np.testing.assert_array_equal(load_result(run.get_result(timeout=60))["numpy_key"], HELLO_MODEL + 1)
         if mode == "hang_at_start":  # never registered: excluded once the startup grace is over
             excluded = server_events(run.job_dir.root, "clients_excluded")
@@ -97,14 +119,26 @@ def test_client_that_never_starts_is_excluded_after_the_grace(make_recipe, local
         run.abort()
 
 
-@pytest.mark.parametrize("mode, code, words", [
-    ("hang_at_start", {ExitCode.REGISTRATION_TIMEOUT}, ["never registered: ['site-3']", "registration_timeout=4s"]),
-    # depending on timing the failure is known during registration or when round 1 starts
-    ("crash_at_start", {ExitCode.REGISTRATION_TIMEOUT, ExitCode.ROUND_FAILED}, ["site-3", "exited with status 3"]),
-])
+@pytest.mark.parametrize(
+    "mode, code, words",
+    [
+        (
+            "hang_at_start",
+            {ExitCode.REGISTRATION_TIMEOUT},
+            ["never registered: ['site-3']", "registration_timeout=4s"],
+        ),
+        # depending on timing the failure is known during registration or when round 1 starts
+        (
+            "crash_at_start",
+            {ExitCode.REGISTRATION_TIMEOUT, ExitCode.ROUND_FAILED},
+            ["site-3", "exited with status 3"],
+        ),
+    ],
+)
 def test_too_many_missing_clients_fail_fast_naming_them(make_recipe, local_env, mode, code, words):
-    run = make_recipe(SCRIPT, n_clients=3, min_clients=3, train_args=mode,
-                      settings={"registration_timeout": 4}).execute(local_env)
+    run = make_recipe(
+        SCRIPT, n_clients=3, min_clients=3, train_args=mode, settings={"registration_timeout": 4}
+    ).execute(local_env)
     t0 = time.monotonic()
     with pytest.raises(JobFailedError) as info:
         run.get_result(timeout=60)
@@ -117,9 +151,15 @@ def test_too_many_missing_clients_fail_fast_naming_them(make_recipe, local_env, 
 
 def test_stalled_upload_is_cut_and_round_goes_on(make_recipe, local_env):
     model = {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}
-    run = make_recipe(SCRIPT, model=model, n_clients=3, min_clients=2, num_rounds=1, train_args="stall_upload",
-                      settings={"stream_idle_timeout": 2, "round_timeout": 60, "shared_memory": False}
-                      ).execute(local_env)  # a real stream to stall
+    run = make_recipe(
+        SCRIPT,
+        model=model,
+        n_clients=3,
+        min_clients=2,
+        num_rounds=1,
+        train_args="stall_upload",
+        settings={"stream_idle_timeout": 2, "round_timeout": 60, "shared_memory": False},
+    ).execute(local_env)  # a real stream to stall
     result = load_result(run.get_result(timeout=60))
     np.testing.assert_array_equal(result["a"], np.full(3, 2.0))
     # whichever side's idle watchdog fires first cuts the stream; both name the setting
@@ -136,8 +176,15 @@ def test_server_restart_behind_relays_and_client_ranks(make_recipe, local_env, h
     """The restarted server has no record of the sites behind a host: the host registers them again under the
     tokens they hold, and the job resumes. With a pause longer than the script's round, the host's partial
     upload meets no server: it is retried until the new server is up, which has no such round (discarded)."""
-    run = make_recipe(SCRIPT, n_clients=2, min_clients=2, num_rounds=3, train_args="slow",
-                      settings={"server_lost_timeout": 30}, **hosts).execute(local_env)
+    run = make_recipe(
+        SCRIPT,
+        n_clients=2,
+        min_clients=2,
+        num_rounds=3,
+        train_args="slow",
+        settings={"server_lost_timeout": 30},
+        **hosts,
+    ).execute(local_env)
     _restart_server_after_first_checkpoint(run, pause)
     np.testing.assert_array_equal(load_result(run.job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 3)
     host = "relay-1" if "relays" in hosts else "client-rank-1"

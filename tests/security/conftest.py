@@ -11,9 +11,16 @@ from cryptography.hazmat.primitives import serialization
 
 from hpcflare.security.provision import Project, issue, load_ca, new_ca, provision, write_private
 
-PROJECT = {"project": "demo", "valid_days": 30, "participants": [
-    {"name": "server", "role": "server"}, {"name": "relay-1", "role": "relay"},
-    {"name": "site-1"}, {"name": "site-2"}]}
+PROJECT = {
+    "project": "demo",
+    "valid_days": 30,
+    "participants": [
+        {"name": "server", "role": "server"},
+        {"name": "relay-1", "role": "relay"},
+        {"name": "site-1"},
+        {"name": "site-2"},
+    ],
+}
 
 
 @pytest.fixture
@@ -24,8 +31,12 @@ def kits(tmp_path: Path) -> Path:
 
 def _store(kit: Path, key, cert) -> None:
     (kit / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    write_private(kit / "key.pem", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
+    write_private(
+        kit / "key.pem",
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
 
 
 def tamper(kits: Path, site: str, how: str) -> Path:
@@ -34,8 +45,16 @@ def tamper(kits: Path, site: str, how: str) -> Path:
     kit = kits / site
     ca_key, ca_cert, _ = load_ca(kits)
     if how == "expired":
-        _store(kit, *issue(ca_key, ca_cert, site, valid_days=1,
-                           not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)))
+        _store(
+            kit,
+            *issue(
+                ca_key,
+                ca_cert,
+                site,
+                valid_days=1,
+                not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3),
+            ),
+        )
     elif how == "foreign":
         other_key, other_ca = new_ca("other", 30)
         _store(kit, *issue(other_key, other_ca, site))

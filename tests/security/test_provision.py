@@ -19,9 +19,18 @@ from hpcflare.security.tls import StartupKit, common_name
 def test_provision_cli_writes_ca_and_kits_with_private_keys(tmp_path: Path, capsys):
     script = tmp_path / "client.py"
     script.write_text("print('hi')\n")
-    (tmp_path / "project.yaml").write_text(yaml.safe_dump({"project": "demo", "participants": [
-        {"name": "server", "role": "server"}, {"name": "site-a", "allowed_scripts": ["client.py"]},
-        {"name": "site-b"}]}))
+    (tmp_path / "project.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "project": "demo",
+                "participants": [
+                    {"name": "server", "role": "server"},
+                    {"name": "site-a", "allowed_scripts": ["client.py"]},
+                    {"name": "site-b"},
+                ],
+            }
+        )
+    )
     assert cli(["provision", str(tmp_path / "project.yaml"), "-o", str(tmp_path / "ws")]) == 0
     root = tmp_path / "ws" / "demo"
     assert stat.S_IMODE((root / "ca" / "rootCA.key").stat().st_mode) == 0o600
@@ -34,10 +43,16 @@ def test_provision_cli_writes_ca_and_kits_with_private_keys(tmp_path: Path, caps
         cert = x509.load_pem_x509_certificate(kit.cert_pem)
         cert.verify_directly_issued_by(ca)
         assert common_name(cert) == name and kit.self_check() == []
-    assert StartupKit.load(root / "server").participants == {"server": "server", "site-a": "client", "site-b": "client"}
+    assert StartupKit.load(root / "server").participants == {
+        "server": "server",
+        "site-a": "client",
+        "site-b": "client",
+    }
     site_a = StartupKit.load(root / "site-a")
-    assert site_a.policy == {"allow_any_script": False,
-                             "allowed_scripts": [{"name": "client.py", "sha256": script_digest(script)}]}
+    assert site_a.policy == {
+        "allow_any_script": False,
+        "allowed_scripts": [{"name": "client.py", "sha256": script_digest(script)}],
+    }
     assert StartupKit.load(root / "site-b").policy["allow_any_script"] is True
     # the same project again is refused (it would orphan the issued kits)
     assert cli(["provision", str(tmp_path / "project.yaml"), "-o", str(tmp_path / "ws")]) == 2
@@ -45,8 +60,8 @@ def test_provision_cli_writes_ca_and_kits_with_private_keys(tmp_path: Path, caps
 
 
 def test_add_participant_extends_server_and_relay_lists(tmp_path: Path):
-    from tests.security.conftest import PROJECT
     from hpcflare.security.provision import provision
+    from tests.security.conftest import PROJECT
 
     root = provision(Project.from_dict(PROJECT), tmp_path)
     add_participant(root, Participant("site-3", "client"))
@@ -57,14 +72,23 @@ def test_add_participant_extends_server_and_relay_lists(tmp_path: Path):
         add_participant(root, Participant("site-3", "client"))
 
 
-@pytest.mark.parametrize("data, match", [
-    ({"participants": []}, "'project' name"),
-    ({"project": "p", "participants": [{"name": "a"}]}, "exactly one participant must have role 'server'"),
-    ({"project": "p", "participants": [{"name": "s", "role": "server"}, {"name": "../x"}]}, "invalid participant name"),
-    ({"project": "p", "participants": [{"name": "s", "role": "server"}, {"name": "s"}]}, "unique"),
-    ({"project": "p", "participants": [{"name": "s", "role": "boss"}]}, "role 'boss'"),
-    ({"project": "p", "participants": [{"name": "s", "role": "server", "colour": 1}]}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"participants": []}, "'project' name"),
+        (
+            {"project": "p", "participants": [{"name": "a"}]},
+            "exactly one participant must have role 'server'",
+        ),
+        (
+            {"project": "p", "participants": [{"name": "s", "role": "server"}, {"name": "../x"}]},
+            "invalid participant name",
+        ),
+        ({"project": "p", "participants": [{"name": "s", "role": "server"}, {"name": "s"}]}, "unique"),
+        ({"project": "p", "participants": [{"name": "s", "role": "boss"}]}, "role 'boss'"),
+        ({"project": "p", "participants": [{"name": "s", "role": "server", "colour": 1}]}, "unknown key"),
+    ],
+)
 def test_bad_project_files_are_clear_errors(data, match):
     with pytest.raises(ConfigError, match=match):
         Project.from_dict(data)

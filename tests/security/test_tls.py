@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -45,7 +45,9 @@ def tls_server(kits: Path, tmp_path: Path):
 
 
 def _client(server: GrpcServer, kit_dir: Path | None, peer_name: str = "server") -> GrpcClientTransport:
-    return GrpcClientTransport(server.address, SETTINGS, StartupKit.load(kit_dir) if kit_dir else None, peer_name)
+    return GrpcClientTransport(
+        server.address, SETTINGS, StartupKit.load(kit_dir) if kit_dir else None, peer_name
+    )
 
 
 def test_project_member_gets_in_with_its_verified_name(kits: Path, tls_server):
@@ -90,7 +92,9 @@ def test_name_outside_the_project_is_refused_and_logged(kits: Path, tls_server, 
     server, handler, log = tls_server
     client = _client(server, tamper(kits, "site-2", "unlisted"))
     try:
-        with pytest.raises(errors.CertificateError, match="'intruder' is not a participant of project 'demo'"):
+        with pytest.raises(
+            errors.CertificateError, match="'intruder' is not a participant of project 'demo'"
+        ):
             client.call("Register", {"site": "site-2"}, 3)
     finally:
         client.close()

@@ -43,21 +43,44 @@ def test_local_mode_stays_plain_text_by_default(make_recipe, local_env):
     assert yaml.safe_load(run.job_dir.config_path.read_text())["tls"] == "off"
 
 
-@pytest.mark.parametrize("how, client_says, server_says, fix", [
-    ("expired", "expired on", "certificate has expired", "issue a fresh startup kit"),
-    ("foreign", "CERTIFICATE_VERIFY_FAILED", "", "startup kit from another project"),
-    ("unlisted", "'intruder' is not a participant of project", "is not a participant of project", "provision --add"),
-    ("other-site", "'site-1' may not act as site 'site-2'", "claims to be site 'site-2'", "own startup kit"),
-])
-def test_site_with_a_bad_certificate_is_refused_and_the_job_goes_on(make_recipe, local_env, capsys, how,
-                                                                     client_says, server_says, fix):
-    recipe = make_recipe(SLOW, n_clients=2, min_clients=1, num_rounds=1, train_args="0", tls="on",
-                         settings={"registration_timeout": 6})
+@pytest.mark.parametrize(
+    "how, client_says, server_says, fix",
+    [
+        ("expired", "expired on", "certificate has expired", "issue a fresh startup kit"),
+        ("foreign", "CERTIFICATE_VERIFY_FAILED", "", "startup kit from another project"),
+        (
+            "unlisted",
+            "'intruder' is not a participant of project",
+            "is not a participant of project",
+            "provision --add",
+        ),
+        (
+            "other-site",
+            "'site-1' may not act as site 'site-2'",
+            "claims to be site 'site-2'",
+            "own startup kit",
+        ),
+    ],
+)
+def test_site_with_a_bad_certificate_is_refused_and_the_job_goes_on(
+    make_recipe, local_env, capsys, how, client_says, server_says, fix
+):
+    recipe = make_recipe(
+        SLOW,
+        n_clients=2,
+        min_clients=1,
+        num_rounds=1,
+        train_args="0",
+        tls="on",
+        settings={"registration_timeout": 6},
+    )
     job_dir = recipe.export(local_env.job_root)
     prepare_job(job_dir, secure_default=False)
     kit = tamper(job_dir.root / "kits", "site-2", how)
     if how == "unlisted":  # keep the kit's own name so the site still starts and presents the certificate
-        (kit / "kit.yaml").write_text((kit / "kit.yaml").read_text().replace("name: intruder", "name: site-2"))
+        (kit / "kit.yaml").write_text(
+            (kit / "kit.yaml").read_text().replace("name: intruder", "name: site-2")
+        )
     run = local_env.deploy(job_dir)
     load_result(run.get_result(timeout=90))  # site-1 alone completes the job
     assert run.exit_codes["site-2"] == ExitCode.CERTIFICATE_ERROR
@@ -75,17 +98,33 @@ def test_site_with_a_bad_certificate_is_refused_and_the_job_goes_on(make_recipe,
 def test_site_policy_refuses_an_unlisted_training_script(make_recipe, local_env, tmp_path, capsys):
     approved = tmp_path / "approved.py"
     approved.write_text("print('the only script site-2 runs')\n")
-    project = Project("fed", [Participant("server", "server"), Participant("site-1", "client"),
-                              Participant("site-2", "client", allowed_scripts=[str(approved)])])
+    project = Project(
+        "fed",
+        [
+            Participant("server", "server"),
+            Participant("site-1", "client"),
+            Participant("site-2", "client", allowed_scripts=[str(approved)]),
+        ],
+    )
     kits = provision(project, tmp_path / "ws")
-    run = make_recipe(SLOW, n_clients=2, min_clients=1, num_rounds=1, train_args="0", tls="on",
-                      kits_dir=kits, settings={"registration_timeout": 6}).execute(local_env)
+    run = make_recipe(
+        SLOW,
+        n_clients=2,
+        min_clients=1,
+        num_rounds=1,
+        train_args="0",
+        tls="on",
+        kits_dir=kits,
+        settings={"registration_timeout": 6},
+    ).execute(local_env)
     result = load_result(run.get_result(timeout=90))
     np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 1)
     assert run.exit_codes["site-2"] == ExitCode.POLICY_REFUSED and run.exit_codes["site-1"] == 0
     assert "refuses to run client.py" in (run.job_dir.log_dir / "site-2.log").read_text()
-    assert any(e["event"] == "client_failed" and "refuses to run" in e["msg"]
-               for e in events(run.job_dir.root, "server"))  # the server was told why, and did not wait for it
+    assert any(
+        e["event"] == "client_failed" and "refuses to run" in e["msg"]
+        for e in events(run.job_dir.root, "server")
+    )  # the server was told why, and did not wait for it
     text = _diagnose(run.job_dir.root, capsys)
     assert "POLICY_REFUSED" in text and "allowed_scripts" in text
 
@@ -99,11 +138,16 @@ def test_project_site_outside_this_job_gets_no_task(make_recipe, local_env, tmp_
     from hpcflare.settings import Settings
     from hpcflare.transport.grpc_client import GrpcClientTransport
 
-    project = Project("fed", [Participant("server", "server")] + [Participant(f"site-{i}", "client") for i in (1, 2, 3)])
+    project = Project(
+        "fed", [Participant("server", "server")] + [Participant(f"site-{i}", "client") for i in (1, 2, 3)]
+    )
     kits = provision(project, tmp_path / "ws")
-    run = make_recipe(SLOW, n_clients=2, num_rounds=1, train_args="3", tls="on", kits_dir=kits).execute(local_env)
+    run = make_recipe(SLOW, n_clients=2, num_rounds=1, train_args="3", tls="on", kits_dir=kits).execute(
+        local_env
+    )
     server_json = run.job_dir.rendezvous_dir / "server.json"
     import time
+
     deadline = time.monotonic() + 30
     while not server_json.exists():
         assert time.monotonic() < deadline
@@ -127,11 +171,17 @@ def test_a_job_resubmitted_with_sites_packed_into_ranks_gets_kits_for_the_ranks(
     from hpcflare.job import JobDir
 
     env = LocalEnv(job_root=tmp_path / "jobs", verbose=False, clients_per_rank=2)
-    job_dir = JobDir(make_recipe(SLOW, n_clients=4, num_rounds=1, train_args="0").export(tmp_path / "jobs").root)
+    job_dir = JobDir(
+        make_recipe(SLOW, n_clients=4, num_rounds=1, train_args="0").export(tmp_path / "jobs").root
+    )
     prepare_job(job_dir, secure_default=True)
     kits = job_dir.root / "kits"
-    assert sorted(p.name for p in kits.iterdir() if p.name.startswith(("site", "client-rank"))) == \
-        ["site-1", "site-2", "site-3", "site-4"]
+    assert sorted(p.name for p in kits.iterdir() if p.name.startswith(("site", "client-rank"))) == [
+        "site-1",
+        "site-2",
+        "site-3",
+        "site-4",
+    ]
     config = job_dir.load_config()
     config.clients_per_rank = 2
     job_dir.save_config(config)
@@ -149,7 +199,12 @@ def test_client_ranks_of_a_fresh_tls_job_get_their_own_kits(make_recipe, tmp_pat
     from hpcflare.env import LocalEnv
 
     run = make_recipe(SLOW, n_clients=4, num_rounds=1, train_args="0", tls="on").execute(
-        LocalEnv(job_root=tmp_path / "jobs", verbose=False, clients_per_rank=2))
+        LocalEnv(job_root=tmp_path / "jobs", verbose=False, clients_per_rank=2)
+    )
     np.testing.assert_array_equal(load_result(run.get_result(timeout=90))["numpy_key"], HELLO_MODEL + 1)
     kits = run.job_dir.root / "kits"
-    assert (kits / "client-rank-1").is_dir() and (kits / "client-rank-2").is_dir() and not (kits / "site-1").exists()
+    assert (
+        (kits / "client-rank-1").is_dir()
+        and (kits / "client-rank-2").is_dir()
+        and not (kits / "site-1").exists()
+    )

@@ -18,7 +18,9 @@ def test_sbatch_job_spans_two_nodes(slurm, tmp_path):
 #SBATCH --output={out}
 srun bash -c 'echo "rank=$SLURM_PROCID node=$SLURMD_NODENAME job=$SLURM_JOB_ID"'
 """)
-    proc = subprocess.run(["sbatch", "--wait", "--parsable", str(script)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["sbatch", "--wait", "--parsable", str(script)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip().split(";")[0]
     lines = sorted(out.read_text().split())

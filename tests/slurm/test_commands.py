@@ -23,15 +23,18 @@ def runner(responses):
     return run
 
 
-@pytest.mark.parametrize("stdout, job_id", [("1234\n", "1234"), ("1234;cluster-a\n", "1234"),
-                                            ("sbatch: warning: x\n77\n", "77")])
+@pytest.mark.parametrize(
+    "stdout, job_id", [("1234\n", "1234"), ("1234;cluster-a\n", "1234"), ("sbatch: warning: x\n77\n", "77")]
+)
 def test_submit_parses_parsable_output(stdout, job_id, tmp_path):
     assert SlurmCommands(runner({"sbatch": (0, stdout, "")})).submit(tmp_path / "a.sbatch") == job_id
 
 
 def test_submit_rejection_and_garbage(tmp_path):
     with pytest.raises(SubmissionRejectedError, match="invalid partition"):
-        SlurmCommands(runner({"sbatch": (1, "", "sbatch: error: invalid partition specified: x")})).submit(tmp_path / "a")
+        SlurmCommands(runner({"sbatch": (1, "", "sbatch: error: invalid partition specified: x")})).submit(
+            tmp_path / "a"
+        )
     with pytest.raises(SlurmError, match="could not read a job id"):
         SlurmCommands(runner({"sbatch": (0, "Submitted batch job\n", "")})).submit(tmp_path / "a")
 
@@ -53,8 +56,13 @@ def test_state_falls_back_from_squeue_to_sacct_to_scontrol():
     assert SlurmCommands(runner({"squeue": (0, "RUNNING\n", "")})).state("5") == "RUNNING"
     fake = runner({"squeue": (0, "", ""), "sacct": (0, "COMPLETED\n", "")})
     assert SlurmCommands(fake).state("5") == "COMPLETED"
-    fake = runner({"squeue": (1, "", "Invalid job id"), "sacct": (1, "", "accounting disabled"),
-                   "scontrol": (0, "JobId=5 JobName=x\n   JobState=CANCELLED Reason=None\n", "")})
+    fake = runner(
+        {
+            "squeue": (1, "", "Invalid job id"),
+            "sacct": (1, "", "accounting disabled"),
+            "scontrol": (0, "JobId=5 JobName=x\n   JobState=CANCELLED Reason=None\n", ""),
+        }
+    )
     assert SlurmCommands(fake).state("5") == "CANCELLED"
     fake = runner({"squeue": (1, "", ""), "sacct": (1, "", ""), "scontrol": (1, "", "Invalid job id")})
     assert SlurmCommands(fake).state("5") == "UNKNOWN"

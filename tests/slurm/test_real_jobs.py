@@ -31,9 +31,13 @@ def wait_done(commands: SlurmCommands, job_id: str, timeout: float) -> str:
 @pytest.mark.parametrize("rendezvous", ["fs", "mpi"])
 def test_sbatch_job_runs_ranks_across_nodes(slurm, make_recipe, tmp_path, rendezvous):
     staging = rendezvous == "fs"  # the fs variant also broadcasts through shared-filesystem staging
-    job_dir = make_recipe(HELLO, n_clients=3, min_clients=3, num_rounds=2, staging=staging).export(tmp_path / "jobs")
+    job_dir = make_recipe(HELLO, n_clients=3, min_clients=3, num_rounds=2, staging=staging).export(
+        tmp_path / "jobs"
+    )
     commands = SlurmCommands()
-    job_id = commands.submit(write_sbatch(SbatchSpec(job_dir, nodes=2, time="00:05:00", rendezvous=rendezvous)))
+    job_id = commands.submit(
+        write_sbatch(SbatchSpec(job_dir, nodes=2, time="00:05:00", rendezvous=rendezvous))
+    )
     wait_done(commands, job_id, 180)
     assert job_dir.read_status()["state"] == "completed"
     np.testing.assert_array_equal(load_result(job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 2)
@@ -49,13 +53,15 @@ def test_sbatch_job_runs_ranks_across_nodes(slurm, make_recipe, tmp_path, rendez
     assert re.search(r"^\s*0: ", out, re.M)  # srun --label: each line names the rank that wrote it
     server_node = started[0]["node"]
     node_of = {e["site"]: e["node"] for e in server if e["event"] == "client_registered"}
-    for site in ("site-1", "site-2", "site-3"):  # beside the server its model is mapped, across nodes streamed
+    for site in (
+        "site-1",
+        "site-2",
+        "site-3",
+    ):  # beside the server its model is mapped, across nodes streamed
         via = {e["via"] for e in events(job_dir.root, site) if e["event"] == "model_received"}
         assert via == {"staging" if staging else "shared memory" if node_of[site] == server_node else "grpc"}
     if not staging:
         assert {node_of[s] == server_node for s in node_of} == {True, False}  # both ways were taken
-
-
 
 
 def test_requeue_resumes_from_last_completed_round(slurm, make_recipe, tmp_path):
@@ -123,7 +129,9 @@ def test_separate_allocations_are_linked(slurm, make_recipe, tmp_path, capsys):
     server_id = (job_dir.root / "slurm_job_id").read_text().strip()
     clients_id = (job_dir.root / "slurm_clients_job_id").read_text().strip()
     script = (job_dir.root / "job-clients.sbatch").read_text()
-    assert f"#SBATCH --dependency=after:{server_id}" in script and "#SBATCH --kill-on-invalid-dep=yes" in script
+    assert (
+        f"#SBATCH --dependency=after:{server_id}" in script and "#SBATCH --kill-on-invalid-dep=yes" in script
+    )
     assert wait_done(SlurmCommands(), server_id, 120) in ("FAILED", "COMPLETED")
     assert wait_done(SlurmCommands(), clients_id, 60) == "CANCELLED"
     assert "cancelling the clients job" in (job_dir.log_dir / f"slurm-{server_id}.out").read_text()
@@ -166,7 +174,9 @@ def test_each_client_rank_gets_its_own_gpu_of_the_node(slurm, make_recipe, tmp_p
 def test_relays_spread_one_per_node_with_their_clients(slurm, make_recipe, tmp_path):
     job_dir = make_recipe(HELLO, n_clients=6, min_clients=6, num_rounds=1, relays=3).export(tmp_path / "jobs")
     commands = SlurmCommands()
-    spec = SbatchSpec(job_dir, nodes=3, ntasks_per_node=4, time="00:05:00")  # 12 ranks: 1 + 3 relays + 6 + 2 idle
+    spec = SbatchSpec(
+        job_dir, nodes=3, ntasks_per_node=4, time="00:05:00"
+    )  # 12 ranks: 1 + 3 relays + 6 + 2 idle
     wait_done(commands, commands.submit(write_sbatch(spec)), 180)
     assert job_dir.read_status()["state"] == "completed"
     server = events(job_dir.root, "server")
@@ -180,7 +190,10 @@ def test_server_exclusive_keeps_the_first_node_for_the_server(slurm, make_recipe
     from hpcflare.cli import main
 
     job_dir = make_recipe(HELLO, n_clients=4, min_clients=4, num_rounds=1).export(tmp_path / "jobs")
-    assert main(["job", "submit", str(job_dir.root), "--nodes", "3", "--time", "00:05:00", "--server-exclusive"]) == 0
+    assert (
+        main(["job", "submit", str(job_dir.root), "--nodes", "3", "--time", "00:05:00", "--server-exclusive"])
+        == 0
+    )
     commands = SlurmCommands()
     wait_done(commands, (job_dir.root / "slurm_job_id").read_text().strip(), 180)
     assert job_dir.read_status()["state"] == "completed"

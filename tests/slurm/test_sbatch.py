@@ -17,9 +17,20 @@ def normalized(text: str, job_dir: Path) -> str:
 
 
 def test_rendered_script_matches_golden(make_recipe, tmp_path):
-    job_dir = make_recipe("print(1)\n", n_clients=5, min_clients=3).export(tmp_path / "jobs", job_id="golden-job")
-    text = render_sbatch(SbatchSpec(job_dir, nodes=2, partition="debug", time="01:00:00", rendezvous="mpi",
-                                    python="/opt/venv/bin/python", extra_directives=("#SBATCH --account=fl",)))
+    job_dir = make_recipe("print(1)\n", n_clients=5, min_clients=3).export(
+        tmp_path / "jobs", job_id="golden-job"
+    )
+    text = render_sbatch(
+        SbatchSpec(
+            job_dir,
+            nodes=2,
+            partition="debug",
+            time="01:00:00",
+            rendezvous="mpi",
+            python="/opt/venv/bin/python",
+            extra_directives=("#SBATCH --account=fl",),
+        )
+    )
     assert normalized(text, job_dir.root) == GOLDEN.read_text()
 
 

@@ -12,11 +12,31 @@ from hpcflare.slurm.commands import SlurmCommands
 from hpcflare.slurm.sbatch import SbatchSpec, render_sbatch
 from tests.conftest import SLOW
 
-OPTIONS = dict(account="proj1", qos="normal", cpus_per_task=2, mem="4G", gres="gpu:1", constraint="cpu",
-               exclusive=True, reservation="maint", mail_type="END", mail_user="me@example.org")
-LINES = ["#SBATCH --account=proj1", "#SBATCH --qos=normal", "#SBATCH --cpus-per-task=2", "#SBATCH --mem=4G",
-         "#SBATCH --gres=gpu:1", "#SBATCH --constraint=cpu", "#SBATCH --exclusive", "#SBATCH --reservation=maint",
-         "#SBATCH --mail-type=END", "#SBATCH --mail-user=me@example.org", "#SBATCH --licenses=fs:1"]
+OPTIONS = dict(
+    account="proj1",
+    qos="normal",
+    cpus_per_task=2,
+    mem="4G",
+    gres="gpu:1",
+    constraint="cpu",
+    exclusive=True,
+    reservation="maint",
+    mail_type="END",
+    mail_user="me@example.org",
+)
+LINES = [
+    "#SBATCH --account=proj1",
+    "#SBATCH --qos=normal",
+    "#SBATCH --cpus-per-task=2",
+    "#SBATCH --mem=4G",
+    "#SBATCH --gres=gpu:1",
+    "#SBATCH --constraint=cpu",
+    "#SBATCH --exclusive",
+    "#SBATCH --reservation=maint",
+    "#SBATCH --mail-type=END",
+    "#SBATCH --mail-user=me@example.org",
+    "#SBATCH --licenses=fs:1",
+]
 
 
 def test_sbatch_route_writes_every_named_option_and_the_pass_through(make_recipe, tmp_path):
@@ -27,7 +47,9 @@ def test_sbatch_route_writes_every_named_option_and_the_pass_through(make_recipe
 
 
 def test_submitit_route_shows_the_same_options_in_its_dry_run(make_recipe, tmp_path):
-    env = SlurmEnv(nodes=1, job_root=tmp_path / "jobs", slurm_additional_parameters={"licenses": "fs:1"}, **OPTIONS)
+    env = SlurmEnv(
+        nodes=1, job_root=tmp_path / "jobs", slurm_additional_parameters={"licenses": "fs:1"}, **OPTIONS
+    )
     text = env.dry_run(make_recipe(SLOW, n_clients=2))
     for line in LINES:
         assert line in text
@@ -35,10 +57,37 @@ def test_submitit_route_shows_the_same_options_in_its_dry_run(make_recipe, tmp_p
 
 def test_cli_takes_the_options_by_name(make_recipe, tmp_path, capsys):
     job_dir = make_recipe(SLOW, n_clients=2).export(tmp_path / "jobs")
-    assert main(["job", "submit", str(job_dir.root), "--dry-run", "--account", "proj1", "--qos", "normal",
-                 "--cpus-per-task", "2", "--mem", "4G", "--gres", "gpu:1", "--constraint", "cpu", "--exclusive",
-                 "--reservation", "maint", "--mail-type", "END", "--mail-user", "me@example.org",
-                 "--sbatch-arg=--licenses=fs:1"]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "submit",
+                str(job_dir.root),
+                "--dry-run",
+                "--account",
+                "proj1",
+                "--qos",
+                "normal",
+                "--cpus-per-task",
+                "2",
+                "--mem",
+                "4G",
+                "--gres",
+                "gpu:1",
+                "--constraint",
+                "cpu",
+                "--exclusive",
+                "--reservation",
+                "maint",
+                "--mail-type",
+                "END",
+                "--mail-user",
+                "me@example.org",
+                "--sbatch-arg=--licenses=fs:1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     for line in LINES:
         assert line in out
@@ -54,17 +103,22 @@ def fake_sinfo(stdout: str):
 
     def run(argv, timeout):
         return subprocess.CompletedProcess(argv, 0, stdout, "")
+
     return run
 
 
 def test_ranks_that_cannot_fit_the_partition_are_explained(make_recipe, tmp_path):
     job_dir = make_recipe(SLOW, n_clients=63).export(tmp_path / "jobs")  # 64 ranks
     spec = SbatchSpec(job_dir, nodes=4, partition="debug")
-    with pytest.raises(ConfigError, match=r"64 ranks on 4 node\(s\) = 16 per node x 1 CPU\(s\) each = 16 CPUs per "
-                                          r"node; partition debug has 8 CPUs per node: use --nodes 8"):
+    with pytest.raises(
+        ConfigError,
+        match=r"64 ranks on 4 node\(s\) = 16 per node x 1 CPU\(s\) each = 16 CPUs per "
+        r"node; partition debug has 8 CPUs per node: use --nodes 8",
+    ):
         spec.check_capacity(SlurmCommands(fake_sinfo("debug* 8\n")))
     SbatchSpec(job_dir, nodes=4, partition="debug", options={"overcommit": True}).check_capacity(
-        SlurmCommands(fake_sinfo("debug* 8\n")))  # asked for: no complaint
+        SlurmCommands(fake_sinfo("debug* 8\n"))
+    )  # asked for: no complaint
 
 
 def test_auto_packs_sites_into_the_ranks_the_partition_can_hold(make_recipe, tmp_path):
@@ -75,10 +129,14 @@ def test_auto_packs_sites_into_the_ranks_the_partition_can_hold(make_recipe, tmp
     assert SbatchSpec(job_dir, nodes=4).client_slots(eight) == 31  # 4 x 8 CPUs, one for the server
     assert SbatchSpec(job_dir, nodes=4, options={"cpus_per_task": 2}).client_slots(eight) == 15
     assert SbatchSpec(job_dir, nodes=4, ntasks_per_node=5).client_slots(eight) == 19
-    assert SbatchSpec(job_dir, nodes=4, server_exclusive=True).client_slots(eight) == 24  # first node: server only
+    assert (
+        SbatchSpec(job_dir, nodes=4, server_exclusive=True).client_slots(eight) == 24
+    )  # first node: server only
     assert SbatchSpec(job_dir, nodes=4, part="clients").client_slots(eight) == 32  # --separate's clients job
     assert SbatchSpec(job_dir, nodes=4, options={"overcommit": True}).client_slots(eight) is None
-    assert SbatchSpec(job_dir, nodes=4).client_slots(SlurmCommands(fake_sinfo(""))) is None  # sinfo says nothing
+    assert (
+        SbatchSpec(job_dir, nodes=4).client_slots(SlurmCommands(fake_sinfo(""))) is None
+    )  # sinfo says nothing
     spec = SbatchSpec(job_dir, nodes=4, partition="debug")
     config = settle_clients_per_rank(job_dir, None, lambda config: spec.client_slots(eight))
     assert config.clients_per_rank == 5 and spec.tasks() == 1 + 26  # 128 sites in 26 ranks of <= 5
@@ -93,7 +151,9 @@ def test_real_partition_is_read_before_submitting(slurm, make_recipe, tmp_path, 
     err = capsys.readouterr().err  # a rank per site, asked for: 20 ranks on 1 node of 8 CPUs
     assert "20 ranks on 1 node(s)" in err and "has 8 CPUs per node" in err and "--nodes 3" in err
     assert not (job_dir.root / "slurm_job_id").exists()
-    job_dir.save_config(job_dir.load_config().__class__(**{**vars(job_dir.load_config()), "clients_per_rank": "auto"}))
+    job_dir.save_config(
+        job_dir.load_config().__class__(**{**vars(job_dir.load_config()), "clients_per_rank": "auto"})
+    )
     assert main(["job", "submit", str(job_dir.root), "--nodes", "1", "--dry-run"]) == 0
     assert "#SBATCH --ntasks-per-node=8" in capsys.readouterr().out
     assert job_dir.load_config().clients_per_rank == "auto"  # a dry run leaves job.yaml as it was
@@ -145,9 +205,12 @@ def test_overcommit_is_accepted_by_the_real_slurm(slurm, make_recipe, tmp_path):
 
     from tests.conftest import HELLO_MODEL, REPO, load_result
 
-    job_dir = make_recipe((REPO / "recipes" / "hello-numpy" / "client.py").read_text(), n_clients=9,
-                          min_clients=9).export(tmp_path / "jobs")  # 10 ranks on 1 node of 8 CPUs
-    assert main(["job", "submit", str(job_dir.root), "--nodes", "1", "--overcommit", "--time", "00:05:00"]) == 0
+    job_dir = make_recipe(
+        (REPO / "recipes" / "hello-numpy" / "client.py").read_text(), n_clients=9, min_clients=9
+    ).export(tmp_path / "jobs")  # 10 ranks on 1 node of 8 CPUs
+    assert (
+        main(["job", "submit", str(job_dir.root), "--nodes", "1", "--overcommit", "--time", "00:05:00"]) == 0
+    )
     assert "#SBATCH --ntasks=10" in (job_dir.root / "job.sbatch").read_text()
     deadline = time.monotonic() + 180
     while job_dir.read_status().get("state") not in ("completed", "failed", "aborted"):

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from hpcflare.tensors import FINITE_BLOCK, FOLD_BLOCK, SCRATCH, ScratchPool, all_finite
 from hpcflare.runtime.cluster.memory import MALLOC_ENV
+from hpcflare.tensors import FINITE_BLOCK, FOLD_BLOCK, SCRATCH, ScratchPool, all_finite
 from hpcflare.transport.codec import BF16
 
 
@@ -54,8 +54,9 @@ def test_many_threads_checking_at_once_leave_a_bounded_pool_behind():
     buffers afterwards, not one per thread."""
     values = [np.ones(FINITE_BLOCK * 2, np.float32) for _ in range(4)]
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(all(all_finite(v) for v in values)))
-               for _ in range(64)]
+    threads = [
+        threading.Thread(target=lambda: results.append(all(all_finite(v) for v in values))) for _ in range(64)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -86,8 +87,13 @@ def test_folding_many_updates_faults_no_fresh_pages_per_block():
     """7 updates of 4 x 16 MB folded under the ranks' glibc settings (runtime.memory.MALLOC_ENV): the checks
     and the fold reuse their temporaries, so page faults stay far below one per 4 KiB of update (a block
     temporary allocated afresh each time was trimmed and faulted in again: ~31,000 faults here)."""
-    done = subprocess.run([sys.executable, "-c", FOLD_PROBE], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **MALLOC_ENV})
+    done = subprocess.run(
+        [sys.executable, "-c", FOLD_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **MALLOC_ENV},
+    )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 7 * 64 * 256 // 20  # < 5% of one fault per page of the updates
 
@@ -98,13 +104,28 @@ def test_first_update_is_written_into_the_sum_and_later_ones_added():
     from hpcflare.strategy.aggregate import WeightedMeanAggregator
     from hpcflare.strategy.api import ClientUpdate, UpdateKind
 
-    base = {"w": np.full(FOLD_BLOCK + 3, 10.0, np.float32), "n": np.array([4, 8], np.int64),
-            "only_a": np.ones(3, np.float32)}
+    base = {
+        "w": np.full(FOLD_BLOCK + 3, 10.0, np.float32),
+        "n": np.array([4, 8], np.int64),
+        "only_a": np.ones(3, np.float32),
+    }
     agg = WeightedMeanAggregator(base)
-    agg.add(ClientUpdate("a", {"w": base["w"] + 2, "n": np.array([6, 8]), "only_a": np.full(3, 4.0, np.float32)},
-                         UpdateKind.FULL, 1.0))
-    agg.add(ClientUpdate("b", {"w": np.full(FOLD_BLOCK + 3, -1.0, np.float32), "n": np.array([1, -2])},
-                         UpdateKind.DIFF, 3.0))
+    agg.add(
+        ClientUpdate(
+            "a",
+            {"w": base["w"] + 2, "n": np.array([6, 8]), "only_a": np.full(3, 4.0, np.float32)},
+            UpdateKind.FULL,
+            1.0,
+        )
+    )
+    agg.add(
+        ClientUpdate(
+            "b",
+            {"w": np.full(FOLD_BLOCK + 3, -1.0, np.float32), "n": np.array([1, -2])},
+            UpdateKind.DIFF,
+            3.0,
+        )
+    )
     out = agg.result()
     np.testing.assert_allclose(out["w"], 10 + (1 * 2 + 3 * -1) / 4)
     np.testing.assert_array_equal(out["n"], [4 + round((2 + 3) / 4), 8 + round(-6 / 4)])
@@ -162,16 +183,26 @@ def test_concurrent_folds_give_the_serial_sum_and_close_waits_for_them():
             flat = self[name].reshape(-1)
             for first in range(0, flat.size, FOLD_BLOCK):
                 time.sleep(0.002)
-                yield first, flat[first:first + FOLD_BLOCK]
+                yield first, flat[first : first + FOLD_BLOCK]
             slow_reads.release()
 
-    threads = [threading.Thread(target=rnd.fold, args=(ClientUpdate(
-        f"s{k}", Slow({n: np.full_like(v, k + 1) for n, v in base.items()}), UpdateKind.FULL, 1.0),))
-        for k in range(8)]
+    threads = [
+        threading.Thread(
+            target=rnd.fold,
+            args=(
+                ClientUpdate(
+                    f"s{k}", Slow({n: np.full_like(v, k + 1) for n, v in base.items()}), UpdateKind.FULL, 1.0
+                ),
+            ),
+        )
+        for k in range(8)
+    ]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
-    while rnd._folding + len(rnd.accepted) < 8:  # every fold under way or done (a fold holds a share of the lock)
+    while (
+        rnd._folding + len(rnd.accepted) < 8
+    ):  # every fold under way or done (a fold holds a share of the lock)
         assert time.monotonic() < deadline
         time.sleep(0.001)
     slow_reads.acquire()  # at least one tensor folded, the rest still going: close() must wait for them

@@ -19,9 +19,12 @@ def run_round(strategy: FedOpt, global_params, *updates):
 
 
 def test_sgd_lr1_without_momentum_is_fedavg():
-    out = run_round(FedOpt("sgd", lr=1.0, momentum=0.0), G,
-                    ClientUpdate("a", {"w": np.array([3.0, 0.0], np.float32)}, "FULL", 1.0),
-                    ClientUpdate("b", {"w": np.array([1.0, 2.0], np.float32)}, "DIFF", 1.0))
+    out = run_round(
+        FedOpt("sgd", lr=1.0, momentum=0.0),
+        G,
+        ClientUpdate("a", {"w": np.array([3.0, 0.0], np.float32)}, "FULL", 1.0),
+        ClientUpdate("b", {"w": np.array([1.0, 2.0], np.float32)}, "DIFF", 1.0),
+    )
     np.testing.assert_allclose(out["w"], [1 + (2 + 1) / 2, -2 + (2 + 2) / 2])
 
 
@@ -38,11 +41,15 @@ def test_sgd_momentum_over_two_rounds():
 
 def test_adam_step_by_hand():
     opt = FedOpt("adam", lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
-    out = run_round(opt, G, ClientUpdate("a", {"w": np.array([0.5, 0.0], np.float32)}, "DIFF", 1.0),
-                    ClientUpdate("b", {"w": np.array([1.5, 2.0], np.float32)}, "DIFF", 3.0))
+    out = run_round(
+        opt,
+        G,
+        ClientUpdate("a", {"w": np.array([0.5, 0.0], np.float32)}, "DIFF", 1.0),
+        ClientUpdate("b", {"w": np.array([1.5, 2.0], np.float32)}, "DIFF", 3.0),
+    )
     delta = np.array([(0.5 + 4.5) / 4, (0 + 6) / 4])  # weighted mean (1.25, 1.5)
     g = -delta
-    m, v = 0.1 * g, 0.01 * g ** 2
+    m, v = 0.1 * g, 0.01 * g**2
     np.testing.assert_allclose(out["w"], G["w"] - 0.1 * m / (np.sqrt(v) + 1e-3), rtol=1e-5)
     state = opt.state_dict()
     np.testing.assert_allclose(state["m.w"], m, rtol=1e-6)
@@ -58,7 +65,9 @@ def test_relay_partials_give_the_same_step():
     ups = [ClientUpdate(f"s{i}", {"w": np.array([i, -i], np.float32)}, "DIFF", float(i)) for i in (1, 2, 3)]
     expected = run_round(direct, G, *ups)
     relay_a, relay_b = via_relays.new_aggregator(G), via_relays.new_aggregator(G)
-    relay_a.add(ups[0]); relay_b.add(ups[1]); relay_b.add(ups[2])
+    relay_a.add(ups[0])
+    relay_b.add(ups[1])
+    relay_b.add(ups[2])
     server = via_relays.new_aggregator(G)
     for relay in (relay_a, relay_b):
         sums, weights = relay.partial()

@@ -33,8 +33,16 @@ def pooled(i: int) -> tuple[np.ndarray, np.ndarray]:
 def run_stats(tmp_path, local_env, noise: float) -> dict:
     path = tmp_path / "client.py"
     path.write_text(SCRIPT)
-    recipe = FedStatsRecipe(name="stats", min_clients=3, train_script=path, features=["age", "bmi"], bins=40,
-                            min_count=10, noise=noise, settings=dict(FAST))
+    recipe = FedStatsRecipe(
+        name="stats",
+        min_clients=3,
+        train_script=path,
+        features=["age", "bmi"],
+        bins=40,
+        min_count=10,
+        noise=noise,
+        settings=dict(FAST),
+    )
     run = recipe.execute(local_env)
     run.get_result(timeout=90)
     return json.loads((run.job_dir.models_dir / "statistics.json").read_text())["statistics"]

@@ -11,8 +11,12 @@ from hpcflare.strategy.kmeans import KMeans
 
 
 def update(site: str, centers, counts) -> ClientUpdate:
-    return ClientUpdate(site, {"centers": np.asarray(centers, float), "counts": np.asarray(counts, float)},
-                        UpdateKind.FULL, 1.0)
+    return ClientUpdate(
+        site,
+        {"centers": np.asarray(centers, float), "counts": np.asarray(counts, float)},
+        UpdateKind.FULL,
+        1.0,
+    )
 
 
 def test_lloyd_step_is_the_count_weighted_mean_and_empty_centers_stay():

@@ -12,7 +12,9 @@ C = CONTROL_PREFIX
 
 
 def test_initial_params_add_zero_controls_for_float_tensors_only():
-    params = Scaffold(num_clients=2).initial_params({"w": np.ones(3, np.float32), "n": np.array([1], np.int64)})
+    params = Scaffold(num_clients=2).initial_params(
+        {"w": np.ones(3, np.float32), "n": np.array([1], np.int64)}
+    )
     assert sorted(params) == ["n", C + "w", "w"]
     np.testing.assert_array_equal(params[C + "w"], np.zeros(3, np.float32))
 
@@ -21,10 +23,22 @@ def test_weights_by_fedavg_controls_by_participation():
     strategy = Scaffold(num_clients=4)
     g = strategy.initial_params({"w": np.array([1.0, 1.0], np.float32)})
     agg = strategy.new_aggregator(g)
-    agg.add(ClientUpdate("a", {"w": np.array([3.0, 1.0], np.float32), C + "w": np.array([1.0, 0.0], np.float32)},
-                         "FULL", 1.0))
-    agg.add(ClientUpdate("b", {"w": np.array([1.0, 5.0], np.float32), C + "w": np.array([3.0, 2.0], np.float32)},
-                         "FULL", 3.0))
+    agg.add(
+        ClientUpdate(
+            "a",
+            {"w": np.array([3.0, 1.0], np.float32), C + "w": np.array([1.0, 0.0], np.float32)},
+            "FULL",
+            1.0,
+        )
+    )
+    agg.add(
+        ClientUpdate(
+            "b",
+            {"w": np.array([1.0, 5.0], np.float32), C + "w": np.array([3.0, 2.0], np.float32)},
+            "FULL",
+            3.0,
+        )
+    )
     assert agg.count == 2
     out = agg.result()
     # x: weighted mean of deltas (2,0)*1 and (0,4)*3 over 4 -> (0.5, 3)
@@ -37,13 +51,18 @@ def test_weights_by_fedavg_controls_by_participation():
 def test_relay_partials_match_direct():
     strategy = Scaffold(num_clients=3)
     g = strategy.initial_params({"w": np.zeros(2, np.float32)})
-    ups = [ClientUpdate(s, {"w": np.full(2, i, np.float32), C + "w": np.full(2, -i, np.float32)}, "DIFF", float(i))
-           for i, s in enumerate(("a", "b", "c"), 1)]
+    ups = [
+        ClientUpdate(
+            s, {"w": np.full(2, i, np.float32), C + "w": np.full(2, -i, np.float32)}, "DIFF", float(i)
+        )
+        for i, s in enumerate(("a", "b", "c"), 1)
+    ]
     direct = strategy.new_aggregator(g)
     for u in ups:
         direct.add(u)
     relay, server = strategy.new_aggregator(g), strategy.new_aggregator(g)
-    relay.add(ups[0]); relay.add(ups[1])
+    relay.add(ups[0])
+    relay.add(ups[1])
     server.add(ups[2])
     sums, weights = relay.partial()
     server.add_partial(sums, weights, relay.count)

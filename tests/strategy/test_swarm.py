@@ -22,8 +22,15 @@ while flare.is_running():
 def test_sites_aggregate_in_turn(tmp_path, local_env, tls):
     path = tmp_path / "client.py"
     path.write_text(SCRIPT)
-    recipe = SwarmRecipe(name="swarm", model={"numpy_key": HELLO_MODEL}, min_clients=3, num_rounds=3,
-                         train_script=path, settings=dict(FAST), tls=tls)
+    recipe = SwarmRecipe(
+        name="swarm",
+        model={"numpy_key": HELLO_MODEL},
+        min_clients=3,
+        num_rounds=3,
+        train_script=path,
+        settings=dict(FAST),
+        tls=tls,
+    )
     run = recipe.execute(local_env)
     result = load_result(run.get_result(timeout=120))
     np.testing.assert_allclose(result["numpy_key"], HELLO_MODEL + 3 * 2)  # mean of +1, +2, +3 per round
@@ -38,7 +45,8 @@ def test_sites_aggregate_in_turn(tmp_path, local_env, tls):
 
 
 SLOW_SWARM = SCRIPT.replace("m = flare.receive()", "m = flare.receive(); time.sleep(1.5)").replace(
-    "import hpcflare.client as flare", "import time\nimport hpcflare.client as flare")
+    "import hpcflare.client as flare", "import time\nimport hpcflare.client as flare"
+)
 
 
 def test_dead_aggregator_restarts_the_round(tmp_path, local_env):
@@ -48,11 +56,20 @@ def test_dead_aggregator_restarts_the_round(tmp_path, local_env):
 
     path = tmp_path / "client.py"
     path.write_text(SLOW_SWARM)
-    recipe = SwarmRecipe(name="swarm", model={"numpy_key": HELLO_MODEL}, min_clients=2, n_clients=3, num_rounds=3,
-                         train_script=path, settings=dict(FAST))
+    recipe = SwarmRecipe(
+        name="swarm",
+        model={"numpy_key": HELLO_MODEL},
+        min_clients=2,
+        n_clients=3,
+        num_rounds=3,
+        train_script=path,
+        settings=dict(FAST),
+    )
     run = recipe.execute(local_env)
     deadline = time.monotonic() + 60
-    while not any(e["event"] == "task_received" and e["round"] == 2 for e in events(run.job_dir.root, "site-2")):
+    while not any(
+        e["event"] == "task_received" and e["round"] == 2 for e in events(run.job_dir.root, "site-2")
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     os.kill(run.client_pid("site-2"), signal.SIGKILL)  # round 2's aggregator dies while the others train

@@ -37,8 +37,11 @@ def run_ring(sets: dict[str, list[str]]) -> tuple[dict[str, PsiSite], list[bytes
 
 
 def test_every_site_learns_exactly_the_common_ids():
-    sets = {"site-1": [f"p{i}" for i in range(0, 300)], "site-2": [f"p{i}" for i in range(100, 400)],
-            "site-3": [f"p{i}" for i in range(150, 260)] + ["x", "y"]}
+    sets = {
+        "site-1": [f"p{i}" for i in range(0, 300)],
+        "site-2": [f"p{i}" for i in range(100, 400)],
+        "site-3": [f"p{i}" for i in range(150, 260)] + ["x", "y"],
+    }
     sites, _, strategy = run_ring(sets)
     truth = sorted(set(sets["site-1"]) & set(sets["site-2"]) & set(sets["site-3"]))
     assert len(truth) == 110
@@ -47,8 +50,10 @@ def test_every_site_learns_exactly_the_common_ids():
 
 
 def test_the_server_never_sees_an_id_or_its_hash():
-    ids = {"site-1": [f"alice-{i:04d}" for i in range(50)] + ["bob-only-on-1"],
-           "site-2": [f"alice-{i:04d}" for i in range(25, 75)] + ["carol-only-on-2"]}
+    ids = {
+        "site-1": [f"alice-{i:04d}" for i in range(50)] + ["bob-only-on-1"],
+        "site-2": [f"alice-{i:04d}" for i in range(25, 75)] + ["carol-only-on-2"],
+    }
     _, seen, _ = run_ring(ids)
     blob = b"".join(seen)
     everyone = {i for group in ids.values() for i in group}
@@ -58,8 +63,12 @@ def test_the_server_never_sees_an_id_or_its_hash():
     for digest in hash_ids(sorted(everyone), "test-salt"):  # not even the salted hash the points start from
         assert digest not in blob
     # and the same ID is a different point at each site before the last key is applied
-    first = PsiSite("site-1", ["same"]).answer({}, {"psi": {"phase": "encrypt", "step": 0, "ring": ["site-1"], "salt": "s"}})
-    other = PsiSite("site-2", ["same"]).answer({}, {"psi": {"phase": "encrypt", "step": 0, "ring": ["site-2"], "salt": "s"}})
+    first = PsiSite("site-1", ["same"]).answer(
+        {}, {"psi": {"phase": "encrypt", "step": 0, "ring": ["site-1"], "salt": "s"}}
+    )
+    other = PsiSite("site-2", ["same"]).answer(
+        {}, {"psi": {"phase": "encrypt", "step": 0, "ring": ["site-2"], "salt": "s"}}
+    )
     assert first["items"].tobytes() != other["items"].tobytes()
 
 
@@ -76,8 +85,10 @@ def test_a_site_that_drops_or_forges_points_is_refused():
     with pytest.raises(UpdateRejectedError, match="may not add or drop IDs"):
         agg.add(ClientUpdate("site-1", {"items": np.zeros(2 * POINT, np.uint8)}, UpdateKind.FULL, 1.0))
     with pytest.raises(UpdateRejectedError, match="invalid curve point"):
-        PsiSite("site-1", ["a"]).answer({"list:site-2": np.zeros(POINT, np.uint8)},
-                                        {"psi": {"phase": "encrypt", "step": 1, "ring": ["site-1", "site-2"], "salt": "s"}})
+        PsiSite("site-1", ["a"]).answer(
+            {"list:site-2": np.zeros(POINT, np.uint8)},
+            {"psi": {"phase": "encrypt", "step": 1, "ring": ["site-1", "site-2"], "salt": "s"}},
+        )
 
 
 def test_a_lost_site_fails_the_job_with_the_reason():
@@ -88,8 +99,25 @@ def test_a_lost_site_fails_the_job_with_the_reason():
 
 
 def test_psi_recipe_as_a_job_writes_each_sites_intersection(tmp_path):
-    out = subprocess.run([sys.executable, str(RECIPE / "job.py"), "--env", "sim", "--n-clients", "3", "--n-ids", "500",
-                          "--overlap", "0.4", "--job-root", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(RECIPE / "job.py"),
+            "--env",
+            "sim",
+            "--n-clients",
+            "3",
+            "--n-ids",
+            "500",
+            "--overlap",
+            "0.4",
+            "--job-root",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     (job,) = tmp_path.glob("psi-*")
     expected = [f"patient-{i:07d}" for i in range(200)]

@@ -3,7 +3,8 @@
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError
 from hpcflare.transport import codec
@@ -34,7 +35,10 @@ def test_meta_allowlist_rejects_extension_types():
 
 
 def test_meta_converts_numpy_scalars_and_refuses_objects():
-    assert codec.unpack_meta(codec.pack_meta({"loss": np.float32(0.5), "n": np.int64(3)})) == {"loss": 0.5, "n": 3}
+    assert codec.unpack_meta(codec.pack_meta({"loss": np.float32(0.5), "n": np.int64(3)})) == {
+        "loss": 0.5,
+        "n": 3,
+    }
     with pytest.raises(MalformedMessageError, match="not serializable"):
         codec.pack_meta({"obj": object()})
 
@@ -75,15 +79,20 @@ def test_decode_rejects_wrong_name_shape_and_garbage():
     with pytest.raises(MalformedMessageError, match="shape"):
         codec.decode_tensor(blob, codec.TensorSpec("w", dtype, (4,), len(blob)))
     with pytest.raises(MalformedMessageError, match="invalid for a 18-byte blob"):
-        codec.decode_tensor(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", codec.TensorSpec("w", dtype, shape, 20))
+        codec.decode_tensor(
+            b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", codec.TensorSpec("w", dtype, shape, 20)
+        )
 
 
-@pytest.mark.parametrize("header", [
-    b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}}',  # offsets beyond the shape
-    b'{"w":{"dtype":"X9","shape":[2],"data_offsets":[0,8]}}',  # unknown dtype
-    b'{"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}',  # negative dim
-    b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}',  # shifted data
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}}',  # offsets beyond the shape
+        b'{"w":{"dtype":"X9","shape":[2],"data_offsets":[0,8]}}',  # unknown dtype
+        b'{"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}',  # negative dim
+        b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}',  # shifted data
+    ],
+)
 def test_decode_rejects_inconsistent_headers(header):
     blob = len(header).to_bytes(8, "little") + header + b"\0" * 8
     with pytest.raises(MalformedMessageError):
@@ -98,8 +107,9 @@ def test_decode_is_zero_copy_and_write_safetensors_is_readable(tmp_path):
     arr = codec.decode_tensor(buf, codec.TensorSpec("w", dtype, shape, len(buf)))
     buf[-4:] = np.float32(42).tobytes()
     assert arr[-1] == 42  # the array is a view on the received buffer
-    codec.write_safetensors(tmp_path / "m.safetensors", {"a": np.eye(2), "b": np.arange(3, dtype=np.int8)},
-                            metadata={"k": "v"})
+    codec.write_safetensors(
+        tmp_path / "m.safetensors", {"a": np.eye(2), "b": np.arange(3, dtype=np.int8)}, metadata={"k": "v"}
+    )
     loaded = safetensors.numpy.load_file(str(tmp_path / "m.safetensors"))
     np.testing.assert_array_equal(loaded["a"], np.eye(2))
     np.testing.assert_array_equal(loaded["b"], np.arange(3, dtype=np.int8))

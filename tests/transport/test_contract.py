@@ -8,10 +8,10 @@ import pytest
 
 from hpcflare import errors
 from hpcflare.rank_logger import RankLogger
+from hpcflare.transport.api import UploadHeader
 from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport.grpc_server import GrpcServer
 from hpcflare.transport.inproc import InprocTransport
-from hpcflare.transport.api import UploadHeader
 from tests.conftest import header as make_header
 from tests.transport.test_grpc import SETTINGS, Handler, manifest
 
@@ -48,7 +48,9 @@ def test_download_reassembles_chunked_tensors_exactly(transport):
 def test_upload_streams_bounded_frames(transport):
     handler, client = transport
     reply = client.upload(make_header("a"), [("w", np.zeros(3000, dtype=np.float32))])
-    assert reply["frames"] == 1 + 1 + 1 + 12 + 1  # begin, tensor spec, blob header, ceil(12000/1024) data, end
+    assert (
+        reply["frames"] == 1 + 1 + 1 + 12 + 1
+    )  # begin, tensor spec, blob header, ceil(12000/1024) data, end
     assert handler.uploads[0]["site"] == "a"
 
 
@@ -77,22 +79,32 @@ def test_a_report_larger_than_one_frame_header_arrives_whole():
 
     sites = {f"site-{i}": {"metrics": {"loss": i / 7}, "weight": float(i)} for i in range(5000)}
     header = make_header("relay-1", "PARTIAL", partial={"sites": sites, "rejected": {}, "weights": {}})
-    frames = list(upload_frames(header, [("w", np.zeros(8, dtype=np.float32))], SETTINGS.replace(max_frame_bytes=1 << 20)))
+    frames = list(
+        upload_frames(
+            header, [("w", np.zeros(8, dtype=np.float32))], SETTINGS.replace(max_frame_bytes=1 << 20)
+        )
+    )
     begin, _ = unpack_frame(frames[0], 1 << 20)
     assert all(len(f) < 64 << 10 for f in frames) and begin["partial"]["sites"] == {}
     begin.pop("kind")
     received = UploadHeader.from_wire(begin)
     rest = merge_report(received, iter(frames[1:]), 1 << 20)
-    assert received.partial["sites"] == sites and header.partial["sites"] is sites  # the caller's is untouched
-    assert unpack_frame(next(rest), 1 << 20)[0]["kind"] == "tensor"  # the stream goes on where the report ended
+    assert (
+        received.partial["sites"] == sites and header.partial["sites"] is sites
+    )  # the caller's is untouched
+    assert (
+        unpack_frame(next(rest), 1 << 20)[0]["kind"] == "tensor"
+    )  # the stream goes on where the report ended
 
 
 def test_report_continuations_are_refused_outside_a_report_section():
     from hpcflare.transport.codec import pack_frame
     from hpcflare.transport.streams import merge_report
 
-    for bad in ({"kind": "more", "section": "meta", "key": "x", "items": {}},
-                {"kind": "more", "section": "partial", "key": "nope", "items": {}},
-                {"kind": "more", "section": "partial", "key": "sites", "items": [1]}):
+    for bad in (
+        {"kind": "more", "section": "meta", "key": "x", "items": {}},
+        {"kind": "more", "section": "partial", "key": "nope", "items": {}},
+        {"kind": "more", "section": "partial", "key": "sites", "items": [1]},
+    ):
         with pytest.raises(errors.MalformedMessageError, match="report continuation"):
             merge_report(make_header(partial={"sites": {}}), iter([pack_frame(bad)]), 1 << 20)

@@ -7,7 +7,8 @@ import grpc
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hpcflare.rank_logger import RankLogger
 from hpcflare.recipe import FedAvgRecipe
@@ -16,17 +17,41 @@ from hpcflare.runtime.server import FLServer
 from hpcflare.transport.codec import pack_frame
 from hpcflare.transport.grpc_server import SERVICE
 
-CLEAR = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION,
-         grpc.StatusCode.RESOURCE_EXHAUSTED}
+CLEAR = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 UNARY = ["Register", "Heartbeat", "GetTask", "Goodbye"]
-plain = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(max_size=20) |
-                     st.binary(max_size=20), lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                     max_leaves=12)
-fields = st.fixed_dictionaries({}, optional={"site": st.sampled_from(["site-1", "nobody", "", "../x"]) | plain,
-                                             "token": plain, "task_id": plain, "kind": st.sampled_from(["begin", "tensor", "data", "end"]),
-                                             "params_type": st.sampled_from(["FULL", "DIFF", "PARTIAL", "X"]),
-                                             "spec": plain, "o": plain, "t": plain, "ref": plain, "start": plain,
-                                             "staged": plain, "timeout": plain, "partial": plain})
+plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
+fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "site": st.sampled_from(["site-1", "nobody", "", "../x"]) | plain,
+        "token": plain,
+        "task_id": plain,
+        "kind": st.sampled_from(["begin", "tensor", "data", "end"]),
+        "params_type": st.sampled_from(["FULL", "DIFF", "PARTIAL", "X"]),
+        "spec": plain,
+        "o": plain,
+        "t": plain,
+        "ref": plain,
+        "start": plain,
+        "staged": plain,
+        "timeout": plain,
+        "partial": plain,
+    },
+)
 payload = st.binary(max_size=300) | fields.map(lambda d: msgpack.packb(d, use_bin_type=True))
 frame = st.binary(max_size=200) | st.tuples(fields, st.binary(max_size=100)).map(lambda hp: pack_frame(*hp))
 
@@ -35,8 +60,14 @@ frame = st.binary(max_size=200) | st.tuples(fields, st.binary(max_size=100)).map
 def rank(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     (root / "c.py").write_text("print(1)\n")
-    job_dir = FedAvgRecipe(name="fuzz", model={"w": np.zeros(4, np.float32)}, min_clients=1, num_rounds=1,
-                           train_script=root / "c.py", settings={"task_poll_timeout": 1}).export(root / "jobs")
+    job_dir = FedAvgRecipe(
+        name="fuzz",
+        model={"w": np.zeros(4, np.float32)},
+        min_clients=1,
+        num_rounds=1,
+        train_script=root / "c.py",
+        settings={"task_poll_timeout": 1},
+    ).export(root / "jobs")
     log = RankLogger(job_dir.log_dir, request.param, request.param)
     host = FLServer(job_dir, log) if request.param == "server" else Relay(job_dir, "relay-x", log)
     host.grpc.start()
@@ -55,7 +86,9 @@ def _status(call) -> grpc.StatusCode | None:
 
 
 def _still_serving(channel) -> None:
-    code = _status(lambda: channel.unary_unary(f"/{SERVICE}/Heartbeat")(msgpack.packb({"site": "x"}), timeout=5))
+    code = _status(
+        lambda: channel.unary_unary(f"/{SERVICE}/Heartbeat")(msgpack.packb({"site": "x"}), timeout=5)
+    )
     assert code == grpc.StatusCode.PERMISSION_DENIED
 
 

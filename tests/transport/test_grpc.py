@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,15 +12,23 @@ import pytest
 from hpcflare import errors
 from hpcflare.rank_logger import RankLogger
 from hpcflare.settings import Settings
+from hpcflare.transport import streams
 from hpcflare.transport.api import ServerHandler
 from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame, unpack_frame
 from hpcflare.transport.grpc_client import GrpcClientTransport
-from hpcflare.transport import streams
 from hpcflare.transport.grpc_server import MAX_WINDOW, MIN_WINDOW, GrpcServer, upload_window
 from tests.conftest import header as make_header
 
-SETTINGS = Settings(chunk_size=1024, max_frame_bytes=4096, server_lost_timeout=3, stream_idle_timeout=1.0,
-                    stream_timeout=10, heartbeat_interval=1, heartbeat_timeout=5, task_poll_timeout=1)
+SETTINGS = Settings(
+    chunk_size=1024,
+    max_frame_bytes=4096,
+    server_lost_timeout=3,
+    stream_idle_timeout=1.0,
+    stream_timeout=10,
+    heartbeat_interval=1,
+    heartbeat_timeout=5,
+    task_poll_timeout=1,
+)
 
 
 class Handler(ServerHandler):
@@ -101,7 +109,9 @@ def test_stalled_download_times_out_instead_of_hanging(served):
 def test_upload_streams_tensors_in_bounded_frames(served):
     handler, server, client = served
     reply = client.upload(make_header("a"), [("w", np.zeros(3000, dtype=np.float32))])
-    assert reply["frames"] == 1 + 1 + 1 + 12 + 1  # begin, tensor spec, blob header, ceil(12000/1024) data, end
+    assert (
+        reply["frames"] == 1 + 1 + 1 + 12 + 1
+    )  # begin, tensor spec, blob header, ceil(12000/1024) data, end
     assert handler.uploads[0]["site"] == "a"
 
 
@@ -132,7 +142,9 @@ def test_a_claimed_3_gib_tensor_costs_no_memory_until_its_bytes_arrive(served):
     handler, server, client = served
     huge = TensorSpec("embed", "F32", (3 << 28,), (3 << 30) + 64)
     rss = psutil.Process().memory_info().rss
-    with pytest.raises((errors.PeerGoneError, errors.MalformedMessageError), match="ended early|unexpected frame"):
+    with pytest.raises(
+        (errors.PeerGoneError, errors.MalformedMessageError), match="ended early|unexpected frame"
+    ):
         list(client.download({}, [huge]))  # the handler streams its own small blobs, then frames for tensor 1
     assert psutil.Process().memory_info().rss - rss < 256 << 20
 
@@ -172,7 +184,9 @@ def _bytes_sent_while_waiting(monkeypatch, budget: int, children: int) -> tuple[
 
     monkeypatch.setattr(streams, "iter_chunks", counted)
     reply: dict = {}
-    sender = threading.Thread(target=lambda: reply.update(client.upload(make_header("a"), [("w", np.zeros(16 << 20, np.uint8))])))
+    sender = threading.Thread(
+        target=lambda: reply.update(client.upload(make_header("a"), [("w", np.zeros(16 << 20, np.uint8))]))
+    )
     sender.start()
     try:
         last, deadline = -1, time.monotonic() + 10
@@ -195,4 +209,6 @@ def test_a_waiting_upload_buffers_no_more_than_its_share_of_upload_buffer_bytes(
     assert narrow <= 2 * window + (256 << 10)
     wide, window, reply = _bytes_sent_while_waiting(monkeypatch, budget=8 << 20, children=1)
     assert window == 8 << 20 and window // 2 <= wide <= 2 * window
-    assert reply["frames"] == 1 + 1 + 1 + 256 + 1  # nothing lost while it waited: begin, spec, blob header, data, end
+    assert (
+        reply["frames"] == 1 + 1 + 1 + 256 + 1
+    )  # nothing lost while it waited: begin, spec, blob header, data, end

@@ -60,20 +60,33 @@ def test_another_process_maps_the_file_without_a_copy_of_its_own():
         (spec, blob), = peer.blobs()
         print(float(decode_tensor(blob, spec).sum()))
     """)
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(model.describe()),
-                          json.dumps([s.to_wire() for s in model.specs])], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            json.dumps(model.describe()),
+            json.dumps([s.to_wire() for s in model.specs]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == 7.0 * (1 << 20)
 
 
-@pytest.mark.parametrize("change, reason", [
-    (lambda d: {**d, "host": "elsewhere/boot/1/0"}, "another host"),
-    (lambda d: {**d, "ino": d["ino"] + 1}, "replaced"),
-    (lambda d: {**d, "size": d["size"] + 4}, "holds"),
-    (lambda d: {**d, "fd": 10_000}, "cannot open"),
-    (lambda d: {k: v for k, v in d.items() if k != "dev"}, "malformed"),
-    (lambda d: {**d, "pid": "1"}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda d: {**d, "host": "elsewhere/boot/1/0"}, "another host"),
+        (lambda d: {**d, "ino": d["ino"] + 1}, "replaced"),
+        (lambda d: {**d, "size": d["size"] + 4}, "holds"),
+        (lambda d: {**d, "fd": 10_000}, "cannot open"),
+        (lambda d: {k: v for k, v in d.items() if k != "dev"}, "malformed"),
+        (lambda d: {**d, "pid": "1"}, "malformed"),
+    ],
+)
 def test_a_description_that_does_not_hold_is_refused(change, reason):
     model = shared()
     with pytest.raises(shm.SharedMemoryError, match=reason):
@@ -83,8 +96,15 @@ def test_a_description_that_does_not_hold_is_refused(change, reason):
 def _attach_own_fd(fd: int, match: str, **extra) -> None:
     """Describe a 16-byte file this process holds as a peer's model and expect attach to refuse it."""
     st = os.fstat(fd)
-    desc = {"host": shm.host_key(), "pid": os.getpid(), "fd": fd, "ino": st.st_ino, "dev": st.st_dev, "size": 16,
-            **extra}
+    desc = {
+        "host": shm.host_key(),
+        "pid": os.getpid(),
+        "fd": fd,
+        "ino": st.st_ino,
+        "dev": st.st_dev,
+        "size": 16,
+        **extra,
+    }
     try:
         with pytest.raises(shm.SharedMemoryError, match=match):
             shm.SharedModel.attach(desc, [TensorSpec("x", "U8", (8,), 16)], 1 << 20)
@@ -171,13 +191,19 @@ def test_local_jobs_move_models_and_results_through_shared_memory(make_recipe, t
 
     results = {}
     for enabled in (True, False):
-        recipe = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="0",
-                             settings={"shared_memory": enabled})
-        run = recipe.execute(LocalEnv(job_root=tmp_path / f"jobs-{enabled}", verbose=False, clients_per_rank=per_rank))
+        recipe = make_recipe(
+            SLOW, n_clients=2, num_rounds=2, train_args="0", settings={"shared_memory": enabled}
+        )
+        run = recipe.execute(
+            LocalEnv(job_root=tmp_path / f"jobs-{enabled}", verbose=False, clients_per_rank=per_rank)
+        )
         results[enabled] = load_result(run.get_result(timeout=120))["numpy_key"]
         sender = "client-rank-1" if per_rank > 1 else "site-1"
-        vias = {e["event"]: e.get("via") for e in events(run.job_dir.root, sender)
-                if e["event"] in ("model_received", "relay_round", "result_sent", "partial_sent")}
+        vias = {
+            e["event"]: e.get("via")
+            for e in events(run.job_dir.root, sender)
+            if e["event"] in ("model_received", "relay_round", "result_sent", "partial_sent")
+        }
         down = vias.get("relay_round", vias.get("model_received"))
         assert down == ("shared memory" if enabled else "grpc"), vias
         up = vias["result_sent" if per_rank == 1 else "partial_sent"]
@@ -196,10 +222,12 @@ def test_relays_on_the_same_host_pass_the_servers_pages_on(make_recipe, local_en
     root = run.job_dir.root
     for relay in ("relay-1", "relay-2"):
         assert {e["via"] for e in events(root, relay) if e["event"] in ("relay_round", "partial_sent")} == {
-            "shared memory"}
+            "shared memory"
+        }
     for site in ("site-1", "site-2", "site-3", "site-4"):
         assert {e["via"] for e in events(root, site) if e["event"] in ("model_received", "result_sent")} == {
-            "shared memory"}
+            "shared memory"
+        }
 
 
 def test_an_upload_whose_tensor_list_would_not_fit_a_header_frame_is_streamed():
@@ -210,7 +238,9 @@ def test_an_upload_whose_tensor_list_would_not_fit_a_header_frame_is_streamed():
     client = GrpcClientTransport(server.address, settings)
     try:
         client.shared_model({"ref": "v1"}, [])  # learns that the parent is on this host
-        reply = client.upload(make_header("a"), [(f"w{i}", np.zeros(1, dtype=np.float32)) for i in range(400)])
+        reply = client.upload(
+            make_header("a"), [(f"w{i}", np.zeros(1, dtype=np.float32)) for i in range(400)]
+        )
         assert client.last_via == "grpc" and not client.shm_off and reply["frames"] == 1 + 400 * 3 + 1
     finally:
         client.close()
@@ -228,7 +258,9 @@ def test_a_spool_file_may_carry_a_parents_model_but_never_an_upload():
         shm.SharedModel.open_file(desc, model.specs, 1 << 20)  # an upload: its sender could still change it
     header = make_header(mapped={"file": desc, "tensors": [s.to_wire() for s in model.specs]})
     with pytest.raises(shm.SharedMemoryError):
-        read_upload(iter(list(upload_frames(header, [], Settings()))), Settings(), TENSORS, lambda header: None)
+        read_upload(
+            iter(list(upload_frames(header, [], Settings()))), Settings(), TENSORS, lambda header: None
+        )
 
 
 def test_a_named_or_writable_file_is_not_taken_for_a_model_file(tmp_path):
@@ -240,6 +272,7 @@ def test_a_named_or_writable_file_is_not_taken_for_a_model_file(tmp_path):
 def test_a_mapped_upload_is_checked_and_read_without_mapping_it_whole():
     """Concurrent same-host uploads used to cost the server a model each (their pages mapped while checked and
     folded); now a large tensor is read from the sender's file a block at a time."""
+
     def rss_shmem() -> int:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("RssShmem:"))
@@ -248,7 +281,9 @@ def test_a_mapped_upload_is_checked_and_read_without_mapping_it_whole():
     model = shared(big)
     header = make_header(mapped={"file": model.describe(), "tensors": [s.to_wire() for s in model.specs]})
     before = rss_shmem()
-    _, _, params = read_upload(iter(list(upload_frames(header, [], Settings()))), Settings(), big, lambda h: None)
+    _, _, params = read_upload(
+        iter(list(upload_frames(header, [], Settings()))), Settings(), big, lambda h: None
+    )
     assert rss_shmem() - before < 8 << 10  # 64 MiB checked, none of it mapped here
     assert sum(float(block.sum()) for _, block in params.iter_blocks("w")) == 0.5 * (16 << 20)
     np.testing.assert_array_equal(params["b"], big["b"])
@@ -262,8 +297,13 @@ def test_a_job_whose_model_lives_in_a_spool_file(make_recipe, tmp_path, shared_m
     from hpcflare.env import LocalEnv
     from tests.conftest import SLOW
 
-    recipe = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="0",
-                         settings={"shared_memory": shared_memory, "model_file_bytes": 1})
+    recipe = make_recipe(
+        SLOW,
+        n_clients=2,
+        num_rounds=2,
+        train_args="0",
+        settings={"shared_memory": shared_memory, "model_file_bytes": 1},
+    )
     run = recipe.execute(LocalEnv(job_root=tmp_path / "jobs", verbose=False))
     np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 2)
     vias = {e.get("via") for e in events(run.job_dir.root, "site-1") if e["event"] == "model_received"}

@@ -9,7 +9,7 @@ relays get none (``CUDA_VISIBLE_DEVICES=""``) unless ``HPCFLARE_SERVER_GPU=1``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from hpcflare.runtime.cluster.ranks import RoleKind
 
@@ -34,7 +34,10 @@ def plan_devices(role: RoleKind, env: Mapping[str, str]) -> tuple[str | None, st
     if role in (RoleKind.SERVER, RoleKind.RELAY):
         if env.get("HPCFLARE_SERVER_GPU") == "1":
             return None, f"{role} keeps GPUs {visible_var} (HPCFLARE_SERVER_GPU=1)"
-        return "", f"{role} aggregates on the CPU: GPUs {visible_var} hidden (HPCFLARE_SERVER_GPU=1 keeps them)"
+        return (
+            "",
+            f"{role} aggregates on the CPU: GPUs {visible_var} hidden (HPCFLARE_SERVER_GPU=1 keeps them)",
+        )
     if role != RoleKind.CLIENT or len(visible) <= 1:
         return None, f"uses GPU {visible_var}" if visible else "no GPUs allocated"
     rank = local_rank(env)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from hpcflare import errors
 from hpcflare.enums import NamedEnum
@@ -42,13 +42,17 @@ class Role:
 
 def detect_rank() -> RankInfo:
     """Rank/world from the scheduler's environment (Slurm first, then MPI launchers)."""
-    for rank_var, size_var, source in (("SLURM_PROCID", "SLURM_NTASKS", "slurm"),
-                                       ("PMI_RANK", "PMI_SIZE", "mpi"),
-                                       ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "mpi")):
+    for rank_var, size_var, source in (
+        ("SLURM_PROCID", "SLURM_NTASKS", "slurm"),
+        ("PMI_RANK", "PMI_SIZE", "mpi"),
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "mpi"),
+    ):
         if rank_var in os.environ and size_var in os.environ:
             return RankInfo(int(os.environ[rank_var]), int(os.environ[size_var]), source)
-    raise errors.ConfigError("cannot tell this process's rank: none of SLURM_PROCID/PMI_RANK/OMPI_COMM_WORLD_RANK "
-                             "is set; run under srun/mpiexec or pass --role explicitly")
+    raise errors.ConfigError(
+        "cannot tell this process's rank: none of SLURM_PROCID/PMI_RANK/OMPI_COMM_WORLD_RANK "
+        "is set; run under srun/mpiexec or pass --role explicitly"
+    )
 
 
 def tasks_per_node(env: Mapping[str, str]) -> list[int] | None:
@@ -96,8 +100,10 @@ def role_for_rank(rank: int, world: int, config: JobConfig, per_node: list[int] 
     least = 1 + relays + -(-config.min_clients // config.per_rank)
     if world < least:
         per = f" ({config.per_rank} sites per client rank)" if config.per_rank > 1 else ""
-        raise errors.ConfigError(f"{world} ranks cannot hold 1 server + {relays} relays + min_clients={config.min_clients}"
-                                 f"{per}; request at least {least} tasks ({needed} for every client)")
+        raise errors.ConfigError(
+            f"{world} ranks cannot hold 1 server + {relays} relays + min_clients={config.min_clients}"
+            f"{per}; request at least {least} tasks ({needed} for every client)"
+        )
     if rank == 0:
         return Role(RoleKind.SERVER)
     hosts = relay_ranks(relays, per_node if per_node and sum(per_node) == world else None)

@@ -105,15 +105,23 @@ class FileRendezvous(Rendezvous):
         return self.directory / f"{name}.json"
 
     def publish(self, name: str, address: str, incarnation: str, **info: Any) -> None:
-        record = {"address": address, "name": name, "incarnation": incarnation, "pid": os.getpid(),
-                  "host": socket.gethostname(), "started": time.time(), **info}
+        record = {
+            "address": address,
+            "name": name,
+            "incarnation": incarnation,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            **info,
+        }
         try:
             with FileLock(str(self.directory / f"{name}.lock"), timeout=self.lock_timeout):
                 atomic_write_json(self.path(name), record)
         except Timeout:
             raise errors.RendezvousTimeoutError(
                 f"{self.directory / name}.lock held by another process for settings.rendezvous_timeout="
-                f"{self.lock_timeout:g}s; is another server of this job running?") from None
+                f"{self.lock_timeout:g}s; is another server of this job running?"
+            ) from None
 
     def read(self, name: str) -> Endpoint | None:
         """The endpoint if it is published by this life of the job, else None (no waiting)."""
@@ -134,7 +142,8 @@ class FileRendezvous(Rendezvous):
             if time.monotonic() >= deadline:
                 raise errors.RendezvousTimeoutError(
                     f"no {name} address in {self.path(name)} after settings.rendezvous_timeout={timeout:g}s; "
-                    f"did the {name} rank start? (see logs/{name}.log)")
+                    f"did the {name} rank start? (see logs/{name}.log)"
+                )
             time.sleep(_POLL_S)
 
 
@@ -157,7 +166,9 @@ class MpiRendezvous(Rendezvous):
     @staticmethod
     def _check(name: str) -> None:
         if name != SERVER:
-            raise errors.ConfigError(f"only the server's address travels over MPI, not {name!r}: use rendezvous='fs'")
+            raise errors.ConfigError(
+                f"only the server's address travels over MPI, not {name!r}: use rendezvous='fs'"
+            )
 
     @staticmethod
     def _bcast(address: str | None, timeout: float) -> str:
@@ -165,14 +176,15 @@ class MpiRendezvous(Rendezvous):
         buf = bytearray(_ADDR_BYTES)
         if comm.Get_rank() == 0:
             data = (address or "").encode()
-            buf[:len(data)] = data
+            buf[: len(data)] = data
         request = comm.Ibcast(buf, root=0)
         deadline = time.monotonic() + timeout
         while not request.Test():
             if time.monotonic() > deadline:
                 request.Cancel()
                 raise errors.RendezvousTimeoutError(
-                    f"no server address over MPI within settings.rendezvous_timeout={timeout:g}s")
+                    f"no server address over MPI within settings.rendezvous_timeout={timeout:g}s"
+                )
             time.sleep(0.05)
         return bytes(buf).rstrip(b"\x00").decode()
 
@@ -210,15 +222,25 @@ def relays_on_this_node(config: JobConfig) -> list[str]:
     """The relays the step's layout (ranks.relay_ranks over SLURM_STEP_TASKS_PER_NODE) starts on this node."""
     per_node, node_id = tasks_per_node(os.environ), os.environ.get("SLURM_NODEID", "")
     world = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or ""
-    if not per_node or not node_id.isdigit() or int(node_id) >= len(per_node) or (
-            world.isdigit() and int(world) != sum(per_node)):
+    if (
+        not per_node
+        or not node_id.isdigit()
+        or int(node_id) >= len(per_node)
+        or (world.isdigit() and int(world) != sum(per_node))
+    ):
         return []  # not a Slurm step whose layout role_for_rank used
-    start = sum(per_node[:int(node_id)])
+    start = sum(per_node[: int(node_id)])
     hosts = relay_ranks(config.relays, per_node)
-    return [config.relay_names()[i] for i, rank in enumerate(hosts) if start <= rank < start + per_node[int(node_id)]]
+    return [
+        config.relay_names()[i]
+        for i, rank in enumerate(hosts)
+        if start <= rank < start + per_node[int(node_id)]
+    ]
 
 
-def choose_relay(rendezvous: FileRendezvous, config: JobConfig, index: int, timeout: float) -> Endpoint | None:
+def choose_relay(
+    rendezvous: FileRendezvous, config: JobConfig, index: int, timeout: float
+) -> Endpoint | None:
     """A relay on this node if one announced itself here, else relay (index mod R) by fan-out.
 
     Waits up to ``timeout`` for the chosen relay to announce itself; None = connect to the server directly.

@@ -12,8 +12,9 @@ newer model is published. Anything unexpected makes a client fall back to gRPC s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,9 @@ def verified(root: Path, info: Any) -> Path:
     if not path.is_file():
         raise FileNotFoundError(path)
     if path.stat().st_size != info.get("nbytes"):
-        raise errors.MalformedMessageError(f"{path.name}: size {path.stat().st_size} != announced {info.get('nbytes')}")
+        raise errors.MalformedMessageError(
+            f"{path.name}: size {path.stat().st_size} != announced {info.get('nbytes')}"
+        )
     if sha256_file(path) != info.get("sha256"):
         raise errors.MalformedMessageError(f"{path.name}: checksum mismatch (partial or corrupted write?)")
     return path
@@ -74,10 +77,14 @@ class Stager:
     def read_result(self, info: Any, max_bytes: int) -> tuple[Path, list[TensorSpec]]:
         path = verified(self.root, info)
         if path.stat().st_size > max_bytes:
-            raise errors.FrameTooLargeError(f"staged result of {path.stat().st_size} bytes exceeds settings.max_model_bytes")
+            raise errors.FrameTooLargeError(
+                f"staged result of {path.stat().st_size} bytes exceeds settings.max_model_bytes"
+            )
         header, _ = safetensors_header(path)
         specs = []
         for name, meta in header.items():
             lo, hi = meta.get("data_offsets", (0, 0))
-            specs.append(TensorSpec(name, str(meta.get("dtype")), tuple(meta.get("shape", ())), int(hi) - int(lo)))
+            specs.append(
+                TensorSpec(name, str(meta.get("dtype")), tuple(meta.get("shape", ())), int(hi) - int(lo))
+            )
         return path, specs

@@ -14,16 +14,17 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from hpcflare.fileio import atomic_link, atomic_write_json, sha256_file
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.host.global_model import GlobalModel
-from hpcflare.transport.model_files import load_params
 from hpcflare.transport.codec import write_safetensors
+from hpcflare.transport.model_files import load_params
 
 RECORD = "checkpoint.json"
 
@@ -55,7 +56,9 @@ class Checkpoints:
         except FileNotFoundError:
             return None
         except ValueError:
-            self.log.warning("checkpoint_invalid", f"{self.record} is not valid JSON; starting from the initial model")
+            self.log.warning(
+                "checkpoint_invalid", f"{self.record} is not valid JSON; starting from the initial model"
+            )
             return None
         return meta if isinstance(meta, dict) else None
 
@@ -73,7 +76,9 @@ class Checkpoints:
             return None
         path = self.models_dir / str(meta.get("file"))
         if not path.is_file() or sha256_file(path) != meta.get("sha256"):
-            self.log.warning("checkpoint_invalid", f"checkpoint {path} missing or corrupt; starting from the initial model")
+            self.log.warning(
+                "checkpoint_invalid", f"checkpoint {path} missing or corrupt; starting from the initial model"
+            )
             return None
         number = int(meta["round"])
         state_file = meta.get("strategy_state")
@@ -100,8 +105,11 @@ class Checkpoints:
             try:
                 self._commit(model, number, state_name)
             except BaseException as exc:  # noqa: BLE001 - raised by the next wait()
-                self.log.error("checkpoint_failed", f"round {number}: checkpoint could not be written: {exc}",
-                               round=number)
+                self.log.error(
+                    "checkpoint_failed",
+                    f"round {number}: checkpoint could not be written: {exc}",
+                    round=number,
+                )
                 self._failure = exc
 
         self._writer = threading.Thread(target=write, name=f"checkpoint-{number}", daemon=True)
@@ -111,8 +119,16 @@ class Checkpoints:
         before = self._read() or {}
         path = self.models_dir / f"checkpoint-{number}.safetensors"
         saved = model.save(path)
-        atomic_write_json(self.record, {"round": number, "file": path.name, "sha256": saved["sha256"],
-                                        "time": time.time(), "strategy_state": state_name})
+        atomic_write_json(
+            self.record,
+            {
+                "round": number,
+                "file": path.name,
+                "sha256": saved["sha256"],
+                "time": time.time(),
+                "strategy_state": state_name,
+            },
+        )
         for key in ("file", "strategy_state"):  # the previous round's files, now that nothing refers to them
             old = before.get(key)
             if isinstance(old, str) and old not in (path.name, state_name):

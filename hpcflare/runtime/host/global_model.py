@@ -10,14 +10,15 @@ round's running sum, not the model it serves.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from hpcflare.errors import MalformedMessageError
-from hpcflare.transport.model_files import write_atomic
 from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, view_tensor
+from hpcflare.transport.model_files import write_atomic
 from hpcflare.transport.shm import SharedModel
 
 
@@ -31,33 +32,60 @@ class ModelParams(dict):
 
 
 class GlobalModel:
-    def __init__(self, params: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], version: int,
-                 ref: str | None = None, in_file: bool = False) -> None:
+    def __init__(
+        self,
+        params: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+        version: int,
+        ref: str | None = None,
+        in_file: bool = False,
+    ) -> None:
         """``params`` may be a lazy iterable of (name, array): each array can be freed once it is encoded. The
         blobs are encoded straight into a shared memory file, so serving them in-process copies nothing.
         ``ref``: the name the parent gave this model (default ``v<version>``); ``in_file``: in a node-local
         spool file instead of memory (see the module docstring)."""
         items = params.items() if isinstance(params, Mapping) else params
-        self._adopt(ref or f"v{version}", version,
-                    SharedModel((tensor_parts(name, value) for name, value in items), in_file=in_file))
+        self._adopt(
+            ref or f"v{version}",
+            version,
+            SharedModel((tensor_parts(name, value) for name, value in items), in_file=in_file),
+        )
 
-    def _adopt(self, ref: str, version: int, shared: "SharedModel | None", specs: list[TensorSpec] | None = None,
-               blobs: dict[str, Any] | None = None) -> None:
+    def _adopt(
+        self,
+        ref: str,
+        version: int,
+        shared: SharedModel | None,
+        specs: list[TensorSpec] | None = None,
+        blobs: dict[str, Any] | None = None,
+    ) -> None:
         """Hold ``blobs`` (default: views of ``shared``) and read-only array views of them."""
         self.version, self.ref, self._shared = version, ref, shared
         self.specs = list(specs if shared is None else shared.specs)
-        self.blobs: dict[str, Any] = blobs if shared is None else {
-            spec.name: shared.view[off:off + spec.nbytes] for spec, off in zip(shared.specs, shared.offsets)}
+        self.blobs: dict[str, Any] = (
+            blobs
+            if shared is None
+            else {
+                spec.name: shared.view[off : off + spec.nbytes]
+                for spec, off in zip(shared.specs, shared.offsets)
+            }
+        )
         self.params: dict[str, np.ndarray] = ModelParams(
-            {spec.name: view_tensor(self.blobs[spec.name], spec.name) for spec in self.specs}, self.release)
+            {spec.name: view_tensor(self.blobs[spec.name], spec.name) for spec in self.specs}, self.release
+        )
         # where each tensor's data lies in a spool file (after its blob's header), for release()
-        self._data_at: dict[str, tuple[int, int]] = {} if shared is None or not shared.in_file else {
-            spec.name: (off + spec.nbytes - self.params[spec.name].nbytes, off + spec.nbytes)
-            for spec, off in zip(shared.specs, shared.offsets)}
+        self._data_at: dict[str, tuple[int, int]] = (
+            {}
+            if shared is None or not shared.in_file
+            else {
+                spec.name: (off + spec.nbytes - self.params[spec.name].nbytes, off + spec.nbytes)
+                for spec, off in zip(shared.specs, shared.offsets)
+            }
+        )
 
     @classmethod
-    def from_blobs(cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, Any],
-                   shared: bool = False) -> "GlobalModel":
+    def from_blobs(
+        cls, ref: str, version: int, specs: list[TensorSpec], blobs: dict[str, Any], shared: bool = False
+    ) -> GlobalModel:
         """Adopt blobs exactly as received from upstream (a relay's cache): no decode/encode, no extra copy;
         ``shared``: moved into a shared memory file first (a client rank's model, which its sites map)."""
         model = cls.__new__(cls)
@@ -68,7 +96,7 @@ class GlobalModel:
         return model
 
     @classmethod
-    def from_shared(cls, ref: str, version: int, shared: SharedModel) -> "GlobalModel":
+    def from_shared(cls, ref: str, version: int, shared: SharedModel) -> GlobalModel:
         """Adopt a memory file mapped from the parent (a same-host child's copy of the parent's own pages)."""
         model = cls.__new__(cls)
         model._adopt(ref, version, shared)
@@ -78,17 +106,19 @@ class GlobalModel:
         """How a same-host peer maps this model (None: not in a sealed memory file; it streams)."""
         return self._shared.describe() if self._shared is not None else None
 
-    def alias(self) -> "GlobalModel":
+    def alias(self) -> GlobalModel:
         """Another host's handle on this very model (a client rank beside SimEnv's server): no copy at all."""
         model = GlobalModel.__new__(GlobalModel)
         model._adopt(self.ref, self.version, self.share())
         return model
 
-    def share(self) -> "SharedModel":
+    def share(self) -> SharedModel:
         """The memory file holding the blobs: every :meth:`SharedModel.open` is a private copy-on-write mapping of
         its pages. Server models, staged and in-process ones and a client rank's have one; a relay's has none."""
         if self._shared is None:
-            raise RuntimeError(f"model {self.ref} is not in shared memory (a relay's cache is served over gRPC only)")
+            raise RuntimeError(
+                f"model {self.ref} is not in shared memory (a relay's cache is served over gRPC only)"
+            )
         return self._shared
 
     @property
@@ -125,7 +155,9 @@ class GlobalModel:
             if shared is not None:  # read, not mapped: serving a spool-file model adds nothing to RSS
                 base = shared.offsets[i]
                 for off in range(offset, len(blob), chunk_size):
-                    yield pack_frame({"t": i, "o": off}, shared.read(base + off, min(chunk_size, len(blob) - off)))
+                    yield pack_frame(
+                        {"t": i, "o": off}, shared.read(base + off, min(chunk_size, len(blob) - off))
+                    )
             else:
                 for off, piece in iter_chunks(blob, chunk_size, offset):
                     if len(piece):

@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from hpcflare import errors
 from hpcflare.job import JobConfig
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.staging import Stager
-from hpcflare.runtime.host.membership import MemberState, Membership
+from hpcflare.runtime.host.membership import Membership, MemberState
 from hpcflare.runtime.host.round import Round, as_dict, weight_of
 from hpcflare.runtime.host.upload import read_arrays, read_staged, read_upload
 from hpcflare.settings import Settings
@@ -43,16 +44,26 @@ class UploadIntake:
 
     accepts_partials_from: Callable[[str], bool]
     _fold: Callable[[Round, ClientUpdate], None]
+
     def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
-        return self._accept_upload(peer, lambda on_header: read_upload(
-            frames, self.settings, lambda opened: opened.expected, on_header))
+        return self._accept_upload(
+            peer,
+            lambda on_header: read_upload(frames, self.settings, lambda opened: opened.expected, on_header),
+        )
 
-    def handle_local_upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer) -> dict:
-        return self._accept_upload(peer, lambda on_header: read_arrays(
-            header, tensors, self.settings, lambda opened: opened.expected, on_header))
+    def handle_local_upload(
+        self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer
+    ) -> dict:
+        return self._accept_upload(
+            peer,
+            lambda on_header: read_arrays(
+                header, tensors, self.settings, lambda opened: opened.expected, on_header
+            ),
+        )
 
-    def _accept_upload(self, peer: Peer, read: Callable[[Callable[[UploadHeader], Round]],
-                                                         tuple[UploadHeader, Round, Any]]) -> dict:
+    def _accept_upload(
+        self, peer: Peer, read: Callable[[Callable[[UploadHeader], Round]], tuple[UploadHeader, Round, Any]]
+    ) -> dict:
         """Authenticate, read (a stream or in-process arrays), validate and fold one upload."""
         admission = _Admission(peer)
         rnd = self.round
@@ -72,8 +83,13 @@ class UploadIntake:
         except (errors.UpdateRejectedError, errors.MalformedMessageError, errors.FrameTooLargeError) as exc:
             if rnd is not None and admission.site in self.members.live():
                 rnd.reject(admission.site, str(exc))
-            self.log.warning("result_rejected", f"result from {admission.site} rejected: {exc}", site=admission.site,
-                             reason=str(exc), round=rnd.number if rnd else None)
+            self.log.warning(
+                "result_rejected",
+                f"result from {admission.site} rejected: {exc}",
+                site=admission.site,
+                reason=str(exc),
+                round=rnd.number if rnd else None,
+            )
             raise
         finally:
             if hasattr(params, "close"):
@@ -84,19 +100,22 @@ class UploadIntake:
                 if self._uploading.get(admission.site) is admission.peer.cancel:
                     del self._uploading[admission.site]
 
-    def _admit(self, admission: "_Admission", header: UploadHeader) -> Round:
+    def _admit(self, admission: _Admission, header: UploadHeader) -> Round:
         """An upload's header arrived: who sends it, for the open round, once; then an upload slot."""
         peer = admission.peer
         self.authorize(peer, header.site)
         record = self.members.check(header.site, header.token)
         site = admission.site = record.site
         if record.state in (MemberState.DEAD, MemberState.EXCLUDED):
-            raise errors.StaleTaskError(f"result from {site} discarded: the job continues without it "
-                                        f"({record.reason})")
+            raise errors.StaleTaskError(
+                f"result from {site} discarded: the job continues without it ({record.reason})"
+            )
         rnd = self.round
         if rnd is None or not rnd.open or header.task_id != rnd.task_id:
-            raise errors.StaleTaskError(f"result from {site} for task {header.task_id!r:.40} arrived after its "
-                                        "round closed; discarded")
+            raise errors.StaleTaskError(
+                f"result from {site} for task {header.task_id!r:.40} arrived after its "
+                "round closed; discarded"
+            )
         if header.params_type == UpdateKind.PARTIAL and not self.accepts_partials_from(site):
             raise errors.UpdateRejectedError(f"{site} is not a relay of this job; partial aggregates refused")
         if site in rnd.answered():
@@ -105,11 +124,15 @@ class UploadIntake:
             earlier = self._uploading.get(site)
             self._uploading[site] = peer.cancel
         if earlier is not None:
-            self.log.info("upload_replaced", f"{site} started a new upload; its earlier one is cancelled", site=site)
+            self.log.info(
+                "upload_replaced", f"{site} started a new upload; its earlier one is cancelled", site=site
+            )
             earlier()
         if not self._upload_slots.acquire(timeout=self.settings.upload_slot_timeout):
-            raise errors.StreamTimeoutError("no upload slot free within settings.upload_slot_timeout="
-                                            f"{self.settings.upload_slot_timeout}s")
+            raise errors.StreamTimeoutError(
+                "no upload slot free within settings.upload_slot_timeout="
+                f"{self.settings.upload_slot_timeout}s"
+            )
         admission.slot = True
         return rnd
 
@@ -118,7 +141,9 @@ class UploadIntake:
         if header.staged is None:
             return params, None
         if self.stager is None or params:
-            raise errors.MalformedMessageError("staged result sent to a job without staging, or mixed with tensors")
+            raise errors.MalformedMessageError(
+                "staged result sent to a job without staging, or mixed with tensors"
+            )
         staged_path, specs = self.stager.read_result(header.staged, self.settings.max_model_bytes)
         if not staged_path.is_relative_to(self.stager.root.resolve() / "results" / rnd.model.ref):
             raise errors.MalformedMessageError(f"staged result is not under results/{rnd.model.ref}/")
@@ -131,16 +156,36 @@ class UploadIntake:
             report = rnd.fold_swarm(site, header.swarm, params, self.config.clients)
             accepted = sorted(as_dict(report.get("accepted")))
             self.strategy.coordinator_report(site, report)
-            self.log.info("swarm_round", f"round {rnd.number}: {site} aggregated {len(accepted)} update(s)",
-                          round=rnd.number, aggregator=site, sites=accepted)
+            self.log.info(
+                "swarm_round",
+                f"round {rnd.number}: {site} aggregated {len(accepted)} update(s)",
+                round=rnd.number,
+                aggregator=site,
+                sites=accepted,
+            )
         elif header.params_type == UpdateKind.PARTIAL:
             sites, rejected = rnd.fold_partial(site, header.partial or {}, params)
-            self.log.info("partial_accepted", f"round {rnd.number}: partial aggregate from {site} over {len(sites)} "
-                          f"client(s) accepted" + (f"; {len(rejected)} excluded there" if rejected else ""),
-                          relay=site, round=rnd.number, sites=sorted(sites), rejected=rejected)
+            self.log.info(
+                "partial_accepted",
+                f"round {rnd.number}: partial aggregate from {site} over {len(sites)} "
+                f"client(s) accepted" + (f"; {len(rejected)} excluded there" if rejected else ""),
+                relay=site,
+                round=rnd.number,
+                sites=sorted(sites),
+                rejected=rejected,
+            )
         else:
-            self._fold(rnd, ClientUpdate(site, params, header.params_type, weight_of(header.meta),
-                                         dict(header.metrics), header.meta))
+            self._fold(
+                rnd,
+                ClientUpdate(
+                    site,
+                    params,
+                    header.params_type,
+                    weight_of(header.meta),
+                    dict(header.metrics),
+                    header.meta,
+                ),
+            )
 
 
 @dataclasses.dataclass

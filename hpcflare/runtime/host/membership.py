@@ -11,12 +11,10 @@ import dataclasses
 import secrets
 import threading
 import time
-
-from typing import Callable
+from collections.abc import Callable
 
 from hpcflare.enums import NamedEnum
 from hpcflare.errors import UnknownClientError
-
 
 
 class MemberState(NamedEnum):
@@ -46,8 +44,9 @@ class ClientRecord:
 
 
 class Membership:
-    def __init__(self, expected: list[str], heartbeat_timeout: float,
-                 on_stall: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self, expected: list[str], heartbeat_timeout: float, on_stall: Callable[[float], None] | None = None
+    ) -> None:
         self.expected = list(expected)
         self.heartbeat_timeout = heartbeat_timeout
         self.stall_after = heartbeat_timeout / 2
@@ -63,6 +62,7 @@ class Membership:
     def watch(self, alive: Callable[[], bool], name: str = "stall-watch") -> None:
         """A daemon thread that ticks the host's clock while ``alive()``, so a stall is noticed even when
         no expiry check runs."""
+
         def run() -> None:
             while alive():
                 time.sleep(self.TICK_S)
@@ -86,24 +86,34 @@ class Membership:
                 record.last_seen = min(now, record.last_seen + gap)
         return gap
 
-    def register(self, site: str, host: str = "", pid: int = 0, token: str | None = None,
-                 previous_token: object = None) -> tuple[ClientRecord, ClientRecord | None]:
+    def register(
+        self, site: str, host: str = "", pid: int = 0, token: str | None = None, previous_token: object = None
+    ) -> tuple[ClientRecord, ClientRecord | None]:
         """Register (or re-register after a restart) a site; returns (new record, replaced record).
 
         A site that is alive (heard from within heartbeat_timeout) is only replaced by a caller that shows
         its current token (the same site reconnecting, e.g. after its relay died), never evicted by another."""
         if site not in self.expected:
-            raise UnknownClientError(f"site {site!r} is not part of this job (expected one of {self.expected[:10]}"
-                                     f"{'...' if len(self.expected) > 10 else ''})")
+            raise UnknownClientError(
+                f"site {site!r} is not part of this job (expected one of {self.expected[:10]}"
+                f"{'...' if len(self.expected) > 10 else ''})"
+            )
         with self._lock:
             old = self._clients.get(site)
-            if old is not None and old.state in LIVE and old.token and \
-                    time.monotonic() - old.last_seen <= self.heartbeat_timeout and not (
-                    isinstance(previous_token, str) and secrets.compare_digest(old.token, previous_token)):
+            if (
+                old is not None
+                and old.state in LIVE
+                and old.token
+                and time.monotonic() - old.last_seen <= self.heartbeat_timeout
+                and not (
+                    isinstance(previous_token, str) and secrets.compare_digest(old.token, previous_token)
+                )
+            ):
                 raise UnknownClientError(
                     f"site {site!r} is registered and alive (heard from {time.monotonic() - old.last_seen:.0f}s ago); "
                     "another process cannot take its place. A restarted site can register again once the old one "
-                    f"is silent for settings.heartbeat_timeout={self.heartbeat_timeout:g}s")
+                    f"is silent for settings.heartbeat_timeout={self.heartbeat_timeout:g}s"
+                )
             record = ClientRecord(site, token or secrets.token_hex(16), host=host, pid=pid)
             self._clients[site] = record
             return record, old
@@ -111,8 +121,15 @@ class Membership:
     def check(self, site: object, token: object) -> ClientRecord:
         """Authenticate a message and refresh the site's last-seen time."""
         record = self._clients.get(site) if isinstance(site, str) else None
-        if record is None or not record.token or not isinstance(token, str) or not secrets.compare_digest(record.token, token):
-            raise UnknownClientError(f"message from unregistered site or stale token (site={site!r:.80}); register first")
+        if (
+            record is None
+            or not record.token
+            or not isinstance(token, str)
+            or not secrets.compare_digest(record.token, token)
+        ):
+            raise UnknownClientError(
+                f"message from unregistered site or stale token (site={site!r:.80}); register first"
+            )
         record.last_seen = time.monotonic()
         return record
 

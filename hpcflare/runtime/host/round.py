@@ -13,8 +13,9 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from hpcflare import errors
 from hpcflare.runtime.host.global_model import GlobalModel
@@ -29,8 +30,16 @@ MAX_WEIGHT = 1e12
 
 
 class Round:
-    def __init__(self, number: int, strategy: Strategy, model: GlobalModel, lock: threading.Lock,
-                 changed: threading.Condition, task_id: str | None = None, plan: RoundPlan | None = None) -> None:
+    def __init__(
+        self,
+        number: int,
+        strategy: Strategy,
+        model: GlobalModel,
+        lock: threading.Lock,
+        changed: threading.Condition,
+        task_id: str | None = None,
+        plan: RoundPlan | None = None,
+    ) -> None:
         self.number = number
         self.plan = plan or RoundPlan()
         self.task_id = task_id or uuid.uuid4().hex[:12]
@@ -100,19 +109,24 @@ class Round:
                 self.accepted[update.site] = update.metrics
                 self.weights[update.site] = update.weight
 
-    def fold_partial(self, relay: str, partial: dict[str, Any], sums: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    def fold_partial(
+        self, relay: str, partial: dict[str, Any], sums: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """A relay's weighted partial sum over its children (its header's ``partial`` section); each child counts
         as answered here. Returns the (accepted, rejected) sites it reported."""
         sites, rejected = as_dict(partial.get("sites")), as_dict(partial.get("rejected"))
         weights = as_dict(partial.get("weights"))
-        if set(sums) - set(weights) or any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
-                                           for w in weights.values()):
+        if set(sums) - set(weights) or any(
+            not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights.values()
+        ):
             raise errors.MalformedMessageError(f"partial from {relay}: per-tensor weights missing or invalid")
         with self._exclusive():
             self._check_open(f"partial from {relay}")
             overlap = (set(sites) | set(rejected)) & self.answered()
             if overlap:
-                raise errors.StaleTaskError(f"partial from {relay} repeats sites that already answered: {sorted(overlap)[:10]}")
+                raise errors.StaleTaskError(
+                    f"partial from {relay} repeats sites that already answered: {sorted(overlap)[:10]}"
+                )
             self.aggregator.check_partial_sites([str(s) for s in sites])
             self.aggregator.add_partial(sums, {k: float(weights[k]) for k in sums}, len(sites))
             with self._changed:
@@ -120,13 +134,19 @@ class Round:
                 for site, info in sites.items():
                     self.accepted[str(site)] = as_dict(as_dict(info).get("metrics"))
                     weight = as_dict(info).get("weight", 1.0)
-                    if isinstance(weight, (int, float)) and math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT:
+                    if (
+                        isinstance(weight, (int, float))
+                        and math.isfinite(weight)
+                        and 0 <= weight <= MAX_WEIGHT
+                    ):
                         self.weights[str(site)] = float(weight)
                 for site, reason in rejected.items():
                     self.rejected[str(site)] = str(reason)[:500]
         return sites, rejected
 
-    def fold_swarm(self, site: str, report: dict[str, Any], params: Any, clients: list[str]) -> dict[str, Any]:
+    def fold_swarm(
+        self, site: str, report: dict[str, Any], params: Any, clients: list[str]
+    ) -> dict[str, Any]:
         """The round's coordinator (a swarm aggregator) reports the sites it folded and the model it made (its
         header's ``swarm`` section)."""
         if site != self.plan.coordinator:
@@ -156,8 +176,10 @@ def weight_of(meta: Any) -> float:
     if not math.isfinite(weight) or weight < 0:
         raise errors.UpdateRejectedError(f"meta {WEIGHT_KEY} must be finite and >= 0, got {raw!r:.40}")
     if weight > MAX_WEIGHT:
-        raise errors.UpdateRejectedError(f"meta {WEIGHT_KEY}={raw!r:.40} is larger than {MAX_WEIGHT:g}; send the "
-                                         "number of local steps or samples")
+        raise errors.UpdateRejectedError(
+            f"meta {WEIGHT_KEY}={raw!r:.40} is larger than {MAX_WEIGHT:g}; send the "
+            "number of local steps or samples"
+        )
     return weight
 
 

@@ -12,16 +12,16 @@ import threading
 import time
 from typing import Any
 
-from hpcflare.runtime.host.serving import ModelServing
-from hpcflare.runtime.host.intake import UploadIntake
 from hpcflare import errors
 from hpcflare.enums import NamedEnum
 from hpcflare.job import JobConfig
 from hpcflare.rank_logger import RankLogger
-from hpcflare.runtime.host.global_model import GlobalModel
-from hpcflare.runtime.host.membership import MemberState, Membership
-from hpcflare.runtime.host.round import Round
 from hpcflare.runtime.cluster.staging import Stager
+from hpcflare.runtime.host.global_model import GlobalModel
+from hpcflare.runtime.host.intake import UploadIntake
+from hpcflare.runtime.host.membership import Membership, MemberState
+from hpcflare.runtime.host.round import Round
+from hpcflare.runtime.host.serving import ModelServing
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy
 from hpcflare.transport.api import LocalHandler, Peer, Rpc
@@ -46,8 +46,15 @@ class HostPhase(NamedEnum):
 class RoundHost(UploadIntake, ModelServing, LocalHandler):
     role = "host"
 
-    def __init__(self, config: JobConfig, settings: Settings, log: RankLogger, strategy: Strategy,
-                 members: Membership, stager: Stager | None = None) -> None:
+    def __init__(
+        self,
+        config: JobConfig,
+        settings: Settings,
+        log: RankLogger,
+        strategy: Strategy,
+        members: Membership,
+        stager: Stager | None = None,
+    ) -> None:
         self.config, self.settings, self.log, self.strategy = config, settings, log, strategy
         self.members = members
         members.on_stall = self._stalled
@@ -80,9 +87,13 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         self.members.watch(lambda: self.phase != HostPhase.ENDED, name=f"{self.role}-stall-watch")
 
     def _stalled(self, gap: float) -> None:
-        self.log.warning("host_stalled", f"{self.role} itself was stopped for {gap:.1f}s (SIGSTOP, swapping, a stuck "
-                         f"filesystem?); its children get that time back before anyone is declared dead "
-                         f"(settings.heartbeat_timeout={self.settings.heartbeat_timeout:g}s)", seconds=round(gap, 2))
+        self.log.warning(
+            "host_stalled",
+            f"{self.role} itself was stopped for {gap:.1f}s (SIGSTOP, swapping, a stuck "
+            f"filesystem?); its children get that time back before anyone is declared dead "
+            f"(settings.heartbeat_timeout={self.settings.heartbeat_timeout:g}s)",
+            seconds=round(gap, 2),
+        )
 
     # ------------------------------------------------------------------ hooks
     def register(self, request: dict) -> dict:
@@ -94,14 +105,21 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         if not isinstance(site, str):
             raise errors.MalformedMessageError("Register needs a 'site' string")
         pid = request.get("pid", 0)
-        return self.members.register(site, str(request.get("host", ""))[:256], pid if isinstance(pid, int) else 0,
-                                     token=token, previous_token=request.get("previous_token"))
+        return self.members.register(
+            site,
+            str(request.get("host", ""))[:256],
+            pid if isinstance(pid, int) else 0,
+            token=token,
+            previous_token=request.get("previous_token"),
+        )
 
     def may_act_for(self, identity: str, site: str) -> bool:
         """May the certificate ``identity`` speak for ``site``? A host child may, for the sites it hosts; a client
         rank may, for its virtual clients (which show its certificate when they have no kit of their own)."""
         sites = self.hosts.get(identity, set())
-        return (identity in self.hosts and (sites is None or site in sites)) or self.config.hosting_rank(site) == identity
+        return (identity in self.hosts and (sites is None or site in sites)) or self.config.hosting_rank(
+            site
+        ) == identity
 
     def accepts_partials_from(self, site: str) -> bool:
         return site in self.hosts
@@ -114,10 +132,16 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         """On mutual-TLS channels a certificate acts only as its own site, so no site can pose as another."""
         if peer.identity is None or peer.identity == site or self.may_act_for(peer.identity, str(site)):
             return
-        self.log.warning("identity_refused", f"refused {peer}: its certificate is for {peer.identity!r} but it "
-                         f"claims to be site {site!r:.80}", identity=peer.identity, claimed=str(site)[:80])
-        raise errors.UnknownClientError(f"certificate {peer.identity!r} may not act as site {site!r:.80}; every "
-                                        "site must use its own startup kit")
+        self.log.warning(
+            "identity_refused",
+            f"refused {peer}: its certificate is for {peer.identity!r} but it claims to be site {site!r:.80}",
+            identity=peer.identity,
+            claimed=str(site)[:80],
+        )
+        raise errors.UnknownClientError(
+            f"certificate {peer.identity!r} may not act as site {site!r:.80}; every "
+            "site must use its own startup kit"
+        )
 
     def on_heartbeat(self, site: str, request: dict) -> None:
         """Called for every authenticated heartbeat: a host child vouches for the sites it heard from."""
@@ -138,9 +162,14 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         raise errors.MalformedMessageError(f"{self.role} does not take tracking records")
 
     # ------------------------------------------------------------------ transport handlers
-    UNARY_HANDLERS: dict[Rpc, str] = {Rpc.HEARTBEAT: "_rpc_heartbeat", Rpc.GET_TASK: "_get_task",
-                                      Rpc.TRACK: "_rpc_track", Rpc.MAP_MODEL: "_rpc_map_model",
-                                      Rpc.EXCHANGE: "_rpc_exchange", Rpc.GOODBYE: "_rpc_goodbye"}
+    UNARY_HANDLERS: dict[Rpc, str] = {
+        Rpc.HEARTBEAT: "_rpc_heartbeat",
+        Rpc.GET_TASK: "_get_task",
+        Rpc.TRACK: "_rpc_track",
+        Rpc.MAP_MODEL: "_rpc_map_model",
+        Rpc.EXCHANGE: "_rpc_exchange",
+        Rpc.GOODBYE: "_rpc_goodbye",
+    }
     """The unary methods a registered member may call, each handled by ``method(site, request)``."""
 
     def handle_unary(self, method: Rpc, request: dict, peer: Peer) -> dict:
@@ -161,7 +190,9 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
     def _rpc_track(self, site: str, request: dict) -> dict:
         records = request.get("records")
         if not isinstance(records, list) or len(records) > MAX_TRACK_RECORDS:
-            raise errors.MalformedMessageError(f"Track: records must be a list of at most {MAX_TRACK_RECORDS}")
+            raise errors.MalformedMessageError(
+                f"Track: records must be a list of at most {MAX_TRACK_RECORDS}"
+            )
         self.on_track(site, records)
         return {}
 
@@ -185,7 +216,9 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         return {}
 
     def _get_task(self, site: str, request: dict) -> dict:
-        wait = min(float(request.get("timeout") or self.settings.task_poll_timeout), self.settings.task_poll_timeout)
+        wait = min(
+            float(request.get("timeout") or self.settings.task_poll_timeout), self.settings.task_poll_timeout
+        )
         deadline = time.monotonic() + wait
         record = self.members.get(site)
         if record is not None and record.state in (MemberState.DEAD, MemberState.EXCLUDED):
@@ -198,18 +231,29 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
                 rnd = self.round
                 # a site gets the open round's task until a result of its counts (a result lost with a dead
                 # relay is simply asked for again)
-                if rnd is not None and rnd.open and site not in rnd.answered() and site not in rnd.partials and (
-                        rnd.plan.targets is None or site in rnd.plan.targets) and not (
-                        rnd.plan.once and request.get("last_task_id") == rnd.task_id):
+                if (
+                    rnd is not None
+                    and rnd.open
+                    and site not in rnd.answered()
+                    and site not in rnd.partials
+                    and (rnd.plan.targets is None or site in rnd.plan.targets)
+                    and not (rnd.plan.once and request.get("last_task_id") == rnd.task_id)
+                ):
                     self.members.mark(site, MemberState.ACTIVE)
                     if rnd.task_reply is None:  # the same for every child: built once per round
                         rnd.task_reply = {
-                            "task": str(rnd.plan.task), "task_id": rnd.task_id, "round": rnd.number,
-                            "total_rounds": self.config.num_rounds, "ref": rnd.model.ref,
+                            "task": str(rnd.plan.task),
+                            "task_id": rnd.task_id,
+                            "round": rnd.number,
+                            "total_rounds": self.config.num_rounds,
+                            "ref": rnd.model.ref,
                             "manifest": [s.to_wire() for s in rnd.model.specs],
-                            "meta": {**self.strategy.configure_round(rnd.number, self.config.num_rounds),
-                                     **rnd.plan.meta},
-                            "staged": self.staged}
+                            "meta": {
+                                **self.strategy.configure_round(rnd.number, self.config.num_rounds),
+                                **rnd.plan.meta,
+                            },
+                            "staged": self.staged,
+                        }
                     return rnd.task_reply
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -218,19 +262,37 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
 
     def _fold(self, rnd: Round, update: ClientUpdate) -> None:
         rnd.fold(update)
-        self.site_log("result_accepted", f"round {rnd.number}: result from {update.site} accepted (weight {update.weight:g})",
-                      site=update.site, round=rnd.number, weight=update.weight, metrics=update.metrics)
+        self.site_log(
+            "result_accepted",
+            f"round {rnd.number}: result from {update.site} accepted (weight {update.weight:g})",
+            site=update.site,
+            round=rnd.number,
+            weight=update.weight,
+            metrics=update.metrics,
+        )
 
     # ------------------------------------------------------------------ round lifecycle
-    def open_round(self, number: int, model: GlobalModel, task_id: str | None = None, publish: bool = True,
-                   plan: RoundPlan | None = None) -> Round:
+    def open_round(
+        self,
+        number: int,
+        model: GlobalModel,
+        task_id: str | None = None,
+        publish: bool = True,
+        plan: RoundPlan | None = None,
+    ) -> Round:
         self.model = model
         if self.stager is not None and publish:
             t0 = time.monotonic()
             self.staged = self.stager.publish(model.ref, model.params)
             model.release()
-            self.log.info("model_staged", f"round {number}: model staged ({self.staged['nbytes'] / 1e6:.1f} MB) in "
-                          f"{time.monotonic() - t0:.2f}s", round=number, seconds=time.monotonic() - t0, **self.staged)
+            self.log.info(
+                "model_staged",
+                f"round {number}: model staged ({self.staged['nbytes'] / 1e6:.1f} MB) in "
+                f"{time.monotonic() - t0:.2f}s",
+                round=number,
+                seconds=time.monotonic() - t0,
+                **self.staged,
+            )
         if self.round is not None:
             self.round.close()  # one open round per host: nothing is folded into an older one
         with self._cv:
@@ -241,13 +303,18 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
 
     def expire_dead(self, number: int) -> None:
         for record in self.members.expire():
-            self.log.warning("client_dead", f"{record.site} declared dead: {record.reason}", site=record.site,
-                             round=number)
+            self.log.warning(
+                "client_dead", f"{record.site} declared dead: {record.reason}", site=record.site, round=number
+            )
             with self._cv:
                 cancel = self._uploading.pop(record.site, None)
             if cancel is not None:  # a half-open upload from a stopped site must not hold its slot any longer
-                self.log.warning("upload_cancelled", f"round {number}: {record.site}'s upload in flight cancelled: "
-                                 "the site is dead", site=record.site, round=number)
+                self.log.warning(
+                    "upload_cancelled",
+                    f"round {number}: {record.site}'s upload in flight cancelled: the site is dead",
+                    site=record.site,
+                    round=number,
+                )
                 cancel()
 
     def close_round(self, rnd: Round) -> None:
@@ -266,4 +333,3 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         with self._cv:
             while set(self.members.live()) - self._goodbyes and time.monotonic() < deadline:
                 self._cv.wait(0.2)
-

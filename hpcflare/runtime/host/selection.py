@@ -11,8 +11,9 @@ With ``early_stop_patience: N`` the job ends (completed) after N rounds without 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_link, atomic_write_json
@@ -20,8 +21,17 @@ from hpcflare.job import STOP_OPERATORS, parse_stop_condition
 
 
 class ModelSelector:
-    def __init__(self, models_dir: Path, key: str | None, mode: str, patience: int, initial_model: Path,
-                 log: Any, last_checkpoint: Callable[[], Path | None], stop_condition: str | None = None) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        key: str | None,
+        mode: str,
+        patience: int,
+        initial_model: Path,
+        log: Any,
+        last_checkpoint: Callable[[], Path | None],
+        stop_condition: str | None = None,
+    ) -> None:
         if mode not in ("max", "min"):
             raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {mode!r}")
         self.models_dir, self.key, self.mode, self.patience = models_dir, key, mode, int(patience)
@@ -51,29 +61,49 @@ class ModelSelector:
             return
         value = means.get(self.key)
         if value is None:
-            self.log.warning("key_metric_missing", f"round {number}: no site reported key_metric {self.key!r}; "
-                             f"reported: {sorted(means)}", round=number)
+            self.log.warning(
+                "key_metric_missing",
+                f"round {number}: no site reported key_metric {self.key!r}; reported: {sorted(means)}",
+                round=number,
+            )
             return
         if self._better(value):
             scored = self.initial_model if number == 1 else self.last_checkpoint()
             if scored is None:
-                raise FileNotFoundError(f"round {number}: no checkpoint of round {number - 1} to save as best model")
+                raise FileNotFoundError(
+                    f"round {number}: no checkpoint of round {number - 1} to save as best model"
+                )
             target = self.models_dir / "best_model.safetensors"
             atomic_link(scored, target)
             self.best, self.best_round, self.stale = value, number, 0
-            self.log.info("best_model", f"round {number}: {self.key}={value:.6g} is the best so far; model saved as "
-                          f"{target.name}", round=number, key=self.key, value=value)
+            self.log.info(
+                "best_model",
+                f"round {number}: {self.key}={value:.6g} is the best so far; model saved as {target.name}",
+                round=number,
+                key=self.key,
+                value=value,
+            )
         else:
             self.stale += 1
-        atomic_write_json(self.models_dir / "best_model.json",
-                          {"key": self.key, "mode": self.mode, "value": self.best, "round": self.best_round,
-                           "stale": self.stale, "scores_model_of_round": self.best_round - 1})
+        atomic_write_json(
+            self.models_dir / "best_model.json",
+            {
+                "key": self.key,
+                "mode": self.mode,
+                "value": self.best,
+                "round": self.best_round,
+                "stale": self.stale,
+                "scores_model_of_round": self.best_round - 1,
+            },
+        )
 
     def stop_reason(self) -> str:
         """Why the job should end now ('' = go on): the stop condition, or patience run out."""
         if self.condition_met:
             return self.condition_met
         if self.key and self.patience > 0 and self.stale >= self.patience:
-            return (f"{self.key} did not improve for {self.patience} rounds (best {self.best:.6g} in round "
-                    f"{self.best_round})")
+            return (
+                f"{self.key} did not improve for {self.patience} rounds (best {self.best:.6g} in round "
+                f"{self.best_round})"
+            )
         return ""

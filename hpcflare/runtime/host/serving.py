@@ -8,7 +8,8 @@ checks the caller and the model's ref first.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from hpcflare import errors
 from hpcflare.rank_logger import RankLogger
@@ -63,9 +64,11 @@ class ModelServing:
 
     def _counted(self, frames: Iterator[bytes]) -> Iterator[bytes]:
         if not self._download_slots.acquire(timeout=self.settings.upload_slot_timeout):
-            raise errors.StreamTimeoutError(f"no download slot free within settings.upload_slot_timeout="
-                                            f"{self.settings.upload_slot_timeout}s (max_concurrent_downloads="
-                                            f"{self.settings.max_concurrent_downloads})")
+            raise errors.StreamTimeoutError(
+                f"no download slot free within settings.upload_slot_timeout="
+                f"{self.settings.upload_slot_timeout}s (max_concurrent_downloads="
+                f"{self.settings.max_concurrent_downloads})"
+            )
         try:
             for frame in frames:
                 self.bytes_sent += len(frame)

@@ -27,11 +27,22 @@ from typing import Any
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import TRACKING_BACKENDS as BACKENDS
-from hpcflare.runtime.host.tracking_receivers import (CsvReceiver, MlflowReceiver, Receiver, TensorBoardReceiver,
-                                                 WandbReceiver, numeric, parse_record)
+from hpcflare.runtime.host.tracking_receivers import (
+    CsvReceiver,
+    MlflowReceiver,
+    Receiver,
+    TensorBoardReceiver,
+    WandbReceiver,
+    numeric,
+    parse_record,
+)
 
-RECEIVERS: dict[str, type[Receiver]] = {"csv": CsvReceiver, "tensorboard": TensorBoardReceiver,
-                                        "mlflow": MlflowReceiver, "wandb": WandbReceiver}
+RECEIVERS: dict[str, type[Receiver]] = {
+    "csv": CsvReceiver,
+    "tensorboard": TensorBoardReceiver,
+    "mlflow": MlflowReceiver,
+    "wandb": WandbReceiver,
+}
 
 
 def _weighted_mean(pairs: list[tuple[float, float]]) -> float:
@@ -42,8 +53,13 @@ def _weighted_mean(pairs: list[tuple[float, float]]) -> float:
 
 
 class Tracker:
-    def __init__(self, root: Path, backends: list[str], job: str = "hpcflare",
-                 options: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        backends: list[str],
+        job: str = "hpcflare",
+        options: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         unknown = set(backends) - set(BACKENDS)
         if unknown:
             raise ConfigError(f"tracking backends must be among {BACKENDS}, got {sorted(unknown)}")
@@ -51,11 +67,15 @@ class Tracker:
         self._lock = threading.Lock()
         if backends:
             root.mkdir(parents=True, exist_ok=True)
-        self.receivers: list[Receiver] = [RECEIVERS[name](root, job, dict((options or {}).get(name) or {}))
-                                          for name in BACKENDS if name in backends]
+        self.receivers: list[Receiver] = [
+            RECEIVERS[name](root, job, dict((options or {}).get(name) or {}))
+            for name in BACKENDS
+            if name in backends
+        ]
 
-    def record_round(self, number: int, per_site: dict[str, dict[str, Any]],
-                     weights: dict[str, float] | None = None) -> dict[str, float]:
+    def record_round(
+        self, number: int, per_site: dict[str, dict[str, Any]], weights: dict[str, float] | None = None
+    ) -> dict[str, float]:
         """Write one round's metrics; returns the per-key mean over the sites that reported it, weighted by
         their results' weights (NUM_STEPS_CURRENT_ROUND, as NVFlare weighs metrics; plain mean if all are 0)."""
         now = time.time()

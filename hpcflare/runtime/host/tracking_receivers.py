@@ -23,8 +23,11 @@ TEXT_KINDS = ("PARAMETER", "TAG", "TEXT")
 
 
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {str(k): float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        str(k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 @dataclasses.dataclass
@@ -77,10 +80,16 @@ def parse_record(site: str, raw: Any) -> Record | None:
     step = raw.get("global_step", raw.get("step"))
     rnd, t = raw.get("round"), raw.get("t")
     path = raw.get("path")
-    return Record(site, rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None, raw["key"][:250], kind,
-                  value, step if isinstance(step, int) and not isinstance(step, bool) else None,
-                  float(t) if isinstance(t, (int, float)) and math.isfinite(t) else time.time(),
-                  path[:500] if isinstance(path, str) else None)
+    return Record(
+        site,
+        rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None,
+        raw["key"][:250],
+        kind,
+        value,
+        step if isinstance(step, int) and not isinstance(step, bool) else None,
+        float(t) if isinstance(t, (int, float)) and math.isfinite(t) else time.time(),
+        path[:500] if isinstance(path, str) else None,
+    )
 
 
 class Receiver:
@@ -97,9 +106,12 @@ class Receiver:
 
 class CsvReceiver(Receiver):
     def __init__(self, root: Path, job: str, options: dict[str, Any]) -> None:
-        self._rounds, self._round_rows = self._open(root / "metrics.csv", ["round", "site", "key", "value", "time"])
-        self._steps, self._step_rows = self._open(root / "steps.csv", ["site", "round", "step", "key", "value",
-                                                                        "data_type", "time", "path"])
+        self._rounds, self._round_rows = self._open(
+            root / "metrics.csv", ["round", "site", "key", "value", "time"]
+        )
+        self._steps, self._step_rows = self._open(
+            root / "steps.csv", ["site", "round", "step", "key", "value", "data_type", "time", "path"]
+        )
 
     @staticmethod
     def _open(path: Path, header: list[str]) -> tuple[Any, Any]:
@@ -117,9 +129,18 @@ class CsvReceiver(Receiver):
         for r in records:
             values = r.scalars() or r.texts() or {r.key: r.value}
             for key, value in values.items():
-                self._step_rows.writerow([site, "" if r.round is None else r.round, "" if r.step is None else r.step,
-                                          key, repr(value) if isinstance(value, float) else value, r.kind,
-                                          f"{r.time:.3f}", r.path or ""])
+                self._step_rows.writerow(
+                    [
+                        site,
+                        "" if r.round is None else r.round,
+                        "" if r.step is None else r.step,
+                        key,
+                        repr(value) if isinstance(value, float) else value,
+                        r.kind,
+                        f"{r.time:.3f}",
+                        r.path or "",
+                    ]
+                )
 
     def flush(self) -> None:
         self._rounds.flush()
@@ -135,7 +156,9 @@ class TensorBoardReceiver(Receiver):
         try:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
         except ImportError:
-            raise ConfigError("tracking: tensorboard needs the 'tensorboard' package (pip install 'hpcflare[tracking]')") from None
+            raise ConfigError(
+                "tracking: tensorboard needs the 'tensorboard' package (pip install 'hpcflare[tracking]')"
+            ) from None
         self._new_writer = lambda site: EventFileWriter(str(root / "tensorboard" / site))
         self._writers: dict[str, Any] = {}
         self._auto_steps: dict[tuple[str, str], int] = {}
@@ -189,13 +212,18 @@ class MlflowReceiver(Receiver):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise ConfigError("tracking: 'mlflow' needs the mlflow package (pip install 'hpcflare[tracking]')") from None
+            raise ConfigError(
+                "tracking: 'mlflow' needs the mlflow package (pip install 'hpcflare[tracking]')"
+            ) from None
         uri = options.get("tracking_uri") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=str(uri))
         name = str(options.get("experiment_name") or job)
         experiment = self.client.get_experiment_by_name(name)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            name, artifact_location=(root / "mlruns").resolve().as_uri())
+        self.experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(name, artifact_location=(root / "mlruns").resolve().as_uri())
+        )
         self.tags = {str(k): str(v) for k, v in dict(options.get("tags") or {}).items()}
         self.runs: dict[str, str] = {}
 
@@ -224,10 +252,13 @@ class MlflowReceiver(Receiver):
                 self.client.log_text(self._run(site), str(r.value), _artifact_path(r.path))
         run_id = self._run(site)
         for start in range(0, len(metrics), 1000):  # MLflow's per-call limit
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
         if params or tags:
-            self.client.log_batch(run_id, params=[Param(k[:250], v[:6000]) for k, v in params.items()],
-                                  tags=[RunTag(k[:250], v[:5000]) for k, v in tags.items()])
+            self.client.log_batch(
+                run_id,
+                params=[Param(k[:250], v[:6000]) for k, v in params.items()],
+                tags=[RunTag(k[:250], v[:5000]) for k, v in tags.items()],
+            )
 
     def close(self) -> None:
         for run_id in self.runs.values():
@@ -249,20 +280,27 @@ class WandbReceiver(Receiver):
         try:
             import wandb
         except ImportError:
-            raise ConfigError("tracking: 'wandb' needs the wandb package (pip install 'hpcflare[wandb]')") from None
+            raise ConfigError(
+                "tracking: 'wandb' needs the wandb package (pip install 'hpcflare[wandb]')"
+            ) from None
         self.wandb, self.dir = wandb, root / "wandb"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.options = {"project": str(options.get("project") or job), "mode": str(options.get("mode") or "offline"),
-                        "entity": options.get("entity"), "group": options.get("group") or job,
-                        "tags": list(options.get("tags") or [])}
+        self.options = {
+            "project": str(options.get("project") or job),
+            "mode": str(options.get("mode") or "offline"),
+            "entity": options.get("entity"),
+            "group": options.get("group") or job,
+            "tags": list(options.get("tags") or []),
+        }
         os.environ.setdefault("WANDB_SILENT", "true")
         self.runs: dict[str, Any] = {}
 
     def _run(self, site: str) -> Any:
         run = self.runs.get(site)
         if run is None:
-            run = self.runs[site] = self.wandb.init(name=site, dir=str(self.dir), reinit="create_new",
-                                                    config={"site": site}, **self.options)
+            run = self.runs[site] = self.wandb.init(
+                name=site, dir=str(self.dir), reinit="create_new", config={"site": site}, **self.options
+            )
         return run
 
     def round_metric(self, number: int, site: str, key: str, value: float, now: float) -> None:

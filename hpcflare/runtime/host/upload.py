@@ -9,24 +9,39 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
-from hpcflare.fileio import spool_dir
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
+from hpcflare.fileio import spool_dir
+from hpcflare.filters.quantize import (
+    SCALE_SUFFIX,
+    check_quant_map,
+    dequantize,
+    dequantize_chunks,
+    wire_shapes,
+)
 from hpcflare.settings import Settings
-from hpcflare.filters.quantize import SCALE_SUFFIX, check_quant_map, dequantize, dequantize_chunks, wire_shapes
-from hpcflare.tensors import acc_dtype, all_finite, blocks_of
-from hpcflare.transport.model_files import safetensors_header
 from hpcflare.strategy.api import UpdateKind, describe_expectation, shape_matches
-from hpcflare.transport.codec import (MAX_HEADER_BYTES, ST_TO_NP, TensorSpec, decode_tensor, empty_buffer, is_float,
-                                      parse_single, raw_bytes, unpack_frame)
+from hpcflare.tensors import acc_dtype, all_finite, blocks_of
 from hpcflare.transport.api import UploadHeader
+from hpcflare.transport.codec import (
+    MAX_HEADER_BYTES,
+    ST_TO_NP,
+    TensorSpec,
+    decode_tensor,
+    empty_buffer,
+    is_float,
+    parse_single,
+    raw_bytes,
+    unpack_frame,
+)
+from hpcflare.transport.model_files import safetensors_header
 from hpcflare.transport.shm import SharedModel, cumulative
 from hpcflare.transport.streams import merge_report
-
 
 
 class _Like:
@@ -39,8 +54,10 @@ class _Like:
 def partial_expectation(expected: Mapping[str, Any]) -> dict[str, Any]:
     """Float sums of the expected shapes, except expectations whose partials keep their form (masked integers
     summed modulo 2^64, summed ciphertexts)."""
-    return {k: v if getattr(v, "keeps_partials", False) else _Like(tuple(v.shape), acc_dtype(v.dtype))
-            for k, v in expected.items()}
+    return {
+        k: v if getattr(v, "keeps_partials", False) else _Like(tuple(v.shape), acc_dtype(v.dtype))
+        for k, v in expected.items()
+    }
 
 
 class UploadParams(Mapping[str, np.ndarray]):
@@ -75,8 +92,11 @@ class UploadParams(Mapping[str, np.ndarray]):
 
     def streams(self, spec: TensorSpec, base: Any) -> bool:
         """Stream this tensor to disk as it arrives? (large, and already in the global model's dtype)"""
-        return spec.nbytes >= self._spool_bytes and ST_TO_NP.get(spec.dtype) is not None and \
-            np.dtype(ST_TO_NP[spec.dtype]) == np.dtype(base.dtype)
+        return (
+            spec.nbytes >= self._spool_bytes
+            and ST_TO_NP.get(spec.dtype) is not None
+            and np.dtype(ST_TO_NP[spec.dtype]) == np.dtype(base.dtype)
+        )
 
     def begin_stream(self, at: int | None = None) -> None:
         """A tensor's blob follows in the spool (or lies in ``source`` at offset ``at``)."""
@@ -94,15 +114,19 @@ class UploadParams(Mapping[str, np.ndarray]):
         tag, start, count = parse_single(head, spec, total=spec.nbytes)
         dtype = np.dtype(ST_TO_NP[tag])
         if dtype != np.dtype(base.dtype) or not shape_matches(spec.shape, base):
-            raise UpdateRejectedError(f"tensor {spec.name!r} is {tag}{list(spec.shape)}, the global model has "
-                                      f"{base.dtype} {describe_expectation(base)}")
+            raise UpdateRejectedError(
+                f"tensor {spec.name!r} is {tag}{list(spec.shape)}, the global model has "
+                f"{base.dtype} {describe_expectation(base)}"
+            )
         self._keep(spec.name, file, self._stream_at + start, dtype, spec.shape)
 
     @property
     def spool_bytes(self) -> int:
         return self._spool_bytes
 
-    def put_chunks(self, name: str, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]) -> None:
+    def put_chunks(
+        self, name: str, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]
+    ) -> None:
         """A tensor produced a chunk at a time (dequantized): appended to the spool as it comes, then checked."""
         offset = self._spool().seek(0, os.SEEK_END)
         for values in chunks:
@@ -136,7 +160,7 @@ class UploadParams(Mapping[str, np.ndarray]):
         buf = empty_buffer(min(step, count) * dtype.itemsize)  # one buffer, refilled: fresh pages cost faults
         for first in range(0, count, step):
             n = min(step, count - first)
-            part = buf[:n * dtype.itemsize]
+            part = buf[: n * dtype.itemsize]
             if os.preadv(file.fileno(), [part], offset + first * dtype.itemsize) != part.nbytes:
                 raise MalformedMessageError(f"spooled tensor {name!r} could not be read back")
             yield first, np.frombuffer(part, dtype=dtype)
@@ -151,7 +175,9 @@ class UploadParams(Mapping[str, np.ndarray]):
             return self._memory[name]
         file, offset, dtype, shape = self._spooled[name]
         file.flush()
-        return np.frombuffer(_pread(file, name, offset, math.prod(shape) * dtype.itemsize), dtype=dtype).reshape(shape)
+        return np.frombuffer(
+            _pread(file, name, offset, math.prod(shape) * dtype.itemsize), dtype=dtype
+        ).reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
         yield from self._memory
@@ -177,9 +203,12 @@ def _pread(file: Any, name: str, offset: int, nbytes: int) -> np.ndarray:
     return buf
 
 
-def read_upload(frames: Iterator[bytes], settings: Settings,
-                expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
-                on_header: Callable[[UploadHeader], Any]) -> tuple[UploadHeader, Any, UploadParams]:
+def read_upload(
+    frames: Iterator[bytes],
+    settings: Settings,
+    expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
+    on_header: Callable[[UploadHeader], Any],
+) -> tuple[UploadHeader, Any, UploadParams]:
     """Return (header, on_header's result, params). ``on_header`` authenticates and may reject early;
     ``expected`` may be a function of its result (the round the header named, not whatever was current
     when the stream began)."""
@@ -190,11 +219,17 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
     if raw.pop("kind", None) != "begin":
         raise MalformedMessageError("upload must start with a 'begin' frame")
     header = UploadHeader.from_wire(raw)
-    context, expected, quant = _open(header, expected, on_header)  # authenticated before any continuation is read
+    context, expected, quant = _open(
+        header, expected, on_header
+    )  # authenticated before any continuation is read
     frames = merge_report(header, frames, settings.max_frame_bytes)
     if header.mapped is not None:
         last = next(frames, None)
-        if last is None or unpack_frame(last, settings.max_frame_bytes)[0].get("kind") != "end" or next(frames, None):
+        if (
+            last is None
+            or unpack_frame(last, settings.max_frame_bytes)[0].get("kind") != "end"
+            or next(frames, None)
+        ):
             raise MalformedMessageError("an upload in a memory file must not stream tensors too")
         return header, context, _read_mapped(header.mapped, settings, expected, quant)
     params = UploadParams(settings.spool_tensor_bytes)
@@ -207,8 +242,9 @@ def read_upload(frames: Iterator[bytes], settings: Settings,
     return header, context, params
 
 
-def _read_mapped(mapped: Any, settings: Settings, expected: Mapping[str, Any], quant: dict[str, dict[str, Any]]
-                 ) -> "UploadParams":
+def _read_mapped(
+    mapped: Any, settings: Settings, expected: Mapping[str, Any], quant: dict[str, dict[str, Any]]
+) -> UploadParams:
     """An upload a same-host peer left in a sealed memory file, given the checks a streamed one gets, blob by
     blob (each a strict single-tensor safetensors). Large tensors are read from the peer's file a block at a
     time when checked and again when folded, never mapped whole: concurrent uploads cost the server a few
@@ -229,7 +265,9 @@ def _read_mapped(mapped: Any, settings: Settings, expected: Mapping[str, Any], q
                 params.begin_stream(at=offset)
                 params.end_stream(spec, wire[spec.name])
             else:
-                params.put(spec.name, _finish(spec, _pread(source, spec.name, offset, spec.nbytes), wire[spec.name]))
+                params.put(
+                    spec.name, _finish(spec, _pread(source, spec.name, offset, spec.nbytes), wire[spec.name])
+                )
         _dequantize(params, quant, expected)
     except BaseException:
         params.close()
@@ -237,9 +275,13 @@ def _read_mapped(mapped: Any, settings: Settings, expected: Mapping[str, Any], q
     return params
 
 
-def read_arrays(header: UploadHeader, tensors: Iterable[tuple[str, Any]], settings: Settings,
-                expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
-                on_header: Callable[[UploadHeader], Any]) -> tuple[UploadHeader, Any, UploadParams]:
+def read_arrays(
+    header: UploadHeader,
+    tensors: Iterable[tuple[str, Any]],
+    settings: Settings,
+    expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
+    on_header: Callable[[UploadHeader], Any],
+) -> tuple[UploadHeader, Any, UploadParams]:
     """:func:`read_upload` for a caller in this process (a virtual client): the same checks on its own arrays
     (numpy or torch, viewed, not copied); the result holds them until closed, the caller must not change them
     before this returns."""
@@ -247,8 +289,12 @@ def read_arrays(header: UploadHeader, tensors: Iterable[tuple[str, Any]], settin
     return header, context, _take_arrays(tensors, settings, expected, quant)
 
 
-def _take_arrays(tensors: Iterable[tuple[str, Any]], settings: Settings, expected: Mapping[str, Any],
-                 quant: dict[str, dict[str, Any]]) -> "UploadParams":
+def _take_arrays(
+    tensors: Iterable[tuple[str, Any]],
+    settings: Settings,
+    expected: Mapping[str, Any],
+    quant: dict[str, dict[str, Any]],
+) -> UploadParams:
     """Check arrays already in memory (a virtual client's own, a mapped upload's) like streamed tensors."""
     wire = _wire_expectation(expected, quant)
     params = UploadParams(settings.max_model_bytes + 1)  # never spooled: they already are in memory
@@ -259,7 +305,9 @@ def _take_arrays(tensors: Iterable[tuple[str, Any]], settings: Settings, expecte
             spec = _check_spec(TensorSpec(name, tag, tuple(shape), raw.nbytes), wire, params)
             total += spec.nbytes
             if total > settings.max_model_bytes:
-                raise FrameTooLargeError(f"update exceeds settings.max_model_bytes={settings.max_model_bytes}")
+                raise FrameTooLargeError(
+                    f"update exceeds settings.max_model_bytes={settings.max_model_bytes}"
+                )
             array = raw.view(ST_TO_NP[tag]).reshape(spec.shape)
             params.put(name, _validated(spec, array, wire[name]))
         _dequantize(params, quant, expected)
@@ -269,8 +317,11 @@ def _take_arrays(tensors: Iterable[tuple[str, Any]], settings: Settings, expecte
     return params
 
 
-def _open(header: UploadHeader, expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
-          on_header: Callable[[UploadHeader], Any]) -> tuple[Any, Mapping[str, Any], dict[str, dict[str, Any]]]:
+def _open(
+    header: UploadHeader,
+    expected: Mapping[str, np.ndarray] | Callable[[Any], Mapping[str, np.ndarray]],
+    on_header: Callable[[UploadHeader], Any],
+) -> tuple[Any, Mapping[str, Any], dict[str, dict[str, Any]]]:
     """Authenticate an upload's (checked) header -> (on_header's result, expected tensors, quantization map)."""
     context = on_header(header)
     if callable(expected):
@@ -294,14 +345,16 @@ def _wire_expectation(expected: Mapping[str, Any], quant: dict[str, dict[str, An
     return wire
 
 
-def _dequantize(params: "UploadParams", quant: dict[str, dict[str, Any]], expected: Mapping[str, Any]) -> None:
+def _dequantize(params: UploadParams, quant: dict[str, dict[str, Any]], expected: Mapping[str, Any]) -> None:
     for name, spec in quant.items():
         if name not in params:
             params.drop(name + SCALE_SUFFIX)
             continue  # a quantized tensor the site did not send keeps its global value
         scales = params[name + SCALE_SUFFIX] if name + SCALE_SUFFIX in params else None
         if scales is not None and not all_finite(scales):
-            raise UpdateRejectedError(f"tensor {name!r} has NaN or Inf quantization scales; the update is rejected")
+            raise UpdateRejectedError(
+                f"tensor {name!r} has NaN or Inf quantization scales; the update is rejected"
+            )
         base, payload = expected[name], params[name]
         params.drop(name + SCALE_SUFFIX)
         if math.prod(base.shape) * np.dtype(base.dtype).itemsize >= params.spool_bytes:
@@ -312,7 +365,9 @@ def _dequantize(params: "UploadParams", quant: dict[str, dict[str, Any]], expect
         params.put(name, _validated(TensorSpec(name, "F32", tuple(value.shape), value.nbytes), value, base))
 
 
-def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping[str, Any], params: UploadParams) -> None:
+def _read_tensors(
+    frames: Iterator[bytes], settings: Settings, expected: Mapping[str, Any], params: UploadParams
+) -> None:
     total = 0
     spec: TensorSpec | None = None
     buf = empty_buffer(0)
@@ -323,11 +378,13 @@ def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping
         kind = head.get("kind")
         if kind == "data":
             if spec is None or head.get("o") != filled or filled + len(payload) > spec.nbytes:
-                raise MalformedMessageError(f"out-of-order data frame (offset {head.get('o')!r:.20}, have {filled})")
+                raise MalformedMessageError(
+                    f"out-of-order data frame (offset {head.get('o')!r:.20}, have {filled})"
+                )
             if streaming:  # large tensor: straight to the spool file, never whole in memory
                 params.write_stream(payload)
             else:
-                buf[filled:filled + len(payload)] = payload
+                buf[filled : filled + len(payload)] = payload
             filled += len(payload)
             if filled == spec.nbytes:
                 if streaming:
@@ -337,11 +394,15 @@ def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping
                 spec, buf, filled = None, empty_buffer(0), 0
         elif kind == "tensor":
             if spec is not None:
-                raise MalformedMessageError(f"tensor {spec.name!r} incomplete ({filled}/{spec.nbytes} bytes) before the next one")
+                raise MalformedMessageError(
+                    f"tensor {spec.name!r} incomplete ({filled}/{spec.nbytes} bytes) before the next one"
+                )
             spec = _check_spec(TensorSpec.from_wire(head.get("spec")), expected, params)
             total += spec.nbytes
             if total > settings.max_model_bytes:
-                raise FrameTooLargeError(f"update exceeds settings.max_model_bytes={settings.max_model_bytes}")
+                raise FrameTooLargeError(
+                    f"update exceeds settings.max_model_bytes={settings.max_model_bytes}"
+                )
             streaming = params.streams(spec, expected[spec.name])
             buf, filled = empty_buffer(0 if streaming else spec.nbytes), 0
             if streaming:
@@ -350,7 +411,9 @@ def _read_tensors(frames: Iterator[bytes], settings: Settings, expected: Mapping
                 raise MalformedMessageError(f"tensor {spec.name!r} announced 0 bytes")
         elif kind == "end":
             if spec is not None:
-                raise MalformedMessageError(f"stream ended inside tensor {spec.name!r} ({filled}/{spec.nbytes} bytes)")
+                raise MalformedMessageError(
+                    f"stream ended inside tensor {spec.name!r} ({filled}/{spec.nbytes} bytes)"
+                )
             return
         else:
             raise MalformedMessageError(f"unknown frame kind {kind!r:.40}")
@@ -364,22 +427,28 @@ def _check_spec(spec: TensorSpec, expected: Mapping[str, np.ndarray], seen: Mapp
     if spec.name in seen:
         raise UpdateRejectedError(f"tensor {spec.name!r} sent twice")
     if not shape_matches(spec.shape, base):
-        raise UpdateRejectedError(f"tensor {spec.name!r} has shape {spec.shape}, the global model has "
-                                  f"{describe_expectation(base)}")
+        raise UpdateRejectedError(
+            f"tensor {spec.name!r} has shape {spec.shape}, the global model has {describe_expectation(base)}"
+        )
     dtype = ST_TO_NP.get(spec.dtype)
     if dtype is None:
         raise UpdateRejectedError(f"tensor {spec.name!r} has unsupported dtype {spec.dtype!r:.20}")
     same_kind = is_float(dtype) and is_float(base.dtype)
     if np.dtype(dtype) != base.dtype and not same_kind:
-        raise UpdateRejectedError(f"tensor {spec.name!r} has dtype {spec.dtype}, the global model has {base.dtype}")
+        raise UpdateRejectedError(
+            f"tensor {spec.name!r} has dtype {spec.dtype}, the global model has {base.dtype}"
+        )
     limit = math.prod(spec.shape) * np.dtype(dtype).itemsize + 8 + MAX_HEADER_BYTES
     if spec.nbytes > limit:
-        raise FrameTooLargeError(f"tensor {spec.name!r} announced {spec.nbytes} bytes, more than its shape allows ({limit})")
+        raise FrameTooLargeError(
+            f"tensor {spec.name!r} announced {spec.nbytes} bytes, more than its shape allows ({limit})"
+        )
     return spec
 
 
-def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.ndarray],
-                spool_bytes: int = 4 << 20) -> UploadParams:
+def read_staged(
+    path: Path, specs: list[TensorSpec], expected: Mapping[str, np.ndarray], spool_bytes: int = 4 << 20
+) -> UploadParams:
     """Validate a result a client left on the shared filesystem like a streamed one. Large tensors in the global
     model's dtype are checked and later folded straight from the file (held open: a rename over it changes
     nothing here), a block at a time; others are read whole, one at a time."""
@@ -396,14 +465,23 @@ def read_staged(path: Path, specs: list[TensorSpec], expected: Mapping[str, np.n
             meta = header.get(spec.name)
             lo, hi = meta.get("data_offsets", (0, 0)) if isinstance(meta, dict) else (0, 0)
             dtype = np.dtype(ST_TO_NP[spec.dtype])
-            if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi and start + hi <= size
-                    and hi - lo == math.prod(spec.shape) * dtype.itemsize):
-                raise MalformedMessageError(f"staged result {path.name}: tensor {spec.name!r} has inconsistent offsets")
+            if not (
+                isinstance(lo, int)
+                and isinstance(hi, int)
+                and 0 <= lo <= hi
+                and start + hi <= size
+                and hi - lo == math.prod(spec.shape) * dtype.itemsize
+            ):
+                raise MalformedMessageError(
+                    f"staged result {path.name}: tensor {spec.name!r} has inconsistent offsets"
+                )
             base = expected[spec.name]
             if dtype == np.dtype(base.dtype) and hi - lo >= spool_bytes:  # shape: checked by _check_spec
                 params.adopt(spec.name, start + lo, dtype, spec.shape)
             else:
-                value = np.frombuffer(_pread(source, spec.name, start + lo, hi - lo), dtype=dtype).reshape(spec.shape)
+                value = np.frombuffer(_pread(source, spec.name, start + lo, hi - lo), dtype=dtype).reshape(
+                    spec.shape
+                )
                 params.put(spec.name, _validated(spec, value, base))
     except BaseException:
         params.close()
@@ -417,8 +495,10 @@ def _finish(spec: TensorSpec, buf: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 def _validated(spec: TensorSpec, value: np.ndarray, base: np.ndarray) -> np.ndarray:
     if not shape_matches(tuple(value.shape), base):
-        raise UpdateRejectedError(f"tensor {spec.name!r} has shape {tuple(value.shape)}, the global model has "
-                                  f"{describe_expectation(base)}")
+        raise UpdateRejectedError(
+            f"tensor {spec.name!r} has shape {tuple(value.shape)}, the global model has "
+            f"{describe_expectation(base)}"
+        )
     if value.dtype != base.dtype:
         with np.errstate(over="ignore"):  # an overflow becomes Inf, rejected just below
             value = value.astype(base.dtype)

@@ -13,13 +13,14 @@ factory the role that builds the agent hands in (``site_sides``, by strategy nam
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.site.connection import Connection
-from hpcflare.runtime.site.result_sender import ResultSender
 from hpcflare.runtime.site.hooks import SiteHooks
+from hpcflare.runtime.site.result_sender import ResultSender
 from hpcflare.runtime.site.tasks import TaskFetcher
 from hpcflare.runtime.site.track_records import TrackBuffer
 from hpcflare.security.jobs import load_kit
@@ -31,18 +32,38 @@ SiteSides = Mapping[str, Callable[["ClientAgent"], SiteHooks]]
 
 
 class ClientAgent:
-    def __init__(self, job_dir: JobDir, site: str, log: RankLogger, address: str | None = None,
-                 heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
-                 parent: ServerHandler | None = None, in_process: bool = False,
-                 site_sides: SiteSides | None = None) -> None:
+    def __init__(
+        self,
+        job_dir: JobDir,
+        site: str,
+        log: RankLogger,
+        address: str | None = None,
+        heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
+        parent: ServerHandler | None = None,
+        in_process: bool = False,
+        site_sides: SiteSides | None = None,
+    ) -> None:
         self.job_dir, self.site, self.log = job_dir, site, log
         self.site_sides: SiteSides = site_sides or {}
         self.config: JobConfig = job_dir.load_config()
         self.kit = load_kit(job_dir, self.config, site, required=parent is None)
         for problem in self.kit.self_check() if self.kit else []:
-            log.warning("certificate_problem", f"{problem}; the server will refuse this site", problem=problem)
-        self.connection = Connection(job_dir, self.config, self.config.load_settings(), site, log, self.kit,
-                                     SiteHooks(), address, heartbeat_extra, parent, in_process)
+            log.warning(
+                "certificate_problem", f"{problem}; the server will refuse this site", problem=problem
+            )
+        self.connection = Connection(
+            job_dir,
+            self.config,
+            self.config.load_settings(),
+            site,
+            log,
+            self.kit,
+            SiteHooks(),
+            address,
+            heartbeat_extra,
+            parent,
+            in_process,
+        )
         self.tasks = TaskFetcher(job_dir, self.connection, log)
         self.tracks = TrackBuffer(self.connection, log)
         self.results = ResultSender(job_dir, self.connection, log, self.tracks)
@@ -68,7 +89,7 @@ class ClientAgent:
     def on_stuck(self, value: Callable[[str, bool], None] | None) -> None:
         self.connection.on_stuck = value
 
-    def start(self) -> "ClientAgent":
+    def start(self) -> ClientAgent:
         factory = self.site_sides.get(self.config.strategy)
         if factory is not None and self.site in self.config.clients and type(self.hooks) is SiteHooks:
             self.connection.hooks = factory(self)  # e.g. this site's swarm peer host

@@ -11,7 +11,8 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
@@ -22,16 +23,27 @@ from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport, Rpc, ServerHandler
 from hpcflare.transport.grpc_client import GrpcClientTransport
-from hpcflare.transport.inproc import SCHEME as INPROC, InprocTransport, local_handler
+from hpcflare.transport.inproc import SCHEME as INPROC
+from hpcflare.transport.inproc import InprocTransport, local_handler
 
 T = TypeVar("T")
 
 
 class Connection:
-    def __init__(self, job_dir: JobDir, config: JobConfig, settings: Settings, site: str, log: RankLogger,
-                 kit: StartupKit | None, hooks: SiteHooks, address: str | None = None,
-                 heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
-                 parent: ServerHandler | None = None, in_process: bool = False) -> None:
+    def __init__(
+        self,
+        job_dir: JobDir,
+        config: JobConfig,
+        settings: Settings,
+        site: str,
+        log: RankLogger,
+        kit: StartupKit | None,
+        hooks: SiteHooks,
+        address: str | None = None,
+        heartbeat_extra: Callable[[], dict[str, Any]] | None = None,
+        parent: ServerHandler | None = None,
+        in_process: bool = False,
+    ) -> None:
         """``parent``: a host in this very process (a virtual client's client rank), reached without a network;
         ``in_process``: reach the parent in-process when it turns out to live in this process (SimEnv's server,
         for a client rank), else through gRPC."""
@@ -61,13 +73,19 @@ class Connection:
         if self.parent is not None:
             self.address = f"{INPROC}{getattr(self.parent, 'name', 'host')}"
         if self.address is None:
-            units = list(self.config.rank_hosts()) or self.config.clients  # who connects: client ranks, else sites
+            units = (
+                list(self.config.rank_hosts()) or self.config.clients
+            )  # who connects: client ranks, else sites
             if self.config.relays and self.site in units:
-                relay = choose_relay(self.rendezvous, self.config, units.index(self.site),
-                                     self.settings.rendezvous_timeout)
+                relay = choose_relay(
+                    self.rendezvous, self.config, units.index(self.site), self.settings.rendezvous_timeout
+                )
                 if relay is None:
-                    self.log.warning("relay_missing", f"no relay announced itself within settings.rendezvous_timeout="
-                                     f"{self.settings.rendezvous_timeout:g}s; connecting directly to the server")
+                    self.log.warning(
+                        "relay_missing",
+                        f"no relay announced itself within settings.rendezvous_timeout="
+                        f"{self.settings.rendezvous_timeout:g}s; connecting directly to the server",
+                    )
                 else:
                     self.relay_name, self.address = relay.name, relay.address
             if self.address is None:
@@ -85,17 +103,29 @@ class Connection:
         s = self.settings
         peer_name = self.relay_name or (self.kit.server if self.kit else "server")
         local = local_handler(address) if self.in_process and self.parent is None else None
-        transport: ClientTransport = InprocTransport(self.parent, s, address) if self.parent is not None else \
-            InprocTransport(local, s, f"{INPROC}{peer_name}", published=address) if local is not None else \
-            GrpcClientTransport(address, s, self.kit, peer_name)
+        transport: ClientTransport = (
+            InprocTransport(self.parent, s, address)
+            if self.parent is not None
+            else InprocTransport(local, s, f"{INPROC}{peer_name}", published=address)
+            if local is not None
+            else GrpcClientTransport(address, s, self.kit, peer_name)
+        )
 
         def register() -> dict:
             try:
-                return transport.call(Rpc.REGISTER, {"site": self.site, "host": socket.gethostname(), "pid": os.getpid(),
-                                                   "node": os.environ.get("SLURMD_NODENAME", ""),
-                                                   "proof": self.job_dir.registration_proof(self.site),
-                                                   "previous_token": self.token,
-                                                   **self.hooks.registration_fields()}, s.rpc_timeout)
+                return transport.call(
+                    Rpc.REGISTER,
+                    {
+                        "site": self.site,
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "node": os.environ.get("SLURMD_NODENAME", ""),
+                        "proof": self.job_dir.registration_proof(self.site),
+                        "previous_token": self.token,
+                        **self.hooks.registration_fields(),
+                    },
+                    s.rpc_timeout,
+                )
             except errors.PeerGoneError:
                 self._check_handshake(address, peer_name)
                 raise
@@ -108,8 +138,13 @@ class Connection:
         self.address, self.transport = address, transport
         via = f" through {self.relay_name}" if self.relay_name else ""
         how = " (in-process)" if isinstance(transport, InprocTransport) and self.parent is None else ""
-        self.log.info("registered", f"{self.site} registered with server{via} at {address}{how}", address=address,
-                      relay=self.relay_name, transport="inproc" if isinstance(transport, InprocTransport) else "grpc")
+        self.log.info(
+            "registered",
+            f"{self.site} registered with server{via} at {address}{how}",
+            address=address,
+            relay=self.relay_name,
+            transport="inproc" if isinstance(transport, InprocTransport) else "grpc",
+        )
         if self.started and self.on_reconnect is not None:
             self.on_reconnect()
 
@@ -129,7 +164,9 @@ class Connection:
         self._stop.set()
         if self.transport is not None and self.token:
             try:
-                self.call(Rpc.GOODBYE, {"status": status, "reason": reason}, self.settings.rpc_timeout, once=True)
+                self.call(
+                    Rpc.GOODBYE, {"status": status, "reason": reason}, self.settings.rpc_timeout, once=True
+                )
             except errors.HpcflareError as exc:
                 self.log.debug("goodbye_failed", f"could not say goodbye: {exc}")
         if self.transport is not None:
@@ -147,11 +184,16 @@ class Connection:
                 return self.transport is not None
             if self.relay_name is None or self.config.relay_failover != "direct":
                 if self.relay_name is not None:
-                    self.log.error("relay_lost", f"relay {self.relay_name} lost ({exc}); relay_failover='exclude': "
-                                   "leaving the job", relay=self.relay_name)
+                    self.log.error(
+                        "relay_lost",
+                        f"relay {self.relay_name} lost ({exc}); relay_failover='exclude': leaving the job",
+                        relay=self.relay_name,
+                    )
                 return False
             lost, self.relay_name = self.relay_name, None
-            self.log.warning("relay_lost", f"relay {lost} lost ({exc}); reconnecting directly to the server", relay=lost)
+            self.log.warning(
+                "relay_lost", f"relay {lost} lost ({exc}); reconnecting directly to the server", relay=lost
+            )
             self._discovered = True
             self._connect(self._server_address(self.settings.rendezvous_timeout))
             if failed is not None:
@@ -168,8 +210,11 @@ class Connection:
             endpoint = self.rendezvous.read(SERVER)
             if endpoint is None or endpoint.address == self.address:
                 return False
-            self.log.warning("server_moved", f"server unreachable ({exc}); it restarted at {endpoint.address}: "
-                             "reconnecting", address=endpoint.address)
+            self.log.warning(
+                "server_moved",
+                f"server unreachable ({exc}); it restarted at {endpoint.address}: reconnecting",
+                address=endpoint.address,
+            )
             self._connect(endpoint.address)
             if failed is not None:
                 failed.close()
@@ -193,8 +238,11 @@ class Connection:
         """The server ended the job; give the script settings.end_grace to notice, then stop it."""
         if self.on_stuck is None or self._stop.wait(self.settings.end_grace):
             return
-        self.on_stuck(f"the job ended but the training script was still running after settings.end_grace="
-                      f"{self.settings.end_grace:g}s", False)
+        self.on_stuck(
+            f"the job ended but the training script was still running after settings.end_grace="
+            f"{self.settings.end_grace:g}s",
+            False,
+        )
 
     def _heartbeat_loop(self) -> None:
         s = self.settings
@@ -203,18 +251,26 @@ class Connection:
             if transport is None:
                 return
             try:
-                reply = transport.call(Rpc.HEARTBEAT, {"site": self.site, "token": self.token, **self.heartbeat_extra()},
-                                       s.rpc_timeout)
+                reply = transport.call(
+                    Rpc.HEARTBEAT,
+                    {"site": self.site, "token": self.token, **self.heartbeat_extra()},
+                    s.rpc_timeout,
+                )
                 self._last_contact = time.monotonic()
                 if reply.get("phase") == "ended":
                     self._stuck_after_end()
                     return
             except errors.HpcflareError as exc:
                 silent = time.monotonic() - self._last_contact
-                self.log.warning("heartbeat_failed", f"heartbeat failed ({silent:.0f}s without server): {exc}")
+                self.log.warning(
+                    "heartbeat_failed", f"heartbeat failed ({silent:.0f}s without server): {exc}"
+                )
                 if silent > s.server_lost_timeout and self.on_stuck is not None:
-                    self.on_stuck(f"server unreachable for {silent:.0f}s (settings.server_lost_timeout="
-                                  f"{s.server_lost_timeout:g}s) while the training script was busy", True)
+                    self.on_stuck(
+                        f"server unreachable for {silent:.0f}s (settings.server_lost_timeout="
+                        f"{s.server_lost_timeout:g}s) while the training script was busy",
+                        True,
+                    )
                     return
                 if isinstance(exc, errors.PeerGoneError):
                     try:
@@ -235,22 +291,29 @@ class Connection:
                 self._last_contact = time.monotonic()
                 return result
             except (errors.PeerGoneError, errors.StreamTimeoutError) as exc:
-                if failover and isinstance(exc, errors.PeerGoneError) and (
-                        self._failover(exc, transport) or self._rediscover(exc, transport)):
+                if (
+                    failover
+                    and isinstance(exc, errors.PeerGoneError)
+                    and (self._failover(exc, transport) or self._rediscover(exc, transport))
+                ):
                     deadline = time.monotonic() + self.settings.server_lost_timeout
                     continue
                 if time.monotonic() >= deadline:
-                    raise errors.PeerGoneError(f"{what}: server unreachable for settings.server_lost_timeout="
-                                               f"{self.settings.server_lost_timeout:g}s: {exc}") from None
+                    raise errors.PeerGoneError(
+                        f"{what}: server unreachable for settings.server_lost_timeout="
+                        f"{self.settings.server_lost_timeout:g}s: {exc}"
+                    ) from None
                 attempt += 1
-                time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
 
     def call(self, method: str, request: dict, timeout: float, once: bool = False) -> dict:
         """A unary call in this site's name, retried like every other transfer; ``once``: a single attempt
         (the caller may be closing after the job ended, when the server can already be gone)."""
+
         def attempt() -> dict:
             transport, token = self.credentials()
             return transport.call(method, {"site": self.site, "token": token, **request}, timeout)
+
         return attempt() if once else self.retry(method, attempt)
 
     def credentials(self) -> tuple[ClientTransport, str]:

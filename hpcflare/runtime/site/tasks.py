@@ -13,10 +13,10 @@ from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster import staging
-from hpcflare.transport.model_files import map_tensors
 from hpcflare.runtime.site.connection import Connection
 from hpcflare.transport.api import Rpc, Task
 from hpcflare.transport.codec import decode_tensor
+from hpcflare.transport.model_files import map_tensors
 
 END, WAIT = "end", "wait"
 """GetTask replies that are not tasks: the job is over / nothing yet, ask again."""
@@ -45,8 +45,12 @@ class StagingSource:
                 raise errors.MalformedMessageError("staged model does not match the task's manifest")
             return params
         except (OSError, errors.HpcflareError) as exc:
-            self.log.info("staging_fallback", f"staged model not usable here ({exc}); falling back to gRPC streaming",
-                          round=task.round, reason=str(exc))
+            self.log.info(
+                "staging_fallback",
+                f"staged model not usable here ({exc}); falling back to gRPC streaming",
+                round=task.round,
+                reason=str(exc),
+            )
             return None
 
 
@@ -62,8 +66,10 @@ class GrpcSource:
         def pull() -> dict[str, Any]:
             transport, token = self.connection.credentials()
             request = {"site": self.connection.site, "token": token, "ref": task.ref}
-            params = {spec.name: decode_tensor(blob, spec, self.framework)
-                      for spec, blob in transport.download(request, task.manifest)}
+            params = {
+                spec.name: decode_tensor(blob, spec, self.framework)
+                for spec, blob in transport.download(request, task.manifest)
+            }
             self.via = getattr(transport, "last_via", self.via)  # grpc or shared memory
             return params
 
@@ -91,9 +97,11 @@ class TaskFetcher:
         poll = self.connection.settings.task_poll_timeout
         while True:
             remaining = deadline - time.monotonic()
-            reply = self.connection.call(Rpc.GET_TASK, {"last_task_id": last_task_id,
-                                                     "timeout": max(0.0, min(poll, remaining))},
-                                         self.connection.settings.rpc_timeout + poll)
+            reply = self.connection.call(
+                Rpc.GET_TASK,
+                {"last_task_id": last_task_id, "timeout": max(0.0, min(poll, remaining))},
+                self.connection.settings.rpc_timeout + poll,
+            )
             kind = reply.get("task")
             if kind == END:
                 self.ended, self.end_reason = True, str(reply.get("reason", ""))
@@ -103,13 +111,20 @@ class TaskFetcher:
                 task = Task.from_reply(reply)
                 self.pending = task
                 self.connection.hooks.on_task(task)
-                self.log.info("task_received", f"round {task.round}/{task.total_rounds}: task {task.name} received",
-                              round=task.round, task=task.name, task_id=task.task_id)
+                self.log.info(
+                    "task_received",
+                    f"round {task.round}/{task.total_rounds}: task {task.name} received",
+                    round=task.round,
+                    task=task.name,
+                    task_id=task.task_id,
+                )
                 return task
             if time.monotonic() >= deadline:
                 if timeout is None:
-                    raise errors.StreamTimeoutError(f"no task from the server within {limit:g}s "
-                                                    "(registration_timeout + round_timeout + stream_timeout)")
+                    raise errors.StreamTimeoutError(
+                        f"no task from the server within {limit:g}s "
+                        "(registration_timeout + round_timeout + stream_timeout)"
+                    )
                 return None
 
     def fetch(self, task: Task) -> dict[str, Any]:
@@ -123,7 +138,13 @@ class TaskFetcher:
         assert params is not None  # the gRPC source always answers (or raises)
         self.connection.hooks.opened(task, params)
         nbytes = sum(s.nbytes for s in task.manifest)
-        self.log.info("model_received", f"round {task.round}: model received via {via} ({nbytes / 1e6:.2f} MB in "
-                      f"{time.monotonic() - t0:.2f}s)", round=task.round, bytes=nbytes, via=via,
-                      seconds=time.monotonic() - t0)
+        self.log.info(
+            "model_received",
+            f"round {task.round}: model received via {via} ({nbytes / 1e6:.2f} MB in "
+            f"{time.monotonic() - t0:.2f}s)",
+            round=task.round,
+            bytes=nbytes,
+            via=via,
+            seconds=time.monotonic() - t0,
+        )
         return params

@@ -26,7 +26,9 @@ MAX_TEXT = 64 << 10
 """Longest string value kept in a record (TEXT artifacts, tags, parameters); longer ones are cut."""
 FINAL_FLUSH_TIMEOUT = 5.0
 """Seconds the last flush (a closing site, the job over) may take: one attempt, the server may be gone."""
-DATA_TYPES = frozenset({"SCALAR", "SCALARS", "METRIC", "METRICS", "PARAMETER", "PARAMETERS", "TAG", "TAGS", "TEXT"})
+DATA_TYPES = frozenset(
+    {"SCALAR", "SCALARS", "METRIC", "METRICS", "PARAMETER", "PARAMETERS", "TAG", "TAGS", "TEXT"}
+)
 """Record kinds the server's receivers write; others (IMAGE, LOG_RECORD) stay in the site's own log."""
 
 
@@ -37,7 +39,9 @@ def plain(value: Any) -> Any:
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        return value if math.isfinite(value) else repr(value)  # NaN/inf as text, never a number that breaks plots
+        return (
+            value if math.isfinite(value) else repr(value)
+        )  # NaN/inf as text, never a number that breaks plots
     if hasattr(value, "item"):  # numpy / torch scalars and one-element arrays
         try:
             return plain(value.item())
@@ -62,11 +66,18 @@ class TrackBuffer:
         receiver writes."""
         kind = str(record.get("data_type", "SCALAR"))
         if kind not in DATA_TYPES:
-            self.log.info("metric", f"{kind} {record.get('key')} kept in this site's log only (not tracked)",
-                          key=str(record.get("key")), data_type=kind)
+            self.log.info(
+                "metric",
+                f"{kind} {record.get('key')} kept in this site's log only (not tracked)",
+                key=str(record.get("key")),
+                data_type=kind,
+            )
             return False
-        entry = {str(k): plain(v) for k, v in record.items()
-                 if k == "value" or v is None or isinstance(v, (str, int, float, bool))}
+        entry = {
+            str(k): plain(v)
+            for k, v in record.items()
+            if k == "value" or v is None or isinstance(v, (str, int, float, bool))
+        }
         limit = self.connection.settings.tracking_max_records_per_round
         with self._lock:
             rnd = entry.get("round")
@@ -74,14 +85,20 @@ class TrackBuffer:
             if count >= limit:
                 if rnd not in self._warned:
                     self._warned.add(rnd)
-                    self.log.warning("tracking_dropped", f"round {rnd}: more than settings.tracking_max_records_per_"
-                                     f"round={limit} tracking records; the rest of this round's are dropped (log "
-                                     "less often, or raise the setting)", round=rnd, limit=limit)
+                    self.log.warning(
+                        "tracking_dropped",
+                        f"round {rnd}: more than settings.tracking_max_records_per_"
+                        f"round={limit} tracking records; the rest of this round's are dropped (log "
+                        "less often, or raise the setting)",
+                        round=rnd,
+                        limit=limit,
+                    )
                 return False
             self._per_round[rnd] = count + 1
             self._records.append(entry)
             due = len(self._records) >= TRACK_BATCH or (
-                time.monotonic() - self._last_flush >= self.connection.settings.tracking_flush_interval)
+                time.monotonic() - self._last_flush >= self.connection.settings.tracking_flush_interval
+            )
         if due:
             self.flush()
         return True
@@ -101,11 +118,18 @@ class TrackBuffer:
             try:
                 for batch in self._batches(records):
                     timeout = self.connection.settings.rpc_timeout
-                    self.connection.call(Rpc.TRACK, {"records": batch},
-                                         min(timeout, FINAL_FLUSH_TIMEOUT) if final else timeout, once=final)
+                    self.connection.call(
+                        Rpc.TRACK,
+                        {"records": batch},
+                        min(timeout, FINAL_FLUSH_TIMEOUT) if final else timeout,
+                        once=final,
+                    )
             except errors.HpcflareError as exc:
-                self.log.warning("tracking_lost", f"{len(records)} tracking record(s) could not be sent: {exc}",
-                                 records=len(records))
+                self.log.warning(
+                    "tracking_lost",
+                    f"{len(records)} tracking record(s) could not be sent: {exc}",
+                    records=len(records),
+                )
 
     def _batches(self, records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         budget = self.connection.settings.max_frame_bytes // 2

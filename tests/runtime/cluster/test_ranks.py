@@ -9,22 +9,33 @@ from hpcflare.runtime.cluster.ranks import RoleKind, relay_ranks, role_for_rank,
 
 
 def config(clients: int, relays: int) -> JobConfig:
-    return JobConfig(name="t", job_id="t-1", num_rounds=1, min_clients=1, clients=[f"site-{i}" for i in
-                     range(1, clients + 1)], train_script="app/c.py", relays=relays)
+    return JobConfig(
+        name="t",
+        job_id="t-1",
+        num_rounds=1,
+        min_clients=1,
+        clients=[f"site-{i}" for i in range(1, clients + 1)],
+        train_script="app/c.py",
+        relays=relays,
+    )
 
 
-@pytest.mark.parametrize("text, expected", [("5,1(x2)", [5, 1, 1]), ("4(x3)", [4, 4, 4]), ("2", [2]),
-                                            ("", None), ("weird", None)])
+@pytest.mark.parametrize(
+    "text, expected", [("5,1(x2)", [5, 1, 1]), ("4(x3)", [4, 4, 4]), ("2", [2]), ("", None), ("weird", None)]
+)
 def test_tasks_per_node_parses_slurms_compressed_form(text, expected):
     assert tasks_per_node({"SLURM_STEP_TASKS_PER_NODE": text}) == expected
 
 
-@pytest.mark.parametrize("relays, per_node, expected", [
-    (3, [4, 4, 4], [1, 4, 8]),  # one per node (node 0's first rank is the server)
-    (2, [4, 4, 4, 4], [1, 8]),  # one per two nodes
-    (4, [3, 3], [1, 2, 3, 4]),  # more relays than nodes: round robin
-    (2, None, [1, 2]),  # no layout (mpiexec, one node): ranks 1..R
-])
+@pytest.mark.parametrize(
+    "relays, per_node, expected",
+    [
+        (3, [4, 4, 4], [1, 4, 8]),  # one per node (node 0's first rank is the server)
+        (2, [4, 4, 4, 4], [1, 8]),  # one per two nodes
+        (4, [3, 3], [1, 2, 3, 4]),  # more relays than nodes: round robin
+        (2, None, [1, 2]),  # no layout (mpiexec, one node): ranks 1..R
+    ],
+)
 def test_relays_are_spread_over_nodes(relays, per_node, expected):
     assert relay_ranks(relays, per_node) == expected
 
@@ -48,7 +59,8 @@ def test_client_ranks_host_their_share_of_sites_in_order():
     assert [(r.kind, r.site, r.sites) for r in roles[1:]] == [
         (RoleKind.CLIENT, "client-rank-1", tuple(cfg.clients[0:4])),
         (RoleKind.CLIENT, "client-rank-2", tuple(cfg.clients[4:8])),
-        (RoleKind.CLIENT, "client-rank-3", tuple(cfg.clients[8:10]))]
+        (RoleKind.CLIENT, "client-rank-3", tuple(cfg.clients[8:10])),
+    ]
     with pytest.raises(Exception, match=r"request at least 3 tasks \(4 for every client\)"):
         cfg.min_clients = 5
         role_for_rank(1, 2, cfg)  # 1 server + 1 client rank of 4 sites cannot reach min_clients=5

@@ -36,12 +36,24 @@ def _run_two_ranks(kind: str, tmp_path: Path) -> list[str]:
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_", "HPCFLARE_"))}
     if kind == "mpi":
-        out = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, str(script), kind, str(tmp_path)], env=env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [str(MPIEXEC), "-n", "2", sys.executable, str(script), kind, str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         return sorted(out.stdout.split("\n"))
-    procs = [subprocess.Popen([sys.executable, str(script), kind, str(tmp_path)], env={**env, "FAKE_RANK": str(r)},
-                              stdout=subprocess.PIPE, text=True) for r in (1, 0)]  # the looker starts first
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), kind, str(tmp_path)],
+            env={**env, "FAKE_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for r in (1, 0)
+    ]  # the looker starts first
     lines = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     return sorted("".join(lines).split("\n"))
@@ -94,16 +106,28 @@ def test_an_mpi_initialisation_that_hangs_is_ended_at_the_rendezvous_deadline(tm
     fake = _fake_mpi(tmp_path, "import time\ntime.sleep(60)\n")  # stands for MPI_Init stuck in the PMI fence
     code = "from hpcflare.runtime.cluster.rendezvous import import_mpi; import_mpi(1); print('returned')"
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         env={**__import__("os").environ, "PYTHONPATH": fake})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**__import__("os").environ, "PYTHONPATH": fake},
+    )
     assert out.returncode == -14 and "returned" not in out.stdout  # SIGALRM, after ~1 s, not 60
     assert time.monotonic() - t0 < 20
     assert "settings.rendezvous_timeout" in out.stderr
     assert "rendezvous_timeout" in describe(128 + 14) and "rendezvous 'fs'" in describe(128 + 14)
 
     fast = _fake_mpi(tmp_path / "ok", "COMM_WORLD = 'world'\n")
-    code = ("import time; from hpcflare.runtime.cluster.rendezvous import import_mpi; "
-            "print(import_mpi(1).COMM_WORLD); time.sleep(2); print('alive')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                         env={**__import__("os").environ, "PYTHONPATH": fast})
+    code = (
+        "import time; from hpcflare.runtime.cluster.rendezvous import import_mpi; "
+        "print(import_mpi(1).COMM_WORLD); time.sleep(2); print('alive')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**__import__("os").environ, "PYTHONPATH": fast},
+    )
     assert out.returncode == 0 and out.stdout.split() == ["world", "alive"]  # the alarm is off once MPI is up

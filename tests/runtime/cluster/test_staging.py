@@ -8,14 +8,16 @@ import pytest
 from hpcflare.env import LocalEnv
 from hpcflare.errors import MalformedMessageError, UpdateRejectedError
 from hpcflare.runtime.cluster import staging
-from hpcflare.transport.model_files import map_tensors
 from hpcflare.runtime.host.upload import read_staged
+from hpcflare.transport.model_files import map_tensors
 from tests.conftest import HELLO_MODEL, REPO, events, load_result
 
 HELLO = (REPO / "recipes" / "hello-numpy" / "client.py").read_text()
 
 
-@pytest.mark.parametrize("name", ["../escape.safetensors", "/etc/passwd", "models/../../x", "", None, "a\x00b"])
+@pytest.mark.parametrize(
+    "name", ["../escape.safetensors", "/etc/passwd", "models/../../x", "", None, "a\x00b"]
+)
 def test_path_traversal_is_refused(tmp_path, name):
     with pytest.raises(MalformedMessageError):
         staging.confined(tmp_path / "root", name)
@@ -23,7 +25,10 @@ def test_path_traversal_is_refused(tmp_path, name):
 
 def test_write_verify_and_map_roundtrip(tmp_path):
     arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, dtype=np.float64)}
-    info = {"file": "models/v1.safetensors", **staging.write_atomic(tmp_path / "models" / "v1.safetensors", arrays)}
+    info = {
+        "file": "models/v1.safetensors",
+        **staging.write_atomic(tmp_path / "models" / "v1.safetensors", arrays),
+    }
     path = staging.verified(tmp_path, info)
     mapped = map_tensors(path)
     for key, value in arrays.items():
@@ -34,7 +39,10 @@ def test_write_verify_and_map_roundtrip(tmp_path):
 
 
 def test_corrupt_or_resized_file_is_refused(tmp_path):
-    info = {"file": "m.safetensors", **staging.write_atomic(tmp_path / "m.safetensors", {"a": np.zeros(8, np.float32)})}
+    info = {
+        "file": "m.safetensors",
+        **staging.write_atomic(tmp_path / "m.safetensors", {"a": np.zeros(8, np.float32)}),
+    }
     raw = bytearray((tmp_path / "m.safetensors").read_bytes())
     raw[-1] ^= 0xFF
     (tmp_path / "m.safetensors").write_bytes(raw)
@@ -58,22 +66,31 @@ def test_stager_keeps_only_the_current_round(tmp_path):
 
 def test_staged_result_is_validated_like_a_streamed_one(tmp_path):
     expected = {"a": np.zeros(4, np.float32)}
-    bad = {"file": "r.safetensors", **staging.write_atomic(tmp_path / "r.safetensors",
-                                                         {"a": np.array([1, np.nan, 0, 0], np.float32)})}
+    bad = {
+        "file": "r.safetensors",
+        **staging.write_atomic(tmp_path / "r.safetensors", {"a": np.array([1, np.nan, 0, 0], np.float32)}),
+    }
     path, specs = staging.Stager(tmp_path).read_result(bad, 1 << 20)
     with pytest.raises(UpdateRejectedError, match="NaN or Inf"):
         read_staged(path, specs, expected)
-    shape = {"file": "s.safetensors", **staging.write_atomic(tmp_path / "s.safetensors", {"a": np.zeros(3, np.float32)})}
+    shape = {
+        "file": "s.safetensors",
+        **staging.write_atomic(tmp_path / "s.safetensors", {"a": np.zeros(3, np.float32)}),
+    }
     path, specs = staging.Stager(tmp_path).read_result(shape, 1 << 20)
     with pytest.raises(UpdateRejectedError, match="shape"):
         read_staged(path, specs, expected)
 
 
 def test_staging_broadcast_with_grpc_fallback(make_recipe, tmp_path):
-    recipe = make_recipe(HELLO, n_clients=3, min_clients=3, num_rounds=2, staging=True,
-                         settings={"shared_memory": False})  # site-3's fallback is then the gRPC stream
-    env = LocalEnv(job_root=tmp_path / "jobs", verbose=False,
-                   site_env={"site-3": {"HPCFLARE_STAGING_DIR": str(tmp_path / "not-mounted-here")}})
+    recipe = make_recipe(
+        HELLO, n_clients=3, min_clients=3, num_rounds=2, staging=True, settings={"shared_memory": False}
+    )  # site-3's fallback is then the gRPC stream
+    env = LocalEnv(
+        job_root=tmp_path / "jobs",
+        verbose=False,
+        site_env={"site-3": {"HPCFLARE_STAGING_DIR": str(tmp_path / "not-mounted-here")}},
+    )
     run = recipe.execute(env)
     result = load_result(run.get_result(timeout=120))
     np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 2)
@@ -98,9 +115,15 @@ def test_a_large_staged_result_is_checked_and_folded_from_its_file_a_block_at_a_
     n = 16 << 20  # 64 MiB of float32
     expected = {"w": np.zeros(n, np.float32), "b": np.zeros(3, np.float64)}
     value = np.full(n, 0.25, np.float32)
-    info = {"file": "r.safetensors", **staging.write_atomic(tmp_path / "r.safetensors", {"w": value, "b": np.ones(3)})}
+    info = {
+        "file": "r.safetensors",
+        **staging.write_atomic(tmp_path / "r.safetensors", {"w": value, "b": np.ones(3)}),
+    }
     value[-1] = np.inf  # the last block only
-    bad = {"file": "x.safetensors", **staging.write_atomic(tmp_path / "x.safetensors", {"w": value, "b": np.ones(3)})}
+    bad = {
+        "file": "x.safetensors",
+        **staging.write_atomic(tmp_path / "x.safetensors", {"w": value, "b": np.ones(3)}),
+    }
     del value
     stager = staging.Stager(tmp_path)
     before = rss_anon()

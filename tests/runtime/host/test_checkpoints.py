@@ -29,8 +29,11 @@ def test_a_checkpoint_written_in_the_background_is_complete_when_read(tmp_path, 
     np.testing.assert_array_equal(loaded.params["w"], np.full(1 << 18, 1.0, np.float32))
     ckpt.save(model(2.0, 2), 2, {"m": np.ones(2, np.float32)})
     assert ckpt.latest().name == "checkpoint-2.safetensors"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2.safetensors", "checkpoint.json",
-                                                          "strategy_state-2.safetensors"]  # round 1's files gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-2.safetensors",
+        "checkpoint.json",
+        "strategy_state-2.safetensors",
+    ]  # round 1's files gone
 
 
 def test_a_failed_checkpoint_write_fails_the_next_reader(tmp_path, monkeypatch):

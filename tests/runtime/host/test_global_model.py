@@ -24,7 +24,9 @@ def test_sites_views_are_private_cost_no_descriptor_and_are_unmapped_when_droppe
         before_fds, before_maps = len(os.listdir("/proc/self/fd")), mappings()
         views = [model.share().open() for _ in range(300)]  # 300 sites of a client rank
         assert mappings() == before_maps + 300
-        assert len(os.listdir("/proc/self/fd")) == before_fds  # no descriptor per site (soft limits are ~1,024)
+        assert (
+            len(os.listdir("/proc/self/fd")) == before_fds
+        )  # no descriptor per site (soft limits are ~1,024)
     finally:
         gc.enable()
     mine = {spec.name: decode_tensor(blob, spec) for spec, blob in views[0]}
@@ -69,7 +71,9 @@ def test_a_spool_file_model_serves_the_same_frames_without_holding_them_in_rss()
     for start in ((0, 0), (0, 12345), (1, 3)):
         assert list(in_file.frames(start, 1 << 20)) == list(in_memory.frames(start, 1 << 20))
     assert rss_kb("RssFile") - before < 8 << 10  # served with pread: the file's pages never joined RSS
-    np.testing.assert_array_equal(in_file.params["emb"], BIG["emb"])  # reading through the mapping faults them in
+    np.testing.assert_array_equal(
+        in_file.params["emb"], BIG["emb"]
+    )  # reading through the mapping faults them in
     assert rss_kb("RssFile") - before > 48 << 10
     in_file.release()
     assert rss_kb("RssFile") - before < 8 << 10

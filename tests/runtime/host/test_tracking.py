@@ -25,12 +25,20 @@ while flare.is_running():
 
 def test_metrics_tracked_best_model_kept_and_early_stop(make_recipe, local_env):
     pytest.importorskip("tensorboard")
-    run = make_recipe(SCRIPT, n_clients=2, num_rounds=10, tracking=["csv", "tensorboard"], key_metric="score",
-                      early_stop_patience=2).execute(local_env)
+    run = make_recipe(
+        SCRIPT,
+        n_clients=2,
+        num_rounds=10,
+        tracking=["csv", "tensorboard"],
+        key_metric="score",
+        early_stop_patience=2,
+    ).execute(local_env)
     result = load_result(run.get_result(timeout=90))
     np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + 4)  # stopped after round 4 of 10
     models = run.job_dir.models_dir
-    np.testing.assert_array_equal(load_result(models / "best_model.safetensors")["numpy_key"], HELLO_MODEL + 1)
+    np.testing.assert_array_equal(
+        load_result(models / "best_model.safetensors")["numpy_key"], HELLO_MODEL + 1
+    )
     best = json.loads((models / "best_model.json").read_text())
     assert best["round"] == 2 and best["value"] == 0.0 and best["scores_model_of_round"] == 1
     assert any(e["event"] == "early_stopped" and e["round"] == 4 for e in events(run.job_dir.root, "server"))
@@ -39,7 +47,11 @@ def test_metrics_tracked_best_model_kept_and_early_stop(make_recipe, local_env):
     rows = list(csv.DictReader(open(run.job_dir.root / "tracking" / "metrics.csv")))
     by = {(r["round"], r["site"], r["key"]): float(r["value"]) for r in rows}
     assert by[("3", "site-1", "score")] == -1.0 and by[("2", "site-2", "site_no")] == 2.0
-    assert ("3", "site-2", "received_mean") not in by  # flare.log() records are step records, not round metrics
+    assert (
+        "3",
+        "site-2",
+        "received_mean",
+    ) not in by  # flare.log() records are step records, not round metrics
     assert by[("2", "global", "site_no")] == 1.5  # mean over the sites
     steps = list(csv.DictReader(open(run.job_dir.root / "tracking" / "steps.csv")))
     logged = {(r["site"], r["round"]): float(r["value"]) for r in steps if r["key"] == "received_mean"}

@@ -6,8 +6,8 @@ import pytest
 from hpcflare.errors import FrameTooLargeError, MalformedMessageError, UpdateRejectedError
 from hpcflare.runtime.host.upload import read_upload
 from hpcflare.settings import Settings
-from tests.conftest import header as make_header
 from hpcflare.transport.codec import TensorSpec, encode_tensor, iter_chunks, pack_frame
+from tests.conftest import header as make_header
 
 S = Settings(chunk_size=64, max_frame_bytes=2048)
 EXPECTED = {"w": np.zeros((4, 4), np.float32), "b": np.zeros(4, np.float32)}
@@ -33,15 +33,18 @@ def test_valid_upload_with_float64_cast_to_model_dtype():
     assert ctx == "ctx" and params["w"].dtype == np.float32 and params["w"].sum() == 16
 
 
-@pytest.mark.parametrize("tensors, error, match", [
-    ([("w", np.ones((2, 2), np.float32))], UpdateRejectedError, r"shape \(2, 2\)"),
-    ([("zz", np.ones(4, np.float32))], UpdateRejectedError, "unknown tensor"),
-    ([("b", np.array([1, np.nan, 0, 0], np.float32))], UpdateRejectedError, "NaN or Inf"),
-    ([("b", np.array([1, np.inf, 0, 0], np.float32))], UpdateRejectedError, "NaN or Inf"),
-    ([("b", np.ones(4, np.int32))], UpdateRejectedError, "dtype I32"),
-    ([("b", np.ones(4, np.float64) * 1e300)], UpdateRejectedError, "NaN or Inf"),  # overflows float32
-    ([("b", np.ones(4, np.float32)), ("b", np.ones(4, np.float32))], UpdateRejectedError, "sent twice"),
-])
+@pytest.mark.parametrize(
+    "tensors, error, match",
+    [
+        ([("w", np.ones((2, 2), np.float32))], UpdateRejectedError, r"shape \(2, 2\)"),
+        ([("zz", np.ones(4, np.float32))], UpdateRejectedError, "unknown tensor"),
+        ([("b", np.array([1, np.nan, 0, 0], np.float32))], UpdateRejectedError, "NaN or Inf"),
+        ([("b", np.array([1, np.inf, 0, 0], np.float32))], UpdateRejectedError, "NaN or Inf"),
+        ([("b", np.ones(4, np.int32))], UpdateRejectedError, "dtype I32"),
+        ([("b", np.ones(4, np.float64) * 1e300)], UpdateRejectedError, "NaN or Inf"),  # overflows float32
+        ([("b", np.ones(4, np.float32)), ("b", np.ones(4, np.float32))], UpdateRejectedError, "sent twice"),
+    ],
+)
 def test_invalid_tensors_rejected(tensors, error, match):
     with pytest.raises(error, match=match):
         read(frames_for(tensors))
@@ -60,7 +63,7 @@ def test_truncated_stream_and_bad_order():
 
 
 def test_announced_size_beyond_shape_and_model_limit():
-    huge = pack_frame({"kind": "tensor", "spec": ["b", "F32", [4], 10 ** 9]})
+    huge = pack_frame({"kind": "tensor", "spec": ["b", "F32", [4], 10**9]})
     with pytest.raises(FrameTooLargeError, match="more than its shape allows"):
         read([pack_frame({"kind": "begin", **make_header().to_wire()}), huge])
     small = Settings(chunk_size=64, max_frame_bytes=2048, max_model_bytes=100)
@@ -113,7 +116,9 @@ def test_in_process_arrays_are_checked_like_a_stream_and_folded_without_tensor_s
     base = {"w": np.zeros(1 << 22, np.float32)}  # 16 MB
     header = make_header("site-1")
     with pytest.raises(UpdateRejectedError, match="NaN"):
-        read_arrays(header.copy(), [("w", np.full(1 << 22, np.nan, np.float32))], Settings(), base, lambda h: None)
+        read_arrays(
+            header.copy(), [("w", np.full(1 << 22, np.nan, np.float32))], Settings(), base, lambda h: None
+        )
     with pytest.raises(UpdateRejectedError, match="shape"):
         read_arrays(header.copy(), [("w", np.zeros(3, np.float32))], Settings(), base, lambda h: None)
     mine = np.ones(1 << 22, np.float32)

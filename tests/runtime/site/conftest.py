@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ class Parent(ServerHandler):
         params.close()
         return {"accepted": True}
 
-    def serve(self, port: int = 0) -> "Parent":
+    def serve(self, port: int = 0) -> Parent:
         self.server = GrpcServer(self, self.settings, RankLogger(None, "parent", "server"), port=port).start()
         self.port = self.server.port
         return self
@@ -93,16 +94,29 @@ class Parent(ServerHandler):
         return thread
 
     def task(self, round_num: int = 1, **extra: Any) -> dict:
-        return {"task": "train", "task_id": f"task-{round_num}", "round": round_num, "total_rounds": 3,
-                "ref": self.model.ref, "manifest": [s.to_wire() for s in self.model.specs], "meta": {}, **extra}
+        return {
+            "task": "train",
+            "task_id": f"task-{round_num}",
+            "round": round_num,
+            "total_rounds": 3,
+            "ref": self.model.ref,
+            "manifest": [s.to_wire() for s in self.model.specs],
+            "meta": {},
+            **extra,
+        }
 
     def called(self, method: Rpc) -> list[dict]:
         with self.lock:
             return [request for m, request in self.calls if m == method]
 
 
-FAST = {"heartbeat_interval": 0.2, "server_lost_timeout": 3, "rpc_timeout": 5, "task_poll_timeout": 0.2,
-        "tracking_flush_interval": 3600}
+FAST = {
+    "heartbeat_interval": 0.2,
+    "server_lost_timeout": 3,
+    "rpc_timeout": 5,
+    "task_poll_timeout": 0.2,
+    "tracking_flush_interval": 3600,
+}
 
 
 @pytest.fixture
@@ -114,8 +128,15 @@ def job(tmp_path: Path) -> Callable[..., JobDir]:
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text("print('never run here')\n")
         settings = {**FAST, **kwargs.pop("settings", {})}
-        return FedAvgRecipe(name="site", model=dict(MODEL), min_clients=2, num_rounds=3, train_script=script,
-                            settings=settings, **kwargs).export(tmp_path / "jobs")
+        return FedAvgRecipe(
+            name="site",
+            model=dict(MODEL),
+            min_clients=2,
+            num_rounds=3,
+            train_script=script,
+            settings=settings,
+            **kwargs,
+        ).export(tmp_path / "jobs")
 
     return make
 
@@ -131,8 +152,9 @@ def link(job: Callable[..., JobDir]) -> Iterator[Callable[..., tuple[Connection,
         settings = config.load_settings()
         parent = Parent(settings).serve()
         log = RankLogger(job_dir.log_dir, "site-1", "client")
-        connection = Connection(job_dir, config, settings, "site-1", log, None, SiteHooks(),
-                                address=f"127.0.0.1:{parent.port}")
+        connection = Connection(
+            job_dir, config, settings, "site-1", log, None, SiteHooks(), address=f"127.0.0.1:{parent.port}"
+        )
         opened.append((connection, parent))
         return connection, parent
 
@@ -146,7 +168,11 @@ def events(job_dir: JobDir, name: str) -> list[dict]:
     import json
 
     path = job_dir.log_dir / "site-1.jsonl"
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == name] if path.exists() else []
+    return (
+        [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == name]
+        if path.exists()
+        else []
+    )
 
 
 __all__ = ["FAST", "MODEL", "Parent", "errors", "events"]

@@ -26,7 +26,12 @@ def test_heartbeats_carry_the_token_until_closed(link):
     assert all(h["token"] == "token-1" for h in parent.called(Rpc.HEARTBEAT))
     connection.close("failed", "the script raised")
     (goodbye,) = parent.called(Rpc.GOODBYE)
-    assert goodbye == {"site": "site-1", "token": "token-1", "status": "failed", "reason": "the script raised"}
+    assert goodbye == {
+        "site": "site-1",
+        "token": "token-1",
+        "status": "failed",
+        "reason": "the script raised",
+    }
     beats = len(parent.called(Rpc.HEARTBEAT))
     time.sleep(0.6)
     assert len(parent.called(Rpc.HEARTBEAT)) == beats  # no heartbeat after goodbye
@@ -47,7 +52,10 @@ def test_retries_end_at_server_lost_timeout_naming_the_call_and_the_setting(link
     connection.start()
     parent.stop()
     t0 = time.monotonic()
-    with pytest.raises(errors.PeerGoneError, match="GetTask: server unreachable for settings.server_lost_timeout=1s: .*unreachable"):
+    with pytest.raises(
+        errors.PeerGoneError,
+        match="GetTask: server unreachable for settings.server_lost_timeout=1s: .*unreachable",
+    ):
         connection.call(Rpc.GET_TASK, {}, 5)
     assert time.monotonic() - t0 < 30
 

@@ -17,7 +17,9 @@ def sender(link, **kwargs):
     connection, parent = link(**kwargs)
     connection.start()
     tasks = TaskFetcher(connection.job_dir, connection, connection.log)
-    results = ResultSender(connection.job_dir, connection, connection.log, TrackBuffer(connection, connection.log))
+    results = ResultSender(
+        connection.job_dir, connection, connection.log, TrackBuffer(connection, connection.log)
+    )
     parent.tasks = [parent.task(4)]
     task = tasks.next_task(timeout=30)
     return results, task, results.received(task, tasks.fetch(task)), parent

@@ -31,7 +31,9 @@ def test_the_end_of_the_job_is_remembered(link):
     assert tasks.next_task(timeout=30) is None
     assert tasks.ended and tasks.end_reason == "completed"
     asked = len(parent.called(Rpc.GET_TASK))
-    assert tasks.next_task(timeout=30) is None and len(parent.called(Rpc.GET_TASK)) == asked  # not asked again
+    assert (
+        tasks.next_task(timeout=30) is None and len(parent.called(Rpc.GET_TASK)) == asked
+    )  # not asked again
 
 
 def test_a_timeout_with_no_task_returns_none(link):

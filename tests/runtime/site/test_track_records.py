@@ -20,7 +20,9 @@ def buffer(link, **settings):
 def test_records_go_up_in_one_track_call_when_flushed(link):
     tracks, parent = buffer(link)
     for step in range(5):
-        assert tracks.add({"key": "loss", "value": 1.0 / (step + 1), "data_type": "SCALAR", "round": 1, "step": step})
+        assert tracks.add(
+            {"key": "loss", "value": 1.0 / (step + 1), "data_type": "SCALAR", "round": 1, "step": step}
+        )
     assert parent.called(Rpc.TRACK) == []  # nothing is due yet
     tracks.flush()
     (call,) = parent.called(Rpc.TRACK)
