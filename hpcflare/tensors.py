@@ -65,14 +65,16 @@ class Lease:
     """One caller's temporary from a pool, grown when a larger block comes; back to the pool on exit."""
 
     def __init__(self, pool: ScratchPool, dtype: Any) -> None:
-        self.pool, self.dtype, self.buf = pool, np.dtype(dtype), None
+        self.pool, self.dtype = pool, np.dtype(dtype)
+        self.buf: np.ndarray | None = None
 
     def get(self, elements: int) -> np.ndarray:
         if self.buf is None or self.buf.size < elements:
             if self.buf is not None:
                 self.pool.give(self.buf)
             self.buf = self.pool.take(elements, self.dtype)
-        return self.buf[:elements]
+        buf: np.ndarray = self.buf[:elements]
+        return buf
 
     def __enter__(self) -> Lease:
         return self
@@ -108,7 +110,8 @@ def narrow_in_place(wide: np.ndarray, dtype: Any, elements: int = FOLD_BLOCK) ->
     for first in range(0, flat.size, max(1, elements)):
         part = flat[first : first + max(1, elements)].astype(dtype)
         out[first : first + part.size] = part
-    return out.reshape(wide.shape)
+    shaped: np.ndarray = out.reshape(wide.shape)
+    return shaped
 
 
 FINITE_BLOCK = 1 << 16

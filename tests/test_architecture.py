@@ -65,28 +65,24 @@ def _imports(modules: dict[str, Path]) -> tuple[dict[str, set[str]], list[tuple[
     edges: dict[str, set[str]] = {m: set() for m in modules}
     local: list[tuple[str, int, set[str]]] = []
 
+    def visit(node: ast.AST, module: str, is_pkg: bool, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for orelse in child.orelse:
+                    visit(orelse, module, is_pkg, in_function)
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                targets = _targets(child, module, is_pkg, known) - {module}
+                if in_function:
+                    local.append((module, child.lineno, targets))
+                else:
+                    edges[module] |= targets
+                continue
+            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            visit(child, module, is_pkg, nested)
+
     for module, path in modules.items():
-        is_pkg = path.name == "__init__.py"
-
-        def visit(node: ast.AST, in_function: bool) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.If) and _is_type_checking(child):
-                    for orelse in child.orelse:
-                        visit(orelse, in_function)
-                    continue
-                if isinstance(child, (ast.Import, ast.ImportFrom)):
-                    targets = _targets(child, module, is_pkg, known) - {module}
-                    if in_function:
-                        local.append((module, child.lineno, targets))
-                    else:
-                        edges[module] |= targets
-                    continue
-                visit(
-                    child,
-                    in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
-                )
-
-        visit(ast.parse(path.read_text()), False)
+        visit(ast.parse(path.read_text()), module, path.name == "__init__.py", False)
     return edges, local
 
 

@@ -38,7 +38,11 @@ def local_statistics(
         if values.size < floor:
             continue  # too few values: min/max or a sum could identify a person
         span = float(values.max() - values.min()) or 1.0
-        jitter = (lambda shape: rng.normal(0.0, noise * span, size=shape)) if noise else (lambda shape: 0.0)
+        jitter = (
+            (lambda shape, span=span: rng.normal(0.0, noise * span, size=shape))
+            if noise
+            else (lambda shape: 0.0)
+        )
         if phase == 1:
             step = span / 20 if noise else 0.0
             lo = np.floor(values.min() / step) * step if step else values.min()

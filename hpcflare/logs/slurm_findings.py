@@ -178,7 +178,7 @@ def earlier_lives(ranks: dict[str, list[dict[str, Any]]], starts: list[float]) -
     server = ranks.get("server", [])
     for number, (begin, end) in enumerate(zip(starts, starts[1:]), 1):
         stopped: dict[str, int] = {}
-        for rank, events in ranks.items():
+        for events in ranks.values():
             for e in events:
                 if begin <= float(e.get("t", 0)) < end and e.get("event") in (
                     "client_failed",

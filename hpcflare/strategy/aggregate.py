@@ -76,7 +76,7 @@ class WeightedMeanAggregator(Aggregator):
         base = self._global[name]
         acc = self._sums.get(name)
         first = acc is None  # the first update of a tensor is written into its sum, not added to zeros
-        if first:
+        if acc is None:
             acc = np.empty(base.shape, dtype=acc_dtype(base.dtype))
         # a few MB at a time (spooled uploads are read so), through one small reused temporary: a
         # tensor-sized temporary per update was fresh memory to fault in for every site and tensor
@@ -147,7 +147,7 @@ def _fold_blocks(
     blocks: Iterator[tuple[int, np.ndarray]],
     full: bool,
     weight: float,
-    done: Callable[[int, int], None] | None = None,
+    done: Callable[[int, int | None], None] | None = None,
     assign: bool = False,
 ) -> None:
     """acc += weight * (block - base) (FULL) or weight * block (DIFF), block by block; the update itself is

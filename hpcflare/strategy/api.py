@@ -11,7 +11,7 @@ import numpy as np
 
 from hpcflare.enums import NamedEnum
 from hpcflare.errors import MalformedMessageError
-from hpcflare.transport.api import UpdateKind
+from hpcflare.transport.api import UpdateKind as UpdateKind  # re-exported: strategies name it here
 
 Params = dict[str, np.ndarray]
 

@@ -55,12 +55,14 @@ class FedOpt(Strategy):
             if self.momentum:
                 m = self.m[name] = grad.copy() if m is None else m * self.momentum + grad
                 grad = m
-            return (base - self.lr * grad).astype(base.dtype, copy=False)
+            step: np.ndarray = (base - self.lr * grad).astype(base.dtype, copy=False)
+            return step
         m = self.m[name] = (1 - self.beta1) * grad if m is None else self.beta1 * m + (1 - self.beta1) * grad
         v = self.v.get(name)
         sq = np.square(grad)
         v = self.v[name] = (1 - self.beta2) * sq if v is None else self.beta2 * v + (1 - self.beta2) * sq
-        return (base - self.lr * m / (np.sqrt(v) + self.tau)).astype(base.dtype, copy=False)
+        adapted: np.ndarray = (base - self.lr * m / (np.sqrt(v) + self.tau)).astype(base.dtype, copy=False)
+        return adapted
 
     def state_dict(self) -> Params:
         return {**{f"m.{k}": v for k, v in self.m.items()}, **{f"v.{k}": v for k, v in self.v.items()}}

@@ -111,7 +111,8 @@ class FedStats(Strategy):
             }
             hist = self.totals.get(f"{f}.hist")
             if hist is not None and f in self.ranges and hist.sum() > 0:
-                edges = np.linspace(*self.ranges[f], self.bins + 1)
+                lo, hi = self.ranges[f]
+                edges = np.linspace(float(lo), float(hi), self.bins + 1)
                 entry["histogram"] = {"edges": edges.tolist(), "counts": hist.tolist()}
                 entry["quantiles"] = {str(q): quantile(edges, hist, q) for q in QUANTILES}
             out[f] = entry

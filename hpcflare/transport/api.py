@@ -190,14 +190,14 @@ class ServerHandler(abc.ABC):
     """Server-side logic behind a transport; raise hpcflare errors, the transport maps them to status codes."""
 
     @abc.abstractmethod
-    def handle_unary(self, method: Rpc, request: dict, peer: Peer) -> dict: ...
+    def handle_unary(self, method: Rpc, request: dict[str, Any], peer: Peer) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
+    def handle_download(self, request: dict[str, Any], peer: Peer) -> Iterator[bytes]:
         """Yield encoded frames of the requested model, starting at request['start'] = [tensor_index, offset]."""
 
     @abc.abstractmethod
-    def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
+    def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict[str, Any]:
         """Consume an upload (first frame: header with manifest; then data frames)."""
 
 
@@ -207,13 +207,15 @@ class LocalHandler(ServerHandler):
     exactly like a streamed upload before anything is folded."""
 
     @abc.abstractmethod
-    def handle_local_download(self, request: dict, peer: Peer) -> list[tuple[TensorSpec, memoryview]]:
+    def handle_local_download(
+        self, request: dict[str, Any], peer: Peer
+    ) -> list[tuple[TensorSpec, memoryview]]:
         """(spec, writable blob private to the caller) per tensor of the requested model."""
 
     @abc.abstractmethod
     def handle_local_upload(
         self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Validate and take a result whose tensors are the caller's arrays; they are not kept after returning."""
 
 
@@ -221,18 +223,20 @@ class ClientTransport(abc.ABC):
     """What a client (or relay) uses to talk to its parent."""
 
     @abc.abstractmethod
-    def call(self, method: Rpc, request: dict, timeout: float) -> dict: ...
+    def call(self, method: Rpc, request: dict[str, Any], timeout: float) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, bytes]]:
+    def download(
+        self, request: dict[str, Any], manifest: list[TensorSpec]
+    ) -> Iterator[tuple[TensorSpec, bytes]]:
         """Yield (spec, blob) for each tensor of a model, resuming after transient failures."""
 
-    def shared_model(self, request: dict, manifest: list[TensorSpec]) -> SharedModel | None:
+    def shared_model(self, request: dict[str, Any], manifest: list[TensorSpec]) -> SharedModel | None:
         """The model as the parent's own memory file, mapped here (a parent on this host), else None: download."""
         return None
 
     @abc.abstractmethod
-    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
+    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         """Stream header + tensors (numpy arrays or torch tensors) to the parent; return its reply."""
 
     @abc.abstractmethod

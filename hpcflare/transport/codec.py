@@ -34,7 +34,7 @@ def bf16_dtype() -> np.dtype:
     rank would otherwise pay at start-up for models that are mostly fp32."""
     import ml_dtypes
 
-    return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
 
 
 def __getattr__(name: str) -> Any:
@@ -43,7 +43,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _DtypeTable(dict):
+class _DtypeTable(dict[str, Any]):
     """safetensors dtype tag -> numpy dtype, with BF16 resolved (ml_dtypes imported) only when a tensor has it."""
 
     def __missing__(self, key: str) -> Any:
@@ -110,7 +110,8 @@ def _wire_default(obj: Any) -> Any:
 
 def pack_meta(obj: Any) -> bytes:
     try:
-        return msgpack.packb(obj, default=_wire_default, use_bin_type=True)
+        packed: bytes = msgpack.packb(obj, default=_wire_default, use_bin_type=True)
+        return packed
     except (TypeError, ValueError) as exc:
         raise MalformedMessageError(f"metadata not serializable: {exc}") from exc
 
@@ -151,6 +152,12 @@ def unpack_meta(data: bytes | memoryview, expect: type = dict) -> Any:
     return obj
 
 
+def unpack_map(data: bytes | memoryview) -> dict[str, Any]:
+    """:func:`unpack_meta` of a mapping (a request or a reply), typed as one."""
+    obj: dict[str, Any] = unpack_meta(data, dict)
+    return obj
+
+
 def empty_buffer(nbytes: int) -> np.ndarray:
     """A writable byte buffer that is about to be filled, not zero-filled first: bytearray(n) touches every page
     once for the zeros and again for the data (half a download's time on a fresh multi-GB tensor)."""
@@ -162,7 +169,7 @@ def pack_frame(header: Mapping[str, Any], payload: bytes | memoryview = b"") -> 
     return b"".join((_HEADER.pack(len(head)), head, payload))
 
 
-def unpack_frame(frame: bytes, max_frame_bytes: int) -> tuple[dict, memoryview]:
+def unpack_frame(frame: bytes, max_frame_bytes: int) -> tuple[dict[str, Any], memoryview]:
     if len(frame) > max_frame_bytes:
         raise FrameTooLargeError(f"frame of {len(frame)} bytes exceeds max_frame_bytes={max_frame_bytes}")
     if len(frame) < _HEADER.size:
@@ -184,7 +191,7 @@ class TensorSpec:
     shape: tuple[int, ...]
     nbytes: int  # size of the encoded safetensors blob
 
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Any]:
         return [self.name, self.dtype, list(self.shape), self.nbytes]
 
     @classmethod
@@ -218,7 +225,7 @@ def encode_tensor(name: str, value: Any) -> tuple[bytes, str, tuple[int, ...]]:
     return b"".join((head, memoryview(raw))), spec.dtype, spec.shape
 
 
-def _blob_header(blob: bytes | memoryview) -> tuple[dict, int]:
+def _blob_header(blob: bytes | bytearray | memoryview | np.ndarray) -> tuple[dict[str, Any], int]:
     if len(blob) < 8:
         raise MalformedMessageError("safetensors blob shorter than its 8-byte header length")
     (hlen,) = struct.unpack_from("<Q", blob)
@@ -271,7 +278,7 @@ ITEMSIZE = {
 
 
 def parse_single(
-    blob: bytes | bytearray | memoryview, spec: TensorSpec, total: int | None = None
+    blob: bytes | bytearray | memoryview | np.ndarray, spec: TensorSpec, total: int | None = None
 ) -> tuple[str, int, int]:
     """Strictly check a single-tensor safetensors blob against its spec -> (dtype tag, data start, count).
 
@@ -301,7 +308,9 @@ def parse_single(
     return info["dtype"], start, count
 
 
-def decode_tensor(blob: bytes | bytearray | memoryview, spec: TensorSpec, framework: str = "numpy") -> Any:
+def decode_tensor(
+    blob: bytes | bytearray | memoryview | np.ndarray, spec: TensorSpec, framework: str = "numpy"
+) -> Any:
     """Decode an untrusted single-tensor blob, zero-copy: the array uses the blob's memory."""
     tag, start, count = parse_single(blob, spec)
     if framework == "pytorch":

@@ -18,7 +18,13 @@ from hpcflare import errors
 from hpcflare.settings import Settings
 from hpcflare.transport import shm
 from hpcflare.transport.api import ClientTransport, Rpc, UploadHeader
-from hpcflare.transport.codec import TensorSpec, decode_tensor, pack_meta, tensor_parts, unpack_meta
+from hpcflare.transport.codec import (
+    TensorSpec,
+    decode_tensor,
+    pack_meta,
+    tensor_parts,
+    unpack_map,
+)
 from hpcflare.transport.grpc_server import SERVICE
 from hpcflare.transport.shm import SharedModel
 from hpcflare.transport.streams import DownloadAssembler, upload_frames
@@ -130,7 +136,7 @@ class GrpcClientTransport(ClientTransport):
             options += kit.channel_options(peer_name)
             self._control = grpc.secure_channel(address, kit.channel_credentials(), options=options)
             self._data = grpc.secure_channel(address, kit.channel_credentials(), options=options)
-        self._unary = {}
+        self._unary: dict[str, Any] = {}
         self._download = self._data.unary_stream(f"/{SERVICE}/Download")
         self._upload = self._data.stream_unary(f"/{SERVICE}/Upload")
         self._parent_host: str | None = None
@@ -142,18 +148,18 @@ class GrpcClientTransport(ClientTransport):
         self.last_via = "grpc"
         """How the last download or upload travelled: 'grpc' or 'shared memory' (for the callers' logs)."""
 
-    def call(self, method: str, request: dict, timeout: float) -> dict:
+    def call(self, method: Rpc, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         stub = self._unary.get(method)
         if stub is None:
             stub = self._unary[method] = self._control.unary_unary(f"/{SERVICE}/{method}")
         try:
-            return unpack_meta(stub(pack_meta(request), timeout=timeout))
+            return unpack_map(stub(pack_meta(request), timeout=timeout))
         except grpc.RpcError as exc:
             raise translate(exc, method, self.address) from None
         except ValueError as exc:  # "Channel closed": another thread replaced this connection
             raise errors.PeerGoneError(f"{method}: connection to {self.address} was closed ({exc})") from None
 
-    def shared_model(self, request: dict, manifest: list[TensorSpec]) -> SharedModel | None:
+    def shared_model(self, request: dict[str, Any], manifest: list[TensorSpec]) -> SharedModel | None:
         """The parent's memory file holding the model, when the parent is on this host (see transport.shm)."""
         if self.shm_off or (self._unshared_ref is not None and self._unshared_ref == request.get("ref")):
             return None
@@ -179,7 +185,9 @@ class GrpcClientTransport(ClientTransport):
             self.shm_off = str(exc)
             return None
 
-    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, Any]]:
+    def download(
+        self, request: dict[str, Any], manifest: list[TensorSpec]
+    ) -> Iterator[tuple[TensorSpec, Any]]:
         """Map the model from a same-host parent (private copy-on-write views), else pull every tensor; on a
         transient failure resume at (tensor, offset) with backoff."""
         shared = self.shared_model(request, manifest)
@@ -227,7 +235,7 @@ class GrpcClientTransport(ClientTransport):
                 attempt += 1
                 time.sleep(min(5.0, 0.1 * 2**attempt) * (0.5 + random.random()))
 
-    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
+    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         """Stream the tensors; to a parent on this host, hand them over as a sealed memory file instead (one copy
         here, none there), streaming from that file if the parent cannot open it."""
         if self.shm_off or not shm.same_host(self._parent_host) or header.staged is not None:
@@ -256,7 +264,7 @@ class GrpcClientTransport(ClientTransport):
         finally:
             shared.close()
 
-    def _stream_upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
+    def _stream_upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         progress = _Progress(self.settings.stream_idle_timeout)
         local_error: list[BaseException] = []
 
@@ -272,7 +280,7 @@ class GrpcClientTransport(ClientTransport):
                 future = progress.call = self._upload.future(
                     frames(), timeout=self.settings.stream_deadline(_size_of(tensors))
                 )
-                return unpack_meta(future.result())
+                return unpack_map(future.result())
             except ValueError as exc:
                 raise errors.PeerGoneError(
                     f"Upload: connection to {self.address} was closed ({exc})"

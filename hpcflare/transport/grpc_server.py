@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from typing import Any
 
 import grpc
 
@@ -55,7 +56,7 @@ class StreamWatchdog:
     def __init__(self, idle_timeout: float, on_stall: Callable[[str, float, float], None]) -> None:
         self.idle_timeout = idle_timeout
         self._on_stall = on_stall
-        self._streams: dict[int, list] = {}
+        self._streams: dict[int, list[Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stream-watchdog", daemon=True)
@@ -143,7 +144,7 @@ class GrpcServer:
 
     def _admit_anonymous(self, context: grpc.ServicerContext) -> str:
         """Count an upload stream that has not identified itself; refuse one peer holding too many."""
-        host = context.peer().rsplit(":", 1)[0]
+        host: str = context.peer().rsplit(":", 1)[0]
         with self._anonymous_lock:
             if self._anonymous.get(host, 0) >= self.settings.max_anonymous_streams:
                 self.log.warning(

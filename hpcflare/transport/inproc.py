@@ -16,8 +16,8 @@ from typing import Any
 
 from hpcflare import errors
 from hpcflare.settings import Settings
-from hpcflare.transport.api import ClientTransport, LocalHandler, Peer, ServerHandler, UploadHeader
-from hpcflare.transport.codec import TensorSpec, pack_meta, unpack_meta
+from hpcflare.transport.api import ClientTransport, LocalHandler, Peer, Rpc, ServerHandler, UploadHeader
+from hpcflare.transport.codec import TensorSpec, pack_meta, unpack_map
 from hpcflare.transport.streams import DownloadAssembler, check_model_size, upload_frames
 
 SCHEME = "inproc:"
@@ -61,13 +61,15 @@ class InprocTransport(ClientTransport):
             raise errors.PeerGoneError(f"{self.address} stopped listening")
         return Peer(self.address, None, cancelled.set if cancelled is not None else None)
 
-    def call(self, method: str, request: dict, timeout: float) -> dict:
+    def call(self, method: Rpc, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         # through msgpack both ways, as on the wire: the same type checks, and neither side keeps a reference
         # into the other's objects (a host's cached task reply is shared by hundreds of sites)
-        reply = self.handler.handle_unary(method, unpack_meta(pack_meta(request)), self._peer())
-        return unpack_meta(pack_meta(reply))
+        reply = self.handler.handle_unary(Rpc(method), unpack_map(pack_meta(request)), self._peer())
+        return unpack_map(pack_meta(reply))
 
-    def download(self, request: dict, manifest: list[TensorSpec]) -> Iterator[tuple[TensorSpec, Any]]:
+    def download(
+        self, request: dict[str, Any], manifest: list[TensorSpec]
+    ) -> Iterator[tuple[TensorSpec, Any]]:
         if isinstance(self.handler, LocalHandler):
             check_model_size(manifest, self.settings)
             shared = self.handler.handle_local_download(dict(request), self._peer())
@@ -87,9 +89,9 @@ class InprocTransport(ClientTransport):
                 f"download from {self.address} ended early at tensor {stream.index}"
             )
 
-    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict:
+    def upload(self, header: UploadHeader, tensors: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         if isinstance(self.handler, LocalHandler):
-            return unpack_meta(
+            return unpack_map(
                 pack_meta(self.handler.handle_local_upload(header.copy(), tensors, self._peer()))
             )
         cancelled = threading.Event()  # the host cancels the upload of a site it declared dead

@@ -29,7 +29,7 @@ def write_atomic(path: Path, tensors: Mapping[str, Any], metadata: dict[str, str
     return info
 
 
-def safetensors_header(path: Path) -> tuple[dict, int]:
+def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:

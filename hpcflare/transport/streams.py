@@ -34,7 +34,7 @@ MAX_MORE_FRAMES = 1024
 """Most 'more' frames one upload may carry (a 64 MiB report: far beyond any real relay's)."""
 
 
-def split_report(header: dict) -> tuple[dict, list[dict]]:
+def split_report(header: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A begin header that fits one frame, plus 'more' frames carrying the rest of its per-site tables."""
     if len(pack_meta(header)) <= HEADER_BUDGET:
         return header, []
@@ -47,7 +47,7 @@ def split_report(header: dict) -> tuple[dict, list[dict]]:
             if not isinstance(table, dict) or not table:
                 continue
             part[key] = {}
-            batch: dict = {}
+            batch: dict[str, Any] = {}
             size = 0
             for name, value in table.items():
                 n = len(pack_meta({name: value}))

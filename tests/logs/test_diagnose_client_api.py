@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpcflare.cli import main
+from hpcflare.errors import JobFailedError
 
 NVFLARE_SCRIPT = """
 import nvflare.client as flare
@@ -30,7 +31,7 @@ def diagnosis(job_dir, capsys) -> str:
 
 def test_nvflare_import_with_compat_off_names_the_option(make_recipe, local_env, capsys):
     run = make_recipe(NVFLARE_SCRIPT, nvflare_compat="off").execute(local_env)
-    with pytest.raises(Exception):
+    with pytest.raises(JobFailedError):
         run.get_result(timeout=60)
     text = diagnosis(run.job_dir.root, capsys)
     assert "imports NVFlare, which is not served here" in text and "nvflare_compat: on" in text

@@ -43,7 +43,7 @@ def _protocol(updates, weights, spec=PrivacySpec("secagg"), drop=(), server=None
         )
         for s in sites
     }
-    for s, obj in site_objs.items():
+    for obj in site_objs.values():
         obj.received(task, {})
     masked = {s: site_objs[s].protect(task, updates[s], weights[s]) for s in sites if s not in drop}
     model = {n: np.zeros(v.shape, np.float32) for n, v in next(iter(updates.values())).items()}

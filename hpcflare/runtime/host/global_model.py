@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from hpcflare.errors import MalformedMessageError
+from hpcflare.fileio import FileInfo
 from hpcflare.transport.codec import TensorSpec, iter_chunks, pack_frame, tensor_parts, view_tensor
 from hpcflare.transport.model_files import write_atomic
 from hpcflare.transport.shm import SharedModel
 
 
-class ModelParams(dict):
+class ModelParams(dict[str, Any]):
     """name -> read-only array view of a model; ``release(name)`` lets a reader (the aggregator, after folding a
     tensor) hand the pages of a spool-file model back (see :meth:`GlobalModel.release`)."""
 
@@ -60,9 +61,9 @@ class GlobalModel:
     ) -> None:
         """Hold ``blobs`` (default: views of ``shared``) and read-only array views of them."""
         self.version, self.ref, self._shared = version, ref, shared
-        self.specs = list(specs if shared is None else shared.specs)
+        self.specs = list(shared.specs if shared is not None else specs or [])
         self.blobs: dict[str, Any] = (
-            blobs
+            blobs or {}
             if shared is None
             else {
                 spec.name: shared.view[off : off + spec.nbytes]
@@ -164,7 +165,7 @@ class GlobalModel:
                         yield pack_frame({"t": i, "o": off}, piece)
             offset = 0
 
-    def save(self, path: Path) -> dict[str, Any]:
+    def save(self, path: Path) -> FileInfo:
         """Write all tensors into one safetensors file, atomically; return its sha256 and size."""
         try:
             return write_atomic(path, self.params, metadata={"hpcflare_version": str(self.version)})

@@ -45,7 +45,7 @@ class UploadIntake:
     accepts_partials_from: Callable[[str], bool]
     _fold: Callable[[Round, ClientUpdate], None]
 
-    def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict:
+    def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict[str, Any]:
         return self._accept_upload(
             peer,
             lambda on_header: read_upload(frames, self.settings, lambda opened: opened.expected, on_header),
@@ -53,7 +53,7 @@ class UploadIntake:
 
     def handle_local_upload(
         self, header: UploadHeader, tensors: Iterable[tuple[str, Any]], peer: Peer
-    ) -> dict:
+    ) -> dict[str, Any]:
         return self._accept_upload(
             peer,
             lambda on_header: read_arrays(
@@ -63,7 +63,7 @@ class UploadIntake:
 
     def _accept_upload(
         self, peer: Peer, read: Callable[[Callable[[UploadHeader], Round]], tuple[UploadHeader, Round, Any]]
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Authenticate, read (a stream or in-process arrays), validate and fold one upload."""
         admission = _Admission(peer)
         rnd = self.round

@@ -96,10 +96,10 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         )
 
     # ------------------------------------------------------------------ hooks
-    def register(self, request: dict) -> dict:
+    def register(self, request: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _add_member(self, request: dict, token: str | None = None) -> tuple[Any, Any]:
+    def _add_member(self, request: dict[str, Any], token: str | None = None) -> tuple[Any, Any]:
         """Validate a Register request and record the site -> (record, replaced record)."""
         site = request.get("site")
         if not isinstance(site, str):
@@ -143,7 +143,7 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
             "site must use its own startup kit"
         )
 
-    def on_heartbeat(self, site: str, request: dict) -> None:
+    def on_heartbeat(self, site: str, request: dict[str, Any]) -> None:
         """Called for every authenticated heartbeat: a host child vouches for the sites it heard from."""
         if site in self.hosts:
             for child in request.get("children") or []:
@@ -153,11 +153,11 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
         """Called after a child said goodbye."""
 
-    def on_exchange(self, site: str, request: dict) -> dict:
+    def on_exchange(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         """A site's protocol message for the strategy (secure aggregation); a relay passes it on."""
         return self.strategy.exchange(site, request)
 
-    def on_track(self, site: str, records: list) -> None:
+    def on_track(self, site: str, records: list[Any]) -> None:
         """Tracking records from ``site`` (relays forward their children's in the child's name)."""
         raise errors.MalformedMessageError(f"{self.role} does not take tracking records")
 
@@ -172,7 +172,7 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
     }
     """The unary methods a registered member may call, each handled by ``method(site, request)``."""
 
-    def handle_unary(self, method: Rpc, request: dict, peer: Peer) -> dict:
+    def handle_unary(self, method: Rpc, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         self.authorize(peer, request.get("site"))
         if method == Rpc.REGISTER:
             return self.register(request)
@@ -180,14 +180,14 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         handler = self.UNARY_HANDLERS.get(method)
         if handler is None:
             raise errors.MalformedMessageError(f"unknown method {str(method)!r}")
-        reply: dict = getattr(self, handler)(record.site, request)
+        reply: dict[str, Any] = getattr(self, handler)(record.site, request)
         return reply
 
-    def _rpc_heartbeat(self, site: str, request: dict) -> dict:
+    def _rpc_heartbeat(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         self.on_heartbeat(site, request)
         return {"phase": str(self.phase)}
 
-    def _rpc_track(self, site: str, request: dict) -> dict:
+    def _rpc_track(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         records = request.get("records")
         if not isinstance(records, list) or len(records) > MAX_TRACK_RECORDS:
             raise errors.MalformedMessageError(
@@ -196,13 +196,13 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
         self.on_track(site, records)
         return {}
 
-    def _rpc_map_model(self, site: str, request: dict) -> dict:
+    def _rpc_map_model(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         return self.map_model(request)
 
-    def _rpc_exchange(self, site: str, request: dict) -> dict:
+    def _rpc_exchange(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         return self.on_exchange(site, {k: v for k, v in request.items() if k not in ("site", "token")})
 
-    def _rpc_goodbye(self, site: str, request: dict) -> dict:
+    def _rpc_goodbye(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         status, reason = str(request.get("status", "done")), str(request.get("reason", ""))[:2000]
         self.on_goodbye(site, status, reason)  # passed on (by a relay) before drain() counts it
         with self._cv:
@@ -215,7 +215,7 @@ class RoundHost(UploadIntake, ModelServing, LocalHandler):
             self.site_log("client_done", f"{site} finished", site=site)
         return {}
 
-    def _get_task(self, site: str, request: dict) -> dict:
+    def _get_task(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         wait = min(
             float(request.get("timeout") or self.settings.task_poll_timeout), self.settings.task_poll_timeout
         )

@@ -34,7 +34,7 @@ class ModelServing:
     bytes_sent: int
     _download_slots: threading.BoundedSemaphore
 
-    def map_model(self, request: dict) -> dict:
+    def map_model(self, request: dict[str, Any]) -> dict[str, Any]:
         """For a child on this host: the round's model as this host's memory file, which it maps instead of
         downloading (``shared`` None: stream it), and this host's key (may its uploads come as memory files?)."""
         rnd = self.round
@@ -47,7 +47,7 @@ class ModelServing:
             self.bytes_sent += rnd.model.nbytes  # served, though not copied
         return {"shared": described, "host": shm.host_key()}
 
-    def handle_download(self, request: dict, peer: Peer) -> Iterator[bytes]:
+    def handle_download(self, request: dict[str, Any], peer: Peer) -> Iterator[bytes]:
         self.authorize(peer, request.get("site"))
         self.members.check(request.get("site"), request.get("token"))
         rnd = self.round
@@ -55,7 +55,7 @@ class ModelServing:
             raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
         return self.serve(rnd.model, request)
 
-    def serve(self, model: GlobalModel, request: dict) -> Iterator[bytes]:
+    def serve(self, model: GlobalModel, request: dict[str, Any]) -> Iterator[bytes]:
         """Frames of ``model`` from the request's (tensor, offset) on, within a download slot."""
         start = request.get("start", [0, 0])
         if not (isinstance(start, list) and len(start) == 2 and all(isinstance(x, int) for x in start)):
@@ -76,11 +76,13 @@ class ModelServing:
         finally:
             self._download_slots.release()
 
-    def handle_local_download(self, request: dict, peer: Peer) -> list[tuple[TensorSpec, memoryview]]:
+    def handle_local_download(
+        self, request: dict[str, Any], peer: Peer
+    ) -> list[tuple[TensorSpec, memoryview]]:
         """A virtual client's model: a private copy-on-write mapping of this host's one shared copy."""
         return self.local_model(request, peer).share().open()
 
-    def local_model(self, request: dict, peer: Peer) -> GlobalModel:
+    def local_model(self, request: dict[str, Any], peer: Peer) -> GlobalModel:
         """The requested model itself, for a caller in this process, after the checks a download gets."""
         self.authorize(peer, request.get("site"))
         self.members.check(request.get("site"), request.get("token"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from hpcflare.runtime.host.tracking_receivers import (
     parse_record,
 )
 
-RECEIVERS: dict[str, type[Receiver]] = {
+RECEIVERS: dict[str, Callable[[Path, str, dict[str, Any]], Receiver]] = {
     "csv": CsvReceiver,
     "tensorboard": TensorBoardReceiver,
     "mlflow": MlflowReceiver,

@@ -168,7 +168,7 @@ class TensorBoardReceiver(Receiver):
 
         writer = self._writers.get(site)
         if writer is None:
-            writer = self._writers[site] = self._new_writer(site)
+            writer = self._writers[site] = self._new_writer(site)  # type: ignore[no-untyped-call]
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
         writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary))
 
@@ -285,7 +285,7 @@ class WandbReceiver(Receiver):
             ) from None
         self.wandb, self.dir = wandb, root / "wandb"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.options = {
+        self.options: dict[str, Any] = {
             "project": str(options.get("project") or job),
             "mode": str(options.get("mode") or "offline"),
             "entity": options.get("entity"),
