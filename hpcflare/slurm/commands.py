@@ -122,6 +122,12 @@ class SlurmCommands:
         if proc.returncode != 0:
             raise SlurmError(f"scancel {job_id} failed: {proc.stderr.strip()}")
 
+    def requeue(self, job_id: str) -> None:
+        """Put a job back in the queue (``scontrol requeue``): what a node failure or preemption does to it."""
+        proc = self._run(["scontrol", "requeue", job_id])
+        if proc.returncode != 0:
+            raise SlurmError(f"scontrol requeue {job_id} failed: {proc.stderr.strip()}")
+
     def list_jobs(self) -> list[dict[str, str]]:
         """This user's jobs (squeue -u), with the reason each pending one waits."""
         proc = self._run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%M|%D|%R"])
