@@ -218,95 +218,8 @@ class JobConfig:
             raise ConfigError(f"staging_dir {self.staging_dir!r} is inside another job's directory")
 
     def validate(self) -> None:
-        check_job_name(self.name)
-        if not isinstance(self.job_id, str) or not JOB_NAME.match(self.job_id) or ".." in self.job_id:
-            raise ConfigError(f"job_id {self.job_id!r} is not a valid directory name")
-        whole_number("num_rounds", self.num_rounds, 1)
-        whole_number("min_clients", self.min_clients, 1)
-        whole_number("relays", self.relays, 0)
-        if not isinstance(self.clients, list) or not self.clients:
-            raise ConfigError("a job needs at least one client site")
-        if not 1 <= self.min_clients <= len(self.clients):
-            raise ConfigError(
-                f"min_clients={self.min_clients} must be between 1 and the number of clients ({len(self.clients)})"
-            )
-        for site in self.clients:
-            if not SITE_NAME.match(site):
-                raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
-        if len(set(self.clients)) != len(self.clients):
-            raise ConfigError("site names must be unique")
-        STRATEGIES.get_or_fail(self.strategy)
-        strategy = self.new_strategy()
-        if self.relays and not strategy.supports_relays:
-            raise ConfigError(
-                f"strategy {self.strategy!r} addresses single sites or collects whole models: run it "
-                "without relays (relays: 0)"
-            )
-        fraction("min_fraction", self.min_fraction)
-        if not 0 <= self.relays <= len(self.clients):
-            raise ConfigError(
-                f"relays={self.relays} must be between 0 and the number of clients ({len(self.clients)})"
-            )
-        if self.clients_per_rank != "auto":
-            whole_number("clients_per_rank", self.clients_per_rank, 1)
-        clash = set(self.clients) & (
-            {f"relay-{i}" for i in range(1, self.relays + 1)} | set(self.rank_hosts())
-        )
-        if clash:
-            raise ConfigError(
-                f"site name(s) {sorted(clash)} are taken by this job's relays or client ranks; rename them"
-            )
-        if self.relay_failover not in ("direct", "exclude"):
-            raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {self.relay_failover!r}")
-        if not isinstance(self.staging, bool):
-            raise ConfigError(f"staging must be true or false, got {self.staging!r}")
-        for check in CONFIG_CHECKS.values():  # filters, privacy: the packages that implement them check them
-            check(self)
-        if not isinstance(self.tracking, list) or set(self.tracking) - set(TRACKING_BACKENDS):
-            raise ConfigError(f"tracking must be a list of {TRACKING_BACKENDS}, got {self.tracking!r}")
-        if (
-            not isinstance(self.tracking_config, dict)
-            or set(self.tracking_config) - set(TRACKING_BACKENDS)
-            or not all(isinstance(v, dict) for v in self.tracking_config.values())
-        ):
-            raise ConfigError(
-                f"tracking_config must map a receiver to its options, got {self.tracking_config!r}"
-            )
-        if self.stop_condition is not None:
-            parse_stop_condition(self.stop_condition)
-        if (
-            not isinstance(self.site_train_args, dict)
-            or set(self.site_train_args) - set(self.clients)
-            or not all(
-                isinstance(a, list) and all(isinstance(x, str) for x in a)
-                for a in self.site_train_args.values()
-            )
-        ):
-            raise ConfigError(
-                "site_train_args must map sites of this job to lists of strings, got "
-                f"{self.site_train_args!r}"
-            )
-        if not isinstance(self.launch_once, bool):
-            raise ConfigError(f"launch_once must be true or false, got {self.launch_once!r}")
-        if self.params_transfer_type not in ("FULL", "DIFF"):
-            raise ConfigError(
-                f"params_transfer_type must be 'FULL' or 'DIFF', got {self.params_transfer_type!r}"
-            )
-        if self.nvflare_compat not in ("auto", "on", "off"):
-            raise ConfigError(f"nvflare_compat must be 'auto', 'on' or 'off', got {self.nvflare_compat!r}")
-        if self.key_metric_mode not in ("max", "min"):
-            raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {self.key_metric_mode!r}")
-        if not isinstance(self.early_stop_patience, int) or self.early_stop_patience < 0:
-            raise ConfigError(
-                f"early_stop_patience must be an integer >= 0, got {self.early_stop_patience!r}"
-            )
-        if self.early_stop_patience and not self.key_metric:
-            raise ConfigError("early_stop_patience needs a key_metric to watch")
-        if self.tls not in ("auto", "on", "off"):
-            raise ConfigError(f"tls must be 'auto', 'on' or 'off', got {self.tls!r}")
-        if self.framework not in FRAMEWORKS:
-            raise ConfigError(f"framework must be one of {FRAMEWORKS}, got {self.framework!r}")
-        self.load_settings()  # raises ConfigError on bad profile/overrides
+        """Refuse a config that cannot run (ConfigError naming the field and what it accepts)."""
+        validate_config(self)
 
     def new_strategy(self) -> Any:
         if not isinstance(self.strategy_args, dict):
@@ -381,6 +294,96 @@ class JobConfig:
             raise ConfigError(f"{source}: {exc}") from None
         config.validate()
         return config
+
+
+def validate_config(config: JobConfig) -> None:
+    """Every check of a job config; plugin packages check their own sections (``plugins.CONFIG_CHECKS``)."""
+    check_job_name(config.name)
+    if not isinstance(config.job_id, str) or not JOB_NAME.match(config.job_id) or ".." in config.job_id:
+        raise ConfigError(f"job_id {config.job_id!r} is not a valid directory name")
+    whole_number("num_rounds", config.num_rounds, 1)
+    whole_number("min_clients", config.min_clients, 1)
+    whole_number("relays", config.relays, 0)
+    if not isinstance(config.clients, list) or not config.clients:
+        raise ConfigError("a job needs at least one client site")
+    if not 1 <= config.min_clients <= len(config.clients):
+        raise ConfigError(
+            f"min_clients={config.min_clients} must be between 1 and the number of clients ({len(config.clients)})"
+        )
+    for site in config.clients:
+        if not SITE_NAME.match(site):
+            raise ConfigError(f"invalid site name {site!r}: use letters, digits, '_', '.', '-' (max 64)")
+    if len(set(config.clients)) != len(config.clients):
+        raise ConfigError("site names must be unique")
+    STRATEGIES.get_or_fail(config.strategy)
+    strategy = config.new_strategy()
+    if config.relays and not strategy.supports_relays:
+        raise ConfigError(
+            f"strategy {config.strategy!r} addresses single sites or collects whole models: run it "
+            "without relays (relays: 0)"
+        )
+    fraction("min_fraction", config.min_fraction)
+    if not 0 <= config.relays <= len(config.clients):
+        raise ConfigError(
+            f"relays={config.relays} must be between 0 and the number of clients ({len(config.clients)})"
+        )
+    if config.clients_per_rank != "auto":
+        whole_number("clients_per_rank", config.clients_per_rank, 1)
+    clash = set(config.clients) & (
+        {f"relay-{i}" for i in range(1, config.relays + 1)} | set(config.rank_hosts())
+    )
+    if clash:
+        raise ConfigError(
+            f"site name(s) {sorted(clash)} are taken by this job's relays or client ranks; rename them"
+        )
+    if config.relay_failover not in ("direct", "exclude"):
+        raise ConfigError(f"relay_failover must be 'direct' or 'exclude', got {config.relay_failover!r}")
+    if not isinstance(config.staging, bool):
+        raise ConfigError(f"staging must be true or false, got {config.staging!r}")
+    for check in CONFIG_CHECKS.values():  # filters, privacy: the packages that implement them check them
+        check(config)
+    if not isinstance(config.tracking, list) or set(config.tracking) - set(TRACKING_BACKENDS):
+        raise ConfigError(f"tracking must be a list of {TRACKING_BACKENDS}, got {config.tracking!r}")
+    if (
+        not isinstance(config.tracking_config, dict)
+        or set(config.tracking_config) - set(TRACKING_BACKENDS)
+        or not all(isinstance(v, dict) for v in config.tracking_config.values())
+    ):
+        raise ConfigError(
+            f"tracking_config must map a receiver to its options, got {config.tracking_config!r}"
+        )
+    if config.stop_condition is not None:
+        parse_stop_condition(config.stop_condition)
+    if (
+        not isinstance(config.site_train_args, dict)
+        or set(config.site_train_args) - set(config.clients)
+        or not all(
+            isinstance(a, list) and all(isinstance(x, str) for x in a)
+            for a in config.site_train_args.values()
+        )
+    ):
+        raise ConfigError(
+            f"site_train_args must map sites of this job to lists of strings, got {config.site_train_args!r}"
+        )
+    if not isinstance(config.launch_once, bool):
+        raise ConfigError(f"launch_once must be true or false, got {config.launch_once!r}")
+    if config.params_transfer_type not in ("FULL", "DIFF"):
+        raise ConfigError(
+            f"params_transfer_type must be 'FULL' or 'DIFF', got {config.params_transfer_type!r}"
+        )
+    if config.nvflare_compat not in ("auto", "on", "off"):
+        raise ConfigError(f"nvflare_compat must be 'auto', 'on' or 'off', got {config.nvflare_compat!r}")
+    if config.key_metric_mode not in ("max", "min"):
+        raise ConfigError(f"key_metric_mode must be 'max' or 'min', got {config.key_metric_mode!r}")
+    if not isinstance(config.early_stop_patience, int) or config.early_stop_patience < 0:
+        raise ConfigError(f"early_stop_patience must be an integer >= 0, got {config.early_stop_patience!r}")
+    if config.early_stop_patience and not config.key_metric:
+        raise ConfigError("early_stop_patience needs a key_metric to watch")
+    if config.tls not in ("auto", "on", "off"):
+        raise ConfigError(f"tls must be 'auto', 'on' or 'off', got {config.tls!r}")
+    if config.framework not in FRAMEWORKS:
+        raise ConfigError(f"framework must be one of {FRAMEWORKS}, got {config.framework!r}")
+    config.load_settings()  # raises ConfigError on bad profile/overrides
 
 
 class JobDir:

@@ -213,6 +213,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "hpcflare.runtime.swarm",
             "hpcflare.runtime.script_runner",
             "hpcflare.runtime.registration",
+            "hpcflare.runtime.server_rounds",
+            "hpcflare.runtime.relay_rounds",
         ),
     ),
     ("scheduler", ("hpcflare.slurm",)),
@@ -272,3 +274,18 @@ def test_no_module_circle_even_under_type_checking():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 edges[module] |= _targets(node, module, path.name == "__init__.py", set(modules)) - {module}
     assert _cycles(edges) == []
+
+
+MAX_CLASS_LINES = 250
+"""A class past this many lines (as formatted) is doing more than one thing: split it by concern (the
+RoundHost mixins intake, serving and unary; the server's registration and round driver)."""
+
+
+def test_no_class_over_the_size_limit():
+    big = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and (node.end_lineno or 0) - node.lineno + 1 > MAX_CLASS_LINES
+    ]
+    assert big == []
