@@ -58,8 +58,13 @@ RESERVED_DIRS = frozenset({".", "app", "models", "logs", "rendezvous", "sites", 
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def whole_number(key: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; a bool, string, fraction or NaN is a ConfigError naming ``key``."""
+MAX_COUNT = 1_000_000
+"""The largest count a job may ask for (rounds, clients per rank, relays): anything above is a typo (1e18)."""
+
+
+def whole_number(key: str, value: Any, minimum: int, maximum: int = MAX_COUNT) -> int:
+    """``value`` as an int in [``minimum``, ``maximum``]; a bool, string, fraction or NaN is a ConfigError naming
+    ``key``."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -69,6 +74,8 @@ def whole_number(key: str, value: Any, minimum: int) -> int:
         raise ConfigError(f"{key} must be a whole number, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
+    if value > maximum:
+        raise ConfigError(f"{key} must be at most {maximum:,}, got {value!r}")
     return int(value)
 
 

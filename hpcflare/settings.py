@@ -31,6 +31,26 @@ MAX_HEARTBEATS_PER_S = 500
 """Heartbeats per second one server takes without their handling crowding out rounds (gRPC Python, one core)."""
 
 
+MAX_DEADLINE_S = 30 * 86400.0
+"""The longest any deadline or interval may be: 30 days, beyond any Slurm job's time limit (1e300 s is a typo)."""
+
+MAXIMA: dict[str, float] = {
+    "min_link_mb_s": 1e6,
+    "chunk_size": 64 << 20,
+    "max_frame_bytes": (1 << 31) - 1,  # gRPC's largest message
+    "max_model_bytes": 1 << 42,
+    "model_file_bytes": 1 << 62,
+    "max_concurrent_uploads": 1024,
+    "upload_buffer_bytes": 64 << 30,
+    "max_concurrent_downloads": 4096,
+    "spool_tensor_bytes": 1 << 42,
+    "max_anonymous_streams": 4096,
+    "server_threads": 4096,
+    "tracking_max_records_per_round": 10_000_000,
+}
+"""Upper bound of every setting that is not a deadline (deadlines: MAX_DEADLINE_S); a larger value is refused."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # --- deadlines (seconds) ---
@@ -147,6 +167,9 @@ class Settings:
                 raise ConfigError(f"settings.{key} must be > 0 and finite, got {value!r}")
             if integral and value != int(value):
                 raise ConfigError(f"settings.{key} must be a whole number, got {value!r}")
+            ceiling = upper_bound(key)
+            if value > ceiling:
+                raise ConfigError(f"settings.{key} must be at most {ceiling:g}, got {value!r}")
             values[key] = int(value) if integral else float(value)
         settings = cls(**values)
         settings.validate()
@@ -246,3 +269,8 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def upper_bound(key: str) -> float:
+    """The largest value settings.``key`` may take: MAXIMA's, else (a deadline or interval) MAX_DEADLINE_S."""
+    return MAXIMA.get(key, MAX_DEADLINE_S)

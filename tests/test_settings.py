@@ -73,3 +73,32 @@ def test_upload_deadline_counts_the_bytes_it_can_see():
     params = {"a": np.zeros(1000, np.float32), "b": np.zeros(10, np.float64)}
     assert _size_of(params.items()) == 4080 and _size_of(list(params.items())) == 4080
     assert _size_of(iter(params.items())) == 0  # a one-shot iterator is not consumed to measure it
+
+
+def test_every_setting_has_an_upper_bound_and_a_larger_value_is_refused():
+    import dataclasses
+
+    from hpcflare.settings import MAX_DEADLINE_S, MAXIMA, upper_bound
+
+    for field in dataclasses.fields(Settings):
+        if field.type in ("bool", bool):
+            continue
+        if field.type in ("int", int):
+            assert field.name in MAXIMA, f"settings.{field.name}: a count or size needs its bound in MAXIMA"
+        assert getattr(Settings(), field.name) <= upper_bound(field.name)
+    with pytest.raises(ConfigError, match=r"settings.round_timeout must be at most 2.592e\+06, got 1e\+300"):
+        Settings().replace(round_timeout=1e300)
+    with pytest.raises(ConfigError, match="settings.server_threads must be at most 4096"):
+        Settings().replace(server_threads=10**9)
+    assert Settings().replace(round_timeout=MAX_DEADLINE_S).round_timeout == MAX_DEADLINE_S
+
+
+def test_an_absurd_round_count_is_refused(tmp_path):
+    import numpy as np
+
+    from hpcflare.recipe import FedAvgRecipe
+
+    with pytest.raises(ConfigError, match="num_rounds must be at most 1,000,000, got 1e"):
+        FedAvgRecipe(
+            name="x", model={"w": np.zeros(2)}, min_clients=1, num_rounds=1e18, train_script=__file__
+        )

@@ -80,7 +80,17 @@ def _spec_of(config: Any) -> PrivacySpec | None:
     return check_privacy(config.privacy, config.strategy, config.filters)
 
 
-CONFIG_CHECKS.register("privacy", _spec_of)
+def _check_config(config: Any) -> None:
+    spec = _spec_of(config)
+    weak = spec.weak_threshold(len(config.clients)) if spec is not None else ""
+    if weak and not spec.allow_weak_threshold:  # type: ignore[union-attr]
+        raise ConfigError(
+            f"{weak}. Use a majority (the default threshold 0.5, or a count above half), or set "
+            "privacy.allow_weak_threshold: true if the server is trusted to report dropouts honestly"
+        )
+
+
+CONFIG_CHECKS.register("privacy", _check_config)
 STRATEGY_WRAPPERS.register(
     "privacy", lambda strategy, config: wrap_strategy(strategy, _spec_of(config), config.job_id)
 )

@@ -50,6 +50,10 @@ class PrivacySpec:
     """he: CKKS coefficient moduli in bits (depth 2; more or larger primes cost speed and bytes)."""
     global_scale_bits: int = 40
     """he: CKKS scale 2^bits; sets precision (~1e-7 relative with 40)."""
+    allow_weak_threshold: bool = False
+    """secagg: accept a threshold of at most half of a site's share holders. With one, a server that lies about
+    who dropped out can collect enough shares of both a site's mask seed and its masking key to unmask that
+    site's update; refused unless set, and then logged as a warning when the server starts."""
 
     @classmethod
     def parse(cls, raw: Any) -> PrivacySpec | None:
@@ -98,10 +102,28 @@ class PrivacySpec:
             or len(self.coeff_mod_bit_sizes) < 3
         ):
             raise ConfigError("privacy.coeff_mod_bit_sizes must be >= 3 integers in [20, 60]")
+        if not isinstance(self.allow_weak_threshold, bool):
+            raise ConfigError(
+                f"privacy.allow_weak_threshold must be true or false, got {self.allow_weak_threshold!r}"
+            )
         if not isinstance(self.global_scale_bits, int) or not 20 <= self.global_scale_bits <= 60:
             raise ConfigError(
                 f"privacy.global_scale_bits must be an integer in [20, 60], got {self.global_scale_bits!r}"
             )
+
+    def weak_threshold(self, sites: int) -> str:
+        """Why this threshold is weak for a job of ``sites`` sites, or '' when it is not."""
+        if self.type != "secagg" or sites < 2:
+            return ""
+        holders = self.partners(sites) + 1
+        needed = self.shares_needed(holders)
+        if 2 * needed > holders:
+            return ""
+        return (
+            f"privacy.threshold={self.threshold:g} needs only {needed} of a site's {holders} share holders: a server "
+            "that lies about who dropped out can collect enough shares of both its mask seed and its masking key "
+            "to unmask its update"
+        )
 
     def partners(self, n: int) -> int:
         """Mask partners per site for a round of ``n`` sites (even, so the SecAgg+ ring is symmetric)."""

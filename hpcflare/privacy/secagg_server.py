@@ -24,7 +24,7 @@ from hpcflare.privacy.api import PrivacySpec, PrivateStrategy
 from hpcflare.privacy.masking import RING, MaskStream, agree, decode, mask_blocks, neighbours, pair_sign
 from hpcflare.privacy.shamir import ShamirError, combine
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
-from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, RoundPlan, Strategy
+from hpcflare.strategy.api import Aggregator, ClientUpdate, Params, RoundPlan, ServerContext, Strategy
 from hpcflare.tensors import acc_dtype, blocks_of
 
 WEIGHT = "__secagg_weight__"
@@ -77,6 +77,16 @@ class SecAgg(PrivateStrategy):
         self._cv = threading.Condition()
         self._state: _RoundState | None = None
         self.context: Any = None
+
+    def start_services(self, context: ServerContext) -> None:
+        super().start_services(context)
+        if self.spec.allow_weak_threshold:
+            context.log.warning(
+                "secagg_weak_threshold",
+                f"privacy.allow_weak_threshold is set (threshold {self.spec.threshold:g}): a server that lies about "
+                "who dropped out could unmask a site's update; this job trusts its server to report dropouts",
+                threshold=self.spec.threshold,
+            )
 
     def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
         plan = self.inner.plan_round(round_num, total_rounds, live)

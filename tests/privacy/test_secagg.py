@@ -202,3 +202,40 @@ def test_upload_missing_a_tensor_is_rejected():
     aggregator = server.new_aggregator({"w": np.zeros(3, np.float32)})
     with pytest.raises(errors.UpdateRejectedError, match="every tensor"):
         aggregator.add(ClientUpdate("s0", {WEIGHT: np.zeros(1, np.uint64)}, UpdateKind.DIFF, 1.0))
+
+
+@pytest.mark.parametrize(
+    "privacy, sites, weak",
+    [
+        ({"type": "secagg"}, 10, False),  # the default majority
+        ({"type": "secagg", "threshold": 0.3}, 10, True),  # 4 of 10 holders
+        ({"type": "secagg", "threshold": 5}, 10, True),  # half of 10 holders
+        ({"type": "secagg", "threshold": 6}, 10, False),
+        ({"type": "secagg", "threshold": 0.3, "neighbours": 4}, 50, True),  # 2 of 5 holders (SecAgg+)
+    ],
+)
+def test_a_threshold_at_or_below_half_of_the_holders_is_weak(privacy, sites, weak):
+    assert bool(PrivacySpec.parse(privacy).weak_threshold(sites)) is weak
+
+
+def test_a_weak_threshold_is_refused_unless_allowed(tmp_path):
+    from hpcflare.recipe import FedAvgRecipe
+
+    script = tmp_path / "c.py"
+    script.write_text("print(1)\n")
+
+    def job(**privacy):
+        return FedAvgRecipe(
+            name="weak",
+            model={"w": np.zeros(3, np.float32)},
+            min_clients=4,
+            num_rounds=1,
+            train_script=script,
+            privacy={"type": "secagg", "threshold": 2, **privacy},
+        ).export(tmp_path / "jobs")
+
+    with pytest.raises(
+        errors.ConfigError, match="needs only 2 of a site's 4 share holders.*allow_weak_threshold"
+    ):
+        job()
+    assert job(allow_weak_threshold=True).load_config().privacy["allow_weak_threshold"] is True
