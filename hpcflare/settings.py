@@ -47,6 +47,7 @@ MAXIMA: dict[str, float] = {
     "max_anonymous_streams": 4096,
     "server_threads": 4096,
     "tracking_max_records_per_round": 10_000_000,
+    "max_requeues": 10_000,
 }
 """Upper bound of every setting that is not a deadline (deadlines: MAX_DEADLINE_S); a larger value is refused."""
 
@@ -124,6 +125,10 @@ class Settings:
     site drops records and logs one warning per round. Generous: 1,000 scalars per step x 100 steps fit."""
     tracking_flush_interval: float = 5.0
     """A site sends its buffered tracking records at least this often (and always before its result)."""
+    max_requeues: int = 100
+    """How many times a Slurm job may be requeued at its time limit (or on a preemption) and resume from its last
+    checkpoint, on both routes (sbatch: the time-limit trap stops requeueing; SlurmEnv: submitit's
+    max_num_timeout). Enough for a job that needs many time limits' worth of rounds; raise it for longer ones."""
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:

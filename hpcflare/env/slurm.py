@@ -22,12 +22,13 @@ from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError, JobFailedError
 from hpcflare.exitcodes import ExitCode, describe
 from hpcflare.fileio import atomic_write_text
-from hpcflare.job import JobDir
+from hpcflare.job import JobDir, whole_number
 from hpcflare.runtime.client_rank import settle_clients_per_rank
 from hpcflare.runtime.cluster.memory import MALLOC_ENV
 from hpcflare.runtime.cluster.ranks import RankInfo
 from hpcflare.runtime.launch import run_rank
 from hpcflare.security.jobs import prepare_job
+from hpcflare.settings import upper_bound
 from hpcflare.slurm.commands import FINAL_STATES, SlurmCommands
 from hpcflare.slurm.spec import Allocation
 
@@ -136,7 +137,18 @@ class SlurmEnv(Env):
                 f"+ {len(config.client_units())} client ranks)"
             )
         alloc.check_partition(SlurmCommands(), ranks)  # explain now what would otherwise sit PENDING for ever
-        executor = submitit.SlurmExecutor(folder=job_dir.root / "slurm", python=sys.executable)
+        slurm_args = dict(self.slurm_args)
+        # submitit's own name for it: how many time limits (and preemptions) the job may resume from
+        requeues = slurm_args.pop("max_num_timeout", None)
+        if requeues is None:
+            requeues = config.load_settings().max_requeues
+        executor = submitit.SlurmExecutor(
+            folder=job_dir.root / "slurm",
+            python=sys.executable,
+            max_num_timeout=whole_number(
+                "slurm_args max_num_timeout", requeues, 0, upper_bound("max_requeues")
+            ),
+        )
         setup = [f"export {k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items()] + self.setup
         params = alloc.submitit_parameters(ranks)
         params["additional_parameters"] = {"requeue": True, **params["additional_parameters"]}
@@ -145,7 +157,7 @@ class SlurmEnv(Env):
             job_name=config.name,
             setup=setup,
             srun_args=["--mpi=pmi2"] if self.rendezvous == "mpi" else [],
-            **self.slurm_args,
+            **slurm_args,
         )
         return executor
 

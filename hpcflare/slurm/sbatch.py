@@ -136,6 +136,7 @@ def render_sbatch(spec: SbatchSpec) -> str:
         "time": spec.time,
         "output": shlex.quote(str(spec.job_dir.log_dir / "slurm-%j.out")),
         "signal_lead_s": spec.signal_lead_s,
+        "max_requeues": config.load_settings().max_requeues,
         "extra_directives": "\n".join(directives),
         "python": shlex.quote(spec.python),
         # --label: every line of the shared output file says which rank wrote it ("3: ...")

@@ -111,6 +111,12 @@ class Allocation:
                 "else goes in slurm_additional_parameters / --sbatch-arg"
             )
         self.options = {k: v for k, v in self.options.items() if v not in (None, False)}
+        if "array" in self.additional:
+            raise ConfigError(
+                f"sbatch array jobs (array={self.additional['array']!r}) would run the same job directory in "
+                "every array task: export one job per configuration and submit each (a loop over `hpcflare job "
+                "submit`), or use clients_per_rank / more nodes for more sites in one job"
+            )
         node_range(self.nodes)
 
     def cpus_per_rank(self) -> int:

@@ -67,3 +67,13 @@ def test_abort_cancels_the_slurm_job(slurm, make_recipe, tmp_path):
     assert run.wait(timeout=60)
     squeue = subprocess.run(["squeue", "-h", "-j", run.slurm_job_id], capture_output=True, text=True)
     assert run.slurm_job_id not in squeue.stdout
+
+
+def test_the_requeues_a_job_may_resume_from_reach_submitit(make_recipe, tmp_path):
+    """submitit's own default (3 time limits) would end a long training; settings.max_requeues sets it, and
+    slurm_args={'max_num_timeout': N}, submitit's own name, is taken too."""
+    job_dir = make_recipe("print(1)\n", n_clients=2, settings={"max_requeues": 9}).export(tmp_path / "jobs")
+    assert SlurmEnv(nodes=1).executor(job_dir).max_num_timeout == 9
+    assert SlurmEnv(nodes=1, slurm_args={"max_num_timeout": 5}).executor(job_dir).max_num_timeout == 5
+    with pytest.raises(ConfigError, match="max_num_timeout must be >= 0"):
+        SlurmEnv(nodes=1, slurm_args={"max_num_timeout": -1}).executor(job_dir)

@@ -201,3 +201,16 @@ def test_server_exclusive_keeps_the_first_node_for_the_server(slurm, make_recipe
     server_node = next(e["node"] for e in server if e["event"] == "server_started")
     client_nodes = {e["site"]: e["node"] for e in server if e["event"] == "client_registered"}
     assert len(client_nodes) == 4 and server_node not in client_nodes.values() and server_node
+
+
+def test_an_array_submission_of_a_job_script_refuses_to_run(slurm, make_recipe, tmp_path):
+    """`sbatch --array` on hpcflare's script (a habit from parameter sweeps): each task exits at once, saying
+    why, instead of two copies of one job fighting over its directory."""
+    job_dir = make_recipe(HELLO, n_clients=2, min_clients=2, num_rounds=1).export(tmp_path / "jobs")
+    commands = SlurmCommands()
+    job_id = commands.submit(write_sbatch(SbatchSpec(job_dir, nodes=1, time="00:05:00")), ["--array=0-1"])
+    for task in (0, 1):
+        wait_done(commands, f"{job_id}_{task}", 120)
+    out = "".join(p.read_text() for p in job_dir.log_dir.glob("slurm-*.out"))
+    assert out.count("refusing to run as array task") == 2, out
+    assert not (job_dir.root / "status.json").exists()  # no rank of the job ever started

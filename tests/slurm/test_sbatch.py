@@ -40,3 +40,21 @@ def test_impossible_layouts_are_refused(make_recipe, tmp_path):
         render_sbatch(SbatchSpec(job_dir, nodes=2, ntasks_per_node=2))
     with pytest.raises(ConfigError, match="not a Slurm time limit"):
         render_sbatch(SbatchSpec(job_dir, time="soon"))
+
+
+def test_array_jobs_are_refused_on_both_routes(make_recipe, tmp_path):
+    from hpcflare.env import SlurmEnv
+
+    job_dir = make_recipe("print(1)\n", n_clients=2).export(tmp_path / "jobs")
+    with pytest.raises(
+        ConfigError, match="array jobs .* would run the same job directory in every array task"
+    ):
+        render_sbatch(SbatchSpec(job_dir, nodes=1, sbatch_args=("--array=0-3",)))
+    with pytest.raises(ConfigError, match="array jobs"):
+        SlurmEnv(nodes=1, slurm_additional_parameters={"array": "0-3"})
+
+
+def test_the_time_limit_trap_stops_requeueing_at_max_requeues(make_recipe, tmp_path):
+    job_dir = make_recipe("print(1)\n", n_clients=2, settings={"max_requeues": 7}).export(tmp_path / "jobs")
+    text = render_sbatch(SbatchSpec(job_dir, nodes=1))
+    assert '[ "${SLURM_RESTART_COUNT:-0}" -ge 7 ]' in text and "settings.max_requeues=7" in text
