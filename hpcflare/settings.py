@@ -47,6 +47,8 @@ MAXIMA: dict[str, float] = {
     "max_anonymous_streams": 4096,
     "server_threads": 4096,
     "tracking_max_records_per_round": 10_000_000,
+    "tracking_max_bytes_per_round": 1 << 40,
+    "tracking_max_job_bytes": 1 << 44,
     "max_requeues": 10_000,
 }
 """Upper bound of every setting that is not a deadline (deadlines: MAX_DEADLINE_S); a larger value is refused."""
@@ -123,6 +125,13 @@ class Settings:
     tracking_max_records_per_round: int = 100_000
     """Tracking records (flare.log, SummaryWriter, MLflowWriter, ...) one site sends per round; beyond it the
     site drops records and logs one warning per round. Generous: 1,000 scalars per step x 100 steps fit."""
+    tracking_max_bytes_per_round: int = 64 << 20
+    """Bytes of tracking records (as sent) a server or relay takes from one site per round, whatever its client
+    library does; beyond it (or tracking_max_records_per_round records) the rest of the round's are dropped, with
+    one warning per site and round."""
+    tracking_max_job_bytes: int = 4 << 30
+    """Bytes of tracking records a server or relay takes over the whole job (every site together): the job's disk
+    budget for tracking outputs; beyond it records are dropped with one warning."""
     tracking_flush_interval: float = 5.0
     """A site sends its buffered tracking records at least this often (and always before its result)."""
     max_requeues: int = 100

@@ -190,7 +190,11 @@ class Relay(RelayRounds, RoundHost):
         return self._forward(Rpc.EXCHANGE, site, request)
 
     def on_track(self, site: str, records: list) -> None:
-        self._forward(Rpc.TRACK, site, {"records": records})  # a failure reaches the child, which logs it
+        records = self.admit_tracking(
+            site, records
+        )  # a flood is cut here, before it costs the server anything
+        if records:
+            self._forward(Rpc.TRACK, site, {"records": records})  # a failure reaches the child, which logs it
 
     def _forward(self, method: str, site: str, request: dict) -> dict:
         """A unary call to the server in a child's name (its token; the relay's certificate may act for it)."""

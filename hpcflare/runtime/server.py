@@ -101,7 +101,8 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
             raise errors.MalformedMessageError(
                 "relays and client ranks forward tracking records in their sites' names"
             )
-        skipped = self.tracker.record_steps(site, records)
+        records = self.admit_tracking(site, records)
+        skipped = self.tracker.record_steps(site, records) if records else 0
         if skipped:
             self.log.warning(
                 "tracking_malformed",

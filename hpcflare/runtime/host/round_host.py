@@ -22,6 +22,7 @@ from hpcflare.runtime.host.membership import Membership
 from hpcflare.runtime.host.phase import HostPhase as HostPhase  # re-exported: roles name it here
 from hpcflare.runtime.host.round import Round
 from hpcflare.runtime.host.serving import ModelServing
+from hpcflare.runtime.host.tracking import TrackingQuota
 from hpcflare.runtime.host.unary import UnaryRpcs
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import ClientUpdate, RoundPlan, Strategy
@@ -68,6 +69,8 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
         self._agg_lock = threading.Lock()
         self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
         self._download_slots = threading.BoundedSemaphore(settings.max_concurrent_downloads)
+        self.track_quota = TrackingQuota(settings, log)
+        """Caps on each site's tracking records, enforced here whatever the site's client library does."""
         self._goodbyes: set[str] = set()
         self._uploading: dict[str, Any] = {}  # site -> cancel() of its upload in flight (one per site)
 
@@ -145,6 +148,10 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
     def on_exchange(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         """A site's protocol message for the strategy (secure aggregation); a relay passes it on."""
         return self.strategy.exchange(site, request)
+
+    def admit_tracking(self, site: str, records: list[Any]) -> list[Any]:
+        """The part of ``site``'s tracking records within its caps for the current round (see TrackingQuota)."""
+        return self.track_quota.admit(site, records, self.round.number if self.round is not None else 0)
 
     def on_track(self, site: str, records: list[Any]) -> None:
         """Tracking records from ``site`` (relays forward their children's in the child's name)."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import TRACKING_BACKENDS as BACKENDS
+from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.host.tracking_receivers import (
     CsvReceiver,
     MlflowReceiver,
@@ -37,6 +38,8 @@ from hpcflare.runtime.host.tracking_receivers import (
     numeric,
     parse_record,
 )
+from hpcflare.settings import Settings
+from hpcflare.transport.codec import pack_meta
 
 RECEIVERS: dict[str, Callable[[Path, str, dict[str, Any]], Receiver]] = {
     "csv": CsvReceiver,
@@ -44,6 +47,72 @@ RECEIVERS: dict[str, Callable[[Path, str, dict[str, Any]], Receiver]] = {
     "mlflow": MlflowReceiver,
     "wandb": WandbReceiver,
 }
+
+
+class TrackingQuota:
+    """What a host (server or relay) takes of each site's tracking records, whatever the site's client library
+    does: settings.tracking_max_records_per_round records and tracking_max_bytes_per_round bytes per site and
+    round (the host's round when they arrive, not the round the records claim), tracking_max_job_bytes over
+    the whole job. The rest is dropped, with one warning per site and round (and one for the job's budget)."""
+
+    ROUNDS_KEPT = 4
+    """Rounds per site whose counts are kept (records of a round trail its result by a flush at most)."""
+
+    def __init__(self, settings: Settings, log: RankLogger) -> None:
+        self.settings, self.log = settings, log
+        self._lock = threading.Lock()
+        self._used: dict[str, dict[int, list[int]]] = {}  # site -> round -> [records, bytes]
+        self._job_bytes = 0
+        self._warned: set[tuple[str, int]] = set()
+        self._job_warned = False
+
+    def admit(self, site: str, records: list[Any], round_number: int) -> list[Any]:
+        """The records to keep, in order; the rest of the site's round (or of the job) is dropped."""
+        s = self.settings
+        sizes = [len(pack_meta(record)) for record in records]
+        with self._lock:
+            rounds = self._used.setdefault(site, {})
+            used = rounds.setdefault(round_number, [0, 0])
+            for old in sorted(rounds)[: -self.ROUNDS_KEPT]:
+                del rounds[old]
+            kept, full = 0, ""
+            for size in sizes:
+                if (
+                    used[0] >= s.tracking_max_records_per_round
+                    or used[1] + size > s.tracking_max_bytes_per_round
+                ):
+                    full = "site"
+                    break
+                if self._job_bytes + size > s.tracking_max_job_bytes:
+                    full = "job"
+                    break
+                used[0] += 1
+                used[1] += size
+                self._job_bytes += size
+                kept += 1
+            warn_site = full == "site" and (site, round_number) not in self._warned
+            warn_job = full == "job" and not self._job_warned
+            if warn_site:
+                self._warned.add((site, round_number))
+            self._job_warned = self._job_warned or warn_job
+        if warn_job:
+            self.log.warning(
+                "tracking_budget_spent",
+                f"the job's tracking records reached settings.tracking_max_job_bytes={s.tracking_max_job_bytes}; "
+                "records from every site are dropped from now on (log less, or raise the setting)",
+                limit=s.tracking_max_job_bytes,
+            )
+        elif warn_site:
+            self.log.warning(
+                "tracking_dropped",
+                f"{site}: round {round_number}: more tracking records than settings.tracking_max_records_per_round="
+                f"{s.tracking_max_records_per_round} / tracking_max_bytes_per_round={s.tracking_max_bytes_per_round}; "
+                "the rest of this round's are dropped (the site logs too much, or bypasses hpcflare.client)",
+                site=site,
+                round=round_number,
+                dropped=len(records) - kept,
+            )
+        return records[:kept]
 
 
 def _weighted_mean(pairs: list[tuple[float, float]]) -> float:
