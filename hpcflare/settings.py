@@ -58,7 +58,12 @@ MAXIMA: dict[str, float] = {
 class Settings:
     # --- deadlines (seconds) ---
     registration_timeout: float = 60.0
-    """Server waits this long for min_clients to register before failing the job."""
+    """Server waits this long for sites to register, then goes on with min_clients or fails the job; a site whose
+    client rank is alive but still starting (its start-up beacon keeps changing) is waited for up to
+    startup_timeout instead."""
+    startup_timeout: float = 900.0
+    """Longest a live client rank may take from the server's start to register its sites (imports of torch or
+    Lightning from a shared filesystem on a loaded node); registration_timeout bounds only silence."""
     rendezvous_timeout: float = 60.0
     """A client waits this long for the server's address to appear (rendezvous file / MPI)."""
     round_timeout: float = 600.0

@@ -20,6 +20,7 @@ from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir, JobState
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.client_rank import run_sites, settle_clients_per_rank
+from hpcflare.runtime.cluster.beacon import StartupBeacon
 from hpcflare.runtime.cluster.gpus import plan_devices
 from hpcflare.runtime.cluster.ranks import RankInfo, RoleKind, detect_rank, role_for_rank, tasks_per_node
 from hpcflare.runtime.cluster.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
@@ -129,10 +130,13 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
 
 
 def run_unit(job_dir: JobDir, name: str, sites: list[str], address: str | None = None) -> ExitCode:
-    """A client rank: its one site in this process, or its sites as virtual clients."""
-    if sites == [name]:
-        return run_client(job_dir, name, address=address)
-    return run_sites(job_dir, sites, name, address)
+    """A client rank: its one site in this process, or its sites as virtual clients; its start-up beacon tells
+    the server it is alive while its sites are still on their way to registering."""
+    interval = job_dir.load_config().load_settings().heartbeat_interval
+    with StartupBeacon(job_dir.rendezvous_dir, name, sites, interval):
+        if sites == [name]:
+            return run_client(job_dir, name, address=address)
+        return run_sites(job_dir, sites, name, address)
 
 
 def _raise_aborted(signum: int, frame: object) -> None:

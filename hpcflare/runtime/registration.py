@@ -14,6 +14,7 @@ from typing import Any
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster.beacon import BeaconWatch
 from hpcflare.runtime.host.membership import ENDED, Membership, MemberState
 from hpcflare.runtime.host.round_host import HostPhase
 from hpcflare.settings import Settings
@@ -109,15 +110,31 @@ class ServerRegistration:
 
     def _await_registration(self) -> None:
         """Startup grace: wait for every expected client until registration_timeout, then go on with
-        min_clients (naming who is missing) or fail."""
+        min_clients (naming who is missing) or fail. A site whose client rank is alive but still starting (its
+        start-up beacon keeps changing) is waited for up to startup_timeout."""
         cfg, timeout = self.config, self.settings.registration_timeout
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        startup_deadline = started + max(timeout, self.settings.startup_timeout)
+        beacons = BeaconWatch(self.job_dir.rendezvous_dir, self.settings.heartbeat_timeout)
         summary_at = time.monotonic() + REGISTRATION_SUMMARY_EVERY
+        waited_for: set[str] = set()
         with self._cv:
             while (registered := len(self.live_children())) + len(self._gone()) < len(cfg.clients):
                 self._check_abort()
-                if time.monotonic() >= deadline:
+                starting = beacons.alive() - set(self.live_children()) - self._gone()
+                now = time.monotonic()
+                if now >= deadline and (not starting or now >= startup_deadline):
                     break
+                if now >= deadline and not starting <= waited_for:
+                    waited_for |= starting
+                    self.log.info(
+                        "sites_starting",
+                        f"{len(starting)} site(s) not registered after settings.registration_timeout={timeout:g}s "
+                        "but their client ranks are alive and still starting: waiting up to "
+                        f"settings.startup_timeout={self.settings.startup_timeout:g}s",
+                        sites=sorted(starting)[:50],
+                    )
                 if time.monotonic() >= summary_at:
                     summary_at += REGISTRATION_SUMMARY_EVERY
                     self.log.info(
@@ -126,7 +143,8 @@ class ServerRegistration:
                         registered=registered,
                         expected=len(cfg.clients),
                     )
-                self._cv.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                remaining = deadline - time.monotonic()
+                self._cv.wait(min(0.5, remaining) if remaining > 0 else 0.5)  # past it: sites still starting
         registered = sorted(self.live_children())
         missing = sorted(set(cfg.clients) - set(registered))
         never = [site for site in missing if self.members.get(site) is None]

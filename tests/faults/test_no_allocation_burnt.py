@@ -38,7 +38,8 @@ def test_late_registrant_is_told_and_exits_0(make_recipe, local_env):
         min_clients=2,
         num_rounds=4,
         train_args="late",
-        settings={"registration_timeout": 3},
+        # no start-up grace beyond registration_timeout: site-3 is alive but registers after the job started
+        settings={"registration_timeout": 3, "startup_timeout": 3},
     ).execute(local_env)
     np.testing.assert_array_equal(load_result(run.get_result(timeout=120))["numpy_key"], HELLO_MODEL + 4)
     assert run.exit_codes["site-3"] == 0
