@@ -54,17 +54,20 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
         )
     registered = {e["site"] for e in _named(server, "client_registered")}
     never = sorted(set(config.clients) - registered)
+    starting = {site for e in _named(server, "sites_starting") for site in e.get("sites", [])}
     for e in _named(server, "clients_excluded"):
         if e.get("never_registered"):
-            out.append(
-                Finding(
-                    "warning",
-                    f"clients never registered: {e['never_registered']}",
-                    f"check that they started (logs/<site>.log, .out); if they are just slow to start, "
-                    f"raise settings.registration_timeout (now {settings.registration_timeout:g}s, "
-                    f"try {settings.registration_timeout * 2:g})",
-                )
+            alive = sorted(set(e["never_registered"]) & starting)
+            fix = (
+                f"{alive} were alive but still starting: find what their scripts do before flare.init() "
+                f"(logs/<site>.log, .out), or raise settings.startup_timeout (now {settings.startup_timeout:g}s, "
+                f"try {settings.startup_timeout * 2:g})"
+                if alive
+                else "check that they started (logs/<site>.log, .out); if they are just slow to start, "
+                f"raise settings.registration_timeout (now {settings.registration_timeout:g}s, "
+                f"try {settings.registration_timeout * 2:g})"
             )
+            out.append(Finding("warning", f"clients never registered: {e['never_registered']}", fix))
     own_reports = {
         rank
         for rank, events in ranks.items()

@@ -153,25 +153,29 @@ class ServerRegistration:
             ([f"failed at start: {failed}"] if failed else [])
             + ([f"never registered: {never[:20]}"] if never else [])
         )
+        grace = f"settings.registration_timeout={timeout:g}s" + (
+            f", and settings.startup_timeout={self.settings.startup_timeout:g}s for {sorted(waited_for)[:20]} "
+            "(alive, still starting)"
+            if waited_for & set(never)
+            else ""
+        )
         if len(registered) < cfg.min_clients:
-            if (
-                not never
-            ):  # everyone is accounted for: the job cannot start, and waiting longer would not help
+            # everyone is accounted for: the job cannot start, and waiting longer would not help
+            if not never:
                 raise errors.RegistrationTimeoutError(
                     f"only {len(registered)} of {len(cfg.clients)} clients can take part (min_clients="
                     f"{cfg.min_clients}): {detail}"
                 )
             raise errors.RegistrationTimeoutError(
-                f"only {len(registered)} of {len(cfg.clients)} clients registered within settings.registration_timeout="
-                f"{timeout:g}s (min_clients={cfg.min_clients}); {detail}"
+                f"only {len(registered)} of {len(cfg.clients)} clients registered within {grace} (min_clients="
+                f"{cfg.min_clients}); {detail}"
             )
         if missing:
             for site in never:
-                self.members.exclude(site, "did not register within settings.registration_timeout")
+                self.members.exclude(site, f"did not register within {grace}")
             self.log.warning(
                 "clients_excluded",
-                f"starting without {len(missing)} client(s) (startup grace "
-                f"settings.registration_timeout={timeout:g}s): {detail}",
+                f"starting without {len(missing)} client(s) (startup grace {grace}): {detail}",
                 missing=missing,
                 never_registered=never,
                 failed=failed,

@@ -180,7 +180,6 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
             rounds = self.first_round - 1
             for number in range(self.first_round, cfg.num_rounds + 1):
                 self._run_round(number)
-                self.checkpoints.save(self.model, number, self.strategy.state_dict())
                 rounds = number
                 release_memory()
                 why = self.selector.stop_reason()
@@ -209,10 +208,6 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
         finally:
             self.strategy.stop_services()
             self.tracker.close()
-            try:
-                self.checkpoints.wait()  # never leave a checkpoint half-written behind the job's end
-            except Exception:  # noqa: BLE001 - already logged as checkpoint_failed
-                pass
             self.drain(s.end_grace)
             withdraw_local(self.address)
             self.grpc.stop()

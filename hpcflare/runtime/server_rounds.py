@@ -16,11 +16,12 @@ from typing import Any
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobState
 from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.host.checkpoints import Checkpoints
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.membership import Membership, MemberState
 from hpcflare.runtime.host.round import INITIAL_METRICS, Round
 from hpcflare.runtime.host.selection import ModelSelector
-from hpcflare.runtime.host.tracking import Tracker
+from hpcflare.runtime.host.tracking import Tracker, round_means
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import Strategy, TaskKind
 from hpcflare.tensors import all_finite
@@ -39,6 +40,7 @@ class RoundDriver:
     last_metrics: dict[str, float]
     bytes_sent: int
     tracker: Tracker
+    checkpoints: Checkpoints
     selector: ModelSelector
     _cv: threading.Condition
     live_children: Callable[[], set[str]]
@@ -59,6 +61,7 @@ class RoundDriver:
             plan.meta.setdefault(INITIAL_METRICS, self.last_metrics)
         if plan.skip:
             self.log.info("round_skipped", f"round {number}/{cfg.num_rounds}: nothing to do", round=number)
+            self._keep(number)
             return
         kept = self.model  # evaluation rounds may serve another model; the global one stays
         model = kept if plan.model is None else self._new_model(plan.model, number)
@@ -137,6 +140,10 @@ class RoundDriver:
             self.model = kept
         self.strategy.round_closed(number, plan, rnd.accepted)
         rnd.aggregator = None  # type: ignore[assignment]
+        means = round_means(rnd.accepted, rnd.weights)
+        self.selector.observe(number, means)  # scores round number-1's model: still the checkpoint on disk
+        # completed means kept: nothing below reports the round before its checkpoint is durable
+        self._keep(number)
         summary = _summarize(rnd.accepted)
         self.log.info(
             "round_completed",
@@ -150,10 +157,14 @@ class RoundDriver:
             seconds=time.monotonic() - rnd.started,
             bytes_sent=self.bytes_sent - sent_before,
         )
-        means = self.tracker.record_round(number, rnd.accepted, rnd.weights)
-        self.selector.observe(number, means)
+        self.tracker.record_round(number, rnd.accepted, rnd.weights)
         if plan.task == TaskKind.TRAIN and means:
             self.last_metrics = means  # sent with the next round's task (FLModel.metrics, as in NVFlare)
+
+    def _keep(self, number: int) -> None:
+        """Round ``number``'s model and strategy state become the checkpoint, durably, before the round is
+        reported completed anywhere (log, status, tracking)."""
+        self.checkpoints.save(self.model, number, self.strategy.state_dict())
 
     def _lost(self) -> dict[str, str]:
         return {

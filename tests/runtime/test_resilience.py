@@ -105,7 +105,8 @@ def test_client_that_never_starts_is_excluded_after_the_grace(make_recipe, local
             min_clients=2,
             num_rounds=1,
             train_args=mode,
-            settings={"registration_timeout": 4},
+            # hang_at_start is alive (its beacon changes): waited for past registration_timeout, up to startup_timeout
+            settings={"registration_timeout": 4, "startup_timeout": 6},
         ).execute(local_env)
         np.testing.assert_array_equal(load_result(run.get_result(timeout=60))["numpy_key"], HELLO_MODEL + 1)
         if mode == "hang_at_start":  # never registered: excluded once the startup grace is over
@@ -125,7 +126,7 @@ def test_client_that_never_starts_is_excluded_after_the_grace(make_recipe, local
         (
             "hang_at_start",
             {ExitCode.REGISTRATION_TIMEOUT},
-            ["never registered: ['site-3']", "registration_timeout=4s"],
+            ["never registered: ['site-3']", "registration_timeout=4s", "startup_timeout=6s for ['site-3']"],
         ),
         # depending on timing the failure is known during registration or when round 1 starts
         (
@@ -137,7 +138,11 @@ def test_client_that_never_starts_is_excluded_after_the_grace(make_recipe, local
 )
 def test_too_many_missing_clients_fail_fast_naming_them(make_recipe, local_env, mode, code, words):
     run = make_recipe(
-        SCRIPT, n_clients=3, min_clients=3, train_args=mode, settings={"registration_timeout": 4}
+        SCRIPT,
+        n_clients=3,
+        min_clients=3,
+        train_args=mode,
+        settings={"registration_timeout": 4, "startup_timeout": 6},
     ).execute(local_env)
     t0 = time.monotonic()
     with pytest.raises(JobFailedError) as info:

@@ -4,15 +4,14 @@ Each round's model goes to a new file (``checkpoint-<round>.safetensors``, plus 
 has any); only then does ``checkpoint.json`` switch to it, and only after that is the previous round's file
 deleted. A crash at any point leaves a record that names a complete file with a matching checksum.
 
-The model file is written by a background thread while the next round already runs (its blobs never change):
-at 100 MB+ writing and hashing it was a tenth of a round. Anything that reads the record (latest, load, the
-result, the next save) first waits for the write in flight, and a failed write fails the job there.
+:meth:`Checkpoints.save` returns once the checkpoint is durable: the server reports a round completed (log,
+status, tracking, best-model selection) only after that, so a kill between the two can never leave logs that
+claim a round the job would not resume from. A failed write fails the job with its cause.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,17 +33,6 @@ class Checkpoints:
         """``model_file_bytes``: a resumed model at least this large goes to a spool file (settings.model_file_bytes)."""
         self.model_file_bytes = model_file_bytes
         self.models_dir, self.log = models_dir, log
-        self._writer: threading.Thread | None = None
-        self._failure: BaseException | None = None
-
-    def wait(self) -> None:
-        """Let the checkpoint write in flight finish; raise what made it fail."""
-        if self._writer is not None:
-            self._writer.join()
-            self._writer = None
-        failure, self._failure = self._failure, None
-        if failure is not None:
-            raise failure
 
     @property
     def record(self) -> Path:
@@ -64,13 +52,11 @@ class Checkpoints:
 
     def latest(self) -> Path | None:
         """The last completed round's model file, if any."""
-        self.wait()
         meta = self._read()
         return self.models_dir / str(meta["file"]) if meta and meta.get("file") else None
 
     def load(self) -> tuple[GlobalModel, int, dict[str, np.ndarray] | None] | None:
         """(model, completed round, strategy state) of the last checkpoint, verified by checksum; None if none."""
-        self.wait()
         meta = self._read()
         if meta is None:
             return None
@@ -92,28 +78,19 @@ class Checkpoints:
         return GlobalModel(params, number, in_file=in_file), number, state
 
     def save(self, model: GlobalModel, number: int, strategy_state: Mapping[str, np.ndarray]) -> None:
-        """Round ``number``'s model (and the strategy's state) become the checkpoint to resume from; the model is
-        written in the background (see the module's docstring), the strategy's state (it may change next round)
-        before this returns."""
-        self.wait()
+        """Round ``number``'s model (and the strategy's state) become the checkpoint to resume from, durably,
+        before this returns; a failed write is logged and raised."""
         state_name = None
         if strategy_state:  # optimizer moments etc.: written before the record that refers to them
             state_name = f"strategy_state-{number}.safetensors"
             write_safetensors(self.models_dir / state_name, strategy_state)
-
-        def write() -> None:
-            try:
-                self._commit(model, number, state_name)
-            except BaseException as exc:  # noqa: BLE001 - raised by the next wait()
-                self.log.error(
-                    "checkpoint_failed",
-                    f"round {number}: checkpoint could not be written: {exc}",
-                    round=number,
-                )
-                self._failure = exc
-
-        self._writer = threading.Thread(target=write, name=f"checkpoint-{number}", daemon=True)
-        self._writer.start()
+        try:
+            self._commit(model, number, state_name)
+        except BaseException as exc:
+            self.log.error(
+                "checkpoint_failed", f"round {number}: checkpoint could not be written: {exc}", round=number
+            )
+            raise
 
     def _commit(self, model: GlobalModel, number: int, state_name: str | None) -> None:
         before = self._read() or {}

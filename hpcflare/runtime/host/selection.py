@@ -41,10 +41,13 @@ class ModelSelector:
         self.best: float | None = None
         self.best_round = 0
         self.stale = 0
+        self.observed = 0
+        """The last round whose metrics were scored (a round run again after a resume is not counted twice)."""
         record = models_dir / "best_model.json"
         if key and record.is_file():  # a resumed job keeps its best so far
             data = json.loads(record.read_text())
             self.best, self.best_round, self.stale = data["value"], data["round"], data.get("stale", 0)
+            self.observed = int(data.get("observed", self.best_round))
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -52,13 +55,15 @@ class ModelSelector:
         return value > self.best if self.mode == "max" else value < self.best
 
     def observe(self, number: int, means: dict[str, float]) -> None:
-        """Round ``number`` closed with these per-key means; the checkpoint on disk is still round number-1's."""
+        """Round ``number`` closed with these per-key means; the checkpoint on disk is still round number-1's
+        (the server scores before it keeps round ``number``)."""
         if self.condition is not None:
             name, op, bound = self.condition
             if name in means and STOP_OPERATORS[op](means[name], bound):
                 self.condition_met = f"stop condition '{name} {op} {bound:g}' met ({name}={means[name]:.6g})"
-        if not self.key:
+        if not self.key or number <= self.observed:
             return
+        self.observed = number
         value = means.get(self.key)
         if value is None:
             self.log.warning(
@@ -94,6 +99,7 @@ class ModelSelector:
                 "round": self.best_round,
                 "stale": self.stale,
                 "scores_model_of_round": self.best_round - 1,
+                "observed": self.observed,
             },
         )
 

@@ -115,6 +115,18 @@ class TrackingQuota:
         return records[:kept]
 
 
+def round_means(
+    per_site: dict[str, dict[str, Any]], weights: dict[str, float] | None = None
+) -> dict[str, float]:
+    """The per-key mean of a round's metrics over the sites that reported each key, weighted by their results'
+    weights (NUM_STEPS_CURRENT_ROUND, as NVFlare weighs metrics; a plain mean if all are 0)."""
+    sums: dict[str, list[tuple[float, float]]] = {}
+    for site, metrics in sorted(per_site.items()):
+        for key, value in numeric(metrics).items():
+            sums.setdefault(key, []).append((value, (weights or {}).get(site, 1.0)))
+    return {k: _weighted_mean(v) for k, v in sums.items()}
+
+
 def _weighted_mean(pairs: list[tuple[float, float]]) -> float:
     total = sum(w for _, w in pairs)
     if total <= 0:
@@ -146,17 +158,14 @@ class Tracker:
     def record_round(
         self, number: int, per_site: dict[str, dict[str, Any]], weights: dict[str, float] | None = None
     ) -> dict[str, float]:
-        """Write one round's metrics; returns the per-key mean over the sites that reported it, weighted by
-        their results' weights (NUM_STEPS_CURRENT_ROUND, as NVFlare weighs metrics; plain mean if all are 0)."""
+        """Write one round's metrics and their means (:func:`round_means`); returns the means."""
         now = time.time()
-        sums: dict[str, list[tuple[float, float]]] = {}
+        means = round_means(per_site, weights)
         with self._lock:
             for site, metrics in sorted(per_site.items()):
                 for key, value in numeric(metrics).items():
-                    sums.setdefault(key, []).append((value, (weights or {}).get(site, 1.0)))
                     for receiver in self.receivers:
                         receiver.round_metric(number, site, key, value, now)
-            means = {k: _weighted_mean(v) for k, v in sums.items()}
             for key, value in means.items():
                 for receiver in self.receivers:
                     receiver.round_metric(number, "global", key, value, now)
