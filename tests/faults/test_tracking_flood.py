@@ -16,7 +16,7 @@ ctx = flare.init()
 while flare.is_running():
     model = flare.receive()
     for batch in range(10):  # 5,000 records a round, straight onto the RPC
-        records = [{"key": "flood", "value": float(i), "round": model.current_round, "step": batch * 500 + i}
+        records = [{"key": "flood", "value": float(i), "round": ctx.round, "step": batch * 500 + i}
                    for i in range(500)]
         ctx.agent.connection.call(Rpc.TRACK, {"records": records}, 30)
     flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))

@@ -52,8 +52,10 @@ RECEIVERS: dict[str, Callable[[Path, str, dict[str, Any]], Receiver]] = {
 class TrackingQuota:
     """What a host (server or relay) takes of each site's tracking records, whatever the site's client library
     does: settings.tracking_max_records_per_round records and tracking_max_bytes_per_round bytes per site and
-    round (the host's round when they arrive, not the round the records claim), tracking_max_job_bytes over
-    the whole job. The rest is dropped, with one warning per site and round (and one for the job's budget)."""
+    round, tracking_max_job_bytes over the whole job. A record counts against the round it names when that is
+    the host's current or previous round (records without a round share one budget per site, as in the client
+    library); any other claim counts against the current round, so made-up rounds buy no extra room. The rest
+    is dropped, with one warning per site and round (and one for the job's budget)."""
 
     ROUNDS_KEPT = 4
     """Rounds per site whose counts are kept (records of a round trail its result by a flush at most)."""
@@ -61,39 +63,49 @@ class TrackingQuota:
     def __init__(self, settings: Settings, log: RankLogger) -> None:
         self.settings, self.log = settings, log
         self._lock = threading.Lock()
-        self._used: dict[str, dict[int, list[int]]] = {}  # site -> round -> [records, bytes]
+        self._used: dict[str, dict[int | None, list[int]]] = {}  # site -> round -> [records, bytes]
         self._job_bytes = 0
-        self._warned: set[tuple[str, int]] = set()
+        self._warned: set[tuple[str, int | None]] = set()
         self._job_warned = False
 
+    @staticmethod
+    def _round_of(record: Any, current: int) -> int | None:
+        claimed = record.get("round") if isinstance(record, dict) else current
+        if claimed is None or (
+            isinstance(claimed, int) and not isinstance(claimed, bool) and 0 <= current - claimed <= 1
+        ):
+            return claimed
+        return current
+
     def admit(self, site: str, records: list[Any], round_number: int) -> list[Any]:
-        """The records to keep, in order; the rest of the site's round (or of the job) is dropped."""
+        """The records to keep, in order; a site's records past its round's caps (or the job's) are dropped."""
         s = self.settings
-        sizes = [len(pack_meta(record)) for record in records]
+        kept: list[Any] = []
+        full: dict[int | None, str] = {}
         with self._lock:
             rounds = self._used.setdefault(site, {})
-            used = rounds.setdefault(round_number, [0, 0])
-            for old in sorted(rounds)[: -self.ROUNDS_KEPT]:
-                del rounds[old]
-            kept, full = 0, ""
-            for size in sizes:
+            for record in records:
+                key = self._round_of(record, round_number)
+                size = len(pack_meta(record))
+                used = rounds.setdefault(key, [0, 0])
                 if (
                     used[0] >= s.tracking_max_records_per_round
                     or used[1] + size > s.tracking_max_bytes_per_round
                 ):
-                    full = "site"
-                    break
+                    full.setdefault(key, "site")
+                    continue
                 if self._job_bytes + size > s.tracking_max_job_bytes:
-                    full = "job"
-                    break
+                    full.setdefault(key, "job")
+                    continue
                 used[0] += 1
                 used[1] += size
                 self._job_bytes += size
-                kept += 1
-            warn_site = full == "site" and (site, round_number) not in self._warned
-            warn_job = full == "job" and not self._job_warned
-            if warn_site:
-                self._warned.add((site, round_number))
+                kept.append(record)
+            for old in sorted(k for k in rounds if k is not None)[: -self.ROUNDS_KEPT]:
+                del rounds[old]
+            warn_sites = [k for k, why in full.items() if why == "site" and (site, k) not in self._warned]
+            self._warned.update((site, k) for k in warn_sites)
+            warn_job = "job" in full.values() and not self._job_warned
             self._job_warned = self._job_warned or warn_job
         if warn_job:
             self.log.warning(
@@ -102,17 +114,17 @@ class TrackingQuota:
                 "records from every site are dropped from now on (log less, or raise the setting)",
                 limit=s.tracking_max_job_bytes,
             )
-        elif warn_site:
+        for key in warn_sites:
             self.log.warning(
                 "tracking_dropped",
-                f"{site}: round {round_number}: more tracking records than settings.tracking_max_records_per_round="
+                f"{site}: round {key}: more tracking records than settings.tracking_max_records_per_round="
                 f"{s.tracking_max_records_per_round} / tracking_max_bytes_per_round={s.tracking_max_bytes_per_round}; "
                 "the rest of this round's are dropped (the site logs too much, or bypasses hpcflare.client)",
                 site=site,
-                round=round_number,
-                dropped=len(records) - kept,
+                round=key,
+                dropped=len(records) - len(kept),
             )
-        return records[:kept]
+        return kept
 
 
 def round_means(
