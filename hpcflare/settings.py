@@ -122,9 +122,10 @@ class Settings:
     """Model streams served at once; more wait (up to upload_slot_timeout). Bounds transport buffers."""
     spool_tensor_bytes: int = 4 << 20
     """Upload tensors at least this large wait for aggregation in a node-local temp file, not in memory."""
-    max_anonymous_streams: int = 64
-    """Upload streams one peer address may hold open before they say who they are (within auth_timeout);
-    more are refused as busy (clients retry), so idle connections from one host cannot starve the rest."""
+    max_anonymous_streams: int = 8
+    """Upload streams one peer address may hold open without credentials (a site's streams carry its name and
+    token, so they never count); more are refused as busy, and all anonymous streams together may hold at most a
+    quarter of server_threads, so idle connections cannot starve control calls or honest transfers."""
     server_threads: int = 64
     """gRPC worker threads on the server (each blocked long-poll holds one)."""
     tracking_max_records_per_round: int = 100_000
@@ -226,6 +227,11 @@ class Settings:
         if self.task_poll_timeout >= self.server_lost_timeout:
             problems.append(
                 f"task_poll_timeout ({self.task_poll_timeout}) must be < server_lost_timeout ({self.server_lost_timeout})"
+            )
+        if self.max_anonymous_streams > self.server_threads // 4:
+            problems.append(
+                f"max_anonymous_streams ({self.max_anonymous_streams}) must be <= server_threads / 4 "
+                f"({self.server_threads // 4}): anonymous streams would take the threads control calls need"
             )
         if self.stream_idle_timeout > self.stream_timeout:
             problems.append(

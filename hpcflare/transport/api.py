@@ -196,6 +196,15 @@ class ServerHandler(abc.ABC):
     def handle_download(self, request: dict[str, Any], peer: Peer) -> Iterator[bytes]:
         """Yield encoded frames of the requested model, starting at request['start'] = [tensor_index, offset]."""
 
+    def vouches(self, site: str, token: str) -> bool:
+        """Are (site, token), sent as call metadata before any frame, a live member's credentials? A stream
+        that shows them is never counted as anonymous."""
+        return False
+
+    def on_saturated(self, seconds: float) -> None:
+        """The transport had every worker busy for ``seconds``: calls waited or were refused meanwhile, so no
+        member's silence in that time is its own."""
+
     @abc.abstractmethod
     def handle_upload(self, frames: Iterator[bytes], peer: Peer) -> dict[str, Any]:
         """Consume an upload (first frame: header with manifest; then data frames)."""

@@ -25,7 +25,7 @@ from hpcflare.transport.codec import (
     tensor_parts,
     unpack_map,
 )
-from hpcflare.transport.grpc_server import SERVICE
+from hpcflare.transport.grpc_server import SERVICE, SITE_KEY, TOKEN_KEY
 from hpcflare.transport.shm import SharedModel
 from hpcflare.transport.streams import DownloadAssembler, upload_frames
 
@@ -33,6 +33,12 @@ if TYPE_CHECKING:
     from hpcflare.security.tls import StartupKit
 
 RETRYABLE = (errors.PeerGoneError, errors.StreamTimeoutError)
+
+
+def credentials(site: str, token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata naming the sender before any frame: the host counts its stream as a member's, never as
+    an anonymous one (see GrpcServer)."""
+    return ((SITE_KEY, site), (TOKEN_KEY, token))
 
 
 def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareError:
@@ -278,7 +284,9 @@ class GrpcClientTransport(ClientTransport):
         with progress:
             try:
                 future = progress.call = self._upload.future(
-                    frames(), timeout=self.settings.stream_deadline(_size_of(tensors))
+                    frames(),
+                    timeout=self.settings.stream_deadline(_size_of(tensors)),
+                    metadata=credentials(header.site, header.token),
                 )
                 return unpack_map(future.result())
             except ValueError as exc:

@@ -18,6 +18,12 @@ from hpcflare.transport.api import UNARY_METHODS, Peer, Rpc, ServerHandler
 from hpcflare.transport.codec import pack_meta, unpack_meta
 
 SERVICE = "hpcflare.v1.FL"
+SITE_KEY, TOKEN_KEY = "hpcflare-site", "hpcflare-token"
+"""Call metadata with which a site's transfer names itself before its first frame."""
+CONTROL_SHARE = 4
+"""A quarter of the worker threads is kept for control calls (register, heartbeat, task poll, goodbye): data
+streams (uploads, downloads) may hold the rest, anonymous streams at most that quarter."""
+
 THREAD_HEADROOM = 16
 """Worker threads beyond one per direct child: transfers and heartbeats while every child long-polls."""
 
@@ -123,6 +129,15 @@ class GrpcServer:
         )
         self.upload_window = upload_window(settings.upload_buffer_bytes, children or threads)
         options.append(("grpc.http2.lookahead_bytes", self.upload_window))
+        self.threads = threads
+        self.data_limit = threads - max(2, threads // CONTROL_SHARE)
+        """Data streams (uploads and downloads in progress) served at once; more are refused as busy."""
+        self.anonymous_limit = max(1, threads // CONTROL_SHARE)
+        """Upload streams without a member's credentials held at once, over every peer address."""
+        self._data = 0
+        self._busy = 0
+        self._saturated_since: float | None = None
+        self._count_lock = threading.Lock()
         self._pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-srv")
         self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads * 4)
         handlers = {
@@ -143,9 +158,16 @@ class GrpcServer:
         self._anonymous_lock = threading.Lock()
 
     def _admit_anonymous(self, context: grpc.ServicerContext) -> str:
-        """Count an upload stream that has not identified itself; refuse one peer holding too many."""
+        """Count an upload stream that has not identified itself; refuse one peer holding too many, and any
+        beyond the anonymous share of the threads."""
         host: str = context.peer().rsplit(":", 1)[0]
         with self._anonymous_lock:
+            if sum(self._anonymous.values()) >= self.anonymous_limit:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"busy: {self.anonymous_limit} unidentified streams held already (a quarter of the server's "
+                    "threads)",
+                )
             if self._anonymous.get(host, 0) >= self.settings.max_anonymous_streams:
                 self.log.warning(
                     "streams_refused",
@@ -201,19 +223,57 @@ class GrpcServer:
             self.log.error("internal_error", f"{method} from {context.peer()} failed: {exc!r}", method=method)
         context.abort(code, f"{type(exc).__name__}: {exc}"[:2000])
 
+    def _worker(self, delta: int) -> None:
+        """Count busy worker threads; while every one is busy calls wait or are refused, so the time all were
+        busy is handed to the handler (its members' silence then is not theirs)."""
+        now = time.monotonic()
+        with self._count_lock:
+            self._busy += delta
+            if self._busy >= self.threads and self._saturated_since is None:
+                self._saturated_since = now
+                return
+            if self._busy >= self.threads or self._saturated_since is None:
+                return
+            seconds, self._saturated_since = now - self._saturated_since, None
+        self.handler.on_saturated(seconds)
+
+    def _data_stream(self, context: grpc.ServicerContext, what: str, delta: int) -> None:
+        """Count a transfer in (+1) or out (-1); refuse one beyond the data streams' share of the threads."""
+        with self._count_lock:
+            if delta > 0 and self._data >= self.data_limit:
+                refused = True
+            else:
+                self._data += delta
+                refused = False
+        if refused:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"busy: {self.data_limit} transfers in progress; {what} refused, retry (the rest of the server's "
+                "threads are kept for control calls)",
+            )
+
     def _unary(self, method: Rpc) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self._worker(+1)
             try:
                 reply = self.handler.handle_unary(method, unpack_meta(request), self._peer(context))
                 return pack_meta(reply)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code, never crashes the server
                 self._fail(context, method, exc)
                 raise  # unreachable: abort raises
+            finally:
+                self._worker(-1)
 
         return handle
 
     def _download(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         key = id(context)
+        self._worker(+1)
+        try:
+            self._data_stream(context, "download", +1)
+        except BaseException:
+            self._worker(-1)
+            raise
         try:
             self.watchdog.watch(key, f"download to {context.peer()}", context.cancel)
             for frame in self.handler.handle_download(unpack_meta(request), self._peer(context)):
@@ -225,13 +285,35 @@ class GrpcServer:
             self._fail(context, Rpc.DOWNLOAD, exc)
         finally:
             self.watchdog.forget(key)
+            self._data_stream(context, "download", -1)
+            self._worker(-1)
 
     def _upload(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        self._worker(+1)
+        try:
+            self._data_stream(context, "upload", +1)
+        except BaseException:
+            self._worker(-1)
+            raise
+        try:
+            return self._take_upload(request_iterator, context)
+        finally:
+            self._data_stream(context, "upload", -1)
+            self._worker(-1)
+
+    def _vouched(self, context: grpc.ServicerContext) -> bool:
+        metadata = dict(context.invocation_metadata() or ())
+        site, token = metadata.get(SITE_KEY), metadata.get(TOKEN_KEY)
+        return isinstance(site, str) and isinstance(token, str) and self.handler.vouches(site, token)
+
+    def _take_upload(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         key = id(context)
-        host = self._admit_anonymous(context)
-        anonymous = True
+        vouched = self._vouched(context)  # a member's stream: never anonymous, whatever its address holds
+        host = "" if vouched else self._admit_anonymous(context)
+        anonymous = not vouched
         # until its header arrives a stream is anonymous: it gets settings.auth_timeout, not the idle timeout
-        self.watchdog.watch(key, f"upload from {context.peer()}", context.cancel, self.settings.auth_timeout)
+        limit = self.settings.auth_timeout if anonymous else self.settings.stream_idle_timeout
+        self.watchdog.watch(key, f"upload from {context.peer()}", context.cancel, limit)
 
         def frames() -> Iterator[bytes]:
             nonlocal anonymous

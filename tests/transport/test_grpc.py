@@ -212,3 +212,44 @@ def test_a_waiting_upload_buffers_no_more_than_its_share_of_upload_buffer_bytes(
     assert (
         reply["frames"] == 1 + 1 + 1 + 256 + 1
     )  # nothing lost while it waited: begin, spec, blob header, data, end
+
+
+def test_a_saturated_server_tells_its_handler_how_long_no_call_could_be_heard():
+    """Every worker busy: heartbeats wait or are refused, so the host must not count that time as its
+    members' silence (RoundHost gives it back); the server reports how long it lasted."""
+
+    class Slow(Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saturated: list[float] = []
+
+        def handle_unary(self, method: str, request: dict, peer: str) -> dict:
+            time.sleep(1.5)
+            return {}
+
+        def on_saturated(self, seconds: float) -> None:
+            self.saturated.append(seconds)
+
+    handler = Slow()
+    settings = SETTINGS.replace(server_threads=4, max_anonymous_streams=1)
+    server = GrpcServer(handler, settings, RankLogger(None, "server", "server")).start()
+    client = GrpcClientTransport(f"127.0.0.1:{server.port}", settings)
+    try:
+        calls = [threading.Thread(target=lambda: client.call("Heartbeat", {}, 10)) for _ in range(6)]
+        for t in calls:
+            t.start()
+        for t in calls:
+            t.join()
+        assert handler.saturated and max(handler.saturated) >= 1.0
+    finally:
+        client.close()
+        server.stop(0)
+
+
+def test_anonymous_streams_must_leave_the_control_share_of_threads():
+    from hpcflare.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"max_anonymous_streams \(32\) must be <= server_threads / 4 \(16\)"
+    ):
+        Settings().replace(max_anonymous_streams=32)

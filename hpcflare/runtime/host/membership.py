@@ -86,6 +86,20 @@ class Membership:
                 record.last_seen = min(now, record.last_seen + gap)
         return gap
 
+    def forgive(self, seconds: float) -> None:
+        """Give every live site ``seconds`` back: its host could not hear it then (see on_saturated)."""
+        now = time.monotonic()
+        with self._lock:
+            for record in self._clients.values():
+                if record.state in LIVE:
+                    record.last_seen = min(now, record.last_seen + seconds)
+
+    def vouches(self, site: str, token: str) -> bool:
+        """Is ``token`` the current token of live member ``site``?"""
+        with self._lock:
+            record = self._clients.get(site)
+        return record is not None and record.state in LIVE and secrets.compare_digest(record.token, token)
+
     def register(
         self, site: str, host: str = "", pid: int = 0, token: str | None = None, previous_token: object = None
     ) -> tuple[ClientRecord, ClientRecord | None]:

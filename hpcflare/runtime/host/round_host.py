@@ -74,6 +74,20 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
         self._goodbyes: set[str] = set()
         self._uploading: dict[str, Any] = {}  # site -> cancel() of its upload in flight (one per site)
 
+    def vouches(self, site: str, token: str) -> bool:
+        return self.members.vouches(site, token)
+
+    def on_saturated(self, seconds: float) -> None:
+        if seconds < 1.0:
+            return  # a moment's queue: heartbeats were late, not lost
+        self.members.forgive(seconds)
+        self.log.warning(
+            "host_saturated",
+            f"{self.role} had every worker thread busy for {seconds:.1f}s; its children get that time back "
+            f"before anyone is declared dead (raise settings.server_threads if this repeats)",
+            seconds=round(seconds, 2),
+        )
+
     def watch_stalls(self) -> None:
         """Start noticing this host's own stalls (see Membership) until the host ends."""
         self.members.watch(lambda: self.phase != HostPhase.ENDED, name=f"{self.role}-stall-watch")
