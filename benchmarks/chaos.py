@@ -2,11 +2,13 @@
 
 Faults, every ``--every`` seconds: SIGKILL a random client, or SIGSTOP one for a few seconds (longer than
 heartbeat_timeout, so it is declared dead) and SIGCONT it, and once (``--kill-server``) SIGKILL the server,
-after which the job is continued with ``Env.resume`` from its last checkpoint. Then the same job runs
-without faults. Prints rounds completed, completed rounds lost (a checkpointed round that had to run again
-or is missing from the end result: must be 0) and the time overhead against the fault-free run.
+after which the job is continued with ``Env.resume`` from its last checkpoint; with ``--flood N``, N idle
+upload streams are held open on the server for the whole job (re-opened whenever refused or cut), as a hostile
+or broken host would. Then the same job runs without faults. Prints rounds completed, completed rounds lost
+(a checkpointed round that had to run again or is missing from the end result: must be 0) and the time
+overhead against the fault-free run.
 
-    python benchmarks/chaos.py --clients 32 --rounds 20 [--every 2] [--kill-server]
+    python benchmarks/chaos.py --clients 32 --rounds 20 [--every 2] [--kill-server] [--flood 200]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import safetensors.numpy
 from hpcflare.env import LocalEnv
 from hpcflare.env.local import LocalRun
 from hpcflare.recipe import FedAvgRecipe
+from tests.faults.test_flood import Flood  # the same flood the fault test runs (run from the repository root)
 
 CLIENT = """
 import time
@@ -115,7 +118,15 @@ class Chaos(threading.Thread):
             spared.add(site)  # each site is hit at most once
 
 
-def run_job(work: Path, clients: int, rounds: int, chaos: dict | None) -> dict:
+def _server_address(run: LocalRun) -> str:
+    path = run.job_dir.rendezvous_dir / "server.json"
+    deadline = time.monotonic() + 60
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return str(json.loads(path.read_text())["address"])
+
+
+def run_job(work: Path, clients: int, rounds: int, chaos: dict | None, flood: int = 0) -> dict:
     env = LocalEnv(
         job_root=work / "jobs", verbose=False, clients_per_rank=1
     )  # chaos kills one site per process
@@ -125,7 +136,12 @@ def run_job(work: Path, clients: int, rounds: int, chaos: dict | None) -> dict:
     if chaos is not None:
         monkey = Chaos(run, [f"site-{i}" for i in range(1, clients + 1)], **chaos)
         monkey.start()
+    flooding = Flood(_server_address(run), flood).__enter__() if flood else None
     run.wait(None)
+    if flooding is not None:  # the first server's life (a resumed one listens elsewhere)
+        flooding.__exit__()
+        if monkey is not None:
+            monkey.faults.append(f"{flooding.opened} idle upload streams")
     resumed = False
     if monkey is not None:
         monkey.halt.set()
@@ -163,6 +179,12 @@ def main() -> None:
         "--kill-server", action="store_true", help="also SIGKILL the server once, then resume"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--flood",
+        type=int,
+        default=0,
+        help="idle upload streams held open on the server during the chaos run",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hpcflare-chaos-") as tmp:
         calm = run_job(Path(tmp) / "calm", args.clients, args.rounds, None)
@@ -171,6 +193,7 @@ def main() -> None:
             args.clients,
             args.rounds,
             {"every": args.every, "kill_server": args.kill_server, "seed": args.seed},
+            args.flood,
         )
     print(f"{'run':<8} {'state':<10} {'rounds':>6} {'lost':>5} {'seconds':>8}  faults")
     for name, row in (("calm", calm), ("chaos", wild)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -266,40 +267,39 @@ class GrpcServer:
 
         return handle
 
-    def _download(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        key = id(context)
+    @contextlib.contextmanager
+    def _transfer(self, context: grpc.ServicerContext, what: str) -> Iterator[None]:
+        """A data stream's hold on a worker thread and on the transfers' share (refused as busy beyond it)."""
         self._worker(+1)
         try:
-            self._data_stream(context, "download", +1)
+            self._data_stream(context, what, +1)
         except BaseException:
             self._worker(-1)
             raise
         try:
-            self.watchdog.watch(key, f"download to {context.peer()}", context.cancel)
-            for frame in self.handler.handle_download(unpack_meta(request), self._peer(context)):
-                if not context.is_active():
-                    return
-                yield frame
-                self.watchdog.touch(key)
-        except Exception as exc:  # noqa: BLE001
-            self._fail(context, Rpc.DOWNLOAD, exc)
+            yield
         finally:
-            self.watchdog.forget(key)
-            self._data_stream(context, "download", -1)
+            self._data_stream(context, what, -1)
             self._worker(-1)
 
+    def _download(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        key = id(context)
+        with self._transfer(context, "download"):
+            try:
+                self.watchdog.watch(key, f"download to {context.peer()}", context.cancel)
+                for frame in self.handler.handle_download(unpack_meta(request), self._peer(context)):
+                    if not context.is_active():
+                        return
+                    yield frame
+                    self.watchdog.touch(key)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(context, Rpc.DOWNLOAD, exc)
+            finally:
+                self.watchdog.forget(key)
+
     def _upload(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        self._worker(+1)
-        try:
-            self._data_stream(context, "upload", +1)
-        except BaseException:
-            self._worker(-1)
-            raise
-        try:
+        with self._transfer(context, "upload"):
             return self._take_upload(request_iterator, context)
-        finally:
-            self._data_stream(context, "upload", -1)
-            self._worker(-1)
 
     def _vouched(self, context: grpc.ServicerContext) -> bool:
         metadata = dict(context.invocation_metadata() or ())
