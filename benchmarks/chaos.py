@@ -18,6 +18,7 @@ import json
 import os
 import random
 import signal
+import sys
 import tempfile
 import textwrap
 import threading
@@ -30,7 +31,9 @@ import safetensors.numpy
 from hpcflare.env import LocalEnv
 from hpcflare.env.local import LocalRun
 from hpcflare.recipe import FedAvgRecipe
-from tests.faults.test_flood import Flood  # the same flood the fault test runs (run from the repository root)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.faults.test_flood import Flood  # noqa: E402 - the same flood as the fault test
 
 CLIENT = """
 import time
