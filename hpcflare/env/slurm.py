@@ -146,7 +146,7 @@ class SlurmEnv(Env):
             folder=job_dir.root / "slurm",
             python=sys.executable,
             max_num_timeout=whole_number(
-                "slurm_args max_num_timeout", requeues, 0, upper_bound("max_requeues")
+                "slurm_args max_num_timeout", requeues, 0, int(upper_bound("max_requeues"))
             ),
         )
         setup = [f"export {k}=${{{k}:-{v}}}" for k, v in MALLOC_ENV.items()] + self.setup

@@ -120,9 +120,13 @@ class ServerRegistration:
         summary_at = time.monotonic() + REGISTRATION_SUMMARY_EVERY
         waited_for: set[str] = set()
         with self._cv:
-            while (registered := len(self.live_children())) + len(self._gone()) < len(cfg.clients):
+            while True:
+                live, gone = self.live_children(), self._gone()
+                registered = len(live)
+                if registered + len(gone) >= len(cfg.clients):
+                    break
                 self._check_abort()
-                starting = beacons.alive() - set(self.live_children()) - self._gone()
+                starting = beacons.alive() - live - gone
                 now = time.monotonic()
                 if now >= deadline and (not starting or now >= startup_deadline):
                     break

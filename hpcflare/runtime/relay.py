@@ -190,9 +190,8 @@ class Relay(RelayRounds, RoundHost):
         return self._forward(Rpc.EXCHANGE, site, request)
 
     def on_track(self, site: str, records: list) -> None:
-        records = self.admit_tracking(
-            site, records
-        )  # a flood is cut here, before it costs the server anything
+        # a flood is cut here, before it costs the server anything
+        records = self.admit_tracking(site, records)
         if records:
             self._forward(Rpc.TRACK, site, {"records": records})  # a failure reaches the child, which logs it
 

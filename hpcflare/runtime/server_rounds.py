@@ -157,7 +157,7 @@ class RoundDriver:
             seconds=time.monotonic() - rnd.started,
             bytes_sent=self.bytes_sent - sent_before,
         )
-        self.tracker.record_round(number, rnd.accepted, rnd.weights)
+        self.tracker.record_round(number, rnd.accepted, means)
         if plan.task == TaskKind.TRAIN and means:
             self.last_metrics = means  # sent with the next round's task (FLModel.metrics, as in NVFlare)
 

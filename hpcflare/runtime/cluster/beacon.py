@@ -71,9 +71,8 @@ class BeaconWatch:
     def __init__(self, rendezvous_dir: Path, fresh_for: float) -> None:
         self.directory = beacon_dir(rendezvous_dir)
         self.fresh_for = fresh_for
-        self._seen: dict[
-            Path, tuple[int, float | None, list[str]]
-        ] = {}  # path -> (mtime_ns, changed at, sites)
+        # path -> (mtime_ns, when this watch saw it change, the sites it names)
+        self._seen: dict[Path, tuple[int, float | None, list[str]]] = {}
 
     def alive(self) -> set[str]:
         """Sites of ranks whose beacon this watch saw change within ``fresh_for`` seconds."""

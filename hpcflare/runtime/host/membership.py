@@ -81,18 +81,19 @@ class Membership:
         gap, self._last_tick = now - self._last_tick, now
         if gap <= self.stall_after:
             return 0.0
+        self._give_back(now, gap)
+        return gap
+
+    def _give_back(self, now: float, seconds: float) -> None:
+        """Every live site's silence shortened by ``seconds`` the host could not hear (the caller holds the lock)."""
         for record in self._clients.values():
             if record.state in LIVE:
-                record.last_seen = min(now, record.last_seen + gap)
-        return gap
+                record.last_seen = min(now, record.last_seen + seconds)
 
     def forgive(self, seconds: float) -> None:
         """Give every live site ``seconds`` back: its host could not hear it then (see on_saturated)."""
-        now = time.monotonic()
         with self._lock:
-            for record in self._clients.values():
-                if record.state in LIVE:
-                    record.last_seen = min(now, record.last_seen + seconds)
+            self._give_back(time.monotonic(), seconds)
 
     def vouches(self, site: str, token: str) -> bool:
         """Is ``token`` the current token of live member ``site``?"""

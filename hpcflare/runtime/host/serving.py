@@ -34,26 +34,28 @@ class ModelServing:
     bytes_sent: int
     _download_slots: threading.BoundedSemaphore
 
-    def map_model(self, request: dict[str, Any]) -> dict[str, Any]:
-        """For a child on this host: the round's model as this host's memory file, which it maps instead of
-        downloading (``shared`` None: stream it), and this host's key (may its uploads come as memory files?)."""
+    def _requested_model(self, request: dict[str, Any]) -> GlobalModel:
+        """The open round's model, if the request names it (its ref); StaleTaskError otherwise."""
         rnd = self.round
         if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
             raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
+        return rnd.model
+
+    def map_model(self, request: dict[str, Any]) -> dict[str, Any]:
+        """For a child on this host: the round's model as this host's memory file, which it maps instead of
+        downloading (``shared`` None: stream it), and this host's key (may its uploads come as memory files?)."""
+        model = self._requested_model(request)
         if not self.settings.shared_memory:
             return {"shared": None, "host": ""}
-        described = rnd.model.describe_shared() if shm.same_host(request.get("host")) else None
+        described = model.describe_shared() if shm.same_host(request.get("host")) else None
         if described is not None:
-            self.bytes_sent += rnd.model.nbytes  # served, though not copied
+            self.bytes_sent += model.nbytes  # served, though not copied
         return {"shared": described, "host": shm.host_key()}
 
     def handle_download(self, request: dict[str, Any], peer: Peer) -> Iterator[bytes]:
         self.authorize(peer, request.get("site"))
         self.members.check(request.get("site"), request.get("token"))
-        rnd = self.round
-        if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
-            raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
-        return self.serve(rnd.model, request)
+        return self.serve(self._requested_model(request), request)
 
     def serve(self, model: GlobalModel, request: dict[str, Any]) -> Iterator[bytes]:
         """Frames of ``model`` from the request's (tensor, offset) on, within a download slot."""
@@ -86,7 +88,4 @@ class ModelServing:
         """The requested model itself, for a caller in this process, after the checks a download gets."""
         self.authorize(peer, request.get("site"))
         self.members.check(request.get("site"), request.get("token"))
-        rnd = self.round
-        if rnd is None or not rnd.open or request.get("ref") != rnd.model.ref:
-            raise errors.StaleTaskError(f"model {request.get('ref')!r:.40} is no longer current")
-        return rnd.model
+        return self._requested_model(request)

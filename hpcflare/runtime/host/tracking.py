@@ -167,12 +167,9 @@ class Tracker:
             if name in backends
         ]
 
-    def record_round(
-        self, number: int, per_site: dict[str, dict[str, Any]], weights: dict[str, float] | None = None
-    ) -> dict[str, float]:
-        """Write one round's metrics and their means (:func:`round_means`); returns the means."""
+    def record_round(self, number: int, per_site: dict[str, dict[str, Any]], means: dict[str, float]) -> None:
+        """Write one round's metrics per site and their means (:func:`round_means`, as ``global``)."""
         now = time.time()
-        means = round_means(per_site, weights)
         with self._lock:
             for site, metrics in sorted(per_site.items()):
                 for key, value in numeric(metrics).items():
@@ -183,7 +180,6 @@ class Tracker:
                     receiver.round_metric(number, "global", key, value, now)
             for receiver in self.receivers:
                 receiver.flush()
-        return means
 
     def record_steps(self, site: str, raw: list[Any]) -> int:
         """Write a batch of a site's step records; returns how many were malformed (skipped)."""
