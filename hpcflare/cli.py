@@ -275,7 +275,11 @@ def _provision(args: argparse.Namespace, extra: list[str]) -> int:
         if args.add:
             scripts = args.allowed_script or None
             kit = add_participant(
-                args.project, Participant(args.add, args.role, args.host or [], scripts), base=Path.cwd()
+                args.project,
+                Participant(
+                    args.add, args.role, args.host or [], scripts, org=args.org, admin_role=args.admin_role
+                ),
+                base=Path.cwd(),
             )
             print(f"issued {args.role} kit {kit} (key 0600); hand it to {args.add} over a secure channel")
             return 0
@@ -325,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("project", help="project.yaml; with --add: the provisioned folder (OUT/<project>)")
     p.add_argument("-o", "--output", default="workspace", help="where OUT/<project>/ is created")
     p.add_argument("--add", metavar="NAME", help="issue one more kit from an existing CA")
-    p.add_argument("--role", choices=("client", "relay", "server"), default="client")
+    p.add_argument("--role", choices=("client", "relay", "server", "admin"), default="client")
+    p.add_argument(
+        "--admin-role",
+        choices=("project_admin", "org_admin", "lead", "member"),
+        help="--add --role admin: what the admin may do on a standing server",
+    )
+    p.add_argument("--org", help="--add: the participant's institution (default: its name)")
     p.add_argument("--host", action="append", help="--add: extra DNS name/IP for the certificate")
     p.add_argument("--allowed-script", action="append", help="--add: the only script(s) this site may run")
     p.set_defaults(func=_provision)
@@ -380,8 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         help="sites each client rank runs as virtual clients (written to job.yaml; default: the job's)",
     )
     p.set_defaults(func=_job)
+    from hpcflare.federation.cli import add_commands
+
+    add_commands(sub)
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "action", None) in ("submit", "resume", "status", "abort") and not args.target:
+    if args.command == "job" and args.action in ("submit", "resume", "status", "abort") and not args.target:
         parser.error(f"job {args.action} needs a target")
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

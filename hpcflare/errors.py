@@ -59,6 +59,15 @@ class UnknownClientError(UpdateRejectedError):
     """A message came from a site that is not registered for this job (or with a wrong token)."""
 
 
+class RegistrationRefusedError(UnknownClientError):
+    """The server refused a Register: the name is not one of the job's sites, or the caller could not prove
+    that it is (no certificate of that name, no HMAC of the job's secret)."""
+
+
+class PermissionDeniedError(HpcflareError):
+    """An admin's role does not allow the action (submit, abort, download) on this job."""
+
+
 class StaleTaskError(UpdateRejectedError):
     """A result or download referred to a task/round that is no longer open; it is discarded, never mixed in."""
 

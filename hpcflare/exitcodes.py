@@ -22,6 +22,7 @@ class ExitCode(enum.IntEnum):
     TRANSPORT_ERROR = 23
     CERTIFICATE_ERROR = 24
     POLICY_REFUSED = 25
+    AUTH_REFUSED = 26
     ABORTED = 30
 
 
@@ -43,6 +44,9 @@ HELP: dict[ExitCode, str] = {
     "startup kit with hpcflare provision (--add NAME) and check node clocks.",
     ExitCode.POLICY_REFUSED: "The site's policy (policy in its startup kit's kit.yaml) refuses to run this job's "
     "training script; the site's admin must allow the exact file (allowed_scripts) first.",
+    ExitCode.AUTH_REFUSED: "The server refused this site's registration: its name is not one of the job's sites, "
+    "or it proved neither its name (a startup kit of that name) nor its membership of the job (the job's secret). "
+    "The server's log says which; check the site's kit and that the admin named this site in the job.",
     ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM), or the training script was still "
     "running settings.end_grace after the job ended and was stopped.",
 }
@@ -73,6 +77,7 @@ _BY_ERROR: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (errors.ConfigError, ExitCode.CONFIG_ERROR),
     (errors.PolicyRefusedError, ExitCode.POLICY_REFUSED),
     (errors.CertificateError, ExitCode.CERTIFICATE_ERROR),
+    (errors.RegistrationRefusedError, ExitCode.AUTH_REFUSED),
     (errors.UpdateRejectedError, ExitCode.UPDATE_REJECTED),
     (errors.PeerGoneError, ExitCode.SERVER_LOST),
     (errors.TransportError, ExitCode.TRANSPORT_ERROR),

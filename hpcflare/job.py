@@ -28,7 +28,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from hpcflare.enums import NamedEnum
-from hpcflare.errors import ConfigError, UnknownClientError
+from hpcflare.errors import ConfigError, RegistrationRefusedError
 from hpcflare.fileio import atomic_write, atomic_write_text
 from hpcflare.plugins import CONFIG_CHECKS, STRATEGIES, STRATEGY_WRAPPERS
 from hpcflare.settings import Settings
@@ -474,10 +474,10 @@ class JobDir:
     def check_proof(self, site: str, proof: Any) -> None:
         expected = self.registration_proof(site)
         if not expected or not isinstance(proof, str) or not hmac.compare_digest(expected, proof):
-            raise UnknownClientError(
-                f"site {site!r:.80} did not prove it belongs to this job (Register needs the "
-                f"HMAC of the job's secret, {self.secret_path.name}); start ranks through "
-                "hpcflare or set HPCFLARE_JOB_SECRET"
+            raise RegistrationRefusedError(
+                f"site {site!r:.80} did not prove it belongs to this job (Register needs the site's own "
+                f"startup kit, or the HMAC of the job's secret, {self.secret_path.name}); start ranks through "
+                "hpcflare, give the site its kit (tls: on), or set HPCFLARE_JOB_SECRET"
             )
 
     def server_lock(self) -> FileLock:

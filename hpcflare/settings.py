@@ -50,6 +50,7 @@ MAXIMA: dict[str, float] = {
     "tracking_max_bytes_per_round": 1 << 40,
     "tracking_max_job_bytes": 1 << 44,
     "max_requeues": 10_000,
+    "federation_max_app_bytes": 1 << 40,
 }
 """Upper bound of every setting that is not a deadline (deadlines: MAX_DEADLINE_S); a larger value is refused."""
 
@@ -144,6 +145,22 @@ class Settings:
     """How many times a Slurm job may be requeued at its time limit (or on a preemption) and resume from its last
     checkpoint, on both routes (sbatch: the time-limit trap stops requeueing; SlurmEnv: submitit's
     max_num_timeout). Enough for a job that needs many time limits' worth of rounds; raise it for longer ones."""
+    # --- federation (a standing server, site agents, admins; see hpcflare.federation) ---
+    site_join_timeout: float = 600.0
+    """A standing server waits this long for a submitted job's sites to accept it (their agents online and the
+    job checked against their policy); then the job starts with the sites that did if they are >= min_clients,
+    or fails naming the sites that never answered."""
+    federation_poll_wait: float = 20.0
+    """Longest a site agent's (or an admin's monitor) long-poll is held by the standing server when nothing
+    changed; the next poll follows at once."""
+    federation_retry_max: float = 60.0
+    """Longest back-off between a site agent's (or an admin session's) retries after losing the standing server;
+    the agent retries for ever, its ranks keep training meanwhile."""
+    federation_check_interval: float = 2.0
+    """How often a standing server checks its jobs' server ranks, and a site agent its client ranks (state,
+    Slurm pending reason, exit)."""
+    federation_max_app_bytes: int = 1 << 30
+    """Largest job (app files plus initial model) an admin may submit to a standing server, in bytes."""
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:

@@ -36,6 +36,7 @@ def test_describe_signals_and_unknown_codes():
         (errors.RegistrationTimeoutError("x"), ExitCode.REGISTRATION_TIMEOUT),
         (errors.JobAbortedError("x"), ExitCode.ABORTED),
         (errors.PolicyRefusedError("x"), ExitCode.POLICY_REFUSED),
+        (errors.RegistrationRefusedError("x"), ExitCode.AUTH_REFUSED),
     ],
 )
 def test_one_funnel_maps_every_error_family(exc, code):

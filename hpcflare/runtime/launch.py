@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bind", default="127.0.0.1", help="server: interface to listen on (0.0.0.0 on clusters)"
     )
+    parser.add_argument(
+        "--port", type=int, default=0, help="server: port to listen on (default: any free port, published)"
+    )
     parser.add_argument("--address", help="server address host:port (default: read the rendezvous file)")
     parser.add_argument("--quiet", action="store_true", help="server: do not echo progress to stdout")
     args = parser.parse_args(argv)
@@ -186,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--role relay needs --site relay-N")
         return int(run_relay(job_dir, args.site, host=args.bind, advertise=advertise))
     if args.role == "server":
-        return int(run_server(job_dir, echo=not args.quiet, host=args.bind, advertise=advertise))
+        return int(
+            run_server(job_dir, echo=not args.quiet, host=args.bind, port=args.port, advertise=advertise)
+        )
     try:
         units = job_dir.load_config().client_units()
     except errors.ConfigError as exc:

@@ -19,6 +19,7 @@ from hpcflare.runtime.host.membership import ENDED, Membership, MemberState
 from hpcflare.runtime.host.round_host import HostPhase
 from hpcflare.settings import Settings
 from hpcflare.strategy.api import Strategy
+from hpcflare.transport.api import Peer
 
 TOKEN = re.compile(r"[0-9a-f]{32}")
 """What a site token looks like (secrets.token_hex(16))."""
@@ -46,10 +47,24 @@ class ServerRegistration:
     live_children: Callable[[], set[str]]
     _check_abort: Callable[[], None]
 
-    def register(self, request: dict) -> dict:
+    def register(self, request: dict, peer: Peer | None = None) -> dict:
         site = request.get("site")
-        if isinstance(site, str) and site in self.members.expected:  # unknown names are refused as such below
-            self.job_dir.check_proof(site, request.get("proof"))
+        try:
+            if not isinstance(site, str) or site not in self.members.expected:
+                raise errors.RegistrationRefusedError(
+                    f"site {site!r:.80} is not one of this job's sites ({', '.join(self.members.expected[:10])}"
+                    f"{', ...' if len(self.members.expected) > 10 else ''})"
+                )
+            if peer is None or peer.identity is None:  # a certificate that may act for the site proves it
+                self.job_dir.check_proof(site, request.get("proof"))
+        except errors.RegistrationRefusedError as exc:
+            self.log.warning(
+                "register_refused",
+                f"refused the registration of {str(site)[:80]!r} from {peer or 'a caller'}: {exc}",
+                site=str(site)[:80],
+                peer=str(peer or ""),
+            )
+            raise
         # after a restart the server has no record of anyone: a site (or a relay for its child) that shows its
         # token keeps it, so sites behind a relay or client rank go on under the tokens they hold
         shown = request.get("previous_token")

@@ -28,7 +28,7 @@ from hpcflare.runtime.host.round_host import HostPhase, RoundHost
 from hpcflare.runtime.relay_rounds import RelayRounds
 from hpcflare.runtime.site.agent import ClientAgent
 from hpcflare.strategy.api import ClientUpdate
-from hpcflare.transport.api import Rpc, UploadHeader
+from hpcflare.transport.api import Peer, Rpc, UploadHeader
 from hpcflare.transport.grpc_server import GrpcServer
 
 RELAY_ROUND_FRACTION = 0.9
@@ -107,9 +107,14 @@ class Relay(RelayRounds, RoundHost):
             )
             self.address = f"{advertise or host}:{self.grpc.port}"
 
-    def register(self, request: dict) -> dict:
+    def register(self, request: dict, peer: Peer | None = None) -> dict:
         if not isinstance(request.get("site"), str) or request["site"] not in self.members.expected:
-            raise errors.UnknownClientError(f"site {request.get('site')!r:.80} is not part of this job")
+            self.log.warning(
+                "register_refused",
+                f"refused the registration of {request.get('site')!r:.80} from {peer}: not one of this relay's sites",
+                site=str(request.get("site"))[:80],
+            )
+            raise errors.RegistrationRefusedError(f"site {request.get('site')!r:.80} is not part of this job")
         with self._cv:
             self._registering.add(request["site"])
         try:

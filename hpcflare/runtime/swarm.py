@@ -59,7 +59,7 @@ class SwarmPeer(RoundHost):
         for site in self.config.clients:
             self.members.register(site, token=peer_token(secret, site))
 
-    def register(self, request: dict) -> dict:
+    def register(self, request: dict, peer: Peer | None = None) -> dict:
         raise errors.MalformedMessageError("swarm peers do not take registrations; register with the server")
 
     def handle_unary(self, method: Rpc, request: dict, peer: Peer) -> dict:

@@ -34,7 +34,9 @@ from hpcflare.security.certs import issue, new_ca, pem_cert, pem_key
 from hpcflare.security.policy import script_digest
 from hpcflare.security.tls import KIT_FILE
 
-ROLES = ("server", "relay", "client")
+ROLES = ("server", "relay", "client", "admin")
+ADMIN_ROLES = ("project_admin", "org_admin", "lead", "member")
+"""An admin's role on a standing server (see hpcflare.federation.roles), NVFlare's four."""
 
 
 @dataclasses.dataclass
@@ -45,6 +47,10 @@ class Participant:
     """Extra DNS names / IPs for the certificate (servers and relays reached by hostname)."""
     allowed_scripts: list[str] | None = None
     allow_any_script: bool = True
+    org: str | None = None
+    """The institution this participant belongs to (an org_admin manages its org's jobs); default: its name."""
+    admin_role: str | None = None
+    """Role admin only: project_admin, org_admin, lead or member."""
 
 
 @dataclasses.dataclass
@@ -77,6 +83,16 @@ class Project:
                 )
             if p.role not in ROLES:
                 raise ConfigError(f"{source}: participant {p.name} has role {p.role!r}; use one of {ROLES}")
+            if p.role == "admin" and p.admin_role not in ADMIN_ROLES:
+                raise ConfigError(
+                    f"{source}: admin {p.name} needs an admin_role, one of {ADMIN_ROLES} (got {p.admin_role!r})"
+                )
+            if p.role != "admin" and p.admin_role is not None:
+                raise ConfigError(
+                    f"{source}: {p.name} has an admin_role but its role is {p.role!r}, not admin"
+                )
+            if p.org is not None and not (isinstance(p.org, str) and SITE_NAME.match(p.org)):
+                raise ConfigError(f"{source}: participant {p.name} has an invalid org {p.org!r}")
             people.append(p)
         names = [p.name for p in people]
         if len(set(names)) != len(names):
@@ -97,6 +113,15 @@ class Project:
             return cls.from_dict(yaml.safe_load(path.read_text()), str(path))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+
+
+def directory(project: Project) -> dict[str, Any]:
+    """Who is who, as every kit carries it: roles, orgs, and the admins' roles (a standing server checks them)."""
+    return {
+        "participants": {p.name: p.role for p in project.participants},
+        "orgs": {p.name: p.org or p.name for p in project.participants},
+        "admin_roles": {p.name: p.admin_role for p in project.participants if p.role == "admin"},
+    }
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -125,7 +150,7 @@ def write_kit(
         "server": project.server.name,
     }
     # the names a server/relay (or a client's swarm peer host) accepts certificates for
-    kit["participants"] = {p.name: p.role for p in project.participants}
+    kit.update(directory(project))
     if who.role == "client":
         scripts = []
         for s in who.allowed_scripts or []:
@@ -188,7 +213,7 @@ def add_participant(root: str | Path, who: Participant, base: str | Path = ".") 
         kit_file = root / p.name / KIT_FILE
         if kit_file.is_file():
             data = yaml.safe_load(kit_file.read_text())
-            data["participants"] = {q.name: q.role for q in project.participants}
+            data.update(directory(project))
             atomic_write(kit_file, yaml.safe_dump(data, sort_keys=False))
     return kit
 

@@ -44,10 +44,14 @@ class StartupKit:
     root_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    orgs: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Participant -> its org (provision's ``org``, default its own name)."""
+    admin_roles: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Admin participant -> project_admin, org_admin, lead or member."""
 
     @classmethod
     def load(cls, path: str | Path) -> StartupKit:
-        path = Path(path)
+        path = Path(path).resolve()  # ranks started elsewhere (another cwd, a batch job) find it too
         if not (path / KIT_FILE).is_file():
             raise ConfigError(
                 f"no startup kit at {path} (missing {KIT_FILE}); create kits with `hpcflare provision "
@@ -78,6 +82,8 @@ class StartupKit:
             files["root"],
             files["cert"],
             files["key"],
+            {str(k): str(v) for k, v in (data.get("orgs") or {}).items()},
+            {str(k): str(v) for k, v in (data.get("admin_roles") or {}).items()},
         )
 
     # ------------------------------------------------------------------ checks

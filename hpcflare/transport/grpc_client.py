@@ -74,6 +74,8 @@ def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareErr
                 else "; use this site's own startup kit from the project's provisioning"
             )
             return errors.CertificateError(msg + hint)
+        if "RegistrationRefusedError" in (detail or ""):
+            return errors.RegistrationRefusedError(msg)
         return errors.UnknownClientError(msg)
     if code == grpc.StatusCode.FAILED_PRECONDITION and "StaleTaskError" in (detail or ""):
         return errors.StaleTaskError(msg)

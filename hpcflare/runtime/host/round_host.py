@@ -102,7 +102,8 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
         )
 
     # ------------------------------------------------------------------ hooks
-    def register(self, request: dict[str, Any]) -> dict[str, Any]:
+    def register(self, request: dict[str, Any], peer: Peer | None = None) -> dict[str, Any]:
+        """A Register from ``peer``, whose certificate (if any) ``authorize`` has checked may act for the site."""
         raise NotImplementedError
 
     def _add_member(self, request: dict[str, Any], token: str | None = None) -> tuple[Any, Any]:

@@ -41,7 +41,7 @@ class UnaryRpcs:
     _task_cv: threading.Condition
     _goodbyes: set[str]
     authorize: Callable[[Peer, Any], None]
-    register: Callable[[dict[str, Any]], dict[str, Any]]
+    register: Callable[[dict[str, Any], Peer | None], dict[str, Any]]
     on_heartbeat: Callable[[str, dict[str, Any]], None]
     on_track: Callable[[str, list[Any]], None]
     on_exchange: Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -61,7 +61,7 @@ class UnaryRpcs:
     def handle_unary(self, method: Rpc, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         self.authorize(peer, request.get("site"))
         if method == Rpc.REGISTER:
-            return self.register(request)
+            return self.register(request, peer)
         record = self.members.check(request.get("site"), request.get("token"))
         handler = self.UNARY_HANDLERS.get(method)
         if handler is None:

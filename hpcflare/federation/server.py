@@ -1,0 +1,306 @@
+"""The standing server: ``hpcflare federation serve --kit SERVER_KIT``.
+
+A long-lived process on one fixed port. Site agents (outbound connections only) and admins reach it over mutual
+TLS with their startup kits; the certificate decides who is calling, and its participant's role which service it
+may use (sites: hpcflare.federation.Site, admins: hpcflare.federation.Admin). It keeps every job in a
+:class:`~hpcflare.federation.store.JobStore` and drives each one:
+
+    submitted -> waiting_for_sites -> running -> done | failed | aborted
+
+A job waits until every site it names has accepted it (its agent online, the job within the site's policy) or
+``settings.site_join_timeout`` passed; it then runs with the sites that accepted (>= min_clients) or fails
+naming the sites that refused or never answered. Its server rank is a process of its own (local, or an sbatch
+job from server.yaml) listening on one of ``job_ports``; the job's sites connect there. A server restarted
+mid-job re-attaches to the server ranks still running, and the jobs complete.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from hpcflare import __version__, errors
+from hpcflare.exitcodes import describe
+from hpcflare.federation.admin_service import AdminService
+from hpcflare.federation.audit import AuditLog
+from hpcflare.federation.channel import GRPC_OPTIONS
+from hpcflare.federation.config import ServerConfig
+from hpcflare.federation.launchers import RankState, Resources, make_launcher
+from hpcflare.federation.site_service import SiteService
+from hpcflare.federation.store import FINISHED, SITE_FINISHED, FedJob, FedJobState, JobStore, SiteState
+from hpcflare.fileio import atomic_write_json
+from hpcflare.job import JobState
+from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster.beacon import beacon_dir
+from hpcflare.security.tls import StartupKit
+
+SITE_BEACON_PREFIX = "site-agent-"
+"""Start-up beacons the standing server writes for sites whose agents report their rank queued or starting, so the
+job's server waits for them as for a live client rank still on its way (settings.startup_timeout)."""
+
+
+class FederationServer:
+    def __init__(self, kit: StartupKit, config: ServerConfig, log: RankLogger) -> None:
+        if kit.role != "server":
+            raise errors.ConfigError(
+                f"{kit.path} is the kit of {kit.name} (role {kit.role}), not of the server"
+            )
+        for problem in kit.self_check():
+            raise errors.CertificateError(f"{problem}; sites and admins would refuse this server")
+        self.kit, self.config, self.log = kit, config, log
+        self.settings = config.settings
+        self.store = JobStore(config.workspace)
+        self.audit = AuditLog(config.workspace / "audit.jsonl")
+        self.launcher = make_launcher(config.launcher, config.slurm)
+        self.cv = threading.Condition()
+        self.sites_seen: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        sites = sum(role == "client" for role in kit.participants.values())
+        self.grpc = grpc.server(
+            ThreadPoolExecutor(max_workers=16 + 2 * sites, thread_name_prefix="federation"),
+            options=GRPC_OPTIONS,
+        )
+        self.grpc.add_generic_rpc_handlers([SiteService(self).handler(), AdminService(self).handler()])
+        try:
+            self.port = self.grpc.add_secure_port(f"{config.host}:{config.port}", kit.server_credentials())
+        except RuntimeError:
+            self.port = 0
+        if not self.port:
+            raise errors.ConfigError(
+                f"cannot listen on {config.host}:{config.port}: the port is in use (another standing server?) "
+                "or not allowed; pick another with --port or server.yaml port"
+            )
+        self._thread = threading.Thread(target=self._drive, name="federation-jobs", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> FederationServer:
+        self.grpc.start()
+        for job in self.store.jobs.values():
+            if job.state == FedJobState.RUNNING:
+                self.log.info("job_reattached", f"{job.job_id}: looking after its running server rank again")
+        self._thread.start()
+        self.log.info(
+            "federation_started",
+            f"standing server {self.kit.name} of project {self.kit.project} listening on port {self.port}; "
+            f"job server ranks on ports {self.config.job_ports[0]}-{self.config.job_ports[1]} "
+            f"({self.launcher.describe()}); workspace {self.config.workspace}",
+            port=self.port,
+            version=__version__,
+        )
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.cv:
+            self.cv.notify_all()
+        self.grpc.stop(grace=1).wait()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            pass
+
+    def changed(self, job: FedJob) -> None:
+        """Persist a job's change and wake every long-poll that waits on it."""
+        self.store.save(job)
+        with self.cv:
+            self.cv.notify_all()
+
+    # ------------------------------------------------------------------ driving jobs
+    def _drive(self) -> None:
+        while not self._stop.is_set():
+            for job in list(self.store.jobs.values()):
+                if job.state in FINISHED:
+                    continue
+                try:
+                    self._step(job)
+                except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the others
+                    self._finish(job, FedJobState.FAILED, f"the standing server could not drive it: {exc!r}")
+                    self.log.error("job_error", f"{job.job_id}: {exc!r}", job=job.job_id)
+            with self.cv:
+                self.cv.wait(self.settings.federation_check_interval)
+
+    def _step(self, job: FedJob) -> None:
+        if job.state == FedJobState.SUBMITTED:
+            job.state, job.message = (
+                FedJobState.WAITING_FOR_SITES,
+                f"waiting for {len(job.sites)} site(s) to accept",
+            )
+            self.changed(job)
+        if job.state == FedJobState.WAITING_FOR_SITES:
+            self._await_sites(job)
+        elif job.state == FedJobState.RUNNING:
+            self._watch_rank(job)
+
+    def _await_sites(self, job: FedJob) -> None:
+        states = {site: job.site_state(site) for site in job.sites}
+        accepted = [s for s, st in states.items() if st == SiteState.ACCEPTED]
+        refused = {
+            s: job.site_states[s].get("detail", "") for s, st in states.items() if st == SiteState.REFUSED
+        }
+        silent = [s for s, st in states.items() if st == SiteState.OFFERED]
+        if refused and len(job.sites) - len(refused) < job.min_clients:
+            self._finish(
+                job,
+                FedJobState.FAILED,
+                "POLICY_REFUSED: "
+                + "; ".join(f"{s}: {why}" for s, why in refused.items())
+                + f" (min_clients={job.min_clients} cannot be met)",
+            )
+            return
+        waited = time.time() - job.submitted
+        if silent and waited < self.settings.site_join_timeout:
+            return
+        if len(accepted) < job.min_clients:
+            self._finish(
+                job,
+                FedJobState.FAILED,
+                f"only {len(accepted)} of {len(job.sites)} sites accepted within settings.site_join_timeout="
+                f"{self.settings.site_join_timeout:g}s (min_clients={job.min_clients}); never answered: {silent}"
+                + (f"; refused: {sorted(refused)}" if refused else "")
+                + ". Are their site agents running? `hpcflare admin sites` shows which are connected",
+            )
+            return
+        for site in silent:
+            job.site_states[site] = {
+                "state": str(SiteState.LEFT_OUT),
+                "detail": f"did not answer within settings.site_join_timeout={self.settings.site_join_timeout:g}s",
+                "updated": time.time(),
+            }
+        self._start_rank(job, accepted)
+
+    def _start_rank(self, job: FedJob, accepted: list[str]) -> None:
+        job_dir = self.store.job_dir(job.job_id)
+        config = job_dir.load_config()
+        config.clients = [s for s in config.clients if s in accepted]
+        config.min_clients = min(config.min_clients, len(config.clients))
+        job_dir.save_config(config)
+        port = self._free_port()
+        command = [sys.executable, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root)]
+        command += ["--role", "server", "--bind", self.config.host, "--port", str(port), "--quiet"]
+        job.server_rank = self.launcher.start(
+            "server", command, {"HPCFLARE_KIT": str(self.kit.path)}, job_dir.root / "launch", Resources()
+        )
+        job.port = port
+        job.address = f":{port}" if self.launcher.kind == "local" else ""
+        job.state, job.message = FedJobState.RUNNING, f"running with {len(config.clients)} site(s)"
+        self.log.info("job_started", f"{job.job_id}: server rank started on port {port} for {config.clients}")
+        self.changed(job)
+
+    def _free_port(self) -> int:
+        taken = {j.port for j in self.store.jobs.values() if j.state == FedJobState.RUNNING}
+        first, last = self.config.job_ports
+        for port in range(first, last + 1):
+            if port in taken or port == self.port:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.config.host, port))
+                except OSError:
+                    continue
+            return port
+        raise errors.ConfigError(
+            f"every port of job_ports {first}-{last} is in use: widen job_ports in server.yaml"
+        )
+
+    def _watch_rank(self, job: FedJob) -> None:
+        job_dir = self.store.job_dir(job.job_id)
+        if not job.address:
+            try:
+                published = json.loads((job_dir.rendezvous_dir / "server.json").read_text())
+                job.address = str(published["address"])
+                self.changed(job)
+            except (FileNotFoundError, ValueError, KeyError):
+                pass
+        self._beacons(job, job_dir.rendezvous_dir)
+        status = self.launcher.status(job.server_rank)
+        if status.state in (RankState.PENDING, RankState.RUNNING):
+            self._end_if_sites_failed(job)
+            return
+        final = job_dir.read_status()
+        if job.server_rank.get("ended_by"):
+            job.exit_code = status.exit_code
+            self._finish(job, FedJobState.FAILED, str(job.server_rank["ended_by"]))
+        elif status.state == RankState.EXITED and final.get("state") == JobState.COMPLETED:
+            job.exit_code = status.exit_code
+            self._finish(job, FedJobState.DONE, str(final.get("message") or "completed"))
+        elif final.get("state") == JobState.ABORTED:
+            job.exit_code = status.exit_code
+            self._finish(job, FedJobState.ABORTED, str(final.get("message") or "aborted"))
+        else:
+            job.exit_code = status.exit_code
+            cause = final.get("message") or status.detail or (describe(status.exit_code or 1))
+            self._finish(job, FedJobState.FAILED, f"the job's server rank ended: {cause}")
+
+    def _end_if_sites_failed(self, job: FedJob) -> None:
+        """Before its first round, a job whose sites failed at their end (so fewer than min_clients can still
+        join) is ended now, naming each site's own cause, rather than at its server's registration timeout."""
+        if job.server_rank.get("ended_by"):
+            return
+        job_dir = self.store.job_dir(job.job_id)
+        if job_dir.read_status().get("state") not in (JobState.PENDING, JobState.REGISTRATION):
+            return
+        config = job_dir.load_config()
+        failed = {
+            s: str(job.site_states[s].get("detail", ""))
+            for s in config.clients
+            if job.site_state(s) in (SiteState.FAILED, SiteState.ABORTED)
+        }
+        if not failed or len(config.clients) - len(failed) >= config.min_clients:
+            return
+        job.server_rank["ended_by"] = (
+            f"{len(failed)} of {len(config.clients)} sites failed before the first round (min_clients="
+            f"{config.min_clients}): " + "; ".join(f"{s}: {why}" for s, why in failed.items())
+        )
+        self.launcher.cancel(job.server_rank)
+        self.changed(job)
+
+    def _beacons(self, job: FedJob, rendezvous_dir: Any) -> None:
+        """Sites whose agents report their rank queued or starting look, to the job's server, like live client
+        ranks still on their way (start-up grace); a site's beacon goes when its agent stops saying so."""
+        folder = beacon_dir(rendezvous_dir)
+        fresh = 2 * self.settings.federation_poll_wait + self.settings.federation_check_interval
+        for site in job.sites:
+            path = folder / f"{SITE_BEACON_PREFIX}{site}.json"
+            entry = job.site_states.get(site) or {}
+            starting = entry.get("state") in (SiteState.ACCEPTED, SiteState.PENDING, SiteState.RUNNING)
+            seen = self.sites_seen.get(site, {}).get("last_seen", 0.0)
+            if starting and time.time() - seen <= fresh:
+                atomic_write_json(
+                    path, {"rank": f"{SITE_BEACON_PREFIX}{site}", "sites": [site], "via": "agent"}
+                )
+            else:
+                path.unlink(missing_ok=True)
+
+    def _finish(self, job: FedJob, state: FedJobState, message: str) -> None:
+        job.state, job.message = state, message
+        for site in job.sites:
+            if job.site_state(site) not in SITE_FINISHED and state != FedJobState.DONE:
+                job.site_states.setdefault(site, {})["job_ended"] = str(state)
+        (self.log.info if state == FedJobState.DONE else self.log.warning)(
+            f"job_{state}", f"{job.job_id} {state}: {message}", job=job.job_id
+        )
+        self.changed(job)
+
+    def abort(self, job: FedJob, who: str) -> None:
+        if job.state in FINISHED:
+            raise errors.ConfigError(f"job {job.job_id} already ended ({job.state}); nothing to abort")
+        if job.server_rank:
+            self.launcher.cancel(job.server_rank)
+        self._finish(job, FedJobState.ABORTED, f"aborted by {who}")
+
+    def note_site(self, site: str, header: dict[str, Any]) -> None:
+        self.sites_seen[site] = {
+            "last_seen": time.time(),
+            "version": str(header.get("version", ""))[:40],
+            "launcher": str(header.get("launcher", ""))[:200],
+            "host": str(header.get("host", ""))[:200],
+        }
