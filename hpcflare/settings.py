@@ -145,23 +145,17 @@ class Settings:
     """How many times a Slurm job may be requeued at its time limit (or on a preemption) and resume from its last
     checkpoint, on both routes (sbatch: the time-limit trap stops requeueing; SlurmEnv: submitit's
     max_num_timeout). Enough for a job that needs many time limits' worth of rounds; raise it for longer ones."""
-    # --- federation (a standing server, site agents, admins; see hpcflare.federation) ---
     site_join_timeout: float = 600.0
-    """A standing server waits this long for a submitted job's sites to accept it (their agents online and the
-    job checked against their policy); then the job starts with the sites that did if they are >= min_clients,
-    or fails naming the sites that never answered."""
+    """A standing server waits this long for a job's sites to accept it, then runs it with those that did
+    (>= min_clients) or fails naming the sites that never answered."""
     federation_poll_wait: float = 20.0
-    """Longest a site agent's (or an admin's monitor) long-poll is held by the standing server when nothing
-    changed; the next poll follows at once."""
+    """Longest a site agent's or an admin's long-poll is held by the standing server when nothing changed."""
     federation_retry_max: float = 60.0
-    """Longest back-off between a site agent's (or an admin session's) retries after losing the standing server;
-    the agent retries for ever, its ranks keep training meanwhile."""
+    """Longest back-off between a site agent's retries after losing the standing server (it retries for ever)."""
     federation_check_interval: float = 2.0
-    """How often a standing server checks its jobs' server ranks, and a site agent its client ranks (state,
-    Slurm pending reason, exit)."""
+    """How often a standing server checks its jobs' server ranks, and a site agent its client ranks."""
     federation_max_app_bytes: int = 1 << 30
     """Largest job (app files plus initial model) an admin may submit to a standing server, in bytes."""
-
     @classmethod
     def field_docs(cls) -> dict[str, str]:
         """Field name -> its docstring, parsed from this file (shown by `hpcflare settings`)."""

@@ -218,6 +218,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("scheduler", ("hpcflare.slurm",)),
+    ("federation", ("hpcflare.federation",)),
     ("environments and post-mortem tools", ("hpcflare.env", "hpcflare.logs")),
     ("recipes and CLI", ("hpcflare.recipe", "hpcflare.cli")),
 ]

@@ -1,4 +1,5 @@
-"""Where a job runs: SimEnv (threads), LocalEnv (processes), MpiEnv (mpiexec), SlurmEnv (submitit/Slurm)."""
+"""Where a job runs: SimEnv (threads), LocalEnv (processes), MpiEnv (mpiexec), SlurmEnv (submitit/Slurm), ProdEnv
+(a federation's standing server)."""
 
 import warnings
 from pathlib import Path
@@ -6,10 +7,12 @@ from typing import Any
 
 from hpcflare.env.api import Env, Run, sites_from
 from hpcflare.env.local import LocalEnv
+from hpcflare.env.prod import ProdEnv
 from hpcflare.env.sim import SimEnv
 from hpcflare.env.slurm import MpiEnv, SlurmEnv, SubmititEnv
+from hpcflare.errors import ConfigError
 
-ENV_NAMES = ("local", "sim", "mpi", "slurm")
+ENV_NAMES = ("local", "sim", "mpi", "slurm", "prod")
 
 
 def make_env(
@@ -18,6 +21,8 @@ def make_env(
     nodes: int = 2,
     partition: str | None = None,
     clients_per_rank: int | str | None = None,
+    startup_kit: str | None = None,
+    server: str | None = None,
     **slurm_options: Any,
 ) -> Env:
     """The Env a recipe's ``--env`` flag names (what every recipes/*/job.py offers); ``clients_per_rank``: sites
@@ -28,6 +33,12 @@ def make_env(
         return SimEnv(job_root=job_root, clients_per_rank=clients_per_rank)
     if name == "mpi":
         return MpiEnv(job_root=job_root, clients_per_rank=clients_per_rank)
+    if name == "prod":
+        if not startup_kit:
+            raise ConfigError(
+                "--env prod submits to a standing server: pass --startup-kit ADMIN_KIT [--server HOST:PORT]"
+            )
+        return ProdEnv(startup_kit, server, job_root=job_root)
     if name == "slurm":
         return SlurmEnv(
             nodes=nodes,
@@ -54,24 +65,6 @@ def PocEnv(
     env = LocalEnv(job_root=workspace_root)
     env.sites = sites_from(num_clients, clients)
     return env
-
-
-def ProdEnv(
-    startup_kit_location: str | None = None,
-    login_timeout: float | None = None,
-    username: str | None = None,
-    **slurm_args: Any,
-) -> SlurmEnv:
-    """NVFlare's ProdEnv (submit to a running deployment) is hpcflare's SlurmEnv (submit a batch job): pass
-    SlurmEnv's arguments (nodes=, partition=, time=, ...); startup kits come from ``hpcflare provision`` and the
-    recipe's kits_dir instead of an admin login."""
-    warnings.warn(
-        "ProdEnv runs as hpcflare's SlurmEnv("
-        + ", ".join(f"{k}={v!r}" for k, v in slurm_args.items())
-        + "): the job is submitted to Slurm; NVFlare's admin login arguments are not used",
-        stacklevel=2,
-    )
-    return SlurmEnv(**slurm_args)
 
 
 __all__ = [

@@ -7,24 +7,22 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from hpcflare import __version__
 from hpcflare.errors import ConfigError, HpcflareError, MalformedMessageError
 from hpcflare.federation import submission, wire
+from hpcflare.federation.api import FederationHost
 from hpcflare.federation.channel import service_handler
 from hpcflare.federation.roles import Action, Admin
 from hpcflare.federation.store import FedJob
 from hpcflare.job import SITE_NAME
 
-if TYPE_CHECKING:
-    from hpcflare.federation.server import FederationServer
-
 
 class AdminService:
-    def __init__(self, server: FederationServer) -> None:
+    def __init__(self, server: FederationHost) -> None:
         self.server = server
 
     def handler(self) -> grpc.GenericRpcHandler:

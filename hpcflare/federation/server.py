@@ -17,7 +17,6 @@ mid-job re-attaches to the server ranks still running, and the jobs complete.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
@@ -33,20 +32,15 @@ from hpcflare.federation.audit import AuditLog
 from hpcflare.federation.channel import GRPC_OPTIONS
 from hpcflare.federation.config import ServerConfig
 from hpcflare.federation.launchers import RankState, Resources, make_launcher
+from hpcflare.federation.server_ranks import ServerRanks
 from hpcflare.federation.site_service import SiteService
 from hpcflare.federation.store import FINISHED, SITE_FINISHED, FedJob, FedJobState, JobStore, SiteState
-from hpcflare.fileio import atomic_write_json
 from hpcflare.job import JobState
 from hpcflare.rank_logger import RankLogger
-from hpcflare.runtime.cluster.beacon import beacon_dir
 from hpcflare.security.tls import StartupKit
 
-SITE_BEACON_PREFIX = "site-agent-"
-"""Start-up beacons the standing server writes for sites whose agents report their rank queued or starting, so the
-job's server waits for them as for a live client rank still on its way (settings.startup_timeout)."""
 
-
-class FederationServer:
+class FederationServer(ServerRanks):
     def __init__(self, kit: StartupKit, config: ServerConfig, log: RankLogger) -> None:
         if kit.role != "server":
             raise errors.ConfigError(
@@ -195,22 +189,6 @@ class FederationServer:
         self.log.info("job_started", f"{job.job_id}: server rank started on port {port} for {config.clients}")
         self.changed(job)
 
-    def _free_port(self) -> int:
-        taken = {j.port for j in self.store.jobs.values() if j.state == FedJobState.RUNNING}
-        first, last = self.config.job_ports
-        for port in range(first, last + 1):
-            if port in taken or port == self.port:
-                continue
-            with socket.socket() as probe:
-                try:
-                    probe.bind((self.config.host, port))
-                except OSError:
-                    continue
-            return port
-        raise errors.ConfigError(
-            f"every port of job_ports {first}-{last} is in use: widen job_ports in server.yaml"
-        )
-
     def _watch_rank(self, job: FedJob) -> None:
         job_dir = self.store.job_dir(job.job_id)
         if not job.address:
@@ -239,46 +217,6 @@ class FederationServer:
             job.exit_code = status.exit_code
             cause = final.get("message") or status.detail or (describe(status.exit_code or 1))
             self._finish(job, FedJobState.FAILED, f"the job's server rank ended: {cause}")
-
-    def _end_if_sites_failed(self, job: FedJob) -> None:
-        """Before its first round, a job whose sites failed at their end (so fewer than min_clients can still
-        join) is ended now, naming each site's own cause, rather than at its server's registration timeout."""
-        if job.server_rank.get("ended_by"):
-            return
-        job_dir = self.store.job_dir(job.job_id)
-        if job_dir.read_status().get("state") not in (JobState.PENDING, JobState.REGISTRATION):
-            return
-        config = job_dir.load_config()
-        failed = {
-            s: str(job.site_states[s].get("detail", ""))
-            for s in config.clients
-            if job.site_state(s) in (SiteState.FAILED, SiteState.ABORTED)
-        }
-        if not failed or len(config.clients) - len(failed) >= config.min_clients:
-            return
-        job.server_rank["ended_by"] = (
-            f"{len(failed)} of {len(config.clients)} sites failed before the first round (min_clients="
-            f"{config.min_clients}): " + "; ".join(f"{s}: {why}" for s, why in failed.items())
-        )
-        self.launcher.cancel(job.server_rank)
-        self.changed(job)
-
-    def _beacons(self, job: FedJob, rendezvous_dir: Any) -> None:
-        """Sites whose agents report their rank queued or starting look, to the job's server, like live client
-        ranks still on their way (start-up grace); a site's beacon goes when its agent stops saying so."""
-        folder = beacon_dir(rendezvous_dir)
-        fresh = 2 * self.settings.federation_poll_wait + self.settings.federation_check_interval
-        for site in job.sites:
-            path = folder / f"{SITE_BEACON_PREFIX}{site}.json"
-            entry = job.site_states.get(site) or {}
-            starting = entry.get("state") in (SiteState.ACCEPTED, SiteState.PENDING, SiteState.RUNNING)
-            seen = self.sites_seen.get(site, {}).get("last_seen", 0.0)
-            if starting and time.time() - seen <= fresh:
-                atomic_write_json(
-                    path, {"rank": f"{SITE_BEACON_PREFIX}{site}", "sites": [site], "via": "agent"}
-                )
-            else:
-                path.unlink(missing_ok=True)
 
     def _finish(self, job: FedJob, state: FedJobState, message: str) -> None:
         job.state, job.message = state, message

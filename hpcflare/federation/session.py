@@ -37,7 +37,9 @@ class MonitorReturnCode(enum.Enum):
 
 
 class Session:
-    def __init__(self, kit: str | Path | StartupKit, server: str, settings: Settings | None = None) -> None:
+    def __init__(
+        self, kit: str | Path | StartupKit, server: str | None = None, settings: Settings | None = None
+    ) -> None:
         self.kit = kit if isinstance(kit, StartupKit) else StartupKit.load(kit)
         if self.kit.role != "admin":
             raise errors.ConfigError(
@@ -45,6 +47,12 @@ class Session:
                 "kit of a participant with role admin"
             )
         self.settings = settings or Settings.load("production")
+        server = server or self.kit.server_address
+        if not server:
+            raise errors.ConfigError(
+                f"no standing server address: pass server='HOST:PORT' (the kit {self.kit.path} names none; "
+                "give the server participant hosts: [...] in project.yaml to have kits name it)"
+            )
         self.channel = FederationChannel(self.kit, server, wire.ADMIN_SERVICE)
 
     def __enter__(self) -> Session:

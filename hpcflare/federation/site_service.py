@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from hpcflare.errors import MalformedMessageError, PermissionDeniedError, UnknownClientError
 from hpcflare.federation import wire
+from hpcflare.federation.api import FederationHost
 from hpcflare.federation.channel import service_handler
 from hpcflare.federation.store import FINISHED, SITE_FINISHED, FedJob, FedJobState, SiteState
-
-if TYPE_CHECKING:
-    from hpcflare.federation.server import FederationServer
 
 REPORTABLE = {
     SiteState.ACCEPTED,
@@ -29,7 +27,7 @@ REPORTABLE = {
 
 
 class SiteService:
-    def __init__(self, server: FederationServer) -> None:
+    def __init__(self, server: FederationHost) -> None:
         self.server = server
 
     def handler(self) -> grpc.GenericRpcHandler:

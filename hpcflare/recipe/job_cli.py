@@ -1,7 +1,8 @@
 """The flags every recipes/*/job.py takes, and what they do: one place, so the recipes cannot drift apart.
 
-    --env local|sim|mpi|slurm   --n-clients N   --min-clients M   --rounds R (--num-rounds)   --profile P
+    --env local|sim|mpi|slurm|prod   --n-clients N   --min-clients M   --rounds R (--num-rounds)   --profile P
     --clients-per-rank K|auto   --export-only   --job-root DIR   --privacy secagg|he (FedAvg-family recipes)   Slurm (--env slurm): --nodes --partition --time --account --dry-run
+    a standing server (--env prod): --startup-kit ADMIN_KIT --server HOST:PORT
 
 NVFlare's spellings (``--n_clients``, ``--num_rounds``, ``--job_root``) are accepted too, so an NVFlare
 job.py's command line keeps working.
@@ -30,6 +31,8 @@ UNIFORM_FLAGS = (
     "--time",
     "--account",
     "--dry-run",
+    "--startup-kit",
+    "--server",
 )
 
 
@@ -79,6 +82,9 @@ def add_job_arguments(
     )
     slurm.add_argument("--account", default=None)
     slurm.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+    prod = parser.add_argument_group("A federation's standing server (--env prod)")
+    prod.add_argument("--startup-kit", default=None, help="your admin startup kit (hpcflare provision)")
+    prod.add_argument("--server", default=None, help="HOST:PORT of the standing server (default: the kit's)")
 
 
 def _per_rank(value: str) -> int | str:
@@ -116,8 +122,19 @@ def execute(recipe: Any, args: argparse.Namespace) -> Run | None:
         if args.env == "slurm"
         else {}
     )
+    prod = (
+        {"startup_kit": getattr(args, "startup_kit", None), "server": getattr(args, "server", None)}
+        if args.env == "prod"
+        else {}
+    )
     env = make_env(
-        args.env, args.job_root, args.nodes, args.partition, getattr(args, "clients_per_rank", None), **slurm
+        args.env,
+        args.job_root,
+        args.nodes,
+        args.partition,
+        getattr(args, "clients_per_rank", None),
+        **prod,
+        **slurm,
     )
     if args.dry_run:
         if not isinstance(env, SlurmEnv):

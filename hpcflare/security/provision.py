@@ -58,6 +58,8 @@ class Project:
     project: str
     participants: list[Participant]
     valid_days: int = 365
+    server_port: int = 8002
+    """The standing server's port (hpcflare federation serve): admin kits name the server as hosts[0]:port."""
 
     @property
     def server(self) -> Participant:
@@ -102,7 +104,10 @@ class Project:
         days = data.get("valid_days", 365)
         if not isinstance(days, int) or days < 1:
             raise ConfigError(f"{source}: valid_days must be a positive integer")
-        return cls(data["project"], people, days)
+        port = data.get("server_port", 8002)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError(f"{source}: server_port must be a port number, got {port!r}")
+        return cls(data["project"], people, days, port)
 
     @classmethod
     def load(cls, path: str | Path) -> Project:
@@ -117,7 +122,9 @@ class Project:
 
 def directory(project: Project) -> dict[str, Any]:
     """Who is who, as every kit carries it: roles, orgs, and the admins' roles (a standing server checks them)."""
+    server = project.server
     return {
+        "server_address": f"{server.hosts[0]}:{project.server_port}" if server.hosts else "",
         "participants": {p.name: p.role for p in project.participants},
         "orgs": {p.name: p.org or p.name for p in project.participants},
         "admin_roles": {p.name: p.admin_role for p in project.participants if p.role == "admin"},

@@ -48,6 +48,8 @@ class StartupKit:
     """Participant -> its org (provision's ``org``, default its own name)."""
     admin_roles: dict[str, str] = dataclasses.field(default_factory=dict)
     """Admin participant -> project_admin, org_admin, lead or member."""
+    server_address: str = ""
+    """HOST:PORT of the project's standing server (the server's first host name and the project's server_port)."""
 
     @classmethod
     def load(cls, path: str | Path) -> StartupKit:
@@ -84,6 +86,7 @@ class StartupKit:
             files["key"],
             {str(k): str(v) for k, v in (data.get("orgs") or {}).items()},
             {str(k): str(v) for k, v in (data.get("admin_roles") or {}).items()},
+            str(data.get("server_address") or ""),
         )
 
     # ------------------------------------------------------------------ checks

@@ -138,8 +138,10 @@ def test_unknown_site_name_is_refused(make_recipe, local_env, tmp_path):
     run = recipe.execute(local_env)
     try:
         code = run_client(run.job_dir, "intruder", per_thread=True)
-        assert code == ExitCode.UPDATE_REJECTED
-        assert "not part of this job" in (run.job_dir.log_dir / "intruder.log").read_text()
+        assert code == ExitCode.AUTH_REFUSED
+        assert "not one of this job's sites" in (run.job_dir.log_dir / "intruder.log").read_text()
+        # the server's human log names the refused site and why, not only "N of M registered"
+        assert "refused the registration of 'intruder'" in (run.job_dir.log_dir / "server.log").read_text()
         load_result(run.get_result(timeout=60))
     finally:
         run.abort()

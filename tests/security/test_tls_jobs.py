@@ -155,7 +155,7 @@ def test_project_site_outside_this_job_gets_no_task(make_recipe, local_env, tmp_
     address = json.loads(server_json.read_text())["address"]
     outsider = GrpcClientTransport(address, Settings(), StartupKit.load(kits / "site-3"))
     try:
-        with pytest.raises(errors.UnknownClientError, match="not part of this job"):
+        with pytest.raises(errors.RegistrationRefusedError, match="not one of this job.s sites"):
             outsider.call("Register", {"site": "site-3"}, 5)
         with pytest.raises(errors.UnknownClientError):
             outsider.call("GetTask", {"site": "site-3", "token": "guess"}, 5)
