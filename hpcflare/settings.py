@@ -156,6 +156,7 @@ class Settings:
     """How often a standing server checks its jobs' server ranks, and a site agent its client ranks."""
     federation_max_app_bytes: int = 1 << 30
     """Largest job (app files plus initial model) an admin may submit to a standing server, in bytes."""
+
     @classmethod
     def field_docs(cls) -> dict[str, str]:
         """Field name -> its docstring, parsed from this file (shown by `hpcflare settings`)."""

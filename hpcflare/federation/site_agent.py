@@ -23,6 +23,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from hpcflare import __version__, errors
@@ -138,8 +139,10 @@ class SiteAgent(SiteRanks):
             ):
                 self._launch(record, view)
             if view.get("state") in ENDED_JOB and record.get("launch") and record["state"] not in FINAL:
-                self.launcher.cancel(record["launch"])
-                if view.get("state") != "done":
+                if view.get("state") == "done":  # its rank ends by itself; stopped only after end_grace
+                    record.setdefault("job_done_at", time.time())
+                elif not record.get("ended_by_job"):
+                    self.launcher.cancel(record["launch"])
                     record["ended_by_job"] = f"the job {view.get('state')}: {view.get('message', '')}"
                 self._save(record)
             elif view.get("state") in ENDED_JOB and not record.get("launch") and record["state"] not in FINAL:

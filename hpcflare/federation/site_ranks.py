@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,19 @@ class SiteRanks:
 
     def _check(self, record: dict[str, Any]) -> None:
         status = self.launcher.status(record["launch"])
+        done_at = record.get("job_done_at")
+        if (
+            status.state in (RankState.PENDING, RankState.RUNNING)
+            and done_at
+            and time.time() - done_at > self.settings.end_grace
+            and not record.get("ended_by_job")
+        ):
+            self.launcher.cancel(record["launch"])
+            record["ended_by_job"] = (
+                f"the job completed; its rank was still running settings.end_grace={self.settings.end_grace:g}s "
+                "later and was stopped"
+            )
+            self._save(record)
         if status.state == RankState.PENDING:
             self._set(record, SiteState.PENDING, status.detail)
         elif status.state == RankState.RUNNING:
@@ -66,7 +80,8 @@ class SiteRanks:
             if status.state == RankState.EXITED and status.exit_code == 0:
                 state, detail = SiteState.DONE, "the client rank finished its part"
             elif record.get("ended_by_job"):
-                state, detail = SiteState.ABORTED, record["ended_by_job"]
+                state = SiteState.DONE if record.get("job_done_at") else SiteState.ABORTED
+                detail = record["ended_by_job"]
             else:
                 cause = self._first_cause(record["job_id"]) or status.detail
                 code = (
