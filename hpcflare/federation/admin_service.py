@@ -151,14 +151,16 @@ class AdminService:
             if p.is_file() and not p.name.startswith(".")
         ]
         names += [n for n in ("job/status.json", "job/job.yaml", "record.json") if (folder / n).is_file()]
-        shown = []
-        for site in job.sites:
-            logs = self.server.store.site_logs(job.job_id, site)
+        shown, renamed = [], {}
+        for site in job.sites:  # beside the server's logs, where `hpcflare logs diagnose` reads every rank's
+            logs = self.server.store.site_logs(job.job_id, site) / "logs"
             if logs.is_dir() and admin.may_see_site_logs(self.server.kit.orgs.get(site, site)):
                 shown.append(site)
-                names += [p.relative_to(folder).as_posix() for p in sorted(logs.rglob("*")) if p.is_file()]
+                for path in sorted(p for p in logs.iterdir() if p.is_file()):
+                    renamed[path.relative_to(folder).as_posix()] = f"job/logs/{path.name}"
+        names += list(renamed)
         self.server.audit.record(admin.name, "download", job.job_id, role=admin.role, site_logs=shown)
-        return wire.send_bundle(folder, wire.bundle_files(folder, names))
+        return wire.send_bundle(folder, wire.bundle_files(folder, names, renamed))
 
     def sites(self, identity: str | None, header: dict[str, Any], data: bytes) -> dict[str, Any]:
         self._admin(identity, Action.VIEW)

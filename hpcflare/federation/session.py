@@ -125,7 +125,7 @@ class Session:
 
     def download_job_result(self, job_id: str, dest: str | Path) -> Path:
         """The job's models, its server's logs and status, and the logs of the sites that send them, into
-        ``dest/<job_id>/`` (job/models, job/logs, site_logs/<site>/logs); returns that folder."""
+        ``dest/<job_id>/`` (job/models, job/logs with the sites' logs beside the server's); returns that folder."""
         target = Path(dest) / wire.safe_name(job_id)
         frames = self.channel.fetch(wire.AdminRpc.DOWNLOAD, {"job": job_id}, ADMIN_TRANSFER_TIMEOUT)
         wire.receive_bundle(frames, target, 1 << 62)

@@ -134,6 +134,7 @@ class SiteAgent(SiteRanks):
                 self._decide(record, view)
             if (
                 view.get("state") == "running"
+                and view.get("address")  # the job's server rank listens (an sbatch one publishes it first)
                 and record["state"] == SiteState.ACCEPTED
                 and not record.get("launch")
             ):

@@ -154,9 +154,14 @@ class SiteService:
         job = self._job_of(site, head.get("job"))
         dest = self.server.store.site_logs(job.job_id, site)
         received = wire.receive_bundle(
-            frames, dest, self.server.settings.federation_max_app_bytes, lambda name: name.startswith("logs/")
+            frames, dest, self.server.settings.federation_max_app_bytes, lambda name: _own_log(site, name)
         )
         self.server.log.info(
             "site_logs", f"{job.job_id}: {site} sent {len(received)} log file(s)", job=job.job_id
         )
         return {"files": len(received)}
+
+
+def _own_log(site: str, name: str) -> bool:
+    """A site sends only its own rank's logs (logs/<site>.jsonl, .log): never a file named for another rank."""
+    return "/" not in name[len("logs/") :] and name.startswith(f"logs/{site}.")

@@ -93,13 +93,23 @@ def safe_name(name: Any) -> str:
     return "/".join(parts)
 
 
-def bundle_files(root: Path, names: Iterable[str]) -> list[dict[str, Any]]:
-    """The manifest of ``names`` under ``root``: name, size, sha256 (files that vanished are left out)."""
+def bundle_files(
+    root: Path, names: Iterable[str], renamed: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The manifest of ``names`` under ``root``: name, size, sha256 (files that vanished are left out).
+    ``renamed``: file under root -> the name it arrives under."""
     manifest = []
     for name in names:
         path = root / safe_name(name)
         if path.is_file():
-            manifest.append({"name": name, "size": path.stat().st_size, "sha256": sha256_file(path)})
+            entry = {
+                "name": (renamed or {}).get(name, name),
+                "size": path.stat().st_size,
+                "sha256": sha256_file(path),
+            }
+            if entry["name"] != name:
+                entry["path"] = name
+            manifest.append(entry)
     return manifest
 
 
@@ -110,7 +120,7 @@ def send_bundle(
     if head is not None:
         yield pack(head)
     for entry in manifest:
-        path = root / safe_name(entry["name"])
+        path = root / safe_name(entry.get("path") or entry["name"])
         offset = 0
         with open(path, "rb") as f:
             while True:

@@ -62,6 +62,7 @@ class Federation:
         self.server_dir.mkdir()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.server_settings: dict[str, Any] = {"site_join_timeout": 120}
+        self.server_settings_yaml: dict[str, Any] = {}
 
     @property
     def address(self) -> str:
@@ -82,6 +83,7 @@ class Federation:
             "job_ports": [self.port + 1, self.port + 60],
             "settings_profile": "dev",
             "settings": {**FAST, **self.server_settings},
+            **self.server_settings_yaml,
         }
         (self.server_dir / "server.yaml").write_text(yaml.safe_dump(config))
         shutil.copytree(self.kits / "server", self.server_dir / "kit", dirs_exist_ok=True)

@@ -183,3 +183,55 @@ def test_settings_fast_profile_is_valid():
     from hpcflare.settings import Settings
 
     Settings.load("dev", FAST)  # the deadlines these tests run with are a valid profile
+
+
+def test_a_failing_site_is_named_with_its_own_cause(federation, tmp_path):
+    """site-2's data is missing at site-2: the admin sees that site and that cause, in the job's status and in
+    `hpcflare logs diagnose` on the downloaded results (the site's own log, which it chose to send)."""
+    federation.start_server()
+    federation.start_agent("site-1")
+    federation.start_agent("site-2", data_root=str(tmp_path / "nothing-here"))
+    federation.wait_connected(SITES[:2])
+    with federation.session("alice") as admin:
+        job_id = admin.submit_job(federation.job(SITES[:2]))
+        status = wait_state(admin, job_id, ("failed",), timeout=240)
+        deadline = time.monotonic() + 60
+        while admin.get_job_status(job_id)["sites"]["site-2"]["state"] != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        site2 = admin.get_job_status(job_id)["sites"]["site-2"]["detail"]
+        while True:  # the site sends its logs after it reported
+            folder = admin.download_job_result(job_id, tmp_path / "results")
+            if (folder / "job" / "logs" / "site-2.jsonl").is_file() or time.monotonic() > deadline + 60:
+                break
+            time.sleep(0.5)
+    assert "site-2" in status["message"]
+    assert "TRAIN_SCRIPT_FAILED" in site2 and "offset.txt" in site2
+    assert (folder / "job" / "logs" / "site-2.jsonl").is_file()
+    from hpcflare.job import JobDir
+    from hpcflare.logs.diagnose import report
+
+    text = report(JobDir(folder / "job"))
+    assert "site-2" in text and "offset.txt" in text
+
+
+def test_secure_aggregation_across_institutions(federation, tmp_path):
+    """The standing server's job server sees only masked updates; the sites agree their masks through it."""
+    federation.start_server()
+    for site in SITES:
+        federation.start_agent(site)
+    federation.wait_connected(SITES)
+    recipe = FedAvgRecipe(
+        name="secagg",
+        model={"w": np.zeros(3, dtype=np.float32)},
+        clients=SITES,
+        min_clients=3,
+        num_rounds=2,
+        train_script=SCRIPT,
+        train_args="--data {data_root}/offset.txt",
+        settings_profile="dev",
+        privacy={"type": "secagg"},
+    )
+    run = recipe.execute(ProdEnv(federation.kits / "alice", federation.address, job_root=tmp_path / "jobs"))
+    result = safetensors.numpy.load_file(str(run.get_result(timeout=300)))["w"]
+    np.testing.assert_allclose(result, np.full(3, 4.0), atol=1e-3)

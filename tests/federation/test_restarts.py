@@ -97,3 +97,23 @@ def test_a_site_whose_launcher_is_its_own_slurm_cluster(federation, slurm, tmp_p
     script = (work / "site-2.sbatch").read_text()
     assert "#SBATCH --partition=debug" in script and "#SBATCH --time=10" in script
     np.testing.assert_allclose(_result(federation, job_id, tmp_path), np.full(3, 3.0))  # (1+2)/2 x 2
+
+
+def test_the_jobs_server_rank_as_a_slurm_job(federation, slurm, tmp_path):
+    """server.yaml launcher: slurm: each job's server rank is an sbatch job on the server's own cluster; the
+    sites learn its address from where it published it."""
+    federation.server_settings_yaml = {
+        "launcher": "slurm",
+        "slurm": {"partition": "debug", "time_minutes": 10},
+    }
+    federation.start_server()
+    for site in SITES:
+        federation.start_agent(site)
+    federation.wait_connected(SITES)
+    with federation.session("alice") as admin:
+        job_id = admin.submit_job(federation.job(SITES, rounds=2))
+        status = wait_state(admin, job_id, ("done", "failed"), timeout=400)
+    assert status["state"] == "done", status
+    launch = federation.server_dir / "ws" / "jobs" / job_id / "job" / "launch" / "server.sbatch"
+    assert "#SBATCH --partition=debug" in launch.read_text()
+    np.testing.assert_allclose(_result(federation, job_id, tmp_path), np.full(3, 3.0))
