@@ -156,7 +156,7 @@ class AdminService:
             logs = self.server.store.site_logs(job.job_id, site) / "logs"
             if logs.is_dir() and admin.may_see_site_logs(self.server.kit.orgs.get(site, site)):
                 shown.append(site)
-                for path in sorted(p for p in logs.iterdir() if p.is_file()):
+                for path in sorted(p for p in logs.iterdir() if p.is_file() and not p.name.startswith(".")):
                     renamed[path.relative_to(folder).as_posix()] = f"job/logs/{path.name}"
         names += list(renamed)
         self.server.audit.record(admin.name, "download", job.job_id, role=admin.role, site_logs=shown)
