@@ -34,8 +34,8 @@ from hpcflare.federation.config import ServerConfig
 from hpcflare.federation.launchers import RankState, Resources, make_launcher
 from hpcflare.federation.server_ranks import ServerRanks
 from hpcflare.federation.site_service import SiteService
-from hpcflare.federation.store import FINISHED, SITE_FINISHED, FedJob, FedJobState, JobStore, SiteState
-from hpcflare.job import JobState
+from hpcflare.federation.store import FINISHED, FedJob, FedJobState, JobStore, SiteState
+from hpcflare.job import FINAL_STATES, JobState
 from hpcflare.rank_logger import RankLogger
 from hpcflare.security.tls import StartupKit
 
@@ -180,9 +180,9 @@ class FederationServer(ServerRanks):
         port = self._free_port()
         command = [sys.executable, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root)]
         command += ["--role", "server", "--bind", self.config.host, "--port", str(port), "--quiet"]
-        job.server_rank = self.launcher.start(
-            "server", command, {"HPCFLARE_KIT": str(self.kit.path)}, job_dir.root / "launch", Resources()
-        )
+        env = {"HPCFLARE_KIT": str(self.kit.path)}
+        record = self.launcher.start("server", command, env, job_dir.root / "launch", Resources())
+        job.server_rank = {**record, "command": command, "env": env}
         job.port = port
         job.address = f":{port}" if self.launcher.kind == "local" else ""
         job.state, job.message = FedJobState.RUNNING, f"running with {len(config.clients)} site(s)"
@@ -204,6 +204,9 @@ class FederationServer(ServerRanks):
             self._end_if_sites_failed(job)
             return
         final = job_dir.read_status()
+        if final.get("state") not in FINAL_STATES and not job.server_rank.get("ended_by"):
+            if self._restart_rank(job, status.detail or describe(status.exit_code or 1)):
+                return
         if job.server_rank.get("ended_by"):
             job.exit_code = status.exit_code
             self._finish(job, FedJobState.FAILED, str(job.server_rank["ended_by"]))
@@ -220,9 +223,6 @@ class FederationServer(ServerRanks):
 
     def _finish(self, job: FedJob, state: FedJobState, message: str) -> None:
         job.state, job.message = state, message
-        for site in job.sites:
-            if job.site_state(site) not in SITE_FINISHED and state != FedJobState.DONE:
-                job.site_states.setdefault(site, {})["job_ended"] = str(state)
         (self.log.info if state == FedJobState.DONE else self.log.warning)(
             f"job_{state}", f"{job.job_id} {state}: {message}", job=job.job_id
         )

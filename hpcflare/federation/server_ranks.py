@@ -12,7 +12,7 @@ from typing import Any
 
 from hpcflare import errors
 from hpcflare.federation.config import ServerConfig
-from hpcflare.federation.launchers import Launcher
+from hpcflare.federation.launchers import Launcher, Resources
 from hpcflare.federation.store import FedJob, FedJobState, JobStore, SiteState
 from hpcflare.fileio import atomic_write_json
 from hpcflare.job import JobState
@@ -51,6 +51,33 @@ class ServerRanks:
         raise errors.ConfigError(
             f"every port of job_ports {first}-{last} is in use: widen job_ports in server.yaml"
         )
+
+    def _restart_rank(self, job: FedJob, cause: str) -> bool:
+        """A job's server rank that died mid-job (killed, its node lost) starts again on the same port and goes on
+        from its last checkpoint; its sites' ranks find it there and register again under their tokens. At most
+        settings.max_requeues times; False when that is spent."""
+        restarts = int(job.server_rank.get("restarts") or 0)
+        if restarts >= self.settings.max_requeues or not job.server_rank.get("command"):
+            return False
+        job_dir = self.store.job_dir(job.job_id)
+        for stale in job_dir.rendezvous_dir.glob("*.json"):
+            stale.unlink(missing_ok=True)
+        job_dir.write_status(JobState.RESUMING, message=f"its server rank ended ({cause}); resumed")
+        record = self.launcher.start(
+            "server", job.server_rank["command"], job.server_rank["env"], job_dir.root / "launch", Resources()
+        )
+        job.server_rank = {
+            **record,
+            "command": job.server_rank["command"],
+            "env": job.server_rank["env"],
+            "restarts": restarts + 1,
+        }
+        if self.launcher.kind != "local":
+            job.address = ""  # published again by the new rank
+        job.message = f"server rank restarted from its last checkpoint ({restarts + 1}x; it ended: {cause})"
+        self.log.warning("job_server_restarted", f"{job.job_id}: {job.message}", job=job.job_id)
+        self.changed(job)
+        return True
 
     def _end_if_sites_failed(self, job: FedJob) -> None:
         """Before its first round, a job whose sites failed at their end (so fewer than min_clients can still

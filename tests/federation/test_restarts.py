@@ -117,3 +117,24 @@ def test_the_jobs_server_rank_as_a_slurm_job(federation, slurm, tmp_path):
     launch = federation.server_dir / "ws" / "jobs" / job_id / "job" / "launch" / "server.sbatch"
     assert "#SBATCH --partition=debug" in launch.read_text()
     np.testing.assert_allclose(_result(federation, job_id, tmp_path), np.full(3, 3.0))
+
+
+def test_a_jobs_server_rank_killed_mid_job_resumes_from_its_checkpoint(federation, tmp_path):
+    federation.start_server()
+    for site in SITES:
+        federation.start_agent(site)
+    federation.wait_connected(SITES)
+    with federation.session("alice") as admin:
+        job_id = admin.submit_job(federation.job(SITES, rounds=5, sleep=1.0))
+    _wait_round(federation, job_id, 3)
+    server_json = federation.server_dir / "ws" / "jobs" / job_id / "job" / "rendezvous" / "server.json"
+    import json
+    import os
+    import signal
+
+    os.kill(json.loads(server_json.read_text())["pid"], signal.SIGKILL)  # the rank itself, not the wrapper
+    with federation.session("alice") as admin:
+        status = wait_state(admin, job_id, ("done", "failed"), timeout=300)
+    assert status["state"] == "done", status
+    assert "restarted from its last checkpoint" in federation.output("server")
+    np.testing.assert_allclose(_result(federation, job_id, tmp_path), np.full(3, 7.5))

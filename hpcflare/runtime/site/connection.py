@@ -179,13 +179,17 @@ class Connection(Liveness):
         """Retry transient failures (server not up yet / briefly gone) until settings.server_lost_timeout;
         a dead relay triggers a failover to the server first."""
         deadline = time.monotonic() + self.settings.server_lost_timeout
-        attempt = 0
+        attempt, registered_again = 0, False
         while True:
             transport = self.transport
             try:
                 result = fn()
                 self._last_contact = time.monotonic()
                 return result
+            except errors.UnknownClientError as exc:  # a restarted parent: once per call, then it is real
+                if not failover or registered_again or not self._register_again(exc, transport):
+                    raise
+                registered_again = True
             except (errors.PeerGoneError, errors.StreamTimeoutError) as exc:
                 if (
                     failover

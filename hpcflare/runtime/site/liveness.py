@@ -85,6 +85,24 @@ class Liveness:
                 failed.close()
             return True
 
+    def _register_again(self, exc: Exception, failed: ClientTransport | None) -> bool:
+        """The parent answered but knows no such token: it restarted (resumed from its checkpoint at the same
+        address, no rendezvous to tell). Register again showing the token, which a parent without a record of
+        this site keeps; True = retry on self.transport."""
+        if isinstance(exc, errors.RegistrationRefusedError) or self.parent is not None:
+            return False
+        with self._failover_lock:
+            if failed is not self.transport:
+                return self.transport is not None
+            self.log.warning(
+                "parent_restarted",
+                f"the server at {self.address} no longer knows this site ({exc}); it restarted: registering again",
+            )
+            self._connect(self.address)
+            if failed is not None and failed is not self.transport:
+                failed.close()
+            return True
+
     def relay_gone(self, exc: Exception) -> bool:
         """After a broken transfer: is the relay itself gone? If so, fail over (True = retry the transfer)."""
         transport = self.transport
@@ -137,8 +155,10 @@ class Liveness:
                         True,
                     )
                     return
-                if isinstance(exc, errors.PeerGoneError):
-                    try:
+                try:
+                    if isinstance(exc, errors.PeerGoneError):
                         self._failover(exc, transport) or self._rediscover(exc, transport)
-                    except errors.HpcflareError as again:
-                        self.log.warning("failover_failed", f"reconnecting failed: {again}")
+                    elif isinstance(exc, errors.UnknownClientError):
+                        self._register_again(exc, transport)
+                except errors.HpcflareError as again:
+                    self.log.warning("failover_failed", f"reconnecting failed: {again}")
