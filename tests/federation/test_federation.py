@@ -244,7 +244,9 @@ def test_homomorphic_encryption_across_institutions(federation, tmp_path):
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "hpcflare.privacy.he", "provision", str(federation.kits)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "hpcflare.privacy.he", "provision", str(federation.kits)], check=True
+    )
     assert not (federation.kits / "server" / "he_context.ctx").exists()  # the server never holds a secret key
     federation.start_server()
     for site in SITES[:2]:
@@ -266,6 +268,7 @@ def test_homomorphic_encryption_across_institutions(federation, tmp_path):
     plain = tmp_path / "plain.safetensors"
     secret = federation.site_dir("site-1") / "kit" / "he_context.ctx"
     subprocess.run(
-        [sys.executable, "-m", "hpcflare.privacy.he", "decrypt", str(encrypted), str(secret), str(plain)], check=True
+        [sys.executable, "-m", "hpcflare.privacy.he", "decrypt", str(encrypted), str(secret), str(plain)],
+        check=True,
     )
     np.testing.assert_allclose(safetensors.numpy.load_file(str(plain))["w"], np.full(3, 3.0), atol=1e-2)
