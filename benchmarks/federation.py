@@ -81,17 +81,24 @@ def local_run(root: Path, sites: list[str], rounds: int) -> tuple[float, float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--sites", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     sites = [f"site-{i}" for i in range(1, args.sites + 1)]
-    print(f"# {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.processor() or platform.machine()}), "
-          f"python {platform.python_version()}; {args.sites} sites, {args.rounds} rounds, best of {args.repeat}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.processor() or platform.machine()}), "
+        f"python {platform.python_version()}; {args.sites} sites, {args.rounds} rounds, best of {args.repeat}"
+    )
     print("# " + " ".join(sys.argv))
     print(f"{'route':<34} {'to round 1 (s)':>15} {'per round (s)':>14} {'wall (s)':>9}")
-    for name, fn in (("LocalEnv (one job, one user)", local_run), ("standing server + site agents", federation_run)):
+    for name, fn in (
+        ("LocalEnv (one job, one user)", local_run),
+        ("standing server + site agents", federation_run),
+    ):
         rows = []
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix="hpcflare-bench-") as tmp:

@@ -172,7 +172,7 @@ class AdminService:
                 continue
             seen = self.server.sites_seen.get(name)
             sites[name] = {
-                "connected": bool(seen) and now - seen["last_seen"] <= fresh,
+                "connected": seen is not None and now - seen["last_seen"] <= fresh,
                 "org": self.server.kit.orgs.get(name, name),
                 **(seen or {}),
             }

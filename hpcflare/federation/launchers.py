@@ -116,12 +116,13 @@ class LocalLauncher(Launcher):
     def status(self, record: Mapping[str, Any]) -> RankStatus:
         pid = int(record.get("pid") or 0)
         child = self._children.get(pid)
-        if child is not None and child.poll() is not None:
+        running_child = child is not None and child.poll() is None  # ours: alive even while it still execs
+        if child is not None and not running_child:
             self._children.pop(pid, None)
         code = self.exit_code(record)
         if code is not None:
             return RankStatus(RankState.EXITED, exit_code=code)
-        if self._alive(pid, str(record.get("exit_file"))):
+        if running_child or self._alive(pid, str(record.get("exit_file"))):
             return RankStatus(RankState.RUNNING, f"pid {pid}")
         code = self.exit_code(record)  # it may have ended between the two looks
         if code is not None:
@@ -147,7 +148,10 @@ class LocalLauncher(Launcher):
 
     def cancel(self, record: Mapping[str, Any]) -> None:
         pid = int(record.get("pid") or 0)
-        if pid and self._alive(pid, str(record.get("exit_file"))):
+        child = self._children.get(pid)
+        if pid and (
+            (child is not None and child.poll() is None) or self._alive(pid, str(record.get("exit_file")))
+        ):
             try:
                 os.kill(pid, signal.SIGTERM)  # the wrapper passes it on to the rank
             except OSError:

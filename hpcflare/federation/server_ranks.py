@@ -16,6 +16,7 @@ from hpcflare.federation.launchers import Launcher, Resources
 from hpcflare.federation.store import FedJob, FedJobState, JobStore, SiteState
 from hpcflare.fileio import atomic_write_json
 from hpcflare.job import JobState
+from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.beacon import beacon_dir
 from hpcflare.settings import Settings
 
@@ -34,6 +35,7 @@ class ServerRanks:
     port: int
     sites_seen: dict[str, dict[str, Any]]
     cv: threading.Condition
+    log: RankLogger
     changed: Callable[[FedJob], None]
 
     def _free_port(self) -> int:

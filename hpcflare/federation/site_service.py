@@ -108,7 +108,7 @@ class SiteService:
         site = self._site(identity)
         job = self._job_of(site, header.get("job"))
         try:
-            state = SiteState(header.get("state"))
+            state = SiteState(str(header.get("state")))
         except ValueError:
             raise MalformedMessageError(f"unknown site state {header.get('state')!r:.40}") from None
         if state not in REPORTABLE:

@@ -63,7 +63,8 @@ STREAMED_OUT = {SiteRpc.FETCH_APP, AdminRpc.DOWNLOAD}
 
 
 def pack(header: dict[str, Any], data: bytes = b"") -> bytes:
-    return msgpack.packb({"h": header, "d": data}, use_bin_type=True)
+    packed: bytes = msgpack.packb({"h": header, "d": data}, use_bin_type=True)
+    return packed
 
 
 def unpack(frame: bytes) -> tuple[dict[str, Any], bytes]:
@@ -205,7 +206,11 @@ def receive_bundle(
 
         path = dest / name
         got: list[str] = []
-        atomic_write(path, lambda f, got=got: got.append(write(f)))
+
+        def writer(f: Any, got: list[str] = got, write: Callable[[Any], str] = write) -> None:
+            got.append(write(f))
+
+        atomic_write(path, writer)
         if got[0] != digest:
             path.unlink(missing_ok=True)
             raise errors.MalformedMessageError(
