@@ -75,10 +75,10 @@ class FederationServer(ServerRanks):
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> FederationServer:
-        self.grpc.start()
-        for job in self.store.jobs.values():
+        for job in self.store.jobs.values():  # said before the port opens: whoever reaches it sees this first
             if job.state == FedJobState.RUNNING:
                 self.log.info("job_reattached", f"{job.job_id}: looking after its running server rank again")
+        self.grpc.start()
         self._thread.start()
         self.log.info(
             "federation_started",
