@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcflare import __version__
-from hpcflare.exitcodes import HELP, ExitCode, describe
+from hpcflare.exitcodes import HELP, ExitCode, describe, explain_failure
 from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
 from hpcflare.settings import CONFIGS_DIR, Settings
@@ -49,6 +49,12 @@ def _settings(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _exit_codes(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.code is not None and not -255 <= args.code <= 255:
+        print(
+            f"hpcflare exit-codes: {args.code} is not a process exit status (0-255, or -N for signal N)",
+            file=sys.stderr,
+        )
+        return 2
     if args.code is not None:
         # a code read off sacct or a shell ($? or 128+signal) may not be hpcflare's own: explain it anyway
         print(f"{args.code:>4}  {describe(args.code)}")
@@ -303,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="hpcflare", description="Federated learning runtime for HPC clusters."
     )
     parser.add_argument("--version", action="version", version=f"hpcflare {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks of expected failures too"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a recipe folder's job.py (extra args are passed through)")
     p.add_argument("recipe")
@@ -398,7 +407,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"job {args.action} needs a target")
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return int(args.func(args, extra))
+    try:
+        return int(args.func(args, extra))
+    except (
+        Exception,
+        KeyboardInterrupt,
+    ) as exc:  # an expected failure ends with one line, a bug with its traceback
+        explained = None if args.verbose else explain_failure(exc)
+        if explained is None:
+            raise
+        print(f"hpcflare {args.command}: {explained[1]}", file=sys.stderr)
+        return explained[0]
 
 
 if __name__ == "__main__":

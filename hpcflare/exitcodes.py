@@ -108,3 +108,60 @@ def needs_traceback(code: ExitCode) -> bool:
 
 def format_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+EXTRAS = {
+    "torch": "torch",
+    "mpi4py": "mpi",
+    "tensorboard": "tracking",
+    "mlflow": "tracking",
+    "wandb": "wandb",
+    "lightning": "lightning",
+    "pytorch_lightning": "lightning",
+    "matplotlib": "plots",
+    "transformers": "llm",
+    "peft": "llm",
+    "xgboost": "tabular",
+    "sklearn": "tabular",
+    "tenseal": "he",
+    "mkdocs": "docs",
+}
+"""Optional packages -> the extra that installs them."""
+
+
+def explain_failure(exc: BaseException) -> tuple[int, str] | None:
+    """An expected failure as (exit status, one line with the cause and what to do); None for anything else (a
+    bug, whose traceback helps)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted (Ctrl-C)"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        if top in EXTRAS:
+            return int(
+                ExitCode.CONFIG_ERROR
+            ), f"{top} is not installed: pip install 'hpcflare[{EXTRAS[top]}]'"
+    if isinstance(exc, errors.HpcflareError):
+        code, reason = exit_for(exc)
+        return int(code), reason
+    return None
+
+
+def install_error_hook(verbose: bool = False) -> None:
+    """Expected failures of a command (configuration, a missing extra, a failed job, Ctrl-C) end with one line
+    on stderr instead of a traceback; ``verbose`` (or HPCFLARE_VERBOSE=1) keeps the traceback."""
+    import os
+    import sys
+
+    verbose = verbose or os.environ.get("HPCFLARE_VERBOSE") == "1"
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: object) -> None:
+        explained = None if verbose else explain_failure(exc)
+        if explained is None:
+            sys.__excepthook__(kind, exc, tb)  # type: ignore[arg-type]
+            return
+        print(
+            f"error: {explained[1]}" + ("" if verbose else " (-v or HPCFLARE_VERBOSE=1 shows the traceback)"),
+            file=sys.stderr,
+        )
+
+    sys.excepthook = hook

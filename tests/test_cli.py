@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from hpcflare.cli import main
 
@@ -36,3 +37,70 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "hpcflare.cli", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "run" in proc.stdout
+
+
+def test_expected_failures_end_with_one_line_not_a_traceback(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    settings = subprocess.run(
+        [sys.executable, "-m", "hpcflare.cli", "settings", "--profile", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert settings.returncode == 10 and "Traceback" not in settings.stderr
+    assert settings.stderr.startswith("hpcflare settings: settings profile 'nope' not found")
+    verbose = subprocess.run(
+        [sys.executable, "-m", "hpcflare.cli", "-v", "settings", "--profile", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert "Traceback" in verbose.stderr  # -v keeps it
+    code = subprocess.run(
+        [sys.executable, "-m", "hpcflare.cli", "exit-codes", "999"], capture_output=True, text=True
+    )
+    assert code.returncode == 2 and "not a process exit status" in code.stderr
+    recipe = subprocess.run(
+        [
+            sys.executable,
+            str(root / "recipes" / "hello-numpy" / "job.py"),
+            "--profile",
+            "nope",
+            "--job-root",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert recipe.returncode != 0 and "Traceback" not in recipe.stderr
+    assert recipe.stderr.strip().splitlines()[-1].startswith("error: settings profile 'nope' not found")
+
+
+def test_a_missing_extra_is_named():
+    from hpcflare.exitcodes import explain_failure
+
+    missing = ModuleNotFoundError("No module named 'xgboost'", name="xgboost")
+    assert explain_failure(missing) == (10, "xgboost is not installed: pip install 'hpcflare[tabular]'")
+    assert explain_failure(ValueError("a bug")) is None  # its traceback helps
+    assert explain_failure(KeyboardInterrupt())[0] == 130
+
+
+def test_provision_is_all_or_nothing(tmp_path):
+    project = tmp_path / "project.yaml"
+    project.write_text(
+        "project: p\nparticipants:\n  - {name: server, role: server}\n"
+        "  - {name: site-1, role: client, allowed_scripts: [missing.py]}\n"
+    )
+    failed = subprocess.run(
+        [sys.executable, "-m", "hpcflare.cli", "provision", str(project), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode != 0 and "missing.py not found" in failed.stderr
+    assert not (tmp_path / "out" / "p").exists() and not list((tmp_path / "out").glob(".*"))
+    (tmp_path / "missing.py").write_text("print('train')\n")
+    made = subprocess.run(
+        [sys.executable, "-m", "hpcflare.cli", "provision", str(project), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0 and (tmp_path / "out" / "p" / "site-1" / "kit.yaml").is_file()

@@ -11,10 +11,12 @@ job.py's command line keeps working.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from hpcflare.env import ENV_NAMES, SlurmEnv, make_env
 from hpcflare.env.api import Run
+from hpcflare.exitcodes import install_error_hook
 
 UNIFORM_FLAGS = (
     "--env",
@@ -39,6 +41,10 @@ UNIFORM_FLAGS = (
 def add_job_arguments(
     parser: argparse.ArgumentParser, n_clients: int = 2, rounds: int = 3, env: str = "local"
 ) -> None:
+    install_error_hook("-v" in sys.argv or "--verbose" in sys.argv)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks of expected failures too"
+    )
     parser.add_argument("--env", choices=ENV_NAMES, default=env)
     parser.add_argument("--n-clients", "--n_clients", dest="n_clients", type=int, default=n_clients)
     parser.add_argument(

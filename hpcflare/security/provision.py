@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hpcflare.errors import ConfigError
-from hpcflare.fileio import atomic_write
+from hpcflare.fileio import atomic_write, publish_dir
 from hpcflare.job import SITE_NAME
 from hpcflare.security.certs import issue, new_ca, pem_cert, pem_key
 from hpcflare.security.policy import script_digest
@@ -177,11 +178,27 @@ def write_kit(
 
 def provision(project: Project, out: str | Path, base: str | Path = ".") -> Path:
     """Create ``out/<project>/``: the CA (key 0600) and one startup kit per participant."""
-    root = Path(out) / project.project
-    if (root / "ca" / "rootCA.key").exists():
+    final = Path(out) / project.project
+    if (final / "ca" / "rootCA.key").exists():
         raise ConfigError(
-            f"{root} is already provisioned; remove it, or use --add NAME to issue one more kit"
+            f"{final} is already provisioned; remove it, or use --add NAME to issue one more kit"
         )
+    if final.exists() and any(final.iterdir()):
+        raise ConfigError(f"{final} exists and is not empty; remove it or provision into another -o folder")
+    # built under a temporary name and renamed at the end: a failure (a missing allowed script) leaves nothing
+    root = Path(out) / f".{project.project}.provisioning-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    try:
+        _provision_into(root, project, base)
+        if final.exists():
+            final.rmdir()
+        publish_dir(root, final)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return final
+
+
+def _provision_into(root: Path, project: Project, base: str | Path) -> None:
     (root / "ca").mkdir(parents=True, exist_ok=True)
     os.chmod(root / "ca", 0o700)
     ca_key, ca_cert = new_ca(project.project, project.valid_days)
@@ -191,7 +208,6 @@ def provision(project: Project, out: str | Path, base: str | Path = ".") -> Path
     for who in project.participants:
         key, cert = issue(ca_key, ca_cert, who.name, who.hosts, project.valid_days)
         write_kit(root / who.name, project, who, ca_cert, key, cert, Path(base))
-    return root
 
 
 def load_ca(root: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Project]:
