@@ -89,7 +89,8 @@ class Settings:
     heartbeat_timeout: float = 30.0
     """A registered client not heard from for this long is declared dead (the round stops waiting for it)."""
     server_lost_timeout: float = 60.0
-    """A client that cannot reach the server for this long gives up (exit code SERVER_LOST)."""
+    """A client that cannot reach its parent for this long gives up (SERVER_LOST); a silent relay or client rank,
+    with the sites it speaks for, is declared dead only after as long (a stopped or swapping host is no death)."""
     end_grace: float = 10.0
     """After the last round, the server waits this long for clients to collect the 'end' task."""
     upload_slot_timeout: float = 300.0
@@ -146,8 +147,7 @@ class Settings:
     checkpoint, on both routes (sbatch: the time-limit trap stops requeueing; SlurmEnv: submitit's
     max_num_timeout). Enough for a job that needs many time limits' worth of rounds; raise it for longer ones."""
     site_join_timeout: float = 600.0
-    """A standing server waits this long for a job's sites to accept it, then runs it with those that did
-    (>= min_clients) or fails naming the sites that never answered."""
+    """A standing server waits this long for a job's sites to accept it, then runs with those (>= min_clients)."""
     federation_poll_wait: float = 20.0
     """Longest a site agent's or an admin's long-poll is held by the standing server when nothing changed."""
     federation_retry_max: float = 60.0

@@ -44,6 +44,7 @@ class ServerRegistration:
     _cv: threading.Condition
 
     _add_member: Callable[[dict, str | None], tuple[Any, Any]]
+    may_act_for: Callable[[str, str], bool]
     live_children: Callable[[], set[str]]
     _check_abort: Callable[[], None]
 
@@ -103,6 +104,9 @@ class ServerRegistration:
                 site=site,
             )
         node, via = str(request.get("node") or "")[:128], str(request.get("via") or "")[:64]
+        if via and (peer is None or peer.identity in (None, via)) and self.may_act_for(via, site):
+            # judged as the host it speaks through (RoundHost.silence_allowed)
+            record.via = via
         kind = "relay" if site in self.relays else "client rank" if site in self.hosts else "client"
         event = {"relay": "relay_registered", "client rank": "client_rank_registered"}.get(
             kind, "client_registered"

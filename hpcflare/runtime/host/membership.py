@@ -41,6 +41,10 @@ class ClientRecord:
     reason: str = ""
     host: str = ""
     pid: int = 0
+    via: str = ""
+    """The relay or client rank this site speaks through ('' when it reaches the host itself)."""
+    last_gap: float = 0.0
+    """The silence that ended with its latest message (seconds)."""
 
 
 class Membership:
@@ -145,7 +149,8 @@ class Membership:
             raise UnknownClientError(
                 f"message from unregistered site or stale token (site={site!r:.80}); register first"
             )
-        record.last_seen = time.monotonic()
+        now = time.monotonic()
+        record.last_gap, record.last_seen = now - record.last_seen, now
         return record
 
     def mark(self, site: str, state: MemberState, reason: str = "") -> None:
@@ -170,16 +175,24 @@ class Membership:
             elif record.state in LIVE:
                 record.state, record.reason = MemberState.EXCLUDED, reason
 
-    def expire(self) -> list[ClientRecord]:
-        """Declare live clients silent for longer than heartbeat_timeout dead; return the newly dead."""
+    def expire(
+        self, allowed: Callable[[ClientRecord], tuple[float, str]] | None = None
+    ) -> list[ClientRecord]:
+        """Declare live clients silent for longer than they are allowed dead; return the newly dead.
+        ``allowed(record)``: (seconds, the setting that says so); default heartbeat_timeout."""
         self.tick()  # a stall the watcher has not seen yet is credited before anyone is judged
         now = time.monotonic()
         dead = []
         with self._lock:
             for record in self._clients.values():
-                if record.state in LIVE and now - record.last_seen > self.heartbeat_timeout:
+                if record.state not in LIVE:
+                    continue
+                limit, name = (
+                    allowed(record) if allowed else (self.heartbeat_timeout, "settings.heartbeat_timeout")
+                )
+                if now - record.last_seen > limit:
                     record.state = MemberState.DEAD
-                    record.reason = f"no heartbeat for {now - record.last_seen:.0f}s (settings.heartbeat_timeout={self.heartbeat_timeout})"
+                    record.reason = f"no heartbeat for {now - record.last_seen:.0f}s ({name}={limit:g})"
                     dead.append(record)
         return dead
 

@@ -153,6 +153,16 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
     def on_heartbeat(self, site: str, request: dict[str, Any]) -> None:
         """Called for every authenticated heartbeat: a host child vouches for the sites it heard from."""
         if site in self.hosts:
+            record = self.members.get(site)
+            if record is not None and record.last_gap > self.settings.heartbeat_timeout:
+                self.log.warning(
+                    "host_stalled",
+                    f"{site} was silent for {record.last_gap:.1f}s (stopped, swapping, a hung filesystem on its "
+                    "node?) and is back; neither it nor the sites it speaks for were declared dead "
+                    f"(settings.server_lost_timeout={self.settings.server_lost_timeout:g}s)",
+                    host=site,
+                    seconds=round(record.last_gap, 2),
+                )
             for child in request.get("children") or []:
                 if self.may_act_for(site, str(child)):
                     self.members.touch(child)
@@ -213,8 +223,21 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
             self._task_cv.notify_all()
         return rnd
 
+    def silence_allowed(self, record: Any) -> tuple[float, str]:
+        """How long ``record`` may be silent: a relay or client rank, and the sites that speak through one, as long as
+        a site waits for a lost parent (settings.server_lost_timeout): a stopped, swapping or hung host is not dead,
+        and its children (who fail over or end by then) are not either. Anyone else: heartbeat_timeout."""
+        s = self.settings
+        hosted = record.via in self.hosts or self.config.hosting_rank(record.site) in self.hosts
+        if (record.site in self.hosts or hosted) and s.server_lost_timeout > s.heartbeat_timeout:
+            return (
+                s.server_lost_timeout,
+                "settings.server_lost_timeout, for relays, client ranks and their sites",
+            )
+        return s.heartbeat_timeout, "settings.heartbeat_timeout"
+
     def expire_dead(self, number: int) -> None:
-        for record in self.members.expire():
+        for record in self.members.expire(self.silence_allowed):
             self.log.warning(
                 "client_dead", f"{record.site} declared dead: {record.reason}", site=record.site, round=number
             )
