@@ -4,11 +4,13 @@ Faults, every ``--every`` seconds: SIGKILL a random client, or SIGSTOP one for a
 heartbeat_timeout, so it is declared dead) and SIGCONT it, and once (``--kill-server``) SIGKILL the server,
 after which the job is continued with ``Env.resume`` from its last checkpoint; with ``--flood N``, N idle
 upload streams are held open on the server for the whole job (re-opened whenever refused or cut), as a hostile
-or broken host would. Then the same job runs without faults. Prints rounds completed, completed rounds lost
+or broken host would; with ``--relays R --relay-stall``, relay-1 is SIGSTOPped once for longer than
+heartbeat_timeout (within server_lost_timeout) and SIGCONTed. Then the same job runs without faults. Prints rounds completed, completed rounds lost
 (a checkpointed round that had to run again or is missing from the end result: must be 0) and the time
 overhead against the fault-free run.
 
     python benchmarks/chaos.py --clients 32 --rounds 20 [--every 2] [--kill-server] [--flood 200]
+                               [--relays 2 --relay-stall]
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ SETTINGS = {
 }
 
 
-def _recipe(work: Path, clients: int, rounds: int) -> FedAvgRecipe:
+def _recipe(work: Path, clients: int, rounds: int, relays: int = 0) -> FedAvgRecipe:
     script = work / "client.py"
     work.mkdir(parents=True, exist_ok=True)
     script.write_text(textwrap.dedent(CLIENT))
@@ -71,6 +73,7 @@ def _recipe(work: Path, clients: int, rounds: int) -> FedAvgRecipe:
         num_rounds=rounds,
         train_script=script,
         settings=SETTINGS,
+        relays=relays,
     )
 
 
@@ -80,9 +83,18 @@ def _server_events(run: LocalRun) -> list[dict]:
 
 
 class Chaos(threading.Thread):
-    def __init__(self, run: LocalRun, sites: list[str], every: float, kill_server: bool, seed: int) -> None:
+    def __init__(
+        self,
+        run: LocalRun,
+        sites: list[str],
+        every: float,
+        kill_server: bool,
+        seed: int,
+        relay_stall: bool = False,
+    ) -> None:
         super().__init__(daemon=True)
         self.run_, self.sites, self.every, self.kill_server = run, sites, every, kill_server
+        self.relay_stall = relay_stall
         self.rng = random.Random(seed)
         self.faults: list[str] = []
         self.server_killed = threading.Event()
@@ -102,6 +114,17 @@ class Chaos(threading.Thread):
                 self.faults.append("SIGKILL server")
                 self.server_killed.set()
                 return
+            if self.relay_stall and "relay-1" in self.run_.clients and len(self.faults) >= 1:
+                relay = self.run_.clients["relay-1"]
+                stall = (
+                    SETTINGS["heartbeat_timeout"] + 2
+                )  # past heartbeat_timeout, within server_lost_timeout
+                os.kill(relay.pid, signal.SIGSTOP)
+                time.sleep(stall)
+                os.kill(relay.pid, signal.SIGCONT)
+                self.faults.append(f"SIGSTOP+SIGCONT relay-1 ({stall}s)")
+                self.relay_stall = False
+                continue
             victims = [s for s in self.sites if s not in spared]
             if not victims:
                 return
@@ -129,12 +152,14 @@ def _server_address(run: LocalRun) -> str:
     return str(json.loads(path.read_text())["address"])
 
 
-def run_job(work: Path, clients: int, rounds: int, chaos: dict | None, flood: int = 0) -> dict:
+def run_job(
+    work: Path, clients: int, rounds: int, chaos: dict | None, flood: int = 0, relays: int = 0
+) -> dict:
     env = LocalEnv(
         job_root=work / "jobs", verbose=False, clients_per_rank=1
     )  # chaos kills one site per process
     t0 = time.monotonic()
-    run = _recipe(work, clients, rounds).execute(env)
+    run = _recipe(work, clients, rounds, relays).execute(env)
     monkey = None
     if chaos is not None:
         monkey = Chaos(run, [f"site-{i}" for i in range(1, clients + 1)], **chaos)
@@ -188,15 +213,25 @@ def main() -> None:
         default=0,
         help="idle upload streams held open on the server during the chaos run",
     )
+    parser.add_argument("--relays", type=int, default=0, help="relay ranks between the server and the sites")
+    parser.add_argument(
+        "--relay-stall", action="store_true", help="SIGSTOP relay-1 once past heartbeat_timeout"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hpcflare-chaos-") as tmp:
-        calm = run_job(Path(tmp) / "calm", args.clients, args.rounds, None)
+        calm = run_job(Path(tmp) / "calm", args.clients, args.rounds, None, relays=args.relays)
         wild = run_job(
             Path(tmp) / "chaos",
             args.clients,
             args.rounds,
-            {"every": args.every, "kill_server": args.kill_server, "seed": args.seed},
+            {
+                "every": args.every,
+                "kill_server": args.kill_server,
+                "seed": args.seed,
+                "relay_stall": args.relay_stall,
+            },
             args.flood,
+            args.relays,
         )
     print(f"{'run':<8} {'state':<10} {'rounds':>6} {'lost':>5} {'seconds':>8}  faults")
     for name, row in (("calm", calm), ("chaos", wild)):
