@@ -41,6 +41,10 @@ WEIGHT = "__he_weight__"
 LAYOUT_KEY = "__he_layout__"
 """A tensor of the encrypted model: the plain model's names, shapes and dtypes as JSON bytes (so checkpoints,
 the result and relays know the layout without any other state)."""
+KEY_TAG = "__he_key__"
+"""A tensor of every encrypted update, partial and model: the sha256 of the public key it is encrypted under
+(32 bytes). The server and relays refuse an update under another key, naming the site; a site refuses a model
+under another key than its own."""
 CONTEXT_ENV = "HPCFLARE_HE_CONTEXT"
 SECRET_FILE, PUBLIC_FILE = HE_SECRET_FILE, HE_PUBLIC_FILE
 MAX_CIPHERTEXT_BYTES = 1 << 34
@@ -74,6 +78,28 @@ def ensure_job_keys(job_root: Path, sites: list[str], spec: PrivacySpec) -> None
     if (root / "server" / "public.ctx").exists():
         return
     write_keys(spec, [root / s / "secret.ctx" for s in sites], [root / "server" / "public.ctx"])
+
+
+def key_tag(ctx: Any) -> np.ndarray:
+    """The fingerprint of ``ctx``'s public key (the same from a site's secret context and the public one)."""
+    import hashlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hpcflare-he-") as tmp:
+        path = os.path.join(tmp, "public_key")
+        ctx.public_key().data.save(path)
+        with open(path, "rb") as f:
+            return np.frombuffer(hashlib.sha256(f.read()).digest(), np.uint8).copy()
+
+
+def check_key(tag: Any, expected: np.ndarray, whose: str) -> None:
+    got = np.asarray(tag, np.uint8).reshape(-1)
+    if got.shape != expected.shape or not np.array_equal(got, expected):
+        raise errors.UpdateRejectedError(
+            f"{whose} is encrypted under another HE key (fingerprint {bytes(got[:6]).hex() or 'none'}, this "
+            f"job's {bytes(expected[:6]).hex()}): a site uses a key from another provisioning; give every site "
+            "its kit's he_context.ctx from one `python -m hpcflare.privacy.he provision`"
+        )
 
 
 def load_context(path: Path, secret: bool) -> Any:
@@ -146,6 +172,7 @@ class HEStrategy(PrivateStrategy):
     def __init__(self, inner: Strategy, spec: PrivacySpec) -> None:
         super().__init__(inner, spec)
         self._ctx: Any = None
+        self._tag: np.ndarray | None = None
         self._where: tuple[Any, Any] | None = None
 
     def attach_host(self, job_root: Any, kit_dir: Any) -> None:
@@ -160,6 +187,11 @@ class HEStrategy(PrivateStrategy):
             self._ctx = load_context(public_context_path(*self._where), secret=False)
         return self._ctx
 
+    def key(self) -> np.ndarray:
+        if self._tag is None:
+            self._tag = key_tag(self.public_context())
+        return self._tag
+
     def start_services(self, context: Any) -> None:
         super().start_services(context)
         self.attach_host(context.job_root, context.kit_dir)
@@ -173,7 +205,7 @@ class HEStrategy(PrivateStrategy):
         names = [n for n, _, _ in model_layout(global_params)]
         return {
             n: AnyLength(np.dtype(np.uint8), MAX_CIPHERTEXT_BYTES, keeps_partials=True)
-            for n in [*names, WEIGHT]
+            for n in [*names, WEIGHT, KEY_TAG]
         }
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
@@ -197,14 +229,19 @@ class CiphertextSumAggregator(Aggregator):
         return self._count
 
     def _fold(self, params: Mapping[str, Any]) -> None:
-        expected = set(self._names) | {WEIGHT}
+        expected = set(self._names) | {WEIGHT, KEY_TAG}
         if set(params) != expected:
             raise errors.UpdateRejectedError(
-                f"an encrypted update must carry every tensor and {WEIGHT} (missing "
-                f"{sorted(expected - set(params))[:5]})"
+                f"an encrypted update must carry every tensor, {WEIGHT} and {KEY_TAG} (missing "
+                f"{sorted(expected - set(params))[:5]}, unknown {sorted(set(params) - expected)[:5]})"
             )
+        check_key(params[KEY_TAG], self._owner.key(), "the update")  # before anything is decoded or added
         ctx = self._owner.public_context()
-        vectors = {n: _vector(ctx, params[n], n, 1 if n == WEIGHT else self._sizes.get(n)) for n in params}
+        vectors = {
+            n: _vector(ctx, params[n], n, 1 if n == WEIGHT else self._sizes.get(n))
+            for n in params
+            if n != KEY_TAG
+        }
         for name, vector in vectors.items():  # all checked before any is added
             if name in self._sums:
                 self._sums[name] += vector
@@ -216,7 +253,9 @@ class CiphertextSumAggregator(Aggregator):
         self._count += 1
 
     def partial(self) -> tuple[Params, dict[str, float]]:
-        return {n: _blob(v) for n, v in self._sums.items()}, {n: float(self._count) for n in self._sums}
+        sums: Params = {n: _blob(v) for n, v in self._sums.items()}
+        sums[KEY_TAG] = self._owner.key()
+        return sums, {n: float(self._count) for n in sums}
 
     def add_partial(self, sums: Params, weights: dict[str, float], count: int) -> None:
         self._fold(sums)
@@ -231,6 +270,7 @@ class CiphertextSumAggregator(Aggregator):
         for name in [*self._names, WEIGHT]:
             yield name, _blob(self._sums.pop(name))
         yield LAYOUT_KEY, _layout_tensor(self._layout)
+        yield KEY_TAG, self._owner.key()
 
 
 class HESite(SitePrivacy):
@@ -241,10 +281,13 @@ class HESite(SitePrivacy):
     def __init__(self, spec: PrivacySpec, job_root: Path, site: str, kit_dir: Any) -> None:
         self.spec = spec
         self._ctx = load_context(secret_context_path(job_root, site, kit_dir), secret=True)
+        self._tag = key_tag(self._ctx)
 
     def received(self, task: Task, params: Mapping[str, Any]) -> dict[str, Any]:
         if WEIGHT not in params:
             return dict(params)  # round 1: the plain initial model
+        if KEY_TAG in params:
+            check_key(params[KEY_TAG], self._tag, "the server's model")
         return decrypt_model(self._ctx, params, model_layout(params))
 
     def protect(self, task: Task, update: dict[str, np.ndarray], weight: float) -> dict[str, np.ndarray]:
@@ -253,6 +296,7 @@ class HESite(SitePrivacy):
             for n, v in update.items()
         }
         out[WEIGHT] = _blob(ts.ckks_vector(self._ctx, [float(weight)]))
+        out[KEY_TAG] = self._tag
         return out
 
 

@@ -272,3 +272,49 @@ def test_homomorphic_encryption_across_institutions(federation, tmp_path):
         check=True,
     )
     np.testing.assert_allclose(safetensors.numpy.load_file(str(plain))["w"], np.full(3, 3.0), atol=1e-2)
+
+
+def test_a_site_encrypting_under_a_foreign_he_key_is_refused_and_named(federation, tmp_path):
+    """site-2's kit holds a key from another provisioning: its encrypted updates are refused at the job's server,
+    naming it; the job completes on site-1 (min_clients=1) and its result decrypts with site-1's key."""
+    pytest.importorskip("tenseal")
+    import shutil
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "hpcflare.privacy.he", "provision", str(federation.kits)], check=True
+    )
+    other = provision(Project.from_dict({**_project(), "project": "elsewhere"}), tmp_path / "other")
+    subprocess.run([sys.executable, "-m", "hpcflare.privacy.he", "provision", str(other)], check=True)
+    federation.start_server()
+    federation.start_agent("site-1")
+    federation.start_agent("site-2")
+    shutil.copy(other / "site-2" / "he_context.ctx", federation.site_dir("site-2") / "kit" / "he_context.ctx")
+    federation.wait_connected(SITES[:2])
+    recipe = FedAvgRecipe(
+        name="he-foreign",
+        model={"w": np.zeros(3, dtype=np.float32)},
+        clients=SITES[:2],
+        min_clients=1,
+        num_rounds=2,
+        train_script=SCRIPT,
+        train_args="--data {data_root}/offset.txt",
+        settings_profile="dev",
+        privacy={"type": "he"},
+    )
+    with federation.session("alice") as admin:
+        job_id = admin.submit_job(recipe.export(tmp_path / "jobs").root)
+        status = wait_state(admin, job_id, ("done", "failed"), timeout=300)
+        folder = admin.download_job_result(job_id, tmp_path / "results")
+    assert status["state"] == "done", status
+    server_log = (folder / "job" / "logs" / "server.log").read_text()
+    assert "site-2" in server_log and "encrypted under another HE key" in server_log
+    plain = tmp_path / "plain.safetensors"
+    secret = federation.site_dir("site-1") / "kit" / "he_context.ctx"
+    model = folder / "job" / "models" / "global_model.safetensors"
+    subprocess.run(
+        [sys.executable, "-m", "hpcflare.privacy.he", "decrypt", str(model), str(secret), str(plain)],
+        check=True,
+    )
+    np.testing.assert_allclose(safetensors.numpy.load_file(str(plain))["w"], np.full(3, 2.0), atol=1e-2)

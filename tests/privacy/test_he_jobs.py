@@ -107,3 +107,41 @@ def test_he_keys_in_startup_kits_secret_only_in_client_kits(make_recipe, local_e
         he.model_layout(encrypted),
     )
     assert plain["body"].shape == MODEL["body"].shape
+
+
+def test_an_update_under_another_key_is_refused_before_it_is_added(tmp_path):
+    """A site with a key from another provisioning: its update is refused (nothing of it is added, the honest
+    sum stays intact), and a site refuses a model under a key that is not its own."""
+    from hpcflare import errors
+    from hpcflare.privacy import he
+    from hpcflare.privacy.api import PrivacySpec
+    from hpcflare.strategy.api import ClientUpdate, UpdateKind
+    from hpcflare.strategy.fedavg import FedAvg
+
+    spec = PrivacySpec("he")
+    he.ensure_job_keys(tmp_path / "job", ["site-1"], spec)
+    he.ensure_job_keys(tmp_path / "other", ["site-1"], spec)  # another provisioning's key pair
+    strategy = he.HEStrategy(FedAvg(), spec)
+    strategy.attach_host(tmp_path / "job", None)
+    aggregator = strategy.new_aggregator({"w": np.zeros(4, np.float32)})
+    honest = he.HESite(spec, tmp_path / "job", "site-1", None)
+    foreign = he.HESite(spec, tmp_path / "other", "site-1", None)
+    aggregator.add(ClientUpdate("site-1", honest.protect(None, {"w": np.ones(4)}, 1.0), UpdateKind.FULL, 1))
+    with pytest.raises(errors.UpdateRejectedError, match="encrypted under another HE key"):
+        aggregator.add(
+            ClientUpdate("site-2", foreign.protect(None, {"w": np.full(4, 1e9)}, 1.0), UpdateKind.FULL, 1)
+        )
+    model = dict(aggregator.result_items())
+    np.testing.assert_allclose(honest.received(None, model)["w"], np.ones(4), atol=1e-6)
+    with pytest.raises(
+        errors.UpdateRejectedError, match="the server's model is encrypted under another HE key"
+    ):
+        foreign.received(None, model)
+    # a relay's partial carries the key too, and is checked the same way
+    relay = strategy.new_aggregator({"w": np.zeros(4, np.float32)})
+    relay.add(ClientUpdate("site-1", honest.protect(None, {"w": np.ones(4)}, 1.0), UpdateKind.FULL, 1))
+    sums, weights = relay.partial()
+    top = strategy.new_aggregator({"w": np.zeros(4, np.float32)})
+    top.add_partial(sums, weights, 1)
+    with pytest.raises(errors.UpdateRejectedError, match="another HE key"):
+        top.add_partial({**sums, he.KEY_TAG: np.zeros(32, np.uint8)}, weights, 1)
