@@ -147,21 +147,41 @@ class Federation:
                 assert time.monotonic() < deadline, f"agents not connected: {info}"
                 time.sleep(0.3)
 
-    def job(
-        self, sites: list[str], rounds: int = 3, sleep: float = 0.0, min_clients: int | None = None
-    ) -> Path:
-        """An exported job: each site adds the number in its own data_root/offset.txt per round."""
-        recipe = FedAvgRecipe(
-            name="consortium-job",
-            model={"w": np.zeros(3, dtype=np.float32)},
+    def up(self, sites: list[str], **server_settings: Any) -> None:
+        """The standing server and the agents of ``sites``, all connected."""
+        self.start_server(**server_settings)
+        for site in sites:
+            self.start_agent(site)
+        self.wait_connected(sites)
+
+    def recipe(
+        self,
+        sites: list[str],
+        rounds: int = 3,
+        sleep: float = 0.0,
+        min_clients: int | None = None,
+        size: int = 3,
+        name: str = "consortium-job",
+        **options: Any,
+    ) -> FedAvgRecipe:
+        """Each site adds the number in its own data_root/offset.txt per round."""
+        return FedAvgRecipe(
+            name=name,
+            model={"w": np.zeros(size, dtype=np.float32)},
             clients=sites,
             min_clients=min_clients or len(sites),
             num_rounds=rounds,
             train_script=SCRIPT,
             train_args=f"--data {{data_root}}/offset.txt --sleep {sleep}",
             settings_profile="dev",
+            **options,
         )
-        return recipe.export(self.root / "admin-jobs").root
+
+    def job(
+        self, sites: list[str], rounds: int = 3, sleep: float = 0.0, min_clients: int | None = None
+    ) -> Path:
+        """An exported job (see recipe)."""
+        return self.recipe(sites, rounds, sleep, min_clients).export(self.root / "admin-jobs").root
 
     def stop(self) -> None:
         for name in list(self.procs):

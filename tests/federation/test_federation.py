@@ -12,18 +12,14 @@ import safetensors.numpy
 from hpcflare import errors
 from hpcflare.env import ProdEnv
 from hpcflare.federation import MonitorReturnCode
-from hpcflare.recipe import FedAvgRecipe
 from hpcflare.security.provision import Project, provision
-from tests.federation.conftest import FAST, SCRIPT, wait_state
+from tests.federation.conftest import FAST, wait_state
 
 SITES = ["site-1", "site-2", "site-3"]
 
 
 def test_a_job_runs_across_three_institutions(federation, tmp_path):
-    federation.start_server()
-    for site in SITES:
-        federation.start_agent(site)
-    federation.wait_connected(SITES)
+    federation.up(SITES)
     seen = []
     with federation.session("alice") as admin:
         job_id = admin.submit_job(federation.job(SITES, rounds=3))
@@ -74,20 +70,8 @@ def wait_state_sites_done(federation, job_id, timeout=120):
 
 
 def test_a_recipe_executes_through_prod_env(federation, tmp_path):
-    federation.start_server()
-    for site in SITES[:2]:
-        federation.start_agent(site)
-    federation.wait_connected(SITES[:2])
-    recipe = FedAvgRecipe(
-        name="prod-env",
-        model={"w": np.zeros(2, dtype=np.float32)},
-        clients=SITES[:2],
-        min_clients=2,
-        num_rounds=2,
-        train_script=SCRIPT,
-        train_args="--data {data_root}/offset.txt",
-        settings_profile="dev",
-    )
+    federation.up(SITES[:2])
+    recipe = federation.recipe(SITES[:2], rounds=2, size=2, name="prod-env")
     run = recipe.execute(ProdEnv(federation.kits / "alice", federation.address, job_root=tmp_path / "jobs"))
     result = run.get_result(timeout=300)
     np.testing.assert_allclose(safetensors.numpy.load_file(str(result))["w"], np.full(2, 3.0))
@@ -217,21 +201,8 @@ def test_a_failing_site_is_named_with_its_own_cause(federation, tmp_path):
 
 def test_secure_aggregation_across_institutions(federation, tmp_path):
     """The standing server's job server sees only masked updates; the sites agree their masks through it."""
-    federation.start_server()
-    for site in SITES:
-        federation.start_agent(site)
-    federation.wait_connected(SITES)
-    recipe = FedAvgRecipe(
-        name="secagg",
-        model={"w": np.zeros(3, dtype=np.float32)},
-        clients=SITES,
-        min_clients=3,
-        num_rounds=2,
-        train_script=SCRIPT,
-        train_args="--data {data_root}/offset.txt",
-        settings_profile="dev",
-        privacy={"type": "secagg"},
-    )
+    federation.up(SITES)
+    recipe = federation.recipe(SITES, rounds=2, name="secagg", privacy={"type": "secagg"})
     run = recipe.execute(ProdEnv(federation.kits / "alice", federation.address, job_root=tmp_path / "jobs"))
     result = safetensors.numpy.load_file(str(run.get_result(timeout=300)))["w"]
     np.testing.assert_allclose(result, np.full(3, 4.0), atol=1e-3)
@@ -248,21 +219,8 @@ def test_homomorphic_encryption_across_institutions(federation, tmp_path):
         [sys.executable, "-m", "hpcflare.privacy.he", "provision", str(federation.kits)], check=True
     )
     assert not (federation.kits / "server" / "he_context.ctx").exists()  # the server never holds a secret key
-    federation.start_server()
-    for site in SITES[:2]:
-        federation.start_agent(site)
-    federation.wait_connected(SITES[:2])
-    recipe = FedAvgRecipe(
-        name="he",
-        model={"w": np.zeros(3, dtype=np.float32)},
-        clients=SITES[:2],
-        min_clients=2,
-        num_rounds=2,
-        train_script=SCRIPT,
-        train_args="--data {data_root}/offset.txt",
-        settings_profile="dev",
-        privacy={"type": "he"},
-    )
+    federation.up(SITES[:2])
+    recipe = federation.recipe(SITES[:2], rounds=2, name="he", privacy={"type": "he"})
     run = recipe.execute(ProdEnv(federation.kits / "alice", federation.address, job_root=tmp_path / "jobs"))
     encrypted = run.get_result(timeout=300)
     plain = tmp_path / "plain.safetensors"
@@ -292,17 +250,7 @@ def test_a_site_encrypting_under_a_foreign_he_key_is_refused_and_named(federatio
     federation.start_agent("site-2")
     shutil.copy(other / "site-2" / "he_context.ctx", federation.site_dir("site-2") / "kit" / "he_context.ctx")
     federation.wait_connected(SITES[:2])
-    recipe = FedAvgRecipe(
-        name="he-foreign",
-        model={"w": np.zeros(3, dtype=np.float32)},
-        clients=SITES[:2],
-        min_clients=1,
-        num_rounds=2,
-        train_script=SCRIPT,
-        train_args="--data {data_root}/offset.txt",
-        settings_profile="dev",
-        privacy={"type": "he"},
-    )
+    recipe = federation.recipe(SITES[:2], rounds=2, min_clients=1, name="he-foreign", privacy={"type": "he"})
     with federation.session("alice") as admin:
         job_id = admin.submit_job(recipe.export(tmp_path / "jobs").root)
         status = wait_state(admin, job_id, ("done", "failed"), timeout=300)

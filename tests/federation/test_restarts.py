@@ -31,10 +31,7 @@ def _result(federation, job_id, tmp_path):
 
 
 def test_the_standing_server_restarted_mid_job(federation, tmp_path):
-    federation.start_server()
-    for site in SITES:
-        federation.start_agent(site)
-    federation.wait_connected(SITES)
+    federation.up(SITES)
     with federation.session("alice") as admin:
         job_id = admin.submit_job(federation.job(SITES, rounds=5, sleep=1.0))
     _wait_round(federation, job_id, 2)
@@ -54,10 +51,7 @@ def test_the_standing_server_restarted_mid_job(federation, tmp_path):
 
 
 def test_a_site_agent_restarted_mid_job(federation, tmp_path):
-    federation.start_server()
-    for site in SITES:
-        federation.start_agent(site)
-    federation.wait_connected(SITES)
+    federation.up(SITES)
     with federation.session("alice") as admin:
         job_id = admin.submit_job(federation.job(SITES, rounds=5, sleep=1.0))
     _wait_round(federation, job_id, 2)
@@ -106,10 +100,7 @@ def test_the_jobs_server_rank_as_a_slurm_job(federation, slurm, tmp_path):
         "launcher": "slurm",
         "slurm": {"partition": "debug", "time_minutes": 10},
     }
-    federation.start_server()
-    for site in SITES:
-        federation.start_agent(site)
-    federation.wait_connected(SITES)
+    federation.up(SITES)
     with federation.session("alice") as admin:
         job_id = admin.submit_job(federation.job(SITES, rounds=2))
         status = wait_state(admin, job_id, ("done", "failed"), timeout=400)
@@ -120,10 +111,7 @@ def test_the_jobs_server_rank_as_a_slurm_job(federation, slurm, tmp_path):
 
 
 def test_a_jobs_server_rank_killed_mid_job_resumes_from_its_checkpoint(federation, tmp_path):
-    federation.start_server()
-    for site in SITES:
-        federation.start_agent(site)
-    federation.wait_connected(SITES)
+    federation.up(SITES)
     with federation.session("alice") as admin:
         job_id = admin.submit_job(federation.job(SITES, rounds=5, sleep=1.0))
     _wait_round(federation, job_id, 3)
