@@ -55,6 +55,21 @@ def _read(path: str | Path | None, what: str) -> dict[str, Any]:
     return data
 
 
+def _checked(
+    cls: type, path: str | Path | None, what: str, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """The file's mapping with the command line's overrides: only known keys, a known launcher."""
+    data = _read(path, what)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    where = str(path or what)
+    known = {f.name for f in dataclasses.fields(cls)} | {"settings_profile"}
+    if set(data) - known:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(set(data) - known)}")
+    if data.get("launcher", "local") not in LAUNCHERS:
+        raise ConfigError(f"{where}: launcher must be one of {sorted(LAUNCHERS)}, got {data['launcher']!r}")
+    return data, where
+
+
 def resources_from(data: Any, where: str) -> Resources:
     if data is None:
         return Resources()
@@ -98,12 +113,7 @@ class ServerConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides: Any) -> ServerConfig:
-        data = _read(path, "server config")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        where = str(path or "server config")
-        known = {f.name for f in dataclasses.fields(cls)} | {"settings_profile"}
-        if set(data) - known:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(set(data) - known)}")
+        data, where = _checked(cls, path, "server config", overrides)
         port = data.get("port", DEFAULT_PORT)
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ConfigError(f"{where}: port must be 0..65535, got {port!r}")
@@ -116,8 +126,6 @@ class ServerConfig:
         ):
             raise ConfigError(f"{where}: job_ports must be [first, last] ports, got {ports!r}")
         launcher = data.get("launcher", "local")
-        if launcher not in LAUNCHERS:
-            raise ConfigError(f"{where}: launcher must be one of {sorted(LAUNCHERS)}, got {launcher!r}")
         return cls(
             port=port,
             host=str(data.get("host", "0.0.0.0")),
@@ -146,15 +154,8 @@ class SiteConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides: Any) -> SiteConfig:
-        data = _read(path, "site config")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        where = str(path or "site config")
-        known = {f.name for f in dataclasses.fields(cls)} | {"settings_profile"}
-        if set(data) - known:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(set(data) - known)}")
+        data, where = _checked(cls, path, "site config", overrides)
         launcher = data.get("launcher", "local")
-        if launcher not in LAUNCHERS:
-            raise ConfigError(f"{where}: launcher must be one of {sorted(LAUNCHERS)}, got {launcher!r}")
         for key in ("max_client_ranks", "max_gpus", "max_wall_minutes"):
             value = data.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
