@@ -4,6 +4,7 @@ action that changes or takes something is written to the audit log, refused ones
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -12,13 +13,13 @@ from typing import Any
 import grpc
 
 from hpcflare import __version__
-from hpcflare.errors import ConfigError, HpcflareError, MalformedMessageError
+from hpcflare.errors import ConfigError, HpcflareError
 from hpcflare.federation import submission, wire
 from hpcflare.federation.api import FederationHost
 from hpcflare.federation.channel import service_handler
 from hpcflare.federation.roles import Action, Admin
 from hpcflare.federation.store import FedJob
-from hpcflare.job import SITE_NAME
+from hpcflare.job import SITE_NAME, JobDir
 
 
 class AdminService:
@@ -58,31 +59,22 @@ class AdminService:
     def submit(self, identity: str | None, frames: Iterator[bytes]) -> dict[str, Any]:
         admin = self._admin(identity, Action.SUBMIT)
         head, _ = wire.unpack(next(frames))
-        name = str(head.get("name") or "job")
-        if not SITE_NAME.match(name):
-            raise MalformedMessageError(f"job name {name!r:.60} must be letters, digits, '_', '.', '-'")
         store = self.server.store
-        job_id = store.new_id(name)
-        incoming = store.root / f".incoming-{job_id}"
+        incoming = store.root / f".incoming-{secrets.token_hex(8)}"
+        job_id = ""
         try:
-            wire.receive_bundle(
+            received = wire.receive_bundle(
                 frames, incoming, self.server.settings.federation_max_app_bytes, submission.accept_name
             )
+            name = JobDir(incoming).load_config().name
+            job_id = store.new_id(name if SITE_NAME.match(name) else "job")
             config = submission.prepare(incoming, self.server.kit, job_id)
             spec = submission.check_resource_spec(
                 head.get("resource_spec") or submission.resource_spec_from_meta(incoming), config.clients
             )
-            manifest = wire.bundle_files(
-                incoming,
-                [
-                    "job.yaml",
-                    *sorted(
-                        p.relative_to(incoming).as_posix()
-                        for p in (incoming / "app").rglob("*")
-                        if p.is_file()
-                    ),
-                ],
-            )
+            # job.yaml as prepared (its job id is the server's); the app's files as received and hash-checked
+            manifest = wire.bundle_files(incoming, ["job.yaml"])
+            manifest += [received[n] for n in sorted(received) if n.startswith("app/")]
             store.folder(job_id).mkdir(parents=True)
             incoming.rename(store.job_dir(job_id).root)
         except HpcflareError as exc:

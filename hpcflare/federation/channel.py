@@ -3,7 +3,6 @@ server's generic handler that turns frames into typed calls and typed errors int
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -126,8 +125,3 @@ def service_handler(
 def backoff(attempt: int, cap: float) -> float:
     """Seconds before retry ``attempt`` (1, 2, 4, ... up to ``cap``)."""
     return float(min(cap, 2 ** min(attempt, 16)))
-
-
-def sleep_until(deadline: float, stop: Callable[[], bool], step: float = 0.2) -> None:
-    while time.monotonic() < deadline and not stop():
-        time.sleep(min(step, max(0.0, deadline - time.monotonic())))

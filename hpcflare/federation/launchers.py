@@ -115,14 +115,11 @@ class LocalLauncher(Launcher):
 
     def status(self, record: Mapping[str, Any]) -> RankStatus:
         pid = int(record.get("pid") or 0)
-        child = self._children.get(pid)
-        running_child = child is not None and child.poll() is None  # ours: alive even while it still execs
-        if child is not None and not running_child:
-            self._children.pop(pid, None)
         code = self.exit_code(record)
         if code is not None:
+            self._running(record)  # reaps our child
             return RankStatus(RankState.EXITED, exit_code=code)
-        if running_child or self._alive(pid, str(record.get("exit_file"))):
+        if self._running(record):
             return RankStatus(RankState.RUNNING, f"pid {pid}")
         code = self.exit_code(record)  # it may have ended between the two looks
         if code is not None:
@@ -132,6 +129,18 @@ class LocalLauncher(Launcher):
             f"process {pid} ended without leaving its exit code (killed with SIGKILL, or the machine restarted); "
             f"its output is in {record.get('output')}",
         )
+
+    def _running(self, record: Mapping[str, Any]) -> bool:
+        """Is the rank's wrapper still running? Our own child is, while it has not exited (even as it still
+        execs); one a previous life of the agent started is looked up by pid and command line."""
+        pid = int(record.get("pid") or 0)
+        child = self._children.get(pid)
+        if child is not None:
+            if child.poll() is None:
+                return True
+            self._children.pop(pid, None)
+            return False
+        return bool(pid) and self._alive(pid, str(record.get("exit_file")))
 
     @staticmethod
     def _alive(pid: int, exit_file: str) -> bool:
@@ -148,10 +157,7 @@ class LocalLauncher(Launcher):
 
     def cancel(self, record: Mapping[str, Any]) -> None:
         pid = int(record.get("pid") or 0)
-        child = self._children.get(pid)
-        if pid and (
-            (child is not None and child.poll() is None) or self._alive(pid, str(record.get("exit_file")))
-        ):
+        if self._running(record):
             try:
                 os.kill(pid, signal.SIGTERM)  # the wrapper passes it on to the rank
             except OSError:

@@ -77,8 +77,7 @@ class Session:
         if not (folder / "job.yaml").is_file():
             raise errors.ConfigError(f"{folder} is not a job folder (no job.yaml); export a recipe first")
         names = submission.submitted_files(folder)
-        name = folder.name.split("-20")[0] if "-20" in folder.name else folder.name
-        head = {"name": name[:40] or "job", "resource_spec": resource_spec}
+        head = {"resource_spec": resource_spec}  # the job's name and sites are its job.yaml's
         frames = wire.send_bundle(folder, wire.bundle_files(folder, names), head=head)
         return str(self.channel.send(wire.AdminRpc.SUBMIT, frames, ADMIN_TRANSFER_TIMEOUT)["job_id"])
 

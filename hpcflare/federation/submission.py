@@ -19,8 +19,6 @@ from hpcflare.job import SITE_NAME, JobConfig, JobDir
 from hpcflare.security.tls import StartupKit
 
 RESOURCE_KEYS = {"gpus", "time_minutes", "partition", "account", "client_ranks"}
-APP_PREFIXES = ("app/",)
-"""The files of a job that sites fetch (plus job.yaml): the server keeps the initial model to itself."""
 
 
 def submitted_files(job_dir: Path) -> list[str]:

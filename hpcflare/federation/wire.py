@@ -220,7 +220,6 @@ def receive_bundle(
 
 
 # ---------------------------------------------------------------------------------------------------- calls
-IDENTITY_KEYS = ("x509_common_name",)
 
 
 def method_path(service: str, rpc: str) -> str:
