@@ -73,7 +73,7 @@ class AdminService:
                 head.get("resource_spec") or submission.resource_spec_from_meta(incoming), config.clients
             )
             # job.yaml as prepared (its job id is the server's); the app's files as received and hash-checked
-            manifest = wire.bundle_files(incoming, ["job.yaml"])
+            manifest = [wire.file_entry(incoming, "job.yaml")]
             manifest += [received[n] for n in sorted(received) if n.startswith("app/")]
             store.folder(job_id).mkdir(parents=True)
             incoming.rename(store.job_dir(job_id).root)

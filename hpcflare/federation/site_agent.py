@@ -31,7 +31,7 @@ from hpcflare.federation import wire
 from hpcflare.federation.audit import AuditLog
 from hpcflare.federation.channel import FederationChannel, backoff
 from hpcflare.federation.config import SiteConfig
-from hpcflare.federation.launchers import make_launcher
+from hpcflare.federation.launchers import RankState, make_launcher
 from hpcflare.federation.site_policy import SitePolicy
 from hpcflare.federation.site_ranks import FINAL, SiteRanks
 from hpcflare.federation.store import SiteState
@@ -142,7 +142,10 @@ class SiteAgent(SiteRanks):
             if view.get("state") in ENDED_JOB and record.get("launch") and record["state"] not in FINAL:
                 if view.get("state") == "done":  # its rank ends by itself; stopped only after end_grace
                     record.setdefault("job_done_at", time.time())
-                elif not record.get("ended_by_job"):
+                elif not record.get("ended_by_job") and self.launcher.status(record["launch"]).state in (
+                    RankState.PENDING,
+                    RankState.RUNNING,
+                ):  # a rank that already ended keeps its own cause (often why the job failed)
                     self.launcher.cancel(record["launch"])
                     record["ended_by_job"] = f"the job {view.get('state')}: {view.get('message', '')}"
                 self._save(record)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -97,21 +98,40 @@ def safe_name(name: Any) -> str:
 def bundle_files(
     root: Path, names: Iterable[str], renamed: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """The manifest of ``names`` under ``root``: name, size, sha256 (files that vanished are left out).
-    ``renamed``: file under root -> the name it arrives under."""
+    """Entries for ``names`` under ``root`` that are files now; ``renamed``: file under root -> the name it
+    arrives under. Their size and sha256 are taken by :func:`send_bundle` from the file it opens, so a file
+    that is replaced or appended to meanwhile still arrives whole and consistent."""
     manifest = []
     for name in names:
-        path = root / safe_name(name)
-        if path.is_file():
-            entry = {
-                "name": (renamed or {}).get(name, name),
-                "size": path.stat().st_size,
-                "sha256": sha256_file(path),
-            }
+        if (root / safe_name(name)).is_file():
+            entry = {"name": (renamed or {}).get(name, name)}
             if entry["name"] != name:
                 entry["path"] = name
             manifest.append(entry)
     return manifest
+
+
+def file_entry(root: Path, name: str) -> dict[str, Any]:
+    """A committed manifest entry: name, size and sha256 of a file that no longer changes."""
+    path = root / safe_name(name)
+    return {"name": name, "size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _opened(f: Any, entry: dict[str, Any]) -> tuple[int, str]:
+    """Size and sha256 to announce for an opened file: the entry's when committed, else the first bytes
+    the file holds now (an append after this is not sent; a replacement leaves the opened file as it was)."""
+    if "sha256" in entry:
+        return int(entry["size"]), str(entry["sha256"])
+    size, digest = os.fstat(f.fileno()).st_size, hashlib.sha256()
+    left = size
+    while left:
+        block = f.read(min(CHUNK_BYTES, left))
+        if not block:
+            break
+        digest.update(block)
+        left -= len(block)
+    f.seek(0)
+    return size - left, digest.hexdigest()
 
 
 def send_bundle(
@@ -120,26 +140,32 @@ def send_bundle(
     """Frames of a bundle: an optional leading header frame, then each file's chunks, then an end frame."""
     if head is not None:
         yield pack(head)
+    sent = 0
     for entry in manifest:
         path = root / safe_name(entry.get("path") or entry["name"])
-        offset = 0
-        with open(path, "rb") as f:
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            if "sha256" in entry:
+                raise errors.MalformedMessageError(
+                    f"{entry['name']!r} of a committed bundle is missing"
+                ) from None
+            continue  # removed since it was listed: the end frame counts what was sent
+        with f:
+            size, sha256 = _opened(f, entry)
+            offset = 0
             while True:
-                block = f.read(CHUNK_BYTES)
+                block = f.read(min(CHUNK_BYTES, size - offset))
+                last = offset + len(block) >= size or not block
                 yield pack(
-                    {
-                        "file": entry["name"],
-                        "size": entry["size"],
-                        "sha256": entry["sha256"],
-                        "offset": offset,
-                        "last": len(block) < CHUNK_BYTES,
-                    },
+                    {"file": entry["name"], "size": size, "sha256": sha256, "offset": offset, "last": last},
                     block,
                 )
                 offset += len(block)
-                if len(block) < CHUNK_BYTES:
+                if last:
                     break
-    yield pack({"end": True, "files": len(manifest)})
+        sent += 1
+    yield pack({"end": True, "files": sent})
 
 
 def receive_bundle(

@@ -71,3 +71,33 @@ def test_names_not_accepted_by_the_receiver_are_refused(tmp_path):
     src, frames = _bundle(tmp_path, {"kits/key.pem": b"secret"})
     with pytest.raises(errors.MalformedMessageError, match="may not carry"):
         wire.receive_bundle(iter(frames), tmp_path / "dst", 100, lambda name: name.startswith("app/"))
+
+
+def test_files_that_change_while_they_are_sent_arrive_consistent(tmp_path):
+    """A record replaced atomically and a log appended to between listing and sending (a job that is still
+    writing while an admin downloads it): each arrives as one consistent version, its sha256 matching."""
+    from hpcflare.fileio import atomic_write
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "record.json").write_bytes(b'{"state": "running"}')
+    (src / "rank.jsonl").write_bytes(b"line 1\n")
+    (src / "gone.txt").write_bytes(b"soon removed")
+    frames = wire.send_bundle(src, wire.bundle_files(src, ["record.json", "rank.jsonl", "gone.txt"]))
+    (src / "gone.txt").unlink()
+    first = next(frames)  # record.json is open now
+    atomic_write(src / "record.json", b'{"state": "done", "message": "a longer record than before"}')
+    with open(src / "rank.jsonl", "ab") as f:
+        f.write(b"line 2\n")
+    got = wire.receive_bundle(iter([first, *frames]), tmp_path / "dst", 1 << 20)
+    assert (tmp_path / "dst" / "record.json").read_bytes() == b'{"state": "running"}'
+    assert (tmp_path / "dst" / "rank.jsonl").read_bytes() in (b"line 1\n", b"line 1\nline 2\n")
+    assert set(got) == {"record.json", "rank.jsonl"}
+
+
+def test_a_committed_file_that_vanished_is_an_error_not_a_silent_gap(tmp_path):
+    src, _ = _bundle(tmp_path, {"app/a.py": b"x = 1\n"})
+    entry = wire.file_entry(src, "app/a.py")
+    (src / "app" / "a.py").unlink()
+    with pytest.raises(errors.MalformedMessageError, match="missing"):
+        list(wire.send_bundle(src, [entry]))
