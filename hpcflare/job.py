@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 from hpcflare.enums import NamedEnum
 from hpcflare.errors import ConfigError, RegistrationRefusedError
 from hpcflare.fileio import atomic_write, atomic_write_text
+from hpcflare.monitoring.config import MetricsConfig
 from hpcflare.plugins import CONFIG_CHECKS, STRATEGIES, STRATEGY_WRAPPERS
 from hpcflare.settings import Settings
 
@@ -54,7 +55,9 @@ class JobState(NamedEnum):
 
 
 FINAL_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
-RESERVED_DIRS = frozenset({".", "app", "models", "logs", "rendezvous", "sites", "kits", "tracking", "slurm"})
+RESERVED_DIRS = frozenset(
+    {".", "app", "models", "logs", "rendezvous", "sites", "kits", "tracking", "slurm", "metrics"}
+)
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -173,6 +176,9 @@ class JobConfig:
     """Where sites' metrics and tracking records go: 'csv', 'tensorboard', 'mlflow', 'wandb' (under tracking/)."""
     tracking_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Per receiver options, e.g. {mlflow: {tracking_uri: ..., experiment_name: ...}, wandb: {mode: online}}."""
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """System and job metrics exports, all off by default: {prometheus_port, prometheus_bind, textfile,
+    statsd_address, statsd_prefix, site_series_cap} (see :class:`hpcflare.monitoring.MetricsConfig`)."""
     key_metric: str | None = None
     """Metric for best-model selection (models/best_model.safetensors) and early stopping, e.g. 'accuracy'."""
     key_metric_mode: str = "max"
@@ -349,6 +355,7 @@ def validate_config(config: JobConfig) -> None:
         raise ConfigError(f"staging must be true or false, got {config.staging!r}")
     for check in CONFIG_CHECKS.values():  # filters, privacy: the packages that implement them check them
         check(config)
+    MetricsConfig.from_dict(config.metrics)
     if not isinstance(config.tracking, list) or set(config.tracking) - set(TRACKING_BACKENDS):
         raise ConfigError(f"tracking must be a list of {TRACKING_BACKENDS}, got {config.tracking!r}")
     if (

@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,6 +35,8 @@ class RankLogger:
         self._json: TextIO | None = None
         self._human: TextIO | None = None
         self._paths: tuple[Path, Path] | None = None
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        """Called with every event's record after it is written (the server's metrics count its events)."""
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             paths = (log_dir / f"{rank}.jsonl", log_dir / f"{rank}.log")
@@ -68,16 +71,16 @@ class RankLogger:
                         out.write(line)
             if self._json is not None:
                 self._json.write(json.dumps(record, default=str) + "\n")
-            if not human:
-                return
-            if self._human is not None:
+            if human and self._human is not None:
                 self._human.write(line)
-            if self._echo is not None and LEVELS[level] >= self._echo_level:
+            if human and self._echo is not None and LEVELS[level] >= self._echo_level:
                 try:
                     self._echo.write(f"[{self.rank}] {msg}\n")
                     self._echo.flush()
                 except ValueError:  # echo stream closed (interpreter shutdown)
                     pass
+        for listener in self.listeners:
+            listener(record)
 
     def debug(self, event: str, msg: str, **fields: Any) -> None:
         self.log("DEBUG", event, msg, **fields)

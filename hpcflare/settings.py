@@ -131,21 +131,18 @@ class Settings:
     server_threads: int = 64
     """gRPC worker threads on the server (each blocked long-poll holds one)."""
     tracking_max_records_per_round: int = 100_000
-    """Tracking records (flare.log, SummaryWriter, MLflowWriter, ...) one site sends per round; beyond it the
-    site drops records and logs one warning per round. Generous: 1,000 scalars per step x 100 steps fit."""
+    """Tracking records (flare.log, SummaryWriter, ...) one site sends per round; more are dropped with a warning."""
     tracking_max_bytes_per_round: int = 64 << 20
     """Bytes of tracking records (as sent) a server or relay takes from one site per round, whatever its client
     library does; beyond it (or tracking_max_records_per_round records) the rest of the round's are dropped, with
     one warning per site and round."""
     tracking_max_job_bytes: int = 4 << 30
-    """Bytes of tracking records a server or relay takes over the whole job (every site together): the job's disk
-    budget for tracking outputs; beyond it records are dropped with one warning."""
+    """Bytes of tracking records a server or relay takes over the whole job: its disk budget for tracking."""
     tracking_flush_interval: float = 5.0
     """A site sends its buffered tracking records at least this often (and always before its result)."""
     max_requeues: int = 100
     """How many times a Slurm job may be requeued at its time limit (or on a preemption) and resume from its last
-    checkpoint, on both routes (sbatch: the time-limit trap stops requeueing; SlurmEnv: submitit's
-    max_num_timeout). Enough for a job that needs many time limits' worth of rounds; raise it for longer ones."""
+    checkpoint, on both routes (sbatch: the time-limit trap stops requeueing; SlurmEnv: submitit's max_num_timeout)."""
     site_join_timeout: float = 600.0
     """A standing server waits this long for a job's sites to accept it, then runs with those (>= min_clients)."""
     federation_poll_wait: float = 20.0
@@ -156,6 +153,9 @@ class Settings:
     """How often a standing server checks its jobs' server ranks, and a site agent its client ranks."""
     federation_max_app_bytes: int = 1 << 30
     """Largest job (app files plus initial model) an admin may submit to a standing server, in bytes."""
+    metrics_interval: float = 15.0
+    """Ranks sample their process and node this often (sent in heartbeats); the server refreshes its metrics
+    exports and the dashboard's series (metrics/series.jsonl) as often."""
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:

@@ -191,6 +191,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "identity",
         ("hpcflare.security", "hpcflare.security.tls", "hpcflare.security.certs", "hpcflare.security.policy"),
     ),
+    ("monitoring", ("hpcflare.monitoring",)),
     ("transport", ("hpcflare.transport",)),
     ("tensor math", ("hpcflare.tensors",)),
     ("job model", ("hpcflare.job", "hpcflare.security.provision")),
@@ -219,7 +220,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("scheduler", ("hpcflare.slurm",)),
     ("federation", ("hpcflare.federation",)),
-    ("environments and post-mortem tools", ("hpcflare.env", "hpcflare.logs")),
+    ("environments and post-mortem tools", ("hpcflare.env", "hpcflare.logs", "hpcflare.dashboard")),
     ("recipes and CLI", ("hpcflare.recipe", "hpcflare.cli")),
 ]
 """The package layers, lowest first: a module imports only from its own layer or the ones below. A module's

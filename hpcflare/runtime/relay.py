@@ -87,7 +87,10 @@ class Relay(RelayRounds, RoundHost):
             name,
             log,
             address,
-            heartbeat_extra=lambda: {"children": self.members.live()},
+            heartbeat_extra=lambda: {
+                "children": self.members.live(),
+                **self.monitor.heartbeat_samples(name, "client rank" if not self.listens else "relay"),
+            },
             in_process=self.upstream_in_process,
         )
         self.upstream.connection.on_reconnect = self._register_children_again

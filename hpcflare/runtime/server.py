@@ -13,6 +13,8 @@ from typing import Any
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir, JobState
+from hpcflare.monitoring import Exporter, JobMetrics, MetricsConfig
+from hpcflare.monitoring.series import series_record
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.memory import release_memory
 from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
@@ -95,6 +97,22 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
                     "certificate_problem", f"{problem}; clients will refuse this server", problem=problem
                 )
         self.address = f"{advertise or host}:{self.grpc.port}"
+        self.metrics = JobMetrics(config.job_id, self.monitor.view, self.metrics_config.site_series_cap)
+        log.listeners.append(self.metrics.on_event)
+        self.exporter = Exporter(
+            self.metrics_config,
+            self.metrics.registry,
+            settings.metrics_interval,
+            log,
+            config.job_id,
+            series=lambda: series_record(self.monitor.view(), self.metrics_config.site_series_cap),
+            series_path=job_dir.root / "metrics" / "series.jsonl",
+            on_drop=self.metrics.statsd_drops.labels(config.job_id).inc,
+        )
+
+    @property
+    def metrics_config(self) -> MetricsConfig:
+        return MetricsConfig.from_dict(self.config.metrics)
 
     def on_track(self, site: str, records: list) -> None:
         if site in self.hosts:
@@ -166,6 +184,7 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
         )
         self._status(JobState.REGISTRATION)
         try:
+            self.exporter.start()
             self.strategy.start_services(
                 ServerContext(
                     self.job_dir.root,
@@ -206,6 +225,7 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
                 reason, code, state=JobState.ABORTED if code == ExitCode.ABORTED else JobState.FAILED
             )
         finally:
+            self.exporter.stop()
             self.strategy.stop_services()
             self.tracker.close()
             self.drain(s.end_grace)

@@ -142,13 +142,14 @@ class RoundDriver:
         rnd.aggregator = None  # type: ignore[assignment]
         means = round_means(rnd.accepted, rnd.weights)
         self.selector.observe(number, means)  # scores round number-1's model: still the checkpoint on disk
+        aggregated = time.monotonic() - t0
         # completed means kept: nothing below reports the round before its checkpoint is durable
         self._keep(number)
         summary = _summarize(rnd.accepted)
         self.log.info(
             "round_completed",
             f"round {number}/{cfg.num_rounds} completed: {len(rnd.accepted)} results "
-            f"aggregated in {time.monotonic() - t0:.2f}s (round took {time.monotonic() - rnd.started:.1f}s)"
+            f"aggregated in {aggregated:.2f}s (round took {time.monotonic() - rnd.started:.1f}s)"
             + (f"; metrics {summary}" if summary else ""),
             round=number,
             accepted=sorted(rnd.accepted),
@@ -156,6 +157,8 @@ class RoundDriver:
             metrics=rnd.accepted,
             seconds=time.monotonic() - rnd.started,
             bytes_sent=self.bytes_sent - sent_before,
+            aggregate_seconds=round(aggregated, 6),
+            checkpoint_seconds=round(time.monotonic() - t0 - aggregated, 6),
         )
         self.tracker.record_round(number, rnd.accepted, means)
         if plan.task == TaskKind.TRAIN and means:

@@ -19,6 +19,7 @@ from hpcflare.job import JobConfig
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.runtime.host.membership import Membership, MemberState
+from hpcflare.runtime.host.monitor import HostMonitor, payload_bytes
 from hpcflare.runtime.host.round import Round, as_dict, weight_of
 from hpcflare.runtime.host.upload import read_arrays, read_staged, read_upload
 from hpcflare.settings import Settings
@@ -41,6 +42,7 @@ class UploadIntake:
     _cv: threading.Condition
     _uploading: dict[str, Any]
     _upload_slots: threading.BoundedSemaphore
+    monitor: HostMonitor
 
     accepts_partials_from: Callable[[str], bool]
     _fold: Callable[[Round, ClientUpdate], None]
@@ -70,6 +72,7 @@ class UploadIntake:
         params: Any = None
         try:
             header, rnd, params = read(functools.partial(self._admit, admission))
+            self.monitor.add_bytes(admission.site, "in", payload_bytes(params))
             params, staged_path = self._staged_params(header, rnd, params)
             self._take(admission.site, rnd, header, params)
             if staged_path is not None:

@@ -19,6 +19,7 @@ from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.intake import UploadIntake
 from hpcflare.runtime.host.membership import Membership
+from hpcflare.runtime.host.monitor import HostMonitor
 from hpcflare.runtime.host.phase import HostPhase as HostPhase  # re-exported: roles name it here
 from hpcflare.runtime.host.round import Round
 from hpcflare.runtime.host.serving import ModelServing
@@ -70,6 +71,8 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
         self._upload_slots = threading.BoundedSemaphore(settings.max_concurrent_uploads)
         self._download_slots = threading.BoundedSemaphore(settings.max_concurrent_downloads)
         self.track_quota = TrackingQuota(settings, log)
+        self.monitor = HostMonitor(self)
+        """System samples of the ranks this host speaks for, bytes per link, the view metrics are made of."""
         """Caps on each site's tracking records, enforced here whatever the site's client library does."""
         self._goodbyes: set[str] = set()
         self._uploading: dict[str, Any] = {}  # site -> cancel() of its upload in flight (one per site)
@@ -152,6 +155,7 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
 
     def on_heartbeat(self, site: str, request: dict[str, Any]) -> None:
         """Called for every authenticated heartbeat: a host child vouches for the sites it heard from."""
+        self.monitor.take(site, request.get("samples"))
         if site in self.hosts:
             record = self.members.get(site)
             if record is not None and record.last_gap > self.settings.heartbeat_timeout:

@@ -15,6 +15,7 @@ from hpcflare import errors
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.membership import Membership
+from hpcflare.runtime.host.monitor import HostMonitor
 from hpcflare.runtime.host.round import Round
 from hpcflare.settings import Settings
 from hpcflare.transport import shm
@@ -32,6 +33,7 @@ class ModelServing:
 
     authorize: Callable[[Peer, Any], None]
     bytes_sent: int
+    monitor: HostMonitor
     _download_slots: threading.BoundedSemaphore
 
     def _requested_model(self, request: dict[str, Any]) -> GlobalModel:
@@ -50,12 +52,14 @@ class ModelServing:
         described = model.describe_shared() if shm.same_host(request.get("host")) else None
         if described is not None:
             self.bytes_sent += model.nbytes  # served, though not copied
+            self.monitor.add_bytes(str(request.get("site")), "out", model.nbytes)
         return {"shared": described, "host": shm.host_key()}
 
     def handle_download(self, request: dict[str, Any], peer: Peer) -> Iterator[bytes]:
         self.authorize(peer, request.get("site"))
         self.members.check(request.get("site"), request.get("token"))
-        return self.serve(self._requested_model(request), request)
+        frames = self.serve(self._requested_model(request), request)
+        return self.monitor.counted(frames, str(request.get("site")), "out")
 
     def serve(self, model: GlobalModel, request: dict[str, Any]) -> Iterator[bytes]:
         """Frames of ``model`` from the request's (tensor, offset) on, within a download slot."""

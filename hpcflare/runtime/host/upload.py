@@ -124,6 +124,12 @@ class UploadParams(Mapping[str, np.ndarray]):
     def spool_bytes(self) -> int:
         return self._spool_bytes
 
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes of the tensors held (in memory and spooled)."""
+        spooled = sum(dtype.itemsize * int(np.prod(shape)) for _, _, dtype, shape in self._spooled.values())
+        return spooled + sum(value.nbytes for value in self._memory.values())
+
     def put_chunks(
         self, name: str, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]
     ) -> None:

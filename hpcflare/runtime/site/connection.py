@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
+from hpcflare.monitoring.system import sampler
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, choose_relay
 from hpcflare.runtime.site.hooks import SiteHooks
@@ -56,8 +57,9 @@ class Connection(Liveness):
         self.transport: ClientTransport | None = None
         self.relay_name: str | None = None  # set while connected through a relay
         self.started = False
-        self.heartbeat_extra = heartbeat_extra or dict
-        """Extra fields for each heartbeat (relays add the children they heard from)."""
+        self.heartbeat_extra = heartbeat_extra or self._own_sample
+        """Extra fields for each heartbeat (relays add the children they heard from; a site its process's
+        system sample, every settings.metrics_interval)."""
         self.on_reconnect: Callable[[], None] | None = None
         """Set by a host (relay, client rank): called after this link registered again with a restarted parent,
         to register its children again too."""
@@ -68,6 +70,10 @@ class Connection(Liveness):
         self._last_contact = time.monotonic()
         self._failover_lock = threading.RLock()
         self._discovered = False  # address came from the rendezvous file (so a restarted server can be found)
+
+    def _own_sample(self) -> dict[str, Any]:
+        sample = sampler().due(f"site:{self.site}", self.settings.metrics_interval)
+        return {"samples": {self.site: {"role": "client", "sample": sample}}} if sample else {}
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
