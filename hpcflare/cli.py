@@ -264,12 +264,56 @@ def _logs(args: argparse.Namespace, extra: list[str]) -> int:
         if args.action == "timeline":
             from hpcflare.logs.timeline import draw
 
-            print(f"timeline written to {draw(JobDir(args.job_dir), args.output)}")
+            print(f"timeline written to {draw(JobDir(args.job_dir), args.output or 'timeline.png')}")
+        elif args.action == "plot":
+            from hpcflare.logs.plot import draw as plot
+
+            print(f"metrics plot written to {plot(JobDir(args.job_dir), args.output or 'metrics.png')}")
         else:
             print(report(JobDir(args.job_dir)))
     except ConfigError as exc:
         print(f"hpcflare logs {args.action}: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _dashboard(args: argparse.Namespace, extra: list[str]) -> int:
+    import os
+
+    from hpcflare.errors import ConfigError
+
+    root = Path(args.job_root)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder: point the dashboard at a job folder or a job root")
+    try:
+        from hpcflare.dashboard.app import new_token, serve
+        from hpcflare.dashboard.data import find_jobs
+    except ImportError as exc:
+        raise ConfigError(f"the dashboard needs {exc.name}: pip install 'hpcflare[dashboard]'") from None
+    if not 0 < args.port < 65536 or not 0.2 <= args.refresh <= 3600:
+        raise ConfigError("--port must be 1-65535 and --refresh 0.2-3600 seconds")
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in args.bind else socket.AF_INET) as probe:
+            probe.bind((args.bind, args.port))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {args.bind}:{args.port} ({exc.strerror or exc}): choose another --port"
+        ) from None
+    token = os.environ.get("HPCFLARE_DASHBOARD_TOKEN") or new_token()
+    jobs = find_jobs(root)
+    print(
+        f"hpcflare dashboard: {len(jobs)} job(s) under {root.resolve()}"
+        + ("" if jobs else " (none yet: it shows them as they appear)")
+    )
+    host = "127.0.0.1" if args.bind in ("0.0.0.0", "::", "") else args.bind
+    print(f"open http://{host}:{args.port}/?token={token}", flush=True)
+    if args.bind == "127.0.0.1":
+        print(
+            f"from your machine: ssh -L {args.port}:127.0.0.1:{args.port} THIS_LOGIN_NODE, then open that URL"
+        )
+    serve(root, args.bind, args.port, token, args.refresh)
     return 0
 
 
@@ -328,12 +372,30 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("logs", help="troubleshoot a job from its logs")
     p.add_argument(
         "action",
-        choices=("diagnose", "timeline"),
-        help="diagnose: explain what went wrong; timeline: draw per-rank activity (PNG)",
+        choices=("diagnose", "timeline", "plot"),
+        help="diagnose: explain what went wrong; timeline: draw per-rank activity (PNG); plot: each training "
+        "metric by round, a line per site and the global one (PNG)",
     )
     p.add_argument("job_dir")
-    p.add_argument("-o", "--output", default="timeline.png", help="timeline: the image to write")
+    p.add_argument("-o", "--output", help="timeline/plot: the image to write (timeline.png, metrics.png)")
     p.set_defaults(func=_logs)
+    p = sub.add_parser("diagnose", help="short for `hpcflare logs diagnose JOB_DIR`")
+    p.add_argument("job_dir")
+    p.set_defaults(func=_logs, action="diagnose", output=None)
+    p = sub.add_parser(
+        "dashboard",
+        help="serve a live, read-only web page over job folders (needs hpcflare[dashboard])",
+        description="Serves the jobs under JOB_ROOT (a job folder, a LocalEnv/SlurmEnv job_root, or a standing "
+        "server's store) at http://BIND:PORT. Every request needs the dashboard's token: "
+        "$HPCFLARE_DASHBOARD_TOKEN, else a new one, printed in the URL to open.",
+    )
+    p.add_argument("job_root", nargs="?", default=".", help="folder to look for jobs in (default: here)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
+    p.add_argument(
+        "--bind", default="127.0.0.1", help="interface (default 127.0.0.1: reach it through an SSH tunnel)"
+    )
+    p.add_argument("--refresh", type=float, default=2.0, help="seconds between the page's updates")
+    p.set_defaults(func=_dashboard)
     p = sub.add_parser("provision", help="create a project CA and per-participant startup kits (mutual TLS)")
     p.add_argument("project", help="project.yaml; with --add: the provisioned folder (OUT/<project>)")
     p.add_argument("-o", "--output", default="workspace", help="where OUT/<project>/ is created")

@@ -7,6 +7,7 @@ the round, the cause, and the setting or action that fixes it.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,14 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
         "never_registered": never,
         "malformed_log_lines": bad,
     }
-    if status.get("state") not in (JobState.COMPLETED, None) and not failed:
+    alive = _server_alive(job_dir, settings.metrics_interval)
+    if status.get("state") not in (JobState.COMPLETED, None) and not failed and alive is not None:
+        out.append(
+            Finding(
+                "info", f"the job is {status.get('state')}: its server wrote its metrics {alive:.0f}s ago"
+            )
+        )
+    elif status.get("state") not in (JobState.COMPLETED, None) and not failed:
         out.append(
             Finding(
                 "error",
@@ -222,6 +230,16 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
             )
         )
     return out, summary
+
+
+def _server_alive(job_dir: JobDir, interval: float) -> float | None:
+    """Seconds since the server last appended to its metrics series, when that is recent (it does so every
+    settings.metrics_interval while it lives); None when it is not."""
+    try:
+        age = time.time() - (job_dir.root / "metrics" / "series.jsonl").stat().st_mtime
+    except OSError:
+        return None
+    return age if age < 3 * interval + 5 else None
 
 
 def _client_api_findings(rank: str, events: list[dict[str, Any]], settings: Any) -> list[Finding]:

@@ -42,11 +42,12 @@ class Exporter:
         job_id: str,
         series: Callable[[], dict[str, Any]] | None = None,
         series_path: Path | None = None,
+        snapshot: Callable[[], dict[str, Any]] | None = None,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.config, self.registry, self.interval, self.log = config, registry, interval, log
         self.textfile = config.textfile_for(job_id) if config.textfile else ""
-        self.series, self.series_path = series, series_path
+        self.series, self.series_path, self.snapshot = series, series_path, snapshot
         self.on_drop = on_drop or (lambda n: None)
         self._http: Any = None
         self._stop = threading.Event()
@@ -88,6 +89,9 @@ class Exporter:
                 self._statsd.push(self.registry)
             if self.series is not None and self.series_path is not None:
                 self._append_series()
+                if self.snapshot is not None:
+                    text = json.dumps(self.snapshot(), separators=(",", ":"), default=float)
+                    atomic_write(self.series_path.with_name("sites.json"), text)
         except Exception as exc:  # noqa: BLE001 - metrics are never worth a failed job
             self.log.warning("metrics_export_failed", f"metrics export failed (the job goes on): {exc}")
 

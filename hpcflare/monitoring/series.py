@@ -1,6 +1,10 @@
-"""The job's own metrics series, ``<job>/metrics/series.jsonl``: one line per ``metrics_interval`` with the
-round, sites by state, bytes over the server's links and every rank's system sample (what ``hpcflare dashboard``
-charts; readable with any JSON-lines tool)."""
+"""The job's own metrics files, what ``hpcflare dashboard`` shows (readable with any JSON tool):
+
+- ``<job>/metrics/series.jsonl``: one line per ``metrics_interval`` with the round, sites by state, bytes over
+  the server's links and every rank's system sample (up to ``site_series_cap`` ranks);
+- ``<job>/metrics/sites.json``: the latest per-site view (state, seconds since last heard of, bytes in and out),
+  rewritten atomically each interval.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,25 @@ def series_record(view: HostView, cap: int) -> dict[str, Any]:
         "bytes_out": sum(n for (_, d), n in view.link_bytes.items() if d == "out"),
         "uploads_waiting": view.uploads_waiting,
         "ranks": ranks,
+    }
+
+
+def sites_record(view: HostView) -> dict[str, Any]:
+    links: dict[str, list[int]] = {}
+    for (link, direction), count in view.link_bytes.items():
+        links.setdefault(link, [0, 0])[0 if direction == "in" else 1] += count
+    return {
+        "t": round(time.time(), 3),
+        "sites": {
+            site: {
+                "state": state,
+                "last_seen": round(view.last_seen[site], 1) if site in view.last_seen else None,
+                "rank": view.rank_of.get(site, site),
+                "bytes_in": links.get(site, links.get(view.rank_of.get(site, site), [0, 0]))[0],
+                "bytes_out": links.get(site, links.get(view.rank_of.get(site, site), [0, 0]))[1],
+            }
+            for site, state in view.sites.items()
+        },
     }
 
 

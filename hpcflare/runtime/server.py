@@ -14,7 +14,7 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir, JobState
 from hpcflare.monitoring import Exporter, JobMetrics, MetricsConfig
-from hpcflare.monitoring.series import series_record
+from hpcflare.monitoring.series import series_record, sites_record
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.memory import release_memory
 from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
@@ -107,6 +107,7 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
             config.job_id,
             series=lambda: series_record(self.monitor.view(), self.metrics_config.site_series_cap),
             series_path=job_dir.root / "metrics" / "series.jsonl",
+            snapshot=lambda: sites_record(self.monitor.view()),
             on_drop=self.metrics.statsd_drops.labels(config.job_id).inc,
         )
 

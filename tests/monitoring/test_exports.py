@@ -163,3 +163,42 @@ def test_bad_metrics_sections_are_refused_before_anything_runs(make_recipe, loca
     recipe = make_recipe(SLOW, n_clients=2, metrics=metrics)
     with pytest.raises(ConfigError, match=words):
         recipe.execute(local_env)
+
+
+def test_relays_forward_their_ranks_samples_so_the_server_sees_every_rank(make_recipe, local_env):
+    """Client ranks heartbeat their relay only; the relay's own heartbeats carry their samples upstream."""
+    port = _free_port()
+    recipe = make_recipe(
+        SLOW,
+        n_clients=4,
+        min_clients=4,
+        num_rounds=3,
+        train_args="1.0",
+        relays=1,
+        clients_per_rank=2,
+        settings={"metrics_interval": 0.3},
+        metrics={"prometheus_port": port, "prometheus_bind": "127.0.0.1"},
+    )
+    run = recipe.execute(local_env)
+
+    def roles() -> dict[str, str]:
+        try:
+            found = _scrape(port).get("hpcflare_process_resident_memory_bytes", {})
+        except OSError:  # the server rank has not opened its endpoint yet
+            return {}
+        return {dict(k)["rank"]: dict(k)["role"] for k in found}
+
+    wait_until(
+        lambda: (
+            roles()
+            == {
+                "server": "server",
+                "relay-1": "relay",
+                "client-rank-1": "client rank",
+                "client-rank-2": "client rank",
+            }
+        ),
+        "samples of the relay and of both client ranks behind it",
+        120,
+    )
+    run.get_result(timeout=300)
