@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ class AuditLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.listeners: list[Callable[[str, str], None]] = []
+        """Called (action, outcome) after each record is durable (the standing server's metrics count them)."""
 
     def record(self, identity: str, action: str, job: str = "", outcome: str = "ok", **detail: Any) -> None:
         line = json.dumps(
@@ -42,6 +45,8 @@ class AuditLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        for listener in self.listeners:
+            listener(action, outcome)
 
     def read(self) -> list[dict[str, Any]]:
         try:

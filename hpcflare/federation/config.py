@@ -8,6 +8,7 @@ server.yaml::
     launcher: local                 # or slurm: each job's server rank is an sbatch job
     slurm: {partition: service, account: fl, time_minutes: 1440}
     settings_profile: production    # deadlines (site_join_timeout, federation_*); settings: {key: value}
+    metrics: {prometheus_port: 9464}  # the standing server's metrics (jobs by state, sites, audited actions)
 
 site.yaml::
 
@@ -34,6 +35,7 @@ import yaml
 
 from hpcflare.errors import ConfigError
 from hpcflare.federation.launchers import LAUNCHERS, Resources
+from hpcflare.monitoring import MetricsConfig
 from hpcflare.settings import Settings
 
 DEFAULT_PORT = 8002
@@ -110,6 +112,7 @@ class ServerConfig:
     launcher: str = "local"
     slurm: Resources = dataclasses.field(default_factory=Resources)
     settings: Settings = dataclasses.field(default_factory=Settings)
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
 
     @classmethod
     def load(cls, path: str | Path | None, **overrides: Any) -> ServerConfig:
@@ -134,6 +137,7 @@ class ServerConfig:
             launcher=launcher,
             slurm=resources_from(data.get("slurm"), f"{where}: slurm"),
             settings=_settings(data, where),
+            metrics=MetricsConfig.from_dict(data.get("metrics"), f"{where}: metrics"),
         )
 
 

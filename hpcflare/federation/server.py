@@ -32,10 +32,12 @@ from hpcflare.federation.audit import AuditLog
 from hpcflare.federation.channel import GRPC_OPTIONS
 from hpcflare.federation.config import ServerConfig
 from hpcflare.federation.launchers import RankState, Resources, make_launcher
+from hpcflare.federation.metrics import FederationMetrics
 from hpcflare.federation.server_ranks import ServerRanks
 from hpcflare.federation.site_service import SiteService
 from hpcflare.federation.store import FINISHED, FedJob, FedJobState, JobStore, SiteState
 from hpcflare.job import FINAL_STATES, JobState
+from hpcflare.monitoring import Exporter
 from hpcflare.rank_logger import RankLogger
 from hpcflare.security.tls import StartupKit
 
@@ -72,12 +74,23 @@ class FederationServer(ServerRanks):
                 "or not allowed; pick another with --port or server.yaml port"
             )
         self._thread = threading.Thread(target=self._drive, name="federation-jobs", daemon=True)
+        self.metrics = FederationMetrics(self, kit.project)
+        self.audit.listeners.append(self.metrics.on_audit)
+        self.exporter = Exporter(
+            config.metrics,
+            self.metrics.registry,
+            self.settings.metrics_interval,
+            log,
+            kit.project,
+            on_drop=self.metrics.statsd_drops.labels(kit.project).inc,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> FederationServer:
         for job in self.store.jobs.values():  # said before the port opens: whoever reaches it sees this first
             if job.state == FedJobState.RUNNING:
                 self.log.info("job_reattached", f"{job.job_id}: looking after its running server rank again")
+        self.exporter.start()  # a taken metrics port ends the start here, naming the setting
         self.grpc.start()
         self._thread.start()
         self.log.info(
@@ -95,6 +108,7 @@ class FederationServer(ServerRanks):
         with self.cv:
             self.cv.notify_all()
         self.grpc.stop(grace=1).wait()
+        self.exporter.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
