@@ -21,24 +21,31 @@ from hpcflare.monitoring.series import read_series
 MAX_JOBS = 500
 """Jobs listed at most (the most recently changed ones)."""
 SEARCH_DEPTH = 3
+MAX_FOLDERS = 20_000
+"""Folders looked at when searching for jobs (a root holding huge unrelated trees stays fast)."""
 """Folder levels below the root searched for job.yaml (a job root, a standing server's store)."""
 CHART_RANKS = 16
 """Ranks drawn in the system charts (the busiest by memory); every rank stays in the series file."""
 
 
 def find_jobs(root: Path) -> dict[str, JobDir]:
-    """Job folders under ``root`` (or ``root`` itself), by job id, most recent first."""
+    """Job folders under ``root`` (or ``root`` itself), by job id, most recent first. A folder holding a
+    job.yaml is a job and is not searched further; at most SEARCH_DEPTH levels and MAX_FOLDERS folders."""
     root = root.resolve()
     found: list[Path] = []
-    if (root / "job.yaml").is_file():
-        found.append(root)
-    else:
-        for depth in range(1, SEARCH_DEPTH + 1):
-            found += [
-                p.parent
-                for p in root.glob("/".join(["*"] * depth) + "/job.yaml")
-                if "app" not in p.parts[len(root.parts) :]
-            ]
+    frontier, visited = [root], 0
+    for _ in range(SEARCH_DEPTH + 1):
+        below: list[Path] = []
+        for folder in frontier:
+            visited += 1
+            if (folder / "job.yaml").is_file():
+                found.append(folder)
+                continue
+            try:
+                below += [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            except OSError:
+                continue
+        frontier = sorted(below)[: max(0, MAX_FOLDERS - visited)]
     jobs: dict[str, JobDir] = {}
     for folder in sorted(found, key=_changed, reverse=True)[:MAX_JOBS]:
         job = JobDir(folder)

@@ -51,6 +51,7 @@ class HostMonitor:
         self.link_bytes: dict[tuple[str, str], int] = {}
         self._warned: set[str] = set()
         self._rank_of: dict[str, str] | None = None
+        self._rank_names: set[str] | None = None
 
     # ------------------------------------------------------------------ samples
     def take(self, sender: str, samples: Any) -> None:
@@ -66,6 +67,8 @@ class HostMonitor:
                 rank = str(rank)[:128]
                 if rank != sender and sender not in self.host.hosts:  # relays and client ranks forward
                     raise MalformedMessageError(f"{sender} may not report for {rank!r:.60}")
+                if rank not in self._known():
+                    raise MalformedMessageError(f"{rank!r:.60} is no rank of this job")
                 if not isinstance(entry, dict) or entry.get("role") not in ROLES:
                     raise MalformedMessageError(f"sample of {rank!r:.60} names no known role")
                 parsed[rank] = (str(entry["role"]), SystemSample.from_wire(entry.get("sample")))
@@ -115,6 +118,14 @@ class HostMonitor:
                 yield frame
         finally:
             self.add_bytes(link, direction, total)
+
+    def _known(self) -> set[str]:
+        """The job's rank names (sites, client ranks, relays, the server): the only names samples may carry,
+        so what this host keeps is bounded by the job's size."""
+        if self._rank_names is None:
+            config = self.host.config
+            self._rank_names = {"server", *config.clients, *config.client_units(), *config.relay_names()}
+        return self._rank_names
 
     # ------------------------------------------------------------------ the view
     def _ranks(self) -> dict[str, str]:
