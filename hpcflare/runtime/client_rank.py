@@ -23,6 +23,7 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import FINAL_STATES, JobConfig, JobDir, whole_number
 from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime import site_output
 from hpcflare.runtime.cluster import staging
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.round_host import HostPhase, RoundHost
@@ -142,7 +143,20 @@ def run_sites(
 ) -> ExitCode:
     """Run ``sites`` as virtual clients of this rank (``own_process``: the process is the rank's, so its
     working directory, sys.argv and sys.path are set up for the scripts); returns the rank's exit code:
-    OK when every site did its part, else the first failed site's code."""
+    OK when every site did its part, else the first failed site's code. What each site's script prints goes
+    to ``logs/<site>.out`` and, line by line with its name, to the rank's own output."""
+    with site_output.routed() as streams:
+        return _run_sites(job_dir, sites, name, address, own_process, streams)
+
+
+def _run_sites(
+    job_dir: JobDir,
+    sites: list[str],
+    name: str,
+    address: str | None,
+    own_process: bool,
+    streams: list[site_output.SiteStreams],
+) -> ExitCode:
     config = job_dir.load_config()
     hosted = config.rank_hosts().get(name)
     log = RankLogger(job_dir.log_dir, name, "client-rank")
@@ -159,9 +173,15 @@ def run_sites(
             rounds.start()
 
         def site_main(site: str) -> None:
-            codes[site] = run_client(
-                job_dir, site, per_thread=True, address=None if host else address, parent=host
-            )
+            site_output.bind(site, job_dir.log_dir)  # its prints: logs/<site>.out, and ours prefixed
+            try:
+                codes[site] = run_client(
+                    job_dir, site, per_thread=True, address=None if host else address, parent=host
+                )
+            finally:
+                for stream in streams:
+                    stream.end(site, job_dir.log_dir)
+                site_output.bind(None)
 
         threads = [
             threading.Thread(target=site_main, args=(site,), name=f"vc-{site}", daemon=True) for site in sites

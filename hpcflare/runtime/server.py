@@ -210,13 +210,16 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
                     break
             self.checkpoints.publish_result(self.model, self.job_dir.result_model_path)
             self.end("completed")
+            lost = self._lost()
             self.log.info(
                 "job_completed",
                 f"job {cfg.job_id} completed: {rounds} rounds; "
-                f"result model written to {self.job_dir.result_model_path}",
+                f"result model written to {self.job_dir.result_model_path}"
+                + (f"; without {len(lost)} site(s) lost on the way: {sorted(lost)[:10]}" if lost else ""),
                 result_model=str(self.job_dir.result_model_path),
+                lost=lost,
             )
-            self._status(JobState.COMPLETED, result_model=str(self.job_dir.result_model_path))
+            self._status(JobState.COMPLETED, result_model=str(self.job_dir.result_model_path), lost=lost)
             return ExitCode.OK
         except Exception as exc:  # noqa: BLE001 - every end is recorded in status.json with its cause
             code, reason = exit_for(exc)

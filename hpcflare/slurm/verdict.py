@@ -1,0 +1,57 @@
+"""What a batch script tells Slurm when its step ends: the job's own verdict, not the step's.
+
+srun's exit status is the worst of its tasks', so a job that completed without a dead site, or after excluding
+a straggler, would end FAILED and mail its user a false alarm. The sbatch script asks this module instead::
+
+    python -m hpcflare.slurm.verdict JOB_DIR SRUN_RC
+
+It prints one line and exits 0 when the job completed (naming the sites it lost), the exit code of the job's first
+cause when it failed or was aborted, and srun's status when the job has no final state (killed, requeued).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hpcflare.job import JobDir, JobState
+
+
+def verdict(job_dir: Path, srun_rc: int) -> tuple[int, str]:
+    status = JobDir(job_dir).read_status()
+    state = str(status.get("state"))
+    if state == JobState.COMPLETED:
+        lost = status.get("lost") or {}
+        return 0, "job completed" + (
+            f" without {len(lost)} site(s) lost on the way: "
+            + "; ".join(f"{site} ({why})" for site, why in sorted(lost.items())[:10])
+            if lost
+            else ""
+        ) + (f" (srun exited {srun_rc}: those sites' ranks)" if srun_rc and lost else "")
+    if state in (JobState.FAILED, JobState.ABORTED):
+        code = status.get("exit_code")
+        code = int(code) if isinstance(code, int) and 0 < code < 256 else (srun_rc or 1)
+        return code, f"job {state}: {status.get('message', '')} (exit {code})"
+    return (
+        srun_rc,
+        f"srun exited {srun_rc}; the job has no final state ({state}): killed, timed out or requeued",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or not args[1].lstrip("-").isdigit():
+        print("usage: python -m hpcflare.slurm.verdict JOB_DIR SRUN_RC", file=sys.stderr)
+        return 2
+    rc = int(args[1])
+    try:
+        code, line = verdict(Path(args[0]), rc)
+    except Exception as exc:  # noqa: BLE001 - the step's own status is still the truth we have
+        print(f"[hpcflare] srun exited {rc}; the job's status could not be read: {exc}")
+        return rc
+    print(f"[hpcflare] {line}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

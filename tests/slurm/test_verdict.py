@@ -1,0 +1,46 @@
+"""The batch script's exit status is the job's verdict: 0 for a job that completed (even without lost sites), the
+first cause's code for a failed one, srun's own status when the job has no final state."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcflare.job import JobDir, JobState
+from hpcflare.slurm.verdict import main, verdict
+
+
+def _job(tmp_path, state, **fields):
+    job = JobDir(tmp_path / "job")
+    job.root.mkdir(parents=True)
+    if state is not None:
+        job.write_status(state, **fields)
+    return job.root
+
+
+def test_a_job_that_completed_without_a_site_exits_0_and_names_it(tmp_path, capsys):
+    root = _job(tmp_path, JobState.COMPLETED, lost={"site-3": "dead: no heartbeat for 31s"})
+    assert main([str(root), "9"]) == 0
+    line = capsys.readouterr().out
+    assert "completed without 1 site(s)" in line and "site-3 (dead: no heartbeat" in line
+
+
+@pytest.mark.parametrize(
+    "state, fields, rc, expected",
+    [
+        (JobState.COMPLETED, {}, 0, 0),
+        (JobState.FAILED, {"exit_code": 12, "message": "round 2: too few results"}, 1, 12),
+        (JobState.ABORTED, {"exit_code": 15, "message": "aborted"}, 143, 15),
+        (JobState.FAILED, {"message": "killed"}, 137, 137),  # no code recorded: srun's
+        (JobState.RUNNING, {}, 137, 137),  # no final state (SIGKILL, requeue): srun's
+        (None, {}, 1, 1),
+    ],
+)
+def test_the_exit_status_follows_the_jobs_state(tmp_path, state, fields, rc, expected):
+    assert verdict(_job(tmp_path, state, **fields), rc)[0] == expected
+
+
+def test_an_unreadable_status_keeps_sruns_status(tmp_path):
+    root = _job(tmp_path, None)
+    (root / "status.json").write_text("{not json")
+    assert main([str(root), "3"]) == 3
+    assert main(["only-one-argument"]) == 2
