@@ -99,7 +99,8 @@ def check_job_name(name: Any) -> str:
     return name
 
 
-FRAMEWORKS = ("numpy", "pytorch")
+FRAMEWORKS = ("numpy", "pytorch", "tensorflow")
+"""How sites receive params: numpy arrays, torch tensors, or numpy arrays in Keras' shapes (tensorflow)."""
 TRACKING_BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
 STOP_OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpcflare.client import keras
 from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsType
 from hpcflare.errors import SiteEndedError, StaleTaskError
 from hpcflare.job import JobDir
@@ -197,7 +198,7 @@ def _to_flmodel(agent: ClientAgent, task: Task, params: dict[str, Any]) -> FLMod
     previous = task.meta.get(INITIAL_METRICS)
     return FLModel(
         params_type=ParamsType.FULL,
-        params=params,
+        params=keras.unflatten(params),  # the shape Keras weights were sent in; other layouts as they are
         current_round=current_round,
         total_rounds=task.total_rounds,
         meta=meta,
@@ -217,13 +218,14 @@ def send(model: FLModel, clear_cache: bool = True, ctx: APIContext | None = None
         raise RuntimeError("flare.send() called without a task: call flare.receive() first")
     if model.metrics is not None and not isinstance(model.metrics, dict):
         raise TypeError(f"FLModel.metrics must be a dict, got {type(model.metrics).__name__}")
-    params = model.params
+    params = keras.flatten(model.params)  # Keras weights (a list, or lists per layer) as named tensors
     if params is None and ctx.task.name != "train":
         params = {}  # metrics only: an evaluation result, accepted for every task but training (as in NVFlare)
     if not isinstance(params, dict) or (not params and ctx.task.name == "train"):
         raise ValueError(
-            "FLModel.params must be a non-empty dict of numpy arrays or torch tensors (a training "
-            "task needs the trained weights; metrics alone answer only validate tasks)"
+            "FLModel.params must be a non-empty dict of numpy arrays or torch tensors, or Keras weights (a "
+            "list of arrays, or {layer name: list of arrays}); a training task needs the trained weights "
+            "(metrics alone answer only validate tasks)"
         )
     if params:
         ctx.device = _device_of(

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcflare.client import keras
 from hpcflare.errors import ConfigError
 
 
@@ -70,7 +71,7 @@ def save_initial_model(model: Any, path: Path, checkpoint: Path | None = None) -
     """Accepts a torch nn.Module, a dict of numpy arrays or torch tensors, or a .safetensors path;
     ``checkpoint`` replaces the weights (checked against the model's names and shapes).
 
-    Returns the framework clients will receive params in ("pytorch" or "numpy").
+    Returns the framework clients will receive params in ("pytorch", "tensorflow" or "numpy").
     """
     if checkpoint is not None:
         model = _with_checkpoint(model, checkpoint)
@@ -80,11 +81,19 @@ def save_initial_model(model: Any, path: Path, checkpoint: Path | None = None) -
             raise ConfigError(f"model path {src} must be an existing .safetensors file")
         shutil.copy2(src, path)
         return "numpy"
+    framework = "numpy"
+    if keras.is_keras_model(model):  # a Keras model: its weights per layer, in the shape its sites send
+        model, framework = keras.flatten(keras.keras_weights(model)), "tensorflow"
+    elif isinstance(model, list) or (
+        isinstance(model, dict) and any(isinstance(v, list) for v in model.values())
+    ):
+        model, framework = keras.flatten(model), "tensorflow"
     if hasattr(model, "state_dict") and callable(model.state_dict):
         model = model.state_dict()
     if not isinstance(model, dict) or not model:
         raise ConfigError(
-            "model must be an nn.Module, a non-empty dict of arrays/tensors, or a .safetensors path"
+            "model must be an nn.Module, a Keras model, a non-empty dict of arrays/tensors (or Keras weights: "
+            "lists of arrays per layer), or a .safetensors path"
         )
     if all(type(v).__module__.startswith("torch") for v in model.values()):
         import safetensors.torch
@@ -98,7 +107,7 @@ def save_initial_model(model: Any, path: Path, checkpoint: Path | None = None) -
     import safetensors.numpy
 
     safetensors.numpy.save_file(arrays, str(path))
-    return "numpy"
+    return framework
 
 
 def load_into(module: Any, path: Path | str) -> Any:
