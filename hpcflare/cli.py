@@ -231,10 +231,15 @@ def _follow(job_dir: JobDir, job_id: str, slurm: Any) -> None:
     from hpcflare.job import FINAL_STATES as JOB_FINAL
     from hpcflare.slurm.commands import FINAL_STATES as SLURM_FINAL
 
-    with RoundProgress(job_dir, enabled=True) as progress:
-        while job_dir.read_status().get("state") not in JOB_FINAL and slurm.state(job_id) not in SLURM_FINAL:
-            progress.update()
-            time.sleep(1.0)
+    try:
+        with RoundProgress(job_dir, enabled=True) as progress:
+            while (
+                job_dir.read_status().get("state") not in JOB_FINAL and slurm.state(job_id) not in SLURM_FINAL
+            ):
+                progress.update()
+                time.sleep(1.0)
+    except KeyboardInterrupt:  # the user stops watching; the job itself goes on
+        print(f"\nstopped following job {job_id}; it goes on (`hpcflare job status {job_dir.root}` shows it)")
 
 
 def _nodes(value: str) -> int | str:

@@ -104,3 +104,23 @@ def test_provision_is_all_or_nothing(tmp_path):
         text=True,
     )
     assert made.returncode == 0 and (tmp_path / "out" / "p" / "site-1" / "kit.yaml").is_file()
+
+
+def test_ctrl_c_while_following_a_job_ends_quietly(make_recipe, tmp_path, capsys):
+    """Ctrl-C stops the watching, not the job: one line saying so, no traceback."""
+    from hpcflare.cli import _follow
+
+    job_dir = make_recipe("print(1)\n", n_clients=2).export(tmp_path / "jobs")
+
+    class Interrupted:
+        calls = 0
+
+        def state(self, job_id):
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt  # what the terminal sends on Ctrl-C
+            return "RUNNING"
+
+    _follow(job_dir, "4242", Interrupted())
+    out = capsys.readouterr()
+    assert "stopped following job 4242; it goes on" in out.out and "Traceback" not in out.err + out.out

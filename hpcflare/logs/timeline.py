@@ -134,7 +134,52 @@ def collect(job_dir: JobDir) -> dict[str, Any]:
                 # what ended an earlier life (a requeue's SIGTERM) is drawn as that life's end, not a failure
                 lane["lives" if t < last_life else "failures"].append((t, name))
         lanes.append(lane)
-    return {"job_id": job_dir.root.name, "lanes": _aggregate(lanes), "lives": lives, "ranks": len(lanes)}
+    lanes += _silent_lanes(job_dir, ranks, server, t0)
+    try:
+        config = job_dir.load_config()
+        counts = {"ranks": 1 + config.relays + len(config.client_units()), "sites": len(config.clients)}
+    except ConfigError:
+        counts = {"ranks": len(lanes), "sites": len(lanes) - 1}
+    return {"job_id": job_dir.root.name, "lanes": _aggregate(lanes), "lives": lives, **counts}
+
+
+SERVER_VERDICTS = ("client_dead", "client_failed", "relay_lost", "client_rank_failed")
+
+
+def _silent_lanes(
+    job_dir: JobDir, ranks: dict[str, list[dict[str, Any]]], server: list[dict[str, Any]], t0: float
+) -> list[dict[str, Any]]:
+    """A lane for each site or rank that wrote no log of its own (killed before its first line, never
+    started) but that the server declared dead, failed or left out: drawn from the server's word alone."""
+    said: dict[str, tuple[float, str]] = {}
+    for e in server:
+        name = e.get("event")
+        if name in SERVER_VERDICTS and e.get("site"):
+            said.setdefault(str(e["site"]), (e["t"] - t0, str(name)))
+        elif name == "clients_excluded":
+            for site in e.get("missing") or []:
+                said.setdefault(str(site), (e["t"] - t0, "excluded"))
+    out = []
+    for rank in sorted((r for r in said if not ranks.get(r)), key=natural):
+        t, name = said[rank]
+        out.append(
+            {
+                "rank": f"{rank} (no log)",
+                "life": (t, t),
+                "rounds": [],
+                "train": [],
+                "transfers": [],
+                "marks": [],
+                "failures": [(t, name)],
+                "stragglers": [],
+                "lives": [],
+            }
+        )
+    return out
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def draw(job_dir: JobDir, output: str | Path) -> Path:
@@ -182,7 +227,7 @@ def draw(job_dir: JobDir, output: str | Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first log event")
     ax.set_title(
-        f"{data['job_id']} ({data['ranks']} ranks): rounds (blue), training (light green), transfers "
+        f"{data['job_id']} ({_plural(data['ranks'], 'rank')}, {_plural(data['sites'], 'site')}): rounds (blue), training (light green), transfers "
         "(green), registration (|), failures (x), stragglers (>), requeued lives (dashed)",
         fontsize=9,
     )

@@ -67,3 +67,26 @@ def test_sites_sort_naturally(make_recipe, tmp_path):
         "site-10",
         "site-12",
     ]
+
+
+def test_ranks_that_never_logged_get_a_lane_from_the_servers_word(make_recipe, tmp_path):
+    """site-3 was SIGKILLed before its first log line, site-4 never started: each still has a lane with the
+    server's verdict; ranks and sites are counted apart (4 sites as virtual clients of 2 client ranks)."""
+    job_dir = make_recipe(SLOW, n_clients=4, clients_per_rank=2).export(tmp_path / "jobs")
+    _log(
+        job_dir,
+        "server",
+        "server",
+        [
+            {"t": 0, "event": "server_started"},
+            {"t": 4, "event": "clients_excluded", "missing": ["site-4"]},
+            {"t": 6, "event": "client_dead", "site": "site-3", "round": 1},
+        ],
+    )
+    for site in ("site-1", "site-2"):
+        _log(job_dir, site, "client", [{"t": 1, "event": "registered"}])
+    data = collect(job_dir)
+    lanes = {lane["rank"]: lane for lane in data["lanes"]}
+    assert lanes["site-3 (no log)"]["failures"] == [(6, "client_dead")]
+    assert lanes["site-4 (no log)"]["failures"] == [(4, "excluded")]
+    assert data["ranks"] == 3 and data["sites"] == 4  # the server and 2 client ranks; 4 sites
