@@ -4,9 +4,7 @@ federation)."""
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import re
 import threading
 import time
@@ -16,6 +14,7 @@ from typing import Any
 from hpcflare.errors import ConfigError
 from hpcflare.job import FINAL_STATES, JobDir
 from hpcflare.logs.diagnose import diagnose, load_events
+from hpcflare.logs.plot import read_metrics
 from hpcflare.monitoring.series import read_series
 
 MAX_JOBS = 500
@@ -130,21 +129,10 @@ def _server_events(job: JobDir) -> list[dict[str, Any]]:
 
 def training_metrics(job: JobDir) -> dict[str, dict[str, list[list[float]]]]:
     """metric -> site (and 'global') -> [[round, value], ...] from tracking/metrics.csv."""
-    out: dict[str, dict[str, list[list[float]]]] = {}
-    path = job.root / "tracking" / "metrics.csv"
-    if not path.is_file():
-        return out
-    with open(path, newline="", errors="replace") as f:
-        for row in csv.DictReader(f):
-            try:
-                value, number = float(row["value"]), int(row["round"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            if math.isfinite(value):
-                out.setdefault(row.get("key") or "?", {}).setdefault(row.get("site") or "?", []).append(
-                    [number, value]
-                )
-    return out
+    return {
+        metric: {site: [[r, rounds[r]] for r in sorted(rounds)] for site, rounds in sites.items()}
+        for metric, sites in read_metrics(job, missing_ok=True).items()
+    }
 
 
 def system_metrics(job: JobDir) -> dict[str, Any]:

@@ -14,10 +14,12 @@ MAX_SITE_LINES = 30
 """Sites drawn per metric; with more, the global line and the sites' spread (min-max band) instead."""
 
 
-def read_metrics(job_dir: JobDir) -> dict[str, dict[str, dict[int, float]]]:
-    """metric -> site -> round -> value."""
+def read_metrics(job_dir: JobDir, missing_ok: bool = False) -> dict[str, dict[str, dict[int, float]]]:
+    """metric -> site (and 'global') -> round -> value; non-numeric and non-finite values are left out."""
     path = job_dir.root / "tracking" / "metrics.csv"
     if not path.is_file():
+        if missing_ok:
+            return {}
         raise ConfigError(f"{path} not found: is {job_dir.root} a job folder whose server has started?")
     out: dict[str, dict[str, dict[int, float]]] = {}
     with open(path, newline="", errors="replace") as f:
