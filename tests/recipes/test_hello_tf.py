@@ -38,11 +38,17 @@ def test_hello_tf_learns_and_its_result_loads_into_keras(tmp_path):
     assert sorted(accuracy) == [1, 2, 3]
     assert accuracy[3] > accuracy[1] and accuracy[3] > 0.7  # three classes: chance is a third
 
+    import importlib.util
+
     import numpy as np
     import safetensors.numpy
 
-    sys.path.insert(0, str(RECIPE))
-    from model import TFNet
+    # loaded under its own name: other recipes' tests import their own `model` module
+    spec = importlib.util.spec_from_file_location("hello_tf_model", RECIPE / "model.py")
+    assert spec is not None and spec.loader is not None
+    recipe_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_model)
+    TFNet = recipe_model.TFNet
 
     from hpcflare.client.keras import keras_weights, set_keras_weights
 
