@@ -96,7 +96,7 @@ class Dashboard:
             job_id, job = self.job(request)
         except KeyError:
             return PlainTextResponse("no such job", status_code=404)
-        stamp = max((p.stat().st_mtime for p in job.log_dir.glob("*.jsonl")), default=0.0)
+        stamp = data.logs_changed(job)
         with self._lock:
             cached = self._timelines.get(job_id)
         if cached is None or cached[0] != stamp:

@@ -13,16 +13,16 @@ from typing import Any
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import FINAL_STATES, JobDir
-from hpcflare.logs.diagnose import diagnose, load_events
+from hpcflare.logs.diagnose import diagnose, read_events
 from hpcflare.logs.plot import read_metrics
 from hpcflare.monitoring.series import read_series
 
 MAX_JOBS = 500
 """Jobs listed at most (the most recently changed ones)."""
 SEARCH_DEPTH = 3
+"""Folder levels below the root searched for job.yaml (a job root, a standing server's store)."""
 MAX_FOLDERS = 20_000
 """Folders looked at when searching for jobs (a root holding huge unrelated trees stays fast)."""
-"""Folder levels below the root searched for job.yaml (a job root, a standing server's store)."""
 CHART_RANKS = 16
 """Ranks drawn in the system charts (the busiest by memory); every rank stays in the series file."""
 
@@ -91,12 +91,12 @@ def summary(job_id: str, job: JobDir) -> dict[str, Any]:
         "clients": clients,
         "live": sites.get("registered", 0) + sites.get("active", 0) if sites else None,
         "dead": sites.get("dead", 0) + sites.get("failed", 0) if sites else None,
-        "eta_seconds": _eta(job, number, rounds, status),
+        "eta_seconds": _eta(job, rounds, status),
         "updated": status.get("updated"),
     }
 
 
-def _eta(job: JobDir, number: int, rounds: int, status: dict[str, Any]) -> float | None:
+def _eta(job: JobDir, rounds: int, status: dict[str, Any]) -> float | None:
     if str(status.get("state")) in FINAL_STATES:
         return None
     done = [e for e in _server_events(job) if e.get("event") == "round_completed"]
@@ -121,7 +121,7 @@ def _server_events(job: JobDir) -> list[dict[str, Any]]:
         cached = _EVENTS.get(path)
         if cached and cached[:2] == (stat.st_mtime, stat.st_size):
             return cached[2]
-    events = load_events(job.log_dir)[0].get("server", [])
+    events = read_events(path)[0]
     with _EVENTS_LOCK:
         _EVENTS[path] = (stat.st_mtime, stat.st_size, events)
     return events
@@ -217,9 +217,20 @@ def _names(text: str, site: str) -> bool:
 _FINDINGS: dict[Path, tuple[float, list[dict[str, str]]]] = {}
 
 
+def logs_changed(job: JobDir) -> float:
+    """When any rank's JSON log last changed: what the findings and the timeline are cached against."""
+    stamps = []
+    for path in job.log_dir.glob("*.jsonl"):
+        try:
+            stamps.append(path.stat().st_mtime)
+        except OSError:  # removed between listing and looking
+            continue
+    return max(stamps, default=0.0)
+
+
 def findings(job: JobDir) -> list[dict[str, str]]:
-    """`hpcflare logs diagnose`'s findings, recomputed when a log changed (at most every few seconds)."""
-    stamp = max((p.stat().st_mtime for p in job.log_dir.glob("*.jsonl")), default=0.0)
+    """`hpcflare logs diagnose`'s findings, recomputed when a log changed."""
+    stamp = logs_changed(job)
     cached = _FINDINGS.get(job.root)
     if cached and cached[0] == stamp:
         return cached[1]

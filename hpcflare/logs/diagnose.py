@@ -18,17 +18,24 @@ from hpcflare.logs.finding import Finding
 from hpcflare.logs.slurm_findings import earlier_lives, life_starts, output_findings, sacct_findings
 
 
+def read_events(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """One rank's events; malformed lines (a rank killed mid-write) are counted, not fatal."""
+    events, bad = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            bad += 1
+    return events, bad
+
+
 def load_events(log_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """rank -> events; malformed lines (a rank killed mid-write) are counted, not fatal."""
+    """rank -> events, and the count of malformed lines over all ranks."""
     ranks: dict[str, list[dict[str, Any]]] = {}
     bad = 0
     for path in sorted(log_dir.glob("*.jsonl")):
-        events = ranks.setdefault(path.stem, [])
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                bad += 1
+        ranks[path.stem], skipped = read_events(path)
+        bad += skipped
     return ranks, bad
 
 

@@ -1,5 +1,6 @@
 """Sending a registry's metrics out: a Prometheus HTTP endpoint, a node_exporter textfile, StatsD pushes, and
-the job's own metrics series (``<job>/metrics/series.jsonl``, what ``hpcflare dashboard`` charts).
+the job's own metrics files (``<job>/metrics/``, what ``hpcflare dashboard`` shows: see
+:mod:`hpcflare.monitoring.series`).
 
 Each export is off unless :class:`MetricsConfig` names it. None may slow a round: the endpoint is served by
 its own thread, the textfile and StatsD are written by one background thread every ``metrics_interval``, and
@@ -40,14 +41,14 @@ class Exporter:
         interval: float,
         log: RankLogger,
         job_id: str,
-        series: Callable[[], dict[str, Any]] | None = None,
-        series_path: Path | None = None,
-        snapshot: Callable[[], dict[str, Any]] | None = None,
+        files: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+        files_dir: Path | None = None,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.config, self.registry, self.interval, self.log = config, registry, interval, log
         self.textfile = config.textfile_for(job_id) if config.textfile else ""
-        self.series, self.series_path, self.snapshot = series, series_path, snapshot
+        self.files, self.files_dir = files, files_dir
+        """``files()``: (a line for series.jsonl, the new sites.json), written under ``files_dir``."""
         self.on_drop = on_drop or (lambda n: None)
         self._http: Any = None
         self._stop = threading.Event()
@@ -72,7 +73,7 @@ class Exporter:
             Path(self.textfile).parent.mkdir(parents=True, exist_ok=True)
         if c.exports:
             self.log.info("metrics_exported", "metrics: " + ", ".join(c.exports), exports=c.exports)
-        if self.textfile or self._statsd or (self.series and self.series_path):
+        if self.textfile or self._statsd or (self.files and self.files_dir):
             self._thread = threading.Thread(target=self._loop, name="metrics-export", daemon=True)
             self._thread.start()
 
@@ -81,28 +82,26 @@ class Exporter:
             self.write_once()
 
     def write_once(self) -> None:
-        """One refresh of the textfile, one StatsD push, one series line; failures are logged, never raised."""
+        """One refresh of the textfile, one StatsD push, the job's metrics files; failures are logged, never
+        raised."""
         try:
             if self.textfile:
                 atomic_write(Path(self.textfile), generate_latest(self.registry))
             if self._statsd is not None:
                 self._statsd.push(self.registry)
-            if self.series is not None and self.series_path is not None:
-                self._append_series()
-                if self.snapshot is not None:
-                    text = json.dumps(self.snapshot(), separators=(",", ":"), default=float)
-                    atomic_write(self.series_path.with_name("sites.json"), text)
+            if self.files is not None and self.files_dir is not None:
+                self._write_files(self.files_dir, *self.files())
         except Exception as exc:  # noqa: BLE001 - metrics are never worth a failed job
             self.log.warning("metrics_export_failed", f"metrics export failed (the job goes on): {exc}")
 
-    def _append_series(self) -> None:
-        assert self.series is not None and self.series_path is not None
-        path = self.series_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size > SERIES_MAX_BYTES:
-            return
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(self.series(), separators=(",", ":"), default=float) + "\n")
+    @staticmethod
+    def _write_files(folder: Path, line: dict[str, Any], sites: dict[str, Any]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        series = folder / "series.jsonl"
+        if not series.exists() or series.stat().st_size <= SERIES_MAX_BYTES:
+            with open(series, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, separators=(",", ":"), default=float) + "\n")
+        atomic_write(folder / "sites.json", json.dumps(sites, separators=(",", ":"), default=float))
 
     def stop(self) -> None:
         self._stop.set()

@@ -154,9 +154,6 @@ class JobMetrics:
         if event in REFUSALS:
             self.refusals.labels(job, REFUSALS[event]).inc()
 
-    def collect(self) -> list[Metric]:
-        return list(self.registry.collect())
-
 
 class _StateCollector(Collector):
     """Gauges (and the link byte counters) read from the host at collection time."""

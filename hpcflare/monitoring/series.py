@@ -9,12 +9,15 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from hpcflare.monitoring.metrics import HostView
 
+TAIL_BLOCK = 64 << 10
+"""Bytes read at a time from the end of the series file."""
 SAMPLE_FIELDS = ("cpu_percent", "rss_bytes", "threads", "open_fds", "load1", "host_memory_used_bytes")
 
 
@@ -46,27 +49,43 @@ def sites_record(view: HostView) -> dict[str, Any]:
     links: dict[str, list[int]] = {}
     for (link, direction), count in view.link_bytes.items():
         links.setdefault(link, [0, 0])[0 if direction == "in" else 1] += count
-    return {
-        "t": round(time.time(), 3),
-        "sites": {
-            site: {
-                "state": state,
-                "last_seen": round(view.last_seen[site], 1) if site in view.last_seen else None,
-                "rank": view.rank_of.get(site, site),
-                "bytes_in": links.get(site, links.get(view.rank_of.get(site, site), [0, 0]))[0],
-                "bytes_out": links.get(site, links.get(view.rank_of.get(site, site), [0, 0]))[1],
-            }
-            for site, state in view.sites.items()
-        },
-    }
+    sites = {}
+    for site, state in view.sites.items():
+        rank = view.rank_of.get(site, site)
+        bytes_in, bytes_out = links.get(site) or links.get(rank) or [0, 0]
+        sites[site] = {
+            "state": state,
+            "last_seen": round(view.last_seen[site], 1) if site in view.last_seen else None,
+            "rank": rank,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        }
+    return {"t": round(time.time(), 3), "sites": sites}
+
+
+def job_files(view: HostView, cap: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A series line and the sites snapshot, from one view of the host."""
+    return series_record(view, cap), sites_record(view)
 
 
 def read_series(path: Path, limit: int = 5000) -> list[dict[str, Any]]:
-    """The series' records (the last ``limit``); lines a killed writer left half-written are skipped."""
-    if not path.is_file():
+    """The series' records (the last ``limit``, read from the file's end: it may hold a long job's); lines a
+    killed writer left half-written are skipped."""
+    try:
+        f = open(path, "rb")
+    except OSError:
         return []
+    with f:
+        start, blocks, newlines = f.seek(0, os.SEEK_END), [], 0
+        while start > 0 and newlines <= limit:
+            size = min(TAIL_BLOCK, start)
+            start -= size
+            f.seek(start)
+            blocks.append(f.read(size))
+            newlines += blocks[-1].count(b"\n")
+    lines = b"".join(reversed(blocks)).decode(errors="replace").splitlines()
     out = []
-    for line in path.read_text(errors="replace").splitlines()[-limit:]:
+    for line in lines[-limit:] if start == 0 else lines[1:][-limit:]:  # a cut first line is not a record
         try:
             record = json.loads(line)
         except ValueError:

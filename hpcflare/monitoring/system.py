@@ -178,14 +178,14 @@ class SystemSampler:
                 gpus=self._gpus.sample(),
             )
 
-    def due(self, link: str, interval: float) -> dict[str, Any] | None:
+    def due(self, link: str, interval: float) -> SystemSample | None:
         """A sample for ``link`` (a heartbeat stream) when its last one is ``interval`` seconds old, else None."""
         now = time.monotonic()
         with self._lock:
             if now - self._sent.get(link, -math.inf) < interval:
                 return None
             self._sent[link] = now
-        return self.sample().to_wire()
+        return self.sample()
 
 
 _SAMPLER: SystemSampler | None = None

@@ -89,7 +89,7 @@ class Relay(RelayRounds, RoundHost):
             address,
             heartbeat_extra=lambda: {
                 "children": self.members.live(),
-                **self.monitor.heartbeat_samples(name, "client rank" if not self.listens else "relay"),
+                **self.monitor.heartbeat_samples(name, self.role),
             },
             in_process=self.upstream_in_process,
         )

@@ -14,7 +14,7 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
 from hpcflare.job import JobDir, JobState
 from hpcflare.monitoring import Exporter, JobMetrics, MetricsConfig
-from hpcflare.monitoring.series import series_record, sites_record
+from hpcflare.monitoring.series import job_files
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.memory import release_memory
 from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
@@ -97,23 +97,19 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
                     "certificate_problem", f"{problem}; clients will refuse this server", problem=problem
                 )
         self.address = f"{advertise or host}:{self.grpc.port}"
-        self.metrics = JobMetrics(config.job_id, self.monitor.view, self.metrics_config.site_series_cap)
+        exports = MetricsConfig.from_dict(config.metrics)
+        self.metrics = JobMetrics(config.job_id, self.monitor.view, exports.site_series_cap)
         log.listeners.append(self.metrics.on_event)
         self.exporter = Exporter(
-            self.metrics_config,
+            exports,
             self.metrics.registry,
             settings.metrics_interval,
             log,
             config.job_id,
-            series=lambda: series_record(self.monitor.view(), self.metrics_config.site_series_cap),
-            series_path=job_dir.root / "metrics" / "series.jsonl",
-            snapshot=lambda: sites_record(self.monitor.view()),
+            files=lambda: job_files(self.monitor.view(), exports.site_series_cap),
+            files_dir=job_dir.root / "metrics",
             on_drop=self.metrics.statsd_drops.labels(config.job_id).inc,
         )
-
-    @property
-    def metrics_config(self) -> MetricsConfig:
-        return MetricsConfig.from_dict(self.config.metrics)
 
     def on_track(self, site: str, records: list) -> None:
         if site in self.hosts:

@@ -93,7 +93,7 @@ class HostMonitor:
             }
             self._unsent.clear()
         if own is not None:
-            out[name] = {"role": role, "sample": own}
+            out[name] = {"role": role, "sample": own.to_wire()}
         return {"samples": out} if out else {}
 
     def own_sample(self, name: str, role: str) -> None:
@@ -101,7 +101,7 @@ class HostMonitor:
         sample = sampler().due(f"host:{name}", self.host.settings.metrics_interval)
         if sample is not None:
             with self._lock:
-                self.samples[name] = (role, SystemSample.from_wire(sample))
+                self.samples[name] = (role, sample)
 
     # ------------------------------------------------------------------ bytes per link
     def add_bytes(self, link: str, direction: str, count: int) -> None:

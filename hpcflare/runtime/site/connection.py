@@ -73,7 +73,7 @@ class Connection(Liveness):
 
     def _own_sample(self) -> dict[str, Any]:
         sample = sampler().due(f"site:{self.site}", self.settings.metrics_interval)
-        return {"samples": {self.site: {"role": "client", "sample": sample}}} if sample else {}
+        return {"samples": {self.site: {"role": "client", "sample": sample.to_wire()}}} if sample else {}
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
