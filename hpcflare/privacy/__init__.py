@@ -67,7 +67,9 @@ def site_privacy(
         return None
     if spec.type == "secagg":
         return SecAggSite(site, job_id, spec, call, round_timeout, log)
-    return importlib.import_module("hpcflare.privacy.he").HESite(spec, job_root, site, kit_dir)
+    return importlib.import_module("hpcflare.privacy.he").HESite(
+        spec, job_root, site, kit_dir, call, round_timeout, log
+    )
 
 
 def ensure_job_keys(job_root: Path, sites: list[str], spec: PrivacySpec | None) -> None:

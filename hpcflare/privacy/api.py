@@ -9,7 +9,8 @@ in the site's process, between the Client API and the wire (:class:`SitePrivacy`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,9 @@ class PrivacySpec:
     on with those that sent them (a site gone silent stops the wait as soon as it is declared dead)."""
     unmask_timeout: float = 120.0
     """secagg: seconds the server waits after the round for the survivors' shares that remove the masks."""
+    verify_timeout: float = 120.0
+    """he: seconds the server waits after a round for one of its sites to confirm that the encrypted weight sum
+    decrypts to the sum of the weights the sites declared; without that, the round fails unkept."""
     poly_modulus_degree: int = 8192
     """he: CKKS ring dimension (slots = half of it); 8192 gives 128-bit security with the default moduli."""
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
@@ -88,7 +92,7 @@ class PrivacySpec:
             raise ConfigError(f"privacy.neighbours must be an integer >= 2, got {self.neighbours!r}")
         if not isinstance(self.frac_bits, int) or not 8 <= self.frac_bits <= 40:
             raise ConfigError(f"privacy.frac_bits must be an integer in [8, 40], got {self.frac_bits!r}")
-        for name in ("setup_timeout", "unmask_timeout"):
+        for name in ("setup_timeout", "unmask_timeout", "verify_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
                 raise ConfigError(f"privacy.{name} must be seconds > 0, got {value!r}")
@@ -180,11 +184,38 @@ class PrivateStrategy(Strategy):
     def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:
         self.inner.round_closed(round_num, plan, results)
 
+    def check_aggregate(self, round_num: int) -> None:
+        self.inner.check_aggregate(round_num)
+
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
         return {**self.inner.configure_round(round_num, total_rounds), "privacy": self.spec.to_dict()}
 
     def inner_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         return self.inner.new_aggregator(global_params)
+
+
+POLL_FIRST, POLL_MAX = 0.05, 0.5
+"""Seconds between a site's polls of the server during an exchange (doubling from the first to the max)."""
+
+
+def poll(
+    call: Callable[[dict[str, Any], float], dict],
+    round_num: int,
+    op: str,
+    payload: dict[str, Any],
+    wait: float,
+) -> dict[str, Any]:
+    """Ask the server's strategy ``op`` for round ``round_num`` until it answers other than 'wait', for at most
+    ``wait`` seconds (the option that sets it is named by the caller's error)."""
+    deadline, pause = time.monotonic() + wait, POLL_FIRST
+    while True:
+        reply = call({"op": op, "round": round_num, **payload}, wait)
+        if reply.get("status") != "wait":
+            return reply
+        if time.monotonic() >= deadline:
+            raise TimeoutError(op)
+        time.sleep(pause)
+        pause = min(POLL_MAX, 2 * pause)
 
 
 class SitePrivacy:

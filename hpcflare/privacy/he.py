@@ -15,10 +15,14 @@ relays' kits (``python -m hpcflare.privacy.he provision KITS_DIR``); HPCFLARE_HE
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +30,15 @@ import numpy as np
 
 from hpcflare import errors
 from hpcflare.fileio import atomic_write
-from hpcflare.privacy.api import HE_PUBLIC_FILE, HE_SECRET_FILE, PrivacySpec, PrivateStrategy, SitePrivacy
-from hpcflare.strategy.api import Aggregator, AnyLength, ClientUpdate, Params, Strategy
+from hpcflare.privacy.api import (
+    HE_PUBLIC_FILE,
+    HE_SECRET_FILE,
+    PrivacySpec,
+    PrivateStrategy,
+    SitePrivacy,
+    poll,
+)
+from hpcflare.strategy.api import Aggregator, AnyLength, ClientUpdate, Params, RoundPlan, Strategy
 from hpcflare.transport.api import Task
 
 try:
@@ -49,6 +60,15 @@ CONTEXT_ENV = "HPCFLARE_HE_CONTEXT"
 SECRET_FILE, PUBLIC_FILE = HE_SECRET_FILE, HE_PUBLIC_FILE
 MAX_CIPHERTEXT_BYTES = 1 << 34
 """Largest accepted serialized tensor (settings.max_model_bytes bounds the whole upload first)."""
+VERIFIERS = 3
+"""Sites handed a round's encrypted weight sum to check at the same time (another is asked when one of them
+has not answered within a third of privacy.verify_timeout)."""
+NAMED_PARTIES = 64
+"""Per round, the server keeps the encrypted weights of up to this many senders (sites, or relays' partial sums),
+so that a failed check can name who encrypted a weight other than the one it declared."""
+WEIGHT_RTOL = 1e-4
+"""Relative difference between the decrypted and the declared weight sum that fails the check (CKKS itself is
+accurate to ~1e-7 with the default scale)."""
 
 
 def new_context(spec: PrivacySpec) -> Any:
@@ -168,12 +188,30 @@ def _blob(vector: Any) -> np.ndarray:
     return np.frombuffer(vector.serialize(), np.uint8)
 
 
+@dataclasses.dataclass
+class _Check:
+    """A round's aggregate waiting for a site to confirm its encrypted weight sum (server rank only)."""
+
+    number: int
+    total: bytes
+    declared: float
+    parties: list[tuple[str, bytes, float]]
+    handed: dict[str, float] = dataclasses.field(default_factory=dict)
+    verdict: str | None = None
+    """None while unchecked; '' when a site confirmed it; else why the aggregate is broken."""
+    by: str = ""
+
+
 class HEStrategy(PrivateStrategy):
     def __init__(self, inner: Strategy, spec: PrivacySpec) -> None:
         super().__init__(inner, spec)
         self._ctx: Any = None
         self._tag: np.ndarray | None = None
         self._where: tuple[Any, Any] | None = None
+        self._cv = threading.Condition()
+        self._round = 0
+        self._check: _Check | None = None
+        self.context: Any = None
 
     def attach_host(self, job_root: Any, kit_dir: Any) -> None:
         self._where = (job_root, kit_dir)
@@ -201,6 +239,87 @@ class HEStrategy(PrivateStrategy):
             private=bool(self.public_context().is_private()),
         )
 
+    def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
+        with self._cv:
+            self._round, self._check = round_num, None
+        return self.inner.plan_round(round_num, total_rounds, live)
+
+    # ------------------------------------------------------------------ the weight check (server rank only)
+    def sealed(self, total: bytes, declared: float, parties: list[tuple[str, bytes, float]]) -> None:
+        """The round's encrypted sum is final: what a site is asked to check before it is kept."""
+        with self._cv:
+            self._check = _Check(self._round, total, declared, parties)
+
+    def check_aggregate(self, round_num: int) -> None:
+        """Wait until a site of the round confirms that the encrypted weight sum decrypts to the sum of the
+        weights the sites declared; a mismatch (or no confirmation) fails the round before it is kept."""
+        self.inner.check_aggregate(round_num)
+        timeout = self.spec.verify_timeout
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            check = self._check
+            if check is None or check.number != round_num:
+                return
+            self._cv.notify_all()
+            while check.verdict is None:
+                if time.monotonic() >= deadline:
+                    check.verdict = (
+                        f"round {round_num}: no site confirmed within privacy.verify_timeout={timeout:g}s that "
+                        f"the encrypted weight sum decrypts to the declared {check.declared:g}"
+                    )
+                    break
+                self._cv.wait(0.25)
+        if not check.verdict and self.context is not None:
+            self.context.log.info(
+                "he_weight_checked",
+                f"round {round_num}: {check.by} confirmed the encrypted weight sum ({check.declared:g})",
+                round=round_num,
+                site=check.by,
+            )
+        if check.verdict:
+            raise errors.RoundFailedError(
+                f"{check.verdict}; nothing of round {round_num} was checkpointed or served (the last checkpoint "
+                "stays the last good model)"
+            )
+
+    def exchange(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
+        op, number = request.get("op"), request.get("round")
+        with self._cv:
+            check = self._check
+            if not isinstance(number, int) or number > self._round:
+                raise errors.StaleTaskError(f"HE check for round {number!r:.10} is not open")
+            if number < self._round or (check is not None and check.verdict is not None):
+                return {"status": "done"}
+            if check is None:
+                return {"status": "wait"}
+            if op == "verify":
+                return self._hand_out(check, site)
+            if site not in check.handed:
+                raise errors.MalformedMessageError(f"{site}: HE check message {op!r:.20} out of turn")
+            if op == "party":
+                index = request.get("index")
+                if not isinstance(index, int) or not 0 <= index < len(check.parties):
+                    raise errors.MalformedMessageError(f"{site}: no HE party {index!r:.10}")
+                who, blob, declared = check.parties[index]
+                return {"status": "ok", "who": who, "weight": blob, "declared": declared}
+            if op == "verdict":
+                check.verdict, check.by = _verdict(site, number, check, request), site
+                self._cv.notify_all()
+                return {"status": "done"}
+        raise errors.MalformedMessageError(f"HE check: unknown op {op!r:.20}")
+
+    def _hand_out(self, check: _Check, site: str) -> dict[str, Any]:
+        now, stale = time.monotonic(), self.spec.verify_timeout / 3
+        if site not in check.handed and sum(now - t < stale for t in check.handed.values()) >= VERIFIERS:
+            return {"status": "wait"}
+        check.handed[site] = now
+        return {
+            "status": "ok",
+            "weight": check.total,
+            "declared": check.declared,
+            "parties": len(check.parties),
+        }
+
     def upload_expectation(self, global_params: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
         names = [n for n, _, _ in model_layout(global_params)]
         return {
@@ -223,6 +342,10 @@ class CiphertextSumAggregator(Aggregator):
         self._sizes = {n: int(np.prod(shape)) for n, shape, _ in layout}
         self._sums: dict[str, Any] = {}
         self._count = 0
+        self._declared = 0.0
+        """The sum of the plain weights the senders declared (a site's meta, a relay's partial)."""
+        self._parties: list[tuple[str, bytes, float]] = []
+        self._partial_sites: list[str] = []
 
     @property
     def count(self) -> int:
@@ -248,17 +371,29 @@ class CiphertextSumAggregator(Aggregator):
             else:
                 self._sums[name] = vector
 
+    def _declare(self, who: str, params: Mapping[str, Any], declared: float) -> None:
+        self._declared += declared
+        if len(self._parties) < NAMED_PARTIES:
+            self._parties.append((who, np.asarray(params[WEIGHT], np.uint8).tobytes(), declared))
+
     def add(self, update: ClientUpdate) -> None:
         self._fold(update.params)
+        self._declare(update.site, update.params, update.weight)
         self._count += 1
 
     def partial(self) -> tuple[Params, dict[str, float]]:
+        """The encrypted sums; as every tensor's weight, the sum of the weights the sites declared."""
         sums: Params = {n: _blob(v) for n, v in self._sums.items()}
         sums[KEY_TAG] = self._owner.key()
-        return sums, {n: float(self._count) for n in sums}
+        return sums, {n: self._declared for n in sums}
+
+    def check_partial_sites(self, sites: list[str]) -> None:
+        self._partial_sites = list(sites)
 
     def add_partial(self, sums: Params, weights: dict[str, float], count: int) -> None:
         self._fold(sums)
+        shown = ", ".join(self._partial_sites[:5]) + ("..." if len(self._partial_sites) > 5 else "")
+        self._declare(f"the relay partial over {shown or f'{count} site(s)'}", sums, weights.get(WEIGHT, 0.0))
         self._count += count
 
     def result(self) -> Params:
@@ -267,6 +402,7 @@ class CiphertextSumAggregator(Aggregator):
     def result_items(self) -> Iterator[tuple[str, np.ndarray]]:
         if not self._sums:
             raise errors.RoundFailedError("HE aggregation: no encrypted update to add")
+        self._owner.sealed(bytes(_blob(self._sums[WEIGHT])), self._declared, self._parties)
         for name in [*self._names, WEIGHT]:
             yield name, _blob(self._sums.pop(name))
         yield LAYOUT_KEY, _layout_tensor(self._layout)
@@ -278,8 +414,19 @@ class HESite(SitePrivacy):
 
     sends = "FULL"
 
-    def __init__(self, spec: PrivacySpec, job_root: Path, site: str, kit_dir: Any) -> None:
-        self.spec = spec
+    def __init__(
+        self,
+        spec: PrivacySpec,
+        job_root: Path,
+        site: str,
+        kit_dir: Any,
+        call: Callable[[dict[str, Any], float], dict] | None = None,
+        round_timeout: float = 0.0,
+        log: Any = None,
+    ) -> None:
+        """``call``: the site's Exchange call to the server, for the check of each round's weight sum (none:
+        the site takes no part in it)."""
+        self.spec, self.site, self._call, self.round_timeout, self.log = spec, site, call, round_timeout, log
         self._ctx = load_context(secret_context_path(job_root, site, kit_dir), secret=True)
         self._tag = key_tag(self._ctx)
 
@@ -298,6 +445,64 @@ class HESite(SitePrivacy):
         out[WEIGHT] = _blob(ts.ckks_vector(self._ctx, [float(weight)]))
         out[KEY_TAG] = self._tag
         return out
+
+    def uploaded(self, task: Task) -> None:
+        """After the round: if the server asks, decrypt the round's encrypted weight sum and tell it whether it
+        is the sum of the declared weights; if not, decrypt each sender's weight to name who differs."""
+        if self._call is None:
+            return
+        call = self._call
+        try:
+            reply = poll(call, task.round, "verify", {}, self.round_timeout + self.spec.verify_timeout + 30)
+        except TimeoutError:
+            return  # the server checked with other sites, or is gone: its own deadline decides
+        if reply.get("status") != "ok":
+            return
+        declared = float(reply["declared"])
+        total = self._decrypt_weight(reply["weight"])
+        verdict: dict[str, Any] = {"op": "verdict", "round": task.round, "total": total, "offenders": []}
+        if not _agrees(total, declared):
+            for index in range(int(reply.get("parties") or 0)):
+                party = call({"op": "party", "round": task.round, "index": index}, self.round_timeout)
+                if party.get("status") != "ok":
+                    return  # another site's verdict came first
+                got = self._decrypt_weight(party["weight"])
+                if not _agrees(got, float(party["declared"])):
+                    verdict["offenders"].append([str(party["who"]), got, float(party["declared"])])
+        call(verdict, self.round_timeout)
+
+    def _decrypt_weight(self, blob: Any) -> float:
+        try:
+            return float(_vector(self._ctx, np.frombuffer(blob, np.uint8), WEIGHT, 1).decrypt()[0])
+        except errors.UpdateRejectedError:
+            return float("nan")
+
+
+def _agrees(total: float, declared: float) -> bool:
+    return math.isfinite(total) and abs(total - declared) <= WEIGHT_RTOL * max(1.0, abs(declared))
+
+
+def _verdict(site: str, number: int, check: _Check, request: dict[str, Any]) -> str:
+    """The server's reading of a site's verdict: '' when the weight sum agrees, else the failure to report."""
+    total = request.get("total")
+    if not isinstance(total, (int, float)) or isinstance(total, bool):
+        raise errors.MalformedMessageError(f"{site}: HE verdict without a decrypted total")
+    if _agrees(float(total), check.declared):
+        return ""
+    named = []
+    for entry in request.get("offenders") or []:
+        if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str):
+            named.append(f"{entry[0][:200]} encrypted weight {entry[1]:.6g} but declared {entry[2]:.6g}")
+    return (
+        f"round {number}: the encrypted weight sum decrypts to {float(total):.6g} at {site}, but the sites declared "
+        f"{check.declared:.6g}: "
+        + (
+            "; ".join(named[:10])
+            if named
+            else "a sender encrypted another weight than it declared (not named: "
+            f"the server keeps the first {NAMED_PARTIES} senders' weights)"
+        )
+    )
 
 
 def decrypt_model(ctx: Any, params: Mapping[str, Any], layout: list[list[Any]]) -> dict[str, np.ndarray]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hpcflare import errors
-from hpcflare.privacy.api import PrivacySpec, SitePrivacy
+from hpcflare.privacy.api import PrivacySpec, SitePrivacy, poll
 from hpcflare.privacy.masking import (
     MaskStream,
     agree,
@@ -35,9 +34,6 @@ from hpcflare.privacy.masking import (
 from hpcflare.privacy.secagg_server import MASK_PURPOSE, SHARE_PURPOSE, WEIGHT, mask_context, mask_order
 from hpcflare.privacy.shamir import split
 from hpcflare.transport.api import Task
-
-POLL_FIRST, POLL_MAX = 0.05, 0.5
-"""Seconds between a site's polls of the server during the exchange (doubling from the first to the max)."""
 
 
 class _Setup:
@@ -83,18 +79,13 @@ class SecAggSite(SitePrivacy):
         return dict(params)
 
     def _poll(self, task: Task, op: str, payload: dict[str, Any], wait: float) -> dict[str, Any]:
-        deadline, pause = time.monotonic() + wait, POLL_FIRST
-        while True:
-            reply = self._call({"op": op, "round": task.round, **payload}, wait)
-            if reply.get("status") == "ok":
-                return reply
-            if time.monotonic() >= deadline:
-                raise errors.RoundFailedError(
-                    f"secure aggregation: no answer to {op!r} within {wait:g}s "
-                    "(privacy.setup_timeout / privacy.unmask_timeout)"
-                )
-            time.sleep(pause)
-            pause = min(POLL_MAX, 2 * pause)
+        try:
+            return poll(self._call, task.round, op, payload, wait)
+        except TimeoutError:
+            raise errors.RoundFailedError(
+                f"secure aggregation: no answer to {op!r} within {wait:g}s "
+                "(privacy.setup_timeout / privacy.unmask_timeout)"
+            ) from None
 
     def _run_setup(self, task: Task, st: _Setup) -> None:
         try:

@@ -131,11 +131,13 @@ class RoundDriver:
             return self._run_round(number)
         t0 = time.monotonic()
         if plan.task == TaskKind.TRAIN and plan.aggregate:
-            self.model = self._new_model(
+            fresh = self._new_model(
                 _replacing(rnd.model, _finite(rnd.aggregator.result_items(), number)),
                 number,
                 nbytes=rnd.model.nbytes,
             )
+            self.strategy.check_aggregate(number)  # raises before a broken aggregate is served or kept
+            self.model = fresh
         else:
             self.model = kept
         self.strategy.round_closed(number, plan, rnd.accepted)

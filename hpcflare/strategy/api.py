@@ -207,6 +207,10 @@ class Strategy(abc.ABC):
         """Extra meta sent to clients with the round's task (default: nothing)."""
         return {}
 
+    def check_aggregate(self, round_num: int) -> None:
+        """Called after a training round's aggregate is made and before it is checkpointed or served: raise
+        RoundFailedError when the aggregate is known to be broken (default: nothing more to check)."""
+
     def exchange(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         """A site's protocol message beyond tasks and results (secure aggregation's key and share exchange),
         relayed unchanged by relays; strategies without such a protocol refuse it."""
