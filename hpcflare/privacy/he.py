@@ -451,11 +451,17 @@ class HESite(SitePrivacy):
         is the sum of the declared weights; if not, decrypt each sender's weight to name who differs."""
         if self._call is None:
             return
-        call = self._call
         try:
-            reply = poll(call, task.round, "verify", {}, self.round_timeout + self.spec.verify_timeout + 30)
-        except TimeoutError:
-            return  # the server checked with other sites, or is gone: its own deadline decides
+            self._check(task, self._call)
+        except (TimeoutError, errors.TransportError, errors.StaleTaskError) as exc:
+            # the server checked with other sites, or is gone: its own deadline decides
+            if self.log is not None:
+                self.log.debug(
+                    "he_check_skipped", f"round {task.round}: weight check not made here ({exc!r})"
+                )
+
+    def _check(self, task: Task, call: Callable[[dict[str, Any], float], dict]) -> None:
+        reply = poll(call, task.round, "verify", {}, self.round_timeout + self.spec.verify_timeout + 30)
         if reply.get("status") != "ok":
             return
         declared = float(reply["declared"])
