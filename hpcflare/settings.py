@@ -45,6 +45,7 @@ MAXIMA: dict[str, float] = {
     "max_concurrent_downloads": 4096,
     "spool_tensor_bytes": 1 << 42,
     "max_anonymous_streams": 4096,
+    "max_calls_per_site": 4096,
     "server_threads": 4096,
     "tracking_max_records_per_round": 10_000_000,
     "tracking_max_bytes_per_round": 1 << 40,
@@ -59,9 +60,8 @@ MAXIMA: dict[str, float] = {
 class Settings:
     # --- deadlines (seconds) ---
     registration_timeout: float = 60.0
-    """Server waits this long for sites to register, then goes on with min_clients or fails the job; a site whose
-    client rank is alive but still starting (its start-up beacon keeps changing) is waited for up to
-    startup_timeout instead."""
+    """Server waits this long for sites to register, then goes on with min_clients or fails the job (a site whose
+    client rank is alive but still starting, its start-up beacon changing, gets startup_timeout)."""
     startup_timeout: float = 900.0
     """Longest a live client rank may take from the server's start to register its sites (imports of torch or
     Lightning from a shared filesystem on a loaded node); registration_timeout bounds only silence."""
@@ -76,14 +76,12 @@ class Settings:
     stream_timeout: float = 600.0
     """Deadline of one whole model download/upload stream."""
     min_link_mb_s: float = 50.0
-    """The slowest link (MB/s) a whole model transfer must be allowed to use: a stream's deadline is
-    max(stream_timeout, its bytes / min_link_mb_s), so a multi-GB model never trips a deadline sized for a small
-    one; the server warns when round_timeout cannot fit the model down and up at this rate."""
+    """The slowest link (MB/s) a model transfer must be allowed: a stream's deadline is max(stream_timeout, bytes /
+    min_link_mb_s); the server warns when round_timeout cannot fit the model down and up at this rate."""
     stream_idle_timeout: float = 60.0
     """A stream that makes no progress for this long is cancelled."""
     auth_timeout: float = 10.0
-    """A new upload stream must send its first frame (the header saying who it is) within this long;
-    connections that never speak are dropped so they cannot hold server threads."""
+    """A new upload stream must send its header within this long, or it is dropped (it would hold a thread)."""
     heartbeat_interval: float = 2.0
     """Clients send a heartbeat this often."""
     heartbeat_timeout: float = 30.0
@@ -128,6 +126,9 @@ class Settings:
     """Upload streams one peer address may hold open without credentials (a site's streams carry its name and
     token, so they never count); more are refused as busy, and all anonymous streams together may hold at most a
     quarter of server_threads, so idle connections cannot starve control calls or honest transfers."""
+    max_calls_per_site: int = 16
+    """Unary calls one site's name may have in progress at once (more: refused as busy; credential-less calls
+    never wait)."""
     server_threads: int = 64
     """gRPC worker threads on the server (each blocked long-poll holds one)."""
     tracking_max_records_per_round: int = 100_000
@@ -137,7 +138,7 @@ class Settings:
     library does; beyond it (or tracking_max_records_per_round records) the rest of the round's are dropped, with
     one warning per site and round."""
     tracking_max_job_bytes: int = 4 << 30
-    """Bytes of tracking records a server or relay takes over the whole job: its disk budget for tracking."""
+    """Bytes of tracking records a server or relay takes over the whole job (its disk budget for them)."""
     tracking_flush_interval: float = 5.0
     """A site sends its buffered tracking records at least this often (and always before its result)."""
     max_requeues: int = 100

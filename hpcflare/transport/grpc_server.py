@@ -32,6 +32,7 @@ _STATUS = [  # most specific first
     (errors.UnknownClientError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.StaleTaskError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.FrameTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.ServerBusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.MalformedMessageError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.UpdateRejectedError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.StreamTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -100,6 +101,64 @@ class StreamWatchdog:
         self._stop.set()
 
 
+class Holds:
+    """Things in progress per key (a peer address, a site's name), each key held to ``limit`` at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, total: int | None = None) -> bool | None:
+        """Count one more for ``key``: True; False when the key holds ``limit``; None when all keys together
+        hold ``total``."""
+        with self._lock:
+            if total is not None and sum(self._held.values()) >= total:
+                return None
+            held = self._held.get(key, 0)
+            if held >= self.limit:
+                return False
+            self._held[key] = held + 1
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            left = self._held.get(key, 1) - 1
+            if left > 0:
+                self._held[key] = left
+            else:
+                self._held.pop(key, None)
+
+
+class SiteCalls(Holds):
+    """A member's unary calls in progress, counted under its site's name and held to settings.max_calls_per_site
+    (calls without valid credentials are not counted: they are refused or answered without waiting)."""
+
+    def __init__(self, limit: int, vouches: Callable[[str, str], bool], log: Any) -> None:
+        super().__init__(limit)
+        self.vouches, self.log = vouches, log
+        self._warned: set[str] = set()
+
+    def enter(self, fields: dict[str, Any]) -> str:
+        """The site a call counts against ('' for none); ServerBusyError beyond the limit (logged once a site)."""
+        site, token = fields.get("site"), fields.get("token")
+        if not (isinstance(site, str) and isinstance(token, str) and self.vouches(site, token)):
+            return ""
+        if not self.take(site):
+            if site not in self._warned:
+                self._warned.add(site)
+                self.log.warning(
+                    "calls_refused",
+                    f"{site} has {self.limit} calls in progress; refusing more as busy "
+                    "(settings.max_calls_per_site; logged once per site)",
+                    site=site,
+                )
+            raise errors.ServerBusyError(
+                f"busy: {site} has {self.limit} calls in progress already (settings.max_calls_per_site); retry"
+            )
+        return site
+
+
 class GrpcServer:
     """Serves a ServerHandler on host:port (port 0 = pick a free one); mutual TLS when given a startup kit."""
 
@@ -139,6 +198,9 @@ class GrpcServer:
         self._busy = 0
         self._saturated_since: float | None = None
         self._count_lock = threading.Lock()
+        self._calls = SiteCalls(
+            settings.max_calls_per_site, lambda site, token: self.handler.vouches(site, token), log
+        )
         self._pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc-srv")
         self._server = grpc.server(self._pool, options=options, maximum_concurrent_rpcs=threads * 4)
         handlers = {
@@ -155,40 +217,32 @@ class GrpcServer:
             raise errors.TransportError(f"could not bind gRPC server to {host}:{port}; is the port in use?")
         self.address = f"{host}:{self.port}"
         self.watchdog = StreamWatchdog(settings.stream_idle_timeout, self._stalled)
-        self._anonymous: dict[str, int] = {}  # peer host -> upload streams that sent no frame yet
-        self._anonymous_lock = threading.Lock()
+        self._anonymous = Holds(settings.max_anonymous_streams)  # peer host -> streams that sent no frame yet
 
     def _admit_anonymous(self, context: grpc.ServicerContext) -> str:
         """Count an upload stream that has not identified itself; refuse one peer holding too many, and any
         beyond the anonymous share of the threads."""
         host: str = context.peer().rsplit(":", 1)[0]
-        with self._anonymous_lock:
-            if sum(self._anonymous.values()) >= self.anonymous_limit:
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"busy: {self.anonymous_limit} unidentified streams held already (a quarter of the server's "
-                    "threads)",
-                )
-            if self._anonymous.get(host, 0) >= self.settings.max_anonymous_streams:
-                self.log.warning(
-                    "streams_refused",
-                    f"{host} holds {self.settings.max_anonymous_streams} upload "
-                    "streams that never sent a header; refusing more (settings.max_anonymous_streams)",
-                    peer=host,
-                )
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"busy: too many unidentified streams from {host}"
-                )
-            self._anonymous[host] = self._anonymous.get(host, 0) + 1
+        taken = self._anonymous.take(host, self.anonymous_limit)
+        if taken is None:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"busy: {self.anonymous_limit} unidentified streams held already (a quarter of the server's threads)",
+            )
+        if not taken:
+            self.log.warning(
+                "streams_refused",
+                f"{host} holds {self.settings.max_anonymous_streams} upload "
+                "streams that never sent a header; refusing more (settings.max_anonymous_streams)",
+                peer=host,
+            )
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"busy: too many unidentified streams from {host}"
+            )
         return host
 
     def _identified(self, host: str) -> None:
-        with self._anonymous_lock:
-            left = self._anonymous.get(host, 1) - 1
-            if left > 0:
-                self._anonymous[host] = left
-            else:
-                self._anonymous.pop(host, None)
+        self._anonymous.release(host)
 
     def _stalled(self, what: str, idle: float, limit: float) -> None:
         setting = "stream_idle_timeout" if limit == self.settings.stream_idle_timeout else "auth_timeout"
@@ -256,13 +310,18 @@ class GrpcServer:
     def _unary(self, method: Rpc) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
             self._worker(+1)
+            site = ""
             try:
-                reply = self.handler.handle_unary(method, unpack_meta(request), self._peer(context))
+                fields = unpack_meta(request)
+                site = self._calls.enter(fields)
+                reply = self.handler.handle_unary(method, fields, self._peer(context))
                 return pack_meta(reply)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code, never crashes the server
                 self._fail(context, method, exc)
                 raise  # unreachable: abort raises
             finally:
+                if site:
+                    self._calls.release(site)
                 self._worker(-1)
 
         return handle

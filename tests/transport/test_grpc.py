@@ -253,3 +253,50 @@ def test_anonymous_streams_must_leave_the_control_share_of_threads():
         ConfigError, match=r"max_anonymous_streams \(32\) must be <= server_threads / 4 \(16\)"
     ):
         Settings().replace(max_anonymous_streams=32)
+
+
+def test_one_site_cannot_hold_more_than_max_calls_per_site_while_others_are_served():
+    """A member (valid token) holding many long calls gets the ones beyond its cap refused as busy (logged once);
+    another site's call and the same site's next call after one ends are served."""
+
+    class LongPolls(Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def vouches(self, site: str, token: str) -> bool:
+            return token == f"token-{site}"
+
+        def handle_unary(self, method: str, request: dict, peer: str) -> dict:
+            if request.get("hold"):
+                self.release.wait(20)
+            return {"site": request.get("site")}
+
+    handler = LongPolls()
+    settings = SETTINGS.replace(server_threads=32, max_calls_per_site=3, rpc_timeout=20)
+    log = RankLogger(None, "server", "server")
+    warnings: list[str] = []
+    log.listeners.append(lambda event: warnings.append(event["event"]))
+    server = GrpcServer(handler, settings, log).start()
+    client = GrpcClientTransport(f"127.0.0.1:{server.port}", settings)
+    rogue = {"site": "site-1", "token": "token-site-1", "hold": True}
+    try:
+        held = [threading.Thread(target=client.call, args=("GetTask", rogue, 20)) for _ in range(3)]
+        for t in held:
+            t.start()
+        time.sleep(0.5)
+        for _ in range(2):
+            with pytest.raises(errors.ServerBusyError, match=r"site-1 has 3 calls .*max_calls_per_site"):
+                client.call("GetTask", rogue, 5)
+        assert client.call("Heartbeat", {"site": "site-2", "token": "token-site-2"}, 5) == {"site": "site-2"}
+        # a forged token is not counted against site-1 (nor refused as busy): the handler judges it
+        assert client.call("Heartbeat", {"site": "site-1", "token": "forged"}, 5) == {"site": "site-1"}
+        handler.release.set()
+        for t in held:
+            t.join(10)
+        assert client.call("Heartbeat", {"site": "site-1", "token": "token-site-1"}, 5) == {"site": "site-1"}
+        assert warnings.count("calls_refused") == 1
+    finally:
+        handler.release.set()
+        client.close()
+        server.stop(0)
