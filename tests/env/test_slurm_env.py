@@ -69,6 +69,43 @@ def test_abort_cancels_the_slurm_job(slurm, make_recipe, tmp_path):
     assert run.slurm_job_id not in squeue.stdout
 
 
+@pytest.mark.slurm
+def test_a_slurmenv_job_survives_five_time_limit_requeues_and_completes(slurm, make_recipe, tmp_path):
+    """Five times the job gets the signal Slurm sends before its time limit (USR2, which submitit counts as a
+    time-out in a job this short): submitit checkpoints and requeues it, the server resumes from its last
+    completed round each time, and the job completes with every round (submitit's own default stops at 3)."""
+    import numpy as np
+
+    from tests.conftest import HELLO_MODEL, SLOW, events, load_result
+
+    rounds, signals = 8, 5
+    run = make_recipe(SLOW, n_clients=2, num_rounds=rounds, train_args="1").execute(
+        SlurmEnv(nodes=2, time="00:10:00", job_root=tmp_path / "jobs", clients_per_rank=1)
+    )
+    job, commands = run.job_dir, SlurmCommands()
+    sent: list[int] = []
+    deadline = time.monotonic() + 600
+    while len(sent) < signals:
+        assert time.monotonic() < deadline, f"only {len(sent)} requeues by the deadline"
+        server = events(job.root, "server") if (job.root / "logs" / "server.jsonl").exists() else []
+        lives = sum(e["event"] == "server_started" for e in server)
+        done = [e["round"] for e in server if e["event"] == "round_completed"]
+        # one signal per life, once this life has completed a round (so every life makes progress)
+        if lives == len(sent) + 1 and done and max(done) > (sent[-1] if sent else 0):
+            assert commands.state(run.slurm_job_id) == "RUNNING"
+            subprocess.run(["scancel", "--signal=USR2", run.slurm_job_id], check=True)
+            sent.append(max(done))
+        time.sleep(0.5)
+    result = load_result(run.get_result(timeout=300))
+    np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + rounds)
+    server = events(job.root, "server")
+    assert sum(e["event"] == "resumed" for e in server) == signals
+    assert sorted({e["round"] for e in server if e["event"] == "round_completed"}) == list(
+        range(1, rounds + 1)
+    )
+    assert job.read_status()["state"] == "completed"
+
+
 def test_the_requeues_a_job_may_resume_from_reach_submitit(make_recipe, tmp_path):
     """submitit's own default (3 time limits) would end a long training; settings.max_requeues sets it, and
     slurm_args={'max_num_timeout': N}, submitit's own name, is taken too."""
