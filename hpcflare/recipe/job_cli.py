@@ -1,7 +1,8 @@
 """The flags every recipes/*/job.py takes, and what they do: one place, so the recipes cannot drift apart.
 
     --env local|sim|mpi|slurm|prod   --n-clients N   --min-clients M   --rounds R (--num-rounds)   --profile P
-    --clients-per-rank K|auto   --export-only   --job-root DIR   --privacy secagg|he (FedAvg-family recipes)   Slurm (--env slurm): --nodes --partition --time --account --dry-run
+    --clients-per-rank K|auto   --export-only   --job-root DIR   --privacy secagg|he (where the strategy can)
+    Slurm (--env slurm): --nodes --partition --time --account --dry-run
     a standing server (--env prod): --startup-kit ADMIN_KIT --server HOST:PORT
 
 NVFlare's spellings (``--n_clients``, ``--num_rounds``, ``--job_root``) are accepted too, so an NVFlare
@@ -39,13 +40,18 @@ UNIFORM_FLAGS = (
 
 
 def add_job_arguments(
-    parser: argparse.ArgumentParser, n_clients: int = 2, rounds: int = 3, env: str = "local"
+    parser: argparse.ArgumentParser,
+    n_clients: int = 2,
+    rounds: int = 3,
+    privacy: tuple[str, ...] = (),
 ) -> None:
+    """The uniform flags; ``privacy``: the private-aggregation types this recipe's strategy can honour (the
+    flag is offered only then). Every recipe runs in LocalEnv unless ``--env`` says otherwise."""
     install_error_hook("-v" in sys.argv or "--verbose" in sys.argv)
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show tracebacks of expected failures too"
     )
-    parser.add_argument("--env", choices=ENV_NAMES, default=env)
+    parser.add_argument("--env", choices=ENV_NAMES, default="local")
     parser.add_argument("--n-clients", "--n_clients", dest="n_clients", type=int, default=n_clients)
     parser.add_argument(
         "--min-clients",
@@ -56,7 +62,7 @@ def add_job_arguments(
         help="default: every client",
     )
     parser.add_argument(
-        "--rounds", "--num-rounds", "--num_rounds", dest="num_rounds", type=int, default=rounds
+        "--rounds", "--num-rounds", "--num_rounds", dest="num_rounds", type=int, default=rounds, action=_Given
     )
     parser.add_argument(
         "--profile", default="auto", help="settings profile (configs/*.yaml); auto: by client count"
@@ -73,13 +79,13 @@ def add_job_arguments(
         "--export-only", action="store_true", help="write the job directory, print its path, run nothing"
     )
     parser.add_argument("--job-root", "--job_root", dest="job_root", default="jobs")
-    parser.add_argument(
-        "--privacy",
-        choices=("secagg", "he"),
-        default=None,
-        help="private aggregation for FedAvg-family recipes: masked (secagg) or CKKS-encrypted (he) "
-        "updates; see the README's 'Private aggregation'",
-    )
+    if privacy:
+        parser.add_argument(
+            "--privacy",
+            choices=privacy,
+            default=None,
+            help="private aggregation: masked (secagg) or CKKS-encrypted (he) updates; see docs/privacy.md",
+        )
     slurm = parser.add_argument_group("Slurm (--env slurm)")
     slurm.add_argument("--nodes", type=int, default=2)
     slurm.add_argument("--partition", default=None)
@@ -91,6 +97,20 @@ def add_job_arguments(
     prod = parser.add_argument_group("A federation's standing server (--env prod)")
     prod.add_argument("--startup-kit", default=None, help="your admin startup kit (hpcflare provision)")
     prod.add_argument("--server", default=None, help="HOST:PORT of the standing server (default: the kit's)")
+
+
+class _Given(argparse.Action):
+    """Stores the value and remembers that the flag was given (see :func:`refuse_rounds`)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
+def refuse_rounds(parser: argparse.ArgumentParser, args: argparse.Namespace, why: str) -> None:
+    """End with one line when --rounds was given to a recipe that decides its rounds itself."""
+    if getattr(args, "num_rounds_given", False):
+        parser.exit(2, f"{parser.prog}: error: --rounds is not used here: {why}\n")
 
 
 def _per_rank(value: str) -> int | str:
@@ -105,6 +125,25 @@ def _per_rank(value: str) -> int | str:
             f"--clients-per-rank takes a positive integer or 'auto', not {value!r}"
         )
     return count
+
+
+def plain_result(run: Run, args: argparse.Namespace) -> Any:
+    """The result model's path; for an HE job (whose result is CKKS ciphertext) the model decrypted with a site's
+    key, saying so and how to do it by hand."""
+    result = run.get_result()
+    if getattr(args, "privacy", None) != "he":
+        return result
+    keys = sorted((run.job_dir.root / "he_keys").glob("*/secret.ctx"))
+    command = f"python -m hpcflare.privacy.he decrypt {result} SITE_SECRET_CONTEXT OUT.safetensors"
+    if not keys:
+        print(f"result model {result} is CKKS ciphertext; a site decrypts it with: {command}")
+        return result
+    from hpcflare.privacy import he
+
+    plain = result.with_name("global_model.decrypted.safetensors")
+    he.main(["decrypt", str(result), str(keys[0]), str(plain)])
+    print(f"result model {result} is CKKS ciphertext; decrypted with {keys[0].parent.name}'s key ({command})")
+    return plain
 
 
 def recipe_arguments(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from hpcflare.recipe import job_cli
 from hpcflare.recipe.model_io import load_into
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    job_cli.add_job_arguments(parser, n_clients=8, rounds=20)
+def add_arguments(parser: argparse.ArgumentParser, privacy: tuple[str, ...] = ()) -> None:
+    """The torch recipes' flags; ``privacy``: what the recipe's strategy can honour (see job_cli)."""
+    job_cli.add_job_arguments(parser, n_clients=8, rounds=20, privacy=privacy)
     parser.add_argument("--split", choices=["iid", "noniid"], default="noniid")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -36,7 +37,7 @@ def run(recipe: Any, args: argparse.Namespace) -> float | None:
     job = job_cli.execute(recipe, args)
     if job is None:
         return None
-    result = job.get_result()
+    result = job_cli.plain_result(job, args)
     acc = accuracy(load_into(tiny_mlp(), result), *holdout_set())
     print(f"result model {result}: test accuracy {acc:.3f}")
     return acc

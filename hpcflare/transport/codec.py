@@ -326,6 +326,15 @@ def decode_tensor(
     return np.frombuffer(blob, dtype=ST_TO_NP[tag], count=count, offset=start).reshape(spec.shape)
 
 
+def as_framework(value: Any, framework: str) -> Any:
+    """A numpy array as the framework's tensor (torch: sharing its memory); anything else unchanged."""
+    if framework == "pytorch" and isinstance(value, np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
 def raw_bytes(name: str, value: Any) -> tuple[str, list[int], np.ndarray]:
     """(safetensors dtype tag, shape, uint8 view of the data) of a numpy array or torch tensor, without copying
     when the value is already contiguous."""

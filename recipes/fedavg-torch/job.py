@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common(parser)
+    add_common(parser, privacy=("secagg", "he"))
 
 
 def build(args: argparse.Namespace, **recipe_kwargs) -> FedAvgRecipe:

@@ -17,7 +17,7 @@ FEDAVG_CLIENT = Path(__file__).resolve().parents[1] / "fedavg-torch" / "client.p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common(parser)
+    add_common(parser, privacy=("secagg",))  # a server optimizer cannot run on ciphertexts
     parser.add_argument("--server-optimizer", choices=["sgd", "adam"], default="sgd")
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument("--server-momentum", type=float, default=0.5)

@@ -20,7 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    job_cli.add_job_arguments(parser, n_clients=2, rounds=3)
+    job_cli.add_job_arguments(parser, n_clients=2, rounds=3, privacy=("secagg", "he"))
     parser.add_argument("--update-type", choices=["full", "diff"], default="full")
     parser.add_argument(
         "--tls",

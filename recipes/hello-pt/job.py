@@ -22,7 +22,7 @@ def define_parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     job_cli.add_job_arguments(
-        parser, n_clients=2, rounds=2, env="sim"
+        parser, n_clients=2, rounds=2, privacy=("secagg", "he")
     )  # also NVFlare's --n_clients, --num_rounds
     parser.add_argument("--batch_size", type=int, default=32)
     return parser.parse_args()

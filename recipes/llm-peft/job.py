@@ -1,7 +1,7 @@
 """llm-peft: federated fine-tuning of a causal language model, LoRA adapters only (or the full model).
 
     python recipes/llm-peft/job.py [--mode lora|sft] [--size tiny|small] [--n-clients 2] [--rounds 3]
-                                   [--steps 20] [--env sim|local|mpi|slurm]
+                                   [--steps 20] [--env local|sim|mpi|slurm]
 
 The base model is a Llama-style causal LM built from a `transformers` config (random init, no download; the
 same seed in every process). With ``--mode lora`` (default) each site trains LoRA adapters (`peft`) on the
@@ -26,7 +26,7 @@ def define_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    job_cli.add_job_arguments(parser, n_clients=2, rounds=3, env="sim")
+    job_cli.add_job_arguments(parser, n_clients=2, rounds=3, privacy=("secagg",))
     parser.add_argument("--mode", choices=["lora", "sft"], default="lora")
     parser.add_argument("--size", choices=["tiny", "small"], default="tiny")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per site and round")

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--n-ids", type=int, default=10_000, help="synthetic IDs per site")
     parser.add_argument("--overlap", type=float, default=0.5, help="synthetic: share of IDs all sites have")
     args = parser.parse_args()
+    job_cli.refuse_rounds(parser, args, "PSI takes n_clients + 1 rounds, set automatically")
     args.num_rounds = args.n_clients + 1
     train_args = ["--n-ids", str(args.n_ids), "--overlap", str(args.overlap)]
     if args.ids_path:

@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    job_cli.add_job_arguments(parser, n_clients=4, rounds=10)
+    job_cli.add_job_arguments(parser, n_clients=4, rounds=10, privacy=("secagg", "he"))
     parser.add_argument("--model", choices=["logreg", "svm"], default="logreg")
     parser.add_argument(
         "--features", type=int, default=N_FEATURES, help="feature columns (every site's table)"

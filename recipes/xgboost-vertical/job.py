@@ -38,6 +38,7 @@ def main() -> None:
         "--psi-job", default=None, help="reuse this PSI job's intersections instead of running PSI"
     )
     args = parser.parse_args()
+    job_cli.refuse_rounds(parser, args, "vertical XGBoost boosts in one job round; set --boost-rounds")
     if args.psi_job is None and (args.export_only or args.dry_run):
         args.psi_job = str(Path(args.job_root).resolve() / "PSI_JOB_DIR")
         print(

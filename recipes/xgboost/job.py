@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=40_000, help="synthetic population size")
     parser.add_argument("--tls", choices=["auto", "on", "off"], default="auto")
     args = parser.parse_args()
+    if args.mode == "histogram":
+        job_cli.refuse_rounds(parser, args, "histogram mode boosts in one job round; set --boost-rounds")
+        args.num_rounds = 1
     train_args = [
         "--mode",
         args.mode,

@@ -20,6 +20,7 @@ from hpcflare.runtime.host.round import weight_of
 from hpcflare.runtime.site.connection import Connection
 from hpcflare.runtime.site.track_records import TrackBuffer
 from hpcflare.transport.api import Rpc, Task, UpdateKind, UploadHeader
+from hpcflare.transport.codec import as_framework
 
 T = TypeVar("T")
 
@@ -62,6 +63,8 @@ class ResultSender:
         update (DP), DIFF transfers and private aggregation keep a copy of it."""
         if self.privacy is not None:
             params = self.privacy.received(task, params)
+            if self.connection.config.framework == "pytorch":  # decrypted as numpy; the script gets tensors
+                params = {k: as_framework(v, "pytorch") for k, v in params.items()}
         if (
             any(f.needs_global for f in self.filters)
             or self.connection.config.params_transfer_type == "DIFF"
