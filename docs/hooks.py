@@ -37,7 +37,7 @@ def cli_reference() -> str:
 
     def keep(self: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         sub = original(self, name, **kwargs)
-        captured[name] = sub
+        captured[sub.prog.split(" ", 1)[-1]] = sub  # "job run" apart from "run"
         return sub
 
     argparse._SubParsersAction.add_parser = keep  # type: ignore[method-assign]
@@ -49,5 +49,6 @@ def cli_reference() -> str:
     sections = []
     for name, sub in captured.items():
         sub.prog = f"hpcflare {name}"
+        sub.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=110)
         sections.append(f"## hpcflare {name}\n\n```text\n{sub.format_help().rstrip()}\n```\n")
     return "\n".join(sections)

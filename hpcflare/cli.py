@@ -90,20 +90,31 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                     if job_dir.config_path.read_text() != before:
                         atomic_write_text(job_dir.config_path, before)
             return _submit(args, job_dir, slurm)
-        elif args.action == "resume":
+        elif args.action in ("run", "resume"):
             from hpcflare.env import make_env
 
             job_dir = JobDir(args.target)
             job_dir.load_config()
+            slurm_time = {"time": args.time} if args.env == "slurm" else {}
             env = make_env(
-                args.env, job_root=str(job_dir.root.parent), nodes=args.nodes, partition=args.partition
+                args.env,
+                job_root=str(job_dir.root.parent),
+                nodes=args.nodes,
+                partition=args.partition,
+                **slurm_time,
             )
-            run = env.resume(job_dir)
-            print(
-                f"resuming {job_dir.root.name} ({args.env}) from its last checkpoint; logs {job_dir.log_dir}",
-                flush=True,
-            )
-            if args.env != "slurm":
+            if args.action == "run":
+                run = env.deploy(job_dir)
+                print(f"running {job_dir.root.name} ({args.env}); logs {job_dir.log_dir}", flush=True)
+            else:
+                run = env.resume(job_dir)
+                print(
+                    f"resuming {job_dir.root.name} ({args.env}) from its last checkpoint; logs {job_dir.log_dir}",
+                    flush=True,
+                )
+            if args.env == "slurm":
+                print(f"Slurm job {getattr(run, 'slurm_job_id', '?')}: `hpcflare job status {job_dir.root}`")
+            else:
                 print(f"result model: {run.get_result()}")
         elif args.action == "status":
             job_id, job_dir = _resolve(args.target)
@@ -353,6 +364,70 @@ def _provision(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _add_job_commands(sub: Any) -> None:
+    """`hpcflare job submit|run|resume|status|abort|list`: each action with its own flags and help."""
+    job = sub.add_parser("job", help="submit, run, resume, inspect or abort a job directory")
+    actions = job.add_subparsers(dest="action", required=True, metavar="ACTION")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--env", choices=("local", "sim", "mpi", "slurm"), default="local")
+    where.add_argument("--nodes", type=_nodes, default=1, help="--env slurm: a count")
+    where.add_argument("--partition", default=None, help="--env slurm")
+    where.add_argument("--time", default="00:30:00", help="--env slurm: the time limit")
+    p = actions.add_parser("submit", help="submit a job directory to Slurm as a batch job (sbatch)")
+    p.add_argument("target", metavar="JOB_DIR")
+    p.add_argument("--nodes", type=_nodes, default=1, help="a count, or a range like 2-4")
+    p.add_argument("--ntasks-per-node", type=int, default=None)
+    p.add_argument("--partition", default=None)
+    p.add_argument("--time", default="00:30:00")
+    p.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
+    for name in NAMED:  # the common sbatch options by name
+        flag = "--" + name.replace("_", "-")
+        if name in ("exclusive", "overcommit"):
+            p.add_argument(flag, action="store_true", help=f"sbatch {flag}")
+        else:
+            p.add_argument(
+                flag, type=int if name == "cpus_per_task" else str, default=None, help=f"sbatch {flag}"
+            )
+    p.add_argument(
+        "--sbatch-arg",
+        action="append",
+        metavar="--OPTION=VALUE",
+        help="any other sbatch option, as sbatch takes it (repeatable), e.g. --sbatch-arg=--licenses=fs:1",
+    )
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="submit the server and the clients as two allocations (sites as different jobs)",
+    )
+    p.add_argument(
+        "--server-exclusive",
+        action="store_true",
+        help="one allocation, the server alone on its first node (relays and clients on the others)",
+    )
+    p.add_argument(
+        "--clients-per-rank",
+        type=_per_rank,
+        default=None,
+        help="sites each client rank runs as virtual clients (written to job.yaml; default: the job's)",
+    )
+    p = actions.add_parser(
+        "run", parents=[where], help="run an exported job directory (recipe --export-only) in an Env"
+    )
+    p.add_argument("target", metavar="JOB_DIR")
+    p = actions.add_parser(
+        "resume", parents=[where], help="continue a job directory from its last checkpoint in an Env"
+    )
+    p.add_argument("target", metavar="JOB_DIR")
+    p = actions.add_parser("status", help="a job's state: its status.json and Slurm's view")
+    p.add_argument("target", metavar="JOB", help="a job directory or a Slurm job id")
+    p.add_argument("--follow", action="store_true", help="show per-round progress until the job ends")
+    p = actions.add_parser("abort", help="cancel a job's Slurm allocation(s)")
+    p.add_argument("target", metavar="JOB", help="a job directory or a Slurm job id")
+    actions.add_parser("list", help="your Slurm jobs, with why pending ones wait")
+    job.set_defaults(func=_job)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hpcflare", description="Federated learning runtime for HPC clusters."
@@ -362,8 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         "-v", "--verbose", action="store_true", help="show tracebacks of expected failures too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run a recipe folder's job.py (extra args are passed through)")
-    p.add_argument("recipe")
+    p = sub.add_parser(
+        "run",
+        help="run a recipe folder's job.py (extra args are passed through)",
+        description="Run RECIPE/job.py. Every argument after RECIPE is passed through to it unchanged, e.g. "
+        "`hpcflare run recipes/hello-numpy --env sim --rounds 5` (see `python RECIPE/job.py --help`). "
+        "To run an exported job directory, use `hpcflare job run JOB_DIR`.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="a folder with a job.py (or the job.py itself)")
     p.set_defaults(func=_run)
     p = sub.add_parser("status", help="print a job directory's status.json")
     p.add_argument("job_dir")
@@ -415,63 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", action="append", help="--add: extra DNS name/IP for the certificate")
     p.add_argument("--allowed-script", action="append", help="--add: the only script(s) this site may run")
     p.set_defaults(func=_provision)
-    p = sub.add_parser("job", help="submit / resume / inspect / abort jobs")
-    p.add_argument("action", choices=("submit", "resume", "status", "abort", "list"))
-    p.add_argument(
-        "target",
-        nargs="?",
-        help="submit/resume: a job directory; status/abort: a Slurm job id or job directory",
-    )
-    p.add_argument(
-        "--env",
-        choices=("local", "sim", "mpi", "slurm"),
-        default="local",
-        help="resume: where the job continues",
-    )
-    p.add_argument("--nodes", type=_nodes, default=1, help="a count, or a range like 2-4 (sbatch route)")
-    p.add_argument("--ntasks-per-node", type=int, default=None)
-    p.add_argument("--partition", default=None)
-    p.add_argument("--time", default="00:30:00")
-    p.add_argument("--rendezvous", choices=("fs", "mpi"), default="fs")
-    p.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
-    p.add_argument("--follow", action="store_true", help="status: show per-round progress until the job ends")
-    for name in NAMED:  # the common sbatch options by name
-        flag = "--" + name.replace("_", "-")
-        if name in ("exclusive", "overcommit"):
-            p.add_argument(flag, action="store_true", help=f"sbatch {flag}")
-        else:
-            p.add_argument(
-                flag, type=int if name == "cpus_per_task" else str, default=None, help=f"sbatch {flag}"
-            )
-    p.add_argument(
-        "--sbatch-arg",
-        action="append",
-        metavar="--OPTION=VALUE",
-        help="any other sbatch option, as sbatch takes it (repeatable), e.g. --sbatch-arg=--licenses=fs:1",
-    )
-    p.add_argument(
-        "--separate",
-        action="store_true",
-        help="submit the server and the clients as two allocations (sites as different jobs)",
-    )
-    p.add_argument(
-        "--server-exclusive",
-        action="store_true",
-        help="one allocation, the server alone on its first node (relays and clients on the others)",
-    )
-    p.add_argument(
-        "--clients-per-rank",
-        type=_per_rank,
-        default=None,
-        help="sites each client rank runs as virtual clients (written to job.yaml; default: the job's)",
-    )
-    p.set_defaults(func=_job)
+    _add_job_commands(sub)
     from hpcflare.federation.cli import add_commands
 
     add_commands(sub)
     args, extra = parser.parse_known_args(argv)
-    if args.command == "job" and args.action in ("submit", "resume", "status", "abort") and not args.target:
-        parser.error(f"job {args.action} needs a target")
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

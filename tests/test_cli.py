@@ -124,3 +124,42 @@ def test_ctrl_c_while_following_a_job_ends_quietly(make_recipe, tmp_path, capsys
     _follow(job_dir, "4242", Interrupted())
     out = capsys.readouterr()
     assert "stopped following job 4242; it goes on" in out.out and "Traceback" not in out.err + out.out
+
+
+def test_job_actions_have_their_own_flags_and_help():
+    def helped(*argv: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "hpcflare.cli", *argv, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert all(a in helped("job") for a in ("submit", "run", "resume", "status", "abort", "list"))
+    submit, status, run = helped("job", "submit"), helped("job", "status"), helped("job", "run")
+    assert "--sbatch-arg" in submit and "--separate" in submit and "--env" not in submit
+    assert "--follow" in status and "--sbatch-arg" not in status and "--nodes" not in status
+    assert "--env" in run and "--sbatch-arg" not in run
+    assert "passed through" in helped("run")
+    wrong = subprocess.run(
+        [sys.executable, "-m", "hpcflare.cli", "job", "status", "1", "--sbatch-arg=--x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2 and "unrecognized arguments" in wrong.stderr
+
+
+def test_job_run_runs_an_exported_job_directory(make_recipe, tmp_path, capsys):
+    import numpy as np
+
+    from tests.conftest import HELLO_MODEL, SLOW, load_result
+
+    job_dir = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="0").export(tmp_path / "jobs")
+    assert main(["job", "run", str(job_dir.root), "--env", "local"]) == 0
+    out = capsys.readouterr().out
+    assert f"running {job_dir.root.name} (local)" in out and "result model:" in out
+    assert job_dir.read_status()["state"] == "completed"
+    np.testing.assert_array_equal(load_result(job_dir.result_model_path)["numpy_key"], HELLO_MODEL + 2)

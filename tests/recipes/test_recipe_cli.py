@@ -61,7 +61,9 @@ def test_uniform_flags_and_export_only(recipe, tmp_path):
 
 def _job_py(recipe: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     job_py = REPO / "recipes" / recipe / "job.py"
-    return subprocess.run([sys.executable, str(job_py), *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(job_py), *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("recipe", ["psi", "xgboost", "xgboost-vertical"])
