@@ -19,7 +19,6 @@ import operator
 import os
 import re
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from hpcflare.errors import ConfigError, RegistrationRefusedError
 from hpcflare.fileio import atomic_write, atomic_write_text
 from hpcflare.monitoring.config import MetricsConfig
 from hpcflare.plugins import CONFIG_CHECKS, STRATEGIES, STRATEGY_WRAPPERS
+from hpcflare.rank_logger import iso_utc
 from hpcflare.settings import Settings
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -520,7 +520,7 @@ class JobDir:
     def write_status(self, state: JobState, **fields: Any) -> None:
         atomic_write_text(
             self.status_path,
-            json.dumps({"state": str(JobState(state)), "updated": time.time(), **fields}, indent=1),
+            json.dumps({"state": str(JobState(state)), "updated": iso_utc(), **fields}, indent=1),
         )
 
     def read_status(self) -> dict[str, Any]:

@@ -17,6 +17,14 @@ from typing import Any, TextIO
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
 
+def iso_utc(seconds: float | None = None) -> str:
+    """An ISO 8601 UTC timestamp to the millisecond (now, or ``seconds`` since the epoch): what files people read
+    carry (logs, status.json, metrics.csv)."""
+    return _dt.datetime.fromtimestamp(
+        time.time() if seconds is None else seconds, _dt.timezone.utc
+    ).isoformat(timespec="milliseconds")
+
+
 class RankLogger:
     def __init__(
         self,
@@ -52,7 +60,7 @@ class RankLogger:
         now = time.time()
         record = {
             "t": round(now, 6),
-            "ts": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": iso_utc(now),
             "rank": self.rank,
             "role": self.role,
             "level": level,

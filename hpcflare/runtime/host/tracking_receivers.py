@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcflare.errors import ConfigError
+from hpcflare.rank_logger import iso_utc
 
 NUMERIC_KINDS = ("SCALAR", "METRIC")
 MAPPING_KINDS = ("SCALARS", "METRICS", "PARAMETERS", "TAGS")
@@ -87,7 +88,7 @@ def parse_record(site: str, raw: Any) -> Record | None:
         kind,
         value,
         step if isinstance(step, int) and not isinstance(step, bool) else None,
-        float(t) if isinstance(t, (int, float)) and math.isfinite(t) else time.time(),
+        float(t) if isinstance(t, (int, float)) and 0 <= t < 1e11 else time.time(),  # a plausible epoch time
         path[:500] if isinstance(path, str) else None,
     )
 
@@ -123,7 +124,7 @@ class CsvReceiver(Receiver):
         return handle, rows
 
     def round_metric(self, number: int, site: str, key: str, value: float, now: float) -> None:
-        self._round_rows.writerow([number, site, key, repr(value), f"{now:.3f}"])
+        self._round_rows.writerow([number, site, key, repr(value), iso_utc(now)])
 
     def records(self, site: str, records: list[Record]) -> None:
         for r in records:
@@ -137,7 +138,7 @@ class CsvReceiver(Receiver):
                         key,
                         repr(value) if isinstance(value, float) else value,
                         r.kind,
-                        f"{r.time:.3f}",
+                        iso_utc(r.time),
                         r.path or "",
                     ]
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -53,6 +54,9 @@ def test_metrics_tracked_best_model_kept_and_early_stop(make_recipe, local_env):
         "received_mean",
     ) not in by  # flare.log() records are step records, not round metrics
     assert by[("2", "global", "site_no")] == 1.5  # mean over the sites
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")  # ISO 8601, UTC
+    assert all(iso.match(r["time"]) for r in rows), rows[0]
+    assert iso.match(run.job_dir.read_status()["updated"])
     steps = list(csv.DictReader(open(run.job_dir.root / "tracking" / "steps.csv")))
     logged = {(r["site"], r["round"]): float(r["value"]) for r in steps if r["key"] == "received_mean"}
     assert logged[("site-2", "3")] == 7.0 and len(logged) == 8  # every site's record of every round
