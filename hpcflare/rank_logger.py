@@ -17,6 +17,11 @@ from typing import Any, TextIO
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 
 
+def plural(count: int, word: str, words: str = "") -> str:
+    """'1 round', '3 rounds' (``words``: an irregular plural)."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
 def iso_utc(seconds: float | None = None) -> str:
     """An ISO 8601 UTC timestamp to the millisecond (now, or ``seconds`` since the epoch): what files people read
     carry (logs, status.json, metrics.csv)."""

@@ -19,6 +19,7 @@ from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError
 from hpcflare.exitcodes import describe
 from hpcflare.job import FINAL_STATES, JobDir, JobState
+from hpcflare.rank_logger import plural
 from hpcflare.runtime.client_rank import local_slots, settle_clients_per_rank
 from hpcflare.runtime.cluster.memory import MALLOC_ENV
 from hpcflare.security.jobs import prepare_job
@@ -222,9 +223,9 @@ class LocalEnv(Env):
                 stdin=subprocess.DEVNULL,
             )
         if self.verbose:
-            per = f" in {len(units)} client ranks" if config.per_rank > 1 else ""
+            per = f" in {plural(len(units), 'client rank')}" if config.per_rank > 1 else ""
             print(
-                f"[hpcflare] job {config.job_id}: {len(config.clients)} clients started locally{per}; "
+                f"[hpcflare] job {config.job_id}: {plural(len(config.clients), 'client')} started locally{per}; "
                 f"job dir {job_dir.root}",
                 flush=True,
             )

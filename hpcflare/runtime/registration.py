@@ -13,7 +13,7 @@ from typing import Any
 
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
-from hpcflare.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger, plural
 from hpcflare.runtime.cluster.beacon import BeaconWatch
 from hpcflare.runtime.host.membership import ENDED, Membership, MemberState
 from hpcflare.runtime.host.round_host import HostPhase
@@ -162,7 +162,7 @@ class ServerRegistration:
                     summary_at += REGISTRATION_SUMMARY_EVERY
                     self.log.info(
                         "registration_progress",
-                        f"{registered} of {len(cfg.clients)} clients registered",
+                        f"{registered} of {plural(len(cfg.clients), 'client')} registered",
                         registered=registered,
                         expected=len(cfg.clients),
                     )
@@ -203,7 +203,9 @@ class ServerRegistration:
                 never_registered=never,
                 failed=failed,
             )
-        self.log.info("registration_done", f"{len(registered)} clients registered", clients=registered)
+        self.log.info(
+            "registration_done", f"{plural(len(registered), 'client')} registered", clients=registered
+        )
 
     def _gone(self) -> set[str]:
         """Clients that registered and already ended (failed before their first task, or finished)."""

@@ -15,7 +15,7 @@ from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_trace
 from hpcflare.job import JobDir, JobState
 from hpcflare.monitoring import Exporter, JobMetrics, MetricsConfig
 from hpcflare.monitoring.series import job_files
-from hpcflare.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger, plural
 from hpcflare.runtime.cluster.memory import release_memory
 from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
 from hpcflare.runtime.cluster.staging import Stager
@@ -169,8 +169,8 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
         self.log.info(
             "server_started",
             f"job {cfg.job_id}: server listening on {self.address} ({security}), "
-            f"{len(cfg.clients)} clients expected (min {cfg.min_clients}), {len(self.relays)} relays, "
-            f"{cfg.num_rounds} rounds",
+            f"{plural(len(cfg.clients), 'client')} expected (min {cfg.min_clients}), "
+            f"{plural(len(self.relays), 'relay')}, {plural(cfg.num_rounds, 'round')}",
             address=self.address,
             clients=cfg.clients,
             relays=self.relays,
@@ -209,7 +209,7 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
             lost = self._lost()
             self.log.info(
                 "job_completed",
-                f"job {cfg.job_id} completed: {rounds} rounds; "
+                f"job {cfg.job_id} completed: {plural(rounds, 'round')}; "
                 f"result model written to {self.job_dir.result_model_path}"
                 + (f"; without {len(lost)} site(s) lost on the way: {sorted(lost)[:10]}" if lost else ""),
                 result_model=str(self.job_dir.result_model_path),

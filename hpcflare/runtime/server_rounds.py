@@ -15,7 +15,7 @@ from typing import Any
 
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobState
-from hpcflare.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger, plural
 from hpcflare.runtime.host.checkpoints import Checkpoints
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.membership import Membership, MemberState
@@ -75,7 +75,7 @@ class RoundDriver:
         self.log.info(
             "round_started",
             f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} ({plan.task}) "
-            f"for {len(live)} clients",
+            f"for {plural(len(live), 'client')}",
             round=number,
             task_id=rnd.task_id,
             clients=live,
@@ -150,7 +150,7 @@ class RoundDriver:
         summary = _summarize(rnd.accepted)
         self.log.info(
             "round_completed",
-            f"round {number}/{cfg.num_rounds} completed: {len(rnd.accepted)} results "
+            f"round {number}/{cfg.num_rounds} completed: {plural(len(rnd.accepted), 'result')} "
             f"aggregated in {aggregated:.2f}s (round took {time.monotonic() - rnd.started:.1f}s)"
             + (f"; metrics {summary}" if summary else ""),
             round=number,

@@ -76,3 +76,15 @@ def test_clients_that_never_register(make_recipe, local_env, capsys):
 def test_not_a_job_dir(tmp_path, capsys):
     assert main(["logs", "diagnose", str(tmp_path)]) == 2
     assert "no job.yaml" in capsys.readouterr().err
+
+
+def test_counts_in_messages_read_right_in_the_singular():
+    from hpcflare.rank_logger import iso_utc, plural
+
+    assert [plural(1, "round"), plural(3, "round"), plural(0, "result")] == [
+        "1 round",
+        "3 rounds",
+        "0 results",
+    ]
+    assert plural(2, "client rank") == "2 client ranks" and plural(2, "child", "children") == "2 children"
+    assert iso_utc(0) == "1970-01-01T00:00:00.000+00:00"
