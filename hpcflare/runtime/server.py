@@ -12,7 +12,7 @@ from typing import Any
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_traceback
-from hpcflare.job import JobDir, JobState
+from hpcflare.job import JobConfig, JobDir, JobState
 from hpcflare.monitoring import Exporter, JobMetrics, MetricsConfig
 from hpcflare.monitoring.series import job_files
 from hpcflare.rank_logger import RankLogger, plural
@@ -179,6 +179,13 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
             node=os.environ.get("SLURMD_NODENAME", ""),
             tls=kit is not None,
         )
+        protections = update_protections(cfg, kit is not None)
+        self.log.info(
+            "protections",
+            "updates are protected by: "
+            + ("; ".join(protections) or "nothing (plain text, no privacy or filters)"),
+            protections=protections,
+        )
         self._status(JobState.REGISTRATION)
         try:
             self.exporter.start()
@@ -256,3 +263,22 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
         if nbytes is None:
             nbytes = sum(value.nbytes for value in params.values())
         return GlobalModel(params, number, in_file=nbytes >= self.settings.model_file_bytes)
+
+
+def update_protections(config: JobConfig, tls: bool) -> list[str]:
+    """What protects a site's update on its way (one line at job start): the channel, private aggregation, and
+    the filters in the order the sites apply them."""
+    out = ["mutual TLS" if tls else "", ""]
+    privacy = config.privacy if isinstance(config.privacy, dict) else {"type": config.privacy}
+    out[1] = {"secagg": "secure aggregation (masked updates)", "he": "homomorphic encryption (CKKS)"}.get(
+        str(privacy.get("type")), ""
+    )
+    names = {
+        "dp_gaussian": "differential privacy (Gaussian noise)",
+        "quantize": "quantization",
+        "exclude": "exclusion",
+    }
+    for f in config.filters:
+        kind = f.get("type") if isinstance(f, dict) else None
+        out.append(f"{names.get(str(kind), str(kind))} filter" + (f" ({f['mode']})" if "mode" in f else ""))
+    return [p for p in out if p]
