@@ -64,3 +64,30 @@ def test_wheel_installs_next_to_another_torch_and_runs_a_job(tmp_path):
     assert located.startswith("True True True") and str(venv) in located
     out = _run(python, str(REPO / "recipes" / "hello-numpy" / "job.py"), cwd=tmp_path, timeout=300)
     assert "completed" in out and "[10. 11. 12.]" in out
+
+
+@pytest.mark.timeout(1200)
+def test_the_core_install_alone_runs_the_quick_start_job(tmp_path):
+    """README command 1: the core package, no extra (no torch, no test tools), runs hello-numpy with
+    `hpcflare run`."""
+    wheels = tmp_path / "wheels"
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO), cwd=tmp_path)
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", str(venv), cwd=tmp_path)
+    python = str(venv / "bin" / "python")
+    _run(python, "-m", "pip", "install", "-q", str(next(wheels.glob("hpcflare-*.whl"))), cwd=tmp_path)
+    missing = _run(
+        python,
+        "-c",
+        "import importlib.util as u; print([m for m in ('torch', 'pytest') if u.find_spec(m)])",
+        cwd=tmp_path,
+    )
+    assert missing.strip() == "[]"  # nothing optional came along
+    out = _run(
+        str(venv / "bin" / "hpcflare"),
+        "run",
+        str(REPO / "recipes" / "hello-numpy"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert "completed" in out and "[10. 11. 12.]" in out
