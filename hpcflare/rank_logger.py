@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,47 @@ from pathlib import Path
 from typing import Any, TextIO
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+
+
+class Console:
+    """A terminal shared by the ranks' echo and a progress bar: whole lines, one writer at a time, printed above
+    the bar while one is shown (``above``, set by the bar)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.above: Any = None
+        """Set while a progress bar is shown: prints one line above it."""
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+            for line in lines:
+                if self.above is not None:
+                    self.above(line)
+                else:
+                    self.stream.write(line + "\n")
+            if lines and self.above is None:
+                self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self.stream.flush()
+
+
+_CONSOLES: dict[int, Console] = {}
+
+
+def console(stream: Any = None) -> Console:
+    """The one Console of ``stream`` (default: this process's stdout)."""
+    stream = sys.stdout if stream is None else stream
+    found = _CONSOLES.get(id(stream))
+    if found is None or found.stream is not stream:  # an id can be reused once its stream is gone
+        found = _CONSOLES[id(stream)] = Console(stream)
+    return found
 
 
 def plural(count: int, word: str, words: str = "") -> str:
@@ -90,8 +132,8 @@ class RankLogger:
                 try:
                     self._echo.write(f"[{self.rank}] {msg}\n")
                     self._echo.flush()
-                except ValueError:  # echo stream closed (interpreter shutdown)
-                    pass
+                except (ValueError, OSError):  # echo stream closed (shutdown) or its reader gone
+                    self._echo = None
         for listener in self.listeners:
             listener(record)
 

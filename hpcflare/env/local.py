@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -19,7 +20,7 @@ from hpcflare.env.api import Env, Run, deadline_after
 from hpcflare.errors import ConfigError
 from hpcflare.exitcodes import describe
 from hpcflare.job import FINAL_STATES, JobDir, JobState
-from hpcflare.rank_logger import plural
+from hpcflare.rank_logger import console, plural
 from hpcflare.runtime.client_rank import local_slots, settle_clients_per_rank
 from hpcflare.runtime.cluster.memory import MALLOC_ENV
 from hpcflare.security.jobs import prepare_job
@@ -98,7 +99,7 @@ class LocalRun(Run):
         )
         for rank, code in self.exit_codes.items():
             if code != 0:
-                print(f"[hpcflare] {rank} exited {code}: {describe(code)}", file=sys.stderr)
+                console(sys.stderr).write(f"[hpcflare] {rank} exited {code}: {describe(code)}\n")
         return True
 
     def abort(self) -> None:
@@ -115,6 +116,14 @@ class LocalRun(Run):
         status = self.get_status()
         if status.get("state") not in FINAL_STATES:
             self.job_dir.write_status(JobState.ABORTED, message="aborted by user")
+
+
+def _pump(stream: IO[bytes]) -> None:
+    """The server's echo, line by line, to this process's console (above a progress bar, if one is shown)."""
+    out = console()
+    with stream:
+        for line in stream:
+            out.write(line.decode(errors="replace"))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -183,10 +192,12 @@ class LocalEnv(Env):
         server = subprocess.Popen(
             self._cmd(job_dir, "--role", "server"),
             env=env,
-            stdout=server_out,
-            stderr=subprocess.STDOUT if server_out else None,
+            stdout=server_out or subprocess.PIPE,  # verbose: its lines reach the terminal through console()
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+        if server.stdout is not None:
+            threading.Thread(target=_pump, args=(server.stdout,), name="server-echo", daemon=True).start()
         relays = []
         for name in config.relay_names():
             out = open(job_dir.log_dir / f"{name}.out", "wb")
@@ -224,10 +235,9 @@ class LocalEnv(Env):
             )
         if self.verbose:
             per = f" in {plural(len(units), 'client rank')}" if config.per_rank > 1 else ""
-            print(
+            console().write(
                 f"[hpcflare] job {config.job_id}: {plural(len(config.clients), 'client')} started locally{per}; "
-                f"job dir {job_dir.root}",
-                flush=True,
+                f"job dir {job_dir.root}\n"
             )
         clients.update(zip(config.relay_names(), relays))
         return LocalRun(job_dir, server, clients, zygote, files, settings.end_grace)

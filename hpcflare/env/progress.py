@@ -10,6 +10,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from hpcflare.job import FINAL_STATES, JobDir, JobState
+from hpcflare.rank_logger import console
 
 POLL_S = 0.5
 """How often the bar re-reads status.json."""
@@ -49,6 +50,8 @@ class RoundProgress:
 
     def __enter__(self) -> RoundProgress:
         if not self.bar.disable:
+            for out in (console(sys.stdout), console(sys.stderr)):  # echo lines print above the bar
+                out.above = lambda line, stream=out.stream: tqdm.write(line, file=stream)
             self._thread = threading.Thread(target=self._run, name="round-progress", daemon=True)
             self._thread.start()
         return self
@@ -66,3 +69,5 @@ class RoundProgress:
         if not self.bar.disable:
             self.update()
         self.bar.close()
+        for out in (console(sys.stdout), console(sys.stderr)):
+            out.above = None

@@ -18,7 +18,7 @@ from filelock import Timeout
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir, JobState
-from hpcflare.rank_logger import RankLogger
+from hpcflare.rank_logger import RankLogger, console
 from hpcflare.runtime.client_rank import run_sites, settle_clients_per_rank
 from hpcflare.runtime.cluster.beacon import StartupBeacon
 from hpcflare.runtime.cluster.gpus import plan_devices
@@ -41,7 +41,7 @@ def run_server(
     rendezvous: Rendezvous | None = None,
 ) -> ExitCode:
     """The server rank; it always publishes its address to the job dir, and to ``rendezvous`` as well."""
-    log = RankLogger(job_dir.log_dir, "server", "server", echo=sys.stdout if echo else None)
+    log = RankLogger(job_dir.log_dir, "server", "server", echo=console() if echo else None)
     lock = job_dir.server_lock()
     try:
         lock.acquire(timeout=0)

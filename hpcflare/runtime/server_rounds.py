@@ -65,22 +65,25 @@ class RoundDriver:
             return
         kept = self.model  # evaluation rounds may serve another model; the global one stays
         model = kept if plan.model is None else self._new_model(plan.model, number)
-        rnd = self.open_round(number, model, plan=plan)
-        self._status(JobState.RUNNING)
         if plan.targets is not None:
             live = [c for c in live if c in plan.targets]
         need = max(cfg.min_clients, math.ceil(cfg.min_fraction * len(live)))
         if plan.targets is not None:
             need = min(need, max(1, len(live)))
-        self.log.info(
-            "round_started",
-            f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} ({plan.task}) "
-            f"for {plural(len(live), 'client')}",
-            round=number,
-            task_id=rnd.task_id,
-            clients=live,
-            task=plan.task,
-        )
+
+        def announce(rnd: Round) -> None:  # logged before any site can take the task
+            self.log.info(
+                "round_started",
+                f"round {number}/{cfg.num_rounds} started: task {rnd.task_id} ({plan.task}) "
+                f"for {plural(len(live), 'client')}",
+                round=number,
+                task_id=rnd.task_id,
+                clients=live,
+                task=plan.task,
+            )
+
+        rnd = self.open_round(number, model, plan=plan, announce=announce)
+        self._status(JobState.RUNNING)
         deadline = rnd.started + s.round_timeout
         restart = False
         with self._cv:

@@ -35,3 +35,30 @@ def test_rounds_done_from_status():
     assert rounds_done({"state": "running", "round": 3}) == 2
     assert rounds_done({"state": "completed", "round": 3}) == 3
     assert rounds_done({"state": "pending"}) == 0
+
+
+def test_echo_lines_print_whole_above_the_bar(make_recipe, tmp_path, monkeypatch):
+    """While the bar is shown, the ranks' echo (the server's lines, pumped from its process by LocalEnv) is
+    printed on lines of its own: the bar is cleared first and drawn again after; pieces of a line are held
+    until the line is whole."""
+    from hpcflare.env import LocalEnv
+    from hpcflare.rank_logger import console
+
+    screen = Terminal()
+    monkeypatch.setattr("sys.stdout", screen)
+    monkeypatch.setattr("sys.stderr", screen)
+    run = make_recipe(SLOW, n_clients=2, num_rounds=2, train_args="0.5").execute(
+        LocalEnv(job_root=tmp_path / "jobs", verbose=True)
+    )
+    with RoundProgress(run.job_dir, stream=screen):
+        console().write("[test] a line in two ")
+        console().write("pieces\n")
+        assert run.wait(120)
+    assert console().above is None  # the bar is gone: lines go straight out again
+    text = screen.getvalue()
+    lines = [line for chunk in text.split("\n") for line in chunk.split("\r")]
+    echoed = [line for line in lines if "[server]" in line or "[test]" in line]
+    assert "[test] a line in two pieces" in echoed
+    assert any("round 2/2 completed" in line for line in echoed)
+    assert all(line.startswith(("[server]", "[test]")) for line in echoed), echoed  # never after the bar
+    assert "2/2" in text

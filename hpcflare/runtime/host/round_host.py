@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hpcflare import errors
@@ -205,7 +206,9 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
         task_id: str | None = None,
         publish: bool = True,
         plan: RoundPlan | None = None,
+        announce: Callable[[Round], None] | None = None,
     ) -> Round:
+        """Open round ``number`` on ``model``; ``announce(round)`` runs before any child can take its task."""
         self.model = model
         if self.stager is not None and publish:
             t0 = time.monotonic()
@@ -223,6 +226,8 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
             self.round.close()  # one open round per host: nothing is folded into an older one
         with self._cv:
             self.round = rnd = Round(number, self.strategy, model, self._agg_lock, self._cv, task_id, plan)
+            if announce is not None:
+                announce(rnd)
             self._cv.notify_all()
             self._task_cv.notify_all()
         return rnd
