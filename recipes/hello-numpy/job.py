@@ -42,7 +42,7 @@ def main() -> None:
     run = job_cli.execute(recipe, args)
     if run is None:
         return
-    result = run.get_result()
+    result = job_cli.plain_result(run, args)  # an HE job's result is ciphertext: decrypted with a site's key
     print(f"job {run.get_job_id()}: {run.get_status()['state']}")
     print(f"result model: {result}")
     print(f"final weights:\n{safetensors.numpy.load_file(str(result))['numpy_key']}")

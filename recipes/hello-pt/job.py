@@ -45,7 +45,7 @@ def main():
         return
     print()
     print("Job Status is:", run.get_status()["state"] if run.wait(None) else "running")
-    print("Result can be found in :", run.get_result())
+    print("Result can be found in :", job_cli.plain_result(run, args))
     print()
 
 

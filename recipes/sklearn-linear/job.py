@@ -64,7 +64,7 @@ def main() -> None:
     run = job_cli.execute(recipe, args)
     if run is None:
         return
-    result = safetensors.numpy.load_file(str(run.get_result()))
+    result = safetensors.numpy.load_file(str(job_cli.plain_result(run, args)))
     print(f"job {run.get_job_id()}: {run.get_status()['state']}")
     print(f"coef[:8] = {np.round(result['coef'][0, :8], 3)}  intercept = {result['intercept'][0]:.3f}")
 
