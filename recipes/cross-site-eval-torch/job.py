@@ -44,11 +44,14 @@ def main() -> None:
     if args.workflow == "cross-site":
         matrix = json.loads((root / "cross_site" / "matrix.json").read_text())
         sites = sorted(next(iter(matrix.values())))
-        print("accuracy of each model (rows) on each site's data (columns)")
+        print(
+            f"accuracy of each model (rows) on each site's data (columns); {root / 'cross_site' / 'matrix.json'}"
+        )
         print(f"{'model':<10}" + "".join(f"{s:>9}" for s in sites))
         for owner, row in sorted(matrix.items()):
             print(f"{owner:<10}" + "".join(f"{row[s]['accuracy']:>9.3f}" for s in sites))
     elif args.workflow == "fedeval":
+        print(f"evaluation of the model on each site ({root / 'models' / 'evaluation.json'}):")
         print(json.loads((root / "models" / "evaluation.json").read_text()))
     else:
         print(f"result model {run.job_dir.result_model_path}")

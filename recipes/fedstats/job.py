@@ -37,7 +37,9 @@ def main() -> None:
     if run is None:
         return
     run.get_result()
-    stats = json.loads((run.job_dir.models_dir / "statistics.json").read_text())["statistics"]
+    found = run.job_dir.models_dir / "statistics.json"
+    stats = json.loads(found.read_text())["statistics"]
+    print(f"federated statistics of {len(stats)} features (all of them, with histograms: {found})")
     print(f"{'feature':<16} {'count':>7} {'mean':>8} {'stddev':>8} {'min':>8} {'median':>8} {'max':>8}")
     for name, s in stats.items():
         if "withheld" in s:
