@@ -5,6 +5,7 @@ from hpcflare.recipe.fedavg import FedAvgRecipe
 from hpcflare.recipe.fedmedian import FedMedianRecipe
 from hpcflare.recipe.fedopt import FedOptRecipe
 from hpcflare.recipe.scaffold import ScaffoldRecipe
+from hpcflare.recipe.splitnn import SplitNNRecipe
 from hpcflare.recipe.tabular import (
     KMeansRecipe,
     PSIRecipe,
@@ -32,6 +33,7 @@ __all__ = [
     "PSIRecipe",
     "Recipe",
     "ScaffoldRecipe",
+    "SplitNNRecipe",
     "SwarmRecipe",
     "XGBBaggingRecipe",
     "XGBHistogramRecipe",

@@ -12,6 +12,7 @@ from hpcflare.strategy.fedstats import FedStats
 from hpcflare.strategy.kmeans import KMeans
 from hpcflare.strategy.psi import PSI
 from hpcflare.strategy.scaffold import Scaffold
+from hpcflare.strategy.splitnn import SplitNN
 from hpcflare.strategy.swarm import Swarm
 from hpcflare.strategy.xgb_bagging import XGBBagging
 from hpcflare.strategy.xgb_histogram import XGBHistogram
@@ -30,6 +31,7 @@ for _name, _cls in {
     "xgb_bagging": XGBBagging,
     "xgb_histogram": XGBHistogram,
     "psi": PSI,
+    "splitnn": SplitNN,
 }.items():
     STRATEGIES.register(_name, _cls)
 
@@ -47,6 +49,7 @@ __all__ = [
     "KMeans",
     "PSI",
     "Scaffold",
+    "SplitNN",
     "STRATEGIES",
     "Swarm",
     "Strategy",

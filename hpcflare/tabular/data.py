@@ -235,3 +235,24 @@ def site_table(args: Any, site: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
         return x, y, x, y  # type: ignore[return-value]
     x, y = site_rows(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
     return (x, y, *holdout(seed=args.seed))
+
+
+def align_rows(
+    site: str, ids: list[str], x: np.ndarray, y: np.ndarray | None, intersection: Path
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """This site's rows in the order of the PSI intersection (sorted IDs), so that row n is the same person
+    at every site."""
+    if not intersection.is_file():
+        raise TableError(
+            f"{site}: no PSI result at {intersection}; run recipes/psi first (job.py does) and pass "
+            "its job directory with --psi-job"
+        )
+    wanted = intersection.read_text().split()
+    row = {i: n for n, i in enumerate(ids)}
+    missing = [i for i in wanted if i not in row]
+    if missing:
+        raise TableError(
+            f"{site}: {len(missing)} intersection IDs are not in this site's table (e.g. {missing[0]!r})"
+        )
+    take = np.array([row[i] for i in wanted], dtype=np.int64)
+    return x[take], (None if y is None else y[take])

@@ -13,28 +13,12 @@ from hpcflare.client.xgboost import federated, to_params
 from hpcflare.tabular.data import (
     TableError,
     add_table_arguments,
+    align_rows,
     check_table,
     load_csv,
     site_index,
     vertical_site,
 )
-
-
-def aligned(site: str, ids: list[str], x: np.ndarray, y, intersection: Path):
-    if not intersection.is_file():
-        raise TableError(
-            f"{site}: no PSI result at {intersection}; run recipes/psi first (job.py does) and pass "
-            "its job directory with --psi-job"
-        )
-    wanted = intersection.read_text().split()
-    row = {i: n for n, i in enumerate(ids)}
-    missing = [i for i in wanted if i not in row]
-    if missing:
-        raise TableError(
-            f"{site}: {len(missing)} intersection IDs are not in this site's table (e.g. {missing[0]!r})"
-        )
-    take = np.array([row[i] for i in wanted], dtype=np.int64)
-    return x[take], (None if y is None else y[take])
 
 
 def same_rows_everywhere(site: str, n_rows: int) -> None:
@@ -83,7 +67,7 @@ def main() -> None:
         else:
             ids, x, y = vertical_site(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
         check_table(site, x, y, labels_required=owner, binary=owner)
-        x, y = aligned(site, ids, x, y, Path(args.psi_job) / "sites" / site / "psi_intersection.txt")
+        x, y = align_rows(site, ids, x, y, Path(args.psi_job) / "sites" / site / "psi_intersection.txt")
         with federated(model) as rank:
             same_rows_everywhere(site, len(x))
             data = xgb.DMatrix(x, label=y if rank == 0 else None, data_split_mode=xgb.core.DataSplitMode.COL)

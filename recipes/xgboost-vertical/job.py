@@ -11,13 +11,12 @@ synthetic table, each with a random 90% of the people.
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import safetensors.numpy
 
-from hpcflare.recipe import XGBVerticalRecipe, job_cli
+from hpcflare.recipe import XGBVerticalRecipe, job_cli, vertical_cli
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,7 +45,7 @@ def main() -> None:
             "(pass the PSI job's directory with --psi-job)",
             file=sys.stderr,
         )
-    psi_job = args.psi_job or run_psi(args)
+    psi_job = args.psi_job or vertical_cli.run_psi(args, HERE.parent / "psi" / "job.py")
     train_args = [
         "--psi-job",
         str(psi_job),
@@ -78,54 +77,6 @@ def main() -> None:
     out.write_bytes(result.tobytes())
     trees = len(json.loads(out.read_bytes())["learner"]["gradient_booster"]["model"]["trees"])
     print(f"job {run.get_job_id()}: {run.get_status()['state']}; {trees} trees in {out}")
-
-
-def run_psi(args: argparse.Namespace) -> Path:
-    """The PSI job on the same sites and env (under Slurm: a job of its own, waited for); its
-    sites/<site>/psi_intersection.txt align the rows."""
-    root = Path(args.job_root).resolve()
-    before = set(root.glob("psi-*")) if root.exists() else set()
-    cmd = [
-        sys.executable,
-        str(HERE.parent / "psi" / "job.py"),
-        "--env",
-        args.env,
-        "--n-clients",
-        str(args.n_clients),
-        "--job-root",
-        str(root),
-        "--ids-path",
-        ids_files(args, root),
-        "--profile",
-        args.profile,
-    ]
-    if args.env == "slurm":  # the same allocation shape and account as the training job
-        cmd += ["--nodes", str(args.nodes), "--time", args.time]
-        cmd += [
-            flag
-            for name in ("partition", "account")
-            if getattr(args, name)
-            for flag in (f"--{name}", getattr(args, name))
-        ]
-    subprocess.run(cmd, check=True)
-    (job,) = set(root.glob("psi-*")) - before
-    return job
-
-
-def ids_files(args: argparse.Namespace, root: Path) -> str:
-    """One ID file per site (from its CSV's ID column, or the synthetic tables), for the PSI job."""
-    from hpcflare.tabular.data import load_csv, vertical_site
-
-    folder = root / "vertical-ids"
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(args.n_clients):
-        site = f"site-{n + 1}"
-        if args.data_path:
-            ids = load_csv(args.data_path.replace("{site}", site), None, site, id_column=args.id_column)[3]
-        else:
-            ids = vertical_site(n, args.n_clients, args.rows)[0]
-        (folder / f"{site}.txt").write_text("".join(f"{i}\n" for i in ids))
-    return str(folder / "{site}.txt")
 
 
 if __name__ == "__main__":
