@@ -165,7 +165,8 @@ class SplitNN(Strategy):
         dead = [s for s in self._sites if s not in live and s != site]
         if dead:
             raise UpdateRejectedError(
-                f"splitnn round {box.number}: {', '.join(dead)} is gone (declared dead or ended); the round "
+                f"splitnn round {box.number}: {', '.join(dead)} {'is' if len(dead) == 1 else 'are'} gone "
+                "(declared dead or ended); the round "
                 "cannot go on without every site's columns"
             )
 
