@@ -14,6 +14,8 @@ from tests.conftest import REPO
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/job.py"))
 DECIDES_ROUNDS = ("fedstats", "psi", "xgboost", "xgboost-vertical")
 """Recipes whose job rounds follow from the algorithm (xgboost: its default histogram mode)."""
+EVERY_SITE = ("splitnn",)
+"""Recipes that need every site in every round (split learning: each site holds columns the others lack)."""
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -28,6 +30,7 @@ def test_uniform_flags_and_export_only(recipe, tmp_path):
     missing = [flag for flag in UNIFORM_FLAGS if flag not in shown.stdout]
     assert missing == [], f"{recipe}/job.py lacks {missing}"
     rounds = ["--rounds", "2"] if recipe not in DECIDES_ROUNDS else []
+    min_clients = "3" if recipe in EVERY_SITE else "2"
     out = subprocess.run(
         [
             sys.executable,
@@ -36,7 +39,7 @@ def test_uniform_flags_and_export_only(recipe, tmp_path):
             "--n-clients",
             "3",
             "--min-clients",
-            "2",
+            min_clients,
             *rounds,
             "--profile",
             "production",
@@ -53,7 +56,7 @@ def test_uniform_flags_and_export_only(recipe, tmp_path):
     config = yaml.safe_load((job / "job.yaml").read_text())
     assert (
         len(config["clients"]) == 3
-        and config["min_clients"] == 2
+        and config["min_clients"] == int(min_clients)
         and config["settings_profile"] == "production"
     )
     assert not (job / "status.json").exists()  # exported, not run
