@@ -53,7 +53,8 @@ class Run(abc.ABC):
                 f"job {self.get_job_id()} {status.get('state')}: {status.get('message', 'no message')}. "
                 f"Logs: {self.job_dir.log_dir}"
             )
-        return self.job_dir.result_model_path
+        model, flower = self.job_dir.result_model_path, self.job_dir.models_dir / "flower_output.txt"
+        return flower if flower.exists() and not model.exists() else model  # a Flower app's: its output
 
 
 class Env(abc.ABC):

@@ -4,6 +4,7 @@ from hpcflare.recipe.api import Recipe, add_cross_site_evaluation, add_experimen
 from hpcflare.recipe.fedavg import FedAvgRecipe
 from hpcflare.recipe.fedmedian import FedMedianRecipe
 from hpcflare.recipe.fedopt import FedOptRecipe
+from hpcflare.recipe.flower import FlowerRecipe
 from hpcflare.recipe.scaffold import ScaffoldRecipe
 from hpcflare.recipe.splitnn import SplitNNRecipe
 from hpcflare.recipe.tabular import (
@@ -29,6 +30,7 @@ __all__ = [
     "FedAvgRecipe",
     "FedMedianRecipe",
     "FedOptRecipe",
+    "FlowerRecipe",
     "KMeansRecipe",
     "PSIRecipe",
     "Recipe",

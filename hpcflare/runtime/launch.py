@@ -19,6 +19,7 @@ from hpcflare import errors
 from hpcflare.exitcodes import ExitCode, exit_for
 from hpcflare.job import JobDir, JobState
 from hpcflare.rank_logger import RankLogger, console
+from hpcflare.runtime import flower
 from hpcflare.runtime.client_rank import run_sites, settle_clients_per_rank
 from hpcflare.runtime.cluster.beacon import StartupBeacon
 from hpcflare.runtime.cluster.gpus import plan_devices
@@ -55,6 +56,10 @@ def run_server(
         log.close()
         return ExitCode.CONFIG_ERROR
     try:
+        if flower.is_flower(
+            job_dir.load_config()
+        ):  # Flower's engine: its SuperLink instead of hpcflare's server
+            return flower.run_link(job_dir, log, host, advertise, rendezvous)
         try:
             server = FLServer(job_dir, log, host=host, port=port, advertise=advertise)
         except errors.ConfigError as exc:
@@ -132,7 +137,10 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
 def run_unit(job_dir: JobDir, name: str, sites: list[str], address: str | None = None) -> ExitCode:
     """A client rank: its one site in this process, or its sites as virtual clients; its start-up beacon tells
     the server it is alive while its sites are still on their way to registering."""
-    interval = job_dir.load_config().load_settings().heartbeat_interval
+    config = job_dir.load_config()
+    if flower.is_flower(config):  # Flower's engine: a SuperNode per site
+        return flower.run_nodes(job_dir, name, sites, address)
+    interval = config.load_settings().heartbeat_interval
     with StartupBeacon(job_dir.rendezvous_dir, name, sites, interval):
         if sites == [name]:
             return run_client(job_dir, name, address=address)

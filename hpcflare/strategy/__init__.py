@@ -9,6 +9,7 @@ from hpcflare.strategy.fedeval import FedEval
 from hpcflare.strategy.fedmedian import FedMedian
 from hpcflare.strategy.fedopt import FedOpt
 from hpcflare.strategy.fedstats import FedStats
+from hpcflare.strategy.flower_app import FlowerApp
 from hpcflare.strategy.kmeans import KMeans
 from hpcflare.strategy.psi import PSI
 from hpcflare.strategy.scaffold import Scaffold
@@ -32,6 +33,7 @@ for _name, _cls in {
     "xgb_histogram": XGBHistogram,
     "psi": PSI,
     "splitnn": SplitNN,
+    "flower": FlowerApp,
 }.items():
     STRATEGIES.register(_name, _cls)
 
@@ -46,6 +48,7 @@ __all__ = [
     "FedMedian",
     "FedOpt",
     "FedStats",
+    "FlowerApp",
     "KMeans",
     "PSI",
     "Scaffold",
