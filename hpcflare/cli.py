@@ -364,6 +364,74 @@ def _provision(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _flower(args: argparse.Namespace, extra: list[str]) -> int:
+    """`hpcflare flower run APP_DIR`: the app on Flower's engine, in the Env named."""
+    from hpcflare.env import make_env
+    from hpcflare.recipe import FlowerRecipe
+
+    run_config = {}
+    for item in args.run_config or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"hpcflare flower run: --run-config takes KEY=VALUE, not {item!r}")
+        run_config[key] = _typed(value)
+    recipe = FlowerRecipe(
+        args.app_dir,
+        n_clients=args.n_clients,
+        num_rounds=args.rounds,
+        run_config=run_config,
+        clients_per_rank=args.clients_per_rank or 1,
+    )
+    if args.export_only:
+        print(recipe.export(args.job_root).root)
+        return 0
+    slurm = {"time": args.time} if args.env == "slurm" else {}
+    env = make_env(args.env, args.job_root, args.nodes, args.partition, args.clients_per_rank, **slurm)
+    run = recipe.execute(env)
+    print(f"the Flower run's output: {run.get_result()}")
+    return 0
+
+
+def _typed(value: str) -> Any:
+    """A --run-config value as TOML would read it: an int, a float, true/false, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _add_flower_commands(sub: Any) -> None:
+    flower = sub.add_parser(
+        "flower", help="run an unmodified Flower app with Flower's engine on hpcflare's ranks"
+    )
+    actions = flower.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser(
+        "run",
+        help="run a Flower app (a folder with a pyproject.toml, as `flwr new` makes it)",
+        description="The server rank runs Flower's SuperLink and submits the app (flwr run); each site runs a "
+        "Flower SuperNode with node config partition-id and num-partitions. Flower aggregates: hpcflare's relays "
+        "and strategies are not involved. Needs pip install 'hpcflare[flower]'.",
+    )
+    p.add_argument("app_dir", metavar="APP_DIR")
+    p.add_argument("--env", choices=("local", "sim", "mpi", "slurm"), default="local")
+    p.add_argument("--n-clients", type=int, default=2, help="SuperNodes (sites)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="the app's num-server-rounds (default: the app's)"
+    )
+    p.add_argument(
+        "--run-config", action="append", metavar="KEY=VALUE", help="a run config override (repeatable)"
+    )
+    p.add_argument("--clients-per-rank", type=_per_rank, default=None, help="SuperNodes per client rank")
+    p.add_argument("--job-root", default="jobs")
+    p.add_argument("--export-only", action="store_true", help="write the job directory, run nothing")
+    p.add_argument("--nodes", type=int, default=2, help="--env slurm")
+    p.add_argument("--partition", default=None, help="--env slurm")
+    p.add_argument("--time", default="00:30:00", help="--env slurm: the time limit")
+    flower.set_defaults(func=_flower)
+
+
 def _add_job_commands(sub: Any) -> None:
     """`hpcflare job submit|run|resume|status|abort|list`: each action with its own flags and help."""
     job = sub.add_parser("job", help="submit, run, resume, inspect or abort a job directory")
@@ -497,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allowed-script", action="append", help="--add: the only script(s) this site may run")
     p.set_defaults(func=_provision)
     _add_job_commands(sub)
+    _add_flower_commands(sub)
     from hpcflare.federation.cli import add_commands
 
     add_commands(sub)

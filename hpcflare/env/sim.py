@@ -17,6 +17,7 @@ from pathlib import Path
 from hpcflare.env.api import Env, Run, deadline_after, sites_from
 from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir, JobState
+from hpcflare.runtime import flower
 from hpcflare.runtime.client_rank import local_slots, run_sites, settle_clients_per_rank
 from hpcflare.runtime.launch import run_client, run_server
 from hpcflare.runtime.script_runner import script_path
@@ -91,7 +92,9 @@ class SimEnv(Env):
             codes["server"] = run_server(job_dir, echo=self.verbose)
 
         def client(name: str, sites: list[str]) -> None:
-            if sites == [name]:
+            if flower.is_flower(config):  # Flower's engine: SuperNode processes, managed from this thread
+                codes[name] = flower.run_nodes(job_dir, name, sites)
+            elif sites == [name]:
                 codes[name] = run_client(job_dir, name, per_thread=True)
             else:
                 codes[name] = run_sites(job_dir, sites, name, own_process=False)

@@ -188,6 +188,7 @@ def run_link(
             address=address,
             clients=config.clients,
             flower=True,
+            node=os.environ.get("SLURMD_NODENAME", ""),
         )
         job_dir.write_status(JobState.RUNNING, job_id=config.job_id, round=0, num_rounds=config.num_rounds)
         return _submit(job_dir, config, log, port, rounds, options.get("run_config") or {}, link)
@@ -237,15 +238,10 @@ def _submit(
         echo=True,
         nodes=job_dir.root / "flower" / "nodes",
     )
-    try:
-        code = run.wait(limit)
-    except subprocess.TimeoutExpired:
+    code, message = _watch(job_dir, config, run, limit, output)
+    if message:
         _stop(run)
         output.join(5)
-        message = (
-            f"the Flower run did not end within {limit:g}s (settings.registration_timeout + num_rounds x "
-            f"settings.round_timeout); last output: {' | '.join(list(output.tail)[-3:])}"
-        )
         log.error("flower_failed", message)
         job_dir.write_status(
             JobState.FAILED, job_id=config.job_id, message=message, exit_code=int(ExitCode.ROUND_FAILED)
@@ -269,6 +265,37 @@ def _submit(
         JobState.COMPLETED, job_id=config.job_id, round=config.num_rounds, num_rounds=config.num_rounds
     )
     return ExitCode.OK
+
+
+def _watch(
+    job_dir: JobDir, config: JobConfig, run: subprocess.Popen, limit: float, output: Output
+) -> tuple[int | None, str]:
+    """Wait for ``flwr run`` to end: (its exit code, ''), or (None, why the job cannot go on): a SuperNode that
+    died, too few SuperNodes by settings.registration_timeout, or ``limit`` seconds in all."""
+    settings = config.load_settings()
+    started, flower_dir = time.monotonic(), job_dir.root / "flower"
+    while True:
+        code = run.poll()
+        if code is not None:
+            return code, ""
+        waited = time.monotonic() - started
+        dead = sorted(flower_dir.glob("failed/*"))
+        if dead:
+            return None, f"{dead[0].name}'s Flower SuperNode died: {dead[0].read_text().strip()[:500]}"
+        joined = {p.read_text().strip() for p in (flower_dir / "nodes").glob("*")}
+        if waited > settings.registration_timeout and len(joined) < config.min_clients:
+            missing = [s for s in config.clients if s not in joined]
+            return None, (
+                f"only {len(joined)} of {len(config.clients)} Flower SuperNodes started within "
+                f"settings.registration_timeout={settings.registration_timeout:g}s (min_clients="
+                f"{config.min_clients}); missing: {missing[:10]}"
+            )
+        if waited > limit:
+            return None, (
+                f"the Flower run did not end within {limit:g}s (settings.registration_timeout + num_rounds x "
+                f"settings.round_timeout); last output: {' | '.join(list(output.tail)[-3:])}"
+            )
+        time.sleep(0.5)
 
 
 def _toml(value: Any) -> str:
@@ -305,6 +332,8 @@ def run_nodes(job_dir: JobDir, name: str, sites: list[str], address: str | None 
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+            (job_dir.root / "flower" / "pids").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(job_dir.root / "flower" / "pids" / site, str(proc.pid))
             out = Output(
                 proc.stdout,
                 job_dir.log_dir / f"{site}.out",
@@ -314,7 +343,10 @@ def run_nodes(job_dir: JobDir, name: str, sites: list[str], address: str | None 
             )  # type: ignore[arg-type]
             nodes.append((site, proc, out))
             log.info(
-                "registered", f"{site}: Flower SuperNode started ({node_config}), SuperLink {link}", site=site
+                "registered",
+                f"{site}: Flower SuperNode started ({node_config}), SuperLink {link}",
+                site=site,
+                node=os.environ.get("SLURMD_NODENAME", ""),
             )
         while True:
             state = job_dir.read_status().get("state")
@@ -324,11 +356,12 @@ def run_nodes(job_dir: JobDir, name: str, sites: list[str], address: str | None 
             for site, proc, out in nodes:
                 if proc.poll() is not None:
                     cause = out.errors[-1] if out.errors else " | ".join(list(out.tail)[-3:])
-                    log.error(
-                        "site_failed",
-                        f"{site}: Flower SuperNode exited {proc.returncode}: {cause}",
-                        site=site,
-                    )
+                    cause = f"exited {proc.returncode}: {cause}"
+                    log.error("site_failed", f"{site}: Flower SuperNode {cause}", site=site)
+                    (job_dir.root / "flower" / "failed").mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(
+                        job_dir.root / "flower" / "failed" / site, cause
+                    )  # the server fails the job
                     return ExitCode.TRAIN_SCRIPT_FAILED
             time.sleep(0.5)
     except errors.HpcflareError as exc:

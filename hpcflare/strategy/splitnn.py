@@ -152,7 +152,7 @@ class SplitNN(Strategy):
                 reply = handler(box, site, phase, batch, request)
                 if reply is not None:
                     self._cv.notify_all()
-                    return reply
+                    return dict(reply)
                 self._gone(box, site)
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -1,0 +1,162 @@
+"""Unmodified Flower apps on hpcflare's launcher: the same result as Flower's own simulation, in LocalEnv, SimEnv
+(through the CLI) and on the real Slurm cluster across nodes; a failing ClientApp named by site and file:line; a
+SuperNode that dies fails the job naming its site."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcflare.errors import JobFailedError
+from tests.conftest import FAST, events, wait_until
+
+pytest.importorskip("flwr")
+APP = Path(__file__).resolve().parent / "numpy_app"
+BIN = Path(sys.executable).parent
+
+
+def final_weights(text: str) -> np.ndarray:
+    (line,) = [line for line in text.splitlines() if line.startswith("FINAL ")]
+    return np.array(json.loads(line[len("FINAL ") :]))
+
+
+def expected(n_sites: int, rounds: int, seed: int = 7) -> np.ndarray:
+    """The app's FedAvg by hand: each round adds the num-examples-weighted mean of the sites' seeded steps."""
+    steps = [np.random.default_rng([seed, pid]).normal(size=4) for pid in range(n_sites)]
+    weights = np.arange(1, n_sites + 1)
+    return rounds * sum(w * s for w, s in zip(weights, steps)) / weights.sum()
+
+
+def flower_simulation(tmp_path: Path, n_sites: int, rounds: int) -> np.ndarray:
+    """The same app under Flower's own simulation engine (flwr run with a local SuperLink)."""
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\noptions.num-supernodes = {n_sites}\n'
+    )
+    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(
+        [
+            str(BIN / "flwr"),
+            "run",
+            str(APP),
+            "local",
+            "--stream",
+            "--run-config",
+            f"num-server-rounds={rounds}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    subprocess.run(["pkill", "-f", f"FLWR_HOME={home}"], check=False)
+    assert "FINAL" in out.stdout, (out.stdout + out.stderr)[-3000:]
+    return final_weights(out.stdout)
+
+
+def test_local_run_gives_flowers_own_simulation_result(tmp_path):
+    from hpcflare.env import LocalEnv
+    from hpcflare.recipe import FlowerRecipe
+
+    run = FlowerRecipe(APP, n_clients=2, num_rounds=3, settings=FAST).execute(
+        LocalEnv(job_root=tmp_path / "jobs", verbose=False)
+    )
+    output = run.get_result(timeout=600)
+    ours = final_weights(output.read_text())
+    np.testing.assert_allclose(ours, expected(2, 3), rtol=1e-12)
+    pytest.importorskip("ray")  # Flower's simulation engine (flwr[simulation])
+    np.testing.assert_allclose(ours, flower_simulation(tmp_path, 2, 3), rtol=1e-12)
+    assert run.get_status()["state"] == "completed"
+    registered = [e["site"] for e in events(run.job_dir.root, "site-1") if e["event"] == "registered"]
+    assert (
+        registered == ["site-1"] and (run.job_dir.log_dir / "site-2.out").read_text().count("SuperNode") > 0
+    )
+
+
+def test_cli_runs_the_app_in_sim_env_with_the_rounds_and_sites_asked(tmp_path):
+    out = subprocess.run(
+        [
+            str(BIN / "hpcflare"),
+            "flower",
+            "run",
+            str(APP),
+            "--env",
+            "sim",
+            "--n-clients",
+            "3",
+            "--rounds",
+            "2",
+        ]
+        + ["--run-config", "min-nodes=3", "--job-root", str(tmp_path / "jobs")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    path = Path(out.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+    np.testing.assert_allclose(final_weights(path.read_text()), expected(3, 2), rtol=1e-12)
+
+
+def test_a_failing_clientapp_is_named_with_its_site_and_file_line(tmp_path):
+    from hpcflare.env import LocalEnv
+    from hpcflare.recipe import FlowerRecipe
+
+    run = FlowerRecipe(APP, n_clients=2, num_rounds=1, run_config={"fail-partition": 1}).execute(
+        LocalEnv(job_root=tmp_path / "jobs", verbose=False)
+    )
+    run.get_result(timeout=600)  # Flower's FedAvg goes on with the node that answered
+    server = [e for e in events(run.job_dir.root, "server") if e["event"] == "client_failed"]
+    assert server and server[0]["site"] == "site-2" and "partition 1 has no data" in server[0]["msg"]
+    site = [
+        e
+        for e in events(run.job_dir.root, "client-rank-2") + events(run.job_dir.root, "site-2")
+        if e["event"] == "flower_error"
+    ]
+    assert site and "site-2: ValueError: partition 1 has no data (at client_app.py:" in site[0]["msg"]
+
+
+def test_a_supernode_that_dies_fails_the_job_naming_its_site(tmp_path):
+    from hpcflare.env import LocalEnv
+    from hpcflare.recipe import FlowerRecipe
+
+    run = FlowerRecipe(APP, n_clients=2, num_rounds=20, run_config={"sleep": 1.0}, settings=FAST).execute(
+        LocalEnv(job_root=tmp_path / "jobs", verbose=False)
+    )
+    pid_file = run.job_dir.root / "flower" / "pids" / "site-2"
+    wait_until(pid_file.exists, "site-2's SuperNode", timeout=120)
+    time.sleep(3)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    with pytest.raises(JobFailedError, match="site-2's Flower SuperNode died"):
+        run.get_result(timeout=300)
+
+
+@pytest.mark.slurm
+def test_the_app_runs_on_the_slurm_cluster_across_two_nodes(slurm, tmp_path):
+    from hpcflare.env import SlurmEnv
+    from hpcflare.recipe import FlowerRecipe
+
+    run = FlowerRecipe(APP, n_clients=2, num_rounds=2).execute(
+        SlurmEnv(nodes=2, time="00:10:00", job_root=tmp_path / "jobs", clients_per_rank=1)
+    )
+    output = run.get_result(timeout=600)
+    np.testing.assert_allclose(final_weights(output.read_text()), expected(2, 2), rtol=1e-12)
+    (started,) = [e for e in events(run.job_dir.root, "server") if e["event"] == "server_started"]
+    sites = [
+        e
+        for rank in ("site-1", "site-2")
+        for e in events(run.job_dir.root, rank)
+        if e["event"] == "registered"
+    ]
+    assert started["flower"] is True and len(sites) == 2
+    assert (
+        len({started["node"], *(e["node"] for e in sites)}) == 2
+    )  # the SuperLink and SuperNodes on two nodes
