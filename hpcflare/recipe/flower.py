@@ -61,10 +61,6 @@ class FlowerRecipe(Recipe):
         data = read_app(self.app)
         if kwargs.get("relays"):
             raise ConfigError("a Flower app aggregates on its SuperLink's ServerApp: use relays=0")
-        if kwargs.get("tls") == "on":
-            raise ConfigError(
-                "Flower apps run their SuperLink-SuperNode link in plain text here: tls='on' is refused"
-            )
         app_rounds = (
             data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}).get("num-server-rounds")
         )
@@ -75,7 +71,6 @@ class FlowerRecipe(Recipe):
             num_rounds=int(num_rounds or app_rounds or 1),
             train_script=self.app / "pyproject.toml",
             n_clients=n_clients,
-            tls="off",
             **kwargs,
         )
         self.strategy_args = {"num_rounds": num_rounds, "run_config": dict(run_config or {}), "port": port}

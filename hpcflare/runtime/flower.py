@@ -6,7 +6,8 @@ relays and strategies are not involved. Every Flower process writes into the ran
 exit codes and ``logs diagnose`` work as for any job.
 
 The app's directory is the job's ``app/`` (a ``pyproject.toml`` with ``[tool.flwr.app]``, as ``flwr new`` makes it).
-Flower's own state lives in ``flower/`` in the job directory (``FLWR_HOME`` of each process).
+Flower's own state lives in ``flower/`` in the job directory (``FLWR_HOME`` of each process). With the job's TLS on,
+the SuperLink serves a certificate for its hosts from the job's CA, and SuperNodes trust the kits' root.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import IO, Any
 
 from hpcflare import errors
 from hpcflare.exitcodes import ExitCode
-from hpcflare.fileio import atomic_write_text
+from hpcflare.fileio import atomic_write, atomic_write_text
 from hpcflare.job import FINAL_STATES, JobConfig, JobDir, JobState
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
+from hpcflare.security.jobs import kits_root, load_kit
 
 STRATEGY = "flower"
 EXTRA = "pip install 'hpcflare[flower]'"
@@ -155,6 +157,32 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout: float, output: O
     )
 
 
+def _link_tls(job_dir: JobDir, config: JobConfig, hosts: list[str]) -> list[str]:
+    """The SuperLink's TLS flags: with the job's kits, a certificate for ``hosts`` issued by the job's CA (its
+    key is in the kit set the job made for itself), else the server kit's own; none for a plain-text job."""
+    kit = load_kit(job_dir, config, "server", role="server")
+    if kit is None:
+        return ["--insecure"]
+    folder = job_dir.root / "flower" / "tls"
+    ca_dir = kits_root(job_dir, config) / "ca"
+    if (ca_dir / "rootCA.key").is_file():
+        from hpcflare.security.certs import issue, pem_cert, pem_key
+        from hpcflare.security.provision import load_ca, write_private
+
+        ca_key, ca_cert, _ = load_ca(ca_dir.parent)
+        key, cert = issue(ca_key, ca_cert, kit.name, hosts)
+        atomic_write(folder / "cert.pem", pem_cert(cert))
+        write_private(folder / "key.pem", pem_key(key))
+    else:
+        atomic_write(folder / "cert.pem", kit.cert_pem)
+        atomic_write(folder / "key.pem", kit.key_pem, mode=0o600)
+    atomic_write(folder / "rootCA.pem", kit.root_pem)
+    return [
+        *("--ssl-certfile", str(folder / "cert.pem"), "--ssl-keyfile", str(folder / "key.pem")),
+        *("--ssl-ca-certfile", str(folder / "rootCA.pem")),
+    ]
+
+
 def run_link(
     job_dir: JobDir, log: RankLogger, host: str, advertise: str | None, rendezvous: Rendezvous | None
 ) -> ExitCode:
@@ -165,8 +193,10 @@ def run_link(
     rounds = options.get("num_rounds")
     home = job_dir.root / "flower" / "superlink"
     port = int(options.get("port") or _free_port(host))
+    name = advertise or "127.0.0.1"
+    tls = _link_tls(job_dir, config, sorted({name, socket.gethostname(), "127.0.0.1", "localhost"}))
     link = subprocess.Popen(
-        [_tool("flower-superlink"), "--insecure", "--host", host, "--port", str(port)]
+        [_tool("flower-superlink"), *tls, "--host", host, "--port", str(port)]
         + ["--disable-runtime-dependency-installation"],
         cwd=home.parent,
         env=_env(home),
@@ -177,13 +207,14 @@ def run_link(
     link_out = Output(link.stdout, job_dir.log_dir / "superlink.out", log, "SuperLink")  # type: ignore[arg-type]
     try:
         _wait_listening(port, link, settings.rendezvous_timeout, link_out)
-        address = f"{advertise or '127.0.0.1'}:{port}"
+        address = f"{name}:{port}"
+        secure = "TLS" if tls[0] != "--insecure" else "plain text"
         for where in [FileRendezvous(job_dir.rendezvous_dir, settings.rendezvous_timeout), rendezvous]:
             if where is not None:
                 where.publish(SERVER, address, incarnation(), job_id=config.job_id, flower=True)
         log.info(
             "server_started",
-            f"job {config.job_id}: Flower SuperLink listening on {address} (plain text), "
+            f"job {config.job_id}: Flower SuperLink listening on {address} ({secure}), "
             f"{len(config.clients)} SuperNodes expected",
             address=address,
             clients=config.clients,
@@ -191,7 +222,8 @@ def run_link(
             node=os.environ.get("SLURMD_NODENAME", ""),
         )
         job_dir.write_status(JobState.RUNNING, job_id=config.job_id, round=0, num_rounds=config.num_rounds)
-        return _submit(job_dir, config, log, port, rounds, options.get("run_config") or {}, link)
+        ca = job_dir.root / "flower" / "tls" / "rootCA.pem" if secure == "TLS" else None
+        return _submit(job_dir, config, log, address, ca, rounds, options.get("run_config") or {}, link)
     except errors.HpcflareError as exc:
         log.error("flower_failed", str(exc))
         job_dir.write_status(JobState.FAILED, job_id=config.job_id, message=str(exc), exit_code=1)
@@ -205,7 +237,8 @@ def _submit(
     job_dir: JobDir,
     config: JobConfig,
     log: RankLogger,
-    port: int,
+    address: str,
+    ca: Path | None,
     rounds: Any,
     run_config: dict[str, Any],
     link: subprocess.Popen,
@@ -213,8 +246,9 @@ def _submit(
     settings = config.load_settings()
     home = job_dir.root / "flower" / "cli"
     home.mkdir(parents=True, exist_ok=True)
+    security = f'root-certificates = "{ca}"' if ca is not None else "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "hpcflare"\n\n[superlink.hpcflare]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "hpcflare"\n\n[superlink.hpcflare]\naddress = "{address}"\n{security}\n'
     )
     overrides = {**run_config, **({"num-server-rounds": int(rounds)} if rounds else {})}
     command = [_tool("flwr"), "run", str(job_dir.app_dir), "hpcflare", "--stream"]
@@ -319,12 +353,16 @@ def run_nodes(job_dir: JobDir, name: str, sites: list[str], address: str | None 
             .lookup(SERVER, settings.rendezvous_timeout)
             .address
         )
+        kit = load_kit(job_dir, config, name)
+        security = (
+            ["--root-certificates", str(kit.path / "rootCA.pem")] if kit is not None else ["--insecure"]
+        )
         for site in sites:
             index = config.clients.index(site)
             home = job_dir.root / "flower" / site
             node_config = f"partition-id={index} num-partitions={len(config.clients)}"
             proc = subprocess.Popen(
-                [_tool("flower-supernode"), "--insecure", "--superlink", link, "--node-config", node_config]
+                [_tool("flower-supernode"), *security, "--superlink", link, "--node-config", node_config]
                 + ["--port", str(_free_port("127.0.0.1"))],
                 cwd=home.parent,
                 env=_env(home),

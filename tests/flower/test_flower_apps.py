@@ -1,6 +1,6 @@
 """Unmodified Flower apps on hpcflare's launcher: the same result as Flower's own simulation, in LocalEnv, SimEnv
-(through the CLI) and on the real Slurm cluster across nodes; a failing ClientApp named by site and file:line; a
-SuperNode that dies fails the job naming its site."""
+(through the CLI) and on the real Slurm cluster across two nodes over TLS; a failing ClientApp named by site and
+file:line; a SuperNode that dies fails the job naming its site."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_a_supernode_that_dies_fails_the_job_naming_its_site(tmp_path):
 
 
 @pytest.mark.slurm
-def test_the_app_runs_on_the_slurm_cluster_across_two_nodes(slurm, tmp_path):
+def test_the_app_runs_on_the_slurm_cluster_across_two_nodes_over_tls(slurm, tmp_path):
     from hpcflare.env import SlurmEnv
     from hpcflare.recipe import FlowerRecipe
 
@@ -157,6 +157,8 @@ def test_the_app_runs_on_the_slurm_cluster_across_two_nodes(slurm, tmp_path):
         if e["event"] == "registered"
     ]
     assert started["flower"] is True and len(sites) == 2
+    assert "(TLS)" in started["msg"]  # a Slurm job's default: the SuperLink's certificate from the job's CA
+    assert "Uvicorn running on https://" in (run.job_dir.log_dir / "superlink.out").read_text()
     assert (
         len({started["node"], *(e["node"] for e in sites)}) == 2
     )  # the SuperLink and SuperNodes on two nodes
