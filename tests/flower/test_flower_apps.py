@@ -162,3 +162,37 @@ def test_the_app_runs_on_the_slurm_cluster_across_two_nodes_over_tls(slurm, tmp_
     assert (
         len({started["node"], *(e["node"] for e in sites)}) == 2
     )  # the SuperLink and SuperNodes on two nodes
+
+
+@pytest.mark.slurm
+def test_the_sbatch_route_runs_an_exported_flower_job(slurm, tmp_path):
+    from hpcflare.cli import main
+    from hpcflare.job import JobDir
+
+    root = tmp_path / "jobs"
+    exported = subprocess.run(
+        [
+            str(BIN / "hpcflare"),
+            "flower",
+            "run",
+            str(APP),
+            "--export-only",
+            "--rounds",
+            "2",
+            "--job-root",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert exported.returncode == 0, exported.stderr
+    job = JobDir(exported.stdout.strip())
+    assert main(["job", "submit", str(job.root), "--nodes", "2", "--time", "00:05:00"]) == 0
+    wait_until(
+        lambda: job.read_status().get("state") in ("completed", "failed"), "the job's end", timeout=300
+    )
+    assert job.read_status()["state"] == "completed", job.read_status()
+    np.testing.assert_allclose(
+        final_weights((job.models_dir / "flower_output.txt").read_text()), expected(2, 2), rtol=1e-12
+    )
