@@ -9,6 +9,19 @@ import sys
 from pathlib import Path
 
 
+def psi_job(args: argparse.Namespace, psi_job_py: Path) -> Path:
+    """The PSI job a vertical job reads its rows' order from: ``--psi-job``'s, a placeholder when only exporting
+    (said on stderr), else one run now."""
+    if args.psi_job is None and (args.export_only or args.dry_run):
+        args.psi_job = str(Path(args.job_root).resolve() / "PSI_JOB_DIR")
+        print(
+            f"note: run recipes/psi first; this job reads each site's intersection from {args.psi_job}/sites/ "
+            "(pass the PSI job's directory with --psi-job)",
+            file=sys.stderr,
+        )
+    return Path(args.psi_job) if args.psi_job else run_psi(args, psi_job_py)
+
+
 def run_psi(args: argparse.Namespace, psi_job_py: Path) -> Path:
     """The PSI job (``psi_job_py``: recipes/psi/job.py) on the same sites and env (under Slurm: a job of its
     own, waited for); its sites/<site>/psi_intersection.txt align the rows."""

@@ -256,3 +256,25 @@ def align_rows(
         )
     take = np.array([row[i] for i in wanted], dtype=np.int64)
     return x[take], (None if y is None else y[take])
+
+
+def add_vertical_arguments(parser: Any, n_sites: int, rows: int) -> None:
+    """The flags of a vertical job's site script: the PSI job that aligned the rows, the ID column, and a table
+    per site (a CSV, or a synthetic column block)."""
+    parser.add_argument(
+        "--psi-job", required=True, help="the PSI job's directory (its sites/<site>/ hold the IDs)"
+    )
+    parser.add_argument("--id-column", default="id")
+    add_table_arguments(parser, n_sites=n_sites, rows=rows)
+
+
+def vertical_table(site: str, owner: bool, args: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """This site's columns (and the labels, at the label owner) of the rows every site shares, in the PSI
+    intersection's order: from ``--data-path``'s CSV, else the synthetic table."""
+    if args.data_path:
+        path = args.data_path.replace("{site}", site)
+        x, y, _, ids = load_csv(path, args.label_column if owner else None, site, id_column=args.id_column)
+    else:
+        ids, x, y = vertical_site(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
+    check_table(site, x, y, labels_required=owner, binary=owner)
+    return align_rows(site, ids, x, y, Path(args.psi_job) / "sites" / site / "psi_intersection.txt")

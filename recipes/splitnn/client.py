@@ -3,7 +3,6 @@ train this site's bottom on its columns, and at the label owner the top, exchang
 per batch through the server; validate, and send this site's part of the model."""
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,20 +11,16 @@ from torch import nn
 
 import hpcflare.client as flare
 from hpcflare.client import split
-from hpcflare.tabular.data import add_table_arguments, align_rows, load_csv, site_index, vertical_site
+from hpcflare.tabular.data import add_vertical_arguments, vertical_table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--psi-job", required=True, help="the PSI job's directory (its sites/<site>/ hold the IDs)"
-    )
     parser.add_argument("--hidden", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.3)
     parser.add_argument("--val-share", type=float, default=0.2)
-    parser.add_argument("--id-column", default="id")
-    add_table_arguments(parser, n_sites=2, rows=4000)
+    add_vertical_arguments(parser, n_sites=2, rows=4000)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -38,14 +33,7 @@ def main() -> None:
         link = split.link(model)
         owner = link.is_label_owner
         if nets is None:  # the data, once
-            if args.data_path:
-                path = args.data_path.replace("{site}", site)
-                x, y, _, ids = load_csv(
-                    path, args.label_column if owner else None, site, id_column=args.id_column
-                )
-            else:
-                ids, x, y = vertical_site(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
-            x, y = align_rows(site, ids, x, y, Path(args.psi_job) / "sites" / site / "psi_intersection.txt")
+            x, y = vertical_table(site, owner, args)
             n_train = int(len(x) * (1 - args.val_share))
             xs = standardize(x, n_train)
             target = None if y is None else torch.from_numpy(y.astype(np.float32)).reshape(-1, 1)

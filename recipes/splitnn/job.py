@@ -55,14 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     from model import initial_parts
 
-    if args.psi_job is None and (args.export_only or args.dry_run):
-        args.psi_job = str(Path(args.job_root).resolve() / "PSI_JOB_DIR")
-        print(
-            f"note: run recipes/psi first; this job reads each site's intersection from {args.psi_job}/sites/ "
-            "(pass the PSI job's directory with --psi-job)",
-            file=sys.stderr,
-        )
-    psi_job = args.psi_job or vertical_cli.run_psi(args, HERE.parent / "psi" / "job.py")
+    psi_job = vertical_cli.psi_job(args, HERE.parent / "psi" / "job.py")
     train_args = [
         *("--psi-job", str(psi_job), "--hidden", str(args.hidden), "--batch-size", str(args.batch_size)),
         *("--lr", str(args.lr), "--n-sites", str(args.n_clients), "--rows", str(args.rows)),

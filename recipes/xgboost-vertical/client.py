@@ -2,7 +2,6 @@
 together on XGBoost's column-split collective; only the label owner (rank 0) holds labels."""
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import xgboost as xgb
@@ -10,15 +9,7 @@ from xgboost import collective
 
 import hpcflare.client as flare
 from hpcflare.client.xgboost import federated, to_params
-from hpcflare.tabular.data import (
-    TableError,
-    add_table_arguments,
-    align_rows,
-    check_table,
-    load_csv,
-    site_index,
-    vertical_site,
-)
+from hpcflare.tabular.data import TableError, add_vertical_arguments, vertical_table
 
 
 def same_rows_everywhere(site: str, n_rows: int) -> None:
@@ -36,14 +27,10 @@ def same_rows_everywhere(site: str, n_rows: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--psi-job", required=True, help="the PSI job's directory (its sites/<site>/ hold the IDs)"
-    )
     parser.add_argument("--boost-rounds", type=int, default=30)
     parser.add_argument("--max-depth", type=int, default=6)
     parser.add_argument("--eta", type=float, default=0.1)
-    parser.add_argument("--id-column", default="id")
-    add_table_arguments(parser, n_sites=3, rows=20_000)
+    add_vertical_arguments(parser, n_sites=3, rows=20_000)
     args = parser.parse_args()
 
     flare.init()
@@ -59,15 +46,7 @@ def main() -> None:
     while flare.is_running():
         model = flare.receive()
         owner = model.meta["xgboost"]["label_owner"] == site
-        if args.data_path:
-            path = args.data_path.replace("{site}", site)
-            x, y, _, ids = load_csv(
-                path, args.label_column if owner else None, site, id_column=args.id_column
-            )
-        else:
-            ids, x, y = vertical_site(site_index(site, args.n_sites), args.n_sites, args.rows, args.seed)
-        check_table(site, x, y, labels_required=owner, binary=owner)
-        x, y = align_rows(site, ids, x, y, Path(args.psi_job) / "sites" / site / "psi_intersection.txt")
+        x, y = vertical_table(site, owner, args)
         with federated(model) as rank:
             same_rows_everywhere(site, len(x))
             data = xgb.DMatrix(x, label=y if rank == 0 else None, data_split_mode=xgb.core.DataSplitMode.COL)

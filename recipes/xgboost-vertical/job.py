@@ -11,7 +11,6 @@ synthetic table, each with a random 90% of the people.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import safetensors.numpy
@@ -38,14 +37,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     job_cli.refuse_rounds(parser, args, "vertical XGBoost boosts in one job round; set --boost-rounds")
-    if args.psi_job is None and (args.export_only or args.dry_run):
-        args.psi_job = str(Path(args.job_root).resolve() / "PSI_JOB_DIR")
-        print(
-            f"note: run recipes/psi first; this job reads each site's intersection from {args.psi_job}/sites/ "
-            "(pass the PSI job's directory with --psi-job)",
-            file=sys.stderr,
-        )
-    psi_job = args.psi_job or vertical_cli.run_psi(args, HERE.parent / "psi" / "job.py")
+    psi_job = vertical_cli.psi_job(args, HERE.parent / "psi" / "job.py")
     train_args = [
         "--psi-job",
         str(psi_job),
