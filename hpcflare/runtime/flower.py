@@ -39,6 +39,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
 NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 REPLY_ERROR = re.compile(r"error in reply from node (\d+): (.*)")
+ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
 STOP_GRACE_S = 10.0
 """Seconds a Flower process gets to end after SIGTERM before it is killed."""
 
@@ -76,9 +77,13 @@ class Output:
         who: str,
         echo: bool = False,
         nodes: Path | None = None,
+        job: JobDir | None = None,
     ) -> None:
-        """``nodes``: the folder where SuperNodes record their Flower node id's site (to name it in errors)."""
-        self.log, self.who, self.echo, self.nodes = log, who, echo, nodes
+        """``nodes``: the folder where SuperNodes record their Flower node id's site (to name it in errors);
+        ``job``: the job whose status follows the ServerApp's rounds."""
+        self.log, self.who, self.echo, self.nodes, self.job = log, who, echo, nodes, job
+        self.rounds = (0, 0)
+        """The ServerApp's last '[ROUND k/N]' (k, N)."""
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._pump, args=(stream, out_path), daemon=True)
@@ -95,6 +100,7 @@ class Output:
                     continue
                 self.tail.append(line)
                 self._nodes(line)
+                self._round(line)
                 found = FILE_LINE.search(line)
                 if found and "site-packages" not in found[1]:  # the app's own frame, not Flower's
                     where = f"{Path(found[1]).name}:{found[2]}"
@@ -117,8 +123,23 @@ class Output:
             record = self.nodes / failed[1]
             site = record.read_text().strip() if record.is_file() else f"node {failed[1]}"
             self.log.warning(
-                "client_failed", f"{site}'s ClientApp failed: {failed[2]} (its log: {site}.log)", site=site
+                "client_failed",
+                f"{site}'s ClientApp failed: {failed[2]} (its log: {site}.log)",
+                site=site,
+                reason=f"its ClientApp failed: {failed[2]}"[:500],
             )
+
+    def _round(self, line: str) -> None:
+        """The ServerApp's '[ROUND k/N]': round k-1 is done, k started (status.json, for progress and status)."""
+        found = ROUND.search(line) if self.job is not None else None
+        if found is None or self.job is None:
+            return
+        number, total = int(found[1]), int(found[2])
+        if number > 1:
+            self.log.info("round_completed", f"round {number - 1}/{total} completed", round=number - 1)
+        self.log.info("round_started", f"round {number}/{total} started", round=number)
+        self.job.write_status(JobState.RUNNING, job_id=self.job.root.name, round=number, num_rounds=total)
+        self.rounds = (number, total)
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -225,7 +246,7 @@ def run_link(
         ca = job_dir.root / "flower" / "tls" / "rootCA.pem" if secure == "TLS" else None
         return _submit(job_dir, config, log, address, ca, rounds, options.get("run_config") or {}, link)
     except errors.HpcflareError as exc:
-        log.error("flower_failed", str(exc))
+        log.error("job_failed", str(exc), reason=str(exc), exit_code=int(ExitCode.CONFIG_ERROR))
         job_dir.write_status(JobState.FAILED, job_id=config.job_id, message=str(exc), exit_code=1)
         return ExitCode.CONFIG_ERROR if isinstance(exc, errors.ConfigError) else ExitCode.ROUND_FAILED
     finally:
@@ -271,12 +292,13 @@ def _submit(
         "ServerApp",
         echo=True,
         nodes=job_dir.root / "flower" / "nodes",
+        job=job_dir,
     )
     code, message = _watch(job_dir, config, run, limit, output)
     if message:
         _stop(run)
         output.join(5)
-        log.error("flower_failed", message)
+        log.error("job_failed", message, reason=message, exit_code=int(ExitCode.ROUND_FAILED))
         job_dir.write_status(
             JobState.FAILED, job_id=config.job_id, message=message, exit_code=int(ExitCode.ROUND_FAILED)
         )
@@ -286,17 +308,23 @@ def _submit(
     if failed:
         cause = output.errors[-1] if output.errors else " | ".join(list(output.tail)[-3:])
         message = f"the Flower run failed (flwr run exited {code}): {cause}"
-        log.error("flower_failed", message, exit_code=int(ExitCode.ROUND_FAILED))
+        log.error("job_failed", message, reason=message, exit_code=int(ExitCode.ROUND_FAILED))
         job_dir.write_status(
             JobState.FAILED, job_id=config.job_id, message=message, exit_code=int(ExitCode.ROUND_FAILED)
         )
         return ExitCode.ROUND_FAILED
+    last, total = output.rounds
+    if last:
+        log.info("round_completed", f"round {last}/{total} completed", round=last)
     log.info(
         "job_completed",
         f"job {config.job_id} completed: the Flower app ran; its output is in {job_dir.models_dir / 'flower_output.txt'}",
     )
     job_dir.write_status(
-        JobState.COMPLETED, job_id=config.job_id, round=config.num_rounds, num_rounds=config.num_rounds
+        JobState.COMPLETED,
+        job_id=config.job_id,
+        round=last or config.num_rounds,
+        num_rounds=total or config.num_rounds,
     )
     return ExitCode.OK
 
@@ -307,7 +335,7 @@ def _watch(
     """Wait for ``flwr run`` to end: (its exit code, ''), or (None, why the job cannot go on): a SuperNode that
     died, too few SuperNodes by settings.registration_timeout, or ``limit`` seconds in all."""
     settings = config.load_settings()
-    started, flower_dir = time.monotonic(), job_dir.root / "flower"
+    started, flower_dir, seen = time.monotonic(), job_dir.root / "flower", set()
     while True:
         code = run.poll()
         if code is not None:
@@ -316,7 +344,16 @@ def _watch(
         dead = sorted(flower_dir.glob("failed/*"))
         if dead:
             return None, f"{dead[0].name}'s Flower SuperNode died: {dead[0].read_text().strip()[:500]}"
-        joined = {p.read_text().strip() for p in (flower_dir / "nodes").glob("*")}
+        nodes = {p.name: p.read_text().strip() for p in (flower_dir / "nodes").glob("*")}
+        for node in sorted(set(nodes) - seen):  # the server's log names every site that joined
+            seen.add(node)
+            output.log.info(
+                "client_registered",
+                f"{nodes[node]} joined (Flower node {node})",
+                site=nodes[node],
+                node_id=node,
+            )
+        joined = set(nodes.values())
         if waited > settings.registration_timeout and len(joined) < config.min_clients:
             missing = [s for s in config.clients if s not in joined]
             return None, (
@@ -393,8 +430,12 @@ def run_nodes(job_dir: JobDir, name: str, sites: list[str], address: str | None 
                 return ExitCode.OK
             for site, proc, out in nodes:
                 if proc.poll() is not None:
-                    cause = out.errors[-1] if out.errors else " | ".join(list(out.tail)[-3:])
-                    cause = f"exited {proc.returncode}: {cause}"
+                    code = proc.returncode
+                    cause = (
+                        f"killed by signal {-code} ({signal.Signals(-code).name})"
+                        if code < 0
+                        else f"exited {code}" + (f": {out.errors[-1]}" if out.errors else "")
+                    )
                     log.error("site_failed", f"{site}: Flower SuperNode {cause}", site=site)
                     (job_dir.root / "flower" / "failed").mkdir(parents=True, exist_ok=True)
                     atomic_write_text(

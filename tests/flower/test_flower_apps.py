@@ -75,7 +75,10 @@ def test_local_run_gives_flowers_own_simulation_result(tmp_path):
     np.testing.assert_allclose(ours, expected(2, 3), rtol=1e-12)
     pytest.importorskip("ray")  # Flower's simulation engine (flwr[simulation])
     np.testing.assert_allclose(ours, flower_simulation(tmp_path, 2, 3), rtol=1e-12)
-    assert run.get_status()["state"] == "completed"
+    assert run.get_status()["state"] == "completed" and run.get_status()["round"] == 3
+    server = events(run.job_dir.root, "server")
+    assert [e["round"] for e in server if e["event"] == "round_completed"] == [1, 2, 3]  # progress and status
+    assert sorted(e["site"] for e in server if e["event"] == "client_registered") == ["site-1", "site-2"]
     registered = [e["site"] for e in events(run.job_dir.root, "site-1") if e["event"] == "registered"]
     assert (
         registered == ["site-1"] and (run.job_dir.log_dir / "site-2.out").read_text().count("SuperNode") > 0
@@ -135,8 +138,15 @@ def test_a_supernode_that_dies_fails_the_job_naming_its_site(tmp_path):
     wait_until(pid_file.exists, "site-2's SuperNode", timeout=120)
     time.sleep(3)
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
-    with pytest.raises(JobFailedError, match="site-2's Flower SuperNode died"):
+    with pytest.raises(
+        JobFailedError, match=r"site-2's Flower SuperNode died: killed by signal 9 \(SIGKILL\)"
+    ):
         run.get_result(timeout=300)
+    from hpcflare.logs.diagnose import diagnose
+
+    findings, summary = diagnose(run.job_dir)
+    first = [f for f in findings if f.severity == "error"][0]
+    assert "site-2's Flower SuperNode died" in first.what and summary["registered"] == 2
 
 
 @pytest.mark.slurm
