@@ -40,6 +40,7 @@ FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
 NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 REPLY_ERROR = re.compile(r"error in reply from node (\d+): (.*)")
 ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+ACTIVATED = re.compile(r"Activated node_id=(\d+)")
 STOP_GRACE_S = 10.0
 """Seconds a Flower process gets to end after SIGTERM before it is killed."""
 
@@ -84,6 +85,8 @@ class Output:
         self.log, self.who, self.echo, self.nodes, self.job = log, who, echo, nodes, job
         self.rounds = (0, 0)
         """The ServerApp's last '[ROUND k/N]' (k, N)."""
+        self.activated: set[str] = set()
+        """Flower node ids the SuperLink activated (SuperNodes that joined, wherever their files are)."""
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._pump, args=(stream, out_path), daemon=True)
@@ -101,6 +104,9 @@ class Output:
                 self.tail.append(line)
                 self._nodes(line)
                 self._round(line)
+                joined = ACTIVATED.search(line)
+                if joined:
+                    self.activated.add(joined[1])
                 found = FILE_LINE.search(line)
                 if found and "site-packages" not in found[1]:  # the app's own frame, not Flower's
                     where = f"{Path(found[1]).name}:{found[2]}"
@@ -244,7 +250,7 @@ def run_link(
         )
         job_dir.write_status(JobState.RUNNING, job_id=config.job_id, round=0, num_rounds=config.num_rounds)
         ca = job_dir.root / "flower" / "tls" / "rootCA.pem" if secure == "TLS" else None
-        return _submit(job_dir, config, log, address, ca, rounds, options.get("run_config") or {}, link)
+        return _submit(job_dir, config, log, address, ca, rounds, options.get("run_config") or {}, link_out)
     except errors.HpcflareError as exc:
         log.error("job_failed", str(exc), reason=str(exc), exit_code=int(ExitCode.CONFIG_ERROR))
         job_dir.write_status(JobState.FAILED, job_id=config.job_id, message=str(exc), exit_code=1)
@@ -262,7 +268,7 @@ def _submit(
     ca: Path | None,
     rounds: Any,
     run_config: dict[str, Any],
-    link: subprocess.Popen,
+    link_out: Output,
 ) -> ExitCode:
     settings = config.load_settings()
     home = job_dir.root / "flower" / "cli"
@@ -294,7 +300,7 @@ def _submit(
         nodes=job_dir.root / "flower" / "nodes",
         job=job_dir,
     )
-    code, message = _watch(job_dir, config, run, limit, output)
+    code, message = _watch(job_dir, config, run, limit, output, link_out)
     if message:
         _stop(run)
         output.join(5)
@@ -330,7 +336,7 @@ def _submit(
 
 
 def _watch(
-    job_dir: JobDir, config: JobConfig, run: subprocess.Popen, limit: float, output: Output
+    job_dir: JobDir, config: JobConfig, run: subprocess.Popen, limit: float, output: Output, link: Output
 ) -> tuple[int | None, str]:
     """Wait for ``flwr run`` to end: (its exit code, ''), or (None, why the job cannot go on): a SuperNode that
     died, too few SuperNodes by settings.registration_timeout, or ``limit`` seconds in all."""
@@ -353,13 +359,14 @@ def _watch(
                 site=nodes[node],
                 node_id=node,
             )
-        joined = set(nodes.values())
-        if waited > settings.registration_timeout and len(joined) < config.min_clients:
+        joined = set(nodes.values())  # sites that share this job directory say who they are
+        count = max(len(joined), len(link.activated))  # the SuperLink counts the others too
+        if waited > settings.registration_timeout and count < config.min_clients:
             missing = [s for s in config.clients if s not in joined]
             return None, (
-                f"only {len(joined)} of {len(config.clients)} Flower SuperNodes started within "
+                f"only {count} of {len(config.clients)} Flower SuperNodes joined within "
                 f"settings.registration_timeout={settings.registration_timeout:g}s (min_clients="
-                f"{config.min_clients}); missing: {missing[:10]}"
+                f"{config.min_clients})" + (f"; missing: {missing[:10]}" if joined else "")
             )
         if waited > limit:
             return None, (
