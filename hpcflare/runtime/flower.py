@@ -211,15 +211,21 @@ def _link_tls(job_dir: JobDir, config: JobConfig, hosts: list[str]) -> list[str]
 
 
 def run_link(
-    job_dir: JobDir, log: RankLogger, host: str, advertise: str | None, rendezvous: Rendezvous | None
+    job_dir: JobDir,
+    log: RankLogger,
+    host: str,
+    advertise: str | None,
+    rendezvous: Rendezvous | None,
+    port: int = 0,
 ) -> ExitCode:
-    """The server rank of a Flower job: SuperLink, then ``flwr run`` of the job's app; the job's status."""
+    """The server rank of a Flower job: SuperLink, then ``flwr run`` of the job's app; the job's status.
+    ``port``: the one its launcher chose (a standing server's), else the app's option, else a free one."""
     config = job_dir.load_config()
     settings = config.load_settings()
     options = dict(config.strategy_args or {})
     rounds = options.get("num_rounds")
     home = job_dir.root / "flower" / "superlink"
-    port = int(options.get("port") or _free_port(host))
+    port = int(port or options.get("port") or _free_port(host))
     name = advertise or "127.0.0.1"
     tls = _link_tls(job_dir, config, sorted({name, socket.gethostname(), "127.0.0.1", "localhost"}))
     link = subprocess.Popen(

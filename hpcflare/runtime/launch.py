@@ -59,7 +59,7 @@ def run_server(
         if flower.is_flower(
             job_dir.load_config()
         ):  # Flower's engine: its SuperLink instead of hpcflare's server
-            return flower.run_link(job_dir, log, host, advertise, rendezvous)
+            return flower.run_link(job_dir, log, host, advertise, rendezvous, port)
         try:
             server = FLServer(job_dir, log, host=host, port=port, advertise=advertise)
         except errors.ConfigError as exc:

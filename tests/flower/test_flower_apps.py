@@ -206,3 +206,18 @@ def test_the_sbatch_route_runs_an_exported_flower_job(slurm, tmp_path):
     np.testing.assert_allclose(
         final_weights((job.models_dir / "flower_output.txt").read_text()), expected(2, 2), rtol=1e-12
     )
+
+
+def test_a_flower_app_runs_across_institutions_through_prod_env(federation, tmp_path):
+    """A standing server and two site agents, each in its own directory tree: the Flower app is submitted with
+    ProdEnv, the SuperLink runs as the job's server rank, each agent starts its site's SuperNode."""
+    from hpcflare.env import ProdEnv
+    from hpcflare.recipe import FlowerRecipe
+
+    federation.up(["site-1", "site-2"])
+    recipe = FlowerRecipe(
+        APP, clients=["site-1", "site-2"], n_clients=2, num_rounds=2, settings_profile="dev"
+    )
+    run = recipe.execute(ProdEnv(federation.kits / "alice", federation.address, job_root=tmp_path / "jobs"))
+    output = run.get_result(timeout=600)
+    np.testing.assert_allclose(final_weights(Path(output).read_text()), expected(2, 2), rtol=1e-12)
