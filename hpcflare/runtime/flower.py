@@ -137,7 +137,7 @@ class Output:
 
     def _round(self, line: str) -> None:
         """The ServerApp's '[ROUND k/N]': round k-1 is done, k started (status.json, for progress and status)."""
-        found = ROUND.search(line) if self.job is not None else None
+        found = ROUND.search(line)
         if found is None or self.job is None:
             return
         number, total = int(found[1]), int(found[2])
@@ -146,6 +146,10 @@ class Output:
         self.log.info("round_started", f"round {number}/{total} started", round=number)
         self.job.write_status(JobState.RUNNING, job_id=self.job.root.name, round=number, num_rounds=total)
         self.rounds = (number, total)
+
+    def last(self) -> str:
+        """The process's last three lines, for a message that says how it ended."""
+        return " | ".join(list(self.tail)[-3:])
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -171,9 +175,7 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout: float, output: O
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise errors.ConfigError(
-                f"Flower's SuperLink exited {proc.returncode} at start: {' | '.join(list(output.tail)[-3:])}"
-            )
+            raise errors.ConfigError(f"Flower's SuperLink exited {proc.returncode} at start: {output.last()}")
         with socket.socket() as s:
             s.settimeout(0.5)
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -318,7 +320,7 @@ def _submit(
     output.join(10)
     failed = code != 0 or any("ERROR" in line.split(":", 1)[0] for line in output.tail)
     if failed:
-        cause = output.errors[-1] if output.errors else " | ".join(list(output.tail)[-3:])
+        cause = output.errors[-1] if output.errors else output.last()
         message = f"the Flower run failed (flwr run exited {code}): {cause}"
         log.error("job_failed", message, reason=message, exit_code=int(ExitCode.ROUND_FAILED))
         job_dir.write_status(
@@ -377,7 +379,7 @@ def _watch(
         if waited > limit:
             return None, (
                 f"the Flower run did not end within {limit:g}s (settings.registration_timeout + num_rounds x "
-                f"settings.round_timeout); last output: {' | '.join(list(output.tail)[-3:])}"
+                f"settings.round_timeout); last output: {output.last()}"
             )
         time.sleep(0.5)
 
