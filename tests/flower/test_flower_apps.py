@@ -67,6 +67,10 @@ def flower_simulation(tmp_path: Path, n_sites: int, rounds: int) -> np.ndarray:
     return final_weights(out.stdout)
 
 
+def joined(job_dir: Path) -> set[str]:
+    return {e["site"] for e in events(job_dir, "server") if e["event"] == "client_registered"}
+
+
 def test_local_run_gives_flowers_own_simulation_result(tmp_path):
     from hpcflare.env import LocalEnv
     from hpcflare.recipe import FlowerRecipe
@@ -141,7 +145,10 @@ def test_a_supernode_that_dies_fails_the_job_naming_its_site(tmp_path):
     )
     pid_file = run.job_dir.root / "flower" / "pids" / "site-2"
     wait_until(pid_file.exists, "site-2's SuperNode", timeout=120)
-    time.sleep(3)
+    wait_until(
+        lambda: joined(run.job_dir.root) == {"site-1", "site-2"}, "both SuperNodes joining", timeout=180
+    )
+    time.sleep(2)
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
     with pytest.raises(
         JobFailedError, match=r"site-2's Flower SuperNode died: killed by signal 9 \(SIGKILL\)"
