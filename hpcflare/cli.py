@@ -30,6 +30,10 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     return subprocess.call([sys.executable, str(job_py), *extra])
 
 
+def _nvflare(args: argparse.Namespace, extra: list[str]) -> int:
+    return subprocess.call([sys.executable, "-m", "hpcflare.nvflare", args.job_py, *args.job_args, *extra])
+
+
 def _status(args: argparse.Namespace, extra: list[str]) -> int:
     job_dir = JobDir(args.job_dir)
     if not job_dir.config_path.is_file():
@@ -514,6 +518,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("recipe", metavar="RECIPE", help="a folder with a job.py (or the job.py itself)")
     p.set_defaults(func=_run)
+    p = sub.add_parser(
+        "nvflare",
+        help="run an NVFlare job.py unchanged (its NVFlare imports served by hpcflare)",
+        description="Run an NVFlare job.py as `python JOB.py ARGS` would, with the job-side NVFlare names "
+        "(recipes, SimEnv/PocEnv/ProdEnv, add_experiment_tracking, FedJob/ScriptRunner) and the client-side "
+        "ones served by hpcflare. Every argument after JOB.py is passed through to it.",
+    )
+    p.add_argument("job_py", metavar="JOB.py", help="the NVFlare job script")
+    p.add_argument("job_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=_nvflare)
     p = sub.add_parser("status", help="print a job directory's status.json")
     p.add_argument("job_dir")
     p.set_defaults(func=_status)
@@ -570,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_commands(sub)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "run":
+    if extra and args.command not in ("run", "nvflare"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args, extra))

@@ -29,3 +29,33 @@ class ProximalTerm:
         for param, start in zip(model.parameters(), self._global):
             total = total + (param - start).pow(2).sum()
         return 0.5 * self.mu * total
+
+
+def _pt_fedprox_loss() -> type:
+    import torch
+
+    class PTFedProxLoss(torch.nn.Module):
+        """NVFlare's ``PTFedProxLoss(mu)``: ``loss(local_model, global_model)`` = mu/2 x the squared distance
+        between the two models' parameters (the global one held fixed)."""
+
+        def __init__(self, mu: float = 0.01) -> None:
+            super().__init__()
+            if mu < 0:
+                raise ValueError(f"FedProx mu must be >= 0, got {mu}")
+            self.mu = float(mu)
+
+        def forward(self, input: Any, target: Any) -> Any:
+            total = 0.0
+            for param, fixed in zip(input.parameters(), target.parameters()):
+                total = total + (param - fixed.detach()).pow(2).sum()
+            return 0.5 * self.mu * total
+
+    return PTFedProxLoss
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PTFedProxLoss":  # torch is imported only by scripts that use it
+        cls = _pt_fedprox_loss()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,9 @@ An import hook (a ``sys.meta_path`` finder), not a package: nothing named ``nvfl
 user's environment, and it is active only in processes that run a job's training script with
 ``nvflare_compat`` on ('auto' = on unless the real nvflare is importable there). A name outside
 :data:`ALIASES` raises ModuleNotFoundError saying what is covered, instead of a confusing AttributeError later.
+
+``hpcflare nvflare JOB.py`` installs the job side too (:data:`hpcflare.nvflare.names.JOB_MODULES`): the recipe,
+Env and FedJob modules a job.py imports, each a package-like copy of the hpcflare module's public names.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ ALIASES = {
     "nvflare.client.tracking": "hpcflare.client.tracking",
     "nvflare.client.lightning": "hpcflare.client.lightning",
     "nvflare.app_opt.lightning": "hpcflare.client.lightning",
+    "nvflare.app_opt.pt.fedproxloss": "hpcflare.client.fedprox",
     "nvflare.client.config": "hpcflare.client.constants",
     "nvflare.app_common.abstract.fl_model": "hpcflare.client.model",
     "nvflare.app_common.app_constant": "hpcflare.client.constants",
@@ -41,12 +45,16 @@ PACKAGES = frozenset(
         "nvflare.app_common.abstract",
         "nvflare.app_common.np",
         "nvflare.app_opt",
+        "nvflare.app_opt.pt",
     }
 )
 """Parents of the aliased modules: empty packages, so ``import nvflare.client`` finds its way down."""
 
 
 class NvflareAliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    job_modules: dict[str, str] = {}
+    """The job side's names while ``install(job_side=True)`` is in force (module -> hpcflare module)."""
+
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
@@ -56,9 +64,16 @@ class NvflareAliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         if fullname in ALIASES:
             return importlib.machinery.ModuleSpec(fullname, self)
+        covered = sorted(set(ALIASES) | set(self.job_modules))
+        parent = fullname
+        nearby: list[str] = []
+        while "." in parent and not nearby:  # what is served next to it, from the closest ancestor up
+            parent = parent.rpartition(".")[0]
+            nearby = [name for name in covered if name.startswith(parent + ".")]
         raise ModuleNotFoundError(
-            f"No module named {fullname!r}: hpcflare's NVFlare compatibility (job option nvflare_compat) provides "
-            f"{sorted(ALIASES)}; port other NVFlare imports to hpcflare (README 'Coming from NVFlare')",
+            f"No module named {fullname!r}: hpcflare's NVFlare compatibility provides {nearby or covered}"
+            f"{'' if self.job_modules else ' in client ranks (and job-side names under hpcflare nvflare JOB.py)'}; "
+            "port other NVFlare imports to hpcflare (docs: 'Coming from NVFlare')",
             name=fullname,
         )
 
@@ -99,6 +114,52 @@ def wanted(setting: Any) -> bool:
     return not real_nvflare_installed()
 
 
+def _job_module(name: str, target: str) -> ModuleType:
+    """A package-like module named ``name`` holding the public names of hpcflare's ``target`` module (so an
+    unknown child, ``nvflare.recipe.foo``, reaches the finder and its message)."""
+    source = importlib.import_module(target)
+    module = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, _FINDER, is_package=True))
+    module.__path__ = []
+    exported = getattr(source, "__all__", None) or [n for n in vars(source) if not n.startswith("_")]
+    for attr in exported:
+        setattr(module, attr, getattr(source, attr))
+    module.__doc__ = f"{name}: provided by hpcflare ({target})"
+    module.__all__ = list(exported)
+    return module
+
+
+def install_job_side() -> None:
+    """Serve the job side's NVFlare names too (``hpcflare nvflare JOB.py``): recipes, Envs, FedJob."""
+    from hpcflare.nvflare.names import JOB_MODULES
+
+    install()
+    with _lock:
+        NvflareAliases.job_modules = dict(JOB_MODULES)
+        for name in sorted(JOB_MODULES):  # parents first: nvflare.app_opt.pt before its recipes
+            parents = name.split(".")
+            for depth in range(2, len(parents)):
+                parent = ".".join(parents[:depth])
+                if parent not in sys.modules:
+                    package = importlib.util.module_from_spec(
+                        importlib.machinery.ModuleSpec(parent, _FINDER, is_package=True)
+                    )
+                    package.__path__ = []
+                    package.__doc__ = f"{parent}: provided by hpcflare's NVFlare compatibility"
+                    sys.modules[parent] = package
+            if name in ALIASES:
+                continue
+            module = _job_module(name, JOB_MODULES[name])
+            if name in PACKAGES:  # a parent of client-side names too (nvflare itself): add the names to it
+                for attr in module.__all__:
+                    setattr(sys.modules[name], attr, getattr(module, attr))
+            else:
+                sys.modules[name] = module
+        for name in sorted(n for n in sys.modules if n.startswith("nvflare.")):
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules and not hasattr(sys.modules[parent], child):
+                setattr(sys.modules[parent], child, sys.modules[name])
+
+
 def install() -> bool:
     """Serve the NVFlare names in this process (idempotent); True if they were not served before.
 
@@ -129,6 +190,7 @@ def install() -> bool:
 def uninstall() -> None:
     """Remove the hook and the modules it served (tests; a SimEnv process going back to the user)."""
     with _lock:
+        NvflareAliases.job_modules = {}
         if _FINDER in sys.meta_path:
             sys.meta_path.remove(_FINDER)
         for name in [n for n in sys.modules if n == "nvflare" or n.startswith("nvflare.")]:

@@ -9,12 +9,14 @@ sites of their own (clients_per_rank 1) keep real gRPC.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
 from pathlib import Path
 
 from hpcflare.env.api import Env, Run, deadline_after, sites_from
+from hpcflare.errors import ConfigError
 from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir, JobState
 from hpcflare.runtime import flower
@@ -57,9 +59,21 @@ class SimRun(Run):
         )
 
 
+PROCESS_GLOBAL = re.compile(
+    r"^\s*(import|from)\s+(lightning|pytorch_lightning|nvflare\.client\.lightning|"
+    r"nvflare\.app_opt\.lightning|hpcflare\.client\.lightning)\b",
+    re.M,
+)
+"""Imports of libraries whose state is process-wide (Lightning's trainer and progress display): a script that
+has one runs each site in a process of its own under ``processes="auto"``."""
+
+
 class SimEnv(Env):
     """``SimEnv(num_clients=2)`` / ``SimEnv(clients=["a", "b"])`` (NVFlare's names) choose the sites the recipe
-    runs with; ``workspace_root`` is NVFlare's name for ``job_root``; ``clients_per_rank`` overrides the job's."""
+    runs with; ``workspace_root`` is NVFlare's name for ``job_root``; ``clients_per_rank`` overrides the job's.
+    ``processes``: False = every site a thread of this process (breakpoints work, thousands of sites are cheap);
+    True = every site a process of its own, as NVFlare's simulator does (LocalEnv's launch); "auto" (default) =
+    processes for scripts that import Lightning (its state is process-wide), threads otherwise."""
 
     def __init__(
         self,
@@ -70,14 +84,34 @@ class SimEnv(Env):
         workspace_root: str | Path | None = None,
         num_threads: int | None = None,
         clients_per_rank: int | str | None = None,
+        processes: bool | str = "auto",
     ) -> None:
         super().__init__(workspace_root if workspace_root is not None else job_root)
+        if processes not in (True, False, "auto"):
+            raise ConfigError(f"SimEnv processes= must be True, False or 'auto', got {processes!r}")
         self.verbose = verbose
         self.sites = sites_from(num_clients, clients)
         self.clients_per_rank = clients_per_rank
+        self.processes = processes
+
+    def wants_processes(self, job_dir: JobDir) -> bool:
+        if self.processes != "auto":
+            return bool(self.processes)
+        config = job_dir.load_config()
+        try:
+            text = (job_dir.root / config.train_script).read_text(errors="replace")
+        except OSError:
+            return False
+        return bool(PROCESS_GLOBAL.search(text))
 
     def deploy(self, job_dir: JobDir) -> Run:
         job_dir.check_deployable()
+        if self.wants_processes(job_dir):
+            from hpcflare.env.local import LocalEnv
+
+            return LocalEnv(
+                self.job_root, verbose=self.verbose, clients_per_rank=self.clients_per_rank
+            ).deploy(job_dir)
         config = settle_clients_per_rank(
             job_dir, self.clients_per_rank, local_slots
         )  # first: kits follow ranks

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hpcflare.errors import ConfigError
 from hpcflare.job import TRACKING_BACKENDS, JobConfig, JobDir, check_job_name, fraction, whole_number
 from hpcflare.recipe.model_io import save_initial_model
-from hpcflare.recipe.nvflare_keywords import translate
+from hpcflare.recipe.nvflare_keywords import note, per_site_arguments, translate
 from hpcflare.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Recipe:
         if "site_train_args" in nv:
             job_options["site_train_args"] = nv["site_train_args"]
         self.extra_strategy_args: dict[str, Any] = nv["strategy_args"]
-        self.cross_site_eval = False
+        self.cross_site_eval: bool | str = False
         self.name, self.model = check_job_name(name), model
         self.min_clients = whole_number("min_clients", min_clients, 1)
         self.num_rounds = whole_number("num_rounds", num_rounds, 1)
@@ -101,6 +101,29 @@ class Recipe:
             raise ConfigError(f"train_script {self.train_script} not found")
         Settings.load(self.settings_profile, self.settings)  # a bad deadline is refused now, not in a rank
 
+    def add_client_file(self, file_path: str | Path, clients: Sequence[str] | None = None) -> None:
+        """NVFlare's: ship a file or folder with the app (beside the training script, in every site's app/)."""
+        path = Path(file_path)
+        if not path.exists():
+            raise ConfigError(f"add_client_file: {path} not found")
+        if clients is not None:
+            note("add_client_file(clients=...)", "every site gets the whole app/ folder")
+        self.extra_files.append(path)
+
+    def set_per_site_config(self, config: dict[str, dict[str, Any]]) -> None:
+        """NVFlare's: {site: {train_args: ...}} names the sites and their script arguments."""
+        nv = per_site_arguments(config, None, self.job_options)
+        self.clients = nv["clients"]
+        self.job_options["site_train_args"] = nv["site_train_args"]
+
+    def enable_log_streaming(self) -> None:
+        """NVFlare's: hpcflare already keeps every site's log in the job's logs/ folder."""
+        note(
+            "enable_log_streaming()",
+            "every site's log is already in the job's logs/ folder (across institutions, site.yaml's send_logs "
+            "decides whether it comes back)",
+        )
+
     def new_job_id(self) -> str:
         return f"{self.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
@@ -124,9 +147,11 @@ class Recipe:
         )
         if (
             self.cross_site_eval
-        ):  # add_cross_site_evaluation(): the training rounds, then the evaluation matrix
-            strategy, strategy_args = "cross_site_eval", {"train_rounds": self.num_rounds}
-            num_rounds = self.num_rounds + 1 + len(self.clients) + 1
+        ):  # the training rounds, then the evaluation matrix (or the global model's row)
+            submit = self.cross_site_eval != GLOBAL_ONLY
+            strategy = "cross_site_eval"
+            strategy_args = {"train_rounds": self.num_rounds, "submit_models": submit}
+            num_rounds = self.num_rounds + 1 + (len(self.clients) if submit else 0) + 1
         config = JobConfig(
             name=self.name,
             job_id=job_id,
@@ -167,22 +192,72 @@ class Recipe:
 
 
 TRACKING_TYPES = tuple(b for b in TRACKING_BACKENDS if b != "csv")  # csv is always on
+GLOBAL_ONLY = "global"
+"""Recipe.cross_site_eval for add_final_global_evaluation: only the global model is evaluated."""
 
 
 def add_experiment_tracking(
-    recipe: Recipe, tracking_type: str, tracking_config: dict[str, Any] | None = None
+    recipe: Recipe,
+    tracking_type: str,
+    tracking_config: dict[str, Any] | None = None,
+    client_side: bool = False,
+    server_side: bool = True,
+    clients: Sequence[str] | None = None,
 ) -> None:
     """NVFlare's ``add_experiment_tracking(recipe, "tensorboard"|"mlflow"|"wandb")``: the server writes every
     site's metrics and tracking records there too (CSV is always on). ``tracking_config``: the receiver's
-    options (mlflow: tracking_uri, experiment_name, tags; wandb: project, mode, entity, group, tags)."""
+    options (tensorboard: tb_folder; mlflow: tracking_uri, experiment_name, tags; wandb: project, mode, entity,
+    group, tags), or NVFlare's shapes of them (mlflow ``kw_args``, wandb ``wandb_args``). ``client_side``: the
+    records are still written by the server, one run or folder per site (said once on stderr)."""
     if tracking_type not in TRACKING_TYPES:
         raise ConfigError(f"tracking_type must be one of {TRACKING_TYPES}, got {tracking_type!r}")
+    if not (client_side or server_side):
+        raise ConfigError("add_experiment_tracking: at least one of server_side or client_side must be True")
+    if clients is not None and not client_side:
+        raise ConfigError(
+            "add_experiment_tracking: clients= is for client-side tracking; set client_side=True"
+        )
+    if client_side:
+        note(
+            "add_experiment_tracking(client_side=True)",
+            f"the server writes each site's {tracking_type} records (one run or folder per site); sites "
+            "write none of their own",
+        )
     tracking = list(recipe.job_options.get("tracking", ["csv"]))
     recipe.job_options["tracking"] = tracking + ([tracking_type] if tracking_type not in tracking else [])
     if tracking_config:
         options = dict(recipe.job_options.get("tracking_config", {}))
-        options[tracking_type] = {**options.get(tracking_type, {}), **dict(tracking_config)}
+        ours = nvflare_tracking_options(tracking_type, dict(tracking_config))
+        options[tracking_type] = {**options.get(tracking_type, {}), **ours}
         recipe.job_options["tracking_config"] = options
+
+
+def nvflare_tracking_options(tracking_type: str, config: dict[str, Any]) -> dict[str, Any]:
+    """NVFlare's receiver arguments as hpcflare's receiver options (ours pass through unchanged)."""
+    config.pop("events", None)  # NVFlare's event routing: every record reaches hpcflare's server anyway
+    nested = config.pop("kw_args" if tracking_type == "mlflow" else "wandb_args", None) or {}
+    if not isinstance(nested, dict):
+        raise ConfigError(f"tracking_config for {tracking_type}: kw_args / wandb_args must be a dict")
+    tags = {**dict(nested.pop("experiment_tags", None) or {}), **dict(nested.pop("run_tags", None) or {})}
+    if "artifact_location" in config:
+        note("tracking_config.artifact_location", "MLflow artifacts go under the job's tracking/mlruns")
+        config.pop("artifact_location")
+    for name in ("run_name", "name"):
+        if name in nested:
+            note(f"tracking_config {name}", "runs are named after their site")
+            nested.pop(name)
+    if tags:
+        config["tags"] = {**tags, **dict(config.get("tags") or {})}
+    return {**nested, **config}
+
+
+def add_final_global_evaluation(recipe: Recipe, participating_clients: Sequence[str] | None = None) -> None:
+    """NVFlare's: after training, every site evaluates the final global model (flare.is_evaluate() tasks);
+    the metrics are ``cross_site/matrix.json``'s ``global`` row."""
+    add_cross_site_evaluation(recipe)
+    if participating_clients is not None:
+        note("add_final_global_evaluation(participating_clients=...)", "every site of the job evaluates")
+    recipe.cross_site_eval = GLOBAL_ONLY
 
 
 def add_cross_site_evaluation(recipe: Recipe) -> None:
@@ -196,4 +271,6 @@ def add_cross_site_evaluation(recipe: Recipe) -> None:
         )
     if recipe.relays:
         raise ConfigError("cross-site evaluation addresses single sites: use relays=0")
+    if recipe.cross_site_eval:
+        raise ConfigError("cross-site (or final global) evaluation is already added to this recipe")
     recipe.cross_site_eval = True

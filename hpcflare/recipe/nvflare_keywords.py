@@ -8,6 +8,8 @@ one without an hpcflare equivalent is a ConfigError that says what to do instead
 from __future__ import annotations
 
 import shlex
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,60 @@ KEYWORDS = (
 )
 
 
+NO_EFFECT = {
+    "server_memory_gc_rounds": (0, "the server frees each round's buffers when the round closes"),
+    "client_memory_gc_rounds": (0, "a site frees the round's model when its script has sent its result"),
+    "cuda_empty_cache": (False, "hpcflare holds no CUDA memory of its own at the sites"),
+    "enable_tensor_disk_offload": (
+        False,
+        "the server folds each update in as it arrives and never holds them all; for large models use "
+        "staging=True",
+    ),
+    "shutdown_timeout": (
+        0.0,
+        "sites end when the server says the job is done (settings.end_grace bounds it)",
+    ),
+    "best_model_filename": (None, "the best model is written to models/best_model.safetensors"),
+    "save_filename": (None, "the best model is written to models/best_model.safetensors"),
+    "device": (None, "the server aggregates on the CPU"),
+    "source_model": ("model", "a component id of NVFlare's job configuration; hpcflare has none"),
+}
+"""NVFlare keywords that change nothing a job computes: (NVFlare's default, what hpcflare does instead)."""
+NVFLARE_OBJECTS = ("aggregator", "model_persistor", "model_locator", "analytics_receiver")
+"""Keywords that take an NVFlare component object: None is accepted, an object is refused (it would change how
+the job aggregates or stores models, which hpcflare does with its own strategies)."""
+DATA_KINDS = ("WEIGHTS", "WEIGHT_DIFF")
+_noted: set[str] = set()
+_noted_lock = threading.Lock()
+
+
+def note(keyword: str, text: str) -> None:
+    """Say once per process that an NVFlare keyword was accepted but means something else (or nothing) here."""
+    with _noted_lock:
+        if keyword in _noted:
+            return
+        _noted.add(keyword)
+    print(f"[hpcflare] NVFlare keyword {keyword}: {text}", file=sys.stderr, flush=True)
+
+
+def _no_effect(options: dict[str, Any]) -> None:
+    for keyword, (default, instead) in NO_EFFECT.items():
+        if keyword in options:
+            value = options.pop(keyword)
+            if value != default:
+                note(keyword, f"{value!r} accepted; no effect here: {instead}")
+    for keyword in NVFLARE_OBJECTS:
+        value = options.pop(keyword, None)
+        if value is not None:
+            raise ConfigError(
+                f"{keyword}={type(value).__name__}(...): NVFlare components do not run in hpcflare; choose the "
+                "aggregation with the recipe class (FedAvg, FedOpt, FedMedian, SCAFFOLD, ...) and its keywords"
+            )
+    kind = options.pop("aggregator_data_kind", None)
+    if kind is not None and str(_value(kind)).upper() not in DATA_KINDS:
+        raise ConfigError(f"aggregator_data_kind={kind!r}: hpcflare aggregates {DATA_KINDS} only")
+
+
 def _value(x: Any) -> Any:
     """Enum members (ExchangeFormat.NUMPY, TransferType.DIFF) as their values."""
     return getattr(x, "value", x)
@@ -48,6 +104,7 @@ def translate(model: Any, initial_checkpoint: Any, clients: Any, options: dict[s
         "filters": [],
         "strategy_args": {},
     }
+    _no_effect(options)
     if "initial_model" in options:
         initial = options.pop("initial_model")
         if model is not None:
@@ -100,11 +157,11 @@ def translate(model: Any, initial_checkpoint: Any, clients: Any, options: dict[s
         options["params_transfer_type"] = str(_value(options["params_transfer_type"])).upper()
     per_site = options.pop("per_site_config", None)
     if per_site is not None:
-        out.update(_per_site(per_site, clients, options))
+        out.update(per_site_arguments(per_site, clients, options))
     return out
 
 
-def _per_site(per_site: Any, clients: Any, options: dict[str, Any]) -> dict[str, Any]:
+def per_site_arguments(per_site: Any, clients: Any, options: dict[str, Any]) -> dict[str, Any]:
     """NVFlare's per_site_config {site: {train_args: ...}} names the sites and their arguments."""
     if (
         not isinstance(per_site, dict)

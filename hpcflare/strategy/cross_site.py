@@ -4,7 +4,9 @@ Rounds 1..train_rounds are FedAvg training (0 = evaluate only). Then one 'submit
 site's own model (flare.is_submit_model(): send your local model) into ``cross_site/models/<site>``. Then
 one 'validate' round per model (each site's, and the global model as 'global'): every site evaluates it
 and sends metrics. ``cross_site/matrix.json`` holds {model owner: {evaluating site: metrics}}, rewritten
-after each round. The task meta ``model_owner`` tells a site whose model it is evaluating.
+after each round. The task meta ``model_owner`` tells a site whose model it is evaluating; the submit task's
+meta ``submit_model_name`` is NVFlare's (``best_model``: the site sends the local model it would keep).
+``submit_models=False`` evaluates only the global model (NVFlare's add_final_global_evaluation).
 """
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ from hpcflare.transport.codec import write_safetensors
 from hpcflare.transport.model_files import load_params
 
 GLOBAL = "global"
+SUBMIT_MODEL_NAME = "best_model"
+"""NVFlare's ModelName.BEST_MODEL: what a submit task asks for."""
 
 
 class CrossSiteEval(Strategy):
     name = "cross_site_eval"
     supports_relays = False
 
-    def __init__(self, train_rounds: int = 0) -> None:
+    def __init__(self, train_rounds: int = 0, submit_models: bool = True) -> None:
         self.train_rounds = int(train_rounds)
+        self.submit_models = bool(submit_models)
         self.root = Path("cross_site")
         self.owners: list[str] = []
         self.matrix: dict[str, dict[str, Any]] = {}
@@ -58,6 +63,9 @@ class CrossSiteEval(Strategy):
         if round_num <= self.train_rounds:
             self._task = TaskKind.TRAIN
             return RoundPlan()
+        if round_num == self.train_rounds + 1 and not self.submit_models:
+            self.owners = [GLOBAL]
+            return RoundPlan(skip=True)
         if round_num == self.train_rounds + 1:
             self._task = TaskKind.SUBMIT_MODEL
             return RoundPlan(task=TaskKind.SUBMIT_MODEL)
@@ -74,6 +82,8 @@ class CrossSiteEval(Strategy):
         return RoundPlan(task=TaskKind.VALIDATE, model=model)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
+        if self._task == TaskKind.SUBMIT_MODEL:
+            return {"submit_model_name": SUBMIT_MODEL_NAME}
         return {"model_owner": self._owner} if self._task == TaskKind.VALIDATE else {}
 
     def round_closed(self, round_num: int, plan: RoundPlan, results: dict[str, dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ per-tensor weights, relay partial sums) is hpcflare.strategy.aggregate's Weighte
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -16,11 +17,22 @@ from hpcflare.strategy.api import Aggregator, Strategy
 
 class FedAvg(Strategy):
     """``aggregation_weights``: a per-site factor on each result's weight (NVFlare's FedAvg option of the same
-    name): weight = factor x NUM_STEPS_CURRENT_ROUND; sites not named get 1."""
+    name): weight = factor x NUM_STEPS_CURRENT_ROUND; sites not named get 1. ``fedprox_mu``: FedProx's
+    proximal coefficient, sent to the sites in every task's meta (NVFlare's FedProxRecipe); the sites' scripts
+    add the term (``hpcflare.client.fedprox``)."""
 
     name = "fedavg"
 
-    def __init__(self, aggregation_weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self, aggregation_weights: Mapping[str, float] | None = None, fedprox_mu: float | None = None
+    ) -> None:
+        if fedprox_mu is not None and (
+            isinstance(fedprox_mu, bool)
+            or not isinstance(fedprox_mu, (int, float))
+            or not 0 < fedprox_mu < float("inf")
+        ):
+            raise TypeError(f"fedprox_mu must be a finite number > 0, got {fedprox_mu!r}")
+        self.fedprox_mu = None if fedprox_mu is None else float(fedprox_mu)
         weights = dict(aggregation_weights or {})
         for site, factor in weights.items():
             if (
@@ -30,6 +42,9 @@ class FedAvg(Strategy):
             ):
                 raise TypeError(f"aggregation_weights[{site!r}] must be a finite number >= 0, got {factor!r}")
         self.aggregation_weights = {str(k): float(v) for k, v in weights.items()}
+
+    def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
+        return {} if self.fedprox_mu is None else {"fedprox_mu": self.fedprox_mu}
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         return WeightedMeanAggregator(global_params, self.aggregation_weights)

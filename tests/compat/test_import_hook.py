@@ -47,8 +47,11 @@ def test_every_listed_name_resolves_to_hpcflare():
 
 def test_unknown_nvflare_names_say_what_is_covered():
     nvflare_compat.install()
-    with pytest.raises(ModuleNotFoundError, match="nvflare.app_opt.pt.*provides.*nvflare.client"):
-        import nvflare.app_opt.pt  # noqa: F401
+    with pytest.raises(ModuleNotFoundError, match="nvflare.fuel.*provides.*nvflare.client"):
+        import nvflare.fuel  # noqa: F401
+    # the names served beside it, not the whole list
+    with pytest.raises(ModuleNotFoundError, match=r"provides \['nvflare.app_opt.pt.fedproxloss'\]"):
+        import nvflare.app_opt.pt.trainer  # noqa: F401
 
 
 def test_nothing_named_nvflare_without_the_hook():

@@ -160,7 +160,14 @@ class TensorBoardReceiver(Receiver):
             raise ConfigError(
                 "tracking: tensorboard needs the 'tensorboard' package (pip install 'hpcflare[tracking]')"
             ) from None
-        self._new_writer = lambda site: EventFileWriter(str(root / "tensorboard" / site))
+        _check_options("tensorboard", options, TENSORBOARD_OPTIONS)
+        folder = Path(str(options.get("tb_folder") or "tensorboard"))
+        if folder.is_absolute() or ".." in folder.parts or not folder.parts:
+            raise ConfigError(
+                f"tracking_config.tensorboard.tb_folder {str(folder)!r} must be a folder name under the job's "
+                "tracking/ folder"
+            )
+        self._new_writer = lambda site: EventFileWriter(str(root / folder / site))
         self._writers: dict[str, Any] = {}
         self._auto_steps: dict[tuple[str, str], int] = {}
 
@@ -174,7 +181,8 @@ class TensorBoardReceiver(Receiver):
         writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary))
 
     def round_metric(self, number: int, site: str, key: str, value: float, now: float) -> None:
-        self._add(site, key, value, number, now)
+        # its own tag: a script's SummaryWriter points under the same name are steps, not rounds
+        self._add(site, f"{ROUND_TAG}{key}", value, number, now)
 
     def records(self, site: str, records: list[Record]) -> None:
         for r in records:
@@ -195,6 +203,9 @@ class TensorBoardReceiver(Receiver):
         self._writers.clear()
 
 
+TENSORBOARD_OPTIONS = ("tb_folder",)
+ROUND_TAG = "round/"
+"""TensorBoard tag prefix of the per-round metrics a site sends with its result (FLModel.metrics)."""
 MLFLOW_OPTIONS = ("tracking_uri", "experiment_name", "tags")
 WANDB_OPTIONS = ("project", "mode", "entity", "group", "tags")
 

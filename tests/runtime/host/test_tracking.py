@@ -65,7 +65,9 @@ def test_metrics_tracked_best_model_kept_and_early_stop(make_recipe, local_env):
 
     acc = EventAccumulator(str(run.job_dir.root / "tracking" / "tensorboard" / "site-1"))
     acc.Reload()
-    assert [(e.step, e.value) for e in acc.Scalars("score")] == [(1, -1.0), (2, 0.0), (3, -1.0), (4, -2.0)]
+    # round metrics have their own tag; the script's flare.log() steps keep theirs
+    assert [(e.step, e.value) for e in acc.Scalars("round/score")] == [(1, -1.0), (2, 0.0), (3, -1.0), (4, -2.0)]
+    assert "score" not in acc.Tags()["scalars"] and len(acc.Scalars("received_mean")) == 4
 
 
 def test_options_are_checked(make_recipe):
