@@ -17,6 +17,7 @@ end of fit. Each ``fit`` adds ``max_epochs`` more epochs, and optimizer state ca
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from hpcflare.client.api import (
@@ -33,12 +34,14 @@ from hpcflare.client.api import (
     log,
     receive,
     send,
+    shutdown,
     system_info,
 )
 from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsType
 
 __all__ = [
     "AnalyticsDataType",
+    "FLCallback",
     "FLModel",
     "ParamsType",
     "get_config",
@@ -53,8 +56,11 @@ __all__ = [
     "patch",
     "receive",
     "send",
+    "shutdown",
     "system_info",
 ]
+logger = logging.getLogger(__name__)
+"""NVFlare's module logger (``nvflare.client.lightning.logger``)."""
 
 FL_META_KEY = "__fl_meta__"
 """A LightningModule attribute (dict) whose entries are added to the result's meta, as in NVFlare."""
@@ -71,6 +77,18 @@ def _callback_base(trainer: Any) -> type:
 @functools.cache
 def _callback_class(base: type) -> type:
     return type("FLCallback", (_FLCallbackMixin, base), {})
+
+
+def __getattr__(name: str) -> Any:
+    """``FLCallback``: the federated callback for the Lightning that is installed (``lightning``, else
+    ``pytorch_lightning``), for scripts that add it to their trainer themselves."""
+    if name != "FLCallback":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from lightning.pytorch.callbacks import Callback
+    except ImportError:
+        from pytorch_lightning.callbacks import Callback
+    return _callback_class(Callback)
 
 
 def patch(

@@ -150,7 +150,7 @@ class Recipe:
         ):  # the training rounds, then the evaluation matrix (or the global model's row)
             submit = self.cross_site_eval != GLOBAL_ONLY
             strategy = "cross_site_eval"
-            strategy_args = {"train_rounds": self.num_rounds, "submit_models": submit}
+            strategy_args = {**strategy_args, "train_rounds": self.num_rounds, "submit_models": submit}
             num_rounds = self.num_rounds + 1 + (len(self.clients) if submit else 0) + 1
         config = JobConfig(
             name=self.name,

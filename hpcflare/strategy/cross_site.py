@@ -20,6 +20,7 @@ import numpy as np
 
 from hpcflare.fileio import atomic_write_json
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
+from hpcflare.strategy.fedavg import FedAvg
 from hpcflare.strategy.api import (
     Aggregator,
     ClientUpdate,
@@ -41,9 +42,11 @@ class CrossSiteEval(Strategy):
     name = "cross_site_eval"
     supports_relays = False
 
-    def __init__(self, train_rounds: int = 0, submit_models: bool = True) -> None:
+    def __init__(self, train_rounds: int = 0, submit_models: bool = True, **fedavg: Any) -> None:
+        """``fedavg``: the training rounds' FedAvg options (aggregation_weights, fedprox_mu)."""
         self.train_rounds = int(train_rounds)
         self.submit_models = bool(submit_models)
+        self.training = FedAvg(**fedavg)
         self.root = Path("cross_site")
         self.owners: list[str] = []
         self.matrix: dict[str, dict[str, Any]] = {}
@@ -82,6 +85,8 @@ class CrossSiteEval(Strategy):
         return RoundPlan(task=TaskKind.VALIDATE, model=model)
 
     def configure_round(self, round_num: int, total_rounds: int) -> dict[str, Any]:
+        if self._task == TaskKind.TRAIN:
+            return self.training.configure_round(round_num, total_rounds)
         if self._task == TaskKind.SUBMIT_MODEL:
             return {"submit_model_name": SUBMIT_MODEL_NAME}
         return {"model_owner": self._owner} if self._task == TaskKind.VALIDATE else {}
@@ -96,6 +101,8 @@ class CrossSiteEval(Strategy):
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         if self._task == TaskKind.SUBMIT_MODEL:
             return _CollectModels(global_params, self.root / "models")
+        if self._task == TaskKind.TRAIN:
+            return self.training.new_aggregator(global_params)
         return WeightedMeanAggregator(global_params)
 
 

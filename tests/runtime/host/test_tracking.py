@@ -66,7 +66,12 @@ def test_metrics_tracked_best_model_kept_and_early_stop(make_recipe, local_env):
     acc = EventAccumulator(str(run.job_dir.root / "tracking" / "tensorboard" / "site-1"))
     acc.Reload()
     # round metrics have their own tag; the script's flare.log() steps keep theirs
-    assert [(e.step, e.value) for e in acc.Scalars("round/score")] == [(1, -1.0), (2, 0.0), (3, -1.0), (4, -2.0)]
+    assert [(e.step, e.value) for e in acc.Scalars("round/score")] == [
+        (1, -1.0),
+        (2, 0.0),
+        (3, -1.0),
+        (4, -2.0),
+    ]
     assert "score" not in acc.Tags()["scalars"] and len(acc.Scalars("received_mean")) == 4
 
 
