@@ -222,6 +222,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("federation", ("hpcflare.federation",)),
     ("environments and post-mortem tools", ("hpcflare.env", "hpcflare.logs", "hpcflare.dashboard")),
     ("recipes and CLI", ("hpcflare.recipe", "hpcflare.cli")),
+    ("NVFlare job side", ("hpcflare.nvflare",)),
 ]
 """The package layers, lowest first: a module imports only from its own layer or the ones below. A module's
 layer is that of the longest prefix listed for it; plugin packages reach the job model only through

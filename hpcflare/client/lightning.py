@@ -41,7 +41,6 @@ from hpcflare.client.model import AnalyticsDataType, FLMetaKey, FLModel, ParamsT
 
 __all__ = [
     "AnalyticsDataType",
-    "FLCallback",
     "FLModel",
     "ParamsType",
     "get_config",

@@ -128,14 +128,13 @@ def _job_module(name: str, target: str) -> ModuleType:
     return module
 
 
-def install_job_side() -> None:
-    """Serve the job side's NVFlare names too (``hpcflare nvflare JOB.py``): recipes, Envs, FedJob."""
-    from hpcflare.nvflare.names import JOB_MODULES
-
+def install_job_side(job_modules: dict[str, str]) -> None:
+    """Serve the job side's NVFlare names too (``hpcflare nvflare JOB.py``): recipes, Envs, FedJob, as
+    ``job_modules`` (NVFlare module -> hpcflare module; :data:`hpcflare.nvflare.names.JOB_MODULES`) says."""
     install()
     with _lock:
-        NvflareAliases.job_modules = dict(JOB_MODULES)
-        for name in sorted(JOB_MODULES):  # parents first: nvflare.app_opt.pt before its recipes
+        NvflareAliases.job_modules = dict(job_modules)
+        for name in sorted(job_modules):  # parents first: nvflare.app_opt.pt before its recipes
             parents = name.split(".")
             for depth in range(2, len(parents)):
                 parent = ".".join(parents[:depth])
@@ -148,7 +147,7 @@ def install_job_side() -> None:
                     sys.modules[parent] = package
             if name in ALIASES:
                 continue
-            module = _job_module(name, JOB_MODULES[name])
+            module = _job_module(name, job_modules[name])
             if name in PACKAGES:  # a parent of client-side names too (nvflare itself): add the names to it
                 for attr in module.__all__:
                     setattr(sys.modules[name], attr, getattr(module, attr))

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from hpcflare import env as hp
-from hpcflare.env.api import Env
+from hpcflare.env.api import Env, sites_from
 from hpcflare.errors import HpcflareError
 from hpcflare.job import JobDir
 from hpcflare.recipe.nvflare_keywords import note
@@ -77,7 +77,7 @@ def _no_effect(kwargs: dict[str, Any], what: dict[str, str]) -> None:
         raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
 
 
-class SimEnv(_Nvflare, hp.SimEnv):
+class SimEnv(_Nvflare, hp.SimEnv):  # type: ignore[misc]  # deploy gives NVFlare's Run
     """NVFlare's SimEnv: ``num_clients`` / ``clients``, ``workspace_root`` (default /tmp/nvflare/simulation);
     every site a process of its own, as NVFlare's simulator runs them."""
 
@@ -105,7 +105,7 @@ class SimEnv(_Nvflare, hp.SimEnv):
         )
 
 
-class PocEnv(_Nvflare, hp.LocalEnv):
+class PocEnv(_Nvflare, hp.LocalEnv):  # type: ignore[misc]  # deploy gives NVFlare's Run
     """NVFlare's PocEnv: the server and every site a process on this machine (hpcflare's LocalEnv)."""
 
     def __init__(
@@ -128,10 +128,10 @@ class PocEnv(_Nvflare, hp.LocalEnv):
             },
         )
         hp.LocalEnv.__init__(self, job_root=poc_workspace)
-        self.sites = hp.sites_from(num_clients, clients)
+        self.sites = sites_from(num_clients, clients)
 
 
-class ProdEnv(_Nvflare, hp.ProdEnv):
+class ProdEnv(_Nvflare, hp.ProdEnv):  # type: ignore[misc]  # deploy gives NVFlare's Run
     """NVFlare's ProdEnv: submit to a federation's standing server with an admin's startup kit."""
 
     def __init__(

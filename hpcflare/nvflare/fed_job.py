@@ -98,7 +98,7 @@ class PTModel:
 
 
 def _is_model(obj: Any) -> bool:
-    return (
+    return bool(
         hasattr(obj, "state_dict")
         or hasattr(obj, "get_weights")
         or (isinstance(obj, dict) and obj and not isinstance(next(iter(obj.values())), (str, dict)))
@@ -188,6 +188,9 @@ class FedJob:
         assert first is not None
         args = {s: r.script_args for s, r in runners.items() if r is not None}
         site_args = {s: shlex.split(a) for s, a in args.items()} if len(set(args.values())) > 1 else {}
+        options: dict[str, Any] = {**first.options, **self.controller.options}
+        if site_args:
+            options["site_train_args"] = site_args
         return FedAvgRecipe(
             name=self.name,
             initial_model=self.model,
@@ -198,9 +201,7 @@ class FedJob:
             clients=sites,
             key_metric=self.key_metric,
             extra_files=local_imports(script),
-            **({"site_train_args": site_args} if site_args else {}),
-            **first.options,
-            **self.controller.options,
+            **options,
         )
 
     def export_job(self, job_root: str) -> str:
@@ -226,7 +227,8 @@ class FedJob:
             note("simulator_run(gpu=...)", "sites select their GPUs (CUDA_VISIBLE_DEVICES)")
         recipe = self.recipe(n_clients, clients)
         run = recipe.execute(SimEnv(clients=recipe.clients, num_threads=threads, workspace_root=workspace))
-        return run.get_result()
+        result = run.get_result()
+        return None if result is None else str(result)
 
 
 class BaseFedJob(FedJob):

@@ -9,6 +9,7 @@ from pathlib import Path
 from hpcflare.client import nvflare_compat
 from hpcflare.errors import HpcflareError
 from hpcflare.exitcodes import exit_for
+from hpcflare.nvflare.names import JOB_MODULES
 
 USAGE = "usage: hpcflare nvflare JOB.py [ARGS...]   (python -m hpcflare.nvflare JOB.py [ARGS...])"
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if path.suffix != ".py" or not path.is_file():
         print(f"[hpcflare] {path}: not a Python file\n{USAGE}", file=sys.stderr)
         return 2
-    nvflare_compat.install_job_side()
+    nvflare_compat.install_job_side(JOB_MODULES)
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [str(path), *args[1:]]
     sys.path.insert(0, str(path.resolve().parent))  # `from model import Net`, as with `python job.py`

@@ -20,7 +20,6 @@ import numpy as np
 
 from hpcflare.fileio import atomic_write_json
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
-from hpcflare.strategy.fedavg import FedAvg
 from hpcflare.strategy.api import (
     Aggregator,
     ClientUpdate,
@@ -30,6 +29,7 @@ from hpcflare.strategy.api import (
     TaskKind,
     UpdateKind,
 )
+from hpcflare.strategy.fedavg import FedAvg
 from hpcflare.transport.codec import write_safetensors
 from hpcflare.transport.model_files import load_params
 

@@ -102,7 +102,8 @@ def test_tracking_and_cross_site_helpers(script, tmp_path):
     config, _ = exported(recipe, tmp_path)
     assert config["tracking"] == ["csv", "tensorboard", "mlflow"]
     assert config["tracking_config"] == {"mlflow": {"tracking_uri": "sqlite:////tmp/x.db"}}
-    assert config["strategy"] == "cross_site_eval" and config["strategy_args"] == {"train_rounds": 3}
+    assert config["strategy"] == "cross_site_eval"
+    assert config["strategy_args"] == {"train_rounds": 3, "submit_models": True}
     assert config["num_rounds"] == 3 + 1 + 2 + 1
     with pytest.raises(ConfigError, match="tracking_type"):
         add_experiment_tracking(recipe, "neptune")
