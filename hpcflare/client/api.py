@@ -334,6 +334,42 @@ def is_submit_model(ctx: APIContext | None = None) -> bool:
     return get_task_name(ctx) == "submit_model"
 
 
+NUMBER_TYPES = (AnalyticsDataType.SCALAR, AnalyticsDataType.METRIC)
+MAPPING_TYPES = (AnalyticsDataType.SCALARS, AnalyticsDataType.METRICS, AnalyticsDataType.PARAMETERS)
+TEXT_TYPES = (AnalyticsDataType.TEXT,)
+
+
+def _checked_record(key: Any, value: Any, data_type: Any) -> tuple[str, Any]:
+    """NVFlare's checks on a tracking record, raised in the script where the mistake is: the key is a string,
+    the data type one of AnalyticsDataType, the value of that type's kind (a one-element tensor or array counts
+    as its number). Returns the data type's name and the value."""
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"flare.log(): key must be a non-empty str, got {key!r:.80}")
+    try:
+        kind = AnalyticsDataType(data_type.value if isinstance(data_type, AnalyticsDataType) else data_type)
+    except ValueError:
+        raise TypeError(
+            f"flare.log(): data_type must be one of {[t.value for t in AnalyticsDataType]}, got {data_type!r:.80}"
+        ) from None
+    number = (int, float)
+    if kind in NUMBER_TYPES and not isinstance(value, number) and callable(getattr(value, "item", None)):
+        try:
+            value = value.item()  # numpy and torch scalars, loss tensors
+        except (ValueError, RuntimeError):
+            pass
+    if kind in NUMBER_TYPES and (isinstance(value, bool) or not isinstance(value, number)):
+        raise TypeError(
+            f"flare.log({key!r}): a {kind.value} value must be a number, got {type(value).__name__}"
+        )
+    if kind in MAPPING_TYPES and not isinstance(value, dict):
+        raise TypeError(
+            f"flare.log({key!r}): a {kind.value} value must be a dict, got {type(value).__name__}"
+        )
+    if kind in TEXT_TYPES and not isinstance(value, str):
+        raise TypeError(f"flare.log({key!r}): a {kind.value} value must be a str, got {type(value).__name__}")
+    return kind.value, value
+
+
 def log(
     key: str,
     value: Any,
@@ -343,8 +379,8 @@ def log(
 ) -> bool:
     """Record a tracking value (NVFlare's ``flare.log``); it reaches the server's tracking outputs with this
     site's name, the round and ``global_step``. The tracking writers in :mod:`hpcflare.client.tracking` call this."""
+    dtype, value = _checked_record(key, value, data_type)
     ctx = _ctx(ctx)
-    dtype = data_type.value if isinstance(data_type, AnalyticsDataType) else str(data_type)
     record = {
         **kwargs,
         "key": str(key),

@@ -69,6 +69,7 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
         self.checkpoints = Checkpoints(job_dir.models_dir, log, settings.model_file_bytes)
         self.first_round = 1
         self.last_metrics: dict[str, float] = {}
+        self.last_aggregated = 0
         self.model = self._resume() or self._new_model(
             self.strategy.initial_params(load_params(job_dir.root / config.initial_model, mapped=True)), 0
         )

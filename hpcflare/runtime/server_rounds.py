@@ -19,7 +19,7 @@ from hpcflare.rank_logger import RankLogger, plural
 from hpcflare.runtime.host.checkpoints import Checkpoints
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.membership import Membership, MemberState
-from hpcflare.runtime.host.round import INITIAL_METRICS, Round
+from hpcflare.runtime.host.round import INITIAL_METRICS, NR_AGGREGATED, Round
 from hpcflare.runtime.host.selection import ModelSelector
 from hpcflare.runtime.host.tracking import Tracker, round_means
 from hpcflare.settings import Settings
@@ -38,6 +38,7 @@ class RoundDriver:
     members: Membership
     model: GlobalModel
     last_metrics: dict[str, float]
+    last_aggregated: int
     bytes_sent: int
     tracker: Tracker
     checkpoints: Checkpoints
@@ -59,6 +60,8 @@ class RoundDriver:
         plan = self.strategy.plan_round(number, cfg.num_rounds, live)
         if self.last_metrics:
             plan.meta.setdefault(INITIAL_METRICS, self.last_metrics)
+        if self.last_aggregated:  # NVFlare's meta of the aggregated model: how many results made it
+            plan.meta.setdefault(NR_AGGREGATED, self.last_aggregated)
         if plan.skip:
             self.log.info("round_skipped", f"round {number}/{cfg.num_rounds}: nothing to do", round=number)
             self._keep(number)
@@ -168,6 +171,8 @@ class RoundDriver:
         self.tracker.record_round(number, rnd.accepted, means)
         if plan.task == TaskKind.TRAIN and means:
             self.last_metrics = means  # sent with the next round's task (FLModel.metrics, as in NVFlare)
+        if plan.task == TaskKind.TRAIN:
+            self.last_aggregated = len(rnd.accepted)
 
     def _keep(self, number: int) -> None:
         """Round ``number``'s model and strategy state become the checkpoint, durably, before the round is

@@ -6,7 +6,9 @@ one 'validate' round per model (each site's, and the global model as 'global'): 
 and sends metrics. ``cross_site/matrix.json`` holds {model owner: {evaluating site: metrics}}, rewritten
 after each round. The task meta ``model_owner`` tells a site whose model it is evaluating; the submit task's
 meta ``submit_model_name`` is NVFlare's (``best_model``: the site sends the local model it would keep).
-``submit_models=False`` evaluates only the global model (NVFlare's add_final_global_evaluation).
+``submit_models=False`` evaluates only the global model (NVFlare's add_final_global_evaluation). The same
+results are also written in NVFlare's layout, ``cross_site_val/cross_val_results.json`` ({evaluating site:
+{model: metrics}}, the global model as ``SRV_FL_global_model.pt``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from hpcflare.transport.codec import write_safetensors
 from hpcflare.transport.model_files import load_params
 
 GLOBAL = "global"
+NVFLARE_GLOBAL = "SRV_FL_global_model.pt"
+"""The global model's name in NVFlare's cross_site_val/cross_val_results.json."""
 SUBMIT_MODEL_NAME = "best_model"
 """NVFlare's ModelName.BEST_MODEL: what a submit task asks for."""
 
@@ -97,6 +101,15 @@ class CrossSiteEval(Strategy):
         elif plan.task == TaskKind.VALIDATE:
             self.matrix[self._owner] = {site: dict(m) for site, m in results.items()}
             atomic_write_json(self.root / "matrix.json", self.matrix, indent=1, sort_keys=True, default=str)
+            by_evaluator: dict[str, dict[str, Any]] = {}  # NVFlare's layout: evaluator -> model -> metrics
+            for owner, row in self.matrix.items():
+                for site, metrics in row.items():
+                    by_evaluator.setdefault(site, {})[NVFLARE_GLOBAL if owner == GLOBAL else owner] = metrics
+            folder = self.root.parent / "cross_site_val"
+            folder.mkdir(exist_ok=True)
+            atomic_write_json(
+                folder / "cross_val_results.json", by_evaluator, indent=1, sort_keys=True, default=str
+            )
 
     def new_aggregator(self, global_params: Mapping[str, np.ndarray]) -> Aggregator:
         if self._task == TaskKind.SUBMIT_MODEL:

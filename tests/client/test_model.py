@@ -88,3 +88,22 @@ def test_summary_has_nvflare_keys():
 def test_nvflare_meta_key_values():
     assert flare.FLMetaKey.PROCESS_RC_FILE == "_process_rc.txt"
     assert flare.FLMetaKey.INITIAL_METRICS == "initial_metrics"
+
+
+def test_log_records_are_checked_as_nvflare_checks_them():
+    from hpcflare.client.api import _checked_record
+    from hpcflare.client.model import AnalyticsDataType
+
+    assert _checked_record("loss", np.float32(0.5), AnalyticsDataType.SCALAR) == ("SCALAR", 0.5)
+    assert _checked_record("m", {"a": 1.0}, "METRICS") == ("METRICS", {"a": 1.0})
+    for key, value, kind, message in (
+        ("", 1.0, "SCALAR", "key must be a non-empty str"),
+        (3, 1.0, "SCALAR", "key must be a non-empty str"),
+        ("loss", 1.0, "NUMBER", "data_type must be one of"),
+        ("loss", "high", AnalyticsDataType.SCALAR, "SCALAR value must be a number"),
+        ("loss", True, AnalyticsDataType.METRIC, "METRIC value must be a number"),
+        ("m", [1.0], AnalyticsDataType.SCALARS, "SCALARS value must be a dict"),
+        ("t", 3, AnalyticsDataType.TEXT, "TEXT value must be a str"),
+    ):
+        with pytest.raises(TypeError, match=message):
+            _checked_record(key, value, kind)

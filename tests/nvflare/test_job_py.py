@@ -50,7 +50,7 @@ def test_a_recipe_job_runs_unchanged_with_tracking_and_nvflares_run(tmp_path, en
     assert done.stderr.count("NVFlare keyword client_memory_gc_rounds") == 1
     assert "NVFlare keyword server_memory_gc_rounds: 1 accepted; no effect here" in done.stderr
     if env_kind == "sim":  # NVFlare's simulator gives every site a process: so does this SimEnv
-        assert (workspace / "logs" / "site-1.out").read_text().count("round 2 fedprox_mu=None") == 1
+        assert (workspace / "logs" / "site-1.out").read_text().count("round 2 fedprox_mu=None nr=2") == 1
         assert "log_config" in done.stderr
 
 
@@ -75,6 +75,9 @@ def test_fedprox_mu_reaches_the_sites_and_cross_site_evaluation_asks_for_a_named
     matrix = json.loads((workspace / "cross_site" / "matrix.json").read_text())
     assert sorted(matrix) == ["global", "site-1", "site-2"]
     assert matrix["global"]["site-2"]["accuracy"] == pytest.approx(2.0)  # two rounds of +1 from zeros
+    nvflare_layout = json.loads((workspace / "cross_site_val" / "cross_val_results.json").read_text())
+    assert nvflare_layout["site-2"]["SRV_FL_global_model.pt"] == matrix["global"]["site-2"]
+    assert sorted(nvflare_layout["site-1"]) == ["SRV_FL_global_model.pt", "site-1", "site-2"]
 
 
 def test_final_global_evaluation_scores_only_the_global_model(tmp_path):

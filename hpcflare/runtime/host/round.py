@@ -25,6 +25,8 @@ WEIGHT_KEY = "NUM_STEPS_CURRENT_ROUND"
 """The meta key whose value weighs a result in the mean (NVFlare's MetaKey.NUM_STEPS_CURRENT_ROUND)."""
 INITIAL_METRICS = "initial_metrics"
 """Task meta key carrying the previous round's aggregated metrics (NVFlare's MetaKey.INITIAL_METRICS)."""
+NR_AGGREGATED = "nr_aggregated"
+"""Task meta key: how many results the previous training round aggregated (NVFlare's FLModel meta)."""
 MAX_WEIGHT = 1e12
 """Largest accepted weight: weights are step or sample counts; anything larger is an error or an attack."""
 

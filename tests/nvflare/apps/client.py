@@ -22,6 +22,11 @@ while flare.is_running():
     if flare.is_evaluate():
         flare.send(flare.FLModel(metrics={"accuracy": mean_of(weights)}))
         continue
-    print(f"round {model.current_round} fedprox_mu={model.meta.get('fedprox_mu')}", flush=True)
+    meta = model.meta
+    print(
+        f"round {model.current_round} fedprox_mu={meta.get('fedprox_mu')} nr={meta.get('nr_aggregated')}",
+        flush=True,
+    )
+    flare.log("mean_before", mean_of(weights), flare.AnalyticsDataType.SCALAR)
     local = weights + args.add
     flare.send(flare.FLModel(params={"numpy_key": local}, metrics={"accuracy": mean_of(local)}))
