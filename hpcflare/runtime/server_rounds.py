@@ -110,9 +110,13 @@ class RoundDriver:
                     break
                 if len(rnd.accepted) + len(live_set - answered) < need:
                     raise errors.RoundFailedError(
-                        f"round {number}: only {len(rnd.accepted)} accepted result(s) and {len(live_set - answered)} "
-                        f"client(s) still working, fewer than {_need(cfg.min_clients, cfg.min_fraction, need)}; "
-                        f"rejected: {rnd.rejected or '-'}; lost: {self._lost()}"
+                        self._shortfall(
+                            number,
+                            len(rnd.accepted),
+                            len(live_set - answered),
+                            _need(cfg.min_clients, cfg.min_fraction, need),
+                            rnd.rejected,
+                        )
                     )
                 if time.monotonic() >= deadline:
                     if len(rnd.accepted) >= need:
@@ -179,12 +183,37 @@ class RoundDriver:
         reported completed anywhere (log, status, tracking)."""
         self.checkpoints.save(self.model, number, self.strategy.state_dict())
 
+    def _shortfall(
+        self, number: int, accepted: int, working: int, need: str, rejected: dict[str, str]
+    ) -> str:
+        """Why a round cannot close, cause first: the sites that failed or died (earliest first) and the
+        results rejected, then the count that falls short."""
+        lost = sorted(
+            (r for r in self.members.records() if r.state in (MemberState.DEAD, MemberState.FAILED)),
+            key=lambda r: r.last_seen,
+        )
+        causes = [f"{r.site} {r.state}: {r.reason}"[:300] for r in lost[:SHORTFALL_CAUSES]]
+        causes += [
+            f"{site}'s result rejected: {why}"[:300]
+            for site, why in list(rejected.items())[:SHORTFALL_CAUSES]
+        ]
+        more = len(lost) + len(rejected) - len(causes)
+        head = "; ".join(causes) + (f" (and {more} more: see the server log)" if more > 0 else "")
+        return (
+            f"{head or 'no site failed or was rejected'}; so round {number} cannot close: {accepted} accepted "
+            f"result(s) and {working} client(s) still working, fewer than {need}"
+        )
+
     def _lost(self) -> dict[str, str]:
         return {
             r.site: f"{r.state}: {r.reason}"[:200]
             for r in self.members.records()
             if r.state in (MemberState.DEAD, MemberState.FAILED)
         }
+
+
+SHORTFALL_CAUSES = 3
+"""How many failed sites and rejected results a round's failure names before 'and N more'."""
 
 
 def _replacing(old: GlobalModel, items: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:

@@ -21,6 +21,8 @@ import hpcflare.client as flare
 mode = sys.argv[1]
 flare.init()
 bad = flare.get_site_name() == "site-3"
+if bad and mode == "missing_data":
+    open("/nonexistent/site-3/train.csv").read()
 while flare.is_running():
     model = flare.receive()
     params = {k: v + 1 for k, v in model.params.items()}
@@ -79,6 +81,27 @@ def test_round_fails_cleanly_when_too_few_valid_results(make_recipe, local_env):
     assert run.exit_codes["server"] == ExitCode.ROUND_FAILED
     assert run.get_status()["state"] == "failed"
     assert not run.job_dir.result_model_path.exists()
+
+
+def test_a_site_that_fails_at_start_fails_the_job_in_seconds_with_its_own_cause(make_recipe, local_env):
+    from hpcflare.logs.diagnose import diagnose
+
+    run = make_recipe(SCRIPT, n_clients=3, min_clients=3, num_rounds=2, train_args="missing_data").execute(
+        local_env
+    )
+    t0 = time.monotonic()
+    with pytest.raises(JobFailedError) as failed:
+        run.get_result(timeout=120)
+    assert time.monotonic() - t0 < 60  # not settings.registration_timeout or round_timeout later
+    cause = "site-3 failed: FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/site-3/train.csv'"
+    message = str(failed.value)
+    assert cause in message and message.index(cause) < message.index(
+        "fewer than min_clients=3"
+    )  # cause first
+    assert run.get_status()["message"].startswith(cause)
+    findings, _ = diagnose(run.job_dir)
+    first = [f for f in findings if f.severity == "error"][0]
+    assert "site-3" in first.what and "FileNotFoundError" in first.what
 
 
 def test_killed_client_is_declared_dead_and_round_closes(make_recipe, local_env):
