@@ -142,14 +142,26 @@ def sacct_findings(job_dir: JobDir, commands: Any = None, completed: bool = Fals
             steps = commands.accounting(job_id)
         except SlurmError:
             return out
+        seen = [step.get("JobID", "") for step in steps]
+        requeued = len(seen) != len(set(seen))  # sacct -D lists each life of a requeued job
         for step in steps:
             state = step.get("State", "").split()[0] if step.get("State") else ""
             if state not in SACCT_STATES:
                 continue
             severity, what, fix = SACCT_STATES[state]
             if completed and state in ("TIMEOUT", "PREEMPTED", "NODE_FAIL", "CANCELLED"):
-                severity, fix = "info", "nothing to do: the job was requeued and completed"
-            rss = f" (MaxRSS {step['MaxRSS']} of {step['ReqMem']} requested)" if step.get("MaxRSS") else ""
+                severity, fix = (
+                    ("info", "nothing to do: the job was requeued and completed")
+                    if requeued
+                    else (
+                        "warning",
+                        "the job completed without this step's ranks: status.json's lost names their sites",
+                    )
+                )
+            rss = ""
+            if step.get("MaxRSS"):
+                asked = f" of {step['ReqMem']} requested" if step.get("ReqMem", "").strip() else ""
+                rss = f" (MaxRSS {step['MaxRSS']}{asked})"
             code = step.get("ExitCode", "0:0").split(":")[0]
             if state == "FAILED" and code.isdigit():
                 fix = describe(int(code))

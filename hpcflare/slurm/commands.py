@@ -137,9 +137,10 @@ class SlurmCommands:
         return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line.strip()]
 
     def accounting(self, job_id: str) -> list[dict[str, str]]:
-        """Every step of a job from sacct (State, ExitCode, MaxRSS, ReqMem, ...); [] without accounting."""
+        """Every step of every life of a job from sacct (-D: a requeued job's earlier lives too; State, ExitCode,
+        MaxRSS, ReqMem, ...); [] without accounting."""
         keys = ("JobID", "JobName", "State", "ExitCode", "MaxRSS", "ReqMem", "Elapsed", "NodeList")
-        proc = self._run(["sacct", "-n", "-P", "-j", job_id, "-o", ",".join(keys)])
+        proc = self._run(["sacct", "-n", "-P", "-D", "-j", job_id, "-o", ",".join(keys)])
         if proc.returncode != 0:
             return []  # no slurmdbd: diagnose falls back to the Slurm output files
         return [

@@ -1,0 +1,46 @@
+"""Slurm's accounting read into findings: every life of a requeued job, numbers said as Slurm gives them."""
+
+from __future__ import annotations
+
+from hpcflare.job import JobDir
+from hpcflare.logs.slurm_findings import sacct_findings
+
+KEYS = ("JobID", "JobName", "State", "ExitCode", "MaxRSS", "ReqMem", "Elapsed", "NodeList")
+
+
+class Accounting:
+    """sacct's rows for one job id, as SlurmCommands.accounting returns them."""
+
+    def __init__(self, *rows: tuple[str, ...]) -> None:
+        self.rows = [dict(zip(KEYS, row)) for row in rows]
+
+    def accounting(self, job_id: str) -> list[dict[str, str]]:
+        return self.rows
+
+
+def job(tmp_path) -> JobDir:
+    (tmp_path / "slurm_job_id").write_text("41\n")
+    return JobDir(tmp_path)
+
+
+def test_a_completed_job_is_called_requeued_only_when_it_had_an_earlier_life(tmp_path):
+    earlier = ("41", "hpcflare", "NODE_FAIL", "0:0", "", "4000M", "00:01:00", "node2")
+    later = ("41", "hpcflare", "COMPLETED", "0:0", "", "4000M", "00:02:00", "node1")
+    (finding,) = sacct_findings(job(tmp_path), Accounting(earlier, later), completed=True)
+    assert (
+        finding.severity == "info"
+        and "requeued and completed" in finding.fix
+        and "lost a node" in finding.what
+    )
+    step = ("41.1", "hpcflare-rank", "CANCELLED by 0", "0:15", "", "", "00:00:30", "node2")
+    (finding,) = sacct_findings(job(tmp_path), Accounting(step), completed=True)
+    assert finding.severity == "warning" and "requeued" not in finding.fix and "lost" in finding.fix
+
+
+def test_max_rss_without_a_memory_request_reads_plainly(tmp_path):
+    oom = ("41.0", "hpcflare-rank", "OUT_OF_MEMORY", "0:125", "73372K", "", "00:00:10", "node3")
+    (finding,) = sacct_findings(job(tmp_path), Accounting(oom))
+    assert finding.severity == "error" and "(MaxRSS 73372K) on node3" in finding.what
+    oom = ("41.0", "hpcflare-rank", "OUT_OF_MEMORY", "0:125", "73372K", "64M", "00:00:10", "node3")
+    (finding,) = sacct_findings(job(tmp_path), Accounting(oom))
+    assert "(MaxRSS 73372K of 64M requested)" in finding.what
