@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import signal
 import traceback
 
 from hpcflare import errors
@@ -52,6 +53,21 @@ HELP: dict[ExitCode, str] = {
 }
 
 
+SIGNAL_LIKE = (
+    int(signal.SIGABRT),
+    int(signal.SIGKILL),
+    int(signal.SIGSEGV),
+    int(signal.SIGBUS),
+    int(signal.SIGTERM),
+)
+"""Exit codes that srun and sacct use for a rank killed by that signal."""
+SIGNAL_HINTS = {
+    int(signal.SIGKILL): ": often the OOM killer (sacct OUT_OF_MEMORY), scancel or a node's cleanup",
+    int(signal.SIGTERM): ": scancel, preemption, a time limit or an abort",
+    int(signal.SIGSEGV): ": a crash in native code (a library or driver)",
+}
+
+
 def describe(code: int) -> str:
     """Human text for an exit code, also for codes hpcflare does not own (signals, shells)."""
     try:
@@ -67,6 +83,12 @@ def describe(code: int) -> str:
                     "which needs no MPI"
                 )
             return f"killed by signal {sig} (9 = SIGKILL, often the OOM killer; 15 = SIGTERM, preemption or abort)"
+        if code in SIGNAL_LIKE:  # srun and sacct report a task killed by a signal with the signal's number
+            name = signal.Signals(code).name
+            return (
+                f"exit code {code}: not an hpcflare code; from srun or sacct it is signal {code} ({name}) that "
+                f"ended the rank{SIGNAL_HINTS.get(code, '')}; from a script of yours, sys.exit({code})"
+            )
         return (
             f"unknown exit code {code} (not an hpcflare code; the training script may have called sys.exit)"
         )

@@ -22,6 +22,10 @@ def test_describe_signals_and_unknown_codes():
     assert describe(137).startswith("killed by signal 9")
     assert "ROUND_FAILED" in describe(12)
     assert "unknown exit code 77" in describe(77)
+    # srun reports a SIGKILLed rank as exit code 9: say so, not "the script called sys.exit"
+    assert "signal 9 (SIGKILL)" in describe(9) and "OOM killer" in describe(9)
+    assert "signal 15 (SIGTERM)" in describe(15)
+    assert "REGISTRATION_TIMEOUT" in describe(11)  # hpcflare's own codes win
 
 
 @pytest.mark.parametrize(
