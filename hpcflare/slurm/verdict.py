@@ -6,7 +6,8 @@ a straggler, would end FAILED and mail its user a false alarm. The sbatch script
     python -m hpcflare.slurm.verdict JOB_DIR SRUN_RC
 
 It prints one line and exits 0 when the job completed (naming the sites it lost), the exit code of the job's first
-cause when it failed or was aborted, and srun's status when the job has no final state (killed, requeued).
+cause when it failed or was aborted; a job with no final state (its server rank killed, its node lost) is
+recorded failed with that cause and exits with srun's status.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hpcflare.exitcodes import describe
 from hpcflare.job import JobDir, JobState
 
 
@@ -32,10 +34,14 @@ def verdict(job_dir: Path, srun_rc: int) -> tuple[int, str]:
         code = status.get("exit_code")
         code = int(code) if isinstance(code, int) and 0 < code < 256 else (srun_rc or 1)
         return code, f"job {state}: {status.get('message', '')} (exit {code})"
-    return (
-        srun_rc,
-        f"srun exited {srun_rc}; the job has no final state ({state}): killed, timed out or requeued",
+    # the step is over and the server never recorded an end: it was killed or lost its node. Say so in the
+    # status too, so status, diagnose and `job status` do not go on calling the job running.
+    cause = (
+        f"the server rank ended without recording an end (srun exited {srun_rc}: {describe(srun_rc)}); it was "
+        "killed or lost its node: see the slurm-*.out and `sacct -D -j $SLURM_JOB_ID`"
     )
+    JobDir(job_dir).settle(cause, srun_rc or 1)
+    return srun_rc or 1, f"job {state} when its step ended: {cause}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,3 +44,14 @@ def test_an_unreadable_status_keeps_sruns_status(tmp_path):
     (root / "status.json").write_text("{not json")
     assert main([str(root), "3"]) == 3
     assert main(["only-one-argument"]) == 2
+
+
+def test_a_step_that_ended_while_the_job_ran_records_the_killed_server(tmp_path, capsys):
+    root = _job(tmp_path, JobState.RUNNING, round=3)
+    assert main([str(root), "137"]) == 137
+    status = JobDir(root).read_status()
+    assert status["state"] == "failed" and status["exit_code"] == 137
+    assert "server rank ended without recording an end" in status["message"]
+    assert "killed by signal 9" in status["message"] and "killed by signal 9" in capsys.readouterr().out
+    JobDir(root).write_status(JobState.COMPLETED)
+    assert main([str(root), "137"]) == 0  # a final state is never overwritten
