@@ -160,6 +160,10 @@ class JobConfig:
     """Sites one client rank hosts as virtual clients (a thread each, sharing the rank's process, its one link
     upstream and its one copy of the round's model); 1 = a process per site. 'auto' is resolved before the ranks
     start (see :func:`hpcflare.runtime.client_rank.settle_clients_per_rank`)."""
+    client_groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Sites one client rank hosts under a name of its own: {host: [its sites]}, e.g. an institution's virtual
+    clients (recipes' ``site_clients={"hospital-a": 4}`` makes hospital-a.1..4). The host's certificate speaks
+    for its sites and, where the strategy allows, folds their results into one partial upstream."""
     relay_failover: str = "direct"
     """When a client's relay dies: 'direct' = reconnect to the server, 'exclude' = drop out of the job."""
     staging: bool = False
@@ -257,31 +261,49 @@ class JobConfig:
         """Sites per client rank ('auto' never resolved = 1, a process per site)."""
         return self.clients_per_rank if isinstance(self.clients_per_rank, int) else 1
 
+    def grouped(self) -> dict[str, str]:
+        """Site -> the client group (host) that runs it, for the sites of ``client_groups``."""
+        return {site: host for host, sites in self.client_groups.items() for site in sites}
+
+    def participants(self) -> list[str]:
+        """Who takes part, in job.yaml order: each client group once (by its host's name), and the other sites."""
+        grouped, out = self.grouped(), []
+        for site in self.clients:
+            name = grouped.get(site, site)
+            if name not in out:
+                out.append(name)
+        return out
+
     def client_units(self) -> dict[str, list[str]]:
-        """The job's client ranks in job.yaml order: name -> the sites it runs. With one site per rank the
-        name is the site's; else 'client-rank-N'."""
+        """The job's client ranks in job.yaml order: name -> the sites it runs. A client group is one rank under
+        its host's name; of the other sites, with one site per rank the name is the site's, else 'client-rank-N'."""
+        grouped = self.grouped()
+        units = {host: list(sites) for host, sites in self.client_groups.items()}
+        rest = [site for site in self.clients if site not in grouped]
         k = self.per_rank
         if k == 1:
-            return {site: [site] for site in self.clients}
+            return {**units, **{site: [site] for site in rest}}
         return {
-            f"client-rank-{n}": self.clients[i : i + k]
-            for n, i in enumerate(range(0, len(self.clients), k), 1)
+            **units,
+            **{f"client-rank-{n}": rest[i : i + k] for n, i in enumerate(range(0, len(rest), k), 1)},
         }
 
     def hosting_rank(self, site: str) -> str | None:
         """The client rank that runs ``site`` as a virtual client (None with one site per rank, or for a name that
         is not a site): the certificate of that rank may speak for it (see :func:`security.jobs.load_kit`)."""
-        if self.per_rank == 1 or site not in self.clients:
-            return None
-        return f"client-rank-{self.clients.index(site) // self.per_rank + 1}"
+        host = self.grouped().get(site)
+        if host is not None or self.per_rank == 1 or site not in self.clients:
+            return host
+        rest = [s for s in self.clients if s not in self.grouped()]
+        return f"client-rank-{rest.index(site) // self.per_rank + 1}"
 
     def rank_hosts(self) -> dict[str, list[str]]:
         """Client ranks that host their sites behind one link upstream (a rank-local relay), by name.
         Empty with one site per rank, or for strategies that cannot take partial aggregates (their virtual
         clients each keep their own link to the server)."""
-        if self.per_rank == 1 or not self.new_strategy().supports_relays:
+        if (self.per_rank == 1 and not self.client_groups) or not self.new_strategy().supports_relays:
             return {}
-        return self.client_units()
+        return {name: sites for name, sites in self.client_units().items() if name not in sites}
 
     def load_settings(self) -> Settings:
         return Settings.load(self.settings_profile, self.settings)
@@ -343,6 +365,7 @@ def validate_config(config: JobConfig) -> None:
         )
     if config.clients_per_rank != "auto":
         whole_number("clients_per_rank", config.clients_per_rank, 1)
+    check_client_groups(config)
     clash = set(config.clients) & (
         {f"relay-{i}" for i in range(1, config.relays + 1)} | set(config.rank_hosts())
     )
@@ -399,6 +422,50 @@ def validate_config(config: JobConfig) -> None:
     if config.framework not in FRAMEWORKS:
         raise ConfigError(f"framework must be one of {FRAMEWORKS}, got {config.framework!r}")
     config.load_settings()  # raises ConfigError on bad profile/overrides
+
+
+def check_client_groups(config: JobConfig) -> None:
+    groups = config.client_groups
+    if not isinstance(groups, dict) or not all(
+        isinstance(h, str) and isinstance(v, list) and v and all(isinstance(s, str) for s in v)
+        for h, v in groups.items()
+    ):
+        raise ConfigError(
+            f"client_groups must map a host name to a non-empty list of its sites, got {groups!r:.200}"
+        )
+    named = [site for sites in groups.values() for site in sites]
+    unknown = sorted(set(named) - set(config.clients))
+    if unknown or len(named) != len(set(named)):
+        raise ConfigError(
+            f"client_groups: every grouped site must be one of the job's clients, in one group only "
+            f"(unknown: {unknown[:10]})"
+        )
+    for host in groups:
+        if not SITE_NAME.match(host) or host in config.clients:
+            raise ConfigError(
+                f"client_groups: host name {host!r} must be a valid name that is not one of the sites"
+            )
+
+
+def expand_site_clients(
+    clients: list[str], site_clients: dict[str, int]
+) -> tuple[list[str], dict[str, list[str]]]:
+    """``site_clients={"hospital-a": 4}``: hospital-a's place in ``clients`` becomes its virtual clients
+    hospital-a.1..4, run by one client rank named hospital-a; returns (clients, client_groups)."""
+    unknown = sorted(set(site_clients) - set(clients))
+    if unknown:
+        raise ConfigError(f"site_clients names {unknown} that are not among the clients {clients[:10]}")
+    out: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for site in clients:
+        count = site_clients.get(site)
+        if count is None:
+            out.append(site)
+            continue
+        whole_number(f"site_clients[{site!r}]", count, 1)
+        groups[site] = [f"{site}.{i}" for i in range(1, int(count) + 1)]
+        out += groups[site]
+    return out, groups
 
 
 class JobDir:

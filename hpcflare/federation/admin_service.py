@@ -70,7 +70,8 @@ class AdminService:
             job_id = store.new_id(name if SITE_NAME.match(name) else "job")
             config = submission.prepare(incoming, self.server.kit, job_id)
             spec = submission.check_resource_spec(
-                head.get("resource_spec") or submission.resource_spec_from_meta(incoming), config.clients
+                head.get("resource_spec") or submission.resource_spec_from_meta(incoming),
+                config.participants(),
             )
             # job.yaml as prepared (its job id is the server's); the app's files as received and hash-checked
             manifest = [wire.file_entry(incoming, "job.yaml")]
@@ -87,7 +88,7 @@ class AdminService:
             name=config.name,
             submitter=admin.name,
             submitter_org=admin.org,
-            sites=list(config.clients),
+            sites=config.participants(),
             min_clients=config.min_clients,
             manifest=manifest,
             resources=spec,

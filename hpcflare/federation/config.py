@@ -141,6 +141,10 @@ class ServerConfig:
         )
 
 
+DEFAULT_MAX_CLIENTS = 16
+"""site.yaml's max_clients when it sets none."""
+
+
 @dataclasses.dataclass
 class SiteConfig:
     workspace: Path = Path("site-work")
@@ -148,6 +152,8 @@ class SiteConfig:
     slurm: Resources = dataclasses.field(default_factory=Resources)
     data_root: str | None = None
     max_client_ranks: int = 1
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    """Virtual clients one job may run at this site (a job's site_clients), in its one client rank."""
     max_gpus: int | None = None
     max_wall_minutes: int | None = None
     partitions: list[str] | None = None
@@ -160,7 +166,7 @@ class SiteConfig:
     def load(cls, path: str | Path | None, **overrides: Any) -> SiteConfig:
         data, where = _checked(cls, path, "site config", overrides)
         launcher = data.get("launcher", "local")
-        for key in ("max_client_ranks", "max_gpus", "max_wall_minutes"):
+        for key in ("max_client_ranks", "max_clients", "max_gpus", "max_wall_minutes"):
             value = data.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"{where}: {key} must be a whole number >= 0, got {value!r}")
@@ -178,6 +184,7 @@ class SiteConfig:
             slurm=resources_from(data.get("slurm"), f"{where}: slurm"),
             data_root=None if data.get("data_root") is None else str(data["data_root"]),
             max_client_ranks=int(data.get("max_client_ranks", 1)),
+            max_clients=int(data.get("max_clients", DEFAULT_MAX_CLIENTS)),
             max_gpus=data.get("max_gpus"),
             max_wall_minutes=data.get("max_wall_minutes"),
             partitions=data.get("partitions"),

@@ -188,7 +188,9 @@ class FederationServer(ServerRanks):
     def _start_rank(self, job: FedJob, accepted: list[str]) -> None:
         job_dir = self.store.job_dir(job.job_id)
         config = job_dir.load_config()
-        config.clients = [s for s in config.clients if s in accepted]
+        grouped = config.grouped()
+        config.clients = [s for s in config.clients if grouped.get(s, s) in accepted]
+        config.client_groups = {h: sites for h, sites in config.client_groups.items() if h in accepted}
         config.min_clients = min(config.min_clients, len(config.clients))
         job_dir.save_config(config)
         port = self._free_port()

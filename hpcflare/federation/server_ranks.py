@@ -15,7 +15,7 @@ from hpcflare.federation.config import ServerConfig
 from hpcflare.federation.launchers import Launcher, Resources
 from hpcflare.federation.store import FedJob, FedJobState, JobStore, SiteState
 from hpcflare.fileio import atomic_write_json
-from hpcflare.job import JobState
+from hpcflare.job import JobDir, JobState
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.beacon import beacon_dir
 from hpcflare.settings import Settings
@@ -92,13 +92,17 @@ class ServerRanks:
         config = job_dir.load_config()
         failed = {
             s: str(job.site_states[s].get("detail", ""))
-            for s in config.clients
+            for s in config.participants()
             if job.site_state(s) in (SiteState.FAILED, SiteState.ABORTED)
         }
-        if not failed or len(config.clients) - len(failed) >= config.min_clients:
+        grouped = config.grouped()
+        left = [
+            c for c in config.clients if grouped.get(c, c) not in failed
+        ]  # virtual clients count one each
+        if not failed or len(left) >= config.min_clients:
             return
         job.server_rank["ended_by"] = (
-            f"{len(failed)} of {len(config.clients)} sites failed before the first round (min_clients="
+            f"{len(failed)} of {len(config.participants())} sites failed before the first round (min_clients="
             f"{config.min_clients}): " + "; ".join(f"{s}: {why}" for s, why in failed.items())
         )
         self.launcher.cancel(job.server_rank)
@@ -109,6 +113,7 @@ class ServerRanks:
         ranks still on their way (start-up grace); a site's beacon goes when its agent stops saying so."""
         folder = beacon_dir(rendezvous_dir)
         fresh = 2 * self.settings.federation_poll_wait + self.settings.federation_check_interval
+        groups = JobDir(rendezvous_dir.parent).load_config().client_groups  # an institution's virtual clients
         for site in job.sites:
             path = folder / f"{SITE_BEACON_PREFIX}{site}.json"
             entry = job.site_states.get(site) or {}
@@ -116,7 +121,12 @@ class ServerRanks:
             seen = self.sites_seen.get(site, {}).get("last_seen", 0.0)
             if starting and time.time() - seen <= fresh:
                 atomic_write_json(
-                    path, {"rank": f"{SITE_BEACON_PREFIX}{site}", "sites": [site], "via": "agent"}
+                    path,
+                    {
+                        "rank": f"{SITE_BEACON_PREFIX}{site}",
+                        "sites": groups.get(site, [site]),
+                        "via": "agent",
+                    },
                 )
             else:
                 path.unlink(missing_ok=True)

@@ -29,6 +29,12 @@ class SitePolicy:
         """Raise PolicyRefusedError (saying which rule and how to change it) unless the site runs this job."""
         self._script(job_dir, config)
         self._resources(wants)
+        clients = len(config.client_groups.get(self.kit.name, [])) or 1
+        if clients > self.config.max_clients:
+            raise PolicyRefusedError(
+                f"the job runs {clients} virtual clients at this site (site_clients), over this site's "
+                f"max_clients={self.config.max_clients} (site.yaml)"
+            )
         args = [*config.train_args, *config.site_train_args.get(self.kit.name, [])]
         if any(DATA_ROOT in a for a in args) and self.config.data_root is None:
             raise PolicyRefusedError(
@@ -87,9 +93,11 @@ class SitePolicy:
         """The job as this site runs it: the clients the server started with, and the site's data location."""
         root = self.config.data_root or ""
         clients = view.get("clients")
+        clients = [str(c) for c in clients] if isinstance(clients, list) and clients else config.clients
         return dataclasses.replace(
             config,
-            clients=[str(c) for c in clients] if isinstance(clients, list) and clients else config.clients,
+            clients=clients,
+            client_groups={h: s for h, s in config.client_groups.items() if set(s) <= set(clients)},
             min_clients=int(view.get("min_clients") or config.min_clients),
             train_args=[a.replace(DATA_ROOT, root) for a in config.train_args],
             site_train_args={

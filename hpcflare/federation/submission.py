@@ -87,7 +87,7 @@ def prepare(incoming: Path, kit: StartupKit, job_id: str) -> JobConfig:
     """Check a received job folder and fix it for a run across institutions; returns its config."""
     job_dir = JobDir(incoming)
     config = job_dir.load_config()
-    unknown = [s for s in config.clients if kit.participants.get(s) != "client"]
+    unknown = [s for s in config.participants() if kit.participants.get(s) != "client"]
     if unknown:
         raise ConfigError(
             f"the job names site(s) {unknown[:10]} that are not client participants of project {kit.project!r} "

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcflare.errors import ConfigError
-from hpcflare.job import TRACKING_BACKENDS, JobConfig, JobDir, check_job_name, fraction, whole_number
+from hpcflare.job import (
+    TRACKING_BACKENDS,
+    JobConfig,
+    JobDir,
+    check_job_name,
+    expand_site_clients,
+    fraction,
+    whole_number,
+)
 from hpcflare.recipe.model_io import save_initial_model
 from hpcflare.recipe.nvflare_keywords import note, per_site_arguments, translate
 from hpcflare.settings import Settings
@@ -52,13 +60,16 @@ class Recipe:
         kits_dir: str | Path = "kits",
         filters: Sequence[dict[str, Any]] = (),
         initial_checkpoint: str | Path | None = None,
+        site_clients: dict[str, int] | None = None,
         **job_options: Any,
     ) -> None:
         """``job_options``: any further job.yaml key (key_metric="accuracy", early_stop_patience=3,
         tracking=["csv", "tensorboard"], ...). ``initial_checkpoint``: a .safetensors (or weights-only .pt)
         file whose weights replace the model's initial ones. NVFlare's keywords (initial_model, initial_ckpt,
         stop_cond, patience, exclude_vars, aggregation_weights, per_site_config, ...) are accepted with their
-        meaning: see hpcflare.recipe.nvflare_keywords."""
+        meaning: see hpcflare.recipe.nvflare_keywords. ``site_clients``: {site: N} runs that site as N virtual
+        clients (site.1..N) in one client rank named after the site, which folds their results into one partial
+        (an institution's many clients behind one link, across institutions too)."""
         if min_clients is None or train_script is None:
             raise ConfigError("a recipe needs min_clients= and train_script=")
         nv = translate(model, initial_checkpoint, clients, job_options)
@@ -97,6 +108,7 @@ class Recipe:
             raise ConfigError(f"unknown recipe option(s) {unknown}; job options are {sorted(known)}")
         self.job_options = job_options
         self.initial_checkpoint = Path(initial_checkpoint) if initial_checkpoint else None
+        self.site_clients = dict(site_clients or {})
         if not self.train_script.is_file():
             raise ConfigError(f"train_script {self.train_script} not found")
         Settings.load(self.settings_profile, self.settings)  # a bad deadline is refused now, not in a rank
@@ -145,19 +157,22 @@ class Recipe:
             {**self.strategy_args, **self.extra_strategy_args},
             self.num_rounds,
         )
+        clients, groups = expand_site_clients(self.clients, self.site_clients)
+        if groups:
+            self.job_options["client_groups"] = groups
         if (
             self.cross_site_eval
         ):  # the training rounds, then the evaluation matrix (or the global model's row)
             submit = self.cross_site_eval != GLOBAL_ONLY
             strategy = "cross_site_eval"
             strategy_args = {**strategy_args, "train_rounds": self.num_rounds, "submit_models": submit}
-            num_rounds = self.num_rounds + 1 + (len(self.clients) if submit else 0) + 1
+            num_rounds = self.num_rounds + 1 + (len(clients) if submit else 0) + 1
         config = JobConfig(
             name=self.name,
             job_id=job_id,
             num_rounds=num_rounds,
             min_clients=self.min_clients,
-            clients=self.clients,
+            clients=clients,
             train_script=f"app/{self.train_script.name}",
             train_args=self.train_args,
             strategy=strategy,

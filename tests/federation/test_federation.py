@@ -266,3 +266,36 @@ def test_a_site_encrypting_under_a_foreign_he_key_is_refused_and_named(federatio
         check=True,
     )
     np.testing.assert_allclose(safetensors.numpy.load_file(str(plain))["w"], np.full(3, 2.0), atol=1e-2)
+
+
+def test_an_institution_runs_its_virtual_clients_behind_one_link(federation, tmp_path):
+    federation.up(SITES)
+    recipe = federation.recipe(SITES, rounds=2, site_clients={"site-1": 3}, name="virtual-clients")
+    with federation.session("alice") as admin:
+        job_id = admin.submit_job(recipe.export(tmp_path / "admin-jobs").root)
+        status = wait_state(admin, job_id, ("done", "failed"), timeout=300)
+        assert status["state"] == "done", status
+        folder = admin.download_job_result(job_id, tmp_path / "results")
+    # site-1.1..3 add 1.1, 1.2, 1.3; site-2 and site-3 add 2 and 3: the mean of five clients, twice
+    weights = safetensors.numpy.load_file(str(folder / "job" / "models" / "global_model.safetensors"))["w"]
+    np.testing.assert_allclose(weights, np.full(3, 2 * (1.1 + 1.2 + 1.3 + 2 + 3) / 5), rtol=1e-6)
+    server = [
+        json.loads(line) for line in (folder / "job" / "logs" / "server.jsonl").read_text().splitlines()
+    ]
+    folded = [e["msg"] for e in server if e["event"] == "partial_accepted"]
+    assert len(folded) == 2 and all(
+        "from site-1 over 3 client(s)" in m for m in folded
+    )  # one link, one partial
+    assert sorted(status["sites"]) == SITES  # the admin sees institutions, not virtual clients
+
+
+def test_a_site_refuses_more_virtual_clients_than_its_policy_allows(federation, tmp_path):
+    federation.start_server()
+    federation.start_agent("site-1", max_clients=2)
+    federation.wait_connected(["site-1"])
+    recipe = federation.recipe(["site-1"], rounds=1, site_clients={"site-1": 3}, name="too-many")
+    with federation.session("alice") as admin:
+        job_id = admin.submit_job(recipe.export(tmp_path / "admin-jobs").root)
+        status = wait_state(admin, job_id, ("failed",), timeout=120)
+    detail = status["sites"]["site-1"]["detail"]
+    assert "POLICY_REFUSED" in detail and "3 virtual clients" in detail and "max_clients=2" in detail

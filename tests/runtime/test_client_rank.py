@@ -400,3 +400,57 @@ def test_a_killed_client_rank_loses_its_sites_and_the_job_goes_on(make_recipe, l
     assert dead == ["client-rank-1", "site-1", "site-2"]  # the rank, and its sites once it stopped vouching
     assert sorted(server_events(run, "round_completed")[-1]["accepted"]) == ["site-3", "site-4"]
     assert run.exit_codes["client-rank-1"] == -signal.SIGKILL and run.exit_codes["client-rank-2"] == 0
+
+
+def test_site_clients_make_a_named_client_group_that_folds_its_results(tmp_path):
+    """site_clients={"hospital-a": 3}: hospital-a.1..3 run in one client rank named hospital-a, which sends one
+    partial; the other site runs alone. The group's host is a rank, not a site; its name speaks for its sites."""
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import hpcflare.client as flare\nflare.init()\n"
+        "add = {'hospital-a.1': 1.0, 'hospital-a.2': 2.0, 'hospital-a.3': 3.0, 'hospital-b': 10.0}"
+        "[flare.get_site_name()]\n"
+        "while flare.is_running():\n"
+        "    m = flare.receive()\n"
+        "    flare.send(flare.FLModel(params={'numpy_key': m.params['numpy_key'] + add}))\n"
+    )
+    recipe = FedAvgRecipe(
+        name="groups",
+        model={"numpy_key": HELLO_MODEL},
+        min_clients=4,
+        num_rounds=2,
+        train_script=script,
+        clients=["hospital-a", "hospital-b"],
+        site_clients={"hospital-a": 3},
+    )
+    run = recipe.execute(LocalEnv(job_root=tmp_path / "jobs", verbose=False))
+    result = load_result(run.get_result(timeout=120))
+    np.testing.assert_allclose(result["numpy_key"], HELLO_MODEL + 2 * (1 + 2 + 3 + 10) / 4, rtol=1e-6)
+    config = run.job_dir.load_config()
+    assert config.clients == ["hospital-a.1", "hospital-a.2", "hospital-a.3", "hospital-b"]
+    assert config.participants() == ["hospital-a", "hospital-b"]
+    assert config.client_units() == {"hospital-a": config.clients[:3], "hospital-b": ["hospital-b"]}
+    assert config.hosting_rank("hospital-a.2") == "hospital-a" and config.hosting_rank("hospital-b") is None
+    partials = [e["msg"] for e in server_events(run, "partial_accepted")]
+    assert len(partials) == 2 and all("from hospital-a over 3 client(s)" in m for m in partials)
+
+
+def test_client_groups_are_checked(tmp_path):
+    from hpcflare.errors import ConfigError
+    from hpcflare.job import JobConfig
+
+    base = {"name": "g", "job_id": "g-1", "num_rounds": 1, "min_clients": 1, "clients": ["a.1", "a.2", "b"]}
+    base["train_script"] = "app/x.py"
+    for groups, message in (
+        ({"a": ["a.1", "zz"]}, "every grouped site must be one of the job's clients"),
+        ({"a": ["a.1"], "c": ["a.1"]}, "in one group only"),
+        ({"b": ["a.1"]}, "host name 'b' must be a valid name that is not one of the sites"),
+        ({"a": []}, "non-empty list"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            JobConfig.from_dict({**base, "client_groups": groups})
+    # a strategy without partial sums: no host rank upstream, but the group's name still speaks for its sites
+    config = JobConfig.from_dict(
+        {**base, "client_groups": {"a": ["a.1", "a.2"]}, "strategy": "cross_site_eval"}
+    )
+    assert config.rank_hosts() == {} and config.hosting_rank("a.1") == "a"
