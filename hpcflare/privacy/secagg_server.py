@@ -273,8 +273,10 @@ class SecAgg(PrivateStrategy):
             assert st is not None
             st.u3 = sorted(st.folded)
             if len(st.u3) < st.threshold:
+                missing = sorted(set(st.u2 or st.u1 or []) - set(st.u3))
                 st.failed = (
-                    f"round {st.number}: only {len(st.u3)} masked update(s) arrived, fewer than the "
+                    (f"{', '.join(missing[:10])} shared keys but sent no masked update; " if missing else "")
+                    + f"round {st.number}: only {len(st.u3)} masked update(s) arrived, fewer than the "
                     f"{st.threshold} shares needed to remove the masks (privacy.threshold); the sum cannot be "
                     "unmasked. Lower privacy.threshold or keep more sites alive (min_clients >= threshold)"
                 )
@@ -292,8 +294,14 @@ class SecAgg(PrivateStrategy):
             return combine(shares, st.threshold)
         except ShamirError as exc:
             what = "self-mask seed" if kind == "b" else "masking key (it dropped out)"
+            silent = sorted(set(st.u3 or []) - set(st.reveals))  # the first cause: who did not reveal
             st.failed = (
-                f"round {st.number}: cannot rebuild {owner}'s {what}: {exc} ({len(st.reveals)} of "
+                (
+                    f"{', '.join(silent[:10])} sent a masked update but never revealed its shares; "
+                    if silent
+                    else ""
+                )
+                + f"round {st.number}: cannot rebuild {owner}'s {what}: {exc} ({len(st.reveals)} of "
                 f"{len(st.u3 or [])} survivors revealed shares within privacy.unmask_timeout="
                 f"{self.spec.unmask_timeout:g}s; threshold {st.threshold})"
             )

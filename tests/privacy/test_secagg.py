@@ -151,6 +151,21 @@ def test_a_site_refuses_to_reveal_for_a_server_that_lies_about_survivors():
     assert len(refusals) == 4 and all("inconsistent" in str(e) for e in refusals)
 
 
+def test_a_survivor_that_never_reveals_is_named_first():
+    updates, weights = _updates(4, size=200, seed=5)
+    spec = PrivacySpec("secagg", threshold=4, unmask_timeout=2)
+    server = SecAgg(FedAvg(), spec, "job-1")
+
+    def silent_s2(site, request):  # s2's update is in; then it goes quiet (died or stalled) before revealing
+        if site == "s2" and request["op"] == "unmask":
+            raise errors.TransportError("s2 is gone")
+        return server.exchange(site, request)
+
+    with pytest.raises(errors.RoundFailedError) as failed:
+        _protocol(updates, weights, spec=spec, server=server, lie=silent_s2, site_errors=[])
+    assert str(failed.value).startswith("s2 sent a masked update but never revealed its shares; ")
+
+
 def test_shamir_threshold_and_malformed_shares():
     secret = bytes(range(32))
     shares = split(secret, [1, 2, 3, 4, 5], 3)

@@ -77,6 +77,9 @@ def test_too_few_survivors_fail_the_round_with_the_cause(make_recipe, local_env)
     status = run.get_status()
     assert status["state"] == "failed"
     assert "fewer than the 4 shares needed" in status["message"] and "privacy.threshold" in status["message"]
+    assert status["message"].startswith(
+        "site-3 shared keys but sent no masked update"
+    )  # the first cause first
 
 
 @pytest.mark.parametrize("layout", [{"relays": 2}, {"staging": True, "clients_per_rank": 2}])
