@@ -43,6 +43,44 @@ def _named(events: Iterable[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in events if e.get("event") == name]
 
 
+def _dead_findings(
+    dead: list[dict[str, Any]], config: Any, settings: Any, status: dict[str, Any]
+) -> list[Finding]:
+    """One finding per rank that died: a client rank's (or client group's) sites under it, not one by one; a
+    warning when the job completed without them."""
+    names = {e["site"] for e in dead}
+    under: dict[str, list[str]] = {}
+    for e in dead:
+        host = config.hosting_rank(e["site"])
+        if host in names:
+            under.setdefault(host, []).append(e["site"])
+    severity = "warning" if status.get("state") == JobState.COMPLETED else "error"
+    out = []
+    for e in dead:
+        if config.hosting_rank(e["site"]) in names:
+            continue  # told with its rank
+        why = e["msg"].split(": ", 1)[-1]
+        sites = sorted(under.get(e["site"], []))
+        with_sites = (
+            f" with its {len(sites)} site(s) {sites[:8]}{' ...' if len(sites) > 8 else ''}" if sites else ""
+        )
+        timeout = (
+            f"settings.server_lost_timeout (now {settings.server_lost_timeout:g}s)"
+            if "server_lost_timeout" in why
+            else f"settings.heartbeat_timeout (now {settings.heartbeat_timeout:g}s)"
+        )
+        out.append(
+            Finding(
+                severity,
+                f"{e['site']} died in round {e.get('round')}{with_sites} ({why})",
+                "the process was killed or its node was lost (OOM? see Slurm output); if it was only busy, raise "
+                + timeout
+                + ("; the job completed without it" if severity == "warning" else ""),
+            )
+        )
+    return out
+
+
 def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict[str, Any]]:
     config = job_dir.load_config()
     settings = config.load_settings()
@@ -91,15 +129,7 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                 f"see logs/{e['site']}.log for the traceback",
             )
         )
-    for e in _named(server, "client_dead"):
-        out.append(
-            Finding(
-                "error",
-                f"{e['site']} died in round {e.get('round')} ({e['msg'].split(': ', 1)[-1]})",
-                "the process was killed or its node was lost (OOM? see Slurm output); if it was only "
-                f"busy, raise settings.heartbeat_timeout (now {settings.heartbeat_timeout:g}s)",
-            )
-        )
+    out += _dead_findings(_named(server, "client_dead"), config, settings, status)
     for e in _named(server, "stragglers"):
         out.append(
             Finding(

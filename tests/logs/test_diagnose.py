@@ -49,6 +49,28 @@ def test_killed_client_is_reported_dead(make_recipe, local_env, capsys):
     assert "site-3 died in round 1 (no heartbeat for" in text and "OOM?" in text
 
 
+def test_a_dead_client_rank_is_one_finding_with_its_sites(make_recipe, local_env, capsys):
+    run = make_recipe(
+        FAILURES,
+        n_clients=4,
+        min_clients=2,
+        num_rounds=1,
+        train_args="slow",
+        clients_per_rank=2,
+        settings={"heartbeat_timeout": 3, "server_lost_timeout": 6, "round_timeout": 120},
+    ).execute(local_env)
+    deadline = time.monotonic() + 60
+    while not any(e["event"] == "task_received" for e in events(run.job_dir.root, "site-3")):
+        assert time.monotonic() < deadline, "site-3 never got its task"
+        time.sleep(0.1)
+    os.kill(run.client_pid("client-rank-2"), signal.SIGKILL)  # the rank of site-3 and site-4
+    run.get_result(timeout=120)
+    text = diagnose(run.job_dir.root, capsys)
+    assert "[WARNING] client-rank-2 died in round 1 with its 2 site(s) ['site-3', 'site-4']" in text
+    assert "site-3 died" not in text and "site-4 died" not in text
+    assert "raise settings.server_lost_timeout (now 6s); the job completed without it" in text
+
+
 def test_too_short_round_timeout_names_the_setting(make_recipe, local_env, capsys):
     run = _run_killing_site3(make_recipe, local_env, {"heartbeat_timeout": 30, "round_timeout": 4})
     text = diagnose(run.job_dir.root, capsys)
