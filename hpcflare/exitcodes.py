@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     POLICY_REFUSED = 25
     AUTH_REFUSED = 26
     ABORTED = 30
+    TIME_LIMIT = 31
 
 
 HELP: dict[ExitCode, str] = {
@@ -48,6 +49,9 @@ HELP: dict[ExitCode, str] = {
     ExitCode.AUTH_REFUSED: "The server refused this site's registration: its name is not one of the job's sites, "
     "or it proved neither its name (a startup kit of that name) nor its membership of the job (the job's secret). "
     "The server's log says which; check the site's kit and that the admin named this site in the job.",
+    ExitCode.TIME_LIMIT: "The job reached its Slurm time limit once more than it may be requeued "
+    "(settings.max_requeues, submitit's max_num_timeout). Raise --time (SlurmEnv(time=...)) or settings.max_requeues, "
+    "then `hpcflare job resume JOB_DIR --env slurm` continues from the last completed round.",
     ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM), or the training script was still "
     "running settings.end_grace after the job ended and was stopped.",
 }
@@ -116,6 +120,9 @@ def exit_for(exc: BaseException, user_code: bool = False) -> tuple[ExitCode, str
     for kind, code in _BY_ERROR:
         if isinstance(exc, kind):
             return code, str(exc)
+    if type(exc).__module__.startswith("submitit") and type(exc).__name__ == "UncompletedJobError":
+        # submitit raises it in the rank when the time limit comes once more than it may requeue
+        return ExitCode.TIME_LIMIT, f"Slurm's time limit, after the last requeue allowed ({exc})"
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ExitCode.DISK_FULL, f"disk full at {exc.filename or '?'}: {exc.strerror}"
     if user_code and isinstance(exc, Exception):

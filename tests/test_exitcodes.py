@@ -28,6 +28,16 @@ def test_describe_signals_and_unknown_codes():
     assert "REGISTRATION_TIMEOUT" in describe(11)  # hpcflare's own codes win
 
 
+def test_submitits_last_time_limit_is_the_time_limit_code():
+    from submitit.core.utils import UncompletedJobError
+
+    code, reason = exit_for(UncompletedJobError("Job not requeued because: timed-out too many times."))
+    assert code == ExitCode.TIME_LIMIT and reason.startswith(
+        "Slurm's time limit, after the last requeue allowed"
+    )
+    assert "settings.max_requeues" in HELP[ExitCode.TIME_LIMIT] and "job resume" in HELP[ExitCode.TIME_LIMIT]
+
+
 @pytest.mark.parametrize(
     "exc, code",
     [

@@ -226,8 +226,8 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                 )
     completed = status.get("state") == JobState.COMPLETED
     out += output_findings(job_dir, completed)
-    out += sacct_findings(job_dir, commands, completed)
     failed = _named(server, "job_failed")
+    out += sacct_findings(job_dir, commands, completed, recorded=bool(failed))
     if failed:
         code = failed[-1].get("exit_code", 1)
         out.append(

@@ -126,8 +126,11 @@ def output_findings(job_dir: JobDir, completed: bool) -> list[Finding]:
     return out
 
 
-def sacct_findings(job_dir: JobDir, commands: Any = None, completed: bool = False) -> list[Finding]:
-    """Slurm's accounting view of the job's allocations (OOM kills, time limits, preemption, node failures)."""
+def sacct_findings(
+    job_dir: JobDir, commands: Any = None, completed: bool = False, recorded: bool = False
+) -> list[Finding]:
+    """Slurm's accounting view of the job's allocations (OOM kills, time limits, preemption, node failures).
+    ``recorded``: the job logged its own failure, so a step Slurm marks FAILED only echoes it."""
     ids = [
         p.read_text().strip()
         for p in (job_dir.root / "slurm_job_id", job_dir.root / "slurm_clients_job_id")
@@ -163,7 +166,12 @@ def sacct_findings(job_dir: JobDir, commands: Any = None, completed: bool = Fals
                 asked = f" of {step['ReqMem']} requested" if step.get("ReqMem", "").strip() else ""
                 rss = f" (MaxRSS {step['MaxRSS']}{asked})"
             code = step.get("ExitCode", "0:0").split(":")[0]
-            if state == "FAILED" and code.isdigit():
+            if state == "FAILED" and recorded:
+                severity, fix = (
+                    "info",
+                    "Slurm's record of the job's failure: its cause is the job's own finding",
+                )
+            elif state == "FAILED" and code.isdigit():
                 fix = describe(int(code))
             out.append(
                 Finding(

@@ -44,3 +44,11 @@ def test_max_rss_without_a_memory_request_reads_plainly(tmp_path):
     oom = ("41.0", "hpcflare-rank", "OUT_OF_MEMORY", "0:125", "73372K", "64M", "00:00:10", "node3")
     (finding,) = sacct_findings(job(tmp_path), Accounting(oom))
     assert "(MaxRSS 73372K of 64M requested)" in finding.what
+
+
+def test_a_failed_step_only_echoes_a_failure_the_job_recorded(tmp_path):
+    step = ("41", "hpcflare", "FAILED", "31:0", "", "", "00:03:00", "node1")
+    (finding,) = sacct_findings(job(tmp_path), Accounting(step))
+    assert finding.severity == "error" and "TIME_LIMIT" in finding.fix
+    (finding,) = sacct_findings(job(tmp_path), Accounting(step), recorded=True)
+    assert finding.severity == "info" and "the job's own finding" in finding.fix
