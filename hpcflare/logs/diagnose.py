@@ -228,14 +228,15 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
     out += output_findings(job_dir, completed)
     failed = _named(server, "job_failed")
     out += sacct_findings(job_dir, commands, completed, recorded=bool(failed))
-    if failed:
+    if failed:  # the job's own verdict names its first cause: it comes first, what followed from it after
         code = failed[-1].get("exit_code", 1)
-        out.append(
+        out.insert(
+            0,
             Finding(
                 "error",
                 f"the job {status.get('state', 'failed')}: {failed[-1].get('reason')}",
                 describe(code),
-            )
+            ),
         )
     rounds = [e["round"] for e in _named(server, "round_completed")] + [
         e["round"] for e in _named(server, "resumed")
