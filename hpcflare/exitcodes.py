@@ -32,7 +32,9 @@ HELP: dict[ExitCode, str] = {
     ExitCode.OK: "The rank finished its part of the job.",
     ExitCode.INTERNAL_ERROR: "Unexpected error inside hpcflare; see the rank's .log/.jsonl for the traceback and report it.",
     ExitCode.CONFIG_ERROR: "The job config or settings profile is invalid or missing; the log names the key. Fix job.yaml / configs/*.yaml.",
-    ExitCode.REGISTRATION_TIMEOUT: "Fewer than min_clients clients registered before settings.registration_timeout; start more clients, lower min_clients or raise registration_timeout.",
+    ExitCode.REGISTRATION_TIMEOUT: "Fewer than min_clients clients could join: sites that failed at start are "
+    "named first with their own cause (fix that); sites that stayed silent until settings.registration_timeout are "
+    "listed after (start them, lower min_clients or raise registration_timeout).",
     ExitCode.ROUND_FAILED: "A round closed with fewer than min_clients valid results (clients died, were rejected or exceeded settings.round_timeout); see the server log for which.",
     ExitCode.DISK_FULL: "A write failed with 'No space left on device' (or over quota); the log names the path. Free "
     "space there, or move the job dir / staging_dir / HPCFLARE_SPOOL_DIR to a larger filesystem, "

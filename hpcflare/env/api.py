@@ -10,6 +10,7 @@ from typing import Any
 from hpcflare.env.progress import RoundProgress
 from hpcflare.errors import ConfigError, JobFailedError, StreamTimeoutError
 from hpcflare.job import JobDir, JobState
+from hpcflare.runtime.cluster.beacon import clear_start_failures
 
 
 class Run(abc.ABC):
@@ -74,6 +75,7 @@ class Env(abc.ABC):
         job_dir.check_deployable()  # not while its server lives; not once it completed
         for stale in job_dir.rendezvous_dir.glob("*.json"):
             stale.unlink(missing_ok=True)
+        clear_start_failures(job_dir.rendezvous_dir)
         job_dir.write_status(
             JobState.RESUMING, message=f"resumed from {job_dir.models_dir / 'checkpoint.json'}"
         )

@@ -14,7 +14,8 @@ from typing import Any
 from hpcflare import errors
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.rank_logger import RankLogger, plural
-from hpcflare.runtime.cluster.beacon import BeaconWatch
+from hpcflare.runtime.cluster.beacon import BeaconWatch, start_failures
+from hpcflare.runtime.cluster.rendezvous import incarnation
 from hpcflare.runtime.host.membership import ENDED, Membership, MemberState
 from hpcflare.runtime.host.round_host import HostPhase
 from hpcflare.settings import Settings
@@ -138,9 +139,16 @@ class ServerRegistration:
         beacons = BeaconWatch(self.job_dir.rendezvous_dir, self.settings.heartbeat_timeout)
         summary_at = time.monotonic() + REGISTRATION_SUMMARY_EVERY
         waited_for: set[str] = set()
+        start_failed: dict[str, str] = {}
         with self._cv:
             while True:
-                live, gone = self.live_children(), self._gone()
+                # sites that ended before registering left their cause: no need to wait for them
+                start_failed = {
+                    site: why
+                    for site, why in start_failures(self.job_dir.rendezvous_dir, incarnation()).items()
+                    if site in self.members.expected and self.members.get(site) is None
+                }
+                live, gone = self.live_children(), self._gone() | set(start_failed)
                 registered = len(live)
                 if registered + len(gone) >= len(cfg.clients):
                     break
@@ -170,8 +178,15 @@ class ServerRegistration:
                 self._cv.wait(min(0.5, remaining) if remaining > 0 else 0.5)  # past it: sites still starting
         registered = sorted(self.live_children())
         missing = sorted(set(cfg.clients) - set(registered))
-        never = [site for site in missing if self.members.get(site) is None]
-        failed = {site: self.members.get(site).reason[:200] for site in missing if site not in never}  # type: ignore[union-attr]
+        failed = {  # the first cause first: sites that failed at start, with their own words
+            **{site: why[:300] for site, why in start_failed.items() if site in missing},
+            **{
+                site: self.members.get(site).reason[:200]  # type: ignore[union-attr]
+                for site in missing
+                if self.members.get(site) is not None
+            },
+        }
+        never = [site for site in missing if site not in failed]
         detail = "; ".join(
             ([f"failed at start: {failed}"] if failed else [])
             + ([f"never registered: {never[:20]}"] if never else [])
@@ -185,9 +200,13 @@ class ServerRegistration:
         if len(registered) < cfg.min_clients:
             # everyone is accounted for: the job cannot start, and waiting longer would not help
             if not never:
+                first = list(failed.items())[:3]  # start failures first: the sites' own words
+                more = len(failed) - len(first)
                 raise errors.RegistrationTimeoutError(
-                    f"only {len(registered)} of {len(cfg.clients)} clients can take part (min_clients="
-                    f"{cfg.min_clients}): {detail}"
+                    "; ".join(f"{site} failed at start: {why}" for site, why in first)
+                    + (f" (and {more} more: see the server log)" if more > 0 else "")
+                    + f"; so only {len(registered)} of {len(cfg.clients)} clients can take part (min_clients="
+                    f"{cfg.min_clients})"
                 )
             raise errors.RegistrationTimeoutError(
                 f"only {len(registered)} of {len(cfg.clients)} clients registered within {grace} (min_clients="
@@ -196,6 +215,8 @@ class ServerRegistration:
         if missing:
             for site in never:
                 self.members.exclude(site, f"did not register within {grace}")
+            for site, why in start_failed.items():
+                self.members.exclude(site, f"failed at start: {why}")
             self.log.warning(
                 "clients_excluded",
                 f"starting without {len(missing)} client(s) (startup grace {grace}): {detail}",

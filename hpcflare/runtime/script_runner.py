@@ -24,6 +24,8 @@ from hpcflare.exitcodes import ExitCode, exit_for, format_traceback, needs_trace
 from hpcflare.job import JobDir
 from hpcflare.plugins import SITE_SIDES
 from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster.beacon import record_start_failure
+from hpcflare.runtime.cluster.rendezvous import incarnation
 from hpcflare.runtime.site.agent import ClientAgent
 from hpcflare.security.policy import check_script
 from hpcflare.transport.api import ServerHandler
@@ -146,6 +148,9 @@ def run_client(
                 exit_code=int(code),
                 reason=reason,
             )
+        if code != ExitCode.OK and (agent is None or not agent.started):
+            # the server may never hear from this site: leave its cause where the server looks while it waits
+            record_start_failure(job_dir.rendezvous_dir, site, f"{code.name}: {reason}", incarnation())
         if (
             agent is not None
             and not agent.started

@@ -104,6 +104,31 @@ def test_a_site_that_fails_at_start_fails_the_job_in_seconds_with_its_own_cause(
     assert "site-3" in first.what and "FileNotFoundError" in first.what
 
 
+def test_a_site_that_cannot_start_ends_the_registration_wait_with_its_cause(make_recipe, tmp_path):
+    from hpcflare.env import LocalEnv
+
+    run = make_recipe(
+        SCRIPT,
+        n_clients=2,
+        min_clients=2,
+        num_rounds=1,
+        train_args="ok",
+        tls="on",
+        settings={"registration_timeout": 120},
+    ).execute(
+        LocalEnv(
+            job_root=tmp_path / "jobs", verbose=False, site_env={"site-2": {"HPCFLARE_KIT": "/nowhere/kit"}}
+        )
+    )
+    t0 = time.monotonic()
+    with pytest.raises(
+        JobFailedError, match=r"site-2 failed at start: CONFIG_ERROR: no startup kit at /nowhere/kit"
+    ):
+        run.get_result(timeout=120)
+    assert time.monotonic() - t0 < 60  # not settings.registration_timeout (120 s) later
+    assert run.exit_codes["server"] == ExitCode.REGISTRATION_TIMEOUT
+
+
 def test_killed_client_is_declared_dead_and_round_closes(make_recipe, local_env):
     recipe = make_recipe(SCRIPT, n_clients=3, min_clients=2, num_rounds=1, train_args="hang")
     run = recipe.execute(local_env)

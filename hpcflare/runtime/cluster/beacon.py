@@ -100,3 +100,45 @@ class BeaconWatch:
         except (OSError, ValueError, AttributeError):
             return []
         return [s for s in sites if isinstance(s, str)] if isinstance(sites, list) else []
+
+
+START_FAILED_DIR = "start_failed"
+"""Subdirectory of the rendezvous directory where a site that failed before it could register says why."""
+MAX_START_FAILURES = 1000
+"""At most this many start failures are read back (the first ones name the cause)."""
+
+
+def record_start_failure(rendezvous_dir: Path, site: str, reason: str, life: str) -> None:
+    """A site that ends before registering leaves its cause here, so the server stops waiting for it at once
+    (instead of at settings.registration_timeout) and names the site's own cause. ``life``: the job's
+    incarnation, so a requeued job's server does not read an earlier life's failures."""
+    try:
+        atomic_write_json(
+            rendezvous_dir / START_FAILED_DIR / f"{site}.json",
+            {"site": site, "reason": reason[:1000], "life": life},
+        )
+    except OSError:
+        pass  # no shared directory to write into: the server's registration timeout still bounds the wait
+
+
+def clear_start_failures(rendezvous_dir: Path) -> None:
+    """Env.resume forgets the start failures of an earlier life of the job (before any rank starts)."""
+    for path in (rendezvous_dir / START_FAILED_DIR).glob("*.json"):
+        path.unlink(missing_ok=True)
+
+
+def start_failures(rendezvous_dir: Path, life: str) -> dict[str, str]:
+    """Site -> why it failed before registering in this ``life`` of the job (see record_start_failure)."""
+    out: dict[str, str] = {}
+    try:
+        paths = sorted((rendezvous_dir / START_FAILED_DIR).glob("*.json"))[:MAX_START_FAILURES]
+    except OSError:
+        return out
+    for path in paths:
+        try:
+            entry = json.loads(path.read_text())
+            if entry.get("life", "") == life:
+                out[str(entry["site"])[:64]] = str(entry.get("reason", ""))[:1000]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
