@@ -158,6 +158,8 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
         )
     for rank, events in sorted(ranks.items()):
         for e in _named(events, "job_failed") + _named(events, "client_failed"):
+            if rank == "server" and e.get("event") == "job_failed":
+                continue  # the job's own verdict above says it
             if e.get("exit_code") == ExitCode.DISK_FULL:
                 out.append(Finding("error", f"{rank}: {e.get('reason', e['msg'])}", HELP[ExitCode.DISK_FULL]))
         for e in _named(events, "host_stalled"):

@@ -255,6 +255,8 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
         return code
 
     def _check_abort(self) -> None:
+        if self.host_fault is not None:
+            raise self.host_fault
         if self.phase == HostPhase.ABORTING:
             raise errors.JobAbortedError(self.end_reason)
 

@@ -67,3 +67,27 @@ def test_disk_full_while_checkpointing_is_recorded_and_keeps_the_last_checkpoint
     np.testing.assert_array_equal(load_result(checkpoint)["w"], np.ones(64 * 1024, np.float32))
     findings, _ = diagnose(job)
     assert any("disk full at" in f.what and "hpcflare job resume" in f.fix for f in findings)
+
+
+def test_a_full_upload_spool_is_the_servers_fault_not_a_sites(
+    make_recipe, local_env, small_models_dir, tmp_path, monkeypatch
+):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    small_models_dir(spool, 64)
+    monkeypatch.setenv("HPCFLARE_SPOOL_DIR", str(spool))  # the server's uploads spool here (64 KiB)
+    model = {"w": np.zeros(64 * 1024, np.float32)}  # a 256 KiB upload does not fit
+    run = make_recipe(
+        SCRIPT,
+        model=model,
+        n_clients=2,
+        num_rounds=2,
+        settings={"spool_tensor_bytes": 1024, "shared_memory": False},
+    ).execute(local_env)
+    with pytest.raises(JobFailedError, match=f"disk full at {spool}: .*upload spool.*HPCFLARE_SPOOL_DIR"):
+        run.get_result(timeout=120)
+    assert run.get_status()["exit_code"] == ExitCode.DISK_FULL
+    assert run.exit_codes["site-1"] == 0 and run.exit_codes["site-2"] == 0  # told the job ended; not blamed
+    findings, _ = diagnose(run.job_dir)
+    errors = [f.what for f in findings if f.severity == "error"]
+    assert len(errors) == 1 and "upload spool" in errors[0] and "site-" not in errors[0]

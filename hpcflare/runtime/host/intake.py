@@ -8,6 +8,7 @@ is read, the round and an upload slot are claimed, and a rejected upload is reco
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcflare import errors
+from hpcflare.fileio import spool_dir
 from hpcflare.job import JobConfig
 from hpcflare.rank_logger import RankLogger
 from hpcflare.runtime.cluster.staging import Stager
@@ -43,6 +45,7 @@ class UploadIntake:
     _uploading: dict[str, Any]
     _upload_slots: threading.BoundedSemaphore
     monitor: HostMonitor
+    host_fault: OSError | None
 
     accepts_partials_from: Callable[[str], bool]
     _fold: Callable[[Round, ClientUpdate], None]
@@ -83,6 +86,28 @@ class UploadIntake:
         except errors.StaleTaskError as exc:
             self.log.warning("late_result", str(exc), site=admission.site)
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # the host's own disk, not the site: end the job with that cause; the site waits and is told to end
+            where = str(spool_dir())
+            self.host_fault = OSError(
+                exc.errno,
+                f"{exc.strerror} in the upload spool (set HPCFLARE_SPOOL_DIR to a larger node-local disk, or "
+                "raise settings.spool_tensor_bytes to keep uploads in memory)",
+                where,
+            )
+            self.log.error(
+                "spool_full",
+                f"upload from {admission.site} could not be spooled: {exc.strerror} at {where}",
+                site=admission.site,
+                path=where,
+            )
+            with self._cv:
+                self._cv.notify_all()
+            raise errors.StaleTaskError(  # the site is not at fault: its result is set aside, the job ends
+                f"not the site's fault: the server's upload spool at {where} is full; the job is ending"
+            ) from None
         except (errors.UpdateRejectedError, errors.MalformedMessageError, errors.FrameTooLargeError) as exc:
             if rnd is not None and admission.site in self.members.live():
                 rnd.reject(admission.site, str(exc))

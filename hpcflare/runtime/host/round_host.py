@@ -60,6 +60,9 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
         self.round: Round | None = None
         self.phase = HostPhase.REGISTRATION
         self.end_reason = ""
+        self.host_fault: OSError | None = None
+        """A fault of this host's own (its upload spool's disk full): it ends the job with that cause, and no
+        site is blamed for it."""
         self.staged: dict[str, Any] | None = None
         self.bytes_sent = 0
         lock = threading.RLock()
