@@ -19,6 +19,11 @@ class PeerGoneError(TransportError):
     """The other side of a connection disappeared (process died, node lost)."""
 
 
+class CollectiveLostError(PeerGoneError):
+    """A collective this site takes part in (XGBoost's histogram allreduce) lost one of its members: the site
+    stops with it; the member lost first is the job's cause, not this site."""
+
+
 class RendezvousTimeoutError(PeerGoneError):
     """A rank's address was not published (rendezvous file / MPI broadcast) within settings.rendezvous_timeout."""
 

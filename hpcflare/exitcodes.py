@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     CERTIFICATE_ERROR = 24
     POLICY_REFUSED = 25
     AUTH_REFUSED = 26
+    PEER_LOST = 27
     ABORTED = 30
     TIME_LIMIT = 31
 
@@ -51,6 +52,9 @@ HELP: dict[ExitCode, str] = {
     ExitCode.AUTH_REFUSED: "The server refused this site's registration: its name is not one of the job's sites, "
     "or it proved neither its name (a startup kit of that name) nor its membership of the job (the job's secret). "
     "The server's log says which; check the site's kit and that the admin named this site in the job.",
+    ExitCode.PEER_LOST: "A collective this site was part of (XGBoost's histogram allreduce) lost another member, "
+    "so this site stopped with it: nothing to fix here. The job's status and `hpcflare logs diagnose` name the "
+    "member that was lost first.",
     ExitCode.TIME_LIMIT: "The job reached its Slurm time limit once more than it may be requeued "
     "(settings.max_requeues, submitit's max_num_timeout). Raise --time (SlurmEnv(time=...)) or settings.max_requeues, "
     "then `hpcflare job resume JOB_DIR --env slurm` continues from the last completed round.",
@@ -107,6 +111,7 @@ _BY_ERROR: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (errors.CertificateError, ExitCode.CERTIFICATE_ERROR),
     (errors.RegistrationRefusedError, ExitCode.AUTH_REFUSED),
     (errors.UpdateRejectedError, ExitCode.UPDATE_REJECTED),
+    (errors.CollectiveLostError, ExitCode.PEER_LOST),
     (errors.PeerGoneError, ExitCode.SERVER_LOST),
     (errors.TransportError, ExitCode.TRANSPORT_ERROR),
     (errors.RegistrationTimeoutError, ExitCode.REGISTRATION_TIMEOUT),

@@ -17,10 +17,17 @@ from typing import Any
 import numpy as np
 
 from hpcflare.client import api as flare
-from hpcflare.errors import ConfigError
+from hpcflare.errors import CollectiveLostError, ConfigError
 from hpcflare.tabular import xgb_model
 
 MODEL_KEY = xgb_model.MODEL_KEY
+COLLECTIVE_LOST = ("Allreduce RPC failed", "Allgather RPC failed", "Broadcast RPC failed", "Socket closed")
+"""XGBoost error text that says its federated collective lost a member (not this site's own fault)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip(" -") for line in str(exc).splitlines() if "RPC failed" in line or "Socket" in line]
+    return (lines[0] if lines else str(exc).splitlines()[0])[:200]
 
 
 def to_params(booster: Any) -> dict[str, np.ndarray]:
@@ -87,4 +94,12 @@ def federated(model: Any) -> Iterator[int]:
     with tempfile.TemporaryDirectory(prefix="hpcflare-xgb-") as workdir:
         args = collective_args(model, workdir)
         with collective.CommunicatorContext(**args):
-            yield int(args["federated_rank"])
+            try:
+                yield int(args["federated_rank"])
+            except Exception as exc:
+                if type(exc).__name__ == "XGBoostError" and any(m in str(exc) for m in COLLECTIVE_LOST):
+                    raise CollectiveLostError(
+                        f"{flare.get_site_name()}: XGBoost's collective lost a member mid-boosting "
+                        f"({_first_line(exc)}); the job's server names which"
+                    ) from None
+                raise

@@ -218,6 +218,10 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                         f"{settings.server_lost_timeout:g}s) only for flaky networks",
                     )
                 )
+            elif code == ExitCode.PEER_LOST:
+                out.append(
+                    Finding("info", f"{rank} stopped with its collective: {str(e.get('reason', ''))[:300]}")
+                )
             elif isinstance(code, int) and code in ExitCode.__members__.values():
                 out.append(
                     Finding(

@@ -288,3 +288,56 @@ def test_vertical_job_stops_with_the_cause_when_the_label_owner_has_no_labels(tm
         -3000:
     ]
     assert json.loads((job / "status.json").read_text())["state"] == "failed" and out.returncode != 0
+
+
+def test_a_site_killed_mid_boosting_is_the_cause_and_the_survivors_are_not_blamed(tmp_path):
+    import os
+    import signal
+    import time
+
+    from hpcflare.exitcodes import ExitCode
+    from hpcflare.job import JobDir
+    from hpcflare.logs.diagnose import diagnose
+    from tests.conftest import events, wait_until
+
+    root = tmp_path / "jobs"
+    flags = ["--job-root", str(root), "--env", "local", "--n-clients", "3", "--mode", "histogram"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(RECIPES / "xgboost" / "job.py"),
+            *flags,
+            "--boost-rounds",
+            "400",
+            "--rows",
+            "60000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: root.exists() and any(root.iterdir()), "the job folder", timeout=120)
+        job = JobDir(next(root.iterdir()))
+        wait_until(
+            lambda: any(e["event"] == "task_received" for e in events(job.root, "site-2")),
+            "boosting",
+            timeout=180,
+        )
+        time.sleep(2)
+        pids = json.loads((job.log_dir / "client_pids.json").read_text())
+        os.kill(pids["site-2"], signal.SIGKILL)
+        assert proc.wait(timeout=300) != 0
+    finally:
+        proc.kill()
+    status = job.read_status()
+    assert status["state"] == "failed" and status["message"].startswith("site-2 dead"), status
+    survivors = {
+        rank: [e for e in events(job.root, rank) if e["event"] == "client_failed"]
+        for rank in ("site-1", "site-3")
+    }
+    assert all(e and e[0]["exit_code"] == ExitCode.PEER_LOST for e in survivors.values()), survivors
+    findings, _ = diagnose(job)
+    errors = [f.what for f in findings if f.severity == "error"]
+    assert errors[0].startswith("the job failed: site-2 dead") and not any(
+        "site-1" in e or "site-3" in e for e in errors
+    )
