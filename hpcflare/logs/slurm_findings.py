@@ -71,6 +71,13 @@ SLURM_PATTERNS = [
         "",
     ),
     (
+        re.compile(r"Node failure on|DUE TO NODE FAIL", re.I),
+        "error",
+        "a node of the job was lost (Slurm: node failure)",
+        "resubmit, or let Slurm requeue it (--requeue): it resumes from its last completed round; if it recurs, "
+        "tell the cluster's admins which node (sacct -D -j JOB -o JobID,State,NodeList)",
+    ),
+    (
         re.compile(r"\*\*\* STEP \S+ ON \S+ CANCELLED AT"),
         "warning",
         "a job step was cancelled (scancel)",
@@ -83,6 +90,9 @@ SLURM_PATTERNS = [
         "check sacct's MaxRSS and the node's kernel log; request more --mem if it was memory",
     ),
 ]
+
+NODE_FAILURE = next(p for p, *_ in SLURM_PATTERNS if "Node failure" in p.pattern)
+STEP_CANCELLED = next(p for p, *_ in SLURM_PATTERNS if "CANCELLED AT" in p.pattern)
 
 SACCT_STATES = {
     "OUT_OF_MEMORY": (
@@ -118,10 +128,13 @@ def output_findings(job_dir: JobDir, completed: bool) -> list[Finding]:
     paths = sorted(job_dir.log_dir.glob("slurm-*.out")) + sorted((job_dir.root / "slurm").glob("*_log.*"))
     for path in paths:
         text = path.read_text(errors="replace")
+        node_lost = bool(NODE_FAILURE.search(text))
         for pattern, severity, what, fix in SLURM_PATTERNS:
             if pattern.search(text):
                 if completed and severity != "info":
-                    severity, fix = "info", "nothing to do: the job was requeued and completed"
+                    severity, fix = "info", "nothing to do: the job completed"
+                elif node_lost and pattern is STEP_CANCELLED:  # Slurm cancels the steps of a lost node
+                    severity, fix = "info", "a consequence of the node failure above"
                 out.append(Finding(severity, f"{path.name}: {what}", fix))
     return out
 

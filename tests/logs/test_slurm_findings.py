@@ -52,3 +52,19 @@ def test_a_failed_step_only_echoes_a_failure_the_job_recorded(tmp_path):
     assert finding.severity == "error" and "TIME_LIMIT" in finding.fix
     (finding,) = sacct_findings(job(tmp_path), Accounting(step), recorded=True)
     assert finding.severity == "info" and "the job's own finding" in finding.fix
+
+
+def test_a_lost_node_is_named_and_the_steps_it_cancelled_are_its_consequence(tmp_path):
+    from hpcflare.logs.slurm_findings import output_findings
+
+    job_dir = job(tmp_path)
+    job_dir.log_dir.mkdir(parents=True)
+    (job_dir.log_dir / "slurm-41.out").write_text(
+        "srun: error: Node failure on node2\n"
+        "slurmstepd: error: *** STEP 41.0 ON node1 CANCELLED AT 2026-12-05T10:00:00 ***\n"
+    )
+    findings = output_findings(job_dir, completed=False)
+    lost = [f for f in findings if "node failure" in f.what]
+    cancelled = [f for f in findings if "cancelled" in f.what]
+    assert lost and lost[0].severity == "error" and "requeue" in lost[0].fix
+    assert cancelled and cancelled[0].severity == "info" and "consequence" in cancelled[0].fix
