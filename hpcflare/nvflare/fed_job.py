@@ -19,8 +19,7 @@ from typing import Any
 
 from hpcflare.errors import ConfigError
 from hpcflare.job import JobDir
-from hpcflare.nvflare.local_files import local_imports
-from hpcflare.recipe import FedAvgRecipe
+from hpcflare.nvflare.recipes import FedAvgRecipe
 from hpcflare.recipe.nvflare_keywords import note
 
 SERVER = "server"
@@ -200,13 +199,12 @@ class FedJob:
             train_args=first.script_args if not site_args else "",
             clients=sites,
             key_metric=self.key_metric,
-            extra_files=local_imports(script),
             **options,
         )
 
     def export_job(self, job_root: str) -> str:
         """Write the job folder ``job_root/<name>`` (run it with ``hpcflare job run``)."""
-        job_dir: JobDir = self.recipe().export(job_root, job_id=self.name)
+        job_dir: JobDir = self.recipe().export(job_dir=job_root)  # job_root/<name>, replaced as NVFlare does
         print(f"[hpcflare] job exported to {job_dir.root}; run it with `hpcflare job run {job_dir.root}`")
         return str(job_dir.root)
 

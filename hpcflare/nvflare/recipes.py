@@ -8,11 +8,14 @@ keywords mean is :mod:`hpcflare.recipe.nvflare_keywords`; what differs is said o
 from __future__ import annotations
 
 import importlib
+import shutil
 from pathlib import Path
 from typing import Any
 
 from hpcflare import recipe as hp
+from hpcflare.env.api import Env, Run
 from hpcflare.errors import ConfigError
+from hpcflare.job import JobDir
 from hpcflare.nvflare.local_files import local_imports
 from hpcflare.recipe.nvflare_keywords import note
 
@@ -52,7 +55,49 @@ def _common(kwargs: dict[str, Any], name: str) -> dict[str, Any]:
     return kwargs
 
 
-class FedAvgRecipe(hp.FedAvgRecipe):
+class NvflareCalls(hp.Recipe):
+    """NVFlare's ``Recipe.export(job_dir, ...)`` and ``Recipe.execute(env, ...)`` signatures."""
+
+    def export(
+        self,
+        job_root: str | Path | None = None,
+        job_id: str | None = None,
+        *,
+        job_dir: str | Path | None = None,
+        server_exec_params: dict[str, Any] | None = None,
+        client_exec_params: dict[str, Any] | None = None,
+        env: Any = None,
+    ) -> JobDir:
+        """NVFlare's ``export(job_dir)``: the job folder ``job_dir/<name>`` (run it with `hpcflare job run`)."""
+        _exec_params(server_exec_params, client_exec_params)
+        root = job_root if job_root is not None else job_dir
+        if root is None:
+            raise ConfigError("export needs job_dir=, the folder to write the job into")
+        if job_id is None:  # NVFlare's layout: job_dir/<name>, replaced by a new export as NVFlare does
+            job_id = self.name
+            previous = JobDir(Path(root) / job_id)
+            if previous.config_path.is_file():
+                if previous.read_status().get("state") in ("registration", "running", "resuming"):
+                    raise ConfigError(f"{previous.root} is a running job's folder; export elsewhere")
+                shutil.rmtree(previous.root)
+        return super().export(root, job_id)
+
+    def execute(
+        self,
+        env: Env,
+        server_exec_params: dict[str, Any] | None = None,
+        client_exec_params: dict[str, Any] | None = None,
+    ) -> Run:
+        _exec_params(server_exec_params, client_exec_params)
+        return super().execute(env)
+
+
+def _exec_params(server: dict[str, Any] | None, client: dict[str, Any] | None) -> None:
+    if server or client:
+        note("server_exec_params/client_exec_params", "NVFlare's component parameters have no effect here")
+
+
+class FedAvgRecipe(NvflareCalls, hp.FedAvgRecipe):
     """NVFlare's FedAvgRecipe (PyTorch, TensorFlow and the unified ``nvflare.recipe.fedavg`` one)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -72,7 +117,7 @@ class SklearnFedAvgRecipe(FedAvgRecipe):
         super().__init__(**kwargs)
 
 
-class FedProxRecipe(hp.FedAvgRecipe):
+class FedProxRecipe(NvflareCalls, hp.FedAvgRecipe):
     """NVFlare's FedProxRecipe: FedAvg that sends ``fedprox_mu`` (default 0.01) in every training task's meta;
     the sites' scripts add the proximal term (``PTFedProxLoss``)."""
 
@@ -81,7 +126,7 @@ class FedProxRecipe(hp.FedAvgRecipe):
         self.extra_strategy_args["fedprox_mu"] = fedprox_mu
 
 
-class FedOptRecipe(hp.FedOptRecipe):
+class FedOptRecipe(NvflareCalls, hp.FedOptRecipe):
     """NVFlare's FedOptRecipe: a server optimizer from ``optimizer_args`` ({path: torch.optim.SGD or Adam, args});
     NVFlare's default is SGD with lr 1.0 and momentum 0.6; sites send differences (DIFF)."""
 
@@ -116,21 +161,21 @@ class FedOptRecipe(hp.FedOptRecipe):
         super().__init__(**_common(kwargs, "fedopt"), **options)
 
 
-class ScaffoldRecipe(hp.ScaffoldRecipe):
+class ScaffoldRecipe(NvflareCalls, hp.ScaffoldRecipe):
     """NVFlare's ScaffoldRecipe; sites use ``hpcflare.client.scaffold``."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**_common(kwargs, "scaffold"))
 
 
-class CyclicRecipe(hp.CyclicRecipe):
+class CyclicRecipe(NvflareCalls, hp.CyclicRecipe):
     """NVFlare's CyclicRecipe: ``num_rounds`` passes over the sites in turn."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**_common(kwargs, "cyclic"))
 
 
-class FedEvalRecipe(hp.FedEvalRecipe):
+class FedEvalRecipe(NvflareCalls, hp.FedEvalRecipe):
     """NVFlare's FedEvalRecipe: ``eval_script``/``eval_args`` evaluate the model (``eval_ckpt``: its weights) at
     every site."""
 
@@ -150,7 +195,7 @@ class FedEvalRecipe(hp.FedEvalRecipe):
         super().__init__(**_common(kwargs, "fedeval"))
 
 
-class SwarmLearningRecipe(hp.SwarmRecipe):
+class SwarmLearningRecipe(NvflareCalls, hp.SwarmRecipe):
     """NVFlare's swarm learning recipe: the sites aggregate in turn."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -159,7 +204,7 @@ class SwarmLearningRecipe(hp.SwarmRecipe):
         super().__init__(**_common(kwargs, "swarm"))
 
 
-class KMeansFedAvgRecipe(hp.KMeansRecipe):
+class KMeansFedAvgRecipe(NvflareCalls, hp.KMeansRecipe):
     """NVFlare's KMeansFedAvgRecipe: mini-batch k-means, ``n_clusters`` centres of ``n_features`` values."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -167,15 +212,15 @@ class KMeansFedAvgRecipe(hp.KMeansRecipe):
         super().__init__(**kwargs)
 
 
-class XGBBaggingRecipe(hp.XGBBaggingRecipe):
+class XGBBaggingRecipe(NvflareCalls, hp.XGBBaggingRecipe):
     """NVFlare's XGBBaggingRecipe (tree-based bagging)."""
 
 
-class XGBHistogramRecipe(hp.XGBHistogramRecipe):
+class XGBHistogramRecipe(NvflareCalls, hp.XGBHistogramRecipe):
     """NVFlare's histogram-based horizontal XGBoost recipe."""
 
 
-class XGBVerticalRecipe(hp.XGBVerticalRecipe):
+class XGBVerticalRecipe(NvflareCalls, hp.XGBVerticalRecipe):
     """NVFlare's vertical XGBoost recipe."""
 
 

@@ -166,3 +166,12 @@ def test_sim_env_runs_lightning_scripts_in_processes(tmp_path):
     assert SimEnv(job_root=tmp_path, processes=True).wants_processes(job) is True
     with pytest.raises(ConfigError, match="processes="):
         SimEnv(processes="sometimes")
+
+
+def test_nvflare_export_and_execute_signatures(script, tmp_path, capsys):
+    recipe = nv.NumpyFedAvgRecipe(name="np-job", min_clients=1, model=[1.0], train_script=script)
+    job = recipe.export(job_dir=tmp_path / "exported", server_exec_params={"x": 1})
+    assert job.root == (tmp_path / "exported" / "np-job").resolve() and job.config_path.is_file()
+    assert "server_exec_params/client_exec_params" in capsys.readouterr().err
+    again = recipe.export(tmp_path / "positional")  # NVFlare's positional job_dir
+    assert again.root.name == "np-job"
