@@ -29,6 +29,9 @@ ALIASES = {
     "nvflare.client.lightning": "hpcflare.client.lightning",
     "nvflare.app_opt.lightning": "hpcflare.client.lightning",
     "nvflare.app_opt.pt.fedproxloss": "hpcflare.client.fedprox",
+    "nvflare.apis.fl_context": "hpcflare.client.statistics_spec",
+    "nvflare.app_common.abstract.statistics_spec": "hpcflare.client.statistics_spec",
+    "nvflare.app_opt.statistics.df.df_core_statistics": "hpcflare.client.statistics_spec",
     "nvflare.client.config": "hpcflare.client.constants",
     "nvflare.app_common.abstract.fl_model": "hpcflare.client.model",
     "nvflare.app_common.app_constant": "hpcflare.client.constants",
@@ -46,6 +49,8 @@ PACKAGES = frozenset(
         "nvflare.app_common.np",
         "nvflare.app_opt",
         "nvflare.app_opt.pt",
+        "nvflare.app_opt.statistics",
+        "nvflare.app_opt.statistics.df",
     }
 )
 """Parents of the aliased modules: empty packages, so ``import nvflare.client`` finds its way down."""

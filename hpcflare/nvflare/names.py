@@ -17,6 +17,7 @@ JOB_MODULES = {
     "nvflare.recipe.run": _ENVS,
     "nvflare.recipe.fedavg": _RECIPES,
     "nvflare.recipe.cyclic": _RECIPES,
+    "nvflare.recipe.fedstats": "hpcflare.nvflare.stats",
     "nvflare.app_opt.pt.recipes": _RECIPES,
     "nvflare.app_opt.pt.recipes.fedavg": _RECIPES,
     "nvflare.app_opt.pt.recipes.fedopt": _RECIPES,

@@ -13,6 +13,7 @@ from hpcflare.strategy.flower_app import FlowerApp
 from hpcflare.strategy.kmeans import KMeans
 from hpcflare.strategy.psi import PSI
 from hpcflare.strategy.scaffold import Scaffold
+from hpcflare.strategy.spec_stats import SpecStats
 from hpcflare.strategy.splitnn import SplitNN
 from hpcflare.strategy.swarm import Swarm
 from hpcflare.strategy.xgb_bagging import XGBBagging
@@ -27,6 +28,7 @@ for _name, _cls in {
     "fedeval": FedEval,
     "cross_site_eval": CrossSiteEval,
     "fedstats": FedStats,
+    "spec_stats": SpecStats,
     "swarm": Swarm,
     "kmeans": KMeans,
     "xgb_bagging": XGBBagging,
@@ -48,6 +50,7 @@ __all__ = [
     "FedMedian",
     "FedOpt",
     "FedStats",
+    "SpecStats",
     "FlowerApp",
     "KMeans",
     "PSI",

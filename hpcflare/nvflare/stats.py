@@ -1,0 +1,106 @@
+"""``nvflare.recipe.fedstats.FedStatsRecipe``: federated statistics from an NVFlare ``Statistics`` generator.
+
+The generator object built in job.py is rebuilt at every site from its class (its module ships with the job, with
+the local modules it imports) and its constructor arguments (read back from the attributes of the same names, as
+NVFlare's job configuration does); each site runs :func:`hpcflare.client.statistics_spec.run_generator` with
+it. The server writes the result to ``stats_output_path`` inside the job's folder, in NVFlare's layout.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcflare.errors import ConfigError
+from hpcflare.nvflare.local_files import local_imports
+from hpcflare.nvflare.recipes import NvflareCalls
+from hpcflare.recipe.nvflare_keywords import note
+
+SITE_SCRIPT = '''"""A site of a federated statistics job: its generator, rebuilt from the job's description of it."""
+import json
+from pathlib import Path
+
+from hpcflare.client.statistics_spec import run_generator
+from {module} import {cls}
+
+args = json.loads((Path(__file__).parent / "stats_generator.json").read_text())["args"]
+run_generator({cls}(**args))
+'''
+
+
+def generator_spec(generator: Any) -> tuple[Path, str, str, dict[str, Any]]:
+    """(module file, module name, class name, constructor arguments) of a job.py's generator object."""
+    cls = type(generator)
+    try:
+        source = Path(inspect.getsourcefile(cls) or "")
+    except TypeError:
+        source = Path()
+    if not source.is_file():
+        raise ConfigError(
+            f"stats_generator {cls.__name__}: its class must be defined in a file beside job.py"
+        )
+    args: dict[str, Any] = {}
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if hasattr(generator, name):
+            args[name] = getattr(generator, name)
+        elif parameter.default is parameter.empty:
+            raise ConfigError(
+                f"stats_generator {cls.__name__}: constructor argument {name!r} is not kept as self.{name}, so the "
+                "sites cannot rebuild it (NVFlare has the same rule)"
+            )
+    try:
+        json.dumps(args)
+    except TypeError as exc:
+        raise ConfigError(
+            f"stats_generator {cls.__name__}: its arguments must be JSON values ({exc})"
+        ) from None
+    return source, source.stem, cls.__name__, args
+
+
+class FedStatsRecipe(NvflareCalls):
+    """NVFlare's FedStatsRecipe(name, stats_output_path, sites, statistic_configs, stats_generator, min_count)."""
+
+    strategy = "spec_stats"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        stats_output_path: str,
+        sites: list[str],
+        statistic_configs: dict[str, Any],
+        stats_generator: Any,
+        min_count: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        for key in sorted(kwargs):
+            note(f"FedStatsRecipe({key}=...)", "accepted; no effect here")
+        source, module, cls, args = generator_spec(stats_generator)
+        folder = Path(tempfile.mkdtemp(prefix="hpcflare-stats-"))
+        (folder / "stats_generator.json").write_text(json.dumps({"class": f"{module}.{cls}", "args": args}))
+        script = folder / "stats_site.py"
+        script.write_text(SITE_SCRIPT.format(module=module, cls=cls))
+        super().__init__(
+            name=name,
+            model={"stats.json": np.zeros(1, np.uint8)},
+            min_clients=len(sites),
+            num_rounds=2,
+            train_script=script,
+            clients=list(sites),
+            extra_files=[folder / "stats_generator.json", source, *local_imports(source)],
+        )
+        self.strategy_args = {
+            "statistic_configs": dict(statistic_configs),
+            "output_path": str(stats_output_path),
+            "min_count": int(min_count),
+        }
+
+
+__all__ = ["FedStatsRecipe"]
