@@ -62,7 +62,9 @@ def flower_simulation(tmp_path: Path, n_sites: int, rounds: int) -> np.ndarray:
         timeout=600,
         env=env,
     )
-    subprocess.run(["pkill", "-f", f"FLWR_HOME={home}"], check=False)
+    # flwr leaves its local SuperLink running (a fixed port, 39091): end it, or the next run would talk to it;
+    # its command line names the home's log file and database
+    subprocess.run(["pkill", "-f", str(home)], check=False)
     assert "FINAL" in out.stdout, (out.stdout + out.stderr)[-3000:]
     return final_weights(out.stdout)
 
