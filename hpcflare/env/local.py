@@ -29,6 +29,10 @@ PID_FILE_TIMEOUT = 60.0
 """How long client_pid() waits for the fork server to report its children."""
 
 
+EXIT_LINE_RANKS = 5
+"""Ranks named per exit code in the lines LocalEnv prints when a job ends (the rest are counted)."""
+
+
 class LocalRun(Run):
     def __init__(
         self,
@@ -97,9 +101,22 @@ class LocalRun(Run):
             f"see {self.job_dir.log_dir / 'server.log'}",
             code,
         )
+        out = console(sys.stderr)
+        by_code: dict[int, list[str]] = {}
         for rank, code in self.exit_codes.items():
             if code != 0:
-                console(sys.stderr).write(f"[hpcflare] {rank} exited {code}: {describe(code)}\n")
+                by_code.setdefault(code, []).append(rank)
+        for code, ranks in by_code.items():  # one line per exit code, not per rank
+            named = ", ".join(ranks[:EXIT_LINE_RANKS]) + (
+                f" and {len(ranks) - EXIT_LINE_RANKS} more" if len(ranks) > EXIT_LINE_RANKS else ""
+            )
+            out.write(f"[hpcflare] {named} exited {code}: {describe(code)}\n")
+        status = self.job_dir.read_status()
+        if by_code and status.get("state") in (
+            JobState.FAILED,
+            JobState.ABORTED,
+        ):  # the cause, last and first
+            out.write(f"[hpcflare] job {status.get('state')}: {status.get('message', '')}\n")
         return True
 
     def abort(self) -> None:
