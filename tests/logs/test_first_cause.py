@@ -1,6 +1,6 @@
 """One first cause, said the same way everywhere: for each failure class, on real LocalEnv jobs, status.json's
-message, the exception Run.get_result() raises and the first error `logs diagnose` reports all begin with the
-same cause, naming the right party, and the job ends in seconds rather than at a timeout."""
+message, the exception Run.get_result() raises, the console's last line and the first error `logs diagnose`
+reports all begin with the same cause, naming the right party, and the job ends in seconds, not at a timeout."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_status_run_and_diagnose_name_the_same_first_cause(make_recipe, tmp_path, case):
+def test_status_run_and_diagnose_name_the_same_first_cause(make_recipe, tmp_path, capsys, case):
     spec = CASES[case]
     recipe = make_recipe(
         SCRIPT,
@@ -66,6 +66,8 @@ def test_status_run_and_diagnose_name_the_same_first_cause(make_recipe, tmp_path
     status = run.get_status()["message"]
     assert re.match(spec["cause"], status), status
     assert f"failed: {status}. Logs: " in str(failed.value)  # Run's exception carries the status message
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the console's last line
+    assert last == f"[hpcflare] job failed: {status}", last
     findings, _ = diagnose(run.job_dir)
     first = [f for f in findings if f.severity == "error"][0]
     assert first.what == f"the job failed: {status}", first.what
