@@ -175,3 +175,21 @@ def test_nvflare_export_and_execute_signatures(script, tmp_path, capsys):
     assert "server_exec_params/client_exec_params" in capsys.readouterr().err
     again = recipe.export(tmp_path / "positional")  # NVFlare's positional job_dir
     assert again.root.name == "np-job"
+
+
+def test_fedeval_takes_nvflares_eval_keywords_and_client_files(script, tmp_path):
+    import safetensors.numpy
+
+    checkpoint = tmp_path / "trained.safetensors"
+    safetensors.numpy.save_file({"numpy_key": np.full(2, 7.0, np.float32)}, str(checkpoint))
+    extra = tmp_path / "labels.txt"
+    extra.write_text("a\nb\n")
+    recipe = nv.FedEvalRecipe(
+        min_clients=1, model=[0.0, 0.0], eval_script=script, eval_args="--split test", eval_ckpt=checkpoint
+    )
+    recipe.add_client_file(extra)
+    config, job = exported(recipe, tmp_path)
+    assert config["strategy"] == "fedeval" and config["num_rounds"] == 1
+    assert config["train_script"] == "app/client.py" and config["train_args"] == ["--split", "test"]
+    initial = safetensors.numpy.load_file(str(job.models_dir / "initial_model.safetensors"))
+    assert initial["numpy_key"].tolist() == [7.0, 7.0] and (job.app_dir / "labels.txt").is_file()
