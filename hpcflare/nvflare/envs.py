@@ -29,6 +29,11 @@ class Run:
         self.hpcflare_run = run
         self._result: str | None = None
         self._done = False
+        STARTED.append(self)
+
+    @property
+    def done(self) -> bool:
+        return self._done
 
     def get_job_id(self) -> str:
         return self.hpcflare_run.get_job_id()
@@ -62,11 +67,22 @@ class Run:
         self.hpcflare_run.abort()
 
 
+STARTED: list[Run] = []
+"""Every Run a job.py started: `hpcflare nvflare` waits for those the script did not wait for itself, as NVFlare's
+own processes would have run on after the script returned."""
+
+
 class _Nvflare(Env):
     """Returns NVFlare's Run from the hpcflare Env it wraps."""
 
+    blocks = False
+    """NVFlare's SimEnv runs the job to its end inside execute(); its PocEnv and ProdEnv only submit it."""
+
     def deploy(self, job_dir: JobDir) -> Run:  # type: ignore[override]
-        return Run(super().deploy(job_dir))  # type: ignore[safe-super]
+        run = Run(super().deploy(job_dir))  # type: ignore[safe-super]
+        if self.blocks:
+            run.get_result()
+        return run
 
 
 def _no_effect(kwargs: dict[str, Any], what: dict[str, str]) -> None:
@@ -79,7 +95,9 @@ def _no_effect(kwargs: dict[str, Any], what: dict[str, str]) -> None:
 
 class SimEnv(_Nvflare, hp.SimEnv):  # type: ignore[misc]  # deploy gives NVFlare's Run
     """NVFlare's SimEnv: ``num_clients`` / ``clients``, ``workspace_root`` (default /tmp/nvflare/simulation);
-    every site a process of its own, as NVFlare's simulator runs them."""
+    every site a process of its own, as NVFlare's simulator runs them; execute() returns when the job ended."""
+
+    blocks = True
 
     def __init__(
         self,

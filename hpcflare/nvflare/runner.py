@@ -9,6 +9,7 @@ from pathlib import Path
 from hpcflare.client import nvflare_compat
 from hpcflare.errors import HpcflareError
 from hpcflare.exitcodes import exit_for
+from hpcflare.nvflare.envs import STARTED
 from hpcflare.nvflare.names import JOB_MODULES
 
 USAGE = "usage: hpcflare nvflare JOB.py [ARGS...]   (python -m hpcflare.nvflare JOB.py [ARGS...])"
@@ -39,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(path.resolve().parent))  # `from model import Net`, as with `python job.py`
     try:
         runpy.run_path(str(path), run_name="__main__")
+        for run in list(STARTED):  # a job the script started but did not wait for runs to its end
+            if not run.done:
+                run.get_result()
+        for run in STARTED:  # the exit status says how the jobs ended (python job.py would say 0)
+            status = run.hpcflare_run.get_status()
+            if status.get("state") != "completed":
+                code = status.get("exit_code")
+                return int(code) if isinstance(code, int) and 0 < code < 256 else 1
     except ImportError as exc:
         if not (exc.name or "").startswith("nvflare"):
             raise

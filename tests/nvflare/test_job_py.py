@@ -111,3 +111,27 @@ def test_names_not_served_and_components_that_cannot_run_fail_in_one_line(tmp_pa
     assert "aggregator=MyAggregator(...): NVFlare components do not run in hpcflare" in done.stderr
     done = nvflare(tmp_path, "missing.py")
     assert done.returncode == 2 and "not a Python file" in done.stderr
+
+
+def test_a_job_the_script_does_not_wait_for_runs_to_its_end_and_sets_the_exit_status(tmp_path):
+    app = tmp_path / "app"
+    shutil.copytree(APPS, app)
+    (app / "fire_and_forget.py").write_text(
+        "import sys\n"
+        "from nvflare.app_common.np.recipes import NumpyFedAvgRecipe\n"
+        "from nvflare.recipe import PocEnv\n"
+        "recipe = NumpyFedAvgRecipe(name='ff', min_clients=2, num_rounds=2, model=[1.0, 2.0],\n"
+        "                           train_script=sys.argv[2], train_args='--add 1')\n"
+        "recipe.execute(PocEnv(num_clients=2, poc_workspace=sys.argv[1]))  # NVFlare's POC: submit and return\n"
+    )
+    (app / "broken.py").write_text(
+        "import nvflare.client as flare\nflare.init()\nraise RuntimeError('no data')\n"
+    )
+    done = nvflare(tmp_path, "fire_and_forget.py", str(tmp_path / "ok"), "client.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (workspace,) = (tmp_path / "ok").iterdir()
+    result = load_result(workspace / "models" / "global_model.safetensors")["numpy_key"]
+    np.testing.assert_array_equal(result, np.array([3.0, 4.0], np.float32))
+    done = nvflare(tmp_path, "fire_and_forget.py", str(tmp_path / "bad"), "broken.py")
+    assert done.returncode == 12, done.stderr[-3000:]  # ROUND_FAILED: the job's own verdict
+    assert "RuntimeError: no data" in done.stderr

@@ -54,6 +54,7 @@ def test_hello_tabular_stats_shape_gives_the_union_statistics(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "completed: results in" in done.stdout  # SimEnv's execute() returned once the job had ended
     (job,) = (tmp_path / "ws").iterdir()
     stats = json.loads((job / "statistics" / "people_stats.json").read_text())
     train = pd.concat([f.iloc[: int(len(f) * 0.8)] for f in frames.values()])

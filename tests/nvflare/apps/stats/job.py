@@ -29,5 +29,4 @@ recipe = FedStatsRecipe(
     stats_generator=generator,
 )
 env = SimEnv(clients=sites, num_threads=args.n_clients, workspace_root=args.workspace)
-run = recipe.execute(env=env)
-print("Result can be found in :", run.get_result())
+recipe.execute(env=env)  # as NVFlare's example: SimEnv runs the job to its end here
