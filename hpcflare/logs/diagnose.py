@@ -268,8 +268,12 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
         out.append(
             Finding(
                 "error",
-                f"the job is {status.get('state')} and the server logged no final state: it "
-                "was killed (SIGKILL, OOM, node failure) or is still running",
+                f"the job is {status.get('state')} and the server logged no final state: "
+                + (
+                    str(status["message"])  # recorded for it (LocalEnv, the batch script's verdict)
+                    if status.get("message") and status.get("state") in (JobState.FAILED, JobState.ABORTED)
+                    else "it was killed (SIGKILL, OOM, node failure) or is still running"
+                ),
                 "check the scheduler's output and `hpcflare job status`",
             )
         )

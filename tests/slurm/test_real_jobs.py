@@ -239,3 +239,30 @@ while flare.is_running():
     assert (
         re.search(r"srun exited [1-9]", out) and "job completed without 1 site(s)" in out and "site-3" in out
     )
+
+
+def test_a_sigkilled_server_rank_is_recorded_as_the_jobs_end(slurm, make_recipe, tmp_path):
+    """Task 0 (the server) SIGKILLed mid-job: it can record nothing, so the batch script does. status.json says
+    failed with the server rank's end, not 'running' forever; Slurm records the failure."""
+    import json
+    import os
+    import signal
+
+    job_dir = make_recipe(SLOW, n_clients=2, num_rounds=30, train_args="1").export(tmp_path / "jobs")
+    commands = SlurmCommands()
+    job_id = commands.submit(write_sbatch(SbatchSpec(job_dir, nodes=2, time="00:05:00")))
+    deadline = time.monotonic() + 180
+    while not any(e["event"] == "round_completed" for e in events(job_dir.root, "server")):
+        assert time.monotonic() < deadline, "no round completed"
+        time.sleep(0.5)
+    published = json.loads((job_dir.rendezvous_dir / "server.json").read_text())
+    os.kill(int(published["pid"]), signal.SIGKILL)  # the emulated nodes run on this machine
+    assert wait_done(commands, job_id, 180) == "FAILED"
+    status = job_dir.read_status()
+    assert status["state"] == "failed" and "server rank ended without recording an end" in status["message"]
+    assert "killed by signal 9" in status["message"] or "srun exited" in status["message"], status
+    findings, _ = diagnose(job_dir, commands)
+    errors = [f.what for f in findings if f.severity == "error"]
+    assert any(
+        "server logged no final state: the server rank ended without recording" in e for e in errors
+    ), errors
