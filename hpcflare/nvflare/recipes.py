@@ -58,6 +58,8 @@ def _common(kwargs: dict[str, Any], name: str) -> dict[str, Any]:
 class NvflareCalls(hp.Recipe):
     """NVFlare's ``Recipe.export(job_dir, ...)`` and ``Recipe.execute(env, ...)`` signatures."""
 
+    _executing = False
+
     def export(
         self,
         job_root: str | Path | None = None,
@@ -73,7 +75,7 @@ class NvflareCalls(hp.Recipe):
         root = job_root if job_root is not None else job_dir
         if root is None:
             raise ConfigError("export needs job_dir=, the folder to write the job into")
-        if job_id is None:  # NVFlare's layout: job_dir/<name>, replaced by a new export as NVFlare does
+        if job_id is None and not self._executing:  # NVFlare's job_dir/<name>, replaced on a new export
             job_id = self.name
             previous = JobDir(Path(root) / job_id)
             if previous.config_path.is_file():
@@ -89,7 +91,11 @@ class NvflareCalls(hp.Recipe):
         client_exec_params: dict[str, Any] | None = None,
     ) -> Run:
         _exec_params(server_exec_params, client_exec_params)
-        return super().execute(env)
+        self._executing = True  # execute's own export gets a fresh job id
+        try:
+            return super().execute(env)
+        finally:
+            self._executing = False
 
 
 def _exec_params(server: dict[str, Any] | None, client: dict[str, Any] | None) -> None:

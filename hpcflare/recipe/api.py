@@ -203,7 +203,7 @@ class Recipe:
                     f"the env runs {len(sites)} client(s) but the recipe needs min_clients={self.min_clients}"
                 )
             self.clients = list(sites)
-        return env.deploy(self.export(env.job_root, self.new_job_id()))
+        return env.deploy(self.export(env.job_root))
 
 
 TRACKING_TYPES = tuple(b for b in TRACKING_BACKENDS if b != "csv")  # csv is always on
