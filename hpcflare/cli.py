@@ -15,6 +15,7 @@ from hpcflare.exitcodes import HELP, ExitCode, describe, explain_failure
 from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
 from hpcflare.settings import CONFIGS_DIR, Settings
+from hpcflare.slurm.commands import FINAL_STATES as SLURM_FINAL_STATES
 from hpcflare.slurm.spec import NAMED
 
 
@@ -124,11 +125,17 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             job_id, job_dir = _resolve(args.target)
             if args.follow and job_dir is not None:
                 _follow(job_dir, job_id, slurm)
-            info = {"slurm_job_id": job_id, "slurm_state": slurm.state(job_id)}
+            state = slurm.state(job_id)
+            info = {"slurm_job_id": job_id, "slurm_state": state}
             reason = slurm.pending_reason(job_id)
             if reason:
                 info["pending_reason"] = reason
             if job_dir is not None:
+                if state in SLURM_FINAL_STATES - {"PREEMPTED"}:  # scancel'd or lost before any rank recorded an end
+                    job_dir.settle(
+                        f"Slurm job {job_id} ended ({state}) before the server recorded an end; run "
+                        f"`hpcflare logs diagnose {job_dir.root}`"
+                    )
                 info.update(job_dir.read_status())
             print(json.dumps(info, indent=2))
         elif args.action == "abort":

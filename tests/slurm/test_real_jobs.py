@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -117,6 +118,10 @@ def test_cli_abort_cancels_a_running_job(slurm, make_recipe, tmp_path, capsys):
     assert job_id in capsys.readouterr().out
     assert main(["job", "abort", job_id]) == 0
     assert wait_done(SlurmCommands(), job_id, 60) == "CANCELLED"
+    capsys.readouterr()
+    assert main(["job", "status", str(job_dir.root)]) == 0  # the scancel'd job is no longer called running
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] in ("failed", "aborted") and shown["slurm_state"] == "CANCELLED", shown
 
 
 def test_separate_allocations_are_linked(slurm, make_recipe, tmp_path, capsys):
