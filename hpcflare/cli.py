@@ -131,7 +131,9 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             if reason:
                 info["pending_reason"] = reason
             if job_dir is not None:
-                if state in SLURM_FINAL_STATES - {"PREEMPTED"}:  # scancel'd or lost before any rank recorded an end
+                if state in SLURM_FINAL_STATES - {
+                    "PREEMPTED"
+                }:  # scancel'd or lost before any rank recorded an end
                     job_dir.settle(
                         f"Slurm job {job_id} ended ({state}) before the server recorded an end; run "
                         f"`hpcflare logs diagnose {job_dir.root}`"

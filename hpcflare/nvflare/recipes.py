@@ -115,11 +115,23 @@ class NumpyFedAvgRecipe(FedAvgRecipe):
 
 
 class SklearnFedAvgRecipe(FedAvgRecipe):
-    """NVFlare's SklearnFedAvgRecipe: ``model_params`` (the estimator's parameters) is the initial model."""
+    """NVFlare's SklearnFedAvgRecipe. NVFlare sends ``model_params`` (the estimator's settings, strings among
+    them) as round 1's "model"; hpcflare moves tensors only, so the round-1 model is ``model=`` (the estimator's
+    initial arrays) and the settings reach the script as its arguments."""
 
     def __init__(self, **kwargs: Any) -> None:
-        if "model_params" in kwargs:
-            kwargs.setdefault("model", kwargs.pop("model_params"))
+        settings = kwargs.pop("model_params", None)
+        if settings is not None and kwargs.get("model") is None and kwargs.get("initial_model") is None:
+            raise ConfigError(
+                "SklearnFedAvgRecipe(model_params=...): hpcflare sends tensors only, not the estimator's settings; "
+                "pass model= with its initial arrays (e.g. {'coef': np.zeros((1, n_features)), 'intercept': "
+                "np.zeros(1)}) and give the settings to the script in train_args"
+            )
+        if settings is not None:
+            note(
+                "SklearnFedAvgRecipe(model_params=...)",
+                "the script gets the estimator's settings from train_args",
+            )
         super().__init__(**kwargs)
 
 
