@@ -16,6 +16,7 @@ from hpcflare.fileio import atomic_write_text
 from hpcflare.job import JobDir
 from hpcflare.settings import CONFIGS_DIR, Settings
 from hpcflare.slurm.commands import FINAL_STATES as SLURM_FINAL_STATES
+from hpcflare.slurm.commands import settle_ended
 from hpcflare.slurm.spec import NAMED
 
 
@@ -134,10 +135,7 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
                 if state in SLURM_FINAL_STATES - {
                     "PREEMPTED"
                 }:  # scancel'd or lost before any rank recorded an end
-                    job_dir.settle(
-                        f"Slurm job {job_id} ended ({state}) before the server recorded an end; run "
-                        f"`hpcflare logs diagnose {job_dir.root}`"
-                    )
+                    settle_ended(job_dir, job_id, state)
                 info.update(job_dir.read_status())
             print(json.dumps(info, indent=2))
         elif args.action == "abort":
@@ -253,12 +251,12 @@ def _follow(job_dir: JobDir, job_id: str, slurm: Any) -> None:
     """Show the job's rounds with an ETA until it ends (its status is final or Slurm says it is over)."""
     from hpcflare.env.progress import RoundProgress
     from hpcflare.job import FINAL_STATES as JOB_FINAL
-    from hpcflare.slurm.commands import FINAL_STATES as SLURM_FINAL
 
     try:
         with RoundProgress(job_dir, enabled=True) as progress:
             while (
-                job_dir.read_status().get("state") not in JOB_FINAL and slurm.state(job_id) not in SLURM_FINAL
+                job_dir.read_status().get("state") not in JOB_FINAL
+                and slurm.state(job_id) not in SLURM_FINAL_STATES
             ):
                 progress.update()
                 time.sleep(1.0)

@@ -267,12 +267,8 @@ class JobConfig:
 
     def participants(self) -> list[str]:
         """Who takes part, in job.yaml order: each client group once (by its host's name), and the other sites."""
-        grouped, out = self.grouped(), []
-        for site in self.clients:
-            name = grouped.get(site, site)
-            if name not in out:
-                out.append(name)
-        return out
+        grouped = self.grouped()
+        return list(dict.fromkeys(grouped.get(site, site) for site in self.clients))
 
     def client_units(self) -> dict[str, list[str]]:
         """The job's client ranks in job.yaml order: name -> the sites it runs. A client group is one rank under
@@ -291,10 +287,11 @@ class JobConfig:
     def hosting_rank(self, site: str) -> str | None:
         """The client rank that runs ``site`` as a virtual client (None with one site per rank, or for a name that
         is not a site): the certificate of that rank may speak for it (see :func:`security.jobs.load_kit`)."""
-        host = self.grouped().get(site)
+        grouped = self.grouped()
+        host = grouped.get(site)
         if host is not None or self.per_rank == 1 or site not in self.clients:
             return host
-        rest = [s for s in self.clients if s not in self.grouped()]
+        rest = [s for s in self.clients if s not in grouped] if grouped else self.clients
         return f"client-rank-{rest.index(site) // self.per_rank + 1}"
 
     def rank_hosts(self) -> dict[str, list[str]]:

@@ -17,7 +17,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -58,7 +58,7 @@ PACKAGES = frozenset(
 
 class NvflareAliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     job_modules: dict[str, str] = {}
-    """The job side's names while ``install(job_side=True)`` is in force (module -> hpcflare module)."""
+    """The job side's names while ``install_job_side`` is in force (module -> hpcflare module)."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
@@ -119,6 +119,22 @@ def wanted(setting: Any) -> bool:
     return not real_nvflare_installed()
 
 
+def _package(name: str) -> ModuleType:
+    """An empty package named ``name``, served by the finder (its unknown children reach the finder too)."""
+    package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, _FINDER, is_package=True))
+    package.__path__ = []
+    _FINDER.exec_module(package)
+    return package
+
+
+def _link_parents(names: Iterable[str]) -> None:
+    """Each served module as its parent's attribute, so ``import nvflare.client`` then ``nvflare.client`` works."""
+    for name in sorted(names):
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules:
+            setattr(sys.modules[parent], child, sys.modules[name])
+
+
 def _job_module(name: str, target: str) -> ModuleType:
     """A package-like module named ``name`` holding the public names of hpcflare's ``target`` module (so an
     unknown child, ``nvflare.recipe.foo``, reaches the finder and its message)."""
@@ -144,12 +160,7 @@ def install_job_side(job_modules: dict[str, str]) -> None:
             for depth in range(2, len(parents)):
                 parent = ".".join(parents[:depth])
                 if parent not in sys.modules:
-                    package = importlib.util.module_from_spec(
-                        importlib.machinery.ModuleSpec(parent, _FINDER, is_package=True)
-                    )
-                    package.__path__ = []
-                    package.__doc__ = f"{parent}: provided by hpcflare's NVFlare compatibility"
-                    sys.modules[parent] = package
+                    sys.modules[parent] = _package(parent)
             if name in ALIASES:
                 continue
             module = _job_module(name, job_modules[name])
@@ -158,10 +169,7 @@ def install_job_side(job_modules: dict[str, str]) -> None:
                     setattr(sys.modules[name], attr, getattr(module, attr))
             else:
                 sys.modules[name] = module
-        for name in sorted(n for n in sys.modules if n.startswith("nvflare.")):
-            parent, _, child = name.rpartition(".")
-            if parent in sys.modules and not hasattr(sys.modules[parent], child):
-                setattr(sys.modules[parent], child, sys.modules[name])
+        _link_parents(n for n in sys.modules if n.startswith("nvflare."))
 
 
 def install() -> bool:
@@ -175,18 +183,10 @@ def install() -> bool:
         for name in [n for n in sys.modules if n == "nvflare" or n.startswith("nvflare.")]:
             del sys.modules[name]  # a real nvflare imported here while compat is forced on: shadow it
         for name in sorted(PACKAGES):
-            package = importlib.util.module_from_spec(
-                importlib.machinery.ModuleSpec(name, _FINDER, is_package=True)
-            )
-            package.__path__ = []
-            _FINDER.exec_module(package)
-            sys.modules[name] = package
+            sys.modules[name] = _package(name)
         for alias, target in ALIASES.items():
             sys.modules[alias] = importlib.import_module(target)
-        for name in sorted(set(ALIASES) | PACKAGES):
-            parent, _, child = name.rpartition(".")
-            if parent:
-                setattr(sys.modules[parent], child, sys.modules[name])
+        _link_parents(set(ALIASES) | PACKAGES)
         sys.meta_path.insert(0, _FINDER)
         return True
 

@@ -29,7 +29,7 @@ from hpcflare.runtime.cluster.ranks import RankInfo
 from hpcflare.runtime.launch import run_rank
 from hpcflare.security.jobs import prepare_job
 from hpcflare.settings import upper_bound
-from hpcflare.slurm.commands import FINAL_STATES, SlurmCommands
+from hpcflare.slurm.commands import FINAL_STATES, SlurmCommands, settle_ended
 from hpcflare.slurm.spec import Allocation
 
 _DRY_RUN_SBATCH = """#!/bin/sh
@@ -81,10 +81,7 @@ class SlurmRun(Run):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(1.0)
-        self.job_dir.settle(
-            f"Slurm job {self.slurm_job_id} ended ({state}) before the server recorded an end; "
-            f"run `hpcflare logs diagnose {self.job_dir.root}`"
-        )
+        settle_ended(self.job_dir, self.slurm_job_id, state)
         return True
 
     def abort(self) -> None:

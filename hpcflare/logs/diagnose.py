@@ -49,15 +49,16 @@ def _dead_findings(
     """One finding per rank that died: a client rank's (or client group's) sites under it, not one by one; a
     warning when the job completed without them."""
     names = {e["site"] for e in dead}
+    host_of = {site: unit for unit, sites in config.client_units().items() for site in sites if unit != site}
     under: dict[str, list[str]] = {}
     for e in dead:
-        host = config.hosting_rank(e["site"])
+        host = host_of.get(e["site"])
         if host in names:
             under.setdefault(host, []).append(e["site"])
     severity = "warning" if status.get("state") == JobState.COMPLETED else "error"
     out = []
     for e in dead:
-        if config.hosting_rank(e["site"]) in names:
+        if host_of.get(e["site"]) in names:
             continue  # told with its rank
         why = e["msg"].split(": ", 1)[-1]
         sites = sorted(under.get(e["site"], []))

@@ -20,6 +20,9 @@ RESUME = (
 )
 
 # (pattern, severity, what happened, fix) over Slurm's output files and submitit's logs
+NODE_FAILURE = re.compile(r"Node failure on|DUE TO NODE FAIL", re.I)
+STEP_CANCELLED = re.compile(r"\*\*\* STEP \S+ ON \S+ CANCELLED AT")
+"""Slurm cancels the steps of a node it lost: with a node failure in the same output, a consequence."""
 SLURM_PATTERNS = [
     (
         re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY", re.I),
@@ -71,14 +74,14 @@ SLURM_PATTERNS = [
         "",
     ),
     (
-        re.compile(r"Node failure on|DUE TO NODE FAIL", re.I),
+        NODE_FAILURE,
         "error",
         "a node of the job was lost (Slurm: node failure)",
         "resubmit, or let Slurm requeue it (--requeue): it resumes from its last completed round; if it recurs, "
         "tell the cluster's admins which node (sacct -D -j JOB -o JobID,State,NodeList)",
     ),
     (
-        re.compile(r"\*\*\* STEP \S+ ON \S+ CANCELLED AT"),
+        STEP_CANCELLED,
         "warning",
         "a job step was cancelled (scancel)",
         "nothing to do if you cancelled it; otherwise find who ran scancel / hpcflare job abort",
@@ -91,8 +94,6 @@ SLURM_PATTERNS = [
     ),
 ]
 
-NODE_FAILURE = next(p for p, *_ in SLURM_PATTERNS if "Node failure" in p.pattern)
-STEP_CANCELLED = next(p for p, *_ in SLURM_PATTERNS if "CANCELLED AT" in p.pattern)
 
 SACCT_STATES = {
     "OUT_OF_MEMORY": (

@@ -13,7 +13,7 @@ from typing import Any
 from hpcflare import env as hp
 from hpcflare.env.api import Env, sites_from
 from hpcflare.errors import HpcflareError
-from hpcflare.job import JobDir
+from hpcflare.job import FINAL_STATES, JobDir
 from hpcflare.recipe.nvflare_keywords import note
 
 SIM_WORKSPACE = "/tmp/nvflare/simulation"
@@ -55,7 +55,7 @@ class Run:
         except HpcflareError as exc:
             print(f"[hpcflare] {exc}", file=sys.stderr, flush=True)
             print(f"[hpcflare] see `hpcflare logs diagnose {workspace}`", file=sys.stderr, flush=True)
-            self._done = self.get_status() not in ("pending", "registration", "running")
+            self._done = self.get_status() in FINAL_STATES
             return None
         if not clean_up:
             note("get_result(clean_up=False)", "the job's workspace is always kept")

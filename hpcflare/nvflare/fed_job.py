@@ -68,10 +68,8 @@ class FedAvg:
 
     def __init__(self, *, num_clients: int = 3, num_rounds: int = 5, **kwargs: Any) -> None:
         self.min_clients, self.num_rounds = num_clients, num_rounds
-        self.model = kwargs.pop("initial_model", None)
-        if kwargs.get("model") is not None:
-            self.model = kwargs.pop("model")
-        kwargs.pop("model", None)
+        model, initial = kwargs.pop("model", None), kwargs.pop("initial_model", None)
+        self.model = model if model is not None else initial
         self.options = {
             key: kwargs.pop(key)
             for key in ("stop_cond", "patience", "exclude_vars", "aggregation_weights")
@@ -172,11 +170,12 @@ class FedJob:
             or named
             or [f"site-{i}" for i in range(1, (n_clients or self.controller.min_clients) + 1)]
         )
-        runners = {s: self.runners.get(s) or self.runners.get("*") for s in sites}
-        missing = [s for s, r in runners.items() if r is None]
+        found = {s: self.runners.get(s) or self.runners.get("*") for s in sites}
+        missing = [s for s, r in found.items() if r is None]
         if missing:
             raise ConfigError(f"site(s) {missing} have no ScriptRunner: job.to(ScriptRunner(...), site)")
-        scripts = {r.script.resolve() for r in runners.values() if r is not None}
+        runners = {s: r for s, r in found.items() if r is not None}
+        scripts = {r.script.resolve() for r in runners.values()}
         if len(scripts) != 1:
             raise ConfigError(
                 f"the sites run different scripts {sorted(str(s) for s in scripts)}: hpcflare runs one script "
@@ -184,8 +183,7 @@ class FedJob:
             )
         (script,) = scripts
         first = next(iter(runners.values()))
-        assert first is not None
-        args = {s: r.script_args for s, r in runners.items() if r is not None}
+        args = {s: r.script_args for s, r in runners.items()}
         site_args = {s: shlex.split(a) for s, a in args.items()} if len(set(args.values())) > 1 else {}
         options: dict[str, Any] = {**first.options, **self.controller.options}
         if site_args:

@@ -158,8 +158,7 @@ class Recipe:
             self.num_rounds,
         )
         clients, groups = expand_site_clients(self.clients, self.site_clients)
-        if groups:
-            self.job_options["client_groups"] = groups
+        options = {**self.job_options, **({"client_groups": groups} if groups else {})}
         if (
             self.cross_site_eval
         ):  # the training rounds, then the evaluation matrix (or the global model's row)
@@ -188,7 +187,7 @@ class Recipe:
             tls=self.tls,
             kits_dir=self.kits_dir,
             filters=self.filters,
-            **self.job_options,
+            **options,
         )
         job_dir.create(config)
         return job_dir

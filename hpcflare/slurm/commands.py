@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hpcflare.errors import HpcflareError
+from hpcflare.job import JobDir
 
 Runner = Callable[[Sequence[str], float], subprocess.CompletedProcess]
 COMMAND_TIMEOUT = 60.0
@@ -24,6 +25,15 @@ FINAL_STATES = {
     "BOOT_FAIL",
     "DEADLINE",
 }
+
+
+def settle_ended(job_dir: JobDir, job_id: str, state: str) -> None:
+    """A Slurm job that ended before its server recorded an end (scancel, a lost node): its status says so
+    (a status the server already made final is kept)."""
+    job_dir.settle(
+        f"Slurm job {job_id} ended ({state}) before the server recorded an end; "
+        f"run `hpcflare logs diagnose {job_dir.root}`"
+    )
 
 
 class SlurmError(HpcflareError):
