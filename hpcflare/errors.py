@@ -60,6 +60,14 @@ class JobAbortedError(HpcflareError):
     """The job was aborted by the user or by the server."""
 
 
+class NodeLostError(HpcflareError):
+    """The scheduler ended the job because it lost one of the job's nodes (Slurm: NODE_FAIL)."""
+
+
+class TimeLimitError(HpcflareError):
+    """The scheduler ended the job at its time limit, with no requeue left."""
+
+
 class UnknownClientError(UpdateRejectedError):
     """A message came from a site that is not registered for this job (or with a wrong token)."""
 

@@ -27,6 +27,7 @@ class ExitCode(enum.IntEnum):
     PEER_LOST = 27
     ABORTED = 30
     TIME_LIMIT = 31
+    NODE_LOST = 32
 
 
 HELP: dict[ExitCode, str] = {
@@ -58,6 +59,11 @@ HELP: dict[ExitCode, str] = {
     ExitCode.TIME_LIMIT: "The job reached its Slurm time limit once more than it may be requeued "
     "(settings.max_requeues, submitit's max_num_timeout). Raise --time (SlurmEnv(time=...)) or settings.max_requeues, "
     "then `hpcflare job resume JOB_DIR --env slurm` continues from the last completed round.",
+    ExitCode.NODE_LOST: "Slurm lost a node of the job (NODE_FAIL: the node went down or stopped answering) and "
+    "ended the job; nothing in the job caused it. hpcflare's jobs ask Slurm to requeue them (--requeue), so Slurm "
+    "usually restarts the job on healthy nodes and it resumes from its last completed round; if it did not "
+    "(--no-requeue, or the cluster forbids requeues), `hpcflare job resume JOB_DIR --env slurm`. If it recurs, tell the "
+    "cluster's admins which node (sacct -D -j JOB -o JobID,State,NodeList).",
     ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM), or the training script was still "
     "running settings.end_grace after the job ended and was stopped.",
 }
@@ -117,6 +123,8 @@ _BY_ERROR: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (errors.RegistrationTimeoutError, ExitCode.REGISTRATION_TIMEOUT),
     (errors.RoundFailedError, ExitCode.ROUND_FAILED),
     (errors.JobAbortedError, ExitCode.ABORTED),
+    (errors.NodeLostError, ExitCode.NODE_LOST),
+    (errors.TimeLimitError, ExitCode.TIME_LIMIT),
 )
 
 

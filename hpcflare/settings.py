@@ -54,6 +54,29 @@ MAXIMA: dict[str, float] = {
     "federation_max_app_bytes": 1 << 40,
 }
 """Upper bound of every setting that is not a deadline (deadlines: MAX_DEADLINE_S); a larger value is refused."""
+MAY_BE_ZERO = {"max_requeues"}
+"""Counts where 0 means "never" (every other number must be > 0)."""
+
+
+def _checked(key: str, kind: str, value: Any) -> Any:
+    """One setting's value, typed as its field (``kind``: bool, int or float), or a ConfigError naming it."""
+    if kind in ("bool", "<class 'bool'>"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"settings.{key} must be true or false, got {value!r}")
+        return value
+    integral = kind in ("int", "<class 'int'>")
+    # a string, bool, NaN or infinity where a number belongs would silently disable a deadline or limit
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"settings.{key} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and key not in MAY_BE_ZERO):
+        least = ">= 0" if key in MAY_BE_ZERO else "> 0"
+        raise ConfigError(f"settings.{key} must be {least} and finite, got {value!r}")
+    if integral and value != int(value):
+        raise ConfigError(f"settings.{key} must be a whole number, got {value!r}")
+    ceiling = upper_bound(key)
+    if value > ceiling:
+        raise ConfigError(f"settings.{key} must be at most {ceiling:g}, got {value!r}")
+    return int(value) if integral else float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +165,8 @@ class Settings:
     tracking_flush_interval: float = 5.0
     """A site sends its buffered tracking records at least this often (and always before its result)."""
     max_requeues: int = 100
-    """How many times a Slurm job may be requeued at its time limit (or on a preemption) and resume from its last
-    checkpoint, on both routes (sbatch: the time-limit trap stops requeueing; SlurmEnv: submitit's max_num_timeout)."""
+    """Requeues of a Slurm job at its time limit or a preemption, each resuming from the last checkpoint (sbatch's
+    trap, SlurmEnv's max_num_timeout); 0: none, the time limit ends the job (TIME_LIMIT)."""
     site_join_timeout: float = 600.0
     """A standing server waits this long for a job's sites to accept it, then runs with those (>= min_clients)."""
     federation_poll_wait: float = 20.0
@@ -187,23 +210,7 @@ class Settings:
             raise ConfigError(f"unknown settings key(s) {unknown}; valid keys: {sorted(fields)}")
         values: dict[str, Any] = {}
         for key, value in data.items():
-            if fields[key].type in ("bool", bool):
-                if not isinstance(value, bool):
-                    raise ConfigError(f"settings.{key} must be true or false, got {value!r}")
-                values[key] = value
-                continue
-            integral = fields[key].type in ("int", int)
-            # a string, bool, NaN or infinity where a number belongs would silently disable a deadline or limit
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"settings.{key} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"settings.{key} must be > 0 and finite, got {value!r}")
-            if integral and value != int(value):
-                raise ConfigError(f"settings.{key} must be a whole number, got {value!r}")
-            ceiling = upper_bound(key)
-            if value > ceiling:
-                raise ConfigError(f"settings.{key} must be at most {ceiling:g}, got {value!r}")
-            values[key] = int(value) if integral else float(value)
+            values[key] = _checked(key, str(fields[key].type), value)
         settings = cls(**values)
         settings.validate()
         return settings

@@ -102,3 +102,11 @@ def test_an_absurd_round_count_is_refused(tmp_path):
         FedAvgRecipe(
             name="x", model={"w": np.zeros(2)}, min_clients=1, num_rounds=1e18, train_script=__file__
         )
+
+
+def test_max_requeues_may_be_zero_and_nothing_else_may():
+    assert Settings.from_mapping({"max_requeues": 0}).max_requeues == 0  # never requeue at the time limit
+    with pytest.raises(ConfigError, match="max_requeues must be >= 0"):
+        Settings.from_mapping({"max_requeues": -1})
+    with pytest.raises(ConfigError, match="round_timeout must be > 0"):
+        Settings.from_mapping({"round_timeout": 0})

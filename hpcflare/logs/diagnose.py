@@ -82,6 +82,10 @@ def _dead_findings(
     return out
 
 
+STOPPING = (ExitCode.ABORTED, ExitCode.NODE_LOST, ExitCode.TIME_LIMIT)
+"""Recorded ends of a job that stop every rank with it: a rank's own ABORTED exit then only follows from it."""
+
+
 def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict[str, Any]]:
     config = job_dir.load_config()
     settings = config.load_settings()
@@ -99,6 +103,8 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                 "check the scheduler's output (logs/slurm-*.out, logs/server.out) for a launch error",
             )
         )
+    failed = _named(server, "job_failed")
+    ended = failed[-1].get("exit_code") if failed else None  # the code of the end the server recorded
     registered = {e["site"] for e in _named(server, "client_registered")}
     never = sorted(set(config.clients) - registered)
     starting = {site for e in _named(server, "sites_starting") for site in e.get("sites", [])}
@@ -223,6 +229,10 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                 out.append(
                     Finding("info", f"{rank} stopped with its collective: {str(e.get('reason', ''))[:300]}")
                 )
+            elif code == ExitCode.ABORTED and ended in STOPPING:
+                out.append(
+                    Finding("info", f"{rank} was stopped with the job ({str(e.get('reason', ''))[:200]})")
+                )
             elif isinstance(code, int) and code in ExitCode.__members__.values():
                 out.append(
                     Finding(
@@ -232,9 +242,8 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                     )
                 )
     completed = status.get("state") == JobState.COMPLETED
-    out += output_findings(job_dir, completed)
-    failed = _named(server, "job_failed")
-    out += sacct_findings(job_dir, commands, completed, recorded=bool(failed))
+    out += output_findings(job_dir, completed, ended)
+    out += sacct_findings(job_dir, commands, completed, recorded=(ended or True) if failed else False)
     if failed:  # the job's own verdict names its first cause: it comes first, what followed from it after
         code = failed[-1].get("exit_code", 1)
         out.insert(

@@ -23,6 +23,15 @@ RESUME = (
 NODE_FAILURE = re.compile(r"Node failure on|DUE TO NODE FAIL", re.I)
 STEP_CANCELLED = re.compile(r"\*\*\* STEP \S+ ON \S+ CANCELLED AT")
 """Slurm cancels the steps of a node it lost: with a node failure in the same output, a consequence."""
+TIME_LIMIT = re.compile(r"DUE TO TIME LIMIT", re.I)
+ECHOES = {
+    ExitCode.NODE_LOST: ("NODE_FAIL", NODE_FAILURE),
+    ExitCode.TIME_LIMIT: ("TIMEOUT", TIME_LIMIT),
+    ExitCode.ABORTED: ("CANCELLED", STEP_CANCELLED),
+}
+"""The Slurm state (sacct) and output line that only repeat a job's recorded end of that code: the server asked
+Slurm why it was ended, and its own finding already says so."""
+ECHO_FIX = "Slurm's side of the job's own finding above"
 SLURM_PATTERNS = [
     (
         re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY", re.I),
@@ -31,7 +40,7 @@ SLURM_PATTERNS = [
         "request more memory (--mem) or fewer ranks per node; large models: enable staging, use relays",
     ),
     (
-        re.compile(r"DUE TO TIME LIMIT", re.I),
+        TIME_LIMIT,
         "error",
         "Slurm stopped the job at its time limit",
         f"raise --time; {RESUME}",
@@ -123,8 +132,10 @@ SACCT_STATES = {
 }
 
 
-def output_findings(job_dir: JobDir, completed: bool) -> list[Finding]:
-    """Slurm's output files and submitit's logs; once the job completed, what it survived is only info."""
+def output_findings(job_dir: JobDir, completed: bool, recorded: int | None = None) -> list[Finding]:
+    """Slurm's output files and submitit's logs; once the job completed, what it survived is only info.
+    ``recorded``: the exit code of the end the job recorded (what Slurm's lines only repeat is info)."""
+    echo = ECHOES.get(recorded)[1] if recorded in ECHOES else None  # type: ignore[index]
     out = []
     paths = sorted(job_dir.log_dir.glob("slurm-*.out")) + sorted((job_dir.root / "slurm").glob("*_log.*"))
     for path in paths:
@@ -134,6 +145,8 @@ def output_findings(job_dir: JobDir, completed: bool) -> list[Finding]:
             if pattern.search(text):
                 if completed and severity != "info":
                     severity, fix = "info", "nothing to do: the job completed"
+                elif pattern is echo:
+                    severity, fix = "info", ECHO_FIX
                 elif node_lost and pattern is STEP_CANCELLED:  # Slurm cancels the steps of a lost node
                     severity, fix = "info", "a consequence of the node failure above"
                 out.append(Finding(severity, f"{path.name}: {what}", fix))
@@ -141,10 +154,12 @@ def output_findings(job_dir: JobDir, completed: bool) -> list[Finding]:
 
 
 def sacct_findings(
-    job_dir: JobDir, commands: Any = None, completed: bool = False, recorded: bool = False
+    job_dir: JobDir, commands: Any = None, completed: bool = False, recorded: bool | int = False
 ) -> list[Finding]:
     """Slurm's accounting view of the job's allocations (OOM kills, time limits, preemption, node failures).
-    ``recorded``: the job logged its own failure, so a step Slurm marks FAILED only echoes it."""
+    ``recorded``: the job logged its own failure (True, or its exit code), so a step Slurm marks FAILED only
+    echoes it, as does the allocation's state that the server read from Slurm (ECHOES)."""
+    echo = ECHOES[ExitCode(recorded)][0] if recorded in ECHOES and recorded is not True else ""
     ids = [
         p.read_text().strip()
         for p in (job_dir.root / "slurm_job_id", job_dir.root / "slurm_clients_job_id")
@@ -159,43 +174,61 @@ def sacct_findings(
             steps = commands.accounting(job_id)
         except SlurmError:
             return out
-        seen = [step.get("JobID", "") for step in steps]
-        requeued = len(seen) != len(set(seen))  # sacct -D lists each life of a requeued job
-        for step in steps:
-            state = step.get("State", "").split()[0] if step.get("State") else ""
-            if state not in SACCT_STATES:
-                continue
-            severity, what, fix = SACCT_STATES[state]
-            if completed and state in ("TIMEOUT", "PREEMPTED", "NODE_FAIL", "CANCELLED"):
-                severity, fix = (
-                    ("info", "nothing to do: the job was requeued and completed")
-                    if requeued
-                    else (
-                        "warning",
-                        "the job completed without this step's ranks: status.json's lost names their sites",
-                    )
-                )
-            rss = ""
-            if step.get("MaxRSS"):
-                asked = f" of {step['ReqMem']} requested" if step.get("ReqMem", "").strip() else ""
-                rss = f" (MaxRSS {step['MaxRSS']}{asked})"
-            code = step.get("ExitCode", "0:0").split(":")[0]
-            if state == "FAILED" and recorded:
-                severity, fix = (
-                    "info",
-                    "Slurm's record of the job's failure: its cause is the job's own finding",
-                )
-            elif state == "FAILED" and code.isdigit():
-                fix = describe(int(code))
-            out.append(
-                Finding(
-                    severity,
-                    f"sacct: Slurm step {step['JobID']} ({step.get('JobName', '')}) {what}"
-                    f"{rss} on {step.get('NodeList', '?')}",
-                    fix,
-                )
-            )
+        lives = split_lives(steps)
+        for number, life in enumerate(lives, 1):
+            ended = life[0].get("State", "").split()[0] if life[0].get("State") else ""
+            for step in life:
+                finding = _step_finding(step, completed, recorded, len(lives) > 1)
+                if finding and step is life[0] and number == len(lives) and ended == echo:
+                    finding = Finding("info", finding.what, ECHO_FIX)
+                if finding and step is not life[0] and finding.severity != "info":
+                    if ended == "NODE_FAIL":  # Slurm ends a lost node's steps: a consequence
+                        finding = Finding("info", finding.what, "a consequence of the node failure above")
+                    elif number < len(lives):  # an earlier life's steps ended with that life
+                        finding = Finding("info", finding.what, f"ended with life {number} of the job")
+                if finding:
+                    out.append(finding)
     return out
+
+
+def split_lives(steps: list[dict[str, str]]) -> list[list[dict[str, str]]]:
+    """sacct -D's rows, one list per life of the job (each life starts with the allocation's own row)."""
+    lives: list[list[dict[str, str]]] = []
+    for step in steps:
+        if "." not in step.get("JobID", "") or not lives:
+            lives.append([])
+        lives[-1].append(step)
+    return lives
+
+
+def _step_finding(step: dict[str, str], completed: bool, recorded: bool, requeued: bool) -> Finding | None:
+    state = step.get("State", "").split()[0] if step.get("State") else ""
+    if state not in SACCT_STATES:
+        return None
+    severity, what, fix = SACCT_STATES[state]
+    if completed and state in ("TIMEOUT", "PREEMPTED", "NODE_FAIL", "CANCELLED"):
+        severity, fix = (
+            ("info", "nothing to do: the job was requeued and completed")
+            if requeued
+            else (
+                "warning",
+                "the job completed without this step's ranks: status.json's lost names their sites",
+            )
+        )
+    rss = ""
+    if step.get("MaxRSS"):
+        asked = f" of {step['ReqMem']} requested" if step.get("ReqMem", "").strip() else ""
+        rss = f" (MaxRSS {step['MaxRSS']}{asked})"
+    code = step.get("ExitCode", "0:0").split(":")[0]
+    if state == "FAILED" and recorded:
+        severity, fix = "info", "Slurm's record of the job's failure: its cause is the job's own finding"
+    elif state == "FAILED" and code.isdigit():
+        fix = describe(int(code))
+    return Finding(
+        severity,
+        f"sacct: Slurm step {step['JobID']} ({step.get('JobName', '')}) {what}{rss} on {step.get('NodeList', '?')}",
+        fix,
+    )
 
 
 def life_starts(server: list[dict[str, Any]]) -> list[float]:

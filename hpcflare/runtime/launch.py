@@ -25,6 +25,7 @@ from hpcflare.runtime.cluster.beacon import StartupBeacon
 from hpcflare.runtime.cluster.gpus import plan_devices
 from hpcflare.runtime.cluster.ranks import RankInfo, RoleKind, detect_rank, role_for_rank, tasks_per_node
 from hpcflare.runtime.cluster.rendezvous import RENDEZVOUS, SERVER, MpiRendezvous, Rendezvous, advertise_host
+from hpcflare.runtime.cluster.scheduler_end import ending_error
 from hpcflare.runtime.relay import Relay
 from hpcflare.runtime.script_runner import run_client
 from hpcflare.runtime.server import FLServer
@@ -68,7 +69,7 @@ def run_server(
             job_dir.write_status(JobState.FAILED, message=reason, exit_code=int(code))
             return code
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: server.abort("SIGTERM received"))
+            signal.signal(signal.SIGTERM, lambda *_: _terminated(server))
         tap = handshake_tap(log, server.grpc.kit)
         try:
             return server.run(rendezvous)
@@ -78,6 +79,12 @@ def run_server(
     finally:
         lock.release()
         log.close()
+
+
+def _terminated(server: FLServer) -> None:
+    """SIGTERM: under Slurm, the job ends with Slurm's reason (a lost node, the time limit, scancel, a requeue)."""
+    cause = ending_error(os.environ)
+    server.abort("SIGTERM received" if cause is None else str(cause), cause)
 
 
 def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: str | None = None) -> ExitCode:

@@ -18,6 +18,7 @@ from hpcflare.monitoring.series import job_files
 from hpcflare.rank_logger import RankLogger, plural
 from hpcflare.runtime.cluster.memory import release_memory
 from hpcflare.runtime.cluster.rendezvous import SERVER, FileRendezvous, Rendezvous, incarnation
+from hpcflare.runtime.cluster.scheduler_end import ending_error
 from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.runtime.host.checkpoints import Checkpoints
 from hpcflare.runtime.host.global_model import GlobalModel
@@ -68,6 +69,7 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
         direct = len(self.relays) or len(ranks) or len(config.clients)  # links that end at this server
         self.checkpoints = Checkpoints(job_dir.models_dir, log, settings.model_file_bytes)
         self.first_round = 1
+        self.end_cause: errors.HpcflareError | None = None  # what abort() ends the job with, if not an abort
         self.last_metrics: dict[str, float] = {}
         self.last_aggregated = 0
         self.model = self._resume() or self._new_model(
@@ -227,6 +229,11 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
             return ExitCode.OK
         except Exception as exc:  # noqa: BLE001 - every end is recorded in status.json with its cause
             code, reason = exit_for(exc)
+            ending = None if self.end_cause else ending_error(os.environ)
+            if (
+                ending is not None
+            ):  # Slurm is ending the job (a lost node...): what failed meanwhile follows from it
+                code, reason = exit_for(ending)[0], f"{ending} (meanwhile: {reason})"
             if needs_traceback(code):
                 self.log.error("traceback", format_traceback(exc))
             return self._fail(
@@ -240,9 +247,12 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
             withdraw_local(self.address)
             self.grpc.stop()
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, cause: errors.HpcflareError | None = None) -> None:
+        """End the job: ``cause``, when given, is the error it ends with (a lost node, the time limit), else it
+        is aborted for ``reason``."""
         with self._cv:
-            self.end_reason = f"aborted: {reason}"
+            self.end_reason = f"aborted: {reason}" if cause is None else str(cause)
+            self.end_cause = cause
             self.phase = HostPhase.ABORTING
             self._cv.notify_all()
 
@@ -258,7 +268,7 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
         if self.host_fault is not None:
             raise self.host_fault
         if self.phase == HostPhase.ABORTING:
-            raise errors.JobAbortedError(self.end_reason)
+            raise self.end_cause or errors.JobAbortedError(self.end_reason)
 
     def _new_model(self, params: Any, number: int, nbytes: int | None = None) -> GlobalModel:
         """The round's model, in a spool file when it is at least settings.model_file_bytes (``nbytes``: its

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hpcflare.errors import HpcflareError
+from hpcflare.exitcodes import ExitCode
 from hpcflare.job import JobDir
 
 Runner = Callable[[Sequence[str], float], subprocess.CompletedProcess]
@@ -27,12 +28,23 @@ FINAL_STATES = {
 }
 
 
+ENDED_BY = {
+    "NODE_FAIL": ("Slurm lost a node of job {id} (NODE_FAIL)", ExitCode.NODE_LOST),
+    "TIMEOUT": ("Slurm job {id} reached its time limit (TIMEOUT)", ExitCode.TIME_LIMIT),
+    "DEADLINE": ("Slurm job {id} reached its deadline (DEADLINE)", ExitCode.TIME_LIMIT),
+    "CANCELLED": ("Slurm job {id} was cancelled (scancel or hpcflare job abort)", ExitCode.ABORTED),
+    "OUT_OF_MEMORY": ("Slurm killed job {id} for its memory (OUT_OF_MEMORY)", None),
+}
+"""Slurm's end of a job in words, cause first, with the exit code that names it."""
+
+
 def settle_ended(job_dir: JobDir, job_id: str, state: str) -> None:
-    """A Slurm job that ended before its server recorded an end (scancel, a lost node): its status says so
-    (a status the server already made final is kept)."""
+    """A Slurm job that ended before its server recorded an end (scancel, a lost node): its status says so,
+    Slurm's cause first (a status the server already made final is kept)."""
+    words, code = ENDED_BY.get(state, ("Slurm job {id} ended (" + state + ")", None))
     job_dir.settle(
-        f"Slurm job {job_id} ended ({state}) before the server recorded an end; "
-        f"run `hpcflare logs diagnose {job_dir.root}`"
+        f"{words.format(id=job_id)} before the server recorded an end; run `hpcflare logs diagnose {job_dir.root}`",
+        int(code) if code is not None else None,
     )
 
 

@@ -68,3 +68,23 @@ def test_a_lost_node_is_named_and_the_steps_it_cancelled_are_its_consequence(tmp
     cancelled = [f for f in findings if "cancelled" in f.what]
     assert lost and lost[0].severity == "error" and "requeue" in lost[0].fix
     assert cancelled and cancelled[0].severity == "info" and "consequence" in cancelled[0].fix
+
+
+def test_steps_of_a_life_slurm_ended_are_consequences_not_errors(tmp_path):
+    """sacct -D as Slurm 22.05 wrote it for a job that lost node2, was requeued and completed: the first life's
+    srun step FAILED because the node went away; that is the node failure's consequence, not an error."""
+    rows = [
+        ("41", "t", "NODE_FAIL", "0:0", "", "", "00:00:20", "node[1-2]"),
+        ("41.batch", "batch", "CANCELLED", "0:15", "", "", "00:00:20", "node1"),
+        ("41.0", "python", "FAILED", "1:0", "80096K", "", "00:00:19", "node[1-2]"),
+        ("41", "t", "COMPLETED", "0:0", "", "", "00:00:30", "node[1-2]"),
+        ("41.batch", "batch", "COMPLETED", "0:0", "", "", "00:00:30", "node1"),
+        ("41.0", "python", "COMPLETED", "0:0", "", "", "00:00:29", "node[1-2]"),
+    ]
+    findings = sacct_findings(job(tmp_path), Accounting(*rows), completed=True)
+    assert [f.severity for f in findings] == ["info"] * 3, findings
+    assert "a consequence of the node failure" in findings[2].fix
+    # a node lost in the job's only life: the job's end is the error, its steps follow from it
+    findings = sacct_findings(job(tmp_path), Accounting(*rows[:3]))
+    assert [f.severity for f in findings] == ["error", "info", "info"], findings
+    assert "lost a node" in findings[0].what
