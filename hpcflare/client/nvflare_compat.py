@@ -38,6 +38,8 @@ ALIASES = {
     "nvflare.app_common.np.constants": "hpcflare.client.constants",
     "nvflare.apis.analytix": "hpcflare.client.constants",
     "nvflare.apis.fl_constant": "hpcflare.client.constants",
+    "nvflare.app_opt.xgboost.data_loader": "hpcflare.client.xgb_loaders",
+    "nvflare.app_opt.xgboost.histogram_based_v2.csv_data_loader": "hpcflare.client.xgb_loaders",
 }
 """NVFlare module -> the hpcflare module that provides its names (README: "Coming from NVFlare")."""
 PACKAGES = frozenset(
@@ -51,6 +53,8 @@ PACKAGES = frozenset(
         "nvflare.app_opt.pt",
         "nvflare.app_opt.statistics",
         "nvflare.app_opt.statistics.df",
+        "nvflare.app_opt.xgboost",
+        "nvflare.app_opt.xgboost.histogram_based_v2",
     }
 )
 """Parents of the aliased modules: empty packages, so ``import nvflare.client`` finds its way down."""

@@ -6,6 +6,7 @@ _RECIPES = "hpcflare.nvflare.recipes"
 _ENVS = "hpcflare.nvflare.envs"
 _JOB = "hpcflare.nvflare.fed_job"
 _UTILS = "hpcflare.nvflare.utils"
+_XGB = "hpcflare.nvflare.xgb"
 
 JOB_MODULES = {
     "nvflare": _JOB,
@@ -36,10 +37,10 @@ JOB_MODULES = {
     "nvflare.app_opt.sklearn.recipes": _RECIPES,
     "nvflare.app_opt.sklearn.recipes.fedavg": _RECIPES,
     "nvflare.app_opt.sklearn.recipes.kmeans": _RECIPES,
-    "nvflare.app_opt.xgboost.recipes": _RECIPES,
-    "nvflare.app_opt.xgboost.recipes.bagging": _RECIPES,
-    "nvflare.app_opt.xgboost.recipes.histogram": _RECIPES,
-    "nvflare.app_opt.xgboost.recipes.vertical": _RECIPES,
+    "nvflare.app_opt.xgboost.recipes": _XGB,
+    "nvflare.app_opt.xgboost.recipes.bagging": _XGB,
+    "nvflare.app_opt.xgboost.recipes.histogram": _XGB,
+    "nvflare.app_opt.xgboost.recipes.vertical": _XGB,
     "nvflare.job_config": _JOB,
     "nvflare.job_config.api": _JOB,
     "nvflare.job_config.base_fed_job": _JOB,

@@ -230,18 +230,6 @@ class KMeansFedAvgRecipe(NvflareCalls, hp.KMeansRecipe):
         super().__init__(**kwargs)
 
 
-class XGBBaggingRecipe(NvflareCalls, hp.XGBBaggingRecipe):
-    """NVFlare's XGBBaggingRecipe (tree-based bagging)."""
-
-
-class XGBHistogramRecipe(NvflareCalls, hp.XGBHistogramRecipe):
-    """NVFlare's histogram-based horizontal XGBoost recipe."""
-
-
-class XGBVerticalRecipe(NvflareCalls, hp.XGBVerticalRecipe):
-    """NVFlare's vertical XGBoost recipe."""
-
-
 __all__ = [
     "CyclicRecipe",
     "FedAvgRecipe",
@@ -253,7 +241,4 @@ __all__ = [
     "ScaffoldRecipe",
     "SklearnFedAvgRecipe",
     "SwarmLearningRecipe",
-    "XGBBaggingRecipe",
-    "XGBHistogramRecipe",
-    "XGBVerticalRecipe",
 ]

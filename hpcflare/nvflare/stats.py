@@ -8,16 +8,12 @@ it. The server writes the result to ``stats_output_path`` inside the job's folde
 
 from __future__ import annotations
 
-import inspect
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hpcflare.errors import ConfigError
-from hpcflare.nvflare.local_files import local_imports
+from hpcflare.nvflare.local_files import object_spec, scratch_folder, shipped
 from hpcflare.nvflare.recipes import NvflareCalls
 from hpcflare.recipe.nvflare_keywords import note
 
@@ -31,37 +27,6 @@ from {module} import {cls}
 args = json.loads((Path(__file__).parent / "stats_generator.json").read_text())["args"]
 run_generator({cls}(**args))
 '''
-
-
-def generator_spec(generator: Any) -> tuple[Path, str, str, dict[str, Any]]:
-    """(module file, module name, class name, constructor arguments) of a job.py's generator object."""
-    cls = type(generator)
-    try:
-        source = Path(inspect.getsourcefile(cls) or "")
-    except TypeError:
-        source = Path()
-    if not source.is_file():
-        raise ConfigError(
-            f"stats_generator {cls.__name__}: its class must be defined in a file beside job.py"
-        )
-    args: dict[str, Any] = {}
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        if hasattr(generator, name):
-            args[name] = getattr(generator, name)
-        elif parameter.default is parameter.empty:
-            raise ConfigError(
-                f"stats_generator {cls.__name__}: constructor argument {name!r} is not kept as self.{name}, so the "
-                "sites cannot rebuild it (NVFlare has the same rule)"
-            )
-    try:
-        json.dumps(args)
-    except TypeError as exc:
-        raise ConfigError(
-            f"stats_generator {cls.__name__}: its arguments must be JSON values ({exc})"
-        ) from None
-    return source, source.stem, cls.__name__, args
 
 
 class FedStatsRecipe(NvflareCalls):
@@ -82,8 +47,8 @@ class FedStatsRecipe(NvflareCalls):
     ) -> None:
         for key in sorted(kwargs):
             note(f"FedStatsRecipe({key}=...)", "accepted; no effect here")
-        source, module, cls, args = generator_spec(stats_generator)
-        folder = Path(tempfile.mkdtemp(prefix="hpcflare-stats-"))
+        source, module, cls, args = object_spec(stats_generator, "stats_generator")
+        folder = scratch_folder(self, "hpcflare-stats-")
         (folder / "stats_generator.json").write_text(json.dumps({"class": f"{module}.{cls}", "args": args}))
         script = folder / "stats_site.py"
         script.write_text(SITE_SCRIPT.format(module=module, cls=cls))
@@ -94,7 +59,7 @@ class FedStatsRecipe(NvflareCalls):
             num_rounds=2,
             train_script=script,
             clients=list(sites),
-            extra_files=[folder / "stats_generator.json", source, *local_imports(source)],
+            extra_files=[folder / "stats_generator.json", *shipped(source)],
         )
         self.strategy_args = {
             "statistic_configs": dict(statistic_configs),
