@@ -39,6 +39,7 @@ ALIASES = {
     "nvflare.apis.analytix": "hpcflare.client.constants",
     "nvflare.apis.fl_constant": "hpcflare.client.constants",
     "nvflare.app_opt.xgboost.data_loader": "hpcflare.client.xgb_loaders",
+    "nvflare.app_common.psi.psi_spec": "hpcflare.client.psi_spec",
     "nvflare.app_opt.xgboost.histogram_based_v2.csv_data_loader": "hpcflare.client.xgb_loaders",
 }
 """NVFlare module -> the hpcflare module that provides its names (README: "Coming from NVFlare")."""
@@ -49,6 +50,7 @@ PACKAGES = frozenset(
         "nvflare.app_common",
         "nvflare.app_common.abstract",
         "nvflare.app_common.np",
+        "nvflare.app_common.psi",
         "nvflare.app_opt",
         "nvflare.app_opt.pt",
         "nvflare.app_opt.statistics",

@@ -41,6 +41,8 @@ JOB_MODULES = {
     "nvflare.app_opt.xgboost.recipes.bagging": _XGB,
     "nvflare.app_opt.xgboost.recipes.histogram": _XGB,
     "nvflare.app_opt.xgboost.recipes.vertical": _XGB,
+    "nvflare.app_common.psi.recipes": "hpcflare.nvflare.psi",
+    "nvflare.app_common.psi.recipes.dh_psi": "hpcflare.nvflare.psi",
     "nvflare.job_config": _JOB,
     "nvflare.job_config.api": _JOB,
     "nvflare.job_config.base_fed_job": _JOB,
