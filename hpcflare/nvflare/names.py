@@ -34,6 +34,7 @@ JOB_MODULES = {
     "nvflare.app_opt.tf.recipes.cyclic": _RECIPES,
     "nvflare.app_common.np.recipes": _RECIPES,
     "nvflare.app_common.np.recipes.fedavg": _RECIPES,
+    "nvflare.app_common.np.recipes.cross_site_eval": "hpcflare.nvflare.cross_site",
     "nvflare.app_opt.sklearn.recipes": _RECIPES,
     "nvflare.app_opt.sklearn.recipes.fedavg": _RECIPES,
     "nvflare.app_opt.sklearn.recipes.kmeans": _RECIPES,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hpcflare.errors import ConfigError
 from hpcflare.recipe.api import Recipe
 
 
@@ -37,10 +40,37 @@ class CrossSiteEvalRecipe(Recipe):
 
     strategy = "cross_site_eval"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        server_models: Mapping[str, str | Path] | None = None,
+        submit_models: bool = True,
+        evaluate_global: bool = True,
+        train_rounds: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``train_rounds``: the FedAvg rounds before the evaluation (0: none; default num_rounds).
+        ``server_models``: {name: .safetensors file} evaluated too (pre-trained models the server holds);
+        ``submit_models=False``: the sites' own models are not collected; ``evaluate_global=False``: the global
+        model is not evaluated."""
+        files = {name: Path(path) for name, path in (server_models or {}).items()}
+        for name, path in files.items():
+            if path.suffix != ".safetensors" or not path.is_file():
+                raise ConfigError(f"server model {name!r}: {path} is not a .safetensors file")
+        kwargs["extra_files"] = [*kwargs.get("extra_files", ()), *files.values()]
         super().__init__(*args, **kwargs)
+        if train_rounds is not None:
+            if not 0 <= int(train_rounds) <= 1_000_000:
+                raise ConfigError(f"train_rounds must be between 0 and 1000000, got {train_rounds}")
+            self.num_rounds = int(train_rounds)
         self.strategy_args = {"train_rounds": self.num_rounds}
-        self.num_rounds = self.num_rounds + 1 + len(self.clients) + 1
+        if files or not submit_models or not evaluate_global:
+            self.strategy_args.update(
+                server_models={name: path.name for name, path in files.items()},
+                submit_models=submit_models,
+                evaluate_global=evaluate_global,
+            )
+        self.num_rounds = self.num_rounds + 1 + len(self.clients) * submit_models + len(files) + 1
 
 
 class FedStatsRecipe(Recipe):

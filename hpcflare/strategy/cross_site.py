@@ -9,17 +9,24 @@ meta ``submit_model_name`` is NVFlare's (``best_model``: the site sends the loca
 ``submit_models=False`` evaluates only the global model (NVFlare's add_final_global_evaluation). The same
 results are also written in NVFlare's layout, ``cross_site_val/cross_val_results.json`` ({evaluating site:
 {model: metrics}}, the global model as ``SRV_FL_global_model.pt``).
+
+``server_models`` ({name: safetensors file in the job's app/}) adds models the server holds (NVFlare's model
+locator: pre-trained models) to those evaluated, under their names; ``evaluate_global=False`` leaves the global
+model out (an evaluation of pre-trained models only).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hpcflare.errors import ConfigError
 from hpcflare.fileio import atomic_write_json
 from hpcflare.strategy.aggregate import WeightedMeanAggregator
 from hpcflare.strategy.api import (
@@ -38,6 +45,8 @@ from hpcflare.transport.model_files import load_params
 GLOBAL = "global"
 NVFLARE_GLOBAL = "SRV_FL_global_model.pt"
 """The global model's name in NVFlare's cross_site_val/cross_val_results.json."""
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+"""A server model's name (its file in cross_site/models/ and its key in the results)."""
 SUBMIT_MODEL_NAME = "best_model"
 """NVFlare's ModelName.BEST_MODEL: what a submit task asks for."""
 
@@ -46,10 +55,25 @@ class CrossSiteEval(Strategy):
     name = "cross_site_eval"
     supports_relays = False
 
-    def __init__(self, train_rounds: int = 0, submit_models: bool = True, **fedavg: Any) -> None:
+    def __init__(
+        self,
+        train_rounds: int = 0,
+        submit_models: bool = True,
+        server_models: Mapping[str, str] | None = None,
+        evaluate_global: bool = True,
+        **fedavg: Any,
+    ) -> None:
         """``fedavg``: the training rounds' FedAvg options (aggregation_weights, fedprox_mu)."""
         self.train_rounds = int(train_rounds)
         self.submit_models = bool(submit_models)
+        self.server_models = dict(server_models or {})
+        for name, path in self.server_models.items():
+            if not MODEL_NAME.fullmatch(name) or Path(path).is_absolute() or ".." in Path(path).parts:
+                raise ConfigError(
+                    f"cross_site_eval server model {name!r} -> {path!r}: names are letters, digits, '_', '-', "
+                    "'.'; files are paths inside the job's app/"
+                )
+        self.evaluate_global = bool(evaluate_global)
         self.training = FedAvg(**fedavg)
         self.root = Path("cross_site")
         self.owners: list[str] = []
@@ -60,18 +84,23 @@ class CrossSiteEval(Strategy):
     def attach(self, job_root: Path) -> None:
         self.root = job_root / "cross_site"
         (self.root / "models").mkdir(parents=True, exist_ok=True)
+        for name, path in self.server_models.items():  # the server's own models join the evaluated ones
+            target = self.root / "models" / f"{name}.safetensors"
+            if not target.is_file():
+                shutil.copyfile(job_root / "app" / path, target)
         if (self.root / "matrix.json").is_file():  # a resumed job keeps the evaluations done so far
             self.matrix = json.loads((self.root / "matrix.json").read_text())
 
     def _collected(self) -> list[str]:
-        return sorted(p.stem for p in (self.root / "models").glob("*.safetensors")) + [GLOBAL]
+        models = sorted(p.stem for p in (self.root / "models").glob("*.safetensors"))
+        return models + [GLOBAL] if self.evaluate_global else models
 
     def plan_round(self, round_num: int, total_rounds: int, live: list[str]) -> RoundPlan:
         if round_num <= self.train_rounds:
             self._task = TaskKind.TRAIN
             return RoundPlan()
         if round_num == self.train_rounds + 1 and not self.submit_models:
-            self.owners = [GLOBAL]
+            self.owners = self._collected()
             return RoundPlan(skip=True)
         if round_num == self.train_rounds + 1:
             self._task = TaskKind.SUBMIT_MODEL

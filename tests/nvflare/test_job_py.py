@@ -135,3 +135,24 @@ def test_a_job_the_script_does_not_wait_for_runs_to_its_end_and_sets_the_exit_st
     done = nvflare(tmp_path, "fire_and_forget.py", str(tmp_path / "bad"), "broken.py")
     assert done.returncode == 12, done.stderr[-3000:]  # ROUND_FAILED: the job's own verdict
     assert "RuntimeError: no data" in done.stderr
+
+
+def test_numpy_cross_site_evaluation_of_pretrained_models(tmp_path):
+    """hello-numpy-cross-val: two server models and each site's own, scored by NVFlare's dummy NPValidator
+    (sum(w / max(w)) + a random number in [0, 1)) at both sites; the matrix in NVFlare's layout."""
+    server, client = tmp_path / "server_models", tmp_path / "client_models"
+    server.mkdir()
+    client.mkdir()
+    np.save(server / "server_1.npy", INITIAL)
+    np.save(server / "server_2.npy", INITIAL * 2)
+    np.save(client / "best_numpy.npy", np.ones((3, 3), np.float32))
+    done = nvflare(tmp_path, "job_cse.py", str(server), str(client), str(tmp_path / "ws"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    workspace = workspace_of(done.stdout)
+    results = json.loads((workspace / "cross_site_val" / "cross_val_results.json").read_text())
+    assert sorted(results) == ["site-1", "site-2"]
+    base = {"server_model_1": INITIAL.sum() / 9, "server_model_2": INITIAL.sum() / 9, "site-1": 9, "site-2": 9}
+    for evaluator, row in results.items():
+        assert sorted(row) == sorted(base), row  # no global model: nothing was trained
+        for model, metrics in row.items():
+            assert base[model] <= metrics["accuracy"] < base[model] + 1, (evaluator, model, metrics)
