@@ -26,6 +26,13 @@ from hpcflare.client.model import FLModel
 STATS_KEY = "stats.json"
 """The tensor a site's statistics travel in (JSON, UTF-8, as uint8)."""
 NUMERIC_TYPES = ("INT", "FLOAT")
+SKETCH_POINTS = 101
+"""A site's quantile sketch: its values at every whole percent, 0 to 100 (NVFlare sends a t-digest instead)."""
+
+
+def _percent_key(percent: Any) -> str:
+    number = float(percent)
+    return str(int(number)) if number.is_integer() else str(number)
 
 
 class DataType(enum.IntEnum):
@@ -154,6 +161,11 @@ class Statistics(ABC):
     def failure_count(self, dataset_name: str, feature_name: str) -> int:
         return 0
 
+    def quantiles(self, dataset_name: str, feature_name: str, percents: list[float]) -> dict[str, Any]:
+        """This site's values at ``percents`` ({percent: value}); with ``"sketch"``, also its values at every
+        whole percent (0..100), from which the server merges the global quantiles."""
+        raise NotImplementedError
+
     def finalize(self, fl_ctx: FLContext) -> None:
         pass
 
@@ -222,6 +234,14 @@ class DFStatisticsCore(Statistics):
     def min_value(self, dataset_name: str, feature_name: str) -> float:
         return float(self._column(dataset_name, feature_name).min())
 
+    def quantiles(self, dataset_name: str, feature_name: str, percents: list[float]) -> dict[str, Any]:
+        values = self._column(dataset_name, feature_name).dropna().to_numpy(dtype=np.float64)
+        wanted = np.quantile(values, np.asarray(percents, dtype=np.float64) / 100.0)
+        return {
+            **{_percent_key(p): float(v) for p, v in zip(percents, wanted)},
+            "sketch": [float(v) for v in np.quantile(values, np.linspace(0.0, 1.0, SKETCH_POINTS))],
+        }
+
 
 def _numeric_features(generator: Statistics) -> list[tuple[str, str]]:
     out = []
@@ -266,6 +286,16 @@ def local_summary(generator: Statistics, meta: dict[str, Any]) -> dict[str, Any]
         if "histogram" in wanted and feature not in ranged:
             entry["min"] = _finite(generator.min_value(dataset, feature))
             entry["max"] = _finite(generator.max_value(dataset, feature))
+        percents = (meta.get("quantiles") or {}).get(feature, (meta.get("quantiles") or {}).get("*"))
+        if "quantile" in wanted and percents:
+            try:
+                found = generator.quantiles(dataset, feature, [float(p) for p in percents])
+            except NotImplementedError:
+                found = {}
+            sketch = found.pop("sketch", None) if isinstance(found, dict) else None
+            entry["quantiles"] = {_percent_key(k): _finite(v) for k, v in (found or {}).items()}
+            if sketch is not None:
+                entry["sketch"] = [float(v) for v in sketch]
         out.setdefault(dataset, {})[feature] = entry
     return out
 

@@ -64,6 +64,7 @@ class SpecStats(Strategy):
                 f"stats_output_path {output_path!r} must be a relative path inside the job folder"
             )
         self.configs, self.output_path = dict(statistic_configs), path
+        self._percents()  # a bad quantile section is refused at start
         self.min_count, self.max_bytes, self.precision = int(min_count), int(max_bytes), int(precision)
         self.local: dict[str, dict[str, Any]] = {}  # site -> round 1's summary
         self.second: dict[str, dict[str, Any]] = {}  # site -> round 2's terms
@@ -93,6 +94,7 @@ class SpecStats(Strategy):
             "stats_phase": self._phase,
             "statistics": list(self.configs),
             "min_count": self.min_count,
+            "quantiles": self._percents(),
             "ranged": [
                 f
                 for f in (self.configs.get("histogram") or {})
@@ -113,6 +115,20 @@ class SpecStats(Strategy):
                 for dataset, features in self.totals.items()
             }
         return meta
+
+    def _percents(self) -> dict[str, list[float]]:
+        """statistic_configs' quantile section ({feature | "*": [percent, ...]}), checked."""
+        config = self.configs.get("quantile") or {}
+        out = {}
+        for feature, percents in dict(config).items():
+            if not isinstance(percents, (list, tuple)) or not all(
+                _number(p) and 0 <= p <= 100 for p in percents
+            ):
+                raise ConfigError(
+                    f"statistic_configs quantile {feature!r}: give a list of percents in [0, 100]"
+                )
+            out[str(feature)] = [float(p) for p in percents]
+        return out
 
     def _range(self, feature: str, totals: dict[str, float]) -> list[float] | None:
         if "histogram" not in self.configs:
@@ -183,7 +199,7 @@ class SpecStats(Strategy):
                         _round(e["sum"] / count, r) if count and e.get("sum") is not None else None,
                     )
                     put(feature, "stddev", site, dataset, _round(e.get("stddev"), r))
-                    put(feature, "quantile", site, dataset, {} if "quantile" in self.configs else None)
+                    put(feature, "quantile", site, dataset, _quantiles(e.get("quantiles"), r))
                     hist = (
                         ((self.second.get(site) or {}).get(dataset) or {}).get(feature, {}).get("histogram")
                     )
@@ -204,6 +220,16 @@ class SpecStats(Strategy):
                 terms: list[float] = [float(e["var"]) for e in entries if e.get("var") is not None]
                 if entries and len(terms) == len(entries):  # every site that has the feature gave its term
                     put(feature, "stddev", GLOBAL, dataset, _round(math.sqrt(max(0.0, sum(terms))), r))
+                sketches = [
+                    (float(payload[dataset][feature]["count"]), payload[dataset][feature].get("sketch"))
+                    for payload in self.local.values()
+                    if feature in (payload.get(dataset) or {})
+                ]
+                percents = self._percents()
+                wanted = percents.get(feature, percents.get("*"))
+                if wanted and sketches and all(sketch for _, sketch in sketches):
+                    merged_q = merge_quantiles([(n, list(sk or [])) for n, sk in sketches], wanted)
+                    put(feature, "quantile", GLOBAL, dataset, _quantiles(merged_q, r))
                 hists: list[list[list[float]]] = [e["histogram"] for e in entries if e.get("histogram")]
                 if hists and len({len(h) for h in hists}) == 1:
                     merged = [[h0[0], h0[1], sum(h[i][2] for h in hists)] for i, h0 in enumerate(hists[0])]
@@ -211,7 +237,53 @@ class SpecStats(Strategy):
         return out
 
 
+def merge_quantiles(sketches: list[tuple[float, list[float]]], percents: list[float]) -> dict[str, float]:
+    """The global quantiles from the sites' sketches (count, values at evenly spaced fractions 0..1): each
+    sketch is a piecewise-linear CDF, the global CDF their count-weighted mixture (piecewise linear on the
+    union of the knots), inverted at each percent."""
+    knots = np.unique(np.concatenate([np.asarray(sk, dtype=np.float64) for _, sk in sketches]))
+    total = sum(n for n, _ in sketches)
+    cdf = np.zeros_like(knots)
+    for n, sketch in sketches:
+        values = np.asarray(sketch, dtype=np.float64)
+        cdf += n * np.interp(knots, values, np.linspace(0.0, 1.0, len(values)), left=0.0, right=1.0)
+    cdf /= total
+    cdf = np.maximum.accumulate(cdf)
+    out = {}
+    for p in percents:
+        index = int(np.searchsorted(cdf, p / 100.0, side="left"))
+        if index == 0:
+            value = knots[0]
+        elif index >= len(knots):
+            value = knots[-1]
+        else:  # linear between the two knots around the percent
+            lo, hi = cdf[index - 1], cdf[index]
+            t = 0.0 if hi <= lo else (p / 100.0 - lo) / (hi - lo)
+            value = knots[index - 1] + t * (knots[index] - knots[index - 1])
+        out[str(int(p)) if float(p).is_integer() else str(p)] = float(value)
+    return out
+
+
+def _quantiles(found: Any, digits: int) -> Any:
+    if not isinstance(found, dict):
+        return None
+    return {key: _round(value, digits) for key, value in found.items() if value is not None}
+
+
 def _valid(key: Any, value: Any) -> bool:
+    if key == "sketch":
+        return (
+            isinstance(value, list)
+            and 2 <= len(value) <= 1001
+            and all(_number(v) for v in value)
+            and (all(a <= b for a, b in zip(value, value[1:])))
+        )
+    if key == "quantiles":
+        return (
+            isinstance(value, dict)
+            and len(value) <= 1000
+            and all(isinstance(k, str) and (v is None or _number(v)) for k, v in value.items())
+        )
     if key == "histogram":
         return (
             isinstance(value, list)

@@ -68,5 +68,13 @@ def test_hello_tabular_stats_shape_gives_the_union_statistics(tmp_path):
     assert [b[:2] for b in age] == [[0, 20], [20, 40], [40, 60], [60, 80], [80, 100]]
     expected, _ = np.histogram(train["Age"], bins=5, range=(0, 100))
     assert [b[2] for b in age] == expected.tolist()
+    # quantiles: each site's own exactly; the global ones merged from the sites' sketches, close to pandas
+    site1 = frames["site-1"].iloc[:160]["Income"].dropna()
+    assert income["quantile"]["site-1"]["train"]["50"] == pytest.approx(site1.quantile(0.5), abs=1e-3)
+    spread = train["Income"].quantile(0.9) - train["Income"].quantile(0.1)
+    for percent in (10, 50, 90):
+        merged = income["quantile"]["Global"]["train"][str(percent)]
+        assert merged == pytest.approx(train["Income"].quantile(percent / 100), abs=0.02 * spread), percent
+    assert set(stats["Age"]["quantile"]["Global"]["train"]) == {"25", "50", "75"}
     bins = income["histogram"]["Global"]["test"]  # range from the sites' min and max
     assert len(bins) == 10 and sum(b[2] for b in bins) == income["count"]["Global"]["test"]

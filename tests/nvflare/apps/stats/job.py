@@ -18,6 +18,7 @@ statistic_configs = {
     "sum": {},
     "stddev": {},
     "histogram": {"*": {"bins": 10}, "Age": {"bins": 5, "range": [0, 100]}},
+    "quantile": {"*": [25, 50, 75], "Income": [10, 50, 90]},
 }
 generator = PeopleStatistics(filename="data.csv", data_root_dir=args.data_root_dir)
 sites = [f"site-{i + 1}" for i in range(args.n_clients)]
