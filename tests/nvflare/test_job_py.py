@@ -151,7 +151,12 @@ def test_numpy_cross_site_evaluation_of_pretrained_models(tmp_path):
     workspace = workspace_of(done.stdout)
     results = json.loads((workspace / "cross_site_val" / "cross_val_results.json").read_text())
     assert sorted(results) == ["site-1", "site-2"]
-    base = {"server_model_1": INITIAL.sum() / 9, "server_model_2": INITIAL.sum() / 9, "site-1": 9, "site-2": 9}
+    base = {
+        "server_model_1": INITIAL.sum() / 9,
+        "server_model_2": INITIAL.sum() / 9,
+        "site-1": 9,
+        "site-2": 9,
+    }
     for evaluator, row in results.items():
         assert sorted(row) == sorted(base), row  # no global model: nothing was trained
         for model, metrics in row.items():
