@@ -49,6 +49,22 @@ def _lose_a_client_node(job_id: str) -> str:
     return node
 
 
+@pytest.fixture
+def lost_nodes():
+    """Nodes a test marked down come back for the next tests (the emulated node usually registers again by
+    itself; if not, it is resumed)."""
+    nodes: list[str] = []
+    yield nodes
+    for node in nodes:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True)
+            if "down" not in state.stdout and "drain" not in state.stdout:
+                break
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+            time.sleep(1)
+
+
 def _errors(job_dir: JobDir) -> list[str]:
     findings, _ = diagnose(job_dir, SlurmCommands())
     return [f.what for f in findings if f.severity == "error"]
@@ -68,7 +84,7 @@ def _submit(job_dir: JobDir, *flags: str) -> str:
     return (job_dir.root / "slurm_job_id").read_text().strip()
 
 
-def test_a_lost_node_is_survived_by_slurms_requeue_and_told_as_info(slurm, make_recipe, tmp_path):
+def test_a_lost_node_is_survived_by_slurms_requeue_and_told_as_info(slurm, make_recipe, tmp_path, lost_nodes):
     """SlurmEnv jobs ask Slurm to requeue them: a lost node ends the life, Slurm restarts the job, it resumes
     from its checkpoint and completes; nothing is an error, and the lost node is named."""
     rounds = 12
@@ -76,7 +92,7 @@ def test_a_lost_node_is_survived_by_slurms_requeue_and_told_as_info(slurm, make_
         SlurmEnv(nodes=2, time="00:05:00", job_root=tmp_path / "jobs", clients_per_rank=1)
     )
     _round_completed(run.job_dir)
-    _lose_a_client_node(run.slurm_job_id)
+    lost_nodes.append(_lose_a_client_node(run.slurm_job_id))
     result = load_result(run.get_result(timeout=300))
     np.testing.assert_array_equal(result["numpy_key"], HELLO_MODEL + rounds)
     assert run.job_dir.read_status()["state"] == "completed"
@@ -88,11 +104,11 @@ def test_a_lost_node_is_survived_by_slurms_requeue_and_told_as_info(slurm, make_
     assert first_life["reason"].startswith(f"Slurm lost a node of job {run.slurm_job_id} (NODE_FAIL)")
 
 
-def test_a_lost_node_without_requeue_fails_the_job_naming_it(slurm, make_recipe, tmp_path):
+def test_a_lost_node_without_requeue_fails_the_job_naming_it(slurm, make_recipe, tmp_path, lost_nodes):
     job_dir = make_recipe(SLOW, n_clients=2, num_rounds=40, train_args="1").export(tmp_path / "jobs")
     job_id = _submit(job_dir, "--time", "00:05:00", "--sbatch-arg=--no-requeue")
     _round_completed(job_dir)
-    _lose_a_client_node(job_id)
+    lost_nodes.append(_lose_a_client_node(job_id))
     assert wait_done(SlurmCommands(), job_id, 180) == "NODE_FAIL"
     status = _cli_status(job_dir)
     cause = f"Slurm lost a node of job {job_id} (NODE_FAIL)"
