@@ -28,6 +28,7 @@ class ExitCode(enum.IntEnum):
     ABORTED = 30
     TIME_LIMIT = 31
     NODE_LOST = 32
+    OUT_OF_MEMORY = 33
 
 
 HELP: dict[ExitCode, str] = {
@@ -64,6 +65,10 @@ HELP: dict[ExitCode, str] = {
     "usually restarts the job on healthy nodes and it resumes from its last completed round; if it did not "
     "(--no-requeue, or the cluster forbids requeues), `hpcflare job resume JOB_DIR --env slurm`. If it recurs, tell the "
     "cluster's admins which node (sacct -D -j JOB -o JobID,State,NodeList).",
+    ExitCode.OUT_OF_MEMORY: "A rank used more memory than the job asked Slurm for (--mem, --mem-per-cpu), and Slurm "
+    "killed the job step (or the kernel's OOM killer killed the rank); the message names the rank, its site and "
+    "node, and the numbers. Request more memory, put fewer ranks on a node, or for large models enable staging "
+    "and relays (one copy of the model per node); then `hpcflare job resume JOB_DIR --env slurm`.",
     ExitCode.ABORTED: "The job was aborted (hpcflare abort, Run.abort(), SIGTERM), or the training script was still "
     "running settings.end_grace after the job ended and was stopped.",
 }

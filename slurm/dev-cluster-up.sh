@@ -39,7 +39,8 @@ for i in $(seq 1 "$NUM_NODES"); do mkdir -p "$STATE/d-node$i"; done
 if [ "$WITH_DBD" = 1 ]; then
   ACCT="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-JobAcctGatherType=jobacct_gather/linux"
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherParams=OverMemoryKill"
 else
   ACCT="AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none"
@@ -77,7 +78,10 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 GresTypes=gpu
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+# memory is scheduled and enforced (a step over its --mem is killed, OUT_OF_MEMORY), as on real clusters;
+# a job that asks for none gets DefMemPerCPU per CPU
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=400
 SchedulerType=sched/backfill
 # scan pending jobs every 2 s (default 60/30 s), so a dependent job (--separate clients) starts promptly
 SchedulerParameters=sched_interval=2,bf_interval=2

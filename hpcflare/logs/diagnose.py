@@ -242,8 +242,16 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                     )
                 )
     completed = status.get("state") == JobState.COMPLETED
+    settled = (  # an end recorded for the server (the batch script's verdict, job status, LocalEnv)
+        not failed
+        and status.get("state") in (JobState.FAILED, JobState.ABORTED)
+        and bool(status.get("message"))
+    )
+    if settled and isinstance(status.get("exit_code"), int):
+        ended = status["exit_code"]
     out += output_findings(job_dir, completed, ended)
-    out += sacct_findings(job_dir, commands, completed, recorded=(ended or True) if failed else False)
+    recorded = (ended or True) if failed or settled else False
+    out += sacct_findings(job_dir, commands, completed, recorded=recorded)
     if failed:  # the job's own verdict names its first cause: it comes first, what followed from it after
         code = failed[-1].get("exit_code", 1)
         out.insert(
@@ -275,7 +283,8 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
             )
         )
     elif status.get("state") not in (JobState.COMPLETED, None) and not failed:
-        out.append(
+        out.insert(
+            0 if settled else len(out),  # a recorded cause comes first, as the server's own would
             Finding(
                 "error",
                 f"the job is {status.get('state')} and the server logged no final state: "
@@ -284,8 +293,10 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
                     if status.get("message") and status.get("state") in (JobState.FAILED, JobState.ABORTED)
                     else "it was killed (SIGKILL, OOM, node failure) or is still running"
                 ),
-                "check the scheduler's output and `hpcflare job status`",
-            )
+                describe(int(status["exit_code"]))
+                if settled and isinstance(status.get("exit_code"), int)
+                else "check the scheduler's output and `hpcflare job status`",
+            ),
         )
     return out, summary
 

@@ -24,17 +24,20 @@ NODE_FAILURE = re.compile(r"Node failure on|DUE TO NODE FAIL", re.I)
 STEP_CANCELLED = re.compile(r"\*\*\* STEP \S+ ON \S+ CANCELLED AT")
 """Slurm cancels the steps of a node it lost: with a node failure in the same output, a consequence."""
 TIME_LIMIT = re.compile(r"DUE TO TIME LIMIT", re.I)
-ECHOES = {
-    ExitCode.NODE_LOST: ("NODE_FAIL", NODE_FAILURE),
-    ExitCode.TIME_LIMIT: ("TIMEOUT", TIME_LIMIT),
-    ExitCode.ABORTED: ("CANCELLED", STEP_CANCELLED),
+OOM = re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY|exceeded (job )?memory limit", re.I)
+KILLED = re.compile(r"task \d+: Killed|killed by signal 9|Killed: 9")
+ECHOES: dict[ExitCode, tuple[tuple[str, ...], tuple[re.Pattern[str], ...]]] = {
+    ExitCode.NODE_LOST: (("NODE_FAIL",), (NODE_FAILURE,)),
+    ExitCode.TIME_LIMIT: (("TIMEOUT",), (TIME_LIMIT,)),
+    ExitCode.ABORTED: (("CANCELLED",), (STEP_CANCELLED,)),
+    ExitCode.OUT_OF_MEMORY: (("OUT_OF_MEMORY", "CANCELLED"), (OOM, STEP_CANCELLED, KILLED)),
 }
 """The Slurm state (sacct) and output line that only repeat a job's recorded end of that code: the server asked
 Slurm why it was ended, and its own finding already says so."""
 ECHO_FIX = "Slurm's side of the job's own finding above"
 SLURM_PATTERNS = [
     (
-        re.compile(r"oom[-_ ]kill|Out Of Memory|OUT_OF_MEMORY", re.I),
+        OOM,
         "error",
         "a rank was killed for exceeding its memory (OOM)",
         "request more memory (--mem) or fewer ranks per node; large models: enable staging, use relays",
@@ -96,7 +99,7 @@ SLURM_PATTERNS = [
         "nothing to do if you cancelled it; otherwise find who ran scancel / hpcflare job abort",
     ),
     (
-        re.compile(r"task \d+: Killed|killed by signal 9|Killed: 9"),
+        KILLED,
         "error",
         "a rank was killed with signal 9 (SIGKILL: the OOM killer, or scancel --signal=KILL)",
         "check sacct's MaxRSS and the node's kernel log; request more --mem if it was memory",
@@ -135,7 +138,7 @@ SACCT_STATES = {
 def output_findings(job_dir: JobDir, completed: bool, recorded: int | None = None) -> list[Finding]:
     """Slurm's output files and submitit's logs; once the job completed, what it survived is only info.
     ``recorded``: the exit code of the end the job recorded (what Slurm's lines only repeat is info)."""
-    echo = ECHOES.get(recorded)[1] if recorded in ECHOES else None  # type: ignore[index]
+    echo = ECHOES[ExitCode(recorded)][1] if recorded in ECHOES else ()
     out = []
     paths = sorted(job_dir.log_dir.glob("slurm-*.out")) + sorted((job_dir.root / "slurm").glob("*_log.*"))
     for path in paths:
@@ -145,7 +148,7 @@ def output_findings(job_dir: JobDir, completed: bool, recorded: int | None = Non
             if pattern.search(text):
                 if completed and severity != "info":
                     severity, fix = "info", "nothing to do: the job completed"
-                elif pattern is echo:
+                elif pattern in echo:
                     severity, fix = "info", ECHO_FIX
                 elif node_lost and pattern is STEP_CANCELLED:  # Slurm cancels the steps of a lost node
                     severity, fix = "info", "a consequence of the node failure above"
@@ -159,7 +162,7 @@ def sacct_findings(
     """Slurm's accounting view of the job's allocations (OOM kills, time limits, preemption, node failures).
     ``recorded``: the job logged its own failure (True, or its exit code), so a step Slurm marks FAILED only
     echoes it, as does the allocation's state that the server read from Slurm (ECHOES)."""
-    echo = ECHOES[ExitCode(recorded)][0] if recorded in ECHOES and recorded is not True else ""
+    echo = ECHOES[ExitCode(recorded)][0] if recorded in ECHOES and recorded is not True else ()
     ids = [
         p.read_text().strip()
         for p in (job_dir.root / "slurm_job_id", job_dir.root / "slurm_clients_job_id")
@@ -179,7 +182,8 @@ def sacct_findings(
             ended = life[0].get("State", "").split()[0] if life[0].get("State") else ""
             for step in life:
                 finding = _step_finding(step, completed, recorded, len(lives) > 1)
-                if finding and step is life[0] and number == len(lives) and ended == echo:
+                state = step.get("State", "").split()[0] if step.get("State") else ""
+                if finding and number == len(lives) and (ended in echo or state in echo):
                     finding = Finding("info", finding.what, ECHO_FIX)
                 if finding and step is not life[0] and finding.severity != "info":
                     if ended == "NODE_FAIL":  # Slurm ends a lost node's steps: a consequence

@@ -33,7 +33,7 @@ ENDED_BY = {
     "TIMEOUT": ("Slurm job {id} reached its time limit (TIMEOUT)", ExitCode.TIME_LIMIT),
     "DEADLINE": ("Slurm job {id} reached its deadline (DEADLINE)", ExitCode.TIME_LIMIT),
     "CANCELLED": ("Slurm job {id} was cancelled (scancel or hpcflare job abort)", ExitCode.ABORTED),
-    "OUT_OF_MEMORY": ("Slurm killed job {id} for its memory (OUT_OF_MEMORY)", None),
+    "OUT_OF_MEMORY": ("Slurm killed job {id} for its memory (OUT_OF_MEMORY)", ExitCode.OUT_OF_MEMORY),
 }
 """Slurm's end of a job in words, cause first, with the exit code that names it."""
 

@@ -149,3 +149,44 @@ def test_the_last_time_limit_fails_the_job_as_time_limit(slurm, make_recipe, tmp
     assert errors == [f"the job failed: {status['message']}"], errors
     out = next(job_dir.log_dir.glob("slurm-*.out")).read_text()
     assert "settings.max_requeues=0): not again" in out
+
+
+HOG = """
+import time
+import hpcflare.client as flare
+flare.init()
+hog = []
+while flare.is_running():
+    model = flare.receive()
+    if flare.get_site_name() == "site-2" and model.current_round >= 1:
+        for _ in range(60):  # 1.5 GB, a step at a time: Slurm samples the step's memory every second
+            hog.append(bytearray(25_000_000))
+            time.sleep(0.1)
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()}))
+"""
+
+
+def test_a_site_over_the_jobs_memory_is_named_with_its_node_and_numbers(slurm, make_recipe, tmp_path):
+    """The dev cluster enforces --mem as clusters do (memory is a scheduled resource; a step over it is
+    killed). Slurm kills the whole step, server included: the batch script names the rank, its site, its
+    node and the numbers as the job's first cause (OUT_OF_MEMORY)."""
+    job_dir = make_recipe(HOG, n_clients=2, num_rounds=6).export(tmp_path / "jobs")
+    job_id = _submit(
+        job_dir,
+        "--time",
+        "00:05:00",
+        "--mem",
+        "700M",
+        "--sbatch-arg=--acctg-freq=1",
+        "--sbatch-arg=--no-requeue",
+    )
+    assert wait_done(SlurmCommands(), job_id, 240) == "FAILED"
+    status = _cli_status(job_dir)
+    assert status["state"] == "failed" and status["exit_code"] == 33, status  # OUT_OF_MEMORY
+    assert re.match(
+        r"Slurm killed the job step for memory \(OUT_OF_MEMORY\): task \d+ \(site-2\) on node\d went over the "
+        r"job's memory limit \(\d+ MB > 734 MB\)",
+        status["message"],
+    ), status
+    errors = _errors(job_dir)
+    assert status["message"] in errors[0], errors

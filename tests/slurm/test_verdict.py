@@ -55,3 +55,35 @@ def test_a_step_that_ended_while_the_job_ran_records_the_killed_server(tmp_path,
     assert "killed by signal 9" in status["message"] and "killed by signal 9" in capsys.readouterr().out
     JobDir(root).write_status(JobState.COMPLETED)
     assert main([str(root), "137"]) == 0  # a final state is never overwritten
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        (
+            "2: slurmstepd-node2: error: StepId=77.0 exceeded memory limit (853463040 > 734003200), being killed",
+            "task 2 (rank) on node2 went over the job's memory limit (853 MB > 734 MB)",
+        ),
+        (
+            "slurmstepd-node3: error: Detected 1 oom-kill event(s) in StepId=77.0. Some of your processes may "
+            "have been killed by the cgroup out-of-memory handler.",
+            "a rank on node3 went over the job's memory limit;",
+        ),
+    ],
+)
+def test_a_step_killed_for_memory_is_the_jobs_cause(tmp_path, monkeypatch, line, words):
+    """Slurm's own lines (OverMemoryKill with numbers, cgroup's OOM kill) in this job's output name the cause;
+    the rank's role is said when the job's config can tell it (here there is none: 'rank')."""
+    root = _job(tmp_path, JobState.RUNNING, round=2)
+    (root / "logs").mkdir()
+    (root / "logs" / "slurm-77.out").write_text(
+        f"[hpcflare] slurm job 77\n{line}\nsrun: error: task 2: Killed\n"
+    )
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    code, said = verdict(root, 137)
+    status = JobDir(root).read_status()
+    assert code == 33 and status["exit_code"] == 33 and status["state"] == "failed"
+    assert (
+        status["message"].startswith("Slurm killed the job step for memory (OUT_OF_MEMORY): ")
+        and words in (status["message"])
+    ), status["message"]
