@@ -53,7 +53,7 @@ for g in $(seq 0 $((GPUS_PER_NODE - 1))); do
 done
 NODES=""
 for i in $(seq 1 "$NUM_NODES"); do
-  NODES+="NodeName=node$i NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((BASE_PORT + i)) CPUs=$CPUS_PER_NODE RealMemory=4000 Gres=gpu:$GPUS_PER_NODE State=UNKNOWN
+  NODES+="NodeName=node$i NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((BASE_PORT + i)) CPUs=$CPUS_PER_NODE RealMemory=16000 Gres=gpu:$GPUS_PER_NODE State=UNKNOWN
 "
 done
 mkdir -p /etc/slurm
@@ -79,9 +79,9 @@ TaskPlugin=task/none
 GresTypes=gpu
 SelectType=select/cons_tres
 # memory is scheduled and enforced (a step over its --mem is killed, OUT_OF_MEMORY), as on real clusters;
-# a job that asks for none gets DefMemPerCPU per CPU
+# a job that asks for none gets DefMemPerCPU per CPU (emulated nodes claim 16 GB each, as they claim CPUs)
 SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=400
+DefMemPerCPU=1500
 SchedulerType=sched/backfill
 # scan pending jobs every 2 s (default 60/30 s), so a dependent job (--separate clients) starts promptly
 SchedulerParameters=sched_interval=2,bf_interval=2
