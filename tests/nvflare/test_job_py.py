@@ -133,7 +133,9 @@ def test_a_job_the_script_does_not_wait_for_runs_to_its_end_and_sets_the_exit_st
     result = load_result(workspace / "models" / "global_model.safetensors")["numpy_key"]
     np.testing.assert_array_equal(result, np.array([3.0, 4.0], np.float32))
     done = nvflare(tmp_path, "fire_and_forget.py", str(tmp_path / "bad"), "broken.py")
-    assert done.returncode == 12, done.stderr[-3000:]  # ROUND_FAILED: the job's own verdict
+    # the job's own verdict: the sites fail at start, before (REGISTRATION_TIMEOUT) or after (ROUND_FAILED)
+    # the server counted them, as a loaded machine orders their start
+    assert done.returncode in (11, 12), done.stderr[-3000:]
     assert "RuntimeError: no data" in done.stderr
 
 

@@ -44,7 +44,8 @@ class ClientRecord:
     via: str = ""
     """The relay or client rank this site speaks through ('' when it reaches the host itself)."""
     last_gap: float = 0.0
-    """The silence that ended with its latest message (seconds)."""
+    """The longest silence that ended with one of its messages since its host read it (seconds): a host back
+    from a stall may first send a result, then its heartbeat."""
 
 
 class Membership:
@@ -150,7 +151,7 @@ class Membership:
                 f"message from unregistered site or stale token (site={site!r:.80}); register first"
             )
         now = time.monotonic()
-        record.last_gap, record.last_seen = now - record.last_seen, now
+        record.last_gap, record.last_seen = max(record.last_gap, now - record.last_seen), now
         return record
 
     def mark(self, site: str, state: MemberState, reason: str = "") -> None:

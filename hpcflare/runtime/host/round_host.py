@@ -171,6 +171,8 @@ class RoundHost(UnaryRpcs, UploadIntake, ModelServing, LocalHandler):
                     host=site,
                     seconds=round(record.last_gap, 2),
                 )
+            if record is not None:
+                record.last_gap = 0.0  # told once
             for child in request.get("children") or []:
                 if self.may_act_for(site, str(child)):
                     self.members.touch(child)
