@@ -132,9 +132,8 @@ def _job(args: argparse.Namespace, extra: list[str]) -> int:
             if reason:
                 info["pending_reason"] = reason
             if job_dir is not None:
-                if state in SLURM_FINAL_STATES - {
-                    "PREEMPTED"
-                }:  # scancel'd or lost before any rank recorded an end
+                # scancel'd or lost before any rank recorded an end (a preempted job is requeued)
+                if state in SLURM_FINAL_STATES - {"PREEMPTED"}:
                     settle_ended(job_dir, job_id, state)
                 info.update(job_dir.read_status())
             print(json.dumps(info, indent=2))

@@ -68,6 +68,10 @@ class TimeLimitError(HpcflareError):
     """The scheduler ended the job at its time limit, with no requeue left."""
 
 
+class OutOfMemoryError(HpcflareError):
+    """The scheduler killed the job (or a step of it) for using more memory than it asked for."""
+
+
 class UnknownClientError(UpdateRejectedError):
     """A message came from a site that is not registered for this job (or with a wrong token)."""
 

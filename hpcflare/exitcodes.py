@@ -130,6 +130,7 @@ _BY_ERROR: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (errors.JobAbortedError, ExitCode.ABORTED),
     (errors.NodeLostError, ExitCode.NODE_LOST),
     (errors.TimeLimitError, ExitCode.TIME_LIMIT),
+    (errors.OutOfMemoryError, ExitCode.OUT_OF_MEMORY),
 )
 
 

@@ -58,13 +58,14 @@ MAY_BE_ZERO = {"max_requeues"}
 """Counts where 0 means "never" (every other number must be > 0)."""
 
 
-def _checked(key: str, kind: str, value: Any) -> Any:
-    """One setting's value, typed as its field (``kind``: bool, int or float), or a ConfigError naming it."""
-    if kind in ("bool", "<class 'bool'>"):
+def _checked(key: str, kind: Any, value: Any) -> Any:
+    """One setting's value, typed as its field (``kind``: the field's type, bool, int or float, or its name), or
+    a ConfigError naming it."""
+    if kind in ("bool", bool):
         if not isinstance(value, bool):
             raise ConfigError(f"settings.{key} must be true or false, got {value!r}")
         return value
-    integral = kind in ("int", "<class 'int'>")
+    integral = kind in ("int", int)
     # a string, bool, NaN or infinity where a number belongs would silently disable a deadline or limit
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"settings.{key} must be a number, got {value!r}")
@@ -210,7 +211,7 @@ class Settings:
             raise ConfigError(f"unknown settings key(s) {unknown}; valid keys: {sorted(fields)}")
         values: dict[str, Any] = {}
         for key, value in data.items():
-            values[key] = _checked(key, str(fields[key].type), value)
+            values[key] = _checked(key, fields[key].type, value)
         settings = cls(**values)
         settings.validate()
         return settings

@@ -179,10 +179,10 @@ def sacct_findings(
             return out
         lives = split_lives(steps)
         for number, life in enumerate(lives, 1):
-            ended = life[0].get("State", "").split()[0] if life[0].get("State") else ""
+            ended = _state(life[0])
             for step in life:
                 finding = _step_finding(step, completed, recorded, len(lives) > 1)
-                state = step.get("State", "").split()[0] if step.get("State") else ""
+                state = _state(step)
                 if finding and number == len(lives) and (ended in echo or state in echo):
                     finding = Finding("info", finding.what, ECHO_FIX)
                 if finding and step is not life[0] and finding.severity != "info":
@@ -205,8 +205,13 @@ def split_lives(steps: list[dict[str, str]]) -> list[list[dict[str, str]]]:
     return lives
 
 
+def _state(step: dict[str, str]) -> str:
+    """A sacct row's state without its qualifier ("CANCELLED by 0" -> CANCELLED)."""
+    return step.get("State", "").split()[0] if step.get("State") else ""
+
+
 def _step_finding(step: dict[str, str], completed: bool, recorded: bool, requeued: bool) -> Finding | None:
-    state = step.get("State", "").split()[0] if step.get("State") else ""
+    state = _state(step)
     if state not in SACCT_STATES:
         return None
     severity, what, fix = SACCT_STATES[state]

@@ -15,6 +15,7 @@ from typing import Any
 
 from hpcflare import recipe as hp
 from hpcflare.errors import ConfigError
+from hpcflare.job import whole_number
 from hpcflare.nvflare.local_files import object_spec, scratch_folder, shipped
 from hpcflare.nvflare.recipes import NvflareCalls
 from hpcflare.recipe.nvflare_keywords import note
@@ -93,8 +94,6 @@ def _histogram_job(
             f"{recipe}(secure=True): XGBoost's homomorphic-encryption plugins are not available here; "
             "the collective runs over the job's mutual TLS. Leave secure=False"
         )
-    if int(num_rounds) < 1:
-        raise ConfigError(f"{recipe}: num_rounds must be at least 1, got {num_rounds}")
     params = dict(DEFAULT_XGB_PARAMS if xgb_params is None else xgb_params)
     if use_gpus:
         params.setdefault("device", "cuda")
@@ -102,7 +101,7 @@ def _histogram_job(
     job = {
         "mode": mode,
         "xgb_params": params,
-        "num_rounds": int(num_rounds),
+        "num_rounds": whole_number(f"{recipe} num_rounds", num_rounds, 1),
         "early_stopping_rounds": int(early_stopping_rounds),
         "sites": sites,
     }

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from hpcflare.errors import ConfigError
+from hpcflare.job import whole_number
 from hpcflare.recipe.api import Recipe
 
 
@@ -60,9 +61,7 @@ class CrossSiteEvalRecipe(Recipe):
         kwargs["extra_files"] = [*kwargs.get("extra_files", ()), *files.values()]
         super().__init__(*args, **kwargs)
         if train_rounds is not None:
-            if not 0 <= int(train_rounds) <= 1_000_000:
-                raise ConfigError(f"train_rounds must be between 0 and 1000000, got {train_rounds}")
-            self.num_rounds = int(train_rounds)
+            self.num_rounds = whole_number("train_rounds", train_rounds, 0)
         self.strategy_args = {"train_rounds": self.num_rounds}
         if files or not submit_models or not evaluate_global:
             self.strategy_args.update(

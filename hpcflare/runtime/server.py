@@ -229,10 +229,9 @@ class FLServer(ServerRegistration, RoundDriver, RoundHost):
             return ExitCode.OK
         except Exception as exc:  # noqa: BLE001 - every end is recorded in status.json with its cause
             code, reason = exit_for(exc)
+            # Slurm is ending the job (a lost node...): what failed meanwhile follows from it
             ending = None if self.end_cause else ending_error(os.environ)
-            if (
-                ending is not None
-            ):  # Slurm is ending the job (a lost node...): what failed meanwhile follows from it
+            if ending is not None:
                 code, reason = exit_for(ending)[0], f"{ending} (meanwhile: {reason})"
             if needs_traceback(code):
                 self.log.error("traceback", format_traceback(exc))

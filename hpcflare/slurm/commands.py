@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hpcflare.errors import HpcflareError
-from hpcflare.exitcodes import ExitCode
+from hpcflare.exitcodes import exit_for
 from hpcflare.job import JobDir
+from hpcflare.runtime.cluster.scheduler_end import slurm_end
 
 Runner = Callable[[Sequence[str], float], subprocess.CompletedProcess]
 COMMAND_TIMEOUT = 60.0
@@ -28,23 +29,15 @@ FINAL_STATES = {
 }
 
 
-ENDED_BY = {
-    "NODE_FAIL": ("Slurm lost a node of job {id} (NODE_FAIL)", ExitCode.NODE_LOST),
-    "TIMEOUT": ("Slurm job {id} reached its time limit (TIMEOUT)", ExitCode.TIME_LIMIT),
-    "DEADLINE": ("Slurm job {id} reached its deadline (DEADLINE)", ExitCode.TIME_LIMIT),
-    "CANCELLED": ("Slurm job {id} was cancelled (scancel or hpcflare job abort)", ExitCode.ABORTED),
-    "OUT_OF_MEMORY": ("Slurm killed job {id} for its memory (OUT_OF_MEMORY)", ExitCode.OUT_OF_MEMORY),
-}
-"""Slurm's end of a job in words, cause first, with the exit code that names it."""
-
-
 def settle_ended(job_dir: JobDir, job_id: str, state: str) -> None:
     """A Slurm job that ended before its server recorded an end (scancel, a lost node): its status says so,
-    Slurm's cause first (a status the server already made final is kept)."""
-    words, code = ENDED_BY.get(state, ("Slurm job {id} ended (" + state + ")", None))
+    Slurm's cause first (a status the server already made final is kept). A requeued or preempted job has not
+    ended: such a state is only named."""
+    error = slurm_end(state, job_id) if state not in ("REQUEUED", "PREEMPTED") else None
+    words = str(error) if error is not None else f"Slurm job {job_id} ended ({state})"
     job_dir.settle(
-        f"{words.format(id=job_id)} before the server recorded an end; run `hpcflare logs diagnose {job_dir.root}`",
-        int(code) if code is not None else None,
+        f"{words} before the server recorded an end; run `hpcflare logs diagnose {job_dir.root}`",
+        int(exit_for(error)[0]) if error is not None else None,
     )
 
 

@@ -41,6 +41,29 @@ def slurm_state(job_id: str, timeout: float = SLURM_QUERY_TIMEOUT) -> str:
     return _BY_REASON.get(reason, "")
 
 
+RESUMES = ": its next life resumes from the last completed round"
+SLURM_ENDS: dict[str, tuple[str, type[errors.HpcflareError]]] = {
+    "NODE_FAIL": ("Slurm lost a node of job {id} (NODE_FAIL)", errors.NodeLostError),
+    "TIMEOUT": ("Slurm job {id} reached its time limit (TIMEOUT{more})", errors.TimeLimitError),
+    "DEADLINE": ("Slurm job {id} reached its deadline (DEADLINE{more})", errors.TimeLimitError),
+    "CANCELLED": ("Slurm job {id} was cancelled (scancel or hpcflare job abort)", errors.JobAbortedError),
+    "OUT_OF_MEMORY": ("Slurm killed job {id} for its memory (OUT_OF_MEMORY)", errors.OutOfMemoryError),
+    "REQUEUED": ("Slurm requeued job {id}" + RESUMES, errors.JobAbortedError),
+    "PREEMPTED": ("Slurm preempted job {id}" + RESUMES, errors.JobAbortedError),
+}
+"""Slurm's end of a job in words, cause first, and the error (so the exit code) that names it: what a rank
+told to stop says, and what `hpcflare job status` records for a job whose server could not."""
+
+
+def slurm_end(state: str, job_id: str, more: str = "") -> errors.HpcflareError | None:
+    """The error for Slurm ``state`` of job ``job_id`` (None for a state that is not an end Slurm caused);
+    ``more``: what the time-limit states add in their parentheses."""
+    if state not in SLURM_ENDS:
+        return None
+    words, kind = SLURM_ENDS[state]
+    return kind(words.format(id=job_id, more=more))
+
+
 def ending_error(
     env: Mapping[str, str], query: Callable[[str], str] = slurm_state
 ) -> errors.HpcflareError | None:
@@ -48,19 +71,5 @@ def ending_error(
     job_id = env.get("SLURM_JOB_ID", "")
     if not job_id:
         return None
-    state = query(job_id)
     restarts = env.get("SLURM_RESTART_COUNT", "0")
-    if state == "NODE_FAIL":
-        return errors.NodeLostError(f"Slurm lost a node of job {job_id} (NODE_FAIL) and ended the job")
-    if state in ("TIMEOUT", "DEADLINE"):
-        return errors.TimeLimitError(
-            f"Slurm job {job_id} reached its time limit ({state}; requeued {restarts} time(s) before)"
-        )
-    if state == "CANCELLED":
-        return errors.JobAbortedError(f"Slurm job {job_id} was cancelled (scancel or hpcflare job abort)")
-    if state in ("REQUEUED", "PREEMPTED"):
-        what = "requeued" if state == "REQUEUED" else "preempted"
-        return errors.JobAbortedError(
-            f"Slurm {what} job {job_id}: its next life resumes from the last completed round"
-        )
-    return None
+    return slurm_end(query(job_id), job_id, f"; requeued {restarts} time(s) before")
