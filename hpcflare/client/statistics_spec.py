@@ -22,17 +22,11 @@ import numpy as np
 
 from hpcflare.client import api as flare
 from hpcflare.client.model import FLModel
+from hpcflare.strategy.spec_stats import STATS_KEY, percent_key
 
-STATS_KEY = "stats.json"
-"""The tensor a site's statistics travel in (JSON, UTF-8, as uint8)."""
 NUMERIC_TYPES = ("INT", "FLOAT")
 SKETCH_POINTS = 101
 """A site's quantile sketch: its values at every whole percent, 0 to 100 (NVFlare sends a t-digest instead)."""
-
-
-def _percent_key(percent: Any) -> str:
-    number = float(percent)
-    return str(int(number)) if number.is_integer() else str(number)
 
 
 class DataType(enum.IntEnum):
@@ -238,7 +232,7 @@ class DFStatisticsCore(Statistics):
         values = self._column(dataset_name, feature_name).dropna().to_numpy(dtype=np.float64)
         wanted = np.quantile(values, np.asarray(percents, dtype=np.float64) / 100.0)
         return {
-            **{_percent_key(p): float(v) for p, v in zip(percents, wanted)},
+            **{percent_key(p): float(v) for p, v in zip(percents, wanted)},
             "sketch": [float(v) for v in np.quantile(values, np.linspace(0.0, 1.0, SKETCH_POINTS))],
         }
 
@@ -293,7 +287,7 @@ def local_summary(generator: Statistics, meta: dict[str, Any]) -> dict[str, Any]
             except NotImplementedError:
                 found = {}
             sketch = found.pop("sketch", None) if isinstance(found, dict) else None
-            entry["quantiles"] = {_percent_key(k): _finite(v) for k, v in (found or {}).items()}
+            entry["quantiles"] = {percent_key(k): _finite(v) for k, v in (found or {}).items()}
             if sketch is not None:
                 entry["sketch"] = [float(v) for v in sketch]
         out.setdefault(dataset, {})[feature] = entry

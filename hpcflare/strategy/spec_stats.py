@@ -32,6 +32,7 @@ from hpcflare.strategy.api import (
 )
 
 STATS_KEY = "stats.json"
+"""The tensor a site's statistics travel in (JSON, UTF-8, as uint8)."""
 STATISTICS = ("count", "sum", "mean", "stddev", "histogram", "quantile")
 GLOBAL = "Global"
 DEFAULT_BINS = 10
@@ -64,7 +65,7 @@ class SpecStats(Strategy):
                 f"stats_output_path {output_path!r} must be a relative path inside the job folder"
             )
         self.configs, self.output_path = dict(statistic_configs), path
-        self._percents()  # a bad quantile section is refused at start
+        self.percents = _percents(self.configs)  # a bad quantile section is refused at start
         self.min_count, self.max_bytes, self.precision = int(min_count), int(max_bytes), int(precision)
         self.local: dict[str, dict[str, Any]] = {}  # site -> round 1's summary
         self.second: dict[str, dict[str, Any]] = {}  # site -> round 2's terms
@@ -94,7 +95,7 @@ class SpecStats(Strategy):
             "stats_phase": self._phase,
             "statistics": list(self.configs),
             "min_count": self.min_count,
-            "quantiles": self._percents(),
+            "quantiles": self.percents,
             "ranged": [
                 f
                 for f in (self.configs.get("histogram") or {})
@@ -115,20 +116,6 @@ class SpecStats(Strategy):
                 for dataset, features in self.totals.items()
             }
         return meta
-
-    def _percents(self) -> dict[str, list[float]]:
-        """statistic_configs' quantile section ({feature | "*": [percent, ...]}), checked."""
-        config = self.configs.get("quantile") or {}
-        out = {}
-        for feature, percents in dict(config).items():
-            if not isinstance(percents, (list, tuple)) or not all(
-                _number(p) and 0 <= p <= 100 for p in percents
-            ):
-                raise ConfigError(
-                    f"statistic_configs quantile {feature!r}: give a list of percents in [0, 100]"
-                )
-            out[str(feature)] = [float(p) for p in percents]
-        return out
 
     def _range(self, feature: str, totals: dict[str, float]) -> list[float] | None:
         if "histogram" not in self.configs:
@@ -225,8 +212,7 @@ class SpecStats(Strategy):
                     for payload in self.local.values()
                     if feature in (payload.get(dataset) or {})
                 ]
-                percents = self._percents()
-                wanted = percents.get(feature, percents.get("*"))
+                wanted = self.percents.get(feature, self.percents.get("*"))
                 if wanted and sketches and all(sketch for _, sketch in sketches):
                     merged_q = merge_quantiles([(n, list(sk or [])) for n, sk in sketches], wanted)
                     put(feature, "quantile", GLOBAL, dataset, _quantiles(merged_q, r))
@@ -235,6 +221,22 @@ class SpecStats(Strategy):
                     merged = [[h0[0], h0[1], sum(h[i][2] for h in hists)] for i, h0 in enumerate(hists[0])]
                     put(feature, "histogram", GLOBAL, dataset, _bins(merged, r))
         return out
+
+
+def _percents(configs: dict[str, Any]) -> dict[str, list[float]]:
+    """statistic_configs' quantile section ({feature | "*": [percent, ...]}), checked."""
+    out = {}
+    for feature, percents in dict(configs.get("quantile") or {}).items():
+        if not isinstance(percents, (list, tuple)) or not all(_number(p) and 0 <= p <= 100 for p in percents):
+            raise ConfigError(f"statistic_configs quantile {feature!r}: give a list of percents in [0, 100]")
+        out[str(feature)] = [float(p) for p in percents]
+    return out
+
+
+def percent_key(percent: Any) -> str:
+    """A percent as a result key, as NVFlare writes them: 50 -> "50", 99.9 -> "99.9"."""
+    number = float(percent)
+    return str(int(number)) if number.is_integer() else str(number)
 
 
 def merge_quantiles(sketches: list[tuple[float, list[float]]], percents: list[float]) -> dict[str, float]:
@@ -260,7 +262,7 @@ def merge_quantiles(sketches: list[tuple[float, list[float]]], percents: list[fl
             lo, hi = cdf[index - 1], cdf[index]
             t = 0.0 if hi <= lo else (p / 100.0 - lo) / (hi - lo)
             value = knots[index - 1] + t * (knots[index] - knots[index - 1])
-        out[str(int(p)) if float(p).is_integer() else str(p)] = float(value)
+        out[percent_key(p)] = float(value)
     return out
 
 
