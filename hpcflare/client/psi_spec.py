@@ -2,7 +2,7 @@
 :func:`run_local_psi`, the site loop of NVFlare's ``DhPSIRecipe`` on hpcflare's PSI (:mod:`hpcflare.tabular.psi`).
 
 The IDs leave the site only as curve points under secret keys; the intersection (the IDs every site holds) is
-written to ``output_path`` in this site's workspace, one ID per line, as NVFlare's FilePSIWriter does.
+written to ``output_path`` inside this site's workspace, one ID per line, as NVFlare's FilePSIWriter does.
 """
 
 from __future__ import annotations
@@ -32,12 +32,10 @@ class PSI(ABC):
 
 
 def output_file(workspace: Path, output_path: str) -> Path:
-    """Where the intersection goes: ``output_path`` inside the site's workspace (absolute paths as given)."""
-    path = Path(output_path)
-    if path.is_absolute():
-        return path
-    target = (workspace / path).resolve()
-    if not target.is_relative_to(workspace.resolve()):
+    """Where the intersection goes: ``output_path`` inside the site's workspace. A path outside it (absolute,
+    or climbing out) is refused: the job, not the site, names it."""
+    target = (workspace / output_path).resolve()
+    if Path(output_path).is_absolute() or not target.is_relative_to(workspace.resolve()):
         raise ConfigError(
             f"PSI output_path {output_path!r} leaves the site's workspace; give a path inside it"
         )

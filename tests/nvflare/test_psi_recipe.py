@@ -27,3 +27,14 @@ def test_dh_psi_recipe_writes_the_true_intersection_at_every_site(tmp_path):
     for site in ("site-1", "site-2", "site-3"):
         found = (workspace / "sites" / site / "psi" / "intersection.txt").read_text().split()
         assert sorted(found) == sorted(shared), site
+
+
+@pytest.mark.parametrize("path", ["/etc/intersection.txt", "../../elsewhere.txt"])
+def test_an_output_path_outside_the_sites_workspace_is_refused(tmp_path, path):
+    """The job names output_path; a site writes only inside its own workspace."""
+    from hpcflare.client.psi_spec import output_file
+    from hpcflare.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="leaves the site's workspace"):
+        output_file(tmp_path, path)
+    assert output_file(tmp_path, "psi/intersection.txt") == (tmp_path / "psi" / "intersection.txt").resolve()
