@@ -1,6 +1,9 @@
 """Federation overhead: an admin's submit to a standing server with 3 local site agents, against the same job in
 LocalEnv (every site a process of one user's job).
 
+Routes: LocalEnv; the federation with the sites reaching the job's server rank through the standing server's
+one port (job_routing: proxy, the default); and with the sites connecting to the rank's own port (ports).
+
 Prints, per route: seconds from submit (LocalEnv: from execute) to round 1 starting, seconds per round, and the
 whole job's wall time. The federation's extra start-up is the sites accepting the job (fetching and checking its
 app), the standing server starting the job's server rank, and the agents starting their client ranks.
@@ -42,8 +45,11 @@ def timings(log: Path, started: float, rounds: int) -> tuple[float, float, float
     return first - started, (done - first) / rounds, done - started
 
 
-def federation_run(root: Path, sites: list[str], rounds: int) -> tuple[float, float, float]:
+def federation_run(
+    root: Path, sites: list[str], rounds: int, routing: str = "proxy"
+) -> tuple[float, float, float]:
     fed = Federation(root)
+    fed.server_settings_yaml = {"job_routing": routing}
     try:
         fed.start_server()
         for site in sites:
@@ -97,7 +103,8 @@ def main() -> None:
     print(f"{'route':<34} {'to round 1 (s)':>15} {'per round (s)':>14} {'wall (s)':>9}")
     for name, fn in (
         ("LocalEnv (one job, one user)", local_run),
-        ("standing server + site agents", federation_run),
+        ("standing server, one port (proxy)", federation_run),
+        ("standing server, job ports", lambda *a: federation_run(*a, routing="ports")),
     ):
         rows = []
         for _ in range(args.repeat):

@@ -164,6 +164,10 @@ class JobConfig:
     """Sites one client rank hosts under a name of its own: {host: [its sites]}, e.g. an institution's virtual
     clients (recipes' ``site_clients={"hospital-a": 4}`` makes hospital-a.1..4). The host's certificate speaks
     for its sites and, where the strategy allows, folds their results into one partial upstream."""
+    site_ranks: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """An institution's client ranks at its own site: {site: [client groups]} (set in the copy of the job a site
+    agent runs, when the job asks for client_ranks there). The site's relay, named as the site and under its
+    certificate, serves them and sends one partial up; without partials each rank reaches the server itself."""
     relay_failover: str = "direct"
     """When a client's relay dies: 'direct' = reconnect to the server, 'exclude' = drop out of the job."""
     staging: bool = False
@@ -293,6 +297,10 @@ class JobConfig:
             return host
         rest = [s for s in self.clients if s not in grouped] if grouped else self.clients
         return f"client-rank-{rest.index(site) // self.per_rank + 1}"
+
+    def site_relay_of(self, name: str) -> str | None:
+        """The site whose own relay serves client rank ``name`` (see ``site_ranks``), or None."""
+        return next((site for site, ranks in self.site_ranks.items() if name in ranks), None)
 
     def rank_hosts(self) -> dict[str, list[str]]:
         """Client ranks that host their sites behind one link upstream (a rank-local relay), by name.
@@ -442,6 +450,13 @@ def check_client_groups(config: JobConfig) -> None:
             raise ConfigError(
                 f"client_groups: host name {host!r} must be a valid name that is not one of the sites"
             )
+    ranks = config.site_ranks
+    if not isinstance(ranks, dict) or not all(
+        isinstance(v, list) and v and all(r in groups for r in v) for v in ranks.values()
+    ):
+        raise ConfigError(
+            f"site_ranks must map a site to a non-empty list of this job's client groups, got {ranks!r:.200}"
+        )
 
 
 def expand_site_clients(

@@ -3,7 +3,8 @@
 server.yaml::
 
     port: 8002                      # the one port sites and admins connect to
-    job_ports: [8003, 8099]         # ports the jobs' server ranks listen on (open these too: sites connect)
+    job_routing: proxy              # sites reach each job's server rank through that port (or: ports)
+    job_ports: [8003, 8099]         # ports the jobs' server ranks listen on (open them too with ports)
     workspace: fed-server           # job store and audit log
     launcher: local                 # or slurm: each job's server rank is an sbatch job
     slurm: {partition: service, account: fl, time_minutes: 1440}
@@ -16,6 +17,8 @@ site.yaml::
     launcher: slurm                 # local (processes here) or slurm (the site's own cluster)
     slurm: {partition: gpu, account: hospital-a, qos: normal, gres: "gpu:1", time_minutes: 240}
     data_root: /data/hospital-a     # substituted for {data_root} in the job's train_args
+    client_ranks: 1                 # client ranks for a job's virtual clients here, unless it asks (resource_spec)
+    staging_dir: /lustre/fl-staging # the site's shared filesystem: its relay stages each round's model there
     max_client_ranks: 1             # limits a job may ask for (resource_spec), refused beyond them
     max_gpus: 4
     max_wall_minutes: 1440
@@ -40,6 +43,8 @@ from hpcflare.settings import Settings
 
 DEFAULT_PORT = 8002
 """The standing server's port when neither --port nor server.yaml names one."""
+ROUTINGS = ("proxy", "ports")
+"""How sites reach a job's server rank (server.yaml job_routing)."""
 
 
 def _read(path: str | Path | None, what: str) -> dict[str, Any]:
@@ -108,6 +113,9 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
     job_ports: tuple[int, int] = (DEFAULT_PORT + 1, DEFAULT_PORT + 97)
+    job_routing: str = "proxy"
+    """'proxy': sites reach a job's server rank through the standing server's port (federation.job_proxy), and
+    a local server rank listens on loopback only; 'ports': sites connect to the job's port themselves."""
     workspace: Path = Path("fed-server")
     launcher: str = "local"
     slurm: Resources = dataclasses.field(default_factory=Resources)
@@ -129,10 +137,14 @@ class ServerConfig:
         ):
             raise ConfigError(f"{where}: job_ports must be [first, last] ports, got {ports!r}")
         launcher = data.get("launcher", "local")
+        routing = data.get("job_routing", "proxy")
+        if routing not in ROUTINGS:
+            raise ConfigError(f"{where}: job_routing must be one of {ROUTINGS}, got {routing!r}")
         return cls(
             port=port,
             host=str(data.get("host", "0.0.0.0")),
             job_ports=(int(ports[0]), int(ports[1])),
+            job_routing=routing,
             workspace=Path(data.get("workspace") or "fed-server"),
             launcher=launcher,
             slurm=resources_from(data.get("slurm"), f"{where}: slurm"),
@@ -151,6 +163,12 @@ class SiteConfig:
     launcher: str = "local"
     slurm: Resources = dataclasses.field(default_factory=Resources)
     data_root: str | None = None
+    client_ranks: int = 1
+    """Client ranks this site runs a job's virtual clients on (behind a relay of its own) when the job's
+    resource_spec asks for none."""
+    staging_dir: str | None = None
+    """A directory on the site's shared filesystem: with several client ranks, the site's relay stages each
+    round's model there (a folder per job), and the ranks read it from there once per node."""
     max_client_ranks: int = 1
     max_clients: int = DEFAULT_MAX_CLIENTS
     """Virtual clients one job may run at this site (a job's site_clients), in its one client rank."""
@@ -166,7 +184,7 @@ class SiteConfig:
     def load(cls, path: str | Path | None, **overrides: Any) -> SiteConfig:
         data, where = _checked(cls, path, "site config", overrides)
         launcher = data.get("launcher", "local")
-        for key in ("max_client_ranks", "max_clients", "max_gpus", "max_wall_minutes"):
+        for key in ("client_ranks", "max_client_ranks", "max_clients", "max_gpus", "max_wall_minutes"):
             value = data.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"{where}: {key} must be a whole number >= 0, got {value!r}")
@@ -176,6 +194,11 @@ class SiteConfig:
                 not isinstance(value, list) or not all(isinstance(v, str) for v in value)
             ):
                 raise ConfigError(f"{where}: {key} must be a list of names")
+        if data.get("client_ranks", 1) < 1 or data.get("client_ranks", 1) > data.get("max_client_ranks", 1):
+            raise ConfigError(f"{where}: client_ranks must be between 1 and max_client_ranks")
+        staging = data.get("staging_dir")
+        if staging is not None and (not isinstance(staging, str) or not Path(staging).is_absolute()):
+            raise ConfigError(f"{where}: staging_dir must be an absolute path, got {staging!r}")
         if not isinstance(data.get("send_logs", True), bool):
             raise ConfigError(f"{where}: send_logs must be true or false")
         return cls(
@@ -183,6 +206,8 @@ class SiteConfig:
             launcher=launcher,
             slurm=resources_from(data.get("slurm"), f"{where}: slurm"),
             data_root=None if data.get("data_root") is None else str(data["data_root"]),
+            client_ranks=int(data.get("client_ranks", 1)),
+            staging_dir=staging,
             max_client_ranks=int(data.get("max_client_ranks", 1)),
             max_clients=int(data.get("max_clients", DEFAULT_MAX_CLIENTS)),
             max_gpus=data.get("max_gpus"),

@@ -62,9 +62,16 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     def start(
-        self, name: str, command: list[str], env: Mapping[str, str], workdir: Path, resources: Resources
+        self,
+        name: str,
+        command: list[str],
+        env: Mapping[str, str],
+        workdir: Path,
+        resources: Resources,
+        tasks: int = 1,
     ) -> dict[str, Any]:
-        """Start ``command`` as rank ``name``; return the launch record (JSON) that status/cancel take."""
+        """Start ``command`` as rank ``name`` (``tasks`` > 1: that many tasks, each told its rank as srun does);
+        return the launch record (JSON) that status/cancel take."""
 
     @abc.abstractmethod
     def status(self, record: Mapping[str, Any]) -> RankStatus: ...
@@ -76,8 +83,9 @@ class Launcher(abc.ABC):
         return self.kind
 
     @staticmethod
-    def wrapped(exit_file: Path, command: list[str]) -> list[str]:
-        return [sys.executable, "-m", "hpcflare.federation.rankwrap", str(exit_file), "--", *command]
+    def wrapped(exit_file: Path, command: list[str], tasks: int = 1) -> list[str]:
+        many = ["--tasks", str(tasks)] if tasks > 1 else []
+        return [sys.executable, "-m", "hpcflare.federation.rankwrap", str(exit_file), *many, "--", *command]
 
     @staticmethod
     def exit_code(record: Mapping[str, Any]) -> int | None:
@@ -95,14 +103,20 @@ class LocalLauncher(Launcher):
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(
-        self, name: str, command: list[str], env: Mapping[str, str], workdir: Path, resources: Resources
+        self,
+        name: str,
+        command: list[str],
+        env: Mapping[str, str],
+        workdir: Path,
+        resources: Resources,
+        tasks: int = 1,
     ) -> dict[str, Any]:
         workdir.mkdir(parents=True, exist_ok=True)
         exit_file, output = workdir / f"{name}.exit", workdir / f"{name}.out"
         exit_file.unlink(missing_ok=True)
         with open(output, "ab") as out:
             proc = subprocess.Popen(
-                self.wrapped(exit_file, command),
+                self.wrapped(exit_file, command, tasks),
                 env={**os.environ, **env},
                 cwd=workdir,
                 stdout=out,
@@ -181,9 +195,15 @@ class SlurmLauncher(Launcher):
         return "slurm" + (f" ({', '.join(parts)})" if parts else "")
 
     def script(
-        self, name: str, command: list[str], env: Mapping[str, str], workdir: Path, resources: Resources
+        self,
+        name: str,
+        command: list[str],
+        env: Mapping[str, str],
+        workdir: Path,
+        resources: Resources,
+        tasks: int = 1,
     ) -> str:
-        options = [f"--job-name=hpcflare-{name}", f"--output={workdir / name}-%j.out", "--ntasks=1"]
+        options = [f"--job-name=hpcflare-{name}", f"--output={workdir / name}-%j.out", f"--ntasks={tasks}"]
         for key in ("partition", "account", "qos", "gres"):
             value = getattr(resources, key) or getattr(self.defaults, key)
             if value:
@@ -195,17 +215,25 @@ class SlurmLauncher(Launcher):
         lines = ["#!/bin/bash", *(f"#SBATCH {shlex.quote(o)}" for o in options)]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
         lines.append(f"cd {shlex.quote(str(workdir))}")
+        if tasks > 1:  # srun numbers the tasks (SLURM_PROCID) and spreads them over the job's nodes
+            command = ["srun", "--kill-on-bad-exit=0", *command]
         lines.append("exec " + shlex.join(self.wrapped(workdir / f"{name}.exit", command)))
         return "\n".join(lines) + "\n"
 
     def start(
-        self, name: str, command: list[str], env: Mapping[str, str], workdir: Path, resources: Resources
+        self,
+        name: str,
+        command: list[str],
+        env: Mapping[str, str],
+        workdir: Path,
+        resources: Resources,
+        tasks: int = 1,
     ) -> dict[str, Any]:
         workdir.mkdir(parents=True, exist_ok=True)
         exit_file = workdir / f"{name}.exit"
         exit_file.unlink(missing_ok=True)
         script = workdir / f"{name}.sbatch"
-        atomic_write_text(script, self.script(name, command, env, workdir, resources))
+        atomic_write_text(script, self.script(name, command, env, workdir, resources, tasks))
         job_id = self.slurm.submit(script)
         return {
             "kind": self.kind,

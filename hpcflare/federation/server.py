@@ -10,8 +10,9 @@ may use (sites: hpcflare.federation.Site, admins: hpcflare.federation.Admin). It
 A job waits until every site it names has accepted it (its agent online, the job within the site's policy) or
 ``settings.site_join_timeout`` passed; it then runs with the sites that accepted (>= min_clients) or fails
 naming the sites that refused or never answered. Its server rank is a process of its own (local, or an sbatch
-job from server.yaml) listening on one of ``job_ports``; the job's sites connect there. A server restarted
-mid-job re-attaches to the server ranks still running, and the jobs complete.
+job from server.yaml) listening on one of ``job_ports``; the job's sites reach it through the standing server's
+own port (:mod:`~hpcflare.federation.job_proxy`), or there directly with ``job_routing: ports``. A server
+restarted mid-job re-attaches to the server ranks still running, and the jobs complete.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import grpc
 
 from hpcflare import __version__, errors
 from hpcflare.exitcodes import describe
+from hpcflare.federation import wire
 from hpcflare.federation.admin_service import AdminService
 from hpcflare.federation.audit import AuditLog
 from hpcflare.federation.channel import GRPC_OPTIONS
 from hpcflare.federation.config import ServerConfig
+from hpcflare.federation.job_proxy import JobProxy
 from hpcflare.federation.launchers import RankState, Resources, make_launcher
 from hpcflare.federation.metrics import FederationMetrics
 from hpcflare.federation.server_ranks import ServerRanks
@@ -39,6 +42,7 @@ from hpcflare.federation.store import FINISHED, FedJob, FedJobState, JobStore, S
 from hpcflare.job import FINAL_STATES, JobState
 from hpcflare.monitoring import Exporter
 from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime import flower
 from hpcflare.security.tls import StartupKit
 
 
@@ -59,11 +63,22 @@ class FederationServer(ServerRanks):
         self.sites_seen: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         sites = sum(role == "client" for role in kit.participants.values())
-        self.grpc = grpc.server(
-            ThreadPoolExecutor(max_workers=16 + 2 * sites, thread_name_prefix="federation"),
-            options=GRPC_OPTIONS,
+        proxied = config.job_routing == "proxy"
+        frames = max(wire.MAX_MESSAGE_BYTES, self.settings.max_frame_bytes if proxied else 0)
+        self.grpc = grpc.server(  # a proxied site holds a few calls at once: heartbeat, task poll, transfer
+            ThreadPoolExecutor(
+                max_workers=16 + (8 if proxied else 2) * sites, thread_name_prefix="federation"
+            ),
+            options=[
+                *GRPC_OPTIONS,
+                ("grpc.max_send_message_length", frames),
+                ("grpc.max_receive_message_length", frames),
+            ],
         )
-        self.grpc.add_generic_rpc_handlers([SiteService(self).handler(), AdminService(self).handler()])
+        self.proxy = JobProxy(self) if proxied else None
+        self.grpc.add_generic_rpc_handlers(
+            [SiteService(self).handler(), AdminService(self).handler(), *([self.proxy] if self.proxy else [])]
+        )
         try:
             self.port = self.grpc.add_secure_port(f"{config.host}:{config.port}", kit.server_credentials())
         except RuntimeError:
@@ -97,7 +112,9 @@ class FederationServer(ServerRanks):
             "federation_started",
             f"standing server {self.kit.name} of project {self.kit.project} listening on port {self.port}; "
             f"job server ranks on ports {self.config.job_ports[0]}-{self.config.job_ports[1]} "
-            f"({self.launcher.describe()}); workspace {self.config.workspace}",
+            f"({self.launcher.describe()}; "
+            + ("sites reach them through this port" if self.proxy else "sites connect to them there")
+            + f"); workspace {self.config.workspace}",
             port=self.port,
             version=__version__,
         )
@@ -108,6 +125,8 @@ class FederationServer(ServerRanks):
         with self.cv:
             self.cv.notify_all()
         self.grpc.stop(grace=1).wait()
+        if self.proxy is not None:
+            self.proxy.close()
         self.exporter.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
@@ -195,7 +214,10 @@ class FederationServer(ServerRanks):
         job_dir.save_config(config)
         port = self._free_port()
         command = [sys.executable, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root)]
-        command += ["--role", "server", "--bind", self.config.host, "--port", str(port), "--quiet"]
+        # behind the proxy, a server rank on this machine is reached by the standing server only
+        job.routed = self.proxy is not None and not flower.is_flower(config)
+        bind = "127.0.0.1" if job.routed and self.launcher.kind == "local" else self.config.host
+        command += ["--role", "server", "--bind", bind, "--port", str(port), "--quiet"]
         env = {"HPCFLARE_KIT": str(self.kit.path)}
         record = self.launcher.start("server", command, env, job_dir.root / "launch", Resources())
         job.server_rank = {**record, "command": command, "env": env}
@@ -239,6 +261,8 @@ class FederationServer(ServerRanks):
 
     def _finish(self, job: FedJob, state: FedJobState, message: str) -> None:
         job.state, job.message = state, message
+        if self.proxy is not None and job.address:
+            self.proxy.forget(job.address)
         (self.log.info if state == FedJobState.DONE else self.log.warning)(
             f"job_{state}", f"{job.job_id} {state}: {message}", job=job.job_id
         )

@@ -186,25 +186,42 @@ class SiteAgent(SiteRanks):
 
     def _launch(self, record: dict[str, Any], view: dict[str, Any]) -> None:
         job_dir = self.job_dir(record["job_id"])
-        config = self.policy.localise(job_dir.load_config(), view)
+        wants = record.get("resources") or {}
+        config = job_dir.load_config()
+        ranks = self.policy.client_ranks(config, wants)
+        config = self.policy.localise(config, view, ranks)
         job_dir.create(config)
         address = str(view.get("address") or "")
         if address.startswith(":"):  # the job's server rank runs beside the standing server
             address = self.server.rsplit(":", 1)[0] + address
+        elif address.startswith("/"):  # reached through the standing server's port (job_routing: proxy)
+            address = self.server + address
         command = [sys.executable, "-m", "hpcflare.runtime.launch", "--job-dir", str(job_dir.root)]
-        command += ["--role", "client", "--site", self.site, "--address", address]
+        tasks, what = 1, "one client rank"
+        if config.site_ranks:  # the site's relay (if the strategy takes partials) and its client ranks
+            relay = bool(config.rank_hosts())
+            tasks = ranks + relay
+            what = f"{'a relay and ' if relay else ''}{ranks} client ranks"
+            command += ["--role", "site", "--site", self.site, "--address", address]
+            if self.launcher.kind != "local":  # the relay's client ranks may run on other nodes
+                command += ["--bind", "0.0.0.0"]
+        else:
+            command += ["--role", "client", "--site", self.site, "--address", address]
         record["launch"] = self.launcher.start(
             self.site,
             command,
             {"HPCFLARE_KIT": str(self.kit.path)},
             job_dir.root / "launch",
-            self.policy.resources(record.get("resources") or {}),
+            self.policy.resources(wants),
+            tasks,
         )
         self._set(
-            record, SiteState.PENDING, f"started with {self.launcher.describe()}; server rank at {address}"
+            record,
+            SiteState.PENDING,
+            f"{what} started with {self.launcher.describe()}; server rank at {address}",
         )
         self.audit.record(self.site, "launch", record["job_id"], "ok", launcher=self.launcher.describe())
-        self.log.info("rank_started", f"{record['job_id']}: client rank started ({self.launcher.describe()})")
+        self.log.info("rank_started", f"{record['job_id']}: {what} started ({self.launcher.describe()})")
 
     def _set(self, record: dict[str, Any], state: SiteState, detail: str) -> None:
         record["state"], record["detail"] = str(state), detail[:2000]

@@ -89,15 +89,40 @@ class SitePolicy:
             time_minutes=wants.get("time_minutes") or base.time_minutes,
         )
 
-    def localise(self, config: JobConfig, view: dict[str, Any]) -> JobConfig:
-        """The job as this site runs it: the clients the server started with, and the site's data location."""
+    def client_ranks(self, config: JobConfig, wants: dict[str, Any]) -> int:
+        """How many client ranks run this site's part: what the job asks (within max_client_ranks, see check),
+        else site.yaml's client_ranks; never more than the site has virtual clients."""
+        asked = wants.get("client_ranks") or self.config.client_ranks
+        return max(1, min(int(asked), len(config.client_groups.get(self.kit.name, [])) or 1))
+
+    def localise(self, config: JobConfig, view: dict[str, Any], ranks: int = 1) -> JobConfig:
+        """The job as this site runs it: the clients the server started with, the site's data location, and with
+        ``ranks`` > 1 its virtual clients spread over that many client ranks of its own (``site_ranks``: the
+        site's relay serves them, staging through site.yaml's staging_dir if it names one)."""
         root = self.config.data_root or ""
         clients = view.get("clients")
         clients = [str(c) for c in clients] if isinstance(clients, list) and clients else config.clients
+        groups = {h: s for h, s in config.client_groups.items() if set(s) <= set(clients)}
+        own, site_ranks = groups.get(self.kit.name), {}
+        staging, staging_dir = config.staging, config.staging_dir
+        if own and ranks > 1:
+            del groups[self.kit.name]
+            for i in range(ranks):  # contiguous, as even as possible
+                groups[f"{self.kit.name}.rank-{i + 1}"] = own[
+                    i * len(own) // ranks : (i + 1) * len(own) // ranks
+                ]
+            site_ranks = {self.kit.name: [f"{self.kit.name}.rank-{i + 1}" for i in range(ranks)]}
+            if (
+                self.config.staging_dir
+            ):  # the job stages in a folder of its own there (JobConfig.staging_root)
+                staging, staging_dir = True, self.config.staging_dir
         return dataclasses.replace(
             config,
+            staging=staging,
+            staging_dir=staging_dir,
             clients=clients,
-            client_groups={h: s for h, s in config.client_groups.items() if set(s) <= set(clients)},
+            client_groups=groups,
+            site_ranks=site_ranks,
             min_clients=int(view.get("min_clients") or config.min_clients),
             train_args=[a.replace(DATA_ROOT, root) for a in config.train_args],
             site_train_args={

@@ -73,7 +73,8 @@ class SiteService:
             "state": str(job.state),
             "message": job.message,
             "site_state": str(job.site_state(site)),
-            "address": job.address,
+            # behind the proxy a site is told the job (it reaches it through this port), else the rank's port
+            "address": f"/{job.job_id}" if job.routed and job.address else job.address,
             "resources": job.resources.get(site) or job.resources.get("*") or {},
         }
         if job.site_state(site) == SiteState.OFFERED and job.state == FedJobState.WAITING_FOR_SITES:

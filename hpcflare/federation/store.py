@@ -75,6 +75,9 @@ class FedJob:
     port: int = 0
     address: str = ""
     """host:port of the job's server rank once it listens ('' host part: the standing server's host)."""
+    routed: bool = False
+    """Sites reach the job's server rank through the standing server's port (federation.job_proxy); False: at
+    the rank's own port (job_routing: ports, or a Flower job, whose SuperNodes speak Flower's own protocol)."""
     exit_code: int | None = None
     version: int = 0
     manifest: list[dict[str, Any]] = dataclasses.field(default_factory=list)

@@ -87,11 +87,18 @@ def _terminated(server: FLServer) -> None:
     server.abort("SIGTERM received" if cause is None else str(cause), cause)
 
 
-def run_relay(job_dir: JobDir, name: str, host: str = "127.0.0.1", advertise: str | None = None) -> ExitCode:
+def run_relay(
+    job_dir: JobDir,
+    name: str,
+    host: str = "127.0.0.1",
+    advertise: str | None = None,
+    children: list[str] | None = None,
+    address: str | None = None,
+) -> ExitCode:
     log = RankLogger(job_dir.log_dir, name, "relay")
     tap = None
     try:
-        relay = Relay(job_dir, name, log, host=host, advertise=advertise)
+        relay = Relay(job_dir, name, log, host=host, advertise=advertise, children=children, address=address)
         tap = handshake_tap(log, relay.upstream.kit)
         return relay.run()
     except errors.ConfigError as exc:
@@ -141,6 +148,30 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     return run_unit(job_dir, role.site, list(role.sites), address)
 
 
+def run_site_rank(
+    job_dir: JobDir, site: str, rank: int, address: str, host: str, advertise: str | None
+) -> ExitCode:
+    """One task of an institution's part of a job (``--role site``): with a strategy that takes partials, task 0
+    is the site's relay (the site's name and certificate, registered with the server at ``address``) and task
+    k its k-th client rank, which finds the relay in the site's job folder; otherwise task k is client rank
+    k + 1, reaching the server itself."""
+    config = job_dir.load_config()
+    ranks = config.site_ranks.get(site)
+    if not ranks:
+        raise errors.ConfigError(f"job {job_dir.root} runs no client ranks of {site} (site_ranks)")
+    units = config.client_units()
+    relay = bool(config.rank_hosts())
+    signal.signal(signal.SIGTERM, _raise_aborted)  # the site agent cancels its part (the job ended, an abort)
+    if relay and rank == 0:
+        children = [*ranks, *(s for r in ranks for s in units[r])]
+        return run_relay(job_dir, site, host=host, advertise=advertise, children=children, address=address)
+    index = rank - 1 if relay else rank
+    if index >= len(ranks):
+        print(f"[hpcflare] task {rank}: {site} runs {len(ranks)} client ranks; nothing to do", flush=True)
+        return ExitCode.OK
+    return run_unit(job_dir, ranks[index], units[ranks[index]], None if relay else address)
+
+
 def run_unit(job_dir: JobDir, name: str, sites: list[str], address: str | None = None) -> ExitCode:
     """A client rank: its one site in this process, or its sites as virtual clients; its start-up beacon tells
     the server it is alive while its sites are still on their way to registering."""
@@ -163,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-dir", required=True)
     parser.add_argument(
         "--role",
-        choices=("server", "relay", "client", "auto"),
+        choices=("server", "relay", "client", "auto", "site"),
         required=True,
-        help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then relays, then clients in job.yaml order",
+        help="auto: by rank (SLURM_PROCID/PMI_RANK): 0 = server, then relays, then clients in job.yaml order; "
+        "site: an institution's relay (rank 0) and client ranks (site_ranks) under --site, server at --address",
     )
     parser.add_argument(
         "--rendezvous",
@@ -198,6 +230,15 @@ def main(argv: list[str] | None = None) -> int:
             return int(run_rank(job_dir, info, args.rendezvous))
         except errors.ConfigError as exc:
             print(f"[hpcflare] rank {info.rank}: configuration error: {exc}", file=sys.stderr)
+            return int(exit_for(exc)[0])
+    if args.role == "site":
+        if not args.site or not args.address:
+            parser.error("--role site needs --site SITE and --address SERVER_HOST:PORT")
+        try:
+            rank = detect_rank().rank
+            return int(run_site_rank(job_dir, args.site, rank, args.address, args.bind, advertise))
+        except errors.ConfigError as exc:
+            print(f"[hpcflare] {args.site}: configuration error: {exc}", file=sys.stderr)
             return int(exit_for(exc)[0])
     if args.role == "relay":
         if not args.site:

@@ -74,6 +74,9 @@ class Relay(RelayRounds, RoundHost):
         self.hosts = {rank: set(sites) for rank, sites in ranks.items() if rank in expected}
         self.forward_raw = not self.strategy.new_aggregator({}).decomposable
         self.job_dir, self.name = job_dir, name
+        self.own_ranks = set(config.site_ranks.get(name, []))
+        """An institution's relay (named as its site): its own client ranks, which only it knows (they register
+        here, not upstream), and which it serves models through the site's own staging directory, if any."""
         self._registering: set[str] = set()
         """Children whose registration is on its way to the server: the server may already count them (and
         start a round) before this host has their record, so a round here waits for them too."""
@@ -118,6 +121,21 @@ class Relay(RelayRounds, RoundHost):
                 site=str(request.get("site"))[:80],
             )
             raise errors.RegistrationRefusedError(f"site {request.get('site')!r:.80} is not part of this job")
+        if request["site"] in self.own_ranks:  # the site's own client rank: the server knows only the site
+            record, _ = self._add_member(request)
+            node = str(request.get("node") or "")[:128]
+            self.log.info(
+                "client_rank_registered",
+                f"{record.site} registered from {record.host or '?'}{'/' + node if node else ''} pid {record.pid}",
+                site=record.site,
+                node=node,
+            )
+            return {
+                "token": record.token,
+                "job_id": self.config.job_id,
+                "num_rounds": self.config.num_rounds,
+                "framework": self.config.framework,
+            }
         with self._cv:
             self._registering.add(request["site"])
         try:
@@ -130,13 +148,19 @@ class Relay(RelayRounds, RoundHost):
         self.site_log("child_registered", f"{record.site} registered through {self.name}", site=record.site)
         return reply
 
+    def may_act_for(self, identity: str, site: str) -> bool:
+        """An institution's relay: its own ranks show the site's certificate, and act for the site's clients."""
+        if self.own_ranks and identity == self.name:
+            return site in self.members.expected
+        return super().may_act_for(identity, site)
+
     def _register_children_again(self) -> None:
         """The server restarted (requeue, resume): register every live child again under its current token, so
         the children go on without noticing (the server keeps a token shown by a site it has no record of)."""
         again = 0
         for site in self.members.live():
             record = self.members.get(site)
-            if record is None:
+            if record is None or site in self.own_ranks:
                 continue
             try:
                 self.upstream.call(
@@ -187,6 +211,8 @@ class Relay(RelayRounds, RoundHost):
         )
 
     def on_goodbye(self, site: str, status: str, reason: str) -> None:
+        if site in self.own_ranks:
+            return
         try:  # the server learns of a child's end from its relay
             self._forward(Rpc.GOODBYE, site, {"status": status, "reason": reason})
         except errors.HpcflareError as exc:

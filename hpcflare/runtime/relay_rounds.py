@@ -13,6 +13,7 @@ from typing import Any
 
 from hpcflare import errors
 from hpcflare.rank_logger import RankLogger
+from hpcflare.runtime.cluster.staging import Stager
 from hpcflare.runtime.host.global_model import GlobalModel
 from hpcflare.runtime.host.round import Round
 from hpcflare.runtime.site.agent import ClientAgent
@@ -34,6 +35,8 @@ class RelayRounds:
     round_fraction: float
     forward_raw: bool
     staged: dict[str, Any] | None
+    stager: Stager | None
+    own_ranks: set[str]
     _last_model: tuple[str, GlobalModel] | None
     _registering: set[str]
     _cv: threading.Condition
@@ -70,10 +73,11 @@ class RelayRounds:
     def _relay_round(self, task: Task) -> None:
         received = time.monotonic()
         model, via = self._cached_model(task)
-        # children that see the staging dir map the server's copy
-        self.staged = task.staged if self.listens else None
+        # children that see the staging dir map the server's copy; an institution's relay stages its own
+        own = bool(self.own_ranks) and self.stager is not None
+        self.staged = task.staged if self.listens and not own else None
         rnd = self.open_round(
-            task.round, model, task.task_id, publish=False, plan=RoundPlan(task.name, meta=task.meta)
+            task.round, model, task.task_id, publish=own, plan=RoundPlan(task.name, meta=task.meta)
         )
         self.log.info(
             "relay_round",

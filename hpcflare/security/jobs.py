@@ -69,6 +69,7 @@ def load_kit(
             "run with clients_per_rank=1"
         )
     kit = StartupKit.load(path)
+    names |= {s for n in list(names) if (s := config.site_relay_of(n))}  # a site's own ranks show its kit
     if kit.name not in names and not (role == "server" and kit.role == "server"):
         raise ConfigError(f"startup kit {path} belongs to {kit.name!r}, but this rank is {name!r}")
     return kit

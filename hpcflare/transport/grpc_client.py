@@ -25,7 +25,7 @@ from hpcflare.transport.codec import (
     tensor_parts,
     unpack_map,
 )
-from hpcflare.transport.grpc_server import SERVICE, SITE_KEY, TOKEN_KEY
+from hpcflare.transport.grpc_server import JOB_KEY, SERVICE, SITE_KEY, TOKEN_KEY
 from hpcflare.transport.shm import SharedModel
 from hpcflare.transport.streams import DownloadAssembler, upload_frames
 
@@ -39,6 +39,13 @@ def credentials(site: str, token: str) -> tuple[tuple[str, str], ...]:
     """Call metadata naming the sender before any frame: the host counts its stream as a member's, never as
     an anonymous one (see GrpcServer)."""
     return ((SITE_KEY, site), (TOKEN_KEY, token))
+
+
+def split_route(address: str) -> tuple[str, str]:
+    """``HOST:PORT/JOB_ID`` (a job behind a standing server's one port, see federation.job_proxy) -> the
+    target and the job; a plain ``HOST:PORT`` -> itself and ''."""
+    target, _, job = address.partition("/")
+    return target, job
 
 
 def translate(exc: grpc.RpcError, what: str, address: str) -> errors.HpcflareError:
@@ -137,13 +144,16 @@ class GrpcClientTransport(ClientTransport):
             ("grpc.enable_retries", 0),
         ]
         options.append(("grpc.use_local_subchannel_pool", 1))
+        target, job = split_route(address)
+        self._route: tuple[tuple[str, str], ...] = ((JOB_KEY, job),) if job else ()
+        """Metadata of every call: the job, when the job's server is reached through a standing server."""
         if kit is None:
-            self._control = grpc.insecure_channel(address, options=options)
-            self._data = grpc.insecure_channel(address, options=options)
+            self._control = grpc.insecure_channel(target, options=options)
+            self._data = grpc.insecure_channel(target, options=options)
         else:
             options += kit.channel_options(peer_name)
-            self._control = grpc.secure_channel(address, kit.channel_credentials(), options=options)
-            self._data = grpc.secure_channel(address, kit.channel_credentials(), options=options)
+            self._control = grpc.secure_channel(target, kit.channel_credentials(), options=options)
+            self._data = grpc.secure_channel(target, kit.channel_credentials(), options=options)
         self._unary: dict[str, Any] = {}
         self._download = self._data.unary_stream(f"/{SERVICE}/Download")
         self._upload = self._data.stream_unary(f"/{SERVICE}/Upload")
@@ -161,7 +171,7 @@ class GrpcClientTransport(ClientTransport):
         if stub is None:
             stub = self._unary[method] = self._control.unary_unary(f"/{SERVICE}/{method}")
         try:
-            return unpack_map(stub(pack_meta(request), timeout=timeout))
+            return unpack_map(stub(pack_meta(request), timeout=timeout, metadata=self._route or None))
         except grpc.RpcError as exc:
             raise translate(exc, method, self.address) from None
         except ValueError as exc:  # "Channel closed": another thread replaced this connection
@@ -217,6 +227,7 @@ class GrpcClientTransport(ClientTransport):
                     call = progress.call = self._download(
                         pack_meta({**request, "start": stream.position}),
                         timeout=self.settings.stream_deadline(left),
+                        metadata=self._route or None,
                     )
                     for frame in call:
                         progress.touch()
@@ -288,7 +299,7 @@ class GrpcClientTransport(ClientTransport):
                 future = progress.call = self._upload.future(
                     frames(),
                     timeout=self.settings.stream_deadline(_size_of(tensors)),
-                    metadata=credentials(header.site, header.token),
+                    metadata=credentials(header.site, header.token) + self._route,
                 )
                 return unpack_map(future.result())
             except ValueError as exc:

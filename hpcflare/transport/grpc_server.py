@@ -21,6 +21,9 @@ from hpcflare.transport.codec import pack_meta, unpack_meta
 SERVICE = "hpcflare.v1.FL"
 SITE_KEY, TOKEN_KEY = "hpcflare-site", "hpcflare-token"
 """Call metadata with which a site's transfer names itself before its first frame."""
+JOB_KEY, PEER_KEY, PEER_ADDRESS_KEY = "hpcflare-job", "hpcflare-peer", "hpcflare-peer-address"
+"""Call metadata of calls that reach a job's server rank through the standing server (federation.job_proxy):
+the job, and the caller's certificate name and address as the standing server saw them."""
 CONTROL_SHARE = 4
 """A quarter of the worker threads is kept for control calls (register, heartbeat, task poll, goodbye): data
 streams (uploads, downloads) may hold the rest, anonymous streams at most that quarter."""
@@ -222,7 +225,7 @@ class GrpcServer:
     def _admit_anonymous(self, context: grpc.ServicerContext) -> str:
         """Count an upload stream that has not identified itself; refuse one peer holding too many, and any
         beyond the anonymous share of the threads."""
-        host: str = context.peer().rsplit(":", 1)[0]
+        host: str = self._origin(context)[1].rsplit(":", 1)[0]
         taken = self._anonymous.take(host, self.anonymous_limit)
         if taken is None:
             context.abort(
@@ -253,24 +256,36 @@ class GrpcServer:
             idle_s=idle,
         )
 
+    def _origin(self, context: grpc.ServicerContext) -> tuple[str | None, str]:
+        """The caller's certificate name and address; for a call the standing server passes on (it holds the
+        server's own certificate, as this rank does), the site's as the standing server saw them."""
+        if self.kit is None:
+            return None, context.peer()
+        identity = peer_identity(context)
+        if identity == self.kit.name and self.kit.role == "server":
+            metadata = dict(context.invocation_metadata() or ())
+            if isinstance(metadata.get(PEER_KEY), str):
+                return metadata[PEER_KEY], str(metadata.get(PEER_ADDRESS_KEY) or context.peer())
+        return identity, context.peer()
+
     def _peer(self, context: grpc.ServicerContext) -> Peer:
         """The caller; on TLS channels its certificate name must be a participant of the project."""
         if self.kit is None:
             return Peer(context.peer(), cancel=context.cancel)
-        identity = peer_identity(context)
+        identity, address = self._origin(context)
         if identity is None or not self.kit.accepts(identity):
             self.log.warning(
                 "tls_refused",
-                f"refused {context.peer()}: certificate name {identity!r} is not a "
+                f"refused {address}: certificate name {identity!r} is not a "
                 f"participant of project {self.kit.project!r}; issue it a kit with hpcflare provision "
                 "--add, or remove it",
                 identity=identity,
-                peer=context.peer(),
+                peer=address,
             )
             raise errors.UnknownClientError(
                 f"certificate {identity!r} is not a participant of project {self.kit.project!r}"
             )
-        return Peer(context.peer(), identity, cancel=context.cancel)
+        return Peer(address, identity, cancel=context.cancel)
 
     def _fail(self, context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
         code = status_for(exc)

@@ -55,3 +55,16 @@ def test_a_recycled_pid_is_not_taken_for_the_rank(tmp_path):
     record = {"kind": "local", "pid": os.getpid(), "exit_file": str(tmp_path / "rank.exit"), "output": "x"}
     status = LocalLauncher().status(record)  # this pid is alive, but it is not that rank's wrapper
     assert status.state == RankState.LOST and "without leaving its exit code" in status.detail
+
+
+def test_several_tasks_each_know_their_rank_and_the_first_failure_is_kept(launcher, tmp_path):
+    """An institution's relay and client ranks: N tasks of one launch, numbered as srun numbers them."""
+    code = (
+        "import os, sys; rank = os.environ.get('HPCFLARE_RANK') or os.environ['SLURM_PROCID']; "
+        "world = os.environ.get('HPCFLARE_WORLD') or os.environ['SLURM_NTASKS']; "
+        "open(f'task-{rank}', 'w').write(world); sys.exit(4 if rank == '1' else 0)"
+    )
+    record = launcher.start("site", [sys.executable, "-c", code], {}, tmp_path, Resources(), tasks=3)
+    status = _until(launcher, record, (RankState.EXITED, RankState.LOST))
+    assert (status.state, status.exit_code) == (RankState.EXITED, 4)
+    assert {p.name: p.read_text() for p in tmp_path.glob("task-*")} == {f"task-{i}": "3" for i in range(3)}

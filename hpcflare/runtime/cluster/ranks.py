@@ -40,9 +40,15 @@ class Role:
     """A client rank's sites (one, unless clients_per_rank > 1)."""
 
 
+RANK_ENV, WORLD_ENV = "HPCFLARE_RANK", "HPCFLARE_WORLD"
+"""A task's rank and the task count, set by a launcher that starts several tasks itself (a site agent's local
+launcher); they win over the scheduler's."""
+
+
 def detect_rank() -> RankInfo:
-    """Rank/world from the scheduler's environment (Slurm first, then MPI launchers)."""
+    """Rank/world from the launcher's or scheduler's environment (ours, Slurm, then MPI launchers)."""
     for rank_var, size_var, source in (
+        (RANK_ENV, WORLD_ENV, "explicit"),
         ("SLURM_PROCID", "SLURM_NTASKS", "slurm"),
         ("PMI_RANK", "PMI_SIZE", "mpi"),
         ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "mpi"),

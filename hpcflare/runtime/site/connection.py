@@ -24,7 +24,7 @@ from hpcflare.runtime.site.liveness import Liveness
 from hpcflare.security.tls import StartupKit, explain_refusal, hint_for
 from hpcflare.settings import Settings
 from hpcflare.transport.api import ClientTransport, Rpc, ServerHandler
-from hpcflare.transport.grpc_client import GrpcClientTransport
+from hpcflare.transport.grpc_client import GrpcClientTransport, split_route
 from hpcflare.transport.inproc import SCHEME as INPROC
 from hpcflare.transport.inproc import InprocTransport, local_handler
 
@@ -79,6 +79,11 @@ class Connection(Liveness):
     def start(self) -> None:
         if self.parent is not None:
             self.address = f"{INPROC}{getattr(self.parent, 'name', 'host')}"
+        site_relay = self.config.site_relay_of(self.site)
+        if self.address is None and site_relay and self.config.rank_hosts():
+            # a client rank of an institution's own: its site's relay, announced in the site's job folder
+            self.relay_name = site_relay
+            self.address = self.rendezvous.lookup(site_relay, self.settings.rendezvous_timeout).address
         if self.address is None:
             units = (
                 list(self.config.rank_hosts()) or self.config.clients
@@ -159,7 +164,8 @@ class Connection(Liveness):
         """An unreachable peer on a TLS job may be one that refuses our certificate: find out, fail clearly."""
         if self.kit is None or self.parent is not None:
             return
-        reason = explain_refusal(address, self.kit, peer_name, timeout=self.settings.rpc_timeout)
+        target = split_route(address)[0]  # a job behind a standing server: its port does the handshake
+        reason = explain_refusal(target, self.kit, peer_name, timeout=self.settings.rpc_timeout)
         if reason is None:
             return
         message = f"TLS handshake with {peer_name} at {address} failed: {reason}; {hint_for(reason)}"

@@ -47,6 +47,15 @@ class Liveness:
         with self._failover_lock:
             if failed is not self.transport:  # the other thread already switched
                 return self.transport is not None
+            site_relay = self.config.site_relay_of(self.site)
+            if site_relay is not None and self.relay_name == site_relay:
+                self.log.error(
+                    "relay_lost",
+                    f"{site_relay}'s relay lost ({exc}); this client rank reaches the server only through its "
+                    "site's relay, so it leaves the job (the relay's log says why it ended)",
+                    relay=site_relay,
+                )
+                return False
             if self.relay_name is None or self.config.relay_failover != "direct":
                 if self.relay_name is not None:
                     self.log.error(
