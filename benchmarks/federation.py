@@ -30,6 +30,11 @@ from hpcflare.env import LocalEnv  # noqa: E402
 from hpcflare.recipe import FedAvgRecipe  # noqa: E402
 from tests.federation.conftest import SCRIPT, Federation  # noqa: E402
 
+SIZE = [3]
+"""The model's float32 values (--size)."""
+SETTINGS: dict[str, object] = {}
+"""The job's settings (--grpc-only: no shared memory, every byte over gRPC as between machines)."""
+
 
 def events(log: Path) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
@@ -55,7 +60,9 @@ def federation_run(
         for site in sites:
             fed.start_agent(site)
         fed.wait_connected(sites)
-        job = fed.job(sites, rounds=rounds)
+        job = (
+            fed.recipe(sites, rounds=rounds, size=SIZE[0], settings=SETTINGS).export(root / "admin-jobs").root
+        )
         with fed.session("alice") as admin:
             started = time.time()
             job_id = admin.submit_job(job)
@@ -72,13 +79,14 @@ def local_run(root: Path, sites: list[str], rounds: int) -> tuple[float, float, 
     (root / "offset.txt").write_text("2")
     recipe = FedAvgRecipe(
         name="local",
-        model={"w": np.zeros(3, dtype=np.float32)},
+        model={"w": np.zeros(SIZE[0], dtype=np.float32)},
         clients=sites,
         min_clients=len(sites),
         num_rounds=rounds,
         train_script=SCRIPT,
         train_args=f"--data {root / 'offset.txt'}",
         settings_profile="dev",
+        settings=SETTINGS,
     )
     started = time.time()
     run = recipe.execute(LocalEnv(job_root=root / "jobs"))
@@ -93,11 +101,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--sites", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--size", type=int, default=3, help="float32 values in the model (3: hello-numpy's)")
+    parser.add_argument(
+        "--grpc-only", action="store_true", help="no same-host shared memory: every byte over gRPC"
+    )
     args = parser.parse_args()
+    SIZE[0] = args.size
+    if args.grpc_only:
+        SETTINGS["shared_memory"] = False
     sites = [f"site-{i}" for i in range(1, args.sites + 1)]
     print(
         f"# {time.strftime('%Y-%m-%d')} on {platform.node()} ({platform.processor() or platform.machine()}), "
-        f"python {platform.python_version()}; {args.sites} sites, {args.rounds} rounds, best of {args.repeat}"
+        f"python {platform.python_version()}; {args.sites} sites, {args.rounds} rounds, "
+        f"{args.size * 4 / 1e6:g} MB model{', gRPC only' if args.grpc_only else ''}, best of {args.repeat}"
     )
     print("# " + " ".join(sys.argv))
     print(f"{'route':<34} {'to round 1 (s)':>15} {'per round (s)':>14} {'wall (s)':>9}")
