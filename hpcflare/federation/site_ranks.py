@@ -97,16 +97,22 @@ class SiteRanks:
                 self._save(record)
 
     def _first_cause(self, job_id: str) -> str:
-        """The first error the site's rank logged (its JSON lines), the cause a user should see."""
+        """The earliest error the site's ranks logged (their JSON lines: the site's relay, client ranks, virtual
+        clients), the cause a user should see."""
+        first: tuple[float, str] | None = None
         for path in sorted(self.job_dir(job_id).log_dir.glob("*.jsonl")):
             try:
                 for line in path.read_text().splitlines():
                     event = json.loads(line)
                     if str(event.get("level")).upper() == "ERROR":
-                        return str(event.get("msg") or event.get("message") or event.get("event"))[:1000]
-            except (OSError, ValueError):
+                        at = float(event.get("t") or 0.0)
+                        if first is None or at < first[0]:
+                            text = str(event.get("msg") or event.get("message") or event.get("event"))
+                            first = (at, text[:1000])
+                        break  # a file's later errors come after its first
+            except (OSError, ValueError, TypeError):
                 continue
-        return ""
+        return first[1] if first else ""
 
     def _send_logs(self, job_id: str) -> bool:
         root = self.job_dir(job_id).root

@@ -5,6 +5,9 @@ each round's model on the site's own shared filesystem."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +169,63 @@ def test_a_sites_relay_and_client_ranks_as_one_job_on_its_own_slurm_cluster(fede
     ranks = {e["site"]: e["node"] for e in relay if e["event"] == "client_rank_registered"}
     assert sorted(ranks) == ["site-2.rank-1", "site-2.rank-2"]
     assert len({started["node"], *ranks.values()}) == 3, (started, ranks)  # one task per node
+
+
+def _task_pid(marker: str, rank: int) -> int | None:
+    """The pid of task ``rank`` of the site launch whose command line holds ``marker``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            "hpcflare.runtime.launch" in cmdline
+            and marker in cmdline
+            and f"HPCFLARE_RANK={rank}".encode() in environ
+        ):
+            return int(proc.name)
+    return None
+
+
+def test_a_sites_relay_that_dies_fails_that_site_with_its_cause_and_the_job_goes_on(federation, tmp_path):
+    federation.start_server()
+    federation.start_agent("site-1", max_client_ranks=2)
+    federation.start_agent("site-2")
+    federation.start_agent("site-3")
+    federation.wait_connected(SITES)
+    recipe = federation.recipe(
+        SITES,
+        rounds=6,
+        sleep=0.5,
+        min_clients=2,
+        site_clients={"site-1": 2},
+        name="relay-dies",
+        settings={"heartbeat_interval": 1, "heartbeat_timeout": 5, "server_lost_timeout": 10},
+    )
+    with federation.session("alice") as admin:
+        job_id = admin.submit_job(
+            recipe.export(tmp_path / "admin-jobs").root, resource_spec={"site-1": {"client_ranks": 2}}
+        )
+        relay_log = federation.site_dir("site-1") / "work" / "jobs" / job_id / "job" / "logs" / "site-1.jsonl"
+        deadline = time.monotonic() + 240
+        while not (relay_log.is_file() and "partial_sent" in relay_log.read_text()):
+            assert time.monotonic() < deadline, admin.get_job_status(job_id)
+            time.sleep(0.2)
+        pid = _task_pid("--site site-1", 0)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        status = wait_state(admin, job_id, ("done", "failed"), timeout=300)
+        assert status["state"] == "done", status  # site-2 and site-3 carry on (min_clients=2)
+        deadline = time.monotonic() + 120
+        while admin.get_job_status(job_id)["sites"]["site-1"]["state"] not in ("failed", "done", "aborted"):
+            assert time.monotonic() < deadline, admin.get_job_status(job_id)["sites"]
+            time.sleep(0.3)
+        site = admin.get_job_status(job_id)["sites"]["site-1"]
+    assert site["state"] == "failed", site
+    assert "site-1's relay lost" in site["detail"] and "exit 137" in site["detail"], site
+    logs = federation.site_dir("site-1") / "work" / "jobs" / job_id / "job" / "logs"
+    for rank in ("site-1.rank-1", "site-1.rank-2"):  # each rank says it once, however often it retried
+        assert sum(e["event"] == "relay_lost" for e in _events(logs / f"{rank}.jsonl")) <= 1

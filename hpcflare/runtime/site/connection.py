@@ -69,6 +69,7 @@ class Connection(Liveness):
         self._stop = threading.Event()
         self._last_contact = time.monotonic()
         self._failover_lock = threading.RLock()
+        self._told_lost: str | None = None  # the relay whose loss this site has logged
         self._discovered = False  # address came from the rendezvous file (so a restarted server can be found)
 
     def _own_sample(self) -> dict[str, Any]:

@@ -34,11 +34,20 @@ class Liveness:
     _stop: threading.Event
     _last_contact: float
     _failover_lock: threading.RLock
+    _told_lost: str | None
     _discovered: bool
     _connect: Callable[[str], None]
     _server_address: Callable[[float], str]
 
     # ---------------------------------------------------------------- failover
+    def _relay_lost(self, message: str) -> None:
+        """Say once (per relay) that this site's relay is gone and the site leaves; every retry after that is
+        the same news."""
+        if self._told_lost == self.relay_name:
+            return
+        self._told_lost = self.relay_name
+        self.log.error("relay_lost", message, relay=self.relay_name)
+
     def _failover(self, exc: Exception, failed: ClientTransport | None) -> bool:
         """The relay is gone: reconnect straight to the server if the job's policy allows it.
 
@@ -49,19 +58,17 @@ class Liveness:
                 return self.transport is not None
             site_relay = self.config.site_relay_of(self.site)
             if site_relay is not None and self.relay_name == site_relay:
-                self.log.error(
-                    "relay_lost",
+                self._relay_lost(
                     f"{site_relay}'s relay lost ({exc}); this client rank reaches the server only through its "
-                    "site's relay, so it leaves the job (the relay's log says why it ended)",
-                    relay=site_relay,
+                    f"site's relay: it leaves the job unless the relay answers within "
+                    f"settings.server_lost_timeout={self.settings.server_lost_timeout:g}s (the relay's own log "
+                    "says why it ended)"
                 )
                 return False
             if self.relay_name is None or self.config.relay_failover != "direct":
                 if self.relay_name is not None:
-                    self.log.error(
-                        "relay_lost",
-                        f"relay {self.relay_name} lost ({exc}); relay_failover='exclude': leaving the job",
-                        relay=self.relay_name,
+                    self._relay_lost(
+                        f"relay {self.relay_name} lost ({exc}); relay_failover='exclude': leaving the job"
                     )
                 return False
             lost, self.relay_name = self.relay_name, None
