@@ -5,9 +5,11 @@ interface with one implementation per backend, picked by name from server.yaml /
     slurm   an sbatch job on this machine's Slurm cluster, with the account/partition/qos/gres/time the
             institution configures (and the job may ask for, within the site's limits)
 
-Every rank runs under :mod:`hpcflare.federation.rankwrap`, which leaves its exit code in a file: a launcher
-restarted mid-job reads how its ranks ended from there. A launch record is plain JSON (kept in the job's
-record), so any later life of the agent can look after the rank.
+One launch may hold several tasks (an institution's relay and client ranks): the local launcher starts them
+side by side, each told its rank (HPCFLARE_RANK), the Slurm launcher asks for that many tasks and starts them
+with srun. Every launch runs under :mod:`hpcflare.federation.rankwrap`, which leaves its exit code in a file:
+a launcher restarted mid-job reads how its ranks ended from there. A launch record is plain JSON (kept in the
+job's record), so any later life of the agent can look after the rank.
 """
 
 from __future__ import annotations

@@ -126,11 +126,7 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
         )
     mpi = MpiRendezvous(settings.rendezvous_timeout) if rendezvous == MpiRendezvous.kind else None
     role = role_for_rank(info.rank, info.world, config, tasks_per_node(os.environ))
-    devices, why = plan_devices(role.kind, os.environ)
-    if devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        print(f"[hpcflare] rank {info.rank} ({role.site or role.kind}): {why}", flush=True)
+    _place_devices(role.kind, f"rank {info.rank} ({role.site or role.kind})")
     if role.kind == RoleKind.SERVER:
         return run_server(job_dir, echo=True, host="0.0.0.0", advertise=advertise_host(), rendezvous=mpi)
     if role.kind == RoleKind.RELAY:
@@ -148,6 +144,15 @@ def run_rank(job_dir: JobDir, info: RankInfo, rendezvous: str = "fs") -> ExitCod
     return run_unit(job_dir, role.site, list(role.sites), address)
 
 
+def _place_devices(kind: RoleKind, label: str) -> None:
+    """This rank's GPUs (see cluster.gpus): a client rank its own device of the node, hosts none."""
+    devices, why = plan_devices(kind, os.environ)
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        print(f"[hpcflare] {label}: {why}", flush=True)
+
+
 def run_site_rank(
     job_dir: JobDir, site: str, rank: int, address: str, host: str, advertise: str | None
 ) -> ExitCode:
@@ -162,6 +167,7 @@ def run_site_rank(
     units = config.client_units()
     relay = bool(config.rank_hosts())
     signal.signal(signal.SIGTERM, _raise_aborted)  # the site agent cancels its part (the job ended, an abort)
+    _place_devices(RoleKind.RELAY if relay and rank == 0 else RoleKind.CLIENT, f"{site} task {rank}")
     if relay and rank == 0:
         children = [*ranks, *(s for r in ranks for s in units[r])]
         return run_relay(job_dir, site, host=host, advertise=advertise, children=children, address=address)

@@ -13,8 +13,15 @@ from collections.abc import Mapping
 
 from hpcflare.runtime.cluster.ranks import RoleKind
 
-LOCAL_RANK_VARS = ("SLURM_LOCALID", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK")
-"""Node-local rank, from the launcher: srun, MPICH/hydra, Open MPI, PMI."""
+LOCAL_RANK_VARS = (
+    "SLURM_LOCALID",
+    "MPI_LOCALRANKID",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "PMI_LOCAL_RANK",
+    "HPCFLARE_RANK",
+)
+"""Node-local rank, from the launcher: srun, MPICH/hydra, Open MPI, PMI, or a site agent's local launch of
+several tasks on one machine (federation.rankwrap)."""
 
 
 def local_rank(env: Mapping[str, str]) -> int | None:

@@ -21,6 +21,10 @@ from hpcflare.runtime.cluster.ranks import RoleKind
         ({"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_LOCALID": "0"}, RoleKind.SERVER, ""),  # aggregates on the CPU
         ({"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_LOCALID": "1"}, RoleKind.RELAY, ""),
         ({"CUDA_VISIBLE_DEVICES": "0,1", "HPCFLARE_SERVER_GPU": "1"}, RoleKind.SERVER, None),
+        # a site agent's tasks on one machine: its relay none, its client ranks 1..4 one device each
+        ({"CUDA_VISIBLE_DEVICES": "0,1,2,3", "HPCFLARE_RANK": "0"}, RoleKind.RELAY, ""),
+        ({"CUDA_VISIBLE_DEVICES": "0,1,2,3", "HPCFLARE_RANK": "4"}, RoleKind.CLIENT, "0"),
+        ({"CUDA_VISIBLE_DEVICES": "0,1,2,3", "HPCFLARE_RANK": "2"}, RoleKind.CLIENT, "2"),
     ],
 )
 def test_device_plan(env, role, expected):
