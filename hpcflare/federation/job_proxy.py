@@ -12,6 +12,7 @@ only the standing server reaches them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,8 +37,12 @@ def _left(context: grpc.ServicerContext) -> float | None:
 
 
 class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
-    def __init__(self, server: FederationHost) -> None:
+    def __init__(self, server: FederationHost, threads: int = 64) -> None:
+        """``threads``: the standing server's workers; one site's calls in flight may hold half of them at most,
+        so a site that floods its job cannot starve the other sites (or the agents and admins)."""
         self.server = server
+        self.per_site = max(4, threads // 2)
+        self._in_flight: dict[str, int] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -75,6 +80,28 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
         passed = [(k, v) for k, v in metadata if k not in HOP_KEYS and not k.startswith((":", "grpc-"))]
         passed += [(PEER_KEY, identity or ""), (PEER_ADDRESS_KEY, str(context.peer()))]
         return self._channel(job.address), passed
+
+    @contextlib.contextmanager
+    def _held(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Count a call in flight for the caller's certificate; refuse one beyond its share as busy (the site
+        retries it with back-off, as any busy server's refusal)."""
+        who = peer_identity(context) or context.peer()
+        with self._lock:
+            held = self._in_flight.get(who, 0)
+            if held < self.per_site:
+                self._in_flight[who] = held + 1
+        if held >= self.per_site:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"busy: {who} has {held} calls in flight through the standing server (half its threads); retry",
+            )
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[who] -= 1
+                if not self._in_flight[who]:
+                    del self._in_flight[who]
 
     def _channel(self, address: str) -> grpc.Channel:
         if address.startswith(":"):  # a server rank beside the standing server
@@ -117,39 +144,44 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
     def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
             channel, metadata = self._route(context)
-            try:
-                reply: bytes = channel.unary_unary(method)(request, timeout=_left(context), metadata=metadata)
-                return reply
-            except grpc.RpcError as exc:
-                self._relay_error(context, exc)
-                raise  # unreachable: abort raises
+            with self._held(context):
+                try:
+                    reply: bytes = channel.unary_unary(method)(
+                        request, timeout=_left(context), metadata=metadata
+                    )
+                    return reply
+                except grpc.RpcError as exc:
+                    self._relay_error(context, exc)
+                    raise  # unreachable: abort raises
 
         return handle
 
     def _down(self, method: str) -> Callable[[bytes, grpc.ServicerContext], Iterator[bytes]]:
         def handle(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             channel, metadata = self._route(context)
-            call: Any = channel.unary_stream(method)(request, timeout=_left(context), metadata=metadata)
-            context.add_callback(call.cancel)  # the site went away: so does the rank's stream
-            try:
-                yield from call
-            except grpc.RpcError as exc:
-                self._relay_error(context, exc)
+            with self._held(context):
+                call: Any = channel.unary_stream(method)(request, timeout=_left(context), metadata=metadata)
+                context.add_callback(call.cancel)  # the site went away: so does the rank's stream
+                try:
+                    yield from call
+                except grpc.RpcError as exc:
+                    self._relay_error(context, exc)
 
         return handle
 
     def _up(self, method: str) -> Callable[[Iterator[bytes], grpc.ServicerContext], bytes]:
         def handle(frames: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
             channel, metadata = self._route(context)
-            future: Any = channel.stream_unary(method).future(
-                frames, timeout=_left(context), metadata=metadata
-            )
-            context.add_callback(future.cancel)
-            try:
-                reply: bytes = future.result()
-                return reply
-            except grpc.RpcError as exc:
-                self._relay_error(context, exc)
-                raise
+            with self._held(context):
+                future: Any = channel.stream_unary(method).future(
+                    frames, timeout=_left(context), metadata=metadata
+                )
+                context.add_callback(future.cancel)
+                try:
+                    reply: bytes = future.result()
+                    return reply
+                except grpc.RpcError as exc:
+                    self._relay_error(context, exc)
+                    raise
 
         return handle

@@ -65,17 +65,16 @@ class FederationServer(ServerRanks):
         sites = sum(role == "client" for role in kit.participants.values())
         proxied = config.job_routing == "proxy"
         frames = max(wire.MAX_MESSAGE_BYTES, self.settings.max_frame_bytes if proxied else 0)
-        self.grpc = grpc.server(  # a proxied site holds a few calls at once: heartbeat, task poll, transfer
-            ThreadPoolExecutor(
-                max_workers=16 + (8 if proxied else 2) * sites, thread_name_prefix="federation"
-            ),
+        threads = 16 + (8 if proxied else 2) * sites  # a proxied site holds heartbeat, task poll, transfers
+        self.grpc = grpc.server(
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="federation"),
             options=[
-                *GRPC_OPTIONS,
+                *(o for o in GRPC_OPTIONS if not o[0].endswith("_message_length")),
                 ("grpc.max_send_message_length", frames),
                 ("grpc.max_receive_message_length", frames),
             ],
         )
-        self.proxy = JobProxy(self) if proxied else None
+        self.proxy = JobProxy(self, threads) if proxied else None
         self.grpc.add_generic_rpc_handlers(
             [SiteService(self).handler(), AdminService(self).handler(), *([self.proxy] if self.proxy else [])]
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,7 +78,7 @@ def routed(tmp_path: Path):
     job_server = GrpcServer(rank, SETTINGS, log, kit=server_kit).start()
     job = SimpleNamespace(state=FedJobState.RUNNING, address=f":{job_server.port}")
     host = SimpleNamespace(kit=server_kit, settings=SETTINGS, store=SimpleNamespace(jobs={"job-1": job}))
-    proxy = JobProxy(host)  # type: ignore[arg-type]
+    proxy = JobProxy(host, threads=8)  # type: ignore[arg-type]
     front = grpc.server(ThreadPoolExecutor(max_workers=16))
     front.add_generic_rpc_handlers([proxy])
     port = front.add_secure_port("127.0.0.1:0", server_kit.server_credentials())
@@ -163,6 +164,33 @@ def test_only_sites_of_the_project_and_known_running_jobs_get_through(routed):
     finally:
         client.close()
     assert len(routed.rank.peers) == 0
+
+
+def test_one_site_holds_at_most_half_the_proxys_threads(routed):
+    """A site that floods its job through the one port is told it is busy; the other sites go on."""
+    route = ((JOB_KEY, "job-1"),)
+    with _channel(routed, "site-1", routed.port) as flood, _channel(routed, "site-2", routed.port) as other:
+        held = []
+        for _ in range(4):  # threads=8: four calls of one site in flight at most
+            call = flood.unary_stream(f"/{SERVICE}/Download")(pack_meta({"frames": 100000}), metadata=route)
+            next(call)
+            held.append(call)
+        with pytest.raises(grpc.RpcError) as busy:
+            flood.unary_unary(f"/{SERVICE}/Heartbeat")(pack_meta({}), metadata=route, timeout=10)
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "site-1" in busy.value.details()
+        reply = other.unary_unary(f"/{SERVICE}/Heartbeat")(pack_meta({}), metadata=route, timeout=10)
+        assert unpack_map(reply)["identity"] == "site-2"
+        for call in held:
+            call.cancel()
+        deadline = time.monotonic() + 30
+        while True:  # its streams ended: its calls pass again
+            try:
+                reply = flood.unary_unary(f"/{SERVICE}/Heartbeat")(pack_meta({}), metadata=route, timeout=10)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert unpack_map(reply)["identity"] == "site-1"
 
 
 def test_a_download_cancelled_by_the_site_is_cancelled_at_the_rank(routed):
