@@ -130,7 +130,12 @@ class SiteAgent(SiteRanks):
             if record is None:
                 if view.get("site_state") != SiteState.OFFERED or view.get("state") in ENDED_JOB:
                     return
-                record = self.records[job_id] = {"job_id": job_id, "state": "new", "reported": None}
+                record = self.records[job_id] = {
+                    "job_id": job_id,
+                    "site": self.site,
+                    "state": "new",
+                    "reported": None,
+                }
                 self._decide(record, view)
             if (
                 view.get("state") == "running"

@@ -86,16 +86,42 @@ STOPPING = (ExitCode.ABORTED, ExitCode.NODE_LOST, ExitCode.TIME_LIMIT)
 """Recorded ends of a job that stop every rank with it: a rank's own ABORTED exit then only follows from it."""
 
 
+AGENT_RECORD = "agent.json"
+"""A site agent's record of its part of a federation job, beside that job's folder at the site."""
+
+
+def federation_part(job_dir: JobDir) -> dict[str, Any] | None:
+    """The site agent's record when ``job_dir`` is a site's part of a federation job (the job's server runs
+    beside the standing server, not here), else None."""
+    try:
+        record = json.loads((job_dir.root.parent / AGENT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "state" in record else None
+
+
 def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict[str, Any]]:
     config = job_dir.load_config()
     settings = config.load_settings()
     ranks, bad = load_events(job_dir.log_dir)
     status = job_dir.read_status()
+    part = federation_part(job_dir)
     out, current = earlier_lives(ranks, life_starts(ranks.get("server", [])))
     # what ended an earlier life (a requeue's SIGTERM to every rank) is that life's summary above, not an error
     ranks = {rank: [e for e in events if float(e.get("t", 0)) >= current] for rank, events in ranks.items()}
     server = ranks.get("server", [])
-    if not server:
+    if part is not None:  # a site's part: its ranks' logs are here, the job's server's at the standing server
+        site, state = str(part.get("site") or "this site"), str(part["state"])
+        out.append(
+            Finding(
+                "error" if state == "failed" else "warning" if state in ("refused", "aborted") else "info",
+                f"{site}'s part of federation job {config.job_id}: {state}"
+                + (f": {part['detail']}" if part.get("detail") else ""),
+                "the job's server runs beside the standing server: `hpcflare admin status JOB_ID` shows every "
+                "site, `hpcflare admin download` brings the server's log",
+            )
+        )
+    elif not server:
         out.append(
             Finding(
                 "error",
@@ -274,7 +300,11 @@ def diagnose(job_dir: JobDir, commands: Any = None) -> tuple[list[Finding], dict
         "registered": len(registered),
         "never_registered": never,
         "malformed_log_lines": bad,
+        "part_of": None if part is None else str(part.get("site") or "this site"),
     }
+    if part is not None:
+        summary["state"] = str(part["state"])
+        return out, summary
     alive = _server_alive(job_dir, settings.metrics_interval)
     if status.get("state") not in (JobState.COMPLETED, None) and not failed and alive is not None:
         out.append(
@@ -386,7 +416,9 @@ def report(job_dir: JobDir, commands: Any = None) -> str:
         f"job {s['job_id']}: {s['state']}; {s['rounds_completed']}/{s['num_rounds']} rounds completed; "
         f"{s['registered']}/{s['clients']} clients registered"
     ]
-    if s["state"] != JobState.COMPLETED:
+    if s["part_of"]:
+        lines = [f"job {s['job_id']}, {s['part_of']}'s part: {s['state']}"]
+    elif s["state"] != JobState.COMPLETED:
         lines.append(f"the job stopped in round {s['rounds_completed'] + 1}")
     order = {"error": 0, "warning": 1, "info": 2}
     lines += [f.render() for f in sorted(findings, key=lambda f: order[f.severity])] or ["no problems found"]

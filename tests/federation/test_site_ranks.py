@@ -17,7 +17,8 @@ import safetensors.numpy
 from hpcflare.errors import ConfigError
 from hpcflare.federation.config import SiteConfig
 from hpcflare.federation.site_policy import SitePolicy
-from hpcflare.job import JobConfig
+from hpcflare.job import JobConfig, JobDir
+from hpcflare.logs.diagnose import report
 from hpcflare.security.tls import StartupKit
 from tests.federation.conftest import wait_state
 
@@ -229,3 +230,7 @@ def test_a_sites_relay_that_dies_fails_that_site_with_its_cause_and_the_job_goes
     logs = federation.site_dir("site-1") / "work" / "jobs" / job_id / "job" / "logs"
     for rank in ("site-1.rank-1", "site-1.rank-2"):  # each rank says it once, however often it retried
         assert sum(e["event"] == "relay_lost" for e in _events(logs / f"{rank}.jsonl")) <= 1
+    # the site's own admin diagnoses its part where it ran: no server here, the site's cause first
+    text = report(JobDir(logs.parent))
+    assert text.startswith(f"job {job_id}, site-1's part: failed"), text
+    assert "site-1's relay lost" in text.splitlines()[1] and "server never logged" not in text
