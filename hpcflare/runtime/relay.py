@@ -36,6 +36,26 @@ RELAY_ROUND_FRACTION = 0.9
 reaches the server before the server's own deadline."""
 
 
+def register_own_rank(relay: Relay, request: dict[str, Any]) -> dict[str, Any]:
+    """Register an institution's own client rank at its relay only (see ``Relay.own_ranks``); its token is the
+    relay's to give."""
+    record, _ = relay._add_member(request)
+    node = str(request.get("node") or "")[:128]
+    relay.log.info(
+        "client_rank_registered",
+        f"{record.site} registered from {record.host or '?'}{'/' + node if node else ''} pid {record.pid}",
+        site=record.site,
+        node=node,
+    )
+    config = relay.config
+    return {
+        "token": record.token,
+        "job_id": config.job_id,
+        "num_rounds": config.num_rounds,
+        "framework": config.framework,
+    }
+
+
 class Relay(RelayRounds, RoundHost):
     role = "relay"
     listens = True
@@ -122,20 +142,7 @@ class Relay(RelayRounds, RoundHost):
             )
             raise errors.RegistrationRefusedError(f"site {request.get('site')!r:.80} is not part of this job")
         if request["site"] in self.own_ranks:  # the site's own client rank: the server knows only the site
-            record, _ = self._add_member(request)
-            node = str(request.get("node") or "")[:128]
-            self.log.info(
-                "client_rank_registered",
-                f"{record.site} registered from {record.host or '?'}{'/' + node if node else ''} pid {record.pid}",
-                site=record.site,
-                node=node,
-            )
-            return {
-                "token": record.token,
-                "job_id": self.config.job_id,
-                "num_rounds": self.config.num_rounds,
-                "framework": self.config.framework,
-            }
+            return register_own_rank(self, request)
         with self._cv:
             self._registering.add(request["site"])
         try:

@@ -51,6 +51,19 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def origin(kit: StartupKit | None, context: grpc.ServicerContext) -> tuple[str | None, str]:
+    """The caller's certificate name and address; for a call the standing server passes on (it holds the
+    server's own certificate, as a job's server rank does), the site's as the standing server saw them."""
+    if kit is None:
+        return None, context.peer()
+    identity = peer_identity(context)
+    if identity == kit.name and kit.role == "server":
+        metadata = dict(context.invocation_metadata() or ())
+        if isinstance(metadata.get(PEER_KEY), str):
+            return metadata[PEER_KEY], str(metadata.get(PEER_ADDRESS_KEY) or context.peer())
+    return identity, context.peer()
+
+
 MIN_WINDOW, MAX_WINDOW = 64 << 10, 8 << 20
 """Bounds of a stream's flow-control window: gRPC's own default, and where one loopback upload stops speeding up."""
 
@@ -225,7 +238,7 @@ class GrpcServer:
     def _admit_anonymous(self, context: grpc.ServicerContext) -> str:
         """Count an upload stream that has not identified itself; refuse one peer holding too many, and any
         beyond the anonymous share of the threads."""
-        host: str = self._origin(context)[1].rsplit(":", 1)[0]
+        host: str = origin(self.kit, context)[1].rsplit(":", 1)[0]
         taken = self._anonymous.take(host, self.anonymous_limit)
         if taken is None:
             context.abort(
@@ -256,23 +269,11 @@ class GrpcServer:
             idle_s=idle,
         )
 
-    def _origin(self, context: grpc.ServicerContext) -> tuple[str | None, str]:
-        """The caller's certificate name and address; for a call the standing server passes on (it holds the
-        server's own certificate, as this rank does), the site's as the standing server saw them."""
-        if self.kit is None:
-            return None, context.peer()
-        identity = peer_identity(context)
-        if identity == self.kit.name and self.kit.role == "server":
-            metadata = dict(context.invocation_metadata() or ())
-            if isinstance(metadata.get(PEER_KEY), str):
-                return metadata[PEER_KEY], str(metadata.get(PEER_ADDRESS_KEY) or context.peer())
-        return identity, context.peer()
-
     def _peer(self, context: grpc.ServicerContext) -> Peer:
         """The caller; on TLS channels its certificate name must be a participant of the project."""
         if self.kit is None:
             return Peer(context.peer(), cancel=context.cancel)
-        identity, address = self._origin(context)
+        identity, address = origin(self.kit, context)
         if identity is None or not self.kit.accepts(identity):
             self.log.warning(
                 "tls_refused",
