@@ -186,7 +186,10 @@ class SiteConfig:
         launcher = data.get("launcher", "local")
         for key in ("client_ranks", "max_client_ranks", "max_clients", "max_gpus", "max_wall_minutes"):
             value = data.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            optional = key in ("max_gpus", "max_wall_minutes")  # absent or null: no limit
+            if (value is not None or (key in data and not optional)) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
                 raise ConfigError(f"{where}: {key} must be a whole number >= 0, got {value!r}")
         for key in ("partitions", "accounts", "allowed_scripts"):
             value = data.get(key)

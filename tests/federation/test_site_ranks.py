@@ -19,8 +19,9 @@ from hpcflare.federation.config import SiteConfig
 from hpcflare.federation.site_policy import SitePolicy
 from hpcflare.job import JobConfig, JobDir
 from hpcflare.logs.diagnose import report
+from hpcflare.recipe import CyclicRecipe
 from hpcflare.security.tls import StartupKit
-from tests.federation.conftest import wait_state
+from tests.federation.conftest import SCRIPT, wait_state
 
 SITES = ["site-1", "site-2", "site-3"]
 
@@ -127,6 +128,7 @@ def test_site_yaml_client_ranks_and_staging_dir_are_checked(tmp_path):
     for text, words in (
         ("client_ranks: 3\nmax_client_ranks: 2\n", "between 1 and max_client_ranks"),
         ("staging_dir: relative/dir\n", "absolute path"),
+        ("max_client_ranks: null\n", "whole number"),
     ):
         path.write_text(text)
         with pytest.raises(ConfigError, match=words):
@@ -234,3 +236,40 @@ def test_a_sites_relay_that_dies_fails_that_site_with_its_cause_and_the_job_goes
     text = report(JobDir(logs.parent))
     assert text.startswith(f"job {job_id}, site-1's part: failed"), text
     assert "site-1's relay lost" in text.splitlines()[1] and "server never logged" not in text
+
+
+def test_without_partials_a_sites_client_ranks_reach_the_server_themselves(federation, tmp_path):
+    """Cyclic weight transfer takes whole models, not partials: site-1's two client ranks run without a relay,
+    each of its virtual clients with its own link (site-1's certificate) to the job's server."""
+    federation.start_server()
+    federation.start_agent("site-1", client_ranks=2, max_client_ranks=2)
+    federation.start_agent("site-2")
+    federation.wait_connected(["site-1", "site-2"])
+    sites = ["site-1", "site-2"]
+    recipe = CyclicRecipe(
+        name="cyclic-ranks",
+        model={"w": np.zeros(3, dtype=np.float32)},
+        clients=sites,
+        min_clients=4,
+        num_rounds=1,
+        train_script=SCRIPT,
+        train_args="--data {data_root}/offset.txt",
+        settings_profile="dev",
+        site_clients={"site-1": 3},
+    )
+    with federation.session("alice") as admin:
+        job_id = admin.submit_job(recipe.export(tmp_path / "admin-jobs").root)
+        status = wait_state(admin, job_id, ("done", "failed"), timeout=300)
+        assert status["state"] == "done", status
+        folder = admin.download_job_result(job_id, tmp_path / "results")
+    weights = safetensors.numpy.load_file(str(folder / "job" / "models" / "global_model.safetensors"))["w"]
+    np.testing.assert_allclose(weights, np.full(3, 1.1 + 1.2 + 1.3 + 2), rtol=1e-6)  # one pass, every client
+    server = _events(folder / "job" / "logs" / "server.jsonl")
+    registered = {e["site"] for e in server if e["event"] == "client_registered"}
+    assert registered == {"site-1.1", "site-1.2", "site-1.3", "site-2"}
+    logs = federation.site_dir("site-1") / "work" / "jobs" / job_id / "job" / "logs"
+    assert not (logs / "site-1.jsonl").exists()  # no relay
+    assert {p.name for p in logs.glob("site-1.rank-*.jsonl")} == {
+        "site-1.rank-1.jsonl",
+        "site-1.rank-2.jsonl",
+    }
