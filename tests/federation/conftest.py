@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy
 import yaml
 
 from hpcflare.federation import Session
@@ -182,6 +183,19 @@ class Federation:
     ) -> Path:
         """An exported job (see recipe)."""
         return self.recipe(sites, rounds, sleep, min_clients).export(self.root / "admin-jobs").root
+
+    def run(
+        self, job_root: Path, resource_spec: dict[str, Any] | None = None, timeout: float = 300
+    ) -> tuple[str, dict[str, Any], Path, np.ndarray]:
+        """Submit ``job_root`` as alice, wait for it to end (asserting it is done), download its results:
+        (job id, status, results folder, the result model's "w")."""
+        with self.session("alice") as admin:
+            job_id = admin.submit_job(job_root, resource_spec=resource_spec)
+            status = wait_state(admin, job_id, ("done", "failed", "aborted"), timeout=timeout)
+            assert status["state"] == "done", status
+            folder = admin.download_job_result(job_id, self.root / "results" / job_id)
+        model = folder / "job" / "models" / "global_model.safetensors"
+        return job_id, status, folder, safetensors.numpy.load_file(str(model))["w"]
 
     def stop(self) -> None:
         for name in list(self.procs):

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import pytest
-import safetensors.numpy
 
 from hpcflare import errors
 from hpcflare.federation.job_proxy import JobProxy
@@ -28,7 +27,6 @@ from hpcflare.transport.api import Peer, ServerHandler
 from hpcflare.transport.codec import pack_meta, unpack_map
 from hpcflare.transport.grpc_client import GrpcClientTransport
 from hpcflare.transport.grpc_server import JOB_KEY, PEER_KEY, SERVICE, GrpcServer
-from tests.federation.conftest import wait_state
 
 SETTINGS = Settings(server_lost_timeout=2, rpc_timeout=5)
 PROJECT = {
@@ -215,12 +213,7 @@ def test_a_federated_job_through_the_one_port_or_its_own(federation, routing):
     sites = ["site-1", "site-2"]
     federation.server_settings_yaml = {"job_routing": routing}
     federation.up(sites)
-    with federation.session("alice") as admin:
-        job_id = admin.submit_job(federation.job(sites, rounds=2))
-        status = wait_state(admin, job_id, ("done", "failed"), timeout=300)
-        assert status["state"] == "done", status
-        folder = admin.download_job_result(job_id, federation.root / "results")
-    weights = safetensors.numpy.load_file(str(folder / "job" / "models" / "global_model.safetensors"))["w"]
+    job_id, _, _, weights = federation.run(federation.job(sites, rounds=2))
     np.testing.assert_allclose(weights, np.full(3, 3.0))  # (1 + 2) / 2, twice
     record = _record(federation, job_id)
     command = record["server_rank"]["command"]

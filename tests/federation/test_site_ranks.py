@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.numpy
 
 from hpcflare.errors import ConfigError
 from hpcflare.federation.config import SiteConfig
@@ -38,15 +37,10 @@ def test_a_site_runs_its_virtual_clients_on_its_own_relay_and_client_ranks(feder
     federation.start_agent("site-3")
     federation.wait_connected(SITES)
     recipe = federation.recipe(SITES, rounds=2, site_clients={"site-1": 4}, name="site-relay")
-    with federation.session("alice") as admin:
-        job_id = admin.submit_job(
-            recipe.export(tmp_path / "admin-jobs").root, resource_spec={"site-1": {"client_ranks": 2}}
-        )
-        status = wait_state(admin, job_id, ("done", "failed"), timeout=300)
-        assert status["state"] == "done", status
-        folder = admin.download_job_result(job_id, tmp_path / "results")
+    job_id, status, folder, weights = federation.run(
+        recipe.export(tmp_path / "admin-jobs").root, resource_spec={"site-1": {"client_ranks": 2}}
+    )
     # site-1.1..4 add 1.1..1.4, site-2 and site-3 add 2 and 3: the mean of six clients, twice
-    weights = safetensors.numpy.load_file(str(folder / "job" / "models" / "global_model.safetensors"))["w"]
     np.testing.assert_allclose(weights, np.full(3, 2 * (1.1 + 1.2 + 1.3 + 1.4 + 2 + 3) / 6), rtol=1e-6)
     server = _events(folder / "job" / "logs" / "server.jsonl")
     folded = [e["msg"] for e in server if e["event"] == "partial_accepted"]
@@ -156,12 +150,7 @@ def test_a_sites_relay_and_client_ranks_as_one_job_on_its_own_slurm_cluster(fede
     )
     federation.wait_connected(["site-1", "site-2"])
     recipe = federation.recipe(["site-1", "site-2"], rounds=2, site_clients={"site-2": 3}, name="slurm-relay")
-    with federation.session("alice") as admin:
-        job_id = admin.submit_job(recipe.export(tmp_path / "admin-jobs").root)
-        status = wait_state(admin, job_id, ("done", "failed"), timeout=400)
-        assert status["state"] == "done", status
-        folder = admin.download_job_result(job_id, tmp_path / "results")
-    weights = safetensors.numpy.load_file(str(folder / "job" / "models" / "global_model.safetensors"))["w"]
+    job_id, _, _, weights = federation.run(recipe.export(tmp_path / "admin-jobs").root, timeout=400)
     np.testing.assert_allclose(weights, np.full(3, 2 * (1 + 2.1 + 2.2 + 2.3) / 4), rtol=1e-6)
     job = federation.site_dir("site-2") / "work" / "jobs" / job_id / "job"
     script = (job / "launch" / "site-2.sbatch").read_text()
@@ -257,12 +246,7 @@ def test_without_partials_a_sites_client_ranks_reach_the_server_themselves(feder
         settings_profile="dev",
         site_clients={"site-1": 3},
     )
-    with federation.session("alice") as admin:
-        job_id = admin.submit_job(recipe.export(tmp_path / "admin-jobs").root)
-        status = wait_state(admin, job_id, ("done", "failed"), timeout=300)
-        assert status["state"] == "done", status
-        folder = admin.download_job_result(job_id, tmp_path / "results")
-    weights = safetensors.numpy.load_file(str(folder / "job" / "models" / "global_model.safetensors"))["w"]
+    job_id, _, folder, weights = federation.run(recipe.export(tmp_path / "admin-jobs").root)
     np.testing.assert_allclose(weights, np.full(3, 1.1 + 1.2 + 1.3 + 2), rtol=1e-6)  # one pass, every client
     server = _events(folder / "job" / "logs" / "server.jsonl")
     registered = {e["site"] for e in server if e["event"] == "client_registered"}
