@@ -173,7 +173,12 @@ class FederationServer(ServerRanks):
             s: job.site_states[s].get("detail", "") for s, st in states.items() if st == SiteState.REFUSED
         }
         silent = [s for s, st in states.items() if st == SiteState.OFFERED]
-        if refused and len(job.sites) - len(refused) < job.min_clients:
+        groups = self.store.job_dir(job.job_id).load_config().client_groups
+
+        def clients(sites: list[str]) -> int:  # min_clients counts an institution's virtual clients
+            return sum(len(groups.get(site) or [site]) for site in sites)
+
+        if refused and clients(job.sites) - clients(list(refused)) < job.min_clients:
             self._finish(
                 job,
                 FedJobState.FAILED,
@@ -185,12 +190,13 @@ class FederationServer(ServerRanks):
         waited = time.time() - job.submitted
         if silent and waited < self.settings.site_join_timeout:
             return
-        if len(accepted) < job.min_clients:
+        if clients(accepted) < job.min_clients:
             self._finish(
                 job,
                 FedJobState.FAILED,
                 f"only {len(accepted)} of {len(job.sites)} sites accepted within settings.site_join_timeout="
-                f"{self.settings.site_join_timeout:g}s (min_clients={job.min_clients}); never answered: {silent}"
+                f"{self.settings.site_join_timeout:g}s, with {clients(accepted)} clients (min_clients="
+                f"{job.min_clients}); never answered: {silent}"
                 + (f"; refused: {sorted(refused)}" if refused else "")
                 + ". Are their site agents running? `hpcflare admin sites` shows which are connected",
             )

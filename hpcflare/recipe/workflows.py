@@ -9,20 +9,21 @@ from typing import Any
 import numpy as np
 
 from hpcflare.errors import ConfigError
-from hpcflare.job import whole_number
+from hpcflare.job import expand_site_clients, whole_number
 from hpcflare.recipe.api import Recipe
 
 
 class CyclicRecipe(Recipe):
     """``CyclicRecipe(..., num_rounds=passes)``: the model visits every site ``passes`` times in job order;
-    a job round is one hop, so job.yaml gets num_rounds = passes x sites."""
+    a job round is one hop, so job.yaml gets num_rounds = passes x sites (an institution's virtual clients,
+    ``site_clients``, each a site)."""
 
     strategy = "cyclic"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.passes = self.num_rounds
-        self.num_rounds = self.passes * len(self.clients)
+        self.num_rounds = self.passes * len(expand_site_clients(self.clients, self.site_clients)[0])
 
 
 class FedEvalRecipe(Recipe):
