@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from tests.conftest import events, wait_until
@@ -40,13 +41,21 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
 
 
 def _text(driver, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else ""
+    except StaleElementReferenceException:  # redrawn between the find and the read: the wait looks again
+        return ""
 
 
 def _attr(driver, css: str, name: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return (found[0].get_attribute(name) or "") if found else ""
+    """The attribute of the first match, '' when there is none (or the page redrew it between the find and
+    the read: the caller's wait looks again)."""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return (found[0].get_attribute(name) or "") if found else ""
+    except StaleElementReferenceException:
+        return ""
 
 
 def test_the_dashboard_follows_a_running_job_in_a_real_browser(
