@@ -34,6 +34,8 @@ from hpcflare.plugins import CONFIG_CHECKS, STRATEGIES, STRATEGY_WRAPPERS
 from hpcflare.rank_logger import iso_utc
 from hpcflare.settings import Settings
 
+AGENT_RECORD = "agent.json"
+"""The file name of a site agent's record of one job (see JobDir.agent_record)."""
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -492,6 +494,8 @@ class JobDir:
     rendezvous_dir = property(lambda self: self.root / "rendezvous")
     status_path = property(lambda self: self.root / "status.json")
     result_model_path = property(lambda self: self.root / "models" / "global_model.safetensors")
+    agent_record = property(lambda self: self.root.parent / AGENT_RECORD)
+    """A site agent's record of its part of a federation job, beside that job's folder at the site."""
 
     def site_dir(self, site: str) -> Path:
         if not SITE_NAME.match(site):

@@ -30,6 +30,11 @@ HOP_KEYS = (JOB_KEY, PEER_KEY, PEER_ADDRESS_KEY)
 """Metadata the proxy sets itself: never passed on from a caller."""
 
 
+def _target(address: str) -> str:
+    """Where the proxy dials a job's server rank: ':PORT' is a rank beside the standing server."""
+    return "127.0.0.1" + address if address.startswith(":") else address
+
+
 def _left(context: grpc.ServicerContext) -> float | None:
     """The caller's deadline, passed on (None: it set none; the rank's own watchdogs still apply)."""
     left = context.time_remaining()
@@ -58,8 +63,9 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
             return grpc.stream_unary_rpc_method_handler(self._up(method))
         return grpc.unary_unary_rpc_method_handler(self._unary(method))
 
-    def _route(self, context: grpc.ServicerContext) -> tuple[grpc.Channel, list[tuple[str, str]]]:
-        """The job's server rank and the metadata to send it; aborts the call with why it cannot go on."""
+    def _route(self, context: grpc.ServicerContext) -> tuple[grpc.Channel, list[tuple[str, str]], str]:
+        """The job's server rank, the metadata to send it and the caller's certificate name; aborts the call
+        with why it cannot go on."""
         identity = peer_identity(context)
         if identity is None or self.server.kit.participants.get(identity) != "client":
             context.abort(
@@ -79,13 +85,12 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
             )
         passed = [(k, v) for k, v in metadata if k not in HOP_KEYS and not k.startswith((":", "grpc-"))]
         passed += [(PEER_KEY, identity or ""), (PEER_ADDRESS_KEY, str(context.peer()))]
-        return self._channel(job.address), passed
+        return self._channel(job.address), passed, identity or ""
 
     @contextlib.contextmanager
-    def _held(self, context: grpc.ServicerContext) -> Iterator[None]:
-        """Count a call in flight for the caller's certificate; refuse one beyond its share as busy (the site
-        retries it with back-off, as any busy server's refusal)."""
-        who = peer_identity(context) or context.peer()
+    def _held(self, context: grpc.ServicerContext, who: str) -> Iterator[None]:
+        """Count a call in flight for the caller's certificate ``who``; refuse one beyond its share as busy (the
+        site retries it with back-off, as any busy server's refusal)."""
         with self._lock:
             held = self._in_flight.get(who, 0)
             if held < self.per_site:
@@ -104,8 +109,7 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
                     del self._in_flight[who]
 
     def _channel(self, address: str) -> grpc.Channel:
-        if address.startswith(":"):  # a server rank beside the standing server
-            address = "127.0.0.1" + address
+        address = _target(address)
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
@@ -121,10 +125,8 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def forget(self, address: str) -> None:
         """A job ended: close its channel."""
-        if address.startswith(":"):
-            address = "127.0.0.1" + address
         with self._lock:
-            channel = self._channels.pop(address, None)
+            channel = self._channels.pop(_target(address), None)
         if channel is not None:
             channel.close()
 
@@ -143,8 +145,8 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
-            channel, metadata = self._route(context)
-            with self._held(context):
+            channel, metadata, who = self._route(context)
+            with self._held(context, who):
                 try:
                     reply: bytes = channel.unary_unary(method)(
                         request, timeout=_left(context), metadata=metadata
@@ -158,8 +160,8 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def _down(self, method: str) -> Callable[[bytes, grpc.ServicerContext], Iterator[bytes]]:
         def handle(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-            channel, metadata = self._route(context)
-            with self._held(context):
+            channel, metadata, who = self._route(context)
+            with self._held(context, who):
                 call: Any = channel.unary_stream(method)(request, timeout=_left(context), metadata=metadata)
                 context.add_callback(call.cancel)  # the site went away: so does the rank's stream
                 try:
@@ -171,8 +173,8 @@ class JobProxy(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def _up(self, method: str) -> Callable[[Iterator[bytes], grpc.ServicerContext], bytes]:
         def handle(frames: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-            channel, metadata = self._route(context)
-            with self._held(context):
+            channel, metadata, who = self._route(context)
+            with self._held(context, who):
                 future: Any = channel.stream_unary(method).future(
                     frames, timeout=_left(context), metadata=metadata
                 )

@@ -36,13 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     exit_file, command = Path(args[0]), args[2:]
-    if tasks == 1:
-        children = [subprocess.Popen(command)]
-    else:
-        children = [
-            subprocess.Popen(command, env={**os.environ, RANK_ENV: str(i), WORLD_ENV: str(tasks)})
-            for i in range(tasks)
-        ]
+    children = [  # a single task keeps the environment as it is
+        subprocess.Popen(
+            command, env=None if tasks == 1 else {**os.environ, RANK_ENV: str(i), WORLD_ENV: str(tasks)}
+        )
+        for i in range(tasks)
+    ]
 
     def forward(signum: int, frame: object) -> None:
         for child in children:

@@ -173,6 +173,9 @@ class FederationServer(ServerRanks):
             s: job.site_states[s].get("detail", "") for s, st in states.items() if st == SiteState.REFUSED
         }
         silent = [s for s, st in states.items() if st == SiteState.OFFERED]
+        waited = time.time() - job.submitted
+        if not refused and silent and waited < self.settings.site_join_timeout:
+            return  # nothing to decide yet
         groups = self.store.job_dir(job.job_id).load_config().client_groups
 
         def clients(sites: list[str]) -> int:  # min_clients counts an institution's virtual clients
@@ -187,7 +190,6 @@ class FederationServer(ServerRanks):
                 + f" (min_clients={job.min_clients} cannot be met)",
             )
             return
-        waited = time.time() - job.submitted
         if silent and waited < self.settings.site_join_timeout:
             return
         if clients(accepted) < job.min_clients:

@@ -36,7 +36,7 @@ from hpcflare.federation.site_policy import SitePolicy
 from hpcflare.federation.site_ranks import FINAL, SiteRanks
 from hpcflare.federation.store import SiteState
 from hpcflare.fileio import atomic_write_json
-from hpcflare.job import JobDir
+from hpcflare.job import AGENT_RECORD, JobDir
 from hpcflare.rank_logger import RankLogger
 from hpcflare.security.tls import StartupKit
 
@@ -58,7 +58,7 @@ class SiteAgent(SiteRanks):
         self.jobs_root = config.workspace / "jobs"
         self.jobs_root.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, dict[str, Any]] = {}
-        for path in sorted(self.jobs_root.glob("*/agent.json")):
+        for path in sorted(self.jobs_root.glob(f"*/{AGENT_RECORD}")):
             try:
                 record = json.loads(path.read_text())
                 self.records[str(record["job_id"])] = record
@@ -69,7 +69,7 @@ class SiteAgent(SiteRanks):
 
     # ------------------------------------------------------------------ records
     def _save(self, record: dict[str, Any]) -> None:
-        atomic_write_json(self.jobs_root / record["job_id"] / "agent.json", record, indent=1)
+        atomic_write_json(self.job_dir(record["job_id"]).agent_record, record, indent=1)
 
     def job_dir(self, job_id: str) -> JobDir:
         return JobDir(self.jobs_root / wire.safe_name(job_id) / "job")

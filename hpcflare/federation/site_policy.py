@@ -107,14 +107,12 @@ class SitePolicy:
         staging, staging_dir = config.staging, config.staging_dir
         if own and ranks > 1:
             del groups[self.kit.name]
-            for i in range(ranks):  # contiguous, as even as possible
-                groups[f"{self.kit.name}.rank-{i + 1}"] = own[
-                    i * len(own) // ranks : (i + 1) * len(own) // ranks
-                ]
-            site_ranks = {self.kit.name: [f"{self.kit.name}.rank-{i + 1}" for i in range(ranks)]}
-            if (
-                self.config.staging_dir
-            ):  # the job stages in a folder of its own there (JobConfig.staging_root)
+            names = [f"{self.kit.name}.rank-{i + 1}" for i in range(ranks)]
+            for i, name in enumerate(names):  # contiguous shares, as even as possible
+                groups[name] = own[i * len(own) // ranks : (i + 1) * len(own) // ranks]
+            site_ranks = {self.kit.name: names}
+            # the job stages in a folder of its own there (JobConfig.staging_root)
+            if self.config.staging_dir:
                 staging, staging_dir = True, self.config.staging_dir
         return dataclasses.replace(
             config,

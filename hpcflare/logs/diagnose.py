@@ -86,15 +86,11 @@ STOPPING = (ExitCode.ABORTED, ExitCode.NODE_LOST, ExitCode.TIME_LIMIT)
 """Recorded ends of a job that stop every rank with it: a rank's own ABORTED exit then only follows from it."""
 
 
-AGENT_RECORD = "agent.json"
-"""A site agent's record of its part of a federation job, beside that job's folder at the site."""
-
-
 def federation_part(job_dir: JobDir) -> dict[str, Any] | None:
     """The site agent's record when ``job_dir`` is a site's part of a federation job (the job's server runs
     beside the standing server, not here), else None."""
     try:
-        record = json.loads((job_dir.root.parent / AGENT_RECORD).read_text())
+        record = json.loads(job_dir.agent_record.read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and "state" in record else None
