@@ -38,7 +38,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("action", choices=ADMIN_ACTIONS)
     p.add_argument("target", nargs="?", help="submit: a job folder or recipe folder; others: a job id")
     p.add_argument("--kit", required=True, help="your admin startup kit")
-    p.add_argument("--server", required=True, help="the standing server, HOST:PORT")
+    p.add_argument("--server", help="the standing server, HOST:PORT (default: the one your kit names)")
     p.add_argument("--dest", default=".", help="download: where the job's results go")
     p.add_argument("--timeout", type=float, default=0.0, help="monitor: give up after this many seconds")
     p.add_argument(

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from hpcflare.security.provision import Project, provision
+from tests.federation.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -109,3 +112,21 @@ def test_provision_issues_an_admin_kit(tmp_path):
     assert server["admin_roles"] == {"eve": "member"}  # the server learns the new admin's role
     bad = hpcflare("provision", str(tmp_path / "out" / "p"), "--add", "mallory", "--role", "admin")
     assert bad.returncode != 0 and "admin_role" in bad.stderr
+
+
+def test_admin_commands_reach_the_server_their_kit_names(tmp_path):
+    """No --server: the standing server is the one the admin's kit names (project.yaml's server host and
+    server_port); one that is down is named in one line, without a traceback."""
+    port = free_port()  # nothing listens there
+    project = {
+        "project": "p",
+        "server_port": port,
+        "participants": [
+            {"name": "server", "role": "server", "hosts": ["localhost"]},
+            {"name": "alice", "role": "admin", "admin_role": "lead"},
+        ],
+    }
+    kits = provision(Project.from_dict(project), tmp_path / "kits")
+    listed = hpcflare("admin", "sites", "--kit", str(kits / "alice"), timeout=120)
+    assert listed.returncode != 0 and f"standing server at localhost:{port} is unreachable" in listed.stderr
+    assert "Traceback" not in listed.stderr
